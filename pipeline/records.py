@@ -1,0 +1,179 @@
+"""The TFRecord format shared by the builder and every reader: feature keys, spec, writer and parser.
+
+One record is one radiograph, already cropped and resized offline, stored as a single grayscale
+channel (the pipeline expands it to three channels). Defining the format once keeps the writer in
+`preprocess/` and the readers in `pipeline/`, `predict.py` and the tests from drifting apart.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+
+# The 14 NIH ChestX-ray14 findings, in the fixed order of the multi-hot `findings` vector.
+FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+NO_FINDING = "No Finding"
+
+LABEL_NORMAL = 0
+LABEL_ABNORMAL = 1
+LABEL_UNKNOWN = -1  # unlabeled images (a Kaggle eval folder): no CSV row
+
+IMAGE = "image/encoded"
+IMAGE_FORMAT = "image/format"  # b"png" or b"jpeg"
+IMAGE_SIZE = "image/size"  # the stored image is size x size
+IMAGE_ID = "image/id"  # the original file name, e.g. b"00000001_000.png"
+LABEL = "label"
+FINDINGS_KEY = "findings"
+PATIENT_ID = "patient_id"
+VIEW_POSITION = "view_position"
+CROP_APPLIED = "crop/applied"  # 1 when the stored image is the bbox crop
+BOX = "box"  # union of the image's boxes as x, y, w, h in the 1024 frame; zeros when none
+
+FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
+    IMAGE: tf.io.FixedLenFeature([], tf.string),
+    IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string),
+    IMAGE_SIZE: tf.io.FixedLenFeature([], tf.int64),
+    IMAGE_ID: tf.io.FixedLenFeature([], tf.string),
+    LABEL: tf.io.FixedLenFeature([], tf.int64),
+    FINDINGS_KEY: tf.io.FixedLenFeature([len(FINDINGS)], tf.int64),
+    PATIENT_ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    VIEW_POSITION: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    CROP_APPLIED: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    BOX: tf.io.FixedLenFeature([4], tf.float32, default_value=[0.0, 0.0, 0.0, 0.0]),
+}
+
+NO_BOX = (0.0, 0.0, 0.0, 0.0)
+
+
+def _bytes(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _ints(values: Sequence[int]) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+
+def _floats(values: Sequence[float]) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
+
+
+def findings_multi_hot(findings: Sequence[str]) -> list[int]:
+    """Returns the 14-long 0/1 vector of `findings` in `FINDINGS` order.
+
+    Raises:
+      ValueError: a name is not one of `FINDINGS`.
+    """
+    unknown = sorted(set(findings) - set(FINDINGS))
+    if unknown:
+        raise ValueError(f"unknown finding label(s) {unknown}; known: {', '.join(FINDINGS)}")
+    present = set(findings)
+    return [int(name in present) for name in FINDINGS]
+
+
+def make_example(
+    *,
+    image: bytes,
+    image_format: str,
+    image_size: int,
+    image_id: str,
+    label: int,
+    findings: Sequence[int],
+    patient_id: str = "",
+    view_position: str = "",
+    crop_applied: bool = False,
+    box: Sequence[float] = NO_BOX,
+) -> tf.train.Example:
+    """Builds one record.
+
+    Args:
+      image: the encoded (PNG or JPEG) single-channel image, `image_size` x `image_size`.
+      image_format: "png" or "jpeg".
+      image_size: side of the stored square image.
+      image_id: the original file name; predictions are keyed by it.
+      label: 0 normal, 1 abnormal, -1 unknown.
+      findings: the 14-long multi-hot vector (see `findings_multi_hot`).
+      patient_id: NIH Patient ID as a string ("" when unknown).
+      view_position: "PA", "AP", ... ("" when unknown).
+      crop_applied: whether the stored image is the crop to `box`.
+      box: union of the image's boxes (x, y, w, h) in the original 1024 frame, `NO_BOX` when none.
+
+    Returns:
+      The `tf.train.Example`.
+
+    Raises:
+      ValueError: an argument is outside the format.
+    """
+    if image_format not in ("png", "jpeg"):
+        raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
+    if label not in (LABEL_NORMAL, LABEL_ABNORMAL, LABEL_UNKNOWN):
+        raise ValueError(f"label must be 0, 1 or -1, got {label!r}")
+    if len(findings) != len(FINDINGS):
+        raise ValueError(f"findings must have {len(FINDINGS)} entries, got {len(findings)}")
+    if len(box) != 4:
+        raise ValueError(f"box must be (x, y, w, h), got {box!r}")
+    feature = {
+        IMAGE: _bytes(image),
+        IMAGE_FORMAT: _bytes(image_format.encode()),
+        IMAGE_SIZE: _ints([image_size]),
+        IMAGE_ID: _bytes(image_id.encode()),
+        LABEL: _ints([label]),
+        FINDINGS_KEY: _ints(findings),
+        PATIENT_ID: _bytes(patient_id.encode()),
+        VIEW_POSITION: _bytes(view_position.encode()),
+        CROP_APPLIED: _ints([int(bool(crop_applied))]),
+        BOX: _floats(box),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """Parses a scalar or a batch (vector) of serialized records with `FEATURE_SPEC`.
+
+    Vectorised: call it after `batch()` to parse a whole batch in one op.
+    """
+    return tf.io.parse_example(serialized, FEATURE_SPEC)
+
+
+def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decodes one stored image to a `(image_size, image_size, 1)` uint8 tensor.
+
+    `decode_image` reads PNG and JPEG alike; the static shape lets the model see fixed sizes.
+    Fails at run time when the stored image has another size.
+    """
+    image = tf.io.decode_image(encoded, channels=1, expand_animations=False)
+    # Fails loudly (rather than resizing) when the shards were built at another --image_size.
+    return tf.ensure_shape(image, [image_size, image_size, 1])
+
+
+def example_to_dict(example_bytes: bytes) -> Mapping[str, object]:
+    """Parses one serialized record in plain Python (for tests and tools, not the hot path)."""
+    example = tf.train.Example.FromString(example_bytes)
+    feature = example.features.feature
+    return {
+        "image": feature[IMAGE].bytes_list.value[0],
+        "image_format": feature[IMAGE_FORMAT].bytes_list.value[0].decode(),
+        "image_size": feature[IMAGE_SIZE].int64_list.value[0],
+        "image_id": feature[IMAGE_ID].bytes_list.value[0].decode(),
+        "label": feature[LABEL].int64_list.value[0],
+        "findings": list(feature[FINDINGS_KEY].int64_list.value),
+        "patient_id": feature[PATIENT_ID].bytes_list.value[0].decode(),
+        "view_position": feature[VIEW_POSITION].bytes_list.value[0].decode(),
+        "crop_applied": bool(feature[CROP_APPLIED].int64_list.value[0]),
+        "box": list(feature[BOX].float_list.value),
+    }
