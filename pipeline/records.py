@@ -11,28 +11,14 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-# The 14 NIH ChestX-ray14 findings, in the fixed order of the multi-hot `findings` vector.
-FINDINGS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
+from pipeline.labels import (  # noqa: F401  (re-exported: the format's label vocabulary)
+    FINDINGS,
+    LABEL_ABNORMAL,
+    LABEL_NORMAL,
+    LABEL_UNKNOWN,
+    NO_FINDING,
+    findings_multi_hot,
 )
-NO_FINDING = "No Finding"
-
-LABEL_NORMAL = 0
-LABEL_ABNORMAL = 1
-LABEL_UNKNOWN = -1  # unlabeled images (a Kaggle eval folder): no CSV row
 
 IMAGE = "image/encoded"
 IMAGE_FORMAT = "image/format"  # b"png" or b"jpeg"
@@ -71,19 +57,6 @@ def _ints(values: Sequence[int]) -> tf.train.Feature:
 
 def _floats(values: Sequence[float]) -> tf.train.Feature:
     return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
-
-
-def findings_multi_hot(findings: Sequence[str]) -> list[int]:
-    """Returns the 14-long 0/1 vector of `findings` in `FINDINGS` order.
-
-    Raises:
-      ValueError: a name is not one of `FINDINGS`.
-    """
-    unknown = sorted(set(findings) - set(FINDINGS))
-    if unknown:
-        raise ValueError(f"unknown finding label(s) {unknown}; known: {', '.join(FINDINGS)}")
-    present = set(findings)
-    return [int(name in present) for name in FINDINGS]
 
 
 def make_example(

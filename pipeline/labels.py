@@ -1,0 +1,38 @@
+"""The label vocabulary of NIH ChestX-ray14, kept free of TensorFlow so the offline builder's
+worker processes can import it cheaply. `pipeline.records` re-exports these names."""
+
+# The 14 NIH ChestX-ray14 findings, in the fixed order of the multi-hot `findings` vector.
+FINDINGS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+NO_FINDING = "No Finding"
+
+LABEL_NORMAL = 0
+LABEL_ABNORMAL = 1
+LABEL_UNKNOWN = -1  # unlabeled images (a Kaggle eval folder): no CSV row
+
+
+def findings_multi_hot(findings) -> list[int]:
+    """Returns the 14-long 0/1 vector of `findings` in `FINDINGS` order.
+
+    Raises:
+      ValueError: a name is not one of `FINDINGS`.
+    """
+    unknown = sorted(set(findings) - set(FINDINGS))
+    if unknown:
+        raise ValueError(f"unknown finding label(s) {unknown}; known: {', '.join(FINDINGS)}")
+    present = set(findings)
+    return [int(name in present) for name in FINDINGS]

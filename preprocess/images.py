@@ -1,0 +1,156 @@
+"""Turning one source radiograph into the stored image: decode → grayscale → crop → resize → encode.
+
+Runs in the builder's worker processes, so it imports Pillow and numpy only (no TensorFlow: a
+spawned worker starts in a fraction of a second). Every failure is an `ImageError` whose message
+says what is wrong with the file; the builder skips that image and lists the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import zlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+NIH_FRAME = 1024.0  # NIH boxes are given in the 1024 x 1024 frame of the released PNGs
+# Pillow first shrinks by an integer factor with a box filter, then resamples bicubically the
+# last <= 2x: antialiased, and ~2x faster than a full bicubic from 1024 (measured 1.3 vs 2.6 ms).
+REDUCING_GAP = 2.0
+# zlib level 1: 3x faster to encode than the default 6 (1.4 vs 4.2 ms at 224 px) for files ~15%
+# larger; decoding speed is the same, and the builder's rate is bound by decoding the sources.
+PNG_COMPRESS_LEVEL = 1
+SUPPORTED_FORMATS = ("PNG", "JPEG")
+
+
+class ImageError(Exception):
+    """The file cannot become a record; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Processed:
+    """The stored image and how it was made."""
+
+    encoded: bytes
+    crop_applied: bool
+    warning: str | None  # a problem that did not stop the record (e.g. a box outside the frame)
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"refused as a possible decompression bomb: {err}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise ImageError(f"not a readable PNG or JPEG image ({err})") from None
+    if image.format not in SUPPORTED_FORMATS:
+        raise ImageError(f"{image.format} images are not supported; convert it to PNG")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{width}x{height} = {width * height:,} pixels exceeds --max_image_pixels={max_pixels:,}; "
+            "refused as a possible decompression bomb"
+        )
+    return image
+
+
+def _load(image: Image.Image, size_in_bytes: int) -> None:
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError, EOFError, zlib.error) as err:
+        raise ImageError(f"corrupt or truncated {image.format} ({size_in_bytes:,} bytes): {err}") from None
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Returns an 8-bit single-channel ("L") copy of `image`.
+
+    Palette indices go through the palette, alpha is dropped, 16-bit values are scaled over the
+    full 16-bit range (0..65535 -> 0..255) so relative intensities are kept.
+
+    Raises:
+      ImageError: a mode with no faithful grayscale reading (e.g. floating point).
+    """
+    mode = image.mode
+    if mode == "L":
+        return image
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        scaled = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L")
+    if mode in ("P", "PA"):
+        return image.convert("RGB").convert("L")
+    if mode in ("LA", "La"):
+        return image.getchannel("L")
+    if mode in ("RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "1"):
+        return image.convert("L")  # RGB(A) -> luma; alpha is ignored by this conversion
+    raise ImageError(f"unsupported pixel mode {mode!r}; save it as 8- or 16-bit grayscale or RGB PNG")
+
+
+def crop_region(
+    box: tuple[float, float, float, float], width: int, height: int
+) -> tuple[float, float, float, float]:
+    """Maps a 1024-frame box (x, y, w, h) to a clipped (left, top, right, bottom) in the image.
+
+    Raises:
+      ImageError: the box lies outside the frame or is degenerate.
+    """
+    x, y, w, h = box
+    if not all(math.isfinite(v) for v in box) or w <= 0 or h <= 0:
+        raise ImageError(f"box (x={x}, y={y}, w={w}, h={h}) is degenerate")
+    sx, sy = width / NIH_FRAME, height / NIH_FRAME
+    left, top = max(0.0, x * sx), max(0.0, y * sy)
+    right, bottom = min(float(width), (x + w) * sx), min(float(height), (y + h) * sy)
+    if right - left < 1.0 or bottom - top < 1.0:
+        raise ImageError(
+            f"box (x={x:g}, y={y:g}, w={w:g}, h={h:g}) lies outside the {NIH_FRAME:g} frame "
+            f"of this {width}x{height} image"
+        )
+    return left, top, right, bottom
+
+
+def encode(image: Image.Image, image_format: str, jpeg_quality: int) -> bytes:
+    buffer = io.BytesIO()
+    if image_format == "png":
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    else:
+        image.save(buffer, format="JPEG", quality=jpeg_quality)
+    return buffer.getvalue()
+
+
+def process(
+    data: bytes,
+    *,
+    box: tuple[float, float, float, float] | None,
+    image_size: int,
+    image_format: str,
+    jpeg_quality: int = 95,
+    max_pixels: int = 64_000_000,
+) -> Processed:
+    """Decodes, optionally crops to `box` (1024 frame), resizes to a square and encodes.
+
+    A non-square crop is stretched to the square, as the reference's `resize((224, 224))` did.
+    A box that cannot be used is a warning: the image is kept, uncropped.
+
+    Raises:
+      ImageError: the bytes are not a usable image.
+    """
+    image = _open(data, max_pixels)
+    region, warning = None, None
+    if box is not None:
+        try:
+            region = crop_region(box, *image.size)
+        except ImageError as err:
+            warning = f"{err}; written uncropped"
+    if region is None and image.format == "JPEG":
+        # DCT-domain downscaling: decode a JPEG at the smallest 1/2^k scale still >= the target.
+        image.draft("L", (image_size, image_size))
+    _load(image, len(data))
+    gray = to_grayscale(image)
+    resized = gray.resize(
+        (image_size, image_size), Image.Resampling.BICUBIC, box=region, reducing_gap=REDUCING_GAP
+    )
+    return Processed(encode(resized, image_format, jpeg_quality), region is not None, warning)

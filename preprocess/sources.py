@@ -1,0 +1,118 @@
+"""Finding the images a build will write: CSV rows matched to files, or every image in a folder.
+
+The result separates what becomes a record (`Source`s), what is skipped with a reason, what the
+CSV lists but is not on disk (`absent`: a partial download is normal) and what is on disk but not
+listed (`unlisted`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import os
+
+from pipeline import labels
+from preprocess.nih_metadata import Entry, Skip, read_data_entry, unsafe_name_reason
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One image that should become a record."""
+
+    entry: Entry
+    path: str
+
+
+@dataclasses.dataclass
+class Sources:
+    sources: list[Source]
+    skipped: list[Skip]
+    absent: list[str]
+    unlisted: int
+    present_rows: int  # rows whose file is present (the denominator of the skip fraction)
+    csv_rows: int = 0
+    identical_duplicates: int = 0
+
+
+def scan_images(image_dir: str) -> dict[str, list[str]]:
+    """Returns file name -> paths of every non-hidden file under `image_dir` (recursively).
+
+    Raises:
+      FileNotFoundError: `image_dir` is not a folder.
+    """
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"--image_dir={image_dir} is not a folder")
+    found: dict[str, list[str]] = collections.defaultdict(list)
+    for root, dirs, files in os.walk(image_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                found[name].append(os.path.join(root, name))
+    return found
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def resolve_path(name: str, paths: list[str]) -> tuple[str | None, str | None]:
+    """Picks the file for `name`: (path, None), or (None, reason) when copies differ."""
+    if len(paths) == 1:
+        return paths[0], None
+    if len({_digest(p) for p in paths}) == 1:
+        return paths[0], None  # byte-identical copies in two folders are one image
+    return None, f"{len(paths)} different files named {name} under --image_dir: {', '.join(paths[:3])}; keep one"
+
+
+def from_data_entry(csv_path: str, image_dir: str) -> Sources:
+    """Matches the rows of a Data_Entry CSV to the files under `image_dir`."""
+    table = read_data_entry(csv_path)
+    files = scan_images(image_dir)
+    listed = set(table.entries) | {s.image for s in table.skipped}
+    sources, skipped, absent = [], [], []
+    present_rows = 0
+    for skip in table.skipped:
+        # A bad row whose image is absent is just absent: there is nothing to lose. A name that
+        # is not a plain file name is never looked up, so it always counts as skipped.
+        if skip.image in files or unsafe_name_reason(skip.image):
+            skipped.append(skip)
+            present_rows += 1
+        else:
+            absent.append(skip.image)
+    for name in sorted(table.entries):
+        if name not in files:
+            absent.append(name)
+            continue
+        present_rows += 1
+        path, reason = resolve_path(name, files[name])
+        if reason:
+            skipped.append(Skip(name, reason))
+        else:
+            sources.append(Source(table.entries[name], path))
+    unlisted = sum(1 for name in files if name not in listed)
+    return Sources(sources, skipped, sorted(absent), unlisted, present_rows,
+                   csv_rows=table.rows, identical_duplicates=table.identical_duplicates)
+
+
+def from_folder(image_dir: str) -> Sources:
+    """Every PNG/JPEG under `image_dir` as an unlabeled record (label -1); other files are unlisted."""
+    files = scan_images(image_dir)
+    sources, skipped = [], []
+    unlisted = present = 0
+    for name in sorted(files):
+        if not name.lower().endswith(IMAGE_EXTENSIONS):
+            unlisted += len(files[name])
+            continue
+        present += 1
+        path, reason = resolve_path(name, files[name])
+        if reason:
+            skipped.append(Skip(name, reason))
+            continue
+        entry = Entry(image=name, label=labels.LABEL_UNKNOWN, findings=(0,) * len(labels.FINDINGS),
+                      patient_id="", view_position="")
+        sources.append(Source(entry, path))
+    return Sources(sources, skipped, [], unlisted, present)
