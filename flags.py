@@ -54,3 +54,69 @@ def define_build_flags() -> None:
       "Images with more pixels are refused as possible decompression bombs.", lower_bound=1)
     d(flags.DEFINE_bool, "overwrite", False,
       "Replace an existing build made with different record-shaping flags.")
+
+
+def define_synthetic_flags() -> None:
+    """Flags of `preprocess/synthetic.py` (the NIH-format synthetic dataset)."""
+    d = _define_once
+    d(flags.DEFINE_string, "output_dir", None, "Where the CSVs and images_001/images/*.png go.")
+    d(flags.DEFINE_integer, "num_patients", 120, "Patients to generate.", lower_bound=1)
+    d(flags.DEFINE_integer, "max_images_per_patient", 5, "Each patient gets 1..this many images.",
+      lower_bound=1)
+    d(flags.DEFINE_integer, "source_size", 1024,
+      "Side of the written PNGs (boxes stay in the 1024 frame, as in NIH).", lower_bound=16)
+    d(flags.DEFINE_float, "abnormal_fraction", 0.5, "Share of images with a finding (and a lesion).")
+    d(flags.DEFINE_float, "bbox_fraction", 0.3, "Share of abnormal images given a bbox row.")
+    d(flags.DEFINE_integer, "seed", 0, "Same seed, same files.")
+
+
+def define_predict_flags() -> None:
+    """Flags of `predict.py`."""
+    from training.distribute import STRATEGIES  # the one list of strategy names
+
+    d = _define_once
+    d(flags.DEFINE_multi_string, "model_dir", None,
+      "Folder written by train.py (model.keras + config.json). Repeat it to predict with several models "
+      "in one call: each then writes <output stem>.<backbone>.csv/.npy/.json instead of --output itself.")
+    d(flags.DEFINE_string, "data_dir", None, "Shard folder (holds manifest.json) to predict over.")
+    d(flags.DEFINE_string, "split", "eval", "Split of --data_dir to predict, e.g. eval, test or val.")
+    d(flags.DEFINE_string, "output", None,
+      "Prediction CSV (image_id,p_abnormal[,label]); PATH.npy ((N, 2) softmax, same rows) and the "
+      "sidecar PATH.json (backbone, shards, crop) go beside it.")
+    d(flags.DEFINE_integer, "batch_size", 64, "Global batch size (split over the replicas).", lower_bound=1)
+    d(flags.DEFINE_enum, "strategy", "auto", list(STRATEGIES),
+      "auto: multi_worker with a multi-worker TF_CONFIG, mirrored with several GPUs, else default.")
+    d(flags.DEFINE_float, "threshold", None,
+      "P(abnormal) >= threshold is called abnormal in the report (predict.py default 0.5; "
+      "ensemble.py default 0.6, or fitted with --fit_on).", lower_bound=0.0, upper_bound=1.0)
+    d(flags.DEFINE_string, "report_dir", None,
+      "Where metrics.json, roc.png and precision_recall.png go when labels are known "
+      "(default: <output stem>_report beside --output).")
+    d(flags.DEFINE_integer, "bootstrap", 1000, "Bootstrap resamples behind the report's 95% intervals (0: none).",
+      lower_bound=0)
+
+
+def define_ensemble_flags() -> None:
+    """Flags of `ensemble.py`."""
+    d = _define_once
+    d(flags.DEFINE_list, "predictions", None,
+      "Prediction CSVs to blend (predict.py's format), joined on image_id; their sidecars give the backbones.")
+    d(flags.DEFINE_string, "output", None,
+      "Submission CSV; <output stem>.probabilities.csv (+ .json: weights, threshold, inputs) go beside it.")
+    d(flags.DEFINE_list, "weights", None,
+      "One weight per --predictions file, normalised to sum 1. Default: fitted with --fit_on, else the "
+      "reference weights of the sidecars' backbones (efficientnet_b3 0.6, densenet121 0.3, resnet50 0.1).")
+    d(flags.DEFINE_float, "threshold", None,
+      "P(abnormal) >= threshold is called abnormal in the report (predict.py default 0.5; "
+      "ensemble.py default 0.6, or fitted with --fit_on).", lower_bound=0.0, upper_bound=1.0)
+    d(flags.DEFINE_list, "fit_on", None,
+      "Validation prediction files with labels (e.g. each run's val_predictions.csv), one per --predictions "
+      "file in the same order: weights and/or threshold not given are chosen on them by balanced accuracy.")
+    d(flags.DEFINE_float, "fit_step", 0.05, "Spacing of the weight grid searched with --fit_on (must divide 1).")
+    d(flags.DEFINE_string, "submission_id_column", "image_id", "Submission column holding the image id.")
+    d(flags.DEFINE_string, "submission_label_column", "label", "Submission column holding the 0/1 decision.")
+    d(flags.DEFINE_string, "report_dir", None,
+      "Where metrics.json, roc.png and precision_recall.png go when labels are known "
+      "(default: <output stem>_report beside --output).")
+    d(flags.DEFINE_integer, "bootstrap", 1000, "Bootstrap resamples behind the report's 95% intervals (0: none).",
+      lower_bound=0)

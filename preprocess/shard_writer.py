@@ -29,7 +29,7 @@ def example_for(source: Source, encoded: bytes, crop_applied: bool, box, config)
         view_position=entry.view_position,
         crop_applied=crop_applied,
         box=box if box is not None else records.NO_BOX,
-    ).SerializeToString()
+    ).SerializeToString(deterministic=True)  # map keys sorted: same bytes in every process
 
 
 def write_atomically(path: str, tmp_dir: str, serialized: list[bytes]) -> None:

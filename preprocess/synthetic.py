@@ -1,0 +1,151 @@
+"""A small synthetic dataset in NIH ChestX-ray14's format, for tests and the demo.
+
+    python -m preprocess.synthetic --output_dir=runs/demo/data --num_patients=150
+
+Writes `Data_Entry_2017_v2020.csv` (the v2020 dialect), `BBox_List_2017.csv` (the official
+header with more fields than its rows), `train_val_list.txt` / `test_list.txt` (patient-level)
+and PNGs under `images_001/images/`. Images look like radiographs (dark lungs, bright mediastinum
+and ribs, noise); abnormal ones carry a visible round opacity in a lung, and a share of those get
+a bbox row around it. Patients have several images. Same seed, same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import sys
+
+if __package__ in (None, ""):  # run as `python preprocess/synthetic.py` from the repo root
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags as absl_flags  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import flags as project_flags  # noqa: E402
+from pipeline import labels  # noqa: E402
+
+DATA_ENTRY_HEADER = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+    "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
+)
+BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+NIH_FRAME = 1024
+# The bbox CSV spells one finding differently from Data_Entry, as the real files do.
+BBOX_SPELLING = {"Infiltration": "Infiltrate"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """What to generate."""
+
+    output_dir: str
+    num_patients: int = 120
+    max_images_per_patient: int = 5  # each patient gets 1..max images
+    source_size: int = 1024  # side of the written PNGs; boxes are always in the 1024 frame
+    abnormal_fraction: float = 0.5
+    bbox_fraction: float = 0.3  # share of abnormal images given a bbox row
+    test_patient_fraction: float = 0.2  # for test_list.txt
+    seed: int = 0
+
+
+def _anatomy(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A patient's chest: body, two dark lung fields, a bright mediastinum and rib shadows."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    image = 150.0 + 40.0 * (1.0 - np.abs(xx - 0.5) * 2.0)
+    for cx in (0.3 + rng.uniform(-0.02, 0.02), 0.7 + rng.uniform(-0.02, 0.02)):
+        lung = ((xx - cx) / 0.17) ** 2 + ((yy - 0.5) / 0.3) ** 2 <= 1.0
+        image[lung] -= 90.0
+    ribs = 12.0 * np.sin(yy * rng.uniform(38.0, 46.0) + np.abs(xx - 0.5) * 6.0)
+    return image + ribs
+
+
+def _lesion(rng: np.random.Generator, size: int, image: np.ndarray) -> tuple[float, float, float, float]:
+    """Adds a round opacity inside a lung field; returns its box (x, y, w, h) in pixels."""
+    cx = rng.choice([0.3, 0.7]) + rng.uniform(-0.07, 0.07)
+    cy = 0.5 + rng.uniform(-0.18, 0.18)
+    radius = rng.uniform(0.06, 0.1)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    distance = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / radius
+    image += 95.0 * np.clip(1.0 - distance**2, 0.0, None)
+    return ((cx - radius) * size, (cy - radius) * size, 2 * radius * size, 2 * radius * size)
+
+
+def _pixels(anatomy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    noisy = anatomy + rng.normal(0.0, 8.0, anatomy.shape).astype(np.float32)
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def generate(config: SyntheticConfig) -> dict[str, int]:
+    """Writes the dataset; returns counts {"images", "abnormal", "boxes", "patients"}."""
+    rng = np.random.default_rng(config.seed)
+    image_dir = os.path.join(config.output_dir, "images_001", "images")
+    os.makedirs(image_dir, exist_ok=True)
+    size = config.source_size
+    rows, boxes, patient_images = [], [], {}
+    for patient in range(1, config.num_patients + 1):
+        anatomy = _anatomy(rng, size)
+        age, sex = int(rng.integers(18, 90)), rng.choice(["M", "F"])
+        names = []
+        for follow_up in range(int(rng.integers(1, config.max_images_per_patient + 1))):
+            name = f"{patient:08d}_{follow_up:03d}.png"
+            image = anatomy.copy()
+            finding_labels = labels.NO_FINDING
+            if rng.random() < config.abnormal_fraction:
+                chosen = rng.choice(labels.FINDINGS, size=int(rng.integers(1, 3)), replace=False)
+                finding_labels = "|".join(sorted(chosen))
+                x, y, w, h = _lesion(rng, size, image)
+                if rng.random() < config.bbox_fraction:
+                    scale = NIH_FRAME / size
+                    spelled = BBOX_SPELLING.get(chosen[0], chosen[0])
+                    boxes.append([name, spelled, x * scale, y * scale, w * scale, h * scale])
+            Image.fromarray(_pixels(image, rng), mode="L").save(
+                os.path.join(image_dir, name), compress_level=1)
+            view = "PA" if rng.random() < 0.6 else "AP"
+            rows.append([name, finding_labels, follow_up, patient, age + follow_up // 4, sex, view,
+                         NIH_FRAME, NIH_FRAME, 0.143, 0.143])
+            names.append(name)
+        patient_images[patient] = names
+    _write_tables(config, rows, boxes, patient_images, rng)
+    abnormal = sum(r[1] != labels.NO_FINDING for r in rows)
+    return {"images": len(rows), "abnormal": abnormal, "boxes": len(boxes), "patients": config.num_patients}
+
+
+def _write_tables(config, rows, boxes, patient_images, rng) -> None:
+    with open(os.path.join(config.output_dir, "Data_Entry_2017_v2020.csv"), "w", newline="") as f:
+        f.write(DATA_ENTRY_HEADER + "\n")
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    with open(os.path.join(config.output_dir, "BBox_List_2017.csv"), "w", newline="") as f:
+        f.write(BBOX_HEADER + "\n")
+        csv.writer(f, lineterminator="\n").writerows(boxes)
+    patients = sorted(patient_images)
+    test = set(rng.choice(patients, size=int(len(patients) * config.test_patient_fraction), replace=False))
+    for file_name, keep in (("train_val_list.txt", False), ("test_list.txt", True)):
+        with open(os.path.join(config.output_dir, file_name), "w") as f:
+            for patient in patients:
+                if (patient in test) == keep:
+                    f.writelines(f"{name}\n" for name in patient_images[patient])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    values = absl_flags.FLAGS
+    if not values.output_dir:
+        raise app.UsageError("--output_dir is required")
+    config = SyntheticConfig(
+        output_dir=values.output_dir, num_patients=values.num_patients,
+        max_images_per_patient=values.max_images_per_patient, source_size=values.source_size,
+        abnormal_fraction=values.abnormal_fraction, bbox_fraction=values.bbox_fraction,
+        seed=values.seed,
+    )
+    counts = generate(config)
+    print(f"wrote {counts['images']} images ({counts['abnormal']} abnormal, {counts['boxes']} boxes) "
+          f"of {counts['patients']} patients to {config.output_dir}")
+
+
+if __name__ == "__main__":
+    project_flags.define_synthetic_flags()
+    app.run(main)

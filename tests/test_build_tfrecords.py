@@ -1,0 +1,325 @@
+"""The offline builder: round trip, splits, crop, decoding, bad inputs, resume and determinism."""
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from pipeline import records
+from preprocess import build_tfrecords as bt
+from preprocess import images, synthetic
+
+from tests.conftest import REPO
+
+HEADER = synthetic.DATA_ENTRY_HEADER + "\n"
+
+
+def read_records(output_dir: str) -> dict[str, list[dict]]:
+    """split -> records (plain dicts) in shard order, read with TensorFlow."""
+    manifest = json.load(open(os.path.join(output_dir, "manifest.json")))
+    out = {}
+    for split, info in manifest["splits"].items():
+        paths = [os.path.join(output_dir, s) for s in info["shards"]]
+        out[split] = [records.example_to_dict(r.numpy()) for r in tf.data.TFRecordDataset(paths)]
+    return out
+
+
+def pixels(record: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(record["image"])))
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=out, num_patients=24, source_size=96,
+                                                 bbox_fraction=0.5, seed=3))
+    return out
+
+
+def config_for(data: str, out: str, **kw) -> bt.BuildConfig:
+    base = dict(data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"),
+                bbox_csv=os.path.join(data, "BBox_List_2017.csv"), image_dir=data,
+                output_dir=out, image_size=32, workers=1, num_shards=3)
+    base.update(kw)
+    return bt.BuildConfig(**base)
+
+
+def test_round_trip_ids_labels_pixels_over_several_shards(synthetic_data, tmp_path):
+    result = bt.build(config_for(synthetic_data, str(tmp_path), crop="none"))
+    assert result.ok, result.summary
+    got = read_records(str(tmp_path))
+    assert len(result.manifest["splits"]["train"]["shards"]) == 3
+    entries = {}
+    for line in open(os.path.join(synthetic_data, "Data_Entry_2017_v2020.csv")).readlines()[1:]:
+        cells = line.strip().split(",")
+        entries[cells[0]] = cells
+    seen = [r["image_id"] for rs in got.values() for r in rs]
+    assert sorted(seen) == sorted(entries)  # every image exactly once
+    for record in got["train"][:10]:
+        row = entries[record["image_id"]]
+        assert record["label"] == int(row[1] != "No Finding")
+        assert record["patient_id"] == row[3] and record["view_position"] == row[6]
+        source = Image.open(os.path.join(synthetic_data, "images_001", "images", record["image_id"]))
+        expected = source.resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=images.REDUCING_GAP)
+        np.testing.assert_array_equal(pixels(record), np.asarray(expected))
+        assert record["image_size"] == 32 and record["image_format"] == "png"
+
+
+def test_grouped_split_has_no_patient_in_two_splits(synthetic_data, tmp_path):
+    result = bt.build(config_for(synthetic_data, str(tmp_path), test_fraction=0.2))
+    assert result.manifest["patient_overlap"] == 0
+    got = read_records(str(tmp_path))
+    patients = {split: {r["patient_id"] for r in rs} for split, rs in got.items()}
+    assert set(patients) == {"train", "val", "test"}
+    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
+    assert not patients["val"] & patients["test"]
+    for split, info in result.manifest["splits"].items():
+        assert info["records"] == len(got[split]) == info["normal"] + info["abnormal"]
+        assert info["patients"] == len(patients[split])
+
+
+def test_official_split_follows_the_lists(synthetic_data, tmp_path):
+    cfg = config_for(synthetic_data, str(tmp_path), split="official",
+                     train_val_list=os.path.join(synthetic_data, "train_val_list.txt"),
+                     test_list=os.path.join(synthetic_data, "test_list.txt"))
+    result = bt.build(cfg)
+    got = read_records(str(tmp_path))
+    test_names = set(open(cfg.test_list).read().split())
+    assert {r["image_id"] for r in got["test"]} == test_names
+    assert result.manifest["patient_overlap"] == 0
+
+
+def test_crop_to_box_scaled_from_the_1024_frame(tmp_path):
+    data = tmp_path / "data"
+    (data / "img").mkdir(parents=True)
+    source = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
+    Image.fromarray(source).save(data / "img" / "a.png")
+    Image.fromarray(source).save(data / "img" / "b.png")
+    (data / "e.csv").write_text(HEADER + "a.png,Mass,0,1,50,M,PA,1,1,1,1\nb.png,Mass,0,2,50,M,PA,1,1,1,1\n")
+    (data / "b.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                                "a.png,Mass,256,512,512,256\na.png,Mass,0,0,4,4\n"
+                                "b.png,Mass,2000,2000,10,10\n")
+    cfg = bt.BuildConfig(data_entry_csv=str(data / "e.csv"), bbox_csv=str(data / "b.csv"),
+                         image_dir=str(data), output_dir=str(tmp_path / "out"), split="all",
+                         image_size=16, workers=1)
+    result = bt.build(cfg)
+    got = {r["image_id"]: r for r in read_records(cfg.output_dir)["all"]}
+    # a.png: union of the two boxes = (0, 0, 768, 768) in 1024 → (0, 0, 192, 192) in 256 px.
+    assert got["a.png"]["crop_applied"] and got["a.png"]["box"] == [0, 0, 768, 768]
+    expected = Image.fromarray(source).resize((16, 16), Image.Resampling.BICUBIC, box=(0, 0, 192, 192),
+                                              reducing_gap=images.REDUCING_GAP)
+    np.testing.assert_array_equal(pixels(got["a.png"]), np.asarray(expected))
+    # b.png: box outside the frame → written uncropped, listed under warnings.
+    assert not got["b.png"]["crop_applied"]
+    assert [w["image"] for w in result.manifest["warnings"]] == ["b.png"]
+    assert "outside" in result.manifest["warnings"][0]["reason"]
+
+
+def test_crop_region_clips_and_rejects():
+    assert images.crop_region((-100, 900, 300, 300), 512, 512) == (0.0, 450.0, 100.0, 512.0)
+    with pytest.raises(images.ImageError, match="outside"):
+        images.crop_region((1100, 10, 50, 50), 1024, 1024)
+    with pytest.raises(images.ImageError, match="degenerate"):
+        images.crop_region((10, 10, 0, 50), 1024, 1024)
+
+
+def test_real_sample_builds_with_the_right_counts(nih_sample, tmp_path):
+    cfg = bt.BuildConfig(data_entry_csv=os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz"),
+                         bbox_csv=os.path.join(nih_sample, "BBox_List_2017.csv"),
+                         image_dir=nih_sample, output_dir=str(tmp_path), split="all", workers=2)
+    result = bt.build(cfg)
+    m = result.manifest
+    assert result.ok and not m["skipped"] and not m["warnings"]
+    assert m["splits"]["all"]["records"] == 116
+    assert (m["splits"]["all"]["normal"], m["splits"]["all"]["abnormal"]) == (55, 61)
+    assert m["absent"] == 112_120 - 116
+    assert len(open(tmp_path / "absent.txt").read().split()) == m["absent"]
+    got = read_records(str(tmp_path))["all"]
+    assert sum(r["crop_applied"] for r in got) == 6
+    rgba = [n for n in os.listdir(os.path.join(nih_sample, "images_001", "images"))
+            + os.listdir(os.path.join(nih_sample, "images_002", "images"))
+            if Image.open(next(os.path.join(nih_sample, d, "images", n)
+                               for d in ("images_001", "images_002")
+                               if os.path.exists(os.path.join(nih_sample, d, "images", n)))).mode == "RGBA"]
+    assert len(rgba) == 3
+    by_id = {r["image_id"]: r for r in got}
+    for name in rgba:
+        assert pixels(by_id[name]).shape == (224, 224)
+
+
+def save(image: Image.Image, path, fmt="PNG", **kw):
+    image.save(path, format=fmt, **kw)
+
+
+@pytest.fixture
+def hostile_dir(tmp_path):
+    """A folder with good images in every decodable mode and one file per bad-input kind."""
+    d = tmp_path / "data" / "images_001" / "images"
+    d.mkdir(parents=True)
+    gray = np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)
+    good = {
+        "l.png": Image.fromarray(gray),
+        "la.png": Image.fromarray(np.stack([gray, gray], -1), mode="LA"),
+        "rgb.png": Image.fromarray(np.stack([gray] * 3, -1)),
+        "rgba.png": Image.fromarray(np.stack([gray] * 3 + [np.full_like(gray, 7)], -1)),
+        "p.png": Image.fromarray(gray).convert("P"),
+        "i16.png": Image.fromarray(gray.astype(np.uint16) * 257),
+    }
+    for name, image in good.items():
+        save(image, d / name)
+    save(Image.fromarray(gray), d / "jpeg_named.png", fmt="JPEG", quality=95)
+    buf = io.BytesIO()
+    save(Image.fromarray(gray), buf)
+    (d / "truncated.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(300))
+    (d / "empty.png").write_bytes(b"")
+    (d / "text.png").write_bytes(b"hello, not an image")
+    save(Image.fromarray(gray), d / "gif.png", fmt="GIF")
+    save(Image.fromarray(np.zeros((400, 400), np.uint8)), d / "bomb.png")
+    (d / "unlisted.png").write_bytes(buf.getvalue())
+    names = list(good) + ["jpeg_named.png", "truncated.png", "corrupt.png", "empty.png", "text.png",
+                          "gif.png", "bomb.png"]
+    rows = [f"{n},{'No Finding' if i % 2 else 'Mass'},0,{i + 1},40,F,PA,1,1,1,1" for i, n in enumerate(names)]
+    rows += ["absent.png,Mass,0,99,40,F,PA,1,1,1,1", "../outside.png,Mass,0,98,40,F,PA,1,1,1,1",
+             "l.png,No Finding,0,1,40,F,PA,1,1,1,1",  # conflicts with the l.png row above
+             "rgb.png,Mass,0,3,40,F,PA,1,1,1,1"]  # identical duplicate of rgb.png's row
+    csv_path = tmp_path / "data" / "Data_Entry.csv"
+    csv_path.write_text(HEADER + "\n".join(rows) + "\n")
+    return tmp_path / "data", gray
+
+
+def test_every_bad_input_is_skipped_with_its_reason(hostile_dir, tmp_path):
+    data, gray = hostile_dir
+    cfg = bt.BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
+                         output_dir=str(tmp_path / "out"), split="all", image_size=64, workers=1,
+                         max_image_pixels=100_000)
+    result = bt.build(cfg)
+    m = result.manifest
+    reasons = {s["image"]: s["reason"] for s in m["skipped"]}
+    assert set(reasons) == {"truncated.png", "corrupt.png", "empty.png", "text.png", "gif.png",
+                            "bomb.png", "../outside.png", "l.png"}
+    assert "truncated" in reasons["truncated.png"]
+    assert "empty file" in reasons["empty.png"]
+    assert "GIF" in reasons["gif.png"]
+    assert "decompression bomb" in reasons["bomb.png"]
+    assert "conflicting duplicate" in reasons["l.png"]
+    assert "plain file name" in reasons["../outside.png"]
+    # unlisted: unlisted.png and the CSV itself, which lies under --image_dir here
+    assert m["absent"] == 1 and m["unlisted"] == 2 and m["identical_duplicates"] == 1
+    assert not result.ok and "FAILED" in result.summary and "max_skip_fraction" in result.summary
+    got = {r["image_id"]: pixels(r) for r in read_records(cfg.output_dir)["all"]}
+    assert set(got) == {"la.png", "rgb.png", "rgba.png", "p.png", "i16.png", "jpeg_named.png"}
+    for name in ("la.png", "rgb.png", "rgba.png", "p.png", "i16.png"):
+        np.testing.assert_array_equal(got[name], gray, err_msg=name)
+    assert np.abs(got["jpeg_named.png"].astype(int) - gray).mean() < 6  # lossy source
+
+
+def test_skip_fraction_within_limit_exits_zero(hostile_dir, tmp_path):
+    data, _ = hostile_dir
+    cfg = bt.BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
+                         output_dir=str(tmp_path / "out"), split="all", image_size=64, workers=1,
+                         max_skip_fraction=0.9)
+    assert bt.build(cfg).ok
+
+
+def test_unlabeled_folder_becomes_eval_shards(hostile_dir, tmp_path):
+    data, _ = hostile_dir
+    (data / "notes.txt").write_text("not an image")
+    cfg = bt.BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "out"), split="unlabeled",
+                         image_size=32, workers=1, max_skip_fraction=1.0)
+    m = bt.build(cfg).manifest
+    got = read_records(cfg.output_dir)["eval"]
+    assert {r["label"] for r in got} == {-1}
+    assert "unlisted.png" in {r["image_id"] for r in got}
+    assert m["unlisted"] == 2  # notes.txt and Data_Entry.csv
+
+
+def test_rerun_with_other_flags_refuses_unless_overwrite(synthetic_data, tmp_path):
+    bt.build(config_for(synthetic_data, str(tmp_path)))
+    assert bt.build(config_for(synthetic_data, str(tmp_path), workers=2, max_skip_fraction=0.5)).ok
+    with pytest.raises(bt.BuildError, match="flags differ: image_size"):
+        bt.build(config_for(synthetic_data, str(tmp_path), image_size=16))
+    result = bt.build(config_for(synthetic_data, str(tmp_path), image_size=16, overwrite=True))
+    assert result.manifest["config"]["image_size"] == 16
+    assert read_records(str(tmp_path))["train"][0]["image_size"] == 16
+
+
+def shard_bytes(out: str) -> dict[str, bytes]:
+    return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out)) if n.endswith(".tfrecord")}
+
+
+def test_output_is_identical_whatever_the_worker_count(synthetic_data, tmp_path):
+    bt.build(config_for(synthetic_data, str(tmp_path / "one"), workers=1, num_shards=4))
+    bt.build(config_for(synthetic_data, str(tmp_path / "two"), workers=2, num_shards=4))
+    one, two = shard_bytes(str(tmp_path / "one")), shard_bytes(str(tmp_path / "two"))
+    assert len(one) >= 4 and one == two
+
+
+def test_default_shard_count_never_depends_on_workers():
+    cfg = bt.BuildConfig(image_dir=".", output_dir=".", workers=7)
+    assert bt.shard_counts({"train": 78_000, "val": 19_000}, cfg) == {"train": 18, "val": 4}  # 78k x ~30 KB / 128 MB
+    assert bt.shard_counts({"train": 300, "val": 30}, cfg) == {"train": 16, "val": 2}
+    assert bt.shard_counts({"train": 5}, cfg) == {"train": 5}
+
+
+def cli(args: list[str], module: bool) -> list[str]:
+    entry = ["-m", "preprocess.build_tfrecords"] if module else [os.path.join("preprocess", "build_tfrecords.py")]
+    return [sys.executable, *entry, *args]
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_record_set(tmp_path):
+    # Larger sources than the shared fixture, so each shard takes long enough to kill mid-build.
+    synthetic_data = str(tmp_path / "data")
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=synthetic_data, num_patients=16,
+                                                 source_size=512, seed=5))
+    args = [f"--data_entry_csv={synthetic_data}/Data_Entry_2017_v2020.csv",
+            f"--bbox_csv={synthetic_data}/BBox_List_2017.csv", f"--image_dir={synthetic_data}",
+            "--image_size=32", "--num_shards=8", "--workers=1"]
+    reference = tmp_path / "reference"
+    done = subprocess.run(cli(args + [f"--output_dir={reference}"], module=True), cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "built:" in done.stdout
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(cli(args + [f"--output_dir={out}"], module=False), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len([n for n in os.listdir(out) if n.endswith(".tfrecord")]
+                                         if out.exists() else []) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out) if n.endswith(".tfrecord")}
+    total = len(shard_bytes(str(reference)))
+    assert 0 < len(finished) < total, "the kill should land mid-build"
+    again = subprocess.run(cli(args + [f"--output_dir={out}"], module=False), cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name, mtime in finished.items():
+        assert os.stat(out / name).st_mtime_ns == mtime, f"{name} was rewritten"
+    assert shard_bytes(str(out)) == shard_bytes(str(reference))
+    assert not os.listdir(out / ".build" / "tmp") if (out / ".build" / "tmp").exists() else True
+
+
+def test_cli_exit_code_and_message_on_bad_input(hostile_dir, tmp_path):
+    data, _ = hostile_dir
+    done = subprocess.run(cli([f"--data_entry_csv={data}/Data_Entry.csv", f"--image_dir={data}",
+                               f"--output_dir={tmp_path / 'out'}", "--split=all", "--image_size=32"],
+                              module=True), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "FAILED" in done.stdout and "max_skip_fraction" in done.stdout
+    missing = subprocess.run(cli([f"--image_dir={data}", f"--output_dir={tmp_path / 'o2'}"], module=True),
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "--data_entry_csv" in missing.stderr
+    shutil.rmtree(tmp_path / "out")
