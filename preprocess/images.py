@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import struct
 import zlib
 
 import numpy as np
@@ -19,9 +20,12 @@ NIH_FRAME = 1024.0  # NIH boxes are given in the 1024 x 1024 frame of the releas
 # Pillow first shrinks by an integer factor with a box filter, then resamples bicubically the
 # last <= 2x: antialiased, and ~2x faster than a full bicubic from 1024 (measured 1.3 vs 2.6 ms).
 REDUCING_GAP = 2.0
-# zlib level 1: 3x faster to encode than the default 6 (1.4 vs 4.2 ms at 224 px) for files ~15%
-# larger; decoding speed is the same, and the builder's rate is bound by decoding the sources.
+# Stored PNGs are written here rather than by Pillow: Pillow tries every PNG row filter and took
+# 1.4-1.7 ms per 224 px image at zlib level 1; one "Up" filter in numpy plus zlib level 1 takes
+# ~0.9 ms for the same size (27 KB; Pillow's level 6 saves 10% more and costs 4 ms). The
+# builder's rate is bound by decoding the 1024 px sources (~10 ms), so every ms here counts.
 PNG_COMPRESS_LEVEL = 1
+PNG_FILTER_UP = 2
 SUPPORTED_FORMATS = ("PNG", "JPEG")
 
 
@@ -112,12 +116,29 @@ def crop_region(
     return left, top, right, bottom
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png_gray(pixels: np.ndarray) -> bytes:
+    """Encodes a 2-D uint8 array as an 8-bit grayscale PNG, every row "Up"-filtered."""
+    height, width = pixels.shape
+    rows = np.empty((height, width + 1), np.uint8)
+    rows[:, 0] = PNG_FILTER_UP
+    rows[0, 0] = 0  # the first row has no row above: no filter
+    rows[0, 1:] = pixels[0]
+    rows[1:, 1:] = pixels[1:] - pixels[:-1]  # uint8 arithmetic wraps modulo 256, as PNG defines
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESS_LEVEL))
+            + _png_chunk(b"IEND", b""))
+
+
 def encode(image: Image.Image, image_format: str, jpeg_quality: int) -> bytes:
-    buffer = io.BytesIO()
     if image_format == "png":
-        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    else:
-        image.save(buffer, format="JPEG", quality=jpeg_quality)
+        return encode_png_gray(np.asarray(image))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=jpeg_quality)
     return buffer.getvalue()
 
 

@@ -323,3 +323,10 @@ def test_cli_exit_code_and_message_on_bad_input(hostile_dir, tmp_path):
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0 and "--data_entry_csv" in missing.stderr
     shutil.rmtree(tmp_path / "out")
+
+
+def test_stored_png_decodes_identically_in_pillow_and_tensorflow():
+    gray = np.random.default_rng(2).integers(0, 256, (31, 17), dtype=np.uint8)
+    encoded = images.encode_png_gray(gray)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encoded))), gray)
+    np.testing.assert_array_equal(tf.io.decode_png(encoded, channels=1).numpy()[..., 0], gray)

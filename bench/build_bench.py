@@ -1,0 +1,125 @@
+"""Throughput of the offline builder against Pillow's decode-only rate, on full-size radiographs.
+
+    .venv/bin/python bench/build_bench.py [--nih_dir=../shared/data/nih_sample] [--copies=4] \
+        [--json_out=FILE]
+
+Uses the real 1024x1024 NIH PNGs when `--nih_dir` holds them (each listed `--copies` times under
+new names, through symlinks, so the run is long enough to time), else synthetic 1024x1024 ones.
+TensorFlow's one-off import (~3 s per build, noise on NIH's 112k images) happens before timing.
+Rows: Pillow decode of the same files on one core; the whole build with --workers=1; with
+--workers=2. Targets on a 2-core machine: workers1 >= 0.8 x decode-only, workers2 >= 1.7 x workers1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from preprocess import build_tfrecords as bt  # noqa: E402
+from preprocess import shard_writer  # noqa: E402,F401  (loads TensorFlow before the clock starts)
+from preprocess import synthetic  # noqa: E402
+
+_NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join("..", "shared", "data", "nih_sample"),
+                               "Folder with the real NIH sample (images_00N/images/*.png).")
+_COPIES = flags.DEFINE_integer("copies", 4, "Times each real image is listed (as a symlink).")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Write the figures here as JSON.")
+
+
+def real_dataset(nih_dir: str, copies: int, out: str) -> tuple[str, str, list[str]]:
+    """Symlinks each real image `copies` times; returns (csv, bbox csv, image paths)."""
+    sources = sorted(os.path.join(root, n) for root, _, files in os.walk(nih_dir) for n in files
+                     if n.endswith(".png"))
+    image_dir = os.path.join(out, "images")
+    os.makedirs(image_dir)
+    rows, boxes, paths = [], [], []
+    bbox = {}
+    with open(os.path.join(nih_dir, "BBox_List_2017.csv")) as f:
+        for line in f.readlines()[1:]:
+            cells = line.strip().split(",")
+            bbox.setdefault(cells[0], []).append(cells)
+    for copy in range(copies):
+        for i, src in enumerate(sources):
+            name = f"{copy:04d}{i:04d}_000.png"
+            os.symlink(os.path.abspath(src), os.path.join(image_dir, name))
+            paths.append(os.path.join(image_dir, name))
+            label = "Mass" if i % 2 else "No Finding"
+            rows.append(f"{name},{label},0,{copy * 1000 + i},50,M,PA,1024,1024,0.143,0.143")
+            boxes += [",".join([name] + cells[1:]) for cells in bbox.get(os.path.basename(src), [])]
+    csv_path = os.path.join(out, "entries.csv")
+    with open(csv_path, "w") as f:
+        f.write(synthetic.DATA_ENTRY_HEADER + "\n" + "\n".join(rows) + "\n")
+    bbox_path = os.path.join(out, "bbox.csv")
+    with open(bbox_path, "w") as f:
+        f.write(synthetic.BBOX_HEADER + "\n" + "\n".join(boxes) + "\n")
+    return csv_path, bbox_path, paths
+
+
+def synthetic_dataset(out: str) -> tuple[str, str, list[str]]:
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=out, num_patients=150, source_size=1024))
+    image_dir = os.path.join(out, "images_001", "images")
+    paths = sorted(os.path.join(image_dir, n) for n in os.listdir(image_dir))
+    return (os.path.join(out, "Data_Entry_2017_v2020.csv"), os.path.join(out, "BBox_List_2017.csv"), paths)
+
+
+def decode_only(paths: list[str]) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as image:
+            image.load()
+    return len(paths) / (time.perf_counter() - start)
+
+
+def build_rate(csv_path: str, bbox_path: str, image_dir: str, workers: int, out: str) -> float:
+    config = bt.BuildConfig(data_entry_csv=csv_path, bbox_csv=bbox_path, image_dir=image_dir,
+                            output_dir=out, split="all", workers=workers)
+    start = time.perf_counter()
+    result = bt.build(config)
+    elapsed = time.perf_counter() - start
+    if not result.ok:
+        raise RuntimeError(result.summary)
+    return result.manifest["splits"]["all"]["records"] / elapsed
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    work = tempfile.mkdtemp(prefix="build_bench_")
+    try:
+        if os.path.isdir(os.path.join(_NIH_DIR.value, "images_001")):
+            csv_path, bbox_path, paths = real_dataset(_NIH_DIR.value, _COPIES.value, work)
+            source = f"{len(paths)} real NIH radiographs ({_COPIES.value} listings of each)"
+        else:
+            csv_path, bbox_path, paths = synthetic_dataset(work)
+            source = f"{len(paths)} synthetic 1024x1024 radiographs"
+        image_dir = os.path.dirname(paths[0])
+        decode_only(paths[:20])  # warm the page cache so every row reads from memory
+        figures = {
+            "decode_only_img_s": decode_only(paths),
+            "workers1_img_s": build_rate(csv_path, bbox_path, image_dir, 1, os.path.join(work, "w1")),
+            "workers2_img_s": build_rate(csv_path, bbox_path, image_dir, 2, os.path.join(work, "w2")),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    figures["workers1_over_decode_only"] = figures["workers1_img_s"] / figures["decode_only_img_s"]
+    figures["workers2_over_workers1"] = figures["workers2_img_s"] / figures["workers1_img_s"]
+    print(f"source: {source}; cores: {os.cpu_count()}")
+    print(f"decode-only (Pillow, 1 core): {figures['decode_only_img_s']:7.1f} img/s")
+    print(f"build --workers=1:            {figures['workers1_img_s']:7.1f} img/s  "
+          f"({figures['workers1_over_decode_only']:.2f} x decode-only; target >= 0.8)")
+    print(f"build --workers=2:            {figures['workers2_img_s']:7.1f} img/s  "
+          f"({figures['workers2_over_workers1']:.2f} x workers=1; target >= 1.7)")
+    if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
