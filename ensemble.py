@@ -1,0 +1,49 @@
+"""Blend prediction files into a submission: join on image id, weight, threshold, report.
+
+    python ensemble.py --predictions=eff.csv,dense.csv,res.csv --output=submission.csv
+        [--weights=0.6,0.3,0.1] [--threshold=0.6] [--fit_on=eff_val.csv,dense_val.csv,res_val.csv]
+
+Bad input (ids that differ between files, duplicate ids, NaN or out-of-range probabilities, ...)
+exits with status 1 and a one-line message naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+import flags as project_flags
+from evaluation import blend as blend_lib
+from evaluation import ensembling
+from evaluation.errors import UserInputError
+
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    try:
+        result = ensembling.run_ensemble(
+            FLAGS.predictions,
+            FLAGS.output,
+            weights=None if FLAGS.weights is None else blend_lib.parse_weights(FLAGS.weights),
+            threshold=FLAGS.threshold,
+            fit_on=FLAGS.fit_on,
+            fit_step=FLAGS.fit_step,
+            id_column=FLAGS.submission_id_column,
+            label_column=FLAGS.submission_label_column,
+            report_dir=FLAGS.report_dir,
+            bootstrap=FLAGS.bootstrap,
+        )
+    except UserInputError as err:
+        sys.exit(f"ensemble.py: {err}")
+    print(ensembling.summary(result))
+
+
+if __name__ == "__main__":
+    project_flags.define_ensemble_flags()
+    flags.mark_flags_as_required(["predictions", "output"])
+    flags.adopt_module_key_flags(project_flags)  # --helpshort lists this tool's flags
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Evaluation: batch prediction, prediction files, blending models, and the metrics report."""

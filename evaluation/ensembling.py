@@ -1,0 +1,216 @@
+"""The ensemble run behind ensemble.py: join prediction files, blend, threshold, write, report.
+
+Outputs, for `--output=DIR/submission.csv`:
+  DIR/submission.csv                    image id and 0/1 decision (column names settable)
+  DIR/submission.probabilities.csv      image_id, p_abnormal (blended) [, label]
+  DIR/submission.probabilities.json     its sidecar: inputs, weights, threshold, how they were chosen
+  DIR/submission_report/                metrics.json, roc.png, precision_recall.png (labels known only)
+In the report every input model is scored at the ensemble's threshold, so the rows compare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from evaluation import blend as blend_lib
+from evaluation import report as report_lib
+from evaluation.errors import UserInputError
+from evaluation.prediction_files import Predictions, align, read_predictions, write_predictions
+
+ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleResult:
+    """What an ensemble run chose and wrote.
+
+    Attributes:
+      submission: path of the submission CSV.
+      probabilities: path of the blended-probabilities CSV (its sidecar beside it).
+      weights: model name -> weight (summing to 1), in --predictions order.
+      threshold: the decision threshold applied.
+      fit: the validation fit, or None when nothing was fitted.
+      metrics: {name: metrics} when labels are known, else None.
+      report_dir: where the report went, or None.
+    """
+
+    submission: str
+    probabilities: str
+    weights: dict[str, float]
+    threshold: float
+    fit: blend_lib.Fit | None
+    metrics: dict[str, Any] | None
+    report_dir: str | None
+
+
+def model_names(files: Sequence[Predictions]) -> list[str]:
+    """Returns one report name per file: its backbone when that is unique, else its file name stem."""
+    backbones = [f.backbone for f in files]
+    names = []
+    for file in files:
+        stem = os.path.splitext(os.path.basename(file.path))[0]
+        unique = file.backbone is not None and backbones.count(file.backbone) == 1
+        names.append(file.backbone if unique else stem)
+    # Same stems from different folders: number them so every entry keeps its own row.
+    return [name if names.count(name) == 1 and name != ENSEMBLE else f"{name}#{i + 1}"
+            for i, name in enumerate(names)]
+
+
+def _common(values: Sequence[str | None]) -> str | None:
+    known = sorted({v for v in values if v is not None})
+    if not known:
+        return None
+    return known[0] if len(known) == 1 else "mixed: " + ", ".join(known)
+
+
+def _check_fit_pairs(files: Sequence[Predictions], fit_files: Sequence[Predictions]) -> None:
+    if len(fit_files) != len(files):
+        raise UserInputError(
+            f"--fit_on has {len(fit_files)} file(s) but --predictions has {len(files)}; pass one validation "
+            "file per prediction file, in the same order"
+        )
+    for file, fit_file in zip(files, fit_files):
+        if file.backbone and fit_file.backbone and file.backbone != fit_file.backbone:
+            raise UserInputError(
+                f"--fit_on: {fit_file.path} is from {fit_file.backbone} but its partner {file.path} is from "
+                f"{file.backbone}; list validation files in the same order as --predictions"
+            )
+
+
+def _choose(
+    files: Sequence[Predictions],
+    weights: Sequence[float] | None,
+    threshold: float | None,
+    fit_on: Sequence[str] | None,
+    fit_step: float,
+) -> tuple[np.ndarray, float, blend_lib.Fit | None]:
+    fixed_weights = None if weights is None else blend_lib.normalise_weights(weights, len(files))
+    fixed_threshold = None if threshold is None else blend_lib.check_threshold(threshold)
+    if not fit_on:
+        chosen = fixed_weights if fixed_weights is not None else blend_lib.reference_weights(files)
+        return chosen, blend_lib.DEFAULT_THRESHOLD if fixed_threshold is None else fixed_threshold, None
+    fit_files = [read_predictions(path) for path in fit_on]
+    _check_fit_pairs(files, fit_files)
+    validation = align(fit_files)
+    labels = blend_lib.check_fit_labels(validation.labels, fit_on, validation.ids)
+    fit = blend_lib.fit(validation.probs, labels, step=fit_step, weights=fixed_weights, threshold=fixed_threshold)
+    return fit.weights, fit.threshold, fit
+
+
+def _write_submission(
+    path: str, ids: np.ndarray, decisions: np.ndarray, id_column: str, label_column: str
+) -> None:
+    if not id_column or not label_column or id_column == label_column:
+        raise UserInputError(
+            f"submission columns {id_column!r} and {label_column!r} must be two different non-empty names"
+        )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    pd.DataFrame({id_column: ids, label_column: decisions}).to_csv(path, index=False)
+
+
+def _report(
+    report_dir: str, files: Sequence[Predictions], names: Sequence[str], aligned, blended: np.ndarray,
+    threshold: float, bootstrap: int,
+) -> dict[str, Any]:
+    scores = [
+        report_lib.Scores(name, aligned.labels, aligned.probs[:, m], threshold, {
+            "crop": file.crop, "train_crop": (file.sidecar or {}).get("train_crop"), "source": file.path,
+        })
+        for m, (name, file) in enumerate(zip(names, files))
+    ]
+    scores.append(report_lib.Scores(ENSEMBLE, aligned.labels, blended, threshold, {
+        "crop": _common([f.crop for f in files]),
+        "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]),
+    }))
+    return report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
+
+
+def run_ensemble(
+    predictions: Sequence[str],
+    output: str,
+    *,
+    weights: Sequence[float] | None = None,
+    threshold: float | None = None,
+    fit_on: Sequence[str] | None = None,
+    fit_step: float = blend_lib.DEFAULT_FIT_STEP,
+    id_column: str = "image_id",
+    label_column: str = "label",
+    report_dir: str | None = None,
+    bootstrap: int = report_lib.DEFAULT_BOOTSTRAP,
+) -> EnsembleResult:
+    """Blends prediction files joined on image id, thresholds the blend and writes the submission.
+
+    Weights: `weights` (normalised to sum 1), else fitted with `fit_on`, else the reference weights
+    of the backbones in the files' sidecars. Threshold: `threshold`, else fitted with `fit_on`, else
+    0.6. With `fit_on`, whatever is not given is chosen on validation (blend.CRITERION).
+
+    Args:
+      predictions: prediction CSVs (predict.py's format), one per model.
+      output: the submission CSV path.
+      weights: one non-negative weight per file, or None.
+      threshold: the decision threshold in [0, 1], or None.
+      fit_on: validation prediction files with labels, one per prediction file and in the same order.
+      fit_step: spacing of the weight grid searched with `fit_on`.
+      id_column: submission column holding the image id.
+      label_column: submission column holding the 0/1 decision.
+      report_dir: where the report goes when labels are known (default: `<output stem>_report`).
+      bootstrap: resamples behind the report's 95% intervals.
+
+    Returns:
+      What was chosen and written.
+
+    Raises:
+      UserInputError: any problem with the files or settings, naming the file and the fix.
+    """
+    if not output.endswith(".csv"):
+        raise UserInputError(f"--output={output} must name a .csv file, e.g. submission.csv")
+    files = [read_predictions(path) for path in predictions]
+    aligned = align(files)
+    names = model_names(files)
+    chosen_weights, chosen_threshold, fit = _choose(files, weights, threshold, fit_on, fit_step)
+    blended = blend_lib.blend(aligned.probs, chosen_weights)
+    decisions = blend_lib.decide(blended, chosen_threshold)
+    _write_submission(output, aligned.ids, decisions, id_column, label_column)
+    probabilities = os.path.splitext(output)[0] + ".probabilities.csv"
+    weight_map = {name: float(w) for name, w in zip(names, chosen_weights)}
+    write_predictions(probabilities, aligned.ids, blended, aligned.labels, sidecar={
+        "backbone": ENSEMBLE,
+        "inputs": [{"name": n, "path": f.path, "backbone": f.backbone, "crop": f.crop}
+                   for n, f in zip(names, files)],
+        "weights": weight_map,
+        "threshold": chosen_threshold,
+        "fit": None if fit is None else {
+            "criterion": blend_lib.CRITERION, "files": list(fit_on), "step": fit_step,
+            "fitted_weights": fit.fitted_weights, "fitted_threshold": fit.fitted_threshold,
+            "balanced_accuracy": fit.balanced_accuracy, "brier": fit.brier, "records": fit.records,
+        },
+        "crop": _common([f.crop for f in files]),
+        "records": len(aligned.ids),
+    })
+    metrics = None
+    if report_lib.has_known_labels(aligned.labels):
+        report_dir = report_dir or report_lib.default_report_dir(output)
+        metrics = _report(report_dir, files, names, aligned, blended, chosen_threshold, bootstrap)
+    else:
+        report_dir = None
+    return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir)
+
+
+def summary(result: EnsembleResult) -> str:
+    """Returns what an ensemble run chose (and why) and wrote, with the report table when there is one."""
+    weights = ", ".join(f"{name} {weight:.3f}" for name, weight in result.weights.items())
+    lines = [f"weights: {weights}", f"threshold: {result.threshold:.4f}"]
+    if result.fit is not None:
+        chosen = " and ".join(part for part, on in (("weights", result.fit.fitted_weights),
+                                                    ("threshold", result.fit.fitted_threshold)) if on)
+        lines.append(f"{chosen} chosen on {result.fit.records} validation records by {blend_lib.CRITERION}: "
+                     f"balanced accuracy {result.fit.balanced_accuracy:.4f}, Brier {result.fit.brier:.4f}")
+    lines.append(f"wrote {result.submission} and {result.probabilities}")
+    if result.metrics is not None:
+        lines += ["", report_lib.format_table(result.metrics), "", f"report: {result.report_dir}"]
+    return "\n".join(lines)

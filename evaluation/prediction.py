@@ -1,0 +1,453 @@
+"""Batch prediction behind predict.py: saved models over a split's shards, distributed, each id once.
+
+For every model folder, writes a prediction file (evaluation/prediction_files.py) plus the `(N, 2)`
+softmax outputs as `.npy` in the same row order (the reference's format), rows sorted by image id so
+that the files are identical under every strategy. The row count is checked against the manifest.
+Models run under the strategies and precision policies of training (see `with_precision`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tqdm
+
+from evaluation import report as report_lib
+from evaluation.blend import check_threshold
+from evaluation.errors import UserInputError
+from evaluation.prediction_files import few, write_predictions
+from pipeline import input_pipeline
+from pipeline import manifest as manifest_lib
+from training import distribute
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+VAL_SIDECAR = "val_predictions.json"  # training's sidecar of val_predictions.csv
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_THRESHOLD = 0.5  # a single softmax model's own decision: the larger of its two outputs
+# Ids cross workers as fixed-width byte rows, because collectives cannot gather strings.
+MAX_ID_BYTES = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitOutputs:
+    """One model's outputs over a split, rows sorted by image id.
+
+    Attributes:
+      ids: (N,) image ids (str).
+      softmax: (N, 2) float32; column 1 is P(abnormal).
+      labels: (N,) int64, -1 where unknown.
+    """
+
+    ids: np.ndarray
+    softmax: np.ndarray
+    labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionResult:
+    """What a prediction run wrote.
+
+    Attributes:
+      outputs: model name (its backbone) -> prediction CSV path (the .npy and .json beside it).
+      records: rows per file (= the split's records).
+      metrics: {name: metrics} when labels are known, else None.
+      report_dir: where the report went, or None.
+    """
+
+    outputs: dict[str, str]
+    records: int
+    metrics: dict[str, Any] | None
+    report_dir: str | None
+
+
+def load_run_config(model_dir: str) -> dict[str, Any]:
+    """Reads `model_dir/config.json`, the training run's frozen config.
+
+    Raises:
+      UserInputError: missing, unreadable, or without "backbone".
+    """
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise UserInputError(f"{path} not found: --model_dir={model_dir} is not a folder written by train.py")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{path}: not valid JSON ({err}); restore the file train.py wrote") from err
+    if not isinstance(config, dict) or "backbone" not in config:
+        raise UserInputError(f"{path}: no \"backbone\" field; restore the file train.py wrote")
+    return config
+
+
+def load_classifier(model_dir: str):
+    """Loads `model_dir/model.keras` with safe_mode=True (no arbitrary code from the file).
+
+    Returns:
+      The keras.Model, taking (B, S, S, 3) pixels in 0..255 and returning (B, 2) softmax.
+
+    Raises:
+      UserInputError: the file is missing, cannot be loaded, or does not output two probabilities.
+    """
+    import keras
+
+    import models  # noqa: F401  (registers the project's layers so safe_mode can rebuild them)
+
+    path = os.path.join(model_dir, MODEL_FILE)
+    if not os.path.exists(path):
+        raise UserInputError(f"{path} not found: train a model into --model_dir={model_dir} first")
+    try:
+        model = keras.models.load_model(path, safe_mode=True)
+    except (ValueError, TypeError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(f"{path}: cannot be loaded ({first_line}); retrain or restore the file") from err
+    if tuple(model.output_shape)[-1:] != (2,):
+        raise UserInputError(
+            f"{path}: outputs {model.output_shape}, not (batch, 2) softmax; not a classifier of this project"
+        )
+    return model
+
+
+def _augment_of(config: dict[str, Any]) -> bool | None:
+    # train.py records "on"/"off"; anything else means the backbone's default, as in training.
+    return {"on": True, "off": False}.get(config.get("augment"))
+
+
+def _all_layers(model) -> list:
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if hasattr(layer, "layers"):  # a nested model, e.g. the backbone
+            layers.extend(_all_layers(layer))
+    return layers
+
+
+def with_precision(model, config: dict[str, Any], precision: str):
+    """Returns `model` computing under the dtype policy `precision`, its weights unchanged.
+
+    A saved model carries one dtype policy per layer (train.py saves float32), and loading ignores
+    the global policy; so for another policy the same architecture is rebuilt under it with
+    `models.build_model` (the softmax stays float32) and given the saved weights.
+
+    Args:
+      model: the loaded classifier.
+      config: its run's config.json (backbone, image_size, augment, seed).
+      precision: a `training.distribute.PRECISIONS` name ("auto": mixed_float16 on GPU, else float32).
+
+    Returns:
+      (classifier, policy name): `model` itself when float32 is asked for and every layer already
+      computes in float32, else the rebuilt copy.
+
+    Raises:
+      UserInputError: the rebuilt architecture does not match the saved weights.
+    """
+    import keras
+
+    import models
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        policy = distribute.resolve_precision(precision)
+        if policy == "float32" and all(layer.dtype_policy.name == "float32" for layer in _all_layers(model)):
+            return model, policy
+        try:
+            rebuilt = models.build_model(config["backbone"], int(model.input_shape[1]), weights="none",
+                                         augment=_augment_of(config), seed=int(config.get("seed", 0)))
+            rebuilt.set_weights(model.get_weights())
+        except ValueError as err:
+            raise UserInputError(
+                f"cannot run {config['backbone']} from {config.get('model_dir', 'its model_dir')} under {policy} "
+                f"({str(err).splitlines()[0]}); pass --precision=float32"
+            ) from err
+        return rebuilt, policy
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _crop_of(data_dir: str) -> str | None:
+    try:
+        return manifest_lib.load_manifest(data_dir).get("config", {}).get("crop")
+    except (FileNotFoundError, OSError, json.JSONDecodeError):
+        return None
+
+
+def train_crop(model_dir: str, config: dict[str, Any]) -> str | None:
+    """Returns the crop mode of the shards a run trained on, or None when nothing records it.
+
+    Looked up in the run's config.json, then in the sidecar of its val_predictions.csv, then in the
+    manifest of its data_dir (a relative data_dir only resolves from where training ran).
+    """
+    if config.get("crop"):
+        return config["crop"]
+    sidecar = os.path.join(model_dir, VAL_SIDECAR)
+    if os.path.exists(sidecar):
+        try:
+            with open(sidecar) as f:
+                recorded = json.load(f).get("train_crop")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded:
+            return recorded
+    return _crop_of(config["data_dir"]) if config.get("data_dir") else None
+
+
+def _split_manifest(data_dir: str, split: str) -> tuple[dict[str, Any], int]:
+    try:
+        manifest = manifest_lib.load_manifest(data_dir)
+        info = manifest_lib.split_info(manifest, split, data_dir)
+        manifest_lib.shard_paths(data_dir, split)
+    except (FileNotFoundError, KeyError) as err:
+        raise UserInputError(err.args[0] if err.args else str(err)) from err
+    return manifest, int(info["records"])
+
+
+def check_one_row_per_record(ids: np.ndarray, expected: int, data_dir: str, split: str) -> None:
+    """Checks that prediction produced each image id once and as many as the manifest lists.
+
+    Raises:
+      UserInputError: duplicate ids, or a count different from the manifest's.
+    """
+    unique, counts = np.unique(ids, return_counts=True)
+    manifest = os.path.join(data_dir, manifest_lib.MANIFEST)
+    if (counts > 1).any():
+        raise UserInputError(
+            f"split {split!r} of {data_dir}: {int((counts > 1).sum())} image id(s) occur in several records: "
+            f"{few(unique[counts > 1])}; rebuild the shards so that each image is stored once"
+        )
+    if len(ids) != expected:
+        raise UserInputError(
+            f"split {split!r}: {manifest} lists {expected} records but its shards hold {len(ids)}; the shards "
+            "changed after the build (partial copy or mixed builds): rebuild or recopy the folder"
+        )
+
+
+def _replica_outputs(model, batch: dict[str, tf.Tensor], rows: int) -> dict[str, tf.Tensor]:
+    # Every replica pads its share to `rows` and marks the real ones: the last batches are partial
+    # or empty (some layers fail on an empty batch), collective gathers need equal shapes, and one
+    # static shape traces the step once.
+    count = tf.shape(batch["label"])[0]
+
+    def pad(tensor):
+        padded = tf.pad(tensor, [[0, rows - count]] + [[0, 0]] * (len(tensor.shape) - 1))
+        return tf.ensure_shape(padded, [rows] + tensor.shape[1:])
+
+    id_bytes = tf.io.decode_raw(batch["image_id"], tf.uint8, fixed_length=MAX_ID_BYTES)
+    return {
+        "softmax": tf.cast(model(pad(batch["image"]), training=False), tf.float32),
+        "id_bytes": pad(tf.cast(id_bytes, tf.int32)),
+        "id_length": pad(tf.strings.length(batch["image_id"])),
+        "label": pad(tf.cast(batch["label"], tf.int32)),
+        "valid": tf.cast(tf.range(rows) < count, tf.int32),
+    }
+
+
+def per_replica_rows(batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """Returns each replica's share of the global batch.
+
+    Raises:
+      UserInputError: the batch does not split evenly over the replicas.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise UserInputError(
+            f"--batch_size={batch_size} does not split over {replicas} replicas; pass a multiple of {replicas}"
+        )
+    return batch_size // replicas
+
+
+def _decode_ids(id_bytes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    too_long = lengths > MAX_ID_BYTES
+    if too_long.any():
+        raise UserInputError(
+            f"{too_long.sum()} image id(s) are longer than {MAX_ID_BYTES} bytes; shorten the file names"
+        )
+    rows = id_bytes.astype(np.uint8)
+    return np.array([bytes(row[:n]).decode("utf-8") for row, n in zip(rows, lengths)], dtype=object)
+
+
+def predict_split(
+    model, strategy: tf.distribute.Strategy, data_dir: str, split: str, batch_size: int, image_size: int,
+    *, total: int | None = None, progress: bool = True, desc: str = "predict",
+) -> SplitOutputs:
+    """Runs `model` over every record of `split` under `strategy`, gathering all replicas and workers.
+
+    Args:
+      model: built or loaded inside `strategy.scope()`.
+      strategy: any strategy from `training.distribute.resolve_strategy`.
+      data_dir: the shard folder.
+      split: the split to read.
+      batch_size: global batch size.
+      image_size: side of the stored images.
+      total: records expected, for the progress bar.
+      progress: show a progress bar (images/s) on the chief.
+      desc: the bar's label.
+
+    Returns:
+      Every record's outputs, rows sorted by image id (every worker gets all of them).
+    """
+    rows = per_replica_rows(batch_size, strategy)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: input_pipeline.make_eval_dataset(
+            data_dir, split, batch_size, image_size, input_context=context)
+    )
+
+    across_workers = distribute.strategy_name(strategy) == "multi_worker"
+
+    # reduce_retracing: the last, partial batch has its own input shape.
+    @tf.function(reduce_retracing=True)
+    def step(batch):
+        per_replica = strategy.run(lambda b: _replica_outputs(model, b, rows), args=(batch,))
+        if across_workers:
+            return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
+        # One host holds every replica's result: concatenating them needs no collective op (which
+        # would also clash with the collectives of another strategy created earlier in the process).
+        return {k: tf.concat(strategy.experimental_local_results(v), axis=0) for k, v in per_replica.items()}
+
+    parts = []
+    bar = tqdm.tqdm(total=total, unit="img", desc=desc, disable=not (progress and distribute.is_chief(strategy)))
+    with bar:
+        for batch in dataset:
+            outputs = {k: v.numpy() for k, v in step(batch).items()}
+            valid = outputs.pop("valid").astype(bool)
+            parts.append({k: v[valid] for k, v in outputs.items()})
+            bar.update(int(valid.sum()))
+    merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in
+              ("softmax", "id_bytes", "id_length", "label")}
+    ids = _decode_ids(merged["id_bytes"], merged["id_length"])
+    order = np.argsort(ids, kind="stable")
+    return SplitOutputs(ids=ids[order], softmax=merged["softmax"].reshape(-1, 2)[order].astype(np.float32),
+                        labels=merged["label"][order].astype(np.int64))
+
+
+def output_paths(output: str, names: Sequence[str]) -> dict[str, str]:
+    """Returns each model's CSV path: `output` itself for one model, else `<output stem>.<name>.csv`.
+
+    Raises:
+      UserInputError: `output` does not end in .csv.
+    """
+    if not output.endswith(".csv"):
+        raise UserInputError(f"--output={output} must name a .csv file, e.g. predictions.csv")
+    if len(names) == 1:
+        return {names[0]: output}
+    stem = os.path.splitext(output)[0]
+    return {name: f"{stem}.{name}.csv" for name in names}
+
+
+def _model_names(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]]) -> list[str]:
+    backbones = [c["backbone"] for c in configs]
+    names = [b if backbones.count(b) == 1 else f"{b}.{os.path.basename(os.path.normpath(d))}"
+             for b, d in zip(backbones, model_dirs)]
+    if len(set(names)) != len(names):
+        raise UserInputError(
+            f"--model_dir values {list(model_dirs)} give clashing output names {names}; "
+            "predict them in separate calls with different --output"
+        )
+    return names
+
+
+def _write_outputs(path: str, outputs: SplitOutputs, sidecar: dict[str, Any]) -> None:
+    known = outputs.labels >= 0
+    write_predictions(path, outputs.ids, outputs.softmax[:, 1], outputs.labels if known.any() else None, sidecar)
+    np.save(os.path.splitext(path)[0] + ".npy", outputs.softmax)
+
+
+def _predict_model(
+    model_dir: str, config: dict[str, Any], name: str, path: str, strategy: tf.distribute.Strategy,
+    manifest: dict[str, Any], data_dir: str, split: str, expected: int, *, batch_size: int, precision: str,
+    threshold: float, progress: bool, write: bool,
+) -> report_lib.Scores:
+    """Predicts the split with one model, checks the rows, writes its files; returns its report entry."""
+    image_size = int(manifest.get("config", {}).get("image_size", 0))
+    trained_size = int(config.get("image_size", image_size))
+    if trained_size != image_size:
+        raise UserInputError(
+            f"{model_dir} was trained on {trained_size}px images but {data_dir} holds {image_size}px; "
+            f"rebuild the shards with --image_size={trained_size}"
+        )
+    with strategy.scope():
+        model, policy = with_precision(load_classifier(model_dir), config, precision)
+    outputs = predict_split(model, strategy, data_dir, split, batch_size, image_size,
+                            total=expected, progress=progress, desc=name)
+    check_one_row_per_record(outputs.ids, expected, data_dir, split)
+    context = {"crop": manifest.get("config", {}).get("crop"), "train_crop": train_crop(model_dir, config)}
+    if write:
+        _write_outputs(path, outputs, {
+            "backbone": config["backbone"], "model_dir": os.path.abspath(model_dir),
+            "data_dir": os.path.abspath(data_dir), "split": split, "records": expected,
+            "image_size": image_size, "strategy": distribute.strategy_name(strategy),
+            "replicas": strategy.num_replicas_in_sync, "precision": policy, **context,
+        })
+    return report_lib.Scores(name, outputs.labels, outputs.softmax[:, 1], threshold, {**context, "source": path})
+
+
+def run_prediction(
+    model_dirs: Sequence[str],
+    data_dir: str,
+    split: str,
+    output: str,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    strategy: str = "auto",
+    precision: str = "auto",
+    threshold: float | None = None,
+    report_dir: str | None = None,
+    bootstrap: int = report_lib.DEFAULT_BOOTSTRAP,
+    progress: bool = True,
+) -> PredictionResult:
+    """Predicts `split` of `data_dir` with each saved model and writes prediction files and a report.
+
+    Args:
+      model_dirs: folders written by train.py (model.keras + config.json).
+      data_dir: shard folder with manifest.json.
+      split: the split to predict, e.g. "eval".
+      output: the CSV path; with several models, `<stem>.<backbone>.csv` each (see `output_paths`).
+      batch_size: global batch size.
+      strategy: a `training.distribute.STRATEGIES` name.
+      precision: a `training.distribute.PRECISIONS` name; the models compute under it (see `with_precision`).
+      threshold: the report's decision threshold (default 0.5).
+      report_dir: the report folder when labels are known (default `<output stem>_report`).
+      bootstrap: resamples behind the report's 95% intervals.
+      progress: show a progress bar.
+
+    Returns:
+      The files written (only the chief writes under multi-worker strategies).
+
+    Raises:
+      UserInputError: a missing or unusable model folder, shard folder or split, a model whose image
+        size differs from the shards', or a split whose shards disagree with its manifest.
+    """
+    if not model_dirs:
+        raise UserInputError("no --model_dir given; pass the folder train.py wrote")
+    threshold = DEFAULT_THRESHOLD if threshold is None else check_threshold(threshold)
+    chosen = distribute.resolve_strategy(strategy)  # first: multi-worker set-up precedes other TF ops
+    manifest, expected = _split_manifest(data_dir, split)
+    configs = [load_run_config(d) for d in model_dirs]
+    names = _model_names(model_dirs, configs)
+    paths = output_paths(output, names)
+    chief = distribute.is_chief(chosen)
+    scores = [
+        _predict_model(model_dir, config, name, paths[name], chosen, manifest, data_dir, split, expected,
+                       batch_size=batch_size, precision=precision, threshold=threshold, progress=progress,
+                       write=chief)
+        for model_dir, config, name in zip(model_dirs, configs, names)
+    ]
+    metrics = None
+    if chief and report_lib.has_known_labels(scores[0].labels):
+        report_dir = report_dir or report_lib.default_report_dir(output)
+        metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
+    else:
+        report_dir = None
+    return PredictionResult(outputs=paths, records=expected, metrics=metrics, report_dir=report_dir)
+
+
+def summary(result: PredictionResult) -> str:
+    """Returns the files a prediction run wrote, with the report table when there is one."""
+    lines = [f"{name}: {result.records} predictions -> {path}" for name, path in result.outputs.items()]
+    if result.metrics is not None:
+        lines += ["", report_lib.format_table(result.metrics), "", f"report: {result.report_dir}"]
+    return "\n".join(lines)

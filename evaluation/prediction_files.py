@@ -1,0 +1,277 @@
+"""The prediction file: written by predict.py and by training (val_predictions.csv), read by ensemble.py.
+
+A prediction file is a CSV `image_id,p_abnormal[,label]` with one row per image (label 1 abnormal,
+0 normal, -1 unknown) and a JSON sidecar of the same stem (`preds.csv` -> `preds.json`) that says
+which model made it (`backbone`) and from which shards (`data_dir`, `split`, `crop`, ...).
+Readers refuse anything a blend could silently get wrong: duplicate or empty ids, probabilities
+that are missing or outside [0, 1], labels other than -1/0/1, and files whose id sets differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from evaluation.errors import UserInputError
+
+ID = "image_id"
+PROB = "p_abnormal"
+LABEL = "label"
+UNKNOWN_LABEL = -1
+IDS_SHOWN = 5  # offending ids quoted in an error message
+
+_HOW_TO_MAKE = "write it with predict.py (or use training's val_predictions.csv)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """One validated prediction file.
+
+    Attributes:
+      path: the CSV it was read from.
+      ids: (N,) image ids (Python str objects), in file order, unique.
+      probs: (N,) float64 P(abnormal) in [0, 1].
+      labels: (N,) int64 in {-1, 0, 1}, or None when the file has no label column.
+      sidecar: the parsed sidecar JSON, or None when there is none.
+    """
+
+    path: str
+    ids: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray | None
+    sidecar: dict[str, Any] | None
+
+    @property
+    def backbone(self) -> str | None:
+        """The backbone recorded in the sidecar, or None."""
+        return (self.sidecar or {}).get("backbone")
+
+    @property
+    def crop(self) -> str | None:
+        """The crop mode of the shards these predictions were made on, or None when unrecorded."""
+        return (self.sidecar or {}).get("crop")
+
+
+@dataclasses.dataclass(frozen=True)
+class Aligned:
+    """Several prediction files joined on image id.
+
+    Attributes:
+      ids: (N,) image ids in the first file's row order.
+      probs: (N, M) P(abnormal), column m from file m.
+      labels: (N,) int64 in {-1, 0, 1} merged over the files that have labels, or None if none has.
+    """
+
+    ids: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray | None
+
+
+def sidecar_path(csv_path: str) -> str:
+    """Returns the sidecar of a prediction file: the same path with `.json` for its extension."""
+    return os.path.splitext(csv_path)[0] + ".json"
+
+
+def few(ids: Iterable[Any], limit: int = IDS_SHOWN) -> str:
+    """Returns up to `limit` ids for an error message, e.g. "a.png, b.png and 3 more"."""
+    ids = list(ids)
+    shown = ", ".join(str(i) for i in ids[:limit])
+    return shown if len(ids) <= limit else f"{shown} and {len(ids) - limit} more"
+
+
+def write_predictions(
+    path: str,
+    ids: Sequence[str],
+    probs: np.ndarray,
+    labels: np.ndarray | None = None,
+    sidecar: dict[str, Any] | None = None,
+) -> None:
+    """Writes a prediction file and, when given, its sidecar.
+
+    Args:
+      path: the CSV path; its folder is created.
+      ids: (N,) image ids.
+      probs: (N,) P(abnormal).
+      labels: (N,) labels (-1 unknown), or None to leave the label column out.
+      sidecar: written as JSON to `sidecar_path(path)`.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    columns = {ID: list(ids), PROB: np.asarray(probs, dtype=np.float64)}
+    if labels is not None:
+        columns[LABEL] = np.asarray(labels, dtype=np.int64)
+    # repr-exact floats so that reading a file back gives the probabilities that were written.
+    pd.DataFrame(columns).to_csv(path, index=False, float_format="%.17g")
+    if sidecar is not None:
+        with open(sidecar_path(path), "w") as f:
+            json.dump(sidecar, f, indent=2, sort_keys=True)
+
+
+def _read_frame(path: str) -> pd.DataFrame:
+    if path.endswith(".npy"):
+        raise UserInputError(
+            f"{path}: a .npy file carries no image ids, so it cannot be joined safely; "
+            "pass the .csv that predict.py wrote beside it"
+        )
+    if not os.path.exists(path):
+        raise UserInputError(f"{path} not found; {_HOW_TO_MAKE}")
+    try:
+        # Ids stay text: keep_default_na stops an id such as "NA" from becoming NaN.
+        frame = pd.read_csv(path, dtype={ID: str}, keep_default_na=False, na_values={PROB: [""], LABEL: [""]})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path}: not a readable CSV ({err}); {_HOW_TO_MAKE}") from err
+    missing = [c for c in (ID, PROB) if c not in frame.columns]
+    if missing:
+        raise UserInputError(
+            f"{path}: no column {', '.join(missing)} (has: {', '.join(map(str, frame.columns))}); "
+            f"expected {ID},{PROB}[,{LABEL}]; {_HOW_TO_MAKE}"
+        )
+    if frame.empty:
+        raise UserInputError(f"{path}: no rows; {_HOW_TO_MAKE}")
+    return frame
+
+
+def _check_ids(path: str, ids: np.ndarray) -> None:
+    empty = np.flatnonzero(np.char.str_len(ids.astype(str)) == 0)
+    if empty.size:
+        raise UserInputError(f"{path}: {empty.size} row(s) with an empty {ID} (data rows {few(empty + 1)})")
+    counts = pd.Series(ids).value_counts()
+    duplicated = counts[counts > 1].index.tolist()
+    if duplicated:
+        raise UserInputError(
+            f"{path}: {len(duplicated)} duplicate {ID}(s): {few(duplicated)}; each image needs exactly one "
+            "row (was the file concatenated or the split predicted twice?)"
+        )
+
+
+def _check_probs(path: str, ids: np.ndarray, raw: pd.Series) -> np.ndarray:
+    probs = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        raise UserInputError(
+            f"{path}: {PROB} is missing, NaN or not a number for {bad.sum()} id(s): {few(ids[bad])}"
+        )
+    outside = (probs < 0.0) | (probs > 1.0)
+    if outside.any():
+        shown = few(f"{i} ({p:g})" for i, p in zip(ids[outside], probs[outside]))
+        raise UserInputError(
+            f"{path}: {PROB} outside [0, 1] for {outside.sum()} id(s): {shown}; expected probabilities, "
+            "not logits or percentages"
+        )
+    return probs
+
+
+def _check_labels(path: str, ids: np.ndarray, raw: pd.Series) -> np.ndarray:
+    labels = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isin(labels, (UNKNOWN_LABEL, 0, 1))
+    if bad.any():
+        raise UserInputError(
+            f"{path}: {LABEL} must be 0, 1 or -1 (unknown); {bad.sum()} id(s) have other values: {few(ids[bad])}"
+        )
+    return labels.astype(np.int64)
+
+
+def _read_sidecar(csv_path: str) -> dict[str, Any] | None:
+    path = sidecar_path(csv_path)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            sidecar = json.load(f)
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{path}: sidecar is not valid JSON ({err}); delete or rewrite it") from err
+    if not isinstance(sidecar, dict):
+        raise UserInputError(f"{path}: sidecar must be a JSON object with at least \"backbone\"")
+    return sidecar
+
+
+def read_predictions(path: str) -> Predictions:
+    """Reads and validates one prediction file and its sidecar.
+
+    Args:
+      path: a CSV with columns image_id, p_abnormal and optionally label.
+
+    Returns:
+      The validated predictions.
+
+    Raises:
+      UserInputError: the file is missing or unreadable, lacks a column, has empty or duplicate ids,
+        missing/NaN/out-of-range probabilities, bad labels, or a sidecar that is not a JSON object;
+        the message names the file and a few offending ids.
+    """
+    frame = _read_frame(path)
+    ids = frame[ID].to_numpy(dtype=object)
+    _check_ids(path, ids)
+    probs = _check_probs(path, ids, frame[PROB])
+    labels = _check_labels(path, ids, frame[LABEL]) if LABEL in frame.columns else None
+    return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=_read_sidecar(path))
+
+
+def _check_same_ids(first: Predictions, other: Predictions) -> None:
+    first_ids, other_ids = set(first.ids), set(other.ids)
+    if first_ids == other_ids:
+        return
+    extra = sorted(other_ids - first_ids)
+    missing = sorted(first_ids - other_ids)
+    parts = []
+    if extra:
+        parts.append(f"{len(extra)} id(s) not in {first.path}: {few(extra)}")
+    if missing:
+        parts.append(f"{len(missing)} id(s) of {first.path} missing: {few(missing)}")
+    raise UserInputError(
+        f"{other.path}: different image ids from {first.path} ({'; '.join(parts)}); predictions must "
+        "cover the same images: predict every model on the same --data_dir and --split"
+    )
+
+
+def _merge_labels(files: Sequence[Predictions], order: Sequence[np.ndarray]) -> np.ndarray | None:
+    merged = None
+    for file, index in zip(files, order):
+        if file.labels is None:
+            continue
+        labels = file.labels[index]
+        if merged is None:
+            merged = labels.copy()
+            source = file.path
+            continue
+        both = (merged != UNKNOWN_LABEL) & (labels != UNKNOWN_LABEL)
+        conflict = both & (merged != labels)
+        if conflict.any():
+            raise UserInputError(
+                f"{file.path}: labels disagree with {source} for {conflict.sum()} id(s): "
+                f"{few(files[0].ids[conflict])}; the files come from different label sources"
+            )
+        merged = np.where(merged == UNKNOWN_LABEL, labels, merged)
+    return merged
+
+
+def align(files: Sequence[Predictions]) -> Aligned:
+    """Joins prediction files on image id (never on row order).
+
+    Args:
+      files: at least one validated prediction file.
+
+    Returns:
+      Their probabilities side by side, rows in the first file's order, and the merged labels.
+
+    Raises:
+      UserInputError: a file's id set differs from the first's (naming a few ids on each side), or
+        two files give an image different known labels.
+    """
+    if not files:
+        raise UserInputError("no prediction files given; pass at least one CSV written by predict.py")
+    first = files[0]
+    position = pd.Series(np.arange(len(first.ids)), index=pd.Index(first.ids))
+    order = []
+    for file in files:
+        _check_same_ids(first, file)
+        # index[k] is the row of `file` that holds first.ids[k].
+        index = np.empty(len(first.ids), dtype=np.int64)
+        index[position.loc[file.ids].to_numpy()] = np.arange(len(file.ids))
+        order.append(index)
+    probs = np.stack([file.probs[index] for file, index in zip(files, order)], axis=1)
+    return Aligned(ids=first.ids, probs=probs, labels=_merge_labels(files, order))

@@ -1,0 +1,274 @@
+"""The metrics report of predict.py and ensemble.py: numbers, table, metrics.json, ROC and PR curves.
+
+Every number comes from scikit-learn. Each model is reported with what makes its accuracy
+interpretable: the prevalence, the accuracy of always answering the majority class, bootstrap 95%
+intervals, the threshold used and the crop mode of the shards (cropping only the abnormal training
+images that have boxes teaches "zoomed in means abnormal", so the reader must see it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+DEFAULT_BOOTSTRAP = 1000  # resamples behind each 95% interval
+BOOTSTRAP_SEED = 0  # one seed for every model, so their intervals come from the same resamples
+METRICS_FILE = "metrics.json"
+ROC_FILE = "roc.png"
+PR_FILE = "precision_recall.png"
+
+# Row order and labels of the printed table.
+_TABLE_ROWS = (
+    ("records", "records"),
+    ("prevalence", "prevalence (abnormal)"),
+    ("majority_baseline_accuracy", "majority-class accuracy"),
+    ("threshold", "threshold"),
+    ("accuracy", "accuracy"),
+    ("accuracy_ci95", "  95% CI"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("auroc", "AUROC"),
+    ("auroc_ci95", "  95% CI"),
+    ("auprc", "AUPRC"),
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("f1", "F1"),
+    ("confusion_matrix", "TN FP / FN TP"),
+    ("crop", "crop (shards)"),
+    ("train_crop", "crop (training)"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """One model's (or the ensemble's) probabilities to report on.
+
+    Attributes:
+      name: the key in metrics.json, e.g. "efficientnet_b3" or "ensemble".
+      labels: (N,) 1 abnormal, 0 normal, -1 unknown (left out of every number).
+      probs: (N,) P(abnormal).
+      threshold: P(abnormal) >= threshold is called abnormal.
+      context: extra fields copied into the entry, e.g. {"crop": "bbox", "source": "preds.csv"}.
+    """
+
+    name: str
+    labels: np.ndarray
+    probs: np.ndarray
+    threshold: float
+    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def default_report_dir(output: str) -> str:
+    """Returns `<output without extension>_report`, the report folder beside an output file."""
+    return os.path.splitext(output)[0] + "_report"
+
+
+def has_known_labels(labels: np.ndarray | None) -> bool:
+    """Whether any label is known (0 or 1), i.e. whether there is anything to report."""
+    return labels is not None and bool((np.asarray(labels) >= 0).any())
+
+
+def _auroc(labels: np.ndarray, probs: np.ndarray) -> float:
+    # AUROC is undefined with one class; NaN becomes null in metrics.json.
+    return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else math.nan
+
+
+def _auprc(labels: np.ndarray, probs: np.ndarray) -> float:
+    return float(average_precision_score(labels, probs)) if labels.any() else math.nan
+
+
+def _interval(values: list[float]) -> list[float] | None:
+    if not values:
+        return None
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def bootstrap_intervals(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int, seed: int = BOOTSTRAP_SEED
+) -> dict[str, list[float] | None]:
+    """Returns percentile-bootstrap 95% intervals of accuracy and AUROC.
+
+    Args:
+      labels: (N,) 0/1.
+      probs: (N,) P(abnormal).
+      threshold: for accuracy.
+      resamples: how many resamples of N records with replacement (0: no intervals).
+      seed: the resampling seed.
+
+    Returns:
+      {"accuracy_ci95": [low, high], "auroc_ci95": [low, high]}; None where no resample allowed one
+      (AUROC resamples holding a single class are skipped).
+    """
+    rng = np.random.default_rng(seed)
+    decisions = (probs >= threshold).astype(np.int64)
+    accuracies, aurocs = [], []
+    for _ in range(resamples):
+        index = rng.integers(0, len(labels), len(labels))
+        accuracies.append(accuracy_score(labels[index], decisions[index]))
+        auroc = _auroc(labels[index], probs[index])
+        if not math.isnan(auroc):
+            aurocs.append(auroc)
+    return {"accuracy_ci95": _interval(accuracies), "auroc_ci95": _interval(aurocs)}
+
+
+def compute_metrics(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, *, bootstrap: int = DEFAULT_BOOTSTRAP
+) -> dict[str, Any]:
+    """Returns the report's numbers for one model on the records whose label is known.
+
+    Args:
+      labels: (N,) 1 abnormal, 0 normal, -1 unknown (excluded).
+      probs: (N,) P(abnormal).
+      threshold: P(abnormal) >= threshold is called abnormal.
+      bootstrap: resamples for the 95% intervals (0: none).
+
+    Returns:
+      accuracy, balanced_accuracy, auroc, auprc, sensitivity, specificity, f1, confusion_matrix
+      ([[TN, FP], [FN, TP]], rows true, columns predicted), prevalence, majority_baseline_accuracy,
+      accuracy_ci95, auroc_ci95, threshold, records, unlabeled_excluded. Undefined values are NaN.
+
+    Raises:
+      ValueError: no record has a known label.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    known = labels >= 0
+    if not known.any():
+        raise ValueError("no record has a known label; there is nothing to report")
+    y, p = labels[known], probs[known]
+    decisions = (p >= threshold).astype(np.int64)
+    prevalence = float(np.mean(y))
+    majority = int(prevalence > 0.5)
+    metrics = {
+        "records": int(known.sum()),
+        "unlabeled_excluded": int((~known).sum()),
+        "threshold": float(threshold),
+        "prevalence": prevalence,
+        "majority_baseline_accuracy": float(accuracy_score(y, np.full_like(y, majority))),
+        "accuracy": float(accuracy_score(y, decisions)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, decisions)) if len(np.unique(y)) == 2 else math.nan,
+        "auroc": _auroc(y, p),
+        "auprc": _auprc(y, p),
+        "sensitivity": float(recall_score(y, decisions, pos_label=1, zero_division=np.nan)),
+        "specificity": float(recall_score(y, decisions, pos_label=0, zero_division=np.nan)),
+        "f1": float(f1_score(y, decisions, zero_division=np.nan)),
+        "confusion_matrix": confusion_matrix(y, decisions, labels=[0, 1]).tolist(),
+        "bootstrap_resamples": int(bootstrap),
+    }
+    metrics.update(bootstrap_intervals(y, p, threshold, bootstrap))
+    return metrics
+
+
+def _json_ready(value: Any) -> Any:
+    # JSON has no NaN: undefined metrics are written as null.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value):
+        (tn, fp), (fn, tp) = value
+        return f"{tn} {fp} / {fn} {tp}"
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+    return str(value)
+
+
+def format_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
+    """Returns the report as a text table: one row per metric, one column per model."""
+    names = list(metrics)
+    rows = [["metric"] + names]
+    rows += [[label] + [_cell(metrics[n].get(key)) for n in names] for key, label in _TABLE_ROWS]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _save_curves(path: str, scores: Sequence[Scores], kind: str) -> None:
+    # A bare Figure with the Agg canvas: no pyplot, no global backend switch, no display needed.
+    figure = Figure(figsize=(6, 6))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for entry in scores:
+        known = entry.labels >= 0
+        y, p = entry.labels[known], entry.probs[known]
+        if len(np.unique(y)) < 2:
+            continue
+        if kind == "roc":
+            fpr, tpr, _ = roc_curve(y, p)
+            axes.plot(fpr, tpr, label=f"{entry.name} (AUROC {roc_auc_score(y, p):.3f})")
+        else:
+            precision, recall, _ = precision_recall_curve(y, p)
+            axes.step(recall, precision, where="post",
+                      label=f"{entry.name} (AUPRC {average_precision_score(y, p):.3f})")
+    if kind == "roc":
+        axes.plot([0, 1], [0, 1], linestyle="--", color="gray", label="chance")
+        axes.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+                 title="ROC")
+    else:
+        prevalence = float(np.mean(scores[0].labels[scores[0].labels >= 0]))
+        axes.axhline(prevalence, linestyle="--", color="gray", label=f"chance (prevalence {prevalence:.3f})")
+        axes.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall")
+    axes.set(xlim=(0, 1), ylim=(0, 1.02))
+    axes.legend(loc="lower right" if kind == "roc" else "lower left", fontsize="small")
+    figure.savefig(path, dpi=100)
+
+
+def write_report(
+    report_dir: str, scores: Sequence[Scores], *, bootstrap: int = DEFAULT_BOOTSTRAP
+) -> dict[str, Any]:
+    """Computes every entry's metrics and writes metrics.json, roc.png and precision_recall.png.
+
+    Args:
+      report_dir: created if missing.
+      scores: the models (and ensemble) to report, with unique names and labels known somewhere.
+      bootstrap: resamples for the 95% intervals.
+
+    Returns:
+      {name: metrics} as written to metrics.json (NaN shown as None).
+
+    Raises:
+      ValueError: duplicate names, or an entry without any known label.
+    """
+    names = [entry.name for entry in scores]
+    if len(set(names)) != len(names):
+        raise ValueError(f"report entries need unique names, got {names}")
+    metrics = {}
+    for entry in scores:
+        metrics[entry.name] = {**compute_metrics(entry.labels, entry.probs, entry.threshold, bootstrap=bootstrap),
+                               **entry.context}
+    metrics = _json_ready(metrics)
+    os.makedirs(report_dir, exist_ok=True)
+    with open(os.path.join(report_dir, METRICS_FILE), "w") as f:
+        json.dump(metrics, f, indent=2)
+    _save_curves(os.path.join(report_dir, ROC_FILE), scores, "roc")
+    _save_curves(os.path.join(report_dir, PR_FILE), scores, "pr")
+    return metrics

@@ -1,0 +1,50 @@
+"""Batch prediction of saved models over a shard folder's split.
+
+    python predict.py --model_dir=runs/effnet --data_dir=shards --split=eval --output=preds/effnet.csv
+
+Writes PATH.csv (image_id,p_abnormal[,label]; one row per record of the split, checked against
+manifest.json), PATH.npy (the (N, 2) softmax, same rows) and PATH.json (backbone, shards, crop), and
+a report (metrics.json, ROC and PR curves) when the records have labels. Repeat --model_dir to
+predict with several models: each writes <output stem>.<backbone>.csv (+ .npy, .json).
+Bad input exits with status 1 and a one-line message naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+import flags as project_flags
+from evaluation import prediction
+from evaluation.errors import UserInputError
+
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    try:
+        result = prediction.run_prediction(
+            FLAGS.model_dir,
+            FLAGS.data_dir,
+            FLAGS.split,
+            FLAGS.output,
+            batch_size=FLAGS.batch_size,
+            strategy=FLAGS.strategy,
+            precision=FLAGS.precision,
+            threshold=FLAGS.threshold,
+            report_dir=FLAGS.report_dir,
+            bootstrap=FLAGS.bootstrap,
+        )
+    except UserInputError as err:
+        sys.exit(f"predict.py: {err}")
+    print(prediction.summary(result))
+
+
+if __name__ == "__main__":
+    project_flags.define_predict_flags()
+    flags.mark_flags_as_required(["model_dir", "data_dir", "output"])
+    flags.adopt_module_key_flags(project_flags)  # --helpshort lists this tool's flags
+    app.run(main)

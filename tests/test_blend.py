@@ -1,0 +1,187 @@
+"""Blending: hand-computed blends and thresholds, joins on ids, fitted weights and thresholds."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from evaluation import blend
+from evaluation import ensembling
+from evaluation.errors import UserInputError
+from evaluation.prediction_files import read_predictions, write_predictions
+
+IDS = ["a.png", "b.png", "c.png", "d.png"]
+# Columns: efficientnet_b3, densenet121, resnet50.
+PROBS = np.array([
+    [0.9, 0.5, 0.1],
+    [0.2, 0.6, 1.0],
+    [0.7, 0.7, 0.7],
+    [0.5, 0.8, 0.0],
+])
+LABELS = np.array([1, 0, 1, 0])
+BACKBONES = ("efficientnet_b3", "densenet121", "resnet50")
+
+
+def _write_models(folder, probs=PROBS, ids=IDS, labels=LABELS, order=None, suffix=""):
+    paths = []
+    for m, backbone in enumerate(BACKBONES):
+        rows = np.arange(len(ids)) if order is None else np.asarray(order[m])
+        path = os.path.join(folder, f"{backbone}{suffix}.csv")
+        write_predictions(path, [ids[i] for i in rows], probs[rows, m],
+                          None if labels is None else labels[rows], {"backbone": backbone, "crop": "none"})
+        paths.append(path)
+    return paths
+
+
+def _submission(path, id_column="image_id", label_column="label"):
+    frame = pd.read_csv(path, dtype={id_column: str})
+    return dict(zip(frame[id_column], frame[label_column]))
+
+
+def test_reference_blend_and_threshold_match_hand_computation(tmp_path):
+    # 0.6/0.3/0.1 blends: a 0.54+0.15+0.01=0.70, b 0.12+0.18+0.10=0.40, c 0.70, d 0.30+0.24+0=0.54.
+    paths = _write_models(str(tmp_path))
+    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), bootstrap=0)
+    assert result.weights == pytest.approx({"efficientnet_b3": 0.6, "densenet121": 0.3, "resnet50": 0.1})
+    assert result.threshold == 0.6
+    assert _submission(result.submission) == {"a.png": 1, "b.png": 0, "c.png": 1, "d.png": 0}
+    blended = read_predictions(result.probabilities)
+    np.testing.assert_allclose(blended.probs, [0.70, 0.40, 0.70, 0.54])
+
+
+def test_explicit_weights_are_normalised(tmp_path):
+    # 1,1,2 -> 0.25/0.25/0.5: a 0.40, b 0.70, c 0.70, d 0.325; threshold 0.5.
+    paths = _write_models(str(tmp_path))
+    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), weights=[1, 1, 2], threshold=0.5,
+                                     id_column="Image Index", label_column="Finding", bootstrap=0)
+    assert list(result.weights.values()) == pytest.approx([0.25, 0.25, 0.5])
+    expected = {"a.png": 0, "b.png": 1, "c.png": 1, "d.png": 0}
+    assert _submission(result.submission, "Image Index", "Finding") == expected
+    np.testing.assert_allclose(read_predictions(result.probabilities).probs, [0.40, 0.70, 0.70, 0.325])
+
+
+def test_shuffled_rows_give_the_same_result(tmp_path):
+    straight = ensembling.run_ensemble(_write_models(str(tmp_path)), str(tmp_path / "s.csv"), bootstrap=0)
+    orders = [[0, 1, 2, 3], [3, 1, 0, 2], [2, 0, 3, 1]]  # one row order per model file
+    shuffled_paths = _write_models(str(tmp_path), order=orders, suffix="_shuffled")
+    shuffled = ensembling.run_ensemble(shuffled_paths, str(tmp_path / "t.csv"), bootstrap=0)
+    assert _submission(straight.submission) == _submission(shuffled.submission)
+    a, b = read_predictions(straight.probabilities), read_predictions(shuffled.probabilities)
+    assert dict(zip(a.ids, a.probs)) == pytest.approx(dict(zip(b.ids, b.probs)))
+    assert straight.metrics["ensemble"]["accuracy"] == shuffled.metrics["ensemble"]["accuracy"] == 1.0
+
+
+def test_missing_sidecar_without_weights_asks_for_weights(tmp_path):
+    paths = _write_models(str(tmp_path))
+    os.remove(str(tmp_path / "densenet121.json"))
+    with pytest.raises(UserInputError, match=r"densenet121\.csv.*--weights"):
+        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), bootstrap=0)
+    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), weights=[1, 1, 1], bootstrap=0)
+    assert list(result.weights.values()) == pytest.approx([1 / 3] * 3)
+
+
+def test_unknown_backbone_has_no_default_weight(tmp_path):
+    path = str(tmp_path / "tiny.csv")
+    write_predictions(path, IDS, PROBS[:, 0], LABELS, {"backbone": "tiny_test"})
+    with pytest.raises(UserInputError, match="tiny_test.*--weights"):
+        blend.reference_weights([read_predictions(path)])
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([1, 2], "2 weight.*3 prediction"),
+    ([1, -1, 1], "non-negative"),
+    ([0, 0, 0], "sum to 0"),
+])
+def test_bad_weights_are_refused(weights, message):
+    with pytest.raises(UserInputError, match=message):
+        blend.normalise_weights(weights, 3)
+
+
+def test_parse_weights_names_the_bad_value():
+    assert blend.parse_weights(["0.6", "3e-1", "1"]) == [0.6, 0.3, 1.0]
+    with pytest.raises(UserInputError, match="'x'"):
+        blend.parse_weights(["0.6", "x"])
+
+
+def test_simplex_grid_covers_the_simplex():
+    grid = blend.simplex_grid(3, 0.25)
+    assert len(grid) == 15  # C(4 + 2, 2)
+    np.testing.assert_allclose(grid.sum(axis=1), 1.0)
+    assert {tuple(row) for row in grid} >= {(1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.25, 0.5, 0.25)}
+    with pytest.raises(UserInputError, match="must divide 1"):
+        blend.simplex_grid(3, 0.3)
+
+
+def test_best_threshold_is_midway_between_separated_classes():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    assert blend.best_threshold(labels, scores) == pytest.approx(0.5)
+
+
+def _validation_set(rng, n=300):
+    labels = rng.integers(0, 2, n)
+    sharp = np.clip(0.2 + 0.6 * labels + rng.normal(0, 0.12, n), 0, 1)
+    weak = np.clip(0.4 + 0.2 * labels + rng.normal(0, 0.3, n), 0, 1)
+    noise = rng.uniform(0, 1, n)
+    return labels, np.stack([noise, sharp, weak], axis=1)
+
+
+def test_fit_gives_the_clearly_best_model_the_largest_weight():
+    labels, probs = _validation_set(np.random.default_rng(0))
+    fit = blend.fit(probs, labels, step=0.05)
+    assert int(np.argmax(fit.weights)) == 1
+    assert fit.weights.sum() == pytest.approx(1.0)
+    assert fit.fitted_weights and fit.fitted_threshold
+    assert 0.0 < fit.threshold < 1.0
+    # The fit is at least as good as the best single model at its own best threshold.
+    alone = blend.decide(probs[:, 1], blend.best_threshold(labels, probs[:, 1]))
+    assert fit.balanced_accuracy >= balanced_accuracy_score(labels, alone) - 1e-12
+
+
+def test_fit_with_a_fixed_threshold_or_fixed_weights_fits_only_the_other():
+    labels, probs = _validation_set(np.random.default_rng(1))
+    weights_only = blend.fit(probs, labels, step=0.1, threshold=0.5)
+    assert weights_only.threshold == 0.5 and not weights_only.fitted_threshold
+    assert int(np.argmax(weights_only.weights)) == 1
+    threshold_only = blend.fit(probs, labels, weights=np.array([0.0, 1.0, 0.0]))
+    np.testing.assert_allclose(threshold_only.weights, [0.0, 1.0, 0.0])
+    assert threshold_only.threshold == pytest.approx(blend.best_threshold(labels, probs[:, 1]))
+    with pytest.raises(UserInputError, match="nothing to fit"):
+        blend.fit(probs, labels, weights=np.array([0.0, 1.0, 0.0]), threshold=0.5)
+
+
+def test_run_ensemble_fits_on_validation_files_and_applies_the_result(tmp_path):
+    rng = np.random.default_rng(2)
+    labels, probs = _validation_set(rng)
+    ids = [f"val_{i:04d}.png" for i in range(len(labels))]
+    fit_paths = []
+    for m, backbone in enumerate(BACKBONES):
+        path = str(tmp_path / f"{backbone}_val.csv")
+        write_predictions(path, ids, probs[:, m], labels, {"backbone": backbone})
+        fit_paths.append(path)
+    paths = _write_models(str(tmp_path), labels=None)
+    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=fit_paths, fit_step=0.1, bootstrap=0)
+    expected = blend.fit(probs, labels, step=0.1)
+    assert list(result.weights.values()) == pytest.approx(list(expected.weights))
+    assert result.threshold == pytest.approx(expected.threshold)
+    assert max(result.weights, key=result.weights.get) == "densenet121"  # the sharp column
+    decisions = blend.decide(blend.blend(PROBS, expected.weights), expected.threshold)
+    assert _submission(result.submission) == dict(zip(IDS, decisions))
+    assert result.metrics is None  # the test files carry no labels
+    assert "balanced accuracy" in ensembling.summary(result)
+
+
+def test_fit_files_must_pair_with_the_predictions(tmp_path):
+    paths = _write_models(str(tmp_path))
+    with pytest.raises(UserInputError, match="one validation file per prediction file"):
+        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=paths[:2], bootstrap=0)
+    with pytest.raises(UserInputError, match="same order"):
+        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=paths[::-1], bootstrap=0)
+
+
+def test_fit_needs_both_classes(tmp_path):
+    paths = _write_models(str(tmp_path), labels=np.zeros(4, dtype=int), suffix="_val")
+    with pytest.raises(UserInputError, match="one class"):
+        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=paths, bootstrap=0)

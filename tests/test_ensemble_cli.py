@@ -1,0 +1,102 @@
+"""ensemble.py as a user runs it: exit status 1 and a one-line message for bad input, files otherwise."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation.prediction_files import write_predictions
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IDS = [f"{i:08d}_000.png" for i in range(40)]
+
+
+def _ensemble(*args):
+    return subprocess.run([sys.executable, "ensemble.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.fixture()
+def two_models(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(len(IDS)) % 2
+    paths = []
+    for backbone, noise in (("efficientnet_b3", 0.1), ("resnet50", 0.4)):
+        probs = np.clip(0.25 + 0.5 * labels + rng.normal(0, noise, len(IDS)), 0, 1)
+        path = str(tmp_path / f"{backbone}.csv")
+        write_predictions(path, IDS, probs, labels, {"backbone": backbone, "crop": "bbox"})
+        paths.append(path)
+    return paths
+
+
+def _rewrite(path, edit):
+    frame = pd.read_csv(path, dtype={"image_id": str})
+    edit(frame)
+    frame.to_csv(path, index=False)
+
+
+def _set_probability(frame, row, value):
+    frame["p_abnormal"] = frame["p_abnormal"].astype(object)
+    frame.loc[row, "p_abnormal"] = value
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: f.drop(index=[3, 7], inplace=True),
+     r"resnet50\.csv: different image ids .*00000003_000\.png, 00000007_000\.png"),
+    (lambda f: f.loc.__setitem__((5, "image_id"), IDS[6]),
+     r"resnet50\.csv: 1 duplicate image_id.*00000006_000\.png"),
+    (lambda f: _set_probability(f, 9, "nan"), r"resnet50\.csv: p_abnormal is missing, NaN.*00000009_000\.png"),
+    (lambda f: _set_probability(f, 2, 7.0), r"resnet50\.csv: p_abnormal outside \[0, 1\].*00000002_000\.png"),
+], ids=["different-ids", "duplicate-id", "nan", "out-of-range"])
+def test_bad_input_exits_1_with_a_one_line_message(tmp_path, two_models, edit, message):
+    _rewrite(two_models[1], edit)
+    result = _ensemble(f"--predictions={','.join(two_models)}", f"--output={tmp_path / 'sub.csv'}")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("ensemble.py: ")
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_missing_sidecar_exits_1_asking_for_weights(tmp_path, two_models):
+    os.remove(two_models[0][:-4] + ".json")
+    result = _ensemble(f"--predictions={','.join(two_models)}", f"--output={tmp_path / 'sub.csv'}")
+    assert result.returncode == 1
+    assert "efficientnet_b3.csv: no sidecar" in result.stderr and "--weights" in result.stderr
+
+
+def test_cli_writes_submission_probabilities_and_report(tmp_path, two_models):
+    output = tmp_path / "out" / "submission.csv"
+    result = _ensemble(f"--predictions={','.join(two_models)}", f"--output={output}", "--bootstrap=50",
+                       "--submission_id_column=Image Index", "--submission_label_column=Abnormal")
+    assert result.returncode == 0, result.stderr
+    submission = pd.read_csv(output, dtype={"Image Index": str})
+    assert list(submission.columns) == ["Image Index", "Abnormal"]
+    assert sorted(submission["Image Index"]) == IDS and set(submission["Abnormal"]) <= {0, 1}
+    # Reference weights of the two backbones, renormalised: 0.6 / 0.1 -> 6/7 and 1/7.
+    sidecar = json.loads((tmp_path / "out" / "submission.probabilities.json").read_text())
+    assert sidecar["weights"] == pytest.approx({"efficientnet_b3": 6 / 7, "resnet50": 1 / 7})
+    assert sidecar["threshold"] == 0.6 and sidecar["crop"] == "bbox"
+    report = tmp_path / "out" / "submission_report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics) == {"efficientnet_b3", "resnet50", "ensemble"}
+    assert metrics["ensemble"]["crop"] == "bbox" and metrics["ensemble"]["threshold"] == 0.6
+    assert (report / "roc.png").stat().st_size > 0 and (report / "precision_recall.png").stat().st_size > 0
+    assert "AUROC" in result.stdout and "ensemble" in result.stdout
+
+
+def test_cli_fit_on_prints_the_criterion_and_chosen_values(tmp_path, two_models):
+    result = _ensemble(f"--predictions={','.join(two_models)}", f"--output={tmp_path / 'sub.csv'}",
+                       f"--fit_on={','.join(two_models)}", "--fit_step=0.1", "--bootstrap=0")
+    assert result.returncode == 0, result.stderr
+    assert "weights and threshold chosen on 40 validation records by max balanced accuracy" in result.stdout
+    sidecar = json.loads((tmp_path / "sub.probabilities.json").read_text())
+    assert sidecar["fit"]["fitted_weights"] and sidecar["fit"]["fitted_threshold"]
+    assert sidecar["weights"]["efficientnet_b3"] > sidecar["weights"]["resnet50"]
+    assert f"weights: efficientnet_b3 {sidecar['weights']['efficientnet_b3']:.3f}" in result.stdout

@@ -1,0 +1,268 @@
+"""Batch prediction: every id once, outputs tied to the right ids, sidecars, reports and refusals."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import models
+from evaluation import prediction
+from evaluation.errors import UserInputError
+from evaluation.prediction_files import read_predictions
+from tests.shard_factory import write_shards
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 32
+RECORDS = 13  # not a multiple of any batch size used below
+
+
+def _save_model(model_dir, shards, policy="float32"):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = models.build_model("tiny_test", SIZE, weights="none")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    os.makedirs(model_dir, exist_ok=True)
+    model.save(os.path.join(model_dir, prediction.MODEL_FILE))
+    with open(os.path.join(model_dir, prediction.CONFIG_FILE), "w") as f:
+        json.dump({"backbone": "tiny_test", "image_size": SIZE, "data_dir": shards}, f)
+    return model
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    shards = str(root / "shards")
+    written = write_shards(shards, {"eval": RECORDS}, image_size=SIZE, shards_per_split=2)["eval"]
+    model = _save_model(str(root / "run"), shards)
+    return {"root": root, "shards": shards, "written": written, "model": model, "model_dir": str(root / "run")}
+
+
+def test_every_record_once_with_its_own_prediction(labeled, tmp_path):
+    output = str(tmp_path / "preds.csv")
+    result = prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", output,
+                                       batch_size=4, bootstrap=20, progress=False)
+    assert result.outputs == {"tiny_test": output} and result.records == RECORDS
+    frame = pd.read_csv(output, dtype={"image_id": str})
+    assert list(frame.columns) == ["image_id", "p_abnormal", "label"]
+    assert sorted(frame.image_id) == sorted(r["image_id"] for r in labeled["written"])
+    assert frame.image_id.is_unique and list(frame.image_id) == sorted(frame.image_id)
+    # Each row holds the model's output for that very image, whatever the batching.
+    pixels = np.stack([np.repeat(r["pixels"][..., None], 3, axis=-1) for r in labeled["written"]])
+    pixels = pixels.astype("float32")
+    direct = labeled["model"].predict(pixels, verbose=0)
+    by_id = {r["image_id"]: (p, r["label"]) for r, p in zip(labeled["written"], direct)}
+    softmax = np.load(str(tmp_path / "preds.npy"))
+    assert softmax.shape == (RECORDS, 2) and softmax.dtype == np.float32
+    for row, (image_id, p_abnormal, label) in enumerate(frame.itertuples(index=False)):
+        np.testing.assert_allclose(softmax[row], by_id[image_id][0], atol=1e-5)
+        assert p_abnormal == pytest.approx(softmax[row, 1]) and label == by_id[image_id][1]
+    sidecar = json.loads((tmp_path / "preds.json").read_text())
+    assert sidecar["backbone"] == "tiny_test" and sidecar["records"] == RECORDS and sidecar["split"] == "eval"
+    assert sidecar["crop"] == "none" and sidecar["train_crop"] == "none" and sidecar["image_size"] == SIZE
+    assert read_predictions(output).backbone == "tiny_test"  # the ensemble can read it back
+    metrics = json.loads((tmp_path / "preds_report" / "metrics.json").read_text())
+    assert metrics["tiny_test"]["records"] == RECORDS and metrics["tiny_test"]["threshold"] == 0.5
+    assert metrics["tiny_test"]["crop"] == "none"
+    assert result.report_dir == str(tmp_path / "preds_report")
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_any_batch_size_gives_every_id_once(labeled, tmp_path, batch_size):
+    output = str(tmp_path / "p.csv")
+    prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", output,
+                              batch_size=batch_size, bootstrap=0, progress=False)
+    ids = pd.read_csv(output, dtype={"image_id": str}).image_id
+    assert ids.is_unique and len(ids) == RECORDS
+
+
+def test_unlabeled_split_has_no_label_column_and_no_report(tmp_path, labeled):
+    shards = str(tmp_path / "unlabeled")
+    write_shards(shards, {"eval": 5}, image_size=SIZE, labeled=False)
+    result = prediction.run_prediction([labeled["model_dir"]], shards, "eval", str(tmp_path / "p.csv"),
+                                       batch_size=2, progress=False)
+    assert list(pd.read_csv(tmp_path / "p.csv").columns) == ["image_id", "p_abnormal"]
+    assert result.metrics is None and result.report_dir is None
+    assert not (tmp_path / "p_report").exists()
+
+
+def test_several_models_write_one_file_each_and_one_report(labeled, tmp_path):
+    second = str(tmp_path / "run_b")
+    shutil.copytree(labeled["model_dir"], second)
+    result = prediction.run_prediction([labeled["model_dir"], second], labeled["shards"], "eval",
+                                       str(tmp_path / "p.csv"), batch_size=4, bootstrap=0, progress=False)
+    assert result.outputs == {"tiny_test.run": str(tmp_path / "p.tiny_test.run.csv"),
+                              "tiny_test.run_b": str(tmp_path / "p.tiny_test.run_b.csv")}
+    a, b = (read_predictions(p) for p in result.outputs.values())
+    np.testing.assert_allclose(a.probs, b.probs)
+    assert (tmp_path / "p.tiny_test.run_b.npy").exists()
+    assert set(json.loads((tmp_path / "p_report" / "metrics.json").read_text())) == set(result.outputs)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_models_run_under_the_requested_precision(labeled, tmp_path, precision):
+    reference = str(tmp_path / "reference.csv")
+    prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", reference,
+                              batch_size=4, precision="float32", bootstrap=0, progress=False)
+    # Saved under one policy, run under the other: the weights carry over, the policy does not.
+    saved_as = "mixed_bfloat16" if precision == "float32" else "float32"
+    model_dir = str(tmp_path / saved_as)
+    _save_model(model_dir, labeled["shards"], policy=saved_as)
+    path = os.path.join(model_dir, prediction.MODEL_FILE)
+    loaded = keras.models.load_model(path)
+    loaded.set_weights(labeled["model"].get_weights())  # same architecture: the weights fit either policy
+    loaded.save(path)
+    output = str(tmp_path / "p.csv")
+    prediction.run_prediction([model_dir], labeled["shards"], "eval", output, batch_size=4, precision=precision,
+                              bootstrap=0, progress=False)
+    softmax = np.load(str(tmp_path / "p.npy"))
+    assert softmax.dtype == np.float32 and softmax.shape == (RECORDS, 2)
+    np.testing.assert_allclose(softmax.sum(axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(read_predictions(output).probs, read_predictions(reference).probs, atol=0.05)
+    assert json.loads((tmp_path / "p.json").read_text())["precision"] == precision
+    assert keras.mixed_precision.global_policy().name == "float32"  # the caller's policy is restored
+
+
+def test_shards_that_disagree_with_the_manifest_are_refused(labeled, tmp_path):
+    shards = str(tmp_path / "shards")
+    shutil.copytree(labeled["shards"], shards)
+    manifest_path = os.path.join(shards, "manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    manifest["splits"]["eval"]["records"] = RECORDS + 1
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(UserInputError, match=rf"lists {RECORDS + 1} records but its shards hold {RECORDS}"):
+        prediction.run_prediction([labeled["model_dir"]], shards, "eval", str(tmp_path / "p.csv"), progress=False)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_duplicate_ids_are_refused():
+    with pytest.raises(UserInputError, match=r"1 image id\(s\) occur in several records: b\.png"):
+        prediction.check_one_row_per_record(np.array(["a.png", "b.png", "b.png"]), 3, "shards", "eval")
+
+
+def test_bad_model_and_data_folders_are_refused(labeled, tmp_path):
+    run = [labeled["model_dir"]]
+    with pytest.raises(UserInputError, match="config.json not found"):
+        prediction.run_prediction([str(tmp_path)], labeled["shards"], "eval", str(tmp_path / "p.csv"))
+    with pytest.raises(UserInputError, match=r"split 'test' not in .*manifest\.json; it has: eval"):
+        prediction.run_prediction(run, labeled["shards"], "test", str(tmp_path / "p.csv"))
+    with pytest.raises(UserInputError, match="must name a .csv"):
+        prediction.run_prediction(run, labeled["shards"], "eval", str(tmp_path / "p.txt"))
+    other = str(tmp_path / "big")
+    write_shards(other, {"eval": 2}, image_size=SIZE * 2)
+    with pytest.raises(UserInputError, match=rf"trained on {SIZE}px .* holds {SIZE * 2}px"):
+        prediction.run_prediction(run, other, "eval", str(tmp_path / "p.csv"))
+
+
+def _predict_cli(*args):
+    return subprocess.run([sys.executable, "predict.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_exits_1_with_a_one_line_message(tmp_path, labeled):
+    result = _predict_cli(f"--model_dir={tmp_path}", f"--data_dir={labeled['shards']}",
+                          f"--output={tmp_path / 'p.csv'}")
+    assert result.returncode == 1
+    message = [line for line in result.stderr.splitlines() if line.startswith("predict.py: ")]
+    assert message and "config.json not found" in message[0] and "Traceback" not in result.stderr
+
+
+def test_cli_predicts_and_reports(tmp_path, labeled):
+    result = _predict_cli(f"--model_dir={labeled['model_dir']}", f"--data_dir={labeled['shards']}",
+                          f"--output={tmp_path / 'p.csv'}", "--batch_size=4", "--bootstrap=10", "--threshold=0.4")
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(tmp_path / "p.csv")) == RECORDS
+    assert json.loads((tmp_path / "p_report" / "metrics.json").read_text())["tiny_test"]["threshold"] == 0.4
+    assert "img/s" in result.stderr and "AUROC" in result.stdout
+
+
+_MIRRORED_SCRIPT = textwrap.dedent("""
+    import sys
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from evaluation import prediction
+    prediction.run_prediction([sys.argv[1]], sys.argv[2], "eval", sys.argv[3], batch_size=4, strategy="mirrored",
+                              bootstrap=0, progress=False)
+""")
+
+
+def _same_predictions(path, reference):
+    a, b = read_predictions(path), read_predictions(reference)
+    assert list(a.ids) == list(b.ids)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_replicas_matches_default(labeled, tmp_path):
+    reference = str(tmp_path / "default.csv")
+    prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", reference,
+                              batch_size=4, bootstrap=0, progress=False)
+    output = str(tmp_path / "mirrored.csv")
+    script = [sys.executable, "-c", _MIRRORED_SCRIPT, labeled["model_dir"], labeled["shards"], output]
+    result = subprocess.run(script,
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _same_predictions(output, reference)
+    sidecar = json.loads((tmp_path / "mirrored.json").read_text())
+    assert sidecar["strategy"] == "mirrored" and sidecar["replicas"] == 2
+
+
+_WORKER_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    index, ports = int(sys.argv[1]), sys.argv[2].split(",")
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
+                                          "task": {"type": "worker", "index": index}})
+    from evaluation import prediction
+    prediction.run_prediction([sys.argv[3]], sys.argv[4], "eval", os.path.join(sys.argv[5], f"w{index}", "p.csv"),
+                              batch_size=4, strategy="multi_worker", bootstrap=0, progress=False)
+""")
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_gather_every_record_and_only_the_chief_writes(labeled, tmp_path):
+    reference = str(tmp_path / "default.csv")
+    prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", reference,
+                              batch_size=4, bootstrap=0, progress=False)
+    ports = ",".join(map(str, _free_ports(2)))
+    workers = [subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT, str(i), ports, labeled["model_dir"],
+                                 labeled["shards"], str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        for worker in workers:
+            _, stderr = worker.communicate(timeout=300)
+            assert worker.returncode == 0, stderr[-3000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    _same_predictions(str(tmp_path / "w0" / "p.csv"), reference)  # each worker read one of the two shards
+    assert not (tmp_path / "w1").exists()
+
+
+def test_training_crop_comes_from_config_then_val_sidecar_then_manifest(tmp_path, labeled):
+    assert prediction.train_crop(str(tmp_path), {"crop": "bbox", "data_dir": labeled["shards"]}) == "bbox"
+    assert prediction.train_crop(str(tmp_path), {"data_dir": labeled["shards"]}) == "none"  # the manifest's
+    assert prediction.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) is None
+    (tmp_path / prediction.VAL_SIDECAR).write_text(json.dumps({"backbone": "resnet50", "train_crop": "bbox"}))
+    assert prediction.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) == "bbox"
