@@ -21,7 +21,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m demo $(if $(DATA_DIR),--data_dir=$(DATA_DIR),)
+	$(PY) demo.py $(if $(DATA_DIR),--data_dir=$(DATA_DIR),)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info
