@@ -1,0 +1,43 @@
+"""The classification heads put on top of a backbone's feature map (the reference's three variants)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from keras import layers
+
+NUM_CLASSES = 2  # column 0: P(normal), column 1: P(abnormal)
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """GlobalAveragePooling2D → [BatchNorm] → [Dropout] → Dense ReLU → [Dropout] → Dense softmax.
+
+    Attributes:
+      batch_norm: BatchNormalization right after the pooling.
+      dropout_before_dense: dropout rate before the hidden Dense (0: no Dropout layer).
+      dropout_after_dense: dropout rate after the hidden Dense (0: no Dropout layer).
+      dense_units: width of the hidden Dense layer.
+    """
+
+    batch_norm: bool
+    dropout_before_dense: float
+    dropout_after_dense: float
+    dense_units: int = 1024
+
+
+def build_head(features, head: Head, *, seed: int = 0):
+    """Applies `head` to a backbone feature map (B, H, W, C) and returns (B, 2) float32 probabilities.
+
+    The softmax layer is pinned to float32, so the probabilities (and the loss computed from them)
+    stay float32 under mixed precision.
+    """
+    x = layers.GlobalAveragePooling2D(name="head_pool")(features)
+    if head.batch_norm:
+        x = layers.BatchNormalization(name="head_bn")(x)
+    if head.dropout_before_dense:
+        x = layers.Dropout(head.dropout_before_dense, seed=seed, name="head_dropout_1")(x)
+    x = layers.Dense(head.dense_units, activation="relu", name="head_dense")(x)
+    if head.dropout_after_dense:
+        x = layers.Dropout(head.dropout_after_dense, seed=seed + 1, name="head_dropout_2")(x)
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities")(x)

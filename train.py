@@ -1,0 +1,42 @@
+"""Trains one backbone on TFRecord shards.
+
+  python train.py --backbone=efficientnet_b3 --data_dir=SHARDS --model_dir=OUT [--strategy=...]
+
+Rerunning the same command resumes an interrupted run. See `training/loop.py` for what OUT holds
+and `python train.py --helpfull` for every flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from absl import app
+from absl import flags as absl_flags
+from absl import logging
+
+import flags
+from models import WeightsUnavailableError
+from training.config import ConfigError, TrainConfig
+from training.loop import run_training
+
+FLAGS = absl_flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = TrainConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)})
+    logging.info("train.py flags: %s (model_dir=%s)", dataclasses.asdict(config), FLAGS.model_dir)
+    try:
+        result = run_training(config, FLAGS.model_dir)
+    except (ConfigError, FileNotFoundError, FloatingPointError, WeightsUnavailableError) as err:
+        logging.error("%s", err)
+        sys.exit(1)
+    logging.info("done: %d epoch(s), model %s", result["epochs_done"], result["model_path"])
+
+
+if __name__ == "__main__":
+    flags.define_train_flags()
+    absl_flags.mark_flags_as_required(["backbone", "data_dir", "model_dir"])
+    app.run(main)

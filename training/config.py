@@ -1,0 +1,172 @@
+"""The frozen configuration of one training run: a field per `train.py` flag, resolved against the data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from models import registry
+from pipeline import augment as augment_lib
+from pipeline import input_pipeline
+from pipeline import manifest as manifest_lib
+
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+class ConfigError(ValueError):
+    """A run's flags or data cannot be used; the message names the value and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run. None means "the backbone's or the data's default" until `resolve_config`."""
+
+    backbone: str  # a registry name; "tiny_test" only from Python (tests)
+    data_dir: str  # shard folder holding manifest.json
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int | None = None  # None: the manifest's image size
+    weights: str = "imagenet"  # "imagenet", "none" or a local weights file
+    augment: str = "auto"  # auto: the backbone's reference setting
+    shuffle_buffer: int = input_pipeline.DEFAULT_SHUFFLE_BUFFER
+    cache: bool = False  # keep decoded images in RAM after the first epoch
+    deterministic: bool = False  # reproducible record order (slower input)
+    strategy: str = "auto"  # see training.distribute.resolve_strategy
+    precision: str = "auto"  # see training.distribute.resolve_precision
+    jit_compile: bool = False  # XLA for the forward and backward pass
+    global_batch_size: int = 32  # over all replicas; each replica gets an equal share
+    epochs: int | None = None  # None: the backbone's reference epochs
+    steps_per_epoch: int | None = None  # None: one pass over the train split
+    learning_rate: float | None = None  # None: the backbone's reference learning rate
+    class_weight: str = "none"  # balanced: weight each class by n / (2 * n_class)
+    validation: bool = True  # score the val split after every epoch
+    seed: int = 0  # weights, dropout, augmentation and shuffling
+    early_stopping_patience: int = 3  # epochs without a better val AUROC before stopping
+    reduce_lr_patience: int = 2  # epochs without a lower val loss before reducing the LR
+    reduce_lr_factor: float = 0.2  # LR multiplier on a plateau
+    min_learning_rate: float = 1e-7  # floor of the LR reductions
+    keep_checkpoints: int = 2  # checkpoints kept in model_dir/checkpoints
+
+
+# Fields that change the model or its data: resuming with another value would mix two runs.
+RESUME_MUST_MATCH = ("backbone", "image_size", "augment", "train_split", "val_split")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
+
+
+def _split(manifest: dict[str, Any], split: str, data_dir: str) -> dict[str, Any]:
+    try:
+        return manifest_lib.split_info(manifest, split, data_dir)
+    except KeyError as err:
+        raise ConfigError(f"{err.args[0]}; pass --train_split/--val_split accordingly") from err
+
+
+def resolve_config(config: TrainConfig) -> TrainConfig:
+    """Fills every None with the backbone's or the data's default and checks the values.
+
+    Args:
+      config: as given by the user.
+
+    Returns:
+      The config with image_size, augment ("on"/"off"), epochs, steps_per_epoch and learning_rate set.
+
+    Raises:
+      ConfigError: an unknown backbone or choice, a split the manifest lacks, an image size the
+        shards were not built at, or a train split smaller than one global batch.
+      FileNotFoundError: data_dir has no manifest.json.
+    """
+    try:
+        spec = registry.get_backbone(config.backbone)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    _check_choice("augment", config.augment, augment_lib.AUGMENT_MODES)
+    _check_choice("class_weight", config.class_weight, CLASS_WEIGHTS)
+    if config.global_batch_size < 1:
+        raise ConfigError(f"global_batch_size must be >= 1, got {config.global_batch_size}")
+    manifest = manifest_lib.load_manifest(config.data_dir)
+    stored_size = int(manifest["config"]["image_size"])
+    image_size = stored_size if config.image_size is None else config.image_size
+    if image_size != stored_size:
+        raise ConfigError(
+            f"image_size={image_size} but the shards in {config.data_dir} were built at {stored_size}; "
+            f"pass --image_size={stored_size} (or leave it unset), or rebuild the shards at {image_size}"
+        )
+    train_records = int(_split(manifest, config.train_split, config.data_dir)["records"])
+    if config.validation:
+        _split(manifest, config.val_split, config.data_dir)
+    steps = config.steps_per_epoch or train_records // config.global_batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"split {config.train_split!r} has {train_records} records, fewer than one global batch of "
+            f"{config.global_batch_size}; lower --global_batch_size"
+        )
+    augment = "on" if augment_lib.augmentation_enabled(config.augment, spec.augment) else "off"
+    return dataclasses.replace(
+        config,
+        image_size=image_size,
+        augment=augment,
+        epochs=spec.epochs if config.epochs is None else config.epochs,
+        steps_per_epoch=steps,
+        learning_rate=spec.learning_rate if config.learning_rate is None else config.learning_rate,
+    )
+
+
+def class_weights(config: TrainConfig) -> tuple[float, float] | None:
+    """Returns (weight of normal, weight of abnormal) for --class_weight=balanced, else None.
+
+    Raises:
+      ConfigError: balanced weights asked for a train split that lacks one of the classes.
+    """
+    if config.class_weight == "none":
+        return None
+    info = _split(manifest_lib.load_manifest(config.data_dir), config.train_split, config.data_dir)
+    counts = (int(info["normal"]), int(info["abnormal"]))
+    if min(counts) == 0:
+        raise ConfigError(
+            f"split {config.train_split!r} has {counts[0]} normal and {counts[1]} abnormal records; "
+            "balanced class weights need both classes (use --class_weight=none)"
+        )
+    total = sum(counts)
+    return tuple(total / (2.0 * n) for n in counts)
+
+
+def check_resumable(config: TrainConfig, model_dir: str) -> None:
+    """Refuses to continue a run in `model_dir` that was started with a different model or data.
+
+    Raises:
+      ConfigError: `model_dir/config.json` disagrees on a `RESUME_MUST_MATCH` field.
+    """
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = json.load(f)
+    new = dataclasses.asdict(config)
+    for name in RESUME_MUST_MATCH:
+        if name in previous and previous[name] != new[name]:
+            raise ConfigError(
+                f"{model_dir} holds a run with {name}={previous[name]!r}, this one has {new[name]!r}; "
+                "use another --model_dir, or the same flags to resume that run"
+            )
+
+
+def write_config(config: TrainConfig, model_dir: str, runtime: dict[str, Any]) -> str:
+    """Writes `model_dir/config.json`: every resolved field, plus `runtime` (strategy, replicas, precision).
+
+    Returns:
+      The path written.
+    """
+    path = os.path.join(model_dir, "config.json")
+    record = dataclasses.asdict(config)
+    record["model_dir"] = model_dir
+    record["runtime"] = runtime
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,111 @@
+"""Choosing the tf.distribute strategy and the Keras precision policy, shared by training and prediction.
+
+Call `resolve_strategy` before any other TensorFlow op of the process: MultiWorkerMirroredStrategy
+must configure the collective runtime before it starts, and splitting the CPU into logical devices
+(the Mirrored tests) is only possible before then too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def tf_config_workers() -> int:
+    """Returns how many workers `TF_CONFIG` names (0 when it is unset or names none).
+
+    Raises:
+      ValueError: `TF_CONFIG` is not valid JSON.
+    """
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return 0
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"TF_CONFIG is not valid JSON ({err}); fix or unset the environment variable") from err
+    return len(config.get("cluster", {}).get("worker", []))
+
+
+def _mirrored_devices() -> list[str] | None:
+    # With no GPU, MirroredStrategy() would take CPU:0 alone; taking every logical CPU device
+    # lets one host (and the tests) mirror over CPU splits.
+    if tf.config.list_logical_devices("GPU"):
+        return None
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+def resolve_strategy(name: str) -> tf.distribute.Strategy:
+    """Builds the distribution strategy called `name`.
+
+    Args:
+      name: "auto" (MultiWorkerMirrored when TF_CONFIG names several workers, Mirrored when more
+        than one GPU is visible, else the default strategy), "default", "mirrored" (every local
+        GPU, or every logical CPU device when there is no GPU) or "multi_worker" (configured by
+        TF_CONFIG).
+
+    Returns:
+      The strategy. Build models, optimizers and metrics inside `strategy.scope()`.
+
+    Raises:
+      ValueError: an unknown name, listing the valid ones.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    if name == "auto":
+        if tf_config_workers() > 1:
+            name = "multi_worker"
+        elif len(tf.config.list_physical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=_mirrored_devices())
+    return tf.distribute.get_strategy()
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """Returns "multi_worker", "mirrored" or "default" for a strategy built by `resolve_strategy`."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "multi_worker"
+    if isinstance(strategy, tf.distribute.MirroredStrategy):
+        return "mirrored"
+    return "default"
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes outputs: always outside multi-worker runs, else the chief only.
+
+    Under MultiWorkerMirroredStrategy the chief is worker 0 (or the task typed "chief").
+    """
+    return bool(strategy.extended.should_checkpoint)
+
+
+def resolve_precision(name: str) -> str:
+    """Sets Keras' global dtype policy from `name` and returns the resolved policy name.
+
+    Args:
+      name: "auto" (mixed_float16 when a GPU is visible, float32 otherwise), "float32",
+        "mixed_float16" or "mixed_bfloat16".
+
+    Returns:
+      The policy now in force, e.g. "float32".
+
+    Raises:
+      ValueError: an unknown name, listing the valid ones.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}")
+    if name == "auto":
+        name = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    keras.mixed_precision.set_global_policy(name)
+    return name

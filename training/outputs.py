@@ -1,0 +1,86 @@
+"""What a run leaves in `model_dir` besides checkpoints: metrics.jsonl, model.keras, val predictions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable
+
+import keras
+
+from evaluation.prediction_files import write_predictions
+from training.validation import Scores
+
+METRICS = "metrics.jsonl"
+MODEL = "model.keras"
+VAL_PREDICTIONS = "val_predictions.csv"
+
+
+def _json_ready(record: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN: an undefined metric (AUROC of a one-class split) is written as null.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+class MetricsLog:
+    """`model_dir/metrics.jsonl`: one JSON object per completed epoch (`epoch` counts from 1)."""
+
+    def __init__(self, model_dir: str):
+        self.path = os.path.join(model_dir, METRICS)
+
+    def read(self) -> list[dict[str, Any]]:
+        """Returns the records written so far (none when the file does not exist)."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def keep_through(self, epochs_done: int) -> None:
+        """Drops the records of epochs after `epochs_done` (1-based): a resumed run redoes those."""
+        kept = [r for r in self.read() if r["epoch"] <= epochs_done]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Appends one epoch's record (non-finite numbers become null)."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(_json_ready(record)) + "\n")
+
+
+class ModelExporter:
+    """Saves a model's weights into a float32 copy of it, as a `.keras` file that loads with safe_mode.
+
+    The copy is built once by `rebuild()` under the float32 policy, so the file loads the same way
+    whatever precision trained it, and it carries no optimizer state.
+    """
+
+    def __init__(self, rebuild: Callable[[], keras.Model]):
+        self._rebuild = rebuild
+        self._copy: keras.Model | None = None
+
+    def export(self, model: keras.Model, path: str) -> None:
+        """Writes `model`'s current weights to `path`, atomically (a reader never sees half a file)."""
+        if self._copy is None:
+            policy = keras.mixed_precision.global_policy()
+            keras.mixed_precision.set_global_policy("float32")
+            try:
+                self._copy = self._rebuild()
+            finally:
+                keras.mixed_precision.set_global_policy(policy)
+        self._copy.set_weights(model.get_weights())
+        tmp = os.path.join(os.path.dirname(path), ".partial-" + os.path.basename(path))
+        self._copy.save(tmp)
+        os.replace(tmp, path)
+
+
+def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any]) -> str:
+    """Writes `val_predictions.csv` (image_id, p_abnormal, label) and its sidecar `val_predictions.json`.
+
+    Returns:
+      The CSV path.
+    """
+    path = os.path.join(model_dir, VAL_PREDICTIONS)
+    write_predictions(path, scores.image_ids, scores.probabilities[:, 1], scores.labels, sidecar=sidecar)
+    return path

@@ -1,0 +1,76 @@
+"""Scoring a split after an epoch: predictions with their ids, and loss, accuracy and AUROC from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+from pipeline import input_pipeline
+
+EPSILON = 1e-7  # probability clip of the cross-entropy, as Keras' own
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """One split's predictions, one row per record.
+
+    Attributes:
+      image_ids: (N,) str.
+      labels: (N,) int 0/1.
+      probabilities: (N, 2) float32 softmax; column 1 is P(abnormal).
+    """
+
+    image_ids: np.ndarray
+    labels: np.ndarray
+    probabilities: np.ndarray
+
+
+def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Returns {"loss", "accuracy", "auroc"} of (N, 2) probabilities against 0/1 labels.
+
+    The AUROC is NaN when the labels hold a single class (it is undefined there).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], EPSILON, 1.0 - EPSILON)
+    auroc = roc_auc_score(labels, probabilities[:, 1]) if len(np.unique(labels)) == 2 else math.nan
+    return {
+        "loss": float(-np.mean(np.log(picked))),
+        "accuracy": float(np.mean(np.argmax(probabilities, axis=1) == labels)),
+        "auroc": float(auroc),
+    }
+
+
+def make_distributed_split(strategy: tf.distribute.Strategy, data_dir: str, split: str,
+                           global_batch_size: int, image_size: int, *, cache: bool = False):
+    """Returns `split` as a distributed dataset in which every worker reads the whole split.
+
+    Each worker then holds every prediction with its image id (strings cannot travel through the
+    collectives), and all workers compute the same validation metrics, which keeps early stopping
+    and learning-rate decisions in step across workers.
+    """
+    per_replica = max(1, global_batch_size // strategy.num_replicas_in_sync)
+    return strategy.distribute_datasets_from_function(
+        lambda _: input_pipeline.make_eval_dataset(data_dir, split, per_replica, image_size, cache=cache),
+        # The batches carry image-id strings, which cannot be copied to a GPU: keep them on the
+        # host; the model call moves the images.
+        options=tf.distribute.InputOptions(experimental_fetch_to_device=False))
+
+
+def score(strategy: tf.distribute.Strategy, predict_step, dataset) -> Scores:
+    """Runs `predict_step` (from `training.step.make_predict_step`) over a distributed split."""
+    ids, labels, probabilities = [], [], []
+    for batch in dataset:
+        ids.extend(t.numpy() for t in strategy.experimental_local_results(batch["image_id"]))
+        labels.extend(t.numpy() for t in strategy.experimental_local_results(batch["label"]))
+        output = predict_step(batch["image"])
+        probabilities.extend(t.numpy() for t in strategy.experimental_local_results(output))
+    return Scores(
+        image_ids=np.array([i.decode() for i in np.concatenate(ids)]),
+        labels=np.concatenate(labels).astype(np.int64),
+        probabilities=np.concatenate(probabilities).astype(np.float32),
+    )
