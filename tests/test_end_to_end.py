@@ -1,0 +1,67 @@
+"""One pass through the whole library: synthetic data → build → train → predict → ensemble → report."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation.ensembling import run_ensemble
+from evaluation.prediction import run_prediction
+from preprocess import build_tfrecords as bt
+from preprocess import synthetic
+from training.config import TrainConfig
+from training.loop import run_training
+
+
+@pytest.mark.slow
+def test_build_train_predict_ensemble_report(tmp_path):
+    data, shards = str(tmp_path / "data"), str(tmp_path / "shards")
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=data, num_patients=40, source_size=64, seed=1))
+    built = bt.build(bt.BuildConfig(
+        data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"),
+        bbox_csv=os.path.join(data, "BBox_List_2017.csv"), image_dir=data, output_dir=shards,
+        split="grouped", val_fraction=0.25, test_fraction=0.25, image_size=32, workers=2, crop="none"))
+    assert built.ok and built.manifest["patient_overlap"] == 0
+    splits = built.manifest["splits"]
+    n_val, n_test = splits["val"]["records"], splits["test"]["records"]
+
+    model_dirs = []
+    for seed in (0, 1):
+        model_dir = str(tmp_path / f"tiny{seed}")
+        result = run_training(TrainConfig(backbone="tiny_test", data_dir=shards, weights="none", epochs=1,
+                                          global_batch_size=8, seed=seed), model_dir)
+        assert result["epochs_done"] == 1
+        for name in ("config.json", "metrics.jsonl", "model.keras", "val_predictions.csv"):
+            assert os.path.exists(os.path.join(model_dir, name)), name
+        val = pd.read_csv(os.path.join(model_dir, "val_predictions.csv"))
+        assert len(val) == n_val and val["image_id"].is_unique
+        model_dirs.append(model_dir)
+
+    predicted = run_prediction(model_dirs, shards, "test", str(tmp_path / "preds" / "test.csv"),
+                               batch_size=7, bootstrap=50, progress=False)
+    assert predicted.records == n_test
+    test_files = list(predicted.outputs.values())
+    test_ids = None
+    for path in test_files:
+        frame = pd.read_csv(path)
+        assert len(frame) == n_test and frame["image_id"].is_unique
+        assert frame["p_abnormal"].between(0, 1).all()
+        assert np.load(path[:-4] + ".npy").shape == (n_test, 2)
+        test_ids = set(frame["image_id"]) if test_ids is None else test_ids
+        assert set(frame["image_id"]) == test_ids
+
+    ensembled = run_ensemble(test_files, str(tmp_path / "submission.csv"),
+                             fit_on=[os.path.join(d, "val_predictions.csv") for d in model_dirs],
+                             report_dir=str(tmp_path / "report"), bootstrap=50)
+    submission = pd.read_csv(ensembled.submission)
+    assert set(submission["image_id"]) == test_ids and set(submission["label"]) <= {0, 1}
+    assert abs(sum(ensembled.weights.values()) - 1) < 1e-9 and 0 < ensembled.threshold < 1
+    metrics = json.load(open(tmp_path / "report" / "metrics.json"))
+    assert "ensemble" in metrics and len(metrics) == 3
+    for name, values in metrics.items():
+        assert 0 <= values["auroc"] <= 1 and 0 <= values["accuracy"] <= 1, name
+        assert values["prevalence"] == pytest.approx(splits["test"]["abnormal"] / n_test)
+    for plot in ("roc.png", "precision_recall.png"):
+        assert os.path.getsize(tmp_path / "report" / plot) > 1000
