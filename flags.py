@@ -7,6 +7,8 @@ Entry points get absl's `--flagfile`, `--helpfull` and `--helpshort` for free.
 
 from __future__ import annotations
 
+import os
+
 from absl import flags
 
 BACKBONES = ("efficientnet_b3", "resnet50", "densenet121")
@@ -72,12 +74,13 @@ def define_synthetic_flags() -> None:
 
 def define_predict_flags() -> None:
     """Flags of `predict.py`."""
-    from training.distribute import STRATEGIES  # the one list of strategy names
+    from training.distribute import PRECISIONS, STRATEGIES  # the one list of each
 
     d = _define_once
     d(flags.DEFINE_multi_string, "model_dir", None,
       "Folder written by train.py (model.keras + config.json). Repeat it to predict with several models "
-      "in one call: each then writes <output stem>.<backbone>.csv/.npy/.json instead of --output itself.")
+      "in one call: each then writes <output stem>.<backbone>.csv/.npy/.json instead of --output itself "
+      "(<output stem>.<backbone>.<model_dir name>.csv when two share a backbone).")
     d(flags.DEFINE_string, "data_dir", None, "Shard folder (holds manifest.json) to predict over.")
     d(flags.DEFINE_string, "split", "eval", "Split of --data_dir to predict, e.g. eval, test or val.")
     d(flags.DEFINE_string, "output", None,
@@ -86,6 +89,9 @@ def define_predict_flags() -> None:
     d(flags.DEFINE_integer, "batch_size", 64, "Global batch size (split over the replicas).", lower_bound=1)
     d(flags.DEFINE_enum, "strategy", "auto", list(STRATEGIES),
       "auto: multi_worker with a multi-worker TF_CONFIG, mirrored with several GPUs, else default.")
+    d(flags.DEFINE_enum, "precision", "auto", list(PRECISIONS),
+      "Dtype policy the models compute under (the saved weights are rebuilt under it when needed); "
+      "auto: mixed_float16 on GPU, float32 on CPU.")
     d(flags.DEFINE_float, "threshold", None,
       "P(abnormal) >= threshold is called abnormal in the report (predict.py default 0.5; "
       "ensemble.py default 0.6, or fitted with --fit_on).", lower_bound=0.0, upper_bound=1.0)
@@ -120,3 +126,103 @@ def define_ensemble_flags() -> None:
       "(default: <output stem>_report beside --output).")
     d(flags.DEFINE_integer, "bootstrap", 1000, "Bootstrap resamples behind the report's 95% intervals (0: none).",
       lower_bound=0)
+
+
+def define_train_flags() -> None:
+    """Flags of `train.py`: one per `training.config.TrainConfig` field, plus --model_dir."""
+    import dataclasses
+
+    from training.config import CLASS_WEIGHTS, TrainConfig  # the defaults, defined once
+    from training.distribute import PRECISIONS, STRATEGIES
+
+    define_input_flags()  # --shuffle_buffer, --cache, --deterministic, --augment
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    d = _define_once
+    d(flags.DEFINE_enum, "backbone", None, list(BACKBONES), "Model to train (see models/registry.py).")
+    d(flags.DEFINE_string, "data_dir", None,
+      "Shard folder written by build_tfrecords.py (holds manifest.json).")
+    d(flags.DEFINE_string, "model_dir", None,
+      "Output folder: config.json, metrics.jsonl, tensorboard/, checkpoints/, model.keras, "
+      "val_predictions.csv. Rerunning the same command there resumes after the last finished epoch.")
+    d(flags.DEFINE_string, "train_split", default["train_split"], "Split of --data_dir to train on.")
+    d(flags.DEFINE_string, "val_split", default["val_split"], "Split of --data_dir to validate on.")
+    d(flags.DEFINE_integer, "image_size", default["image_size"],
+      "Input side; default and only valid value: the size the shards were built at.", lower_bound=8)
+    d(flags.DEFINE_string, "weights", default["weights"],
+      "imagenet (downloaded, or from the Keras cache ~/.keras/models), none (random) or the path of a "
+      "local weights file for the backbone without its top.")
+    d(flags.DEFINE_enum, "strategy", default["strategy"], list(STRATEGIES),
+      "auto: multi_worker with a multi-worker TF_CONFIG, mirrored with several GPUs, else default.")
+    d(flags.DEFINE_enum, "precision", default["precision"], list(PRECISIONS),
+      "auto: mixed_float16 on GPU (with loss scaling), float32 on CPU.")
+    d(flags.DEFINE_bool, "jit_compile", default["jit_compile"],
+      "Compile the forward and backward pass with XLA.")
+    d(flags.DEFINE_integer, "global_batch_size", default["global_batch_size"],
+      "Images per step over all replicas (each replica gets an equal share).", lower_bound=1)
+    d(flags.DEFINE_integer, "epochs", default["epochs"],
+      "Default: the backbone's reference (efficientnet_b3 10, resnet50 5, densenet121 10).", lower_bound=1)
+    d(flags.DEFINE_integer, "steps_per_epoch", default["steps_per_epoch"],
+      "Default: one pass over the train split (records // global batch).", lower_bound=1)
+    d(flags.DEFINE_float, "learning_rate", default["learning_rate"],
+      "Default: the backbone's reference (Adam 1e-4; SGD 1e-3 for resnet50).", lower_bound=0.0)
+    d(flags.DEFINE_enum, "class_weight", default["class_weight"], list(CLASS_WEIGHTS),
+      "balanced: weight each class's loss by records / (2 * class records) of the train split.")
+    d(flags.DEFINE_bool, "validation", default["validation"],
+      "Score the val split after every epoch (drives early stopping, LR reduction and model.keras).")
+    d(flags.DEFINE_integer, "seed", default["seed"],
+      "Seed of initial weights, dropout, augmentation and shuffling.")
+    d(flags.DEFINE_integer, "early_stopping_patience", default["early_stopping_patience"],
+      "Epochs without a better val AUROC before stopping.", lower_bound=1)
+    d(flags.DEFINE_integer, "reduce_lr_patience", default["reduce_lr_patience"],
+      "Epochs without a lower val loss before multiplying the LR by --reduce_lr_factor.", lower_bound=1)
+    d(flags.DEFINE_float, "reduce_lr_factor", default["reduce_lr_factor"], "LR multiplier on a plateau.",
+      lower_bound=0.0, upper_bound=1.0)
+    d(flags.DEFINE_float, "min_learning_rate", default["min_learning_rate"], "Floor of the LR reductions.",
+      lower_bound=0.0)
+    d(flags.DEFINE_float, "batchnorm_momentum", default["batchnorm_momentum"],
+      "Momentum of every BatchNormalization's moving statistics (default: the backbone's 0.99). "
+      "Lower it (e.g. 0.9) for short runs from scratch, whose inference statistics otherwise lag.",
+      lower_bound=0.0, upper_bound=0.999)
+    d(flags.DEFINE_integer, "keep_checkpoints", default["keep_checkpoints"],
+      "Checkpoints kept in --model_dir/checkpoints.", lower_bound=1)
+
+
+def define_demo_flags() -> None:
+    """Flags of `demo.py` (`make demo`)."""
+    d = _define_once
+    d(flags.DEFINE_string, "data_dir", None,
+      "A real NIH ChestX-ray14 download (Data_Entry CSV, BBox_List_2017.csv, split lists and "
+      "images_0NN/images/). Default: generate a synthetic NIH-format dataset.")
+    d(flags.DEFINE_string, "output_dir", os.path.join("runs", "demo"),
+      "Everything the demo writes: data/, shards/, models/, predictions/, submission.csv, report/.")
+    d(flags.DEFINE_integer, "num_patients", 300, "Synthetic patients (1-5 images each).", lower_bound=10)
+    d(flags.DEFINE_integer, "source_size", 512, "Side of the synthetic source PNGs.", lower_bound=64)
+    d(flags.DEFINE_integer, "image_size", None, "Stored and trained image side (default: 64 synthetic, 224 real).",
+      lower_bound=32)
+    d(flags.DEFINE_enum, "crop", "none", ["bbox", "none"],
+      "Crop mode of the build; none by default, because only abnormal images have boxes.")
+    d(flags.DEFINE_string, "weights", None, "Backbone weights (default: none synthetic, imagenet real).")
+    d(flags.DEFINE_integer, "epochs", None, "Epochs per backbone (default: 8 synthetic, the reference's real).",
+      lower_bound=1)
+    d(flags.DEFINE_float, "learning_rate", None,
+      "Learning rate of every backbone (default synthetic: Adam 1e-3, SGD 1e-2 for resnet50; "
+      "real: the reference's).")
+    d(flags.DEFINE_float, "batchnorm_momentum", None,
+      "BatchNorm momentum passed to train.py (default: 0.9 synthetic, the backbone's own real).")
+    d(flags.DEFINE_integer, "global_batch_size", 16, "Training batch size.", lower_bound=1)
+    d(flags.DEFINE_list, "backbones", ["efficientnet_b3", "densenet121", "resnet50"], "Backbones to train.")
+
+
+def define_input_flags() -> None:
+    """Flags of the tf.data input pipeline and of the in-model augmentation (`pipeline/`)."""
+    d = _define_once
+    d(flags.DEFINE_integer, "shuffle_buffer", 2048,
+      "Serialized training records in the shuffle buffer (~22 KB each at 224x224 PNG).", lower_bound=1)
+    d(flags.DEFINE_bool, "cache", False,
+      "Keep decoded grayscale images in RAM after the first epoch (~50 KB per 224x224 image, "
+      "~5.6 GB for all of NIH).")
+    d(flags.DEFINE_bool, "deterministic", False,
+      "Same seed, same input order (slower: batches cannot overtake each other).")
+    d(flags.DEFINE_enum, "augment", "auto", ["auto", "on", "off"],
+      "In-model training augmentation (rotation 10 deg, shifts 10%, shear 10 deg, zoom 10%): "
+      "auto = the backbone's default (on for EfficientNet and DenseNet, off for ResNet).")

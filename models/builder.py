@@ -61,6 +61,7 @@ def build_model(
     weights: str = WEIGHTS_IMAGENET,
     augment: bool | None = None,
     seed: int = 0,
+    batchnorm_momentum: float | None = None,
 ) -> keras.Model:
     """Builds the classifier `backbone` under the current Keras dtype policy.
 
@@ -74,6 +75,9 @@ def build_model(
       augment: random rotation/shift/shear/zoom at training time (identity at inference);
         None takes the backbone's reference default.
       seed: seed of the augmentation and dropout layers.
+      batchnorm_momentum: momentum of every BatchNormalization layer's moving statistics; None
+        keeps the backbone's (0.99). From scratch and for a few hundred steps, 0.99 leaves the
+        statistics that inference uses far from the trained ones; 0.9 catches up in ~50 steps.
 
     Returns:
       A model taking float (B, S, S, 3) pixels in 0..255 and returning (B, 2) float32 softmax
@@ -95,4 +99,28 @@ def build_model(
         x = layer(x)
     features = _build_backbone(backbone, image_size, weights)(x)
     outputs = build_head(features, spec.head, seed=seed)
-    return keras.Model(inputs, outputs, name=backbone)
+    model = keras.Model(inputs, outputs, name=backbone)
+    if batchnorm_momentum is not None:
+        set_batchnorm_momentum(model, batchnorm_momentum)
+    return model
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
+    """Sets the momentum of every BatchNormalization layer in `model` (nested models included).
+
+    Returns:
+      How many layers were changed.
+
+    Raises:
+      ValueError: momentum outside [0, 1).
+    """
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"batchnorm_momentum must be in [0, 1), got {momentum}")
+    changed, stack = 0, list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+            changed += 1
+        stack.extend(getattr(layer, "layers", []))
+    return changed

@@ -178,3 +178,22 @@ def test_one_training_step_per_real_backbone(name):
     assert probabilities.shape == (4, 2) and list(labels.numpy()) == [0, 1, 0, 1]
     assert not np.allclose(kernel.numpy(), before)
     assert int(optimizer.iterations.numpy()) == 1
+
+
+def test_batchnorm_momentum_reaches_every_nested_batchnorm():
+    default = models.build_model("densenet121", 32, weights="none")
+    lowered = models.build_model("densenet121", 32, weights="none", batchnorm_momentum=0.9)
+
+    def momenta(model):
+        found, stack = [], list(model.layers)
+        while stack:
+            layer = stack.pop()
+            if isinstance(layer, keras.layers.BatchNormalization):
+                found.append(layer.momentum)
+            stack.extend(getattr(layer, "layers", []))
+        return found
+
+    assert len(momenta(default)) > 100 and set(momenta(default)) == {0.99}
+    assert len(momenta(lowered)) == len(momenta(default)) and set(momenta(lowered)) == {0.9}
+    with pytest.raises(ValueError, match="batchnorm_momentum"):
+        models.builder.set_batchnorm_momentum(lowered, 1.0)

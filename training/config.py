@@ -48,6 +48,7 @@ class TrainConfig:
     reduce_lr_factor: float = 0.2  # LR multiplier on a plateau
     min_learning_rate: float = 1e-7  # floor of the LR reductions
     keep_checkpoints: int = 2  # checkpoints kept in model_dir/checkpoints
+    batchnorm_momentum: float | None = None  # None: the backbone's own (0.99)
 
 
 # Fields that change the model or its data: resuming with another value would mix two runs.

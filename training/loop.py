@@ -71,7 +71,8 @@ def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
     spec = get_backbone(config.backbone)
     with strategy.scope():
         model = build_model(config.backbone, config.image_size, weights=config.weights,
-                            augment=config.augment == "on", seed=config.seed)
+                            augment=config.augment == "on", seed=config.seed,
+                            batchnorm_momentum=config.batchnorm_momentum)
         optimizer = step_lib.make_optimizer(spec.optimizer, config.learning_rate, config.precision)
         # Slots exist before a restore, so the checkpoint fills them rather than deferring.
         optimizer.build(model.trainable_variables)
