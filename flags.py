@@ -222,7 +222,7 @@ def define_input_flags() -> None:
       "Keep decoded grayscale images in RAM after the first epoch (~50 KB per 224x224 image, "
       "~5.6 GB for all of NIH).")
     d(flags.DEFINE_bool, "deterministic", False,
-      "Same seed, same input order (slower: batches cannot overtake each other).")
+      "Same seed, same input order, batch for batch (batches can no longer overtake each other).")
     d(flags.DEFINE_enum, "augment", "auto", ["auto", "on", "off"],
       "In-model training augmentation (rotation 10 deg, shifts 10%, shear 10 deg, zoom 10%): "
       "auto = the backbone's default (on for EfficientNet and DenseNet, off for ResNet).")

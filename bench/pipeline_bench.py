@@ -1,0 +1,423 @@
+"""Input throughput: the reference's Keras Sequence against this tf.data pipeline and its ceiling.
+
+    .venv/bin/python bench/pipeline_bench.py [--nih_dir=../shared/data/nih_sample] \
+        [--num_images=2320] [--batch_size=32] [--seconds=15] [--repeats=1] [--json_out=FILE]
+
+All rows read the same source images: the real 1024x1024 NIH PNGs of `--nih_dir`, each listed
+several times under new names (symlinks) up to `--num_images`, or, without that folder, synthetic
+1024x1024 radiographs with boxes. The shards are built from them by the real builder
+(`python -m preprocess.build_tfrecords --split=all --crop=bbox`). Each row runs in its own process,
+so its peak resident memory is its own:
+  seed_style   the reference design: a `keras.utils.PyDataset` that, per batch, opens each
+               full-size PNG with PIL, crops it to its box, resizes it to 224, makes it RGB and
+               applies a random affine with the reference's parameters on the CPU; consumed by
+               `Model.fit` (a one-layer model) exactly as the reference consumed its Sequence
+  pipeline     `make_train_dataset` over the shards in its training configuration; augmentation
+               is excluded, as it runs in the model
+  decode_only  read and decode the same shards, nothing else (the ceiling of row 2)
+  pipeline_uint8_gray  row 2 with `uint8_gray=True`: what it costs when the model, not the host,
+               casts to float and copies the gray channel to three (for comparison only)
+  augment      `make_augmentation` alone on one batch, on this machine's default device
+Targets: pipeline / seed_style >= 20, pipeline / decode_only >= 0.8, pipeline peak RSS <= 2 GB.
+With --repeats > 1 the rows take turns and each figure is the median.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from PIL import Image  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from pipeline import augment  # noqa: E402
+from pipeline import input_pipeline  # noqa: E402
+from pipeline import manifest as manifest_lib  # noqa: E402
+from pipeline import records  # noqa: E402
+
+_NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join(REPO, "..", "shared", "data", "nih_sample"),
+                               "Folder with the real NIH sample (images_00N/images/*.png and CSVs).")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 2320,
+                                   "Images in the benchmark set; the source images are listed "
+                                   "repeatedly to reach it. At least the shuffle buffer (2048), so "
+                                   "the pipeline's peak memory includes a full buffer.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Images per batch in every row.", lower_bound=1)
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Side of the stored and fed images.")
+_SECONDS = flags.DEFINE_float("seconds", 15.0, "Timed seconds per row, after the warm-up batches.")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first (tracing, autotuning, thread start).")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Times each row runs; figures are medians.", lower_bound=1)
+_WORKERS = flags.DEFINE_integer("seed_style_workers", os.cpu_count(),
+                                "PyDataset workers of the seed-style row (the reference's `workers`).",
+                                lower_bound=1)
+_POOL = flags.DEFINE_enum("seed_style_pool", "auto", ["auto", "threads", "processes"],
+                          "How the seed-style workers run (PyDataset's use_multiprocessing). auto: "
+                          "threads on up to 2 cores, where they measured faster (70 against 57 "
+                          "img/s: processes pickle every 19 MB batch), processes above, where the "
+                          "GIL would hold threads to about one core.")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Write the figures here as JSON.")
+_ROW = flags.DEFINE_enum("row", None, ["seed_style", "pipeline", "decode_only", "pipeline_uint8_gray",
+                                        "augment"],
+                         "Internal: run one row in this process over --work_dir and print its JSON.")
+_WORK_DIR = flags.DEFINE_string("work_dir", None, "Internal: the prepared sources and shards.")
+
+ROWS = ("seed_style", "pipeline", "decode_only", "pipeline_uint8_gray")
+SOURCES_JSON = "sources.json"  # [{"path", "box" (x, y, w, h in the 1024 frame) or null, "label"}]
+SHARDS = "shards"
+SPLIT = "all"
+NIH_FRAME = 1024.0
+
+# The reference's ImageDataGenerator parameters, for the seed-style row.
+ROTATION_DEGREES, SHIFT, SHEAR_DEGREES, ZOOM = 10.0, 0.1, 10.0, 0.1
+
+
+def _base_set(nih_dir: str, work: str) -> tuple[str, str, list[str], str]:
+    """Returns (data entry lines, bbox lines, image paths, description) of the images to repeat."""
+    if os.path.isdir(os.path.join(nih_dir, "images_001")):
+        image_dir, what = nih_dir, "real NIH radiographs"
+        with gzip.open(os.path.join(nih_dir, "Data_Entry_2017_v2020.csv.gz"), "rt") as f:
+            entries = f.read().splitlines()
+        bbox_csv = os.path.join(nih_dir, "BBox_List_2017.csv")
+    else:
+        from preprocess import synthetic
+
+        synthetic.generate(synthetic.SyntheticConfig(output_dir=work, num_patients=40, source_size=1024))
+        image_dir, what = work, "synthetic 1024x1024 radiographs"
+        with open(os.path.join(work, "Data_Entry_2017_v2020.csv")) as f:
+            entries = f.read().splitlines()
+        bbox_csv = os.path.join(work, "BBox_List_2017.csv")
+    with open(bbox_csv) as f:
+        boxes = f.read().splitlines()
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(image_dir)
+                   for name in names if name.endswith(".png"))
+    return entries, boxes, paths, what
+
+
+def _union(boxes: list[list[float]]) -> list[float] | None:
+    if not boxes:
+        return None
+    left, top = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    right, bottom = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+    return [left, top, right - left, bottom - top]
+
+
+def prepare_sources(nih_dir: str, num_images: int, work: str) -> tuple[str, str, str]:
+    """Lists the base images under new names up to `num_images`, with their CSV rows and boxes.
+
+    Writes `work/images/` (symlinks), `entries.csv`, `bbox.csv` (the NIH dialects, renamed rows)
+    and `sources.json` for the seed-style row. Returns (entries csv, bbox csv, description).
+    """
+    entries, bbox_lines, paths, what = _base_set(nih_dir, os.path.join(work, "base"))
+    rows = {line.split(",", 1)[0]: line.split(",") for line in entries[1:]}
+    boxes: dict[str, list[list[str]]] = {}
+    for line in bbox_lines[1:]:
+        cells = line.split(",")[:6]
+        boxes.setdefault(cells[0], []).append(cells)
+    image_dir = os.path.join(work, "images")
+    os.makedirs(image_dir)
+    out_rows, out_boxes, sources = [], [], []
+    for n in range(num_images):
+        source = paths[n % len(paths)]
+        base = os.path.basename(source)
+        name = f"{n:08d}_000.png"
+        os.symlink(os.path.abspath(source), os.path.join(image_dir, name))
+        row = list(rows[base])
+        row[0], row[3] = name, str(n)  # a patient per listing: every copy is its own image
+        out_rows.append(",".join(row))
+        own = [[name, *cells[1:]] for cells in boxes.get(base, [])]
+        out_boxes += [",".join(cells) for cells in own]
+        box = _union([[float(v) for v in cells[2:6]] for cells in own])
+        label = int(row[1] != "No Finding")
+        sources.append({"path": os.path.join(image_dir, name), "box": box, "label": label})
+    entries_csv, bbox_csv = os.path.join(work, "entries.csv"), os.path.join(work, "bbox.csv")
+    with open(entries_csv, "w") as f:
+        f.write("\n".join([entries[0], *out_rows]) + "\n")
+    with open(bbox_csv, "w") as f:
+        f.write("\n".join([bbox_lines[0], *out_boxes]) + "\n")
+    with open(os.path.join(work, SOURCES_JSON), "w") as f:
+        json.dump(sources, f)
+    return entries_csv, bbox_csv, f"{num_images} listings of {len(paths)} {what}"
+
+
+def build_shards(entries_csv: str, bbox_csv: str, work: str, image_size: int) -> str:
+    """Runs the real builder CLI into `work/shards`; returns that folder."""
+    out = os.path.join(work, SHARDS)
+    command = [
+        sys.executable, "-m", "preprocess.build_tfrecords", f"--data_entry_csv={entries_csv}",
+        f"--bbox_csv={bbox_csv}", f"--image_dir={os.path.join(work, 'images')}",
+        f"--output_dir={out}", f"--split={SPLIT}", "--crop=bbox", f"--image_size={image_size}",
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the builder failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return out
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _time_batches(next_batch, batch_size: int, warmup: int, seconds: float) -> dict:
+    """Calls `next_batch` `warmup` times, then for `seconds`; returns images/s and CPU per image."""
+    for _ in range(warmup):
+        next_batch()
+    batches, start, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - start < seconds:
+        next_batch()
+        batches += 1
+    elapsed = time.perf_counter() - start
+    images = batches * batch_size
+    return {"img_s": images / elapsed, "cpu_ms_per_img": 1000 * (time.process_time() - cpu) / images}
+
+
+def random_affine(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random transform with the reference's parameters, about the centre, nearest fill.
+
+    Composed as Keras 2's ImageDataGenerator did (rotation, shift, shear, zoom, one bilinear
+    resampling with scipy), so the row costs what the reference's augmentation cost.
+    """
+    h, w = gray.shape
+    theta = math.radians(rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES))
+    shear = math.radians(rng.uniform(-SHEAR_DEGREES, SHEAR_DEGREES))
+    ty, tx = rng.uniform(-SHIFT, SHIFT) * h, rng.uniform(-SHIFT, SHIFT) * w
+    zy, zx = rng.uniform(1 - ZOOM, 1 + ZOOM, size=2)
+    rotation = np.array([[math.cos(theta), -math.sin(theta), 0], [math.sin(theta), math.cos(theta), 0],
+                         [0, 0, 1]])
+    shift = np.array([[1, 0, ty], [0, 1, tx], [0, 0, 1]])
+    shearing = np.array([[1, -math.sin(shear), 0], [0, math.cos(shear), 0], [0, 0, 1]])
+    zoom = np.array([[zy, 0, 0], [0, zx, 0], [0, 0, 1]])
+    centre = np.array([[1, 0, (h - 1) / 2], [0, 1, (w - 1) / 2], [0, 0, 1]])
+    uncentre = np.array([[1, 0, -(h - 1) / 2], [0, 1, -(w - 1) / 2], [0, 0, 1]])
+    matrix = centre @ rotation @ shift @ shearing @ zoom @ uncentre
+    return ndimage.affine_transform(gray, matrix[:2, :2], offset=matrix[:2, 2], order=1, mode="nearest")
+
+
+class SeedStyleSequence(keras.utils.PyDataset):
+    """The reference's generator: per batch, full-size PNG -> crop -> resize -> RGB -> random affine.
+
+    Args:
+      sources: [{"path", "box" (x, y, w, h in the 1024 frame) or None, "label"}].
+      batch_size, image_size: as the other rows.
+      **kwargs: `workers` and `use_multiprocessing`, as PyDataset takes them.
+    """
+
+    def __init__(self, sources: list[dict], batch_size: int, image_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.sources, self.batch_size, self.image_size = sources, batch_size, image_size
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sources) / self.batch_size)
+
+    def _load(self, source: dict, rng: np.random.Generator) -> np.ndarray:
+        with Image.open(source["path"]) as image:
+            if source["box"] is not None:
+                scale = image.width / NIH_FRAME  # boxes are in the 1024 frame
+                x, y, w, h = (v * scale for v in source["box"])
+                image = image.crop((round(x), round(y), round(x + w), round(y + h)))
+            image = image.convert("L").resize((self.image_size, self.image_size))
+        gray = random_affine(np.asarray(image, np.float32), rng)
+        # The reference augmented the three equal RGB channels; augmenting one and copying it
+        # gives the same pixels for a third of the work, so this row is the design at its best.
+        return np.repeat(gray[..., None], 3, axis=-1)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.epoch, index])
+        rows = self.sources[index * self.batch_size:(index + 1) * self.batch_size]
+        images = np.stack([self._load(row, rng) for row in rows])
+        return images, np.array([row["label"] for row in rows], np.float32)
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+class _Clock(keras.callbacks.Callback):
+    """Notes when each batch ends (wall and CPU) and stops `fit` `seconds` after the warm-up."""
+
+    def __init__(self, warmup: int, seconds: float):
+        super().__init__()
+        self.warmup, self.seconds, self.ends = warmup, seconds, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append((time.perf_counter(), time.process_time()))
+        timed = self.ends[self.warmup:]
+        if timed and timed[-1][0] - timed[0][0] >= self.seconds:
+            self.model.stop_training = True
+
+
+def run_seed_style(work: str) -> dict:
+    """Times the PyDataset as `Model.fit` consumes it, with a one-layer model."""
+    with open(os.path.join(work, SOURCES_JSON)) as f:
+        sources = json.load(f)
+    processes = _POOL.value == "processes" or (_POOL.value == "auto" and os.cpu_count() > 2)
+    dataset = SeedStyleSequence(sources, _BATCH.value, _IMAGE_SIZE.value, workers=_WORKERS.value,
+                                use_multiprocessing=processes)
+    size = _IMAGE_SIZE.value
+    model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    clock = _Clock(_WARMUP.value, _SECONDS.value)
+    model.fit(dataset, epochs=1000, verbose=0, callbacks=[clock])  # the clock ends it
+    (t0, c0), (t1, c1) = clock.ends[_WARMUP.value], clock.ends[-1]
+    images = (len(clock.ends) - 1 - _WARMUP.value) * _BATCH.value
+    # With processes the work is done in the pool's children, whose CPU time this one cannot see.
+    cpu_ms = None if processes else 1000 * (c1 - c0) / images
+    return {"img_s": images / (t1 - t0), "cpu_ms_per_img": cpu_ms, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _decode_only_dataset(paths: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
+    def decode(serialized):
+        return records.decode_image(records.parse_example(serialized)[records.IMAGE], image_size)
+
+    data = tf.data.TFRecordDataset(paths, num_parallel_reads=tf.data.AUTOTUNE).repeat()
+    data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def run_tf_row(work: str, row: str) -> dict:
+    """Times the training pipeline (either output) or the decode-only reader over the shards."""
+    tf.constant(0.0).numpy()  # start the runtime, so its own memory is measured apart
+    runtime_rss = _peak_rss_mb()
+    shards = os.path.join(work, SHARDS)
+    if row in ("pipeline", "pipeline_uint8_gray"):
+        dataset = input_pipeline.make_train_dataset(
+            shards, SPLIT, _BATCH.value, _IMAGE_SIZE.value, uint8_gray=row == "pipeline_uint8_gray"
+        )
+    else:
+        paths = manifest_lib.shard_paths(shards, SPLIT)
+        dataset = _decode_only_dataset(paths, _IMAGE_SIZE.value, _BATCH.value)
+    iterator = iter(dataset)
+    figures = _time_batches(lambda: next(iterator), _BATCH.value, _WARMUP.value, _SECONDS.value)
+    return {**figures, "peak_rss_mb": _peak_rss_mb(), "runtime_rss_mb": runtime_rss}
+
+
+def run_augment() -> dict:
+    """Times the augmentation block on one batch (training=True) on the default device."""
+    size, batch = _IMAGE_SIZE.value, _BATCH.value
+    block = augment.make_augmentation(seed=0)
+    images = tf.random.uniform((batch, size, size, 3), 0.0, 255.0)
+    step = tf.function(lambda x: tf.reduce_sum(block(x, training=True)))
+    for _ in range(3):
+        step(images).numpy()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min(_SECONDS.value, 5.0):
+        step(images).numpy()  # the scalar's copy to the host waits for the device
+        calls += 1
+    per_batch = (time.perf_counter() - start) / calls
+    device = "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"
+    return {"ms_per_batch": 1000 * per_batch, "ms_per_image": 1000 * per_batch / batch, "device": device}
+
+
+def _run_child(row: str, work: str) -> dict:
+    """Runs one row in a fresh process and returns its JSON."""
+    passed = [f"--{name}={flags.FLAGS[name].serialize().split('=', 1)[1]}"
+              for name in ("batch_size", "image_size", "seconds", "warmup", "seed_style_workers",
+                           "seed_style_pool")]
+    command = [sys.executable, os.path.abspath(__file__), f"--row={row}", f"--work_dir={work}", *passed]
+    # Generous: a row runs for --seconds after its warm-up; only a hung child reaches this.
+    limit = 10 * _SECONDS.value + 600
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=limit)
+    if done.returncode != 0:
+        raise RuntimeError(f"row {row} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _median(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs]
+    return None if None in values else statistics.median(values)
+
+
+def summarise(runs: dict[str, list[dict]], augment_run: dict) -> dict:
+    figures = {
+        "seed_style_img_s": _median(runs["seed_style"], "img_s"),
+        "pipeline_img_s": _median(runs["pipeline"], "img_s"),
+        "decode_only_img_s": _median(runs["decode_only"], "img_s"),
+        "pipeline_uint8_gray_img_s": _median(runs["pipeline_uint8_gray"], "img_s"),
+        "pipeline_peak_rss_mb": max(run["peak_rss_mb"] for run in runs["pipeline"]),
+        "pipeline_runtime_rss_mb": _median(runs["pipeline"], "runtime_rss_mb"),
+        "seed_style_peak_rss_mb": max(run["peak_rss_mb"] for run in runs["seed_style"]),
+    }
+    for row in ROWS:
+        figures[f"{row}_cpu_ms_per_img"] = _median(runs[row], "cpu_ms_per_img")
+    figures["pipeline_over_seed_style"] = figures["pipeline_img_s"] / figures["seed_style_img_s"]
+    figures["pipeline_over_decode_only"] = figures["pipeline_img_s"] / figures["decode_only_img_s"]
+    figures["pipeline_uint8_gray_over_decode_only"] = (
+        figures["pipeline_uint8_gray_img_s"] / figures["decode_only_img_s"]
+    )
+    figures["augment_ms_per_batch"] = augment_run["ms_per_batch"]
+    figures["augment_ms_per_image"] = augment_run["ms_per_image"]
+    figures["augment_device"] = augment_run["device"]
+    return figures
+
+
+def report(figures: dict, source: str) -> None:
+    f = figures
+    print(f"source: {source}; batch {_BATCH.value}; {_IMAGE_SIZE.value}px; cores: {os.cpu_count()}; "
+          f"repeats: {_REPEATS.value}")
+    for row, label in (("seed_style", "1 seed-style PyDataset"), ("pipeline", "2 this pipeline"),
+                       ("decode_only", "3 decode-only ceiling"),
+                       ("pipeline_uint8_gray", "2 with uint8_gray=True")):
+        cpu = f[row + "_cpu_ms_per_img"]
+        cpu_text = "n/a (worker processes)" if cpu is None else f"{cpu:6.3f} ms CPU/img"
+        print(f"{label:24s} {f[row + '_img_s']:9.1f} img/s   {cpu_text}")
+    print(f"2/1 = {f['pipeline_over_seed_style']:.1f} (target >= 20); "
+          f"2/3 = {f['pipeline_over_decode_only']:.2f} (target >= 0.8)")
+    if f["seed_style_cpu_ms_per_img"] is not None:
+        print(f"by CPU time per image (the ratios of the rates when every row is CPU-bound): "
+              f"2/1 = {f['seed_style_cpu_ms_per_img'] / f['pipeline_cpu_ms_per_img']:.1f}, "
+              f"2/3 = {f['decode_only_cpu_ms_per_img'] / f['pipeline_cpu_ms_per_img']:.2f}")
+    print(f"with uint8_gray=True: {f['pipeline_uint8_gray_over_decode_only']:.2f} x decode-only")
+    print(f"row 2 peak RSS {f['pipeline_peak_rss_mb']:.0f} MB (target <= 2048), of which the TF runtime "
+          f"alone {f['pipeline_runtime_rss_mb']:.0f} MB; row 1 peak RSS {f['seed_style_peak_rss_mb']:.0f} MB")
+    print(f"augmentation block, batch of {_BATCH.value} on {f['augment_device']}: "
+          f"{f['augment_ms_per_batch']:.1f} ms ({f['augment_ms_per_image']:.2f} ms/img)")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    if _ROW.value == "augment":
+        print(json.dumps(run_augment()))
+        return
+    if _ROW.value == "seed_style":
+        print(json.dumps(run_seed_style(_WORK_DIR.value)), flush=True)
+        # Stopped mid-epoch, Keras leaves the PyDataset's generator suspended inside a tf.data
+        # iterator, and with one worker the interpreter then hung at exit. The figures are out.
+        os._exit(0)
+    if _ROW.value is not None:
+        print(json.dumps(run_tf_row(_WORK_DIR.value, _ROW.value)))
+        return
+    work = tempfile.mkdtemp(prefix="pipeline_bench_")
+    try:
+        entries_csv, bbox_csv, source = prepare_sources(_NIH_DIR.value, _NUM_IMAGES.value, work)
+        build_shards(entries_csv, bbox_csv, work, _IMAGE_SIZE.value)
+        runs: dict[str, list[dict]] = {row: [] for row in ROWS}
+        for _ in range(_REPEATS.value):
+            for row in ROWS:
+                runs[row].append(_run_child(row, work))
+        augment_run = _run_child("augment", work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    figures = summarise(runs, augment_run)
+    report(figures, source)
+    if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
