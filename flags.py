@@ -72,6 +72,19 @@ def define_synthetic_flags() -> None:
     d(flags.DEFINE_integer, "seed", 0, "Same seed, same files.")
 
 
+def _define_report_flags() -> None:
+    """The report flags shared by `predict.py` and `ensemble.py`."""
+    d = _define_once
+    d(flags.DEFINE_float, "threshold", None,
+      "P(abnormal) >= threshold is called abnormal in the report (predict.py default 0.5; "
+      "ensemble.py default 0.6, or fitted with --fit_on).", lower_bound=0.0, upper_bound=1.0)
+    d(flags.DEFINE_string, "report_dir", None,
+      "Where metrics.json, roc.png and precision_recall.png go when labels are known "
+      "(default: <output stem>_report beside --output).")
+    d(flags.DEFINE_integer, "bootstrap", 1000, "Bootstrap resamples behind the report's 95% intervals (0: none).",
+      lower_bound=0)
+
+
 def define_predict_flags() -> None:
     """Flags of `predict.py`."""
     from training.distribute import PRECISIONS, STRATEGIES  # the one list of each
@@ -92,14 +105,7 @@ def define_predict_flags() -> None:
     d(flags.DEFINE_enum, "precision", "auto", list(PRECISIONS),
       "Dtype policy the models compute under (the saved weights are rebuilt under it when needed); "
       "auto: mixed_float16 on GPU, float32 on CPU.")
-    d(flags.DEFINE_float, "threshold", None,
-      "P(abnormal) >= threshold is called abnormal in the report (predict.py default 0.5; "
-      "ensemble.py default 0.6, or fitted with --fit_on).", lower_bound=0.0, upper_bound=1.0)
-    d(flags.DEFINE_string, "report_dir", None,
-      "Where metrics.json, roc.png and precision_recall.png go when labels are known "
-      "(default: <output stem>_report beside --output).")
-    d(flags.DEFINE_integer, "bootstrap", 1000, "Bootstrap resamples behind the report's 95% intervals (0: none).",
-      lower_bound=0)
+    _define_report_flags()
 
 
 def define_ensemble_flags() -> None:
@@ -112,20 +118,13 @@ def define_ensemble_flags() -> None:
     d(flags.DEFINE_list, "weights", None,
       "One weight per --predictions file, normalised to sum 1. Default: fitted with --fit_on, else the "
       "reference weights of the sidecars' backbones (efficientnet_b3 0.6, densenet121 0.3, resnet50 0.1).")
-    d(flags.DEFINE_float, "threshold", None,
-      "P(abnormal) >= threshold is called abnormal in the report (predict.py default 0.5; "
-      "ensemble.py default 0.6, or fitted with --fit_on).", lower_bound=0.0, upper_bound=1.0)
     d(flags.DEFINE_list, "fit_on", None,
       "Validation prediction files with labels (e.g. each run's val_predictions.csv), one per --predictions "
       "file in the same order: weights and/or threshold not given are chosen on them by balanced accuracy.")
     d(flags.DEFINE_float, "fit_step", 0.05, "Spacing of the weight grid searched with --fit_on (must divide 1).")
     d(flags.DEFINE_string, "submission_id_column", "image_id", "Submission column holding the image id.")
     d(flags.DEFINE_string, "submission_label_column", "label", "Submission column holding the 0/1 decision.")
-    d(flags.DEFINE_string, "report_dir", None,
-      "Where metrics.json, roc.png and precision_recall.png go when labels are known "
-      "(default: <output stem>_report beside --output).")
-    d(flags.DEFINE_integer, "bootstrap", 1000, "Bootstrap resamples behind the report's 95% intervals (0: none).",
-      lower_bound=0)
+    _define_report_flags()
 
 
 def define_train_flags() -> None:

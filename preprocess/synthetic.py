@@ -63,13 +63,18 @@ def _anatomy(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _lesion(rng: np.random.Generator, size: int, image: np.ndarray) -> tuple[float, float, float, float]:
-    """Adds a round opacity inside a lung field; returns its box (x, y, w, h) in pixels."""
+    """Adds a round opacity inside a lung field; returns its box (x, y, w, h) in pixels.
+
+    Size and contrast vary, so some lesions are subtle and a model's ranking is not trivially
+    perfect.
+    """
     cx = rng.choice([0.3, 0.7]) + rng.uniform(-0.07, 0.07)
     cy = 0.5 + rng.uniform(-0.18, 0.18)
-    radius = rng.uniform(0.06, 0.1)
+    radius = rng.uniform(0.04, 0.09)
+    contrast = rng.uniform(30.0, 90.0)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     distance = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / radius
-    image += 95.0 * np.clip(1.0 - distance**2, 0.0, None)
+    image += contrast * np.clip(1.0 - distance**2, 0.0, None)
     return ((cx - radius) * size, (cy - radius) * size, 2 * radius * size, 2 * radius * size)
 
 
