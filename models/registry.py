@@ -67,7 +67,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
 }
 
-# Fast stand-ins for tests and the end-to-end demo; reachable from Python, never from a CLI flag.
+# Fast stand-ins for tests (the end-to-end test included); reachable from Python, never from a CLI flag.
 TEST_BACKBONES: dict[str, Backbone] = {
     "tiny_test": Backbone(
         constructor=tiny_backbone,
