@@ -25,7 +25,6 @@ from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from preprocess import build_tfrecords as bt  # noqa: E402
-from preprocess import shard_writer  # noqa: E402,F401  (loads TensorFlow before the clock starts)
 from preprocess import synthetic  # noqa: E402
 
 _NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join("..", "shared", "data", "nih_sample"),
@@ -91,6 +90,9 @@ def build_rate(csv_path: str, bbox_path: str, image_dir: str, workers: int, out:
 
 def main(argv: list[str]) -> None:
     del argv
+    # TensorFlow loads in this process before the clock starts. Not at the top of the module:
+    # spawned workers import the main module, and must stay as light as the builder's own.
+    from preprocess import shard_writer  # noqa: F401
     work = tempfile.mkdtemp(prefix="build_bench_")
     try:
         if os.path.isdir(os.path.join(_NIH_DIR.value, "images_001")):
