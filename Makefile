@@ -20,6 +20,11 @@ $(STAMP): setup.cfg pyproject.toml
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: install
+	$(PY) bench/build_bench.py
+	$(PY) bench/pipeline_bench.py
+	$(PY) bench/train_bench.py
+
 demo: install
 	$(PY) demo.py $(if $(DATA_DIR),--data_dir=$(DATA_DIR),)
 
