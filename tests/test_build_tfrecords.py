@@ -330,3 +330,80 @@ def test_stored_png_decodes_identically_in_pillow_and_tensorflow():
     encoded = images.encode_png_gray(gray)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encoded))), gray)
     np.testing.assert_array_equal(tf.io.decode_png(encoded, channels=1).numpy()[..., 0], gray)
+
+
+def test_jpeg_output_honours_the_quality_flag(synthetic_data, tmp_path):
+    sizes = {}
+    for quality in (30, 95):
+        out = str(tmp_path / f"q{quality}")
+        result = bt.build(config_for(synthetic_data, out, image_format="jpeg", jpeg_quality=quality,
+                                     crop="none", split="all"))
+        assert result.ok
+        got = read_records(out)["all"]
+        assert {r["image_format"] for r in got} == {"jpeg"}
+        assert all(r["image"][:2] == b"\xff\xd8" for r in got)  # JPEG magic
+        assert tf.io.decode_image(got[0]["image"], channels=1).shape == (32, 32, 1)
+        sizes[quality] = sum(len(r["image"]) for r in got)
+    assert sizes[30] < sizes[95]
+
+
+def test_same_name_in_two_folders(tmp_path):
+    data = tmp_path / "data"
+    for folder in ("images_001", "images_002"):
+        (data / folder).mkdir(parents=True)
+    gray = np.random.default_rng(4).integers(0, 255, (16, 16), dtype=np.uint8)
+    for folder in ("images_001", "images_002"):  # byte-identical copies: one image
+        save(Image.fromarray(gray), data / folder / "same.png")
+    save(Image.fromarray(gray), data / "images_001" / "differ.png")
+    save(Image.fromarray(255 - gray), data / "images_002" / "differ.png")
+    (data / "e.csv").write_text(HEADER + "same.png,Mass,0,1,50,M,PA,1,1,1,1\n"
+                                "differ.png,Mass,0,2,50,M,PA,1,1,1,1\n")
+    cfg = bt.BuildConfig(data_entry_csv=str(data / "e.csv"), image_dir=str(data),
+                         output_dir=str(tmp_path / "out"), split="all", image_size=16, workers=1,
+                         max_skip_fraction=1.0)
+    m = bt.build(cfg).manifest
+    assert [r["image_id"] for r in read_records(cfg.output_dir)["all"]] == ["same.png"]
+    assert [s["image"] for s in m["skipped"]] == ["differ.png"]
+    assert "2 different files named differ.png" in m["skipped"][0]["reason"]
+
+
+def test_official_split_reports_names_in_both_or_neither_list(synthetic_data, tmp_path):
+    names = sorted(os.listdir(os.path.join(synthetic_data, "images_001", "images")))
+    (tmp_path / "tv.txt").write_text("\n".join(names[2:]) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(names[1:4]) + "\n")
+    cfg = config_for(synthetic_data, str(tmp_path / "out"), split="official", max_skip_fraction=1.0,
+                     train_val_list=str(tmp_path / "tv.txt"), test_list=str(tmp_path / "test.txt"))
+    reasons = {s["image"]: s["reason"] for s in bt.build(cfg).manifest["skipped"]}
+    assert "neither" in reasons[names[0]]
+    assert "both" in reasons[names[2]] and "both" in reasons[names[3]]
+    assert names[1] not in reasons
+
+
+def test_seed_changes_the_split_and_same_seed_repeats_it(synthetic_data, tmp_path):
+    def train_ids(seed, name):
+        out = str(tmp_path / name)
+        bt.build(config_for(synthetic_data, out, seed=seed, crop="none"))
+        return sorted(r["image_id"] for r in read_records(out)["train"])
+
+    assert train_ids(0, "a") == train_ids(0, "b")
+    assert train_ids(0, "a2") != train_ids(7, "c")
+
+
+def test_synthetic_generator_honours_its_settings_and_seed(tmp_path):
+    def make(name, **kw):
+        out = str(tmp_path / name)
+        counts = synthetic.generate(synthetic.SyntheticConfig(output_dir=out, num_patients=12,
+                                                              source_size=32, **kw))
+        return out, counts
+
+    _, counts = make("one_each", max_images_per_patient=1, abnormal_fraction=0.0)
+    assert counts == {"images": 12, "abnormal": 0, "boxes": 0, "patients": 12}
+    _, counts = make("no_boxes", abnormal_fraction=1.0, bbox_fraction=0.0)
+    assert counts["abnormal"] == counts["images"] and counts["boxes"] == 0
+    a, _ = make("a", seed=5)
+    b, _ = make("b", seed=5)
+    for name in ("Data_Entry_2017_v2020.csv", "BBox_List_2017.csv", "test_list.txt"):
+        assert open(os.path.join(a, name)).read() == open(os.path.join(b, name)).read()
+    images = sorted(os.listdir(os.path.join(a, "images_001", "images")))
+    assert all(open(os.path.join(a, "images_001", "images", n), "rb").read()
+               == open(os.path.join(b, "images_001", "images", n), "rb").read() for n in images)
