@@ -113,60 +113,34 @@ def load_classifier(model_dir: str):
     return model
 
 
-def _augment_of(config: dict[str, Any]) -> bool | None:
-    # train.py records "on"/"off"; anything else means the backbone's default, as in training.
-    return {"on": True, "off": False}.get(config.get("augment"))
-
-
-def _all_layers(model) -> list:
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if hasattr(layer, "layers"):  # a nested model, e.g. the backbone
-            layers.extend(_all_layers(layer))
-    return layers
-
-
-def with_precision(model, config: dict[str, Any], precision: str):
+def with_precision(model, precision: str):
     """Returns `model` computing under the dtype policy `precision`, its weights unchanged.
 
     A saved model carries one dtype policy per layer (train.py saves float32), and loading ignores
-    the global policy; so for another policy the same architecture is rebuilt under it with
-    `models.build_model` (the softmax stays float32) and given the saved weights.
+    the global policy; so for another policy the loaded graph itself is cloned under it
+    (`models.precision.with_policy`: normalisation and softmax stay float32, as in training).
 
     Args:
       model: the loaded classifier.
-      config: its run's config.json (backbone, image_size, augment, seed).
       precision: a `training.distribute.PRECISIONS` name ("auto": mixed_float16 on GPU, else float32).
 
     Returns:
       (classifier, policy name): `model` itself when float32 is asked for and every layer already
-      computes in float32, else the rebuilt copy.
-
-    Raises:
-      UserInputError: the rebuilt architecture does not match the saved weights.
+      computes in float32, else the clone.
     """
     import keras
 
-    import models
+    from models import all_layers
+    from models.precision import with_policy
 
     previous = keras.mixed_precision.global_policy()
     try:
         policy = distribute.resolve_precision(precision)
-        if policy == "float32" and all(layer.dtype_policy.name == "float32" for layer in _all_layers(model)):
-            return model, policy
-        try:
-            rebuilt = models.build_model(config["backbone"], int(model.input_shape[1]), weights="none",
-                                         augment=_augment_of(config), seed=int(config.get("seed", 0)))
-            rebuilt.set_weights(model.get_weights())
-        except ValueError as err:
-            raise UserInputError(
-                f"cannot run {config['backbone']} from {config.get('model_dir', 'its model_dir')} under {policy} "
-                f"({str(err).splitlines()[0]}); pass --precision=float32"
-            ) from err
-        return rebuilt, policy
     finally:
         keras.mixed_precision.set_global_policy(previous)
+    if policy == "float32" and all(layer.dtype_policy.name == "float32" for layer in all_layers(model)):
+        return model, policy
+    return with_policy(model, policy), policy
 
 
 def _crop_of(data_dir: str) -> str | None:
@@ -370,7 +344,7 @@ def _predict_model(
             f"rebuild the shards with --image_size={trained_size}"
         )
     with strategy.scope():
-        model, policy = with_precision(load_classifier(model_dir), config, precision)
+        model, policy = with_precision(load_classifier(model_dir), precision)
     outputs = predict_split(model, strategy, data_dir, split, batch_size, image_size,
                             total=expected, progress=progress, desc=name)
     check_one_row_per_record(outputs.ids, expected, data_dir, split)

@@ -1,8 +1,17 @@
-"""Assembling a classifier: [augmentation] → backbone normalisation → backbone → head."""
+"""Assembling a classifier: [augmentation] → backbone normalisation → backbone → head.
+
+The classifier (normalisation → backbone → head) is built once. A training model that augments
+wraps that same classifier behind the augmentation block, so the weights it trains are the
+classifier's own, and export saves that trained graph (see `models.precision`), never a copy
+rebuilt from flags: a Keras Applications constructor is not a pure function of the architecture
+(EfficientNet adds a `Rescaling` layer only when `weights == "imagenet"`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import keras
 
@@ -16,20 +25,7 @@ WEIGHTS_NONE = "none"
 
 
 class WeightsUnavailableError(RuntimeError):
-    """ImageNet weights were asked for but can be neither downloaded nor found in the Keras cache."""
-
-
-def _constructor_weights(weights: str, backbone: str) -> str | None:
-    if weights == WEIGHTS_NONE:
-        return None
-    if weights == WEIGHTS_IMAGENET:
-        return WEIGHTS_IMAGENET
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(
-            f"weights file {weights!r} for backbone {backbone} not found; pass 'imagenet', 'none' "
-            "or the path of a weights file saved from this backbone (include_top=False)"
-        )
-    return weights
+    """Pretrained weights were asked for but cannot be downloaded, found, or loaded into the backbone."""
 
 
 def _keras_cache_dir() -> str:
@@ -37,44 +33,78 @@ def _keras_cache_dir() -> str:
                         "models")
 
 
+@contextlib.contextmanager
+def _imagenet_download_from(path: str) -> Iterator[None]:
+    # The constructors fetch ImageNet weights through keras' file_utils.get_file, looked up on the
+    # module at call time. Answering it with a local file runs the constructor's ImageNet branch
+    # (its architecture included) on that file, with no network and no hash check.
+    from keras.src.utils import file_utils
+
+    original = file_utils.get_file
+    file_utils.get_file = lambda *args, **kwargs: path
+    try:
+        yield
+    finally:
+        file_utils.get_file = original
+
+
 def _build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
     spec = get_backbone(name)
-    constructor_weights = _constructor_weights(weights, name)
-    try:
-        return spec.constructor(include_top=False, weights=constructor_weights,
-                                input_shape=(image_size, image_size, 3))
-    except Exception as err:  # Keras raises a bare Exception when a download fails.
-        if constructor_weights == WEIGHTS_IMAGENET and "URL fetch failure" in str(err):
+    shape = (image_size, image_size, 3)
+    if weights == WEIGHTS_NONE:
+        return spec.constructor(include_top=False, weights=None, input_shape=shape)
+    if weights == WEIGHTS_IMAGENET:
+        try:
+            return spec.constructor(include_top=False, weights=WEIGHTS_IMAGENET, input_shape=shape)
+        except Exception as err:  # Keras raises a bare Exception when a download fails.
+            if "URL fetch failure" not in str(err):
+                raise
             raise WeightsUnavailableError(
                 f"backbone {name}: the ImageNet weights could not be downloaded ({err}) and are not "
                 f"in the Keras cache {_keras_cache_dir()}; run once where there is internet (or copy "
                 "the file into that folder), or pass --weights=PATH for a local weights file, "
                 "or --weights=none to train from scratch"
             ) from err
-        raise
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"weights file {weights!r} for backbone {name} not found; pass 'imagenet', 'none' "
+            "or the path of a weights file saved from this backbone (include_top=False)"
+        )
+    # A local file is ImageNet's file obtained offline (or one saved from a backbone built the same
+    # way): build exactly the network that --weights=imagenet builds, then load the file.
+    context = _imagenet_download_from(weights) if spec.pretrained else contextlib.nullcontext()
+    try:
+        with context:
+            return spec.constructor(include_top=False,
+                                    weights=WEIGHTS_IMAGENET if spec.pretrained else weights,
+                                    input_shape=shape)
+    except (ValueError, OSError) as err:
+        raise WeightsUnavailableError(
+            f"weights file {weights!r} does not fit backbone {name} "
+            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); pass a "
+            f"no-top weights file of {name} (include_top=False)"
+        ) from err
 
 
-def build_model(
+def build_classifier(
     backbone: str,
     image_size: int,
     *,
     weights: str = WEIGHTS_IMAGENET,
-    augment: bool | None = None,
     seed: int = 0,
     batchnorm_momentum: float | None = None,
 ) -> keras.Model:
-    """Builds the classifier `backbone` under the current Keras dtype policy.
+    """Builds the inference classifier `backbone` (no augmentation) under the current dtype policy.
 
-    Build it inside `strategy.scope()` when training under a distribution strategy.
+    The normalisation layers in front of the backbone and the final softmax compute in float32
+    whatever the policy (`models.precision.with_policy` keeps that rule).
 
     Args:
       backbone: a `BACKBONES` name (or a `TEST_BACKBONES` name in tests).
       image_size: side S of the square input.
       weights: "imagenet" (downloaded or from the Keras cache), "none" (random initialisation) or
-        the path of a local weights file for the backbone without its top.
-      augment: random rotation/shift/shear/zoom at training time (identity at inference);
-        None takes the backbone's reference default.
-      seed: seed of the augmentation and dropout layers.
+        the path of a local no-top weights file, loaded into the same network "imagenet" builds.
+      seed: seed of the dropout layers.
       batchnorm_momentum: momentum of every BatchNormalization layer's moving statistics; None
         keeps the backbone's (0.99). From scratch and for a few hundred steps, 0.99 leaves the
         statistics that inference uses far from the trained ones; 0.9 catches up in ~50 steps.
@@ -86,15 +116,12 @@ def build_model(
     Raises:
       ValueError: unknown backbone (listing the valid ones).
       FileNotFoundError: `weights` is neither keyword nor an existing file.
-      WeightsUnavailableError: ImageNet weights requested but neither downloadable nor cached.
+      WeightsUnavailableError: ImageNet weights neither downloadable nor cached, or a weights file
+        that does not fit the backbone.
     """
     spec = get_backbone(backbone)
-    augment = spec.augment if augment is None else augment
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     x = inputs
-    if augment:
-        # Augment raw pixels, before normalisation, so fill values stay in the image's range.
-        x = make_augmentation(seed)(x)
     for layer in spec.preprocessing():
         x = layer(x)
     features = _build_backbone(backbone, image_size, weights)(x)
@@ -103,6 +130,53 @@ def build_model(
     if batchnorm_momentum is not None:
         set_batchnorm_momentum(model, batchnorm_momentum)
     return model
+
+
+def build_model(
+    backbone: str,
+    image_size: int,
+    *,
+    weights: str = WEIGHTS_IMAGENET,
+    augment: bool | None = None,
+    seed: int = 0,
+    batchnorm_momentum: float | None = None,
+) -> keras.Model:
+    """Builds the training model of `backbone` under the current Keras dtype policy.
+
+    Without augmentation it is the classifier itself; with it, the augmentation block followed by
+    the classifier as one nested layer (`inference_model` returns it). Build it inside
+    `strategy.scope()` when training under a distribution strategy.
+
+    Args:
+      backbone, image_size, weights, seed, batchnorm_momentum: as for `build_classifier`
+        (`seed` also seeds the augmentation).
+      augment: random rotation/shift/shear/zoom at training time (identity at inference);
+        None takes the backbone's reference default.
+
+    Returns:
+      A model taking float (B, S, S, 3) pixels in 0..255 and returning (B, 2) float32 softmax
+      probabilities; column 1 is P(abnormal).
+
+    Raises:
+      As `build_classifier`.
+    """
+    spec = get_backbone(backbone)
+    augment = spec.augment if augment is None else augment
+    classifier = build_classifier(backbone, image_size, weights=weights, seed=seed,
+                                  batchnorm_momentum=batchnorm_momentum)
+    if not augment:
+        return classifier
+    inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+    # Augment raw pixels, before normalisation, so fill values stay in the image's range.
+    augmented = make_augmentation(seed)(inputs)
+    return keras.Model(inputs, classifier(augmented), name=f"{backbone}_training")
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """Returns the classifier a `build_model` model computes with at inference (shared weights)."""
+    if AUGMENTATION_LAYER not in [layer.name for layer in model.layers]:
+        return model
+    return model.layers[-1]  # build_model calls the classifier last
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
@@ -116,11 +190,19 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
     """
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"batchnorm_momentum must be in [0, 1), got {momentum}")
-    changed, stack = 0, list(model.layers)
-    while stack:
-        layer = stack.pop()
+    changed = 0
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
             changed += 1
-        stack.extend(getattr(layer, "layers", []))
     return changed
+
+
+def all_layers(model: keras.Model) -> list[keras.Layer]:
+    """Returns every layer of `model`, nested models' layers included (depth first)."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model) or hasattr(layer, "layers"):
+            found.extend(all_layers(layer))
+    return found

@@ -7,6 +7,7 @@ import dataclasses
 from keras import layers
 
 NUM_CLASSES = 2  # column 0: P(normal), column 1: P(abnormal)
+OUTPUT_LAYER = "probabilities"  # the softmax Dense layer; its input is the head's last features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,4 +41,4 @@ def build_head(features, head: Head, *, seed: int = 0):
     x = layers.Dense(head.dense_units, activation="relu", name="head_dense")(x)
     if head.dropout_after_dense:
         x = layers.Dropout(head.dropout_after_dense, seed=seed + 1, name="head_dropout_2")(x)
-    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities")(x)
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)

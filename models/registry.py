@@ -24,6 +24,8 @@ class Backbone:
       learning_rate: the reference learning rate.
       epochs: the reference epoch count.
       augment: whether the reference augmented this backbone's training images.
+      pretrained: `constructor` has ImageNet weights (its `weights="imagenet"` branch); a local
+        weights file is then loaded into the network that branch builds.
     """
 
     constructor: Callable[..., keras.Model]
@@ -33,6 +35,7 @@ class Backbone:
     learning_rate: float
     epochs: int
     augment: bool
+    pretrained: bool = True
 
 
 # The reference's three models. Its notebook fixes ResNet50 at 5 epochs; EfficientNetB3 and
@@ -77,6 +80,7 @@ TEST_BACKBONES: dict[str, Backbone] = {
         learning_rate=1e-3,
         epochs=3,
         augment=False,
+        pretrained=False,
     ),
 }
 

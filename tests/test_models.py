@@ -67,7 +67,7 @@ def test_every_entry_builds_and_returns_float32_probabilities_under_mixed_bfloat
     assert probabilities.dtype == "float32"
     np.testing.assert_allclose(np.sum(probabilities, axis=1), 1.0, atol=1e-3)
     # The body really runs in bfloat16: only the output layer is pinned to float32.
-    assert model.get_layer("head_dense").compute_dtype == "bfloat16"
+    assert models.inference_model(model).get_layer("head_dense").compute_dtype == "bfloat16"
 
 
 @pytest.mark.parametrize("name", list(models.BACKBONES))
@@ -171,7 +171,7 @@ def test_one_training_step_per_real_backbone(name):
     batch = {"image": tf.constant(_images(4)), "label": tf.constant([0, 1, 0, 1], tf.int32)}
     iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
     step = step_lib.make_train_step(strategy, model, optimizer, global_batch_size=4)
-    kernel = model.get_layer("head_dense").kernel
+    kernel = models.inference_model(model).get_layer("head_dense").kernel
     before = kernel.numpy().copy()
     loss, probabilities, labels = step(iterator)
     assert np.isfinite(loss.numpy())

@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from models import build_model, get_backbone
+from models import build_model, get_backbone, inference_model
 from pipeline import input_pipeline
 from pipeline import manifest as manifest_lib
 from training import callbacks as callbacks_lib
@@ -166,11 +166,11 @@ def _early_stopping(callbacks: keras.callbacks.CallbackList) -> keras.callbacks.
     return next((c for c in callbacks.callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
 
 
-def _sidecar(config: TrainConfig, epoch: int) -> dict[str, Any]:
+def _sidecar(config: TrainConfig, model_dir: str, epoch: int) -> dict[str, Any]:
     crop = manifest_lib.load_manifest(config.data_dir)["config"].get("crop")
     return {"backbone": config.backbone, "data_dir": config.data_dir, "split": config.val_split,
             "crop": crop, "train_crop": crop, "image_size": config.image_size, "epoch": epoch,
-            "model": outputs.MODEL}
+            "model": outputs.MODEL, "model_dir": os.path.abspath(model_dir)}
 
 
 def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
@@ -200,9 +200,9 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
               "time": time.time()}
     if run.chief:
         if best:
-            run.exporter.export(run.model, os.path.join(run.model_dir, outputs.MODEL))
+            run.exporter.export(os.path.join(run.model_dir, outputs.MODEL))
             if scores is not None:
-                outputs.write_val_predictions(run.model_dir, scores, _sidecar(config, epoch))
+                outputs.write_val_predictions(run.model_dir, scores, _sidecar(config, run.model_dir, epoch))
         run.metrics.append(record)
     finished = epoch >= config.epochs or bool(run.model.stop_training)
     run.state.save(epoch, step, {"callbacks": callbacks_lib.callback_state(run.callbacks),
@@ -267,10 +267,10 @@ def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy
         sync_state=step_lib.make_state_sync(strategy, model),
         predict_step=step_lib.make_predict_step(strategy, model),
         val_dataset=val,
-        # The exported model is the inference model: the augmentation block is the identity there,
-        # holds no weights, and its RandomShear does not survive a save/load round trip in Keras 3.15.
-        exporter=outputs.ModelExporter(lambda: build_model(
-            config.backbone, config.image_size, weights="none", augment=False, seed=config.seed)),
+        # The exported model is the classifier without the augmentation block, which is the identity
+        # at inference, holds no weights, and whose RandomShear does not survive a save/load round
+        # trip in Keras 3.15.
+        exporter=outputs.ModelExporter(inference_model(model)),
         metrics=outputs.MetricsLog(model_dir),
     )
     return run, extra

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import keras
 
 from evaluation.prediction_files import write_predictions
+from models import precision
 from training.validation import Scores
 
 METRICS = "metrics.jsonl"
@@ -50,26 +51,23 @@ class MetricsLog:
 
 
 class ModelExporter:
-    """Saves a model's weights into a float32 copy of it, as a `.keras` file that loads with safe_mode.
+    """Saves the trained classifier as a float32 `.keras` file that loads with safe_mode.
 
-    The copy is built once by `rebuild()` under the float32 policy, so the file loads the same way
-    whatever precision trained it, and it carries no optimizer state.
+    The file holds a float32 clone of the very graph that trains (`models.precision.with_policy`),
+    not a model rebuilt from flags, so it computes the function that was validated whatever the
+    constructor's arguments were. It carries no optimizer state and no augmentation block.
     """
 
-    def __init__(self, rebuild: Callable[[], keras.Model]):
-        self._rebuild = rebuild
+    def __init__(self, classifier: keras.Model):
+        self._classifier = classifier
         self._copy: keras.Model | None = None
 
-    def export(self, model: keras.Model, path: str) -> None:
-        """Writes `model`'s current weights to `path`, atomically (a reader never sees half a file)."""
+    def export(self, path: str) -> None:
+        """Writes the classifier's current weights to `path`, atomically (a reader never sees half a file)."""
         if self._copy is None:
-            policy = keras.mixed_precision.global_policy()
-            keras.mixed_precision.set_global_policy("float32")
-            try:
-                self._copy = self._rebuild()
-            finally:
-                keras.mixed_precision.set_global_policy(policy)
-        self._copy.set_weights(model.get_weights())
+            self._copy = precision.with_policy(self._classifier, "float32")
+        else:
+            self._copy.set_weights(self._classifier.get_weights())
         tmp = os.path.join(os.path.dirname(path), ".partial-" + os.path.basename(path))
         self._copy.save(tmp)
         os.replace(tmp, path)

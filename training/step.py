@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
-from models import AUGMENTATION_LAYER
+from models import AUGMENTATION_LAYER, inference_model
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -53,13 +53,12 @@ def _agree_on_finiteness(grads: list[tf.Tensor]) -> list[tf.Tensor]:
 
 
 def _split_augmentation(model: keras.Model) -> tuple[keras.Layer | None, keras.Model]:
-    # The augmentation block has no weights: the rest of the model, rebuilt from the block's
-    # output, shares every trainable variable with `model`.
-    names = [layer.name for layer in model.layers]
-    if AUGMENTATION_LAYER not in names:
+    # The augmentation block has no weights: the classifier behind it holds every trainable
+    # variable of `model`.
+    classifier = inference_model(model)
+    if classifier is model:
         return None, model
-    augmentation = model.get_layer(AUGMENTATION_LAYER)
-    return augmentation, keras.Model(augmentation.output, model.output, name=f"{model.name}_body")
+    return model.get_layer(AUGMENTATION_LAYER), classifier
 
 
 def make_train_step(
