@@ -127,6 +127,19 @@ def define_ensemble_flags() -> None:
     _define_report_flags()
 
 
+def define_export_flags() -> None:
+    """Flags of `export.py`."""
+    d = _define_once
+    d(flags.DEFINE_multi_string, "model_dir", None,
+      "Folder written by train.py (model.keras + config.json). Repeat it for an ensemble, with --ensemble.")
+    d(flags.DEFINE_string, "ensemble", None,
+      "The .probabilities.json that ensemble.py wrote beside its submission: members, weights, threshold. "
+      "Required with several --model_dir; its members must be exactly those folders.")
+    d(flags.DEFINE_float, "threshold", None,
+      "Decision threshold of a single exported model (default 0.5); an ensemble takes the file's.")
+    d(flags.DEFINE_string, "export_dir", None, "New (or empty) folder for the SavedModel and export.json.")
+
+
 def define_train_flags() -> None:
     """Flags of `train.py`: one per `training.config.TrainConfig` field, plus --model_dir."""
     import dataclasses

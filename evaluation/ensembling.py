@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import blend as blend_lib
+from evaluation import ensemble_file
 from evaluation import report as report_lib
 from evaluation.errors import UserInputError
 from evaluation.prediction_files import Predictions, align, read_predictions, write_predictions
@@ -176,12 +177,13 @@ def run_ensemble(
     blended = blend_lib.blend(aligned.probs, chosen_weights)
     decisions = blend_lib.decide(blended, chosen_threshold)
     _write_submission(output, aligned.ids, decisions, id_column, label_column)
-    probabilities = os.path.splitext(output)[0] + ".probabilities.csv"
+    probabilities = os.path.splitext(ensemble_file.ensemble_path(output))[0] + ".csv"
     weight_map = {name: float(w) for name, w in zip(names, chosen_weights)}
     write_predictions(probabilities, aligned.ids, blended, aligned.labels, sidecar={
         "backbone": ENSEMBLE,
-        "inputs": [{"name": n, "path": f.path, "backbone": f.backbone, "crop": f.crop}
-                   for n, f in zip(names, files)],
+        "schema_version": ensemble_file.SCHEMA_VERSION,
+        "inputs": ensemble_file.member_records(names, [f.sidecar for f in files], [f.path for f in files],
+                                               chosen_weights),
         "weights": weight_map,
         "threshold": chosen_threshold,
         "fit": None if fit is None else {

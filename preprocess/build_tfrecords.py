@@ -64,7 +64,7 @@ class BuildConfig:
     workers: int | None = None
     seed: int = 0
     max_skip_fraction: float = 0.01
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = images.MAX_IMAGE_PIXELS
     overwrite: bool = False
 
     def shaping(self) -> dict:

@@ -27,6 +27,8 @@ REDUCING_GAP = 2.0
 PNG_COMPRESS_LEVEL = 1
 PNG_FILTER_UP = 2
 SUPPORTED_FORMATS = ("PNG", "JPEG")
+# Larger images are refused as possible decompression bombs (the builder's --max_image_pixels).
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 class ImageError(Exception):
@@ -149,7 +151,7 @@ def process(
     image_size: int,
     image_format: str,
     jpeg_quality: int = 95,
-    max_pixels: int = 64_000_000,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Processed:
     """Decodes, optionally crops to `box` (1024 frame), resizes to a square and encodes.
 

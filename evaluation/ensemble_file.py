@@ -1,0 +1,126 @@
+"""The ensemble file: what `ensemble.py` chose (members, weights, threshold), and its one loader.
+
+`ensemble.py --output=DIR/submission.csv` writes it as `DIR/submission.probabilities.json`, the
+sidecar of the blended probabilities. Each member records the model folder its predictions came
+from (from the prediction file's own sidecar), so `export.py` (and later tools) can match the
+members to trained models. Members are listed in blend order; weights sum to 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+from evaluation.errors import UserInputError
+
+SCHEMA_VERSION = 2  # 1: the sidecar before it recorded schema_version and member model folders
+SUFFIX = ".probabilities.json"  # beside the submission CSV
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One blended model.
+
+    Attributes:
+      name: its name in the report and the submission sidecar.
+      weight: its blend weight.
+      model_dir: absolute path of the training run its predictions came from, None if unknown.
+      backbone: its backbone, None if unknown.
+    """
+
+    name: str
+    weight: float
+    model_dir: str | None
+    backbone: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+    """A loaded ensemble file."""
+
+    path: str
+    members: tuple[Member, ...]
+    threshold: float
+
+
+def ensemble_path(submission_csv: str) -> str:
+    """Returns the ensemble file written beside `submission_csv`."""
+    return os.path.splitext(submission_csv)[0] + SUFFIX
+
+
+def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | None], paths: Sequence[str],
+                   weights: Sequence[float]) -> list[dict[str, Any]]:
+    """Returns the `inputs` entries of the ensemble file, one per member, in blend order."""
+    records = []
+    for name, sidecar, path, weight in zip(names, sidecars, paths, weights):
+        sidecar = sidecar or {}
+        records.append({"name": name, "path": path, "weight": float(weight), "backbone": sidecar.get("backbone"),
+                        "crop": sidecar.get("crop"), "model_dir": sidecar.get("model_dir")})
+    return records
+
+
+def _fail(path: str, what: str) -> UserInputError:
+    return UserInputError(f"--ensemble={path}: {what}; pass the .probabilities.json that ensemble.py wrote "
+                          "beside its submission")
+
+
+def load_ensemble(path: str) -> Ensemble:
+    """Reads and checks an ensemble file.
+
+    Raises:
+      UserInputError: missing, not JSON, or without members, weights or a threshold in range.
+    """
+    if not os.path.isfile(path):
+        raise _fail(path, "not found")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _fail(path, f"not valid JSON ({err})") from err
+    if not isinstance(record, dict) or not isinstance(record.get("inputs"), list) or not record["inputs"]:
+        raise _fail(path, "no \"inputs\" list of members")
+    weights = record.get("weights") or {}
+    members = []
+    for entry in record["inputs"]:
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise _fail(path, "a member without a name")
+        weight = entry.get("weight", weights.get(entry["name"]))
+        if not isinstance(weight, (int, float)) or weight < 0:
+            raise _fail(path, f"member {entry['name']!r} has no usable weight")
+        model_dir = entry.get("model_dir")
+        members.append(Member(entry["name"], float(weight),
+                              os.path.abspath(model_dir) if model_dir else None, entry.get("backbone")))
+    threshold = record.get("threshold")
+    if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise _fail(path, "no threshold in [0, 1]")
+    total = sum(m.weight for m in members)
+    if total <= 0:
+        raise _fail(path, "weights sum to 0")
+    members = [dataclasses.replace(m, weight=m.weight / total) for m in members]
+    return Ensemble(path=path, members=tuple(members), threshold=float(threshold))
+
+
+def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[Member, str]]:
+    """Pairs each member with the `--model_dir` it came from, in blend order.
+
+    Raises:
+      UserInputError: a member without a recorded model folder, or members and folders that are
+        not the same set.
+    """
+    given = {os.path.realpath(d): d for d in model_dirs}
+    unknown = [m.name for m in ensemble.members if m.model_dir is None]
+    if unknown:
+        raise UserInputError(
+            f"--ensemble={ensemble.path}: members {unknown} record no model folder (a file from an older "
+            "ensemble.py, or predictions without sidecars); rerun predict.py and ensemble.py, then export")
+    recorded = {os.path.realpath(m.model_dir): m for m in ensemble.members}
+    missing = sorted(set(recorded) - set(given))
+    extra = sorted(set(given) - set(recorded))
+    if missing or extra:
+        raise UserInputError(
+            f"--ensemble={ensemble.path} blends {sorted(recorded)} but --model_dir gives {sorted(given)}"
+            f"{f'; missing: {missing}' if missing else ''}{f'; not in the ensemble: {extra}' if extra else ''}; "
+            "pass exactly the ensemble's model folders")
+    return [(m, given[os.path.realpath(m.model_dir)]) for m in ensemble.members]

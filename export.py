@@ -1,0 +1,43 @@
+"""Exports trained models as one TensorFlow SavedModel that takes image bytes.
+
+    python export.py --model_dir=runs/effnet --export_dir=served/effnet [--threshold=0.5]
+    python export.py --model_dir=RUN1 --model_dir=RUN2 --model_dir=RUN3 \\
+        --ensemble=out/submission.probabilities.json --export_dir=served/ensemble
+
+Signatures: serving_default(image_bytes: encoded PNG/JPEG strings) and pixels(float32 0..255
+images); both return p_abnormal, logit and label (and member_p_abnormal for an ensemble).
+The SavedModel loads with TensorFlow alone; export.json beside it says what it holds.
+Bad input exits with status 1 and a one-line message naming the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+
+import flags as project_flags
+from evaluation.errors import UserInputError
+
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from serving import exporter
+
+    try:
+        info = exporter.run_export(FLAGS.model_dir, FLAGS.export_dir, ensemble=FLAGS.ensemble,
+                                   threshold=FLAGS.threshold)
+    except UserInputError as err:
+        sys.exit(f"export.py: {err}")
+    print(exporter.summary(info, FLAGS.export_dir))
+
+
+if __name__ == "__main__":
+    project_flags.define_export_flags()
+    flags.mark_flags_as_required(["model_dir", "export_dir"])
+    flags.adopt_module_key_flags(project_flags)  # --helpshort lists this tool's flags
+    app.run(main)

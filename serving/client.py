@@ -1,0 +1,31 @@
+"""Scoring encoded image files with an exported SavedModel, as a server would: bytes in, outputs back."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from serving.contract import INPUT_BYTES, SERVING_DEFAULT
+
+
+def score_files(export_dir: str, paths: Sequence[str], batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Runs `serving_default` over the files' bytes, `batch_size` files per call.
+
+    Returns:
+      Each output of the signature (p_abnormal, logit, label[, member_p_abnormal]), rows in `paths` order.
+
+    Raises:
+      tf.errors.InvalidArgumentError: a file that is not a PNG or JPEG (or is over the pixel limit).
+    """
+    signature = tf.saved_model.load(export_dir).signatures[SERVING_DEFAULT]
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(paths), batch_size):
+        data = []
+        for path in paths[start:start + batch_size]:
+            with open(path, "rb") as f:
+                data.append(f.read())
+        for name, value in signature(**{INPUT_BYTES: tf.constant(data)}).items():
+            parts.setdefault(name, []).append(value.numpy())
+    return {name: np.concatenate(values) for name, values in parts.items()}

@@ -1,0 +1,130 @@
+"""Image bytes → the builder's stored pixels, inside a TensorFlow graph (no Pillow, no Python).
+
+The offline builder (`preprocess/images.py`) decodes with Pillow; a SavedModel must do the same in
+TensorFlow ops so it loads with TensorFlow alone. Each step follows the builder's rule:
+  - PNG and JPEG only, recognised by their signature, whatever else `tf.io.decode_image` accepts;
+  - images over `max_pixels` are refused before decoding (the builder's decompression-bomb guard);
+  - grayscale as Pillow makes it: 8-bit gray as is, 16-bit gray scaled by 255/65535 and rounded,
+    gray+alpha keeps the gray, RGB(A) and palette through Pillow's fixed-point ITU-R 601-2 luma
+    (alpha ignored), 16-bit colour by its high byte as Pillow reads it;
+  - JPEGs are decoded at the 1/1, 1/2, 1/4 or 1/8 DCT scale that Pillow's `draft` picks, straight
+    to the luma channel, with libjpeg's accurate integer IDCT (Pillow's; TensorFlow's default,
+    the fast one, differs by up to 2 grey levels);
+  - resizing as `Image.resize(BICUBIC, reducing_gap=2)`: an integer box reduction (rounded to
+    8 bits, as Pillow stores it), then an antialiased bicubic to the square, rounded to 8 bits.
+Every failure (not an image, truncated bytes, too many pixels) is an InvalidArgumentError, so a
+request fails rather than returning a probability for something that is not an image.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from preprocess.images import MAX_IMAGE_PIXELS, REDUCING_GAP
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+JPEG_DRAFT_SCALES = (8, 4, 2, 1)  # the DCT scales libjpeg (and Pillow's draft) can decode at
+# Pillow's RGB -> L: (19595 R + 38470 G + 7471 B + 0x8000) >> 16, in fixed point.
+LUMA_WEIGHTS = (19595, 38470, 7471)
+LUMA_ROUND = 0x8000
+
+
+def _png_size(data: tf.Tensor) -> tf.Tensor:
+    # IHDR follows the 8-byte signature and an 8-byte chunk header: width, height as big-endian u32.
+    ihdr = tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8)
+    ihdr = tf.cast(tf.reshape(ihdr, [2, 4]), tf.int64)
+    return tf.reduce_sum(ihdr * tf.constant([2**24, 2**16, 2**8, 1], tf.int64), axis=1)  # (w, h)
+
+
+def _check_pixels(size: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    pixels = size[0] * size[1]
+    return tf.debugging.assert_less_equal(
+        pixels, tf.constant(max_pixels, tf.int64),
+        message=f"image has more pixels than --max_image_pixels={max_pixels}; refused as a possible "
+                "decompression bomb")
+
+
+def _luma(rgb: tf.Tensor) -> tf.Tensor:
+    rgb = tf.cast(rgb, tf.int32)
+    weighted = rgb[..., 0] * LUMA_WEIGHTS[0] + rgb[..., 1] * LUMA_WEIGHTS[1] + rgb[..., 2] * LUMA_WEIGHTS[2]
+    return tf.bitwise.right_shift(weighted + LUMA_ROUND, 16)
+
+
+def _png_gray(data: tf.Tensor, max_pixels: int) -> tf.Tensor:
+    with tf.control_dependencies([_check_pixels(_png_size(data), max_pixels)]):
+        # As uint16 an 8-bit sample v arrives as 257 v, so one rule serves both depths.
+        wide = tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.int32)
+    channels = tf.shape(wide)[-1]
+    high_byte = tf.bitwise.right_shift(wide, 8)
+
+    def gray():  # Pillow's I;16 rule: rint(v * 255 / 65535), which is v for 8-bit samples
+        return tf.cast(tf.round(tf.cast(wide[..., 0], tf.float64) * (255.0 / 65535.0)), tf.int32)
+
+    def gray_alpha():
+        return high_byte[..., 0]
+
+    def colour():
+        return _luma(high_byte[..., :3])
+
+    index = tf.minimum(channels, 3) - 1  # 1 -> 0, 2 -> 1, 3 or 4 -> 2
+    return tf.switch_case(index, [gray, gray_alpha, colour])
+
+
+def _jpeg_gray(data: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
+    shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)  # (h, w, c)
+    with tf.control_dependencies([_check_pixels(tf.stack([shape[1], shape[0]]), max_pixels)]):
+        fits = tf.minimum(shape[0] // image_size, shape[1] // image_size)
+    branches = [(lambda s=s: tf.cast(tf.io.decode_jpeg(data, channels=1, ratio=s, dct_method="INTEGER_ACCURATE")[..., 0], tf.int32))
+                for s in JPEG_DRAFT_SCALES]
+    # The largest scale not above the whole-number ratio to the target, as Pillow's draft picks.
+    index = tf.argmax(tf.cast(tf.constant(JPEG_DRAFT_SCALES, tf.int64) <= fits, tf.int32))
+    return tf.switch_case(tf.cast(index, tf.int32), branches)
+
+
+def decode_gray(data: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+    """Decodes one PNG or JPEG to (H, W) int32 gray values 0..255, as the builder's Pillow does.
+
+    Raises (when run):
+      InvalidArgumentError: not a PNG or JPEG, corrupt or truncated, or over `max_pixels`.
+    """
+    head = tf.strings.substr(data, 0, 8)
+    is_png = tf.equal(head, PNG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), JPEG_SIGNATURE)
+    check = tf.debugging.Assert(tf.logical_or(is_png, is_jpeg),
+                                ["not a PNG or JPEG image; send the encoded file's bytes"])
+    with tf.control_dependencies([check]):
+        return tf.cond(is_png, lambda: _png_gray(data, max_pixels),
+                       lambda: _jpeg_gray(data, image_size, max_pixels))
+
+
+def _box_reduce(gray: tf.Tensor, factor_y: tf.Tensor, factor_x: tf.Tensor) -> tf.Tensor:
+    # Pillow's reduce(): the mean of each factor_y x factor_x block, partial blocks at the right
+    # and bottom averaging what they hold, rounded to 8 bits.
+    height, width = tf.shape(gray)[0], tf.shape(gray)[1]
+    out_h = (height + factor_y - 1) // factor_y
+    out_w = (width + factor_x - 1) // factor_x
+    padded = tf.pad(tf.cast(gray, tf.float64), [[0, out_h * factor_y - height], [0, out_w * factor_x - width]])
+    ones = tf.pad(tf.ones_like(gray, tf.float64), [[0, out_h * factor_y - height], [0, out_w * factor_x - width]])
+
+    def block_sum(x):
+        x = tf.reshape(x, [out_h, factor_y, out_w, factor_x])
+        return tf.reduce_sum(x, axis=[1, 3])
+
+    return tf.floor(block_sum(padded) / block_sum(ones) + 0.5)
+
+
+def resize_gray(gray: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Resizes (H, W) gray values to (S, S) uint8 as `Image.resize((S, S), BICUBIC, reducing_gap=2)`."""
+    height, width = tf.shape(gray)[0], tf.shape(gray)[1]
+    factor_y = tf.maximum(tf.cast(tf.cast(height, tf.float64) / image_size / REDUCING_GAP, tf.int32), 1)
+    factor_x = tf.maximum(tf.cast(tf.cast(width, tf.float64) / image_size / REDUCING_GAP, tf.int32), 1)
+    reduced = _box_reduce(gray, factor_y, factor_x)
+    resized = tf.image.resize(tf.cast(reduced, tf.float32)[None, :, :, None], [image_size, image_size],
+                              method="bicubic", antialias=True)[0, :, :, 0]
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def bytes_to_pixels(data: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+    """One encoded image → (S, S) uint8: what the builder stores for it with --crop=none."""
+    return resize_gray(decode_gray(data, image_size, max_pixels), image_size)

@@ -1,0 +1,169 @@
+"""`run_export` behind export.py: trained run folders (+ an ensemble file) → one SavedModel + export.json."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Sequence
+
+from absl import logging
+
+from evaluation import ensemble_file
+from evaluation import prediction
+from evaluation.blend import check_threshold
+from evaluation.errors import UserInputError
+from pipeline import manifest as manifest_lib
+from preprocess.images import MAX_IMAGE_PIXELS
+from serving.contract import EXPORT_INFO, EXPORT_SCHEMA_VERSION, INPUT_BYTES, INPUT_PIXELS, PIXELS, SERVING_DEFAULT
+
+
+
+def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
+    """Returns [(name, weight, model_dir)] in blend order and the threshold."""
+    if not model_dirs:
+        raise UserInputError("no --model_dir given; pass the folder(s) train.py wrote")
+    if len(model_dirs) > 1 and ensemble is None:
+        raise UserInputError(
+            f"{len(model_dirs)} --model_dir values need --ensemble=FILE (the .probabilities.json that "
+            "ensemble.py wrote beside its submission) for their weights and threshold")
+    if ensemble is None:
+        name = prediction.load_run_config(model_dirs[0])["backbone"]
+        chosen = prediction.DEFAULT_THRESHOLD if threshold is None else check_threshold(threshold)
+        return [(name, 1.0, model_dirs[0])], chosen
+    if threshold is not None:
+        raise UserInputError("--threshold and --ensemble both set the threshold; drop --threshold "
+                             "(the ensemble file holds the one chosen on validation)")
+    loaded = ensemble_file.load_ensemble(ensemble)
+    pairs = ensemble_file.match_members(loaded, model_dirs)
+    return [(member.name, member.weight, model_dir) for member, model_dir in pairs], loaded.threshold
+
+
+def _max_pixels(config: dict[str, Any]) -> int:
+    # Refuse what the training shards' builder refused; its manifest records the limit.
+    try:
+        manifest = manifest_lib.load_manifest(config["data_dir"])
+        return int(manifest["config"].get("max_image_pixels", MAX_IMAGE_PIXELS))
+    except (KeyError, OSError, ValueError, TypeError):
+        return MAX_IMAGE_PIXELS
+
+
+def _check_export_dir(export_dir: str) -> None:
+    if os.path.exists(export_dir) and (not os.path.isdir(export_dir) or os.listdir(export_dir)):
+        raise UserInputError(f"--export_dir={export_dir} exists and is not an empty folder; "
+                             "pass a new folder (exports are never overwritten in place)")
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+        raise UserInputError(f"--export_dir={export_dir}: {probe} is not a writable folder; pick another place")
+
+
+def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    from serving import savedmodel
+
+    crops = sorted({str(c.get("train_crop")) for c in configs})
+    return {
+        "schema_version": EXPORT_SCHEMA_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backbones": [c["backbone"] for c in configs],
+        "members": [{"name": name, "weight": weight, "model_dir": os.path.abspath(model_dir),
+                     "backbone": config["backbone"], "weights": config.get("weights"),
+                     "precision": config.get("precision"), "train_crop": config.get("train_crop")}
+                    for (name, weight, model_dir), config in zip(members, configs)],
+        "image_size": image_size,
+        "crop": crops[0] if len(crops) == 1 else "mixed: " + ", ".join(crops),
+        "served_crop": "none",
+        "weights": sorted({str(c.get("weights")) for c in configs}),
+        "threshold": threshold,
+        "max_image_pixels": max_pixels,
+        "signatures": {
+            SERVING_DEFAULT: {"inputs": {INPUT_BYTES: "string [None]"},
+                              "outputs": savedmodel.output_dtypes(len(members) > 1)},
+            PIXELS: {"inputs": {INPUT_PIXELS: f"float32 [None, {image_size}, {image_size}, 3]"},
+                     "outputs": savedmodel.output_dtypes(len(members) > 1)},
+        },
+        "warnings": warnings,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | None = None,
+               threshold: float | None = None) -> dict[str, Any]:
+    """Exports trained runs as one SavedModel in `export_dir`, with `export_dir/export.json`.
+
+    The folder appears whole or not at all: it is written beside itself and renamed into place.
+
+    Args:
+      model_dirs: folders written by train.py; several need `ensemble`.
+      export_dir: a new or empty folder.
+      ensemble: ensemble.py's `.probabilities.json` (members, weights, threshold).
+      threshold: one model's decision threshold (default 0.5); not with `ensemble`.
+
+    Returns:
+      The export.json record.
+
+    Raises:
+      UserInputError: a missing model.keras, an ensemble file that does not match the folders,
+        several folders without an ensemble, members trained at different sizes, an unusable
+        export folder.
+    """
+    members, chosen_threshold = _members(model_dirs, ensemble, threshold)
+    _check_export_dir(export_dir)
+    configs, classifiers = [], []
+    for _, _, model_dir in members:
+        config = prediction.load_run_config(model_dir)
+        config["train_crop"] = prediction.train_crop(model_dir, config)
+        configs.append(config)
+        classifiers.append(prediction.load_classifier(model_dir))
+    sizes = sorted({int(c.input_shape[1]) for c in classifiers})
+    if len(sizes) > 1:
+        raise UserInputError(f"the models were trained at different image sizes {sizes}; export them "
+                             "separately, or retrain at one size")
+    warnings = [f"{c['backbone']} ({d}) was trained on --crop=bbox shards, but served images arrive "
+                "uncropped: expect a shift between validation and serving" for c, (_, _, d) in zip(configs, members)
+                if c["train_crop"] == "bbox"]
+    for warning in warnings:
+        logging.warning("%s", warning)
+    max_pixels = min(_max_pixels(c) for c in configs)
+    info = _info(members, configs, chosen_threshold, sizes[0], max_pixels, warnings)
+    _write(members, classifiers, chosen_threshold, sizes[0], max_pixels, export_dir, info)
+    return info
+
+
+def _write(members, classifiers, threshold, image_size, max_pixels, export_dir, info) -> None:
+    from serving import savedmodel
+
+    module = savedmodel.ServingModule(
+        [savedmodel.ServedMember(name, classifier, weight)
+         for (name, weight, _), classifier in zip(members, classifiers)],
+        threshold, image_size, max_pixels)
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".partial-export-", dir=parent)
+    try:
+        savedmodel.save(module, staging)
+        with open(os.path.join(staging, EXPORT_INFO), "w") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+        if os.path.isdir(export_dir):
+            os.rmdir(export_dir)  # checked empty above
+        os.replace(staging, export_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def summary(info: dict[str, Any], export_dir: str) -> str:
+    """Returns what an export wrote, in a few lines."""
+    members = ", ".join(f"{m['name']} {m['weight']:.3f}" for m in info["members"])
+    lines = [f"exported {members} at {info['image_size']} px, threshold {info['threshold']:.4f} -> {export_dir}",
+             f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}"]
+    lines += [f"warning: {w}" for w in info["warnings"]]
+    return "\n".join(lines)

@@ -1,0 +1,268 @@
+"""export.py: one SavedModel (bytes or pixels in) that computes what predict.py and ensemble.py computed."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from evaluation import ensemble_file, ensembling, prediction
+from preprocess import images as builder_images
+from serving import decode, exporter
+from tests.shard_factory import write_shards
+from training.config import TrainConfig
+from training.loop import run_training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 32
+PROJECT_PACKAGES = ("models", "pipeline", "preprocess", "training", "evaluation", "serving", "flags")
+
+
+def _train(data_dir, model_dir, seed):
+    run_training(TrainConfig(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=8,
+                             epochs=2, precision="float32", strategy="default", seed=seed), model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Shards, two trained tiny runs, their val predictions and an ensemble file over them."""
+    root = tmp_path_factory.mktemp("export")
+    data_dir = str(root / "shards")
+    written = write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE)
+    dirs = [_train(data_dir, str(root / f"run{i}"), seed=i) for i in range(2)]
+    out = str(root / "pred" / "val.csv")
+    result = prediction.run_prediction(dirs, data_dir, "val", out, batch_size=8, strategy="default",
+                                       precision="float32", bootstrap=0, progress=False)
+    files = list(result.outputs.values())
+    submission = str(root / "ens" / "submission.csv")
+    ensembling.run_ensemble(files, submission, weights=[0.7, 0.3], threshold=0.45, bootstrap=0)
+    return {"root": root, "data_dir": data_dir, "dirs": dirs, "predictions": files, "written": written,
+            "submission": submission, "ensemble": ensemble_file.ensemble_path(submission)}
+
+
+def _png(pixels: np.ndarray, mode: str = "L") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path):
+    """Calls both signatures in a Python that cannot import the project; returns their outputs."""
+    np.save(tmp_path / "pixels.npy", pixels)
+    with open(tmp_path / "bytes.json", "w") as f:
+        json.dump([b.hex() for b in image_bytes], f)
+    script = f"""
+import importlib.abc, json, sys
+import numpy as np
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {PROJECT_PACKAGES!r}:
+            raise ImportError("the project is not importable here: " + name)
+        return None
+
+sys.meta_path.insert(0, Blocked())
+import tensorflow as tf
+loaded = tf.saved_model.load({str(export_dir)!r})
+images = [bytes.fromhex(h) for h in json.load(open({str(tmp_path / 'bytes.json')!r}))]
+by_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
+by_pixels = loaded.signatures["pixels"](pixels=tf.constant(np.load({str(tmp_path / 'pixels.npy')!r})))
+np.savez({str(tmp_path / 'out.npz')!r}, **{{"bytes_" + k: v.numpy() for k, v in by_bytes.items()}},
+         **{{"pixels_" + k: v.numpy() for k, v in by_pixels.items()}})
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(np.load(tmp_path / "out.npz"))
+
+
+def _val_rows(runs):
+    rows = sorted(runs["written"]["val"], key=lambda r: r["image_id"])
+    pixels = np.stack([np.repeat(r["pixels"][..., None], 3, axis=-1) for r in rows]).astype(np.float32)
+    return [r["image_id"] for r in rows], [_png(r["pixels"]) for r in rows], pixels
+
+
+def test_single_model_serves_what_predict_computed_and_loads_without_the_project(runs, tmp_path):
+    export_dir = tmp_path / "served"
+    info = exporter.run_export([runs["dirs"][0]], str(export_dir), threshold=0.3)
+    ids, image_bytes, pixels = _val_rows(runs)
+    out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
+    predicted = pd.read_csv(runs["predictions"][0]).set_index("image_id").loc[ids, "p_abnormal"].to_numpy()
+    np.testing.assert_allclose(out["pixels_p_abnormal"], predicted, atol=1e-5)
+    np.testing.assert_allclose(out["bytes_p_abnormal"], predicted, atol=1e-5)  # same size: exact decode
+    assert np.ptp(predicted) > 1e-3  # the comparison bites only if the output depends on the image
+    # The logit is the pre-softmax margin: its sigmoid is the probability, beyond the softmax's range.
+    np.testing.assert_allclose(1 / (1 + np.exp(-out["bytes_logit"].astype(np.float64))), predicted, atol=1e-5)
+    np.testing.assert_array_equal(out["bytes_label"], (predicted >= 0.3).astype(np.int32))
+    assert set(out) == {f"{s}_{k}" for s in ("bytes", "pixels") for k in ("p_abnormal", "logit", "label")}
+    with open(export_dir / exporter.EXPORT_INFO) as f:
+        assert json.load(f) == info
+    assert info["threshold"] == 0.3 and info["image_size"] == SIZE and info["backbones"] == ["tiny_test"]
+    assert info["signatures"]["serving_default"]["inputs"] == {"image_bytes": "string [None]"}
+
+
+def test_ensemble_serves_the_blend_ensemble_py_wrote(runs, tmp_path):
+    export_dir = tmp_path / "served"
+    # Given in the other order: members are matched by folder, and blended in the file's order.
+    info = exporter.run_export(runs["dirs"][::-1], str(export_dir), ensemble=runs["ensemble"])
+    ids, image_bytes, pixels = _val_rows(runs)
+    out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
+    blended = pd.read_csv(os.path.splitext(runs["ensemble"])[0] + ".csv").set_index("image_id").loc[ids]
+    submission = pd.read_csv(runs["submission"]).set_index("image_id").loc[ids]
+    np.testing.assert_allclose(out["bytes_p_abnormal"], blended["p_abnormal"], atol=1e-5)
+    np.testing.assert_array_equal(out["bytes_label"], submission["label"])
+    members = [pd.read_csv(p).set_index("image_id").loc[ids, "p_abnormal"] for p in runs["predictions"]]
+    np.testing.assert_allclose(out["bytes_member_p_abnormal"], np.stack(members, axis=1), atol=1e-5)
+    # Independent of the blend code: the weighted mean of the member columns.
+    np.testing.assert_allclose(out["pixels_p_abnormal"], 0.7 * members[0] + 0.3 * members[1], atol=1e-5)
+    assert [m["weight"] for m in info["members"]] == pytest.approx([0.7, 0.3])
+    assert info["threshold"] == pytest.approx(0.45)
+
+
+def _encoded(mode: str, height: int, width: int) -> bytes:
+    """A smooth, noisy test image of `mode` ("JPEG" for an RGB JPEG), with values over the full range."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = (np.sin(yy / 17.0) * 60 + np.cos(xx / 11.0) * 50 + 128 + rng.normal(0, 8, yy.shape)).clip(0, 255)
+    buffer = io.BytesIO()
+    if mode == "I;16":  # every 16-bit value, not only multiples of 257
+        Image.fromarray((base * 256 + rng.integers(0, 256, base.shape)).astype(np.uint16)).save(buffer, "PNG")
+    elif mode == "JPEG":
+        Image.fromarray(base.astype(np.uint8)).convert("RGB").save(buffer, format="JPEG", quality=90)
+    else:
+        colour = Image.fromarray(np.stack([base, base[::-1], base[:, ::-1]], axis=-1).astype(np.uint8))
+        (colour.quantize(64) if mode == "P" else colour.convert(mode)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _builder_pixels(data: bytes, size: int) -> np.ndarray:
+    stored = builder_images.process(data, box=None, image_size=size, image_format="png").encoded
+    return np.asarray(Image.open(io.BytesIO(stored)), dtype=np.float64)
+
+
+MODES = ["L", "LA", "RGB", "RGBA", "P", "I;16", "JPEG"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_graph_grayscale_is_the_builders_exactly(mode):
+    data = _encoded(mode, 96, 96)  # stored at its own size: no resize, the conversion alone
+    got = decode.bytes_to_pixels(tf.constant(data), 96).numpy().astype(np.float64)
+    np.testing.assert_array_equal(got, _builder_pixels(data, 96))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_graph_resize_follows_the_builder(mode):
+    data = _encoded(mode, 300, 260)  # not square, reduced by 2 then bicubic; JPEGs decoded at 1/4
+    got = decode.bytes_to_pixels(tf.constant(data), 64).numpy().astype(np.float64)
+    expected = _builder_pixels(data, 64)
+    assert np.abs(got - expected).mean() <= 1.0
+    assert np.abs(got - expected).max() <= 8
+
+
+def test_same_size_gray_png_decodes_exactly():
+    pixels = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
+    np.testing.assert_array_equal(decode.bytes_to_pixels(tf.constant(_png(pixels)), SIZE).numpy(), pixels)
+
+
+@pytest.mark.parametrize("data", [b"", b"hello, not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "truncated"])
+def test_bytes_that_are_not_an_image_fail_the_request(data):
+    if data == "truncated":
+        data = _png(np.full((64, 64), 7, np.uint8))[:60]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        decode.bytes_to_pixels(tf.constant(data), SIZE).numpy()
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding():
+    data = _png(np.zeros((100, 100), np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
+        decode.bytes_to_pixels(tf.constant(data), SIZE, max_pixels=9_999).numpy()
+    assert decode.bytes_to_pixels(tf.constant(data), SIZE, max_pixels=10_000).shape == (SIZE, SIZE)
+
+
+def _export_cli(*args):
+    return subprocess.run([sys.executable, "export.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bad_exports_fail_in_one_line_and_write_nothing(runs, tmp_path):
+    target = tmp_path / "out"
+    empty_run = tmp_path / "no_model"
+    empty_run.mkdir()
+    cases = {
+        "several without --ensemble": ([f"--model_dir={d}" for d in runs["dirs"]], "--ensemble"),
+        "ensemble members differ": ([f"--model_dir={runs['dirs'][0]}", f"--ensemble={runs['ensemble']}"],
+                                    "missing"),
+        "no model.keras": ([f"--model_dir={empty_run}"], "config.json not found"),
+    }
+    for name, (args, fragment) in cases.items():
+        done = _export_cli(*args, f"--export_dir={target}")
+        assert done.returncode == 1, (name, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert lines[-1].startswith("export.py: ") and fragment in lines[-1], (name, lines[-1])
+        assert "Traceback" not in done.stderr, name
+        assert not target.exists(), name
+        assert not [p for p in os.listdir(tmp_path) if p.startswith(".partial")], name
+
+
+def test_bbox_trained_model_is_exported_with_a_warning(runs, tmp_path):
+    run = tmp_path / "bbox_run"
+    import shutil
+
+    shutil.copytree(runs["dirs"][0], run)
+    with open(run / "config.json") as f:
+        config = json.load(f)
+    config["crop"] = "bbox"
+    with open(run / "config.json", "w") as f:
+        json.dump(config, f)
+    info = exporter.run_export([str(run)], str(tmp_path / "served"))
+    assert info["crop"] == "bbox" and any("uncropped" in w for w in info["warnings"])
+
+
+def test_existing_export_is_never_overwritten(runs, tmp_path):
+    target = tmp_path / "served"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    with pytest.raises(prediction.UserInputError, match="not an empty folder"):
+        exporter.run_export([runs["dirs"][0]], str(target))
+    assert os.listdir(target) == ["keep.txt"]
+
+
+def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(runs, nih_sample, tmp_path):
+    """The 116 real NIH PNGs: bytes in the SavedModel against the builder's shards + predict."""
+    from preprocess import build_tfrecords as bt
+    from pipeline import input_pipeline
+
+    shards = str(tmp_path / "shards")
+    bt.build(bt.BuildConfig(image_dir=nih_sample, output_dir=shards, split="unlabeled", crop="none",
+                            image_size=SIZE, workers=1))
+    out = str(tmp_path / "real.csv")
+    prediction.run_prediction([runs["dirs"][0]], shards, "eval", out, batch_size=16, strategy="default",
+                              precision="float32", bootstrap=0, progress=False)
+    offline = pd.read_csv(out).set_index("image_id")["p_abnormal"]
+    export_dir = tmp_path / "served"
+    exporter.run_export([runs["dirs"][0]], str(export_dir))
+    paths = {os.path.basename(p): p for p in sorted(
+        os.path.join(root, name) for root, _, names in os.walk(nih_sample) for name in names if name.endswith(".png"))}
+    assert len(paths) == len(offline) == 116
+    ids = sorted(paths)
+    data = [open(paths[i], "rb").read() for i in ids]
+    served = tf.saved_model.load(str(export_dir)).signatures["serving_default"](image_bytes=tf.constant(data))
+    gap = np.abs(served["p_abnormal"].numpy() - offline.loc[ids].to_numpy())
+    assert gap.max() <= 0.01
+    assert np.ptp(offline.to_numpy()) > 1e-3  # the model's output depends on the pixels
+    # And the pixels themselves: the graph's decode + resize against what the builder stored.
+    stored = {}
+    for batch in input_pipeline.make_eval_dataset(shards, "eval", 32, SIZE):
+        for image_id, image in zip(batch["image_id"].numpy(), batch["image"].numpy()):
+            stored[image_id.decode()] = image[..., 0]
+    decoded = tf.map_fn(lambda b: decode.bytes_to_pixels(b, SIZE), tf.constant(data),
+                        fn_output_signature=tf.uint8).numpy().astype(np.float64)
+    assert np.abs(decoded - np.stack([stored[i] for i in ids])).mean() <= 1.0
