@@ -10,8 +10,11 @@ TensorFlow ops so it loads with TensorFlow alone. Each step follows the builder'
   - JPEGs are decoded at the 1/1, 1/2, 1/4 or 1/8 DCT scale that Pillow's `draft` picks, straight
     to the luma channel, with libjpeg's accurate integer IDCT (Pillow's; TensorFlow's default,
     the fast one, differs by up to 2 grey levels);
-  - resizing as `Image.resize(BICUBIC, reducing_gap=2)`: an integer box reduction (rounded to
-    8 bits, as Pillow stores it), then an antialiased bicubic to the square, rounded to 8 bits.
+  - resizing as `Image.resize(BICUBIC, reducing_gap=2)`, in Pillow's own integer arithmetic: an
+    integer box reduction, then an antialiased bicubic pass along each axis with Pillow's
+    fixed-point weights, horizontal then vertical, each pass rounded to 8 bits. The result is the
+    builder's pixels bit for bit for square sources (NIH's); Pillow >= 12 resamples some tall
+    images vertical-first, which rounds differently by at most one grey level.
 Every failure (not an image, truncated bytes, too many pixels) is an InvalidArgumentError, so a
 request fails rather than returning a probability for something that is not an image.
 """
@@ -28,6 +31,9 @@ JPEG_DRAFT_SCALES = (8, 4, 2, 1)  # the DCT scales libjpeg (and Pillow's draft) 
 # Pillow's RGB -> L: (19595 R + 38470 G + 7471 B + 0x8000) >> 16, in fixed point.
 LUMA_WEIGHTS = (19595, 38470, 7471)
 LUMA_ROUND = 0x8000
+BICUBIC_A = -0.5  # Pillow's (and Keys') cubic convolution parameter
+BICUBIC_SUPPORT = 2.0
+PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling: 32 - 8 - 2
 
 
 def _png_size(data: tf.Tensor) -> tf.Tensor:
@@ -99,30 +105,76 @@ def decode_gray(data: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PI
 
 
 def _box_reduce(gray: tf.Tensor, factor_y: tf.Tensor, factor_x: tf.Tensor) -> tf.Tensor:
-    # Pillow's reduce(): the mean of each factor_y x factor_x block, partial blocks at the right
-    # and bottom averaging what they hold, rounded to 8 bits.
+    # Pillow's reduce(): each factor_y x factor_x block (partial at the right and bottom) becomes
+    # ((sum + n / 2) * (2^24 // n)) >> 24 for its n pixels, in integers, as Pillow computes it.
     height, width = tf.shape(gray)[0], tf.shape(gray)[1]
     out_h = (height + factor_y - 1) // factor_y
     out_w = (width + factor_x - 1) // factor_x
-    padded = tf.pad(tf.cast(gray, tf.float64), [[0, out_h * factor_y - height], [0, out_w * factor_x - width]])
-    ones = tf.pad(tf.ones_like(gray, tf.float64), [[0, out_h * factor_y - height], [0, out_w * factor_x - width]])
+    padding = [[0, out_h * factor_y - height], [0, out_w * factor_x - width]]
 
     def block_sum(x):
-        x = tf.reshape(x, [out_h, factor_y, out_w, factor_x])
+        x = tf.reshape(tf.pad(x, padding), [out_h, factor_y, out_w, factor_x])
         return tf.reduce_sum(x, axis=[1, 3])
 
-    return tf.floor(block_sum(padded) / block_sum(ones) + 0.5)
+    total = block_sum(tf.cast(gray, tf.int64))
+    count = block_sum(tf.ones_like(gray, tf.int64))
+    multiplier = tf.bitwise.left_shift(tf.constant(1, tf.int64), 24) // count
+    return tf.bitwise.right_shift((total + count // 2) * multiplier, 24)
+
+
+def _bicubic(x: tf.Tensor) -> tf.Tensor:
+    # Pillow's bicubic kernel, a = -0.5.
+    a = BICUBIC_A
+    x = tf.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return tf.where(x < 1.0, near, tf.where(x < 2.0, far, tf.zeros_like(x)))
+
+
+def _resample_matrix(in_size: tf.Tensor, in_extent: tf.Tensor, out_size: int) -> tf.Tensor:
+    """(out_size, in_size) fixed-point weights of Pillow's precompute_coeffs + normalize_coeffs_8bpc."""
+    scale = in_extent / out_size
+    filter_scale = tf.maximum(scale, 1.0)
+    support = BICUBIC_SUPPORT * filter_scale
+    center = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale
+    first = tf.maximum(tf.cast(center - support + 0.5, tf.int64), 0)  # C's (int): toward zero
+    last = tf.minimum(tf.cast(center + support + 0.5, tf.int64), tf.cast(in_size, tf.int64))
+    source = tf.range(tf.cast(in_size, tf.int64))
+    inside = (source[None, :] >= first[:, None]) & (source[None, :] < last[:, None])
+    offsets = (tf.cast(source, tf.float64)[None, :] - center[:, None] + 0.5) / filter_scale
+    weights = tf.where(inside, _bicubic(offsets), tf.zeros_like(offsets))
+    total = tf.reduce_sum(weights, axis=1, keepdims=True)
+    weights = tf.math.divide_no_nan(weights, total)
+    fixed = weights * float(1 << PRECISION_BITS)
+    return tf.cast(tf.where(fixed < 0, fixed - 0.5, fixed + 0.5), tf.int64)  # (int) truncates
+
+
+def _resample_rows(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
+    # One pass along the last axis, rounded and clipped to 8 bits as Pillow stores it between passes.
+    # float64 holds every product and sum here exactly (< 2^40).
+    acc = tf.matmul(tf.cast(image, tf.float64), tf.cast(matrix, tf.float64), transpose_b=True)
+    acc = tf.cast(acc, tf.int64) + (1 << (PRECISION_BITS - 1))
+    return tf.clip_by_value(tf.bitwise.right_shift(tf.maximum(acc, 0), PRECISION_BITS), 0, 255)
 
 
 def resize_gray(gray: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Resizes (H, W) gray values to (S, S) uint8 as `Image.resize((S, S), BICUBIC, reducing_gap=2)`."""
+    """Resizes (H, W) gray values to (S, S) uint8 as `Image.resize((S, S), BICUBIC, reducing_gap=2)`.
+
+    Pillow's own integer arithmetic, step by step: `reduce` by whole factors while the image is more
+    than twice the target, then a horizontal and a vertical bicubic pass over the reduced image's
+    box, each rounded to 8 bits.
+    """
     height, width = tf.shape(gray)[0], tf.shape(gray)[1]
     factor_y = tf.maximum(tf.cast(tf.cast(height, tf.float64) / image_size / REDUCING_GAP, tf.int32), 1)
     factor_x = tf.maximum(tf.cast(tf.cast(width, tf.float64) / image_size / REDUCING_GAP, tf.int32), 1)
     reduced = _box_reduce(gray, factor_y, factor_x)
-    resized = tf.image.resize(tf.cast(reduced, tf.float32)[None, :, :, None], [image_size, image_size],
-                              method="bicubic", antialias=True)[0, :, :, 0]
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    # After reduce, Pillow resamples the box (0, 0, W / fx, H / fy) of the reduced image.
+    extent_x = tf.cast(width, tf.float64) / tf.cast(factor_x, tf.float64)
+    extent_y = tf.cast(height, tf.float64) / tf.cast(factor_y, tf.float64)
+    horizontal = _resample_rows(reduced, _resample_matrix(tf.shape(reduced)[1], extent_x, image_size))
+    vertical = _resample_rows(tf.transpose(horizontal),
+                              _resample_matrix(tf.shape(reduced)[0], extent_y, image_size))
+    return tf.cast(tf.transpose(vertical), tf.uint8)
 
 
 def bytes_to_pixels(data: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:

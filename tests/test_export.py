@@ -159,12 +159,24 @@ def test_graph_grayscale_is_the_builders_exactly(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_graph_resize_follows_the_builder(mode):
-    data = _encoded(mode, 300, 260)  # not square, reduced by 2 then bicubic; JPEGs decoded at 1/4
-    got = decode.bytes_to_pixels(tf.constant(data), 64).numpy().astype(np.float64)
-    expected = _builder_pixels(data, 64)
-    assert np.abs(got - expected).mean() <= 1.0
-    assert np.abs(got - expected).max() <= 8
+@pytest.mark.parametrize("side, size", [(300, 64), (301, 40), (90, 64), (1024, 224)])
+def test_graph_resize_of_square_images_is_the_builders_exactly(mode, side, size):
+    # Reduced by 2, by 3 with a fractional box (odd side), scaled without reduction, NIH's 1024 -> 224;
+    # JPEGs are decoded at their draft scale first.
+    data = _encoded(mode, side, side)
+    got = decode.bytes_to_pixels(tf.constant(data), size).numpy().astype(np.float64)
+    np.testing.assert_array_equal(got, _builder_pixels(data, size))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "JPEG"])
+@pytest.mark.parametrize("height, width", [(300, 260), (260, 300), (90, 70), (500, 200)])
+def test_graph_resize_of_other_shapes_is_within_one_grey_level(mode, height, width):
+    # Pillow resamples horizontally, then vertically; recent Pillow goes vertical-first when the
+    # height shrinks much more than the width, and the two orders round differently by one level.
+    data = _encoded(mode, height, width)
+    gap = np.abs(decode.bytes_to_pixels(tf.constant(data), 64).numpy().astype(np.float64)
+                 - _builder_pixels(data, 64))
+    assert gap.max() <= 1 and gap.mean() <= 0.5
 
 
 def test_same_size_gray_png_decodes_exactly():
@@ -265,4 +277,4 @@ def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(run
             stored[image_id.decode()] = image[..., 0]
     decoded = tf.map_fn(lambda b: decode.bytes_to_pixels(b, SIZE), tf.constant(data),
                         fn_output_signature=tf.uint8).numpy().astype(np.float64)
-    assert np.abs(decoded - np.stack([stored[i] for i in ids])).mean() <= 1.0
+    np.testing.assert_array_equal(decoded, np.stack([stored[i] for i in ids]))  # bit for bit
