@@ -74,14 +74,21 @@ loaded = tf.saved_model.load({str(export_dir)!r})
 images = [bytes.fromhex(h) for h in json.load(open({str(tmp_path / 'bytes.json')!r}))]
 by_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
 by_pixels = loaded.signatures["pixels"](pixels=tf.constant(np.load({str(tmp_path / 'pixels.npy')!r})))
+try:
+    loaded.signatures["serving_default"](image_bytes=tf.constant([b"not an image"]))
+    refused = "answered"
+except tf.errors.InvalidArgumentError:
+    refused = "InvalidArgumentError"
 np.savez({str(tmp_path / 'out.npz')!r}, **{{"bytes_" + k: v.numpy() for k, v in by_bytes.items()}},
-         **{{"pixels_" + k: v.numpy() for k, v in by_pixels.items()}})
+         **{{"pixels_" + k: v.numpy() for k, v in by_pixels.items()}}, refused=np.array(refused))
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path), env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    return dict(np.load(tmp_path / "out.npz"))
+    out = dict(np.load(tmp_path / "out.npz"))
+    assert str(out.pop("refused")) == "InvalidArgumentError"  # not an image: the request fails
+    return out
 
 
 def _val_rows(runs):
@@ -208,11 +215,14 @@ def test_bad_exports_fail_in_one_line_and_write_nothing(runs, tmp_path):
     target = tmp_path / "out"
     empty_run = tmp_path / "no_model"
     empty_run.mkdir()
+    import shutil
+
+    shutil.copy(os.path.join(runs["dirs"][0], "config.json"), empty_run)  # a run folder without model.keras
     cases = {
         "several without --ensemble": ([f"--model_dir={d}" for d in runs["dirs"]], "--ensemble"),
         "ensemble members differ": ([f"--model_dir={runs['dirs'][0]}", f"--ensemble={runs['ensemble']}"],
                                     "missing"),
-        "no model.keras": ([f"--model_dir={empty_run}"], "config.json not found"),
+        "no model.keras": ([f"--model_dir={empty_run}"], "model.keras not found"),
     }
     for name, (args, fragment) in cases.items():
         done = _export_cli(*args, f"--export_dir={target}")
