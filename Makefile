@@ -10,11 +10,12 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-# Reinstall when the dependency list changes.
+# Reinstall when the dependency list changes. Editable in compat mode: the repository root goes
+# on sys.path, so a package added to the tree later needs no reinstall.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 test: install

@@ -26,12 +26,10 @@ import time
 from absl import app, flags
 
 import flags as project_flags
-from evaluation.ensemble_file import ensemble_path
+from contracts.ensemble_file import ensemble_path
+from models import registry
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-# From scratch on the small synthetic set, the reference learning rates (Adam 1e-4, SGD 1e-3)
-# barely move the weights in a CPU-sized budget; ten times larger ones learn the lesions.
-SYNTHETIC_LEARNING_RATES = {"efficientnet_b3": 1e-3, "densenet121": 1e-3, "resnet50": 1e-2}
 # BatchNorm's moving statistics at the default 0.99 lag far behind a few hundred steps from
 # scratch, so inference-mode predictions collapse to one class; 0.9 keeps up.
 SYNTHETIC_BATCHNORM_MOMENTUM = 0.9
@@ -203,8 +201,11 @@ def plan_from_flags(values) -> DemoPlan:
         crop=values.crop,
         weights=values.weights or ("imagenet" if real else "none"),
         epochs=values.epochs if values.epochs else (None if real else 8),
+        # From scratch on the small synthetic set, each backbone's registry entry gives a rate that
+        # learns in a CPU-sized budget (the reference rates barely move the weights there).
         learning_rates=({b: values.learning_rate for b in values.backbones} if values.learning_rate
-                        else {} if real else dict(SYNTHETIC_LEARNING_RATES)),
+                        else {} if real else {b: registry.get_backbone(b).from_scratch_learning_rate
+                                              for b in values.backbones}),
         batchnorm_momentum=(values.batchnorm_momentum if values.batchnorm_momentum is not None
                             else None if real else SYNTHETIC_BATCHNORM_MOMENTUM),
         global_batch_size=values.global_batch_size,

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 import flags as project_flags
+from contracts.errors import UserInputError
 from evaluation import blend as blend_lib
 from evaluation import ensembling
-from evaluation.errors import UserInputError
 
 FLAGS = flags.FLAGS
 

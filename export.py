@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 import flags as project_flags
-from evaluation.errors import UserInputError
+from contracts.errors import UserInputError
 
 FLAGS = flags.FLAGS
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from absl import app
-from absl import flags as absl_flags
-from absl import logging
+from absl import app, flags, logging
 
-import flags
+import flags as project_flags
 from models import WeightsUnavailableError
 from training.config import ConfigError, TrainConfig
 from training.loop import run_training
 
-FLAGS = absl_flags.FLAGS
+FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
@@ -37,6 +35,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.define_train_flags()
-    absl_flags.mark_flags_as_required(["backbone", "data_dir", "model_dir"])
+    project_flags.define_train_flags()
+    flags.mark_flags_as_required(["backbone", "data_dir", "model_dir"])
     app.run(main)

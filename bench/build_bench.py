@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from preprocess import build_tfrecords as bt  # noqa: E402
+from preprocess import builder  # noqa: E402
 from preprocess import synthetic  # noqa: E402
+from preprocess.config import BuildConfig  # noqa: E402
 
 _NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join("..", "shared", "data", "nih_sample"),
                                "Folder with the real NIH sample (images_00N/images/*.png).")
@@ -78,10 +79,10 @@ def decode_only(paths: list[str]) -> float:
 
 
 def build_rate(csv_path: str, bbox_path: str, image_dir: str, workers: int, out: str) -> float:
-    config = bt.BuildConfig(data_entry_csv=csv_path, bbox_csv=bbox_path, image_dir=image_dir,
+    config = BuildConfig(data_entry_csv=csv_path, bbox_csv=bbox_path, image_dir=image_dir,
                             output_dir=out, split="all", workers=workers)
     start = time.perf_counter()
-    result = bt.build(config)
+    result = builder.build(config)
     elapsed = time.perf_counter() - start
     if not result.ok:
         raise RuntimeError(result.summary)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 import resource
 import shutil
@@ -40,16 +39,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from PIL import Image  # noqa: E402
-from scipy import ndimage  # noqa: E402
+from seed_style import SeedStyleSequence  # noqa: E402  (bench/seed_style.py)
 
+from contracts import manifest as manifest_lib  # noqa: E402
+from contracts import records  # noqa: E402
 from pipeline import augment  # noqa: E402
 from pipeline import input_pipeline  # noqa: E402
-from pipeline import manifest as manifest_lib  # noqa: E402
-from pipeline import records  # noqa: E402
+from preprocess import nih_metadata  # noqa: E402
 
 _NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join(REPO, "..", "shared", "data", "nih_sample"),
                                "Folder with the real NIH sample (images_00N/images/*.png and CSVs).")
@@ -80,10 +78,8 @@ ROWS = ("seed_style", "pipeline", "decode_only", "pipeline_uint8_gray")
 SOURCES_JSON = "sources.json"  # [{"path", "box" (x, y, w, h in the 1024 frame) or null, "label"}]
 SHARDS = "shards"
 SPLIT = "all"
-NIH_FRAME = 1024.0
 
 # The reference's ImageDataGenerator parameters, for the seed-style row.
-ROTATION_DEGREES, SHIFT, SHEAR_DEGREES, ZOOM = 10.0, 0.1, 10.0, 0.1
 
 
 def _base_set(nih_dir: str, work: str) -> tuple[str, str, list[str], str]:
@@ -108,12 +104,8 @@ def _base_set(nih_dir: str, work: str) -> tuple[str, str, list[str], str]:
     return entries, boxes, paths, what
 
 
-def _union(boxes: list[list[float]]) -> list[float] | None:
-    if not boxes:
-        return None
-    left, top = min(b[0] for b in boxes), min(b[1] for b in boxes)
-    right, bottom = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
-    return [left, top, right - left, bottom - top]
+def _union_or_none(boxes: list[list[float]]) -> list[float] | None:
+    return list(nih_metadata.union_box([tuple(b) for b in boxes])) if boxes else None
 
 
 def prepare_sources(nih_dir: str, num_images: int, work: str) -> tuple[str, str, str]:
@@ -141,7 +133,7 @@ def prepare_sources(nih_dir: str, num_images: int, work: str) -> tuple[str, str,
         out_rows.append(",".join(row))
         own = [[name, *cells[1:]] for cells in boxes.get(base, [])]
         out_boxes += [",".join(cells) for cells in own]
-        box = _union([[float(v) for v in cells[2:6]] for cells in own])
+        box = _union_or_none([[float(v) for v in cells[2:6]] for cells in own])
         label = int(row[1] != "No Finding")
         sources.append({"path": os.path.join(image_dir, name), "box": box, "label": label})
     entries_csv, bbox_csv = os.path.join(work, "entries.csv"), os.path.join(work, "bbox.csv")
@@ -183,67 +175,6 @@ def _time_batches(next_batch, batch_size: int, warmup: int, seconds: float) -> d
     elapsed = time.perf_counter() - start
     images = batches * batch_size
     return {"img_s": images / elapsed, "cpu_ms_per_img": 1000 * (time.process_time() - cpu) / images}
-
-
-def random_affine(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One random transform with the reference's parameters, about the centre, nearest fill.
-
-    Composed as Keras 2's ImageDataGenerator did (rotation, shift, shear, zoom, one bilinear
-    resampling with scipy), so the row costs what the reference's augmentation cost.
-    """
-    h, w = gray.shape
-    theta = math.radians(rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES))
-    shear = math.radians(rng.uniform(-SHEAR_DEGREES, SHEAR_DEGREES))
-    ty, tx = rng.uniform(-SHIFT, SHIFT) * h, rng.uniform(-SHIFT, SHIFT) * w
-    zy, zx = rng.uniform(1 - ZOOM, 1 + ZOOM, size=2)
-    rotation = np.array([[math.cos(theta), -math.sin(theta), 0], [math.sin(theta), math.cos(theta), 0],
-                         [0, 0, 1]])
-    shift = np.array([[1, 0, ty], [0, 1, tx], [0, 0, 1]])
-    shearing = np.array([[1, -math.sin(shear), 0], [0, math.cos(shear), 0], [0, 0, 1]])
-    zoom = np.array([[zy, 0, 0], [0, zx, 0], [0, 0, 1]])
-    centre = np.array([[1, 0, (h - 1) / 2], [0, 1, (w - 1) / 2], [0, 0, 1]])
-    uncentre = np.array([[1, 0, -(h - 1) / 2], [0, 1, -(w - 1) / 2], [0, 0, 1]])
-    matrix = centre @ rotation @ shift @ shearing @ zoom @ uncentre
-    return ndimage.affine_transform(gray, matrix[:2, :2], offset=matrix[:2, 2], order=1, mode="nearest")
-
-
-class SeedStyleSequence(keras.utils.PyDataset):
-    """The reference's generator: per batch, full-size PNG -> crop -> resize -> RGB -> random affine.
-
-    Args:
-      sources: [{"path", "box" (x, y, w, h in the 1024 frame) or None, "label"}].
-      batch_size, image_size: as the other rows.
-      **kwargs: `workers` and `use_multiprocessing`, as PyDataset takes them.
-    """
-
-    def __init__(self, sources: list[dict], batch_size: int, image_size: int, **kwargs):
-        super().__init__(**kwargs)
-        self.sources, self.batch_size, self.image_size = sources, batch_size, image_size
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.sources) / self.batch_size)
-
-    def _load(self, source: dict, rng: np.random.Generator) -> np.ndarray:
-        with Image.open(source["path"]) as image:
-            if source["box"] is not None:
-                scale = image.width / NIH_FRAME  # boxes are in the 1024 frame
-                x, y, w, h = (v * scale for v in source["box"])
-                image = image.crop((round(x), round(y), round(x + w), round(y + h)))
-            image = image.convert("L").resize((self.image_size, self.image_size))
-        gray = random_affine(np.asarray(image, np.float32), rng)
-        # The reference augmented the three equal RGB channels; augmenting one and copying it
-        # gives the same pixels for a third of the work, so this row is the design at its best.
-        return np.repeat(gray[..., None], 3, axis=-1)
-
-    def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.epoch, index])
-        rows = self.sources[index * self.batch_size:(index + 1) * self.batch_size]
-        images = np.stack([self._load(row, rng) for row in rows])
-        return images, np.array([row["label"] for row in rows], np.float32)
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
 
 
 class _Clock(keras.callbacks.Callback):

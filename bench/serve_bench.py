@@ -29,7 +29,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-from serving.contract import EXPORT_INFO, INPUT_BYTES as INPUT, SERVING_DEFAULT as SIGNATURE
+from contracts.export_folder import EXPORT_INFO
+from contracts.export_folder import INPUT_BYTES as INPUT
+from contracts.export_folder import SERVING_DEFAULT as SIGNATURE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NIH_DIR = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "nih_sample"))

@@ -36,8 +36,8 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import models  # noqa: E402
+from contracts import manifest as manifest_lib  # noqa: E402
 from pipeline import input_pipeline  # noqa: E402
-from pipeline import manifest as manifest_lib  # noqa: E402
 from training import distribute  # noqa: E402
 from training import step as step_lib  # noqa: E402
 

@@ -15,13 +15,13 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_curve
 
-from evaluation.errors import UserInputError
-from evaluation.prediction_files import Predictions, few
+from contracts.errors import UserInputError
+from contracts.prediction_files import Predictions, few
+from evaluation import settings
+from models import registry
 
-# The reference blend, by backbone name (flags.BACKBONES).
-REFERENCE_WEIGHTS = {"efficientnet_b3": 0.6, "densenet121": 0.3, "resnet50": 0.1}
-DEFAULT_THRESHOLD = 0.6
-DEFAULT_FIT_STEP = 0.05
+DEFAULT_THRESHOLD = settings.ENSEMBLE_THRESHOLD
+DEFAULT_FIT_STEP = settings.FIT_STEP
 MAX_GRID_POINTS = 200_000  # weight vectors tried by `fit`; more would take minutes per validation set
 
 # Why balanced accuracy: NIH is close to balanced overall but subsets and other sources are not, and
@@ -113,12 +113,12 @@ def reference_weights(files: Sequence[Predictions]) -> np.ndarray:
                 f"{file.path}: no sidecar JSON beside it, so its backbone (and default weight) is unknown; "
                 "pass --weights=w1,w2,... (one per file) or --fit_on=<validation prediction files>"
             )
-        if file.backbone not in REFERENCE_WEIGHTS:
+        if file.backbone not in registry.BACKBONES:
             raise UserInputError(
                 f"{file.path}: backbone {file.backbone!r} has no default weight (known: "
-                f"{', '.join(f'{k}={v}' for k, v in REFERENCE_WEIGHTS.items())}); pass --weights or --fit_on"
+                f"{registry.describe('ensemble_weight')}); pass --weights or --fit_on"
             )
-        weights.append(REFERENCE_WEIGHTS[file.backbone])
+        weights.append(registry.BACKBONES[file.backbone].ensemble_weight)
     return normalise_weights(weights, len(files))
 
 

@@ -17,11 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from contracts import ensemble_file
+from contracts.atomic import atomic_path
+from contracts.errors import UserInputError
+from contracts.prediction_files import Predictions, align, read_predictions, write_predictions
 from evaluation import blend as blend_lib
-from evaluation import ensemble_file
 from evaluation import report as report_lib
-from evaluation.errors import UserInputError
-from evaluation.prediction_files import Predictions, align, read_predictions, write_predictions
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
 
@@ -111,7 +112,8 @@ def _write_submission(
             f"submission columns {id_column!r} and {label_column!r} must be two different non-empty names"
         )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    pd.DataFrame({id_column: ids, label_column: decisions}).to_csv(path, index=False)
+    with atomic_path(path) as tmp:
+        pd.DataFrame({id_column: ids, label_column: decisions}).to_csv(tmp, index=False)
 
 
 def _report(

@@ -1,6 +1,6 @@
 """Batch prediction behind predict.py: saved models over a split's shards, distributed, each id once.
 
-For every model folder, writes a prediction file (evaluation/prediction_files.py) plus the `(N, 2)`
+For every model folder, writes a prediction file (contracts/prediction_files.py) plus the `(N, 2)`
 softmax outputs as `.npy` in the same row order (the reference's format), rows sorted by image id so
 that the files are identical under every strategy. The row count is checked against the manifest.
 Models run under the strategies and precision policies of training (see `with_precision`).
@@ -9,7 +9,6 @@ Models run under the strategies and precision policies of training (see `with_pr
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Sequence
 
@@ -17,19 +16,20 @@ import numpy as np
 import tensorflow as tf
 import tqdm
 
+from contracts import manifest as manifest_lib
+from contracts.atomic import atomic_path
+from contracts.errors import UserInputError
+from contracts.prediction_files import few, write_predictions
+from contracts.run_folder import load_run_config, train_crop
 from evaluation import report as report_lib
+from evaluation import settings
 from evaluation.blend import check_threshold
-from evaluation.errors import UserInputError
-from evaluation.prediction_files import few, write_predictions
+from models.saved import load_classifier
 from pipeline import input_pipeline
-from pipeline import manifest as manifest_lib
 from training import distribute
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.json"
-VAL_SIDECAR = "val_predictions.json"  # training's sidecar of val_predictions.csv
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_THRESHOLD = 0.5  # a single softmax model's own decision: the larger of its two outputs
+DEFAULT_BATCH_SIZE = settings.PREDICT_BATCH_SIZE
+DEFAULT_THRESHOLD = settings.SINGLE_MODEL_THRESHOLD
 # Ids cross workers as fixed-width byte rows, because collectives cannot gather strings.
 MAX_ID_BYTES = 256
 
@@ -66,53 +66,6 @@ class PredictionResult:
     report_dir: str | None
 
 
-def load_run_config(model_dir: str) -> dict[str, Any]:
-    """Reads `model_dir/config.json`, the training run's frozen config.
-
-    Raises:
-      UserInputError: missing, unreadable, or without "backbone".
-    """
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise UserInputError(f"{path} not found: --model_dir={model_dir} is not a folder written by train.py")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except json.JSONDecodeError as err:
-        raise UserInputError(f"{path}: not valid JSON ({err}); restore the file train.py wrote") from err
-    if not isinstance(config, dict) or "backbone" not in config:
-        raise UserInputError(f"{path}: no \"backbone\" field; restore the file train.py wrote")
-    return config
-
-
-def load_classifier(model_dir: str):
-    """Loads `model_dir/model.keras` with safe_mode=True (no arbitrary code from the file).
-
-    Returns:
-      The keras.Model, taking (B, S, S, 3) pixels in 0..255 and returning (B, 2) softmax.
-
-    Raises:
-      UserInputError: the file is missing, cannot be loaded, or does not output two probabilities.
-    """
-    import keras
-
-    import models  # noqa: F401  (registers the project's layers so safe_mode can rebuild them)
-
-    path = os.path.join(model_dir, MODEL_FILE)
-    if not os.path.exists(path):
-        raise UserInputError(f"{path} not found: train a model into --model_dir={model_dir} first")
-    try:
-        model = keras.models.load_model(path, safe_mode=True)
-    except (ValueError, TypeError, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"{path}: cannot be loaded ({first_line}); retrain or restore the file") from err
-    if tuple(model.output_shape)[-1:] != (2,):
-        raise UserInputError(
-            f"{path}: outputs {model.output_shape}, not (batch, 2) softmax; not a classifier of this project"
-        )
-    return model
-
-
 def with_precision(model, precision: str):
     """Returns `model` computing under the dtype policy `precision`, its weights unchanged.
 
@@ -141,33 +94,6 @@ def with_precision(model, precision: str):
     if policy == "float32" and all(layer.dtype_policy.name == "float32" for layer in all_layers(model)):
         return model, policy
     return with_policy(model, policy), policy
-
-
-def _crop_of(data_dir: str) -> str | None:
-    try:
-        return manifest_lib.load_manifest(data_dir).get("config", {}).get("crop")
-    except (FileNotFoundError, OSError, json.JSONDecodeError):
-        return None
-
-
-def train_crop(model_dir: str, config: dict[str, Any]) -> str | None:
-    """Returns the crop mode of the shards a run trained on, or None when nothing records it.
-
-    Looked up in the run's config.json, then in the sidecar of its val_predictions.csv, then in the
-    manifest of its data_dir (a relative data_dir only resolves from where training ran).
-    """
-    if config.get("crop"):
-        return config["crop"]
-    sidecar = os.path.join(model_dir, VAL_SIDECAR)
-    if os.path.exists(sidecar):
-        try:
-            with open(sidecar) as f:
-                recorded = json.load(f).get("train_crop")
-        except (json.JSONDecodeError, AttributeError):
-            recorded = None
-        if recorded:
-            return recorded
-    return _crop_of(config["data_dir"]) if config.get("data_dir") else None
 
 
 def _split_manifest(data_dir: str, split: str) -> tuple[dict[str, Any], int]:
@@ -226,12 +152,10 @@ def per_replica_rows(batch_size: int, strategy: tf.distribute.Strategy) -> int:
     Raises:
       UserInputError: the batch does not split evenly over the replicas.
     """
-    replicas = strategy.num_replicas_in_sync
-    if batch_size % replicas:
-        raise UserInputError(
-            f"--batch_size={batch_size} does not split over {replicas} replicas; pass a multiple of {replicas}"
-        )
-    return batch_size // replicas
+    try:
+        return distribute.per_replica_batch(batch_size, strategy, "batch_size")
+    except ValueError as err:
+        raise UserInputError(str(err)) from err
 
 
 def _decode_ids(id_bytes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -327,7 +251,8 @@ def _model_names(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]]) -
 def _write_outputs(path: str, outputs: SplitOutputs, sidecar: dict[str, Any]) -> None:
     known = outputs.labels >= 0
     write_predictions(path, outputs.ids, outputs.softmax[:, 1], outputs.labels if known.any() else None, sidecar)
-    np.save(os.path.splitext(path)[0] + ".npy", outputs.softmax)
+    with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
+        np.save(tmp, outputs.softmax)
 
 
 def _predict_model(
@@ -336,13 +261,13 @@ def _predict_model(
     threshold: float, progress: bool, write: bool,
 ) -> report_lib.Scores:
     """Predicts the split with one model, checks the rows, writes its files; returns its report entry."""
-    image_size = int(manifest.get("config", {}).get("image_size", 0))
-    trained_size = int(config.get("image_size", image_size))
-    if trained_size != image_size:
-        raise UserInputError(
-            f"{model_dir} was trained on {trained_size}px images but {data_dir} holds {image_size}px; "
-            f"rebuild the shards with --image_size={trained_size}"
-        )
+    trained_size = int(config["image_size"])
+    escaped = model_dir.replace("{", "{{").replace("}", "}}")
+    fix = escaped + " was trained at {asked} px: rebuild the shards with --image_size={asked}"
+    try:
+        image_size = manifest_lib.check_image_size(manifest, trained_size, data_dir, fix)
+    except ValueError as err:
+        raise UserInputError(str(err)) from err
     with strategy.scope():
         model, policy = with_precision(load_classifier(model_dir), precision)
     outputs = predict_split(model, strategy, data_dir, split, batch_size, image_size,

@@ -9,7 +9,6 @@ images that have boxes teaches "zoomed in means abnormal", so the reader must se
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -29,7 +28,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-DEFAULT_BOOTSTRAP = 1000  # resamples behind each 95% interval
+from contracts.atomic import atomic_path, json_ready, write_json
+from evaluation import settings
+from training.metrics import auroc_or_nan
+
+DEFAULT_BOOTSTRAP = settings.BOOTSTRAP
 BOOTSTRAP_SEED = 0  # one seed for every model, so their intervals come from the same resamples
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"
@@ -85,11 +88,6 @@ def has_known_labels(labels: np.ndarray | None) -> bool:
     return labels is not None and bool((np.asarray(labels) >= 0).any())
 
 
-def _auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    # AUROC is undefined with one class; NaN becomes null in metrics.json.
-    return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else math.nan
-
-
 def _auprc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(average_precision_score(labels, probs)) if labels.any() else math.nan
 
@@ -122,7 +120,7 @@ def bootstrap_intervals(
     for _ in range(resamples):
         index = rng.integers(0, len(labels), len(labels))
         accuracies.append(accuracy_score(labels[index], decisions[index]))
-        auroc = _auroc(labels[index], probs[index])
+        auroc = auroc_or_nan(labels[index], probs[index])
         if not math.isnan(auroc):
             aurocs.append(auroc)
     return {"accuracy_ci95": _interval(accuracies), "auroc_ci95": _interval(aurocs)}
@@ -164,7 +162,7 @@ def compute_metrics(
         "majority_baseline_accuracy": float(accuracy_score(y, np.full_like(y, majority))),
         "accuracy": float(accuracy_score(y, decisions)),
         "balanced_accuracy": float(balanced_accuracy_score(y, decisions)) if len(np.unique(y)) == 2 else math.nan,
-        "auroc": _auroc(y, p),
+        "auroc": auroc_or_nan(y, p),
         "auprc": _auprc(y, p),
         "sensitivity": float(recall_score(y, decisions, pos_label=1, zero_division=np.nan)),
         "specificity": float(recall_score(y, decisions, pos_label=0, zero_division=np.nan)),
@@ -174,17 +172,6 @@ def compute_metrics(
     }
     metrics.update(bootstrap_intervals(y, p, threshold, bootstrap))
     return metrics
-
-
-def _json_ready(value: Any) -> Any:
-    # JSON has no NaN: undefined metrics are written as null.
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value
 
 
 def _cell(value: Any) -> str:
@@ -239,7 +226,8 @@ def _save_curves(path: str, scores: Sequence[Scores], kind: str) -> None:
         axes.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall")
     axes.set(xlim=(0, 1), ylim=(0, 1.02))
     axes.legend(loc="lower right" if kind == "roc" else "lower left", fontsize="small")
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100)
 
 
 def write_report(
@@ -265,10 +253,9 @@ def write_report(
     for entry in scores:
         metrics[entry.name] = {**compute_metrics(entry.labels, entry.probs, entry.threshold, bootstrap=bootstrap),
                                **entry.context}
-    metrics = _json_ready(metrics)
+    metrics = json_ready(metrics)  # JSON has no NaN: undefined metrics are null
     os.makedirs(report_dir, exist_ok=True)
-    with open(os.path.join(report_dir, METRICS_FILE), "w") as f:
-        json.dump(metrics, f, indent=2)
+    write_json(os.path.join(report_dir, METRICS_FILE), metrics)
     _save_curves(os.path.join(report_dir, ROC_FILE), scores, "roc")
     _save_curves(os.path.join(report_dir, PR_FILE), scores, "pr")
     return metrics

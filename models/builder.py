@@ -52,10 +52,10 @@ def _build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
     spec = get_backbone(name)
     shape = (image_size, image_size, 3)
     if weights == WEIGHTS_NONE:
-        return spec.constructor(include_top=False, weights=None, input_shape=shape)
+        return spec.make_backbone()(include_top=False, weights=None, input_shape=shape)
     if weights == WEIGHTS_IMAGENET:
         try:
-            return spec.constructor(include_top=False, weights=WEIGHTS_IMAGENET, input_shape=shape)
+            return spec.make_backbone()(include_top=False, weights=WEIGHTS_IMAGENET, input_shape=shape)
         except Exception as err:  # Keras raises a bare Exception when a download fails.
             if "URL fetch failure" not in str(err):
                 raise
@@ -75,7 +75,7 @@ def _build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
     context = _imagenet_download_from(weights) if spec.pretrained else contextlib.nullcontext()
     try:
         with context:
-            return spec.constructor(include_top=False,
+            return spec.make_backbone()(include_top=False,
                                     weights=WEIGHTS_IMAGENET if spec.pretrained else weights,
                                     input_shape=shape)
     except (ValueError, OSError) as err:
@@ -122,7 +122,7 @@ def build_classifier(
     spec = get_backbone(backbone)
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     x = inputs
-    for layer in spec.preprocessing():
+    for layer in spec.make_preprocessing():
         x = layer(x)
     features = _build_backbone(backbone, image_size, weights)(x)
     outputs = build_head(features, spec.head, seed=seed)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from keras import layers
-
 NUM_CLASSES = 2  # column 0: P(normal), column 1: P(abnormal)
 OUTPUT_LAYER = "probabilities"  # the softmax Dense layer; its input is the head's last features
 
@@ -33,6 +31,8 @@ def build_head(features, head: Head, *, seed: int = 0):
     The softmax layer is pinned to float32, so the probabilities (and the loss computed from them)
     stay float32 under mixed precision.
     """
+    from keras import layers  # here, so the registry can import `Head` without TensorFlow
+
     x = layers.GlobalAveragePooling2D(name="head_pool")(features)
     if head.batch_norm:
         x = layers.BatchNormalization(name="head_bn")(x)

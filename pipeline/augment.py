@@ -19,7 +19,6 @@ SHEAR_DEGREES = 10.0  # shear_range: a shear angle, uniform in [-10, 10] degrees
 ZOOM_FRACTION = 0.1  # zoom_range: each axis scaled by its own factor in [0.9, 1.1]
 FILL_MODE = "nearest"  # pixels moved in from outside repeat the nearest edge pixel
 
-AUGMENT_MODES = ("auto", "on", "off")
 
 
 def _rotation_factor(degrees: float) -> float:
@@ -72,21 +71,3 @@ def make_augmentation(seed: int = 0) -> keras.layers.Layer:
         ],
         name="augmentation",
     )
-
-
-def augmentation_enabled(mode: str, backbone_default: bool) -> bool:
-    """Resolves `--augment`: "auto" takes the backbone's default, "on"/"off" force it.
-
-    Args:
-      mode: one of `AUGMENT_MODES`.
-      backbone_default: the registry's default (the reference: on for EfficientNet and DenseNet,
-        off for ResNet).
-
-    Raises:
-      ValueError: an unknown mode, listing the valid ones.
-    """
-    if mode not in AUGMENT_MODES:
-        raise ValueError(f"augment mode must be one of {', '.join(AUGMENT_MODES)}; got {mode!r}")
-    if mode == "auto":
-        return backbone_default
-    return mode == "on"

@@ -4,14 +4,7 @@ Both emit dicts {"image": float32 (B, S, S, 3) in 0..255, "label": int32 (B,), "
 The model normalises its own input and augments on the accelerator (see `pipeline/augment.py`),
 so the host only reads, decodes and batches, and one stream serves every backbone.
 
-The figures in the comments below are CPU milliseconds per image, measured with
-`bench/pipeline_bench.py` and variants of its rows on a 2-core CPU over 224x224 shards that the
-builder made from the real NIH radiographs, at batch 32 (medians of 3 runs). CPU time per image,
-not images/s, decided between variants: the machine was shared, and wall-clock rates moved by 2x
-between identical runs. Reading and decoding alone costs 0.42-0.44 ms; this pipeline 0.52-0.54 ms,
-of which writing the float32 RGB batch takes 0.08 (with `uint8_gray=True` it costs 0.45-0.46 ms).
-The comparisons of the other settings were made before the RGB copy was compiled with XLA, when
-the pipeline cost 0.60 ms.
+The choices below were made by CPU time per image; the measurements are in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -20,20 +13,17 @@ import os
 
 import tensorflow as tf
 
-from pipeline import manifest as manifest_lib
-from pipeline import records
+from contracts import manifest as manifest_lib
+from contracts import records
+from pipeline import options
 
 AUTOTUNE = tf.data.AUTOTUNE
 
-# Serialized records in the shuffle buffer (~26 KB each for a builder-made 224x224 PNG). Peak RSS
-# after 150 batches, the TF runtime's 788 MB included: 922 MB at 64, 1,014 MB at 1,024, 1,073 MB
-# at 2,048 (the bench, 15 s per run: ~1,350 MB). The builder writes records in a seeded random
-# order, so the buffer only has to mix the shards being read; 2,048 does that for ~150 MB.
-DEFAULT_SHUFFLE_BUFFER = 2048
+DEFAULT_SHUFFLE_BUFFER = options.DEFAULT_SHUFFLE_BUFFER
 
-# Shards read at once. Decoding, not reading, is the cost: CPU per image was the same at 2 and at
-# 16 (0.595 and 0.599 ms), for ~60 MB more peak RSS at 16. The cap is set for shuffle quality and
-# for remote storage, where many files in flight hide each request's latency.
+# Shards read at once. Decoding, not reading, is the cost: CPU per image did not change between 2
+# and 16, for a little more RAM at 16. The cap is set for shuffle quality and for remote storage,
+# where many files in flight hide each request's latency.
 MAX_CYCLE_LENGTH = 16
 
 
@@ -63,14 +53,9 @@ def list_shards(data_dir: str, split: str) -> list[str]:
 
 def _check_image_size(data_dir: str, image_size: int) -> None:
     """Fails early when a manifest says the shards were built at another size."""
-    if not os.path.isdir(data_dir):
-        return
-    built = manifest_lib.load_manifest(data_dir).get("config", {}).get("image_size")
-    if built is not None and int(built) != image_size:
-        raise ValueError(
-            f"{data_dir} holds {built}x{built} images but image_size={image_size}; pass "
-            f"image_size={built} or rebuild the shards with --image_size={image_size}"
-        )
+    if os.path.isdir(data_dir):
+        manifest_lib.check_image_size(manifest_lib.load_manifest(data_dir), image_size, data_dir,
+                                      "pass image_size={stored} or rebuild the shards at {asked}")
 
 
 def _worker_shards(paths: list[str], split: str, input_context) -> list[str]:
@@ -102,9 +87,8 @@ def _per_replica_batch(global_batch_size: int, input_context) -> int:
 
 
 # Writing the float32 RGB batch is the pipeline's largest cost after decoding (12 bytes per pixel).
-# XLA fuses the cast and the channel copy into one loop: 0.033 ms per image on one core, against
-# 0.075 for a matmul by a row of ones, 0.155 for `grayscale_to_rgb` and 0.16-0.19 for
-# `broadcast_to` or `tile` unfused; in the whole pipeline 0.53 against 0.60 (matmul) and 0.635 ms.
+# XLA fuses the cast and the channel copy into one loop, several times faster than a matmul by a
+# row of ones, `grayscale_to_rgb`, or an unfused `broadcast_to`/`tile` (bench/RESULTS.md).
 # The batch shape is static in training, so it compiles once (eval: once more for the last batch).
 @tf.function(jit_compile=True)
 def _gray_to_rgb_float(images: tf.Tensor) -> tf.Tensor:
@@ -122,7 +106,7 @@ def _decode_batch(serialized: tf.Tensor, image_size: int, uint8_gray: bool) -> d
 
     One function call and one parse op per batch; the decodes of a batch are iterations of one
     loop, and `map(num_parallel_calls=AUTOTUNE)` runs several batches at once. Decoding each record
-    before `batch` instead (a per-record parse and a second map) cost 0.647 against 0.599 ms.
+    before `batch` instead (a per-record parse and a second map) cost more CPU per image.
     """
     parsed = records.parse_example(serialized)
     images = tf.map_fn(
@@ -155,7 +139,7 @@ def _decode_and_cache(serialized: tf.data.Dataset, image_size: int, deterministi
     """Decodes each record once and keeps the grayscale uint8 images in RAM.
 
     Caching before the float/RGB expansion keeps 1 byte per pixel (~50 KB per 224x224 image,
-    ~5.6 GB for all of NIH) instead of 12. Epochs served from the cache cost 0.133 ms per image.
+    ~5.6 GB for all of NIH) instead of 12; epochs served from it skip decoding altogether.
     """
     data = serialized.map(
         lambda s: _decode_one(s, image_size), num_parallel_calls=AUTOTUNE, deterministic=deterministic
@@ -176,12 +160,10 @@ def _options(deterministic: bool) -> tf.data.Options:
     # finds: fixed numbers tuned on this 2-core machine would starve a 32-core GPU host.
     options.autotune.enabled = True
     # Unordered by default, so a batch that decodes fast never waits behind a slow one. On 2 cores
-    # the ordered stream cost the same (0.604 against 0.599 ms, same throughput), so the switch is
-    # cheap where reproducibility matters; the gain of unordered is expected on many-core hosts
-    # with many batches in flight, and was not measurable here.
+    # the ordered stream cost the same, so the switch is cheap where reproducibility matters; the
+    # gain of unordered is expected on many-core hosts with many batches in flight.
     options.deterministic = deterministic
-    # No private thread pool: one of 2 or 4 threads changed nothing here (0.62 and 0.61 against
-    # 0.60 ms, same throughput) and would have to be sized per host by hand.
+    # No private thread pool: one changed nothing here and would have to be sized per host by hand.
     return options
 
 

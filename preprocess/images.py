@@ -16,14 +16,14 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-NIH_FRAME = 1024.0  # NIH boxes are given in the 1024 x 1024 frame of the released PNGs
+from contracts.labels import NIH_FRAME
+
 # Pillow first shrinks by an integer factor with a box filter, then resamples bicubically the
-# last <= 2x: antialiased, and ~2x faster than a full bicubic from 1024 (measured 1.3 vs 2.6 ms).
+# last <= 2x: antialiased, and about twice as fast as a full bicubic from 1024 (bench/RESULTS.md).
 REDUCING_GAP = 2.0
-# Stored PNGs are written here rather than by Pillow: Pillow tries every PNG row filter and took
-# 1.4-1.7 ms per 224 px image at zlib level 1; one "Up" filter in numpy plus zlib level 1 takes
-# ~0.9 ms for the same size (27 KB; Pillow's level 6 saves 10% more and costs 4 ms). The
-# builder's rate is bound by decoding the 1024 px sources (~10 ms), so every ms here counts.
+# Stored PNGs are written here rather than by Pillow: Pillow tries every PNG row filter, while one
+# "Up" filter in numpy plus zlib level 1 takes about half the time for the same size. The
+# builder's rate is bound by decoding the large sources, so every millisecond here counts.
 PNG_COMPRESS_LEVEL = 1
 PNG_FILTER_UP = 2
 SUPPORTED_FORMATS = ("PNG", "JPEG")

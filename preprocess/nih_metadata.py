@@ -15,7 +15,7 @@ import io
 import math
 import os
 
-from pipeline import labels
+from contracts import labels
 
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 VIEW_COLUMN = "View Position"

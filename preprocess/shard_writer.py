@@ -7,11 +7,10 @@ so a shard file that exists under its final name is always whole.
 
 from __future__ import annotations
 
-import os
-
 import tensorflow as tf
 
-from pipeline import records
+from contracts import records
+from contracts.atomic import atomic_path
 from preprocess.sources import Source
 
 
@@ -32,17 +31,8 @@ def example_for(source: Source, encoded: bytes, crop_applied: bool, box, config)
     ).SerializeToString(deterministic=True)  # map keys sorted: same bytes in every process
 
 
-def write_atomically(path: str, tmp_dir: str, serialized: list[bytes]) -> None:
-    """Writes `serialized` records to `path` via a temporary file in `tmp_dir`, then renames.
-
-    The data is flushed to disk before the rename, so a machine crash cannot leave a final-named
-    shard with missing records.
-    """
-    os.makedirs(tmp_dir, exist_ok=True)
-    tmp = os.path.join(tmp_dir, f"{os.path.basename(path)}.tmp-{os.getpid()}")
-    with tf.io.TFRecordWriter(tmp) as writer:
+def write_atomically(path: str, serialized: list[bytes]) -> None:
+    """Writes `serialized` records to `path` through `contracts.atomic` (temporary name, fsync, rename)."""
+    with atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
         for record in serialized:
             writer.write(record)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import os
 
-from pipeline import labels
+from contracts import labels
 from preprocess.nih_metadata import Entry, Skip, read_data_entry, unsafe_name_reason
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -16,23 +16,23 @@ import dataclasses
 import os
 import sys
 
-if __package__ in (None, ""):  # run as `python preprocess/synthetic.py` from the repo root
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # run as a script: this folder's modules (config, images, ...) would shadow others
 
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
-from absl import flags as absl_flags  # noqa: E402
+from absl import flags  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import flags as project_flags  # noqa: E402
-from pipeline import labels  # noqa: E402
+from contracts import labels  # noqa: E402
+from contracts.labels import NIH_FRAME  # noqa: E402
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
-NIH_FRAME = 1024
 # The bbox CSV spells one finding differently from Data_Entry, as the real files do.
 BBOX_SPELLING = {"Infiltration": "Infiltrate"}
 
@@ -137,7 +137,7 @@ def _write_tables(config, rows, boxes, patient_images, rng) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    values = absl_flags.FLAGS
+    values = flags.FLAGS
     if not values.output_dir:
         raise app.UsageError("--output_dir is required")
     config = SyntheticConfig(

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from serving.contract import INPUT_BYTES, SERVING_DEFAULT
+from contracts.export_folder import INPUT_BYTES, SERVING_DEFAULT
 
 
 def score_files(export_dir: str, paths: Sequence[str], batch_size: int = 32) -> dict[str, np.ndarray]:

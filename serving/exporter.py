@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import shutil
 import tempfile
@@ -11,14 +10,23 @@ from typing import Any, Sequence
 
 from absl import logging
 
-from evaluation import ensemble_file
+from contracts import ensemble_file
+from contracts import manifest as manifest_lib
+from contracts import run_folder
+from contracts.atomic import write_json
+from contracts.errors import UserInputError
+from contracts.export_folder import (
+    EXPORT_INFO,
+    EXPORT_SCHEMA_VERSION,
+    INPUT_BYTES,
+    INPUT_PIXELS,
+    PIXELS,
+    SERVING_DEFAULT,
+)
 from evaluation import prediction
 from evaluation.blend import check_threshold
-from evaluation.errors import UserInputError
-from pipeline import manifest as manifest_lib
+from models.saved import load_classifier
 from preprocess.images import MAX_IMAGE_PIXELS
-from serving.contract import EXPORT_INFO, EXPORT_SCHEMA_VERSION, INPUT_BYTES, INPUT_PIXELS, PIXELS, SERVING_DEFAULT
-
 
 
 def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
@@ -30,7 +38,7 @@ def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float |
             f"{len(model_dirs)} --model_dir values need --ensemble=FILE (the .probabilities.json that "
             "ensemble.py wrote beside its submission) for their weights and threshold")
     if ensemble is None:
-        name = prediction.load_run_config(model_dirs[0])["backbone"]
+        name = run_folder.load_run_config(model_dirs[0])["backbone"]
         chosen = prediction.DEFAULT_THRESHOLD if threshold is None else check_threshold(threshold)
         return [(name, 1.0, model_dirs[0])], chosen
     if threshold is not None:
@@ -119,10 +127,10 @@ def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | No
     _check_export_dir(export_dir)
     configs, classifiers = [], []
     for _, _, model_dir in members:
-        config = prediction.load_run_config(model_dir)
-        config["train_crop"] = prediction.train_crop(model_dir, config)
+        config = run_folder.load_run_config(model_dir)
+        config["train_crop"] = run_folder.train_crop(model_dir, config)
         configs.append(config)
-        classifiers.append(prediction.load_classifier(model_dir))
+        classifiers.append(load_classifier(model_dir))
     sizes = sorted({int(c.input_shape[1]) for c in classifiers})
     if len(sizes) > 1:
         raise UserInputError(f"the models were trained at different image sizes {sizes}; export them "
@@ -150,8 +158,7 @@ def _write(members, classifiers, threshold, image_size, max_pixels, export_dir, 
     staging = tempfile.mkdtemp(prefix=".partial-export-", dir=parent)
     try:
         savedmodel.save(module, staging)
-        with open(os.path.join(staging, EXPORT_INFO), "w") as f:
-            json.dump(info, f, indent=2, sort_keys=True)
+        write_json(os.path.join(staging, EXPORT_INFO), info)
         if os.path.isdir(export_dir):
             os.rmdir(export_dir)  # checked empty above
         os.replace(staging, export_dir)

@@ -18,8 +18,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from contracts.export_folder import INPUT_BYTES, INPUT_PIXELS, PIXELS, SERVING_DEFAULT
 from models.heads import OUTPUT_LAYER
-from serving.contract import INPUT_BYTES, INPUT_PIXELS, PIXELS, SERVING_DEFAULT
 from serving.decode import bytes_to_pixels
 
 BLEND_EPSILON = 1e-12  # keeps the ensemble's logit finite where the blend is exactly 0 or 1

@@ -1,22 +1,21 @@
 """Writes small shard folders in the real record format, for tests that do not exercise the builder.
 
 Images are smooth gray noise; abnormal ones carry a bright disc, so a working model learns them.
-Records go through `pipeline.records.make_example`, and a `manifest.json` in the builder's
+Records go through `contracts.records.make_example`, and a `manifest.json` in the builder's
 contract is written beside the shards, so readers cannot tell these folders from built ones.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import manifest as manifest_lib
-from pipeline import records
+from contracts import manifest as manifest_lib
+from contracts import records
 
 
 def synthetic_pixels(rng: np.random.Generator, image_size: int, abnormal: bool) -> np.ndarray:
@@ -104,6 +103,5 @@ def write_shards(
         "absent": 0,
         "unlisted": 0,
     }
-    with open(os.path.join(out_dir, manifest_lib.MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=2)
+    manifest_lib.write_manifest(out_dir, manifest)
     return written

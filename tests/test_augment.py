@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augment
+from pipeline import augment, options
 from tests import shard_factory
 
 
@@ -94,9 +94,9 @@ def test_reference_parameters_in_keras_units():
     [("auto", True, True), ("auto", False, False), ("on", False, True), ("off", True, False)],
 )
 def test_augmentation_enabled(mode, backbone_default, expected):
-    assert augment.augmentation_enabled(mode, backbone_default) is expected
+    assert options.augmentation_enabled(mode, backbone_default) is expected
 
 
 def test_unknown_augment_mode_lists_the_valid_ones():
     with pytest.raises(ValueError, match="auto, on, off"):
-        augment.augmentation_enabled("yes", True)
+        options.augmentation_enabled("yes", True)

@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from evaluation import blend
-from evaluation import ensembling
-from evaluation.errors import UserInputError
-from evaluation.prediction_files import read_predictions, write_predictions
+from contracts.errors import UserInputError
+from contracts.prediction_files import read_predictions, write_predictions
+from evaluation import blend, ensembling
 
 IDS = ["a.png", "b.png", "c.png", "d.png"]
 # Columns: efficientnet_b3, densenet121, resnet50.

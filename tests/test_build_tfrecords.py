@@ -14,10 +14,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import records
-from preprocess import build_tfrecords as bt
-from preprocess import images, synthetic
-
+from contracts import records
+from preprocess import builder, images, plan, synthetic
+from preprocess.config import BuildConfig, BuildError
 from tests.conftest import REPO
 
 HEADER = synthetic.DATA_ENTRY_HEADER + "\n"
@@ -45,16 +44,16 @@ def synthetic_data(tmp_path_factory) -> str:
     return out
 
 
-def config_for(data: str, out: str, **kw) -> bt.BuildConfig:
+def config_for(data: str, out: str, **kw) -> BuildConfig:
     base = dict(data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"),
                 bbox_csv=os.path.join(data, "BBox_List_2017.csv"), image_dir=data,
                 output_dir=out, image_size=32, workers=1, num_shards=3)
     base.update(kw)
-    return bt.BuildConfig(**base)
+    return BuildConfig(**base)
 
 
 def test_round_trip_ids_labels_pixels_over_several_shards(synthetic_data, tmp_path):
-    result = bt.build(config_for(synthetic_data, str(tmp_path), crop="none"))
+    result = builder.build(config_for(synthetic_data, str(tmp_path), crop="none"))
     assert result.ok, result.summary
     got = read_records(str(tmp_path))
     assert len(result.manifest["splits"]["train"]["shards"]) == 3
@@ -75,7 +74,7 @@ def test_round_trip_ids_labels_pixels_over_several_shards(synthetic_data, tmp_pa
 
 
 def test_grouped_split_has_no_patient_in_two_splits(synthetic_data, tmp_path):
-    result = bt.build(config_for(synthetic_data, str(tmp_path), test_fraction=0.2))
+    result = builder.build(config_for(synthetic_data, str(tmp_path), test_fraction=0.2))
     assert result.manifest["patient_overlap"] == 0
     got = read_records(str(tmp_path))
     patients = {split: {r["patient_id"] for r in rs} for split, rs in got.items()}
@@ -91,7 +90,7 @@ def test_official_split_follows_the_lists(synthetic_data, tmp_path):
     cfg = config_for(synthetic_data, str(tmp_path), split="official",
                      train_val_list=os.path.join(synthetic_data, "train_val_list.txt"),
                      test_list=os.path.join(synthetic_data, "test_list.txt"))
-    result = bt.build(cfg)
+    result = builder.build(cfg)
     got = read_records(str(tmp_path))
     test_names = set(open(cfg.test_list).read().split())
     assert {r["image_id"] for r in got["test"]} == test_names
@@ -108,10 +107,10 @@ def test_crop_to_box_scaled_from_the_1024_frame(tmp_path):
     (data / "b.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
                                 "a.png,Mass,256,512,512,256\na.png,Mass,0,0,4,4\n"
                                 "b.png,Mass,2000,2000,10,10\n")
-    cfg = bt.BuildConfig(data_entry_csv=str(data / "e.csv"), bbox_csv=str(data / "b.csv"),
+    cfg = BuildConfig(data_entry_csv=str(data / "e.csv"), bbox_csv=str(data / "b.csv"),
                          image_dir=str(data), output_dir=str(tmp_path / "out"), split="all",
                          image_size=16, workers=1)
-    result = bt.build(cfg)
+    result = builder.build(cfg)
     got = {r["image_id"]: r for r in read_records(cfg.output_dir)["all"]}
     # a.png: union of the two boxes = (0, 0, 768, 768) in 1024 → (0, 0, 192, 192) in 256 px.
     assert got["a.png"]["crop_applied"] and got["a.png"]["box"] == [0, 0, 768, 768]
@@ -133,10 +132,10 @@ def test_crop_region_clips_and_rejects():
 
 
 def test_real_sample_builds_with_the_right_counts(nih_sample, tmp_path):
-    cfg = bt.BuildConfig(data_entry_csv=os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz"),
+    cfg = BuildConfig(data_entry_csv=os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz"),
                          bbox_csv=os.path.join(nih_sample, "BBox_List_2017.csv"),
                          image_dir=nih_sample, output_dir=str(tmp_path), split="all", workers=2)
-    result = bt.build(cfg)
+    result = builder.build(cfg)
     m = result.manifest
     assert result.ok and not m["skipped"] and not m["warnings"]
     assert m["splits"]["all"]["records"] == 116
@@ -199,10 +198,10 @@ def hostile_dir(tmp_path):
 
 def test_every_bad_input_is_skipped_with_its_reason(hostile_dir, tmp_path):
     data, gray = hostile_dir
-    cfg = bt.BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
+    cfg = BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
                          output_dir=str(tmp_path / "out"), split="all", image_size=64, workers=1,
                          max_image_pixels=100_000)
-    result = bt.build(cfg)
+    result = builder.build(cfg)
     m = result.manifest
     reasons = {s["image"]: s["reason"] for s in m["skipped"]}
     assert set(reasons) == {"truncated.png", "corrupt.png", "empty.png", "text.png", "gif.png",
@@ -225,18 +224,18 @@ def test_every_bad_input_is_skipped_with_its_reason(hostile_dir, tmp_path):
 
 def test_skip_fraction_within_limit_exits_zero(hostile_dir, tmp_path):
     data, _ = hostile_dir
-    cfg = bt.BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
+    cfg = BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
                          output_dir=str(tmp_path / "out"), split="all", image_size=64, workers=1,
                          max_skip_fraction=0.9)
-    assert bt.build(cfg).ok
+    assert builder.build(cfg).ok
 
 
 def test_unlabeled_folder_becomes_eval_shards(hostile_dir, tmp_path):
     data, _ = hostile_dir
     (data / "notes.txt").write_text("not an image")
-    cfg = bt.BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "out"), split="unlabeled",
+    cfg = BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "out"), split="unlabeled",
                          image_size=32, workers=1, max_skip_fraction=1.0)
-    m = bt.build(cfg).manifest
+    m = builder.build(cfg).manifest
     got = read_records(cfg.output_dir)["eval"]
     assert {r["label"] for r in got} == {-1}
     assert "unlisted.png" in {r["image_id"] for r in got}
@@ -244,31 +243,35 @@ def test_unlabeled_folder_becomes_eval_shards(hostile_dir, tmp_path):
 
 
 def test_rerun_with_other_flags_refuses_unless_overwrite(synthetic_data, tmp_path):
-    bt.build(config_for(synthetic_data, str(tmp_path)))
-    assert bt.build(config_for(synthetic_data, str(tmp_path), workers=2, max_skip_fraction=0.5)).ok
-    with pytest.raises(bt.BuildError, match="flags differ: image_size"):
-        bt.build(config_for(synthetic_data, str(tmp_path), image_size=16))
-    result = bt.build(config_for(synthetic_data, str(tmp_path), image_size=16, overwrite=True))
+    builder.build(config_for(synthetic_data, str(tmp_path)))
+    assert builder.build(config_for(synthetic_data, str(tmp_path), workers=2, max_skip_fraction=0.5)).ok
+    with pytest.raises(BuildError, match="flags differ: image_size"):
+        builder.build(config_for(synthetic_data, str(tmp_path), image_size=16))
+    result = builder.build(config_for(synthetic_data, str(tmp_path), image_size=16, overwrite=True))
     assert result.manifest["config"]["image_size"] == 16
     assert read_records(str(tmp_path))["train"][0]["image_size"] == 16
 
 
+def is_final_shard(name: str) -> bool:
+    return name.endswith(".tfrecord") and not name.startswith(".")  # not a shard still being written
+
+
 def shard_bytes(out: str) -> dict[str, bytes]:
-    return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out)) if n.endswith(".tfrecord")}
+    return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out)) if is_final_shard(n)}
 
 
 def test_output_is_identical_whatever_the_worker_count(synthetic_data, tmp_path):
-    bt.build(config_for(synthetic_data, str(tmp_path / "one"), workers=1, num_shards=4))
-    bt.build(config_for(synthetic_data, str(tmp_path / "two"), workers=2, num_shards=4))
+    builder.build(config_for(synthetic_data, str(tmp_path / "one"), workers=1, num_shards=4))
+    builder.build(config_for(synthetic_data, str(tmp_path / "two"), workers=2, num_shards=4))
     one, two = shard_bytes(str(tmp_path / "one")), shard_bytes(str(tmp_path / "two"))
     assert len(one) >= 4 and one == two
 
 
 def test_default_shard_count_never_depends_on_workers():
-    cfg = bt.BuildConfig(image_dir=".", output_dir=".", workers=7)
-    assert bt.shard_counts({"train": 78_000, "val": 19_000}, cfg) == {"train": 18, "val": 4}  # 78k x ~30 KB / 128 MB
-    assert bt.shard_counts({"train": 300, "val": 30}, cfg) == {"train": 16, "val": 2}
-    assert bt.shard_counts({"train": 5}, cfg) == {"train": 5}
+    cfg = BuildConfig(image_dir=".", output_dir=".", workers=7)
+    assert plan.shard_counts({"train": 78_000, "val": 19_000}, cfg) == {"train": 18, "val": 4}  # 78k x ~30 KB / 128 MB
+    assert plan.shard_counts({"train": 300, "val": 30}, cfg) == {"train": 16, "val": 2}
+    assert plan.shard_counts({"train": 5}, cfg) == {"train": 5}
 
 
 def cli(args: list[str], module: bool) -> list[str]:
@@ -295,12 +298,12 @@ def test_kill_and_resume_gives_the_same_record_set(tmp_path):
     proc = subprocess.Popen(cli(args + [f"--output_dir={out}"], module=False), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len([n for n in os.listdir(out) if n.endswith(".tfrecord")]
+    while time.time() < deadline and len([n for n in os.listdir(out) if is_final_shard(n) and not n.startswith(".")]
                                          if out.exists() else []) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out) if n.endswith(".tfrecord")}
+    finished = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out) if is_final_shard(n) and not n.startswith(".")}
     total = len(shard_bytes(str(reference)))
     assert 0 < len(finished) < total, "the kill should land mid-build"
     again = subprocess.run(cli(args + [f"--output_dir={out}"], module=False), cwd=REPO,
@@ -336,7 +339,7 @@ def test_jpeg_output_honours_the_quality_flag(synthetic_data, tmp_path):
     sizes = {}
     for quality in (30, 95):
         out = str(tmp_path / f"q{quality}")
-        result = bt.build(config_for(synthetic_data, out, image_format="jpeg", jpeg_quality=quality,
+        result = builder.build(config_for(synthetic_data, out, image_format="jpeg", jpeg_quality=quality,
                                      crop="none", split="all"))
         assert result.ok
         got = read_records(out)["all"]
@@ -358,10 +361,10 @@ def test_same_name_in_two_folders(tmp_path):
     save(Image.fromarray(255 - gray), data / "images_002" / "differ.png")
     (data / "e.csv").write_text(HEADER + "same.png,Mass,0,1,50,M,PA,1,1,1,1\n"
                                 "differ.png,Mass,0,2,50,M,PA,1,1,1,1\n")
-    cfg = bt.BuildConfig(data_entry_csv=str(data / "e.csv"), image_dir=str(data),
+    cfg = BuildConfig(data_entry_csv=str(data / "e.csv"), image_dir=str(data),
                          output_dir=str(tmp_path / "out"), split="all", image_size=16, workers=1,
                          max_skip_fraction=1.0)
-    m = bt.build(cfg).manifest
+    m = builder.build(cfg).manifest
     assert [r["image_id"] for r in read_records(cfg.output_dir)["all"]] == ["same.png"]
     assert [s["image"] for s in m["skipped"]] == ["differ.png"]
     assert "2 different files named differ.png" in m["skipped"][0]["reason"]
@@ -373,7 +376,7 @@ def test_official_split_reports_names_in_both_or_neither_list(synthetic_data, tm
     (tmp_path / "test.txt").write_text("\n".join(names[1:4]) + "\n")
     cfg = config_for(synthetic_data, str(tmp_path / "out"), split="official", max_skip_fraction=1.0,
                      train_val_list=str(tmp_path / "tv.txt"), test_list=str(tmp_path / "test.txt"))
-    reasons = {s["image"]: s["reason"] for s in bt.build(cfg).manifest["skipped"]}
+    reasons = {s["image"]: s["reason"] for s in builder.build(cfg).manifest["skipped"]}
     assert "neither" in reasons[names[0]]
     assert "both" in reasons[names[2]] and "both" in reasons[names[3]]
     assert names[1] not in reasons
@@ -382,7 +385,7 @@ def test_official_split_reports_names_in_both_or_neither_list(synthetic_data, tm
 def test_seed_changes_the_split_and_same_seed_repeats_it(synthetic_data, tmp_path):
     def train_ids(seed, name):
         out = str(tmp_path / name)
-        bt.build(config_for(synthetic_data, out, seed=seed, crop="none"))
+        builder.build(config_for(synthetic_data, out, seed=seed, crop="none"))
         return sorted(r["image_id"] for r in read_records(out)["train"])
 
     assert train_ids(0, "a") == train_ids(0, "b")

@@ -9,8 +9,8 @@ import pytest
 
 from evaluation.ensembling import run_ensemble
 from evaluation.prediction import run_prediction
-from preprocess import build_tfrecords as bt
-from preprocess import synthetic
+from preprocess import builder, synthetic
+from preprocess.config import BuildConfig
 from training.config import TrainConfig
 from training.loop import run_training
 
@@ -19,7 +19,7 @@ from training.loop import run_training
 def test_build_train_predict_ensemble_report(tmp_path):
     data, shards = str(tmp_path / "data"), str(tmp_path / "shards")
     synthetic.generate(synthetic.SyntheticConfig(output_dir=data, num_patients=40, source_size=64, seed=1))
-    built = bt.build(bt.BuildConfig(
+    built = builder.build(BuildConfig(
         data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"),
         bbox_csv=os.path.join(data, "BBox_List_2017.csv"), image_dir=data, output_dir=shards,
         split="grouped", val_fraction=0.25, test_fraction=0.25, image_size=32, workers=2, crop="none"))

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.prediction_files import write_predictions
+from contracts.prediction_files import write_predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = [f"{i:08d}_000.png" for i in range(40)]

@@ -39,16 +39,16 @@ def _calibrated_weights(backbone: str, folder) -> str:
     """Saves a no-top weights file of `backbone`'s ImageNet architecture with BatchNorm fitted to data."""
     spec = models.get_backbone(backbone)
     raw = str(folder / f"{backbone}_raw.weights.h5")
-    spec.constructor(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)).save_weights(raw)
+    spec.make_backbone()(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)).save_weights(raw)
     # The ImageNet architecture itself (EfficientNet's extra Rescaling included), loaded from `raw`.
     with builder._imagenet_download_from(raw):
-        net = spec.constructor(include_top=False, weights="imagenet", input_shape=(SIZE, SIZE, 3))
+        net = spec.make_backbone()(include_top=False, weights="imagenet", input_shape=(SIZE, SIZE, 3))
     builder.set_batchnorm_momentum(net, 0.0)  # one training-mode pass sets the moving statistics
     # Images like the tests' shards, so that features are O(1) on the data the tests predict.
     rng = np.random.default_rng(0)
     gray = np.stack([synthetic_pixels(rng, SIZE, abnormal=i % 2 == 0) for i in range(32)])
     x = np.repeat(gray[..., None], 3, axis=-1).astype("float32")
-    for layer in spec.preprocessing():
+    for layer in spec.make_preprocessing():
         x = layer(x)
     net(x, training=True)
     features = net(x, training=False).numpy()

@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from evaluation import ensemble_file, ensembling, prediction
+from contracts import ensemble_file
+from evaluation import ensembling, prediction
 from preprocess import images as builder_images
 from serving import decode, exporter
 from tests.shard_factory import write_shards
@@ -259,11 +260,12 @@ def test_existing_export_is_never_overwritten(runs, tmp_path):
 
 def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(runs, nih_sample, tmp_path):
     """The 116 real NIH PNGs: bytes in the SavedModel against the builder's shards + predict."""
-    from preprocess import build_tfrecords as bt
     from pipeline import input_pipeline
+    from preprocess import builder
+    from preprocess.config import BuildConfig
 
     shards = str(tmp_path / "shards")
-    bt.build(bt.BuildConfig(image_dir=nih_sample, output_dir=shards, split="unlabeled", crop="none",
+    builder.build(BuildConfig(image_dir=nih_sample, output_dir=shards, split="unlabeled", crop="none",
                             image_size=SIZE, workers=1))
     out = str(tmp_path / "real.csv")
     prediction.run_prediction([runs["dirs"][0]], shards, "eval", out, batch_size=16, strategy="default",

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from pipeline import labels
+from contracts import labels
 from preprocess import nih_metadata as md
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 import models
+from contracts import run_folder
+from contracts.errors import UserInputError
+from contracts.prediction_files import read_predictions
 from evaluation import prediction
-from evaluation.errors import UserInputError
-from evaluation.prediction_files import read_predictions
 from tests.shard_factory import write_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,8 +32,8 @@ def _save_model(model_dir, shards, policy="float32"):
     finally:
         keras.mixed_precision.set_global_policy("float32")
     os.makedirs(model_dir, exist_ok=True)
-    model.save(os.path.join(model_dir, prediction.MODEL_FILE))
-    with open(os.path.join(model_dir, prediction.CONFIG_FILE), "w") as f:
+    model.save(os.path.join(model_dir, run_folder.MODEL))
+    with open(os.path.join(model_dir, run_folder.CONFIG), "w") as f:
         json.dump({"backbone": "tiny_test", "image_size": SIZE, "data_dir": shards}, f)
     return model
 
@@ -116,7 +117,7 @@ def test_models_run_under_the_requested_precision(labeled, tmp_path, precision):
     saved_as = "mixed_bfloat16" if precision == "float32" else "float32"
     model_dir = str(tmp_path / saved_as)
     _save_model(model_dir, labeled["shards"], policy=saved_as)
-    path = os.path.join(model_dir, prediction.MODEL_FILE)
+    path = os.path.join(model_dir, run_folder.MODEL)
     loaded = keras.models.load_model(path)
     loaded.set_weights(labeled["model"].get_weights())  # same architecture: the weights fit either policy
     loaded.save(path)
@@ -160,7 +161,7 @@ def test_bad_model_and_data_folders_are_refused(labeled, tmp_path):
         prediction.run_prediction(run, labeled["shards"], "eval", str(tmp_path / "p.txt"))
     other = str(tmp_path / "big")
     write_shards(other, {"eval": 2}, image_size=SIZE * 2)
-    with pytest.raises(UserInputError, match=rf"trained on {SIZE}px .* holds {SIZE * 2}px"):
+    with pytest.raises(UserInputError, match=rf"built at {SIZE * 2} px, not {SIZE}.*--image_size={SIZE}"):
         prediction.run_prediction(run, other, "eval", str(tmp_path / "p.csv"))
 
 
@@ -261,8 +262,8 @@ def test_two_workers_gather_every_record_and_only_the_chief_writes(labeled, tmp_
 
 
 def test_training_crop_comes_from_config_then_val_sidecar_then_manifest(tmp_path, labeled):
-    assert prediction.train_crop(str(tmp_path), {"crop": "bbox", "data_dir": labeled["shards"]}) == "bbox"
-    assert prediction.train_crop(str(tmp_path), {"data_dir": labeled["shards"]}) == "none"  # the manifest's
-    assert prediction.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) is None
-    (tmp_path / prediction.VAL_SIDECAR).write_text(json.dumps({"backbone": "resnet50", "train_crop": "bbox"}))
-    assert prediction.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) == "bbox"
+    assert run_folder.train_crop(str(tmp_path), {"crop": "bbox", "data_dir": labeled["shards"]}) == "bbox"
+    assert run_folder.train_crop(str(tmp_path), {"data_dir": labeled["shards"]}) == "none"  # the manifest's
+    assert run_folder.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) is None
+    (tmp_path / run_folder.VAL_SIDECAR).write_text(json.dumps({"backbone": "resnet50", "train_crop": "bbox"}))
+    assert run_folder.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) == "bbox"

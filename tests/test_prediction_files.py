@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.errors import UserInputError
-from evaluation.prediction_files import align, read_predictions, sidecar_path, write_predictions
+from contracts.errors import UserInputError
+from contracts.prediction_files import align, read_predictions, sidecar_path, write_predictions
 
 
 def _csv(path, text):

@@ -151,7 +151,7 @@ def test_a_loss_that_turns_nan_stops_the_run_naming_the_step(shards, tmp_path):
 
 def test_wrong_image_size_and_missing_split_name_the_fix(shards, tmp_path):
     data_dir, _ = shards
-    with pytest.raises(ConfigError, match="--image_size=32"):
+    with pytest.raises(ConfigError, match="built at 32 px, not 64; pass --image_size=32"):
         config_lib.resolve_config(_config(data_dir, image_size=64))
     with pytest.raises(ConfigError, match="it has: train, val"):
         config_lib.resolve_config(_config(data_dir, val_split="validation"))

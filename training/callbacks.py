@@ -16,9 +16,9 @@ import keras
 import numpy as np
 from absl import logging
 
+from contracts import run_folder
 from training.config import TrainConfig
 
-TENSORBOARD = "tensorboard"
 EARLY_STOPPING_MONITOR = "val_auroc"
 REDUCE_LR_MONITOR = "val_loss"
 
@@ -45,7 +45,7 @@ def make_callbacks(config: TrainConfig, model: keras.Model, model_dir: str, *,
             restore_best_weights=True, verbose=int(chief)))
     if chief and tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(
-            log_dir=os.path.join(model_dir, TENSORBOARD), write_graph=False, update_freq="epoch"))
+            log_dir=os.path.join(model_dir, run_folder.TENSORBOARD), write_graph=False, update_freq="epoch"))
     elif chief:
         logging.warning("the tensorboard package is not installed, so no TensorBoard events are "
                         "written (metrics.jsonl has the same numbers); `pip install tensorboard` "

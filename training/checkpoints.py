@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-CHECKPOINTS = "checkpoints"
+from contracts import run_folder
 
 
 class RunState:
@@ -38,7 +38,7 @@ class RunState:
         self._extra = tf.Variable("{}", dtype=tf.string, trainable=False, name="extra_state")
         self._checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self._epoch,
                                                step=self._step, extra=self._extra)
-        self.directory = os.path.join(model_dir, CHECKPOINTS)
+        self.directory = os.path.join(model_dir, run_folder.CHECKPOINTS)
         self._chief = chief
         self._write_dir = self.directory if chief else tempfile.mkdtemp(prefix="cxr_worker_checkpoints_")
         self._manager = tf.train.CheckpointManager(self._checkpoint, self._write_dir, max_to_keep=keep)

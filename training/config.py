@@ -7,12 +7,15 @@ import json
 import os
 from typing import Any
 
+from contracts import manifest as manifest_lib
+from contracts import run_folder
+from contracts.atomic import write_json
 from models import registry
-from pipeline import augment as augment_lib
-from pipeline import input_pipeline
-from pipeline import manifest as manifest_lib
+from pipeline import options
 
 CLASS_WEIGHTS = ("none", "balanced")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")  # see training.distribute.resolve_strategy
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # see training.distribute.resolve_precision
 
 
 class ConfigError(ValueError):
@@ -30,7 +33,7 @@ class TrainConfig:
     image_size: int | None = None  # None: the manifest's image size
     weights: str = "imagenet"  # "imagenet", "none" or a local weights file
     augment: str = "auto"  # auto: the backbone's reference setting
-    shuffle_buffer: int = input_pipeline.DEFAULT_SHUFFLE_BUFFER
+    shuffle_buffer: int = options.DEFAULT_SHUFFLE_BUFFER
     cache: bool = False  # keep decoded images in RAM after the first epoch
     deterministic: bool = False  # reproducible record order (slower input)
     strategy: str = "auto"  # see training.distribute.resolve_strategy
@@ -85,18 +88,17 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         spec = registry.get_backbone(config.backbone)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    _check_choice("augment", config.augment, augment_lib.AUGMENT_MODES)
+    _check_choice("augment", config.augment, options.AUGMENT_MODES)
     _check_choice("class_weight", config.class_weight, CLASS_WEIGHTS)
     if config.global_batch_size < 1:
         raise ConfigError(f"global_batch_size must be >= 1, got {config.global_batch_size}")
     manifest = manifest_lib.load_manifest(config.data_dir)
-    stored_size = int(manifest["config"]["image_size"])
-    image_size = stored_size if config.image_size is None else config.image_size
-    if image_size != stored_size:
-        raise ConfigError(
-            f"image_size={image_size} but the shards in {config.data_dir} were built at {stored_size}; "
-            f"pass --image_size={stored_size} (or leave it unset), or rebuild the shards at {image_size}"
-        )
+    try:
+        image_size = manifest_lib.check_image_size(
+            manifest, config.image_size, config.data_dir,
+            "pass --image_size={stored} (or leave it unset), or rebuild the shards at {asked}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     train_records = int(_split(manifest, config.train_split, config.data_dir)["records"])
     if config.validation:
         _split(manifest, config.val_split, config.data_dir)
@@ -106,7 +108,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             f"split {config.train_split!r} has {train_records} records, fewer than one global batch of "
             f"{config.global_batch_size}; lower --global_batch_size"
         )
-    augment = "on" if augment_lib.augmentation_enabled(config.augment, spec.augment) else "off"
+    augment = "on" if options.augmentation_enabled(config.augment, spec.augment) else "off"
     return dataclasses.replace(
         config,
         image_size=image_size,
@@ -142,7 +144,7 @@ def check_resumable(config: TrainConfig, model_dir: str) -> None:
     Raises:
       ConfigError: `model_dir/config.json` disagrees on a `RESUME_MUST_MATCH` field.
     """
-    path = os.path.join(model_dir, "config.json")
+    path = os.path.join(model_dir, run_folder.CONFIG)
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -162,12 +164,6 @@ def write_config(config: TrainConfig, model_dir: str, runtime: dict[str, Any]) -
     Returns:
       The path written.
     """
-    path = os.path.join(model_dir, "config.json")
-    record = dataclasses.asdict(config)
-    record["model_dir"] = model_dir
-    record["runtime"] = runtime
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    path = os.path.join(model_dir, run_folder.CONFIG)
+    write_json(path, {**dataclasses.asdict(config), "model_dir": model_dir, "runtime": runtime})
     return path

@@ -13,8 +13,10 @@ import os
 import keras
 import tensorflow as tf
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+from training import config as config_lib
+
+STRATEGIES = config_lib.STRATEGIES
+PRECISIONS = config_lib.PRECISIONS
 
 
 def tf_config_workers() -> int:
@@ -80,6 +82,19 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         return "mirrored"
     return "default"
+
+
+def per_replica_batch(global_batch_size: int, strategy: tf.distribute.Strategy, flag: str) -> int:
+    """Returns each replica's share of a global batch.
+
+    Raises:
+      ValueError: the batch does not split evenly over the replicas (the message names `flag`).
+    """
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise ValueError(f"--{flag}={global_batch_size} does not split evenly over {replicas} replicas; "
+                         f"pass a multiple of {replicas}")
+    return global_batch_size // replicas
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -1,13 +1,7 @@
 """`run_training`: the epoch loop around the one distributed step, with resume, validation and outputs.
 
-Outputs in `model_dir` (only the chief writes there):
-  config.json            every resolved field of the run, plus the runtime (strategy, replicas)
-  metrics.jsonl          one JSON object per epoch
-  tensorboard/           the epoch logs (TensorBoard callback)
-  checkpoints/           model, optimizer, epochs done, step and callback state, for resuming
-  model.keras            the best epoch by validation AUROC (the last epoch without validation), as
-                         a float32 inference model: raw 0..255 pixels in, no augmentation block
-  val_predictions.csv    image_id, p_abnormal, label of that epoch (+ val_predictions.json sidecar)
+Outputs in `model_dir` (only the chief writes there) follow `contracts.run_folder`; `model.keras`
+holds the best epoch by validation AUROC (the last epoch without validation).
 """
 
 from __future__ import annotations
@@ -24,13 +18,13 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
+from contracts import manifest as manifest_lib
+from contracts import run_folder
 from models import build_model, get_backbone, inference_model
 from pipeline import input_pipeline
-from pipeline import manifest as manifest_lib
 from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import distribute
-from training import outputs
+from training import distribute, outputs
 from training import step as step_lib
 from training import validation
 from training.checkpoints import RunState
@@ -59,12 +53,10 @@ class _Run:
 
 
 def _check_replicas(config: TrainConfig, strategy: tf.distribute.Strategy) -> None:
-    replicas = strategy.num_replicas_in_sync
-    if config.global_batch_size % replicas:
-        raise config_lib.ConfigError(
-            f"global_batch_size={config.global_batch_size} does not split evenly over {replicas} "
-            f"replicas; pass a multiple of {replicas}"
-        )
+    try:
+        distribute.per_replica_batch(config.global_batch_size, strategy, "global_batch_size")
+    except ValueError as err:
+        raise config_lib.ConfigError(str(err)) from err
 
 
 def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
@@ -170,7 +162,7 @@ def _sidecar(config: TrainConfig, model_dir: str, epoch: int) -> dict[str, Any]:
     crop = manifest_lib.load_manifest(config.data_dir)["config"].get("crop")
     return {"backbone": config.backbone, "data_dir": config.data_dir, "split": config.val_split,
             "crop": crop, "train_crop": crop, "image_size": config.image_size, "epoch": epoch,
-            "model": outputs.MODEL, "model_dir": os.path.abspath(model_dir)}
+            "model": run_folder.MODEL, "model_dir": os.path.abspath(model_dir)}
 
 
 def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
@@ -200,7 +192,7 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
               "time": time.time()}
     if run.chief:
         if best:
-            run.exporter.export(os.path.join(run.model_dir, outputs.MODEL))
+            run.exporter.export(os.path.join(run.model_dir, run_folder.MODEL))
             if scores is not None:
                 outputs.write_val_predictions(run.model_dir, scores, _sidecar(config, run.model_dir, epoch))
         run.metrics.append(record)
@@ -225,7 +217,7 @@ def _log_epoch(record: dict[str, Any], epochs: int) -> None:
 def _best_weights(model_dir: str, extra: dict[str, Any]) -> list[np.ndarray] | None:
     # EarlyStopping keeps its best weights in memory only; after a restart they are those of
     # model.keras, which is exported from the same epoch.
-    path = os.path.join(model_dir, outputs.MODEL)
+    path = os.path.join(model_dir, run_folder.MODEL)
     if not extra.get("callbacks", {}).get("EarlyStopping") or not os.path.exists(path):
         return None
     return keras.saving.load_model(path, compile=False, safe_mode=True).get_weights()
@@ -340,8 +332,8 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
             "history": records,
             "stopped_early": bool(run.model.stop_training),
             "model": run.model,
-            "model_path": os.path.join(model_dir, outputs.MODEL),
-            "val_predictions_path": (os.path.join(model_dir, outputs.VAL_PREDICTIONS)
+            "model_path": os.path.join(model_dir, run_folder.MODEL),
+            "val_predictions_path": (os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
                                      if config.validation else None),
         }
     finally:

@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
 import keras
 
-from evaluation.prediction_files import write_predictions
+from contracts import run_folder
+from contracts.atomic import atomic_path, json_ready, write_text
+from contracts.prediction_files import write_predictions
 from models import precision
 from training.validation import Scores
-
-METRICS = "metrics.jsonl"
-MODEL = "model.keras"
-VAL_PREDICTIONS = "val_predictions.csv"
-
-
-def _json_ready(record: dict[str, Any]) -> dict[str, Any]:
-    # JSON has no NaN: an undefined metric (AUROC of a one-class split) is written as null.
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
 class MetricsLog:
     """`model_dir/metrics.jsonl`: one JSON object per completed epoch (`epoch` counts from 1)."""
 
     def __init__(self, model_dir: str):
-        self.path = os.path.join(model_dir, METRICS)
+        self.path = os.path.join(model_dir, run_folder.METRICS)
 
     def read(self) -> list[dict[str, Any]]:
         """Returns the records written so far (none when the file does not exist)."""
@@ -39,15 +31,12 @@ class MetricsLog:
     def keep_through(self, epochs_done: int) -> None:
         """Drops the records of epochs after `epochs_done` (1-based): a resumed run redoes those."""
         kept = [r for r in self.read() if r["epoch"] <= epochs_done]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, record: dict[str, Any]) -> None:
         """Appends one epoch's record (non-finite numbers become null)."""
         with open(self.path, "a") as f:
-            f.write(json.dumps(_json_ready(record)) + "\n")
+            f.write(json.dumps(json_ready(record)) + "\n")
 
 
 class ModelExporter:
@@ -68,9 +57,8 @@ class ModelExporter:
             self._copy = precision.with_policy(self._classifier, "float32")
         else:
             self._copy.set_weights(self._classifier.get_weights())
-        tmp = os.path.join(os.path.dirname(path), ".partial-" + os.path.basename(path))
-        self._copy.save(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            self._copy.save(tmp)
 
 
 def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any]) -> str:
@@ -79,6 +67,6 @@ def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any
     Returns:
       The CSV path.
     """
-    path = os.path.join(model_dir, VAL_PREDICTIONS)
+    path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
     write_predictions(path, scores.image_ids, scores.probabilities[:, 1], scores.labels, sidecar=sidecar)
     return path

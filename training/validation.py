@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import roc_auc_score
 
 from pipeline import input_pipeline
+from training import distribute
+from training.metrics import auroc_or_nan
 
 EPSILON = 1e-7  # probability clip of the cross-entropy, as Keras' own
 
@@ -37,12 +37,12 @@ def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     picked = np.clip(probabilities[np.arange(len(labels)), labels], EPSILON, 1.0 - EPSILON)
-    auroc = roc_auc_score(labels, probabilities[:, 1]) if len(np.unique(labels)) == 2 else math.nan
     return {
         "loss": float(-np.mean(np.log(picked))),
         "accuracy": float(np.mean(np.argmax(probabilities, axis=1) == labels)),
-        "auroc": float(auroc),
+        "auroc": auroc_or_nan(labels, probabilities[:, 1]),
     }
+
 
 
 def make_distributed_split(strategy: tf.distribute.Strategy, data_dir: str, split: str,
@@ -53,7 +53,7 @@ def make_distributed_split(strategy: tf.distribute.Strategy, data_dir: str, spli
     collectives), and all workers compute the same validation metrics, which keeps early stopping
     and learning-rate decisions in step across workers.
     """
-    per_replica = max(1, global_batch_size // strategy.num_replicas_in_sync)
+    per_replica = distribute.per_replica_batch(global_batch_size, strategy, "global_batch_size")
     return strategy.distribute_datasets_from_function(
         lambda _: input_pipeline.make_eval_dataset(data_dir, split, per_replica, image_size, cache=cache),
         # The batches carry image-id strings, which cannot be copied to a GPU: keep them on the

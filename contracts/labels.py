@@ -1,5 +1,5 @@
-"""The label vocabulary of NIH ChestX-ray14, kept free of TensorFlow so the offline builder's
-worker processes can import it cheaply. `pipeline.records` re-exports these names."""
+"""The vocabulary of NIH ChestX-ray14 (findings, labels, the boxes' frame), kept free of TensorFlow so
+the offline builder's worker processes can import it cheaply. `contracts.records` re-exports it."""
 
 # The 14 NIH ChestX-ray14 findings, in the fixed order of the multi-hot `findings` vector.
 FINDINGS: tuple[str, ...] = (
@@ -22,6 +22,7 @@ NO_FINDING = "No Finding"
 
 LABEL_NORMAL = 0
 LABEL_ABNORMAL = 1
+NIH_FRAME = 1024  # NIH boxes are in the 1024 x 1024 frame of the released PNGs, whatever a copy's size
 LABEL_UNKNOWN = -1  # unlabeled images (a Kaggle eval folder): no CSV row
 
 

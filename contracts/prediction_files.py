@@ -17,7 +17,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from evaluation.errors import UserInputError
+from contracts.atomic import atomic_path, write_json
+from contracts.errors import UserInputError
 
 ID = "image_id"
 PROB = "p_abnormal"
@@ -105,10 +106,10 @@ def write_predictions(
     if labels is not None:
         columns[LABEL] = np.asarray(labels, dtype=np.int64)
     # repr-exact floats so that reading a file back gives the probabilities that were written.
-    pd.DataFrame(columns).to_csv(path, index=False, float_format="%.17g")
+    with atomic_path(path) as tmp:
+        pd.DataFrame(columns).to_csv(tmp, index=False, float_format="%.17g")
     if sidecar is not None:
-        with open(sidecar_path(path), "w") as f:
-            json.dump(sidecar, f, indent=2, sort_keys=True)
+        write_json(sidecar_path(path), sidecar)
 
 
 def _read_frame(path: str) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from pipeline.labels import (  # noqa: F401  (re-exported: the format's label vocabulary)
+from contracts.labels import (  # noqa: F401  (re-exported: the format's label vocabulary)
     FINDINGS,
     LABEL_ABNORMAL,
     LABEL_NORMAL,

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from evaluation.errors import UserInputError
+from contracts.errors import UserInputError
 
 SCHEMA_VERSION = 2  # 1: the sidecar before it recorded schema_version and member model folders
 SUFFIX = ".probabilities.json"  # beside the submission CSV

@@ -1,0 +1,111 @@
+"""`manifest.json`, the builder's account of what a shard folder holds: its one writer and its readers.
+
+Keys: `schema_version`, `config` (the build's flags: image_size, crop, image_format, ...),
+`splits` (per split: records, normal, abnormal, patients, shards), `patient_overlap`, `skipped`
+(every refused image with its reason), `warnings`, `absent`, `unlisted`. Manifests written
+before `schema_version` existed read as version 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from contracts.atomic import write_json
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 2  # 1: before the manifest recorded its version
+SHARD_SUFFIX = ".tfrecord"
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    """Returns the shard file name `{split}-{index:05d}-of-{count:05d}.tfrecord`."""
+    return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def load_manifest(data_dir: str) -> dict[str, Any]:
+    """Reads `data_dir/manifest.json`.
+
+    Returns:
+      The manifest, with `schema_version` filled in (1) for manifests written before it existed.
+
+    Raises:
+      FileNotFoundError: no manifest, with the command that makes one.
+      ValueError: the file is not a JSON object (a partial copy or a hand edit).
+    """
+    path = os.path.join(data_dir, MANIFEST)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: {data_dir} is not a shard folder; build one with "
+            "`python preprocess/build_tfrecords.py --output_dir=...`"
+        )
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); rebuild the shard folder or restore the file") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a JSON object; rebuild the shard folder or restore the file")
+    manifest.setdefault("schema_version", 1)
+    return manifest
+
+
+def write_manifest(data_dir: str, manifest: dict[str, Any]) -> str:
+    """Writes `data_dir/manifest.json` atomically with the current `schema_version`; returns its path."""
+    path = os.path.join(data_dir, MANIFEST)
+    write_json(path, {**manifest, "schema_version": SCHEMA_VERSION})
+    return path
+
+
+def check_image_size(manifest: dict[str, Any], image_size: int | None, data_dir: str, fix: str) -> int:
+    """Returns the shards' image size after checking that `image_size` (None: any) matches it.
+
+    Args:
+      fix: the end of the error message; `{stored}` and `{asked}` are filled in.
+
+    Raises:
+      ValueError: the shards were built at another size.
+    """
+    stored = int(manifest["config"]["image_size"])
+    if image_size is not None and int(image_size) != stored:
+        raise ValueError(f"the shards in {data_dir} were built at {stored} px, not {image_size}; "
+                         + fix.format(stored=stored, asked=image_size))
+    return stored
+
+
+def split_info(manifest: dict[str, Any], split: str, data_dir: str = "") -> dict[str, Any]:
+    """Returns the manifest's entry for `split`.
+
+    Raises:
+      KeyError: the split is not in the manifest, listing the ones that are.
+    """
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise KeyError(
+            f"split {split!r} not in {os.path.join(data_dir, MANIFEST)}; "
+            f"it has: {', '.join(sorted(splits)) or 'none'}"
+        )
+    return splits[split]
+
+
+def shard_paths(data_dir: str, split: str) -> list[str]:
+    """Returns the full paths of `split`'s shards, in manifest order, checking each exists.
+
+    Raises:
+      FileNotFoundError: a shard the manifest lists is missing (an interrupted or partial copy).
+    """
+    info = split_info(load_manifest(data_dir), split, data_dir)
+    paths = [os.path.join(data_dir, name) for name in info["shards"]]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} shard(s) of split {split!r} listed in the manifest are missing, "
+            f"e.g. {missing[0]}; rerun the build command to complete the folder"
+        )
+    return paths
+
+
+def split_records(data_dir: str, split: str) -> int:
+    """Returns how many records the manifest says `split` holds."""
+    return int(split_info(load_manifest(data_dir), split, data_dir)["records"])

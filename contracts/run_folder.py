@@ -1,0 +1,76 @@
+"""The run folder train.py writes, by name: one owner for its file names and its `config.json` reader.
+
+  config.json            every resolved field of the run, plus the runtime (strategy, replicas)
+  metrics.jsonl          one JSON object per epoch
+  tensorboard/           the epoch logs
+  checkpoints/           model, optimizer, epochs done, step and callback state, for resuming
+  model.keras            the best epoch's float32 inference classifier (raw 0..255 pixels in)
+  val_predictions.csv    image_id, p_abnormal, label of that epoch (+ val_predictions.json sidecar)
+
+Every file is written through `contracts.atomic`. JSON has no NaN: undefined metrics are null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from contracts import manifest as manifest_lib
+from contracts.errors import UserInputError
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
+CHECKPOINTS = "checkpoints"
+MODEL = "model.keras"
+VAL_PREDICTIONS = "val_predictions.csv"
+VAL_SIDECAR = "val_predictions.json"  # the sidecar of VAL_PREDICTIONS (contracts.prediction_files)
+
+
+def load_run_config(model_dir: str) -> dict[str, Any]:
+    """Reads `model_dir/config.json`, the training run's frozen config.
+
+    Raises:
+      UserInputError: missing, unreadable, or without "backbone".
+    """
+    path = os.path.join(model_dir, CONFIG)
+    if not os.path.exists(path):
+        raise UserInputError(f"{path} not found: --model_dir={model_dir} is not a folder written by train.py")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{path}: not valid JSON ({err}); restore the file train.py wrote") from err
+    if not isinstance(config, dict) or "backbone" not in config:
+        raise UserInputError(f"{path}: no \"backbone\" field; restore the file train.py wrote")
+    return config
+
+
+def _crop_of(data_dir: str) -> str | None:
+    try:
+        return manifest_lib.load_manifest(data_dir).get("config", {}).get("crop")
+    except (OSError, ValueError):  # no manifest, or not JSON
+        return None
+
+
+def train_crop(model_dir: str, config: dict[str, Any]) -> str | None:
+    """Returns the crop mode of the shards a run trained on, or None when nothing records it.
+
+    Looked up in the run's config.json, then in the sidecar of its val_predictions.csv, then in the
+    manifest of its data_dir (a relative data_dir only resolves from where training ran).
+    """
+    if config.get("crop"):
+        return config["crop"]
+    sidecar = os.path.join(model_dir, VAL_SIDECAR)
+    if os.path.exists(sidecar):
+        try:
+            with open(sidecar) as f:
+                recorded = json.load(f).get("train_crop")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded:
+            return recorded
+    return _crop_of(config["data_dir"]) if config.get("data_dir") else None
+
+

@@ -1,0 +1,264 @@
+"""The builder: work units through a process pool → shards written atomically → `manifest.json`.
+
+Each shard is one work unit. Output depends only on the inputs and the record-shaping flags (never
+on `--workers`), shards appear atomically, and a rerun after a kill writes only the shards still
+missing. This module imports no TensorFlow at the top, so the spawned workers start fast; only the
+parent loads the shard writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import threading
+import time
+
+from absl import logging
+from tqdm import tqdm
+
+from contracts import labels
+from contracts import manifest as manifest_lib
+from contracts.atomic import TEMP_PREFIX, write_json, write_text
+from preprocess import images
+from preprocess.config import BuildConfig, BuildError
+from preprocess.plan import WorkUnit, gather_and_assign, plan_digest, plan_units
+
+STATE_DIR = ".build"  # bookkeeping for resumable builds, hidden inside --output_dir
+ABSENT = "absent.txt"
+
+
+@dataclasses.dataclass
+class BuildResult:
+    manifest: dict
+    ok: bool
+    summary: str
+
+
+_progress = None  # set in each worker: reports processed image counts to the parent
+
+
+def _init_worker(queue) -> None:
+    global _progress
+    _progress = queue.put
+
+
+def process_unit(unit: WorkUnit) -> list[tuple]:
+    """Processes a shard's images; returns (name, encoded | None, crop_applied, warning, error) each."""
+    results, pending = [], 0
+    for item in unit.items:
+        try:
+            with open(item.path, "rb") as f:
+                data = f.read()
+            out = images.process(data, box=item.box, image_size=unit.image_size,
+                                 image_format=unit.image_format, jpeg_quality=unit.jpeg_quality,
+                                 max_pixels=unit.max_pixels)
+            results.append((item.name, out.encoded, out.crop_applied, out.warning, None))
+        except (images.ImageError, OSError) as err:
+            results.append((item.name, None, False, None, str(err)))
+        pending += 1
+        if _progress is not None and pending == 8:
+            _progress(pending)
+            pending = 0
+    if _progress is not None and pending:
+        _progress(pending)
+    return results
+
+
+def _is_ours(name: str) -> bool:
+    return (name.endswith(manifest_lib.SHARD_SUFFIX) or name.startswith(TEMP_PREFIX)
+            or name in (manifest_lib.MANIFEST, ABSENT, STATE_DIR))
+
+
+def prepare_output(config: BuildConfig, digest: str) -> None:
+    """Makes `--output_dir` ready, keeping a matching earlier build's finished shards.
+
+    Raises:
+      BuildError: the folder holds a build made with other record-shaping flags or inputs.
+    """
+    state_dir = os.path.join(config.output_dir, STATE_DIR)
+    os.makedirs(config.output_dir, exist_ok=True)
+    stamp = {"config": config.shaping(), "plan": digest}
+    state_file = os.path.join(state_dir, "build.json")
+    previous = None
+    if os.path.exists(state_file):
+        with open(state_file) as f:
+            previous = json.load(f)
+    ours = [n for n in os.listdir(config.output_dir) if _is_ours(n)]
+    if previous != stamp and ours:
+        if not config.overwrite:
+            differing = sorted(k for k in stamp["config"]
+                               if previous and previous["config"].get(k) != stamp["config"][k])
+            why = (f"flags differ: {', '.join(differing)}" if differing
+                   else "the inputs (CSV rows, labels, boxes or files) differ" if previous
+                   else "it holds shards or a manifest from another build")
+            raise BuildError(
+                f"--output_dir={config.output_dir} is not empty and {why}; "
+                "pass --overwrite to replace that build, or choose another folder"
+            )
+        for name in ours:
+            path = os.path.join(config.output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    for name in os.listdir(config.output_dir):
+        if name.startswith(TEMP_PREFIX):  # left by a killed build; never a finished file
+            os.remove(os.path.join(config.output_dir, name))
+    os.makedirs(os.path.join(state_dir, "shards"), exist_ok=True)
+    write_json(state_file, stamp)
+
+
+def _shard_state_path(config: BuildConfig, shard: str) -> str:
+    return os.path.join(config.output_dir, STATE_DIR, "shards", f"{shard}.json")
+
+
+def _is_done(config: BuildConfig, shard: str) -> bool:
+    # The state file is written before the shard's rename, so a final-named shard implies both.
+    return os.path.exists(os.path.join(config.output_dir, shard)) and os.path.exists(
+        _shard_state_path(config, shard))
+
+
+def _finish_unit(config, unit, results, by_name, boxes) -> dict:
+    """Writes one processed shard and its bookkeeping; returns the shard's state."""
+    from preprocess import shard_writer  # TensorFlow is loaded by the parent only
+
+    serialized, state = [], {"records": 0, "normal": 0, "abnormal": 0, "patients": [],
+                             "skipped": [], "warnings": []}
+    patients = set()
+    for name, encoded, crop_applied, warning, error in results:
+        if error is not None:
+            state["skipped"].append({"image": name, "reason": f"{error}; skipped"})
+            continue
+        source = by_name[name]
+        serialized.append(shard_writer.example_for(source, encoded, crop_applied, boxes.get(name), config))
+        if warning:
+            state["warnings"].append({"image": name, "reason": warning})
+        state["records"] += 1
+        state["normal"] += source.entry.label == labels.LABEL_NORMAL
+        state["abnormal"] += source.entry.label == labels.LABEL_ABNORMAL
+        if source.entry.patient_id:
+            patients.add(source.entry.patient_id)
+    state["patients"] = sorted(patients)
+    write_json(_shard_state_path(config, unit.shard), state)
+    shard_writer.write_atomically(os.path.join(config.output_dir, unit.shard), serialized)
+    return state
+
+
+def run_units(config: BuildConfig, pending: list[WorkUnit], finish) -> None:
+    """Processes `pending` units (a process pool, or inline for one worker) and calls `finish`."""
+    workers = config.workers or os.cpu_count() or 1
+    total = sum(len(u.items) for u in pending)
+    with tqdm(total=total, unit="img", desc="build", smoothing=0.1, file=sys.stderr) as bar:
+        if workers == 1 or len(pending) <= 1:
+            global _progress
+            _progress = bar.update
+            try:
+                for unit in pending:
+                    finish(unit, process_unit(unit))
+            finally:
+                _progress = None
+            return
+        # spawn, not fork: the parent holds TensorFlow's threads, which a fork would not copy.
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        ticker = threading.Thread(target=_drain, args=(queue, bar), daemon=True)
+        ticker.start()
+        units = {u.shard: u for u in pending}
+        try:
+            with context.Pool(min(workers, len(pending)), _init_worker, (queue,)) as pool:
+                for shard, results in pool.imap_unordered(_process_keyed, pending):
+                    finish(units[shard], results)
+        finally:
+            queue.put(None)
+            ticker.join()
+
+
+def _process_keyed(unit: WorkUnit) -> tuple[str, list[tuple]]:
+    return unit.shard, process_unit(unit)
+
+
+def _drain(queue, bar) -> None:
+    while (count := queue.get()) is not None:
+        bar.update(count)
+
+
+def build(config: BuildConfig) -> BuildResult:
+    """Builds (or completes) the shard folder described by `config`.
+
+    Returns:
+      The manifest, whether the skip fraction is within `--max_skip_fraction`, and a summary line.
+
+    Raises:
+      BuildError: the inputs or the output folder do not allow a build (message says the fix).
+    """
+    found, boxes, warnings, assigned, skipped = gather_and_assign(config)
+    by_name = {s.entry.image: s for s in found.sources}
+    units, shard_split = plan_units(config, assigned, boxes)
+    prepare_output(config, plan_digest(units, by_name, boxes))
+    pending = [u for u in units if not _is_done(config, u.shard)]
+    if len(pending) < len(units):
+        logging.info("resuming: %d of %d shards already written", len(units) - len(pending), len(units))
+    start = time.time()
+    run_units(config, pending, lambda unit, results: _finish_unit(config, unit, results, by_name, boxes))
+    elapsed = time.time() - start
+    manifest = _manifest(config, units, shard_split, found, skipped, warnings, by_name)
+    return _conclude(config, manifest, found, sum(len(u.items) for u in pending), elapsed)
+
+
+def _manifest(config, units, shard_split, found, skipped, warnings, by_name) -> dict:
+    split_info: dict[str, dict] = {}
+    patients_by_split: dict[str, set] = {}
+    for unit in units:
+        with open(_shard_state_path(config, unit.shard)) as f:
+            state = json.load(f)
+        split = shard_split[unit.shard]
+        info = split_info.setdefault(split, {"records": 0, "normal": 0, "abnormal": 0, "shards": []})
+        for key in ("records", "normal", "abnormal"):
+            info[key] += state[key]
+        info["shards"].append(unit.shard)
+        patients_by_split.setdefault(split, set()).update(state["patients"])
+        skipped = skipped + state["skipped"]
+        warnings = warnings + state["warnings"]
+    for split, info in split_info.items():
+        info["patients"] = len(patients_by_split[split])
+    memberships: dict[str, int] = {}
+    for members in patients_by_split.values():
+        for patient in members:
+            memberships[patient] = memberships.get(patient, 0) + 1
+    return {
+        "config": dataclasses.asdict(config),
+        "splits": split_info,
+        "patient_overlap": sum(count > 1 for count in memberships.values()),
+        "skipped": sorted(skipped, key=lambda s: s["image"]),
+        "warnings": sorted(warnings, key=lambda s: s["image"]),
+        "absent": len(found.absent),
+        "unlisted": found.unlisted,
+        "present_rows": found.present_rows,
+        "csv_rows": found.csv_rows,
+        "identical_duplicates": found.identical_duplicates,
+    }
+
+
+def _conclude(config, manifest, found, processed, elapsed) -> BuildResult:
+    manifest_lib.write_manifest(config.output_dir, manifest)
+    write_text(os.path.join(config.output_dir, ABSENT), "".join(f"{name}\n" for name in found.absent))
+    splits = manifest["splits"]
+    records = sum(s["records"] for s in splits.values())
+    n_skipped = len(manifest["skipped"])
+    fraction = n_skipped / found.present_rows if found.present_rows else math.inf
+    ok = fraction <= config.max_skip_fraction and records > 0
+    rate = processed / elapsed if elapsed > 0 and processed else 0.0
+    parts = ", ".join(f"{s} {v['records']}" for s, v in sorted(splits.items()))
+    summary = (
+        f"{'built' if ok else 'FAILED'}: {records} records ({parts}) in "
+        f"{sum(len(v['shards']) for v in splits.values())} shards at {rate:.0f} img/s; "
+        f"skipped {n_skipped} of {found.present_rows} present rows ({100 * fraction:.2f}%"
+        f"{'' if ok else f' > --max_skip_fraction={config.max_skip_fraction}'}; reasons in manifest.json 'skipped'); "
+        f"{manifest['absent']} listed but absent (absent.txt); {manifest['unlisted']} unlisted files; "
+        f"{len(manifest['warnings'])} warnings; patient overlap {manifest['patient_overlap']}"
+    )
+    return BuildResult(manifest, ok, summary)
+
+

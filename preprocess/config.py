@@ -1,0 +1,50 @@
+"""The builder's configuration: one frozen field per flag of build_tfrecords.py, with its default.
+
+Imports nothing heavy, so the flag definitions can take their defaults from here without loading
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from preprocess.images import MAX_IMAGE_PIXELS
+
+SPLITS = ("grouped", "official", "all", "unlabeled")
+CROPS = ("bbox", "none")
+IMAGE_FORMATS = ("png", "jpeg")
+NOT_RECORD_SHAPING = ("workers", "max_skip_fraction", "overwrite")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """Every flag of the builder (see flags.define_build_flags for their meaning)."""
+
+    image_dir: str
+    output_dir: str
+    data_entry_csv: str | None = None
+    bbox_csv: str | None = None
+    split: str = "grouped"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    train_val_list: str | None = None
+    test_list: str | None = None
+    crop: str = "bbox"
+    image_size: int = 224
+    image_format: str = "png"
+    jpeg_quality: int = 95
+    num_shards: int | None = None
+    workers: int | None = None
+    seed: int = 0
+    max_skip_fraction: float = 0.01
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    overwrite: bool = False
+
+    def shaping(self) -> dict:
+        """The flags that change the records written (a rerun must agree on all of them)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RECORD_SHAPING}
+
+
+
+class BuildError(Exception):
+    """The build cannot start; the message names the input and the fix."""

@@ -1,0 +1,190 @@
+"""Planning a build: metadata and files → records assigned to splits → one work unit per shard."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+
+from contracts import manifest as manifest_lib
+from preprocess import nih_metadata
+from preprocess import sources as sources_lib
+from preprocess import splits as splits_lib
+from preprocess.config import BuildConfig, BuildError
+
+TARGET_SHARD_BYTES = 128 * 1024 * 1024
+MIN_SHARDS = 16  # enough files to interleave and to split between input pipelines
+# Encoded bytes per stored pixel on the NIH sample at 224 px (see bench/RESULTS.md).
+BYTES_PER_PIXEL = {"png": 0.6, "jpeg": 0.3}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    name: str
+    path: str
+    box: tuple[float, float, float, float] | None  # the crop box (1024 frame), None: no crop
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkUnit:
+    """One shard's worth of images for one worker process."""
+
+    shard: str
+    items: tuple[WorkItem, ...]
+    image_size: int
+    image_format: str
+    jpeg_quality: int
+    max_pixels: int
+
+
+def gather_and_assign(config: BuildConfig):
+    """Reads the metadata and the image folder and assigns records to splits.
+
+    Returns:
+      (found sources, boxes by image, box warnings, split -> sources, skipped rows as dicts).
+
+    Raises:
+      BuildError: missing inputs, or no usable image at all.
+    """
+    if not config.image_dir or not os.path.isdir(config.image_dir):
+        raise BuildError(f"--image_dir={config.image_dir} is not a folder")
+    if not config.output_dir:
+        raise BuildError("--output_dir is required")
+    found = _gather(config)
+    boxes, warnings = _boxes(config, found)
+    assigned, split_skips = _assign(config, found)
+    skipped = [s.as_dict() for s in found.skipped + split_skips]
+    if not any(assigned.values()):
+        raise BuildError(
+            f"no usable images: {len(found.absent)} CSV rows have no file under "
+            f"--image_dir={config.image_dir}, {len(skipped)} skipped; check the folder and the CSV"
+        )
+    return found, boxes, warnings, assigned, skipped
+
+
+def _gather(config: BuildConfig) -> sources_lib.Sources:
+    if config.split == "unlabeled":
+        return sources_lib.from_folder(config.image_dir)
+    if not config.data_entry_csv:
+        raise BuildError(f"--split={config.split} needs --data_entry_csv (only --split=unlabeled works without)")
+    if not os.path.isfile(config.data_entry_csv):
+        raise BuildError(f"--data_entry_csv={config.data_entry_csv} does not exist")
+    try:
+        return sources_lib.from_data_entry(config.data_entry_csv, config.image_dir)
+    except ValueError as err:
+        raise BuildError(str(err)) from None
+
+
+def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[dict]]:
+    """image -> union box (1024 frame) for images with valid boxes, plus warnings."""
+    if not config.bbox_csv:
+        return {}, []
+    if not os.path.isfile(config.bbox_csv):
+        raise BuildError(f"--bbox_csv={config.bbox_csv} does not exist")
+    raw, problems = nih_metadata.read_bbox_csv(config.bbox_csv)
+    names = {s.entry.image for s in found.sources}
+    warnings = [p.as_dict() for p in problems if p.image in names]
+    unions = {}
+    for name, boxes in raw.items():
+        if name not in names:
+            continue
+        try:
+            unions[name] = nih_metadata.union_box(boxes)
+        except ValueError as err:
+            warnings.append({"image": name, "reason": f"{err} in --bbox_csv; written uncropped"})
+    return unions, warnings
+
+
+def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, list], list]:
+    """split -> sources, plus sources skipped by the split rules."""
+    by_name = {s.entry.image: s for s in found.sources}
+    skipped = []
+    if config.split in ("all", "unlabeled"):
+        name = "all" if config.split == "all" else "eval"
+        return {name: list(found.sources)}, skipped
+    if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
+        raise BuildError("--val_fraction and --test_fraction must be in [0, 1)")
+    if config.split == "grouped":
+        fractions = {"train": 1 - config.val_fraction - config.test_fraction,
+                     "val": config.val_fraction, "test": config.test_fraction}
+        if fractions["train"] <= 0:
+            raise BuildError("--val_fraction + --test_fraction must leave a share for train")
+        items = [(n, s.entry.patient_id, s.entry.label) for n, s in by_name.items()]
+        assignment = splits_lib.grouped_split(items, fractions, config.seed)
+    else:
+        assignment, skipped = _official_assignment(config, by_name)
+    out: dict[str, list] = {s: [] for s in ("train", "val", "test")}
+    for name, split in assignment.items():
+        out[split].append(by_name[name])
+    return {s: v for s, v in out.items() if v}, skipped
+
+
+def _official_assignment(config: BuildConfig, by_name: dict) -> tuple[dict[str, str], list]:
+    if not (config.train_val_list and config.test_list):
+        raise BuildError("--split=official needs --train_val_list and --test_list (NIH's train_val_list.txt, test_list.txt)")
+    for path in (config.train_val_list, config.test_list):
+        if not os.path.isfile(path):
+            raise BuildError(f"split list {path} does not exist")
+    train_val = set(nih_metadata.read_name_list(config.train_val_list))
+    test = set(nih_metadata.read_name_list(config.test_list))
+    assignment, skipped, pool = {}, [], []
+    for name, source in by_name.items():
+        if name in train_val and name in test:
+            skipped.append(nih_metadata.Skip(name, "listed in both --train_val_list and --test_list"))
+        elif name in test:
+            assignment[name] = "test"
+        elif name in train_val:
+            pool.append((name, source.entry.patient_id, source.entry.label))
+        else:
+            skipped.append(nih_metadata.Skip(name, "in neither --train_val_list nor --test_list"))
+    fractions = {"train": 1 - config.val_fraction, "val": config.val_fraction}
+    assignment.update(splits_lib.grouped_split(pool, fractions, config.seed))
+    return assignment, skipped
+
+
+def shard_counts(split_sizes: dict[str, int], config: BuildConfig) -> dict[str, int]:
+    """Shards per split: the largest split gets `--num_shards` (or the ~128 MB default), others
+    proportionally, each at least one and at most one per record."""
+    largest = max(split_sizes.values())
+    if config.num_shards:
+        top = config.num_shards
+    else:
+        record_bytes = BYTES_PER_PIXEL[config.image_format] * config.image_size**2 + 200
+        top = max(math.ceil(largest * record_bytes / TARGET_SHARD_BYTES), min(MIN_SHARDS, largest))
+    return {split: max(1, min(n, round(top * n / largest))) for split, n in split_sizes.items()}
+
+
+def plan_units(config: BuildConfig, assigned: dict[str, list], boxes: dict) -> tuple[list, dict]:
+    """Returns (units, shard -> split) in a deterministic order that ignores `--workers`."""
+    counts = shard_counts({s: len(v) for s, v in assigned.items()}, config)
+    units, shard_split = [], {}
+    for split in sorted(assigned):
+        by_name = {s.entry.image: s for s in assigned[split]}
+        order = splits_lib.ordered_by_seed(by_name, config.seed)
+        n = counts[split]
+        for index in range(n):
+            chunk = order[index * len(order) // n:(index + 1) * len(order) // n]
+            name = manifest_lib.shard_name(split, index, n)
+            items = tuple(
+                WorkItem(image, by_name[image].path, boxes.get(image) if config.crop == "bbox" else None)
+                for image in chunk
+            )
+            units.append(WorkUnit(name, items, config.image_size, config.image_format,
+                                  config.jpeg_quality, config.max_image_pixels))
+            shard_split[name] = split
+    return units, shard_split
+
+
+def plan_digest(units: list[WorkUnit], by_name: dict, boxes: dict) -> str:
+    digest = hashlib.sha256()
+    for unit in units:
+        for item in unit.items:
+            entry = by_name[item.name].entry
+            row = [unit.shard, entry.image, entry.label, entry.findings, entry.patient_id,
+                   entry.view_position, boxes.get(item.name)]
+            digest.update(json.dumps(row).encode())
+    return digest.hexdigest()
+
+
