@@ -234,8 +234,8 @@ def main(argv: list[str]) -> int:
         print(f"ensemble test AUROC: {result['metrics']['ensemble']['auroc']:.3f}")
     serving = result["serving"]
     print(f"served:     {os.path.join(plan.output_dir, 'served')} (SavedModel, image bytes in); on the "
-          f"{serving['images']} test files |p_served - p_submission| max {serving['max_abs_diff']:.4f}, "
-          f"mean {serving['mean_abs_diff']:.5f}; same label on {serving['label_agreement']:.1%}")
+          f"{serving['images']} test files |p_served - p_submission| max {serving['max_abs_diff']:.1e}, "
+          f"mean {serving['mean_abs_diff']:.1e}; same label on {serving['label_agreement']:.1%}")
     return 0
 
 
