@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# make demo DATA_DIR=/path/to/nih [WEIGHTS=none|imagenet|PATH] [IMAGE_SIZE=128] [EPOCHS=2]
 DATA_DIR ?=
+WEIGHTS ?=
+IMAGE_SIZE ?=
+EPOCHS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test demo bench clean
@@ -27,7 +31,8 @@ bench: install
 	$(PY) bench/train_bench.py
 
 demo: install
-	$(PY) demo.py $(if $(DATA_DIR),--data_dir=$(DATA_DIR),)
+	$(PY) demo.py $(if $(DATA_DIR),--data_dir=$(DATA_DIR),) $(if $(WEIGHTS),--weights=$(WEIGHTS),) \
+		$(if $(IMAGE_SIZE),--image_size=$(IMAGE_SIZE),) $(if $(EPOCHS),--epochs=$(EPOCHS),)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info

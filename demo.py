@@ -30,6 +30,7 @@ from contracts.ensemble_file import ensemble_path
 from models import registry
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+RUNS = "runs"  # the demo's outputs, one folder per data set
 # BatchNorm's moving statistics at the default 0.99 lag far behind a few hundred steps from
 # scratch, so inference-mode predictions collapse to one class; 0.9 keeps up.
 SYNTHETIC_BATCHNORM_MOMENTUM = 0.9
@@ -186,12 +187,19 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
             "label_agreement": float(np.mean(served["label"] == labels))}
 
 
+def default_output_dir(data_dir: str | None) -> str:
+    """runs/demo for the synthetic data, runs/demo-<folder name> for a real data folder."""
+    if data_dir is None:
+        return os.path.join(RUNS, "demo")
+    return os.path.join(RUNS, "demo-" + os.path.basename(os.path.normpath(os.path.abspath(data_dir))))
+
+
 def plan_from_flags(values) -> DemoPlan:
     real = values.data_dir is not None
     if real and not os.path.isdir(values.data_dir):
         raise DemoError(f"--data_dir={values.data_dir} is not a folder")
     return DemoPlan(
-        output_dir=values.output_dir,
+        output_dir=values.output_dir or default_output_dir(values.data_dir),
         data_dir=values.data_dir,
         num_patients=values.num_patients,
         source_size=values.source_size,
@@ -241,4 +249,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     project_flags.define_demo_flags()
+    project_flags.exit_on_help(sys.argv, __doc__)
     app.run(main)

@@ -15,14 +15,16 @@ from absl import app, flags
 
 import flags as project_flags
 from contracts.errors import UserInputError
-from evaluation import blend as blend_lib
-from evaluation import ensembling
 
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from evaluation import blend as blend_lib
+    from evaluation import ensembling
+
     try:
         result = ensembling.run_ensemble(
             FLAGS.predictions,
@@ -43,6 +45,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     project_flags.define_ensemble_flags()
+    project_flags.exit_on_help(sys.argv, __doc__)
     flags.mark_flags_as_required(["predictions", "output"])
     flags.adopt_module_key_flags(project_flags)  # --helpshort lists this tool's flags
     app.run(main)

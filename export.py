@@ -37,6 +37,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     project_flags.define_export_flags()
+    project_flags.exit_on_help(sys.argv, __doc__)
     flags.mark_flags_as_required(["model_dir", "export_dir"])
     flags.adopt_module_key_flags(project_flags)  # --helpshort lists this tool's flags
     app.run(main)

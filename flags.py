@@ -11,7 +11,6 @@ fast. Values are read only inside `main()`. Tests pass their own `flags.FlagValu
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from absl import flags
 
@@ -218,8 +217,10 @@ def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_string, fv)("data_dir", None,
       "A real NIH ChestX-ray14 download (Data_Entry CSV, BBox_List_2017.csv, split lists and "
       "images_0NN/images/). Default: generate a synthetic NIH-format dataset.")
-    _d(flags.DEFINE_string, fv)("output_dir", os.path.join("runs", "demo"),
-      "Everything the demo writes: data/, shards/, models/, predictions/, submission.csv, report/.")
+    _d(flags.DEFINE_string, fv)("output_dir", None,
+      "Everything the demo writes: data/, shards/, models/, predictions/, submission.csv, report/, served/. "
+      "Default: runs/demo for the synthetic data, runs/demo-<--data_dir's folder name> for real data, so "
+      "each data set keeps its own runs.")
     _d(flags.DEFINE_integer, fv)("num_patients", 300, "Synthetic patients (1-5 images each).", lower_bound=10)
     _d(flags.DEFINE_integer, fv)("source_size", 512, "Side of the synthetic source PNGs.", lower_bound=64)
     _d(flags.DEFINE_integer, fv)("image_size", None, "Stored and trained image side (default: 64 synthetic, 224 real).",
@@ -254,3 +255,21 @@ def define_input_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_enum, fv)("augment", default["augment"], list(options.AUGMENT_MODES),
       "In-model training augmentation (rotation 10 deg, shifts 10%, shear 10 deg, zoom 10%): "
       "auto = the backbone's default (on for EfficientNet and DenseNet, off for ResNet).")
+
+
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?")
+
+
+def exit_on_help(argv: list[str], doc: str | None, fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Prints the tool's usage and its own flags (with help and defaults) and exits 0 on --help.
+
+    absl's --help lists only the main module's flags and exits 1; the tools' flags are defined
+    here, so each entry point calls this before `app.run`, with nothing heavy imported yet.
+    """
+    if not any(arg in HELP_FLAGS for arg in argv[1:]):
+        return
+    print((doc or "").strip())
+    print()
+    print(fv.module_help(__name__))
+    print("\nabsl's and TensorFlow's own flags: --helpfull")
+    raise SystemExit(0)

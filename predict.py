@@ -17,13 +17,15 @@ from absl import app, flags
 
 import flags as project_flags
 from contracts.errors import UserInputError
-from evaluation import prediction
 
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from evaluation import prediction  # TensorFlow loads here, after the flags are parsed
+
     try:
         result = prediction.run_prediction(
             FLAGS.model_dir,
@@ -44,6 +46,7 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     project_flags.define_predict_flags()
+    project_flags.exit_on_help(sys.argv, __doc__)
     flags.mark_flags_as_required(["model_dir", "data_dir", "output"])
     flags.adopt_module_key_flags(project_flags)  # --helpshort lists this tool's flags
     app.run(main)

@@ -2,8 +2,8 @@
 
   python train.py --backbone=efficientnet_b3 --data_dir=SHARDS --model_dir=OUT [--strategy=...]
 
-Rerunning the same command resumes an interrupted run. See `training/loop.py` for what OUT holds
-and `python train.py --helpfull` for every flag.
+Rerunning the same command resumes an interrupted run. OUT holds what `contracts/run_folder.py`
+lists (config.json, metrics.jsonl, checkpoints/, model.keras, val_predictions.csv, tensorboard/).
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ import sys
 from absl import app, flags, logging
 
 import flags as project_flags
-from models import WeightsUnavailableError
 from training.config import ConfigError, TrainConfig
-from training.loop import run_training
 
 FLAGS = flags.FLAGS
 
@@ -24,6 +22,9 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from models import WeightsUnavailableError  # TensorFlow loads here, after the flags are parsed
+    from training.loop import run_training
+
     config = TrainConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)})
     logging.info("train.py flags: %s (model_dir=%s)", dataclasses.asdict(config), FLAGS.model_dir)
     try:
@@ -36,5 +37,6 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     project_flags.define_train_flags()
+    project_flags.exit_on_help(sys.argv, __doc__)
     flags.mark_flags_as_required(["backbone", "data_dir", "model_dir"])
     app.run(main)

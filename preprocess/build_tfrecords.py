@@ -47,4 +47,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     project_flags.define_build_flags()
+    project_flags.exit_on_help(sys.argv, __doc__)
     app.run(main)

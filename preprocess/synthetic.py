@@ -153,4 +153,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     project_flags.define_synthetic_flags()
+    project_flags.exit_on_help(sys.argv, __doc__)
     app.run(main)

@@ -137,3 +137,18 @@ def _imports(package: str) -> set[str]:
 ])
 def test_data_flows_down_never_back_up(package, forbidden):
     assert _imports(package) & forbidden == set()
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], os.path.join("runs", "demo")),
+    (["--data_dir={data}"], os.path.join("runs", "demo-nih")),
+    (["--data_dir={data}/", "--output_dir=elsewhere"], "elsewhere"),
+])
+def test_demo_runs_are_keyed_by_their_data(args, expected, tmp_path):
+    # The synthetic demo and a real-data demo never share (and refuse) each other's shard folders.
+    data = tmp_path / "nih"
+    data.mkdir()
+    values = flags.FlagValues()
+    project_flags.define_demo_flags(values)
+    values(["demo.py", *[a.format(data=data) for a in args]])
+    assert demo.plan_from_flags(values).output_dir == expected

@@ -1,0 +1,51 @@
+"""Every entry point's --help lists its own flags, exits 0, and does not import TensorFlow to do so."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# entry point -> flags its help must list (one per owner the defaults come from, where it has one)
+TOOLS = {
+    "train.py": ["--backbone: <efficientnet_b3|resnet50|densenet121>", "--shuffle_buffer", "(default: '2048')",
+                 "--learning_rate", "efficientnet_b3 0.0001"],
+    "predict.py": ["--model_dir", "--batch_size", "(default: '64')", "--bootstrap"],
+    "ensemble.py": ["--predictions", "--fit_on", "efficientnet_b3 0.6", "(default: '0.05')"],
+    "export.py": ["--export_dir", "--ensemble", "--threshold"],
+    "demo.py": ["--data_dir", "--backbones", "(default: 'efficientnet_b3,resnet50,densenet121')"],
+    os.path.join("preprocess", "build_tfrecords.py"): ["--image_dir", "--max_image_pixels", "(default: '64000000')"],
+    os.path.join("preprocess", "synthetic.py"): ["--num_patients", "(default: '120')"],
+}
+
+_WRAPPER = """
+import runpy, sys
+sys.argv = [{script!r}, "--help"]
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+    code = 0
+except SystemExit as exit:
+    code = exit.code or 0
+heavy = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("script", sorted(TOOLS))
+def test_help_lists_the_tools_flags_without_tensorflow(script):
+    done = subprocess.run([sys.executable, "-c", _WRAPPER.format(script=script)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]
+    for fragment in TOOLS[script]:
+        assert fragment in done.stdout, (fragment, done.stdout[:3000])
+    assert "HEAVY:\n" in done.stderr or done.stderr.rstrip().endswith("HEAVY:")
+
+
+def test_stray_positional_arguments_are_refused():
+    done = subprocess.run([sys.executable, "ensemble.py", "--predictions=a.csv", "--output=s.csv", "extra_arg"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "unexpected arguments: extra_arg" in done.stderr
