@@ -114,21 +114,18 @@ def _decode_batch(serialized: tf.Tensor, image_size: int, uint8_gray: bool) -> d
         parsed[records.IMAGE],
         fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.uint8),
     )
-    return {
-        "image": _model_images(images, uint8_gray),
-        "label": tf.cast(parsed[records.LABEL], tf.int32),
-        "image_id": parsed[records.IMAGE_ID],
-    }
+    return {"image": _model_images(images, uint8_gray), **_carried(parsed)}
 
 
 def _decode_one(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     """One serialized record -> its grayscale uint8 image, label and id (what the cache holds)."""
     parsed = records.parse_example(serialized)
-    return {
-        "image": records.decode_image(parsed[records.IMAGE], image_size),
-        "label": tf.cast(parsed[records.LABEL], tf.int32),
-        "image_id": parsed[records.IMAGE_ID],
-    }
+    return {"image": records.decode_image(parsed[records.IMAGE], image_size), **_carried(parsed)}
+
+
+def _carried(parsed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    # The record fields the streams carry beside the image: one place to add one (e.g. sex, age).
+    return {"label": tf.cast(parsed[records.LABEL], tf.int32), "image_id": parsed[records.IMAGE_ID]}
 
 
 def _decoded_batch(batch: dict[str, tf.Tensor], uint8_gray: bool) -> dict[str, tf.Tensor]:
