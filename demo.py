@@ -199,8 +199,10 @@ def plan_from_flags(values) -> DemoPlan:
     if real and not os.path.isdir(values.data_dir):
         raise DemoError(f"--data_dir={values.data_dir} is not a folder")
     return DemoPlan(
-        output_dir=values.output_dir or default_output_dir(values.data_dir),
-        data_dir=values.data_dir,
+        # Absolute, from the caller's folder: the stages run in the repository, wherever the demo
+        # was started from (cxr-demo works from any folder).
+        output_dir=os.path.abspath(values.output_dir or default_output_dir(values.data_dir)),
+        data_dir=os.path.abspath(values.data_dir) if real else None,
         num_patients=values.num_patients,
         source_size=values.source_size,
         # A real download trains at the reference's 224 px from ImageNet weights for the
@@ -247,7 +249,12 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point (setup.cfg) and `python demo.py`: define the flags, then run `main`."""
     project_flags.define_demo_flags()
     project_flags.exit_on_help(sys.argv, __doc__)
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

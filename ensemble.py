@@ -43,9 +43,14 @@ def main(argv: list[str]) -> None:
     print(ensembling.summary(result))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point (setup.cfg) and `python ensemble.py`: define the flags, then run `main`."""
     project_flags.define_ensemble_flags()
     project_flags.exit_on_help(sys.argv, __doc__)
     flags.mark_flags_as_required(["predictions", "output"])
     flags.adopt_module_key_flags(project_flags)  # --helpshort lists this tool's flags
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -35,8 +35,13 @@ def main(argv: list[str]) -> None:
     logging.info("done: %d epoch(s), model %s", result["epochs_done"], result["model_path"])
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point (setup.cfg) and `python train.py`: define the flags, then run `main`."""
     project_flags.define_train_flags()
     project_flags.exit_on_help(sys.argv, __doc__)
     flags.mark_flags_as_required(["backbone", "data_dir", "model_dir"])
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -45,7 +45,12 @@ def main(argv: list[str]) -> int:
     return 0 if result.ok else 1
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point (setup.cfg) and `python preprocess/build_tfrecords.py`: define the flags, then run `main`."""
     project_flags.define_build_flags()
     project_flags.exit_on_help(sys.argv, __doc__)
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -151,7 +151,12 @@ def main(argv: list[str]) -> None:
           f"of {counts['patients']} patients to {config.output_dir}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point (setup.cfg) and `python preprocess/synthetic.py`: define the flags, then run `main`."""
     project_flags.define_synthetic_flags()
     project_flags.exit_on_help(sys.argv, __doc__)
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

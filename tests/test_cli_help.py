@@ -49,3 +49,32 @@ def test_stray_positional_arguments_are_refused():
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "unexpected arguments: extra_arg" in done.stderr
+
+
+CONSOLE_SCRIPTS = {"cxr-build": "--image_dir", "cxr-synthetic": "--num_patients", "cxr-train": "--backbone",
+                   "cxr-predict": "--model_dir", "cxr-ensemble": "--predictions", "cxr-export": "--export_dir",
+                   "cxr-demo": "--backbones"}
+
+
+@pytest.mark.parametrize("script", sorted(CONSOLE_SCRIPTS))
+def test_console_scripts_run_the_same_mains_from_any_folder(script, tmp_path):
+    path = os.path.join(os.path.dirname(sys.executable), script)  # installed by setup.cfg's entry points
+    assert os.path.isfile(path), f"{script} is not installed; run make install"
+    done = subprocess.run([path, "--help"], cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert CONSOLE_SCRIPTS[script] in done.stdout
+
+
+def test_the_demo_from_another_folder_writes_and_reads_there(tmp_path, monkeypatch):
+    import demo
+    from absl import flags
+
+    import flags as project_flags
+
+    monkeypatch.chdir(tmp_path)
+    values = flags.FlagValues()
+    project_flags.define_demo_flags(values)
+    values(["cxr-demo"])
+    plan = demo.plan_from_flags(values)
+    # The stages run inside the repository; every path they get is absolute from the caller's folder.
+    assert plan.output_dir == os.path.join(str(tmp_path), "runs", "demo")

@@ -151,4 +151,4 @@ def test_demo_runs_are_keyed_by_their_data(args, expected, tmp_path):
     values = flags.FlagValues()
     project_flags.define_demo_flags(values)
     values(["demo.py", *[a.format(data=data) for a in args]])
-    assert demo.plan_from_flags(values).output_dir == expected
+    assert demo.plan_from_flags(values).output_dir == os.path.abspath(expected)
