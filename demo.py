@@ -251,9 +251,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console entry point (setup.cfg) and `python demo.py`: define the flags, then run `main`."""
-    project_flags.define_demo_flags()
-    project_flags.exit_on_help(sys.argv, __doc__)
-    app.run(main)
+    project_flags.run_tool(project_flags.define_demo_flags, main, __doc__)
 
 
 if __name__ == "__main__":

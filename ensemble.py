@@ -45,11 +45,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console entry point (setup.cfg) and `python ensemble.py`: define the flags, then run `main`."""
-    project_flags.define_ensemble_flags()
-    project_flags.exit_on_help(sys.argv, __doc__)
-    flags.mark_flags_as_required(["predictions", "output"])
-    flags.adopt_module_key_flags(project_flags)  # --helpshort lists this tool's flags
-    app.run(main)
+    project_flags.run_tool(project_flags.define_ensemble_flags, main, __doc__,
+                           required=("predictions", "output"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ fast. Values are read only inside `main()`. Tests pass their own `flags.FlagValu
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from absl import flags
 
@@ -34,15 +35,18 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     default = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
     _d(flags.DEFINE_string, fv)("data_entry_csv", None,
       "NIH Data_Entry_2017*.csv (plain or .gz, v2017 or v2020 dialect). Not used with --split=unlabeled.")
-    _d(flags.DEFINE_string, fv)("bbox_csv", None, "Optional NIH BBox_List_2017.csv (boxes in the 1024 frame).")
+    _d(flags.DEFINE_string, fv)("bbox_csv", None,
+      "Optional NIH BBox_List_2017.csv (boxes in the 1024 frame).")
     _d(flags.DEFINE_string, fv)("image_dir", None,
       "Folder searched recursively for the images (the download's images_0NN/images/ layout works).")
     _d(flags.DEFINE_string, fv)("output_dir", None, "Where shards, manifest.json and absent.txt go.")
     _d(flags.DEFINE_enum, fv)("split", default["split"], list(SPLITS),
       "grouped: train/val(/test) by patient, stratified by label; official: the NIH lists; "
       "all: one split 'all'; unlabeled: every image under --image_dir as split 'eval', label -1.")
-    _d(flags.DEFINE_float, fv)("val_fraction", default["val_fraction"], "Share of records in val (grouped; official: of train_val).")
-    _d(flags.DEFINE_float, fv)("test_fraction", default["test_fraction"], "Share of records in test (grouped only).")
+    _d(flags.DEFINE_float, fv)("val_fraction", default["val_fraction"],
+      "Share of records in val (grouped; official: of train_val).")
+    _d(flags.DEFINE_float, fv)("test_fraction", default["test_fraction"],
+      "Share of records in test (grouped only).")
     _d(flags.DEFINE_string, fv)("train_val_list", None, "NIH train_val_list.txt (--split=official).")
     _d(flags.DEFINE_string, fv)("test_list", None, "NIH test_list.txt (--split=official).")
     _d(flags.DEFINE_enum, fv)("crop", default["crop"], list(CROPS),
@@ -52,12 +56,14 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                                 lower_bound=8)
     _d(flags.DEFINE_enum, fv)("image_format", default["image_format"], list(IMAGE_FORMATS),
       "Stored encoding of the one grayscale channel: png (lossless) or jpeg (smaller, faster to decode).")
-    _d(flags.DEFINE_integer, fv)("jpeg_quality", default["jpeg_quality"], "JPEG quality with --image_format=jpeg.",
+    _d(flags.DEFINE_integer, fv)("jpeg_quality", default["jpeg_quality"],
+      "JPEG quality with --image_format=jpeg.",
       lower_bound=1, upper_bound=100)
     _d(flags.DEFINE_integer, fv)("num_shards", None,
       "Shards of the largest split (others proportional, at least 1). Default: ~128 MB shards, "
       "at least 16 when the split has that many records.", lower_bound=1)
-    _d(flags.DEFINE_integer, fv)("workers", None, "Worker processes (default: all cores). Never changes the output.",
+    _d(flags.DEFINE_integer, fv)("workers", None,
+      "Worker processes (default: all cores). Never changes the output.",
       lower_bound=1)
     _d(flags.DEFINE_integer, fv)("seed", default["seed"], "Seed of the split and of the record order.")
     _d(flags.DEFINE_float, fv)("max_skip_fraction", default["max_skip_fraction"],
@@ -74,13 +80,17 @@ def define_synthetic_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
     default = {f.name: f.default for f in dataclasses.fields(SyntheticConfig)}
     _d(flags.DEFINE_string, fv)("output_dir", None, "Where the CSVs and images_001/images/*.png go.")
-    _d(flags.DEFINE_integer, fv)("num_patients", default["num_patients"], "Patients to generate.", lower_bound=1)
-    _d(flags.DEFINE_integer, fv)("max_images_per_patient", default["max_images_per_patient"], "Each patient gets 1..this many images.",
+    _d(flags.DEFINE_integer, fv)("num_patients", default["num_patients"],
+      "Patients to generate.", lower_bound=1)
+    _d(flags.DEFINE_integer, fv)("max_images_per_patient", default["max_images_per_patient"],
+      "Each patient gets 1..this many images.",
       lower_bound=1)
     _d(flags.DEFINE_integer, fv)("source_size", default["source_size"],
       "Side of the written PNGs (boxes stay in the 1024 frame, as in NIH).", lower_bound=16)
-    _d(flags.DEFINE_float, fv)("abnormal_fraction", default["abnormal_fraction"], "Share of images with a finding (and a lesion).")
-    _d(flags.DEFINE_float, fv)("bbox_fraction", default["bbox_fraction"], "Share of abnormal images given a bbox row.")
+    _d(flags.DEFINE_float, fv)("abnormal_fraction", default["abnormal_fraction"],
+      "Share of images with a finding (and a lesion).")
+    _d(flags.DEFINE_float, fv)("bbox_fraction", default["bbox_fraction"],
+      "Share of abnormal images given a bbox row.")
     _d(flags.DEFINE_integer, fv)("seed", default["seed"], "Same seed, same files.")
 
 
@@ -89,11 +99,13 @@ def _define_report_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     from evaluation import settings
     _d(flags.DEFINE_float, fv)("threshold", None,
       f"P(abnormal) >= threshold is called abnormal in the report (predict.py default "
-      f"{settings.SINGLE_MODEL_THRESHOLD}; ensemble.py default {settings.ENSEMBLE_THRESHOLD}, or fitted with --fit_on).", lower_bound=0.0, upper_bound=1.0)
+      f"{settings.SINGLE_MODEL_THRESHOLD}; ensemble.py default {settings.ENSEMBLE_THRESHOLD}, or fitted with --fit_on).",
+      lower_bound=0.0, upper_bound=1.0)
     _d(flags.DEFINE_string, fv)("report_dir", None,
       "Where metrics.json, roc.png and precision_recall.png go when labels are known "
       "(default: <output stem>_report beside --output).")
-    _d(flags.DEFINE_integer, fv)("bootstrap", settings.BOOTSTRAP, "Bootstrap resamples behind the report's 95% intervals (0: none).",
+    _d(flags.DEFINE_integer, fv)("bootstrap", settings.BOOTSTRAP,
+      "Bootstrap resamples behind the report's 95% intervals (0: none).",
       lower_bound=0)
 
 
@@ -111,7 +123,8 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_string, fv)("output", None,
       "Prediction CSV (image_id,p_abnormal[,label]); PATH.npy ((N, 2) softmax, same rows) and the "
       "sidecar PATH.json (backbone, shards, crop) go beside it.")
-    _d(flags.DEFINE_integer, fv)("batch_size", settings.PREDICT_BATCH_SIZE, "Global batch size (split over the replicas).", lower_bound=1)
+    _d(flags.DEFINE_integer, fv)("batch_size", settings.PREDICT_BATCH_SIZE,
+      "Global batch size (split over the replicas).", lower_bound=1)
     _d(flags.DEFINE_enum, fv)("strategy", "auto", list(STRATEGIES),
       "auto: multi_worker with a multi-worker TF_CONFIG, mirrored with several GPUs, else default.")
     _d(flags.DEFINE_enum, fv)("precision", "auto", list(PRECISIONS),
@@ -134,7 +147,8 @@ def define_ensemble_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_list, fv)("fit_on", None,
       "Validation prediction files with labels (e.g. each run's val_predictions.csv), one per --predictions "
       "file in the same order: weights and/or threshold not given are chosen on them by balanced accuracy.")
-    _d(flags.DEFINE_float, fv)("fit_step", settings.FIT_STEP, "Spacing of the weight grid searched with --fit_on (must divide 1).")
+    _d(flags.DEFINE_float, fv)("fit_step", settings.FIT_STEP,
+      "Spacing of the weight grid searched with --fit_on (must divide 1).")
     _d(flags.DEFINE_string, fv)("submission_id_column", "image_id", "Submission column holding the image id.")
     _d(flags.DEFINE_string, fv)("submission_label_column", "label", "Submission column holding the 0/1 decision.")
     _define_report_flags(fv)
@@ -151,7 +165,8 @@ def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_float, fv)("threshold", None,
       f"Decision threshold of a single exported model (default {settings.SINGLE_MODEL_THRESHOLD}); "
       "an ensemble takes the file's.", lower_bound=0.0, upper_bound=1.0)
-    _d(flags.DEFINE_string, fv)("export_dir", None, "New (or empty) folder for the SavedModel and export.json.")
+    _d(flags.DEFINE_string, fv)("export_dir", None,
+      "New (or empty) folder for the SavedModel and export.json.")
 
 
 def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -201,7 +216,8 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "Epochs without a lower val loss before multiplying the LR by --reduce_lr_factor.", lower_bound=1)
     _d(flags.DEFINE_float, fv)("reduce_lr_factor", default["reduce_lr_factor"], "LR multiplier on a plateau.",
       lower_bound=0.0, upper_bound=1.0)
-    _d(flags.DEFINE_float, fv)("min_learning_rate", default["min_learning_rate"], "Floor of the LR reductions.",
+    _d(flags.DEFINE_float, fv)("min_learning_rate", default["min_learning_rate"],
+      "Floor of the LR reductions.",
       lower_bound=0.0)
     _d(flags.DEFINE_float, fv)("batchnorm_momentum", default["batchnorm_momentum"],
       "Momentum of every BatchNormalization's moving statistics (default: the backbone's 0.99). "
@@ -223,12 +239,14 @@ def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "each data set keeps its own runs.")
     _d(flags.DEFINE_integer, fv)("num_patients", 300, "Synthetic patients (1-5 images each).", lower_bound=10)
     _d(flags.DEFINE_integer, fv)("source_size", 512, "Side of the synthetic source PNGs.", lower_bound=64)
-    _d(flags.DEFINE_integer, fv)("image_size", None, "Stored and trained image side (default: 64 synthetic, 224 real).",
+    _d(flags.DEFINE_integer, fv)("image_size", None,
+      "Stored and trained image side (default: 64 synthetic, 224 real).",
       lower_bound=32)
     _d(flags.DEFINE_enum, fv)("crop", "none", ["bbox", "none"],
       "Crop mode of the build; none by default, because only abnormal images have boxes.")
     _d(flags.DEFINE_string, fv)("weights", None, "Backbone weights (default: none synthetic, imagenet real).")
-    _d(flags.DEFINE_integer, fv)("epochs", None, "Epochs per backbone (default: 8 synthetic, the reference's real).",
+    _d(flags.DEFINE_integer, fv)("epochs", None,
+      "Epochs per backbone (default: 8 synthetic, the reference's real).",
       lower_bound=1)
     _d(flags.DEFINE_float, fv)("learning_rate", None,
       f"Learning rate of every backbone (default synthetic: {registry.describe('from_scratch_learning_rate', '{:g}')}; "
@@ -273,3 +291,15 @@ def exit_on_help(argv: list[str], doc: str | None, fv: flags.FlagValues = flags.
     print(fv.module_help(__name__))
     print("\nabsl's and TensorFlow's own flags: --helpfull")
     raise SystemExit(0)
+
+
+def run_tool(define, main, doc: str | None, required: tuple[str, ...] = ()) -> None:
+    """What every entry point does: define its flags, answer --help, require flags, run `main`."""
+    from absl import app
+
+    define()
+    exit_on_help(sys.argv, doc)
+    if required:
+        flags.mark_flags_as_required(list(required))
+    flags.adopt_module_key_flags(sys.modules[__name__])  # --helpshort lists the tool's flags too
+    app.run(main)

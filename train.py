@@ -37,10 +37,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console entry point (setup.cfg) and `python train.py`: define the flags, then run `main`."""
-    project_flags.define_train_flags()
-    project_flags.exit_on_help(sys.argv, __doc__)
-    flags.mark_flags_as_required(["backbone", "data_dir", "model_dir"])
-    app.run(main)
+    project_flags.run_tool(project_flags.define_train_flags, main, __doc__,
+                           required=("backbone", "data_dir", "model_dir"))
 
 
 if __name__ == "__main__":

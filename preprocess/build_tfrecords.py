@@ -46,10 +46,8 @@ def main(argv: list[str]) -> int:
 
 
 def run() -> None:
-    """Console entry point (setup.cfg) and `python preprocess/build_tfrecords.py`: define the flags, then run `main`."""
-    project_flags.define_build_flags()
-    project_flags.exit_on_help(sys.argv, __doc__)
-    app.run(main)
+    """Console entry point (setup.cfg) and `python preprocess/build_tfrecords.py`; runs `main`."""
+    project_flags.run_tool(project_flags.define_build_flags, main, __doc__)
 
 
 if __name__ == "__main__":

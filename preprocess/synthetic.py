@@ -152,10 +152,8 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Console entry point (setup.cfg) and `python preprocess/synthetic.py`: define the flags, then run `main`."""
-    project_flags.define_synthetic_flags()
-    project_flags.exit_on_help(sys.argv, __doc__)
-    app.run(main)
+    """Console entry point (setup.cfg) and `python preprocess/synthetic.py`; runs `main`."""
+    project_flags.run_tool(project_flags.define_synthetic_flags, main, __doc__)
 
 
 if __name__ == "__main__":
