@@ -26,7 +26,7 @@ import time
 from absl import app, flags
 
 import flags as project_flags
-from contracts.ensemble_file import ensemble_path
+from contracts.ensemble_file import blend_path, ensemble_path
 from models import registry
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -169,7 +169,7 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
 
     from serving.client import score_files
 
-    blended = pd.read_csv(os.path.splitext(ensemble_file)[0] + ".csv")
+    blended = pd.read_csv(blend_path(ensemble_file))
     files = {}
     for root, _, names in os.walk(image_dir, followlinks=True):
         for name in names:

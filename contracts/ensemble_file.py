@@ -50,6 +50,13 @@ def ensemble_path(submission_csv: str) -> str:
     return os.path.splitext(submission_csv)[0] + SUFFIX
 
 
+def blend_path(submission_csv_or_ensemble_file: str) -> str:
+    """Returns the blended-probabilities CSV (image_id, p_abnormal[, label]) the ensemble file describes."""
+    path = submission_csv_or_ensemble_file
+    stem = path[: -len(SUFFIX)] if path.endswith(SUFFIX) else os.path.splitext(path)[0]
+    return stem + os.path.splitext(SUFFIX)[0] + ".csv"
+
+
 def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | None], paths: Sequence[str],
                    weights: Sequence[float]) -> list[dict[str, Any]]:
     """Returns the `inputs` entries of the ensemble file, one per member, in blend order."""

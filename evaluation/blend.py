@@ -20,8 +20,6 @@ from contracts.prediction_files import Predictions, few
 from evaluation import settings
 from models import registry
 
-DEFAULT_THRESHOLD = settings.ENSEMBLE_THRESHOLD
-DEFAULT_FIT_STEP = settings.FIT_STEP
 MAX_GRID_POINTS = 200_000  # weight vectors tried by `fit`; more would take minutes per validation set
 
 # Why balanced accuracy: NIH is close to balanced overall but subsets and other sources are not, and
@@ -224,7 +222,7 @@ def fit(
     probs: np.ndarray,
     labels: np.ndarray,
     *,
-    step: float = DEFAULT_FIT_STEP,
+    step: float = settings.FIT_STEP,
     weights: np.ndarray | None = None,
     threshold: float | None = None,
 ) -> Fit:

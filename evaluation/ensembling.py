@@ -23,6 +23,7 @@ from contracts.errors import UserInputError
 from contracts.prediction_files import Predictions, align, read_predictions, write_predictions
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
+from evaluation import settings
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
 
@@ -95,7 +96,7 @@ def _choose(
     fixed_threshold = None if threshold is None else blend_lib.check_threshold(threshold)
     if not fit_on:
         chosen = fixed_weights if fixed_weights is not None else blend_lib.reference_weights(files)
-        return chosen, blend_lib.DEFAULT_THRESHOLD if fixed_threshold is None else fixed_threshold, None
+        return chosen, settings.ENSEMBLE_THRESHOLD if fixed_threshold is None else fixed_threshold, None
     fit_files = [read_predictions(path) for path in fit_on]
     _check_fit_pairs(files, fit_files)
     validation = align(fit_files)
@@ -140,11 +141,11 @@ def run_ensemble(
     weights: Sequence[float] | None = None,
     threshold: float | None = None,
     fit_on: Sequence[str] | None = None,
-    fit_step: float = blend_lib.DEFAULT_FIT_STEP,
+    fit_step: float = settings.FIT_STEP,
     id_column: str = "image_id",
     label_column: str = "label",
     report_dir: str | None = None,
-    bootstrap: int = report_lib.DEFAULT_BOOTSTRAP,
+    bootstrap: int = settings.BOOTSTRAP,
 ) -> EnsembleResult:
     """Blends prediction files joined on image id, thresholds the blend and writes the submission.
 
@@ -179,7 +180,7 @@ def run_ensemble(
     blended = blend_lib.blend(aligned.probs, chosen_weights)
     decisions = blend_lib.decide(blended, chosen_threshold)
     _write_submission(output, aligned.ids, decisions, id_column, label_column)
-    probabilities = os.path.splitext(ensemble_file.ensemble_path(output))[0] + ".csv"
+    probabilities = ensemble_file.blend_path(output)
     weight_map = {name: float(w) for name, w in zip(names, chosen_weights)}
     write_predictions(probabilities, aligned.ids, blended, aligned.labels, sidecar={
         "backbone": ENSEMBLE,

@@ -28,8 +28,6 @@ from models.saved import load_classifier
 from pipeline import input_pipeline
 from training import distribute
 
-DEFAULT_BATCH_SIZE = settings.PREDICT_BATCH_SIZE
-DEFAULT_THRESHOLD = settings.SINGLE_MODEL_THRESHOLD
 # Ids cross workers as fixed-width byte rows, because collectives cannot gather strings.
 MAX_ID_BYTES = 256
 
@@ -290,12 +288,12 @@ def run_prediction(
     split: str,
     output: str,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = settings.PREDICT_BATCH_SIZE,
     strategy: str = "auto",
     precision: str = "auto",
     threshold: float | None = None,
     report_dir: str | None = None,
-    bootstrap: int = report_lib.DEFAULT_BOOTSTRAP,
+    bootstrap: int = settings.BOOTSTRAP,
     progress: bool = True,
 ) -> PredictionResult:
     """Predicts `split` of `data_dir` with each saved model and writes prediction files and a report.
@@ -322,7 +320,7 @@ def run_prediction(
     """
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
-    threshold = DEFAULT_THRESHOLD if threshold is None else check_threshold(threshold)
+    threshold = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
     chosen = distribute.resolve_strategy(strategy)  # first: multi-worker set-up precedes other TF ops
     manifest, expected = _split_manifest(data_dir, split)
     configs = [load_run_config(d) for d in model_dirs]

@@ -32,7 +32,6 @@ from contracts.atomic import atomic_path, json_ready, write_json
 from evaluation import settings
 from training.metrics import auroc_or_nan
 
-DEFAULT_BOOTSTRAP = settings.BOOTSTRAP
 BOOTSTRAP_SEED = 0  # one seed for every model, so their intervals come from the same resamples
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"
@@ -127,7 +126,7 @@ def bootstrap_intervals(
 
 
 def compute_metrics(
-    labels: np.ndarray, probs: np.ndarray, threshold: float, *, bootstrap: int = DEFAULT_BOOTSTRAP
+    labels: np.ndarray, probs: np.ndarray, threshold: float, *, bootstrap: int = settings.BOOTSTRAP
 ) -> dict[str, Any]:
     """Returns the report's numbers for one model on the records whose label is known.
 
@@ -231,7 +230,7 @@ def _save_curves(path: str, scores: Sequence[Scores], kind: str) -> None:
 
 
 def write_report(
-    report_dir: str, scores: Sequence[Scores], *, bootstrap: int = DEFAULT_BOOTSTRAP
+    report_dir: str, scores: Sequence[Scores], *, bootstrap: int = settings.BOOTSTRAP
 ) -> dict[str, Any]:
     """Computes every entry's metrics and writes metrics.json, roc.png and precision_recall.png.
 

@@ -23,7 +23,7 @@ from contracts.export_folder import (
     PIXELS,
     SERVING_DEFAULT,
 )
-from evaluation import prediction
+from evaluation import settings
 from evaluation.blend import check_threshold
 from models.saved import load_classifier
 from preprocess.images import MAX_IMAGE_PIXELS
@@ -39,7 +39,7 @@ def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float |
             "ensemble.py wrote beside its submission) for their weights and threshold")
     if ensemble is None:
         name = run_folder.load_run_config(model_dirs[0])["backbone"]
-        chosen = prediction.DEFAULT_THRESHOLD if threshold is None else check_threshold(threshold)
+        chosen = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
         return [(name, 1.0, model_dirs[0])], chosen
     if threshold is not None:
         raise UserInputError("--threshold and --ensemble both set the threshold; drop --threshold "

@@ -123,7 +123,7 @@ def test_ensemble_serves_the_blend_ensemble_py_wrote(runs, tmp_path):
     info = exporter.run_export(runs["dirs"][::-1], str(export_dir), ensemble=runs["ensemble"])
     ids, image_bytes, pixels = _val_rows(runs)
     out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
-    blended = pd.read_csv(os.path.splitext(runs["ensemble"])[0] + ".csv").set_index("image_id").loc[ids]
+    blended = pd.read_csv(ensemble_file.blend_path(runs["ensemble"])).set_index("image_id").loc[ids]
     submission = pd.read_csv(runs["submission"]).set_index("image_id").loc[ids]
     np.testing.assert_allclose(out["bytes_p_abnormal"], blended["p_abnormal"], atol=1e-5)
     np.testing.assert_array_equal(out["bytes_label"], submission["label"])
@@ -224,6 +224,8 @@ def test_bad_exports_fail_in_one_line_and_write_nothing(runs, tmp_path):
         "ensemble members differ": ([f"--model_dir={runs['dirs'][0]}", f"--ensemble={runs['ensemble']}"],
                                     "missing"),
         "no model.keras": ([f"--model_dir={empty_run}"], "model.keras not found"),
+        "threshold and ensemble": ([f"--model_dir={d}" for d in runs["dirs"]]
+                                   + [f"--ensemble={runs['ensemble']}", "--threshold=0.3"], "drop --threshold"),
     }
     for name, (args, fragment) in cases.items():
         done = _export_cli(*args, f"--export_dir={target}")
