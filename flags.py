@@ -11,6 +11,7 @@ fast. Values are read only inside `main()`. Tests pass their own `flags.FlagValu
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from absl import flags
@@ -302,4 +303,21 @@ def run_tool(define, main, doc: str | None, required: tuple[str, ...] = ()) -> N
     if required:
         flags.mark_flags_as_required(list(required))
     flags.adopt_module_key_flags(sys.modules[__name__])  # --helpshort lists the tool's flags too
-    app.run(main)
+
+    def quiet_main(argv: list[str]) -> None:
+        quiet_tensorflow(flags.FLAGS["verbosity"].value)
+        main(argv)
+
+    app.run(quiet_main)
+
+
+# TensorFlow's C++ log level when the user set none: 1 drops its start-up INFO lines (CPU
+# instruction sets, XLA service banners) and keeps every warning and error; what still prints
+# before it can apply is listed in the README ("What TensorFlow prints at start-up").
+QUIET_TF_LOG_LEVEL = "1"
+
+
+def quiet_tensorflow(verbosity: int) -> None:
+    """Sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads, unless the user set it: 1, or 0 (all of
+    TensorFlow's C++ INFO lines) under absl's --verbosity=1 or more."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity > 0 else QUIET_TF_LOG_LEVEL)

@@ -78,3 +78,38 @@ def test_the_demo_from_another_folder_writes_and_reads_there(tmp_path, monkeypat
     plan = demo.plan_from_flags(values)
     # The stages run inside the repository; every path they get is absolute from the caller's folder.
     assert plan.output_dir == os.path.join(str(tmp_path), "runs", "demo")
+
+
+# The README's "What TensorFlow prints at start-up": what remains at the project's default level,
+# written by TensorFlow's C++ code before its log level can apply. Nothing else may come first.
+DOCUMENTED_REMAINDER = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+                        "port.cc", "cudart_stub.cc", "cuda_platform.cc")
+
+
+def _startup_lines(env_level: str | None) -> tuple[list[str], list[str]]:
+    """Runs a train.py that fails on its data after loading TensorFlow; returns (lines before the
+    tool's first line, every line)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    if env_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = env_level
+    done = subprocess.run([sys.executable, "train.py", "--backbone=resnet50", "--data_dir=/nonexistent",
+                           "--model_dir=/nonexistent/run"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-1500:]
+    lines = done.stderr.splitlines()
+    first_own = next(i for i, line in enumerate(lines) if " train.py:" in line)
+    return lines[:first_own], lines
+
+
+def test_tensorflow_start_up_prints_only_the_documented_lines():
+    before, lines = _startup_lines(None)
+    assert before[0] == DOCUMENTED_REMAINDER[0]
+    unexpected = [line for line in before if not any(kind in line for kind in DOCUMENTED_REMAINDER)]
+    assert unexpected == []
+    assert not any("cpu_feature_guard" in line for line in lines)  # dropped by the default level
+    assert "/nonexistent/manifest.json not found" in lines[-1]
+
+
+def test_the_users_tensorflow_log_level_wins():
+    _, lines = _startup_lines("0")
+    assert any("cpu_feature_guard" in line for line in lines)

@@ -197,11 +197,16 @@ def test_step_loss_is_the_class_weighted_sum_over_the_global_batch():
 
 
 @pytest.mark.parametrize("precision, jit_compile", [("mixed_float16", False), ("mixed_bfloat16", True)])
-def test_mixed_precision_and_xla_runs_train(shards, tmp_path, precision, jit_compile):
+def test_mixed_precision_and_xla_runs_train(shards, tmp_path, caplog, precision, jit_compile):
     data_dir, _ = shards
     # With augmentation on, XLA compiles the model without its augmentation block.
     config = _config(data_dir, epochs=1, precision=precision, jit_compile=jit_compile, augment="on")
     result = run_training(config, str(tmp_path / "run"))
+    # The test machine has no GPU: asking for float16 is said once, in one line; bfloat16 is not.
+    said = [r.getMessage() for r in caplog.records if "sees no GPU" in r.getMessage()]
+    assert said == (["--precision=mixed_float16 but TensorFlow sees no GPU: float16 on a CPU is slower "
+                     "than float32; use --precision=float32 or mixed_bfloat16 here"]
+                    if precision == "mixed_float16" else [])
     assert result["config"]["precision"] == precision
     assert np.isfinite(result["history"][0]["train_loss"])
     assert keras.mixed_precision.global_policy().name == "float32"  # put back afterwards

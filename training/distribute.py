@@ -75,6 +75,26 @@ def resolve_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def hardware_warnings(requested_strategy: str, requested_precision: str,
+                      strategy: tf.distribute.Strategy) -> list[str]:
+    """One line per setting the user asked for that this machine cannot honour as meant.
+
+    Args:
+      requested_strategy, requested_precision: the flags as given (before "auto" is resolved).
+      strategy: the strategy built from them.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return []
+    warnings = []
+    if requested_precision == "mixed_float16":
+        warnings.append("--precision=mixed_float16 but TensorFlow sees no GPU: float16 on a CPU is "
+                        "slower than float32; use --precision=float32 or mixed_bfloat16 here")
+    if requested_strategy == "mirrored":
+        warnings.append(f"--strategy=mirrored but TensorFlow sees no GPU: mirroring over "
+                        f"{strategy.num_replicas_in_sync} logical CPU device(s) of this host")
+    return warnings
+
+
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
     """Returns "multi_worker", "mirrored" or "default" for a strategy built by `resolve_strategy`."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -307,6 +307,7 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
       ConfigError, FileNotFoundError: bad config or data, with the fix in the message.
       FloatingPointError: the training loss became NaN or infinite (the message names the step).
     """
+    requested = config
     strategy = distribute.resolve_strategy(config.strategy)
     previous_policy = keras.mixed_precision.global_policy()
     precision = distribute.resolve_precision(config.precision)
@@ -314,6 +315,9 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
         config = dataclasses.replace(config_lib.resolve_config(config), precision=precision,
                                      strategy=distribute.strategy_name(strategy))
         _check_replicas(config, strategy)
+        for warning in distribute.hardware_warnings(requested.strategy, requested.precision,
+                                                    strategy):
+            logging.warning("%s", warning)
         logging.info("training %s with %d replica(s), %s: %s", config.backbone,
                      strategy.num_replicas_in_sync, precision, dataclasses.asdict(config))
         run, extra = _start(config, model_dir, strategy)
