@@ -80,6 +80,26 @@ def test_the_demo_from_another_folder_writes_and_reads_there(tmp_path, monkeypat
     assert plan.output_dir == os.path.join(str(tmp_path), "runs", "demo")
 
 
+def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_offline(tmp_path, monkeypatch):
+    """`make demo`, then `make demo DATA_DIR=... WEIGHTS=none IMAGE_SIZE=128`: the second plan."""
+    import demo
+    from absl import flags
+
+    import flags as project_flags
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nih_sample").mkdir()
+    plans = []
+    for argv in (["cxr-demo"], ["cxr-demo", "--data_dir=nih_sample", "--weights=none", "--image_size=128"]):
+        values = flags.FlagValues()
+        project_flags.define_demo_flags(values)
+        values(argv)
+        plans.append(demo.plan_from_flags(values))
+    synthetic, real = plans
+    assert real.output_dir == os.path.join(str(tmp_path), "runs", "demo-nih_sample") != synthetic.output_dir
+    assert (real.data_dir, real.weights, real.image_size) == (str(tmp_path / "nih_sample"), "none", 128)
+
+
 # The README's "What TensorFlow prints at start-up": what remains at the project's default level,
 # written by TensorFlow's C++ code before its log level can apply. Nothing else may come first.
 DOCUMENTED_REMAINDER = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
@@ -113,3 +133,12 @@ def test_tensorflow_start_up_prints_only_the_documented_lines():
 def test_the_users_tensorflow_log_level_wins():
     _, lines = _startup_lines("0")
     assert any("cpu_feature_guard" in line for line in lines)
+
+
+def test_make_demo_passes_data_weights_size_and_epochs_through():
+    done = subprocess.run(["make", "-n", "demo", "DATA_DIR=../shared/data/nih_sample", "WEIGHTS=none",
+                           "IMAGE_SIZE=128", "EPOCHS=3"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    command = next(line for line in done.stdout.splitlines() if "demo.py" in line)
+    for flag in ("--data_dir=../shared/data/nih_sample", "--weights=none", "--image_size=128", "--epochs=3"):
+        assert flag in command, command
