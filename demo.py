@@ -23,10 +23,11 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 import flags as project_flags
 from contracts.ensemble_file import blend_path, ensemble_path
+from contracts.errors import UserInputError, check_output_folder
 from models import registry
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -54,7 +55,7 @@ class DemoPlan:
     backbones: tuple[str, ...]
 
 
-class DemoError(Exception):
+class DemoError(UserInputError):
     """A stage failed or the data folder is not usable; the message says which and why."""
 
 
@@ -196,6 +197,7 @@ def default_output_dir(data_dir: str | None) -> str:
 
 def plan_from_flags(values) -> DemoPlan:
     real = values.data_dir is not None
+    check_output_folder(values.output_dir or default_output_dir(values.data_dir), "output_dir")
     if real and not os.path.isdir(values.data_dir):
         raise DemoError(f"--data_dir={values.data_dir} is not a folder")
     return DemoPlan(
@@ -224,16 +226,11 @@ def plan_from_flags(values) -> DemoPlan:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # stray arguments are refused by project_flags.run_tool
     start = time.time()
-    try:
-        plan = plan_from_flags(flags.FLAGS)
-        print(f"demo plan: {json.dumps(dataclasses.asdict(plan))}", flush=True)
-        result = run_demo(plan)
-    except DemoError as err:
-        print(f"demo failed: {err}", file=sys.stderr)
-        return 1
+    plan = plan_from_flags(flags.FLAGS)  # a DemoError is said in one line by project_flags.run_tool
+    print(f"demo plan: {json.dumps(dataclasses.asdict(plan))}", flush=True)
+    result = run_demo(plan)
     total = time.time() - start
     print("\n=== demo finished in {:.0f} s ({:.1f} min)".format(total, total / 60))
     for stage, s in result["seconds"].items():

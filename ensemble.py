@@ -9,24 +9,19 @@ exits with status 1 and a one-line message naming the file and the fix.
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 import flags as project_flags
-from contracts.errors import UserInputError
 
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # stray arguments are refused by project_flags.run_tool
     from evaluation import blend as blend_lib
     from evaluation import ensembling
 
-    try:
-        result = ensembling.run_ensemble(
+    result = ensembling.run_ensemble(
             FLAGS.predictions,
             FLAGS.output,
             weights=None if FLAGS.weights is None else blend_lib.parse_weights(FLAGS.weights),
@@ -37,9 +32,7 @@ def main(argv: list[str]) -> None:
             label_column=FLAGS.submission_label_column,
             report_dir=FLAGS.report_dir,
             bootstrap=FLAGS.bootstrap,
-        )
-    except UserInputError as err:
-        sys.exit(f"ensemble.py: {err}")
+    )
     print(ensembling.summary(result))
 
 

@@ -12,26 +12,19 @@ Bad input exits with status 1 and a one-line message naming the flag and the fix
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 import flags as project_flags
-from contracts.errors import UserInputError
 
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # stray arguments are refused by project_flags.run_tool
     from serving import exporter
 
-    try:
-        info = exporter.run_export(FLAGS.model_dir, FLAGS.export_dir, ensemble=FLAGS.ensemble,
-                                   threshold=FLAGS.threshold)
-    except UserInputError as err:
-        sys.exit(f"export.py: {err}")
+    info = exporter.run_export(FLAGS.model_dir, FLAGS.export_dir, ensemble=FLAGS.ensemble,
+                               threshold=FLAGS.threshold)
     print(exporter.summary(info, FLAGS.export_dir))
 
 

@@ -303,12 +303,25 @@ def run_tool(define, main, doc: str | None, required: tuple[str, ...] = ()) -> N
     if required:
         flags.mark_flags_as_required(list(required))
     flags.adopt_module_key_flags(sys.modules[__name__])  # --helpshort lists the tool's flags too
+    app.run(lambda argv: guarded_main(main, argv))
 
-    def quiet_main(argv: list[str]) -> None:
-        quiet_tensorflow(flags.FLAGS["verbosity"].value)
-        main(argv)
 
-    app.run(quiet_main)
+def guarded_main(main, argv: list[str]) -> int | None:
+    """Runs `main` under the project's rule for bad input: one line `<tool>: <what and the fix>`
+    on stderr and exit status 1, no traceback (contracts/errors.py). Refuses stray arguments."""
+    from contracts.errors import UserInputError, describe_os_error
+
+    tool = os.path.basename(argv[0])
+    if len(argv) > 1:
+        sys.exit(f"{tool}: unexpected arguments {' '.join(argv[1:])!r}; every option is a "
+                 "--name=value flag (--help lists them)")
+    quiet_tensorflow(flags.FLAGS["verbosity"].value)
+    try:
+        return main(argv)
+    except UserInputError as err:
+        sys.exit(f"{tool}: {err}")
+    except OSError as err:  # a file the user named could not be read or written
+        sys.exit(f"{tool}: {describe_os_error(err)}")
 
 
 # TensorFlow's C++ log level when the user set none: 1 drops its start-up INFO lines (CPU

@@ -11,23 +11,23 @@ Bad input exits with status 1 and a one-line message naming the file and the fix
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 import flags as project_flags
-from contracts.errors import UserInputError
 
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from evaluation import prediction  # TensorFlow loads here, after the flags are parsed
+    del argv  # stray arguments are refused by project_flags.run_tool
+    from evaluation import preflight
 
-    try:
-        result = prediction.run_prediction(
+    # Paths and flags fail here, in a second; TensorFlow loads only for the real work.
+    preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
+                                      FLAGS.report_dir)
+    from evaluation import prediction
+
+    result = prediction.run_prediction(
             FLAGS.model_dir,
             FLAGS.data_dir,
             FLAGS.split,
@@ -38,9 +38,7 @@ def main(argv: list[str]) -> None:
             threshold=FLAGS.threshold,
             report_dir=FLAGS.report_dir,
             bootstrap=FLAGS.bootstrap,
-        )
-    except UserInputError as err:
-        sys.exit(f"predict.py: {err}")
+    )
     print(prediction.summary(result))
 
 

@@ -11,27 +11,28 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import flags as project_flags
-from training.config import ConfigError, TrainConfig
+from training.config import TrainConfig, check_resumable, resolve_config
 
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from models import WeightsUnavailableError  # TensorFlow loads here, after the flags are parsed
-    from training.loop import run_training
+    del argv  # stray arguments are refused by project_flags.run_tool
+    from contracts.errors import check_output_folder
 
     config = TrainConfig(**{f.name: FLAGS[f.name].value for f in dataclasses.fields(TrainConfig)})
+    # Paths and flags fail here, in a second; TensorFlow loads only for the real work.
+    check_output_folder(FLAGS.model_dir, "model_dir")
+    check_resumable(resolve_config(config), FLAGS.model_dir)
+    from training.loop import run_training
     logging.info("train.py flags: %s (model_dir=%s)", dataclasses.asdict(config), FLAGS.model_dir)
     try:
         result = run_training(config, FLAGS.model_dir)
-    except (ConfigError, FileNotFoundError, FloatingPointError, WeightsUnavailableError) as err:
-        logging.error("%s", err)
-        sys.exit(1)
+    except FloatingPointError as err:  # bad flags and files: project_flags.run_tool says them
+        sys.exit(f"train.py: {err}")
     logging.info("done: %d epoch(s), model %s", result["epochs_done"], result["model_path"])
 
 

@@ -1,10 +1,49 @@
-"""The one exception type for bad user input to prediction and ensembling."""
+"""Bad user input: the one exception type every entry point turns into one line and exit status 1.
+
+`flags.run_tool` catches `UserInputError` (and `OSError`, which names its file) around every
+tool's `main`, prints `<tool>: <message>` without a traceback and exits 1. Stage-specific errors
+(`BuildError`, `ConfigError`, `DemoError`, `WeightsUnavailableError`) subclass it. Outputs are
+checked with `check_output_folder` before the long work starts, so a bad location costs nothing.
+"""
 
 from __future__ import annotations
 
+import os
+
 
 class UserInputError(ValueError):
-    """A user's file, folder or flag cannot be used; the message names it and says what to do.
+    """A user's file, folder or flag cannot be used; the message names it and says what to do."""
 
-    The entry points turn it into a one-line message and exit status 1, without a traceback.
+
+def check_output_folder(folder: str, flag: str) -> None:
+    """Raises unless `folder` is, or can be created as, a folder this process can write into.
+
+    Run it before the work whose results go there. Writes are not attempted: the nearest existing
+    ancestor must be a folder (not a file) with write permission.
+
+    Args:
+      folder: the output folder ("" means the working directory).
+      flag: the flag that named it, e.g. "output" (the message says "--output=...").
+
+    Raises:
+      UserInputError: naming the flag, the offending path and the fix.
     """
+    given = folder or "."
+    probe = os.path.abspath(given)
+    while not os.path.lexists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserInputError(f"--{flag}={given} cannot be created: {probe} is a file, not a folder; "
+                             f"choose another --{flag} or move the file away")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserInputError(f"--{flag}={given} is not writable ({probe} denies this user); "
+                             f"choose another --{flag} or fix its permissions")
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a failed read or write: which file, what the system said, what to check."""
+    if err.filename is None:
+        return str(err)
+    what = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+    return (f"{what}: {err.strerror or err}; check that the folder exists, is writable and has "
+            "free space")

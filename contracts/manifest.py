@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from contracts.atomic import write_json
+from contracts.errors import UserInputError
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 2  # 1: before the manifest recorded its version
@@ -32,7 +33,7 @@ def load_manifest(data_dir: str) -> dict[str, Any]:
 
     Raises:
       FileNotFoundError: no manifest, with the command that makes one.
-      ValueError: the file is not a JSON object (a partial copy or a hand edit).
+      UserInputError: the file is not a JSON object (a partial copy or a hand edit).
     """
     path = os.path.join(data_dir, MANIFEST)
     if not os.path.exists(path):
@@ -44,9 +45,9 @@ def load_manifest(data_dir: str) -> dict[str, Any]:
         with open(path) as f:
             manifest = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); rebuild the shard folder or restore the file") from err
+        raise UserInputError(f"{path} is not valid JSON ({err}); rebuild the shard folder or restore the file") from err
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path} is not a JSON object; rebuild the shard folder or restore the file")
+        raise UserInputError(f"{path} is not a JSON object; rebuild the shard folder or restore the file")
     manifest.setdefault("schema_version", 1)
     return manifest
 
@@ -94,8 +95,15 @@ def shard_paths(data_dir: str, split: str) -> list[str]:
 
     Raises:
       FileNotFoundError: a shard the manifest lists is missing (an interrupted or partial copy).
+      UserInputError: a listed shard is not a plain file name inside `data_dir` (for example
+        `../other/val-00000-of-00001.tfrecord`, which would read another folder's records).
     """
     info = split_info(load_manifest(data_dir), split, data_dir)
+    for name in info["shards"]:
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise UserInputError(
+                f"{os.path.join(data_dir, MANIFEST)} lists shard {name!r} for split {split!r}; shards "
+                f"must be file names inside {data_dir} (no folders, no ..): rebuild the folder")
     paths = [os.path.join(data_dir, name) for name in info["shards"]]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:

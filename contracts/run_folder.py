@@ -4,8 +4,10 @@
   metrics.jsonl          one JSON object per epoch
   tensorboard/           the epoch logs
   checkpoints/           model, optimizer, epochs done, step and callback state, for resuming
-  model.keras            the best epoch's float32 inference classifier (raw 0..255 pixels in)
-  val_predictions.csv    image_id, p_abnormal, label of that epoch (+ val_predictions.json sidecar)
+  model.keras            the best epoch's float32 inference classifier (raw 0..255 pixels in);
+                         the zip also holds MODEL_RUN_ENTRY, {"epoch": N}
+  val_predictions.csv    image_id, p_abnormal, label of that epoch (+ val_predictions.json sidecar,
+                         whose "epoch" is N too: the two are one pair, repaired on resume)
 
 Every file is written through `contracts.atomic`. JSON has no NaN: undefined metrics are null.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any
 
 from contracts import manifest as manifest_lib
@@ -26,6 +29,24 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model.keras"
 VAL_PREDICTIONS = "val_predictions.csv"
 VAL_SIDECAR = "val_predictions.json"  # the sidecar of VAL_PREDICTIONS (contracts.prediction_files)
+MODEL_RUN_ENTRY = "cxr_run.json"  # inside MODEL (a zip that Keras loads ignoring it): {"epoch": N}
+
+
+def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:
+    """Returns the epochs `model.keras` and `val_predictions.csv` come from (None: absent or
+    unrecorded, e.g. written before the epoch was recorded)."""
+    model_epoch = val_epoch = None
+    try:
+        with zipfile.ZipFile(os.path.join(model_dir, MODEL)) as archive:
+            model_epoch = json.loads(archive.read(MODEL_RUN_ENTRY)).get("epoch")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        pass
+    try:
+        with open(os.path.join(model_dir, VAL_SIDECAR)) as f:
+            val_epoch = json.load(f).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return model_epoch, val_epoch
 
 
 def load_run_config(model_dir: str) -> dict[str, Any]:

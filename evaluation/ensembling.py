@@ -19,7 +19,7 @@ import pandas as pd
 
 from contracts import ensemble_file
 from contracts.atomic import atomic_path
-from contracts.errors import UserInputError
+from contracts.errors import UserInputError, check_output_folder
 from contracts.prediction_files import Predictions, align, read_predictions, write_predictions
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
@@ -173,6 +173,9 @@ def run_ensemble(
     """
     if not output.endswith(".csv"):
         raise UserInputError(f"--output={output} must name a .csv file, e.g. submission.csv")
+    check_output_folder(os.path.dirname(output), "output")
+    if report_dir:
+        check_output_folder(report_dir, "report_dir")
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
     names = model_names(files)

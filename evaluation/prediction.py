@@ -20,9 +20,9 @@ from contracts import manifest as manifest_lib
 from contracts.atomic import atomic_path
 from contracts.errors import UserInputError
 from contracts.prediction_files import few, write_predictions
-from contracts.run_folder import load_run_config, train_crop
+from contracts.run_folder import train_crop
 from evaluation import report as report_lib
-from evaluation import settings
+from evaluation import preflight, settings
 from evaluation.blend import check_threshold
 from models.saved import load_classifier
 from pipeline import input_pipeline
@@ -92,16 +92,6 @@ def with_precision(model, precision: str):
     if policy == "float32" and all(layer.dtype_policy.name == "float32" for layer in all_layers(model)):
         return model, policy
     return with_policy(model, policy), policy
-
-
-def _split_manifest(data_dir: str, split: str) -> tuple[dict[str, Any], int]:
-    try:
-        manifest = manifest_lib.load_manifest(data_dir)
-        info = manifest_lib.split_info(manifest, split, data_dir)
-        manifest_lib.shard_paths(data_dir, split)
-    except (FileNotFoundError, KeyError) as err:
-        raise UserInputError(err.args[0] if err.args else str(err)) from err
-    return manifest, int(info["records"])
 
 
 def check_one_row_per_record(ids: np.ndarray, expected: int, data_dir: str, split: str) -> None:
@@ -206,12 +196,15 @@ def predict_split(
 
     parts = []
     bar = tqdm.tqdm(total=total, unit="img", desc=desc, disable=not (progress and distribute.is_chief(strategy)))
-    with bar:
-        for batch in dataset:
-            outputs = {k: v.numpy() for k, v in step(batch).items()}
-            valid = outputs.pop("valid").astype(bool)
-            parts.append({k: v[valid] for k, v in outputs.items()})
-            bar.update(int(valid.sum()))
+    try:
+        with bar:
+            for batch in dataset:
+                outputs = {k: v.numpy() for k, v in step(batch).items()}
+                valid = outputs.pop("valid").astype(bool)
+                parts.append({k: v[valid] for k, v in outputs.items()})
+                bar.update(int(valid.sum()))
+    except tf.errors.DataLossError as err:
+        raise input_pipeline.corrupt_data_error(data_dir, (split,), err) from None
     merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in
               ("softmax", "id_bytes", "id_length", "label")}
     ids = _decode_ids(merged["id_bytes"], merged["id_length"])
@@ -318,12 +311,10 @@ def run_prediction(
       UserInputError: a missing or unusable model folder, shard folder or split, a model whose image
         size differs from the shards', or a split whose shards disagree with its manifest.
     """
-    if not model_dirs:
-        raise UserInputError("no --model_dir given; pass the folder train.py wrote")
     threshold = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
-    chosen = distribute.resolve_strategy(strategy)  # first: multi-worker set-up precedes other TF ops
-    manifest, expected = _split_manifest(data_dir, split)
-    configs = [load_run_config(d) for d in model_dirs]
+    manifest, expected, configs = preflight.check_prediction_inputs(model_dirs, data_dir, split, output,
+                                                                    report_dir)
+    chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
     names = _model_names(model_dirs, configs)
     paths = output_paths(output, names)
     chief = distribute.is_chief(chosen)

@@ -15,6 +15,7 @@ from typing import Iterator
 
 import keras
 
+from contracts.errors import UserInputError
 from models.heads import build_head
 from models.registry import get_backbone
 from pipeline.augment import make_augmentation
@@ -24,7 +25,7 @@ WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserInputError):
     """Pretrained weights were asked for but cannot be downloaded, found, or loaded into the backbone."""
 
 

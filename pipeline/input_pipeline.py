@@ -10,11 +10,13 @@ The choices below were made by CPU time per image; the measurements are in bench
 from __future__ import annotations
 
 import os
+import re
 
 import tensorflow as tf
 
 from contracts import manifest as manifest_lib
 from contracts import records
+from contracts.errors import UserInputError
 from pipeline import options
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -47,8 +49,30 @@ def list_shards(data_dir: str, split: str) -> list[str]:
         return paths
     paths = manifest_lib.shard_paths(data_dir, split)
     if manifest_lib.split_records(data_dir, split) == 0:
-        raise ValueError(f"split {split!r} of {data_dir} holds no records; rebuild or pick another split")
+        raise UserInputError(f"split {split!r} of {data_dir} holds no records; rebuild or pick another split")
     return paths
+
+
+def find_corrupt_shard(data_dir: str, splits: tuple[str, ...]) -> tuple[str, str] | None:
+    """Reads every record of `splits` once; returns (path, TensorFlow's reason) of the first shard
+    that does not read back (truncated or bit-flipped), or None. Only called after a read failed."""
+    for split in splits:
+        for path in list_shards(data_dir, split):
+            try:
+                for _ in tf.data.TFRecordDataset(path):
+                    pass
+            except tf.errors.DataLossError as err:
+                reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", err.message)
+                return path, reason.split(" [Op:")[0].splitlines()[0]
+    return None
+
+
+def corrupt_data_error(data_dir: str, splits: tuple[str, ...], err: Exception) -> UserInputError:
+    """The one-line error for a shard folder whose records fail to read (a DataLossError)."""
+    found = find_corrupt_shard(data_dir, splits)
+    where = f"{found[0]} is truncated or corrupt ({found[1]})" if found else \
+        f"a shard of {data_dir} is truncated or corrupt ({err})"
+    return UserInputError(f"{where}: recopy the folder or rebuild it with preprocess/build_tfrecords.py")
 
 
 def _check_image_size(data_dir: str, image_size: int) -> None:

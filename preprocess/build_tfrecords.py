@@ -18,10 +18,10 @@ import sys
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]  # run as a script: this folder's modules (config, images, ...) would shadow others
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 import flags as project_flags  # noqa: E402
-from preprocess.config import BuildConfig, BuildError  # noqa: E402
+from preprocess.config import BuildConfig  # noqa: E402
 
 
 def config_from_flags(values: flags.FlagValues) -> BuildConfig:
@@ -30,17 +30,12 @@ def config_from_flags(values: flags.FlagValues) -> BuildConfig:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # stray arguments are refused by project_flags.run_tool
     config = config_from_flags(flags.FLAGS)
     logging.info("build config: %s", json.dumps(dataclasses.asdict(config)))
     from preprocess import builder
 
-    try:
-        result = builder.build(config)
-    except (BuildError, FileNotFoundError) as err:
-        print(f"build_tfrecords.py: {err}", file=sys.stderr)
-        return 1
+    result = builder.build(config)  # bad input: project_flags.run_tool says it in one line
     print(result.summary)
     return 0 if result.ok else 1
 

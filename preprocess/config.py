@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from contracts.errors import UserInputError
 from preprocess.images import MAX_IMAGE_PIXELS
 
 SPLITS = ("grouped", "official", "all", "unlabeled")
@@ -46,5 +47,5 @@ class BuildConfig:
 
 
 
-class BuildError(Exception):
+class BuildError(UserInputError):
     """The build cannot start; the message names the input and the fix."""

@@ -9,6 +9,7 @@ import math
 import os
 
 from contracts import manifest as manifest_lib
+from contracts.errors import check_output_folder
 from preprocess import nih_metadata
 from preprocess import sources as sources_lib
 from preprocess import splits as splits_lib
@@ -48,14 +49,21 @@ def gather_and_assign(config: BuildConfig):
     Raises:
       BuildError: missing inputs, or no usable image at all.
     """
-    if not config.image_dir or not os.path.isdir(config.image_dir):
-        raise BuildError(f"--image_dir={config.image_dir} is not a folder")
+    if not config.image_dir:
+        raise BuildError("--image_dir is required: the folder holding the images (searched recursively)")
+    if not os.path.isdir(config.image_dir):
+        raise BuildError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the images")
     if not config.output_dir:
-        raise BuildError("--output_dir is required")
+        raise BuildError("--output_dir is required: the folder the shards and manifest.json go to")
+    check_output_folder(config.output_dir, "output_dir")
     found = _gather(config)
     boxes, warnings = _boxes(config, found)
     assigned, split_skips = _assign(config, found)
     skipped = [s.as_dict() for s in found.skipped + split_skips]
+    if not any(assigned.values()) and config.split == "unlabeled":
+        raise BuildError(
+            f"no usable images under --image_dir={config.image_dir}: {len(found.sources)} image file(s) "
+            f"found, {len(skipped)} skipped; point it at the folder holding the PNG or JPEG files")
     if not any(assigned.values()):
         raise BuildError(
             f"no usable images: {len(found.absent)} CSV rows have no file under "

@@ -40,13 +40,22 @@ class Sources:
 def scan_images(image_dir: str) -> dict[str, list[str]]:
     """Returns file name -> paths of every non-hidden file under `image_dir` (recursively).
 
+    Symbolic links to folders are followed (clusters link `images_001 -> /mnt/...`); a folder
+    reached twice, through a link cycle or two links to one place, is read once.
+
     Raises:
       FileNotFoundError: `image_dir` is not a folder.
     """
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"--image_dir={image_dir} is not a folder")
     found: dict[str, list[str]] = collections.defaultdict(list)
-    for root, dirs, files in os.walk(image_dir):
+    visited: set[str] = set()
+    for root, dirs, files in os.walk(image_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith("."):

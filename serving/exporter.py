@@ -14,7 +14,7 @@ from contracts import ensemble_file
 from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.atomic import write_json
-from contracts.errors import UserInputError
+from contracts.errors import UserInputError, check_output_folder
 from contracts.export_folder import (
     EXPORT_INFO,
     EXPORT_SCHEMA_VERSION,
@@ -62,12 +62,7 @@ def _check_export_dir(export_dir: str) -> None:
     if os.path.exists(export_dir) and (not os.path.isdir(export_dir) or os.listdir(export_dir)):
         raise UserInputError(f"--export_dir={export_dir} exists and is not an empty folder; "
                              "pass a new folder (exports are never overwritten in place)")
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    probe = parent
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
-        raise UserInputError(f"--export_dir={export_dir}: {probe} is not a writable folder; pick another place")
+    check_output_folder(os.path.dirname(os.path.abspath(export_dir)), "export_dir")
 
 
 def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.atomic import write_json
+from contracts.errors import UserInputError
 from models import registry
 from pipeline import options
 
@@ -18,7 +19,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")  # see training.dis
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # see training.distribute.resolve_precision
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A run's flags or data cannot be used; the message names the value and the fix."""
 
 
@@ -102,6 +103,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     train_records = int(_split(manifest, config.train_split, config.data_dir)["records"])
     if config.validation:
         _split(manifest, config.val_split, config.data_dir)
+    for split in (config.train_split,) + ((config.val_split,) if config.validation else ()):
+        manifest_lib.shard_paths(config.data_dir, split)  # every shard present, inside data_dir
     steps = config.steps_per_epoch or train_records // config.global_batch_size
     if steps < 1:
         raise ConfigError(

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from contracts import manifest as manifest_lib
 from contracts import run_folder
+from contracts.errors import check_output_folder
 from models import build_model, get_backbone, inference_model
 from pipeline import input_pipeline
 from training import callbacks as callbacks_lib
@@ -50,6 +51,7 @@ class _Run:
     val_dataset: Any
     exporter: outputs.ModelExporter
     metrics: outputs.MetricsLog
+    exported_epoch: int | None = None  # the epoch model.keras and val_predictions.csv come from
 
 
 def _check_replicas(config: TrainConfig, strategy: tf.distribute.Strategy) -> None:
@@ -191,16 +193,41 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
               "images_per_second": train["images_per_second"], "epoch_seconds": train["seconds"],
               "time": time.time()}
     if run.chief:
-        if best:
-            run.exporter.export(os.path.join(run.model_dir, run_folder.MODEL))
-            if scores is not None:
-                outputs.write_val_predictions(run.model_dir, scores, _sidecar(config, run.model_dir, epoch))
         run.metrics.append(record)
     finished = epoch >= config.epochs or bool(run.model.stop_training)
+    run.exported_epoch = epoch if best else run.exported_epoch
+    # The checkpoint first, then the exports: a kill in between leaves a checkpoint that says which
+    # epoch they must come from, and the next start re-exports it (_repair_exports).
     run.state.save(epoch, step, {"callbacks": callbacks_lib.callback_state(run.callbacks),
-                                 "finished": finished})
+                                 "finished": finished, "exported_epoch": run.exported_epoch})
+    if run.chief and best:
+        _export(run, epoch, scores)
     _log_epoch(record, config.epochs)
     return record
+
+
+def _export(run: _Run, epoch: int, scores: validation.Scores | None) -> None:
+    run.exporter.export(os.path.join(run.model_dir, run_folder.MODEL), epoch)
+    if scores is not None:
+        outputs.write_val_predictions(run.model_dir, scores, _sidecar(run.config, run.model_dir, epoch))
+
+
+def _repair_exports(run: _Run, extra: dict[str, Any]) -> None:
+    """Re-exports model.keras and val_predictions.csv when a kill left them from another epoch than
+    the checkpoint says. Only the latest checkpoint's epoch can be missing its exports, and that
+    checkpoint is what was just restored."""
+    wanted = extra.get("exported_epoch")
+    if wanted is None or wanted != run.state.epochs_done:
+        return
+    model_epoch, val_epoch = run_folder.exported_epochs(run.model_dir)
+    if model_epoch == wanted and (val_epoch == wanted or run.val_dataset is None):
+        return
+    logging.warning("%s holds model.keras of epoch %s and val_predictions.csv of epoch %s; "
+                    "re-exporting epoch %d from its checkpoint", run.model_dir, model_epoch, val_epoch, wanted)
+    scores = (None if run.val_dataset is None
+              else validation.score(run.strategy, run.predict_step, run.val_dataset))
+    if run.chief:
+        _export(run, wanted, scores)
 
 
 def _log_epoch(record: dict[str, Any], epochs: int) -> None:
@@ -223,12 +250,11 @@ def _best_weights(model_dir: str, extra: dict[str, Any]) -> list[np.ndarray] | N
     return keras.saving.load_model(path, compile=False, safe_mode=True).get_weights()
 
 
-def _prepare_output(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy,
-                    chief: bool) -> None:
+def _write_config(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy,
+                  chief: bool) -> None:
     if not chief:
         return
     os.makedirs(model_dir, exist_ok=True)
-    config_lib.check_resumable(config, model_dir)
     config_lib.write_config(config, model_dir, {
         "replicas": strategy.num_replicas_in_sync,
         "workers": max(1, distribute.tf_config_workers()),
@@ -239,11 +265,12 @@ def _prepare_output(config: TrainConfig, model_dir: str, strategy: tf.distribute
 
 def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy) -> tuple[_Run, dict]:
     chief = distribute.is_chief(strategy)
-    _prepare_output(config, model_dir, strategy, chief)
+    config_lib.check_resumable(config, model_dir)
     keras.utils.set_random_seed(config.seed)
-    model, optimizer = _build(config, strategy)
+    model, optimizer = _build(config, strategy)  # bad weights fail here, before model_dir is touched
     state = RunState(model, optimizer, model_dir, chief=chief, keep=config.keep_checkpoints)
     restored = state.restore_latest()
+    _write_config(config, model_dir, strategy, chief)
     extra = state.extra if restored else {}
     if restored:
         logging.info("resuming from %s: %d epoch(s) done, step %d", restored, state.epochs_done, state.step)
@@ -265,6 +292,7 @@ def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy
         exporter=outputs.ModelExporter(inference_model(model)),
         metrics=outputs.MetricsLog(model_dir),
     )
+    run.exported_epoch = extra.get("exported_epoch")
     return run, extra
 
 
@@ -308,6 +336,7 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
       FloatingPointError: the training loss became NaN or infinite (the message names the step).
     """
     requested = config
+    check_output_folder(model_dir, "model_dir")
     strategy = distribute.resolve_strategy(config.strategy)
     previous_policy = keras.mixed_precision.global_policy()
     precision = distribute.resolve_precision(config.precision)
@@ -321,9 +350,14 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
         logging.info("training %s with %d replica(s), %s: %s", config.backbone,
                      strategy.num_replicas_in_sync, precision, dataclasses.asdict(config))
         run, extra = _start(config, model_dir, strategy)
+        _repair_exports(run, extra)
         resumed_from = run.state.epochs_done
         try:
             records = [] if extra.get("finished") else _train(run, extra)
+        except tf.errors.DataLossError as err:  # the last completed epoch's checkpoint is kept
+            raise input_pipeline.corrupt_data_error(
+                config.data_dir, (config.train_split,) + ((config.val_split,) if config.validation else ()),
+                err) from None
         finally:
             run.state.close()
         if extra.get("finished"):

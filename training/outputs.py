@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import Any
 
 import keras
@@ -51,14 +52,17 @@ class ModelExporter:
         self._classifier = classifier
         self._copy: keras.Model | None = None
 
-    def export(self, path: str) -> None:
-        """Writes the classifier's current weights to `path`, atomically (a reader never sees half a file)."""
+    def export(self, path: str, epoch: int) -> None:
+        """Writes the classifier's current weights to `path`, atomically (a reader never sees half a
+        file), recording `epoch` inside it (`contracts.run_folder.exported_epochs` reads it)."""
         if self._copy is None:
             self._copy = precision.with_policy(self._classifier, "float32")
         else:
             self._copy.set_weights(self._classifier.get_weights())
         with atomic_path(path) as tmp:
             self._copy.save(tmp)
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(run_folder.MODEL_RUN_ENTRY, json.dumps({"epoch": epoch}))
 
 
 def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any]) -> str:

@@ -1,0 +1,189 @@
+"""Every entry point against every bad input: exit status 1, one line `<tool>: <what and the fix>`,
+no traceback, and nothing left behind by the failed run.
+
+Tests run as root, where permissions do not stop writes: an unusable output location is one whose
+parent is a file. Most cases fail before TensorFlow loads (a second each); the corrupt-shard cases
+load it, since only reading the records finds the damage.
+"""
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from contracts.atomic import TEMP_PREFIX
+from tests.shard_factory import write_shards
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 32
+TOOL_TIMEOUT_S = 300
+SCRIPTS = {"build": os.path.join("preprocess", "build_tfrecords.py"), "synthetic": os.path.join("preprocess", "synthetic.py"),
+           "train": "train.py", "predict": "predict.py", "ensemble": "ensemble.py", "export": "export.py",
+           "demo": "demo.py"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    """Good inputs (shards, a trained run, its predictions) and one damaged copy per kind."""
+    from training.config import TrainConfig
+    from training.loop import run_training
+
+    root = tmp_path_factory.mktemp("world")
+    w = {name: str(root / name) for name in ("shards", "run", "truncated", "bad_json", "escaping",
+                                             "elsewhere", "empty_images", "no_files", "a_file")}
+    write_shards(w["shards"], {"train": 16, "val": 8, "test": 8}, image_size=SIZE)
+    run_training(TrainConfig(backbone="tiny_test", data_dir=w["shards"], weights="none", epochs=1,
+                             global_batch_size=8, precision="float32", strategy="default"), w["run"])
+    w["val_predictions"] = os.path.join(w["run"], "val_predictions.csv")
+    for damaged in ("truncated", "bad_json", "escaping"):
+        shutil.copytree(w["shards"], w[damaged])
+    for split in ("train", "test"):
+        shard = os.path.join(w["truncated"], f"{split}-00001-of-00002.tfrecord")
+        with open(shard, "rb") as f:
+            data = f.read()
+        with open(shard, "wb") as f:
+            # Cut inside a record's data: TensorFlow reports it (a cut inside the 12-byte header of
+            # the last record reads as a clean end of file).
+            f.write(data[: len(data) // 2 + 40])
+    with open(os.path.join(w["bad_json"], "manifest.json"), "w") as f:
+        f.write("{not json")
+    # A manifest entry that points into another folder: the test split would read val's records.
+    os.makedirs(w["elsewhere"])
+    shutil.copy(os.path.join(w["shards"], "val-00000-of-00002.tfrecord"), w["elsewhere"])
+    with open(os.path.join(w["escaping"], "manifest.json")) as f:
+        text = f.read()
+    with open(os.path.join(w["escaping"], "manifest.json"), "w") as f:
+        f.write(text.replace('"test-00000-of-00002.tfrecord"', '"../elsewhere/val-00000-of-00002.tfrecord"'))
+    os.makedirs(w["empty_images"])
+    os.makedirs(w["no_files"])
+    w["csv"] = os.path.join(w["no_files"], "Data_Entry_2017_v2020.csv")
+    with open(w["csv"], "w") as f:
+        f.write("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+                "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
+                "00000001_000.png,No Finding,0,1,58,M,PA,1024,1024,0.143,0.143\n")
+    with open(w["a_file"], "w") as f:
+        f.write("a file where a folder is expected\n")
+    return w
+
+
+def _run(tool: str, *args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO, SCRIPTS[tool]), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=TOOL_TIMEOUT_S)
+
+
+def _assert_one_line_failure(done: subprocess.CompletedProcess, tool: str, *fragments: str) -> str:
+    """Exit 1, no traceback, exactly one line of the tool's own, holding every fragment."""
+    name = os.path.basename(SCRIPTS[tool])
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    own = [line for line in done.stderr.splitlines() if line.startswith(f"{name}: ")]
+    assert len(own) == 1, done.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in own[0], own[0]
+    return own[0]
+
+
+def _nothing_written(*paths: str) -> None:
+    for path in paths:
+        assert not os.path.exists(path), f"{path} was left behind"
+        folder = os.path.dirname(path)
+        if os.path.isdir(folder):
+            assert not glob.glob(os.path.join(folder, TEMP_PREFIX + "*")), os.listdir(folder)
+
+
+# (case id, tool, argv from the world, fragments of the one line, outputs that must not exist)
+CASES = [
+    ("build-no-image-dir", "build", lambda w: ["--output_dir={out}/shards"], ["--image_dir is required"], ["{out}/shards"]),
+    ("build-output-under-a-file", "build", lambda w: [f"--image_dir={w['empty_images']}", "--split=unlabeled",
+                                                      f"--output_dir={w['a_file']}/shards"],
+     ["--output_dir=", "is a file, not a folder"], []),
+    ("build-unlabeled-empty-folder", "build", lambda w: [f"--image_dir={w['empty_images']}", "--split=unlabeled",
+                                                         "--output_dir={out}/shards"],
+     ["no usable images under --image_dir="], ["{out}/shards"]),
+    ("build-no-csv-row-has-a-file", "build", lambda w: [f"--image_dir={w['no_files']}", f"--data_entry_csv={w['csv']}",
+                                                        "--split=all", "--output_dir={out}/shards"],
+     ["no usable images", "1 CSV rows have no file"], ["{out}/shards"]),
+    ("build-stray-argument", "build", lambda w: [f"--image_dir={w['empty_images']}", "--output_dir={out}/s", "extra"],
+     ["unexpected arguments 'extra'"], ["{out}/s"]),
+    ("synthetic-stray-argument", "synthetic", lambda w: ["--output_dir={out}/syn", "extra"],
+     ["unexpected arguments 'extra'"], ["{out}/syn"]),
+    ("train-no-manifest", "train", lambda w: ["--backbone=resnet50", f"--data_dir={w['empty_images']}",
+                                              "--model_dir={out}/run"], ["manifest.json not found"], ["{out}/run"]),
+    ("train-manifest-not-json", "train", lambda w: ["--backbone=resnet50", f"--data_dir={w['bad_json']}",
+                                                    "--model_dir={out}/run"], ["is not valid JSON"], ["{out}/run"]),
+    ("train-manifest-escapes-the-folder", "train", lambda w: ["--backbone=resnet50", f"--data_dir={w['escaping']}",
+                                                              "--val_split=test", "--model_dir={out}/run"],
+     ["lists shard '../elsewhere/val-00000-of-00002.tfrecord'", "rebuild"], ["{out}/run"]),
+    ("train-model-dir-under-a-file", "train", lambda w: ["--backbone=resnet50", f"--data_dir={w['shards']}",
+                                                         f"--model_dir={w['a_file']}/run"],
+     ["--model_dir=", "is a file, not a folder"], []),
+    ("train-stray-argument", "train", lambda w: ["--backbone=resnet50", f"--data_dir={w['shards']}",
+                                                 "--model_dir={out}/run", "extra"],
+     ["unexpected arguments 'extra'"], ["{out}/run"]),
+    ("predict-manifest-not-json", "predict", lambda w: [f"--model_dir={w['run']}", f"--data_dir={w['bad_json']}",
+                                                        "--split=test", "--output={out}/p.csv"],
+     ["is not valid JSON"], ["{out}/p.csv", "{out}/p_report"]),
+    ("predict-manifest-escapes-the-folder", "predict", lambda w: [f"--model_dir={w['run']}", f"--data_dir={w['escaping']}",
+                                                                  "--split=test", "--output={out}/p.csv"],
+     ["lists shard '../elsewhere/val-00000-of-00002.tfrecord'", "shards must be file names inside"],
+     ["{out}/p.csv"]),
+    ("predict-output-under-a-file", "predict", lambda w: [f"--model_dir={w['run']}", f"--data_dir={w['shards']}",
+                                                          "--split=test", f"--output={w['a_file']}/p.csv"],
+     ["--output=", "is a file, not a folder"], []),
+    ("predict-report-under-a-file", "predict", lambda w: [f"--model_dir={w['run']}", f"--data_dir={w['shards']}",
+                                                          "--split=test", "--output={out}/p.csv",
+                                                          f"--report_dir={w['a_file']}/report"],
+     ["--report_dir=", "is a file, not a folder"], ["{out}/p.csv"]),
+    ("predict-not-a-run-folder", "predict", lambda w: [f"--model_dir={w['shards']}", f"--data_dir={w['shards']}",
+                                                       "--split=test", "--output={out}/p.csv"],
+     ["config.json not found", "is not a folder written by train.py"], ["{out}/p.csv"]),
+    ("predict-stray-argument", "predict", lambda w: [f"--model_dir={w['run']}", f"--data_dir={w['shards']}",
+                                                     "--output={out}/p.csv", "extra"],
+     ["unexpected arguments 'extra'"], ["{out}/p.csv"]),
+    ("ensemble-output-under-a-file", "ensemble", lambda w: [f"--predictions={w['val_predictions']}",
+                                                            f"--output={w['a_file']}/submission.csv"],
+     ["--output=", "is a file, not a folder"], []),
+    ("ensemble-missing-predictions", "ensemble", lambda w: ["--predictions={out}/absent.csv", "--output={out}/s.csv"],
+     ["absent.csv not found"], ["{out}/s.csv"]),
+    ("ensemble-stray-argument", "ensemble", lambda w: [f"--predictions={w['val_predictions']}",
+                                                       "--output={out}/s.csv", "extra_arg"],
+     ["unexpected arguments 'extra_arg'"], ["{out}/s.csv"]),
+    ("export-dir-under-a-file", "export", lambda w: [f"--model_dir={w['run']}", f"--export_dir={w['a_file']}/served"],
+     ["--export_dir=", "is a file, not a folder"], []),
+    ("export-stray-argument", "export", lambda w: [f"--model_dir={w['run']}", "--export_dir={out}/served", "extra"],
+     ["unexpected arguments 'extra'"], ["{out}/served"]),
+    ("demo-output-under-a-file", "demo", lambda w: [f"--output_dir={w['a_file']}/demo"],
+     ["--output_dir=", "is a file, not a folder"], []),
+    ("demo-stray-argument", "demo", lambda w: ["--output_dir={out}/demo", "extra"],
+     ["unexpected arguments 'extra'"], ["{out}/demo"]),
+]
+
+
+@pytest.mark.parametrize("case, tool, argv, fragments, outputs", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_1(world, tmp_path, case, tool, argv, fragments, outputs):
+    out = str(tmp_path)
+    done = _run(tool, *[a.replace("{out}", out) for a in argv(world)])
+    _assert_one_line_failure(done, tool, *fragments)
+    _nothing_written(*[o.replace("{out}", out) for o in outputs])
+
+
+def test_a_truncated_shard_at_predict_names_the_shard_and_writes_nothing(world, tmp_path):
+    done = _run("predict", f"--model_dir={world['run']}", f"--data_dir={world['truncated']}", "--split=test",
+                f"--output={tmp_path}/p.csv")
+    line = _assert_one_line_failure(done, "predict", "test-00001-of-00002.tfrecord is truncated or corrupt",
+                                    "recopy the folder or rebuild it")
+    assert "function_node" not in line
+    _nothing_written(f"{tmp_path}/p.csv", f"{tmp_path}/p.npy", f"{tmp_path}/p.json")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_truncated_shard_at_train_names_the_shard_and_keeps_no_partial_output(world, tmp_path):
+    model_dir = str(tmp_path / "run")
+    done = _run("train", "--backbone=resnet50", f"--data_dir={world['truncated']}", "--val_split=val",
+                f"--model_dir={model_dir}", "--weights=none", f"--image_size={SIZE}", "--global_batch_size=8",
+                "--epochs=1", "--strategy=default", "--precision=float32")
+    _assert_one_line_failure(done, "train", "train-00001-of-00002.tfrecord is truncated or corrupt")
+    _nothing_written(os.path.join(model_dir, "model.keras"), os.path.join(model_dir, "val_predictions.csv"))
