@@ -7,7 +7,8 @@ A file is DICOM when its content says so: the DICOM Part 10 preamble (128 bytes)
 `DICM`, whatever the file is called. Files without the preamble (bare data sets, old ACR-NEMA
 files) are not recognised: nothing in their first bytes tells them reliably from other formats.
 
-`decode` turns the pixel data into an 8-bit grayscale image by these rules:
+`decode` turns the pixel data into an 8-bit grayscale image by these rules (baseline JPEG is
+decoded by Pillow, like the builder's JPEG sources; everything else by pydicom's plugins):
 
 1. Refused, with the reason: no pixel data; more than one frame; a transfer syntax that the
    installed pydicom plugins cannot decode; truncated or corrupt pixel data; more than
@@ -134,7 +135,7 @@ def parse_age(value) -> int | None:
 def _untrusted(reason: str):
     """Silences pydicom's warnings (off the workers' stderr) and turns its errors into ImageError."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore", UserWarning)  # pydicom's; numpy's RuntimeWarnings stay
         try:
             yield
         except _CORRUPT_INPUT_ERRORS as err:
@@ -220,7 +221,7 @@ def _check_header(ds: Dataset, max_pixels: int) -> str:
         )
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
     samples = int(_number(ds, "SamplesPerPixel") or 1)
-    if photometric not in SUPPORTED_PHOTOMETRIC:
+    if SUPPORTED_PHOTOMETRIC.get(photometric) != samples:
         raise ImageError(
             f"unsupported photometric interpretation {photometric or 'None'} with {samples} "
             f"sample(s) per pixel; supported: {', '.join(SUPPORTED_PHOTOMETRIC)}"
@@ -309,10 +310,8 @@ def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
     entries, first_mapped = int(descriptor[0]) or 2**16, int(descriptor[1])
     if isinstance(data, bytes):  # OW: 16-bit words in the file's byte order
         little_endian = ds.original_encoding[1] is not False
-        lut = np.frombuffer(data, dtype="<u2" if little_endian else ">u2")
-    else:
-        lut = np.asarray(data, dtype=np.float64)
-    lut = np.asarray(lut[:entries], dtype=np.float64)
+        data = np.frombuffer(data, dtype="<u2" if little_endian else ">u2")
+    lut = np.asarray(data[:entries], dtype=np.float64)
     if lut.size == 0 or lut.max() <= 0:
         return None
     index = np.clip(np.rint(values) - first_mapped, 0, lut.size - 1).astype(np.intp)
@@ -342,7 +341,9 @@ def _stretch(values: np.ndarray) -> np.ndarray:
         low, high = values.min(), values.max()
     if high <= low:
         return np.zeros(values.shape)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
+    fractions = np.subtract(values, low, dtype=np.float64)  # new: the steps below work in place
+    fractions /= high - low
+    return np.clip(fractions, 0.0, 1.0, out=fractions)
 
 
 def _monochrome_to_gray(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -355,7 +356,8 @@ def _monochrome_to_gray(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
         if unchanged_8_bit:
             return pixels.astype(np.uint8, copy=False)
         fractions = _stretch(values)
-    return np.rint(fractions * 255.0).astype(np.uint8)
+    fractions *= 255.0
+    return np.rint(fractions, out=fractions).astype(np.uint8)
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:

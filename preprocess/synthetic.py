@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import sys
 
@@ -26,6 +27,7 @@ from PIL import Image  # noqa: E402
 
 import flags as project_flags  # noqa: E402
 from contracts import labels  # noqa: E402
+from contracts.atomic import atomic_path, write_text  # noqa: E402
 from contracts.labels import NIH_FRAME  # noqa: E402
 
 DATA_ENTRY_HEADER = (
@@ -106,8 +108,8 @@ def generate(config: SyntheticConfig) -> dict[str, int]:
                     scale = NIH_FRAME / size
                     spelled = BBOX_SPELLING.get(chosen[0], chosen[0])
                     boxes.append([name, spelled, x * scale, y * scale, w * scale, h * scale])
-            Image.fromarray(_pixels(image, rng), mode="L").save(
-                os.path.join(image_dir, name), compress_level=1)
+            with atomic_path(os.path.join(image_dir, name), durable=False) as tmp:
+                Image.fromarray(_pixels(image, rng), mode="L").save(tmp, format="PNG", compress_level=1)
             view = "PA" if rng.random() < 0.6 else "AP"
             rows.append([name, finding_labels, follow_up, patient, age + follow_up // 4, sex, view,
                          NIH_FRAME, NIH_FRAME, 0.143, 0.143])
@@ -118,20 +120,22 @@ def generate(config: SyntheticConfig) -> dict[str, int]:
     return {"images": len(rows), "abnormal": abnormal, "boxes": len(boxes), "patients": config.num_patients}
 
 
+def _csv_text(header: str, rows: list[list]) -> str:
+    buffer = io.StringIO()
+    buffer.write(header + "\n")
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
 def _write_tables(config, rows, boxes, patient_images, rng) -> None:
-    with open(os.path.join(config.output_dir, "Data_Entry_2017_v2020.csv"), "w", newline="") as f:
-        f.write(DATA_ENTRY_HEADER + "\n")
-        csv.writer(f, lineterminator="\n").writerows(rows)
-    with open(os.path.join(config.output_dir, "BBox_List_2017.csv"), "w", newline="") as f:
-        f.write(BBOX_HEADER + "\n")
-        csv.writer(f, lineterminator="\n").writerows(boxes)
+    write_text(os.path.join(config.output_dir, "Data_Entry_2017_v2020.csv"), _csv_text(DATA_ENTRY_HEADER, rows))
+    write_text(os.path.join(config.output_dir, "BBox_List_2017.csv"), _csv_text(BBOX_HEADER, boxes))
     patients = sorted(patient_images)
     test = set(rng.choice(patients, size=int(len(patients) * config.test_patient_fraction), replace=False))
     for file_name, keep in (("train_val_list.txt", False), ("test_list.txt", True)):
-        with open(os.path.join(config.output_dir, file_name), "w") as f:
-            for patient in patients:
-                if (patient in test) == keep:
-                    f.writelines(f"{name}\n" for name in patient_images[patient])
+        write_text(os.path.join(config.output_dir, file_name),
+                   "".join(f"{name}\n" for patient in patients if (patient in test) == keep
+                           for name in patient_images[patient]))
 
 
 def main(argv: list[str]) -> None:

@@ -22,9 +22,6 @@ from pydicom.uid import (
     generate_uid,
 )
 
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
-
-
 def can_encode(transfer_syntax: str) -> bool:
     """Whether the installed pydicom plugins can compress to `transfer_syntax`."""
     return get_encoder(transfer_syntax).is_available
@@ -43,7 +40,7 @@ def _set_palette(ds: Dataset, palette: tuple[np.ndarray, np.ndarray, np.ndarray]
         ds.add_new(f"{colour}PaletteColorLookupTableData", "OW", np.asarray(lut, "<u2").tobytes())
 
 
-def _set_header(ds: Dataset, *, patient_id, age, sex, view, sop_uid) -> None:
+def _set_header(ds: Dataset, *, patient_id, age, sex, view) -> None:
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.Modality = "DX"
     for keyword, value in (("PatientID", patient_id), ("PatientAge", age), ("PatientSex", sex),
@@ -52,7 +49,11 @@ def _set_header(ds: Dataset, *, patient_id, age, sex, view, sop_uid) -> None:
             setattr(ds, keyword, value)
 
 
-def _set_display(ds: Dataset, *, slope, intercept, window, voi_lut) -> None:
+def _set_display(ds: Dataset, *, slope, intercept, window, voi_lut, modality_lut) -> None:
+    if modality_lut is not None:
+        item = _lut_item(*modality_lut)
+        item.ModalityLUTType = "US"  # unspecified units
+        ds.ModalityLUTSequence = Sequence([item])
     if slope is not None:
         ds.RescaleSlope = slope
     if intercept is not None:
@@ -100,6 +101,7 @@ def write_dicom(
     intercept: float | None = None,
     window: tuple | None = None,
     voi_lut: tuple[int, np.ndarray] | None = None,
+    modality_lut: tuple[int, np.ndarray] | None = None,
     palette: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     transfer_syntax: str = ExplicitVRLittleEndian,
     encoded: bytes | None = None,
@@ -122,7 +124,9 @@ def write_dicom(
       bits_stored: defaults to the dtype's bits.
       slope, intercept: Rescale Slope/Intercept, written only when given.
       window: (center, width) or (center, width, VOI LUT Function).
-      voi_lut: (first mapped value, 16-bit entries) for a one-item VOI LUT Sequence.
+      voi_lut: (first mapped value, 16-bit entries) for a one-item VOI LUT Sequence; LUTs and
+        palettes are written little-endian, so keep them to little-endian syntaxes.
+      modality_lut: the same for a Modality LUT Sequence.
       palette: red, green, blue 16-bit LUTs for PALETTE COLOR.
       transfer_syntax: uncompressed ones are written directly, compressed ones by `ds.compress`
         unless `encoded` holds the already-compressed frame.
@@ -136,13 +140,14 @@ def write_dicom(
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    _set_header(ds, patient_id=patient_id, age=age, sex=sex, view=view, sop_uid=sop_uid)
+    _set_header(ds, patient_id=patient_id, age=age, sex=sex, view=view)
     stored = np.stack([pixels] * frames) if frames > 1 else pixels
     ds.set_pixel_data(stored, photometric, bits_stored or 8 * pixels.dtype.itemsize)
     ds.SOPInstanceUID = sop_uid or generate_uid()
     if palette is not None:
         _set_palette(ds, palette)
-    _set_display(ds, slope=slope, intercept=intercept, window=window, voi_lut=voi_lut)
+    _set_display(ds, slope=slope, intercept=intercept, window=window, voi_lut=voi_lut,
+                 modality_lut=modality_lut)
     _encode_pixels(ds, stored, transfer_syntax, encoded)
     if not pixel_data:
         del ds.PixelData

@@ -410,3 +410,36 @@ def test_synthetic_generator_honours_its_settings_and_seed(tmp_path):
     images = sorted(os.listdir(os.path.join(a, "images_001", "images")))
     assert all(open(os.path.join(a, "images_001", "images", n), "rb").read()
                == open(os.path.join(b, "images_001", "images", n), "rb").read() for n in images)
+
+
+def test_symlinked_image_folders_are_followed_once_and_cycles_end(tmp_path):
+    # Clusters link image folders in: images_001 -> /mnt/... A link back up must not loop.
+    real = tmp_path / "mnt" / "images_001" / "images"
+    real.mkdir(parents=True)
+    gray = np.random.default_rng(2).integers(0, 255, (40, 40), dtype=np.uint8)
+    for i in range(3):
+        save(Image.fromarray(gray + i), real / f"0000000{i}_000.png")
+    top = tmp_path / "data"
+    top.mkdir()
+    (top / "images_001").symlink_to(real.parent, target_is_directory=True)
+    (real / "loop").symlink_to(top, target_is_directory=True)  # a cycle through the link
+    (top / "again").symlink_to(real, target_is_directory=True)  # a second way to the same folder
+    cfg = BuildConfig(image_dir=str(top), output_dir=str(tmp_path / "out"), split="unlabeled", image_size=32,
+                      workers=1)
+    result = builder.build(cfg)
+    assert result.ok, result.summary
+    ids = sorted(r["image_id"] for r in read_records(cfg.output_dir)["eval"])
+    assert ids == sorted(f"0000000{i}_000.png" for i in range(3))
+
+
+def test_a_rerun_removes_stale_temporary_files_of_a_killed_build(synthetic_data, tmp_path):
+    from contracts.atomic import TEMP_PREFIX
+
+    out = str(tmp_path / "out")
+    cfg = config_for(synthetic_data, out, crop="none")
+    assert builder.build(cfg).ok
+    stale = os.path.join(out, f"{TEMP_PREFIX}99999-train-00000-of-00003.tfrecord")
+    with open(stale, "wb") as f:
+        f.write(b"half a shard")
+    assert builder.build(cfg).ok
+    assert not os.path.exists(stale)

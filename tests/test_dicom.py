@@ -214,6 +214,13 @@ def test_voi_lut_sequence_wins_over_the_window(tmp_path):
     np.testing.assert_array_equal(_decode(data), _to_uint8(lut[index] / lut.max() * 255))
 
 
+def test_modality_lut_sequence_comes_before_the_default_range(tmp_path):
+    stored = _noise(0, 4095, np.uint16)
+    lut = (np.arange(4096) ** 2 // 300).astype(np.uint16)  # not linear, so skipping it shows
+    data = _write(tmp_path, stored, bits_stored=12, modality_lut=(0, lut))
+    np.testing.assert_array_equal(_decode(data), _expected_stretch(lut[stored]))
+
+
 def test_constant_image_is_black_and_inverted_white(tmp_path):
     flat = np.full((ROWS, COLUMNS), 1000, np.uint16)
     assert (_decode(_write(tmp_path, flat)) == 0).all()

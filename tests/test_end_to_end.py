@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from evaluation.ensembling import run_ensemble
 from evaluation.prediction import run_prediction
@@ -15,10 +16,15 @@ from training.config import TrainConfig
 from training.loop import run_training
 
 
+EPOCHS = 6
+MIN_AUROC = 0.8
+
+
 @pytest.mark.slow
 def test_build_train_predict_ensemble_report(tmp_path):
     data, shards = str(tmp_path / "data"), str(tmp_path / "shards")
-    synthetic.generate(synthetic.SyntheticConfig(output_dir=data, num_patients=40, source_size=64, seed=1))
+    # Sized so the tiny backbone learns in seconds: the test asserts it did (AUROC >= MIN_AUROC).
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=data, num_patients=120, source_size=64, seed=1))
     built = builder.build(BuildConfig(
         data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"),
         bbox_csv=os.path.join(data, "BBox_List_2017.csv"), image_dir=data, output_dir=shards,
@@ -30,9 +36,13 @@ def test_build_train_predict_ensemble_report(tmp_path):
     model_dirs = []
     for seed in (0, 1):
         model_dir = str(tmp_path / f"tiny{seed}")
-        result = run_training(TrainConfig(backbone="tiny_test", data_dir=shards, weights="none", epochs=1,
-                                          global_batch_size=8, seed=seed), model_dir)
-        assert result["epochs_done"] == 1
+        # BatchNorm momentum 0.9 as in the demo: at 0.99 the moving statistics lag far behind a
+        # few dozen steps from scratch.
+        result = run_training(TrainConfig(backbone="tiny_test", data_dir=shards, weights="none", epochs=EPOCHS,
+                                          learning_rate=3e-3, batchnorm_momentum=0.9,
+                                          early_stopping_patience=EPOCHS, global_batch_size=8, seed=seed),
+                              model_dir)
+        assert result["epochs_done"] == EPOCHS
         for name in ("config.json", "metrics.jsonl", "model.keras", "val_predictions.csv"):
             assert os.path.exists(os.path.join(model_dir, name)), name
         val = pd.read_csv(os.path.join(model_dir, "val_predictions.csv"))
@@ -61,7 +71,11 @@ def test_build_train_predict_ensemble_report(tmp_path):
     metrics = json.load(open(tmp_path / "report" / "metrics.json"))
     assert "ensemble" in metrics and len(metrics) == 3
     for name, values in metrics.items():
-        assert 0 <= values["auroc"] <= 1 and 0 <= values["accuracy"] <= 1, name
+        # The models learned: measured 0.93-0.94 for each model here (2026-12-01).
+        assert values["auroc"] >= MIN_AUROC, (name, values["auroc"])
         assert values["prevalence"] == pytest.approx(splits["test"]["abnormal"] / n_test)
+    labels = pd.read_csv(test_files[0]).set_index("image_id")["label"]
+    blended = pd.read_csv(ensembled.probabilities).set_index("image_id")["p_abnormal"]
+    assert metrics["ensemble"]["auroc"] == pytest.approx(roc_auc_score(labels, blended.loc[labels.index]))
     for plot in ("roc.png", "precision_recall.png"):
         assert os.path.getsize(tmp_path / "report" / plot) > 1000

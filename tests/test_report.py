@@ -37,6 +37,17 @@ def test_metrics_equal_scikit_learn(scored):
     assert got["accuracy_ci95"] is None and got["auroc_ci95"] is None
 
 
+def test_majority_baseline_when_abnormal_is_the_majority():
+    # NIH's official test split is 61.5% abnormal: always answering "abnormal" scores 61.5%.
+    labels = np.array([1] * 123 + [0] * 77)
+    probs = np.linspace(0, 1, labels.size)
+    got = report.compute_metrics(labels, probs, 0.5, bootstrap=0)
+    counts = np.bincount(labels, minlength=2)
+    assert got["majority_baseline_accuracy"] == pytest.approx(counts.max() / counts.sum()) == pytest.approx(0.615)
+    always_abnormal = skm.accuracy_score(labels, np.ones_like(labels))
+    assert got["majority_baseline_accuracy"] == pytest.approx(always_abnormal)
+
+
 def test_bootstrap_intervals_are_reproducible_and_bracket_the_estimate(scored):
     labels, probs = scored
     first = report.compute_metrics(labels, probs, 0.5, bootstrap=300)
