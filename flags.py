@@ -39,7 +39,9 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_string, fv)("bbox_csv", None,
       "Optional NIH BBox_List_2017.csv (boxes in the 1024 frame).")
     _d(flags.DEFINE_string, fv)("image_dir", None,
-      "Folder searched recursively for the images (the download's images_0NN/images/ layout works).")
+      "Folder searched recursively for the images (the download's images_0NN/images/ layout works; "
+      "linked folders are followed). PNG and JPEG by extension, DICOM by content. With "
+      "--split=unlabeled also a quoted glob pattern of files, e.g. '/data/**/*.dcm'.")
     _d(flags.DEFINE_string, fv)("output_dir", None, "Where shards, manifest.json and absent.txt go.")
     _d(flags.DEFINE_enum, fv)("split", default["split"], list(SPLITS),
       "grouped: train/val(/test) by patient, stratified by label; official: the NIH lists; "

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from contracts.demographics import AGE_UNKNOWN, SEXES
 from contracts.labels import (  # noqa: F401  (re-exported: the format's label vocabulary)
     FINDINGS,
     LABEL_ABNORMAL,
@@ -29,6 +30,8 @@ FINDINGS_KEY = "findings"
 PATIENT_ID = "patient_id"
 VIEW_POSITION = "view_position"
 CROP_APPLIED = "crop/applied"  # 1 when the stored image is the bbox crop
+SEX = "patient/sex"  # b"M", b"F", or b"" when unknown (NIH "Patient Gender", DICOM PatientSex)
+AGE = "patient/age"  # whole years; AGE_UNKNOWN when unknown (NIH "Patient Age", DICOM PatientAge)
 BOX = "box"  # union of the image's boxes as x, y, w, h in the 1024 frame; zeros when none
 
 FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
@@ -41,6 +44,9 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     PATIENT_ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     VIEW_POSITION: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     CROP_APPLIED: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    # Defaults: shards built before these fields existed read as "unknown".
+    SEX: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    AGE: tf.io.FixedLenFeature([], tf.int64, default_value=AGE_UNKNOWN),
     BOX: tf.io.FixedLenFeature([4], tf.float32, default_value=[0.0, 0.0, 0.0, 0.0]),
 }
 
@@ -71,6 +77,8 @@ def make_example(
     view_position: str = "",
     crop_applied: bool = False,
     box: Sequence[float] = NO_BOX,
+    sex: str = "",
+    age: int | None = None,
 ) -> tf.train.Example:
     """Builds one record.
 
@@ -85,6 +93,8 @@ def make_example(
       view_position: "PA", "AP", ... ("" when unknown).
       crop_applied: whether the stored image is the crop to `box`.
       box: union of the image's boxes (x, y, w, h) in the original 1024 frame, `NO_BOX` when none.
+      sex: "M", "F" or "" (unknown).
+      age: whole years, or None when unknown.
 
     Returns:
       The `tf.train.Example`.
@@ -100,6 +110,10 @@ def make_example(
         raise ValueError(f"findings must have {len(FINDINGS)} entries, got {len(findings)}")
     if len(box) != 4:
         raise ValueError(f"box must be (x, y, w, h), got {box!r}")
+    if sex not in SEXES + ("",):
+        raise ValueError(f"sex must be 'M', 'F' or '' (unknown), got {sex!r}")
+    if age is not None and age < 0:
+        raise ValueError(f"age must be >= 0 or None (unknown), got {age!r}")
     feature = {
         IMAGE: _bytes(image),
         IMAGE_FORMAT: _bytes(image_format.encode()),
@@ -111,6 +125,8 @@ def make_example(
         VIEW_POSITION: _bytes(view_position.encode()),
         CROP_APPLIED: _ints([int(bool(crop_applied))]),
         BOX: _floats(box),
+        SEX: _bytes(sex.encode()),
+        AGE: _ints([AGE_UNKNOWN if age is None else int(age)]),
     }
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
@@ -149,4 +165,6 @@ def example_to_dict(example_bytes: bytes) -> Mapping[str, object]:
         "view_position": feature[VIEW_POSITION].bytes_list.value[0].decode(),
         "crop_applied": bool(feature[CROP_APPLIED].int64_list.value[0]),
         "box": list(feature[BOX].float_list.value),
+        "sex": feature[SEX].bytes_list.value[0].decode() if SEX in feature else "",
+        "age": feature[AGE].int64_list.value[0] if AGE in feature else AGE_UNKNOWN,
     }

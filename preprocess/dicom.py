@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import re
+import logging
 import struct
 import warnings
 
@@ -53,11 +53,16 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 from pydicom.uid import UID, JPEGBaseline8Bit, RLELossless
 
+from contracts.demographics import parse_age, parse_sex
 from preprocess.images import ImageError
+
+# pydicom also logs what it tolerates in a damaged file; here every problem becomes the file's
+# one skip reason in the manifest instead, so its log lines would only repeat it.
+logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 DICOM_MAGIC = b"DICM"
 PREAMBLE_LENGTH = 128
-MAX_AGE_YEARS = 150
+SIGNATURE_BYTES = PREAMBLE_LENGTH + len(DICOM_MAGIC)  # what `is_dicom` needs to see
 BITS_STORED_RANGE = (8, 16)
 # 1 sample: grayscale or palette indices; 3 samples: colour. Anything else is refused.
 SUPPORTED_PHOTOMETRIC = {
@@ -85,8 +90,6 @@ _EARLY_END_WARNING = "End of file reached"
 _CORRUPT_INPUT_ERRORS = (InvalidDicomError, BytesLengthException, struct.error, ValueError,
                          TypeError, KeyError, IndexError, EOFError, OSError, OverflowError,
                          NotImplementedError, AttributeError, RuntimeError)
-_AGE = re.compile(r"(\d+)\s*([DWMY]?)")
-_DAYS_PER_UNIT = {"D": 1, "W": 7}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,32 +106,6 @@ class DicomTags:
 def is_dicom(data: bytes) -> bool:
     """True when `data` is a DICOM Part 10 file: `DICM` right after the 128-byte preamble."""
     return data[PREAMBLE_LENGTH:PREAMBLE_LENGTH + len(DICOM_MAGIC)] == DICOM_MAGIC
-
-
-def parse_age(value) -> int | None:
-    """Reads an age in whole years from a DICOM AS string ("062Y"), a bare number or an int.
-
-    Months, weeks and days are floored to years ("062M" -> 5, "020D" -> 0).
-
-    Returns:
-      The age, or None when `value` is empty, unreadable, negative or over 150 years.
-    """
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        if not float(value).is_integer():
-            return None
-        years = int(value)
-    else:
-        match = _AGE.fullmatch(str(value).strip().upper())
-        if match is None:
-            return None
-        count, unit = int(match.group(1)), match.group(2)
-        if unit in _DAYS_PER_UNIT:
-            years = count * _DAYS_PER_UNIT[unit] // 365
-        else:
-            years = count // 12 if unit == "M" else count
-    return years if 0 <= years <= MAX_AGE_YEARS else None
 
 
 @contextlib.contextmanager
@@ -181,12 +158,12 @@ def read_tags(data: bytes) -> DicomTags:
     """
     with _untrusted("unreadable DICOM header"):
         ds, _ = _read(data, stop_before_pixels=True)
-        sex = (_text(ds, "PatientSex") or "").upper()
+        sex = parse_sex(_text(ds, "PatientSex"))
         view = _text(ds, "ViewPosition")
         return DicomTags(
             patient_id=_text(ds, "PatientID"),
             view_position=view.upper() if view else None,
-            sex=sex if sex in ("M", "F") else None,
+            sex=sex or None,
             age=parse_age(_text(ds, "PatientAge")),
             sop_instance_uid=_text(ds, "SOPInstanceUID"),
         )

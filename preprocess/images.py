@@ -52,7 +52,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as err:
         raise ImageError(f"refused as a possible decompression bomb: {err}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise ImageError(f"not a readable PNG or JPEG image ({err})") from None
+        raise ImageError(f"not a readable PNG, JPEG or DICOM image ({err})") from None
     if image.format not in SUPPORTED_FORMATS:
         raise ImageError(f"{image.format} images are not supported; convert it to PNG")
     width, height = image.size
@@ -62,6 +62,14 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             "refused as a possible decompression bomb"
         )
     return image
+
+
+def _open_any(data: bytes, max_pixels: int) -> Image.Image:
+    from preprocess import dicom  # pydicom loads only when a DICOM file comes
+
+    if dicom.is_dicom(data):
+        return dicom.decode(data, max_pixels)
+    return _open(data, max_pixels)
 
 
 def _load(image: Image.Image, size_in_bytes: int) -> None:
@@ -155,20 +163,22 @@ def process(
 ) -> Processed:
     """Decodes, optionally crops to `box` (1024 frame), resizes to a square and encodes.
 
+    PNG, JPEG, or DICOM (recognised by its content, whatever the file is called; decoded to 8-bit
+    gray by `preprocess.dicom`), then the same crop, resize and encoding for all three.
     A non-square crop is stretched to the square, as the reference's `resize((224, 224))` did.
     A box that cannot be used is a warning: the image is kept, uncropped.
 
     Raises:
       ImageError: the bytes are not a usable image.
     """
-    image = _open(data, max_pixels)
+    image = _open_any(data, max_pixels)
     region, warning = None, None
     if box is not None:
         try:
             region = crop_region(box, *image.size)
         except ImageError as err:
             warning = f"{err}; written uncropped"
-    if region is None and image.format == "JPEG":
+    if region is None and getattr(image, "format", None) == "JPEG":
         # DCT-domain downscaling: decode a JPEG at the smallest 1/2^k scale still >= the target.
         image.draft("L", (image_size, image_size))
     _load(image, len(data))

@@ -15,10 +15,12 @@ import io
 import math
 import os
 
-from contracts import labels
+from contracts import demographics, labels
 
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 VIEW_COLUMN = "View Position"
+SEX_COLUMN = "Patient Gender"
+AGE_COLUMN = "Patient Age"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Entry:
     findings: tuple[int, ...]
     patient_id: str
     view_position: str
+    sex: str = ""  # "M", "F" or "" (contracts.demographics)
+    age: int | None = None  # whole years
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +112,8 @@ def _row_entry(row: dict[str, str]) -> Entry:
         findings=findings,
         patient_id=patient,
         view_position=(row.get(VIEW_COLUMN) or "").strip(),
+        sex=demographics.parse_sex(row.get(SEX_COLUMN)),
+        age=demographics.parse_age(row.get(AGE_COLUMN)),
     )
 
 

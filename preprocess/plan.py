@@ -51,8 +51,11 @@ def gather_and_assign(config: BuildConfig):
     """
     if not config.image_dir:
         raise BuildError("--image_dir is required: the folder holding the images (searched recursively)")
-    if not os.path.isdir(config.image_dir):
-        raise BuildError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the images")
+    if config.split == "unlabeled" and sources_lib.is_pattern(config.image_dir):
+        pass  # a glob pattern of files: what it matches is checked below
+    elif not os.path.isdir(config.image_dir):
+        raise BuildError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the images"
+                         " (or, with --split=unlabeled, a glob pattern of files)")
     if not config.output_dir:
         raise BuildError("--output_dir is required: the folder the shards and manifest.json go to")
     check_output_folder(config.output_dir, "output_dir")

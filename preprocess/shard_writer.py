@@ -28,6 +28,8 @@ def example_for(source: Source, encoded: bytes, crop_applied: bool, box, config)
         view_position=entry.view_position,
         crop_applied=crop_applied,
         box=box if box is not None else records.NO_BOX,
+        sex=entry.sex,
+        age=entry.age,
     ).SerializeToString(deterministic=True)  # map keys sorted: same bytes in every process
 
 

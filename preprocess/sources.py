@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import hashlib
 import os
 
@@ -37,8 +38,37 @@ class Sources:
     identical_duplicates: int = 0
 
 
+GLOB_CHARACTERS = "*?["
+
+
+def is_pattern(image_dir: str) -> bool:
+    """Whether --image_dir is a glob pattern (e.g. "/data/*/*.dcm", "**" recursing) to expand."""
+    return any(c in image_dir for c in GLOB_CHARACTERS) and not os.path.isdir(image_dir)
+
+
+def pattern_root(image_dir: str) -> str:
+    """The folder ids are relative to: `image_dir` itself, or a pattern's leading fixed folders."""
+    if not is_pattern(image_dir):
+        return image_dir
+    fixed = []
+    for part in image_dir.split(os.sep):
+        if any(c in part for c in GLOB_CHARACTERS):
+            break
+        fixed.append(part)
+    return os.sep.join(fixed) or "."
+
+
+def _matching_files(pattern: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = collections.defaultdict(list)
+    for path in sorted(glob.glob(pattern, recursive=True)):
+        if os.path.isfile(path) and not os.path.basename(path).startswith("."):
+            found[os.path.basename(path)].append(path)
+    return found
+
+
 def scan_images(image_dir: str) -> dict[str, list[str]]:
-    """Returns file name -> paths of every non-hidden file under `image_dir` (recursively).
+    """Returns file name -> paths of every non-hidden file under `image_dir` (recursively), or of
+    every file a glob pattern matches (see `is_pattern`).
 
     Symbolic links to folders are followed (clusters link `images_001 -> /mnt/...`); a folder
     reached twice, through a link cycle or two links to one place, is read once.
@@ -46,6 +76,8 @@ def scan_images(image_dir: str) -> dict[str, list[str]]:
     Raises:
       FileNotFoundError: `image_dir` is not a folder.
     """
+    if is_pattern(image_dir):
+        return _matching_files(image_dir)
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"--image_dir={image_dir} is not a folder")
     found: dict[str, list[str]] = collections.defaultdict(list)
@@ -107,17 +139,63 @@ def from_data_entry(csv_path: str, image_dir: str) -> Sources:
                    csv_rows=table.rows, identical_duplicates=table.identical_duplicates)
 
 
+def _is_dicom_file(path: str) -> bool:
+    from preprocess import dicom
+
+    try:
+        with open(path, "rb") as f:
+            return dicom.is_dicom(f.read(dicom.SIGNATURE_BYTES))
+    except OSError:
+        return False
+
+
+def _dicom_entry(path: str, image_id: str) -> Entry | Skip:
+    """An unlabeled entry from a DICOM file's header (patient, view, sex, age), or why not."""
+    from preprocess import dicom
+    from preprocess.images import ImageError
+
+    try:
+        with open(path, "rb") as f:
+            tags = dicom.read_tags(f.read())
+    except (ImageError, OSError) as err:
+        return Skip(image_id, f"{err}; skipped")
+    return Entry(image=image_id, label=labels.LABEL_UNKNOWN, findings=(0,) * len(labels.FINDINGS),
+                 patient_id=tags.patient_id or "", view_position=tags.view_position or "",
+                 sex=tags.sex or "", age=tags.age)
+
+
+def dicom_id(path: str, image_dir: str) -> str:
+    """A DICOM record's id: its path under `image_dir` with "/" separators. Archives reuse file
+    names across series (`1.dcm` in every folder), so the name alone is not unique."""
+    return os.path.relpath(path, image_dir).replace(os.sep, "/")
+
+
 def from_folder(image_dir: str) -> Sources:
-    """Every PNG/JPEG under `image_dir` as an unlabeled record (label -1); other files are unlisted."""
+    """Every image under `image_dir` as an unlabeled record (label -1); other files are unlisted.
+
+    PNG and JPEG files are found by their extension and keyed by file name (as NIH names them).
+    DICOM files are found by their content, whatever their name, keyed by `dicom_id`, and carry
+    their header's patient, view, sex and age.
+    """
     files = scan_images(image_dir)
     sources, skipped = [], []
     unlisted = present = 0
     for name in sorted(files):
-        if not name.lower().endswith(IMAGE_EXTENSIONS):
-            unlisted += len(files[name])
+        plain = []
+        for path in files[name]:
+            if _is_dicom_file(path):
+                present += 1
+                entry = _dicom_entry(path, dicom_id(path, pattern_root(image_dir)))
+                (skipped if isinstance(entry, Skip) else sources).append(
+                    entry if isinstance(entry, Skip) else Source(entry, path))
+            elif name.lower().endswith(IMAGE_EXTENSIONS):
+                plain.append(path)
+            else:
+                unlisted += 1
+        if not plain:
             continue
         present += 1
-        path, reason = resolve_path(name, files[name])
+        path, reason = resolve_path(name, plain)
         if reason:
             skipped.append(Skip(name, reason))
             continue

@@ -67,6 +67,7 @@ def test_round_trip_ids_labels_pixels_over_several_shards(synthetic_data, tmp_pa
         row = entries[record["image_id"]]
         assert record["label"] == int(row[1] != "No Finding")
         assert record["patient_id"] == row[3] and record["view_position"] == row[6]
+        assert (record["age"], record["sex"]) == (int(row[4]), row[5])
         source = Image.open(os.path.join(synthetic_data, "images_001", "images", record["image_id"]))
         expected = source.resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=images.REDUCING_GAP)
         np.testing.assert_array_equal(pixels(record), np.asarray(expected))

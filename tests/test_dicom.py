@@ -25,32 +25,22 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from contracts.demographics import parse_age
 from preprocess import dicom
 from preprocess.images import ImageError
 from tests.dicom_factory import can_encode, write_dicom
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DICOM = os.path.join(os.path.dirname(REPO), "shared", "data", "dicom")
 REAL_FILES = {"MONOCHROME2": "siim_chest_pa.dcm", "MONOCHROME1": "siim_chest_pa_monochrome1.dcm"}
 ROWS, COLUMNS = 48, 64  # not square, so a row/column swap shows
 MAX_PIXELS = 10_000_000
 
 
-def _shared_data_missing(reason: str) -> None:
-    """What a test does when the real data is absent: skip (the one place to change that)."""
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
-def real_dicom() -> dict[str, bytes]:
-    """Photometric interpretation -> bytes of the real SIIM file; skips when it is absent."""
-    paths = {kind: os.path.join(SHARED_DICOM, name) for kind, name in REAL_FILES.items()}
-    missing = [path for path in paths.values() if not os.path.isfile(path)]
-    if missing:
-        _shared_data_missing(f"real DICOM files not found: {', '.join(missing)}")
+def real_dicom(shared_dicom) -> dict[str, bytes]:
+    """Photometric interpretation -> bytes of the real SIIM file (conftest's `shared_dicom`)."""
     contents = {}
-    for kind, path in paths.items():
-        with open(path, "rb") as f:
+    for kind, name in REAL_FILES.items():
+        with open(os.path.join(shared_dicom, name), "rb") as f:
             contents[kind] = f.read()
     return contents
 
@@ -389,7 +379,7 @@ def test_other_bytes_are_not_dicom(data):
     ("Y", None), (62.5, None), (True, None),
 ])
 def test_parse_age(value, years):
-    assert dicom.parse_age(value) == years
+    assert parse_age(value) == years
 
 
 def test_read_tags_from_a_written_file(tmp_path):
