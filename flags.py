@@ -123,6 +123,17 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "(<output stem>.<backbone>.<model_dir name>.csv when two share a backbone).")
     _d(flags.DEFINE_string, fv)("data_dir", None, "Shard folder (holds manifest.json) to predict over.")
     _d(flags.DEFINE_string, fv)("split", "eval", "Split of --data_dir to predict, e.g. eval, test or val.")
+    _d(flags.DEFINE_string, fv)("images", None,
+      "Instead of --data_dir: raw PNG, JPEG or DICOM files, a folder (searched recursively, DICOM "
+      "found by content) or a quoted glob. They are decoded and resized by the builder's own code "
+      "into a temporary shard folder that is removed afterwards; unreadable files are listed in "
+      "the sidecar's 'skipped'. DICOM rows are keyed by their path under the folder.")
+    _d(flags.DEFINE_string, fv)("ensemble", None,
+      "ensemble.py's <submission>.probabilities.json: blend the --model_dir predictions with its "
+      "weights into --output (members then go to <output stem>.<backbone>.csv); the sidecar holds "
+      "its threshold. Pass exactly the ensemble's model folders.")
+    _d(flags.DEFINE_integer, fv)("workers", None,
+      "Decoding processes for --images (default: every core).", lower_bound=1)
     _d(flags.DEFINE_string, fv)("output", None,
       "Prediction CSV (image_id,p_abnormal[,label]); PATH.npy ((N, 2) softmax, same rows) and the "
       "sidecar PATH.json (backbone, shards, crop) go beside it.")

@@ -213,15 +213,16 @@ def predict_split(
                         labels=merged["label"][order].astype(np.int64))
 
 
-def output_paths(output: str, names: Sequence[str]) -> dict[str, str]:
-    """Returns each model's CSV path: `output` itself for one model, else `<output stem>.<name>.csv`.
+def output_paths(output: str, names: Sequence[str], *, per_model: bool = False) -> dict[str, str]:
+    """Returns each model's CSV path: `output` itself for one model, else `<output stem>.<name>.csv`
+    (always the latter with `per_model`, when `output` holds something else, e.g. a blend).
 
     Raises:
       UserInputError: `output` does not end in .csv.
     """
     if not output.endswith(".csv"):
         raise UserInputError(f"--output={output} must name a .csv file, e.g. predictions.csv")
-    if len(names) == 1:
+    if len(names) == 1 and not per_model:
         return {names[0]: output}
     stem = os.path.splitext(output)[0]
     return {name: f"{stem}.{name}.csv" for name in names}
@@ -249,7 +250,7 @@ def _write_outputs(path: str, outputs: SplitOutputs, sidecar: dict[str, Any]) ->
 def _predict_model(
     model_dir: str, config: dict[str, Any], name: str, path: str, strategy: tf.distribute.Strategy,
     manifest: dict[str, Any], data_dir: str, split: str, expected: int, *, batch_size: int, precision: str,
-    threshold: float, progress: bool, write: bool,
+    threshold: float, progress: bool, write: bool, extra_sidecar: dict[str, Any] | None = None,
 ) -> report_lib.Scores:
     """Predicts the split with one model, checks the rows, writes its files; returns its report entry."""
     trained_size = int(config["image_size"])
@@ -270,7 +271,7 @@ def _predict_model(
             "backbone": config["backbone"], "model_dir": os.path.abspath(model_dir),
             "data_dir": os.path.abspath(data_dir), "split": split, "records": expected,
             "image_size": image_size, "strategy": distribute.strategy_name(strategy),
-            "replicas": strategy.num_replicas_in_sync, "precision": policy, **context,
+            "replicas": strategy.num_replicas_in_sync, "precision": policy, **context, **(extra_sidecar or {}),
         })
     return report_lib.Scores(name, outputs.labels, outputs.softmax[:, 1], threshold, {**context, "source": path})
 
@@ -288,6 +289,8 @@ def run_prediction(
     report_dir: str | None = None,
     bootstrap: int = settings.BOOTSTRAP,
     progress: bool = True,
+    per_model: bool = False,
+    extra_sidecar: dict[str, Any] | None = None,
 ) -> PredictionResult:
     """Predicts `split` of `data_dir` with each saved model and writes prediction files and a report.
 
@@ -303,6 +306,8 @@ def run_prediction(
       report_dir: the report folder when labels are known (default `<output stem>_report`).
       bootstrap: resamples behind the report's 95% intervals.
       progress: show a progress bar.
+      per_model: write `<output stem>.<name>.csv` even for one model (`output` holds a blend).
+      extra_sidecar: more fields for each prediction file's sidecar (e.g. the raw images' origin).
 
     Returns:
       The files written (only the chief writes under multi-worker strategies).
@@ -316,12 +321,12 @@ def run_prediction(
                                                                     report_dir)
     chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
     names = _model_names(model_dirs, configs)
-    paths = output_paths(output, names)
+    paths = output_paths(output, names, per_model=per_model)
     chief = distribute.is_chief(chosen)
     scores = [
         _predict_model(model_dir, config, name, paths[name], chosen, manifest, data_dir, split, expected,
                        batch_size=batch_size, precision=precision, threshold=threshold, progress=progress,
-                       write=chief)
+                       write=chief, extra_sidecar=extra_sidecar)
         for model_dir, config, name in zip(model_dirs, configs, names)
     ]
     metrics = None

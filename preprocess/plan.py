@@ -66,7 +66,7 @@ def gather_and_assign(config: BuildConfig):
     if not any(assigned.values()) and config.split == "unlabeled":
         raise BuildError(
             f"no usable images under --image_dir={config.image_dir}: {len(found.sources)} image file(s) "
-            f"found, {len(skipped)} skipped; point it at the folder holding the PNG or JPEG files")
+            f"found, {len(skipped)} skipped; point it at the folder holding the PNG, JPEG or DICOM files")
     if not any(assigned.values()):
         raise BuildError(
             f"no usable images: {len(found.absent)} CSV rows have no file under "

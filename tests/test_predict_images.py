@@ -1,0 +1,119 @@
+"""`predict.py --images`: raw PNG, JPEG and DICOM files scored in one command with the builder's
+decoding, unreadable files listed with their reason, no temporary folder left; `--ensemble`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import models
+from contracts import ensemble_file, run_folder
+from contracts.prediction_files import write_predictions
+from preprocess import images as images_lib
+from tests.dicom_factory import write_dicom
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 32
+
+
+def _save_model(model_dir: str, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = models.build_model("tiny_test", SIZE, weights="none")
+    os.makedirs(model_dir)
+    model.save(os.path.join(model_dir, run_folder.MODEL))
+    with open(os.path.join(model_dir, run_folder.CONFIG), "w") as f:
+        json.dump({"backbone": "tiny_test", "image_size": SIZE, "data_dir": "/nonexistent"}, f)
+    return model
+
+
+@pytest.fixture(scope="module")
+def setting(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    folder = root / "studies"
+    (folder / "series1").mkdir(parents=True)
+    (folder / "series2").mkdir()
+    rng = np.random.default_rng(3)
+    pixels = {k: rng.integers(0, 256, (80, 96), dtype=np.uint8) for k in ("a", "b", "c")}
+    Image.fromarray(pixels["a"]).save(folder / "a.png")
+    Image.fromarray(pixels["b"]).save(folder / "b.jpg", quality=95)
+    write_dicom(str(folder / "series1" / "1.dcm"), pixels["a"])  # the PNG's pixels as DICOM
+    write_dicom(str(folder / "series2" / "1.dcm"), pixels["c"], photometric="MONOCHROME1")
+    data = (folder / "series1" / "1.dcm").read_bytes()
+    (folder / "broken.dcm").write_bytes(data[: len(data) // 2])
+    (folder / "readme.txt").write_text("not an image")
+    runs = [str(root / f"run{seed}") for seed in (0, 1)]
+    built = [_save_model(run, seed) for seed, run in enumerate(runs)]
+    return {"root": root, "folder": str(folder), "pixels": pixels, "runs": runs, "models": built}
+
+
+def _predict(setting, tmp_path, *args):
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+    os.makedirs(env["TMPDIR"])
+    done = subprocess.run([sys.executable, "predict.py", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert not os.listdir(env["TMPDIR"]), "the temporary shard folder was left behind"
+    return done
+
+
+def _expected(model: keras.Model, gray: np.ndarray) -> float:
+    """The model on the builder's resize of `gray`, computed here without the pipeline."""
+    resized = np.asarray(Image.fromarray(gray).resize((SIZE, SIZE), Image.Resampling.BICUBIC,
+                                                       reducing_gap=images_lib.REDUCING_GAP), np.float32)
+    rgb = np.repeat(resized[None, :, :, None], 3, axis=-1)
+    return float(model(rgb, training=False).numpy()[0, 1])
+
+
+def test_a_mixed_folder_is_scored_in_one_command(setting, tmp_path):
+    output = str(tmp_path / "preds" / "new.csv")
+    done = _predict(setting, tmp_path, f"--model_dir={setting['runs'][0]}", f"--images={setting['folder']}",
+                    f"--output={output}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(output).set_index("image_id")
+    assert sorted(frame.index) == ["a.png", "b.jpg", "series1/1.dcm", "series2/1.dcm"]
+    model, pixels = setting["models"][0], setting["pixels"]
+    assert frame.loc["a.png", "p_abnormal"] == pytest.approx(_expected(model, pixels["a"]), abs=1e-5)
+    # The DICOM twin of the PNG scores the same; the MONOCHROME1 file is scored inverted.
+    assert frame.loc["series1/1.dcm", "p_abnormal"] == pytest.approx(frame.loc["a.png", "p_abnormal"], abs=1e-6)
+    assert frame.loc["series2/1.dcm", "p_abnormal"] == pytest.approx(_expected(model, 255 - pixels["c"]), abs=1e-5)
+    with open(output[:-4] + ".json") as f:
+        sidecar = json.load(f)
+    assert [s["image"] for s in sidecar["skipped"]] == ["broken.dcm"]
+    assert "truncated" in sidecar["skipped"][0]["reason"]
+    assert sidecar["images"] == setting["folder"] and "1 file(s) skipped" in done.stdout
+
+
+def test_an_ensemble_file_blends_the_members_with_its_weights(setting, tmp_path):
+    runs = setting["runs"]
+    names = ["tiny_test#1", "tiny_test#2"]
+    ensemble = str(tmp_path / "submission.probabilities.json")
+    write_predictions(ensemble[:-5] + ".csv", np.array(["x"]), np.array([0.5]), None, sidecar={
+        "backbone": "ensemble", "schema_version": ensemble_file.SCHEMA_VERSION, "threshold": 0.4,
+        "inputs": ensemble_file.member_records(names, [{"model_dir": r} for r in runs], ["a", "b"], [0.25, 0.75])})
+    output = str(tmp_path / "blend.csv")
+    done = _predict(setting, tmp_path, *[f"--model_dir={r}" for r in runs], f"--ensemble={ensemble}",
+                    f"--images={os.path.join(setting['folder'], '*.png')}", f"--output={output}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    blended = pd.read_csv(output).set_index("image_id")["p_abnormal"]
+    members = [_expected(m, setting["pixels"]["a"]) for m in setting["models"]]
+    assert list(blended.index) == ["a.png"]
+    assert blended["a.png"] == pytest.approx(0.25 * members[0] + 0.75 * members[1], abs=1e-5)
+    # The members' own files go beside it, so --output holds the blend alone.
+    assert len([n for n in os.listdir(tmp_path) if n.startswith("blend.tiny_test") and n.endswith(".csv")]) == 2
+
+
+def test_a_folder_without_a_readable_image_is_one_line(setting, tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    done = _predict(setting, tmp_path, f"--model_dir={setting['runs'][0]}", f"--images={empty}",
+                    f"--output={tmp_path / 'p.csv'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    line = next(x for x in done.stderr.splitlines() if x.startswith("predict.py: "))
+    assert f"--images={empty}: no readable PNG, JPEG or DICOM image" in line
+    assert not os.path.exists(tmp_path / "p.csv")
