@@ -38,6 +38,10 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "NIH Data_Entry_2017*.csv (plain or .gz, v2017 or v2020 dialect). Not used with --split=unlabeled.")
     _d(flags.DEFINE_string, fv)("bbox_csv", None,
       "Optional NIH BBox_List_2017.csv (boxes in the 1024 frame).")
+    _d(flags.DEFINE_string, fv)("labels_csv", None,
+      "With --split=unlabeled: a CSV labelling some of the images, keyed by image_id (file name, or "
+      "a DICOM file's path under --image_dir), Image Index or SOPInstanceUID, with a 0/1 'label' or "
+      "NIH 'Finding Labels' column. Images it does not name stay unlabeled (-1).")
     _d(flags.DEFINE_string, fv)("image_dir", None,
       "Folder searched recursively for the images (the download's images_0NN/images/ layout works; "
       "linked folders are followed). PNG and JPEG by extension, DICOM by content. With "
@@ -134,6 +138,10 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "its threshold. Pass exactly the ensemble's model folders.")
     _d(flags.DEFINE_integer, fv)("workers", None,
       "Decoding processes for --images (default: every core).", lower_bound=1)
+    _d(flags.DEFINE_string, fv)("labels_csv", None,
+      "With --images: known labels for some of the files (the builder's --labels_csv format: "
+      "image_id, Image Index or SOPInstanceUID, and label 0/1 or Finding Labels); the predictions "
+      "then carry them and a report is written.")
     _d(flags.DEFINE_string, fv)("output", None,
       "Prediction CSV (image_id,p_abnormal[,label]); PATH.npy ((N, 2) softmax, same rows) and the "
       "sidecar PATH.json (backbone, shards, crop) go beside it.")

@@ -28,8 +28,10 @@ def _check_flags() -> None:
 
     if (FLAGS.data_dir is None) == (FLAGS.images is None):
         raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or neither")
+    if FLAGS.labels_csv is not None and FLAGS.images is None:
+        raise UserInputError("--labels_csv labels --images; shard folders carry their labels already")
     if FLAGS.images is not None:
-        raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images, FLAGS.output)
+        raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images, FLAGS.output, FLAGS.labels_csv)
     else:
         preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
                                           FLAGS.report_dir)
@@ -49,7 +51,8 @@ def main(argv: list[str]) -> None:
     raw = None
     if FLAGS.images is not None:
         result, raw = raw_images.predict_images(FLAGS.model_dir, FLAGS.images, FLAGS.output,
-                                                workers=FLAGS.workers, **options)
+                                                workers=FLAGS.workers, labels_csv=FLAGS.labels_csv,
+                                                report_dir=FLAGS.report_dir, **options)
     else:
         result = prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
                                            report_dir=FLAGS.report_dir, **options)

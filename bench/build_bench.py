@@ -8,10 +8,18 @@ new names, through symlinks, so the run is long enough to time), else synthetic 
 TensorFlow's one-off import (~3 s per build, noise on NIH's 112k images) happens before timing.
 Rows: Pillow decode of the same files on one core; the whole build with --workers=1; with
 --workers=2. Targets on a 2-core machine: workers1 >= 0.8 x decode-only, workers2 >= 1.7 x workers1.
+
+DICOM rows: the same source images (RGBA ones made gray first) written by pydicom into the run's
+temporary folder as 8-bit MONOCHROME2 DICOM files, once uncompressed (explicit VR little endian)
+and once as baseline JPEG (Pillow's encoder at quality 90, close to the quantisation tables of the
+real SIIM file in ../shared/data/dicom), each listed as many times as the PNGs. Per variant:
+`preprocess.dicom.decode` alone on one core (the decode ceiling), and the whole build with
+--split=unlabeled --workers=1 over that folder; target: build >= 0.8 x decode-only.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,10 +29,20 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from PIL import Image  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.encaps import encapsulate  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    generate_uid,
+)
 
 from preprocess import builder  # noqa: E402
+from preprocess import dicom  # noqa: E402
 from preprocess import synthetic  # noqa: E402
 from preprocess.config import BuildConfig  # noqa: E402
 
@@ -32,6 +50,13 @@ _NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join("..", "shared", "data", "
                                "Folder with the real NIH sample (images_00N/images/*.png).")
 _COPIES = flags.DEFINE_integer("copies", 4, "Times each real image is listed (as a symlink).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the figures here as JSON.")
+
+# key in the figures -> (label in the printout, transfer syntax of the DICOM files)
+DICOM_VARIANTS = {
+    "dicom_explicit_le": ("DICOM explicit VR LE", ExplicitVRLittleEndian),
+    "dicom_jpeg_baseline": ("DICOM JPEG baseline", JPEGBaseline8Bit),
+}
+DICOM_JPEG_QUALITY = 90
 
 
 def real_dataset(nih_dir: str, copies: int, out: str) -> tuple[str, str, list[str]]:
@@ -68,6 +93,67 @@ def synthetic_dataset(out: str) -> tuple[str, str, list[str]]:
     image_dir = os.path.join(out, "images_001", "images")
     paths = sorted(os.path.join(image_dir, n) for n in os.listdir(image_dir))
     return (os.path.join(out, "Data_Entry_2017_v2020.csv"), os.path.join(out, "BBox_List_2017.csv"), paths)
+
+
+def write_dicom(path: str, gray: Image.Image, syntax: str, patient_id: str) -> None:
+    """Writes an "L" image as a single-frame 8-bit MONOCHROME2 DICOM file in `syntax`."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "DX"
+    ds.PatientID = patient_id
+    ds.ViewPosition = "PA"
+    ds.set_pixel_data(np.asarray(gray), "MONOCHROME2", 8)
+    if syntax == JPEGBaseline8Bit:
+        frame = io.BytesIO()
+        gray.save(frame, format="JPEG", quality=DICOM_JPEG_QUALITY)
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.PixelData = encapsulate([frame.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def dicom_dataset(sources: list[str], listings: int, syntax: str, out: str) -> list[str]:
+    """Writes each source image once as DICOM under `out`, then lists it `listings` times in all
+    (symlinks, as the PNG rows do); returns the listed paths."""
+    os.makedirs(out)
+    written = []
+    for i, src in enumerate(sources):
+        with Image.open(src) as image:
+            gray = image if image.mode == "L" else image.convert("L")
+            path = os.path.join(out, f"{i:04d}_src.dcm")
+            write_dicom(path, gray, syntax, os.path.splitext(os.path.basename(src))[0])
+        written.append(path)
+    paths = []
+    for copy in range(listings):
+        for i, path in enumerate(written):
+            link = os.path.join(out, f"{copy:04d}{i:04d}.dcm")
+            os.symlink(path, link)
+            paths.append(link)
+    return paths
+
+
+def dicom_decode_only(paths: list[str]) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        with open(path, "rb") as f:
+            dicom.decode(f.read(), BuildConfig.max_image_pixels)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def dicom_build_rate(image_dir: str, out: str) -> float:
+    """The whole build of the DICOM files under `image_dir`, --split=unlabeled --workers=1."""
+    config = BuildConfig(image_dir=image_dir, output_dir=out, split="unlabeled", workers=1)
+    start = time.perf_counter()
+    result = builder.build(config)
+    elapsed = time.perf_counter() - start
+    if not result.ok:
+        raise RuntimeError(result.summary)
+    return result.manifest["splits"]["eval"]["records"] / elapsed
 
 
 def decode_only(paths: list[str]) -> float:
@@ -109,16 +195,31 @@ def main(argv: list[str]) -> None:
             "workers1_img_s": build_rate(csv_path, bbox_path, image_dir, 1, os.path.join(work, "w1")),
             "workers2_img_s": build_rate(csv_path, bbox_path, image_dir, 2, os.path.join(work, "w2")),
         }
+        sources = sorted({os.path.realpath(p) for p in paths})
+        for key, (_, syntax) in DICOM_VARIANTS.items():
+            dicom_dir = os.path.join(work, key)
+            dicom_paths = dicom_dataset(sources, len(paths) // len(sources), syntax, dicom_dir)
+            dicom_decode_only(dicom_paths[:20])  # the same warm-up as the PNG rows
+            figures[f"{key}_decode_only_img_s"] = dicom_decode_only(dicom_paths)
+            figures[f"{key}_workers1_img_s"] = dicom_build_rate(dicom_dir, os.path.join(work, f"{key}_w1"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures["workers1_over_decode_only"] = figures["workers1_img_s"] / figures["decode_only_img_s"]
     figures["workers2_over_workers1"] = figures["workers2_img_s"] / figures["workers1_img_s"]
+    for key in DICOM_VARIANTS:
+        figures[f"{key}_workers1_over_decode_only"] = (figures[f"{key}_workers1_img_s"]
+                                                       / figures[f"{key}_decode_only_img_s"])
     print(f"source: {source}; cores: {os.cpu_count()}")
     print(f"decode-only (Pillow, 1 core): {figures['decode_only_img_s']:7.1f} img/s")
     print(f"build --workers=1:            {figures['workers1_img_s']:7.1f} img/s  "
           f"({figures['workers1_over_decode_only']:.2f} x decode-only; target >= 0.8)")
     print(f"build --workers=2:            {figures['workers2_img_s']:7.1f} img/s  "
           f"({figures['workers2_over_workers1']:.2f} x workers=1; target >= 1.7)")
+    for key, (label, _) in DICOM_VARIANTS.items():
+        print(f"{label}:")
+        print(f"  decode-only (preprocess.dicom, 1 core): {figures[f'{key}_decode_only_img_s']:7.1f} img/s")
+        print(f"  build --split=unlabeled --workers=1:    {figures[f'{key}_workers1_img_s']:7.1f} img/s  "
+              f"({figures[f'{key}_workers1_over_decode_only']:.2f} x decode-only; target >= 0.8)")
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w") as f:
             json.dump(figures, f, indent=2)

@@ -47,7 +47,8 @@ def _max_pixels(config: dict[str, Any]) -> int:
     return int(built.get("max_image_pixels") or MAX_IMAGE_PIXELS)
 
 
-def check_images_inputs(model_dirs: Sequence[str], images: str, output: str) -> tuple[int, int]:
+def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
+                        labels_csv: str | None = None) -> tuple[int, int]:
     """Checks `--images` runs before any work; returns (image size, pixel limit) of the models.
 
     Raises:
@@ -67,10 +68,20 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str) -> 
     if not os.path.isdir(images) and not (sources.is_pattern(images) and sources.scan_images(images)):
         raise UserInputError(f"--images={images} is neither a folder nor a pattern matching any file; "
                              "pass a folder (searched recursively) or a quoted glob such as 'scans/*.dcm'")
+    if labels_csv is not None:
+        from preprocess import nih_metadata
+
+        if not os.path.isfile(labels_csv):
+            raise UserInputError(f"--labels_csv={labels_csv} does not exist")
+        try:
+            nih_metadata.read_labels_csv(labels_csv)
+        except ValueError as err:
+            raise UserInputError(str(err)) from None
     return sizes[0], min(_max_pixels(c) for c in configs)
 
 
-def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, workers: int | None) -> RawImages:
+def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, workers: int | None,
+                 labels_csv: str | None = None) -> RawImages:
     """Builds the raw files into `shard_dir` with the builder's rules; returns what was skipped.
 
     Raises:
@@ -79,7 +90,8 @@ def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, 
     from preprocess import builder
 
     config = BuildConfig(image_dir=images, output_dir=shard_dir, split="unlabeled", image_size=image_size,
-                         crop="none", max_image_pixels=max_pixels, workers=workers, max_skip_fraction=1.0)
+                         crop="none", max_image_pixels=max_pixels, workers=workers, max_skip_fraction=1.0,
+                         labels_csv=labels_csv)
     try:
         manifest = builder.build(config).manifest
     except BuildError as err:  # said in the builder's terms (--image_dir): say it in predict.py's
@@ -93,17 +105,17 @@ def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, 
 
 
 def predict_images(model_dirs: Sequence[str], images: str, output: str, *, workers: int | None = None,
-                   per_model: bool = False, **prediction_kwargs):
+                   labels_csv: str | None = None, per_model: bool = False, **prediction_kwargs):
     """Scores the raw files at `images` with each model; returns (PredictionResult, RawImages).
 
     `prediction_kwargs` go to `evaluation.prediction.run_prediction` (batch size, strategy, ...).
     """
     from evaluation import prediction
 
-    image_size, max_pixels = check_images_inputs(model_dirs, images, output)
+    image_size, max_pixels = check_images_inputs(model_dirs, images, output, labels_csv)
     shard_dir = tempfile.mkdtemp(prefix=TEMP_SHARDS_PREFIX)  # in $TMPDIR; removed below
     try:
-        raw = build_images(images, shard_dir, image_size, max_pixels, workers)
+        raw = build_images(images, shard_dir, image_size, max_pixels, workers, labels_csv)
         result = prediction.run_prediction(
             model_dirs, shard_dir, IMAGES_SPLIT, output, per_model=per_model,
             extra_sidecar={"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped},

@@ -25,6 +25,7 @@ class BuildConfig:
     output_dir: str
     data_entry_csv: str | None = None
     bbox_csv: str | None = None
+    labels_csv: str | None = None  # --split=unlabeled only: labels for some of the folder's images
     split: str = "grouped"
     val_fraction: float = 0.2
     test_fraction: float = 0.0

@@ -210,3 +210,42 @@ def read_name_list(path: str) -> list[str]:
     """Reads an NIH split list (one image name a line), ignoring blank lines."""
     with open_text(path) as f:
         return [line.strip() for line in f if line.strip()]
+
+
+LABEL_ID_COLUMNS = ("image_id", "Image Index", "SOPInstanceUID")  # what a labels CSV may key rows by
+LABEL_COLUMN = "label"  # 0 normal, 1 abnormal (or NIH's "Finding Labels" instead)
+
+
+def read_labels_csv(path: str) -> dict[str, int]:
+    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal).
+
+    The key column is the first of `LABEL_ID_COLUMNS` present: a record's id (a file name, or a
+    DICOM file's path under the image folder) or a DICOM SOPInstanceUID. The label is a `label`
+    column of 0/1, or NIH's `Finding Labels` ("No Finding" is normal). Plain or gzip.
+
+    Raises:
+      ValueError: no key or label column, an unreadable label, or one key with two labels.
+    """
+    with open_text(path) as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        key = next((c for c in LABEL_ID_COLUMNS if c in header), None)
+        value = LABEL_COLUMN if LABEL_COLUMN in header else "Finding Labels" if "Finding Labels" in header else None
+        if key is None or value is None:
+            raise ValueError(f"{path}: needs a key column ({', '.join(LABEL_ID_COLUMNS)}) and a "
+                             f"'{LABEL_COLUMN}' (0/1) or 'Finding Labels' column; header has: {header}")
+        found: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            raw = (row.get(value) or "").strip()
+            try:
+                label = parse_finding_labels(raw)[0] if value != LABEL_COLUMN else int(raw)
+            except ValueError:
+                label = None
+            if label not in (labels.LABEL_NORMAL, labels.LABEL_ABNORMAL):
+                raise ValueError(f"{path} line {line}: {value}={raw!r} is not a label; use 0/1 or NIH findings")
+            name = (row.get(key) or "").strip()
+            if found.get(name, label) != label:
+                raise ValueError(f"{path}: {name!r} has two different labels; keep one row")
+            found[name] = label
+    return found

@@ -77,7 +77,18 @@ def gather_and_assign(config: BuildConfig):
 
 def _gather(config: BuildConfig) -> sources_lib.Sources:
     if config.split == "unlabeled":
-        return sources_lib.from_folder(config.image_dir)
+        known = None
+        if config.labels_csv:
+            if not os.path.isfile(config.labels_csv):
+                raise BuildError(f"--labels_csv={config.labels_csv} does not exist")
+            try:
+                known = nih_metadata.read_labels_csv(config.labels_csv)
+            except ValueError as err:
+                raise BuildError(str(err)) from None
+        return sources_lib.from_folder(config.image_dir, known)
+    if config.labels_csv:
+        raise BuildError("--labels_csv labels an unlabeled folder (--split=unlabeled); with "
+                         f"--split={config.split} the labels come from --data_entry_csv")
     if not config.data_entry_csv:
         raise BuildError(f"--split={config.split} needs --data_entry_csv (only --split=unlabeled works without)")
     if not os.path.isfile(config.data_entry_csv):

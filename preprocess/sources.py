@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import hashlib
 import os
+from typing import Mapping
 
 from contracts import labels
 from preprocess.nih_metadata import Entry, Skip, read_data_entry, unsafe_name_reason
@@ -149,7 +150,7 @@ def _is_dicom_file(path: str) -> bool:
         return False
 
 
-def _dicom_entry(path: str, image_id: str) -> Entry | Skip:
+def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | Skip:
     """An unlabeled entry from a DICOM file's header (patient, view, sex, age), or why not."""
     from preprocess import dicom
     from preprocess.images import ImageError
@@ -159,7 +160,8 @@ def _dicom_entry(path: str, image_id: str) -> Entry | Skip:
             tags = dicom.read_tags(f.read())
     except (ImageError, OSError) as err:
         return Skip(image_id, f"{err}; skipped")
-    return Entry(image=image_id, label=labels.LABEL_UNKNOWN, findings=(0,) * len(labels.FINDINGS),
+    label = known.get(image_id, known.get(tags.sop_instance_uid or "", labels.LABEL_UNKNOWN))
+    return Entry(image=image_id, label=label, findings=(0,) * len(labels.FINDINGS),
                  patient_id=tags.patient_id or "", view_position=tags.view_position or "",
                  sex=tags.sex or "", age=tags.age)
 
@@ -170,14 +172,18 @@ def dicom_id(path: str, image_dir: str) -> str:
     return os.path.relpath(path, image_dir).replace(os.sep, "/")
 
 
-def from_folder(image_dir: str) -> Sources:
-    """Every image under `image_dir` as an unlabeled record (label -1); other files are unlisted.
+def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sources:
+    """Every image under `image_dir` as a record; other files are unlisted.
+
+    Labels come from `known` (a labels CSV: id or DICOM SOPInstanceUID -> 0/1); images it does
+    not name are unlabeled (-1).
 
     PNG and JPEG files are found by their extension and keyed by file name (as NIH names them).
     DICOM files are found by their content, whatever their name, keyed by `dicom_id`, and carry
     their header's patient, view, sex and age.
     """
     files = scan_images(image_dir)
+    known = known or {}
     sources, skipped = [], []
     unlisted = present = 0
     for name in sorted(files):
@@ -185,7 +191,7 @@ def from_folder(image_dir: str) -> Sources:
         for path in files[name]:
             if _is_dicom_file(path):
                 present += 1
-                entry = _dicom_entry(path, dicom_id(path, pattern_root(image_dir)))
+                entry = _dicom_entry(path, dicom_id(path, pattern_root(image_dir)), known)
                 (skipped if isinstance(entry, Skip) else sources).append(
                     entry if isinstance(entry, Skip) else Source(entry, path))
             elif name.lower().endswith(IMAGE_EXTENSIONS):
@@ -199,7 +205,7 @@ def from_folder(image_dir: str) -> Sources:
         if reason:
             skipped.append(Skip(name, reason))
             continue
-        entry = Entry(image=name, label=labels.LABEL_UNKNOWN, findings=(0,) * len(labels.FINDINGS),
-                      patient_id="", view_position="")
+        entry = Entry(image=name, label=known.get(name, labels.LABEL_UNKNOWN),
+                      findings=(0,) * len(labels.FINDINGS), patient_id="", view_position="")
         sources.append(Source(entry, path))
     return Sources(sources, skipped, [], unlisted, present)

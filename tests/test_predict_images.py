@@ -117,3 +117,24 @@ def test_a_folder_without_a_readable_image_is_one_line(setting, tmp_path):
     line = next(x for x in done.stderr.splitlines() if x.startswith("predict.py: "))
     assert f"--images={empty}: no readable PNG, JPEG or DICOM image" in line
     assert not os.path.exists(tmp_path / "p.csv")
+
+
+def test_a_labels_csv_keyed_by_id_or_sop_uid_labels_the_files_and_brings_a_report(setting, tmp_path):
+    import pydicom
+
+    folder = setting["folder"]
+    uid = str(pydicom.dcmread(os.path.join(folder, "series2", "1.dcm"), stop_before_pixels=True).SOPInstanceUID)
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text(f"image_id,label\na.png,0\nb.jpg,1\nseries1/1.dcm,0\n{uid},1\n")
+    output = str(tmp_path / "scored.csv")
+    done = _predict(setting, tmp_path, f"--model_dir={setting['runs'][0]}", f"--images={folder}",
+                    f"--labels_csv={labels_csv}", f"--output={output}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    frame = pd.read_csv(output).set_index("image_id")
+    assert frame["label"].to_dict() == {"a.png": 0, "b.jpg": 1, "series1/1.dcm": 0, "series2/1.dcm": 1}
+    with open(tmp_path / "scored_report" / "metrics.json") as f:
+        metrics = json.load(f)
+    from sklearn.metrics import roc_auc_score
+
+    (only,) = metrics.values()
+    assert only["auroc"] == pytest.approx(roc_auc_score(frame["label"], frame["p_abnormal"]))
