@@ -83,10 +83,16 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def define_synthetic_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `preprocess/synthetic.py` (the NIH-format synthetic dataset): `SyntheticConfig`'s fields."""
-    from preprocess.synthetic import SyntheticConfig
+    from preprocess.synthetic import PRESETS, SyntheticConfig
 
     default = {f.name: f.default for f in dataclasses.fields(SyntheticConfig)}
     _d(flags.DEFINE_string, fv)("output_dir", None, "Where the CSVs and images_001/images/*.png go.")
+    _d(flags.DEFINE_enum, fv)("preset", default["preset"], list(PRESETS),
+      "radiograph: varied anatomy, exposure, distractors and five finding kinds (the demo's data); "
+      "easy: one anatomy and one bright lesion (data a tiny model learns in seconds).")
+    _d(flags.DEFINE_float, fv)("label_noise", default["label_noise"],
+      "Share of images whose written label is flipped, listed in label_noise.csv "
+      f"(default: the preset's, {PRESETS}).", lower_bound=0.0, upper_bound=1.0)
     _d(flags.DEFINE_integer, fv)("num_patients", default["num_patients"],
       "Patients to generate.", lower_bound=1)
     _d(flags.DEFINE_integer, fv)("max_images_per_patient", default["max_images_per_patient"],
@@ -97,7 +103,7 @@ def define_synthetic_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_float, fv)("abnormal_fraction", default["abnormal_fraction"],
       "Share of images with a finding (and a lesion).")
     _d(flags.DEFINE_float, fv)("bbox_fraction", default["bbox_fraction"],
-      "Share of abnormal images given a bbox row.")
+      "Share of findings given a bbox row.")
     _d(flags.DEFINE_integer, fv)("seed", default["seed"], "Same seed, same files.")
 
 

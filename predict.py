@@ -22,47 +22,56 @@ from contracts.errors import UserInputError
 FLAGS = flags.FLAGS
 
 
-def _check_flags() -> None:
-    """Paths and flags fail here, in a second; TensorFlow loads only for the real work."""
-    from evaluation import preflight, raw_images
+def _check_flags() -> tuple[int, int] | None:
+    """Paths and flags fail here, in a second; TensorFlow loads only for the real work.
+
+    Returns:
+      With --images, the models' (image size, pixel limit); else None.
+    """
+    from evaluation import preflight
+    from preprocess import raw_images
 
     if (FLAGS.data_dir is None) == (FLAGS.images is None):
         raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or neither")
     if FLAGS.labels_csv is not None and FLAGS.images is None:
         raise UserInputError("--labels_csv labels --images; shard folders carry their labels already")
-    if FLAGS.images is not None:
-        raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images, FLAGS.output, FLAGS.labels_csv)
-    else:
-        preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
-                                          FLAGS.report_dir)
     if FLAGS.ensemble is not None:
         from contracts import ensemble_file
 
         ensemble_file.match_members(ensemble_file.load_ensemble(FLAGS.ensemble), FLAGS.model_dir)
+    if FLAGS.images is not None:
+        return raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images, FLAGS.output, FLAGS.labels_csv)
+    preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
+                                      FLAGS.report_dir)
+    return None
 
 
 def main(argv: list[str]) -> None:
     del argv  # stray arguments are refused by project_flags.run_tool
-    _check_flags()
-    from evaluation import prediction, raw_images
+    images_at = _check_flags()
+    from evaluation import ensembling, prediction
+    from preprocess import raw_images
 
     options = dict(batch_size=FLAGS.batch_size, strategy=FLAGS.strategy, precision=FLAGS.precision,
-                   threshold=FLAGS.threshold, bootstrap=FLAGS.bootstrap, per_model=FLAGS.ensemble is not None)
-    raw = None
-    if FLAGS.images is not None:
-        result, raw = raw_images.predict_images(FLAGS.model_dir, FLAGS.images, FLAGS.output,
-                                                workers=FLAGS.workers, labels_csv=FLAGS.labels_csv,
-                                                report_dir=FLAGS.report_dir, **options)
+                   threshold=FLAGS.threshold, bootstrap=FLAGS.bootstrap, report_dir=FLAGS.report_dir,
+                   per_model=FLAGS.ensemble is not None)
+    extra = {}
+    if images_at is None:
+        result = prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output, **options)
     else:
-        result = prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
-                                           report_dir=FLAGS.report_dir, **options)
+        # The builder's own decoding, into a temporary shard folder removed afterwards.
+        with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers,
+                                     labels_csv=FLAGS.labels_csv) as (shard_dir, raw):
+            extra = raw_images.sidecar_fields(raw)
+            result = prediction.run_prediction(FLAGS.model_dir, shard_dir, raw_images.IMAGES_SPLIT, FLAGS.output,
+                                               extra_sidecar=extra, **options)
     print(prediction.summary(result))
-    if raw is not None:
+    if images_at is not None:
         print(raw_images.skipped_summary(raw))
     if FLAGS.ensemble is not None:
-        extra = {} if raw is None else {"images": raw.images, "skipped": raw.skipped}
-        records, above, threshold = raw_images.apply_ensemble(
-            FLAGS.ensemble, FLAGS.model_dir, list(result.outputs.values()), FLAGS.output, extra)
+        records, above, threshold = ensembling.apply_ensemble(
+            FLAGS.ensemble, FLAGS.model_dir, list(result.outputs.values()), FLAGS.output,
+            {k: extra[k] for k in ("images", "skipped") if k in extra})
         print(f"ensemble: {records} predictions -> {FLAGS.output}; {above} at or above its threshold "
               f"{threshold:.4f} (abnormal)")
 

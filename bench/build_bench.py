@@ -118,14 +118,16 @@ def write_dicom(path: str, gray: Image.Image, syntax: str, patient_id: str) -> N
 
 
 def dicom_dataset(sources: list[str], listings: int, syntax: str, out: str) -> list[str]:
-    """Writes each source image once as DICOM under `out`, then lists it `listings` times in all
-    (symlinks, as the PNG rows do); returns the listed paths."""
+    """Writes each source image once as DICOM beside `out` ("<out>_files"), then lists it
+    `listings` times in `out` (symlinks, as the PNG rows do); returns the listed paths."""
+    files_dir = out + "_files"  # outside `out`: the build must see the listings only
+    os.makedirs(files_dir)
     os.makedirs(out)
     written = []
     for i, src in enumerate(sources):
         with Image.open(src) as image:
             gray = image if image.mode == "L" else image.convert("L")
-            path = os.path.join(out, f"{i:04d}_src.dcm")
+            path = os.path.join(files_dir, f"{i:04d}.dcm")
             write_dicom(path, gray, syntax, os.path.splitext(os.path.basename(src))[0])
         written.append(path)
     paths = []
@@ -145,15 +147,16 @@ def dicom_decode_only(paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def dicom_build_rate(image_dir: str, out: str) -> float:
+def dicom_build_rate(image_dir: str, expected: int, out: str) -> float:
     """The whole build of the DICOM files under `image_dir`, --split=unlabeled --workers=1."""
     config = BuildConfig(image_dir=image_dir, output_dir=out, split="unlabeled", workers=1)
     start = time.perf_counter()
     result = builder.build(config)
     elapsed = time.perf_counter() - start
-    if not result.ok:
-        raise RuntimeError(result.summary)
-    return result.manifest["splits"]["eval"]["records"] / elapsed
+    records = result.manifest["splits"]["eval"]["records"]
+    if not result.ok or records != expected:
+        raise RuntimeError(f"expected {expected} records: {result.summary}")
+    return records / elapsed
 
 
 def decode_only(paths: list[str]) -> float:
@@ -201,7 +204,8 @@ def main(argv: list[str]) -> None:
             dicom_paths = dicom_dataset(sources, len(paths) // len(sources), syntax, dicom_dir)
             dicom_decode_only(dicom_paths[:20])  # the same warm-up as the PNG rows
             figures[f"{key}_decode_only_img_s"] = dicom_decode_only(dicom_paths)
-            figures[f"{key}_workers1_img_s"] = dicom_build_rate(dicom_dir, os.path.join(work, f"{key}_w1"))
+            figures[f"{key}_workers1_img_s"] = dicom_build_rate(dicom_dir, len(dicom_paths),
+                                                                os.path.join(work, f"{key}_w1"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     figures["workers1_over_decode_only"] = figures["workers1_img_s"] / figures["decode_only_img_s"]

@@ -209,6 +209,34 @@ def run_ensemble(
     return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir)
 
 
+def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
+                   extra_sidecar: dict[str, Any] | None = None) -> tuple[int, int, float]:
+    """Blends the members' prediction files with the ensemble file's weights into `output`.
+
+    Args:
+      ensemble: ensemble.py's `.probabilities.json`.
+      model_dirs: the --model_dir folders, in the order of `member_files`.
+      member_files: each model's prediction CSV.
+      output: the blended prediction CSV (image_id, p_abnormal[, label]) with its sidecar.
+
+    Returns:
+      (records, records at or above the ensemble's threshold, the threshold).
+    """
+    loaded = ensemble_file.load_ensemble(ensemble)
+    by_dir = dict(zip(model_dirs, member_files))
+    pairs = ensemble_file.match_members(loaded, model_dirs)
+    files = [read_predictions(by_dir[model_dir]) for _, model_dir in pairs]
+    aligned = align(files)
+    weights = blend_lib.normalise_weights([member.weight for member, _ in pairs], len(pairs))
+    blended = blend_lib.blend(aligned.probs, weights)
+    write_predictions(output, aligned.ids, blended, aligned.labels, sidecar={
+        "backbone": ENSEMBLE, "ensemble": os.path.abspath(ensemble), "threshold": loaded.threshold,
+        "weights": {member.name: float(w) for (member, _), w in zip(pairs, weights)},
+        "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})})
+    decisions = blend_lib.decide(blended, loaded.threshold)
+    return len(aligned.ids), int(decisions.sum()), loaded.threshold
+
+
 def summary(result: EnsembleResult) -> str:
     """Returns what an ensemble run chose (and why) and wrote, with the report table when there is one."""
     weights = ", ".join(f"{name} {weight:.3f}" for name, weight in result.weights.items())

@@ -29,6 +29,7 @@ import flags as project_flags  # noqa: E402
 from contracts import labels  # noqa: E402
 from contracts.atomic import atomic_path, write_text  # noqa: E402
 from contracts.labels import NIH_FRAME  # noqa: E402
+from preprocess import synthetic_radiographs  # noqa: E402
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -37,13 +38,23 @@ DATA_ENTRY_HEADER = (
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
 # The bbox CSV spells one finding differently from Data_Entry, as the real files do.
 BBOX_SPELLING = {"Infiltration": "Infiltrate"}
+# "radiograph": varied anatomy, exposure, distractors and finding kinds, 10% of labels flipped
+# (preprocess/synthetic_radiographs.py): the demo's data, which no model scores 1.0 on.
+# "easy": one anatomy, one bright round lesion per abnormal image, clean labels: data a tiny test
+# model learns in seconds. Preset -> its label noise.
+PRESETS = {"radiograph": 0.1, "easy": 0.0}
+# Bumped whenever the same config would generate other images, so the demo regenerates.
+GENERATOR_VERSION = 2
+LABEL_NOISE_FILE = "label_noise.csv"  # the flipped images: image, true and written Finding Labels
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """What to generate."""
+    """What to generate (see PRESETS)."""
 
     output_dir: str
+    preset: str = "radiograph"
+    label_noise: float | None = None  # share of images whose written label is flipped; None: the preset's
     num_patients: int = 120
     max_images_per_patient: int = 5  # each patient gets 1..max images
     source_size: int = 1024  # side of the written PNGs; boxes are always in the 1024 frame
@@ -85,39 +96,69 @@ def _pixels(anatomy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
+def _easy_image(rng, size, anatomy, abnormal):
+    """The "easy" preset: the patient's anatomy, one round lesion on abnormal images."""
+    image = anatomy.copy()
+    chosen, boxes = (), []
+    if abnormal:
+        chosen = tuple(rng.choice(labels.FINDINGS, size=int(rng.integers(1, 3)), replace=False))
+        boxes = [(chosen[0], *_lesion(rng, size, image))]
+    return _pixels(image, rng), chosen, boxes
+
+
+def _radiograph_image(rng, size, patient, abnormal):
+    """The "radiograph" preset (preprocess/synthetic_radiographs.py)."""
+    kinds = synthetic_radiographs.FINDING_KINDS
+    chosen = tuple(sorted(rng.choice(kinds, size=int(rng.choice([1, 1, 2])), replace=False))) if abnormal else ()
+    image, boxes = synthetic_radiographs.render(patient, chosen, rng, size)
+    return synthetic_radiographs.acquire(image, rng), chosen, boxes
+
+
+def _written_labels(rng, chosen: tuple, noise: float) -> tuple[str, bool]:
+    """The Finding Labels cell: the truth, or with probability `noise` its opposite."""
+    if rng.random() >= noise:
+        return "|".join(sorted(chosen)) or labels.NO_FINDING, False
+    return (labels.NO_FINDING if chosen else str(rng.choice(synthetic_radiographs.FINDING_KINDS))), True
+
+
 def generate(config: SyntheticConfig) -> dict[str, int]:
-    """Writes the dataset; returns counts {"images", "abnormal", "boxes", "patients"}."""
+    """Writes the dataset; returns counts {"images", "abnormal", "boxes", "patients", "flipped"}."""
+    if config.preset not in PRESETS:
+        raise ValueError(f"unknown preset {config.preset!r}; valid: {', '.join(PRESETS)}")
+    noise = PRESETS[config.preset] if config.label_noise is None else config.label_noise
     rng = np.random.default_rng(config.seed)
     image_dir = os.path.join(config.output_dir, "images_001", "images")
     os.makedirs(image_dir, exist_ok=True)
-    size = config.source_size
-    rows, boxes, patient_images = [], [], {}
+    size, scale = config.source_size, NIH_FRAME / config.source_size
+    rows, boxes, flips, patient_images = [], [], [], {}
     for patient in range(1, config.num_patients + 1):
-        anatomy = _anatomy(rng, size)
+        anatomy = (_anatomy(rng, size) if config.preset == "easy"
+                   else synthetic_radiographs.make_patient(rng))
         age, sex = int(rng.integers(18, 90)), rng.choice(["M", "F"])
         names = []
         for follow_up in range(int(rng.integers(1, config.max_images_per_patient + 1))):
             name = f"{patient:08d}_{follow_up:03d}.png"
-            image = anatomy.copy()
-            finding_labels = labels.NO_FINDING
-            if rng.random() < config.abnormal_fraction:
-                chosen = rng.choice(labels.FINDINGS, size=int(rng.integers(1, 3)), replace=False)
-                finding_labels = "|".join(sorted(chosen))
-                x, y, w, h = _lesion(rng, size, image)
+            make = _easy_image if config.preset == "easy" else _radiograph_image
+            pixels, chosen, found = make(rng, size, anatomy, rng.random() < config.abnormal_fraction)
+            finding_labels, flipped = _written_labels(rng, chosen, noise)
+            if flipped:
+                flips.append([name, "|".join(chosen) or labels.NO_FINDING, finding_labels])
+            for kind, x, y, w, h in found:
                 if rng.random() < config.bbox_fraction:
-                    scale = NIH_FRAME / size
-                    spelled = BBOX_SPELLING.get(chosen[0], chosen[0])
-                    boxes.append([name, spelled, x * scale, y * scale, w * scale, h * scale])
+                    boxes.append([name, BBOX_SPELLING.get(kind, kind), x * scale, y * scale, w * scale, h * scale])
             with atomic_path(os.path.join(image_dir, name), durable=False) as tmp:
-                Image.fromarray(_pixels(image, rng), mode="L").save(tmp, format="PNG", compress_level=1)
+                Image.fromarray(pixels, mode="L").save(tmp, format="PNG", compress_level=1)
             view = "PA" if rng.random() < 0.6 else "AP"
             rows.append([name, finding_labels, follow_up, patient, age + follow_up // 4, sex, view,
                          NIH_FRAME, NIH_FRAME, 0.143, 0.143])
             names.append(name)
         patient_images[patient] = names
     _write_tables(config, rows, boxes, patient_images, rng)
+    write_text(os.path.join(config.output_dir, LABEL_NOISE_FILE),
+               _csv_text("Image Index,True Finding Labels,Written Finding Labels", flips))
     abnormal = sum(r[1] != labels.NO_FINDING for r in rows)
-    return {"images": len(rows), "abnormal": abnormal, "boxes": len(boxes), "patients": config.num_patients}
+    return {"images": len(rows), "abnormal": abnormal, "boxes": len(boxes), "patients": config.num_patients,
+            "flipped": len(flips)}
 
 
 def _csv_text(header: str, rows: list[list]) -> str:
@@ -145,14 +186,16 @@ def main(argv: list[str]) -> None:
     if not values.output_dir:
         raise app.UsageError("--output_dir is required")
     config = SyntheticConfig(
-        output_dir=values.output_dir, num_patients=values.num_patients,
+        output_dir=values.output_dir, preset=values.preset, label_noise=values.label_noise,
+        num_patients=values.num_patients,
         max_images_per_patient=values.max_images_per_patient, source_size=values.source_size,
         abnormal_fraction=values.abnormal_fraction, bbox_fraction=values.bbox_fraction,
         seed=values.seed,
     )
     counts = generate(config)
-    print(f"wrote {counts['images']} images ({counts['abnormal']} abnormal, {counts['boxes']} boxes) "
-          f"of {counts['patients']} patients to {config.output_dir}")
+    print(f"wrote {counts['images']} {config.preset} images ({counts['abnormal']} labelled abnormal, "
+          f"{counts['flipped']} labels flipped, {counts['boxes']} boxes) of {counts['patients']} patients "
+          f"to {config.output_dir}")
 
 
 def run() -> None:

@@ -49,7 +49,7 @@ def test_gzip_and_crlf_and_trailing_comma_dialect(tmp_path):
     with gzip.open(path, "wt", newline="") as f:
         f.write(header + body)
     table = md.read_data_entry(str(path))
-    assert table.entries["a.png"] == md.Entry("a.png", 0, (0,) * 14, "7", "AP")
+    assert table.entries["a.png"] == md.Entry("a.png", 0, (0,) * 14, "7", "AP", sex="M", age=58)
 
 
 def test_label_problems_and_duplicates_are_skipped_with_reasons(tmp_path):
@@ -101,3 +101,20 @@ def test_bbox_rows_with_unreadable_numbers_are_reported(tmp_path):
     boxes, problems = md.read_bbox_csv(str(path))
     assert boxes == {"a.png": [(1.0, 2.0, 3.0, 4.0)]}
     assert [p.image for p in problems] == ["b.png"]
+
+
+@pytest.mark.parametrize("value, years", [("058Y", 58), ("58", 58), (" 62 ", 62), (62, 62), ("062M", 5),
+                                          ("003W", 0), ("411Y", None), ("", None), (None, None), ("abc", None)])
+def test_ages_read_tolerantly(value, years):
+    from contracts.demographics import parse_age
+
+    assert parse_age(value) == years
+
+
+def test_labels_csv_by_id_or_findings(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("Image Index,Finding Labels\na.png,No Finding\nb.dcm,Nodule|Mass\n")
+    assert md.read_labels_csv(str(path)) == {"a.png": 0, "b.dcm": 1}
+    path.write_text("SOPInstanceUID,label\n1.2.3,1\n1.2.4,maybe\n")
+    with pytest.raises(ValueError, match="line 3: label='maybe' is not a label"):
+        md.read_labels_csv(str(path))

@@ -1,5 +1,4 @@
-"""`predict.py --images`: raw PNG, JPEG or DICOM files scored in one command, and `--ensemble`
-applied to the members' predictions.
+"""`predict.py --images`: raw PNG, JPEG or DICOM files made into a temporary shard folder.
 
 The files go through the builder's own code (`preprocess.builder`, split "unlabeled") into a
 temporary shard folder (under $TMPDIR), at the models' image size and with the training
@@ -10,16 +9,16 @@ their reason in each prediction file's sidecar (`skipped`) and counted on the co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from contracts import ensemble_file
 from contracts import manifest as manifest_lib
 from contracts.errors import UserInputError, check_output_folder
-from contracts.prediction_files import align, few, read_predictions, write_predictions
+from contracts.prediction_files import few
 from contracts.run_folder import load_run_config
 from preprocess.config import BuildConfig, BuildError
 from preprocess.images import MAX_IMAGE_PIXELS
@@ -104,55 +103,21 @@ def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, 
     return RawImages(os.path.abspath(images), image_size, max_pixels, skipped)
 
 
-def predict_images(model_dirs: Sequence[str], images: str, output: str, *, workers: int | None = None,
-                   labels_csv: str | None = None, per_model: bool = False, **prediction_kwargs):
-    """Scores the raw files at `images` with each model; returns (PredictionResult, RawImages).
-
-    `prediction_kwargs` go to `evaluation.prediction.run_prediction` (batch size, strategy, ...).
-    """
-    from evaluation import prediction
-
-    image_size, max_pixels = check_images_inputs(model_dirs, images, output, labels_csv)
-    shard_dir = tempfile.mkdtemp(prefix=TEMP_SHARDS_PREFIX)  # in $TMPDIR; removed below
+@contextlib.contextmanager
+def built_images(images: str, image_size: int, max_pixels: int, workers: int | None = None,
+                 labels_csv: str | None = None) -> Iterator[tuple[str, RawImages]]:
+    """Builds the raw files into a temporary shard folder (under $TMPDIR); yields (folder, what was
+    skipped) and removes the folder afterwards, whatever happens."""
+    shard_dir = tempfile.mkdtemp(prefix=TEMP_SHARDS_PREFIX)
     try:
-        raw = build_images(images, shard_dir, image_size, max_pixels, workers, labels_csv)
-        result = prediction.run_prediction(
-            model_dirs, shard_dir, IMAGES_SPLIT, output, per_model=per_model,
-            extra_sidecar={"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped},
-            **prediction_kwargs)
+        yield shard_dir, build_images(images, shard_dir, image_size, max_pixels, workers, labels_csv)
     finally:
         shutil.rmtree(shard_dir, ignore_errors=True)
-    return result, raw
 
 
-def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
-                   extra_sidecar: dict[str, Any] | None = None) -> tuple[int, int, float]:
-    """Blends the members' prediction files with the ensemble file's weights into `output`.
-
-    Args:
-      ensemble: ensemble.py's `.probabilities.json`.
-      model_dirs: the --model_dir folders, in the order of `member_files`.
-      member_files: each model's prediction CSV.
-      output: the blended prediction CSV (image_id, p_abnormal[, label]) with its sidecar.
-
-    Returns:
-      (records, records at or above the ensemble's threshold, the threshold).
-    """
-    from evaluation import blend as blend_lib
-
-    loaded = ensemble_file.load_ensemble(ensemble)
-    by_dir = dict(zip(model_dirs, member_files))
-    pairs = ensemble_file.match_members(loaded, model_dirs)
-    files = [read_predictions(by_dir[model_dir]) for _, model_dir in pairs]
-    aligned = align(files)
-    weights = blend_lib.normalise_weights([member.weight for member, _ in pairs], len(pairs))
-    blended = blend_lib.blend(aligned.probs, weights)
-    write_predictions(output, aligned.ids, blended, aligned.labels, sidecar={
-        "backbone": "ensemble", "ensemble": os.path.abspath(ensemble), "threshold": loaded.threshold,
-        "weights": {member.name: float(w) for (member, _), w in zip(pairs, weights)},
-        "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})})
-    decisions = blend_lib.decide(blended, loaded.threshold)
-    return len(aligned.ids), int(decisions.sum()), loaded.threshold
+def sidecar_fields(raw: RawImages) -> dict[str, Any]:
+    """What a prediction file made from raw files records about them (instead of a shard folder)."""
+    return {"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped}
 
 
 def skipped_summary(raw: RawImages) -> str:
