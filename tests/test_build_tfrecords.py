@@ -400,9 +400,9 @@ def test_synthetic_generator_honours_its_settings_and_seed(tmp_path):
                                                               source_size=32, **kw))
         return out, counts
 
-    _, counts = make("one_each", max_images_per_patient=1, abnormal_fraction=0.0)
-    assert counts == {"images": 12, "abnormal": 0, "boxes": 0, "patients": 12}
-    _, counts = make("no_boxes", abnormal_fraction=1.0, bbox_fraction=0.0)
+    _, counts = make("one_each", max_images_per_patient=1, abnormal_fraction=0.0, label_noise=0.0)
+    assert counts == {"images": 12, "abnormal": 0, "boxes": 0, "patients": 12, "flipped": 0}
+    _, counts = make("no_boxes", abnormal_fraction=1.0, bbox_fraction=0.0, label_noise=0.0)
     assert counts["abnormal"] == counts["images"] and counts["boxes"] == 0
     a, _ = make("a", seed=5)
     b, _ = make("b", seed=5)

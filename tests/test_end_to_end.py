@@ -24,7 +24,8 @@ MIN_AUROC = 0.8
 def test_build_train_predict_ensemble_report(tmp_path):
     data, shards = str(tmp_path / "data"), str(tmp_path / "shards")
     # Sized so the tiny backbone learns in seconds: the test asserts it did (AUROC >= MIN_AUROC).
-    synthetic.generate(synthetic.SyntheticConfig(output_dir=data, num_patients=120, source_size=64, seed=1))
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=data, preset="easy", num_patients=120, source_size=64,
+                                                 seed=1))
     built = builder.build(BuildConfig(
         data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"),
         bbox_csv=os.path.join(data, "BBox_List_2017.csv"), image_dir=data, output_dir=shards,
