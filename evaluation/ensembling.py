@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from contracts import ensemble_file
-from contracts.atomic import atomic_path
+from contracts.atomic import atomic_path, json_ready, write_json
 from contracts.errors import UserInputError, check_output_folder
 from contracts.prediction_files import Predictions, align, read_predictions, write_predictions
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
 from evaluation import settings
+from training.metrics import auroc_or_nan
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
 
@@ -40,6 +41,8 @@ class EnsembleResult:
       fit: the validation fit, or None when nothing was fitted.
       metrics: {name: metrics} when labels are known, else None.
       report_dir: where the report went, or None.
+      gain: with validation files and known labels, the ensemble's AUROC minus that of the member
+        best on validation, with a paired bootstrap interval (report_dir/ensemble_gain.json).
     """
 
     submission: str
@@ -49,6 +52,7 @@ class EnsembleResult:
     fit: blend_lib.Fit | None
     metrics: dict[str, Any] | None
     report_dir: str | None
+    gain: dict[str, Any] | None = None  # the ensemble against the best single model (see _gain)
 
 
 def model_names(files: Sequence[Predictions]) -> list[str]:
@@ -91,18 +95,19 @@ def _choose(
     threshold: float | None,
     fit_on: Sequence[str] | None,
     fit_step: float,
-) -> tuple[np.ndarray, float, blend_lib.Fit | None]:
+) -> tuple[np.ndarray, float, blend_lib.Fit | None, list[float] | None]:
     fixed_weights = None if weights is None else blend_lib.normalise_weights(weights, len(files))
     fixed_threshold = None if threshold is None else blend_lib.check_threshold(threshold)
     if not fit_on:
         chosen = fixed_weights if fixed_weights is not None else blend_lib.reference_weights(files)
-        return chosen, settings.ENSEMBLE_THRESHOLD if fixed_threshold is None else fixed_threshold, None
+        return chosen, settings.ENSEMBLE_THRESHOLD if fixed_threshold is None else fixed_threshold, None, None
     fit_files = [read_predictions(path) for path in fit_on]
     _check_fit_pairs(files, fit_files)
     validation = align(fit_files)
     labels = blend_lib.check_fit_labels(validation.labels, fit_on, validation.ids)
     fit = blend_lib.fit(validation.probs, labels, step=fit_step, weights=fixed_weights, threshold=fixed_threshold)
-    return fit.weights, fit.threshold, fit
+    validation_aurocs = [auroc_or_nan(labels, validation.probs[:, m]) for m in range(len(files))]
+    return fit.weights, fit.threshold, fit, validation_aurocs
 
 
 def _write_submission(
@@ -132,6 +137,24 @@ def _report(
         "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]),
     }))
     return report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
+
+
+def _gain(report_dir: str, names: Sequence[str], aligned, blended: np.ndarray,
+          validation_aurocs: list[float] | None, bootstrap: int) -> dict[str, Any] | None:
+    """The ensemble against the single model best on validation (never chosen on the reported
+    records), as a paired bootstrap difference of AUROC; written to report_dir/GAIN_FILE."""
+    if validation_aurocs is None or len(names) < 2 or all(np.isnan(validation_aurocs)):
+        return None
+    best = int(np.nanargmax(validation_aurocs))
+    known = aligned.labels >= 0
+    labels, single = aligned.labels[known], aligned.probs[known, best]
+    gain = {"best_single": names[best], "chosen_on": "validation AUROC",
+            "validation_aurocs": dict(zip(names, validation_aurocs)),
+            "ensemble_auroc": auroc_or_nan(labels, blended[known]), "best_single_auroc": auroc_or_nan(labels, single),
+            **report_lib.paired_auroc_difference(labels, blended[known], single, bootstrap)}
+    gain = json_ready(gain)
+    write_json(os.path.join(report_dir, report_lib.GAIN_FILE), gain)
+    return gain
 
 
 def run_ensemble(
@@ -179,7 +202,7 @@ def run_ensemble(
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
     names = model_names(files)
-    chosen_weights, chosen_threshold, fit = _choose(files, weights, threshold, fit_on, fit_step)
+    chosen_weights, chosen_threshold, fit, validation_aurocs = _choose(files, weights, threshold, fit_on, fit_step)
     blended = blend_lib.blend(aligned.probs, chosen_weights)
     decisions = blend_lib.decide(blended, chosen_threshold)
     _write_submission(output, aligned.ids, decisions, id_column, label_column)
@@ -204,9 +227,10 @@ def run_ensemble(
     if report_lib.has_known_labels(aligned.labels):
         report_dir = report_dir or report_lib.default_report_dir(output)
         metrics = _report(report_dir, files, names, aligned, blended, chosen_threshold, bootstrap)
+        gain = _gain(report_dir, names, aligned, blended, validation_aurocs, bootstrap)
     else:
-        report_dir = None
-    return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir)
+        report_dir = gain = None
+    return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir, gain)
 
 
 def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
@@ -249,4 +273,15 @@ def summary(result: EnsembleResult) -> str:
     lines.append(f"wrote {result.submission} and {result.probabilities}")
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics), "", f"report: {result.report_dir}"]
+    if result.gain is not None:
+        lines.append(gain_line(result.gain))
     return "\n".join(lines)
+
+
+def gain_line(gain: dict[str, Any]) -> str:
+    """One line: the ensemble's AUROC against the best single model's, and the paired difference."""
+    interval = gain["ci95"]
+    shown = f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "(no interval)"
+    return (f"ensemble AUROC {gain['ensemble_auroc']:.3f} vs {gain['best_single']} (best on validation) "
+            f"{gain['best_single_auroc']:.3f}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
+            f"interval {shown} over {gain['resamples']} resamples")

@@ -1,5 +1,6 @@
 """Blending: hand-computed blends and thresholds, joins on ids, fitted weights and thresholds."""
 
+import json
 import os
 
 import numpy as np
@@ -184,3 +185,41 @@ def test_fit_needs_both_classes(tmp_path):
     paths = _write_models(str(tmp_path), labels=np.zeros(4, dtype=int), suffix="_val")
     with pytest.raises(UserInputError, match="one class"):
         ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=paths, bootstrap=0)
+
+
+def test_the_ensemble_is_compared_with_the_member_best_on_validation_not_on_test(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from evaluation import report
+
+    rng = np.random.default_rng(7)
+    names = ["efficientnet_b3", "resnet50"]
+
+    def files(kind: str, n: int, sharp: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+        labels = (rng.random(n) < 0.5).astype(int)
+        probs = np.stack([np.clip(0.5 + (0.35 if m == sharp else 0.1) * (labels - 0.5) * 2 + rng.normal(0, 0.2, n),
+                                  0, 1) for m in range(2)], axis=1)
+        paths = []
+        for m, name in enumerate(names):
+            paths.append(str(tmp_path / f"{kind}.{name}.csv"))
+            write_predictions(paths[-1], [f"{kind}{i}" for i in range(n)], probs[:, m], labels, {"backbone": name})
+        return paths, labels, probs
+
+    fit_paths, _, _ = files("val", 200, sharp=1)  # resnet50 is the better model on validation...
+    test_paths, labels, probs = files("test", 300, sharp=0)  # ...and the worse one on test
+    result = ensembling.run_ensemble(test_paths, str(tmp_path / "sub.csv"), fit_on=fit_paths, fit_step=0.1,
+                                     report_dir=str(tmp_path / "report"), bootstrap=200)
+    gain = result.gain
+    assert gain["best_single"] == "resnet50"  # chosen on validation, never on the reported records
+    blended = blend.blend(probs, np.array(list(result.weights.values())))
+    assert gain["ensemble_auroc"] == pytest.approx(roc_auc_score(labels, blended))
+    assert gain["best_single_auroc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]))
+    assert gain["difference"] == pytest.approx(roc_auc_score(labels, blended) - roc_auc_score(labels, probs[:, 1]))
+    low, high = gain["ci95"]
+    assert low <= gain["difference"] <= high and high - low > 0
+    with open(tmp_path / "report" / report.GAIN_FILE) as f:
+        assert json.load(f)["best_single"] == "resnet50"
+    assert "best on validation" in ensembling.summary(result)
+    # Paired: a model against itself differs by exactly 0 in every resample.
+    same = report.paired_auroc_difference(labels, probs[:, 0], probs[:, 0], 50)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
