@@ -8,13 +8,16 @@ split → ensemble.py fitted on the validation predictions → submission.csv an
 (the ensemble as one SavedModel, served/) → the test images' raw files through that SavedModel,
 compared with the submission's probabilities. Every
 command is printed before it runs, so the demo doubles as a recipe. Each stage is resumable, so
-running the demo again reuses finished work.
+running the demo again reuses finished work, as long as the plan (every setting, and the synthetic
+generator's version) is the one recorded in demo_plan.json; otherwise the demo replaces its own
+earlier outputs, saying so in one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import shlex
@@ -27,6 +30,7 @@ from absl import flags
 
 import flags as project_flags
 from contracts.ensemble_file import blend_path, ensemble_path
+from contracts.atomic import write_json
 from contracts.errors import UserInputError, check_output_folder
 from models import registry
 
@@ -35,6 +39,10 @@ RUNS = "runs"  # the demo's outputs, one folder per data set
 # BatchNorm's moving statistics at the default 0.99 lag far behind a few hundred steps from
 # scratch, so inference-mode predictions collapse to one class; 0.9 keeps up.
 SYNTHETIC_BATCHNORM_MOMENTUM = 0.9
+PLAN_FILE = "demo_plan.json"  # the plan the outputs beside it were made with
+# What the demo writes into its output folder (never the user's --data_dir).
+OWNED = ("data", "shards", "models", "predictions", "report", "served", "submission.csv",
+         "submission.probabilities.csv", "submission.probabilities.json", "submission.probabilities.npy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +118,42 @@ def data_stage(plan: DemoPlan) -> tuple[list[str], list[float]]:
     return args, []
 
 
+def plan_digest(plan: DemoPlan) -> str:
+    """What the outputs depend on: every setting and, for synthetic data, the generator's version."""
+    from preprocess.synthetic import GENERATOR_VERSION
+
+    fields = {k: v for k, v in dataclasses.asdict(plan).items() if k != "output_dir"}
+    fields["generator_version"] = GENERATOR_VERSION if plan.data_dir is None else None
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def claim_output(plan: DemoPlan) -> None:
+    """Keeps the outputs of the same plan for reuse; replaces those of another plan, in one line."""
+    path = os.path.join(plan.output_dir, PLAN_FILE)
+    digest = plan_digest(plan)
+    try:
+        with open(path) as f:
+            recorded = json.load(f).get("digest")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    present = [name for name in OWNED if os.path.exists(os.path.join(plan.output_dir, name))]
+    if present and recorded != digest:
+        print(f"demo: {plan.output_dir} holds outputs of another plan (or generator version); replacing them",
+              flush=True)
+        for name in present:
+            target = os.path.join(plan.output_dir, name)
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+    os.makedirs(plan.output_dir, exist_ok=True)
+    write_json(path, {"digest": digest, "plan": dataclasses.asdict(plan)})
+
+
 def run_demo(plan: DemoPlan) -> dict:
     """Runs every stage; returns {"seconds": {stage: s}, "metrics": the ensemble report}."""
     py = sys.executable
     out = plan.output_dir
     shards, models, preds = (os.path.join(out, d) for d in ("shards", "models", "predictions"))
     seconds: dict[str, float] = {}
+    claim_output(plan)
     data_args, synth_times = data_stage(plan)
     if synth_times:
         seconds["synthetic data"] = synth_times[0]
@@ -237,13 +275,30 @@ def main(argv: list[str]) -> int:
         print(f"  {stage:<28} {s:6.0f} s")
     print(f"submission: {os.path.join(plan.output_dir, 'submission.csv')}")
     print(f"report:     {os.path.join(plan.output_dir, 'report', 'metrics.json')}")
-    if "ensemble" in result["metrics"]:
-        print(f"ensemble test AUROC: {result['metrics']['ensemble']['auroc']:.3f}")
+    from evaluation.ensembling import gain_line
+    from evaluation.report import GAIN_FILE
+
+    print(results_table(result["metrics"]))
+    gain_path = os.path.join(plan.output_dir, "report", GAIN_FILE)
+    if os.path.exists(gain_path):
+        with open(gain_path) as f:
+            print(gain_line(json.load(f)))
     serving = result["serving"]
     print(f"served:     {os.path.join(plan.output_dir, 'served')} (SavedModel, image bytes in); on the "
           f"{serving['images']} test files |p_served - p_submission| max {serving['max_abs_diff']:.1e}, "
           f"mean {serving['mean_abs_diff']:.1e}; same label on {serving['label_agreement']:.1%}")
     return 0
+
+
+def results_table(metrics: dict) -> str:
+    """Each model's and the ensemble's test AUROC with its bootstrap 95% interval."""
+    lines = ["\ntest AUROC (bootstrap 95% interval):"]
+    for name, values in metrics.items():
+        interval = values.get("auroc_ci95")
+        shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "(no interval)"
+        auroc = values.get("auroc")
+        lines.append(f"  {name:<18} {'n/a' if auroc is None else f'{auroc:.3f}'} {shown}")
+    return "\n".join(lines)
 
 
 def run() -> None:

@@ -144,3 +144,25 @@ def test_make_demo_passes_data_weights_size_and_epochs_through():
     command = done.stdout.replace("\\\n", " ")
     for flag in ("--data_dir=../shared/data/nih_sample", "--weights=none", "--image_size=128", "--epochs=3"):
         assert flag in command, command
+
+
+def test_the_demo_reuses_outputs_of_its_own_plan_and_replaces_those_of_another(tmp_path, monkeypatch, capsys):
+    import demo
+    from absl import flags
+
+    import flags as project_flags
+    from preprocess import synthetic
+
+    values = flags.FlagValues()
+    project_flags.define_demo_flags(values)
+    values(["cxr-demo", f"--output_dir={tmp_path / 'demo'}"])
+    plan = demo.plan_from_flags(values)
+    demo.claim_output(plan)
+    (tmp_path / "demo" / "models").mkdir()
+    (tmp_path / "demo" / "submission.csv").write_text("image_id,label\n")
+    demo.claim_output(plan)  # the same plan: finished work stays for reuse
+    assert (tmp_path / "demo" / "models").is_dir() and "replacing" not in capsys.readouterr().out
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    demo.claim_output(plan)  # a new generator: the old data and models are not reused
+    assert not (tmp_path / "demo" / "models").exists() and not (tmp_path / "demo" / "submission.csv").exists()
+    assert capsys.readouterr().out.count("replacing") == 1
