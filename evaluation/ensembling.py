@@ -205,7 +205,13 @@ def run_ensemble(
     chosen_weights, chosen_threshold, fit, validation_aurocs = _choose(files, weights, threshold, fit_on, fit_step)
     blended = blend_lib.blend(aligned.probs, chosen_weights)
     decisions = blend_lib.decide(blended, chosen_threshold)
-    _write_submission(output, aligned.ids, decisions, id_column, label_column)
+    metrics = None
+    if report_lib.has_known_labels(aligned.labels):  # first: a failure here leaves no submission
+        report_dir = report_dir or report_lib.default_report_dir(output)
+        metrics = _report(report_dir, files, names, aligned, blended, chosen_threshold, bootstrap)
+        gain = _gain(report_dir, names, aligned, blended, validation_aurocs, bootstrap)
+    else:
+        report_dir = gain = None
     probabilities = ensemble_file.blend_path(output)
     weight_map = {name: float(w) for name, w in zip(names, chosen_weights)}
     write_predictions(probabilities, aligned.ids, blended, aligned.labels, sidecar={
@@ -223,13 +229,8 @@ def run_ensemble(
         "crop": _common([f.crop for f in files]),
         "records": len(aligned.ids),
     })
-    metrics = None
-    if report_lib.has_known_labels(aligned.labels):
-        report_dir = report_dir or report_lib.default_report_dir(output)
-        metrics = _report(report_dir, files, names, aligned, blended, chosen_threshold, bootstrap)
-        gain = _gain(report_dir, names, aligned, blended, validation_aurocs, bootstrap)
-    else:
-        report_dir = gain = None
+    # The submission last, so it exists only when everything before it worked.
+    _write_submission(output, aligned.ids, decisions, id_column, label_column)
     return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir, gain)
 
 
