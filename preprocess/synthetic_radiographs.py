@@ -79,7 +79,7 @@ def render(patient: Patient, findings: tuple[str, ...], rng: np.random.Generator
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     body = _soft(np.abs(xx - 0.5) / patient.body_w, 0.03)
     image = 25.0 + (patient.tissue - 25.0) * body
-    heart_scale = rng.uniform(1.35, 1.6) if "Cardiomegaly" in findings else 1.0
+    heart_scale = rng.uniform(1.6, 1.9) if "Cardiomegaly" in findings else 1.0
     lungs = np.zeros_like(image)
     for cx in patient.lung_x:
         lungs = np.maximum(lungs, _soft(_ellipse(xx, yy, cx, patient.lung_y, patient.lung_rx, patient.lung_ry), 0.04))
@@ -102,39 +102,39 @@ def _draw_finding(kind: str, image, xx, yy, patient: Patient, rng) -> tuple[floa
     """Adds one finding to `image`; returns its box (x, y, w, h) in fractions."""
     if kind in ("Nodule", "Mass"):
         cx, cy = _in_lung(rng, patient)
-        radius = rng.uniform(0.012, 0.025) if kind == "Nodule" else rng.uniform(0.035, 0.06)
-        image += rng.uniform(35.0, 60.0) * _soft(np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / radius, 0.15)
+        radius = rng.uniform(0.03, 0.045) if kind == "Nodule" else rng.uniform(0.06, 0.09)
+        image += rng.uniform(60.0, 90.0) * _soft(np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / radius, 0.15)
         return cx - radius, cy - radius, 2 * radius, 2 * radius
     if kind == "Infiltration":
         cx, cy = _in_lung(rng, patient, margin=0.4)
-        spots = [(cx + rng.normal(0, 0.04), cy + rng.normal(0, 0.06), rng.uniform(0.025, 0.05)) for _ in range(5)]
+        spots = [(cx + rng.normal(0, 0.04), cy + rng.normal(0, 0.06), rng.uniform(0.03, 0.06)) for _ in range(5)]
         for x, y, r in spots:
-            image += rng.uniform(14.0, 24.0) * _blob(xx, yy, x, y, r)
+            image += rng.uniform(35.0, 50.0) * _blob(xx, yy, x, y, r)
         return cx - 0.1, cy - 0.14, 0.2, 0.28
     side = int(rng.integers(2))  # Effusion: fluid filling the bottom of one lung, a meniscus at its top
     cx, bottom = patient.lung_x[side], patient.lung_y + patient.lung_ry
-    depth = rng.uniform(0.08, 0.16) * patient.lung_ry / 0.28
+    depth = rng.uniform(0.12, 0.22) * patient.lung_ry / 0.28
     meniscus = bottom - depth + 0.5 * depth * ((xx - cx) / patient.lung_rx) ** 2 * (1 if side else -1) * np.sign(xx - cx)
     in_lung = _soft(_ellipse(xx, yy, cx, patient.lung_y, patient.lung_rx, patient.lung_ry), 0.04)
-    image += rng.uniform(45.0, 70.0) * in_lung * _soft((meniscus - yy) / 0.01 + 1.0, 0.6)
+    image += rng.uniform(55.0, 80.0) * in_lung * _soft((meniscus - yy) / 0.01 + 1.0, 0.6)
     return cx - patient.lung_rx, bottom - depth * 1.5, 2 * patient.lung_rx, depth * 1.5
 
 
 def acquire(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One exposure of `image`: gain, offset and gamma, marker, leads and tubes, blur and noise."""
     size = image.shape[0]
-    scaled = np.clip(image / 255.0, 0.0, 1.0) ** rng.uniform(0.8, 1.25)
-    scaled = scaled * 255.0 * rng.uniform(0.8, 1.2) + rng.uniform(-20.0, 20.0)
+    scaled = np.clip(image / 255.0, 0.0, 1.0) ** rng.uniform(0.9, 1.1)
+    scaled = scaled * 255.0 * rng.uniform(0.9, 1.1) + rng.uniform(-12.0, 12.0)
     canvas = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
     draw = ImageDraw.Draw(canvas)
     corner = (rng.uniform(0.04, 0.12) * size, rng.uniform(0.04, 0.12) * size)
     draw.text(corner, "LR"[int(rng.integers(2))], fill=int(rng.integers(215, 256)), font_size=max(8, size // 16))
     for _ in range(int(rng.integers(0, 4))):  # ECG leads: small bright rings on the chest wall
-        x, y, r = rng.uniform(0.15, 0.85) * size, rng.uniform(0.1, 0.3) * size, size * 0.012
+        x, y, r = rng.choice([0.1, 0.9]) * size + rng.normal(0, 0.02) * size, rng.uniform(0.05, 0.9) * size, size * 0.012
         draw.ellipse((x - r, y - r, x + r, y + r), outline=240, width=max(1, size // 256))
     if rng.random() < 0.3:  # a tube down the middle
         points = [(size * (0.5 + rng.normal(0, 0.01)), size * t) for t in np.linspace(0.0, 0.55, 6)]
         draw.line(points, fill=230, width=max(1, size // 128))
-    blurred = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.2) * size / 512))
-    noisy = np.asarray(blurred, np.float32) + rng.normal(0.0, rng.uniform(4.0, 11.0), (size, size))
+    blurred = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.0) * size / 512))
+    noisy = np.asarray(blurred, np.float32) + rng.normal(0.0, rng.uniform(3.0, 6.0), (size, size))
     return np.clip(noisy, 0, 255).astype(np.uint8)
