@@ -39,6 +39,7 @@ RUNS = "runs"  # the demo's outputs, one folder per data set
 # BatchNorm's moving statistics at the default 0.99 lag far behind a few hundred steps from
 # scratch, so inference-mode predictions collapse to one class; 0.9 keeps up.
 SYNTHETIC_BATCHNORM_MOMENTUM = 0.9
+SYNTHETIC_EPOCHS = 8
 PLAN_FILE = "demo_plan.json"  # the plan the outputs beside it were made with
 # What the demo writes into its output folder (never the user's --data_dir).
 OWNED = ("data", "shards", "models", "predictions", "report", "served", "submission.csv",
@@ -59,6 +60,7 @@ class DemoPlan:
     epochs: int | None
     learning_rates: dict[str, float]  # backbone -> rate; absent: the backbone's reference
     batchnorm_momentum: float | None
+    early_stopping_patience: int | None  # None: train.py's default
     global_batch_size: int
     backbones: tuple[str, ...]
 
@@ -169,6 +171,8 @@ def run_demo(plan: DemoPlan) -> dict:
             command.append(f"--learning_rate={plan.learning_rates[backbone]}")
         if plan.batchnorm_momentum is not None:
             command.append(f"--batchnorm_momentum={plan.batchnorm_momentum}")
+        if plan.early_stopping_patience is not None:
+            command.append(f"--early_stopping_patience={plan.early_stopping_patience}")
         seconds[f"train {backbone}"] = run_stage(f"train {backbone}", command)
     seconds["predict"] = run_stage("predict the test split", [
         py, "predict.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
@@ -250,7 +254,7 @@ def plan_from_flags(values) -> DemoPlan:
         image_size=values.image_size or (224 if real else 64),
         crop=values.crop,
         weights=values.weights or ("imagenet" if real else "none"),
-        epochs=values.epochs if values.epochs else (None if real else 8),
+        epochs=values.epochs if values.epochs else (None if real else SYNTHETIC_EPOCHS),
         # From scratch on the small synthetic set, each backbone's registry entry gives a rate that
         # learns in a CPU-sized budget (the reference rates barely move the weights there).
         learning_rates=({b: values.learning_rate for b in values.backbones} if values.learning_rate
@@ -258,6 +262,10 @@ def plan_from_flags(values) -> DemoPlan:
                                               for b in values.backbones}),
         batchnorm_momentum=(values.batchnorm_momentum if values.batchnorm_momentum is not None
                             else None if real else SYNTHETIC_BATCHNORM_MOMENTUM),
+        # On the synthetic set's small validation split (about 180 images, 10% of labels flipped)
+        # the AUROC moves by several points between epochs: stopping at the first 3-epoch plateau
+        # cut ResNet50 off at 0.72 where its 8th epoch reached 0.75 (test 0.82). All 8 epochs run.
+        early_stopping_patience=None if real else SYNTHETIC_EPOCHS,
         global_batch_size=values.global_batch_size,
         backbones=tuple(values.backbones),
     )
