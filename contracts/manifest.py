@@ -16,7 +16,9 @@ from contracts.atomic import write_json
 from contracts.errors import UserInputError
 
 MANIFEST = "manifest.json"
-SCHEMA_VERSION = 2  # 1: before the manifest recorded its version
+# 1: before the manifest recorded its version; 2: before records carried patient sex and age
+# (older records read them as unknown).
+SCHEMA_VERSION = 3
 SHARD_SUFFIX = ".tfrecord"
 
 
