@@ -60,6 +60,7 @@ class DemoPlan:
     epochs: int | None
     learning_rates: dict[str, float]  # backbone -> rate; absent: the backbone's reference
     batchnorm_momentum: float | None
+    feature_layer: str | None  # train.py --feature_layer; None: the whole backbone
     early_stopping_patience: int | None  # None: train.py's default
     global_batch_size: int
     backbones: tuple[str, ...]
@@ -171,6 +172,8 @@ def run_demo(plan: DemoPlan) -> dict:
             command.append(f"--learning_rate={plan.learning_rates[backbone]}")
         if plan.batchnorm_momentum is not None:
             command.append(f"--batchnorm_momentum={plan.batchnorm_momentum}")
+        if plan.feature_layer is not None:
+            command.append(f"--feature_layer={plan.feature_layer}")
         if plan.early_stopping_patience is not None:
             command.append(f"--early_stopping_patience={plan.early_stopping_patience}")
         seconds[f"train {backbone}"] = run_stage(f"train {backbone}", command)
@@ -242,6 +245,7 @@ def plan_from_flags(values) -> DemoPlan:
     check_output_folder(values.output_dir or default_output_dir(values.data_dir), "output_dir")
     if real and not os.path.isdir(values.data_dir):
         raise DemoError(f"--data_dir={values.data_dir} is not a folder")
+    weights = values.weights or ("imagenet" if real else "none")
     return DemoPlan(
         # Absolute, from the caller's folder: the stages run in the repository, wherever the demo
         # was started from (cxr-demo works from any folder).
@@ -253,7 +257,7 @@ def plan_from_flags(values) -> DemoPlan:
         # reference epochs; the synthetic default is sized to finish on a 2-core CPU.
         image_size=values.image_size or (224 if real else 64),
         crop=values.crop,
-        weights=values.weights or ("imagenet" if real else "none"),
+        weights=weights,
         epochs=values.epochs if values.epochs else (None if real else SYNTHETIC_EPOCHS),
         # From scratch on the small synthetic set, each backbone's registry entry gives a rate that
         # learns in a CPU-sized budget (the reference rates barely move the weights there).
@@ -262,6 +266,9 @@ def plan_from_flags(values) -> DemoPlan:
                                               for b in values.backbones}),
         batchnorm_momentum=(values.batchnorm_momentum if values.batchnorm_momentum is not None
                             else None if real else SYNTHETIC_BATCHNORM_MOMENTUM),
+        # From random weights, each backbone's registry entry says where it learns in a CPU budget
+        # (EfficientNetB3 cut after its third stage; the others whole).
+        feature_layer=registry.FEATURE_LAYER_FROM_SCRATCH if weights == "none" else None,
         # On the synthetic set's small validation split (about 180 images, 10% of labels flipped)
         # the AUROC moves by several points between epochs: stopping at the first 3-epoch plateau
         # cut ResNet50 off at 0.72 where its 8th epoch reached 0.75 (test 0.82). All 8 epochs run.

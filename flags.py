@@ -251,6 +251,12 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "Momentum of every BatchNormalization's moving statistics (default: the backbone's 0.99). "
       "Lower it (e.g. 0.9) for short runs from scratch, whose inference statistics otherwise lag.",
       lower_bound=0.0, upper_bound=0.999)
+    _d(flags.DEFINE_string, fv)("feature_layer", default["feature_layer"],
+      "Cut the backbone at this layer: its output feeds the head. Default: the whole backbone. "
+      f"'{registry.FEATURE_LAYER_FROM_SCRATCH}': the layer that learns from random weights in a CPU budget "
+      "(" + ", ".join(f"{name} {spec.from_scratch_feature_layer}" for name, spec in registry.BACKBONES.items()
+                      if spec.from_scratch_feature_layer) + "; the others keep the whole backbone), for short "
+      "runs from scratch at small image sizes.")
     _d(flags.DEFINE_integer, fv)("keep_checkpoints", default["keep_checkpoints"],
       "Checkpoints kept in --model_dir/checkpoints.", lower_bound=1)
 

@@ -49,6 +49,19 @@ def _imagenet_download_from(path: str) -> Iterator[None]:
         file_utils.get_file = original
 
 
+def _cut(net: keras.Model, feature_layer: str | None) -> keras.Model:
+    if feature_layer is None:
+        return net
+    try:
+        layer = net.get_layer(feature_layer)
+    except ValueError:
+        raise UserInputError(
+            f"--feature_layer={feature_layer}: {net.name} has no such layer; pass one of its layer names "
+            f"(for example {net.layers[len(net.layers) // 2].name}), or leave it unset for the whole backbone"
+        ) from None
+    return keras.Model(net.input, layer.output, name=net.name)
+
+
 def _build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
     spec = get_backbone(name)
     shape = (image_size, image_size, 3)
@@ -94,6 +107,7 @@ def build_classifier(
     weights: str = WEIGHTS_IMAGENET,
     seed: int = 0,
     batchnorm_momentum: float | None = None,
+    feature_layer: str | None = None,
 ) -> keras.Model:
     """Builds the inference classifier `backbone` (no augmentation) under the current dtype policy.
 
@@ -109,6 +123,8 @@ def build_classifier(
       batchnorm_momentum: momentum of every BatchNormalization layer's moving statistics; None
         keeps the backbone's (0.99). From scratch and for a few hundred steps, 0.99 leaves the
         statistics that inference uses far from the trained ones; 0.9 catches up in ~50 steps.
+      feature_layer: the backbone layer whose output feeds the head (the layers after it are
+        dropped, weights loaded first); None keeps the whole backbone.
 
     Returns:
       A model taking float (B, S, S, 3) pixels in 0..255 and returning (B, 2) float32 softmax
@@ -119,13 +135,14 @@ def build_classifier(
       FileNotFoundError: `weights` is neither keyword nor an existing file.
       WeightsUnavailableError: ImageNet weights neither downloadable nor cached, or a weights file
         that does not fit the backbone.
+      UserInputError: `feature_layer` is not a layer of the backbone.
     """
     spec = get_backbone(backbone)
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     x = inputs
     for layer in spec.make_preprocessing():
         x = layer(x)
-    features = _build_backbone(backbone, image_size, weights)(x)
+    features = _cut(_build_backbone(backbone, image_size, weights), feature_layer)(x)
     outputs = build_head(features, spec.head, seed=seed)
     model = keras.Model(inputs, outputs, name=backbone)
     if batchnorm_momentum is not None:
@@ -141,6 +158,7 @@ def build_model(
     augment: bool | None = None,
     seed: int = 0,
     batchnorm_momentum: float | None = None,
+    feature_layer: str | None = None,
 ) -> keras.Model:
     """Builds the training model of `backbone` under the current Keras dtype policy.
 
@@ -149,7 +167,8 @@ def build_model(
     `strategy.scope()` when training under a distribution strategy.
 
     Args:
-      backbone, image_size, weights, seed, batchnorm_momentum: as for `build_classifier`
+      backbone, image_size, weights, seed, batchnorm_momentum, feature_layer: as for
+        `build_classifier`
         (`seed` also seeds the augmentation).
       augment: random rotation/shift/shear/zoom at training time (identity at inference);
         None takes the backbone's reference default.
@@ -164,7 +183,7 @@ def build_model(
     spec = get_backbone(backbone)
     augment = spec.augment if augment is None else augment
     classifier = build_classifier(backbone, image_size, weights=weights, seed=seed,
-                                  batchnorm_momentum=batchnorm_momentum)
+                                  batchnorm_momentum=batchnorm_momentum, feature_layer=feature_layer)
     if not augment:
         return classifier
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")

@@ -91,6 +91,15 @@ def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_
     synthetic, real = plans
     assert real.output_dir == os.path.join(str(tmp_path), "runs", "demo-nih_sample") != synthetic.output_dir
     assert (real.data_dir, real.weights, real.image_size) == (str(tmp_path / "nih_sample"), "none", 128)
+    # From random weights both cut EfficientNetB3 where it learns (models/registry.py); from ImageNet
+    # weights the whole backbone trains, as in the reference.
+    from models import registry
+
+    assert synthetic.feature_layer == real.feature_layer == registry.FEATURE_LAYER_FROM_SCRATCH
+    values = flags.FlagValues()
+    project_flags.define_demo_flags(values)
+    values(["cxr-demo", "--data_dir=nih_sample"])
+    assert demo.plan_from_flags(values).feature_layer is None
 
 
 # The README's "What TensorFlow prints at start-up": what remains at the project's default level,

@@ -196,3 +196,50 @@ def test_batchnorm_momentum_reaches_every_nested_batchnorm():
     assert len(momenta(lowered)) == len(momenta(default)) and set(momenta(lowered)) == {0.9}
     with pytest.raises(ValueError, match="batchnorm_momentum"):
         models.builder.set_batchnorm_momentum(lowered, 1.0)
+
+
+def _backbone_of(model):
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def test_efficientnet_from_scratch_is_cut_after_its_third_stage_and_only_when_asked():
+    """At 64 px the whole EfficientNetB3 ends on 2x2 maps; from scratch it learns when cut at 8x8."""
+    from models import registry
+
+    layer = registry.resolve_feature_layer("efficientnet_b3", registry.FEATURE_LAYER_FROM_SCRATCH)
+    cut = models.build_classifier("efficientnet_b3", 64, weights="none", feature_layer=layer)
+    whole = models.build_classifier("efficientnet_b3", 64, weights="none")
+    assert _backbone_of(cut).output_shape == (None, 8, 8, 48)
+    assert _backbone_of(whole).output_shape == (None, 2, 2, 1536)
+    assert _backbone_of(cut).count_params() < 250_000 < 10_000_000 < _backbone_of(whole).count_params()
+    assert cut(np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3))).shape == (2, 2)
+    # The other backbones keep their whole network from scratch; an empty value is the whole backbone.
+    assert registry.resolve_feature_layer("resnet50", registry.FEATURE_LAYER_FROM_SCRATCH) is None
+    assert registry.resolve_feature_layer("efficientnet_b3", "") is None
+
+
+def test_feature_layer_cuts_after_the_weights_file_is_loaded_and_survives_a_save(tmp_path):
+    source = models.build_model("tiny_test", SIZE, weights="none", seed=3)
+    path = str(tmp_path / "tiny.weights.h5")
+    source.get_layer("tiny_test").save_weights(path)
+    cut = models.build_classifier("tiny_test", SIZE, weights=path, feature_layer="tiny_relu1")
+    assert _backbone_of(cut).output_shape == (None, SIZE // 2, SIZE // 2, 8)
+    kept = {w.path: w.numpy() for w in _backbone_of(cut).weights}
+    loaded = {w.path: w.numpy() for w in source.get_layer("tiny_test").weights if w.path in kept}
+    assert sorted(kept) == sorted(loaded) and len(kept) == 6  # conv1 kernel and bias, bn1's four
+    for name, value in kept.items():
+        np.testing.assert_array_equal(value, loaded[name])
+    # The cut network is what gets saved and served: reloaded it gives the same probabilities.
+    os.makedirs(tmp_path / "run")
+    cut.save(str(tmp_path / "run" / "model.keras"))
+    from models.saved import load_classifier
+
+    images = _images(3)
+    np.testing.assert_allclose(load_classifier(str(tmp_path / "run"))(images), cut(images), atol=1e-6)
+
+
+def test_unknown_feature_layer_is_a_one_line_user_error():
+    from contracts.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="--feature_layer=block9z_add: tiny_test has no such layer"):
+        models.build_classifier("tiny_test", SIZE, weights="none", feature_layer="block9z_add")

@@ -53,10 +53,11 @@ class TrainConfig:
     min_learning_rate: float = 1e-7  # floor of the LR reductions
     keep_checkpoints: int = 2  # checkpoints kept in model_dir/checkpoints
     batchnorm_momentum: float | None = None  # None: the backbone's own (0.99)
+    feature_layer: str | None = None  # None: the whole backbone; see registry.resolve_feature_layer
 
 
 # Fields that change the model or its data: resuming with another value would mix two runs.
-RESUME_MUST_MATCH = ("backbone", "image_size", "augment", "train_split", "val_split")
+RESUME_MUST_MATCH = ("backbone", "image_size", "augment", "feature_layer", "train_split", "val_split")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -78,7 +79,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
       config: as given by the user.
 
     Returns:
-      The config with image_size, augment ("on"/"off"), epochs, steps_per_epoch and learning_rate set.
+      The config with image_size, augment ("on"/"off"), epochs, steps_per_epoch and learning_rate
+      set, and feature_layer a layer name or None.
 
     Raises:
       ConfigError: an unknown backbone or choice, a split the manifest lacks, an image size the
@@ -119,6 +121,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         epochs=spec.epochs if config.epochs is None else config.epochs,
         steps_per_epoch=steps,
         learning_rate=spec.learning_rate if config.learning_rate is None else config.learning_rate,
+        feature_layer=registry.resolve_feature_layer(config.backbone, config.feature_layer),
     )
 
 

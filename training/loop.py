@@ -66,7 +66,8 @@ def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
     with strategy.scope():
         model = build_model(config.backbone, config.image_size, weights=config.weights,
                             augment=config.augment == "on", seed=config.seed,
-                            batchnorm_momentum=config.batchnorm_momentum)
+                            batchnorm_momentum=config.batchnorm_momentum,
+                            feature_layer=config.feature_layer)
         optimizer = step_lib.make_optimizer(spec.optimizer, config.learning_rate, config.precision)
         # Slots exist before a restore, so the checkpoint fills them rather than deferring.
         optimizer.build(model.trainable_variables)
