@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import gzip
-import io
 import math
 import os
 
-from contracts import demographics, labels
+from contracts import demographics
+from contracts.labels import parse_finding_labels
+from contracts.labels_csv import open_text
 
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 VIEW_COLUMN = "View Position"
@@ -57,15 +57,6 @@ class DataEntry:
     rows: int
 
 
-def open_text(path: str) -> io.TextIOBase:
-    """Opens a plain or gzip-compressed CSV as text (universal newlines handle CRLF)."""
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
 def unsafe_name_reason(name: str) -> str | None:
     """Returns why `name` is not a plain file name inside the image folder, or None when it is."""
     if not name:
@@ -83,22 +74,6 @@ def normalise_patient_id(raw: str) -> str:
     """Returns the patient id in one form for both dialects ("00000001" and "1" -> "1")."""
     raw = raw.strip()
     return str(int(raw)) if raw.isdigit() else raw
-
-
-def parse_finding_labels(raw: str) -> tuple[int, tuple[int, ...]]:
-    """Maps a "Finding Labels" cell to (binary label, 14-long multi-hot).
-
-    Raises:
-      ValueError: empty cell, unknown finding, or "No Finding" mixed with findings.
-    """
-    names = [part.strip() for part in raw.split("|")]
-    if not raw.strip() or any(not n for n in names):
-        raise ValueError(f"empty finding label in {raw!r}")
-    if labels.NO_FINDING in names:
-        if len(names) > 1:
-            raise ValueError(f"'No Finding' combined with findings in {raw!r}")
-        return labels.LABEL_NORMAL, tuple([0] * len(labels.FINDINGS))
-    return labels.LABEL_ABNORMAL, tuple(labels.findings_multi_hot(names))
 
 
 def _row_entry(row: dict[str, str]) -> Entry:
@@ -210,42 +185,3 @@ def read_name_list(path: str) -> list[str]:
     """Reads an NIH split list (one image name a line), ignoring blank lines."""
     with open_text(path) as f:
         return [line.strip() for line in f if line.strip()]
-
-
-LABEL_ID_COLUMNS = ("image_id", "Image Index", "SOPInstanceUID")  # what a labels CSV may key rows by
-LABEL_COLUMN = "label"  # 0 normal, 1 abnormal (or NIH's "Finding Labels" instead)
-
-
-def read_labels_csv(path: str) -> dict[str, int]:
-    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal).
-
-    The key column is the first of `LABEL_ID_COLUMNS` present: a record's id (a file name, or a
-    DICOM file's path under the image folder) or a DICOM SOPInstanceUID. The label is a `label`
-    column of 0/1, or NIH's `Finding Labels` ("No Finding" is normal). Plain or gzip.
-
-    Raises:
-      ValueError: no key or label column, an unreadable label, or one key with two labels.
-    """
-    with open_text(path) as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        key = next((c for c in LABEL_ID_COLUMNS if c in header), None)
-        value = LABEL_COLUMN if LABEL_COLUMN in header else "Finding Labels" if "Finding Labels" in header else None
-        if key is None or value is None:
-            raise ValueError(f"{path}: needs a key column ({', '.join(LABEL_ID_COLUMNS)}) and a "
-                             f"'{LABEL_COLUMN}' (0/1) or 'Finding Labels' column; header has: {header}")
-        found: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            raw = (row.get(value) or "").strip()
-            try:
-                label = parse_finding_labels(raw)[0] if value != LABEL_COLUMN else int(raw)
-            except ValueError:
-                label = None
-            if label not in (labels.LABEL_NORMAL, labels.LABEL_ABNORMAL):
-                raise ValueError(f"{path} line {line}: {value}={raw!r} is not a label; use 0/1 or NIH findings")
-            name = (row.get(key) or "").strip()
-            if found.get(name, label) != label:
-                raise ValueError(f"{path}: {name!r} has two different labels; keep one row")
-            found[name] = label
-    return found

@@ -8,6 +8,7 @@ import json
 import math
 import os
 
+from contracts import labels_csv as labels_csv_lib
 from contracts import manifest as manifest_lib
 from contracts.errors import check_output_folder
 from preprocess import nih_metadata
@@ -82,7 +83,7 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
             if not os.path.isfile(config.labels_csv):
                 raise BuildError(f"--labels_csv={config.labels_csv} does not exist")
             try:
-                known = nih_metadata.read_labels_csv(config.labels_csv)
+                known = labels_csv_lib.read_labels_csv(config.labels_csv)
             except ValueError as err:
                 raise BuildError(str(err)) from None
         return sources_lib.from_folder(config.image_dir, known)

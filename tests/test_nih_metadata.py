@@ -112,9 +112,11 @@ def test_ages_read_tolerantly(value, years):
 
 
 def test_labels_csv_by_id_or_findings(tmp_path):
+    from contracts.labels_csv import read_labels_csv
+
     path = tmp_path / "labels.csv"
     path.write_text("Image Index,Finding Labels\na.png,No Finding\nb.dcm,Nodule|Mass\n")
-    assert md.read_labels_csv(str(path)) == {"a.png": 0, "b.dcm": 1}
+    assert read_labels_csv(str(path)) == {"a.png": 0, "b.dcm": 1}
     path.write_text("SOPInstanceUID,label\n1.2.3,1\n1.2.4,maybe\n")
     with pytest.raises(ValueError, match="line 3: label='maybe' is not a label"):
-        md.read_labels_csv(str(path))
+        read_labels_csv(str(path))
