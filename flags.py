@@ -145,9 +145,10 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_integer, fv)("workers", None,
       "Decoding processes for --images (default: every core).", lower_bound=1)
     _d(flags.DEFINE_string, fv)("labels_csv", None,
-      "With --images: known labels for some of the files (the builder's --labels_csv format: "
-      "image_id, Image Index or SOPInstanceUID, and label 0/1 or Finding Labels); the predictions "
-      "then carry them and a report is written.")
+      "With --images: known labels for some of the files, which the predictions then carry. With "
+      "--data_dir: another reading of the split's images (e.g. a radiologist panel's), which the "
+      "report rescores against, with Cohen's kappa against the records' own labels (other_labels.json). "
+      "Columns: image_id (or Image Index or SOPInstanceUID) and label 0/1, YES/NO or NIH Finding Labels.")
     _d(flags.DEFINE_string, fv)("output", None,
       "Prediction CSV (image_id,p_abnormal[,label]); PATH.npy ((N, 2) softmax, same rows) and the "
       "sidecar PATH.json (backbone, shards, crop) go beside it.")
@@ -179,6 +180,10 @@ def define_ensemble_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "Spacing of the weight grid searched with --fit_on (must divide 1).")
     _d(flags.DEFINE_string, fv)("submission_id_column", "image_id", "Submission column holding the image id.")
     _d(flags.DEFINE_string, fv)("submission_label_column", "label", "Submission column holding the 0/1 decision.")
+    _d(flags.DEFINE_string, fv)("labels_csv", None,
+      "Another reading of the same images (e.g. a radiologist panel's): the report rescores every model "
+      "and the blend against it on the images both share, with Cohen's kappa against the files' own "
+      "labels (other_labels.json). Columns: image_id and label 0/1 or YES/NO (or NIH Finding Labels).")
     _define_report_flags(fv)
 
 
