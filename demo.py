@@ -289,7 +289,8 @@ def main(argv: list[str]) -> int:
     for stage, s in result["seconds"].items():
         print(f"  {stage:<28} {s:6.0f} s")
     print(f"submission: {os.path.join(plan.output_dir, 'submission.csv')}")
-    print(f"report:     {os.path.join(plan.output_dir, 'report', 'metrics.json')}")
+    print(f"report:     {os.path.join(plan.output_dir, 'report', 'index.html')} (one static page: metrics, "
+          "calibration, operating points, subgroups, explanations)")
     from evaluation.ensembling import gain_line
     from evaluation.report import GAIN_FILE
 

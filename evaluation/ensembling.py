@@ -21,7 +21,7 @@ from contracts import ensemble_file
 from contracts.atomic import atomic_path, json_ready, write_json
 from contracts.errors import UserInputError, check_output_folder
 from contracts.prediction_files import Predictions, align, read_predictions, write_predictions
-from evaluation import agreement
+from evaluation import agreement, html_report
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
 from evaluation import settings
@@ -244,6 +244,8 @@ def run_ensemble(
         other_result = agreement.write_other_labels(report_dir, other, aligned.ids, scores, bootstrap)
     if metrics is None and other_result is None:
         report_dir = None
+    else:
+        html_report.write_index(report_dir, title=f"Ensemble report: {os.path.basename(output)}")
     probabilities = ensemble_file.blend_path(output)
     weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
     write_predictions(probabilities, aligned.ids, blended, aligned.labels, sidecar={

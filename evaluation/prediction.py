@@ -21,7 +21,7 @@ from contracts import run_folder
 from contracts.atomic import atomic_path
 from contracts.errors import UserInputError
 from contracts.prediction_files import few, read_predictions, write_predictions
-from evaluation import agreement, preflight
+from evaluation import agreement, html_report, preflight
 from evaluation import report as report_lib
 from evaluation import settings
 from evaluation.blend import check_threshold
@@ -370,6 +370,8 @@ def run_prediction(
         metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
     if chief and other is not None:
         other_result = agreement.write_other_labels(report_dir, other, scores[0].ids, scores, bootstrap)
+    if metrics or other_result:
+        html_report.write_index(report_dir, title=f"Prediction report: {os.path.basename(output)}")
     return PredictionResult(outputs=paths, records=expected, metrics=metrics,
                             report_dir=report_dir if metrics or other_result else None, other_labels=other_result)
 

@@ -39,7 +39,7 @@ PR_FILE = "precision_recall.png"
 GAIN_FILE = "ensemble_gain.json"  # ensemble.py: the ensemble against the best single model
 
 # Row order and labels of the printed table.
-_TABLE_ROWS = (
+TABLE_ROWS = (
     ("records", "records"),
     ("prevalence", "prevalence (abnormal)"),
     ("majority_baseline_accuracy", "majority-class accuracy"),
@@ -209,7 +209,8 @@ def compute_metrics(
     return metrics
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """Returns one table cell: 4 decimals, "n/a" for NaN, "-" for None, a confusion matrix as "TN FP / FN TP"."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -226,7 +227,7 @@ def format_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """Returns the report as a text table: one row per metric, one column per model."""
     names = list(metrics)
     rows = [["metric"] + names]
-    rows += [[label] + [_cell(metrics[n].get(key)) for n in names] for key, label in _TABLE_ROWS]
+    rows += [[label] + [cell(metrics[n].get(key)) for n in names] for key, label in TABLE_ROWS]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]

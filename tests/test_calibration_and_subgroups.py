@@ -181,3 +181,45 @@ def test_the_ensemble_report_writes_subgroups_operating_points_and_calibration(t
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["resnet50"]["ece_uncalibrated"] is not None and metrics["ensemble"]["ece"] is not None
     assert (report / "reliability.png").stat().st_size > 1000
+
+
+def test_the_report_page_parses_and_every_image_it_references_exists(tmp_path):
+    from html.parser import HTMLParser
+
+    from evaluation import html_report
+
+    rng = np.random.default_rng(9)
+    ids, labels, paths = _files(tmp_path, rng)
+    fit_dir = tmp_path / "val"
+    fit_dir.mkdir()
+    _, _, fit_on = _files(fit_dir, np.random.default_rng(10))
+    (tmp_path / "panel.csv").write_text("image_id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, labels)))
+    ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=fit_on, fit_step=0.1, bootstrap=20,
+                            labels_csv=str(tmp_path / "panel.csv"))
+    report = tmp_path / "sub_report"
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images, self.headings, self.open = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.images.append(dict(attrs)["src"])
+            if tag not in ("img", "meta", "br"):
+                self.open.append(tag)
+
+        def handle_endtag(self, tag):
+            assert self.open and self.open.pop() == tag, f"</{tag}> closes nothing"
+
+        def handle_data(self, data):
+            if self.open and self.open[-1] == "h2":
+                self.headings.append(data)
+
+    page = Collect()
+    page.feed((report / html_report.INDEX_FILE).read_text())
+    assert not page.open  # every tag closed
+    assert page.headings == ["Metrics", "Calibration", "Ensemble against its best member", "Operating points",
+                             "Against another label set"]
+    assert len(page.images) == 3 and all((report / src).is_file() for src in page.images)
+    assert not any(src.startswith(("http:", "https:", "/")) for src in page.images)
