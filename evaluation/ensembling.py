@@ -25,6 +25,7 @@ from evaluation import agreement, html_report
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
 from evaluation import settings
+from training import calibration
 from training.metrics import auroc_or_nan
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
@@ -179,6 +180,30 @@ def _gain(report_dir: str, names: Sequence[str], aligned, members: np.ndarray, b
     return gain
 
 
+def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], aligned, blended: np.ndarray,
+                 choice: _Choice, fit_on: Sequence[str] | None, fit_step: float) -> None:
+    """Writes the blended probabilities and their sidecar, the ensemble file (contracts/ensemble_file.py)."""
+    fit = choice.fit
+    write_predictions(path, aligned.ids, blended, aligned.labels, sidecar={
+        "backbone": ENSEMBLE,
+        "schema_version": ensemble_file.SCHEMA_VERSION,
+        "inputs": ensemble_file.member_records(names, [f.sidecar for f in files], [f.path for f in files],
+                                               choice.weights, choice.temperatures),
+        "weights": {name: float(w) for name, w in zip(names, choice.weights)},
+        "temperatures": dict(zip(names, choice.temperatures)),
+        "order": calibration.ORDER,
+        "threshold": choice.threshold,
+        "fit": None if fit is None else {
+            "criterion": blend_lib.CRITERION, "files": list(fit_on), "step": fit_step,
+            "temperatures": "fitted per member on its validation file (minimum negative log-likelihood)",
+            "fitted_weights": fit.fitted_weights, "fitted_threshold": fit.fitted_threshold,
+            "balanced_accuracy": fit.balanced_accuracy, "brier": fit.brier, "records": fit.records,
+        },
+        "crop": _common([f.crop for f in files]),
+        "records": len(aligned.ids),
+    })
+
+
 def run_ensemble(
     predictions: Sequence[str],
     output: str,
@@ -248,24 +273,7 @@ def run_ensemble(
         html_report.write_index(report_dir, title=f"Ensemble report: {os.path.basename(output)}")
     probabilities = ensemble_file.blend_path(output)
     weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
-    write_predictions(probabilities, aligned.ids, blended, aligned.labels, sidecar={
-        "backbone": ENSEMBLE,
-        "schema_version": ensemble_file.SCHEMA_VERSION,
-        "inputs": ensemble_file.member_records(names, [f.sidecar for f in files], [f.path for f in files],
-                                               choice.weights, choice.temperatures),
-        "weights": weight_map,
-        "temperatures": dict(zip(names, choice.temperatures)),
-        "order": "member logit -> temperature -> probability -> weighted blend -> threshold",
-        "threshold": chosen_threshold,
-        "fit": None if fit is None else {
-            "criterion": blend_lib.CRITERION, "files": list(fit_on), "step": fit_step,
-            "temperatures": "fitted per member on its validation file (minimum negative log-likelihood)",
-            "fitted_weights": fit.fitted_weights, "fitted_threshold": fit.fitted_threshold,
-            "balanced_accuracy": fit.balanced_accuracy, "brier": fit.brier, "records": fit.records,
-        },
-        "crop": _common([f.crop for f in files]),
-        "records": len(aligned.ids),
-    })
+    _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step)
     # The submission last, so it exists only when everything before it worked.
     _write_submission(output, aligned.ids, decisions, id_column, label_column)
     return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir, gain,

@@ -27,6 +27,7 @@ from evaluation import settings
 from evaluation.blend import check_threshold
 from models.saved import load_classifier
 from preprocess.images import MAX_IMAGE_PIXELS
+from training import calibration
 
 
 def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
@@ -83,7 +84,7 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
                      "backbone": config["backbone"], "weights": config.get("weights"),
                      "precision": config.get("precision"), "train_crop": config.get("train_crop")}
                     for (name, weight, model_dir, temperature), config in zip(members, configs)],
-        "order": "member logit -> temperature -> probability -> weighted blend -> threshold",
+        "order": calibration.ORDER,
         "image_size": image_size,
         "crop": crops[0] if len(crops) == 1 else "mixed: " + ", ".join(crops),
         "served_crop": "none",

@@ -19,6 +19,7 @@ import math
 import numpy as np
 from scipy import optimize
 
+ORDER = "member logit -> temperature -> probability -> weighted blend -> threshold"  # recorded in outputs
 PROB_EPSILON = 1e-7  # probabilities are clipped to [eps, 1 - eps] before the logit: float32 softmax hits 0 and 1
 TEMPERATURE_RANGE = (0.01, 100.0)  # the search interval of T (100: a model near chance is flattened to ~0.5)
 ECE_BINS = 10  # equal-width bins of P(abnormal) for the expected calibration error
