@@ -10,9 +10,10 @@ here upsamples the result to the input's resolution and divides it by its maximu
   layers (`evaluation.feature_grid`), not between evenly spread centres, which would shift the map
   by up to half a cell.
 - The target is the pre-softmax margin z_abnormal - z_normal, computed with the softmax layer's own
-  kernel (as the exported `logit` is). It equals log P(abnormal) - log P(normal), the log-odds, but
-  unlike P(abnormal) it does not saturate: on an image the model is sure of, the gradient of the
-  probability is ~0 and its map is noise, while the margin's gradient still says what raised it.
+  kernel (as the exported `logit` is). It equals log P(abnormal) - log P(normal), the log-odds.
+  The gradient of P(abnormal) is the margin's times P(abnormal) P(normal), a per-image factor that
+  the normalisation removes, until float32 rounds that factor to 0 on an image the model is sure
+  of (a margin past ~17) and leaves its map empty; the margin's gradient never vanishes so.
 - An ensemble's map is the weighted mean of its members' maps, each normalised to a maximum of 1
   first (two networks' gradients have unrelated scales), with the ensemble file's weights; it is
   not normalised again, so its maximum is below 1 where the members disagree.

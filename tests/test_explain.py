@@ -149,6 +149,36 @@ def _independent_map(classifier: keras.Model, pixels: np.ndarray) -> np.ndarray:
     return np.stack(maps)
 
 
+def test_cam_keeps_the_positive_part_of_the_weighted_channels_and_divides_by_the_maximum():
+    rng = np.random.default_rng(2)
+    features, gradients = rng.normal(size=(3, 5, 5, 4)), rng.normal(size=(3, 5, 5, 4))
+    features[2] = -np.abs(features[2]) * np.sign(gradients[2].mean(axis=(0, 1)))  # no positive evidence
+    got = gradcam.cam(tf.constant(features, tf.float32), tf.constant(gradients, tf.float32),
+                      tf.eye(5), tf.eye(5)).numpy()
+    weighted = np.einsum("bijk,bk->bij", features, gradients.mean(axis=(1, 2)))
+    assert (weighted[:2] < 0).any()  # the ReLU has something to remove
+    positive = np.maximum(weighted, 0)
+    expected = positive / np.where(positive.max(axis=(1, 2), keepdims=True) > 0,
+                                   positive.max(axis=(1, 2), keepdims=True), 1)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert not got[2].any()  # an image with no positive evidence has an empty map
+
+
+def test_a_saturated_softmax_still_gets_a_map():
+    # Softmax in float32 rounds P(abnormal) to exactly 1 beyond a margin of ~17 and P(normal) to 0
+    # beyond ~104: the probability's gradient is then 0 and its map empty; the margin's is not.
+    keras.utils.set_random_seed(3)
+    classifier = build_classifier("tiny_test", 32, weights="none")
+    head = classifier.get_layer("probabilities")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 0, bias * 0 + np.array([-200.0, 200.0])])
+    head.set_weights([kernel + np.array([-1.0, 1.0]) * 1e-3, head.get_weights()[1]])
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    assert (classifier.predict(images, verbose=0)[:, 1] == 1.0).all()
+    maps = gradcam.GradCam(classifier)(images)
+    assert (maps.max(axis=(1, 2)) == 1.0).all()
+
+
 def _ensemble_file(path: str, runs, weights, threshold: float) -> str:
     write_predictions(path[: -len(".json")] + ".csv", np.array(["x"]), np.array([0.5]), None, sidecar={
         "backbone": "ensemble", "schema_version": ensemble_file.SCHEMA_VERSION, "threshold": threshold,
