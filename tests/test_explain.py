@@ -196,10 +196,8 @@ def test_the_ensemble_map_is_the_weighted_mean_of_its_members_maps(world, tmp_pa
     runs, out = world["runs"], str(tmp_path / "explained")
     # Listed in the other order than the file's members: the file's order and weights rule.
     ensemble = _ensemble_file(str(tmp_path / "s.probabilities.json"), runs, [0.3, 0.7], threshold=0.35)
-    done = _explain(f"--model_dir={runs[1]}", f"--model_dir={runs[0]}", f"--ensemble={ensemble}",
-                    f"--data_dir={world['shards']}", "--output_dir=" + out, "--per_group=1")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "pointing" in done.stdout
+    explanation.run_explain([runs[1], runs[0]], world["shards"], "test", out, ensemble=ensemble, per_group=1,
+                            progress=False)
     index = folder_lib.load_index(out)
     assert index["threshold"] == 0.35 and [m["weight"] for m in index["models"]] == [0.3, 0.7]
     image_ids = [e["image_id"] for e in index["images"]]
@@ -207,8 +205,11 @@ def test_the_ensemble_map_is_the_weighted_mean_of_its_members_maps(world, tmp_pa
     for record in explanation.read_records(world["shards"], "test", SIZE, image_ids, with_boxes=False):
         records[record["image_id"]] = record
     pixels = np.repeat(np.stack([records[i]["gray"] for i in image_ids])[..., None], 3, -1).astype(np.float32)
-    members = [_independent_map(load_classifier(run), pixels) for run in runs]
+    classifiers = [load_classifier(run) for run in runs]
+    members = [_independent_map(classifier, pixels) for classifier in classifiers]
     expected = 0.3 * members[0] + 0.7 * members[1]
+    blended = sum(w * c.predict(pixels, verbose=0)[:, 1] for w, c in zip((0.3, 0.7), classifiers))
+    np.testing.assert_allclose([e["p_abnormal"] for e in index["images"]], blended, atol=1e-5)
     got = np.stack([np.load(os.path.join(out, e["heatmap"])) for e in index["images"]])
     assert np.abs(members[0] - members[1]).max() > 0.1  # the weights matter on these images
     np.testing.assert_allclose(got, expected, atol=2e-5)
@@ -251,8 +252,10 @@ def test_bad_input_is_one_line_exit_1_and_nothing_written(world, tmp_path, args,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone, shallow_layer, floor", [
-    # EfficientNet's squeeze-excitation blocks spread a faint gradient over the whole image.
-    ("efficientnet_b3", "block2b_add", 0.01), ("resnet50", "conv2_block3_out", 0.0), ("densenet121", "pool1", 0.0)])
+    # EfficientNet's squeeze-excitation blocks spread a faint gradient over the whole image. DenseNet's
+    # layers (zero padding, valid convolutions, pooling, concatenation) are the others' kinds, and its
+    # receptive field outgrows a small image after its stem: its grid is not probed again.
+    ("efficientnet_b3", "block2b_add", 0.01), ("resnet50", "conv2_block3_out", 0.0), ("densenet121", None, None)])
 def test_every_backbone_gives_a_map_whose_cells_sit_where_their_receptive_fields_are(backbone, shallow_layer, floor):
     keras.utils.set_random_seed(0)
     classifier = build_classifier(backbone, SIZE, weights="none")
@@ -260,6 +263,8 @@ def test_every_backbone_gives_a_map_whose_cells_sit_where_their_receptive_fields
     assert cam.feature_map_shape() == tuple(classifier.get_layer(POOL_LAYER).input.shape[1:]) and cam.grid.from_layers
     maps = cam(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32))
     assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all() and 0 <= maps.min() and maps.max() <= 1
+    if shallow_layer is None:
+        return
     # At a shallow layer, whose receptive field fits in the image, the grid read from the layers
     # puts a central cell at the centre of the input pixels its value depends on (its gradient's
     # support). The normalisation in front of the backbone is per pixel: probing the backbone's own
