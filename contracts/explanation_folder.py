@@ -1,6 +1,7 @@
 """The folder explain.py writes, by name: one owner for its file names and its index's format.
 
-  explanations.json    the index: "models" (name, model_dir, weight, feature map), "threshold",
+  explanations.json    the index: "models" (name, model_dir, weight, feature map shape and
+                       grid: where its cells sit over the input), "threshold",
                        "target", "source" (data_dir and split, or the raw --images), "crop",
                        "image_size", and "images", one entry per image: image_id, group, rank,
                        p_abnormal, label (null: unknown), heatmap (.npy) and overlay (.png) names
@@ -8,6 +9,7 @@
                        centred-Gaussian baseline), or {"scored": false, "reason": ...}
   <group>-<rank>-<id>.npy   the (S, S) float32 Grad-CAM map in [0, 1], S the model's input side
   <group>-<rank>-<id>.png   the stored image with the map over it and the image's boxes drawn
+                            (<id>: the image id without its extension, see `file_stem`)
 
 File names in the index are relative to the folder. Groups: `tp`, `fp`, `fn` (the most confident
 true positives, false positives and false negatives at the threshold) or `asked` (images named
@@ -31,9 +33,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def file_stem(group: str, rank: int, image_id: str) -> str:
-    """The name (without extension) of one image's files: the id made safe for a file name (DICOM
-    ids are paths), prefixed by its group and rank, which keep two ids apart once made safe."""
-    return f"{group}-{rank:03d}-{_UNSAFE.sub('_', image_id)}"
+    """The name (without extension) of one image's files: the id without its extension, made safe for
+    a file name (DICOM ids are paths), prefixed by its group and rank, which keep two ids apart."""
+    return f"{group}-{rank:03d}-{_UNSAFE.sub('_', os.path.splitext(image_id)[0])}"
 
 
 def load_index(folder: str) -> dict[str, Any]:

@@ -262,7 +262,8 @@ def run_explain(model_dirs: Sequence[str], data_dir: str, split: str, output_dir
     header = {"schema_version": folder_lib.SCHEMA_VERSION, "target": TARGET, "threshold": threshold,
               "ensemble": os.path.abspath(ensemble) if ensemble else None,
               "models": [{"name": m.name, "model_dir": os.path.abspath(m.model_dir), "weight": m.weight,
-                          "feature_map": list(m.cam.feature_map_shape())} for m in members],
+                          "feature_map": list(m.cam.feature_map_shape()),
+                          "feature_grid": dataclasses.asdict(m.cam.grid)} for m in members],
               "image_size": image_size, "crop": manifest.get("config", {}).get("crop"),
               "source": source or {"data_dir": os.path.abspath(data_dir), "split": split},
               "localization_file": folder_lib.LOCALIZATION}
