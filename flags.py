@@ -202,6 +202,30 @@ def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "New (or empty) folder for the SavedModel and export.json.")
 
 
+def define_explain_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `explain.py` (Grad-CAM maps and their localization score)."""
+    from contracts import explanation_folder as folder
+    from evaluation import settings
+    _d(flags.DEFINE_multi_string, fv)("model_dir", None, "Folder written by train.py; repeat it with --ensemble.")
+    _d(flags.DEFINE_string, fv)("ensemble", None,
+      "ensemble.py's <submission>.probabilities.json (required with several --model_dir, exactly its members): "
+      "maps are the weighted mean of the members' maps, the gallery is chosen at its threshold.")
+    _d(flags.DEFINE_string, fv)("data_dir", None, "Shard folder (holds manifest.json) whose split is explained.")
+    _d(flags.DEFINE_string, fv)("split", "test", "Split of --data_dir to explain and score.")
+    _d(flags.DEFINE_string, fv)("images", None, "Instead of --data_dir: raw PNG, JPEG or DICOM files (a folder or "
+      "a quoted glob), built as predict.py --images builds them; every readable file is explained.")
+    _d(flags.DEFINE_list, fv)("image_ids", None, "Explain these images (group 'asked') instead of the most "
+      "confident true positives, false positives and false negatives.")
+    _d(flags.DEFINE_integer, fv)("per_group", settings.EXPLAIN_PER_GROUP, "Gallery images per group (tp, fp, fn), "
+      f"most confident first, at the ensemble file's threshold, else {settings.SINGLE_MODEL_THRESHOLD}.", lower_bound=0)
+    _d(flags.DEFINE_string, fv)("output_dir", None, f"Where the maps (.npy), overlays (.png), {folder.LOCALIZATION} "
+      f"and the index {folder.INDEX} go.")
+    _d(flags.DEFINE_integer, fv)("batch_size", settings.EXPLAIN_BATCH_SIZE, "Images per prediction and Grad-CAM "
+      "step.", lower_bound=1)
+    _d(flags.DEFINE_integer, fv)("workers", None, "Decoding processes for --images (default: every core).",
+      lower_bound=1)
+
+
 def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `train.py`: one per `training.config.TrainConfig` field, plus --model_dir."""
     from models import registry

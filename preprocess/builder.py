@@ -82,15 +82,21 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
     """
     state_dir = os.path.join(config.output_dir, STATE_DIR)
     os.makedirs(config.output_dir, exist_ok=True)
-    stamp = {"config": config.shaping(), "plan": digest}
+    stamp = {"config": config.shaping(), "plan": digest, "schema_version": manifest_lib.SCHEMA_VERSION}
     state_file = os.path.join(state_dir, "build.json")
     previous = None
     if os.path.exists(state_file):
         with open(state_file) as f:
             previous = json.load(f)
     ours = [n for n in os.listdir(config.output_dir) if _is_ours(n)]
+    # The same flags, records of an older format: the command is the same, its shards are rebuilt.
+    outdated = bool(previous) and previous.get("schema_version") != manifest_lib.SCHEMA_VERSION \
+        and previous.get("config") == stamp["config"]
     if previous != stamp and ours:
-        if not config.overwrite:
+        if outdated:
+            logging.warning("%s holds records of an older format (schema %s); rebuilding them as schema %d",
+                            config.output_dir, previous.get("schema_version", "unrecorded"), manifest_lib.SCHEMA_VERSION)
+        elif not config.overwrite:
             differing = sorted(k for k in stamp["config"]
                                if previous and previous["config"].get(k) != stamp["config"][k])
             why = (f"flags differ: {', '.join(differing)}" if differing

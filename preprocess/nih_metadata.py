@@ -14,6 +14,7 @@ import math
 import os
 
 from contracts import demographics
+from contracts.boxes import FindingBox, finding_of_bbox_label
 from contracts.labels import parse_finding_labels
 from contracts.labels_csv import open_text
 
@@ -141,13 +142,14 @@ def read_data_entry(path: str) -> DataEntry:
     return DataEntry(entries=entries, skipped=skipped, identical_duplicates=identical, rows=rows)
 
 
-def read_bbox_csv(path: str) -> tuple[dict[str, list[tuple[float, float, float, float]]], list[Skip]]:
-    """Reads BBox_List_2017.csv: image -> list of (x, y, w, h) in the 1024 frame.
+def read_bbox_csv(path: str) -> tuple[dict[str, list[FindingBox]], list[Skip]]:
+    """Reads BBox_List_2017.csv: image -> its boxes, each with its finding, (x, y, w, h) in the 1024 frame.
 
-    The official header has 9 fields and its rows 6, so rows are read by position.
+    The official header has 9 fields and its rows 6, so rows are read by position: image, finding
+    ("Infiltrate" is read as Data_Entry's "Infiltration"), x, y, w, h.
     Returns the boxes and the rows that could not be read (as `Skip`s, reported as warnings).
     """
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    boxes: dict[str, list[FindingBox]] = {}
     problems: list[Skip] = []
     with open_text(path) as f:
         reader = csv.reader(f)
@@ -161,7 +163,12 @@ def read_bbox_csv(path: str) -> tuple[dict[str, list[tuple[float, float, float, 
             except ValueError:
                 problems.append(Skip(name, f"{path} line {line_no}: unreadable box {row[2:6]}; box ignored"))
                 continue
-            boxes.setdefault(name, []).append((x, y, w, h))
+            try:
+                finding = finding_of_bbox_label(row[1] if len(row) > 1 else "")
+            except ValueError as err:
+                problems.append(Skip(name, f"{path} line {line_no}: {err}; box ignored"))
+                continue
+            boxes.setdefault(name, []).append(FindingBox(finding, x, y, w, h))
     return boxes, problems
 
 
