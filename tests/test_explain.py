@@ -179,11 +179,11 @@ def test_a_saturated_softmax_still_gets_a_map():
     assert (maps.max(axis=(1, 2)) == 1.0).all()
 
 
-def _ensemble_file(path: str, runs, weights, threshold: float) -> str:
+def _ensemble_file(path: str, runs, weights, threshold: float, temperatures=None) -> str:
     write_predictions(path[: -len(".json")] + ".csv", np.array(["x"]), np.array([0.5]), None, sidecar={
         "backbone": "ensemble", "schema_version": ensemble_file.SCHEMA_VERSION, "threshold": threshold,
         "inputs": ensemble_file.member_records([f"m{i}" for i in range(len(runs))], [{"model_dir": r} for r in runs],
-                                               ["a.csv", "b.csv"], weights)})
+                                               ["a.csv", "b.csv"], weights, temperatures or [1.0] * len(runs))})
     return path
 
 
@@ -195,7 +195,8 @@ def _explain(*args: str) -> subprocess.CompletedProcess:
 def test_the_ensemble_map_is_the_weighted_mean_of_its_members_maps(world, tmp_path):
     runs, out = world["runs"], str(tmp_path / "explained")
     # Listed in the other order than the file's members: the file's order and weights rule.
-    ensemble = _ensemble_file(str(tmp_path / "s.probabilities.json"), runs, [0.3, 0.7], threshold=0.35)
+    ensemble = _ensemble_file(str(tmp_path / "s.probabilities.json"), runs, [0.3, 0.7], threshold=0.35,
+                              temperatures=[2.0, 0.5])
     explanation.run_explain([runs[1], runs[0]], world["shards"], "test", out, ensemble=ensemble, per_group=1,
                             progress=False)
     index = folder_lib.load_index(out)
@@ -208,7 +209,13 @@ def test_the_ensemble_map_is_the_weighted_mean_of_its_members_maps(world, tmp_pa
     classifiers = [load_classifier(run) for run in runs]
     members = [_independent_map(classifier, pixels) for classifier in classifiers]
     expected = 0.3 * members[0] + 0.7 * members[1]
-    blended = sum(w * c.predict(pixels, verbose=0)[:, 1] for w, c in zip((0.3, 0.7), classifiers))
+    # The probabilities in the one order: each member's temperature, then the weights.
+    def calibrated(p, temperature):
+        p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+
+    blended = sum(w * calibrated(c.predict(pixels, verbose=0)[:, 1], t)
+                  for w, t, c in zip((0.3, 0.7), (2.0, 0.5), classifiers))
     np.testing.assert_allclose([e["p_abnormal"] for e in index["images"]], blended, atol=1e-5)
     got = np.stack([np.load(os.path.join(out, e["heatmap"])) for e in index["images"]])
     assert np.abs(members[0] - members[1]).max() > 0.1  # the weights matter on these images
