@@ -9,7 +9,9 @@ Writes, for the most confident true positives, false positives and false negativ
 each; or --image_ids; or every file of --images), a heatmap .npy and an overlay .png, then
 localization.json (the pointing game and the energy inside the boxes of every boxed image of the
 split, beside a centred-Gaussian baseline; not scored for --crop=bbox shards) and the index
-explanations.json, and prints the localization table.
+explanations.json, and prints the localization table. With --output_dir=<report>/explanations
+(a report folder of predict.py or ensemble.py), the report's index.html gains the gallery and
+the localization table.
 Bad input exits with status 1 and a one-line message naming the file and the fix; nothing is written.
 """
 
@@ -63,6 +65,12 @@ def main(argv: list[str]) -> None:
                                              every_image=True, source=raw_images.sidecar_fields(raw), **options)
         print(raw_images.skipped_summary(raw))
     print(explanation.summary(result))
+    from evaluation import html_report
+
+    report_dir = os.path.dirname(os.path.abspath(FLAGS.output_dir))
+    if (os.path.basename(os.path.abspath(FLAGS.output_dir)) == html_report.EXPLANATIONS_DIR
+            and os.path.isfile(os.path.join(report_dir, html_report.INDEX_FILE))):
+        print(f"added to {html_report.write_index(report_dir)}")
 
 
 def run() -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from contracts.errors import UserInputError
 
 INDEX = "explanations.json"
+IN_REPORT = "explanations"  # <report>/explanations: the report's index.html shows it (evaluation/html_report.py)
 LOCALIZATION = "localization.json"
 SCHEMA_VERSION = 1
 GROUPS = ("tp", "fp", "fn", "asked")

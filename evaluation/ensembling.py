@@ -270,7 +270,7 @@ def run_ensemble(
     if metrics is None and other_result is None:
         report_dir = None
     else:
-        html_report.write_index(report_dir, title=f"Ensemble report: {os.path.basename(output)}")
+        html_report.write_index(report_dir)
     probabilities = ensemble_file.blend_path(output)
     weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
     _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step)

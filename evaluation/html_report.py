@@ -1,9 +1,9 @@
 """report/index.html: the whole report on one static page, its images beside it.
 
 It reads what the report wrote (metrics.json, the curves, calibration, subgroups, operating points,
-the ensemble's gain, a second label set) and, when given, what explain.py wrote (the localization
-scores and the Grad-CAM overlays, copied beside the page), and shows each section only when its
-file exists. No script, no stylesheet or font from the internet: the page opens from the disk.
+the ensemble's gain, a second label set) and what explain.py wrote into the report's
+`explanations/` folder (the localization scores and the Grad-CAM overlays), and shows each
+section only when its file exists. No script, no stylesheet or font from the internet: the page opens from the disk.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import html
 import json
 import math
 import os
-import shutil
 from typing import Any, Callable
 
+from contracts import explanation_folder
 from contracts.atomic import write_text
 from evaluation import agreement, calibration_report, operating_points, subgroups
 from evaluation import report as report_lib
 
 INDEX_FILE = "index.html"
-GALLERY_DIR = "gallery"  # overlays copied beside the page
+EXPLANATIONS_DIR = explanation_folder.IN_REPORT  # explain.py --output_dir=<report>/explanations joins the page
 
 _STYLE = """body{font-family:sans-serif;margin:2em auto;max-width:72em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -121,15 +121,45 @@ SECTIONS: tuple[tuple[str, Callable[[Any], str]], ...] = (
 )
 
 
-def write_index(report_dir: str, title: str = "Chest X-ray classifier report",
-                extra_sections: list[str] | None = None) -> str:
-    """Writes report_dir/INDEX_FILE from the report files present; returns its path.
+def _localization_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, row in [("all findings", report["overall"])] + sorted(report.get("per_finding", {}).items()):
+        rows.append([html.escape(name), str(row["images"]), str(row["boxes"]), _number(row["pointing_game"]),
+                     _number(row["pointing_game_baseline"]), _number(row["energy_in_boxes"]),
+                     _number(row["energy_in_boxes_baseline"]), _number(row["box_area_fraction"])])
+    return rows
 
-    Args:
-      report_dir: a folder written by predict.py or ensemble.py.
-      title: the page title.
-      extra_sections: HTML fragments appended in order (e.g. `explanations_section`'s).
+
+def _explanations_section(report_dir: str) -> str:
+    folder = os.path.join(report_dir, EXPLANATIONS_DIR)
+    index = explanation_folder.load_index(folder)
+    parts = ["<h2>Where the model looks</h2><p class=note>Grad-CAM on the last convolutional feature map "
+             "(for an ensemble, the weighted mean of its members' maps); boxes drawn where the image has them.</p>"]
+    localization = index.get("localization")
+    if localization and localization.get("scored"):
+        parts.append("<h3>Localization against the expert boxes</h3><p class=note>Pointing game: the map's "
+                     "maximum falls inside a box. Energy: the map's share inside the boxes. Each beside a "
+                     "centred Gaussian map, the 'look at the middle' baseline.</p>" + _table(
+                         ["finding", "images", "boxes", "pointing game", "baseline", "energy in boxes", "baseline",
+                          "box area"], _localization_rows(localization)))
+    elif localization:
+        parts.append(f"<p>Localization not scored: {html.escape(str(localization.get('reason')))}</p>")
+    figures = []
+    for entry in index["images"]:
+        label = {1: "abnormal", 0: "normal"}.get(entry.get("label"), "unknown")
+        src = os.path.relpath(os.path.join(folder, entry["overlay"]), report_dir)
+        figures.append(f'<figure><img src="{html.escape(src)}" alt="{html.escape(entry["image_id"])}" '
+                       f'style="max-width:14em"><figcaption>{html.escape(entry["group"])}: '
+                       f"{html.escape(entry['image_id'])}, P(abnormal) {entry['p_abnormal']:.3f}, label {label}"
+                       "</figcaption></figure>")
+    return "".join(parts) + "<h3>Gallery</h3>" + "".join(figures)
+
+
+def write_index(report_dir: str) -> str:
+    """Writes report_dir/INDEX_FILE from the report files present (and from explain.py's folder
+    report_dir/EXPLANATIONS_DIR when there is one); returns its path.
     """
+    title = f"Chest X-ray classifier report: {os.path.basename(os.path.abspath(report_dir))}"
     parts = [f"<!DOCTYPE html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     metrics = _load(report_dir, report_lib.METRICS_FILE)
@@ -140,21 +170,9 @@ def write_index(report_dir: str, title: str = "Chest X-ray classifier report",
         loaded = _load(report_dir, name)
         if loaded:
             parts.append(render(loaded))
-    parts += extra_sections or []
+    if os.path.isfile(os.path.join(report_dir, EXPLANATIONS_DIR, explanation_folder.INDEX)):
+        parts.append(_explanations_section(report_dir))
     parts.append("</body></html>")
     path = os.path.join(report_dir, INDEX_FILE)
     write_text(path, "\n".join(parts))
     return path
-
-
-def copy_beside(report_dir: str, source: str) -> str:
-    """Copies an image into report_dir/GALLERY_DIR (unless it is inside report_dir already);
-    returns its path relative to the page."""
-    source = os.path.abspath(source)
-    root = os.path.abspath(report_dir)
-    if source.startswith(root + os.sep):
-        return os.path.relpath(source, root)
-    target = os.path.join(root, GALLERY_DIR, os.path.basename(source))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.copyfile(source, target)
-    return os.path.relpath(target, root)

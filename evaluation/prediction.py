@@ -371,7 +371,7 @@ def run_prediction(
     if chief and other is not None:
         other_result = agreement.write_other_labels(report_dir, other, scores[0].ids, scores, bootstrap)
     if metrics or other_result:
-        html_report.write_index(report_dir, title=f"Prediction report: {os.path.basename(output)}")
+        html_report.write_index(report_dir)
     return PredictionResult(outputs=paths, records=expected, metrics=metrics,
                             report_dir=report_dir if metrics or other_result else None, other_labels=other_result)
 

@@ -104,6 +104,41 @@ def test_the_maps_of_a_model_trained_on_the_lesion_point_at_it_better_than_the_c
     assert tp == sorted(tp, reverse=True)
 
 
+def test_explanations_in_a_report_folder_join_its_page(world, tmp_path):
+    """explain.py --output_dir=<report>/explanations: the page shows the localization table and the
+    gallery, and every image it references exists beside it."""
+    from html.parser import HTMLParser
+
+    from evaluation import html_report, report
+
+    report_dir = tmp_path / "report"
+    labels = np.array([0, 1, 0, 1])
+    report.write_report(str(report_dir), [report.Scores("m", labels, np.array([0.2, 0.8, 0.4, 0.6]), 0.5)],
+                        bootstrap=0)
+    out = str(report_dir / html_report.EXPLANATIONS_DIR)
+    result = explanation.run_explain([world["runs"][0]], world["shards"], "test", out, per_group=1, progress=False)
+    html_report.write_index(str(report_dir))
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.sources, self.text = [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    page = Images()
+    page.feed((report_dir / html_report.INDEX_FILE).read_text())
+    overlays = [s for s in page.sources if s.startswith(html_report.EXPLANATIONS_DIR + "/")]
+    assert len(overlays) == len(result.images) > 0
+    assert all((report_dir / s).is_file() for s in page.sources)
+    assert "Localization against the expert boxes" in page.text and "all findings" in page.text
+
+
 # Where the test backbone's 16 x 16 cells sit over its 64 px input, worked out by hand: each of its
 # two 3x3, stride-2 "same" convolutions pads only the bottom and right, so output cell o is centred
 # on input pixel 2o + 1 (coordinate 2o + 1.5), and twice over cell k is centred at 4k + 3.5.
