@@ -111,3 +111,18 @@ def test_write_report_files_and_table(tmp_path, scored):
 
 def test_nan_metrics_print_as_not_available():
     assert "n/a" in report.format_table({"m": {"auroc": math.nan}})
+
+
+@pytest.mark.parametrize("seed, ties", [(0, False), (1, True), (2, True)])
+def test_the_shared_auroc_equals_scikit_learns_with_ties(seed, ties):
+    from sklearn.metrics import roc_auc_score
+
+    from training.metrics import auroc_or_nan
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(300) < 0.3).astype(int)
+    scores = rng.random(300) + 0.3 * labels
+    if ties:
+        scores = np.round(scores, 1)  # many ties, within and across the classes
+    assert auroc_or_nan(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert np.isnan(auroc_or_nan(np.ones(4, int), scores[:4]))
