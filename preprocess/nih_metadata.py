@@ -15,12 +15,13 @@ import io
 import math
 import os
 
-from contracts import demographics, labels
+from contracts import demographics, labels, storage
 
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 VIEW_COLUMN = "View Position"
 SEX_COLUMN = "Patient Gender"
 AGE_COLUMN = "Patient Age"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +59,17 @@ class DataEntry:
 
 
 def open_text(path: str) -> io.TextIOBase:
-    """Opens a plain or gzip-compressed CSV as text (universal newlines handle CRLF)."""
+    """Opens a plain or gzip-compressed CSV as text (universal newlines handle CRLF).
+
+    A bucket URL (`gs://...`) is read whole through `contracts.storage` (NIH's largest CSV is 2 MB
+    gzipped); a local file is streamed.
+    """
+    if storage.is_url(path):
+        data = storage.read_bytes(path)
+        data = gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
     with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
+        gzipped = probe.read(2) == GZIP_MAGIC
     if gzipped:
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")
