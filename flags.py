@@ -31,7 +31,7 @@ def backbones() -> list[str]:
 
 def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `preprocess/build_tfrecords.py`: one per `preprocess.config.BuildConfig` field."""
-    from preprocess.config import CROPS, IMAGE_FORMATS, SPLITS, BuildConfig
+    from preprocess.config import CROPS, IMAGE_FORMATS, RUNNERS, SPLITS, BuildConfig
 
     default = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
     _d(flags.DEFINE_string, fv)("data_entry_csv", None,
@@ -79,6 +79,14 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "Images with more pixels are refused as possible decompression bombs.", lower_bound=1)
     _d(flags.DEFINE_bool, fv)("overwrite", default["overwrite"],
       "Replace an existing build made with different record-shaping flags.")
+    _d(flags.DEFINE_enum, fv)("runner", default["runner"], list(RUNNERS),
+      "local: this machine's process pool (--workers); beam: Apache Beam (pip install -e '.[beam]'), "
+      "on the runner --beam_pipeline_args names (DirectRunner by default; Dataflow, Flink, Spark). Same "
+      "shards and manifest either way. --image_dir, --output_dir and the CSVs may be gs:// URLs.")
+    _d(flags.DEFINE_string, fv)("beam_pipeline_args", default["beam_pipeline_args"],
+      "With --runner=beam: Beam's pipeline options as one quoted string, e.g. "
+      "\"--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp\" or "
+      "\"--direct_num_workers=4 --direct_running_mode=multi_processing\".")
 
 
 def define_synthetic_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -259,6 +267,11 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "runs from scratch at small image sizes.")
     _d(flags.DEFINE_integer, fv)("keep_checkpoints", default["keep_checkpoints"],
       "Checkpoints kept in --model_dir/checkpoints.", lower_bound=1)
+    _d(flags.DEFINE_string, fv)("data_service", default["data_service"],
+      "grpc://HOST:PORT of a tf.data service dispatcher (data_service.py): the training input pipeline "
+      "(read, shuffle, decode, batch) runs on the service's workers, and every pass over the train split "
+      "gives each record to exactly one trainer. Validation still reads the shards here. Not with "
+      "--cache or --deterministic.")
 
 
 def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -289,6 +302,26 @@ def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "BatchNorm momentum passed to train.py (default: 0.9 synthetic, the backbone's own real).")
     _d(flags.DEFINE_integer, fv)("global_batch_size", 16, "Training batch size.", lower_bound=1)
     _d(flags.DEFINE_list, fv)("backbones", backbones(), f"Backbones to train, of {', '.join(backbones())}.")
+
+
+SERVICE_ROLES = ("dispatcher", "worker")
+
+
+def define_data_service_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `data_service.py` (a tf.data service dispatcher or worker)."""
+    from pipeline import options
+
+    _d(flags.DEFINE_enum, fv)("role", None, list(SERVICE_ROLES),
+      "dispatcher: the one server trainers name in train.py --data_service; worker: runs the input "
+      "pipeline for them (start one or more per CPU host).")
+    _d(flags.DEFINE_integer, fv)("port", None,
+      f"Port to listen on (default: {options.DISPATCHER_PORT} for the dispatcher, {options.WORKER_PORT} "
+      "for a worker; 0: any free port).", lower_bound=0, upper_bound=65535)
+    _d(flags.DEFINE_string, fv)("dispatcher", None,
+      "--role=worker: the dispatcher's HOST:PORT (or grpc://HOST:PORT).")
+    _d(flags.DEFINE_string, fv)("worker_address", None,
+      "--role=worker: HOST:PORT the trainers reach this worker at (default: this host's name, "
+      "socket.getfqdn(), and --port). Use localhost only when the trainers run on this host.")
 
 
 def define_input_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
