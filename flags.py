@@ -267,11 +267,6 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "runs from scratch at small image sizes.")
     _d(flags.DEFINE_integer, fv)("keep_checkpoints", default["keep_checkpoints"],
       "Checkpoints kept in --model_dir/checkpoints.", lower_bound=1)
-    _d(flags.DEFINE_string, fv)("data_service", default["data_service"],
-      "grpc://HOST:PORT of a tf.data service dispatcher (data_service.py): the training input pipeline "
-      "(read, shuffle, decode, batch) runs on the service's workers, and every pass over the train split "
-      "gives each record to exactly one trainer. Validation still reads the shards here. Not with "
-      "--cache or --deterministic.")
 
 
 def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -314,11 +309,9 @@ def define_data_service_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_enum, fv)("role", None, list(SERVICE_ROLES),
       "dispatcher: the one server trainers name in train.py --data_service; worker: runs the input "
       "pipeline for them (start one or more per CPU host).")
-    _d(flags.DEFINE_integer, fv)("port", None,
-      f"Port to listen on (default: {options.DISPATCHER_PORT} for the dispatcher, {options.WORKER_PORT} "
-      "for a worker; 0: any free port).", lower_bound=0, upper_bound=65535)
-    _d(flags.DEFINE_string, fv)("dispatcher", None,
-      "--role=worker: the dispatcher's HOST:PORT (or grpc://HOST:PORT).")
+    _d(flags.DEFINE_integer, fv)("port", None, f"Port to listen on (default: {options.DISPATCHER_PORT} for the "
+      f"dispatcher, {options.WORKER_PORT} for a worker; 0: any free port).", lower_bound=0, upper_bound=65535)
+    _d(flags.DEFINE_string, fv)("dispatcher", None, "--role=worker: the dispatcher's [grpc://]HOST:PORT.")
     _d(flags.DEFINE_string, fv)("worker_address", None,
       "--role=worker: HOST:PORT the trainers reach this worker at (default: this host's name, "
       "socket.getfqdn(), and --port). Use localhost only when the trainers run on this host.")
@@ -340,6 +333,10 @@ def define_input_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_enum, fv)("augment", default["augment"], list(options.AUGMENT_MODES),
       "In-model training augmentation (rotation 10 deg, shifts 10%, shear 10 deg, zoom 10%): "
       "auto = the backbone's default (on for EfficientNet and DenseNet, off for ResNet).")
+    _d(flags.DEFINE_string, fv)("data_service", default["data_service"],
+      "grpc://HOST:PORT of a tf.data service dispatcher (data_service.py): the training input (read, "
+      "shuffle, decode, batch) runs on its workers; each pass gives every train record to exactly one "
+      "trainer. Validation still reads the shards here. Not with --cache or --deterministic.")
 
 
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?")

@@ -158,3 +158,17 @@ def test_cli_on_beam_fails_in_one_line_when_too_many_images_are_skipped(data, tm
     assert "Traceback" not in done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert {s["image"] for s in manifest["skipped"]} == set(BAD_FILES)
+
+
+def test_either_runner_finishes_a_build_the_other_started(data, builds, tmp_path):
+    # One runner's shards count as done for the other: the resume state is the builder's own.
+    local, local_dir = builds["local"]
+    out = str(tmp_path / "out")
+    assert builder.build(config_for(data, out, workers=1)).ok
+    missing = local.manifest["splits"]["train"]["shards"][1]
+    kept = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out) if n.endswith(".tfrecord")}
+    os.remove(os.path.join(out, missing))
+    result = builder.build(config_for(data, out, runner="beam"))
+    assert_same_build(local, result, local_dir, out)
+    for name, mtime in kept.items():
+        assert name == missing or os.stat(os.path.join(out, name)).st_mtime_ns == mtime, f"{name} was rewritten"

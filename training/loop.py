@@ -80,6 +80,8 @@ def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy, start_epoch
     # A resumed run reshuffles with another seed rather than replaying the first epoch's order.
     seed = config.seed + start_epoch
     job_name = distribute.service_job_name(strategy) if config.data_service else None
+    if job_name:
+        logging.info("training input on the tf.data service at %s, job %s", config.data_service, job_name)
     train = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_train_dataset(
             config.data_dir, config.train_split, config.global_batch_size, config.image_size,
