@@ -14,6 +14,7 @@ rule for bad input (`flags.run_tool`: one line, exit 1) covers both.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from typing import IO, Iterator
@@ -33,8 +34,16 @@ def _as_os_error(path: str) -> Iterator[None]:
 
     try:
         yield
+    except tf.errors.NotFoundError as err:
+        raise FileNotFoundError(errno.ENOENT, _first_line(err, "not found"), path) from None
+    except tf.errors.PermissionDeniedError as err:
+        raise PermissionError(errno.EACCES, _first_line(err, "permission denied"), path) from None
     except tf.errors.OpError as err:
-        raise OSError(getattr(err, "error_code", None), err.message.splitlines()[0], path) from None
+        raise OSError(errno.EIO, _first_line(err, type(err).__name__), path) from None
+
+
+def _first_line(err, fallback: str) -> str:
+    return next(iter((err.message or "").splitlines()), "") or fallback
 
 
 def _gfile():

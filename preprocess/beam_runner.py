@@ -148,5 +148,12 @@ def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes
          | "Decode" >> beam.Map(_process)
          | "ByShard" >> beam.GroupByKey()
          | "Write" >> beam.Map(_write_shard, config))
-    pipeline.run().wait_until_finish()
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as err:  # a worker's failure arrives as the runner's own exception
+        report = str(err).strip() or type(err).__name__
+        absl_logging.debug("the Beam pipeline failed:\n%s", report)
+        raise BuildError(f"the Beam pipeline failed: {report.splitlines()[-1]}; the shards it finished are "
+                         "kept and the same command writes the rest (--verbosity=1 shows Beam's whole "
+                         "report)") from None
     storage.rmtree(units_dir)

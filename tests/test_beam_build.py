@@ -19,6 +19,7 @@ from PIL import Image
 from contracts import records, storage
 from preprocess import builder, synthetic
 from preprocess.config import BuildConfig, BuildError
+from preprocess.plan import WorkItem, WorkUnit
 from tests.conftest import REPO
 
 BAD_FILES = ("truncated.png", "empty.png", "text.png")
@@ -172,3 +173,22 @@ def test_either_runner_finishes_a_build_the_other_started(data, builds, tmp_path
     assert_same_build(local, result, local_dir, out)
     for name, mtime in kept.items():
         assert name == missing or os.stat(os.path.join(out, name)).st_mtime_ns == mtime, f"{name} was rewritten"
+
+
+def test_an_image_gone_from_a_bucket_is_skipped_naming_it():
+    # tf.io.gfile's errors become OSErrors, so a vanished object is a skip, not a crashed pipeline.
+    settings = WorkUnit("eval-00000-of-00001.tfrecord", (), 32, "png", 95, 1_000_000)
+    name, encoded, _, _, error = builder.process_item(WorkItem("gone.png", "ram://beam-test/gone.png", None), settings)
+    assert (name, encoded) == ("gone.png", None) and "ram://beam-test/gone.png" in error
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes("ram://beam-test/gone.png")
+
+
+def test_a_failing_worker_is_one_line_naming_the_error(data, tmp_path, monkeypatch):
+    def disk_full(config, unit, *args):
+        raise OSError(28, "No space left on device", unit.shard)
+
+    monkeypatch.setattr(builder, "finish_unit", disk_full)
+    with pytest.raises(BuildError, match=r"Beam pipeline failed: OSError: \[Errno 28\] No space left") as caught:
+        builder.build(config_for(data, str(tmp_path / "out"), runner="beam"))
+    assert "\n" not in str(caught.value)
