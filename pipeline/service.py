@@ -56,10 +56,22 @@ def check_reachable(service: str, flag: str = "data_service") -> None:
                              f"one with `python data_service.py --role=dispatcher --port={port}`") from None
 
 
+def _server_error(port: int, err: RuntimeError) -> UserInputError:
+    return UserInputError(f"--port={port}: TensorFlow could not start its gRPC server there ({err}); the port "
+                          "is probably in use: choose another --port")
+
+
 def start_dispatcher(port: int) -> tf.data.experimental.service.DispatchServer:
-    """Starts a dispatcher listening on `port` (0: any free port; see `.target`)."""
-    return tf.data.experimental.service.DispatchServer(
-        tf.data.experimental.service.DispatcherConfig(port=port))
+    """Starts a dispatcher listening on `port` (0: any free port; see `.target`).
+
+    Raises:
+      UserInputError: the port cannot be bound.
+    """
+    try:
+        return tf.data.experimental.service.DispatchServer(
+            tf.data.experimental.service.DispatcherConfig(port=port))
+    except RuntimeError as err:
+        raise _server_error(port, err) from None
 
 
 def start_worker(dispatcher: str, port: int, worker_address: str) -> tf.data.experimental.service.WorkerServer:
@@ -68,6 +80,12 @@ def start_worker(dispatcher: str, port: int, worker_address: str) -> tf.data.exp
     Args:
       worker_address: how trainers reach this worker, "HOST:PORT" ("%port%" stands for the bound
         port): a name the trainers resolve, not "localhost", unless everything runs on one host.
+
+    Raises:
+      UserInputError: the port cannot be bound.
     """
-    return tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(
-        dispatcher_address=dispatcher.split("://", 1)[-1], port=port, worker_address=worker_address))
+    try:
+        return tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(
+            dispatcher_address=dispatcher.split("://", 1)[-1], port=port, worker_address=worker_address))
+    except RuntimeError as err:
+        raise _server_error(port, err) from None

@@ -2,6 +2,7 @@
 
 import collections
 import os
+import socket
 import subprocess
 import sys
 
@@ -85,6 +86,12 @@ def test_training_runs_through_the_service(shards, cluster, tmp_path):
 
 def test_service_flags_refuse_what_the_service_cannot_do(shards):
     data_dir, _ = shards
+    with socket.socket() as holder:  # another program's port (gRPC's own servers may share a port)
+        holder.bind(("", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        with pytest.raises(UserInputError, match=f"--port={busy}: .* probably in use"):
+            service.start_dispatcher(busy)
     base = dict(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=BATCH)
     assert resolve_config(TrainConfig(**base, data_service="localhost:5050")).data_service == "grpc://localhost:5050"
     with pytest.raises(ConfigError, match="--cache with --data_service"):
