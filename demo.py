@@ -4,7 +4,9 @@
     python demo.py --data_dir=/path/to/nih  # the same chain on a real NIH ChestX-ray14 download
 
 Stages: (synthetic data) → build_tfrecords.py → train.py per backbone → predict.py on the test
-split → ensemble.py fitted on the validation predictions → submission.csv and report/ → export.py
+split → ensemble.py fitted on the validation predictions → submission.csv and report/ → explain.py
+(Grad-CAM of the test split's most confident hits and misses into report/, whose index.html is the
+whole report on one page) → export.py
 (the ensemble as one SavedModel, served/) → the test images' raw files through that SavedModel,
 compared with the submission's probabilities. Every
 command is printed before it runs, so the demo doubles as a recipe. Each stage is resumable, so
@@ -30,6 +32,7 @@ from absl import flags
 
 import flags as project_flags
 from contracts.ensemble_file import blend_path, ensemble_path
+from contracts.explanation_folder import IN_REPORT
 from contracts.atomic import write_json
 from contracts.errors import UserInputError, check_output_folder
 from models import registry
@@ -188,6 +191,13 @@ def run_demo(plan: DemoPlan) -> dict:
         py, "ensemble.py", f"--predictions={','.join(predictions)}",
         f"--fit_on={','.join(os.path.join(models, b, 'val_predictions.csv') for b in plan.backbones)}",
         f"--output={os.path.join(out, 'submission.csv')}", f"--report_dir={report_dir}"])
+    # Where the models look, for the most confident hits and misses, into the report's page.
+    explanations = os.path.join(report_dir, IN_REPORT)
+    shutil.rmtree(explanations, ignore_errors=True)  # the demo owns its outputs
+    seconds["explain"] = run_stage("Grad-CAM of the test split into the report", [
+        py, "explain.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
+        *([f"--ensemble={ensemble_path(os.path.join(out, 'submission.csv'))}"] if len(plan.backbones) > 1 else []),
+        f"--data_dir={shards}", "--split=test", f"--output_dir={explanations}"])
     with open(os.path.join(report_dir, "metrics.json")) as f:
         metrics = json.load(f)
     export_dir = os.path.join(out, "served")
@@ -289,7 +299,8 @@ def main(argv: list[str]) -> int:
     for stage, s in result["seconds"].items():
         print(f"  {stage:<28} {s:6.0f} s")
     print(f"submission: {os.path.join(plan.output_dir, 'submission.csv')}")
-    print(f"report:     {os.path.join(plan.output_dir, 'report', 'metrics.json')}")
+    print(f"report:     {os.path.join(plan.output_dir, 'report', 'index.html')} (one static page: metrics, "
+          "calibration, operating points, subgroups, explanations)")
     from evaluation.ensembling import gain_line
     from evaluation.report import GAIN_FILE
 

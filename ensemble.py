@@ -32,6 +32,7 @@ def main(argv: list[str]) -> None:
             label_column=FLAGS.submission_label_column,
             report_dir=FLAGS.report_dir,
             bootstrap=FLAGS.bootstrap,
+            labels_csv=FLAGS.labels_csv,
     )
     print(ensembling.summary(result))
 

@@ -11,10 +11,10 @@ fast. Values are read only inside `main()`. Tests pass their own `flags.FlagValu
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
 from absl import flags
+
+import tool_runner
 
 
 def _d(define, fv: flags.FlagValues):
@@ -153,9 +153,10 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_integer, fv)("workers", None,
       "Decoding processes for --images (default: every core).", lower_bound=1)
     _d(flags.DEFINE_string, fv)("labels_csv", None,
-      "With --images: known labels for some of the files (the builder's --labels_csv format: "
-      "image_id, Image Index or SOPInstanceUID, and label 0/1 or Finding Labels); the predictions "
-      "then carry them and a report is written.")
+      "With --images: known labels for some of the files, which the predictions then carry. With "
+      "--data_dir: another reading of the split's images (e.g. a radiologist panel's), which the "
+      "report rescores against, with Cohen's kappa against the records' own labels (other_labels.json). "
+      "Columns: image_id (or Image Index or SOPInstanceUID) and label 0/1, YES/NO or NIH Finding Labels.")
     _d(flags.DEFINE_string, fv)("output", None,
       "Prediction CSV (image_id,p_abnormal[,label]); PATH.npy ((N, 2) softmax, same rows) and the "
       "sidecar PATH.json (backbone, shards, crop) go beside it.")
@@ -187,6 +188,10 @@ def define_ensemble_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "Spacing of the weight grid searched with --fit_on (must divide 1).")
     _d(flags.DEFINE_string, fv)("submission_id_column", "image_id", "Submission column holding the image id.")
     _d(flags.DEFINE_string, fv)("submission_label_column", "label", "Submission column holding the 0/1 decision.")
+    _d(flags.DEFINE_string, fv)("labels_csv", None,
+      "Another reading of the same images (e.g. a radiologist panel's): the report rescores every model "
+      "and the blend against it on the images both share, with Cohen's kappa against the files' own "
+      "labels (other_labels.json). Columns: image_id and label 0/1 or YES/NO (or NIH Finding Labels).")
     _define_report_flags(fv)
 
 
@@ -203,6 +208,30 @@ def define_export_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "an ensemble takes the file's.", lower_bound=0.0, upper_bound=1.0)
     _d(flags.DEFINE_string, fv)("export_dir", None,
       "New (or empty) folder for the SavedModel and export.json.")
+
+
+def define_explain_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `explain.py` (Grad-CAM maps and their localization score)."""
+    from contracts import explanation_folder as folder
+    from evaluation import settings
+    _d(flags.DEFINE_multi_string, fv)("model_dir", None, "Folder written by train.py; repeat it with --ensemble.")
+    _d(flags.DEFINE_string, fv)("ensemble", None,
+      "ensemble.py's <submission>.probabilities.json (required with several --model_dir, exactly its members): "
+      "maps are the weighted mean of the members' maps, the gallery is chosen at its threshold.")
+    _d(flags.DEFINE_string, fv)("data_dir", None, "Shard folder (holds manifest.json) whose split is explained.")
+    _d(flags.DEFINE_string, fv)("split", "test", "Split of --data_dir to explain and score.")
+    _d(flags.DEFINE_string, fv)("images", None, "Instead of --data_dir: raw PNG, JPEG or DICOM files (a folder or "
+      "a quoted glob), built as predict.py --images builds them; every readable file is explained.")
+    _d(flags.DEFINE_list, fv)("image_ids", None, "Explain these images (group 'asked') instead of the most "
+      "confident true positives, false positives and false negatives.")
+    _d(flags.DEFINE_integer, fv)("per_group", settings.EXPLAIN_PER_GROUP, "Gallery images per group (tp, fp, fn), "
+      f"most confident first, at the ensemble file's threshold, else {settings.SINGLE_MODEL_THRESHOLD}.", lower_bound=0)
+    _d(flags.DEFINE_string, fv)("output_dir", None, f"Where the maps (.npy), overlays (.png), {folder.LOCALIZATION} "
+      f"and the index {folder.INDEX} go.")
+    _d(flags.DEFINE_integer, fv)("batch_size", settings.EXPLAIN_BATCH_SIZE, "Images per prediction and Grad-CAM "
+      "step.", lower_bound=1)
+    _d(flags.DEFINE_integer, fv)("workers", None, "Decoding processes for --images (default: every core).",
+      lower_bound=1)
 
 
 def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -299,14 +328,11 @@ def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_list, fv)("backbones", backbones(), f"Backbones to train, of {', '.join(backbones())}.")
 
 
-SERVICE_ROLES = ("dispatcher", "worker")
-
-
 def define_data_service_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `data_service.py` (a tf.data service dispatcher or worker)."""
     from pipeline import options
 
-    _d(flags.DEFINE_enum, fv)("role", None, list(SERVICE_ROLES),
+    _d(flags.DEFINE_enum, fv)("role", None, list(options.SERVICE_ROLES),
       "dispatcher: the one server trainers name in train.py --data_service; worker: runs the input "
       "pipeline for them (start one or more per CPU host).")
     _d(flags.DEFINE_integer, fv)("port", None, f"Port to listen on (default: {options.DISPATCHER_PORT} for the "
@@ -339,61 +365,6 @@ def define_input_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "trainer. Validation still reads the shards here. Not with --cache or --deterministic.")
 
 
-HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?")
-
-
-def exit_on_help(argv: list[str], doc: str | None, fv: flags.FlagValues = flags.FLAGS) -> None:
-    """Prints the tool's usage and its own flags (with help and defaults) and exits 0 on --help.
-
-    absl's --help lists only the main module's flags and exits 1; the tools' flags are defined
-    here, so each entry point calls this before `app.run`, with nothing heavy imported yet.
-    """
-    if not any(arg in HELP_FLAGS for arg in argv[1:]):
-        return
-    print((doc or "").strip())
-    print()
-    print(fv.module_help(__name__))
-    print("\nabsl's and TensorFlow's own flags: --helpfull")
-    raise SystemExit(0)
-
-
-def run_tool(define, main, doc: str | None, required: tuple[str, ...] = ()) -> None:
-    """What every entry point does: define its flags, answer --help, require flags, run `main`."""
-    from absl import app
-
-    define()
-    exit_on_help(sys.argv, doc)
-    if required:
-        flags.mark_flags_as_required(list(required))
-    flags.adopt_module_key_flags(sys.modules[__name__])  # --helpshort lists the tool's flags too
-    app.run(lambda argv: guarded_main(main, argv))
-
-
-def guarded_main(main, argv: list[str]) -> int | None:
-    """Runs `main` under the project's rule for bad input: one line `<tool>: <what and the fix>`
-    on stderr and exit status 1, no traceback (contracts/errors.py). Refuses stray arguments."""
-    from contracts.errors import UserInputError, describe_os_error
-
-    tool = os.path.basename(argv[0])
-    if len(argv) > 1:
-        sys.exit(f"{tool}: unexpected arguments {' '.join(argv[1:])!r}; every option is a "
-                 "--name=value flag (--help lists them)")
-    quiet_tensorflow(flags.FLAGS["verbosity"].value)
-    try:
-        return main(argv)
-    except UserInputError as err:
-        sys.exit(f"{tool}: {err}")
-    except OSError as err:  # a file the user named could not be read or written
-        sys.exit(f"{tool}: {describe_os_error(err)}")
-
-
-# TensorFlow's C++ log level when the user set none: 1 drops its start-up INFO lines (CPU
-# instruction sets, XLA service banners) and keeps every warning and error; what still prints
-# before it can apply is listed in the README ("What TensorFlow prints at start-up").
-QUIET_TF_LOG_LEVEL = "1"
-
-
-def quiet_tensorflow(verbosity: int) -> None:
-    """Sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads, unless the user set it: 1, or 0 (all of
-    TensorFlow's C++ INFO lines) under absl's --verbosity=1 or more."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity > 0 else QUIET_TF_LOG_LEVEL)
+# How a tool runs around these flags (--help, required flags, one-line errors) lives in
+# tool_runner.py; every entry point calls it as project_flags.run_tool.
+run_tool = tool_runner.run_tool

@@ -8,7 +8,8 @@ manifest.json), PATH.npy (the (N, 2) softmax, same rows) and PATH.json (backbone
 a report (metrics.json, ROC and PR curves) when the records have labels. Repeat --model_dir to
 predict with several models: each writes <output stem>.<backbone>.csv (+ .npy, .json).
 --images takes PNG, JPEG and DICOM files (a folder or a glob) instead of shards; --ensemble blends
-the models with ensemble.py's weights into PATH.csv.
+the models with ensemble.py's temperatures and weights into PATH.csv. --labels_csv rescores the
+split against another reading of its images (with --images: labels the files).
 Bad input exits with status 1 and a one-line message naming the file and the fix.
 """
 
@@ -34,7 +35,9 @@ def _check_flags() -> tuple[int, int] | None:
     if (FLAGS.data_dir is None) == (FLAGS.images is None):
         raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or neither")
     if FLAGS.labels_csv is not None and FLAGS.images is None:
-        raise UserInputError("--labels_csv labels --images; shard folders carry their labels already")
+        from evaluation import agreement
+
+        agreement.load_other_labels(FLAGS.labels_csv)  # a bad file fails before anything is written
     if FLAGS.ensemble is not None:
         from contracts import ensemble_file
 
@@ -57,7 +60,8 @@ def main(argv: list[str]) -> None:
                    per_model=FLAGS.ensemble is not None)
     extra = {}
     if images_at is None:
-        result = prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output, **options)
+        result = prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
+                                           labels_csv=FLAGS.labels_csv, **options)
     else:
         # The builder's own decoding, into a temporary shard folder removed afterwards.
         with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers,

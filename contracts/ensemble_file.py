@@ -1,9 +1,11 @@
-"""The ensemble file: what `ensemble.py` chose (members, weights, threshold), and its one loader.
+"""The ensemble file: what `ensemble.py` chose (members, temperatures, weights, threshold), and its one loader.
 
 `ensemble.py --output=DIR/submission.csv` writes it as `DIR/submission.probabilities.json`, the
 sidecar of the blended probabilities. Each member records the model folder its predictions came
 from (from the prediction file's own sidecar), so `export.py` (and later tools) can match the
-members to trained models. Members are listed in blend order; weights sum to 1.
+members to trained models. Members are listed in blend order; weights sum to 1. Each member's
+temperature (training/calibration.py; 1 when none was fitted) applies to its probability before
+the blend: member logit -> temperature -> probability -> weighted blend -> threshold.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any, Sequence
 
 from contracts.errors import UserInputError
 
-SCHEMA_VERSION = 2  # 1: the sidecar before it recorded schema_version and member model folders
+# 1: before schema_version and member model folders; 2: before member temperatures (read as 1).
+SCHEMA_VERSION = 3
 SUFFIX = ".probabilities.json"  # beside the submission CSV
 
 
@@ -28,12 +31,14 @@ class Member:
       weight: its blend weight.
       model_dir: absolute path of the training run its predictions came from, None if unknown.
       backbone: its backbone, None if unknown.
+      temperature: applied to its probability before the blend (1: none).
     """
 
     name: str
     weight: float
     model_dir: str | None
     backbone: str | None
+    temperature: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +63,14 @@ def blend_path(submission_csv_or_ensemble_file: str) -> str:
 
 
 def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | None], paths: Sequence[str],
-                   weights: Sequence[float]) -> list[dict[str, Any]]:
+                   weights: Sequence[float], temperatures: Sequence[float]) -> list[dict[str, Any]]:
     """Returns the `inputs` entries of the ensemble file, one per member, in blend order."""
     records = []
-    for name, sidecar, path, weight in zip(names, sidecars, paths, weights):
+    for name, sidecar, path, weight, temperature in zip(names, sidecars, paths, weights, temperatures):
         sidecar = sidecar or {}
-        records.append({"name": name, "path": path, "weight": float(weight), "backbone": sidecar.get("backbone"),
-                        "crop": sidecar.get("crop"), "model_dir": sidecar.get("model_dir")})
+        records.append({"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
+                        "backbone": sidecar.get("backbone"), "crop": sidecar.get("crop"),
+                        "model_dir": sidecar.get("model_dir")})
     return records
 
 
@@ -96,9 +102,12 @@ def load_ensemble(path: str) -> Ensemble:
         weight = entry.get("weight", weights.get(entry["name"]))
         if not isinstance(weight, (int, float)) or weight < 0:
             raise _fail(path, f"member {entry['name']!r} has no usable weight")
+        temperature = entry.get("temperature", 1.0)
+        if not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise _fail(path, f"member {entry['name']!r} has a temperature that is not a positive number")
         model_dir = entry.get("model_dir")
-        members.append(Member(entry["name"], float(weight),
-                              os.path.abspath(model_dir) if model_dir else None, entry.get("backbone")))
+        members.append(Member(entry["name"], float(weight), os.path.abspath(model_dir) if model_dir else None,
+                              entry.get("backbone"), float(temperature)))
     threshold = record.get("threshold")
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise _fail(path, "no threshold in [0, 1]")

@@ -37,3 +37,19 @@ def findings_multi_hot(findings) -> list[int]:
         raise ValueError(f"unknown finding label(s) {unknown}; known: {', '.join(FINDINGS)}")
     present = set(findings)
     return [int(name in present) for name in FINDINGS]
+
+
+def parse_finding_labels(raw: str) -> tuple[int, tuple[int, ...]]:
+    """Maps a "Finding Labels" cell to (binary label, 14-long multi-hot).
+
+    Raises:
+      ValueError: empty cell, unknown finding, or "No Finding" mixed with findings.
+    """
+    names = [part.strip() for part in raw.split("|")]
+    if not raw.strip() or any(not n for n in names):
+        raise ValueError(f"empty finding label in {raw!r}")
+    if NO_FINDING in names:
+        if len(names) > 1:
+            raise ValueError(f"'No Finding' combined with findings in {raw!r}")
+        return LABEL_NORMAL, tuple([0] * len(FINDINGS))
+    return LABEL_ABNORMAL, tuple(findings_multi_hot(names))

@@ -17,8 +17,9 @@ from contracts.errors import UserInputError
 
 MANIFEST = "manifest.json"
 # 1: before the manifest recorded its version; 2: before records carried patient sex and age
-# (older records read them as unknown).
-SCHEMA_VERSION = 3
+# (older records read them as unknown); 3: before records carried every box with its finding
+# (older records read as having none).
+SCHEMA_VERSION = 4
 SHARD_SUFFIX = ".tfrecord"
 
 

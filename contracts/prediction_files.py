@@ -1,7 +1,9 @@
 """The prediction file: written by predict.py and by training (val_predictions.csv), read by ensemble.py.
 
 A prediction file is a CSV `image_id,p_abnormal[,label]` with one row per image (label 1 abnormal,
-0 normal, -1 unknown) and a JSON sidecar of the same stem (`preds.csv` -> `preds.json`) that says
+0 normal, -1 unknown), optionally followed by `p_calibrated` (P(abnormal) after the model's
+temperature, see training/calibration.py) and the patient columns of `META_COLUMNS` (view position,
+sex, age) that the report's subgroups read, and a JSON sidecar of the same stem (`preds.csv` -> `preds.json`) that says
 which model made it (`backbone`) and from which shards (`data_dir`, `split`, `crop`, ...).
 Readers refuse anything a blend could silently get wrong: duplicate or empty ids, probabilities
 that are missing or outside [0, 1], labels other than -1/0/1, and files whose id sets differ.
@@ -23,6 +25,11 @@ from contracts.errors import UserInputError
 ID = "image_id"
 PROB = "p_abnormal"
 LABEL = "label"
+PROB_CALIBRATED = "p_calibrated"  # optional: p_abnormal after the model's temperature
+VIEW = "view_position"  # optional patient columns, "" (or -1 for age) where unknown
+SEX = "patient_sex"
+AGE = "patient_age"
+META_COLUMNS = (VIEW, SEX, AGE)
 UNKNOWN_LABEL = -1
 IDS_SHOWN = 5  # offending ids quoted in an error message
 
@@ -39,6 +46,8 @@ class Predictions:
       probs: (N,) float64 P(abnormal) in [0, 1].
       labels: (N,) int64 in {-1, 0, 1}, or None when the file has no label column.
       sidecar: the parsed sidecar JSON, or None when there is none.
+      calibrated: (N,) float64 `PROB_CALIBRATED`, or None when the file has no such column.
+      meta: the `META_COLUMNS` the file has, each (N,) (str; int64 for age).
     """
 
     path: str
@@ -46,6 +55,8 @@ class Predictions:
     probs: np.ndarray
     labels: np.ndarray | None
     sidecar: dict[str, Any] | None
+    calibrated: np.ndarray | None = None
+    meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def backbone(self) -> str | None:
@@ -66,11 +77,13 @@ class Aligned:
       ids: (N,) image ids in the first file's row order.
       probs: (N, M) P(abnormal), column m from file m.
       labels: (N,) int64 in {-1, 0, 1} merged over the files that have labels, or None if none has.
+      meta: each `META_COLUMNS` column found in a file, (N,) in the same row order.
     """
 
     ids: np.ndarray
     probs: np.ndarray
     labels: np.ndarray | None
+    meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def sidecar_path(csv_path: str) -> str:
@@ -91,6 +104,9 @@ def write_predictions(
     probs: np.ndarray,
     labels: np.ndarray | None = None,
     sidecar: dict[str, Any] | None = None,
+    *,
+    calibrated: np.ndarray | None = None,
+    meta: dict[str, np.ndarray] | None = None,
 ) -> None:
     """Writes a prediction file and, when given, its sidecar.
 
@@ -100,11 +116,19 @@ def write_predictions(
       probs: (N,) P(abnormal).
       labels: (N,) labels (-1 unknown), or None to leave the label column out.
       sidecar: written as JSON to `sidecar_path(path)`.
+      calibrated: (N,) P(abnormal) after the model's temperature, or None.
+      meta: `META_COLUMNS` name -> (N,) values, in the same row order.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     columns = {ID: list(ids), PROB: np.asarray(probs, dtype=np.float64)}
     if labels is not None:
         columns[LABEL] = np.asarray(labels, dtype=np.int64)
+    if calibrated is not None:
+        columns[PROB_CALIBRATED] = np.asarray(calibrated, dtype=np.float64)
+    unknown = sorted(set(meta or {}) - set(META_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown patient column(s) {unknown}; known: {META_COLUMNS}")
+    columns.update({name: np.asarray(values) for name, values in (meta or {}).items()})
     # repr-exact floats so that reading a file back gives the probabilities that were written.
     with atomic_path(path) as tmp:
         pd.DataFrame(columns).to_csv(tmp, index=False, float_format="%.17g")
@@ -122,7 +146,8 @@ def _read_frame(path: str) -> pd.DataFrame:
         raise UserInputError(f"{path} not found; {_HOW_TO_MAKE}")
     try:
         # Ids stay text: keep_default_na stops an id such as "NA" from becoming NaN.
-        frame = pd.read_csv(path, dtype={ID: str}, keep_default_na=False, na_values={PROB: [""], LABEL: [""]})
+        frame = pd.read_csv(path, dtype={ID: str, VIEW: str, SEX: str}, keep_default_na=False,
+                            na_values={PROB: [""], LABEL: [""], PROB_CALIBRATED: [""], AGE: [""]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserInputError(f"{path}: not a readable CSV ({err}); {_HOW_TO_MAKE}") from err
     missing = [c for c in (ID, PROB) if c not in frame.columns]
@@ -149,21 +174,29 @@ def _check_ids(path: str, ids: np.ndarray) -> None:
         )
 
 
-def _check_probs(path: str, ids: np.ndarray, raw: pd.Series) -> np.ndarray:
+def _check_probs(path: str, ids: np.ndarray, raw: pd.Series, column: str = PROB) -> np.ndarray:
     probs = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(probs)
     if bad.any():
         raise UserInputError(
-            f"{path}: {PROB} is missing, NaN or not a number for {bad.sum()} id(s): {few(ids[bad])}"
+            f"{path}: {column} is missing, NaN or not a number for {bad.sum()} id(s): {few(ids[bad])}"
         )
     outside = (probs < 0.0) | (probs > 1.0)
     if outside.any():
         shown = few(f"{i} ({p:g})" for i, p in zip(ids[outside], probs[outside]))
         raise UserInputError(
-            f"{path}: {PROB} outside [0, 1] for {outside.sum()} id(s): {shown}; expected probabilities, "
+            f"{path}: {column} outside [0, 1] for {outside.sum()} id(s): {shown}; expected probabilities, "
             "not logits or percentages"
         )
     return probs
+
+
+def _read_meta(path: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    meta = {name: frame[name].to_numpy(dtype=object).astype(str) for name in (VIEW, SEX) if name in frame.columns}
+    if AGE in frame.columns:
+        ages = pd.to_numeric(frame[AGE], errors="coerce").fillna(-1).to_numpy()
+        meta[AGE] = ages.astype(np.int64)
+    return meta
 
 
 def _check_labels(path: str, ids: np.ndarray, raw: pd.Series) -> np.ndarray:
@@ -209,7 +242,10 @@ def read_predictions(path: str) -> Predictions:
     _check_ids(path, ids)
     probs = _check_probs(path, ids, frame[PROB])
     labels = _check_labels(path, ids, frame[LABEL]) if LABEL in frame.columns else None
-    return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=_read_sidecar(path))
+    calibrated = (_check_probs(path, ids, frame[PROB_CALIBRATED], PROB_CALIBRATED)
+                  if PROB_CALIBRATED in frame.columns else None)
+    return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=_read_sidecar(path),
+                       calibrated=calibrated, meta=_read_meta(path, frame))
 
 
 def _check_same_ids(first: Predictions, other: Predictions) -> None:
@@ -275,4 +311,8 @@ def align(files: Sequence[Predictions]) -> Aligned:
         index[position.loc[file.ids].to_numpy()] = np.arange(len(file.ids))
         order.append(index)
     probs = np.stack([file.probs[index] for file, index in zip(files, order)], axis=1)
-    return Aligned(ids=first.ids, probs=probs, labels=_merge_labels(files, order))
+    meta: dict[str, np.ndarray] = {}
+    for file, index in zip(files, order):
+        for name, values in file.meta.items():
+            meta.setdefault(name, values[index])
+    return Aligned(ids=first.ids, probs=probs, labels=_merge_labels(files, order), meta=meta)

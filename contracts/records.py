@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from contracts.boxes import FindingBox
 from contracts.demographics import AGE_UNKNOWN, SEXES
 from contracts.labels import (  # noqa: F401  (re-exported: the format's label vocabulary)
     FINDINGS,
@@ -33,8 +34,12 @@ CROP_APPLIED = "crop/applied"  # 1 when the stored image is the bbox crop
 SEX = "patient/sex"  # b"M", b"F", or b"" when unknown (NIH "Patient Gender", DICOM PatientSex)
 AGE = "patient/age"  # whole years; AGE_UNKNOWN when unknown (NIH "Patient Age", DICOM PatientAge)
 BOX = "box"  # union of the image's boxes as x, y, w, h in the 1024 frame; zeros when none
+# Every box of the image with its finding, in two parallel lists: BOXES holds x, y, w, h of box i at
+# 4i..4i+3 (1024 frame), BOX_FINDINGS the `FINDINGS` name of box i. Empty when the image has none.
+BOXES = "boxes/xywh"
+BOX_FINDINGS = "boxes/finding"
 
-FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
+FEATURE_SPEC: dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature] = {
     IMAGE: tf.io.FixedLenFeature([], tf.string),
     IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string),
     IMAGE_SIZE: tf.io.FixedLenFeature([], tf.int64),
@@ -48,6 +53,9 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature] = {
     SEX: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     AGE: tf.io.FixedLenFeature([], tf.int64, default_value=AGE_UNKNOWN),
     BOX: tf.io.FixedLenFeature([4], tf.float32, default_value=[0.0, 0.0, 0.0, 0.0]),
+    # Variable length (parsed as sparse tensors); records written before them read as empty.
+    BOXES: tf.io.VarLenFeature(tf.float32),
+    BOX_FINDINGS: tf.io.VarLenFeature(tf.string),
 }
 
 NO_BOX = (0.0, 0.0, 0.0, 0.0)
@@ -77,6 +85,7 @@ def make_example(
     view_position: str = "",
     crop_applied: bool = False,
     box: Sequence[float] = NO_BOX,
+    boxes: Sequence[FindingBox] = (),
     sex: str = "",
     age: int | None = None,
 ) -> tf.train.Example:
@@ -93,6 +102,7 @@ def make_example(
       view_position: "PA", "AP", ... ("" when unknown).
       crop_applied: whether the stored image is the crop to `box`.
       box: union of the image's boxes (x, y, w, h) in the original 1024 frame, `NO_BOX` when none.
+      boxes: every box of the image with its finding (1024 frame), in the bbox CSV's order.
       sex: "M", "F" or "" (unknown).
       age: whole years, or None when unknown.
 
@@ -114,6 +124,9 @@ def make_example(
         raise ValueError(f"sex must be 'M', 'F' or '' (unknown), got {sex!r}")
     if age is not None and age < 0:
         raise ValueError(f"age must be >= 0 or None (unknown), got {age!r}")
+    for found in boxes:
+        if found.finding not in FINDINGS:
+            raise ValueError(f"box finding must be one of FINDINGS, got {found.finding!r}")
     feature = {
         IMAGE: _bytes(image),
         IMAGE_FORMAT: _bytes(image_format.encode()),
@@ -125,6 +138,8 @@ def make_example(
         VIEW_POSITION: _bytes(view_position.encode()),
         CROP_APPLIED: _ints([int(bool(crop_applied))]),
         BOX: _floats(box),
+        BOXES: _floats([v for found in boxes for v in found.xywh]),
+        BOX_FINDINGS: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b.finding.encode() for b in boxes])),
         SEX: _bytes(sex.encode()),
         AGE: _ints([AGE_UNKNOWN if age is None else int(age)]),
     }
@@ -150,6 +165,18 @@ def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.ensure_shape(image, [image_size, image_size, 1])
 
 
+def finding_boxes(xywh: Sequence[float], findings: Sequence[bytes | str]) -> list[FindingBox]:
+    """Returns the `FindingBox`es of a record's BOXES and BOX_FINDINGS values (parsed or raw).
+
+    Raises:
+      ValueError: the two lists do not describe the same number of boxes.
+    """
+    if len(xywh) != 4 * len(findings):
+        raise ValueError(f"a record has {len(xywh)} box coordinates for {len(findings)} box findings")
+    names = [f.decode() if isinstance(f, bytes) else str(f) for f in findings]
+    return [FindingBox(name, *(float(v) for v in xywh[4 * i:4 * i + 4])) for i, name in enumerate(names)]
+
+
 def example_to_dict(example_bytes: bytes) -> Mapping[str, object]:
     """Parses one serialized record in plain Python (for tests and tools, not the hot path)."""
     example = tf.train.Example.FromString(example_bytes)
@@ -165,6 +192,8 @@ def example_to_dict(example_bytes: bytes) -> Mapping[str, object]:
         "view_position": feature[VIEW_POSITION].bytes_list.value[0].decode(),
         "crop_applied": bool(feature[CROP_APPLIED].int64_list.value[0]),
         "box": list(feature[BOX].float_list.value),
+        "boxes": finding_boxes(feature[BOXES].float_list.value if BOXES in feature else [],
+                               feature[BOX_FINDINGS].bytes_list.value if BOX_FINDINGS in feature else []),
         "sex": feature[SEX].bytes_list.value[0].decode() if SEX in feature else "",
         "age": feature[AGE].int64_list.value[0] if AGE in feature else AGE_UNKNOWN,
     }

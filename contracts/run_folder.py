@@ -7,7 +7,8 @@
   model.keras            the best epoch's float32 inference classifier (raw 0..255 pixels in);
                          the zip also holds MODEL_RUN_ENTRY, {"epoch": N}
   val_predictions.csv    image_id, p_abnormal, label of that epoch (+ val_predictions.json sidecar,
-                         whose "epoch" is N too: the two are one pair, repaired on resume)
+                         whose "epoch" is N too: the two are one pair, repaired on resume; the
+                         sidecar's "temperature" is the run's own, fitted on these predictions)
 
 Every file is written through `contracts.atomic`. JSON has no NaN: undefined metrics are null.
 """
@@ -29,6 +30,8 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model.keras"
 VAL_PREDICTIONS = "val_predictions.csv"
 VAL_SIDECAR = "val_predictions.json"  # the sidecar of VAL_PREDICTIONS (contracts.prediction_files)
+TEMPERATURE = "temperature"  # in VAL_SIDECAR: the run's temperature (training.calibration), null if unfitted
+CALIBRATION = "calibration"  # in VAL_SIDECAR: what the temperature changes on validation (NLL, ECE)
 MODEL_RUN_ENTRY = "cxr_run.json"  # inside MODEL (a zip that Keras loads ignoring it): {"epoch": N}
 
 
@@ -47,6 +50,17 @@ def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:
     except (OSError, ValueError, AttributeError):
         pass
     return model_epoch, val_epoch
+
+
+def run_temperature(model_dir: str) -> float | None:
+    """Returns the temperature training fitted on the run's validation predictions, or None when the
+    run has none (trained without validation, validation of one class, or before temperatures)."""
+    try:
+        with open(os.path.join(model_dir, VAL_SIDECAR)) as f:
+            value = json.load(f).get(TEMPERATURE)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 def load_run_config(model_dir: str) -> dict[str, Any]:

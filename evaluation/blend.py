@@ -19,6 +19,7 @@ from contracts.errors import UserInputError
 from contracts.prediction_files import Predictions, few
 from evaluation import settings
 from models import registry
+from training import calibration
 
 MAX_GRID_POINTS = 200_000  # weight vectors tried by `fit`; more would take minutes per validation set
 
@@ -131,6 +132,31 @@ def blend(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
       (N,) blended P(abnormal).
     """
     return np.asarray(probs, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
+
+
+def calibrate_members(probs: np.ndarray, temperatures: Sequence[float]) -> np.ndarray:
+    """Returns each model's probabilities after its temperature (column m by temperatures[m]); a
+    temperature of 1 leaves its column exactly as it is. The first step of the one order: member
+    logit -> temperature -> probability -> weighted blend -> threshold."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return np.stack([column if t == 1.0 else calibration.apply_temperature(column, t)
+                     for column, t in zip(probs.T, temperatures)], axis=1)
+
+
+def fit_temperatures(probs: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> list[float]:
+    """Fits each model's temperature on validation (training.calibration.fit_temperature).
+
+    Raises:
+      UserInputError: validation of a single class, where no temperature is identifiable.
+    """
+    temperatures = []
+    for column, name in zip(np.asarray(probs).T, names):
+        temperature = calibration.fit_temperature(labels, column)
+        if temperature is None:
+            raise UserInputError(f"--fit_on: the validation labels hold one class, so no temperature can be "
+                                 f"fitted for {name}; use validation files with normal and abnormal images")
+        temperatures.append(temperature)
+    return temperatures
 
 
 def decide(probs: np.ndarray, threshold: float) -> np.ndarray:

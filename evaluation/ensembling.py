@@ -21,9 +21,11 @@ from contracts import ensemble_file
 from contracts.atomic import atomic_path, json_ready, write_json
 from contracts.errors import UserInputError, check_output_folder
 from contracts.prediction_files import Predictions, align, read_predictions, write_predictions
+from evaluation import agreement, html_report
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
 from evaluation import settings
+from training import calibration
 from training.metrics import auroc_or_nan
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
@@ -53,6 +55,7 @@ class EnsembleResult:
     metrics: dict[str, Any] | None
     report_dir: str | None
     gain: dict[str, Any] | None = None  # the ensemble against the best single model (see _gain)
+    other_labels: dict[str, Any] | None = None  # the rescoring against --labels_csv (evaluation/agreement.py)
 
 
 def model_names(files: Sequence[Predictions]) -> list[str]:
@@ -89,25 +92,41 @@ def _check_fit_pairs(files: Sequence[Predictions], fit_files: Sequence[Predictio
             )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Choice:
+    weights: np.ndarray
+    threshold: float
+    temperatures: list[float]  # one per model, 1 where none was fitted
+    fit: blend_lib.Fit | None
+    validation_aurocs: list[float] | None
+    validation: tuple[np.ndarray, np.ndarray] | None  # (labels, calibrated member probs (N, M))
+
+
 def _choose(
     files: Sequence[Predictions],
+    names: Sequence[str],
     weights: Sequence[float] | None,
     threshold: float | None,
     fit_on: Sequence[str] | None,
     fit_step: float,
-) -> tuple[np.ndarray, float, blend_lib.Fit | None, list[float] | None]:
+) -> _Choice:
     fixed_weights = None if weights is None else blend_lib.normalise_weights(weights, len(files))
     fixed_threshold = None if threshold is None else blend_lib.check_threshold(threshold)
     if not fit_on:
         chosen = fixed_weights if fixed_weights is not None else blend_lib.reference_weights(files)
-        return chosen, settings.ENSEMBLE_THRESHOLD if fixed_threshold is None else fixed_threshold, None, None
+        return _Choice(chosen, settings.ENSEMBLE_THRESHOLD if fixed_threshold is None else fixed_threshold,
+                       [1.0] * len(files), None, None, None)
     fit_files = [read_predictions(path) for path in fit_on]
     _check_fit_pairs(files, fit_files)
     validation = align(fit_files)
     labels = blend_lib.check_fit_labels(validation.labels, fit_on, validation.ids)
-    fit = blend_lib.fit(validation.probs, labels, step=fit_step, weights=fixed_weights, threshold=fixed_threshold)
-    validation_aurocs = [auroc_or_nan(labels, validation.probs[:, m]) for m in range(len(files))]
-    return fit.weights, fit.threshold, fit, validation_aurocs
+    # One order: temperatures first (each member on its own validation predictions), then the
+    # weights and threshold on the calibrated members.
+    temperatures = blend_lib.fit_temperatures(validation.probs, labels, names)
+    members = blend_lib.calibrate_members(validation.probs, temperatures)
+    fit = blend_lib.fit(members, labels, step=fit_step, weights=fixed_weights, threshold=fixed_threshold)
+    validation_aurocs = [auroc_or_nan(labels, members[:, m]) for m in range(len(files))]
+    return _Choice(fit.weights, fit.threshold, temperatures, fit, validation_aurocs, (labels, members))
 
 
 def _write_submission(
@@ -122,24 +141,28 @@ def _write_submission(
         pd.DataFrame({id_column: ids, label_column: decisions}).to_csv(tmp, index=False)
 
 
-def _report(
-    report_dir: str, files: Sequence[Predictions], names: Sequence[str], aligned, blended: np.ndarray,
-    threshold: float, bootstrap: int,
-) -> dict[str, Any]:
+def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members: np.ndarray,
+            blended: np.ndarray, choice: _Choice) -> list[report_lib.Scores]:
+    """Every member scored as it is blended (after its temperature) at the ensemble's threshold,
+    so the rows compare, and the ensemble itself."""
+    validation = choice.validation
     scores = [
-        report_lib.Scores(name, aligned.labels, aligned.probs[:, m], threshold, {
+        report_lib.Scores(name, aligned.labels, members[:, m], choice.threshold, {
             "crop": file.crop, "train_crop": (file.sidecar or {}).get("train_crop"), "source": file.path,
-        })
+            "temperature": choice.temperatures[m]},
+            uncalibrated=None if choice.temperatures[m] == 1.0 else aligned.probs[:, m], meta=aligned.meta,
+            validation=None if validation is None else (validation[0], validation[1][:, m]))
         for m, (name, file) in enumerate(zip(names, files))
     ]
-    scores.append(report_lib.Scores(ENSEMBLE, aligned.labels, blended, threshold, {
+    scores.append(report_lib.Scores(ENSEMBLE, aligned.labels, blended, choice.threshold, {
         "crop": _common([f.crop for f in files]),
         "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]),
-    }))
-    return report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
+    }, meta=aligned.meta, validation=None if validation is None else (
+        validation[0], blend_lib.blend(validation[1], choice.weights))))
+    return scores
 
 
-def _gain(report_dir: str, names: Sequence[str], aligned, blended: np.ndarray,
+def _gain(report_dir: str, names: Sequence[str], aligned, members: np.ndarray, blended: np.ndarray,
           validation_aurocs: list[float] | None, bootstrap: int) -> dict[str, Any] | None:
     """The ensemble against the single model best on validation (never chosen on the reported
     records), as a paired bootstrap difference of AUROC; written to report_dir/GAIN_FILE."""
@@ -147,7 +170,7 @@ def _gain(report_dir: str, names: Sequence[str], aligned, blended: np.ndarray,
         return None
     best = int(np.nanargmax(validation_aurocs))
     known = aligned.labels >= 0
-    labels, single = aligned.labels[known], aligned.probs[known, best]
+    labels, single = aligned.labels[known], members[known, best]
     gain = {"best_single": names[best], "chosen_on": "validation AUROC",
             "validation_aurocs": dict(zip(names, validation_aurocs)),
             "ensemble_auroc": auroc_or_nan(labels, blended[known]), "best_single_auroc": auroc_or_nan(labels, single),
@@ -155,6 +178,30 @@ def _gain(report_dir: str, names: Sequence[str], aligned, blended: np.ndarray,
     gain = json_ready(gain)
     write_json(os.path.join(report_dir, report_lib.GAIN_FILE), gain)
     return gain
+
+
+def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], aligned, blended: np.ndarray,
+                 choice: _Choice, fit_on: Sequence[str] | None, fit_step: float) -> None:
+    """Writes the blended probabilities and their sidecar, the ensemble file (contracts/ensemble_file.py)."""
+    fit = choice.fit
+    write_predictions(path, aligned.ids, blended, aligned.labels, sidecar={
+        "backbone": ENSEMBLE,
+        "schema_version": ensemble_file.SCHEMA_VERSION,
+        "inputs": ensemble_file.member_records(names, [f.sidecar for f in files], [f.path for f in files],
+                                               choice.weights, choice.temperatures),
+        "weights": {name: float(w) for name, w in zip(names, choice.weights)},
+        "temperatures": dict(zip(names, choice.temperatures)),
+        "order": calibration.ORDER,
+        "threshold": choice.threshold,
+        "fit": None if fit is None else {
+            "criterion": blend_lib.CRITERION, "files": list(fit_on), "step": fit_step,
+            "temperatures": "fitted per member on its validation file (minimum negative log-likelihood)",
+            "fitted_weights": fit.fitted_weights, "fitted_threshold": fit.fitted_threshold,
+            "balanced_accuracy": fit.balanced_accuracy, "brier": fit.brier, "records": fit.records,
+        },
+        "crop": _common([f.crop for f in files]),
+        "records": len(aligned.ids),
+    })
 
 
 def run_ensemble(
@@ -169,6 +216,7 @@ def run_ensemble(
     label_column: str = "label",
     report_dir: str | None = None,
     bootstrap: int = settings.BOOTSTRAP,
+    labels_csv: str | None = None,
 ) -> EnsembleResult:
     """Blends prediction files joined on image id, thresholds the blend and writes the submission.
 
@@ -187,6 +235,8 @@ def run_ensemble(
       label_column: submission column holding the 0/1 decision.
       report_dir: where the report goes when labels are known (default: `<output stem>_report`).
       bootstrap: resamples behind the report's 95% intervals.
+      labels_csv: another reading of the same images: the report rescores every model and the
+        blend against it, with Cohen's kappa against the files' labels (evaluation/agreement.py).
 
     Returns:
       What was chosen and written.
@@ -199,39 +249,35 @@ def run_ensemble(
     check_output_folder(os.path.dirname(output), "output")
     if report_dir:
         check_output_folder(report_dir, "report_dir")
+    other = None if labels_csv is None else agreement.load_other_labels(labels_csv)
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
     names = model_names(files)
-    chosen_weights, chosen_threshold, fit, validation_aurocs = _choose(files, weights, threshold, fit_on, fit_step)
-    blended = blend_lib.blend(aligned.probs, chosen_weights)
+    choice = _choose(files, names, weights, threshold, fit_on, fit_step)
+    fit, chosen_threshold = choice.fit, choice.threshold
+    members = blend_lib.calibrate_members(aligned.probs, choice.temperatures)
+    blended = blend_lib.blend(members, choice.weights)
     decisions = blend_lib.decide(blended, chosen_threshold)
-    metrics = None
-    if report_lib.has_known_labels(aligned.labels):  # first: a failure here leaves no submission
-        report_dir = report_dir or report_lib.default_report_dir(output)
-        metrics = _report(report_dir, files, names, aligned, blended, chosen_threshold, bootstrap)
-        gain = _gain(report_dir, names, aligned, blended, validation_aurocs, bootstrap)
+    metrics = gain = other_result = None
+    report_dir = report_dir or report_lib.default_report_dir(output)
+    # The report first: a failure there leaves no submission.
+    scores = _scores(files, names, aligned, members, blended, choice)
+    if report_lib.has_known_labels(aligned.labels):
+        metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
+        gain = _gain(report_dir, names, aligned, members, blended, choice.validation_aurocs, bootstrap)
+    if other is not None:
+        other_result = agreement.write_other_labels(report_dir, other, aligned.ids, scores, bootstrap)
+    if metrics is None and other_result is None:
+        report_dir = None
     else:
-        report_dir = gain = None
+        html_report.write_index(report_dir)
     probabilities = ensemble_file.blend_path(output)
-    weight_map = {name: float(w) for name, w in zip(names, chosen_weights)}
-    write_predictions(probabilities, aligned.ids, blended, aligned.labels, sidecar={
-        "backbone": ENSEMBLE,
-        "schema_version": ensemble_file.SCHEMA_VERSION,
-        "inputs": ensemble_file.member_records(names, [f.sidecar for f in files], [f.path for f in files],
-                                               chosen_weights),
-        "weights": weight_map,
-        "threshold": chosen_threshold,
-        "fit": None if fit is None else {
-            "criterion": blend_lib.CRITERION, "files": list(fit_on), "step": fit_step,
-            "fitted_weights": fit.fitted_weights, "fitted_threshold": fit.fitted_threshold,
-            "balanced_accuracy": fit.balanced_accuracy, "brier": fit.brier, "records": fit.records,
-        },
-        "crop": _common([f.crop for f in files]),
-        "records": len(aligned.ids),
-    })
+    weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
+    _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step)
     # The submission last, so it exists only when everything before it worked.
     _write_submission(output, aligned.ids, decisions, id_column, label_column)
-    return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir, gain)
+    return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir, gain,
+                          other_result)
 
 
 def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
@@ -253,10 +299,12 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
     files = [read_predictions(by_dir[model_dir]) for _, model_dir in pairs]
     aligned = align(files)
     weights = blend_lib.normalise_weights([member.weight for member, _ in pairs], len(pairs))
-    blended = blend_lib.blend(aligned.probs, weights)
-    write_predictions(output, aligned.ids, blended, aligned.labels, sidecar={
+    temperatures = [member.temperature for member, _ in pairs]
+    blended = blend_lib.blend(blend_lib.calibrate_members(aligned.probs, temperatures), weights)
+    write_predictions(output, aligned.ids, blended, aligned.labels, meta=aligned.meta, sidecar={
         "backbone": ENSEMBLE, "ensemble": os.path.abspath(ensemble), "threshold": loaded.threshold,
         "weights": {member.name: float(w) for (member, _), w in zip(pairs, weights)},
+        "temperatures": {member.name: member.temperature for member, _ in pairs},
         "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})})
     decisions = blend_lib.decide(blended, loaded.threshold)
     return len(aligned.ids), int(decisions.sum()), loaded.threshold
@@ -273,7 +321,11 @@ def summary(result: EnsembleResult) -> str:
                      f"balanced accuracy {result.fit.balanced_accuracy:.4f}, Brier {result.fit.brier:.4f}")
     lines.append(f"wrote {result.submission} and {result.probabilities}")
     if result.metrics is not None:
-        lines += ["", report_lib.format_table(result.metrics), "", f"report: {result.report_dir}"]
+        lines += ["", report_lib.format_table(result.metrics)]
+    if result.other_labels is not None:
+        lines += ["", agreement.format_other_labels(result.other_labels)]
+    if result.report_dir is not None:
+        lines += ["", f"report: {result.report_dir}"]
     if result.gain is not None:
         lines.append(gain_line(result.gain))
     return "\n".join(lines)

@@ -17,16 +17,18 @@ import tensorflow as tf
 import tqdm
 
 from contracts import manifest as manifest_lib
+from contracts import run_folder
 from contracts.atomic import atomic_path
 from contracts.errors import UserInputError
-from contracts.prediction_files import few, write_predictions
-from contracts.run_folder import train_crop
+from contracts.prediction_files import few, read_predictions, write_predictions
+from evaluation import agreement, html_report, preflight
 from evaluation import report as report_lib
-from evaluation import preflight, settings
+from evaluation import settings
 from evaluation.blend import check_threshold
 from models.saved import load_classifier
 from pipeline import input_pipeline
-from training import distribute
+from pipeline.patient_columns import read_patient_columns
+from training import calibration, distribute
 
 # Ids cross workers as fixed-width byte rows, because collectives cannot gather strings.
 MAX_ID_BYTES = 256
@@ -56,12 +58,14 @@ class PredictionResult:
       records: rows per file (= the split's records).
       metrics: {name: metrics} when labels are known, else None.
       report_dir: where the report went, or None.
+      other_labels: the rescoring against --labels_csv (evaluation/agreement.py), or None.
     """
 
     outputs: dict[str, str]
     records: int
     metrics: dict[str, Any] | None
     report_dir: str | None
+    other_labels: dict[str, Any] | None = None
 
 
 def with_precision(model, precision: str):
@@ -240,11 +244,31 @@ def _model_names(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]]) -
     return names
 
 
-def _write_outputs(path: str, outputs: SplitOutputs, sidecar: dict[str, Any]) -> None:
+def _write_outputs(path: str, outputs: SplitOutputs, sidecar: dict[str, Any], calibrated: np.ndarray,
+                   meta: dict[str, np.ndarray]) -> None:
     known = outputs.labels >= 0
-    write_predictions(path, outputs.ids, outputs.softmax[:, 1], outputs.labels if known.any() else None, sidecar)
+    write_predictions(path, outputs.ids, outputs.softmax[:, 1], outputs.labels if known.any() else None, sidecar,
+                      calibrated=calibrated, meta=meta)
     with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
         np.save(tmp, outputs.softmax)
+
+
+def _calibrated(model_dir: str, probs: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """The run's own temperature applied (training fitted it on validation); the raw probabilities
+    themselves when the run has none."""
+    temperature = run_folder.run_temperature(model_dir)
+    return (probs.astype(np.float64) if temperature is None
+            else calibration.apply_temperature(probs, temperature)), temperature
+
+
+def _validation(model_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's val_predictions.csv as (labels, calibrated probs), for choosing operating points;
+    None without one."""
+    path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
+    if not os.path.exists(path):
+        return None
+    validation = read_predictions(path)
+    return None if validation.labels is None else (validation.labels, _calibrated(model_dir, validation.probs)[0])
 
 
 def _predict_model(
@@ -265,15 +289,22 @@ def _predict_model(
     outputs = predict_split(model, strategy, data_dir, split, batch_size, image_size,
                             total=expected, progress=progress, desc=name)
     check_one_row_per_record(outputs.ids, expected, data_dir, split)
-    context = {"crop": manifest.get("config", {}).get("crop"), "train_crop": train_crop(model_dir, config)}
+    context = {"crop": manifest.get("config", {}).get("crop"), "train_crop": run_folder.train_crop(model_dir, config)}
+    calibrated, temperature = _calibrated(model_dir, outputs.softmax[:, 1])
+    meta = read_patient_columns(data_dir, split, outputs.ids)
     if write:
         _write_outputs(path, outputs, {
             "backbone": config["backbone"], "model_dir": os.path.abspath(model_dir),
             "data_dir": os.path.abspath(data_dir), "split": split, "records": expected,
             "image_size": image_size, "strategy": distribute.strategy_name(strategy),
-            "replicas": strategy.num_replicas_in_sync, "precision": policy, **context, **(extra_sidecar or {}),
-        })
-    return report_lib.Scores(name, outputs.labels, outputs.softmax[:, 1], threshold, {**context, "source": path})
+            "replicas": strategy.num_replicas_in_sync, "precision": policy, run_folder.TEMPERATURE: temperature,
+            **context, **(extra_sidecar or {}),
+        }, calibrated, meta)
+    # The report scores what is served and thresholded: the probability after the run's temperature.
+    return report_lib.Scores(name, outputs.labels, calibrated, threshold, {
+        **context, "source": path, run_folder.TEMPERATURE: temperature},
+        uncalibrated=None if temperature is None else outputs.softmax[:, 1], meta=meta,
+        validation=_validation(model_dir), ids=outputs.ids)
 
 
 def run_prediction(
@@ -291,6 +322,7 @@ def run_prediction(
     progress: bool = True,
     per_model: bool = False,
     extra_sidecar: dict[str, Any] | None = None,
+    labels_csv: str | None = None,
 ) -> PredictionResult:
     """Predicts `split` of `data_dir` with each saved model and writes prediction files and a report.
 
@@ -308,6 +340,8 @@ def run_prediction(
       progress: show a progress bar.
       per_model: write `<output stem>.<name>.csv` even for one model (`output` holds a blend).
       extra_sidecar: more fields for each prediction file's sidecar (e.g. the raw images' origin).
+      labels_csv: another reading of the same images: the report rescores against it and gives
+        Cohen's kappa with the records' own labels (evaluation/agreement.py).
 
     Returns:
       The files written (only the chief writes under multi-worker strategies).
@@ -319,6 +353,7 @@ def run_prediction(
     threshold = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
     manifest, expected, configs = preflight.check_prediction_inputs(model_dirs, data_dir, split, output,
                                                                     report_dir)
+    other = None if labels_csv is None else agreement.load_other_labels(labels_csv)
     chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
     names = _model_names(model_dirs, configs)
     paths = output_paths(output, names, per_model=per_model)
@@ -329,18 +364,25 @@ def run_prediction(
                        write=chief, extra_sidecar=extra_sidecar)
         for model_dir, config, name in zip(model_dirs, configs, names)
     ]
-    metrics = None
+    metrics = other_result = None
+    report_dir = report_dir or report_lib.default_report_dir(output)
     if chief and report_lib.has_known_labels(scores[0].labels):
-        report_dir = report_dir or report_lib.default_report_dir(output)
         metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
-    else:
-        report_dir = None
-    return PredictionResult(outputs=paths, records=expected, metrics=metrics, report_dir=report_dir)
+    if chief and other is not None:
+        other_result = agreement.write_other_labels(report_dir, other, scores[0].ids, scores, bootstrap)
+    if metrics or other_result:
+        html_report.write_index(report_dir)
+    return PredictionResult(outputs=paths, records=expected, metrics=metrics,
+                            report_dir=report_dir if metrics or other_result else None, other_labels=other_result)
 
 
 def summary(result: PredictionResult) -> str:
     """Returns the files a prediction run wrote, with the report table when there is one."""
     lines = [f"{name}: {result.records} predictions -> {path}" for name, path in result.outputs.items()]
     if result.metrics is not None:
-        lines += ["", report_lib.format_table(result.metrics), "", f"report: {result.report_dir}"]
+        lines += ["", report_lib.format_table(result.metrics)]
+    if result.other_labels is not None:
+        lines += ["", agreement.format_other_labels(result.other_labels)]
+    if result.report_dir is not None:
+        lines += ["", f"report: {result.report_dir}"]
     return "\n".join(lines)

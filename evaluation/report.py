@@ -39,7 +39,7 @@ PR_FILE = "precision_recall.png"
 GAIN_FILE = "ensemble_gain.json"  # ensemble.py: the ensemble against the best single model
 
 # Row order and labels of the printed table.
-_TABLE_ROWS = (
+TABLE_ROWS = (
     ("records", "records"),
     ("prevalence", "prevalence (abnormal)"),
     ("majority_baseline_accuracy", "majority-class accuracy"),
@@ -54,6 +54,9 @@ _TABLE_ROWS = (
     ("specificity", "specificity"),
     ("f1", "F1"),
     ("confusion_matrix", "TN FP / FN TP"),
+    ("brier", "Brier score"),
+    ("ece", "ECE"),
+    ("ece_uncalibrated", "ECE before temperature"),
     ("crop", "crop (shards)"),
     ("train_crop", "crop (training)"),
 )
@@ -69,6 +72,11 @@ class Scores:
       probs: (N,) P(abnormal).
       threshold: P(abnormal) >= threshold is called abnormal.
       context: extra fields copied into the entry, e.g. {"crop": "bbox", "source": "preds.csv"}.
+      uncalibrated: (N,) P(abnormal) before the model's temperature when `probs` is after it, for the
+        calibration section's "before"; None when no temperature was applied.
+      meta: the patient columns (contracts.prediction_files.META_COLUMNS) for the subgroup table.
+      validation: (labels, probs) on validation, in the same form as `probs`, for the operating
+        points (thresholds are chosen there, never on these records); None leaves them out.
     """
 
     name: str
@@ -76,6 +84,10 @@ class Scores:
     probs: np.ndarray
     threshold: float
     context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    uncalibrated: np.ndarray | None = None
+    meta: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    ids: np.ndarray | None = None  # (N,) image ids, for rescoring against another label set
 
 
 def default_report_dir(output: str) -> str:
@@ -92,7 +104,8 @@ def _auprc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(average_precision_score(labels, probs)) if labels.any() else math.nan
 
 
-def _interval(values: list[float]) -> list[float] | None:
+def interval(values: list[float]) -> list[float] | None:
+    """Returns the percentile 95% interval [2.5%, 97.5%] of bootstrap values, None when there are none."""
     if not values:
         return None
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
@@ -123,7 +136,7 @@ def bootstrap_intervals(
         auroc = auroc_or_nan(labels[index], probs[index])
         if not math.isnan(auroc):
             aurocs.append(auroc)
-    return {"accuracy_ci95": _interval(accuracies), "auroc_ci95": _interval(aurocs)}
+    return {"accuracy_ci95": interval(accuracies), "auroc_ci95": interval(aurocs)}
 
 
 def paired_auroc_difference(
@@ -145,7 +158,7 @@ def paired_auroc_difference(
         if not (math.isnan(a) or math.isnan(b)):
             differences.append(a - b)
     return {"difference": auroc_or_nan(labels, probs_a) - auroc_or_nan(labels, probs_b),
-            "ci95": _interval(differences), "resamples": int(resamples)}
+            "ci95": interval(differences), "resamples": int(resamples)}
 
 
 def compute_metrics(
@@ -196,7 +209,8 @@ def compute_metrics(
     return metrics
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """Returns one table cell: 4 decimals, "n/a" for NaN, "-" for None, a confusion matrix as "TN FP / FN TP"."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -213,7 +227,7 @@ def format_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     """Returns the report as a text table: one row per metric, one column per model."""
     names = list(metrics)
     rows = [["metric"] + names]
-    rows += [[label] + [_cell(metrics[n].get(key)) for n in names] for key, label in _TABLE_ROWS]
+    rows += [[label] + [cell(metrics[n].get(key)) for n in names] for key, label in TABLE_ROWS]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -255,7 +269,9 @@ def _save_curves(path: str, scores: Sequence[Scores], kind: str) -> None:
 def write_report(
     report_dir: str, scores: Sequence[Scores], *, bootstrap: int = settings.BOOTSTRAP
 ) -> dict[str, Any]:
-    """Computes every entry's metrics and writes metrics.json, roc.png and precision_recall.png.
+    """Computes every entry's metrics and writes metrics.json, roc.png, precision_recall.png, the
+    calibration diagram, the subgroup table (entries with patient columns) and the operating points
+    (entries with validation predictions); see `sections.write_sections`.
 
     Args:
       report_dir: created if missing.
@@ -271,13 +287,17 @@ def write_report(
     names = [entry.name for entry in scores]
     if len(set(names)) != len(names):
         raise ValueError(f"report entries need unique names, got {names}")
+    from evaluation import calibration_report, sections
+
     metrics = {}
     for entry in scores:
         metrics[entry.name] = {**compute_metrics(entry.labels, entry.probs, entry.threshold, bootstrap=bootstrap),
+                               **calibration_report.calibration_metrics(entry.labels, entry.probs, entry.uncalibrated),
                                **entry.context}
     metrics = json_ready(metrics)  # JSON has no NaN: undefined metrics are null
     os.makedirs(report_dir, exist_ok=True)
     write_json(os.path.join(report_dir, METRICS_FILE), metrics)
     _save_curves(os.path.join(report_dir, ROC_FILE), scores, "roc")
     _save_curves(os.path.join(report_dir, PR_FILE), scores, "pr")
+    sections.write_sections(report_dir, scores, bootstrap)
     return metrics

@@ -8,3 +8,10 @@ SINGLE_MODEL_THRESHOLD = 0.5  # a softmax model's own decision: the larger of it
 FIT_STEP = 0.05  # spacing of the weight grid `blend.fit` searches
 BOOTSTRAP = 1000  # resamples behind each 95% interval of the report
 PREDICT_BATCH_SIZE = 64
+# explain.py (Grad-CAM and its localization score)
+EXPLAIN_PER_GROUP = 4  # images shown per group (true positives, false positives, false negatives)
+EXPLAIN_BATCH_SIZE = 16  # images per Grad-CAM step: a backward pass holds every activation
+# Sigma of the centred-Gaussian baseline map, as a fraction of the image side: a blob over the
+# middle quarter or so of a radiograph, where the heart and the medial lung fields are.
+LOCALIZATION_BASELINE_SIGMA = 0.25
+OVERLAY_SIZE = 256  # side of the overlay PNGs, at least (the stored image is upsampled for viewing)

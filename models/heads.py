@@ -6,6 +6,7 @@ import dataclasses
 
 NUM_CLASSES = 2  # column 0: P(normal), column 1: P(abnormal)
 OUTPUT_LAYER = "probabilities"  # the softmax Dense layer; its input is the head's last features
+POOL_LAYER = "head_pool"  # the head's first layer; its input is the feature map the head sees (Grad-CAM's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,7 @@ def build_head(features, head: Head, *, seed: int = 0):
     """
     from keras import layers  # here, so the registry can import `Head` without TensorFlow
 
-    x = layers.GlobalAveragePooling2D(name="head_pool")(features)
+    x = layers.GlobalAveragePooling2D(name=POOL_LAYER)(features)
     if head.batch_norm:
         x = layers.BatchNormalization(name="head_bn")(x)
     if head.dropout_before_dense:

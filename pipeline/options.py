@@ -30,6 +30,7 @@ def augmentation_enabled(mode: str, backbone_default: bool) -> bool:
 # The tf.data service (train.py --data_service, data_service.py): TensorFlow's servers speak gRPC;
 # the ports are data_service.py's defaults, one for the dispatcher and one per worker host.
 DATA_SERVICE_PROTOCOL = "grpc"
+SERVICE_ROLES = ("dispatcher", "worker")  # data_service.py --role
 DISPATCHER_PORT = 5050
 WORKER_PORT = 5051
 

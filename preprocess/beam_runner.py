@@ -33,10 +33,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from contracts import storage
 from contracts.atomic import write_json
+from contracts.boxes import FindingBox
 from preprocess import builder
 from preprocess.config import BuildConfig, BuildError
 from preprocess.nih_metadata import Entry
-from preprocess.plan import WorkItem, WorkUnit
+from preprocess.plan import ImageBoxes, WorkItem, WorkUnit
 from preprocess.sources import Source
 
 UNITS_DIR = "units"  # inside builder.STATE_DIR: one JSON work unit per pending shard
@@ -73,24 +74,35 @@ def _unit_path(output_dir: str, shard: str) -> str:
     return storage.join(output_dir, builder.STATE_DIR, UNITS_DIR, f"{shard}.json")
 
 
+def _boxes_record(found: ImageBoxes | None) -> dict | None:
+    return None if found is None else {"union": found.union, "boxes": [b._asdict() for b in found.boxes]}
+
+
+def _image_boxes(record: dict | None) -> ImageBoxes | None:
+    if record is None:
+        return None
+    return ImageBoxes(tuple(record["union"]), tuple(FindingBox(**b) for b in record["boxes"]))
+
+
 def write_unit(output_dir: str, unit: WorkUnit, by_name: dict, boxes: dict) -> None:
     """Writes a shard's work unit with what its records need (entries, recorded boxes)."""
     record = {
         **{f.name: getattr(unit, f.name) for f in dataclasses.fields(WorkUnit) if f.name != "items"},
-        "items": [{"name": item.name, "path": item.path, "box": item.box, "record_box": boxes.get(item.name),
+        "items": [{"name": item.name, "path": item.path, "box": item.box,
+                   "boxes": _boxes_record(boxes.get(item.name)),
                    "entry": dataclasses.asdict(by_name[item.name].entry)} for item in unit.items],
     }
     write_json(_unit_path(output_dir, unit.shard), record)
 
 
 def read_unit(output_dir: str, shard: str) -> tuple[WorkUnit, dict, dict]:
-    """Returns (unit, image name -> Source, image name -> recorded box) as `write_unit` wrote them."""
+    """Returns (unit, image name -> Source, image name -> `ImageBoxes`) as `write_unit` wrote them."""
     record = json.loads(storage.read_bytes(_unit_path(output_dir, shard)))
     items = record.pop("items")
     unit = WorkUnit(items=tuple(WorkItem(i["name"], i["path"], _box(i["box"])) for i in items), **record)
     by_name = {i["name"]: Source(Entry(**{**i["entry"], "findings": tuple(i["entry"]["findings"])}), i["path"])
                for i in items}
-    boxes = {i["name"]: _box(i["record_box"]) for i in items if i["record_box"] is not None}
+    boxes = {i["name"]: _image_boxes(i["boxes"]) for i in items if i["boxes"] is not None}
     return unit, by_name, boxes
 
 

@@ -93,14 +93,20 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
     """
     state_dir = storage.join(config.output_dir, STATE_DIR)
     storage.makedirs(config.output_dir)
-    stamp = {"config": config.shaping(), "plan": digest}
+    stamp = {"config": config.shaping(), "plan": digest, "schema_version": manifest_lib.SCHEMA_VERSION}
     state_file = storage.join(state_dir, "build.json")
     previous = None
     if storage.exists(state_file):
         previous = json.loads(storage.read_bytes(state_file))
     ours = [n for n in storage.listdir(config.output_dir) if _is_ours(n)]
+    # The same flags, records of an older format: the command is the same, its shards are rebuilt.
+    outdated = bool(previous) and previous.get("schema_version") != manifest_lib.SCHEMA_VERSION \
+        and previous.get("config") == stamp["config"]
     if previous != stamp and ours:
-        if not config.overwrite:
+        if outdated:
+            logging.warning("%s holds records of an older format (schema %s); rebuilding them as schema %d",
+                            config.output_dir, previous.get("schema_version", "unrecorded"), manifest_lib.SCHEMA_VERSION)
+        elif not config.overwrite:
             differing = sorted(k for k in stamp["config"]
                                if previous and previous["config"].get(k) != stamp["config"][k])
             why = (f"flags differ: {', '.join(differing)}" if differing
@@ -136,7 +142,7 @@ def finish_unit(config: BuildConfig, unit: WorkUnit, results: list[tuple], by_na
     Args:
       results: `process_item`'s tuples in the unit's order.
       by_name: image name -> `Source` (at least the unit's images).
-      boxes: image name -> union box (1024 frame) recorded in the record, whatever the crop mode.
+      boxes: image name -> `plan.ImageBoxes` recorded in the record, whatever the crop mode.
     """
     from preprocess import shard_writer  # TensorFlow is loaded by the parent only
 

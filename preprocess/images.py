@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import struct
 import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from contracts.boxes import frame_region
 from contracts.labels import NIH_FRAME
 
 # Pillow first shrinks by an integer factor with a box filter, then resamples bicubically the
@@ -114,16 +114,20 @@ def crop_region(
 ) -> tuple[float, float, float, float]:
     """Maps a 1024-frame box (x, y, w, h) to a clipped (left, top, right, bottom) in the image.
 
+    The frame is stretched over the image; `contracts.boxes.stored_box` maps boxes into the stored
+    crop with the same region, so keep the two on `frame_region`.
+
     Raises:
       ImageError: the box lies outside the frame or is degenerate.
     """
-    x, y, w, h = box
-    if not all(math.isfinite(v) for v in box) or w <= 0 or h <= 0:
-        raise ImageError(f"box (x={x}, y={y}, w={w}, h={h}) is degenerate")
-    sx, sy = width / NIH_FRAME, height / NIH_FRAME
-    left, top = max(0.0, x * sx), max(0.0, y * sy)
-    right, bottom = min(float(width), (x + w) * sx), min(float(height), (y + h) * sy)
+    try:
+        left, top, right, bottom = frame_region(box)
+    except ValueError as err:
+        raise ImageError(str(err)) from None
+    sx, sy = width / NIH_FRAME, height / NIH_FRAME  # exact: a division by a power of two
+    left, top, right, bottom = left * sx, top * sy, right * sx, bottom * sy
     if right - left < 1.0 or bottom - top < 1.0:
+        x, y, w, h = box
         raise ImageError(
             f"box (x={x:g}, y={y:g}, w={w:g}, h={h:g}) lies outside the {NIH_FRAME:g} frame "
             f"of this {width}x{height} image"

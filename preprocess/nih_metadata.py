@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import gzip
-import io
 import math
 import os
 
-from contracts import demographics, labels, storage
+from contracts import demographics
+from contracts.boxes import FindingBox, finding_of_bbox_label
+from contracts.labels import parse_finding_labels
+from contracts.labels_csv import open_text
 
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 VIEW_COLUMN = "View Position"
 SEX_COLUMN = "Patient Gender"
 AGE_COLUMN = "Patient Age"
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +58,6 @@ class DataEntry:
     rows: int
 
 
-def open_text(path: str) -> io.TextIOBase:
-    """Opens a plain or gzip-compressed CSV as text (universal newlines handle CRLF).
-
-    A bucket URL (`gs://...`) is read whole through `contracts.storage` (NIH's largest CSV is 2 MB
-    gzipped); a local file is streamed.
-    """
-    if storage.is_url(path):
-        data = storage.read_bytes(path)
-        data = gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
-        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == GZIP_MAGIC
-    if gzipped:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
 def unsafe_name_reason(name: str) -> str | None:
     """Returns why `name` is not a plain file name inside the image folder, or None when it is."""
     if not name:
@@ -92,22 +75,6 @@ def normalise_patient_id(raw: str) -> str:
     """Returns the patient id in one form for both dialects ("00000001" and "1" -> "1")."""
     raw = raw.strip()
     return str(int(raw)) if raw.isdigit() else raw
-
-
-def parse_finding_labels(raw: str) -> tuple[int, tuple[int, ...]]:
-    """Maps a "Finding Labels" cell to (binary label, 14-long multi-hot).
-
-    Raises:
-      ValueError: empty cell, unknown finding, or "No Finding" mixed with findings.
-    """
-    names = [part.strip() for part in raw.split("|")]
-    if not raw.strip() or any(not n for n in names):
-        raise ValueError(f"empty finding label in {raw!r}")
-    if labels.NO_FINDING in names:
-        if len(names) > 1:
-            raise ValueError(f"'No Finding' combined with findings in {raw!r}")
-        return labels.LABEL_NORMAL, tuple([0] * len(labels.FINDINGS))
-    return labels.LABEL_ABNORMAL, tuple(labels.findings_multi_hot(names))
 
 
 def _row_entry(row: dict[str, str]) -> Entry:
@@ -175,13 +142,14 @@ def read_data_entry(path: str) -> DataEntry:
     return DataEntry(entries=entries, skipped=skipped, identical_duplicates=identical, rows=rows)
 
 
-def read_bbox_csv(path: str) -> tuple[dict[str, list[tuple[float, float, float, float]]], list[Skip]]:
-    """Reads BBox_List_2017.csv: image -> list of (x, y, w, h) in the 1024 frame.
+def read_bbox_csv(path: str) -> tuple[dict[str, list[FindingBox]], list[Skip]]:
+    """Reads BBox_List_2017.csv: image -> its boxes, each with its finding, (x, y, w, h) in the 1024 frame.
 
-    The official header has 9 fields and its rows 6, so rows are read by position.
+    The official header has 9 fields and its rows 6, so rows are read by position: image, finding
+    ("Infiltrate" is read as Data_Entry's "Infiltration"), x, y, w, h.
     Returns the boxes and the rows that could not be read (as `Skip`s, reported as warnings).
     """
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    boxes: dict[str, list[FindingBox]] = {}
     problems: list[Skip] = []
     with open_text(path) as f:
         reader = csv.reader(f)
@@ -195,7 +163,12 @@ def read_bbox_csv(path: str) -> tuple[dict[str, list[tuple[float, float, float, 
             except ValueError:
                 problems.append(Skip(name, f"{path} line {line_no}: unreadable box {row[2:6]}; box ignored"))
                 continue
-            boxes.setdefault(name, []).append((x, y, w, h))
+            try:
+                finding = finding_of_bbox_label(row[1] if len(row) > 1 else "")
+            except ValueError as err:
+                problems.append(Skip(name, f"{path} line {line_no}: {err}; box ignored"))
+                continue
+            boxes.setdefault(name, []).append(FindingBox(finding, x, y, w, h))
     return boxes, problems
 
 
@@ -219,42 +192,3 @@ def read_name_list(path: str) -> list[str]:
     """Reads an NIH split list (one image name a line), ignoring blank lines."""
     with open_text(path) as f:
         return [line.strip() for line in f if line.strip()]
-
-
-LABEL_ID_COLUMNS = ("image_id", "Image Index", "SOPInstanceUID")  # what a labels CSV may key rows by
-LABEL_COLUMN = "label"  # 0 normal, 1 abnormal (or NIH's "Finding Labels" instead)
-
-
-def read_labels_csv(path: str) -> dict[str, int]:
-    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal).
-
-    The key column is the first of `LABEL_ID_COLUMNS` present: a record's id (a file name, or a
-    DICOM file's path under the image folder) or a DICOM SOPInstanceUID. The label is a `label`
-    column of 0/1, or NIH's `Finding Labels` ("No Finding" is normal). Plain or gzip.
-
-    Raises:
-      ValueError: no key or label column, an unreadable label, or one key with two labels.
-    """
-    with open_text(path) as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        key = next((c for c in LABEL_ID_COLUMNS if c in header), None)
-        value = LABEL_COLUMN if LABEL_COLUMN in header else "Finding Labels" if "Finding Labels" in header else None
-        if key is None or value is None:
-            raise ValueError(f"{path}: needs a key column ({', '.join(LABEL_ID_COLUMNS)}) and a "
-                             f"'{LABEL_COLUMN}' (0/1) or 'Finding Labels' column; header has: {header}")
-        found: dict[str, int] = {}
-        for line, row in enumerate(reader, start=2):
-            raw = (row.get(value) or "").strip()
-            try:
-                label = parse_finding_labels(raw)[0] if value != LABEL_COLUMN else int(raw)
-            except ValueError:
-                label = None
-            if label not in (labels.LABEL_NORMAL, labels.LABEL_ABNORMAL):
-                raise ValueError(f"{path} line {line}: {value}={raw!r} is not a label; use 0/1 or NIH findings")
-            name = (row.get(key) or "").strip()
-            if found.get(name, label) != label:
-                raise ValueError(f"{path}: {name!r} has two different labels; keep one row")
-            found[name] = label
-    return found

@@ -7,8 +7,10 @@ import hashlib
 import json
 import math
 
+from contracts import labels_csv as labels_csv_lib
 from contracts import manifest as manifest_lib
 from contracts import storage
+from contracts.boxes import FindingBox
 from contracts.errors import check_output_folder
 from preprocess import nih_metadata
 from preprocess import sources as sources_lib
@@ -29,6 +31,14 @@ class WorkItem:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImageBoxes:
+    """An image's boxes from --bbox_csv: each with its finding, and their union (the crop box)."""
+
+    union: tuple[float, float, float, float]  # x, y, w, h in the 1024 frame
+    boxes: tuple[FindingBox, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkUnit:
     """One shard's worth of images for one worker process."""
 
@@ -44,7 +54,7 @@ def gather_and_assign(config: BuildConfig):
     """Reads the metadata and the image folder and assigns records to splits.
 
     Returns:
-      (found sources, boxes by image, box warnings, split -> sources, skipped rows as dicts).
+      (found sources, `ImageBoxes` by image, box warnings, split -> sources, skipped rows as dicts).
 
     Raises:
       BuildError: missing inputs, or no usable image at all.
@@ -83,7 +93,7 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
             if not storage.isfile(config.labels_csv):
                 raise BuildError(f"--labels_csv={config.labels_csv} does not exist")
             try:
-                known = nih_metadata.read_labels_csv(config.labels_csv)
+                known = labels_csv_lib.read_labels_csv(config.labels_csv)
             except ValueError as err:
                 raise BuildError(str(err)) from None
         return sources_lib.from_folder(config.image_dir, known)
@@ -101,7 +111,7 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
 
 
 def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[dict]]:
-    """image -> union box (1024 frame) for images with valid boxes, plus warnings."""
+    """image -> `ImageBoxes` for images whose boxes are all valid, plus warnings."""
     if not config.bbox_csv:
         return {}, []
     if not storage.isfile(config.bbox_csv):
@@ -109,15 +119,15 @@ def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[
     raw, problems = nih_metadata.read_bbox_csv(config.bbox_csv)
     names = {s.entry.image for s in found.sources}
     warnings = [p.as_dict() for p in problems if p.image in names]
-    unions = {}
+    found_boxes = {}
     for name, boxes in raw.items():
         if name not in names:
             continue
         try:
-            unions[name] = nih_metadata.union_box(boxes)
+            found_boxes[name] = ImageBoxes(nih_metadata.union_box([b.xywh for b in boxes]), tuple(boxes))
         except ValueError as err:
-            warnings.append({"image": name, "reason": f"{err} in --bbox_csv; written uncropped"})
-    return unions, warnings
+            warnings.append({"image": name, "reason": f"{err} in --bbox_csv; written uncropped, without boxes"})
+    return found_boxes, warnings
 
 
 def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, list], list]:
@@ -191,7 +201,8 @@ def plan_units(config: BuildConfig, assigned: dict[str, list], boxes: dict) -> t
             chunk = order[index * len(order) // n:(index + 1) * len(order) // n]
             name = manifest_lib.shard_name(split, index, n)
             items = tuple(
-                WorkItem(image, by_name[image].path, boxes.get(image) if config.crop == "bbox" else None)
+                WorkItem(image, by_name[image].path,
+                         boxes[image].union if config.crop == "bbox" and image in boxes else None)
                 for image in chunk
             )
             units.append(WorkUnit(name, items, config.image_size, config.image_format,
@@ -205,8 +216,9 @@ def plan_digest(units: list[WorkUnit], by_name: dict, boxes: dict) -> str:
     for unit in units:
         for item in unit.items:
             entry = by_name[item.name].entry
+            found = boxes.get(item.name)
             row = [unit.shard, entry.image, entry.label, entry.findings, entry.patient_id,
-                   entry.view_position, boxes.get(item.name)]
+                   entry.view_position, found.union if found else None, found.boxes if found else None]
             digest.update(json.dumps(row).encode())
     return digest.hexdigest()
 

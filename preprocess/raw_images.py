@@ -68,12 +68,12 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
         raise UserInputError(f"--images={images} is neither a folder nor a pattern matching any file; "
                              "pass a folder (searched recursively) or a quoted glob such as 'scans/*.dcm'")
     if labels_csv is not None:
-        from preprocess import nih_metadata
+        from contracts import labels_csv as labels_csv_lib
 
         if not os.path.isfile(labels_csv):
             raise UserInputError(f"--labels_csv={labels_csv} does not exist")
         try:
-            nih_metadata.read_labels_csv(labels_csv)
+            labels_csv_lib.read_labels_csv(labels_csv)
         except ValueError as err:
             raise UserInputError(str(err)) from None
     return sizes[0], min(_max_pixels(c) for c in configs)

@@ -14,8 +14,8 @@ from contracts.atomic import atomic_path
 from preprocess.sources import Source
 
 
-def example_for(source: Source, encoded: bytes, crop_applied: bool, box, config) -> bytes:
-    """Serialises one record of `source`."""
+def example_for(source: Source, encoded: bytes, crop_applied: bool, boxes, config) -> bytes:
+    """Serialises one record of `source`; `boxes` is its `preprocess.plan.ImageBoxes`, or None."""
     entry = source.entry
     return records.make_example(
         image=encoded,
@@ -27,7 +27,8 @@ def example_for(source: Source, encoded: bytes, crop_applied: bool, box, config)
         patient_id=entry.patient_id,
         view_position=entry.view_position,
         crop_applied=crop_applied,
-        box=box if box is not None else records.NO_BOX,
+        box=boxes.union if boxes is not None else records.NO_BOX,
+        boxes=boxes.boxes if boxes is not None else (),
         sex=entry.sex,
         age=entry.age,
     ).SerializeToString(deterministic=True)  # map keys sorted: same bytes in every process

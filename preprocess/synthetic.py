@@ -28,6 +28,7 @@ from PIL import Image  # noqa: E402
 import flags as project_flags  # noqa: E402
 from contracts import labels  # noqa: E402
 from contracts.atomic import atomic_path, write_text  # noqa: E402
+from contracts.boxes import BBOX_CSV_SPELLING  # noqa: E402  (the real files' spelling)
 from contracts.labels import NIH_FRAME  # noqa: E402
 from preprocess import synthetic_radiographs  # noqa: E402
 
@@ -36,8 +37,6 @@ DATA_ENTRY_HEADER = (
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
-# The bbox CSV spells one finding differently from Data_Entry, as the real files do.
-BBOX_SPELLING = {"Infiltration": "Infiltrate"}
 # "radiograph": varied anatomy, exposure, distractors and finding kinds, 10% of labels flipped
 # (preprocess/synthetic_radiographs.py): the demo's data, which no model scores 1.0 on.
 # "easy": one anatomy, one bright round lesion per abnormal image, clean labels: data a tiny test
@@ -145,7 +144,7 @@ def generate(config: SyntheticConfig) -> dict[str, int]:
                 flips.append([name, "|".join(chosen) or labels.NO_FINDING, finding_labels])
             for kind, x, y, w, h in found:
                 if rng.random() < config.bbox_fraction:
-                    boxes.append([name, BBOX_SPELLING.get(kind, kind), x * scale, y * scale, w * scale, h * scale])
+                    boxes.append([name, BBOX_CSV_SPELLING.get(kind, kind), x * scale, y * scale, w * scale, h * scale])
             with atomic_path(os.path.join(image_dir, name), durable=False) as tmp:
                 Image.fromarray(pixels, mode="L").save(tmp, format="PNG", compress_level=1)
             view = "PA" if rng.random() < 0.6 else "AP"

@@ -27,10 +27,12 @@ from evaluation import settings
 from evaluation.blend import check_threshold
 from models.saved import load_classifier
 from preprocess.images import MAX_IMAGE_PIXELS
+from training import calibration
 
 
 def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
-    """Returns [(name, weight, model_dir)] in blend order and the threshold."""
+    """Returns [(name, weight, model_dir, temperature)] in blend order and the threshold: one model
+    takes its run's own temperature (1 when it has none), an ensemble its file's."""
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder(s) train.py wrote")
     if len(model_dirs) > 1 and ensemble is None:
@@ -40,13 +42,14 @@ def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float |
     if ensemble is None:
         name = run_folder.load_run_config(model_dirs[0])["backbone"]
         chosen = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
-        return [(name, 1.0, model_dirs[0])], chosen
+        return [(name, 1.0, model_dirs[0], run_folder.run_temperature(model_dirs[0]) or 1.0)], chosen
     if threshold is not None:
         raise UserInputError("--threshold and --ensemble both set the threshold; drop --threshold "
                              "(the ensemble file holds the one chosen on validation)")
     loaded = ensemble_file.load_ensemble(ensemble)
     pairs = ensemble_file.match_members(loaded, model_dirs)
-    return [(member.name, member.weight, model_dir) for member, model_dir in pairs], loaded.threshold
+    return ([(member.name, member.weight, model_dir, member.temperature) for member, model_dir in pairs],
+            loaded.threshold)
 
 
 def _max_pixels(config: dict[str, Any]) -> int:
@@ -76,10 +79,12 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
         "schema_version": EXPORT_SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backbones": [c["backbone"] for c in configs],
-        "members": [{"name": name, "weight": weight, "model_dir": os.path.abspath(model_dir),
+        "members": [{"name": name, "weight": weight, "temperature": temperature,
+                     "model_dir": os.path.abspath(model_dir),
                      "backbone": config["backbone"], "weights": config.get("weights"),
                      "precision": config.get("precision"), "train_crop": config.get("train_crop")}
-                    for (name, weight, model_dir), config in zip(members, configs)],
+                    for (name, weight, model_dir, temperature), config in zip(members, configs)],
+        "order": calibration.ORDER,
         "image_size": image_size,
         "crop": crops[0] if len(crops) == 1 else "mixed: " + ", ".join(crops),
         "served_crop": "none",
@@ -121,7 +126,7 @@ def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | No
     members, chosen_threshold = _members(model_dirs, ensemble, threshold)
     _check_export_dir(export_dir)
     configs, classifiers = [], []
-    for _, _, model_dir in members:
+    for _, _, model_dir, _ in members:
         config = run_folder.load_run_config(model_dir)
         config["train_crop"] = run_folder.train_crop(model_dir, config)
         configs.append(config)
@@ -131,7 +136,7 @@ def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | No
         raise UserInputError(f"the models were trained at different image sizes {sizes}; export them "
                              "separately, or retrain at one size")
     warnings = [f"{c['backbone']} ({d}) was trained on --crop=bbox shards, but served images arrive "
-                "uncropped: expect a shift between validation and serving" for c, (_, _, d) in zip(configs, members)
+                "uncropped: expect a shift between validation and serving" for c, (_, _, d, _) in zip(configs, members)
                 if c["train_crop"] == "bbox"]
     for warning in warnings:
         logging.warning("%s", warning)
@@ -145,8 +150,8 @@ def _write(members, classifiers, threshold, image_size, max_pixels, export_dir, 
     from serving import savedmodel
 
     module = savedmodel.ServingModule(
-        [savedmodel.ServedMember(name, classifier, weight)
-         for (name, weight, _), classifier in zip(members, classifiers)],
+        [savedmodel.ServedMember(name, classifier, weight, temperature)
+         for (name, weight, _, temperature), classifier in zip(members, classifiers)],
         threshold, image_size, max_pixels)
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
@@ -164,7 +169,7 @@ def _write(members, classifiers, threshold, image_size, max_pixels, export_dir, 
 
 def summary(info: dict[str, Any], export_dir: str) -> str:
     """Returns what an export wrote, in a few lines."""
-    members = ", ".join(f"{m['name']} {m['weight']:.3f}" for m in info["members"])
+    members = ", ".join(f"{m['name']} {m['weight']:.3f} (temperature {m['temperature']:.3f})" for m in info["members"])
     lines = [f"exported {members} at {info['image_size']} px, threshold {info['threshold']:.4f} -> {export_dir}",
              f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}"]
     lines += [f"warning: {w}" for w in info["warnings"]]

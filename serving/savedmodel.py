@@ -4,10 +4,16 @@ Each member is the float32 graph train.py saved as `model.keras` (itself a clone
 graph, see `models.precision`); nothing is rebuilt from flags. Signatures:
   serving_default(image_bytes: string [None]) and pixels(pixels: float32 [None, S, S, 3] in 0..255)
   → p_abnormal float32 [None], logit float32 [None], label int32 [None]
-    (+ member_p_abnormal float32 [None, members] for an ensemble).
-One model: logit is its pre-softmax margin z_abnormal - z_normal. An ensemble: p_abnormal is the
-weighted mean of the members' probabilities (as ensemble.py blends) and logit is log(p / (1 - p))
-of that blend. label is p_abnormal >= threshold, compared in float64 as ensemble.py does.
+    (+ p_uncalibrated float32 [None] for one model, member_p_abnormal float32 [None, members] for
+    an ensemble).
+One order, as predict.py and ensemble.py: member logit -> temperature -> probability -> weighted
+blend -> threshold (training/calibration.py; a temperature of 1 leaves a member's probability as
+it is). One model: p_abnormal is its probability after its run's temperature, p_uncalibrated its
+softmax output (what val_predictions.csv and predict.py's p_abnormal column hold), logit its
+pre-softmax margin z_abnormal - z_normal divided by the temperature. An ensemble: p_abnormal is the
+weighted mean of the members' calibrated probabilities, logit is log(p / (1 - p)) of that blend,
+member_p_abnormal the members' softmax outputs. label is p_abnormal >= threshold, compared in
+float64 as ensemble.py does.
 """
 
 from __future__ import annotations
@@ -21,17 +27,19 @@ import tensorflow as tf
 from contracts.export_folder import INPUT_BYTES, INPUT_PIXELS, PIXELS, SERVING_DEFAULT
 from models.heads import OUTPUT_LAYER
 from serving.decode import bytes_to_pixels
+from training.calibration import PROB_EPSILON
 
 BLEND_EPSILON = 1e-12  # keeps the ensemble's logit finite where the blend is exactly 0 or 1
 
 
 @dataclasses.dataclass(frozen=True)
 class ServedMember:
-    """One model of the export: its name, its float32 classifier and its blend weight."""
+    """One model of the export: its name, its float32 classifier, its blend weight and temperature."""
 
     name: str
     classifier: keras.Model
     weight: float
+    temperature: float = 1.0
 
 
 def _probability_and_margin(classifier: keras.Model) -> keras.Model:
@@ -51,6 +59,7 @@ class ServingModule(tf.Module):
         self.networks = [_probability_and_margin(m.classifier) for m in members]
         self.heads = [m.classifier.get_layer(OUTPUT_LAYER) for m in members]
         self.weights = tf.constant([m.weight for m in members], tf.float64)
+        self.temperatures = [float(m.temperature) for m in members]
         self.threshold = tf.constant(threshold, tf.float64)
         self.ensemble = len(members) > 1
         size = image_size
@@ -68,25 +77,35 @@ class ServingModule(tf.Module):
     def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._from_pixels(self._decode(image_bytes))
 
+    @staticmethod
+    def _calibrate(probability: tf.Tensor, temperature: float) -> tf.Tensor:
+        # training.calibration.apply_temperature in float64: the same clipped logit, the same result.
+        if temperature == 1.0:
+            return tf.cast(probability, tf.float64)
+        p = tf.clip_by_value(tf.cast(probability, tf.float64), PROB_EPSILON, 1.0 - PROB_EPSILON)
+        return tf.math.sigmoid((tf.math.log(p) - tf.math.log1p(-p)) / temperature)
+
     def _from_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities, margins = [], []
-        for network, head in zip(self.networks, self.heads):
+        probabilities, calibrated, margins = [], [], []
+        for network, head, temperature in zip(self.networks, self.heads, self.temperatures):
             softmax, features = network(pixels, training=False)
             logits = tf.matmul(tf.cast(features, tf.float32), head.kernel) + head.bias
             probabilities.append(tf.cast(softmax[:, 1], tf.float32))
-            margins.append(logits[:, 1] - logits[:, 0])
+            calibrated.append(self._calibrate(probabilities[-1], temperature))
+            margins.append((logits[:, 1] - logits[:, 0]) / temperature)
         members = tf.stack(probabilities, axis=1)
-        blend = tf.linalg.matvec(tf.cast(members, tf.float64), self.weights)
+        blend = tf.linalg.matvec(tf.stack(calibrated, axis=1), self.weights)
         if self.ensemble:
             clipped = tf.clip_by_value(blend, BLEND_EPSILON, 1.0 - BLEND_EPSILON)
             logit = tf.math.log(clipped) - tf.math.log1p(-clipped)
-            p_abnormal = tf.cast(blend, tf.float32)
         else:
-            logit, p_abnormal = margins[0], probabilities[0]
-        outputs = {"p_abnormal": p_abnormal, "logit": tf.cast(logit, tf.float32),
+            logit = margins[0]
+        outputs = {"p_abnormal": tf.cast(blend, tf.float32), "logit": tf.cast(logit, tf.float32),
                    "label": tf.cast(blend >= self.threshold, tf.int32)}
         if self.ensemble:
             outputs["member_p_abnormal"] = members
+        else:
+            outputs["p_uncalibrated"] = probabilities[0]
         return outputs
 
 
@@ -95,6 +114,8 @@ def output_dtypes(ensemble: bool) -> dict[str, str]:
     outputs = {"p_abnormal": "float32 [None]", "logit": "float32 [None]", "label": "int32 [None]"}
     if ensemble:
         outputs["member_p_abnormal"] = "float32 [None, members]"
+    else:
+        outputs["p_uncalibrated"] = "float32 [None]"
     return outputs
 
 

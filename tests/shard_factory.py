@@ -18,6 +18,12 @@ from contracts import manifest as manifest_lib
 from contracts import records
 
 
+# Patient columns cycle through every subgroup the report shows (and an unknown age).
+VIEWS = ("PA", "AP")
+SEXES = ("M", "F")
+AGES = (12, 25, 47, 68, None)
+
+
 def synthetic_pixels(rng: np.random.Generator, image_size: int, abnormal: bool) -> np.ndarray:
     """Returns a `(image_size, image_size)` uint8 radiograph-like image; abnormal ones have a disc."""
     base = rng.normal(90.0, 12.0, size=(image_size, image_size))
@@ -80,10 +86,12 @@ def write_shards(
                     example = records.make_example(
                         image=encode_png(pixels), image_format="png", image_size=image_size,
                         image_id=image_id, label=label, findings=findings,
-                        patient_id=str(i // 3), view_position="PA",
+                        patient_id=str(i // 3), view_position=VIEWS[i % 2], sex=SEXES[(i // 3) % 2],
+                        age=AGES[(i // 3) % len(AGES)],
                     )
                     writer.write(example.SerializeToString())
-                    rows.append({"image_id": image_id, "label": label, "pixels": pixels})
+                    rows.append({"image_id": image_id, "label": label, "pixels": pixels, "view": VIEWS[i % 2],
+                                 "sex": SEXES[(i // 3) % 2], "age": AGES[(i // 3) % len(AGES)]})
         abnormal_count = sum(r["label"] == 1 for r in rows)
         manifest_splits[split] = {
             "records": len(rows),

@@ -152,6 +152,22 @@ def test_fit_with_a_fixed_threshold_or_fixed_weights_fits_only_the_other():
         blend.fit(probs, labels, weights=np.array([0.0, 1.0, 0.0]), threshold=0.5)
 
 
+def _logit(p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def _logistic_slope(labels, probs):
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-10, max_iter=10_000)
+    return float(model.fit(_logit(probs)[:, None], labels).coef_[0, 0])
+
+
 def test_run_ensemble_fits_on_validation_files_and_applies_the_result(tmp_path):
     rng = np.random.default_rng(2)
     labels, probs = _validation_set(rng)
@@ -163,11 +179,17 @@ def test_run_ensemble_fits_on_validation_files_and_applies_the_result(tmp_path):
         fit_paths.append(path)
     paths = _write_models(str(tmp_path), labels=None)
     result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=fit_paths, fit_step=0.1, bootstrap=0)
-    expected = blend.fit(probs, labels, step=0.1)
+    # The one order, computed independently: each member's temperature as the inverse slope of an
+    # intercept-free logistic regression on its logit, then weights and threshold on the calibrated members.
+    temperatures = [1.0 / _logistic_slope(labels, probs[:, m]) for m in range(probs.shape[1])]
+    calibrated = np.stack([_sigmoid(_logit(probs[:, m]) / t) for m, t in enumerate(temperatures)], axis=1)
+    expected = blend.fit(calibrated, labels, step=0.1)
     assert list(result.weights.values()) == pytest.approx(list(expected.weights))
     assert result.threshold == pytest.approx(expected.threshold)
-    assert max(result.weights, key=result.weights.get) == "densenet121"  # the sharp column
-    decisions = blend.decide(blend.blend(PROBS, expected.weights), expected.threshold)
+    recorded = json.loads(open(tmp_path / "sub.probabilities.json").read())["temperatures"]
+    assert list(recorded.values()) == pytest.approx(temperatures, rel=1e-3)
+    test_members = np.stack([_sigmoid(_logit(PROBS[:, m]) / t) for m, t in enumerate(temperatures)], axis=1)
+    decisions = blend.decide(blend.blend(test_members, expected.weights), expected.threshold)
     assert _submission(result.submission) == dict(zip(IDS, decisions))
     assert result.metrics is None  # the test files carry no labels
     assert "balanced accuracy" in ensembling.summary(result)
@@ -211,6 +233,8 @@ def test_the_ensemble_is_compared_with_the_member_best_on_validation_not_on_test
                                      report_dir=str(tmp_path / "report"), bootstrap=200)
     gain = result.gain
     assert gain["best_single"] == "resnet50"  # chosen on validation, never on the reported records
+    temperatures = json.loads(open(tmp_path / "sub.probabilities.json").read())["temperatures"]
+    probs = np.stack([_sigmoid(_logit(probs[:, m]) / temperatures[name]) for m, name in enumerate(names)], axis=1)
     blended = blend.blend(probs, np.array(list(result.weights.values())))
     assert gain["ensemble_auroc"] == pytest.approx(roc_auc_score(labels, blended))
     assert gain["best_single_auroc"] == pytest.approx(roc_auc_score(labels, probs[:, 1]))

@@ -1,5 +1,6 @@
 """The offline builder: round trip, splits, crop, decoding, bad inputs, resume and determinism."""
 
+import csv
 import io
 import json
 import os
@@ -63,6 +64,15 @@ def test_round_trip_ids_labels_pixels_over_several_shards(synthetic_data, tmp_pa
         entries[cells[0]] = cells
     seen = [r["image_id"] for rs in got.values() for r in rs]
     assert sorted(seen) == sorted(entries)  # every image exactly once
+    expected_boxes = {}
+    for cells in list(csv.reader(open(os.path.join(synthetic_data, "BBox_List_2017.csv"))))[1:]:
+        finding = "Infiltration" if cells[1] == "Infiltrate" else cells[1]  # the bbox file's spelling
+        expected_boxes.setdefault(cells[0], []).append((finding, *(float(v) for v in cells[2:6])))
+    assert expected_boxes
+    for record in (r for rs in got.values() for r in rs):  # every box, with its finding, in file order
+        expected = expected_boxes.get(record["image_id"], [])
+        assert [b.finding for b in record["boxes"]] == [e[0] for e in expected]
+        np.testing.assert_allclose([b.xywh for b in record["boxes"]], [e[1:] for e in expected], rtol=1e-6)
     for record in got["train"][:10]:
         row = entries[record["image_id"]]
         assert record["label"] == int(row[1] != "No Finding")
@@ -115,6 +125,7 @@ def test_crop_to_box_scaled_from_the_1024_frame(tmp_path):
     got = {r["image_id"]: r for r in read_records(cfg.output_dir)["all"]}
     # a.png: union of the two boxes = (0, 0, 768, 768) in 1024 → (0, 0, 192, 192) in 256 px.
     assert got["a.png"]["crop_applied"] and got["a.png"]["box"] == [0, 0, 768, 768]
+    assert got["a.png"]["boxes"] == [("Mass", 256, 512, 512, 256), ("Mass", 0, 0, 4, 4)]  # kept apart, with findings
     expected = Image.fromarray(source).resize((16, 16), Image.Resampling.BICUBIC, box=(0, 0, 192, 192),
                                               reducing_gap=images.REDUCING_GAP)
     np.testing.assert_array_equal(pixels(got["a.png"]), np.asarray(expected))
@@ -251,6 +262,23 @@ def test_rerun_with_other_flags_refuses_unless_overwrite(synthetic_data, tmp_pat
     result = builder.build(config_for(synthetic_data, str(tmp_path), image_size=16, overwrite=True))
     assert result.manifest["config"]["image_size"] == 16
     assert read_records(str(tmp_path))["train"][0]["image_size"] == 16
+
+
+def test_a_rerun_over_records_of_an_older_format_rebuilds_them_without_overwrite(synthetic_data, tmp_path):
+    out = str(tmp_path)
+    builder.build(config_for(synthetic_data, out, crop="none"))
+    stamp_path = os.path.join(out, builder.STATE_DIR, "build.json")
+    stamp = json.load(open(stamp_path))
+    old_shard = sorted(n for n in os.listdir(out) if n.endswith(".tfrecord"))[0]
+    with open(os.path.join(out, old_shard), "wb") as f:  # stands for a shard without per-box findings
+        f.write(b"")
+    del stamp["schema_version"]  # as builders before schema 4 wrote it
+    json.dump({**stamp, "plan": "digest of an older plan"}, open(stamp_path, "w"))
+    result = builder.build(config_for(synthetic_data, out, crop="none"))
+    assert result.ok and any(r["boxes"] for r in read_records(out)["train"])
+    assert os.path.getsize(os.path.join(out, old_shard)) > 0  # rewritten, not kept as finished
+    with pytest.raises(BuildError, match="flags differ: image_size"):  # other flags still refuse
+        builder.build(config_for(synthetic_data, out, crop="none", image_size=16))
 
 
 def is_final_shard(name: str) -> bool:

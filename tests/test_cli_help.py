@@ -15,6 +15,7 @@ TOOLS = {
     "predict.py": ["--model_dir", "--batch_size", "(default: '64')", "--bootstrap"],
     "ensemble.py": ["--predictions", "--fit_on", "efficientnet_b3 0.6", "(default: '0.05')"],
     "export.py": ["--export_dir", "--ensemble", "--threshold"],
+    "explain.py": ["--image_ids", "--per_group", "(default: '4')", "explanations.json"],
     "demo.py": ["--data_dir", "--backbones", "(default: 'efficientnet_b3,resnet50,densenet121')"],
     "data_service.py": ["--role: <dispatcher|worker>", "--dispatcher", "5050 for the dispatcher"],
     os.path.join("preprocess", "build_tfrecords.py"): ["--image_dir", "--max_image_pixels", "(default: '64000000')",
@@ -48,6 +49,7 @@ def test_help_lists_the_tools_flags_without_tensorflow(script):
 
 CONSOLE_SCRIPTS = {"cxr-build": "--image_dir", "cxr-synthetic": "--num_patients", "cxr-train": "--backbone",
                    "cxr-predict": "--model_dir", "cxr-ensemble": "--predictions", "cxr-export": "--export_dir",
+                   "cxr-explain": "--per_group",
                    "cxr-demo": "--backbones", "cxr-data-service": "--role"}
 
 

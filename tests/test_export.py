@@ -103,14 +103,27 @@ def test_single_model_serves_what_predict_computed_and_loads_without_the_project
     info = exporter.run_export([runs["dirs"][0]], str(export_dir), threshold=0.3)
     ids, image_bytes, pixels = _val_rows(runs)
     out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
-    predicted = pd.read_csv(runs["predictions"][0]).set_index("image_id").loc[ids, "p_abnormal"].to_numpy()
+    frame = pd.read_csv(runs["predictions"][0]).set_index("image_id").loc[ids]
+    raw, predicted = frame["p_abnormal"].to_numpy(), frame["p_calibrated"].to_numpy()
+    # The run's temperature, fitted here independently: the inverse slope of an intercept-free
+    # logistic regression of the validation labels on the validation logits.
+    from sklearn.linear_model import LogisticRegression
+
+    val = pd.read_csv(os.path.join(runs["dirs"][0], "val_predictions.csv"))
+    z = np.log(np.clip(val.p_abnormal, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(val.p_abnormal, 1e-7, 1 - 1e-7))
+    slope = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-10).fit(z.to_numpy()[:, None], val.label).coef_
+    temperature = 1 / float(slope[0, 0])
+    assert info["members"][0]["temperature"] == pytest.approx(temperature, rel=1e-3) and temperature != 1.0
+    np.testing.assert_allclose(predicted, 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature)), atol=1e-4)
     np.testing.assert_allclose(out["pixels_p_abnormal"], predicted, atol=1e-5)
     np.testing.assert_allclose(out["bytes_p_abnormal"], predicted, atol=1e-5)  # same size: exact decode
+    np.testing.assert_allclose(out["bytes_p_uncalibrated"], raw, atol=1e-5)  # = training's val_predictions
     assert np.ptp(predicted) > 1e-3  # the comparison bites only if the output depends on the image
-    # The logit is the pre-softmax margin: its sigmoid is the probability, beyond the softmax's range.
+    # The logit is the pre-softmax margin over the temperature: its sigmoid is the served probability.
     np.testing.assert_allclose(1 / (1 + np.exp(-out["bytes_logit"].astype(np.float64))), predicted, atol=1e-5)
     np.testing.assert_array_equal(out["bytes_label"], (predicted >= 0.3).astype(np.int32))
-    assert set(out) == {f"{s}_{k}" for s in ("bytes", "pixels") for k in ("p_abnormal", "logit", "label")}
+    assert set(out) == {f"{s}_{k}" for s in ("bytes", "pixels")
+                        for k in ("p_abnormal", "logit", "label", "p_uncalibrated")}
     with open(export_dir / exporter.EXPORT_INFO) as f:
         assert json.load(f) == info
     assert info["threshold"] == 0.3 and info["image_size"] == SIZE and info["backbones"] == ["tiny_test"]
@@ -133,6 +146,25 @@ def test_ensemble_serves_the_blend_ensemble_py_wrote(runs, tmp_path):
     np.testing.assert_allclose(out["pixels_p_abnormal"], 0.7 * members[0] + 0.3 * members[1], atol=1e-5)
     assert [m["weight"] for m in info["members"]] == pytest.approx([0.7, 0.3])
     assert info["threshold"] == pytest.approx(0.45)
+
+
+def test_an_ensemble_with_fitted_temperatures_serves_what_ensemble_py_blended(runs, tmp_path):
+    submission = str(tmp_path / "fitted" / "submission.csv")
+    fit_on = [os.path.join(d, "val_predictions.csv") for d in runs["dirs"]]
+    ensembling.run_ensemble(runs["predictions"], submission, fit_on=fit_on, fit_step=0.1, bootstrap=0)
+    info = exporter.run_export(runs["dirs"], str(tmp_path / "served"), ensemble=ensemble_file.ensemble_path(submission))
+    temperatures = [m["temperature"] for m in info["members"]]
+    assert all(abs(t - 1.0) > 1e-3 for t in temperatures)  # the comparison bites only with real temperatures
+    ids, image_bytes, pixels = _val_rows(runs)
+    out = _serve_in_clean_process(tmp_path / "served", image_bytes, pixels, tmp_path)
+    blended = pd.read_csv(ensemble_file.blend_path(submission)).set_index("image_id").loc[ids, "p_abnormal"]
+    np.testing.assert_allclose(out["bytes_p_abnormal"], blended, atol=1e-5)
+    # Independently: each member's raw probability through its temperature, then the weighted mean.
+    raw = np.stack([pd.read_csv(p).set_index("image_id").loc[ids, "p_abnormal"] for p in runs["predictions"]], axis=1)
+    calibrated = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / np.array(temperatures)))
+    weights = np.array([m["weight"] for m in info["members"]])
+    np.testing.assert_allclose(out["pixels_p_abnormal"], calibrated @ weights, atol=1e-5)
+    np.testing.assert_array_equal(out["bytes_label"], (calibrated @ weights >= info["threshold"]).astype(np.int32))
 
 
 def _encoded(mode: str, height: int, width: int) -> bytes:
@@ -272,7 +304,8 @@ def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(run
     out = str(tmp_path / "real.csv")
     prediction.run_prediction([runs["dirs"][0]], shards, "eval", out, batch_size=16, strategy="default",
                               precision="float32", bootstrap=0, progress=False)
-    offline = pd.read_csv(out).set_index("image_id")["p_abnormal"]
+    offline_frame = pd.read_csv(out).set_index("image_id")
+    offline = offline_frame["p_calibrated"]  # served: after the run's temperature
     export_dir = tmp_path / "served"
     exporter.run_export([runs["dirs"][0]], str(export_dir))
     paths = {os.path.basename(p): p for p in sorted(
@@ -283,6 +316,8 @@ def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(run
     served = tf.saved_model.load(str(export_dir)).signatures["serving_default"](image_bytes=tf.constant(data))
     gap = np.abs(served["p_abnormal"].numpy() - offline.loc[ids].to_numpy())
     assert gap.max() <= 0.01
+    raw_gap = np.abs(served["p_uncalibrated"].numpy() - offline_frame["p_abnormal"].loc[ids].to_numpy())
+    assert raw_gap.max() <= 0.01
     assert np.ptp(offline.to_numpy()) > 1e-3  # the model's output depends on the pixels
     # And the pixels themselves: the graph's decode + resize against what the builder stored.
     stored = {}

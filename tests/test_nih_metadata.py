@@ -6,6 +6,7 @@ import os
 import pytest
 
 from contracts import labels
+from contracts.boxes import FindingBox
 from preprocess import nih_metadata as md
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
@@ -38,8 +39,10 @@ def test_real_bbox_csv_has_984_boxes_on_880_images(nih_sample):
     assert not problems
     assert len(boxes) == 880
     assert sum(len(b) for b in boxes.values()) == 984
-    x, y, w, h = boxes["00013118_008.png"][0]
-    assert (round(x, 3), round(y, 3)) == (225.085, 547.019)
+    first = boxes["00013118_008.png"][0]
+    assert first.finding == "Atelectasis" and (round(first.x, 3), round(first.y, 3)) == (225.085, 547.019)
+    findings = {b.finding for image in boxes.values() for b in image}
+    assert "Infiltration" in findings and findings <= set(labels.FINDINGS)  # spelled "Infiltrate" in the file
 
 
 def test_gzip_and_crlf_and_trailing_comma_dialect(tmp_path):
@@ -97,10 +100,11 @@ def test_union_box_and_invalid_boxes():
 
 def test_bbox_rows_with_unreadable_numbers_are_reported(tmp_path):
     path = tmp_path / "b.csv"
-    path.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Mass,1,2,3,4\nb.png,Mass,x,2,3,4\n")
+    path.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Mass,1,2,3,4\nb.png,Mass,x,2,3,4\n"
+                    "a.png,Infiltrate,5,6,7,8\nc.png,Tumour,1,2,3,4\n")
     boxes, problems = md.read_bbox_csv(str(path))
-    assert boxes == {"a.png": [(1.0, 2.0, 3.0, 4.0)]}
-    assert [p.image for p in problems] == ["b.png"]
+    assert boxes == {"a.png": [FindingBox("Mass", 1.0, 2.0, 3.0, 4.0), FindingBox("Infiltration", 5.0, 6.0, 7.0, 8.0)]}
+    assert [p.image for p in problems] == ["b.png", "c.png"] and "unknown finding 'Tumour'" in problems[1].reason
 
 
 @pytest.mark.parametrize("value, years", [("058Y", 58), ("58", 58), (" 62 ", 62), (62, 62), ("062M", 5),
@@ -112,9 +116,11 @@ def test_ages_read_tolerantly(value, years):
 
 
 def test_labels_csv_by_id_or_findings(tmp_path):
+    from contracts.labels_csv import read_labels_csv
+
     path = tmp_path / "labels.csv"
     path.write_text("Image Index,Finding Labels\na.png,No Finding\nb.dcm,Nodule|Mass\n")
-    assert md.read_labels_csv(str(path)) == {"a.png": 0, "b.dcm": 1}
+    assert read_labels_csv(str(path)) == {"a.png": 0, "b.dcm": 1}
     path.write_text("SOPInstanceUID,label\n1.2.3,1\n1.2.4,maybe\n")
     with pytest.raises(ValueError, match="line 3: label='maybe' is not a label"):
-        md.read_labels_csv(str(path))
+        read_labels_csv(str(path))

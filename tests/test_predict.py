@@ -53,7 +53,15 @@ def test_every_record_once_with_its_own_prediction(labeled, tmp_path):
                                        batch_size=4, bootstrap=20, progress=False)
     assert result.outputs == {"tiny_test": output} and result.records == RECORDS
     frame = pd.read_csv(output, dtype={"image_id": str})
-    assert list(frame.columns) == ["image_id", "p_abnormal", "label"]
+    assert list(frame.columns) == ["image_id", "p_abnormal", "label", "p_calibrated", "view_position",
+                                   "patient_sex", "patient_age"]
+    # The patient columns come from each image's own record; without a fitted temperature (this run
+    # has no val_predictions.csv) the calibrated column is the raw one.
+    written = {r["image_id"]: r for r in labeled["written"]}
+    assert [(written[i]["view"], written[i]["sex"], written[i]["age"] or -1) for i in frame.image_id] == list(
+        zip(frame.view_position, frame.patient_sex, frame.patient_age))
+    np.testing.assert_array_equal(frame.p_calibrated, frame.p_abnormal)
+    frame = frame[["image_id", "p_abnormal", "label"]]
     assert sorted(frame.image_id) == sorted(r["image_id"] for r in labeled["written"])
     assert frame.image_id.is_unique and list(frame.image_id) == sorted(frame.image_id)
     # Each row holds the model's output for that very image, whatever the batching.
@@ -90,7 +98,8 @@ def test_unlabeled_split_has_no_label_column_and_no_report(tmp_path, labeled):
     write_shards(shards, {"eval": 5}, image_size=SIZE, labeled=False)
     result = prediction.run_prediction([labeled["model_dir"]], shards, "eval", str(tmp_path / "p.csv"),
                                        batch_size=2, progress=False)
-    assert list(pd.read_csv(tmp_path / "p.csv").columns) == ["image_id", "p_abnormal"]
+    assert list(pd.read_csv(tmp_path / "p.csv").columns)[:2] == ["image_id", "p_abnormal"]
+    assert "label" not in pd.read_csv(tmp_path / "p.csv").columns
     assert result.metrics is None and result.report_dir is None
     assert not (tmp_path / "p_report").exists()
 
@@ -267,3 +276,26 @@ def test_training_crop_comes_from_config_then_val_sidecar_then_manifest(tmp_path
     assert run_folder.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) is None
     (tmp_path / run_folder.VAL_SIDECAR).write_text(json.dumps({"backbone": "resnet50", "train_crop": "bbox"}))
     assert run_folder.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) == "bbox"
+
+
+def test_a_second_label_set_rescores_the_same_predictions(labeled, tmp_path):
+    """--labels_csv on a shard folder: the report scores the predictions against another reading."""
+    from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+    written = sorted(labeled["written"], key=lambda r: r["image_id"])
+    other = {r["image_id"]: 1 - r["label"] if i % 4 == 0 else r["label"] for i, r in enumerate(written[:-2])}
+    path = tmp_path / "panel.csv"
+    path.write_text("image_id,label\n" + "".join(f"{k},{v}\n" for k, v in other.items()))
+    output = str(tmp_path / "preds.csv")
+    result = prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", output, batch_size=4,
+                                       bootstrap=0, progress=False, labels_csv=str(path))
+    frame = pd.read_csv(output, dtype={"image_id": str}).set_index("image_id")
+    shared = sorted(other)
+    rescored = json.loads((tmp_path / "preds_report" / "other_labels.json").read_text())
+    assert (rescored["shared"], rescored["only_in_predictions"]) == (len(written) - 2, 2)
+    expected = roc_auc_score([other[i] for i in shared], frame.loc[shared, "p_calibrated"])
+    assert rescored["metrics"]["tiny_test"]["auroc"] == pytest.approx(expected)
+    own = [int(frame.loc[i, "label"]) for i in shared]
+    assert rescored["agreement_with_own_labels"]["kappa"] == pytest.approx(
+        cohen_kappa_score(own, [other[i] for i in shared]))
+    assert "Cohen's kappa" in prediction.summary(result)

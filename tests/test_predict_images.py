@@ -94,7 +94,7 @@ def test_an_ensemble_file_blends_the_members_with_its_weights(setting, tmp_path)
     ensemble = str(tmp_path / "submission.probabilities.json")
     write_predictions(ensemble[:-5] + ".csv", np.array(["x"]), np.array([0.5]), None, sidecar={
         "backbone": "ensemble", "schema_version": ensemble_file.SCHEMA_VERSION, "threshold": 0.4,
-        "inputs": ensemble_file.member_records(names, [{"model_dir": r} for r in runs], ["a", "b"], [0.25, 0.75])})
+        "inputs": ensemble_file.member_records(names, [{"model_dir": r} for r in runs], ["a", "b"], [0.25, 0.75], [1.0, 1.0])})
     output = str(tmp_path / "blend.csv")
     done = _predict(setting, tmp_path, *[f"--model_dir={r}" for r in runs], f"--ensemble={ensemble}",
                     f"--images={os.path.join(setting['folder'], '*.png')}", f"--output={output}")

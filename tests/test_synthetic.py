@@ -10,6 +10,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from contracts import labels
+from contracts.boxes import BBOX_CSV_SPELLING
 from preprocess import synthetic, synthetic_radiographs
 
 SIZE = 128
@@ -81,7 +82,7 @@ def test_findings_are_the_radiograph_kinds_and_boxes_name_them(radiographs):
     with open(os.path.join(out, "BBox_List_2017.csv")) as f:
         next(f)
         boxed = {line.split(",")[1] for line in f}
-    spelled = {synthetic.BBOX_SPELLING.get(k, k) for k in kinds}
+    spelled = {BBOX_CSV_SPELLING.get(k, k) for k in kinds}
     assert boxed and boxed <= spelled
 
 

@@ -8,11 +8,13 @@ import zipfile
 from typing import Any
 
 import keras
+import numpy as np
 
 from contracts import run_folder
 from contracts.atomic import atomic_path, json_ready, write_text
 from contracts.prediction_files import write_predictions
 from models import precision
+from training import calibration
 from training.validation import Scores
 
 
@@ -65,12 +67,28 @@ class ModelExporter:
                 archive.writestr(run_folder.MODEL_RUN_ENTRY, json.dumps({"epoch": epoch}))
 
 
+def calibration_record(labels, probs) -> dict[str, Any]:
+    """The run's own temperature, fitted on its validation predictions, with what it changes there:
+    `run_folder.TEMPERATURE` (None when validation holds one class) and `run_folder.CALIBRATION`."""
+    temperature = calibration.fit_temperature(labels, probs)
+    applied = probs if temperature is None else calibration.apply_temperature(probs, temperature)
+    return {run_folder.TEMPERATURE: temperature, run_folder.CALIBRATION: json_ready({
+        "fitted_on": run_folder.VAL_PREDICTIONS, "records": int((labels >= 0).sum()),
+        "nll_before": calibration.negative_log_likelihood(labels[labels >= 0], probs[labels >= 0]),
+        "nll_after": calibration.negative_log_likelihood(labels[labels >= 0], applied[labels >= 0]),
+        "ece_before": calibration.expected_calibration_error(labels, probs),
+        "ece_after": calibration.expected_calibration_error(labels, applied)})}
+
+
 def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any]) -> str:
-    """Writes `val_predictions.csv` (image_id, p_abnormal, label) and its sidecar `val_predictions.json`.
+    """Writes `val_predictions.csv` (image_id, p_abnormal, label) and its sidecar `val_predictions.json`,
+    which also records the run's temperature fitted on these predictions (`calibration_record`).
 
     Returns:
       The CSV path.
     """
     path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
-    write_predictions(path, scores.image_ids, scores.probabilities[:, 1], scores.labels, sidecar=sidecar)
+    probs = scores.probabilities[:, 1].astype(np.float64)
+    sidecar = {**sidecar, **calibration_record(np.asarray(scores.labels), probs)}
+    write_predictions(path, scores.image_ids, probs, scores.labels, sidecar=sidecar)
     return path

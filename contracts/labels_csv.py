@@ -1,0 +1,93 @@
+"""A labels CSV: another reading of the same images (a radiologist panel, a hospital's own labels).
+
+One reader for every tool that takes `--labels_csv`: the builder labels an unlabeled folder with it,
+`predict.py --images` labels raw files, and `predict.py`/`ensemble.py` rescore their predictions
+against it. Rows are keyed by the first of `ID_COLUMNS` present: a record's id (a file name, or a
+DICOM file's path under the image folder) or a DICOM SOPInstanceUID. The label is, in order of
+preference, a `label` column, NIH's `Finding Labels` ("No Finding" is normal), or the one other
+column there is; values 0/1 or YES/NO (any case). Plain or gzip.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+
+from contracts import labels, storage
+
+GZIP_MAGIC = b"\x1f\x8b"
+ID_COLUMNS = ("image_id", "Image Index", "SOPInstanceUID")
+LABEL_COLUMN = "label"
+FINDING_LABELS = "Finding Labels"
+_VALUES = {"0": labels.LABEL_NORMAL, "1": labels.LABEL_ABNORMAL, "no": labels.LABEL_NORMAL,
+           "yes": labels.LABEL_ABNORMAL}
+
+
+def open_text(path: str) -> io.TextIOBase:
+    """Opens a plain or gzip-compressed CSV as text (universal newlines handle CRLF).
+
+    A bucket URL (`gs://...`) is read whole through `contracts.storage` (NIH's largest CSV is 2 MB
+    gzipped); a local file is streamed.
+    """
+    if storage.is_url(path):
+        data = storage.read_bytes(path)
+        data = gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == GZIP_MAGIC
+    if gzipped:
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
+
+
+def _value_column(path: str, header: list[str], key: str) -> str:
+    if LABEL_COLUMN in header:
+        return LABEL_COLUMN
+    if FINDING_LABELS in header:
+        return FINDING_LABELS
+    others = [h for h in header if h and h != key]
+    if len(others) == 1:
+        return others[0]
+    raise ValueError(f"{path}: needs a key column ({', '.join(ID_COLUMNS)}) and one label column "
+                     f"('{LABEL_COLUMN}' of 0/1 or YES/NO, or '{FINDING_LABELS}'); header has: {header}")
+
+
+def _parse(column: str, raw: str) -> int | None:
+    if column == FINDING_LABELS:
+        try:
+            return labels.parse_finding_labels(raw)[0]
+        except ValueError:
+            return None
+    return _VALUES.get(raw.lower())
+
+
+def read_labels_csv(path: str) -> dict[str, int]:
+    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal).
+
+    Raises:
+      ValueError: no key or label column, a value other than 0/1/YES/NO (or NIH findings), an
+        empty key, or a key listed twice; the message names the line and the fix.
+    """
+    with open_text(path) as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        key = next((c for c in ID_COLUMNS if c in header), None)
+        if key is None:
+            raise ValueError(f"{path}: needs a key column ({', '.join(ID_COLUMNS)}); header has: {header}")
+        column = _value_column(path, header, key)
+        found: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            raw = (row.get(column) or "").strip()
+            label = _parse(column, raw)
+            if label is None:
+                raise ValueError(f"{path} line {line}: {column}={raw!r} is not a label; use 0/1, YES/NO"
+                                 f"{' or NIH findings' if column == FINDING_LABELS else ''}")
+            name = (row.get(key) or "").strip()
+            if not name:
+                raise ValueError(f"{path} line {line}: empty {key}; every row needs an image id")
+            if name in found:
+                raise ValueError(f"{path} line {line}: {key} {name!r} is listed twice; keep one row per image")
+            found[name] = label
+    return found

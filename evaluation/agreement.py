@@ -1,0 +1,108 @@
+"""Another label set for the same predictions (`--labels_csv`): rescoring and agreement.
+
+NIH's labels were mined from reports and agree with a three-radiologist panel on about 73% of
+images, so a model's numbers against them are numbers against a noisy reference. A second reading
+of the same images (a panel's normal/abnormal calls, a hospital's own labels) rescores the very
+same probabilities, and Cohen's kappa says how far the two readings agree beyond chance. Ids in
+one and not the other are counted, not refused: the images both share are scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from sklearn.metrics import cohen_kappa_score
+
+from contracts.atomic import json_ready, write_json
+from contracts.errors import UserInputError
+from contracts.labels_csv import read_labels_csv
+
+if TYPE_CHECKING:
+    from evaluation.report import Scores
+
+OTHER_LABELS_FILE = "other_labels.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class OtherLabels:
+    """A labels CSV read for rescoring: its path and image id -> 0/1."""
+
+    path: str
+    labels: dict[str, int]
+
+
+def load_other_labels(path: str) -> OtherLabels:
+    """Reads `--labels_csv` with the one labels reader.
+
+    Raises:
+      UserInputError: missing file, duplicate ids or values other than 0/1/YES/NO (one line).
+    """
+    if not os.path.isfile(path):
+        raise UserInputError(f"--labels_csv={path} does not exist")
+    try:
+        return OtherLabels(path, read_labels_csv(path))
+    except ValueError as err:
+        raise UserInputError(f"--labels_csv: {err}") from None
+
+
+def agreement(own: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """Cohen's kappa and raw agreement between two 0/1 label vectors of the same images."""
+    if not len(own):
+        return {"images": 0, "kappa": math.nan, "agreement": math.nan}
+    same = own == other
+    # Kappa is undefined (0/0) when both readings use one and the same class throughout.
+    kappa = math.nan if len(set(own) | set(other)) < 2 else float(cohen_kappa_score(own, other))
+    return {"images": int(len(own)), "kappa": kappa, "agreement": float(same.mean()),
+            "own_abnormal_other_normal": int(((own == 1) & (other == 0)).sum()),
+            "own_normal_other_abnormal": int(((own == 0) & (other == 1)).sum())}
+
+
+def rescore(other: OtherLabels, ids: np.ndarray, scores: Sequence["Scores"], bootstrap: int) -> dict[str, Any]:
+    """Scores every entry against `other` on the images both share; with the entries' own labels
+    known, also their agreement with `other`."""
+    from evaluation import report as report_lib
+
+    ids = np.asarray(ids).astype(str)
+    present = np.array([i in other.labels for i in ids])
+    other_labels = np.array([other.labels.get(i, -1) for i in ids], dtype=np.int64)
+    result: dict[str, Any] = {"labels_csv": os.path.abspath(other.path), "shared": int(present.sum()),
+                              "only_in_predictions": int((~present).sum()),
+                              "only_in_labels_csv": int(len(set(other.labels) - set(ids)))}
+    own = np.asarray(scores[0].labels) if scores else None
+    if own is not None and (own >= 0).any():
+        both = present & (own >= 0)
+        result["agreement_with_own_labels"] = agreement(own[both], other_labels[both])
+    if present.any():
+        result["metrics"] = {s.name: report_lib.compute_metrics(np.where(present, other_labels, -1), s.probs,
+                                                               s.threshold, bootstrap=bootstrap) for s in scores}
+    return json_ready(result)
+
+
+def write_other_labels(report_dir: str, other: OtherLabels, ids: np.ndarray, scores: Sequence["Scores"],
+                       bootstrap: int) -> dict[str, Any]:
+    """Writes report_dir/OTHER_LABELS_FILE and returns it."""
+    result = rescore(other, ids, scores, bootstrap)
+    os.makedirs(report_dir, exist_ok=True)
+    write_json(os.path.join(report_dir, OTHER_LABELS_FILE), result)
+    return result
+
+
+def format_other_labels(result: dict[str, Any]) -> str:
+    """A few lines: counts, kappa, and each entry's AUROC against the other labels."""
+    lines = [f"against {result['labels_csv']}: {result['shared']} images shared, "
+             f"{result['only_in_predictions']} only in the predictions, {result['only_in_labels_csv']} only in "
+             "the labels CSV"]
+    agree = result.get("agreement_with_own_labels")
+    if agree:
+        kappa = "n/a" if agree["kappa"] is None else f"{agree['kappa']:.3f}"
+        shown = "n/a" if agree["agreement"] is None else f"{agree['agreement']:.1%}"
+        lines.append(f"  agreement with the records' own labels on {agree['images']} images: {shown}, "
+                     f"Cohen's kappa {kappa}")
+    for name, metrics in (result.get("metrics") or {}).items():
+        auroc = "n/a" if metrics["auroc"] is None else f"{metrics['auroc']:.3f}"
+        lines.append(f"  {name}: AUROC {auroc} on {metrics['records']} images against these labels")
+    return "\n".join(lines)

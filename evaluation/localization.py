@@ -1,0 +1,149 @@
+"""Scoring heatmaps against expert boxes: the pointing game and the energy inside the boxes.
+
+For one image with boxes (in stored-image pixels, `contracts.boxes.stored_box`):
+- pointing game: a hit when the map's maximum (the first one in row-major order) falls on a pixel
+  inside one of the boxes; a map with no maximum (all zeros, or flat) is a miss;
+- energy in the boxes: the map's sum over pixels inside the boxes divided by its sum over the image
+  (0 for an all-zero map).
+A pixel is inside a box when its centre is; a box too small to hold a pixel centre marks the pixel
+holding its own centre, so every box covers at least one pixel. Overall, an image counts its
+boxes of every finding; per finding, only that finding's boxes.
+
+Each number is reported beside the same number for a baseline map that ignores the image: a
+centred Gaussian (sigma a fixed fraction of the side, `settings.LOCALIZATION_BASELINE_SIGMA`),
+which is "look at the middle", and the boxes' share of the image (what a flat map's energy would be).
+No TensorFlow: plain numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from evaluation import settings
+
+ALL_FINDINGS = "all"  # the summary's row over every box
+
+
+def _span(start: float, end: float, size: int) -> np.ndarray:
+    """The pixels along one axis whose centres lie in [start, end]; the pixel holding the middle of
+    a span too thin to hold a centre; none for a span outside [0, size)."""
+    if end <= 0 or start >= size:
+        return np.zeros(size, bool)
+    centres = np.arange(size) + 0.5
+    inside = (centres >= start) & (centres <= end)
+    if not inside.any():
+        inside = np.arange(size) == min(max(int(math.floor((start + end) / 2)), 0), size - 1)
+    return inside
+
+
+def box_mask(boxes: Sequence[Sequence[float]], image_size: int) -> np.ndarray:
+    """Returns the (S, S) bool mask of pixels inside any of `boxes` ((left, top, right, bottom),
+    stored-image pixel units, where pixel (i, j) spans [j, j + 1) x [i, i + 1))."""
+    mask = np.zeros((image_size, image_size), bool)
+    for left, top, right, bottom in boxes:
+        mask |= _span(top, bottom, image_size)[:, None] & _span(left, right, image_size)[None, :]
+    return mask
+
+
+def pointing_hit(heatmap: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the map's first maximum (row-major) lies in `mask`; a flat or empty map misses."""
+    if not np.any(heatmap > heatmap.min()):
+        return False
+    return bool(mask.flat[int(np.argmax(heatmap))])
+
+
+def energy_fraction(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """The share of the map's (non-negative) sum that lies in `mask`; 0 for an all-zero map."""
+    total = float(np.sum(heatmap, dtype=np.float64))
+    return float(np.sum(heatmap[mask], dtype=np.float64)) / total if total > 0 else 0.0
+
+
+def centred_gaussian(image_size: int, sigma: float = settings.LOCALIZATION_BASELINE_SIGMA) -> np.ndarray:
+    """The baseline map: exp(-d^2 / (2 (sigma S)^2)), d the distance of a pixel centre from the
+    image's centre, S the side."""
+    centres = np.arange(image_size) + 0.5 - image_size / 2
+    d2 = centres[:, None] ** 2 + centres[None, :] ** 2
+    return np.exp(-d2 / (2 * (sigma * image_size) ** 2)).astype(np.float32)
+
+
+class LocalizationTally:
+    """Accumulates per-image scores of maps (and of the baseline) over a split's boxed images."""
+
+    def __init__(self, image_size: int, sigma: float = settings.LOCALIZATION_BASELINE_SIGMA):
+        self.image_size = image_size
+        self.sigma = sigma
+        self.baseline = centred_gaussian(image_size, sigma)
+        self.images: list[dict[str, Any]] = []
+
+    def add(self, image_id: str, heatmap: np.ndarray, boxes: Mapping[str, Sequence[Sequence[float]]]) -> None:
+        """Scores one image's (S, S) map against its boxes: finding -> [(left, top, right, bottom)]."""
+        masks = {finding: box_mask(found, self.image_size) for finding, found in boxes.items()}
+        masks = {finding: mask for finding, mask in masks.items() if mask.any()}  # boxes off the image
+        if not masks:
+            return
+        counts = {finding: len(boxes[finding]) for finding in masks}
+        counts[ALL_FINDINGS] = sum(counts.values())
+        masks[ALL_FINDINGS] = np.logical_or.reduce(list(masks.values()))
+        self.images.append({
+            "image_id": image_id,
+            "empty_map": not np.any(heatmap > heatmap.min()),
+            "scores": {finding: {
+                "boxes": counts[finding],
+                "hit": pointing_hit(heatmap, mask), "hit_baseline": pointing_hit(self.baseline, mask),
+                "energy": energy_fraction(heatmap, mask), "energy_baseline": energy_fraction(self.baseline, mask),
+                "area": float(mask.mean()),
+            } for finding, mask in masks.items()},
+        })
+
+    def summary(self) -> dict[str, Any]:
+        """The localization report: overall and per-finding rates with counts, and per-image scores."""
+        if not self.images:
+            return not_scored("no image of the split has boxes")
+        findings = sorted({f for image in self.images for f in image["scores"]} - {ALL_FINDINGS})
+        rows = {f: _row([image["scores"][f] for image in self.images if f in image["scores"]])
+                for f in (ALL_FINDINGS, *findings)}
+        return {
+            "scored": True, "images": len(self.images), "boxes": rows[ALL_FINDINGS]["boxes"],
+            "empty_maps": sum(image["empty_map"] for image in self.images),
+            "baseline": {"map": "centred Gaussian", "sigma_fraction_of_side": self.sigma},
+            "overall": rows[ALL_FINDINGS], "per_finding": {f: rows[f] for f in findings},
+            "per_image": [{"image_id": image["image_id"], **{f: {"hit": s["hit"], "energy": s["energy"]}
+                                                           for f, s in image["scores"].items()}}
+                          for image in self.images],
+        }
+
+
+def _row(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {
+        "images": len(scores), "boxes": int(sum(s["boxes"] for s in scores)),
+        "pointing_game": float(np.mean([s["hit"] for s in scores])),
+        "pointing_game_baseline": float(np.mean([s["hit_baseline"] for s in scores])),
+        "energy_in_boxes": float(np.mean([s["energy"] for s in scores])),
+        "energy_in_boxes_baseline": float(np.mean([s["energy_baseline"] for s in scores])),
+        "box_area_fraction": float(np.mean([s["area"] for s in scores])),
+    }
+
+
+def not_scored(reason: str) -> dict[str, Any]:
+    """The localization report when there is nothing to score, saying why."""
+    return {"scored": False, "reason": reason}
+
+
+def format_table(summary: Mapping[str, Any]) -> str:
+    """The printed table (or the one line saying why nothing was scored)."""
+    if not summary.get("scored"):
+        return f"localization: not scored: {summary['reason']}"
+    lines = [f"localization: {summary['images']} images with {summary['boxes']} boxes "
+             f"({summary['empty_maps']} empty maps); baseline: centred Gaussian, sigma "
+             f"{summary['baseline']['sigma_fraction_of_side']:g} x side",
+             f"{'finding':<20}{'images':>7}{'boxes':>7}{'pointing':>10}{'baseline':>10}"
+             f"{'energy':>9}{'baseline':>10}{'area':>7}"]
+    rows = {ALL_FINDINGS: summary["overall"], **summary["per_finding"]}
+    for finding, row in rows.items():
+        lines.append(f"{finding:<20}{row['images']:>7}{row['boxes']:>7}{row['pointing_game']:>10.3f}"
+                     f"{row['pointing_game_baseline']:>10.3f}{row['energy_in_boxes']:>9.3f}"
+                     f"{row['energy_in_boxes_baseline']:>10.3f}{row['box_area_fraction']:>7.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,328 @@
+"""explain.py: Grad-CAM of a model trained to find a lesion points at it (better than the centred
+baseline), an ensemble's map is the weighted mean of its members', every backbone gives a map, and
+bad input is one line with nothing written."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from contracts import ensemble_file, records
+from contracts import explanation_folder as folder_lib
+from contracts import manifest as manifest_lib
+from contracts.boxes import FindingBox
+from contracts.labels import NIH_FRAME
+from contracts.prediction_files import write_predictions
+from evaluation import explanation, gradcam
+from evaluation.feature_grid import feature_grid
+from models import build_classifier
+from models.heads import POOL_LAYER
+from models.saved import load_classifier
+from tests.shard_factory import encode_png
+from training.config import TrainConfig
+from training.loop import run_training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 64
+
+
+def write_lesion_shards(out: str, splits: dict[str, int], seed: int = 0) -> None:
+    """Writes shards (the project's record writer and manifest) of noisy flat images, every other one
+    with a bright disc anywhere in the image and its box: the lesion is the only signal, and the
+    centre of the image holds nothing in particular."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(out)
+    info = {}
+    for split, count in splits.items():
+        name = manifest_lib.shard_name(split, 0, 1)
+        with tf.io.TFRecordWriter(os.path.join(out, name)) as writer:
+            for i in range(count):
+                pixels, boxes = rng.uniform(95, 105) + rng.normal(0, 10, (SIZE, SIZE)), []
+                if i % 2 == 0:
+                    radius = rng.uniform(0.06, 0.1) * SIZE
+                    cx, cy = rng.uniform(radius + 1, SIZE - radius - 1, 2)
+                    yy, xx = np.mgrid[0:SIZE, 0:SIZE] + 0.5
+                    pixels[(xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2] += rng.uniform(50, 80)
+                    scale = NIH_FRAME / SIZE
+                    boxes = [FindingBox("Mass", (cx - radius) * scale, (cy - radius) * scale, 2 * radius * scale,
+                                        2 * radius * scale)]
+                findings = [int(bool(boxes) and f == "Mass") for f in records.FINDINGS]
+                writer.write(records.make_example(
+                    image=encode_png(np.clip(pixels, 0, 255).astype(np.uint8)), image_format="png", image_size=SIZE,
+                    image_id=f"{split}_{i:04d}.png", label=int(bool(boxes)), findings=findings, patient_id=str(i),
+                    box=boxes[0].xywh if boxes else records.NO_BOX, boxes=boxes).SerializeToString())
+        info[split] = {"records": count, "normal": count // 2, "abnormal": count - count // 2, "patients": count,
+                       "shards": [name]}
+    manifest_lib.write_manifest(out, {"config": {"image_size": SIZE, "image_format": "png", "crop": "none"},
+                                      "splits": info, "patient_overlap": 0, "skipped": [], "warnings": []})
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The lesion shards and two tiny models trained on them (deterministic input order)."""
+    root = tmp_path_factory.mktemp("explain")
+    shards = str(root / "shards")
+    write_lesion_shards(shards, {"train": 240, "val": 60, "test": 80})
+    runs = []
+    for seed, epochs in ((0, 6), (1, 2)):
+        run = str(root / f"tiny{seed}")
+        run_training(TrainConfig(backbone="tiny_test", data_dir=shards, weights="none", epochs=epochs,
+                                 learning_rate=3e-3, batchnorm_momentum=0.9, early_stopping_patience=epochs,
+                                 global_batch_size=16, seed=seed, deterministic=True), run)
+        runs.append(run)
+    return {"root": root, "shards": shards, "runs": runs, "test_abnormal": 40}
+
+
+def test_the_maps_of_a_model_trained_on_the_lesion_point_at_it_better_than_the_centre(world, tmp_path):
+    out = str(tmp_path / "explained")
+    result = explanation.run_explain([world["runs"][0]], world["shards"], "test", out, per_group=2, progress=False)
+    with open(os.path.join(out, folder_lib.LOCALIZATION)) as f:
+        scored = json.load(f)
+    overall = scored["overall"]
+    print(json.dumps({k: v for k, v in scored.items() if k != "per_image"}, indent=1))
+    # Every boxed test image is scored, not only the gallery's: one box per abnormal image here.
+    assert scored["images"] == scored["boxes"] == world["test_abnormal"]
+    assert overall["pointing_game"] >= overall["pointing_game_baseline"] + 0.4
+    assert overall["energy_in_boxes"] > 2 * overall["energy_in_boxes_baseline"]
+    index = folder_lib.load_index(out)
+    assert index["localization"] == scored and index["threshold"] == 0.5 and index["crop"] == "none"
+    assert {e["group"] for e in index["images"]} <= {"tp", "fp", "fn"} and len(index["images"]) == len(result.images)
+    for entry in index["images"]:
+        heatmap = np.load(os.path.join(out, entry["heatmap"]))
+        assert heatmap.shape == (SIZE, SIZE) and heatmap.max() <= 1.0 and heatmap.min() >= 0.0
+        assert Image.open(os.path.join(out, entry["overlay"])).size[0] >= SIZE
+        assert entry["label"] == {"tp": 1, "fn": 1, "fp": 0}[entry["group"]]
+        assert (entry["p_abnormal"] >= 0.5) == (entry["group"] != "fn")
+    tp = [e["p_abnormal"] for e in index["images"] if e["group"] == "tp"]
+    assert tp == sorted(tp, reverse=True)
+
+
+def test_explanations_in_a_report_folder_join_its_page(world, tmp_path):
+    """explain.py --output_dir=<report>/explanations: the page shows the localization table and the
+    gallery, and every image it references exists beside it."""
+    from html.parser import HTMLParser
+
+    from evaluation import html_report, report
+
+    report_dir = tmp_path / "report"
+    labels = np.array([0, 1, 0, 1])
+    report.write_report(str(report_dir), [report.Scores("m", labels, np.array([0.2, 0.8, 0.4, 0.6]), 0.5)],
+                        bootstrap=0)
+    out = str(report_dir / html_report.EXPLANATIONS_DIR)
+    result = explanation.run_explain([world["runs"][0]], world["shards"], "test", out, per_group=1, progress=False)
+    html_report.write_index(str(report_dir))
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.sources, self.text = [], []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.sources.append(dict(attrs)["src"])
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    page = Images()
+    page.feed((report_dir / html_report.INDEX_FILE).read_text())
+    overlays = [s for s in page.sources if s.startswith(html_report.EXPLANATIONS_DIR + "/")]
+    assert len(overlays) == len(result.images) > 0
+    assert all((report_dir / s).is_file() for s in page.sources)
+    assert "Localization against the expert boxes" in page.text and "all findings" in page.text
+
+
+# Where the test backbone's 16 x 16 cells sit over its 64 px input, worked out by hand: each of its
+# two 3x3, stride-2 "same" convolutions pads only the bottom and right, so output cell o is centred
+# on input pixel 2o + 1 (coordinate 2o + 1.5), and twice over cell k is centred at 4k + 3.5.
+TINY_CENTRES = 4 * np.arange(SIZE // 4) + 3.5
+
+
+def test_cropped_shards_are_not_scored_and_say_why(world, tmp_path, capsys):
+    shards, out = str(tmp_path / "cropped"), str(tmp_path / "explained")
+    shutil.copytree(world["shards"], shards)
+    manifest = manifest_lib.load_manifest(shards)
+    manifest["config"]["crop"] = "bbox"  # as --crop=bbox would have built it
+    manifest_lib.write_manifest(shards, manifest)
+    result = explanation.run_explain([world["runs"][0]], shards, "test", out, per_group=1, progress=False)
+    assert result.localization == {"scored": False, "reason": explanation.NOT_SCORED_CROPPED}
+    assert folder_lib.load_index(out)["localization"]["scored"] is False and result.images  # the gallery still is
+    assert explanation.summary(result).splitlines()[-1] == f"localization: not scored: {explanation.NOT_SCORED_CROPPED}"
+
+
+def _independent_map(classifier: keras.Model, pixels: np.ndarray) -> np.ndarray:
+    """Grad-CAM by a second path: the layers called one by one, the head from a watched feature map,
+    the margin from the softmax layer's kernel, then numpy, with linear interpolation between the
+    cells' centres (`TINY_CENTRES`) and constant beyond them."""
+    names = [layer.name for layer in classifier.layers]
+    x = tf.constant(pixels)
+    for layer in classifier.layers[1:names.index(POOL_LAYER)]:
+        x = layer(x, training=False)
+    features = tf.identity(x)
+    with tf.GradientTape() as tape:
+        tape.watch(features)
+        h = features
+        for layer in classifier.layers[names.index(POOL_LAYER):-1]:
+            h = layer(h, training=False)
+        kernel, bias = (v.numpy() for v in classifier.layers[-1].weights)
+        margin = tf.matmul(h, kernel[:, 1:] - kernel[:, :1]) + (bias[1] - bias[0])
+    grads, features = tape.gradient(margin, features).numpy(), features.numpy()
+    maps = []
+    for f, g in zip(features, grads):
+        low = np.maximum((f * g.mean(axis=(0, 1))).sum(-1), 0).astype(np.float32)
+        centres = np.arange(SIZE) + 0.5
+        across = np.stack([np.interp(centres, TINY_CENTRES, row) for row in low])
+        up = np.stack([np.interp(centres, TINY_CENTRES, col) for col in across.T], axis=1)
+        maps.append(up / up.max() if up.max() > 0 else up)
+    return np.stack(maps)
+
+
+def test_cam_keeps_the_positive_part_of_the_weighted_channels_and_divides_by_the_maximum():
+    rng = np.random.default_rng(2)
+    features, gradients = rng.normal(size=(3, 5, 5, 4)), rng.normal(size=(3, 5, 5, 4))
+    features[2] = -np.abs(features[2]) * np.sign(gradients[2].mean(axis=(0, 1)))  # no positive evidence
+    got = gradcam.cam(tf.constant(features, tf.float32), tf.constant(gradients, tf.float32),
+                      tf.eye(5), tf.eye(5)).numpy()
+    weighted = np.einsum("bijk,bk->bij", features, gradients.mean(axis=(1, 2)))
+    assert (weighted[:2] < 0).any()  # the ReLU has something to remove
+    positive = np.maximum(weighted, 0)
+    expected = positive / np.where(positive.max(axis=(1, 2), keepdims=True) > 0,
+                                   positive.max(axis=(1, 2), keepdims=True), 1)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert not got[2].any()  # an image with no positive evidence has an empty map
+
+
+def test_a_saturated_softmax_still_gets_a_map():
+    # Softmax in float32 rounds P(abnormal) to exactly 1 beyond a margin of ~17 and P(normal) to 0
+    # beyond ~104: the probability's gradient is then 0 and its map empty; the margin's is not.
+    keras.utils.set_random_seed(3)
+    classifier = build_classifier("tiny_test", 32, weights="none")
+    head = classifier.get_layer("probabilities")
+    kernel, bias = head.get_weights()
+    head.set_weights([kernel * 0, bias * 0 + np.array([-200.0, 200.0])])
+    head.set_weights([kernel + np.array([-1.0, 1.0]) * 1e-3, head.get_weights()[1]])
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    assert (classifier.predict(images, verbose=0)[:, 1] == 1.0).all()
+    maps = gradcam.GradCam(classifier)(images)
+    assert (maps.max(axis=(1, 2)) == 1.0).all()
+
+
+def _ensemble_file(path: str, runs, weights, threshold: float, temperatures=None) -> str:
+    write_predictions(path[: -len(".json")] + ".csv", np.array(["x"]), np.array([0.5]), None, sidecar={
+        "backbone": "ensemble", "schema_version": ensemble_file.SCHEMA_VERSION, "threshold": threshold,
+        "inputs": ensemble_file.member_records([f"m{i}" for i in range(len(runs))], [{"model_dir": r} for r in runs],
+                                               ["a.csv", "b.csv"], weights, temperatures or [1.0] * len(runs))})
+    return path
+
+
+def _explain(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO, "explain.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_ensemble_map_is_the_weighted_mean_of_its_members_maps(world, tmp_path):
+    runs, out = world["runs"], str(tmp_path / "explained")
+    # Listed in the other order than the file's members: the file's order and weights rule.
+    ensemble = _ensemble_file(str(tmp_path / "s.probabilities.json"), runs, [0.3, 0.7], threshold=0.35,
+                              temperatures=[2.0, 0.5])
+    explanation.run_explain([runs[1], runs[0]], world["shards"], "test", out, ensemble=ensemble, per_group=1,
+                            progress=False)
+    index = folder_lib.load_index(out)
+    assert index["threshold"] == 0.35 and [m["weight"] for m in index["models"]] == [0.3, 0.7]
+    image_ids = [e["image_id"] for e in index["images"]]
+    records = {}
+    for record in explanation.read_records(world["shards"], "test", SIZE, image_ids, with_boxes=False):
+        records[record["image_id"]] = record
+    pixels = np.repeat(np.stack([records[i]["gray"] for i in image_ids])[..., None], 3, -1).astype(np.float32)
+    classifiers = [load_classifier(run) for run in runs]
+    members = [_independent_map(classifier, pixels) for classifier in classifiers]
+    expected = 0.3 * members[0] + 0.7 * members[1]
+    # The probabilities in the one order: each member's temperature, then the weights.
+    def calibrated(p, temperature):
+        p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+        return 1 / (1 + np.exp(-np.log(p / (1 - p)) / temperature))
+
+    blended = sum(w * calibrated(c.predict(pixels, verbose=0)[:, 1], t)
+                  for w, t, c in zip((0.3, 0.7), (2.0, 0.5), classifiers))
+    np.testing.assert_allclose([e["p_abnormal"] for e in index["images"]], blended, atol=1e-5)
+    got = np.stack([np.load(os.path.join(out, e["heatmap"])) for e in index["images"]])
+    assert np.abs(members[0] - members[1]).max() > 0.1  # the weights matter on these images
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_raw_files_are_built_as_predict_builds_them_and_explained(world, tmp_path):
+    folder, out = tmp_path / "studies", str(tmp_path / "explained")
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (90, 70), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    done = _explain(f"--model_dir={world['runs'][0]}", f"--images={folder}", f"--output_dir={out}",
+                    "--image_ids=c.png,a.png")
+    assert done.returncode == 0, done.stderr[-3000:]
+    index = folder_lib.load_index(out)
+    assert [(e["image_id"], e["group"], e["label"]) for e in index["images"]] == [("c.png", "asked", None),
+                                                                               ("a.png", "asked", None)]
+    assert index["source"]["images"] == str(folder) and index["source"]["skipped"] == []
+    assert index["localization"]["scored"] is False and "localization: not scored" in done.stdout
+    # The builder's own decoding and resize: the map is at the model's input size.
+    assert np.load(os.path.join(out, index["images"][0]["heatmap"])).shape == (SIZE, SIZE)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--image_ids=not_an_image.png"], "--image_ids: not_an_image.png not in split 'test'"),
+    (["--ensemble={ensemble}"], "blends"),
+    (["--model_dir={run1}"], "2 --model_dir given without --ensemble"),
+])
+def test_bad_input_is_one_line_exit_1_and_nothing_written(world, tmp_path, args, fragment):
+    ensemble = _ensemble_file(str(tmp_path / "one.probabilities.json"), world["runs"][1:], [1.0], threshold=0.5)
+    out = str(tmp_path / "explained")
+    done = _explain(f"--model_dir={world['runs'][0]}", f"--data_dir={world['shards']}", f"--output_dir={out}",
+                    *[a.format(ensemble=ensemble, run1=world["runs"][1]) for a in args])
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    own = [line for line in done.stderr.splitlines() if line.startswith("explain.py: ")]
+    assert len(own) == 1 and fragment in own[0], done.stderr[-2000:]
+    assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone, shallow_layer, floor", [
+    # EfficientNet's squeeze-excitation blocks spread a faint gradient over the whole image. DenseNet's
+    # layers (zero padding, valid convolutions, pooling, concatenation) are the others' kinds, and its
+    # receptive field outgrows a small image after its stem: its grid is not probed again.
+    ("efficientnet_b3", "block2b_add", 0.01), ("resnet50", "conv2_block3_out", 0.0), ("densenet121", None, None)])
+def test_every_backbone_gives_a_map_whose_cells_sit_where_their_receptive_fields_are(backbone, shallow_layer, floor):
+    keras.utils.set_random_seed(0)
+    classifier = build_classifier(backbone, SIZE, weights="none")
+    cam = gradcam.GradCam(classifier)
+    assert cam.feature_map_shape() == tuple(classifier.get_layer(POOL_LAYER).input.shape[1:]) and cam.grid.from_layers
+    maps = cam(np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32))
+    assert maps.shape == (2, SIZE, SIZE) and np.isfinite(maps).all() and 0 <= maps.min() and maps.max() <= 1
+    if shallow_layer is None:
+        return
+    # At a shallow layer, whose receptive field fits in the image, the grid read from the layers
+    # puts a central cell at the centre of the input pixels its value depends on (its gradient's
+    # support). The normalisation in front of the backbone is per pixel: probing the backbone's own
+    # input is probing the image.
+    net = next(layer for layer in classifier.layers if isinstance(layer, keras.Model))
+    shallow = net.get_layer(shallow_layer).output
+    grid = feature_grid(classifier, shallow)
+    cell = int(shallow.shape[1]) // 2
+    x = tf.constant(np.random.default_rng(1).normal(0, 1, (1, SIZE, SIZE, 3)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = tf.reduce_sum(keras.Model(net.inputs, shallow)(x, training=False)[0, cell, cell])
+    weight = np.abs(tape.gradient(value, x).numpy()[0]).sum(-1)
+    centres = []
+    for profile in (weight.sum(1), weight.sum(0)):
+        support = np.flatnonzero(profile > floor * profile.max())
+        assert 0 < support[0] and support[-1] < SIZE - 1  # the whole receptive field is inside the image
+        centres.append((support[0] + support[-1] + 1) / 2)
+    assert grid.from_layers and centres == [grid.offset[a] + grid.stride[a] * cell for a in (0, 1)]
