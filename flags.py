@@ -11,10 +11,10 @@ fast. Values are read only inside `main()`. Tests pass their own `flags.FlagValu
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
 from absl import flags
+
+import tool_runner
 
 
 def _d(define, fv: flags.FlagValues):
@@ -31,7 +31,7 @@ def backbones() -> list[str]:
 
 def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `preprocess/build_tfrecords.py`: one per `preprocess.config.BuildConfig` field."""
-    from preprocess.config import CROPS, IMAGE_FORMATS, SPLITS, BuildConfig
+    from preprocess.config import CROPS, IMAGE_FORMATS, RUNNERS, SPLITS, BuildConfig
 
     default = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
     _d(flags.DEFINE_string, fv)("data_entry_csv", None,
@@ -79,6 +79,14 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "Images with more pixels are refused as possible decompression bombs.", lower_bound=1)
     _d(flags.DEFINE_bool, fv)("overwrite", default["overwrite"],
       "Replace an existing build made with different record-shaping flags.")
+    _d(flags.DEFINE_enum, fv)("runner", default["runner"], list(RUNNERS),
+      "local: this machine's process pool (--workers); beam: Apache Beam (pip install -e '.[beam]'), "
+      "on the runner --beam_pipeline_args names (DirectRunner by default; Dataflow, Flink, Spark). Same "
+      "shards and manifest either way. --image_dir, --output_dir and the CSVs may be gs:// URLs.")
+    _d(flags.DEFINE_string, fv)("beam_pipeline_args", default["beam_pipeline_args"],
+      "With --runner=beam: Beam's pipeline options as one quoted string, e.g. "
+      "\"--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp\" or "
+      "\"--direct_num_workers=4 --direct_running_mode=multi_processing\".")
 
 
 def define_synthetic_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -320,6 +328,21 @@ def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_list, fv)("backbones", backbones(), f"Backbones to train, of {', '.join(backbones())}.")
 
 
+def define_data_service_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Flags of `data_service.py` (a tf.data service dispatcher or worker)."""
+    from pipeline import options
+
+    _d(flags.DEFINE_enum, fv)("role", None, list(options.SERVICE_ROLES),
+      "dispatcher: the one server trainers name in train.py --data_service; worker: runs the input "
+      "pipeline for them (start one or more per CPU host).")
+    _d(flags.DEFINE_integer, fv)("port", None, f"Port to listen on (default: {options.DISPATCHER_PORT} for the "
+      f"dispatcher, {options.WORKER_PORT} for a worker; 0: any free port).", lower_bound=0, upper_bound=65535)
+    _d(flags.DEFINE_string, fv)("dispatcher", None, "--role=worker: the dispatcher's [grpc://]HOST:PORT.")
+    _d(flags.DEFINE_string, fv)("worker_address", None,
+      "--role=worker: HOST:PORT the trainers reach this worker at (default: this host's name, "
+      "socket.getfqdn(), and --port). Use localhost only when the trainers run on this host.")
+
+
 def define_input_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of the tf.data input pipeline and of the in-model augmentation (`pipeline/`)."""
     from pipeline import options
@@ -336,63 +359,12 @@ def define_input_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_enum, fv)("augment", default["augment"], list(options.AUGMENT_MODES),
       "In-model training augmentation (rotation 10 deg, shifts 10%, shear 10 deg, zoom 10%): "
       "auto = the backbone's default (on for EfficientNet and DenseNet, off for ResNet).")
+    _d(flags.DEFINE_string, fv)("data_service", default["data_service"],
+      "grpc://HOST:PORT of a tf.data service dispatcher (data_service.py): the training input (read, "
+      "shuffle, decode, batch) runs on its workers; each pass gives every train record to exactly one "
+      "trainer. Validation still reads the shards here. Not with --cache or --deterministic.")
 
 
-HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?")
-
-
-def exit_on_help(argv: list[str], doc: str | None, fv: flags.FlagValues = flags.FLAGS) -> None:
-    """Prints the tool's usage and its own flags (with help and defaults) and exits 0 on --help.
-
-    absl's --help lists only the main module's flags and exits 1; the tools' flags are defined
-    here, so each entry point calls this before `app.run`, with nothing heavy imported yet.
-    """
-    if not any(arg in HELP_FLAGS for arg in argv[1:]):
-        return
-    print((doc or "").strip())
-    print()
-    print(fv.module_help(__name__))
-    print("\nabsl's and TensorFlow's own flags: --helpfull")
-    raise SystemExit(0)
-
-
-def run_tool(define, main, doc: str | None, required: tuple[str, ...] = ()) -> None:
-    """What every entry point does: define its flags, answer --help, require flags, run `main`."""
-    from absl import app
-
-    define()
-    exit_on_help(sys.argv, doc)
-    if required:
-        flags.mark_flags_as_required(list(required))
-    flags.adopt_module_key_flags(sys.modules[__name__])  # --helpshort lists the tool's flags too
-    app.run(lambda argv: guarded_main(main, argv))
-
-
-def guarded_main(main, argv: list[str]) -> int | None:
-    """Runs `main` under the project's rule for bad input: one line `<tool>: <what and the fix>`
-    on stderr and exit status 1, no traceback (contracts/errors.py). Refuses stray arguments."""
-    from contracts.errors import UserInputError, describe_os_error
-
-    tool = os.path.basename(argv[0])
-    if len(argv) > 1:
-        sys.exit(f"{tool}: unexpected arguments {' '.join(argv[1:])!r}; every option is a "
-                 "--name=value flag (--help lists them)")
-    quiet_tensorflow(flags.FLAGS["verbosity"].value)
-    try:
-        return main(argv)
-    except UserInputError as err:
-        sys.exit(f"{tool}: {err}")
-    except OSError as err:  # a file the user named could not be read or written
-        sys.exit(f"{tool}: {describe_os_error(err)}")
-
-
-# TensorFlow's C++ log level when the user set none: 1 drops its start-up INFO lines (CPU
-# instruction sets, XLA service banners) and keeps every warning and error; what still prints
-# before it can apply is listed in the README ("What TensorFlow prints at start-up").
-QUIET_TF_LOG_LEVEL = "1"
-
-
-def quiet_tensorflow(verbosity: int) -> None:
-    """Sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads, unless the user set it: 1, or 0 (all of
-    TensorFlow's C++ INFO lines) under absl's --verbosity=1 or more."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity > 0 else QUIET_TF_LOG_LEVEL)
+# How a tool runs around these flags (--help, required flags, one-line errors) lives in
+# tool_runner.py; every entry point calls it as project_flags.run_tool.
+run_tool = tool_runner.run_tool

@@ -9,6 +9,12 @@ TensorFlow's one-off import (~3 s per build, noise on NIH's 112k images) happens
 Rows: Pillow decode of the same files on one core; the whole build with --workers=1; with
 --workers=2. Targets on a 2-core machine: workers1 >= 0.8 x decode-only, workers2 >= 1.7 x workers1.
 
+Beam rows (`--runner=beam`, the same images, CSVs and flags): Beam's DirectRunner as the builder
+runs it by default (in this process, one worker), against --workers=1; and with
+`--direct_num_workers=2 --direct_running_mode=multi_processing`, against --workers=2. The ratios
+are figures, not targets: the DirectRunner is Beam's test runner, here to show what the engine
+costs on one host, not how Dataflow or Flink scale.
+
 DICOM rows: the same source images (RGBA ones made gray first) written by pydicom into the run's
 temporary folder as 8-bit MONOCHROME2 DICOM files, once uncompressed (explicit VR little endian)
 and once as baseline JPEG (Pillow's encoder at quality 90, close to the quantisation tables of the
@@ -22,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -167,22 +174,43 @@ def decode_only(paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
-def build_rate(csv_path: str, bbox_path: str, image_dir: str, workers: int, out: str) -> float:
+# row -> --beam_pipeline_args of that row
+BEAM_ROWS = {
+    "beam_direct": "",
+    "beam_direct_2proc": "--direct_num_workers=2 --direct_running_mode=multi_processing",
+}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool's and Beam's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def build_rate(csv_path: str, bbox_path: str, image_dir: str, workers: int | None, out: str,
+               beam_args: str | None = None) -> tuple[float, float]:
+    """The whole build: (records/s, CPU ms per record, every process's), with the local process
+    pool, or with Beam and `beam_args`. CPU time per record holds when other work shares the cores."""
+    runner = {} if beam_args is None else {"runner": "beam", "beam_pipeline_args": beam_args}
     config = BuildConfig(data_entry_csv=csv_path, bbox_csv=bbox_path, image_dir=image_dir,
-                            output_dir=out, split="all", workers=workers)
-    start = time.perf_counter()
+                         output_dir=out, split="all", workers=workers, **runner)
+    start, cpu = time.perf_counter(), _cpu_seconds()
     result = builder.build(config)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if not result.ok:
         raise RuntimeError(result.summary)
-    return result.manifest["splits"]["all"]["records"] / elapsed
+    records = result.manifest["splits"]["all"]["records"]
+    return records / elapsed, 1000 * cpu / records
 
 
 def main(argv: list[str]) -> None:
     del argv
-    # TensorFlow loads in this process before the clock starts. Not at the top of the module:
-    # spawned workers import the main module, and must stay as light as the builder's own.
-    from preprocess import shard_writer  # noqa: F401
+    # TensorFlow and Beam load in this process before the clock starts. Not at the top of the
+    # module: spawned workers import the main module, and must stay as light as the builder's own.
+    from preprocess import beam_runner, shard_writer  # noqa: F401
+    # Beam's multi-processing workers are fresh interpreters: they find the project through this.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
     work = tempfile.mkdtemp(prefix="build_bench_")
     try:
         if os.path.isdir(os.path.join(_NIH_DIR.value, "images_001")):
@@ -193,11 +221,12 @@ def main(argv: list[str]) -> None:
             source = f"{len(paths)} synthetic 1024x1024 radiographs"
         image_dir = os.path.dirname(paths[0])
         decode_only(paths[:20])  # warm the page cache so every row reads from memory
-        figures = {
-            "decode_only_img_s": decode_only(paths),
-            "workers1_img_s": build_rate(csv_path, bbox_path, image_dir, 1, os.path.join(work, "w1")),
-            "workers2_img_s": build_rate(csv_path, bbox_path, image_dir, 2, os.path.join(work, "w2")),
-        }
+        figures = {"decode_only_img_s": decode_only(paths)}
+        rows = {"workers1": (1, None), "workers2": (2, None),
+                **{key: (None, beam_args) for key, beam_args in BEAM_ROWS.items()}}
+        for key, (workers, beam_args) in rows.items():
+            figures[f"{key}_img_s"], figures[f"{key}_cpu_ms_per_img"] = build_rate(
+                csv_path, bbox_path, image_dir, workers, os.path.join(work, key), beam_args)
         sources = sorted({os.path.realpath(p) for p in paths})
         for key, (_, syntax) in DICOM_VARIANTS.items():
             dicom_dir = os.path.join(work, key)
@@ -210,6 +239,8 @@ def main(argv: list[str]) -> None:
         shutil.rmtree(work, ignore_errors=True)
     figures["workers1_over_decode_only"] = figures["workers1_img_s"] / figures["decode_only_img_s"]
     figures["workers2_over_workers1"] = figures["workers2_img_s"] / figures["workers1_img_s"]
+    figures["beam_direct_over_workers1"] = figures["beam_direct_img_s"] / figures["workers1_img_s"]
+    figures["beam_direct_2proc_over_workers2"] = figures["beam_direct_2proc_img_s"] / figures["workers2_img_s"]
     for key in DICOM_VARIANTS:
         figures[f"{key}_workers1_over_decode_only"] = (figures[f"{key}_workers1_img_s"]
                                                        / figures[f"{key}_decode_only_img_s"])
@@ -219,6 +250,12 @@ def main(argv: list[str]) -> None:
           f"({figures['workers1_over_decode_only']:.2f} x decode-only; target >= 0.8)")
     print(f"build --workers=2:            {figures['workers2_img_s']:7.1f} img/s  "
           f"({figures['workers2_over_workers1']:.2f} x workers=1; target >= 1.7)")
+    print(f"build --runner=beam (DirectRunner, in process): {figures['beam_direct_img_s']:7.1f} img/s  "
+          f"({figures['beam_direct_over_workers1']:.2f} x workers=1; a figure, not a target)")
+    print(f"build --runner=beam (DirectRunner, 2 processes): {figures['beam_direct_2proc_img_s']:7.1f} img/s  "
+          f"({figures['beam_direct_2proc_over_workers2']:.2f} x workers=2; a figure, not a target)")
+    print("CPU ms per image, all processes: " + ", ".join(
+        f"{row} {figures[f'{row}_cpu_ms_per_img']:.1f}" for row in ("workers1", "workers2", *BEAM_ROWS)))
     for key, (label, _) in DICOM_VARIANTS.items():
         print(f"{label}:")
         print(f"  decode-only (preprocess.dicom, 1 core): {figures[f'{key}_decode_only_img_s']:7.1f} img/s")

@@ -18,6 +18,11 @@ so its peak resident memory is its own:
   pipeline_uint8_gray  row 2 with `uint8_gray=True`: what it costs when the model, not the host,
                casts to float and copies the gray channel to three (for comparison only)
   augment      `make_augmentation` alone on one batch, on this machine's default device
+  pipeline_data_service  row 2 through the tf.data service on loopback: a dispatcher and two
+               workers, each its own `data_service.py` process on this host, read and decode; the
+               timed process only receives the batches (`train.py --data_service`). On one host the
+               workers share the cores with the trainer, so this shows the service's cost (gRPC,
+               copies), not its gain; its CPU figure is the trainer's alone
 Targets: pipeline / seed_style >= 20, pipeline / decode_only >= 0.8, pipeline peak RSS <= 2 GB.
 With --repeats > 1 the rows take turns and each figure is the median.
 """
@@ -41,6 +46,7 @@ sys.path.insert(0, REPO)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
+from loopback_service import SERVICE_WORKERS, start_service  # noqa: E402  (bench/loopback_service.py)
 from seed_style import SeedStyleSequence  # noqa: E402  (bench/seed_style.py)
 
 from contracts import manifest as manifest_lib  # noqa: E402
@@ -70,11 +76,12 @@ _POOL = flags.DEFINE_enum("seed_style_pool", "auto", ["auto", "threads", "proces
                           "GIL would hold threads to about one core.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the figures here as JSON.")
 _ROW = flags.DEFINE_enum("row", None, ["seed_style", "pipeline", "decode_only", "pipeline_uint8_gray",
-                                        "augment"],
+                                        "pipeline_data_service", "augment"],
                          "Internal: run one row in this process over --work_dir and print its JSON.")
 _WORK_DIR = flags.DEFINE_string("work_dir", None, "Internal: the prepared sources and shards.")
 
-ROWS = ("seed_style", "pipeline", "decode_only", "pipeline_uint8_gray")
+ROWS = ("seed_style", "pipeline", "decode_only", "pipeline_uint8_gray", "pipeline_data_service")
+
 SOURCES_JSON = "sources.json"  # [{"path", "box" (x, y, w, h in the 1024 frame) or null, "label"}]
 SHARDS = "shards"
 SPLIT = "all"
@@ -221,19 +228,30 @@ def _decode_only_dataset(paths: list[str], image_size: int, batch_size: int) -> 
 
 
 def run_tf_row(work: str, row: str) -> dict:
-    """Times the training pipeline (either output) or the decode-only reader over the shards."""
+    """Times the training pipeline (either output, or through the tf.data service) or the
+    decode-only reader over the shards."""
     tf.constant(0.0).numpy()  # start the runtime, so its own memory is measured apart
     runtime_rss = _peak_rss_mb()
     shards = os.path.join(work, SHARDS)
-    if row in ("pipeline", "pipeline_uint8_gray"):
+    servers = []
+    if row == "pipeline_data_service":
+        target, servers = start_service(REPO)
+        dataset = input_pipeline.make_train_dataset(shards, SPLIT, _BATCH.value, _IMAGE_SIZE.value,
+                                                    data_service=target, job_name="pipeline-bench")
+    elif row in ("pipeline", "pipeline_uint8_gray"):
         dataset = input_pipeline.make_train_dataset(
             shards, SPLIT, _BATCH.value, _IMAGE_SIZE.value, uint8_gray=row == "pipeline_uint8_gray"
         )
     else:
         paths = manifest_lib.shard_paths(shards, SPLIT)
         dataset = _decode_only_dataset(paths, _IMAGE_SIZE.value, _BATCH.value)
-    iterator = iter(dataset)
-    figures = _time_batches(lambda: next(iterator), _BATCH.value, _WARMUP.value, _SECONDS.value)
+    try:
+        iterator = iter(dataset)
+        figures = _time_batches(lambda: next(iterator), _BATCH.value, _WARMUP.value, _SECONDS.value)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
     return {**figures, "peak_rss_mb": _peak_rss_mb(), "runtime_rss_mb": runtime_rss}
 
 
@@ -279,6 +297,7 @@ def summarise(runs: dict[str, list[dict]], augment_run: dict) -> dict:
         "pipeline_img_s": _median(runs["pipeline"], "img_s"),
         "decode_only_img_s": _median(runs["decode_only"], "img_s"),
         "pipeline_uint8_gray_img_s": _median(runs["pipeline_uint8_gray"], "img_s"),
+        "pipeline_data_service_img_s": _median(runs["pipeline_data_service"], "img_s"),
         "pipeline_peak_rss_mb": max(run["peak_rss_mb"] for run in runs["pipeline"]),
         "pipeline_runtime_rss_mb": _median(runs["pipeline"], "runtime_rss_mb"),
         "seed_style_peak_rss_mb": max(run["peak_rss_mb"] for run in runs["seed_style"]),
@@ -289,6 +308,9 @@ def summarise(runs: dict[str, list[dict]], augment_run: dict) -> dict:
     figures["pipeline_over_decode_only"] = figures["pipeline_img_s"] / figures["decode_only_img_s"]
     figures["pipeline_uint8_gray_over_decode_only"] = (
         figures["pipeline_uint8_gray_img_s"] / figures["decode_only_img_s"]
+    )
+    figures["pipeline_data_service_over_pipeline"] = (
+        figures["pipeline_data_service_img_s"] / figures["pipeline_img_s"]
     )
     figures["augment_ms_per_batch"] = augment_run["ms_per_batch"]
     figures["augment_ms_per_image"] = augment_run["ms_per_image"]
@@ -302,7 +324,8 @@ def report(figures: dict, source: str) -> None:
           f"repeats: {_REPEATS.value}")
     for row, label in (("seed_style", "1 seed-style PyDataset"), ("pipeline", "2 this pipeline"),
                        ("decode_only", "3 decode-only ceiling"),
-                       ("pipeline_uint8_gray", "2 with uint8_gray=True")):
+                       ("pipeline_uint8_gray", "2 with uint8_gray=True"),
+                       ("pipeline_data_service", "2 via tf.data service")):
         cpu = f[row + "_cpu_ms_per_img"]
         cpu_text = "n/a (worker processes)" if cpu is None else f"{cpu:6.3f} ms CPU/img"
         print(f"{label:24s} {f[row + '_img_s']:9.1f} img/s   {cpu_text}")
@@ -313,6 +336,8 @@ def report(figures: dict, source: str) -> None:
               f"2/1 = {f['seed_style_cpu_ms_per_img'] / f['pipeline_cpu_ms_per_img']:.1f}, "
               f"2/3 = {f['decode_only_cpu_ms_per_img'] / f['pipeline_cpu_ms_per_img']:.2f}")
     print(f"with uint8_gray=True: {f['pipeline_uint8_gray_over_decode_only']:.2f} x decode-only")
+    print(f"through the tf.data service on loopback ({SERVICE_WORKERS} worker processes on this host; CPU "
+          f"figure: the trainer's): {f['pipeline_data_service_over_pipeline']:.2f} x row 2 (a figure, not a target)")
     print(f"row 2 peak RSS {f['pipeline_peak_rss_mb']:.0f} MB (target <= 2048), of which the TF runtime "
           f"alone {f['pipeline_runtime_rss_mb']:.0f} MB; row 1 peak RSS {f['seed_style_peak_rss_mb']:.0f} MB")
     print(f"augmentation block, batch of {_BATCH.value} on {f['augment_device']}: "

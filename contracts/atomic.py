@@ -4,6 +4,10 @@ A reader never sees half a file, and a killed or failed run leaves the previous 
 under the final name. `durable=True` also flushes the data to disk before the rename, for results
 another process reads (shards, models, predictions), so a machine crash cannot leave a final-named
 file with missing bytes.
+
+The same holds for bucket URLs (`gs://...`, through `contracts.storage`): the temporary object gets
+a random name, since workers on different machines may share a process id, and the rename is a
+copy and a delete, under which the final object still appears whole.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import contextlib
 import json
 import math
 import os
+import uuid
 from typing import Any, Iterator
+
+from contracts import storage
 
 TEMP_PREFIX = ".partial-"  # temporary files start with it; a rerun may delete stale ones
 
@@ -21,9 +28,14 @@ TEMP_PREFIX = ".partial-"  # temporary files start with it; a rerun may delete s
 def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
     """Yields a temporary path beside `path`; renames it to `path` when the block succeeds.
 
-    The block writes the temporary path itself (any library that takes a file name). On an
-    exception the temporary file is removed and `path` is left as it was.
+    The block writes the temporary path itself (any library that takes a file name, or
+    `contracts.storage.open_binary` for a URL). On an exception the temporary file is removed and
+    `path` is left as it was.
     """
+    if storage.is_url(path):
+        with _atomic_url(path) as tmp:
+            yield tmp
+        return
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
     try:
@@ -38,9 +50,23 @@ def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
         raise
 
 
+@contextlib.contextmanager
+def _atomic_url(path: str) -> Iterator[str]:
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    tmp = storage.join(storage.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+    try:
+        yield tmp
+        storage.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if storage.exists(tmp):
+                storage.remove(tmp)
+        raise
+
+
 def write_bytes(path: str, data: bytes, *, durable: bool = True) -> None:
     """Writes `data` to `path` atomically."""
-    with atomic_path(path, durable=durable) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, durable=durable) as tmp, storage.open_binary(tmp, "wb") as f:
         f.write(data)
 
 

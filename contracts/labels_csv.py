@@ -14,8 +14,9 @@ import csv
 import gzip
 import io
 
-from contracts import labels
+from contracts import labels, storage
 
+GZIP_MAGIC = b"\x1f\x8b"
 ID_COLUMNS = ("image_id", "Image Index", "SOPInstanceUID")
 LABEL_COLUMN = "label"
 FINDING_LABELS = "Finding Labels"
@@ -24,9 +25,17 @@ _VALUES = {"0": labels.LABEL_NORMAL, "1": labels.LABEL_ABNORMAL, "no": labels.LA
 
 
 def open_text(path: str) -> io.TextIOBase:
-    """Opens a plain or gzip-compressed CSV as text (universal newlines handle CRLF)."""
+    """Opens a plain or gzip-compressed CSV as text (universal newlines handle CRLF).
+
+    A bucket URL (`gs://...`) is read whole through `contracts.storage` (NIH's largest CSV is 2 MB
+    gzipped); a local file is streamed.
+    """
+    if storage.is_url(path):
+        data = storage.read_bytes(path)
+        data = gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
     with open(path, "rb") as probe:
-        gzipped = probe.read(2) == b"\x1f\x8b"
+        gzipped = probe.read(2) == GZIP_MAGIC
     if gzipped:
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")

@@ -18,6 +18,7 @@ from contracts import manifest as manifest_lib
 from contracts import records
 from contracts.errors import UserInputError
 from pipeline import options
+from pipeline import service as service_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -200,8 +201,11 @@ def make_train_dataset(
     cache: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     uint8_gray: bool = False,
+    data_service: str | None = None,
+    job_name: str | None = None,
 ) -> tf.data.Dataset:
-    """Returns the infinite, shuffled training stream of `split` (full batches only).
+    """Returns the infinite, shuffled training stream of `split` (full batches only, unless
+    `data_service`).
 
     Args:
       data_dir: the builder's output folder (holds manifest.json), or a shard file pattern.
@@ -220,30 +224,36 @@ def make_train_dataset(
       uint8_gray: emit images as the decoded uint8 (B, S, S, 1), for a model that casts and
         expands to three channels on the accelerator: a quarter less host CPU per image and 12x
         fewer bytes to copy to the device.
+      data_service: "grpc://HOST:PORT" of a tf.data service dispatcher: the stream is
+        `make_service_pass`, repeated (each pass a new iteration of the job). Not with `cache` or
+        `deterministic`.
+      job_name: with `data_service`, the run's shared job (see `make_service_pass`).
 
     Returns:
       A dataset of {"image": float32 (B, S, S, 3) 0..255 (uint8 (B, S, S, 1) with `uint8_gray`),
       "label": int32 (B,), "image_id": string (B,)} with B the per-replica batch size, static
-      shapes throughout.
+      shapes throughout (with `data_service`, the batch dimension is unknown: see
+      `make_service_pass`).
 
     Raises:
-      ValueError: fewer shards than input pipelines, an empty split, a bad batch size, or an
-        image_size other than the manifest's.
+      ValueError: fewer shards than input pipelines, an empty split, a bad batch size, an
+        image_size other than the manifest's, or `data_service` with `cache` or `deterministic`.
       FileNotFoundError, KeyError: see `list_shards`.
     """
+    if data_service is not None:
+        if cache or deterministic:
+            raise ValueError("the tf.data service decodes on its workers and hands out files as they ask: "
+                             "it cannot keep a trainer-side cache or a deterministic order")
+        data = make_service_pass(data_dir, split, global_batch_size, image_size, service=data_service,
+                                 job_name=job_name, seed=seed, shuffle_buffer=shuffle_buffer,
+                                 input_context=input_context, uint8_gray=uint8_gray)
+        # Each repetition is the next pass: a new iteration of the same shared job.
+        return data.repeat().prefetch(AUTOTUNE).with_options(_options(deterministic=False))
     paths = _worker_shards(list_shards(data_dir, split), split, input_context)
     _check_image_size(data_dir, image_size)
     batch_size = _per_replica_batch(global_batch_size, input_context)
 
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    # A new shard order every epoch, reproducible from the seed.
-    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    data = files.interleave(
-        tf.data.TFRecordDataset,
-        cycle_length=min(len(paths), MAX_CYCLE_LENGTH),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
+    data = _shuffled_records(paths, seed, deterministic)
     if cache:
         data = _decode_and_cache(data, image_size, deterministic)
     # Shuffle before repeat, so one epoch is seen whole before the next begins.
@@ -259,6 +269,55 @@ def make_train_dataset(
     # Last, so the next batches are ready while the accelerator runs a step.
     data = data.prefetch(AUTOTUNE)
     return data.with_options(_options(deterministic))
+
+
+def _shuffled_records(paths: list[str], seed: int, deterministic: bool) -> tf.data.Dataset:
+    """The serialized records of `paths`, the files in a new seeded order every pass."""
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(paths), MAX_CYCLE_LENGTH),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+def make_service_pass(
+    data_dir: str,
+    split: str,
+    global_batch_size: int,
+    image_size: int,
+    *,
+    service: str,
+    job_name: str,
+    seed: int = 0,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+    input_context: tf.distribute.InputContext | None = None,
+    uint8_gray: bool = False,
+) -> tf.data.Dataset:
+    """One shuffled pass over `split` through the tf.data service at `service`.
+
+    Every trainer that reads `job_name` shares the pass: together they receive every record of the
+    split exactly once (see `pipeline/service.py` for the sharding choice). Each trainer describes
+    the whole split; the service, not `input_context`, divides it. Each service worker ends its
+    share with a partial batch rather than drop those records.
+
+    Returns:
+      A finite dataset of batches as `make_train_dataset`'s, batch dimension unknown.
+    """
+    paths = list_shards(data_dir, split)
+    _check_image_size(data_dir, image_size)
+    batch_size = _per_replica_batch(global_batch_size, input_context)
+    data = _shuffled_records(paths, seed, deterministic=False)
+    data = data.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    data = data.batch(batch_size, drop_remainder=False)
+    # The workers ship the decoded uint8 gray batch, 1 byte a pixel against 12 for float32 RGB;
+    # the trainer expands it after receiving it.
+    data = data.map(_batch_to_inputs(False, image_size, uint8_gray=True), num_parallel_calls=AUTOTUNE,
+                    deterministic=False)
+    data = service_lib.distribute(data, service, job_name)
+    return data if uint8_gray else data.map(lambda batch: _decoded_batch(batch, uint8_gray=False))
 
 
 def make_eval_dataset(

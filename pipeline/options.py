@@ -25,3 +25,28 @@ def augmentation_enabled(mode: str, backbone_default: bool) -> bool:
     if mode == "auto":
         return backbone_default
     return mode == "on"
+
+
+# The tf.data service (train.py --data_service, data_service.py): TensorFlow's servers speak gRPC;
+# the ports are data_service.py's defaults, one for the dispatcher and one per worker host.
+DATA_SERVICE_PROTOCOL = "grpc"
+SERVICE_ROLES = ("dispatcher", "worker")  # data_service.py --role
+DISPATCHER_PORT = 5050
+WORKER_PORT = 5051
+
+
+def service_address(address: str) -> str:
+    """Returns `address` ("grpc://HOST:PORT" or "HOST:PORT") as "grpc://HOST:PORT".
+
+    Raises:
+      ValueError: another protocol, or no host or port, naming the expected form.
+    """
+    protocol, separator, rest = address.partition("://")
+    if not separator:
+        protocol, rest = DATA_SERVICE_PROTOCOL, address
+    host, colon, port = rest.rpartition(":")
+    if protocol != DATA_SERVICE_PROTOCOL or not colon or not host or "/" in rest or not port.isdigit():
+        raise ValueError(f"{address!r} is not a tf.data service dispatcher address; give "
+                         f"{DATA_SERVICE_PROTOCOL}://HOST:PORT (data_service.py --role=dispatcher listens "
+                         f"on port {DISPATCHER_PORT} by default)")
+    return f"{DATA_SERVICE_PROTOCOL}://{host}:{port}"

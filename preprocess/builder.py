@@ -1,9 +1,13 @@
 """The builder: work units through a process pool → shards written atomically → `manifest.json`.
 
 Each shard is one work unit. Output depends only on the inputs and the record-shaping flags (never
-on `--workers`), shards appear atomically, and a rerun after a kill writes only the shards still
-missing. This module imports no TensorFlow at the top, so the spawned workers start fast; only the
-parent loads the shard writer.
+on `--workers` or `--runner`), shards appear atomically, and a rerun after a kill writes only the
+shards still missing. This module imports no TensorFlow at the top, so the spawned workers start
+fast; only the parent loads the shard writer.
+
+`--runner=beam` swaps only the engine that runs the units (`preprocess/beam_runner.py`): the plan,
+`process_item`, `finish_unit`, the resume state and the manifest are these same functions. Paths go
+through `contracts.storage`, so `--image_dir` and `--output_dir` may be bucket URLs (`gs://...`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 import threading
 import time
@@ -23,10 +26,11 @@ from tqdm import tqdm
 
 from contracts import labels
 from contracts import manifest as manifest_lib
+from contracts import storage
 from contracts.atomic import TEMP_PREFIX, write_json, write_text
 from preprocess import images
-from preprocess.config import BuildConfig, BuildError
-from preprocess.plan import WorkUnit, gather_and_assign, plan_digest, plan_units
+from preprocess.config import RUNNERS, BuildConfig, BuildError
+from preprocess.plan import WorkItem, WorkUnit, gather_and_assign, plan_digest, plan_units
 
 STATE_DIR = ".build"  # bookkeeping for resumable builds, hidden inside --output_dir
 ABSENT = "absent.txt"
@@ -47,19 +51,26 @@ def _init_worker(queue) -> None:
     _progress = queue.put
 
 
+def process_item(item: WorkItem, unit: WorkUnit) -> tuple:
+    """Reads and processes one image with `unit`'s settings (its items are not used).
+
+    Returns:
+      (name, encoded | None, crop_applied, warning, error): `error` says why the image is skipped.
+    """
+    try:
+        out = images.process(storage.read_bytes(item.path), box=item.box, image_size=unit.image_size,
+                             image_format=unit.image_format, jpeg_quality=unit.jpeg_quality,
+                             max_pixels=unit.max_pixels)
+        return item.name, out.encoded, out.crop_applied, out.warning, None
+    except (images.ImageError, OSError) as err:
+        return item.name, None, False, None, str(err)
+
+
 def process_unit(unit: WorkUnit) -> list[tuple]:
-    """Processes a shard's images; returns (name, encoded | None, crop_applied, warning, error) each."""
+    """Processes a shard's images; returns `process_item`'s tuple for each, in the unit's order."""
     results, pending = [], 0
     for item in unit.items:
-        try:
-            with open(item.path, "rb") as f:
-                data = f.read()
-            out = images.process(data, box=item.box, image_size=unit.image_size,
-                                 image_format=unit.image_format, jpeg_quality=unit.jpeg_quality,
-                                 max_pixels=unit.max_pixels)
-            results.append((item.name, out.encoded, out.crop_applied, out.warning, None))
-        except (images.ImageError, OSError) as err:
-            results.append((item.name, None, False, None, str(err)))
+        results.append(process_item(item, unit))
         pending += 1
         if _progress is not None and pending == 8:
             _progress(pending)
@@ -80,15 +91,14 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
     Raises:
       BuildError: the folder holds a build made with other record-shaping flags or inputs.
     """
-    state_dir = os.path.join(config.output_dir, STATE_DIR)
-    os.makedirs(config.output_dir, exist_ok=True)
+    state_dir = storage.join(config.output_dir, STATE_DIR)
+    storage.makedirs(config.output_dir)
     stamp = {"config": config.shaping(), "plan": digest, "schema_version": manifest_lib.SCHEMA_VERSION}
-    state_file = os.path.join(state_dir, "build.json")
+    state_file = storage.join(state_dir, "build.json")
     previous = None
-    if os.path.exists(state_file):
-        with open(state_file) as f:
-            previous = json.load(f)
-    ours = [n for n in os.listdir(config.output_dir) if _is_ours(n)]
+    if storage.exists(state_file):
+        previous = json.loads(storage.read_bytes(state_file))
+    ours = [n for n in storage.listdir(config.output_dir) if _is_ours(n)]
     # The same flags, records of an older format: the command is the same, its shards are rebuilt.
     outdated = bool(previous) and previous.get("schema_version") != manifest_lib.SCHEMA_VERSION \
         and previous.get("config") == stamp["config"]
@@ -107,27 +117,33 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
                 "pass --overwrite to replace that build, or choose another folder"
             )
         for name in ours:
-            path = os.path.join(config.output_dir, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    for name in os.listdir(config.output_dir):
+            path = storage.join(config.output_dir, name)
+            storage.rmtree(path) if storage.isdir(path) else storage.remove(path)
+    for name in storage.listdir(config.output_dir):
         if name.startswith(TEMP_PREFIX):  # left by a killed build; never a finished file
-            os.remove(os.path.join(config.output_dir, name))
-    os.makedirs(os.path.join(state_dir, "shards"), exist_ok=True)
+            storage.remove(storage.join(config.output_dir, name))
+    storage.makedirs(storage.join(state_dir, "shards"))
     write_json(state_file, stamp)
 
 
 def _shard_state_path(config: BuildConfig, shard: str) -> str:
-    return os.path.join(config.output_dir, STATE_DIR, "shards", f"{shard}.json")
+    return storage.join(config.output_dir, STATE_DIR, "shards", f"{shard}.json")
 
 
 def _is_done(config: BuildConfig, shard: str) -> bool:
     # The state file is written before the shard's rename, so a final-named shard implies both.
-    return os.path.exists(os.path.join(config.output_dir, shard)) and os.path.exists(
+    return storage.exists(storage.join(config.output_dir, shard)) and storage.exists(
         _shard_state_path(config, shard))
 
 
-def _finish_unit(config, unit, results, by_name, boxes) -> dict:
-    """Writes one processed shard and its bookkeeping; returns the shard's state."""
+def finish_unit(config: BuildConfig, unit: WorkUnit, results: list[tuple], by_name: dict, boxes: dict) -> dict:
+    """Writes one processed shard and its bookkeeping; returns the shard's state.
+
+    Args:
+      results: `process_item`'s tuples in the unit's order.
+      by_name: image name -> `Source` (at least the unit's images).
+      boxes: image name -> `plan.ImageBoxes` recorded in the record, whatever the crop mode.
+    """
     from preprocess import shard_writer  # TensorFlow is loaded by the parent only
 
     serialized, state = [], {"records": 0, "normal": 0, "abnormal": 0, "patients": [],
@@ -148,12 +164,16 @@ def _finish_unit(config, unit, results, by_name, boxes) -> dict:
             patients.add(source.entry.patient_id)
     state["patients"] = sorted(patients)
     write_json(_shard_state_path(config, unit.shard), state)
-    shard_writer.write_atomically(os.path.join(config.output_dir, unit.shard), serialized)
+    shard_writer.write_atomically(storage.join(config.output_dir, unit.shard), serialized)
     return state
 
 
-def run_units(config: BuildConfig, pending: list[WorkUnit], finish) -> None:
-    """Processes `pending` units (a process pool, or inline for one worker) and calls `finish`."""
+def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes: dict) -> None:
+    """Processes `pending` units (a process pool, or inline for one worker) and writes each shard."""
+
+    def finish(unit: WorkUnit, results: list[tuple]) -> None:
+        finish_unit(config, unit, results, by_name, boxes)
+
     workers = config.workers or os.cpu_count() or 1
     total = sum(len(u.items) for u in pending)
     with tqdm(total=total, unit="img", desc="build", smoothing=0.1, file=sys.stderr) as bar:
@@ -181,6 +201,31 @@ def run_units(config: BuildConfig, pending: list[WorkUnit], finish) -> None:
             ticker.join()
 
 
+def _runner(config: BuildConfig):
+    """The engine that runs the work units: this module's process pool, or Apache Beam.
+
+    Raises:
+      BuildError: a flag of the other runner, or Beam asked for but not installed.
+    """
+    if config.runner not in RUNNERS:
+        raise BuildError(f"--runner={config.runner!r} is not valid; choose one of {', '.join(RUNNERS)}")
+    if config.runner == "local":
+        if config.beam_pipeline_args:
+            raise BuildError("--beam_pipeline_args configures --runner=beam; drop it or add --runner=beam")
+        return run_units
+    if config.workers is not None:
+        raise BuildError("--workers sizes the local process pool; with --runner=beam the Beam runner "
+                         "sizes itself (e.g. --beam_pipeline_args='--direct_num_workers=4' or Dataflow's "
+                         "--max_num_workers): drop --workers")
+    try:
+        from preprocess import beam_runner
+    except ImportError as err:
+        raise BuildError(f"--runner=beam needs Apache Beam ({err}); install it with "
+                         "pip install -e '.[beam]'") from None
+    beam_runner.pipeline_options(config.beam_pipeline_args)  # bad options fail before any work
+    return beam_runner.run_units
+
+
 def _process_keyed(unit: WorkUnit) -> tuple[str, list[tuple]]:
     return unit.shard, process_unit(unit)
 
@@ -199,6 +244,7 @@ def build(config: BuildConfig) -> BuildResult:
     Raises:
       BuildError: the inputs or the output folder do not allow a build (message says the fix).
     """
+    execute = _runner(config)
     found, boxes, warnings, assigned, skipped = gather_and_assign(config)
     by_name = {s.entry.image: s for s in found.sources}
     units, shard_split = plan_units(config, assigned, boxes)
@@ -207,7 +253,7 @@ def build(config: BuildConfig) -> BuildResult:
     if len(pending) < len(units):
         logging.info("resuming: %d of %d shards already written", len(units) - len(pending), len(units))
     start = time.time()
-    run_units(config, pending, lambda unit, results: _finish_unit(config, unit, results, by_name, boxes))
+    execute(config, pending, by_name, boxes)
     elapsed = time.time() - start
     manifest = _manifest(config, units, shard_split, found, skipped, warnings, by_name)
     return _conclude(config, manifest, found, sum(len(u.items) for u in pending), elapsed)
@@ -217,8 +263,7 @@ def _manifest(config, units, shard_split, found, skipped, warnings, by_name) -> 
     split_info: dict[str, dict] = {}
     patients_by_split: dict[str, set] = {}
     for unit in units:
-        with open(_shard_state_path(config, unit.shard)) as f:
-            state = json.load(f)
+        state = json.loads(storage.read_bytes(_shard_state_path(config, unit.shard)))
         split = shard_split[unit.shard]
         info = split_info.setdefault(split, {"records": 0, "normal": 0, "abnormal": 0, "shards": []})
         for key in ("records", "normal", "abnormal"):
@@ -249,7 +294,7 @@ def _manifest(config, units, shard_split, found, skipped, warnings, by_name) -> 
 
 def _conclude(config, manifest, found, processed, elapsed) -> BuildResult:
     manifest_lib.write_manifest(config.output_dir, manifest)
-    write_text(os.path.join(config.output_dir, ABSENT), "".join(f"{name}\n" for name in found.absent))
+    write_text(storage.join(config.output_dir, ABSENT), "".join(f"{name}\n" for name in found.absent))
     splits = manifest["splits"]
     records = sum(s["records"] for s in splits.values())
     n_skipped = len(manifest["skipped"])

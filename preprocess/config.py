@@ -14,7 +14,10 @@ from preprocess.images import MAX_IMAGE_PIXELS
 SPLITS = ("grouped", "official", "all", "unlabeled")
 CROPS = ("bbox", "none")
 IMAGE_FORMATS = ("png", "jpeg")
-NOT_RECORD_SHAPING = ("workers", "max_skip_fraction", "overwrite")
+# local: this machine's process pool (preprocess/builder.py); beam: Apache Beam, on any of its
+# runners (preprocess/beam_runner.py). Both write the same shards and manifest.
+RUNNERS = ("local", "beam")
+NOT_RECORD_SHAPING = ("workers", "max_skip_fraction", "overwrite", "runner", "beam_pipeline_args")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,8 @@ class BuildConfig:
     max_skip_fraction: float = 0.01
     max_image_pixels: int = MAX_IMAGE_PIXELS
     overwrite: bool = False
+    runner: str = "local"  # one of RUNNERS
+    beam_pipeline_args: str = ""  # --runner=beam: Beam's own options, e.g. "--runner=DataflowRunner ..."
 
     def shaping(self) -> dict:
         """The flags that change the records written (a rerun must agree on all of them)."""

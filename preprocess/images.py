@@ -51,7 +51,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as err:
         raise ImageError(f"refused as a possible decompression bomb: {err}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except UnidentifiedImageError:
+        # Pillow's own message names the in-memory buffer's address, which would make the same
+        # file's reason differ from run to run (and between the local and the Beam builder).
+        raise ImageError(f"not a readable PNG, JPEG or DICOM image (no known format in its "
+                         f"{len(data):,} bytes)") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise ImageError(f"not a readable PNG, JPEG or DICOM image ({err})") from None
     if image.format not in SUPPORTED_FORMATS:
         raise ImageError(f"{image.format} images are not supported; convert it to PNG")

@@ -6,10 +6,10 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 
 from contracts import labels_csv as labels_csv_lib
 from contracts import manifest as manifest_lib
+from contracts import storage
 from contracts.boxes import FindingBox
 from contracts.errors import check_output_folder
 from preprocess import nih_metadata
@@ -63,12 +63,13 @@ def gather_and_assign(config: BuildConfig):
         raise BuildError("--image_dir is required: the folder holding the images (searched recursively)")
     if config.split == "unlabeled" and sources_lib.is_pattern(config.image_dir):
         pass  # a glob pattern of files: what it matches is checked below
-    elif not os.path.isdir(config.image_dir):
+    elif not storage.isdir(config.image_dir):
         raise BuildError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the images"
                          " (or, with --split=unlabeled, a glob pattern of files)")
     if not config.output_dir:
         raise BuildError("--output_dir is required: the folder the shards and manifest.json go to")
-    check_output_folder(config.output_dir, "output_dir")
+    if not storage.is_url(config.output_dir):  # a bucket's permissions show at the first write
+        check_output_folder(config.output_dir, "output_dir")
     found = _gather(config)
     boxes, warnings = _boxes(config, found)
     assigned, split_skips = _assign(config, found)
@@ -89,7 +90,7 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
     if config.split == "unlabeled":
         known = None
         if config.labels_csv:
-            if not os.path.isfile(config.labels_csv):
+            if not storage.isfile(config.labels_csv):
                 raise BuildError(f"--labels_csv={config.labels_csv} does not exist")
             try:
                 known = labels_csv_lib.read_labels_csv(config.labels_csv)
@@ -101,7 +102,7 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
                          f"--split={config.split} the labels come from --data_entry_csv")
     if not config.data_entry_csv:
         raise BuildError(f"--split={config.split} needs --data_entry_csv (only --split=unlabeled works without)")
-    if not os.path.isfile(config.data_entry_csv):
+    if not storage.isfile(config.data_entry_csv):
         raise BuildError(f"--data_entry_csv={config.data_entry_csv} does not exist")
     try:
         return sources_lib.from_data_entry(config.data_entry_csv, config.image_dir)
@@ -113,7 +114,7 @@ def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[
     """image -> `ImageBoxes` for images whose boxes are all valid, plus warnings."""
     if not config.bbox_csv:
         return {}, []
-    if not os.path.isfile(config.bbox_csv):
+    if not storage.isfile(config.bbox_csv):
         raise BuildError(f"--bbox_csv={config.bbox_csv} does not exist")
     raw, problems = nih_metadata.read_bbox_csv(config.bbox_csv)
     names = {s.entry.image for s in found.sources}
@@ -157,7 +158,7 @@ def _official_assignment(config: BuildConfig, by_name: dict) -> tuple[dict[str, 
     if not (config.train_val_list and config.test_list):
         raise BuildError("--split=official needs --train_val_list and --test_list (NIH's train_val_list.txt, test_list.txt)")
     for path in (config.train_val_list, config.test_list):
-        if not os.path.isfile(path):
+        if not storage.isfile(path):
             raise BuildError(f"split list {path} does not exist")
     train_val = set(nih_metadata.read_name_list(config.train_val_list))
     test = set(nih_metadata.read_name_list(config.test_list))

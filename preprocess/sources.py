@@ -14,7 +14,7 @@ import hashlib
 import os
 from typing import Mapping
 
-from contracts import labels
+from contracts import labels, storage
 from preprocess.nih_metadata import Entry, Skip, read_data_entry, unsafe_name_reason
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -44,32 +44,47 @@ GLOB_CHARACTERS = "*?["
 
 def is_pattern(image_dir: str) -> bool:
     """Whether --image_dir is a glob pattern (e.g. "/data/*/*.dcm", "**" recursing) to expand."""
-    return any(c in image_dir for c in GLOB_CHARACTERS) and not os.path.isdir(image_dir)
+    return any(c in image_dir for c in GLOB_CHARACTERS) and not storage.isdir(image_dir)
 
 
 def pattern_root(image_dir: str) -> str:
     """The folder ids are relative to: `image_dir` itself, or a pattern's leading fixed folders."""
     if not is_pattern(image_dir):
         return image_dir
+    separator = "/" if storage.is_url(image_dir) else os.sep
     fixed = []
-    for part in image_dir.split(os.sep):
+    for part in image_dir.split(separator):
         if any(c in part for c in GLOB_CHARACTERS):
             break
         fixed.append(part)
-    return os.sep.join(fixed) or "."
+    return separator.join(fixed) or "."
 
 
 def _matching_files(pattern: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = collections.defaultdict(list)
-    for path in sorted(glob.glob(pattern, recursive=True)):
-        if os.path.isfile(path) and not os.path.basename(path).startswith("."):
-            found[os.path.basename(path)].append(path)
+    paths = storage.glob(pattern) if storage.is_url(pattern) else sorted(glob.glob(pattern, recursive=True))
+    for path in paths:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if storage.isfile(path) and not name.startswith("."):
+            found[name].append(path)
+    return found
+
+
+def _scan_url(image_dir: str) -> dict[str, list[str]]:
+    """`scan_images` for a bucket URL, through tf.io.gfile (buckets have no links to follow)."""
+    found: dict[str, list[str]] = collections.defaultdict(list)
+    for root, dirs, files in storage.walk(image_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                found[name].append(storage.join(root, name))
     return found
 
 
 def scan_images(image_dir: str) -> dict[str, list[str]]:
     """Returns file name -> paths of every non-hidden file under `image_dir` (recursively), or of
-    every file a glob pattern matches (see `is_pattern`).
+    every file a glob pattern matches (see `is_pattern`). A bucket URL (`gs://...`) is listed
+    through tf.io.gfile (`contracts.storage`).
 
     Symbolic links to folders are followed (clusters link `images_001 -> /mnt/...`); a folder
     reached twice, through a link cycle or two links to one place, is read once.
@@ -79,6 +94,10 @@ def scan_images(image_dir: str) -> dict[str, list[str]]:
     """
     if is_pattern(image_dir):
         return _matching_files(image_dir)
+    if storage.is_url(image_dir):
+        if not storage.isdir(image_dir):
+            raise FileNotFoundError(f"--image_dir={image_dir} is not a folder")
+        return _scan_url(image_dir)
     if not os.path.isdir(image_dir):
         raise FileNotFoundError(f"--image_dir={image_dir} is not a folder")
     found: dict[str, list[str]] = collections.defaultdict(list)
@@ -97,8 +116,7 @@ def scan_images(image_dir: str) -> dict[str, list[str]]:
 
 
 def _digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
 
 
 def resolve_path(name: str, paths: list[str]) -> tuple[str | None, str | None]:
@@ -144,8 +162,7 @@ def _is_dicom_file(path: str) -> bool:
     from preprocess import dicom
 
     try:
-        with open(path, "rb") as f:
-            return dicom.is_dicom(f.read(dicom.SIGNATURE_BYTES))
+        return dicom.is_dicom(storage.read_bytes(path, dicom.SIGNATURE_BYTES))
     except OSError:
         return False
 
@@ -156,8 +173,7 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | 
     from preprocess.images import ImageError
 
     try:
-        with open(path, "rb") as f:
-            tags = dicom.read_tags(f.read())
+        tags = dicom.read_tags(storage.read_bytes(path))
     except (ImageError, OSError) as err:
         return Skip(image_id, f"{err}; skipped")
     label = known.get(image_id, known.get(tags.sop_instance_uid or "", labels.LABEL_UNKNOWN))
@@ -169,7 +185,7 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | 
 def dicom_id(path: str, image_dir: str) -> str:
     """A DICOM record's id: its path under `image_dir` with "/" separators. Archives reuse file
     names across series (`1.dcm` in every folder), so the name alone is not unique."""
-    return os.path.relpath(path, image_dir).replace(os.sep, "/")
+    return storage.relpath(path, image_dir)
 
 
 def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sources:

@@ -11,13 +11,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # entry point -> flags its help must list (one per owner the defaults come from, where it has one)
 TOOLS = {
     "train.py": ["--backbone: <efficientnet_b3|resnet50|densenet121>", "--shuffle_buffer", "(default: '2048')",
-                 "--learning_rate", "efficientnet_b3 0.0001"],
+                 "--learning_rate", "efficientnet_b3 0.0001", "--data_service"],
     "predict.py": ["--model_dir", "--batch_size", "(default: '64')", "--bootstrap"],
     "ensemble.py": ["--predictions", "--fit_on", "efficientnet_b3 0.6", "(default: '0.05')"],
     "export.py": ["--export_dir", "--ensemble", "--threshold"],
     "explain.py": ["--image_ids", "--per_group", "(default: '4')", "explanations.json"],
     "demo.py": ["--data_dir", "--backbones", "(default: 'efficientnet_b3,resnet50,densenet121')"],
-    os.path.join("preprocess", "build_tfrecords.py"): ["--image_dir", "--max_image_pixels", "(default: '64000000')"],
+    "data_service.py": ["--role: <dispatcher|worker>", "--dispatcher", "5050 for the dispatcher"],
+    os.path.join("preprocess", "build_tfrecords.py"): ["--image_dir", "--max_image_pixels", "(default: '64000000')",
+                                                        "--runner: <local|beam>", "--beam_pipeline_args"],
     os.path.join("preprocess", "synthetic.py"): ["--num_patients", "(default: '120')"],
 }
 
@@ -48,7 +50,7 @@ def test_help_lists_the_tools_flags_without_tensorflow(script):
 CONSOLE_SCRIPTS = {"cxr-build": "--image_dir", "cxr-synthetic": "--num_patients", "cxr-train": "--backbone",
                    "cxr-predict": "--model_dir", "cxr-ensemble": "--predictions", "cxr-export": "--export_dir",
                    "cxr-explain": "--per_group",
-                   "cxr-demo": "--backbones"}
+                   "cxr-demo": "--backbones", "cxr-data-service": "--role"}
 
 
 @pytest.mark.parametrize("script", sorted(CONSOLE_SCRIPTS))

@@ -54,6 +54,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # checkpoints kept in model_dir/checkpoints
     batchnorm_momentum: float | None = None  # None: the backbone's own (0.99)
     feature_layer: str | None = None  # None: the whole backbone; see registry.resolve_feature_layer
+    data_service: str | None = None  # "grpc://HOST:PORT": the training input runs on a tf.data service
 
 
 # Fields that change the model or its data: resuming with another value would mix two runs.
@@ -95,6 +96,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     _check_choice("class_weight", config.class_weight, CLASS_WEIGHTS)
     if config.global_batch_size < 1:
         raise ConfigError(f"global_batch_size must be >= 1, got {config.global_batch_size}")
+    data_service = _data_service(config)
     manifest = manifest_lib.load_manifest(config.data_dir)
     try:
         image_size = manifest_lib.check_image_size(
@@ -122,7 +124,24 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         steps_per_epoch=steps,
         learning_rate=spec.learning_rate if config.learning_rate is None else config.learning_rate,
         feature_layer=registry.resolve_feature_layer(config.backbone, config.feature_layer),
+        data_service=data_service,
     )
+
+
+def _data_service(config: TrainConfig) -> str | None:
+    """The dispatcher's address in one form, after refusing what the service cannot honour."""
+    if not config.data_service:
+        return None
+    try:
+        address = options.service_address(config.data_service)
+    except ValueError as err:
+        raise ConfigError(f"--data_service: {err}") from None
+    for flag in ("cache", "deterministic"):
+        if getattr(config, flag):
+            raise ConfigError(f"--{flag} with --data_service: the service decodes on its workers and "
+                              f"hands out files as they ask, so it has no trainer-side cache and no fixed "
+                              f"order; drop one of the two")
+    return address
 
 
 def class_weights(config: TrainConfig) -> tuple[float, float] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import keras
 import tensorflow as tf
@@ -123,6 +124,38 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     Under MultiWorkerMirroredStrategy the chief is worker 0 (or the task typed "chief").
     """
     return bool(strategy.extended.should_checkpoint)
+
+
+def adopt_chief_values(strategy: tf.distribute.Strategy, values: dict[str, float]) -> dict[str, float]:
+    """Returns the chief's (global replica 0's) `values` on every worker of a multi-worker run.
+
+    Every worker scores the same validation split, but floating-point noise could still make one
+    worker's early stopping fire and another's not, and then their collectives would hang; a name
+    drawn at random must be one name. Outside multi-worker runs, `values` as they are.
+    """
+    if strategy_name(strategy) != "multi_worker":
+        return values
+    names = sorted(values)
+    local = tf.constant([values[n] for n in names], tf.float64)
+
+    def replica_fn(local):
+        context = tf.distribute.get_replica_context()
+        mine = tf.where(tf.equal(context.replica_id_in_sync_group, 0), local, tf.zeros_like(local))
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, mine)
+
+    agreed = strategy.experimental_local_results(strategy.run(replica_fn, args=(local,)))[0].numpy()
+    return dict(zip(names, (float(v) for v in agreed)))
+
+
+def service_job_name(strategy: tf.distribute.Strategy) -> str:
+    """A tf.data service job name for this start of a run, the same on all its workers.
+
+    All trainers must read one job, so each record goes to one of them; a restarted run needs a new
+    name, since a finished job's name reads as an empty pass. The chief draws it (52 random bits,
+    exact in the float64 the collective carries).
+    """
+    drawn = adopt_chief_values(strategy, {"job": float(random.SystemRandom().getrandbits(52))})
+    return f"cxr-train-{int(drawn['job']):013x}"
 
 
 def resolve_precision(name: str) -> str:

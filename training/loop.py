@@ -22,7 +22,7 @@ from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.errors import check_output_folder
 from models import build_model, get_backbone, inference_model
-from pipeline import input_pipeline
+from pipeline import input_pipeline, service
 from training import callbacks as callbacks_lib
 from training import config as config_lib
 from training import distribute, outputs
@@ -79,11 +79,15 @@ def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
 def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy, start_epoch: int):
     # A resumed run reshuffles with another seed rather than replaying the first epoch's order.
     seed = config.seed + start_epoch
+    job_name = distribute.service_job_name(strategy) if config.data_service else None
+    if job_name:
+        logging.info("training input on the tf.data service at %s, job %s", config.data_service, job_name)
     train = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_train_dataset(
             config.data_dir, config.train_split, config.global_batch_size, config.image_size,
             seed=seed, deterministic=config.deterministic, shuffle_buffer=config.shuffle_buffer,
-            cache=config.cache, input_context=context).map(step_lib.without_ids))
+            cache=config.cache, input_context=context, data_service=config.data_service,
+            job_name=job_name).map(step_lib.without_ids))
     val = None
     if config.validation:
         val = validation.make_distributed_split(strategy, config.data_dir, config.val_split,
@@ -141,22 +145,6 @@ def _collect(pending, losses, probabilities, labels, epoch: int) -> None:
     labels.append(step_labels.numpy())
 
 
-def _agree(strategy: tf.distribute.Strategy, logs: dict[str, float]) -> dict[str, float]:
-    # Every worker scores the same validation split, but floating-point noise could still make
-    # one worker's early stopping fire and another's not, and then their collectives would hang.
-    # Every worker adopts the chief's (global replica 0's) numbers.
-    names = sorted(logs)
-    values = tf.constant([logs[n] for n in names], tf.float64)
-
-    def replica_fn(values):
-        context = tf.distribute.get_replica_context()
-        mine = tf.where(tf.equal(context.replica_id_in_sync_group, 0), values, tf.zeros_like(values))
-        return context.all_reduce(tf.distribute.ReduceOp.SUM, mine)
-
-    agreed = strategy.experimental_local_results(strategy.run(replica_fn, args=(values,)))[0].numpy()
-    return dict(zip(names, (float(v) for v in agreed)))
-
-
 def _early_stopping(callbacks: keras.callbacks.CallbackList) -> keras.callbacks.EarlyStopping | None:
     return next((c for c in callbacks.callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
 
@@ -183,8 +171,7 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
         scores = validation.score(run.strategy, run.predict_step, run.val_dataset)
         logs.update({f"val_{k}": v for k, v in validation.summarize(scores.labels,
                                                                       scores.probabilities).items()})
-    if distribute.strategy_name(run.strategy) == "multi_worker":
-        logs = _agree(run.strategy, logs)
+    logs = distribute.adopt_chief_values(run.strategy, logs)
     run.callbacks.on_epoch_end(epoch - 1, dict(logs))
     early_stopping = _early_stopping(run.callbacks)
     best = early_stopping is None or early_stopping.best_epoch == epoch - 1
@@ -345,6 +332,8 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
         config = dataclasses.replace(config_lib.resolve_config(config), precision=precision,
                                      strategy=distribute.strategy_name(strategy))
         _check_replicas(config, strategy)
+        if config.data_service:
+            service.check_reachable(config.data_service)
         for warning in distribute.hardware_warnings(requested.strategy, requested.precision,
                                                     strategy):
             logging.warning("%s", warning)

@@ -1,0 +1,44 @@
+"""A tf.data service on loopback for the benchmarks: a dispatcher and workers, each a
+`data_service.py` process on this host, as they would run on CPU hosts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+SERVICE_WORKERS = 2
+SERVICE_START_S = 120  # until the dispatcher answers
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_service(repo: str) -> tuple[str, list[subprocess.Popen]]:
+    """A dispatcher and `SERVICE_WORKERS` workers, each a `data_service.py` process on loopback."""
+    ports = _free_ports(1 + SERVICE_WORKERS)
+    tool = [sys.executable, os.path.join(repo, "data_service.py")]
+    servers = [subprocess.Popen(tool + ["--role=dispatcher", f"--port={ports[0]}"], cwd=repo,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    deadline = time.time() + SERVICE_START_S
+    while True:
+        try:
+            socket.create_connection(("localhost", ports[0]), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError("the dispatcher did not start")
+            time.sleep(0.2)
+    servers += [subprocess.Popen(tool + ["--role=worker", f"--dispatcher=localhost:{ports[0]}", f"--port={port}",
+                                         f"--worker_address=localhost:{port}"], cwd=repo,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for port in ports[1:]]
+    return f"grpc://localhost:{ports[0]}", servers

@@ -1,0 +1,171 @@
+"""The builder's work units on Apache Beam: the same plan, decode and shard writer on another engine.
+
+    python preprocess/build_tfrecords.py --runner=beam ... \
+        --beam_pipeline_args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
+
+`builder.build` does everything else exactly as for the local runner: the launching process reads
+the metadata, splits by patient and plans the shards (`preprocess/plan.py`; the split is one
+global, seeded, sequential rule over the CSV, seconds even for NIH), checks the output folder and
+what is already written, and afterwards writes the manifest from the shards' state files. This
+module only replaces the process pool:
+
+  shard names → each shard's work unit (read from the output folder) → one element per image
+    → Reshuffle (spread over the workers) → `builder.process_item` (read, decode, crop, resize,
+    encode) → GroupByKey(shard) → `builder.finish_unit` (the records in the planned order, the
+    shard written atomically)
+
+The work units travel as JSON files under `--output_dir/.build/units/`, not inside the pipeline
+graph: a runner then ships only shard names (Dataflow refuses graphs over 10 MB, and NIH's plan is
+larger), and every worker reads its unit from the storage the shards go to. Elements are images,
+not shards, so a runner can spread one 5,000-image shard over many workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shlex
+
+import apache_beam as beam
+from absl import logging as absl_logging
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from contracts import storage
+from contracts.atomic import write_json
+from contracts.boxes import FindingBox
+from preprocess import builder
+from preprocess.config import BuildConfig, BuildError
+from preprocess.nih_metadata import Entry
+from preprocess.plan import ImageBoxes, WorkItem, WorkUnit
+from preprocess.sources import Source
+
+UNITS_DIR = "units"  # inside builder.STATE_DIR: one JSON work unit per pending shard
+
+
+def pipeline_options(args_text: str) -> PipelineOptions:
+    """Beam's options from `--beam_pipeline_args`, refusing any Beam would silently discard.
+
+    Raises:
+      BuildError: unbalanced quotes, or options no Beam runner knows (named).
+    """
+    try:
+        args = shlex.split(args_text)
+    except ValueError as err:
+        raise BuildError(f"--beam_pipeline_args={args_text!r}: {err}") from None
+    options = PipelineOptions(args)
+    # Beam drops options no runner defines, with a warning only: they are refused here instead, in
+    # the one line of the tool's error (Beam's own warning is held back).
+    beam_log = logging.getLogger(PipelineOptions.__module__)
+    level = beam_log.level
+    beam_log.setLevel(logging.ERROR)
+    try:
+        unknown = sorted(set(options.get_all_options(retain_unknown_options=True))
+                         - set(options.get_all_options()))
+    finally:
+        beam_log.setLevel(level)
+    if unknown:
+        raise BuildError(f"--beam_pipeline_args: Beam knows no option {', '.join('--' + u for u in unknown)}; "
+                         "check the spelling against the runner's options (beam.apache.org/documentation/runners)")
+    return options
+
+
+def _unit_path(output_dir: str, shard: str) -> str:
+    return storage.join(output_dir, builder.STATE_DIR, UNITS_DIR, f"{shard}.json")
+
+
+def _boxes_record(found: ImageBoxes | None) -> dict | None:
+    return None if found is None else {"union": found.union, "boxes": [b._asdict() for b in found.boxes]}
+
+
+def _image_boxes(record: dict | None) -> ImageBoxes | None:
+    if record is None:
+        return None
+    return ImageBoxes(tuple(record["union"]), tuple(FindingBox(**b) for b in record["boxes"]))
+
+
+def write_unit(output_dir: str, unit: WorkUnit, by_name: dict, boxes: dict) -> None:
+    """Writes a shard's work unit with what its records need (entries, recorded boxes)."""
+    record = {
+        **{f.name: getattr(unit, f.name) for f in dataclasses.fields(WorkUnit) if f.name != "items"},
+        "items": [{"name": item.name, "path": item.path, "box": item.box,
+                   "boxes": _boxes_record(boxes.get(item.name)),
+                   "entry": dataclasses.asdict(by_name[item.name].entry)} for item in unit.items],
+    }
+    write_json(_unit_path(output_dir, unit.shard), record)
+
+
+def read_unit(output_dir: str, shard: str) -> tuple[WorkUnit, dict, dict]:
+    """Returns (unit, image name -> Source, image name -> `ImageBoxes`) as `write_unit` wrote them."""
+    record = json.loads(storage.read_bytes(_unit_path(output_dir, shard)))
+    items = record.pop("items")
+    unit = WorkUnit(items=tuple(WorkItem(i["name"], i["path"], _box(i["box"])) for i in items), **record)
+    by_name = {i["name"]: Source(Entry(**{**i["entry"], "findings": tuple(i["entry"]["findings"])}), i["path"])
+               for i in items}
+    boxes = {i["name"]: _image_boxes(i["boxes"]) for i in items if i["boxes"] is not None}
+    return unit, by_name, boxes
+
+
+def _box(values):
+    return None if values is None else tuple(values)
+
+
+def _images_of(shard: str, output_dir: str):
+    """Yields (shard, (index in the shard, item, the unit's settings)) for each image of a unit."""
+    unit, _, _ = read_unit(output_dir, shard)
+    settings = dataclasses.replace(unit, items=())  # what process_item needs, without 5,000 items
+    for index, item in enumerate(unit.items):
+        yield shard, (index, item, settings)
+
+
+def _process(element):
+    shard, (index, item, settings) = element
+    return shard, (index, builder.process_item(item, settings))
+
+
+def _write_shard(element, config: BuildConfig) -> None:
+    shard, indexed_results = element
+    unit, by_name, boxes = read_unit(config.output_dir, shard)
+    results = [result for _, result in sorted(indexed_results, key=lambda pair: pair[0])]
+    if [r[0] for r in results] != [item.name for item in unit.items]:
+        # A lost or repeated element would make a shard the plan does not describe: never write it.
+        raise RuntimeError(f"shard {shard}: the pipeline delivered {len(results)} results for "
+                           f"{len(unit.items)} planned images")
+    builder.finish_unit(config, unit, results, by_name, boxes)
+
+
+def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes: dict) -> None:
+    """Runs `pending` units on the Beam runner `config.beam_pipeline_args` names; returns when
+    every shard and its state file are written.
+
+    Raises:
+      BuildError: bad pipeline options, or the pipeline failed (its first error line).
+    """
+    options = pipeline_options(config.beam_pipeline_args)
+    if not pending:
+        return
+    if absl_logging.get_verbosity() < absl_logging.DEBUG:
+        # Beam narrates its start-up at INFO (the Prism runner the DirectRunner tries first and its
+        # fallback, type-hint conversions): shown under --verbosity=1, like TensorFlow's INFO lines.
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    units_dir = storage.join(config.output_dir, builder.STATE_DIR, UNITS_DIR)
+    storage.makedirs(units_dir)
+    for unit in pending:
+        write_unit(config.output_dir, unit, by_name, boxes)
+    pipeline = beam.Pipeline(options=options)
+    _ = (pipeline
+         | "Shards" >> beam.Create([unit.shard for unit in pending])
+         | "Images" >> beam.FlatMap(_images_of, config.output_dir)
+         | "Spread" >> beam.Reshuffle()
+         | "Decode" >> beam.Map(_process)
+         | "ByShard" >> beam.GroupByKey()
+         | "Write" >> beam.Map(_write_shard, config))
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as err:  # a worker's failure arrives as the runner's own exception
+        report = str(err).strip() or type(err).__name__
+        absl_logging.debug("the Beam pipeline failed:\n%s", report)
+        raise BuildError(f"the Beam pipeline failed: {report.splitlines()[-1]}; the shards it finished are "
+                         "kept and the same command writes the rest (--verbosity=1 shows Beam's whole "
+                         "report)") from None
+    storage.rmtree(units_dir)

@@ -1,0 +1,73 @@
+"""How every entry point runs around its flags: defined, --help answered, bad input in one line.
+
+`flags.py` defines every tool's flags and re-exports these functions, so entry points call
+`project_flags.run_tool(define, main, __doc__)`. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import flags
+
+FLAGS_MODULE = "flags"  # the module whose definitions are the tools' own flags (flags.py)
+
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?")
+
+
+def exit_on_help(argv: list[str], doc: str | None, fv: flags.FlagValues = flags.FLAGS) -> None:
+    """Prints the tool's usage and its own flags (with help and defaults) and exits 0 on --help.
+
+    absl's --help lists only the main module's flags and exits 1; the tools' flags are defined
+    here, so each entry point calls this before `app.run`, with nothing heavy imported yet.
+    """
+    if not any(arg in HELP_FLAGS for arg in argv[1:]):
+        return
+    print((doc or "").strip())
+    print()
+    print(fv.module_help(FLAGS_MODULE))
+    print("\nabsl's and TensorFlow's own flags: --helpfull")
+    raise SystemExit(0)
+
+
+def run_tool(define, main, doc: str | None, required: tuple[str, ...] = ()) -> None:
+    """What every entry point does: define its flags, answer --help, require flags, run `main`."""
+    from absl import app
+
+    define()
+    exit_on_help(sys.argv, doc)
+    if required:
+        flags.mark_flags_as_required(list(required))
+    flags.adopt_module_key_flags(sys.modules[FLAGS_MODULE])  # --helpshort lists the tool's flags too
+    app.run(lambda argv: guarded_main(main, argv))
+
+
+def guarded_main(main, argv: list[str]) -> int | None:
+    """Runs `main` under the project's rule for bad input: one line `<tool>: <what and the fix>`
+    on stderr and exit status 1, no traceback (contracts/errors.py). Refuses stray arguments."""
+    from contracts.errors import UserInputError, describe_os_error
+
+    tool = os.path.basename(argv[0])
+    if len(argv) > 1:
+        sys.exit(f"{tool}: unexpected arguments {' '.join(argv[1:])!r}; every option is a "
+                 "--name=value flag (--help lists them)")
+    quiet_tensorflow(flags.FLAGS["verbosity"].value)
+    try:
+        return main(argv)
+    except UserInputError as err:
+        sys.exit(f"{tool}: {err}")
+    except OSError as err:  # a file the user named could not be read or written
+        sys.exit(f"{tool}: {describe_os_error(err)}")
+
+
+# TensorFlow's C++ log level when the user set none: 1 drops its start-up INFO lines (CPU
+# instruction sets, XLA service banners) and keeps every warning and error; what still prints
+# before it can apply is listed in the README ("What TensorFlow prints at start-up").
+QUIET_TF_LOG_LEVEL = "1"
+
+
+def quiet_tensorflow(verbosity: int) -> None:
+    """Sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads, unless the user set it: 1, or 0 (all of
+    TensorFlow's C++ INFO lines) under absl's --verbosity=1 or more."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbosity > 0 else QUIET_TF_LOG_LEVEL)
