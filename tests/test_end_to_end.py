@@ -41,7 +41,8 @@ def test_build_train_predict_ensemble_report(tmp_path):
         # few dozen steps from scratch.
         result = run_training(TrainConfig(backbone="tiny_test", data_dir=shards, weights="none", epochs=EPOCHS,
                                           learning_rate=3e-3, batchnorm_momentum=0.9,
-                                          early_stopping_patience=EPOCHS, global_batch_size=8, seed=seed),
+                                          early_stopping_patience=EPOCHS, global_batch_size=8, seed=seed,
+                                          deterministic=True),
                               model_dir)
         assert result["epochs_done"] == EPOCHS
         for name in ("config.json", "metrics.jsonl", "model.keras", "val_predictions.csv"):
