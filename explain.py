@@ -22,7 +22,6 @@ import os
 from absl import flags
 
 import flags as project_flags
-from contracts.errors import UserInputError
 
 FLAGS = flags.FLAGS
 
@@ -37,8 +36,7 @@ def _check_flags() -> tuple[int, int] | None:
     from evaluation import preflight
     from preprocess import raw_images
 
-    if (FLAGS.data_dir is None) == (FLAGS.images is None):
-        raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or neither")
+    raw_images.check_one_source(FLAGS.data_dir, FLAGS.images)
     if FLAGS.images is None:
         preflight.check_explain_inputs(FLAGS.model_dir, FLAGS.ensemble, FLAGS.data_dir, FLAGS.split,
                                        FLAGS.output_dir)

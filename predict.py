@@ -18,7 +18,6 @@ from __future__ import annotations
 from absl import flags
 
 import flags as project_flags
-from contracts.errors import UserInputError
 
 FLAGS = flags.FLAGS
 
@@ -32,8 +31,7 @@ def _check_flags() -> tuple[int, int] | None:
     from evaluation import preflight
     from preprocess import raw_images
 
-    if (FLAGS.data_dir is None) == (FLAGS.images is None):
-        raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or neither")
+    raw_images.check_one_source(FLAGS.data_dir, FLAGS.images)
     if FLAGS.labels_csv is not None and FLAGS.images is None:
         from evaluation import agreement
 

@@ -46,6 +46,16 @@ def _max_pixels(config: dict[str, Any]) -> int:
     return int(built.get("max_image_pixels") or MAX_IMAGE_PIXELS)
 
 
+def check_one_source(data_dir: str | None, images: str | None) -> None:
+    """The tools that read shards or raw files (predict.py, explain.py) take exactly one of them.
+
+    Raises:
+      UserInputError: both or neither.
+    """
+    if (data_dir is None) == (images is None):
+        raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or neither")
+
+
 def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
                         labels_csv: str | None = None) -> tuple[int, int]:
     """Checks `--images` runs before any work; returns (image size, pixel limit) of the models.
