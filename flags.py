@@ -158,6 +158,7 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_enum, fv)("precision", "auto", list(PRECISIONS),
       "Dtype policy the models compute under (the saved graph is cloned under it when needed); "
       "auto: mixed_float16 on GPU, float32 on CPU.")
+    _define_transfer_flag(fv)
     _define_report_flags(fv)
 
 
@@ -307,6 +308,19 @@ def define_input_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_enum, fv)("augment", default["augment"], list(options.AUGMENT_MODES),
       "In-model training augmentation (rotation 10 deg, shifts 10%, shear 10 deg, zoom 10%): "
       "auto = the backbone's default (on for EfficientNet and DenseNet, off for ResNet).")
+    _define_transfer_flag(fv)
+
+
+def _define_transfer_flag(fv: flags.FlagValues) -> None:
+    """--transfer, shared by train.py and predict.py (`pipeline.options` owns the choices)."""
+    from pipeline import options
+
+    _d(flags.DEFINE_enum, fv)("transfer", options.DEFAULT_TRANSFER, list(options.TRANSFERS),
+      f"What the input pipeline hands the device. {options.UINT8}: the decoded gray bytes (1 byte per "
+      "pixel), made float32 RGB by the model's front on the device: 12x fewer bytes to copy and less "
+      f"host CPU. {options.FLOAT32}: float32 RGB made on the host. auto: {options.UINT8} when TensorFlow "
+      f"sees a GPU, else {options.CPU_TRANSFER} (measured; README, 'Performance on GPUs'). Saved and "
+      "exported models take float32 RGB either way.")
 
 
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?")
