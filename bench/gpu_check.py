@@ -14,8 +14,9 @@
 Every part runs in its own process (device memory starts empty; a failed part does not stop the
 others). One JSON holds everything (`--json_out`); a table prints the training figures beside
 NVIDIA's published A100 TensorFlow figures for scale, and the last line names the file to attach
-to an issue. `--smoke` runs the same parts on the CPU at 32 px with a few steps (XLA for one
-backbone, mirrored over two logical CPU devices): it checks the script, its figures mean nothing.
+to an issue. `--smoke` runs the same parts on the CPU at 32 px with a few steps under
+mixed_bfloat16 (XLA for one backbone, mirrored over two logical CPU devices): it checks the script,
+its figures mean nothing.
 The exit status is 1 when a part failed (its error is in the JSON).
 """
 
@@ -76,8 +77,8 @@ GPU_PLAN = Plan(
     train=("--records=1024", "--steps=20", "--warmup=5", "--repeats=2"), xla_all=True,
     pipeline=("--num_images=4096", "--batch_size=256", "--seconds=8"),
     predict=("--records=4096", "--batch_size=256", "--repeats=2"), logical_cpus=1)
-SMOKE_PLAN = Plan(
-    image_size=32, batch_sizes=(16, 8), precision="mixed_float16",
+SMOKE_PLAN = Plan(  # mixed_bfloat16: a CPU's mixed precision (float16 is emulated there, and slow)
+    image_size=32, batch_sizes=(16, 8), precision="mixed_bfloat16",
     train=("--records=32", "--steps=1", "--warmup=1", "--repeats=1"), xla_all=False,
     pipeline=("--num_images=32", "--batch_size=8", "--seconds=0.2", "--warmup=1", "--source_size=64"),
     predict=("--records=16", "--batch_size=8", "--repeats=1"), logical_cpus=2)
@@ -195,7 +196,8 @@ def run_scaling(runner: Runner, plan: Plan, train: dict[str, list[dict]], replic
     backbone = reference_backbone(list(train))
     single = _uint8_no_xla(train[backbone])
     if single is None:
-        return None
+        return {"backbone": backbone, "replicas": replicas,
+                "error": "not run: the one-device run (XLA off, uint8) has no figure to compare with"}
     batch = replicas * single["global_batch_size"]  # the same batch per replica as on one device
     result = runner.run("scaling", "train_bench.py", [
         f"--image_size={plan.image_size}", f"--precisions={plan.precision}", "--strategy=mirrored",
@@ -243,6 +245,10 @@ def print_table(report: dict) -> None:
     _print_parts(report)
 
 
+def _rate(img_s: float | None) -> str:
+    return "n/a" if img_s is None else f"{img_s:,.1f}"
+
+
 def _print_parts(report: dict) -> None:
     p, pred, s = report["pipeline"], report["predict"], report["scaling"]
     if p:
@@ -250,7 +256,8 @@ def _print_parts(report: dict) -> None:
               f"{p['pipeline_img_s']:,.0f} img/s float32, {p['pipeline_uint8_gray_img_s']:,.0f} img/s uint8 "
               f"(decode-only {p['decode_only_img_s']:,.0f}; the reference's Sequence {p['seed_style_img_s']:,.0f})")
     if pred:
-        rates = ", ".join(f"{t} {f['img_s']:,.1f} img/s" for t, f in pred["transfers"].items())
+        rates = ", ".join(f"{t} {_rate(f['img_s'])} img/s ({f['pass_img_s']:,.1f} over a whole pass of "
+                          f"{pred['records']:,})" for t, f in pred["transfers"].items())
         print(f"predict {pred['backbone']} {pred['precision']}, batch {pred['batch_size']}: {rates}")
     if s and "error" not in s:
         print(f"scaling {s['backbone']} over {s['replicas']} devices: {s['all_devices']['pipeline_img_s']:,.1f} "

@@ -32,8 +32,9 @@ UINT8 = "uint8"  # the decoded gray bytes (B, S, S, 1); the model's front makes 
 FLOAT32 = "float32"  # float32 RGB (B, S, S, 3) 0..255 made on the host: 12 bytes per pixel instead of 1
 TRANSFERS = ("auto", UINT8, FLOAT32)
 DEFAULT_TRANSFER = "auto"
-# What "auto" means without a GPU, where the device is the host itself and the front's work is host
-# work too. Chosen by host CPU time per image, both ways (README, "Performance on GPUs").
+# What "auto" means without a GPU, where the device is the host itself and the front's cast and
+# copy is host work too: the same float32 RGB write the float pipeline does, so uint8 saved no host
+# CPU per image there (the figures: README, "Performance on GPUs"; bench/RESULTS.md).
 CPU_TRANSFER = FLOAT32
 
 

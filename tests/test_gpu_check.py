@@ -32,6 +32,32 @@ def test_without_a_gpu_it_fails_in_one_line_and_measures_nothing(tmp_path):
     assert "Traceback" not in done.stderr and not out.exists()
 
 
+def _make_install(venv, path: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", "install", f"VENV={venv}", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PATH": path})
+
+
+def test_make_install_names_gpu_1_where_nvidia_smi_works_and_gpu_1_adds_the_cuda_extra(tmp_path):
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".installed").touch()  # installed and up to date: only the hint can print
+    paths = {}
+    for name, status in (("gpu", 0), ("no_driver", 9)):  # a working and a failing nvidia-smi
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "nvidia-smi").write_text(f"#!/bin/sh\nexit {status}\n")
+        (tmp_path / name / "nvidia-smi").chmod(0o755)
+        paths[name] = f"{tmp_path / name}:{os.environ['PATH']}"
+    with_gpu = paths["gpu"]
+    hint = _make_install(venv, with_gpu).stdout.strip().splitlines()
+    assert len(hint) == 1 and "make install GPU=1" in hint[0]
+    assert _make_install(venv, paths["no_driver"]).stdout.strip() == ""
+    (venv / ".installed-gpu").touch()  # a GPU=1 venv keeps GPU=1 for later targets
+    assert _make_install(venv, with_gpu).stdout.strip() == ""
+    planned = subprocess.run(["make", "-n", "install", "GPU=1", f"VENV={tmp_path / 'new'}"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60).stdout
+    assert "pip install --quiet -e '.[dev,gpu]'" in planned
+
+
 @pytest.fixture(scope="module")
 def train_bench():
     # Loaded once: its flags go on absl's global FLAGS, which no other test module of this process uses.
@@ -84,7 +110,8 @@ def test_the_smoke_run_goes_through_every_part_and_its_figures_add_up(tmp_path):
         assert sorted((v["jit_compile"], v["transfer"]) for v in variants) == [
             (False, "float32"), (False, "uint8"), (True, "uint8")]
         for v in variants:
-            assert v["precision"] == "mixed_float16" and v["global_batch_size"] == max(report["plan"]["batch_sizes"])
+            assert v["precision"] == report["plan"]["precision"] == "mixed_bfloat16"
+            assert v["global_batch_size"] == max(report["plan"]["batch_sizes"])
             pixels = v["global_batch_size"] * size * size
             assert v["bytes_per_batch"] == pixels * (1 if v["transfer"] == "uint8" else 3 * 4)
             assert v["ratio"] == pytest.approx(v["pipeline_img_s"] / v["in_memory_img_s"])
