@@ -2,7 +2,12 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# make install GPU=1: TensorFlow with its CUDA libraries (setup.cfg's `gpu` extra). It has its own
+# stamp, so adding GPU=1 later reinstalls, and a venv installed with it keeps it for later targets.
+GPU ?= $(if $(wildcard $(VENV)/.installed-gpu),1,)
+comma := ,
+EXTRAS := dev$(if $(GPU),$(comma)gpu,)
+STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
 # make demo DATA_DIR=/path/to/nih [WEIGHTS=none|imagenet|PATH] [IMAGE_SIZE=128] [EPOCHS=2]
 DATA_DIR ?=
 WEIGHTS ?=
@@ -13,13 +18,15 @@ PYTEST_ARGS ?=
 .PHONY: install test demo bench clean
 
 install: $(STAMP)
+	@if [ -z "$(GPU)" ] && nvidia-smi >/dev/null 2>&1; then \
+		echo "nvidia-smi sees a GPU here: make install GPU=1 installs TensorFlow with its CUDA libraries"; fi
 
 # Reinstall when the dependency list changes. Editable in compat mode: the repository root goes
 # on sys.path, so a package added to the tree later needs no reinstall.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 test: install

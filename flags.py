@@ -167,6 +167,7 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_enum, fv)("precision", "auto", list(PRECISIONS),
       "Dtype policy the models compute under (the saved graph is cloned under it when needed); "
       "auto: mixed_float16 on GPU, float32 on CPU.")
+    _define_transfer_flag(fv)
     _define_report_flags(fv)
 
 
@@ -363,6 +364,19 @@ def define_input_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "grpc://HOST:PORT of a tf.data service dispatcher (data_service.py): the training input (read, "
       "shuffle, decode, batch) runs on its workers; each pass gives every train record to exactly one "
       "trainer. Validation still reads the shards here. Not with --cache or --deterministic.")
+    _define_transfer_flag(fv)
+
+
+def _define_transfer_flag(fv: flags.FlagValues) -> None:
+    """--transfer, shared by train.py and predict.py (`pipeline.options` owns the choices)."""
+    from pipeline import options
+
+    _d(flags.DEFINE_enum, fv)("transfer", options.DEFAULT_TRANSFER, list(options.TRANSFERS),
+      f"What the input pipeline hands the device. {options.UINT8}: the decoded gray bytes (1 byte per "
+      "pixel), made float32 RGB by the model's front on the device: 12x fewer bytes to copy and less "
+      f"host CPU. {options.FLOAT32}: float32 RGB made on the host. auto: {options.UINT8} when TensorFlow "
+      f"sees a GPU, else {options.CPU_TRANSFER} (measured; README, 'Performance on GPUs'). Saved and "
+      "exported models take float32 RGB either way.")
 
 
 # How a tool runs around these flags (--help, required flags, one-line errors) lives in

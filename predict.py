@@ -54,8 +54,8 @@ def main(argv: list[str]) -> None:
     from preprocess import raw_images
 
     options = dict(batch_size=FLAGS.batch_size, strategy=FLAGS.strategy, precision=FLAGS.precision,
-                   threshold=FLAGS.threshold, bootstrap=FLAGS.bootstrap, report_dir=FLAGS.report_dir,
-                   per_model=FLAGS.ensemble is not None)
+                   transfer=FLAGS.transfer, threshold=FLAGS.threshold, bootstrap=FLAGS.bootstrap,
+                   report_dir=FLAGS.report_dir, per_model=FLAGS.ensemble is not None)
     extra = {}
     if images_at is None:
         result = prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,

@@ -4,8 +4,9 @@
         [--num_images=2320] [--batch_size=32] [--seconds=15] [--repeats=1] [--json_out=FILE]
 
 All rows read the same source images: the real 1024x1024 NIH PNGs of `--nih_dir`, each listed
-several times under new names (symlinks) up to `--num_images`, or, without that folder, synthetic
-1024x1024 radiographs with boxes. The shards are built from them by the real builder
+several times under new names (symlinks) up to `--num_images`, or, without that folder (or with
+`--nih_dir=`), synthetic `--source_size` radiographs with boxes. Every stage uses all the host's
+cores. The shards are built from them by the real builder
 (`python -m preprocess.build_tfrecords --split=all --crop=bbox`). Each row runs in its own process,
 so its peak resident memory is its own:
   seed_style   the reference design: a `keras.utils.PyDataset` that, per batch, opens each
@@ -15,8 +16,11 @@ so its peak resident memory is its own:
   pipeline     `make_train_dataset` over the shards in its training configuration; augmentation
                is excluded, as it runs in the model
   decode_only  read and decode the same shards, nothing else (the ceiling of row 2)
-  pipeline_uint8_gray  row 2 with `uint8_gray=True`: what it costs when the model, not the host,
-               casts to float and copies the gray channel to three (for comparison only)
+  pipeline_uint8_gray  row 2 with `uint8_gray=True` (train.py --transfer=uint8): what it costs when
+               the model, not the host, casts to float and copies the gray channel to three; then
+               the same batches through the model's uint8 front (`models.front`) on this machine's
+               default device: on a CPU-only machine, the whole uint8 path's host CPU per image
+  bytes_per_batch  one batch of images as the pipeline hands it over (rows 2: float32 RGB, uint8 gray)
   augment      `make_augmentation` alone on one batch, on this machine's default device
   pipeline_data_service  row 2 through the tf.data service on loopback: a dispatcher and two
                workers, each its own `data_service.py` process on this host, read and decode; the
@@ -51,12 +55,16 @@ from seed_style import SeedStyleSequence  # noqa: E402  (bench/seed_style.py)
 
 from contracts import manifest as manifest_lib  # noqa: E402
 from contracts import records  # noqa: E402
+from contracts.atomic import write_json  # noqa: E402
 from pipeline import augment  # noqa: E402
 from pipeline import input_pipeline  # noqa: E402
 from preprocess import nih_metadata  # noqa: E402
 
 _NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join(REPO, "..", "shared", "data", "nih_sample"),
-                               "Folder with the real NIH sample (images_00N/images/*.png and CSVs).")
+                               "Folder with the real NIH sample (images_00N/images/*.png and CSVs); "
+                               "empty: synthetic radiographs, even where that folder exists.")
+_SOURCE_SIZE = flags.DEFINE_integer("source_size", 1024, "Side of the synthetic source radiographs.",
+                                    lower_bound=64)
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 2320,
                                    "Images in the benchmark set; the source images are listed "
                                    "repeatedly to reach it. At least the shuffle buffer (2048), so "
@@ -91,7 +99,7 @@ SPLIT = "all"
 
 def _base_set(nih_dir: str, work: str) -> tuple[str, str, list[str], str]:
     """Returns (data entry lines, bbox lines, image paths, description) of the images to repeat."""
-    if os.path.isdir(os.path.join(nih_dir, "images_001")):
+    if nih_dir and os.path.isdir(os.path.join(nih_dir, "images_001")):
         image_dir, what = nih_dir, "real NIH radiographs"
         with gzip.open(os.path.join(nih_dir, "Data_Entry_2017_v2020.csv.gz"), "rt") as f:
             entries = f.read().splitlines()
@@ -99,8 +107,9 @@ def _base_set(nih_dir: str, work: str) -> tuple[str, str, list[str], str]:
     else:
         from preprocess import synthetic
 
-        synthetic.generate(synthetic.SyntheticConfig(output_dir=work, num_patients=40, source_size=1024))
-        image_dir, what = work, "synthetic 1024x1024 radiographs"
+        size = _SOURCE_SIZE.value
+        synthetic.generate(synthetic.SyntheticConfig(output_dir=work, num_patients=40, source_size=size))
+        image_dir, what = work, f"synthetic {size}x{size} radiographs"
         with open(os.path.join(work, "Data_Entry_2017_v2020.csv")) as f:
             entries = f.read().splitlines()
         bbox_csv = os.path.join(work, "BBox_List_2017.csv")
@@ -227,6 +236,18 @@ def _decode_only_dataset(paths: list[str], image_size: int, batch_size: int) -> 
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _time_front(iterator) -> dict:
+    """Times the uint8 batches of `iterator` through the model's front, on the default device."""
+    from models.front import GrayToRGB
+
+    front = GrayToRGB()
+    # One element of the float32 RGB batch back, not the batch: a model would read it on the device.
+    expand = tf.function(lambda images: front(images)[0, 0, 0, 0])
+    figures = _time_batches(lambda: expand(next(iterator)["image"]).numpy(), _BATCH.value, _WARMUP.value,
+                            _SECONDS.value)
+    return {f"front_{k}": v for k, v in figures.items()}
+
+
 def run_tf_row(work: str, row: str) -> dict:
     """Times the training pipeline (either output, or through the tf.data service) or the
     decode-only reader over the shards."""
@@ -247,12 +268,18 @@ def run_tf_row(work: str, row: str) -> dict:
         dataset = _decode_only_dataset(paths, _IMAGE_SIZE.value, _BATCH.value)
     try:
         iterator = iter(dataset)
+        first = next(iterator)
+        images = first["image"] if isinstance(first, dict) else first  # decode-only yields bare images
         figures = _time_batches(lambda: next(iterator), _BATCH.value, _WARMUP.value, _SECONDS.value)
+        figures = {**figures, "peak_rss_mb": _peak_rss_mb(), "runtime_rss_mb": runtime_rss,
+                   "bytes_per_batch": int(tf.size(images)) * images.dtype.size}
+        if row == "pipeline_uint8_gray":
+            figures.update(_time_front(iterator))
     finally:
         for server in servers:
             server.terminate()
             server.wait()
-    return {**figures, "peak_rss_mb": _peak_rss_mb(), "runtime_rss_mb": runtime_rss}
+    return figures
 
 
 def run_augment() -> dict:
@@ -312,6 +339,10 @@ def summarise(runs: dict[str, list[dict]], augment_run: dict) -> dict:
     figures["pipeline_data_service_over_pipeline"] = (
         figures["pipeline_data_service_img_s"] / figures["pipeline_img_s"]
     )
+    figures["pipeline_uint8_front_img_s"] = _median(runs["pipeline_uint8_gray"], "front_img_s")
+    figures["pipeline_uint8_front_cpu_ms_per_img"] = _median(runs["pipeline_uint8_gray"], "front_cpu_ms_per_img")
+    for row in ("pipeline", "pipeline_uint8_gray"):
+        figures[f"{row}_bytes_per_batch"] = runs[row][0]["bytes_per_batch"]
     figures["augment_ms_per_batch"] = augment_run["ms_per_batch"]
     figures["augment_ms_per_image"] = augment_run["ms_per_image"]
     figures["augment_device"] = augment_run["device"]
@@ -338,6 +369,11 @@ def report(figures: dict, source: str) -> None:
     print(f"with uint8_gray=True: {f['pipeline_uint8_gray_over_decode_only']:.2f} x decode-only")
     print(f"through the tf.data service on loopback ({SERVICE_WORKERS} worker processes on this host; CPU "
           f"figure: the trainer's): {f['pipeline_data_service_over_pipeline']:.2f} x row 2 (a figure, not a target)")
+    print(f"with uint8_gray=True: {f['pipeline_uint8_gray_over_decode_only']:.2f} x decode-only; "
+          f"through the model's uint8 front on this machine's default device "
+          f"{f['pipeline_uint8_front_img_s']:.1f} img/s, {f['pipeline_uint8_front_cpu_ms_per_img']:.3f} ms CPU/img")
+    print(f"bytes per batch handed to the device: float32 RGB {f['pipeline_bytes_per_batch']:,}, "
+          f"uint8 gray {f['pipeline_uint8_gray_bytes_per_batch']:,}")
     print(f"row 2 peak RSS {f['pipeline_peak_rss_mb']:.0f} MB (target <= 2048), of which the TF runtime "
           f"alone {f['pipeline_runtime_rss_mb']:.0f} MB; row 1 peak RSS {f['seed_style_peak_rss_mb']:.0f} MB")
     print(f"augmentation block, batch of {_BATCH.value} on {f['augment_device']}: "
@@ -371,8 +407,8 @@ def main(argv: list[str]) -> None:
     figures = summarise(runs, augment_run)
     report(figures, source)
     if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(figures, f, indent=2)
+        write_json(_JSON_OUT.value, {**figures, "source": source, "cores": os.cpu_count(),
+                                     "batch_size": _BATCH.value, "image_size": _IMAGE_SIZE.value})
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Training-step throughput per backbone, fed by the real input pipeline and by one batch in memory.
 
     .venv/bin/python bench/train_bench.py [--data_dir=SHARDS] [--image_size=64] \
-        [--backbones=efficientnet_b3,resnet50,densenet121] [--global_batch_size=16] \
-        [--precisions=auto,float32,mixed] [--jit=off,on] [--steps=10] [--repeats=3] [--json_out=FILE]
+        [--backbones=efficientnet_b3,resnet50,densenet121] [--global_batch_size=16 | =256,128,64] \
+        [--precisions=auto,float32,mixed] [--jit=off,on] [--transfers=auto | =uint8,float32] \
+        [--steps=10] [--repeats=3] [--strategy=auto] [--logical_cpus=1] [--json_out=FILE]
 
-For each backbone and each (precision, XLA) variant, on the same device and strategy:
+For each backbone and each (precision, XLA, transfer) variant, on the same device and strategy:
   in_memory_img_s   the step fed one constant batch (the compute's own ceiling)
   pipeline_img_s    the same step fed by `make_train_dataset` over the shards
   input_only_img_s  the input pipeline alone, no step (what it can deliver)
@@ -14,7 +15,13 @@ For each backbone and each (precision, XLA) variant, on the same device and stra
                     from the step.
   cpu_ratio         in-memory / pipeline CPU seconds per image: the ratio a CPU-bound machine would
                     reach if nothing else ran on it (wall-clock timings on a shared machine are not).
-"mixed" is mixed_float16 on a GPU and mixed_bfloat16 on a CPU. Without --data_dir, synthetic shards
+  bytes_per_batch   bytes of one global batch of images as the pipeline hands it over: uint8 gray
+                    (train.py --transfer=uint8, cast to float32 RGB by the model's front on the
+                    device) or float32 RGB (--transfer=float32), 12x more.
+"mixed" is mixed_float16 on a GPU and mixed_bfloat16 on a CPU. With several --global_batch_size
+values, largest first, a variant runs at the largest one that fits in device memory (an
+out-of-memory error steps down to the next; later variants of the backbone start from the one that
+fitted); a variant that fits none is reported with its error. Without --data_dir, synthetic shards
 (tests/shard_factory.py, the real record format) are written to a temporary folder. The top-level
 JSON keys are the backbones; each holds the first variant's figures (the default training
 precision, XLA off) and a "variants" list with all of them.
@@ -22,7 +29,7 @@ precision, XLA off) and a "variants" list with all of them.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import sys
 import tempfile
@@ -31,13 +38,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 import models  # noqa: E402
 from contracts import manifest as manifest_lib  # noqa: E402
-from pipeline import input_pipeline  # noqa: E402
+from contracts.atomic import write_json  # noqa: E402
+from pipeline import input_pipeline, options  # noqa: E402
 from training import distribute  # noqa: E402
 from training import step as step_lib  # noqa: E402
 
@@ -46,31 +53,84 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None,
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Side of the synthetic shards (ignored with --data_dir).")
 _RECORDS = flags.DEFINE_integer("records", 512, "Train records in the synthetic shards.")
 _BACKBONES = flags.DEFINE_list("backbones", list(models.BACKBONES), "Backbones to time.")
-_BATCH = flags.DEFINE_integer("global_batch_size", 16, "Images per step.")
+_BATCH = flags.DEFINE_list("global_batch_size", ["16"],
+                           "Images per step over all replicas; several, largest first: the largest "
+                           "that fits in device memory (see above).")
 _PRECISIONS = flags.DEFINE_list("precisions", ["auto", "float32", "mixed"],
                                 "float32 | mixed_float16 | mixed_bfloat16 | auto | mixed (see above); "
                                 "names that resolve to the same policy are timed once.")
 _JIT = flags.DEFINE_list("jit", ["off", "on"], "XLA settings to time: off, on.")
+_TRANSFERS = flags.DEFINE_list("transfers", ["auto"],
+                               f"train.py's --transfer values to time: {', '.join(options.TRANSFERS)}; "
+                               "names that resolve to the same transfer are timed once.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after --warmup).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, XLA compilation, autotune).")
 _REPEATS = flags.DEFINE_integer("repeats", 3,
                                 "Timings per mode, in-memory and pipeline alternating; the best counts "
                                 "(on a shared machine, other work only ever slows a timing down).")
 _STRATEGY = flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES), "As train.py's --strategy.")
-_JSON_OUT = flags.DEFINE_string("json_out", None, "Write the figures here as JSON.")
+_LOGICAL_CPUS = flags.DEFINE_integer("logical_cpus", 1,
+                                     "Split the CPU into this many logical devices first, so that "
+                                     "--strategy=mirrored mirrors over them without a GPU (the "
+                                     "multi-GPU path of bench/gpu_check.py --smoke).", lower_bound=1)
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Write the figures here as JSON (atomically).")
+
+# How out-of-memory shows besides ResourceExhaustedError (cuDNN workspaces, copies to the device).
+OUT_OF_MEMORY_MARKS = ("out of memory", "dst tensor is not initialized", "failed to allocate",
+                       "cudnn_status_alloc_failed")
 
 
-def _precisions(names: list[str]) -> list[str]:
-    gpu = bool(tf.config.list_physical_devices("GPU"))
+class NothingFits(Exception):
+    """Every global batch size ran out of device memory."""
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    """Whether a TensorFlow error says the device ran out of memory."""
+    if isinstance(error, tf.errors.ResourceExhaustedError):
+        return True
+    return isinstance(error, tf.errors.OpError) and any(m in str(error).lower() for m in OUT_OF_MEMORY_MARKS)
+
+
+def largest_fitting(run, sizes: list[int]) -> tuple[int, dict, list[int]]:
+    """Calls `run(size)` for `sizes` in order (largest first) until one does not run out of memory.
+
+    Returns:
+      (the size that ran, what `run` returned, the sizes that ran out of memory before it).
+
+    Raises:
+      NothingFits: every size ran out of memory.
+      Any other error of `run` as it is.
+    """
+    too_big = []
+    for size in sizes:
+        try:
+            return size, run(size), too_big
+        except tf.errors.OpError as error:
+            if not is_out_of_memory(error):
+                raise
+            logging.warning("global batch %d does not fit in device memory: %s", size,
+                            str(error).strip().splitlines()[0][:200])
+            too_big.append(size)
+            keras.backend.clear_session(free_memory=True)
+    raise NothingFits(f"out of device memory at every global batch size ({', '.join(map(str, sizes))})")
+
+
+def _resolved(names: list[str], resolve) -> list[str]:
     resolved = []
     for name in names:
-        if name == "mixed":
-            name = "mixed_float16" if gpu else "mixed_bfloat16"
-        elif name == "auto":
-            name = "mixed_float16" if gpu else "float32"
+        name = resolve(name)
         if name not in resolved:
             resolved.append(name)
     return resolved
+
+
+def _precision_name(name: str) -> str:
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    if name == "mixed":
+        return "mixed_float16" if gpu else "mixed_bfloat16"
+    if name == "auto":
+        return "mixed_float16" if gpu else "float32"
+    return name
 
 
 def _synthetic_shards(folder: str, image_size: int, records: int) -> str:
@@ -103,25 +163,35 @@ def _input_only(strategy, dataset, steps: int, batch: int) -> dict[str, float]:
     return _timed(pull, iterator, steps, batch)
 
 
-def _variant(strategy, backbone: str, precision: str, jit: bool, data_dir: str,
-             image_size: int) -> dict:
+def _inputs(strategy, data_dir: str, batch: int, image_size: int, uint8: bool):
+    """Returns (pipeline-fed, in-memory) distributed datasets and the bytes of one global batch."""
+    pipeline = strategy.distribute_datasets_from_function(
+        lambda context: input_pipeline.make_train_dataset(
+            data_dir, "train", batch, image_size, input_context=context,
+            uint8_gray=uint8).map(step_lib.without_ids))
+    constant = step_lib.without_ids(next(iter(input_pipeline.make_train_dataset(
+        data_dir, "train", batch, image_size, uint8_gray=uint8))))
+    in_memory = strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensors(constant).repeat())
+    images = constant["image"]
+    return pipeline, in_memory, int(tf.size(images)) * images.dtype.size
+
+
+def _variant(strategy, backbone: str, precision: str, jit: bool, transfer: str, data_dir: str,
+             image_size: int, batch: int) -> dict:
     precision = distribute.resolve_precision(precision)
-    batch, steps = _BATCH.value, _STEPS.value
+    steps, uint8 = _STEPS.value, transfer == options.UINT8
     spec = models.get_backbone(backbone)
     with strategy.scope():
         model = models.build_model(backbone, image_size, weights="none")
         optimizer = step_lib.make_optimizer(spec.optimizer, spec.learning_rate, precision)
         optimizer.build(model.trainable_variables)
-    step = step_lib.make_train_step(strategy, model, optimizer, global_batch_size=batch, jit_compile=jit)
-    pipeline = strategy.distribute_datasets_from_function(
-        lambda context: input_pipeline.make_train_dataset(
-            data_dir, "train", batch, image_size, input_context=context).map(step_lib.without_ids))
-    constant = step_lib.without_ids(next(iter(input_pipeline.make_train_dataset(
-        data_dir, "train", batch, image_size))))
-    in_memory = strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors(constant).repeat())
-    figures = {"precision": precision, "jit_compile": jit, "image_size": image_size,
-               "global_batch_size": batch}
+    step = step_lib.make_train_step(strategy, model, optimizer, global_batch_size=batch, jit_compile=jit,
+                                    uint8_input=uint8)
+    pipeline, in_memory, batch_bytes = _inputs(strategy, data_dir, batch, image_size, uint8)
+    figures = {"precision": precision, "jit_compile": jit, "transfer": transfer, "image_size": image_size,
+               "global_batch_size": batch, "bytes_per_batch": batch_bytes,
+               "replicas": strategy.num_replicas_in_sync}
     iterators = {"in_memory": iter(in_memory), "pipeline": iter(pipeline)}
     for iterator in iterators.values():
         for _ in range(_WARMUP.value):
@@ -143,18 +213,50 @@ def _variant(strategy, backbone: str, precision: str, jit: bool, data_dir: str,
     return figures
 
 
+def _backbone(strategy, backbone: str, data_dir: str, image_size: int) -> list[dict]:
+    """Times every variant of one backbone, each at the largest global batch that fits."""
+    sizes = sorted({int(b) for b in _BATCH.value}, reverse=True)
+    variants = []
+    for precision in _resolved(_PRECISIONS.value, _precision_name):
+        for jit in [j == "on" for j in _JIT.value]:
+            for transfer in _resolved(_TRANSFERS.value, distribute.resolve_transfer):
+                run = functools.partial(_variant, strategy, backbone, precision, jit, transfer, data_dir,
+                                        image_size)
+                try:
+                    batch, figures, too_big = largest_fitting(run, sizes)
+                except NothingFits as error:
+                    variants.append({"precision": precision, "jit_compile": jit,
+                                     "transfer": transfer, "image_size": image_size, "error": str(error)})
+                    continue
+                variants.append({**figures, "out_of_memory_at": too_big})
+                sizes = [s for s in sizes if s <= batch]  # a later variant never needs a larger batch
+    return variants
+
+
 def _report(results: dict) -> None:
     for backbone, entry in results.items():
         for v in entry["variants"]:
-            print(f"{backbone:16s} {v['precision']:15s} xla={'on ' if v['jit_compile'] else 'off'} "
+            head = (f"{backbone:16s} {v['precision']:15s} xla={'on ' if v['jit_compile'] else 'off'} "
+                    f"{v['transfer']:7s}")
+            if "error" in v:
+                print(f"{head} {v['error']}")
+                continue
+            print(f"{head} batch {v['global_batch_size']:4d} ({v['bytes_per_batch']:,} bytes)  "
                   f"in_memory {v['in_memory_img_s']:8.1f} img/s  pipeline {v['pipeline_img_s']:8.1f} img/s  "
                   f"ratio {v['ratio']:.3f} (cpu {v['cpu_ratio']:.3f})  input_only {v['input_only_img_s']:8.1f} img/s  "
                   f"cpu ms/img {1000 * v['in_memory_cpu_s_per_image']:.1f} / "
                   f"{1000 * v['pipeline_cpu_s_per_image']:.1f} / {1000 * v['input_only_cpu_s_per_image']:.1f}")
 
 
+def _split_cpu(count: int) -> None:
+    if count > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
 def main(argv: list[str]) -> None:
     del argv
+    _split_cpu(_LOGICAL_CPUS.value)
     strategy = distribute.resolve_strategy(_STRATEGY.value)
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = _DATA_DIR.value or _synthetic_shards(scratch, _IMAGE_SIZE.value, _RECORDS.value)
@@ -163,13 +265,11 @@ def main(argv: list[str]) -> None:
                      strategy.num_replicas_in_sync)
         results = {}
         for backbone in _BACKBONES.value:
-            variants = [_variant(strategy, backbone, p, j == "on", data_dir, image_size)
-                        for p in _precisions(_PRECISIONS.value) for j in _JIT.value]
+            variants = _backbone(strategy, backbone, data_dir, image_size)
             results[backbone] = {**variants[0], "variants": variants}
             _report({backbone: results[backbone]})
     if _JSON_OUT.value:
-        with open(_JSON_OUT.value, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(_JSON_OUT.value, results)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ from evaluation import agreement, html_report, preflight
 from evaluation import report as report_lib
 from evaluation import settings
 from evaluation.blend import check_threshold
+from models.front import with_uint8_front
 from models.saved import load_classifier
-from pipeline import input_pipeline
+from pipeline import input_pipeline, options
 from pipeline.patient_columns import read_patient_columns
 from training import calibration, distribute
 
@@ -162,7 +163,7 @@ def _decode_ids(id_bytes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def predict_split(
     model, strategy: tf.distribute.Strategy, data_dir: str, split: str, batch_size: int, image_size: int,
-    *, total: int | None = None, progress: bool = True, desc: str = "predict",
+    *, total: int | None = None, progress: bool = True, desc: str = "predict", uint8_gray: bool = False,
 ) -> SplitOutputs:
     """Runs `model` over every record of `split` under `strategy`, gathering all replicas and workers.
 
@@ -176,6 +177,7 @@ def predict_split(
       total: records expected, for the progress bar.
       progress: show a progress bar (images/s) on the chief.
       desc: the bar's label.
+      uint8_gray: feed uint8 gray batches to `model` behind the uint8 front (`--transfer=uint8`).
 
     Returns:
       Every record's outputs, rows sorted by image id (every worker gets all of them).
@@ -183,8 +185,9 @@ def predict_split(
     rows = per_replica_rows(batch_size, strategy)
     dataset = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_eval_dataset(
-            data_dir, split, batch_size, image_size, input_context=context)
+            data_dir, split, batch_size, image_size, input_context=context, uint8_gray=uint8_gray)
     )
+    model = with_uint8_front(model) if uint8_gray else model
 
     across_workers = distribute.strategy_name(strategy) == "multi_worker"
 
@@ -274,7 +277,7 @@ def _validation(model_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
 def _predict_model(
     model_dir: str, config: dict[str, Any], name: str, path: str, strategy: tf.distribute.Strategy,
     manifest: dict[str, Any], data_dir: str, split: str, expected: int, *, batch_size: int, precision: str,
-    threshold: float, progress: bool, write: bool, extra_sidecar: dict[str, Any] | None = None,
+    transfer: str, threshold: float, progress: bool, write: bool, extra_sidecar: dict[str, Any] | None = None,
 ) -> report_lib.Scores:
     """Predicts the split with one model, checks the rows, writes its files; returns its report entry."""
     trained_size = int(config["image_size"])
@@ -287,7 +290,7 @@ def _predict_model(
     with strategy.scope():
         model, policy = with_precision(load_classifier(model_dir), precision)
     outputs = predict_split(model, strategy, data_dir, split, batch_size, image_size,
-                            total=expected, progress=progress, desc=name)
+                            total=expected, progress=progress, desc=name, uint8_gray=transfer == options.UINT8)
     check_one_row_per_record(outputs.ids, expected, data_dir, split)
     context = {"crop": manifest.get("config", {}).get("crop"), "train_crop": run_folder.train_crop(model_dir, config)}
     calibrated, temperature = _calibrated(model_dir, outputs.softmax[:, 1])
@@ -297,8 +300,8 @@ def _predict_model(
             "backbone": config["backbone"], "model_dir": os.path.abspath(model_dir),
             "data_dir": os.path.abspath(data_dir), "split": split, "records": expected,
             "image_size": image_size, "strategy": distribute.strategy_name(strategy),
-            "replicas": strategy.num_replicas_in_sync, "precision": policy, run_folder.TEMPERATURE: temperature,
-            **context, **(extra_sidecar or {}),
+            "replicas": strategy.num_replicas_in_sync, "precision": policy, "transfer": transfer,
+            run_folder.TEMPERATURE: temperature, **context, **(extra_sidecar or {}),
         }, calibrated, meta)
     # The report scores what is served and thresholded: the probability after the run's temperature.
     return report_lib.Scores(name, outputs.labels, calibrated, threshold, {
@@ -316,6 +319,7 @@ def run_prediction(
     batch_size: int = settings.PREDICT_BATCH_SIZE,
     strategy: str = "auto",
     precision: str = "auto",
+    transfer: str = options.DEFAULT_TRANSFER,
     threshold: float | None = None,
     report_dir: str | None = None,
     bootstrap: int = settings.BOOTSTRAP,
@@ -334,6 +338,7 @@ def run_prediction(
       batch_size: global batch size.
       strategy: a `training.distribute.STRATEGIES` name.
       precision: a `training.distribute.PRECISIONS` name; the models compute under it (see `with_precision`).
+      transfer: a `pipeline.options.TRANSFERS` name: how the images reach the models' device.
       threshold: the report's decision threshold (default 0.5).
       report_dir: the report folder when labels are known (default `<output stem>_report`).
       bootstrap: resamples behind the report's 95% intervals.
@@ -355,12 +360,14 @@ def run_prediction(
                                                                     report_dir)
     other = None if labels_csv is None else agreement.load_other_labels(labels_csv)
     chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
+    transfer = distribute.resolve_transfer(transfer)
     names = _model_names(model_dirs, configs)
     paths = output_paths(output, names, per_model=per_model)
     chief = distribute.is_chief(chosen)
     scores = [
         _predict_model(model_dir, config, name, paths[name], chosen, manifest, data_dir, split, expected,
-                       batch_size=batch_size, precision=precision, threshold=threshold, progress=progress,
+                       batch_size=batch_size, precision=precision, transfer=transfer, threshold=threshold,
+                       progress=progress,
                        write=chief, extra_sidecar=extra_sidecar)
         for model_dir, config, name in zip(model_dirs, configs, names)
     ]

@@ -1,6 +1,7 @@
 """tf.data input pipelines over the TFRecord shards: one straight chain for training, one for eval.
 
-Both emit dicts {"image": float32 (B, S, S, 3) in 0..255, "label": int32 (B,), "image_id": string (B,)}.
+Both emit dicts {"image": float32 (B, S, S, 3) in 0..255, "label": int32 (B,), "image_id": string (B,)},
+or with `uint8_gray` the decoded uint8 (B, S, S, 1) for a model behind the uint8 front (`models.front`).
 The model normalises its own input and augments on the accelerator (see `pipeline/augment.py`),
 so the host only reads, decodes and batches, and one stream serves every backbone.
 
@@ -115,15 +116,16 @@ def _per_replica_batch(global_batch_size: int, input_context) -> int:
 # XLA fuses the cast and the channel copy into one loop, several times faster than a matmul by a
 # row of ones, `grayscale_to_rgb`, or an unfused `broadcast_to`/`tile` (bench/RESULTS.md).
 # The batch shape is static in training, so it compiles once (eval: once more for the last batch).
+# The models' uint8 front (`models.front`) runs this same function on the device.
 @tf.function(jit_compile=True)
-def _gray_to_rgb_float(images: tf.Tensor) -> tf.Tensor:
+def gray_to_rgb_float(images: tf.Tensor) -> tf.Tensor:
     """(B, S, S, 1) uint8 -> (B, S, S, 3) float32 in 0..255, exactly."""
     rgb_shape = tf.concat([tf.shape(images)[:-1], [3]], axis=0)
     return tf.broadcast_to(tf.cast(images, tf.float32), rgb_shape)
 
 
 def _model_images(images: tf.Tensor, uint8_gray: bool) -> tf.Tensor:
-    return images if uint8_gray else _gray_to_rgb_float(images)
+    return images if uint8_gray else gray_to_rgb_float(images)
 
 
 def _decode_batch(serialized: tf.Tensor, image_size: int, uint8_gray: bool) -> dict[str, tf.Tensor]:

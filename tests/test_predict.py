@@ -189,9 +189,11 @@ def test_cli_exits_1_with_a_one_line_message(tmp_path, labeled):
 
 def test_cli_predicts_and_reports(tmp_path, labeled):
     result = _predict_cli(f"--model_dir={labeled['model_dir']}", f"--data_dir={labeled['shards']}",
-                          f"--output={tmp_path / 'p.csv'}", "--batch_size=4", "--bootstrap=10", "--threshold=0.4")
+                          f"--output={tmp_path / 'p.csv'}", "--batch_size=4", "--bootstrap=10", "--threshold=0.4",
+                          "--transfer=uint8")
     assert result.returncode == 0, result.stderr
     assert len(pd.read_csv(tmp_path / "p.csv")) == RECORDS
+    assert json.loads((tmp_path / "p.json").read_text())["transfer"] == "uint8"
     assert json.loads((tmp_path / "p_report" / "metrics.json").read_text())["tiny_test"]["threshold"] == 0.4
     assert "img/s" in result.stderr and "AUROC" in result.stdout
 

@@ -37,6 +37,7 @@ class TrainConfig:
     shuffle_buffer: int = options.DEFAULT_SHUFFLE_BUFFER
     cache: bool = False  # keep decoded images in RAM after the first epoch
     deterministic: bool = False  # reproducible record order (slower input)
+    transfer: str = options.DEFAULT_TRANSFER  # images to the device as uint8 gray or float32 RGB
     strategy: str = "auto"  # see training.distribute.resolve_strategy
     precision: str = "auto"  # see training.distribute.resolve_precision
     jit_compile: bool = False  # XLA for the forward and backward pass
@@ -94,6 +95,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise ConfigError(str(err)) from err
     _check_choice("augment", config.augment, options.AUGMENT_MODES)
     _check_choice("class_weight", config.class_weight, CLASS_WEIGHTS)
+    _check_choice("transfer", config.transfer, options.TRANSFERS)
     if config.global_batch_size < 1:
         raise ConfigError(f"global_batch_size must be >= 1, got {config.global_batch_size}")
     data_service = _data_service(config)

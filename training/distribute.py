@@ -1,4 +1,5 @@
-"""Choosing the tf.distribute strategy and the Keras precision policy, shared by training and prediction.
+"""Choosing the tf.distribute strategy, the Keras precision policy and the image transfer, for training
+and prediction.
 
 Call `resolve_strategy` before any other TensorFlow op of the process: MultiWorkerMirroredStrategy
 must configure the collective runtime before it starts, and splitting the CPU into logical devices
@@ -14,6 +15,7 @@ import random
 import keras
 import tensorflow as tf
 
+from pipeline import options
 from training import config as config_lib
 
 STRATEGIES = config_lib.STRATEGIES
@@ -177,3 +179,18 @@ def resolve_precision(name: str) -> str:
         name = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
     keras.mixed_precision.set_global_policy(name)
     return name
+
+
+def resolve_transfer(name: str) -> str:
+    """Resolves `--transfer` for this machine: "auto" is uint8 when TensorFlow sees a GPU.
+
+    Args:
+      name: a `pipeline.options.TRANSFERS` name.
+
+    Returns:
+      `options.UINT8` or `options.FLOAT32` (without a GPU, "auto" is `options.CPU_TRANSFER`).
+
+    Raises:
+      ValueError: an unknown name, listing the valid ones.
+    """
+    return options.resolve_transfer(name, bool(tf.config.list_physical_devices("GPU")))

@@ -22,7 +22,8 @@ from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.errors import check_output_folder
 from models import build_model, get_backbone, inference_model
-from pipeline import input_pipeline, service
+from models.front import with_uint8_front
+from pipeline import input_pipeline, options, service
 from training import callbacks as callbacks_lib
 from training import config as config_lib
 from training import distribute, outputs
@@ -82,17 +83,18 @@ def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy, start_epoch
     job_name = distribute.service_job_name(strategy) if config.data_service else None
     if job_name:
         logging.info("training input on the tf.data service at %s, job %s", config.data_service, job_name)
+    uint8 = config.transfer == options.UINT8
     train = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_train_dataset(
             config.data_dir, config.train_split, config.global_batch_size, config.image_size,
             seed=seed, deterministic=config.deterministic, shuffle_buffer=config.shuffle_buffer,
-            cache=config.cache, input_context=context, data_service=config.data_service,
+            cache=config.cache, input_context=context, uint8_gray=uint8, data_service=config.data_service,
             job_name=job_name).map(step_lib.without_ids))
     val = None
     if config.validation:
         val = validation.make_distributed_split(strategy, config.data_dir, config.val_split,
                                                 config.global_batch_size, config.image_size,
-                                                cache=config.cache)
+                                                cache=config.cache, uint8_gray=uint8)
     return train, val
 
 
@@ -263,16 +265,18 @@ def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy
     if restored:
         logging.info("resuming from %s: %d epoch(s) done, step %d", restored, state.epochs_done, state.step)
     train, val = _datasets(config, strategy, state.epochs_done)
+    uint8 = config.transfer == options.UINT8
     run = _Run(
         config=config, model_dir=model_dir, strategy=strategy, chief=chief, model=model,
         optimizer=optimizer, state=state,
         callbacks=callbacks_lib.make_callbacks(config, model, model_dir, chief=chief),
         train_step=step_lib.make_train_step(
             strategy, model, optimizer, global_batch_size=config.global_batch_size,
-            class_weights=config_lib.class_weights(config), jit_compile=config.jit_compile),
+            class_weights=config_lib.class_weights(config), jit_compile=config.jit_compile,
+            uint8_input=uint8),
         train_iterator=iter(train),
         sync_state=step_lib.make_state_sync(strategy, model),
-        predict_step=step_lib.make_predict_step(strategy, model),
+        predict_step=step_lib.make_predict_step(strategy, with_uint8_front(model) if uint8 else model),
         val_dataset=val,
         # The exported model is the classifier without the augmentation block, which is the identity
         # at inference, holds no weights, and whose RandomShear does not survive a save/load round
@@ -330,7 +334,8 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
     precision = distribute.resolve_precision(config.precision)
     try:
         config = dataclasses.replace(config_lib.resolve_config(config), precision=precision,
-                                     strategy=distribute.strategy_name(strategy))
+                                     strategy=distribute.strategy_name(strategy),
+                                     transfer=distribute.resolve_transfer(config.transfer))
         _check_replicas(config, strategy)
         if config.data_service:
             service.check_reachable(config.data_service)

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from models import AUGMENTATION_LAYER, inference_model
+from models.front import GrayToRGB
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -69,6 +70,7 @@ def make_train_step(
     global_batch_size: int,
     class_weights: Sequence[float] | None = None,
     jit_compile: bool = False,
+    uint8_input: bool = False,
 ) -> Callable:
     """Builds `step(iterator) -> (loss, probabilities, labels)`, one optimizer update per call.
 
@@ -82,6 +84,8 @@ def make_train_step(
       global_batch_size: images per step over all replicas.
       class_weights: (normal, abnormal) loss weights, or None.
       jit_compile: compile the forward and backward pass with XLA.
+      uint8_input: the batches hold uint8 gray (B, S, S, 1) images (`--transfer=uint8`); the uint8
+        front (`models.front`) makes the model's float32 RGB input from them on the device.
 
     Returns:
       A `tf.function`; it returns the global mean loss and the probabilities and labels of the whole
@@ -92,6 +96,7 @@ def make_train_step(
     # The augmentation's image transform has no XLA kernel: under XLA it runs before the
     # compiled part, on its own.
     augmentation, body = _split_augmentation(model) if jit_compile else (None, model)
+    front = GrayToRGB() if uint8_input else None
 
     def forward_backward(images, labels):
         with tf.GradientTape() as tape:
@@ -110,6 +115,8 @@ def make_train_step(
 
     def replica_step(batch):
         images = batch["image"]
+        if front is not None:  # first: the augmentation, like the model, takes float32 RGB
+            images = front(images)
         if augmentation is not None:
             images = augmentation(images, training=True)
         loss, probabilities, grads = forward_backward(images, batch["label"])

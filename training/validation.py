@@ -46,7 +46,8 @@ def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]
 
 
 def make_distributed_split(strategy: tf.distribute.Strategy, data_dir: str, split: str,
-                           global_batch_size: int, image_size: int, *, cache: bool = False):
+                           global_batch_size: int, image_size: int, *, cache: bool = False,
+                           uint8_gray: bool = False):
     """Returns `split` as a distributed dataset in which every worker reads the whole split.
 
     Each worker then holds every prediction with its image id (strings cannot travel through the
@@ -55,7 +56,8 @@ def make_distributed_split(strategy: tf.distribute.Strategy, data_dir: str, spli
     """
     per_replica = distribute.per_replica_batch(global_batch_size, strategy, "global_batch_size")
     return strategy.distribute_datasets_from_function(
-        lambda _: input_pipeline.make_eval_dataset(data_dir, split, per_replica, image_size, cache=cache),
+        lambda _: input_pipeline.make_eval_dataset(data_dir, split, per_replica, image_size, cache=cache,
+                                                   uint8_gray=uint8_gray),
         # The batches carry image-id strings, which cannot be copied to a GPU: keep them on the
         # host; the model call moves the images.
         options=tf.distribute.InputOptions(experimental_fetch_to_device=False))
