@@ -36,7 +36,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from loopback_service import SERVICE_WORKERS, start_service  # noqa: E402  (bench/loopback_service.py)
+from clock import Clock, peak_rss_mb, time_batches  # noqa: E402  (bench/clock.py)
 from seed_style import SeedStyleSequence  # noqa: E402  (bench/seed_style.py)
 
 from contracts import manifest as manifest_lib  # noqa: E402
@@ -176,37 +176,6 @@ def build_shards(entries_csv: str, bbox_csv: str, work: str, image_size: int) ->
     return out
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def _time_batches(next_batch, batch_size: int, warmup: int, seconds: float) -> dict:
-    """Calls `next_batch` `warmup` times, then for `seconds`; returns images/s and CPU per image."""
-    for _ in range(warmup):
-        next_batch()
-    batches, start, cpu = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
-        next_batch()
-        batches += 1
-    elapsed = time.perf_counter() - start
-    images = batches * batch_size
-    return {"img_s": images / elapsed, "cpu_ms_per_img": 1000 * (time.process_time() - cpu) / images}
-
-
-class _Clock(keras.callbacks.Callback):
-    """Notes when each batch ends (wall and CPU) and stops `fit` `seconds` after the warm-up."""
-
-    def __init__(self, warmup: int, seconds: float):
-        super().__init__()
-        self.warmup, self.seconds, self.ends = warmup, seconds, []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.ends.append((time.perf_counter(), time.process_time()))
-        timed = self.ends[self.warmup:]
-        if timed and timed[-1][0] - timed[0][0] >= self.seconds:
-            self.model.stop_training = True
-
-
 def run_seed_style(work: str) -> dict:
     """Times the PyDataset as `Model.fit` consumes it, with a one-layer model."""
     with open(os.path.join(work, SOURCES_JSON)) as f:
@@ -218,13 +187,13 @@ def run_seed_style(work: str) -> dict:
     model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
-    clock = _Clock(_WARMUP.value, _SECONDS.value)
+    clock = Clock(_WARMUP.value, _SECONDS.value)
     model.fit(dataset, epochs=1000, verbose=0, callbacks=[clock])  # the clock ends it
     (t0, c0), (t1, c1) = clock.ends[_WARMUP.value], clock.ends[-1]
     images = (len(clock.ends) - 1 - _WARMUP.value) * _BATCH.value
     # With processes the work is done in the pool's children, whose CPU time this one cannot see.
     cpu_ms = None if processes else 1000 * (c1 - c0) / images
-    return {"img_s": images / (t1 - t0), "cpu_ms_per_img": cpu_ms, "peak_rss_mb": _peak_rss_mb()}
+    return {"img_s": images / (t1 - t0), "cpu_ms_per_img": cpu_ms, "peak_rss_mb": peak_rss_mb()}
 
 
 def _decode_only_dataset(paths: list[str], image_size: int, batch_size: int) -> tf.data.Dataset:
@@ -243,7 +212,7 @@ def _time_front(iterator) -> dict:
     front = GrayToRGB()
     # One element of the float32 RGB batch back, not the batch: a model would read it on the device.
     expand = tf.function(lambda images: front(images)[0, 0, 0, 0])
-    figures = _time_batches(lambda: expand(next(iterator)["image"]).numpy(), _BATCH.value, _WARMUP.value,
+    figures = time_batches(lambda: expand(next(iterator)["image"]).numpy(), _BATCH.value, _WARMUP.value,
                             _SECONDS.value)
     return {f"front_{k}": v for k, v in figures.items()}
 
@@ -252,7 +221,7 @@ def run_tf_row(work: str, row: str) -> dict:
     """Times the training pipeline (either output, or through the tf.data service) or the
     decode-only reader over the shards."""
     tf.constant(0.0).numpy()  # start the runtime, so its own memory is measured apart
-    runtime_rss = _peak_rss_mb()
+    runtime_rss = peak_rss_mb()
     shards = os.path.join(work, SHARDS)
     servers = []
     if row == "pipeline_data_service":
@@ -270,8 +239,8 @@ def run_tf_row(work: str, row: str) -> dict:
         iterator = iter(dataset)
         first = next(iterator)
         images = first["image"] if isinstance(first, dict) else first  # decode-only yields bare images
-        figures = _time_batches(lambda: next(iterator), _BATCH.value, _WARMUP.value, _SECONDS.value)
-        figures = {**figures, "peak_rss_mb": _peak_rss_mb(), "runtime_rss_mb": runtime_rss,
+        figures = time_batches(lambda: next(iterator), _BATCH.value, _WARMUP.value, _SECONDS.value)
+        figures = {**figures, "peak_rss_mb": peak_rss_mb(), "runtime_rss_mb": runtime_rss,
                    "bytes_per_batch": int(tf.size(images)) * images.dtype.size}
         if row == "pipeline_uint8_gray":
             figures.update(_time_front(iterator))
