@@ -9,23 +9,15 @@ import subprocess
 import sys
 import time
 
+from pipeline.service import free_local_ports  # the caller puts the repository on sys.path
+
 SERVICE_WORKERS = 2
 SERVICE_START_S = 120  # until the dispatcher answers
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def start_service(repo: str) -> tuple[str, list[subprocess.Popen]]:
     """A dispatcher and `SERVICE_WORKERS` workers, each a `data_service.py` process on loopback."""
-    ports = _free_ports(1 + SERVICE_WORKERS)
+    ports = free_local_ports(1 + SERVICE_WORKERS)
     tool = [sys.executable, os.path.join(repo, "data_service.py")]
     servers = [subprocess.Popen(tool + ["--role=dispatcher", f"--port={ports[0]}"], cwd=repo,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]

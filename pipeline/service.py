@@ -89,3 +89,17 @@ def start_worker(dispatcher: str, port: int, worker_address: str) -> tf.data.exp
             dispatcher_address=dispatcher.split("://", 1)[-1], port=port, worker_address=worker_address))
     except RuntimeError as err:
         raise _server_error(port, err) from None
+
+
+def free_local_ports(count: int) -> list[int]:
+    """Returns `count` distinct TCP ports free on this host right now, for servers started on one
+    machine (a loopback tf.data service, a local multi-worker TF_CONFIG in tests and benchmarks).
+    All are held open together while chosen, so no two are the same."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

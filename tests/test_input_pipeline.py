@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline.service import free_local_ports
 from pipeline import input_pipeline
 from tests import shard_factory
 
@@ -223,16 +223,10 @@ def test_mirrored_strategy_over_two_logical_cpus_consumes_both_datasets(shards):
     assert report["eval_ids"] == [r["image_id"] for r in written["val"]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_multi_worker_mirrored_strategy_with_two_local_workers(shards):
     data_dir, written = shards
-    cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+    cluster = {"worker": [f"localhost:{port}" for port in free_local_ports(2)]}
     processes = []
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}

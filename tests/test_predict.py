@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 
 import models
+from pipeline.service import free_local_ports
 from contracts import run_folder
 from contracts.errors import UserInputError
 from contracts.prediction_files import read_predictions
@@ -241,22 +241,12 @@ _WORKER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.slow
 def test_two_workers_gather_every_record_and_only_the_chief_writes(labeled, tmp_path):
     reference = str(tmp_path / "default.csv")
     prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", reference,
                               batch_size=4, bootstrap=0, progress=False)
-    ports = ",".join(map(str, _free_ports(2)))
+    ports = ",".join(map(str, free_local_ports(2)))
     workers = [subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT, str(i), ports, labeled["model_dir"],
                                  labeled["shards"], str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for i in range(2)]

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from pipeline.service import free_local_ports
 from tests.shard_factory import write_shards
 from training import callbacks as callbacks_lib
 from training import config as config_lib
@@ -42,16 +42,6 @@ def _config(data_dir: str, **overrides) -> TrainConfig:
                   epochs=2, steps_per_epoch=4, precision="float32", strategy="default")
     fields.update(overrides)
     return TrainConfig(**fields)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _runner(config: TrainConfig, model_dir: str, result: str, env: dict) -> subprocess.Popen:
@@ -250,7 +240,7 @@ def test_mirrored_over_two_logical_cpus(shards, tmp_path):
 def test_two_workers_train_in_step_and_only_the_chief_writes(shards, tmp_path):
     data_dir, _ = shards
     model_dir = str(tmp_path / "run")
-    ports = _free_ports(2)
+    ports = free_local_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     # Augmentation on: its random layers must not set the workers apart either.
     config = _config(data_dir, strategy="auto", epochs=2, steps_per_epoch=3, augment="on")
