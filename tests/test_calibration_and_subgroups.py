@@ -194,6 +194,8 @@ def test_the_report_page_parses_and_every_image_it_references_exists(tmp_path):
     fit_dir.mkdir()
     _, _, fit_on = _files(fit_dir, np.random.default_rng(10))
     (tmp_path / "panel.csv").write_text("image_id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, labels)))
+    meta = {VIEW: np.array(["PA", "AP"] * 60), SEX: np.array(["M", "F"] * 60), AGE: np.arange(120) % 90}
+    write_predictions(paths[0], ids, read_predictions(paths[0]).probs, labels, {"backbone": "resnet50"}, meta=meta)
     ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=fit_on, fit_step=0.1, bootstrap=20,
                             labels_csv=str(tmp_path / "panel.csv"))
     report = tmp_path / "sub_report"
@@ -220,6 +222,6 @@ def test_the_report_page_parses_and_every_image_it_references_exists(tmp_path):
     page.feed((report / html_report.INDEX_FILE).read_text())
     assert not page.open  # every tag closed
     assert page.headings == ["Metrics", "Calibration", "Ensemble against its best member", "Operating points",
-                             "Against another label set"]
+                             "Subgroups", "Against another label set"]
     assert len(page.images) == 3 and all((report / src).is_file() for src in page.images)
     assert not any(src.startswith(("http:", "https:", "/")) for src in page.images)
