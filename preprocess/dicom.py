@@ -33,6 +33,11 @@ decoded by Pillow, like the builder's JPEG sources; everything else by pydicom's
    Values are rounded half to even (`np.rint`) and clipped to 0..255. MONOCHROME1 is then
    inverted (255 - v), so bone is bright as in MONOCHROME2. The Presentation LUT Shape is not
    read: for radiographs it only restates what the photometric interpretation already says.
+4. When the builder will shrink the image without cropping it, a baseline-JPEG monochrome frame
+   (unsigned, one component) is decoded at the smallest of libjpeg's DCT scales 1/2, 1/4, 1/8
+   that keeps both sides at least the output size, the rule `preprocess.images` follows for
+   JPEG files: the same JPEG gives the same record in a .jpg or in a DICOM file. Rule 3 then
+   applies to the decoded image; a percentile stretch sees its pixels, not the whole frame's.
 """
 
 from __future__ import annotations
@@ -41,19 +46,24 @@ import contextlib
 import dataclasses
 import io
 import logging
-import struct
 import warnings
 
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
+from pydicom.encaps import get_frame
+from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID, JPEGBaseline8Bit, RLELossless
 
 from contracts.demographics import parse_age, parse_sex
+from preprocess.dicom_values import (
+    CORRUPT_INPUT_ERRORS,
+    colour_to_gray,
+    monochrome_to_gray,
+    tag_number,
+    tag_text,
+)
 from preprocess.images import ImageError
 
 # pydicom also logs what it tolerates in a damaged file; here every problem becomes the file's
@@ -68,14 +78,13 @@ BITS_STORED_RANGE = (8, 16)
 SUPPORTED_PHOTOMETRIC = {
     "MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
 }
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Names of transfer syntaxes newer than the pinned pydicom, so a refusal names them.
 NEWER_SYNTAX_NAMES = {
     "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
     "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
     "1.2.840.10008.1.2.4.112": "JPEG XL",
 }
-# Default display range when a monochrome image has no window: robust to a few extreme pixels.
-STRETCH_PERCENTILES = (0.5, 99.5)
 # The plugin that decodes each of these syntaxes, whatever else is installed. Baseline JPEG:
 # Pillow's libjpeg-turbo, several times faster than pylibjpeg's libjpeg and the decoder of the
 # JPEG sources in `preprocess.images` (the two differ by at most 1). RLE: pydicom's own numpy
@@ -85,11 +94,6 @@ DECODING_PLUGINS = {JPEGBaseline8Bit: "pillow", RLELossless: "pydicom"}
 # pydicom does not raise on a file that ends inside an element of undefined length (encapsulated
 # pixel data): it warns with this text and drops the element, so the warning is the only sign.
 _EARLY_END_WARNING = "End of file reached"
-# pydicom converts most values only when they are first read, so corrupt input can fail at any
-# step; these are the types pydicom and its plugins raised on damaged files.
-_CORRUPT_INPUT_ERRORS = (InvalidDicomError, BytesLengthException, struct.error, ValueError,
-                         TypeError, KeyError, IndexError, EOFError, OSError, OverflowError,
-                         NotImplementedError, AttributeError, RuntimeError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +119,7 @@ def _untrusted(reason: str):
         warnings.simplefilter("ignore", UserWarning)  # pydicom's; numpy's RuntimeWarnings stay
         try:
             yield
-        except _CORRUPT_INPUT_ERRORS as err:
+        except CORRUPT_INPUT_ERRORS as err:
             raise ImageError(f"{reason} ({_short(err)})") from None
 
 
@@ -136,20 +140,6 @@ def _short(err: Exception) -> str:
     return lines[0][:160]
 
 
-def _value(ds: Dataset, keyword: str):
-    """The value of a tag; None when absent or unreadable (pydicom converts it only now)."""
-    try:
-        return ds.get(keyword)
-    except _CORRUPT_INPUT_ERRORS:
-        return None
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = _value(ds, keyword)
-    text = str(value).strip() if value is not None else ""
-    return text or None
-
-
 def read_tags(data: bytes) -> DicomTags:
     """Reads the header fields from a DICOM file, without reading its pixel data.
 
@@ -158,37 +148,25 @@ def read_tags(data: bytes) -> DicomTags:
     """
     with _untrusted("unreadable DICOM header"):
         ds, _ = _read(data, stop_before_pixels=True)
-        sex = parse_sex(_text(ds, "PatientSex"))
-        view = _text(ds, "ViewPosition")
+        sex = parse_sex(tag_text(ds, "PatientSex"))
+        view = tag_text(ds, "ViewPosition")
         return DicomTags(
-            patient_id=_text(ds, "PatientID"),
+            patient_id=tag_text(ds, "PatientID"),
             view_position=view.upper() if view else None,
             sex=sex or None,
-            age=parse_age(_text(ds, "PatientAge")),
-            sop_instance_uid=_text(ds, "SOPInstanceUID"),
+            age=parse_age(tag_text(ds, "PatientAge")),
+            sop_instance_uid=tag_text(ds, "SOPInstanceUID"),
         )
-
-
-def _number(ds: Dataset, keyword: str) -> float | None:
-    """The first value of a numeric tag, or None when absent, empty or not a number."""
-    value = _value(ds, keyword)
-    if isinstance(value, (list, tuple, MultiValue)):
-        value = value[0] if len(value) else None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None
 
 
 def _check_header(ds: Dataset, max_pixels: int) -> str:
     """Refuses what `decode` cannot turn into one image; returns the photometric interpretation."""
     if "PixelData" not in ds:
         raise ImageError("no pixel data")
-    frames = _number(ds, "NumberOfFrames") or 1
+    frames = tag_number(ds, "NumberOfFrames") or 1
     if frames > 1:
         raise ImageError(f"multi-frame ({frames:.0f} frames); only single images are supported")
-    rows, columns = int(_number(ds, "Rows") or 0), int(_number(ds, "Columns") or 0)
+    rows, columns = int(tag_number(ds, "Rows") or 0), int(tag_number(ds, "Columns") or 0)
     if rows <= 0 or columns <= 0:
         raise ImageError(f"no image size in the header (Rows={rows}, Columns={columns})")
     if rows * columns > max_pixels:
@@ -196,14 +174,14 @@ def _check_header(ds: Dataset, max_pixels: int) -> str:
             f"{columns}x{rows} = {rows * columns:,} pixels exceeds --max_image_pixels={max_pixels:,}; "
             "refused as a possible decompression bomb"
         )
-    photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
-    samples = int(_number(ds, "SamplesPerPixel") or 1)
+    photometric = (tag_text(ds, "PhotometricInterpretation") or "").upper()
+    samples = int(tag_number(ds, "SamplesPerPixel") or 1)
     if SUPPORTED_PHOTOMETRIC.get(photometric) != samples:
         raise ImageError(
             f"unsupported photometric interpretation {photometric or 'None'} with {samples} "
             f"sample(s) per pixel; supported: {', '.join(SUPPORTED_PHOTOMETRIC)}"
         )
-    bits = int(_number(ds, "BitsStored") or 0)
+    bits = int(tag_number(ds, "BitsStored") or 0)
     if not BITS_STORED_RANGE[0] <= bits <= BITS_STORED_RANGE[1]:
         raise ImageError(f"Bits Stored {bits} is not supported (only {BITS_STORED_RANGE[0]} to "
                          f"{BITS_STORED_RANGE[1]})")
@@ -211,7 +189,7 @@ def _check_header(ds: Dataset, max_pixels: int) -> str:
 
 
 def _check_transfer_syntax(ds: Dataset) -> None:
-    syntax = UID(_text(ds.file_meta, "TransferSyntaxUID") or "")
+    syntax = UID(tag_text(ds.file_meta, "TransferSyntaxUID") or "")
     if not syntax:
         raise ImageError("no transfer syntax in the file meta header")
     name = NEWER_SYNTAX_NAMES.get(syntax, syntax.name)
@@ -250,102 +228,18 @@ def _pixels(ds: Dataset, samples: int) -> np.ndarray:
     return pixels
 
 
-def _scale_to_8_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    if values.dtype == np.uint8:
-        return values
-    return np.clip(np.rint(values * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """A DICOM file parsed and checked by `open_frame`, its pixels not yet decoded."""
+
+    ds: Dataset
+    photometric: str
+    size: tuple[int, int]  # (Columns, Rows): width and height, as Pillow's `Image.size`
 
 
-def _colour_to_gray(pixels: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
-    if photometric == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, ds)  # uint8 or uint16 by the palette's entry size
-        bits = 8 * pixels.dtype.itemsize
-    else:
-        bits = int(ds.BitsStored)
-    rgb = _scale_to_8_bits(pixels, bits)
-    return np.asarray(Image.fromarray(rgb).convert("L"))
-
-
-def _modality(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Modality values; `pixels` itself (no copy) when the Modality LUT is the identity."""
-    if ds.get("ModalityLUTSequence"):
-        return apply_modality_lut(pixels, ds)
-    slope, intercept = _number(ds, "RescaleSlope"), _number(ds, "RescaleIntercept")
-    slope = 1.0 if slope is None else slope
-    intercept = 0.0 if intercept is None else intercept
-    if slope == 1.0 and intercept == 0.0:
-        return pixels
-    return pixels * slope + intercept
-
-
-def _voi_lut(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
-    """The first VOI LUT applied, as fractions 0..1 of its largest entry; None without one."""
-    item = ds.VOILUTSequence[0]
-    descriptor, data = item.get("LUTDescriptor"), item.get("LUTData")
-    if descriptor is None or data is None:
-        return None
-    entries, first_mapped = int(descriptor[0]) or 2**16, int(descriptor[1])
-    if isinstance(data, bytes):  # OW: 16-bit words in the file's byte order
-        little_endian = ds.original_encoding[1] is not False
-        data = np.frombuffer(data, dtype="<u2" if little_endian else ">u2")
-    lut = np.asarray(data[:entries], dtype=np.float64)
-    if lut.size == 0 or lut.max() <= 0:
-        return None
-    index = np.clip(np.rint(values) - first_mapped, 0, lut.size - 1).astype(np.intp)
-    return lut[index] / lut.max()
-
-
-def _window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
-    """The first window applied (PS3.3 C.11.2.1.2-3), as fractions 0..1; None without one."""
-    center, width = _number(ds, "WindowCenter"), _number(ds, "WindowWidth")
-    if center is None or width is None or width < 1:
-        return None
-    function = (_text(ds, "VOILUTFunction") or "LINEAR").upper()
-    x = values.astype(np.float64)
-    if function == "SIGMOID":  # 1 / (1 + exp(-4 (x - c) / w)), written with tanh: no overflow
-        return 0.5 + 0.5 * np.tanh(2.0 * (x - center) / width)
-    if function == "LINEAR_EXACT":
-        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    if width == 1:  # LINEAR with width 1 is a threshold at c - 0.5
-        return (x > center - 0.5).astype(np.float64)
-    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
-
-
-def _stretch(values: np.ndarray) -> np.ndarray:
-    """Maps the 0.5th..99.5th percentile range to fractions 0..1 (see the module docstring)."""
-    low, high = np.percentile(values, STRETCH_PERCENTILES)
-    if high <= low:
-        low, high = values.min(), values.max()
-    if high <= low:
-        return np.zeros(values.shape)
-    fractions = np.subtract(values, low, dtype=np.float64)  # new: the steps below work in place
-    fractions /= high - low
-    return np.clip(fractions, 0.0, 1.0, out=fractions)
-
-
-def _monochrome_to_gray(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
-    values = _modality(pixels, ds)
-    fractions = _voi_lut(values, ds) if ds.get("VOILUTSequence") else None
-    if fractions is None:
-        fractions = _window(values, ds)
-    if fractions is None:
-        unchanged_8_bit = values is pixels and pixels.dtype.kind == "u" and ds.BitsStored <= 8
-        if unchanged_8_bit:
-            return pixels.astype(np.uint8, copy=False)
-        fractions = _stretch(values)
-    fractions *= 255.0
-    return np.rint(fractions, out=fractions).astype(np.uint8)
-
-
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decodes a single-frame DICOM image to 8-bit grayscale by the rules of the module docstring.
-
-    Args:
-      data: the file's bytes.
-      max_pixels: larger images are refused before decoding (the builder's --max_image_pixels).
-
-    Returns:
-      An "L" image of the file's Columns x Rows.
+def open_frame(data: bytes, max_pixels: int) -> Frame:
+    """Parses `data` and refuses what cannot become one image (rule 1 of the module docstring),
+    without decoding the pixels: the builder reads the size to place a crop first.
 
     Raises:
       ImageError: the file is not DICOM or cannot become one grayscale image; the message says why.
@@ -357,11 +251,70 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
                              f"({len(data):,} bytes)")
         photometric = _check_header(ds, max_pixels)
         _check_transfer_syntax(ds)
-        pixels = _pixels(ds, SUPPORTED_PHOTOMETRIC[photometric])
-        if photometric.startswith("MONOCHROME"):
-            gray = _monochrome_to_gray(pixels, ds)
+        return Frame(ds, photometric, (int(ds.Columns), int(ds.Rows)))
+
+
+def _jpeg_at_scale(frame: Frame, draft_size: int) -> np.ndarray | None:
+    """A baseline-JPEG grayscale frame decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
+    image is still at least `draft_size` on both sides, as `preprocess.images` decodes JPEG files;
+    None when the frame is not one (pydicom's decoder then takes it, with its own checks)."""
+    ds = frame.ds
+    if (ds.file_meta.TransferSyntaxUID != JPEGBaseline8Bit or frame.photometric not in MONOCHROME
+            or int(tag_number(ds, "PixelRepresentation") or 0) != 0):
+        return None
+    with _untrusted("truncated or corrupt pixel data"):
+        try:
+            image = Image.open(io.BytesIO(get_frame(ds.PixelData, 0, number_of_frames=1)), formats=("JPEG",))
+        except Image.DecompressionBombError as err:  # the frame's own size, whatever the header says
+            raise ImageError(f"JPEG frame refused as a possible decompression bomb: {err}") from None
+        if image.mode != "L" or image.size != frame.size:
+            return None
+        image.draft("L", (draft_size, draft_size))
+        image.load()
+        return np.asarray(image)
+
+
+def to_gray(frame: Frame, draft_size: int | None = None) -> Image.Image:
+    """Decodes an opened frame to 8-bit grayscale by the rules of the module docstring.
+
+    Args:
+      frame: from `open_frame`.
+      draft_size: when set, a baseline-JPEG monochrome frame is decoded at libjpeg's DCT scale
+        (`_jpeg_at_scale`) and the rules apply to that smaller image: the builder passes its
+        output size when it will not crop, so a JPEG reads the same in a DICOM file as in a
+        .jpg. Other frames are decoded whole.
+
+    Returns:
+      An "L" image of the file's Columns x Rows, or smaller by a power of two after a draft.
+
+    Raises:
+      ImageError: the pixel data cannot be decoded; the message says why.
+    """
+    ds, photometric = frame.ds, frame.photometric
+    with _untrusted("corrupt DICOM file"):
+        pixels = None if draft_size is None else _jpeg_at_scale(frame, draft_size)
+        if pixels is None:
+            pixels = _pixels(ds, SUPPORTED_PHOTOMETRIC[photometric])
+        if photometric in MONOCHROME:
+            gray = monochrome_to_gray(pixels, ds)
             if photometric == "MONOCHROME1":
                 gray = 255 - gray
         else:
-            gray = _colour_to_gray(pixels, ds, photometric)
+            gray = colour_to_gray(pixels, ds, photometric)
     return Image.fromarray(gray)
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decodes a single-frame DICOM image whole, to 8-bit grayscale (`open_frame`, `to_gray`).
+
+    Args:
+      data: the file's bytes.
+      max_pixels: larger images are refused before decoding (the builder's --max_image_pixels).
+
+    Returns:
+      An "L" image of the file's Columns x Rows.
+
+    Raises:
+      ImageError: the file is not DICOM or cannot become one grayscale image; the message says why.
+    """
+    return to_gray(open_frame(data, max_pixels))

@@ -69,14 +69,6 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return image
 
 
-def _open_any(data: bytes, max_pixels: int) -> Image.Image:
-    from preprocess import dicom  # pydicom loads only when a DICOM file comes
-
-    if dicom.is_dicom(data):
-        return dicom.decode(data, max_pixels)
-    return _open(data, max_pixels)
-
-
 def _load(image: Image.Image, size_in_bytes: int) -> None:
     try:
         image.load()
@@ -161,6 +153,37 @@ def encode(image: Image.Image, image_format: str, jpeg_quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def _crop(box: tuple[float, float, float, float] | None, size: tuple[int, int]):
+    """(region, warning): where `box` lies in an image of `size`, or why it is not used."""
+    if box is None:
+        return None, None
+    try:
+        return crop_region(box, *size), None
+    except ImageError as err:
+        return None, f"{err}; written uncropped"
+
+
+def _decode_gray(data: bytes, box, image_size: int, max_pixels: int):
+    """(gray image, crop region or None, warning or None) for a PNG, JPEG or DICOM file.
+
+    A JPEG that will not be cropped (a .jpg file or a DICOM frame) is decoded at the smallest DCT
+    scale 1/2^k still >= `image_size` (libjpeg's downscaling, Pillow's `draft`), where the
+    resize would throw those pixels away anyway; `serving.decode` follows the same rule.
+    """
+    from preprocess import dicom  # pydicom loads with the first image, not with this module
+
+    if dicom.is_dicom(data):
+        frame = dicom.open_frame(data, max_pixels)
+        region, warning = _crop(box, frame.size)
+        return dicom.to_gray(frame, None if region is not None else image_size), region, warning
+    image = _open(data, max_pixels)
+    region, warning = _crop(box, image.size)
+    if region is None and image.format == "JPEG":
+        image.draft("L", (image_size, image_size))
+    _load(image, len(data))
+    return to_grayscale(image), region, warning
+
+
 def process(
     data: bytes,
     *,
@@ -180,18 +203,7 @@ def process(
     Raises:
       ImageError: the bytes are not a usable image.
     """
-    image = _open_any(data, max_pixels)
-    region, warning = None, None
-    if box is not None:
-        try:
-            region = crop_region(box, *image.size)
-        except ImageError as err:
-            warning = f"{err}; written uncropped"
-    if region is None and getattr(image, "format", None) == "JPEG":
-        # DCT-domain downscaling: decode a JPEG at the smallest 1/2^k scale still >= the target.
-        image.draft("L", (image_size, image_size))
-    _load(image, len(data))
-    gray = to_grayscale(image)
+    gray, region, warning = _decode_gray(data, box, image_size, max_pixels)
     resized = gray.resize(
         (image_size, image_size), Image.Resampling.BICUBIC, box=region, reducing_gap=REDUCING_GAP
     )

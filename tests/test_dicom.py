@@ -26,7 +26,7 @@ from pydicom.uid import (
 )
 
 from contracts.demographics import parse_age
-from preprocess import dicom
+from preprocess import dicom, images
 from preprocess.images import ImageError
 from tests.dicom_factory import can_encode, write_dicom
 
@@ -406,3 +406,83 @@ def test_an_unreadable_value_reads_as_absent(tmp_path):
     tags = dicom.read_tags(damaged)
     assert (tags.sex, tags.view_position, tags.sop_instance_uid) == (None, "AP", "1.2.3.4.7")
     np.testing.assert_array_equal(_decode(damaged), _decode(data))
+
+
+# The builder's decode: an uncropped baseline-JPEG frame at libjpeg's DCT scale, as a .jpg file.
+
+STORED_SIZE = 64  # 1024 / 64 = 16 ≥ 8: the real files decode at 1/8 scale, 128 px
+
+
+def _frame(data: bytes) -> bytes:
+    return next(generate_frames(pydicom.dcmread(io.BytesIO(data)).PixelData, number_of_frames=1))
+
+
+def _stored(data: bytes, box=None) -> np.ndarray:
+    """The record's pixels the builder writes for `data` (a DICOM or a .jpg file's bytes)."""
+    out = images.process(data, box=box, image_size=STORED_SIZE, image_format="png")
+    return np.asarray(Image.open(io.BytesIO(out.encoded)))
+
+
+def _resize(gray: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(gray).resize(
+        (STORED_SIZE, STORED_SIZE), Image.Resampling.BICUBIC, reducing_gap=images.REDUCING_GAP))
+
+
+def _at_dct_scale(jpeg: bytes) -> np.ndarray:
+    """Pillow's own reduced decode of a JPEG: the smallest 1/2^k scale still >= STORED_SIZE."""
+    image = Image.open(io.BytesIO(jpeg))
+    image.draft("L", (STORED_SIZE, STORED_SIZE))
+    return np.asarray(image)
+
+
+def test_real_jpeg_dicom_is_stored_as_its_jpeg_file(real_dicom):
+    jpeg = _frame(real_dicom["MONOCHROME2"])
+    assert _at_dct_scale(jpeg).shape == (128, 128)
+    stored = _stored(real_dicom["MONOCHROME2"])
+    np.testing.assert_array_equal(stored, _stored(jpeg))
+    np.testing.assert_array_equal(stored, _resize(_at_dct_scale(jpeg)))
+    # The scale matters: a whole decode resized is another image, which this test tells apart.
+    assert np.abs(_resize(_pillow_decode_of_frame(real_dicom["MONOCHROME2"])).astype(int)
+                  - stored).max() > 0
+
+
+def test_real_monochrome1_is_inverted_at_dct_scale(real_dicom):
+    jpeg = _frame(real_dicom["MONOCHROME1"])
+    np.testing.assert_array_equal(_stored(real_dicom["MONOCHROME1"]), _resize(255 - _at_dct_scale(jpeg)))
+
+
+def test_a_cropped_jpeg_dicom_is_decoded_whole_as_a_cropped_jpeg_file(real_dicom):
+    box = (300.0, 200.0, 400.0, 500.0)  # x, y, w, h in the 1024 frame
+    jpeg = _frame(real_dicom["MONOCHROME2"])
+    stored = _stored(real_dicom["MONOCHROME2"], box)
+    np.testing.assert_array_equal(stored, _stored(jpeg, box))
+    whole = Image.fromarray(_pillow_decode_of_frame(real_dicom["MONOCHROME2"]))
+    np.testing.assert_array_equal(stored, np.asarray(whole.resize(
+        (STORED_SIZE, STORED_SIZE), Image.Resampling.BICUBIC, box=(300, 200, 700, 700),
+        reducing_gap=images.REDUCING_GAP)))
+
+
+def test_a_window_applies_to_the_jpeg_decoded_at_dct_scale(tmp_path):
+    stored = _noise(0, 255, np.uint8, shape=(4 * STORED_SIZE, 4 * STORED_SIZE))
+    jpeg = _jpeg(stored)
+    data = _write(tmp_path, stored, transfer_syntax=JPEGBaseline8Bit, encoded=jpeg, window=(120.0, 90.0))
+    expected = _expected_linear_window(_at_dct_scale(jpeg).astype(np.float64), 120.0, 90.0)
+    assert expected.shape == (STORED_SIZE, STORED_SIZE)
+    np.testing.assert_array_equal(_stored(data), _resize(expected))
+
+
+def test_a_cut_jpeg_frame_is_refused_at_dct_scale(tmp_path):
+    stored = _noise(0, 255, np.uint8, shape=(4 * STORED_SIZE, 4 * STORED_SIZE))
+    jpeg = _jpeg(stored)
+    data = _write(tmp_path, stored, transfer_syntax=JPEGBaseline8Bit, encoded=jpeg[: len(jpeg) // 2])
+    with pytest.raises(ImageError, match="^truncated or corrupt pixel data"):
+        _stored(data)
+
+
+def test_a_jpeg_frame_larger_than_its_header_is_refused_not_raised(tmp_path):
+    jpeg = bytearray(_jpeg(_noise(0, 255, np.uint8)))
+    start = jpeg.index(b"\xff\xc0")  # baseline SOF: length (2), precision (1), height, width
+    jpeg[start + 5:start + 9] = struct.pack(">HH", 20_000, 20_000)  # 400M pixels in the frame
+    data = _write(tmp_path, _noise(0, 255, np.uint8), transfer_syntax=JPEGBaseline8Bit, encoded=bytes(jpeg))
+    with pytest.raises(ImageError, match="decompression bomb"):
+        _stored(data)
