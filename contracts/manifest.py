@@ -1,9 +1,10 @@
 """`manifest.json`, the builder's account of what a shard folder holds: its one writer and its readers.
 
 Keys: `schema_version`, `config` (the build's flags: image_size, crop, image_format, ...),
-`splits` (per split: records, normal, abnormal, patients, shards), `patient_overlap`, `skipped`
-(every refused image with its reason), `warnings`, `absent`, `unlisted`. Manifests written
-before `schema_version` existed read as version 1.
+`splits` (per split: records, normal, abnormal, patients, shards, and `shard_bytes`: each
+shard's size as written), `patient_overlap`, `skipped` (every refused image with its reason),
+`warnings`, `absent`, `unlisted`. Manifests written before `schema_version` existed read as
+version 1; `shard_bytes` is optional (absent before it was kept), so it did not change the version.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ MANIFEST = "manifest.json"
 # (older records read as having none).
 SCHEMA_VERSION = 4
 SHARD_SUFFIX = ".tfrecord"
+SHARD_BYTES = "shard_bytes"  # per split: shard name -> its size in bytes as the builder wrote it
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -114,7 +116,20 @@ def shard_paths(data_dir: str, split: str) -> list[str]:
             f"{len(missing)} shard(s) of split {split!r} listed in the manifest are missing, "
             f"e.g. {missing[0]}; rerun the build command to complete the folder"
         )
+    _check_sizes(paths, info.get(SHARD_BYTES) or {})
     return paths
+
+
+def _check_sizes(paths: list[str], written: dict[str, Any]) -> None:
+    """Refuses a shard whose size differs from the builder's: a cut copy can end between two
+    records, or inside a record's header, which TensorFlow reads as a clean end of file."""
+    for path in paths:
+        expected = written.get(os.path.basename(path))
+        size = os.path.getsize(path)
+        if isinstance(expected, int) and size != expected:
+            raise UserInputError(
+                f"{path} is {size:,} bytes but the builder wrote {expected:,}: a truncated or "
+                "partial copy; copy the shard again or rerun the build command")
 
 
 def split_records(data_dir: str, split: str) -> int:

@@ -97,6 +97,14 @@ def isfile(path: str) -> bool:
         return _gfile().exists(path) and not _gfile().isdir(path)
 
 
+def size(path: str) -> int:
+    """The file's size in bytes."""
+    if not is_url(path):
+        return os.path.getsize(path)
+    with _as_os_error(path):
+        return _gfile().stat(path).length
+
+
 def listdir(path: str) -> list[str]:
     """The names in a folder (a URL's sub-folders without their trailing "/")."""
     if not is_url(path):

@@ -132,8 +132,13 @@ def _shard_state_path(config: BuildConfig, shard: str) -> str:
 
 def _is_done(config: BuildConfig, shard: str) -> bool:
     # The state file is written before the shard's rename, so a final-named shard implies both.
-    return storage.exists(storage.join(config.output_dir, shard)) and storage.exists(
-        _shard_state_path(config, shard))
+    # A shard cut since (a full disk while copying it back) no longer has the size it was written
+    # with: it is made again.
+    path, state_path = storage.join(config.output_dir, shard), _shard_state_path(config, shard)
+    if not (storage.exists(path) and storage.exists(state_path)):
+        return False
+    written = json.loads(storage.read_bytes(state_path)).get("bytes")
+    return written is None or storage.size(path) == written
 
 
 def finish_unit(config: BuildConfig, unit: WorkUnit, results: list[tuple], by_name: dict, boxes: dict) -> dict:
@@ -163,6 +168,7 @@ def finish_unit(config: BuildConfig, unit: WorkUnit, results: list[tuple], by_na
         if source.entry.patient_id:
             patients.add(source.entry.patient_id)
     state["patients"] = sorted(patients)
+    state["bytes"] = shard_writer.file_bytes(serialized)
     write_json(_shard_state_path(config, unit.shard), state)
     shard_writer.write_atomically(storage.join(config.output_dir, unit.shard), serialized)
     return state
@@ -265,10 +271,13 @@ def _manifest(config, units, shard_split, found, skipped, warnings, by_name) -> 
     for unit in units:
         state = json.loads(storage.read_bytes(_shard_state_path(config, unit.shard)))
         split = shard_split[unit.shard]
-        info = split_info.setdefault(split, {"records": 0, "normal": 0, "abnormal": 0, "shards": []})
+        info = split_info.setdefault(split, {"records": 0, "normal": 0, "abnormal": 0, "shards": [],
+                                             manifest_lib.SHARD_BYTES: {}})
         for key in ("records", "normal", "abnormal"):
             info[key] += state[key]
         info["shards"].append(unit.shard)
+        if "bytes" in state:  # absent from the state of a shard finished before sizes were kept
+            info[manifest_lib.SHARD_BYTES][unit.shard] = state["bytes"]
         patients_by_split.setdefault(split, set()).update(state["patients"])
         skipped = skipped + state["skipped"]
         warnings = warnings + state["warnings"]

@@ -34,6 +34,15 @@ def example_for(source: Source, encoded: bytes, crop_applied: bool, boxes, confi
     ).SerializeToString(deterministic=True)  # map keys sorted: same bytes in every process
 
 
+# TFRecord frames each record with its length (8 bytes), the length's CRC (4) and the data's CRC (4).
+TFRECORD_FRAMING_BYTES = 16
+
+
+def file_bytes(serialized: list[bytes]) -> int:
+    """The size of the TFRecord file `write_atomically` makes of `serialized` (no compression)."""
+    return sum(len(record) + TFRECORD_FRAMING_BYTES for record in serialized)
+
+
 def write_atomically(path: str, serialized: list[bytes]) -> None:
     """Writes `serialized` records to `path` through `contracts.atomic` (temporary name, fsync, rename)."""
     with atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:

@@ -4,8 +4,10 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -15,7 +17,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from contracts import manifest as manifest_lib
 from contracts import records
+from contracts.errors import UserInputError
 from preprocess import builder, images, plan, synthetic
 from preprocess.config import BuildConfig, BuildError
 from tests.conftest import REPO
@@ -82,6 +86,40 @@ def test_round_trip_ids_labels_pixels_over_several_shards(synthetic_data, tmp_pa
         expected = source.resize((32, 32), Image.Resampling.BICUBIC, reducing_gap=images.REDUCING_GAP)
         np.testing.assert_array_equal(pixels(record), np.asarray(expected))
         assert record["image_size"] == 32 and record["image_format"] == "png"
+
+
+def _record_offsets(data: bytes) -> list[int]:
+    """Where each record of a TFRecord file starts, walked by its 8-byte little-endian lengths."""
+    offsets, position = [], 0
+    while position < len(data):
+        offsets.append(position)
+        position += struct.unpack_from("<Q", data, position)[0] + 16  # length, 2 CRCs
+    return offsets
+
+
+def test_the_manifest_keeps_shard_sizes_and_readers_refuse_a_cut_copy(synthetic_data, tmp_path):
+    out = str(tmp_path)
+    manifest = builder.build(config_for(synthetic_data, out, crop="none")).manifest
+    for info in manifest["splits"].values():
+        assert info[manifest_lib.SHARD_BYTES] == {
+            name: os.path.getsize(os.path.join(out, name)) for name in info["shards"]}
+    path = os.path.join(out, manifest["splits"]["train"]["shards"][-1])
+    with open(path, "rb") as f:
+        data = f.read()
+    whole = sum(1 for _ in tf.data.TFRecordDataset(path))
+    cut = data[: _record_offsets(data)[-1] + 6]  # inside the last record's 12-byte header
+    with open(path, "wb") as f:
+        f.write(cut)
+    # Why the sizes are kept: TensorFlow reads this copy without an error, one record short.
+    assert sum(1 for _ in tf.data.TFRecordDataset(path)) == whole - 1
+    manifest_lib.shard_paths(out, "val")  # the other splits' shards are whole
+    with pytest.raises(UserInputError, match=re.escape(
+            f"{path} is {len(cut):,} bytes but the builder wrote {len(data):,}: a truncated or partial copy")):
+        manifest_lib.shard_paths(out, "train")
+    assert builder.build(config_for(synthetic_data, out, crop="none")).ok  # the fix the message gives
+    with open(path, "rb") as f:
+        assert f.read() == data  # made again, not kept as finished
+    manifest_lib.shard_paths(out, "train")
 
 
 def test_grouped_split_has_no_patient_in_two_splits(synthetic_data, tmp_path):
