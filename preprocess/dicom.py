@@ -47,6 +47,7 @@ import dataclasses
 import io
 import logging
 import warnings
+from typing import IO
 
 import numpy as np
 import pydicom
@@ -123,13 +124,20 @@ def _untrusted(reason: str):
             raise ImageError(f"{reason} ({_short(err)})") from None
 
 
-def _read(data: bytes, **read_options) -> tuple[Dataset, bool]:
-    """Parses `data`; returns the data set and whether the file ended inside an element."""
-    if not is_dicom(data):
+def _read(source: bytes | IO[bytes], **read_options) -> tuple[Dataset, bool]:
+    """Parses a file's bytes, or an open file from its start (pydicom reads only as far as it
+    needs: with `stop_before_pixels`, the header); returns the data set and whether the file
+    ended inside an element."""
+    if isinstance(source, (bytes, bytearray)):
+        head, source = source, io.BytesIO(source)
+    else:
+        head = source.read(SIGNATURE_BYTES)
+        source.seek(0)
+    if not is_dicom(head):
         raise ImageError(f"not a DICOM file (no {DICOM_MAGIC.decode()} marker after the preamble)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = pydicom.dcmread(io.BytesIO(data), **read_options)
+        ds = pydicom.dcmread(source, **read_options)
     ended_early = any(_EARLY_END_WARNING in str(w.message) for w in caught)
     return ds, ended_early
 
@@ -140,8 +148,9 @@ def _short(err: Exception) -> str:
     return lines[0][:160]
 
 
-def read_tags(data: bytes) -> DicomTags:
-    """Reads the header fields from a DICOM file, without reading its pixel data.
+def read_tags(data: bytes | IO[bytes]) -> DicomTags:
+    """Reads the header fields from a DICOM file's bytes or an open file, without its pixel data
+    (from an open file, without reading it: an archive's files are read whole once, by the build).
 
     Raises:
       ImageError: `data` is not DICOM or its header cannot be parsed.

@@ -173,7 +173,8 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | 
     from preprocess.images import ImageError
 
     try:
-        tags = dicom.read_tags(storage.read_bytes(path))
+        with storage.open_binary(path) as f:
+            tags = dicom.read_tags(f)
     except (ImageError, OSError) as err:
         return Skip(image_id, f"{err}; skipped")
     label = known.get(image_id, known.get(tags.sop_instance_uid or "", labels.LABEL_UNKNOWN))

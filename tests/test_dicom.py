@@ -388,6 +388,27 @@ def test_read_tags_from_a_written_file(tmp_path):
     assert dicom.read_tags(data) == dicom.DicomTags("P42", "AP", "F", 45, "1.2.3.4.5")
 
 
+class _CountingFile(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    read_bytes = 0
+
+    def read(self, size=-1):
+        out = super().read(size)
+        self.read_bytes += len(out)
+        return out
+
+
+def test_read_tags_from_an_open_file_stops_before_the_pixels(tmp_path):
+    data = _write(tmp_path, _noise(0, 65535, np.uint16, shape=(256, 256)), patient_id="P43", age="071Y",
+                  sex="M", view="PA", sop_uid="1.2.3.4.8")
+    f = _CountingFile(data)
+    assert dicom.read_tags(f) == dicom.read_tags(data) == dicom.DicomTags("P43", "PA", "M", 71, "1.2.3.4.8")
+    assert f.read_bytes < 1024 < len(data) // 100  # the header, not the 128 KiB of pixels
+    with pytest.raises(ImageError, match="not a DICOM file"):
+        dicom.read_tags(io.BytesIO(b"\x89PNG" + data[4:128] + b"NOPE" + data[132:]))
+
+
 @pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom, writing the odd values
 def test_read_tags_tolerates_missing_and_odd_values(tmp_path):
     data = _write(tmp_path, _noise(0, 255, np.uint8), patient_id=None, age=None, sex="O",
