@@ -16,6 +16,7 @@ import os
 from typing import Any, Sequence
 
 from contracts.errors import UserInputError
+from contracts.run_folder import list_hint
 
 # 1: before schema_version and member model folders; 2: before member temperatures (read as 1).
 SCHEMA_VERSION = 3
@@ -138,5 +139,5 @@ def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[M
         raise UserInputError(
             f"--ensemble={ensemble.path} blends {sorted(recorded)} but --model_dir gives {sorted(given)}"
             f"{f'; missing: {missing}' if missing else ''}{f'; not in the ensemble: {extra}' if extra else ''}; "
-            "pass exactly the ensemble's model folders")
+            f"pass exactly the ensemble's model folders{next(filter(None, map(list_hint, model_dirs)), '')}")
     return [(m, given[os.path.realpath(m.model_dir)]) for m in ensemble.members]

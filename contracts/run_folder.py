@@ -63,6 +63,13 @@ def run_temperature(model_dir: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
+def list_hint(model_dir: str) -> str:
+    """The fix to add when `--model_dir` looks like several folders joined by commas."""
+    if "," not in model_dir or os.path.isdir(model_dir):
+        return ""
+    return "; give --model_dir once per model (--model_dir=A --model_dir=B), not a comma-separated list"
+
+
 def load_run_config(model_dir: str) -> dict[str, Any]:
     """Reads `model_dir/config.json`, the training run's frozen config.
 
@@ -71,7 +78,8 @@ def load_run_config(model_dir: str) -> dict[str, Any]:
     """
     path = os.path.join(model_dir, CONFIG)
     if not os.path.exists(path):
-        raise UserInputError(f"{path} not found: --model_dir={model_dir} is not a folder written by train.py")
+        raise UserInputError(f"{path} not found: --model_dir={model_dir} is not a folder written by "
+                             f"train.py{list_hint(model_dir)}")
     try:
         with open(path) as f:
             config = json.load(f)
