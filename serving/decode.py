@@ -2,7 +2,8 @@
 
 The offline builder (`preprocess/images.py`) decodes with Pillow; a SavedModel must do the same in
 TensorFlow ops so it loads with TensorFlow alone. Each step follows the builder's rule:
-  - PNG and JPEG only, recognised by their signature, whatever else `tf.io.decode_image` accepts;
+  - PNG and JPEG only, recognised by their signature, whatever else `tf.io.decode_image` accepts
+    (a DICOM file is refused by name: `predict.py --images` scores those);
   - images over `max_pixels` are refused before decoding (the builder's decompression-bomb guard);
   - grayscale as Pillow makes it: 8-bit gray as is, 16-bit gray scaled by 255/65535 and rounded,
     gray+alpha keeps the gray, RGB(A) and palette through Pillow's fixed-point ITU-R 601-2 luma
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from preprocess.dicom import DICOM_MAGIC, PREAMBLE_LENGTH
 from preprocess.images import MAX_IMAGE_PIXELS, REDUCING_GAP
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -97,8 +99,16 @@ def decode_gray(data: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PI
     head = tf.strings.substr(data, 0, 8)
     is_png = tf.equal(head, PNG_SIGNATURE)
     is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), JPEG_SIGNATURE)
-    check = tf.debugging.Assert(tf.logical_or(is_png, is_jpeg),
-                                ["not a PNG or JPEG image; send the encoded file's bytes"])
+    is_dicom = tf.cond(  # substr fails on a position past the end: shorter bytes are not DICOM
+        tf.strings.length(data) >= PREAMBLE_LENGTH + len(DICOM_MAGIC),
+        lambda: tf.equal(tf.strings.substr(data, PREAMBLE_LENGTH, len(DICOM_MAGIC)), DICOM_MAGIC),
+        lambda: tf.constant(False))
+    not_dicom = tf.debugging.Assert(tf.logical_not(is_dicom), [
+        "a DICOM file: the served model takes PNG or JPEG bytes; score DICOM files with "
+        "predict.py --images, or send the image as PNG"])
+    with tf.control_dependencies([not_dicom]):
+        check = tf.debugging.Assert(tf.logical_or(is_png, is_jpeg),
+                                    ["not a PNG or JPEG image; send the encoded file's bytes"])
     with tf.control_dependencies([check]):
         return tf.cond(is_png, lambda: _png_gray(data, max_pixels),
                        lambda: _jpeg_gray(data, image_size, max_pixels))

@@ -232,6 +232,13 @@ def test_bytes_that_are_not_an_image_fail_the_request(data):
         decode.bytes_to_pixels(tf.constant(data), SIZE).numpy()
 
 
+def test_dicom_bytes_are_refused_with_the_way_to_score_them(shared_dicom):
+    with open(os.path.join(shared_dicom, "siim_chest_pa.dcm"), "rb") as f:
+        data = f.read()  # its JPEG frame alone would be served
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a DICOM file: .*predict.py --images"):
+        decode.bytes_to_pixels(tf.constant(data), SIZE).numpy()
+
+
 def test_images_over_the_pixel_limit_are_refused_before_decoding():
     data = _png(np.zeros((100, 100), np.uint8))
     with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
