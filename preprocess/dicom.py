@@ -134,7 +134,9 @@ def _read(source: bytes | IO[bytes], **read_options) -> tuple[Dataset, bool]:
         head = source.read(SIGNATURE_BYTES)
         source.seek(0)
     if not is_dicom(head):
-        raise ImageError(f"not a DICOM file (no {DICOM_MAGIC.decode()} marker after the preamble)")
+        raise ImageError(f"not a DICOM Part 10 file (no {DICOM_MAGIC.decode()} marker after the "
+                         f"{PREAMBLE_LENGTH}-byte preamble); if it is a bare DICOM data set, save it "
+                         "with the Part 10 header (dcmconv, or pydicom's save_as(enforce_file_format=True))")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = pydicom.dcmread(source, **read_options)

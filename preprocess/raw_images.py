@@ -35,6 +35,7 @@ class RawImages:
     image_size: int
     max_pixels: int
     skipped: list[dict[str, str]]
+    ignored: int = 0  # files that are not PNG, JPEG or DICOM by their name or content
 
 
 def _max_pixels(config: dict[str, Any]) -> int:
@@ -110,7 +111,7 @@ def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, 
         reasons = "; ".join(f"{s['image']}: {s['reason']}" for s in skipped[:3])
         raise UserInputError(f"--images={images}: no readable PNG, JPEG or DICOM image"
                              f"{f' ({len(skipped)} skipped: {reasons})' if skipped else ''}")
-    return RawImages(os.path.abspath(images), image_size, max_pixels, skipped)
+    return RawImages(os.path.abspath(images), image_size, max_pixels, skipped, manifest.get("unlisted", 0))
 
 
 @contextlib.contextmanager
@@ -127,12 +128,16 @@ def built_images(images: str, image_size: int, max_pixels: int, workers: int | N
 
 def sidecar_fields(raw: RawImages) -> dict[str, Any]:
     """What a prediction file made from raw files records about them (instead of a shard folder)."""
-    return {"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped}
+    return {"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped,
+            "ignored_files": raw.ignored}
 
 
 def skipped_summary(raw: RawImages) -> str:
-    """One line on the files `--images` could not read (their reasons are in the sidecar)."""
+    """One line on the files `--images` could not read (their reasons are in the sidecar) and
+    on the files it passed over, which are not images by their name or content."""
+    ignored = (f"; {raw.ignored} other file(s) ignored: not PNG, JPEG or DICOM by name or content"
+               if raw.ignored else "")
     if not raw.skipped:
-        return f"every file under {raw.images} was read"
+        return f"every image under {raw.images} was read{ignored}"
     return (f"{len(raw.skipped)} file(s) skipped, e.g. {few([s['image'] for s in raw.skipped])}; "
-            "reasons in the prediction sidecar's 'skipped'")
+            f"reasons in the prediction sidecar's 'skipped'{ignored}")

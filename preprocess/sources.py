@@ -18,6 +18,9 @@ from contracts import labels, storage
 from preprocess.nih_metadata import Entry, Skip, read_data_entry, unsafe_name_reason
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# DICOM is found by its content; a file named like DICOM without that content is skipped with the
+# reason (a bare data set without the Part 10 header, a renamed file), never passed over unseen.
+DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +200,8 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
 
     PNG and JPEG files are found by their extension and keyed by file name (as NIH names them).
     DICOM files are found by their content, whatever their name, keyed by `dicom_id`, and carry
-    their header's patient, view, sex and age.
+    their header's patient, view, sex and age; a file named .dcm, .dicom or .dic that is not
+    DICOM by its content is skipped with the reason.
     """
     files = scan_images(image_dir)
     known = known or {}
@@ -206,7 +210,7 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
     for name in sorted(files):
         plain = []
         for path in files[name]:
-            if _is_dicom_file(path):
+            if _is_dicom_file(path) or name.lower().endswith(DICOM_EXTENSIONS):
                 present += 1
                 entry = _dicom_entry(path, dicom_id(path, pattern_root(image_dir)), known)
                 (skipped if isinstance(entry, Skip) else sources).append(

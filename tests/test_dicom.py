@@ -366,9 +366,9 @@ def test_content_not_the_name_makes_a_file_dicom(tmp_path):
 ], ids=["empty", "png", "wrong-marker", "short"])
 def test_other_bytes_are_not_dicom(data):
     assert not dicom.is_dicom(data)
-    with pytest.raises(ImageError, match="not a DICOM file"):
+    with pytest.raises(ImageError, match="not a DICOM Part 10 file"):
         dicom.decode(data, MAX_PIXELS)
-    with pytest.raises(ImageError, match="not a DICOM file"):
+    with pytest.raises(ImageError, match="not a DICOM Part 10 file"):
         dicom.read_tags(data)
 
 
@@ -405,7 +405,7 @@ def test_read_tags_from_an_open_file_stops_before_the_pixels(tmp_path):
     f = _CountingFile(data)
     assert dicom.read_tags(f) == dicom.read_tags(data) == dicom.DicomTags("P43", "PA", "M", 71, "1.2.3.4.8")
     assert f.read_bytes < 1024 < len(data) // 100  # the header, not the 128 KiB of pixels
-    with pytest.raises(ImageError, match="not a DICOM file"):
+    with pytest.raises(ImageError, match="not a DICOM Part 10 file"):
         dicom.read_tags(io.BytesIO(b"\x89PNG" + data[4:128] + b"NOPE" + data[132:]))
 
 

@@ -46,6 +46,9 @@ def setting(tmp_path_factory):
     write_dicom(str(folder / "series2" / "1.dcm"), pixels["c"], photometric="MONOCHROME1")
     data = (folder / "series1" / "1.dcm").read_bytes()
     (folder / "broken.dcm").write_bytes(data[: len(data) // 2])
+    bare = write_dicom(str(folder / "bare.dcm"), pixels["c"])
+    bare.preamble = None  # the same data set without the Part 10 header: DICOM by name only
+    bare.save_as(folder / "bare.dcm", enforce_file_format=False)
     (folder / "readme.txt").write_text("not an image")
     runs = [str(root / f"run{seed}") for seed in (0, 1)]
     built = [_save_model(run, seed) for seed, run in enumerate(runs)]
@@ -83,9 +86,11 @@ def test_a_mixed_folder_is_scored_in_one_command(setting, tmp_path):
     assert frame.loc["series2/1.dcm", "p_abnormal"] == pytest.approx(_expected(model, 255 - pixels["c"]), abs=1e-5)
     with open(output[:-4] + ".json") as f:
         sidecar = json.load(f)
-    assert [s["image"] for s in sidecar["skipped"]] == ["broken.dcm"]
-    assert "truncated" in sidecar["skipped"][0]["reason"]
-    assert sidecar["images"] == setting["folder"] and "1 file(s) skipped" in done.stdout
+    reasons = {s["image"]: s["reason"] for s in sidecar["skipped"]}
+    assert sorted(reasons) == ["bare.dcm", "broken.dcm"]
+    assert "truncated" in reasons["broken.dcm"] and "not a DICOM Part 10 file" in reasons["bare.dcm"]
+    assert sidecar["images"] == setting["folder"] and "2 file(s) skipped" in done.stdout
+    assert sidecar["ignored_files"] == 1 and "1 other file(s) ignored" in done.stdout  # readme.txt
 
 
 def test_an_ensemble_file_blends_the_members_with_its_weights(setting, tmp_path):
