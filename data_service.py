@@ -59,7 +59,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console entry point (setup.cfg) and `python data_service.py`; runs `main`."""
-    project_flags.run_tool(project_flags.define_data_service_flags, main, __doc__, required=("role",))
+    project_flags.run_tool(project_flags.define_data_service_flags, main, __doc__, required=("role",),
+                           stop_on_sigterm=False)  # server.join() never returns to Python
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       lower_bound=1)
     _d(flags.DEFINE_integer, fv)("seed", default["seed"], "Seed of the split and of the record order.")
     _d(flags.DEFINE_float, fv)("max_skip_fraction", default["max_skip_fraction"],
-      "Exit 1 when skipped / (CSV rows whose file is present) exceeds this (good records are written anyway).")
+      "Exit 1 when skipped / (CSV rows whose file is present) exceeds this (good records are written anyway).",
+      lower_bound=0.0, upper_bound=1.0)
     _d(flags.DEFINE_integer, fv)("max_image_pixels", default["max_image_pixels"],
       "Images with more pixels are refused as possible decompression bombs.", lower_bound=1)
     _d(flags.DEFINE_bool, fv)("overwrite", default["overwrite"],

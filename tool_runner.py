@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from absl import flags
@@ -31,8 +32,13 @@ def exit_on_help(argv: list[str], doc: str | None, fv: flags.FlagValues = flags.
     raise SystemExit(0)
 
 
-def run_tool(define, main, doc: str | None, required: tuple[str, ...] = ()) -> None:
-    """What every entry point does: define its flags, answer --help, require flags, run `main`."""
+def run_tool(define, main, doc: str | None, required: tuple[str, ...] = (),
+             stop_on_sigterm: bool = True) -> None:
+    """What every entry point does: define its flags, answer --help, require flags, run `main`.
+
+    `stop_on_sigterm=False` keeps Python's default for SIGTERM (the process ends at once), for a
+    tool that waits inside a C++ call that never returns to Python (a tf.data service server).
+    """
     from absl import app
 
     define()
@@ -40,12 +46,25 @@ def run_tool(define, main, doc: str | None, required: tuple[str, ...] = ()) -> N
     if required:
         flags.mark_flags_as_required(list(required))
     flags.adopt_module_key_flags(sys.modules[FLAGS_MODULE])  # --helpshort lists the tool's flags too
-    app.run(lambda argv: guarded_main(main, argv))
+    app.run(lambda argv: guarded_main(main, argv, stop_on_sigterm))
 
 
-def guarded_main(main, argv: list[str]) -> int | None:
+def _stop_on_sigterm(tool: str) -> None:
+    """Makes SIGTERM (a scheduler's kill, `kill PID`) end the tool like Ctrl-C: as an exception, so
+    temporary folders are removed and partial files deleted on the way out."""
+    def stop(signum, frame):
+        del frame
+        print(f"{tool}: stopped by {signal.Signals(signum).name}; its temporary and unfinished files were "
+              "removed", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def guarded_main(main, argv: list[str], stop_on_sigterm: bool = True) -> int | None:
     """Runs `main` under the project's rule for bad input: one line `<tool>: <what and the fix>`
-    on stderr and exit status 1, no traceback (contracts/errors.py). Refuses stray arguments."""
+    on stderr and exit status 1, no traceback (contracts/errors.py). Refuses stray arguments.
+    Ctrl-C and SIGTERM end it in one line too, after its clean-up has run."""
     from contracts.errors import UserInputError, describe_os_error
 
     tool = os.path.basename(argv[0])
@@ -53,12 +72,17 @@ def guarded_main(main, argv: list[str]) -> int | None:
         sys.exit(f"{tool}: unexpected arguments {' '.join(argv[1:])!r}; every option is a "
                  "--name=value flag (--help lists them)")
     quiet_tensorflow(flags.FLAGS["verbosity"].value)
+    if stop_on_sigterm:
+        _stop_on_sigterm(tool)
     try:
         return main(argv)
     except UserInputError as err:
         sys.exit(f"{tool}: {err}")
     except OSError as err:  # a file the user named could not be read or written
         sys.exit(f"{tool}: {describe_os_error(err)}")
+    except KeyboardInterrupt:
+        print(f"{tool}: interrupted; its temporary and unfinished files were removed", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 # TensorFlow's C++ log level when the user set none: 1 drops its start-up INFO lines (CPU

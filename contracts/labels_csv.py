@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 
 from contracts import labels, storage
 
@@ -25,20 +26,25 @@ _VALUES = {"0": labels.LABEL_NORMAL, "1": labels.LABEL_ABNORMAL, "no": labels.LA
 
 
 def open_text(path: str) -> io.TextIOBase:
-    """Opens a plain or gzip-compressed CSV as text (universal newlines handle CRLF).
+    """Reads a plain or gzip-compressed UTF-8 CSV whole (NIH's largest is 8 MB unpacked), local or
+    a bucket URL (`contracts.storage`), as text for `csv` (its newline handling reads CRLF).
 
-    A bucket URL (`gs://...`) is read whole through `contracts.storage` (NIH's largest CSV is 2 MB
-    gzipped); a local file is streamed.
+    Raises:
+      ValueError: a truncated or corrupt gzip file, or text that is not UTF-8; the message names
+        the file and the fix.
     """
-    if storage.is_url(path):
-        data = storage.read_bytes(path)
-        data = gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
-        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8-sig", newline="")
-    with open(path, "rb") as probe:
-        gzipped = probe.read(2) == GZIP_MAGIC
-    if gzipped:
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+    data = storage.read_bytes(path)
+    if data[:2] == GZIP_MAGIC:
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as err:  # a partial download ends early
+            raise ValueError(f"{path}: truncated or corrupt gzip file ({err}); download it again") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start:,}); "
+                         "save it as a UTF-8 CSV") from None
+    return io.StringIO(text, newline="")
 
 
 def _value_column(path: str, header: list[str], key: str) -> str:

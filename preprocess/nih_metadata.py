@@ -142,18 +142,27 @@ def read_data_entry(path: str) -> DataEntry:
     return DataEntry(entries=entries, skipped=skipped, identical_duplicates=identical, rows=rows)
 
 
+BBOX_COLUMNS = ("Image Index", "Finding Label")  # the first two of BBox_List_2017.csv's header
+
+
 def read_bbox_csv(path: str) -> tuple[dict[str, list[FindingBox]], list[Skip]]:
     """Reads BBox_List_2017.csv: image -> its boxes, each with its finding, (x, y, w, h) in the 1024 frame.
 
     The official header has 9 fields and its rows 6, so rows are read by position: image, finding
     ("Infiltrate" is read as Data_Entry's "Infiltration"), x, y, w, h.
     Returns the boxes and the rows that could not be read (as `Skip`s, reported as warnings).
+
+    Raises:
+      ValueError: the header is not BBox_List's (another CSV passed by mistake), or `open_text`'s.
     """
     boxes: dict[str, list[FindingBox]] = {}
     problems: list[Skip] = []
     with open_text(path) as f:
         reader = csv.reader(f)
-        next(reader, None)
+        header = [cell.strip() for cell in next(reader, [])]
+        if header[:2] != list(BBOX_COLUMNS):
+            raise ValueError(f"{path}: not NIH's BBox_List CSV (its header starts {header[:3]}, not "
+                             f"{list(BBOX_COLUMNS)} then the box); pass BBox_List_2017.csv as --bbox_csv")
         for line_no, row in enumerate(reader, start=2):
             if not row or not any(cell.strip() for cell in row):
                 continue

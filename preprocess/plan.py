@@ -68,22 +68,41 @@ def gather_and_assign(config: BuildConfig):
                          " (or, with --split=unlabeled, a glob pattern of files)")
     if not config.output_dir:
         raise BuildError("--output_dir is required: the folder the shards and manifest.json go to")
+    _check_fractions(config)
     if not storage.is_url(config.output_dir):  # a bucket's permissions show at the first write
         check_output_folder(config.output_dir, "output_dir")
     found = _gather(config)
     boxes, warnings = _boxes(config, found)
     assigned, split_skips = _assign(config, found)
     skipped = [s.as_dict() for s in found.skipped + split_skips]
-    if not any(assigned.values()) and config.split == "unlabeled":
-        raise BuildError(
-            f"no usable images under --image_dir={config.image_dir}: {len(found.sources)} image file(s) "
-            f"found, {len(skipped)} skipped; point it at the folder holding the PNG, JPEG or DICOM files")
     if not any(assigned.values()):
-        raise BuildError(
-            f"no usable images: {len(found.absent)} CSV rows have no file under "
-            f"--image_dir={config.image_dir}, {len(skipped)} skipped; check the folder and the CSV"
-        )
+        raise BuildError(_nothing_usable(config, found, skipped))
     return found, boxes, warnings, assigned, skipped
+
+
+def _check_fractions(config: BuildConfig) -> None:
+    """Refuses fractions that no split could honour, before any file is read (NaN included)."""
+    if not 0 <= config.max_skip_fraction <= 1:
+        raise BuildError(f"--max_skip_fraction={config.max_skip_fraction} must be in [0, 1]")
+    if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
+        raise BuildError("--val_fraction and --test_fraction must be in [0, 1)")
+    if config.split == "grouped" and config.val_fraction + config.test_fraction >= 1:
+        raise BuildError("--val_fraction + --test_fraction must leave a share for train")
+
+
+def _nothing_usable(config: BuildConfig, found: sources_lib.Sources, skipped: list[dict]) -> str:
+    """Why a build has no record at all, in the terms of its inputs."""
+    first = f" (first: {skipped[0]['image']}: {skipped[0]['reason']})" if skipped else ""
+    if config.split == "unlabeled":
+        if not skipped:
+            return (f"no PNG, JPEG or DICOM file under --image_dir={config.image_dir}; point it at the "
+                    "folder holding the images")
+        return (f"no usable images under --image_dir={config.image_dir}: all {len(skipped)} image "
+                f"file(s) found were skipped{first}")
+    if not found.csv_rows:
+        return f"--data_entry_csv={config.data_entry_csv} has a header but no rows; use the full CSV"
+    return (f"no usable images: {len(found.absent)} of {found.csv_rows} CSV rows have no file under "
+            f"--image_dir={config.image_dir}, {len(skipped)} skipped{first}; check the folder and the CSV")
 
 
 def _gather(config: BuildConfig) -> sources_lib.Sources:
@@ -116,7 +135,10 @@ def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[
         return {}, []
     if not storage.isfile(config.bbox_csv):
         raise BuildError(f"--bbox_csv={config.bbox_csv} does not exist")
-    raw, problems = nih_metadata.read_bbox_csv(config.bbox_csv)
+    try:
+        raw, problems = nih_metadata.read_bbox_csv(config.bbox_csv)
+    except ValueError as err:
+        raise BuildError(str(err)) from None
     names = {s.entry.image for s in found.sources}
     warnings = [p.as_dict() for p in problems if p.image in names]
     found_boxes = {}
@@ -137,13 +159,9 @@ def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, 
     if config.split in ("all", "unlabeled"):
         name = "all" if config.split == "all" else "eval"
         return {name: list(found.sources)}, skipped
-    if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
-        raise BuildError("--val_fraction and --test_fraction must be in [0, 1)")
     if config.split == "grouped":
         fractions = {"train": 1 - config.val_fraction - config.test_fraction,
                      "val": config.val_fraction, "test": config.test_fraction}
-        if fractions["train"] <= 0:
-            raise BuildError("--val_fraction + --test_fraction must leave a share for train")
         items = [(n, s.entry.patient_id, s.entry.label) for n, s in by_name.items()]
         assignment = splits_lib.grouped_split(items, fractions, config.seed)
     else:

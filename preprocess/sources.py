@@ -46,14 +46,20 @@ GLOB_CHARACTERS = "*?["
 
 
 def is_pattern(image_dir: str) -> bool:
-    """Whether --image_dir is a glob pattern (e.g. "/data/*/*.dcm", "**" recursing) to expand."""
-    return any(c in image_dir for c in GLOB_CHARACTERS) and not storage.isdir(image_dir)
+    """Whether --image_dir names files rather than a folder: a glob pattern to expand (e.g.
+    "/data/*/*.dcm", "**" recursing) or one file."""
+    if storage.isdir(image_dir):
+        return False
+    return any(c in image_dir for c in GLOB_CHARACTERS) or storage.isfile(image_dir)
 
 
 def pattern_root(image_dir: str) -> str:
-    """The folder ids are relative to: `image_dir` itself, or a pattern's leading fixed folders."""
+    """The folder ids are relative to: `image_dir` itself, a pattern's leading fixed folders, or
+    one file's folder."""
     if not is_pattern(image_dir):
         return image_dir
+    if storage.isfile(image_dir):
+        return storage.dirname(image_dir)
     separator = "/" if storage.is_url(image_dir) else os.sep
     fixed = []
     for part in image_dir.split(separator):
@@ -65,7 +71,12 @@ def pattern_root(image_dir: str) -> str:
 
 def _matching_files(pattern: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = collections.defaultdict(list)
-    paths = storage.glob(pattern) if storage.is_url(pattern) else sorted(glob.glob(pattern, recursive=True))
+    if storage.isfile(pattern):  # one file, whatever characters its name holds
+        paths = [pattern]
+    elif storage.is_url(pattern):
+        paths = storage.glob(pattern)
+    else:
+        paths = sorted(glob.glob(pattern, recursive=True))
     for path in paths:
         name = path.rstrip("/").rsplit("/", 1)[-1]
         if storage.isfile(path) and not name.startswith("."):
@@ -186,10 +197,16 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | 
                  sex=tags.sex or "", age=tags.age)
 
 
-def dicom_id(path: str, image_dir: str) -> str:
-    """A DICOM record's id: its path under `image_dir` with "/" separators. Archives reuse file
-    names across series (`1.dcm` in every folder), so the name alone is not unique."""
+def path_id(path: str, image_dir: str) -> str:
+    """A record's id from its path under `image_dir`, with "/" separators: every DICOM file's, since
+    archives reuse file names across series (`1.dcm` in every folder), and that of a PNG or JPEG
+    whose name another, different file under the folder also has."""
     return storage.relpath(path, image_dir)
+
+
+def _plain_entry(image_id: str, known: Mapping[str, int]) -> Entry:
+    return Entry(image=image_id, label=known.get(image_id, labels.LABEL_UNKNOWN),
+                 findings=(0,) * len(labels.FINDINGS), patient_id="", view_position="")
 
 
 def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sources:
@@ -198,12 +215,15 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
     Labels come from `known` (a labels CSV: id or DICOM SOPInstanceUID -> 0/1); images it does
     not name are unlabeled (-1).
 
-    PNG and JPEG files are found by their extension and keyed by file name (as NIH names them).
-    DICOM files are found by their content, whatever their name, keyed by `dicom_id`, and carry
+    PNG and JPEG files are found by their extension and keyed by file name (as NIH names them);
+    byte-identical copies under one name are one image, and different files sharing a name are
+    each keyed by `path_id` (no CSV names them, so nothing is ambiguous).
+    DICOM files are found by their content, whatever their name, keyed by `path_id`, and carry
     their header's patient, view, sex and age; a file named .dcm, .dicom or .dic that is not
     DICOM by its content is skipped with the reason.
     """
     files = scan_images(image_dir)
+    root = pattern_root(image_dir)
     known = known or {}
     sources, skipped = [], []
     unlisted = present = 0
@@ -212,7 +232,7 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
         for path in files[name]:
             if _is_dicom_file(path) or name.lower().endswith(DICOM_EXTENSIONS):
                 present += 1
-                entry = _dicom_entry(path, dicom_id(path, pattern_root(image_dir)), known)
+                entry = _dicom_entry(path, path_id(path, root), known)
                 (skipped if isinstance(entry, Skip) else sources).append(
                     entry if isinstance(entry, Skip) else Source(entry, path))
             elif name.lower().endswith(IMAGE_EXTENSIONS):
@@ -221,12 +241,8 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
                 unlisted += 1
         if not plain:
             continue
-        present += 1
         path, reason = resolve_path(name, plain)
-        if reason:
-            skipped.append(Skip(name, reason))
-            continue
-        entry = Entry(image=name, label=known.get(name, labels.LABEL_UNKNOWN),
-                      findings=(0,) * len(labels.FINDINGS), patient_id="", view_position="")
-        sources.append(Source(entry, path))
+        keyed = [(name, path)] if reason is None else [(path_id(p, root), p) for p in plain]
+        present += len(keyed)
+        sources.extend(Source(_plain_entry(image_id, known), p) for image_id, p in keyed)
     return Sources(sources, skipped, [], unlisted, present)

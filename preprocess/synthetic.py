@@ -31,12 +31,13 @@ from contracts.atomic import atomic_path, write_text  # noqa: E402
 from contracts.boxes import BBOX_CSV_SPELLING  # noqa: E402  (the real files' spelling)
 from contracts.labels import NIH_FRAME  # noqa: E402
 from preprocess import synthetic_radiographs  # noqa: E402
+from preprocess.nih_metadata import BBOX_COLUMNS  # noqa: E402
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
-BBOX_HEADER = "Image Index,Finding Label,Bbox [x,y,w,h],,,"
+BBOX_HEADER = ",".join(BBOX_COLUMNS) + ",Bbox [x,y,w,h],,,"  # as NIH wrote it
 # "radiograph": varied anatomy, exposure, distractors and finding kinds, 10% of labels flipped
 # (preprocess/synthetic_radiographs.py): the demo's data, which no model scores 1.0 on.
 # "easy": one anatomy, one bright round lesion per abnormal image, clean labels: data a tiny test

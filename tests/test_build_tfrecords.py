@@ -435,6 +435,19 @@ def test_same_name_in_two_folders(tmp_path):
     assert [r["image_id"] for r in read_records(cfg.output_dir)["all"]] == ["same.png"]
     assert [s["image"] for s in m["skipped"]] == ["differ.png"]
     assert "2 different files named differ.png" in m["skipped"][0]["reason"]
+    # Without a CSV nothing names them: both are kept, each keyed by its path under the folder.
+    unlabeled = BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "unlabeled"), split="unlabeled",
+                            image_size=16, workers=1)
+    assert builder.build(unlabeled).manifest["skipped"] == []
+    stored = {r["image_id"]: pixels(r) for r in read_records(unlabeled.output_dir)["eval"]}
+    assert sorted(stored) == ["images_001/differ.png", "images_002/differ.png", "same.png"]
+    np.testing.assert_array_equal(stored["images_002/differ.png"], 255 - stored["images_001/differ.png"])
+    np.testing.assert_array_equal(stored["images_001/differ.png"], gray)  # 16 px: stored as they are
+    # One file named as --image_dir is a folder of that one image.
+    single = BuildConfig(image_dir=str(data / "images_002" / "differ.png"), output_dir=str(tmp_path / "one"),
+                         split="unlabeled", image_size=16, workers=1)
+    builder.build(single)
+    assert [r["image_id"] for r in read_records(single.output_dir)["eval"]] == ["differ.png"]
 
 
 def test_official_split_reports_names_in_both_or_neither_list(synthetic_data, tmp_path):

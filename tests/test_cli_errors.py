@@ -7,6 +7,7 @@ load it, since only reading the records finds the damage.
 """
 
 import glob
+import gzip
 import os
 import shutil
 import subprocess
@@ -66,6 +67,12 @@ def world(tmp_path_factory) -> dict[str, str]:
                 "00000001_000.png,No Finding,0,1,58,M,PA,1024,1024,0.143,0.143\n")
     with open(w["a_file"], "w") as f:
         f.write("a file where a folder is expected\n")
+    header = open(w["csv"], "rb").read().splitlines(keepends=True)[0]
+    for name, data in (("header_only.csv", header), ("partial.csv.gz", gzip.compress(header * 50)[:40]),
+                       ("latin1.csv", header + "caf\xe9.png,No Finding,0,1,58,M,PA,1,1,1,1\n".encode("latin-1"))):
+        w[name] = os.path.join(w["no_files"], name)
+        with open(w[name], "wb") as f:
+            f.write(data)
     return w
 
 
@@ -102,10 +109,25 @@ CASES = [
      ["--output_dir=", "is a file, not a folder"], []),
     ("build-unlabeled-empty-folder", "build", lambda w: [f"--image_dir={w['empty_images']}", "--split=unlabeled",
                                                          "--output_dir={out}/shards"],
-     ["no usable images under --image_dir="], ["{out}/shards"]),
+     ["no PNG, JPEG or DICOM file under --image_dir="], ["{out}/shards"]),
     ("build-no-csv-row-has-a-file", "build", lambda w: [f"--image_dir={w['no_files']}", f"--data_entry_csv={w['csv']}",
                                                         "--split=all", "--output_dir={out}/shards"],
-     ["no usable images", "1 CSV rows have no file"], ["{out}/shards"]),
+     ["no usable images", "1 of 1 CSV rows have no file"], ["{out}/shards"]),
+    ("build-header-only-csv", "build", lambda w: [f"--image_dir={w['no_files']}", f"--data_entry_csv={w['header_only.csv']}",
+                                                  "--split=all", "--output_dir={out}/shards"],
+     ["header_only.csv has a header but no rows"], ["{out}/shards"]),
+    ("build-truncated-gzip-csv", "build", lambda w: [f"--image_dir={w['no_files']}", f"--data_entry_csv={w['partial.csv.gz']}",
+                                                     "--split=all", "--output_dir={out}/shards"],
+     ["partial.csv.gz: truncated or corrupt gzip file", "download it again"], ["{out}/shards"]),
+    ("build-latin1-csv", "build", lambda w: [f"--image_dir={w['no_files']}", f"--data_entry_csv={w['latin1.csv']}",
+                                             "--split=all", "--output_dir={out}/shards"],
+     ["latin1.csv: not UTF-8 text (byte 0xe9", "save it as a UTF-8 CSV"], ["{out}/shards"]),
+    ("build-data-entry-as-bbox-csv", "build", lambda w: [f"--image_dir={w['no_files']}", f"--data_entry_csv={w['csv']}",
+                                                         f"--bbox_csv={w['csv']}", "--split=all", "--output_dir={out}/shards"],
+     ["not NIH's BBox_List CSV", "pass BBox_List_2017.csv as --bbox_csv"], ["{out}/shards"]),
+    ("build-nan-skip-fraction", "build", lambda w: [f"--image_dir={w['empty_images']}", "--split=unlabeled",
+                                                    "--max_skip_fraction=nan", "--output_dir={out}/shards"],
+     ["--max_skip_fraction=nan must be in [0, 1]"], ["{out}/shards"]),
     ("build-stray-argument", "build", lambda w: [f"--image_dir={w['empty_images']}", "--output_dir={out}/s", "extra"],
      ["unexpected arguments 'extra'"], ["{out}/s"]),
     ("synthetic-stray-argument", "synthetic", lambda w: ["--output_dir={out}/syn", "extra"],

@@ -3,8 +3,10 @@ decoding, unreadable files listed with their reason, no temporary folder left; `
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -143,3 +145,20 @@ def test_a_labels_csv_keyed_by_id_or_sop_uid_labels_the_files_and_brings_a_repor
 
     (only,) = metrics.values()
     assert only["auroc"] == pytest.approx(roc_auc_score(frame["label"], frame["p_abnormal"]))
+
+
+def test_sigterm_removes_the_temporary_shard_folder(setting, tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = subprocess.Popen([sys.executable, "predict.py", f"--model_dir={setting['runs'][0]}",
+                             f"--images={setting['folder']}", f"--output={tmp_path / 'p.csv'}"],
+                            cwd=REPO, env=dict(os.environ, TMPDIR=str(temp)), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not os.listdir(temp) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert os.listdir(temp), "predict.py ended before its temporary shard folder appeared"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert "predict.py: stopped by SIGTERM" in stderr
+    assert os.listdir(temp) == [] and not os.path.exists(tmp_path / "p.csv")
