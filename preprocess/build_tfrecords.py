@@ -11,14 +11,13 @@ Exit status: 0 built, 1 more than --max_skip_fraction skipped or bad input (one 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 
 if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
     del sys.path[0]  # run as a script: this folder's modules (config, images, ...) would shadow others
 
-from absl import flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 
 import flags as project_flags  # noqa: E402
 from preprocess.config import BuildConfig  # noqa: E402
@@ -32,7 +31,6 @@ def config_from_flags(values: flags.FlagValues) -> BuildConfig:
 def main(argv: list[str]) -> int:
     del argv  # stray arguments are refused by project_flags.run_tool
     config = config_from_flags(flags.FLAGS)
-    logging.info("build config: %s", json.dumps(dataclasses.asdict(config)))
     from preprocess import builder
 
     result = builder.build(config)  # bad input: project_flags.run_tool says it in one line

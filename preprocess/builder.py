@@ -255,6 +255,7 @@ def build(config: BuildConfig) -> BuildResult:
     by_name = {s.entry.image: s for s in found.sources}
     units, shard_split = plan_units(config, assigned, boxes)
     prepare_output(config, plan_digest(units, by_name, boxes))
+    logging.info("build config: %s", json.dumps(dataclasses.asdict(config)))  # once the inputs passed
     pending = [u for u in units if not _is_done(config, u.shard)]
     if len(pending) < len(units):
         logging.info("resuming: %d of %d shards already written", len(units) - len(pending), len(units))
