@@ -43,12 +43,14 @@ def _check_flags() -> tuple[int, int] | None:
         return None
     preflight.check_explained_models(FLAGS.model_dir, FLAGS.ensemble)
     return raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images,
-                                          os.path.join(FLAGS.output_dir, explanation_folder.INDEX))
+                                          os.path.join(FLAGS.output_dir, explanation_folder.INDEX),
+                                          output_flag="output_dir")
 
 
 def main(argv: list[str]) -> None:
     del argv  # stray arguments are refused by project_flags.run_tool
     images_at = _check_flags()
+    from contracts import explanation_folder
     from evaluation import explanation
     from preprocess import raw_images
 
@@ -61,7 +63,7 @@ def main(argv: list[str]) -> None:
         with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers) as (shard_dir, raw):
             result = explanation.run_explain(FLAGS.model_dir, shard_dir, raw_images.IMAGES_SPLIT, FLAGS.output_dir,
                                              every_image=True, source=raw_images.sidecar_fields(raw), **options)
-        print(raw_images.skipped_summary(raw))
+        print(raw_images.skipped_summary(raw, f"{explanation_folder.INDEX}'s source.skipped"))
     print(explanation.summary(result))
     from evaluation import html_report
 

@@ -58,8 +58,9 @@ def check_one_source(data_dir: str | None, images: str | None) -> None:
 
 
 def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
-                        labels_csv: str | None = None) -> tuple[int, int]:
+                        labels_csv: str | None = None, output_flag: str = "output") -> tuple[int, int]:
     """Checks `--images` runs before any work; returns (image size, pixel limit) of the models.
+    `output` is a file the run writes; `output_flag` names the flag that placed it.
 
     Raises:
       UserInputError: no models, models trained at different sizes, nothing at `images`, or an
@@ -67,7 +68,7 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
     """
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
-    check_output_folder(os.path.dirname(output), "output")
+    check_output_folder(os.path.dirname(output), output_flag)
     configs = [load_run_config(d) for d in model_dirs]
     sizes = sorted({int(c["image_size"]) for c in configs})
     if len(sizes) > 1:
@@ -132,12 +133,12 @@ def sidecar_fields(raw: RawImages) -> dict[str, Any]:
             "ignored_files": raw.ignored}
 
 
-def skipped_summary(raw: RawImages) -> str:
-    """One line on the files `--images` could not read (their reasons are in the sidecar) and
+def skipped_summary(raw: RawImages, reasons_in: str = "the prediction sidecar's 'skipped'") -> str:
+    """One line on the files `--images` could not read (their reasons are in `reasons_in`) and
     on the files it passed over, which are not images by their name or content."""
     ignored = (f"; {raw.ignored} other file(s) ignored: not PNG, JPEG or DICOM by name or content"
                if raw.ignored else "")
     if not raw.skipped:
         return f"every image under {raw.images} was read{ignored}"
     return (f"{len(raw.skipped)} file(s) skipped, e.g. {few([s['image'] for s in raw.skipped])}; "
-            f"reasons in the prediction sidecar's 'skipped'{ignored}")
+            f"reasons in {reasons_in}{ignored}")
