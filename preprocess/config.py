@@ -55,3 +55,7 @@ class BuildConfig:
 
 class BuildError(UserInputError):
     """The build cannot start; the message names the input and the fix."""
+
+
+class NothingToBuild(BuildError):
+    """The inputs hold no usable image at all; the message says what was found instead."""

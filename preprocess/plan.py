@@ -12,10 +12,11 @@ from contracts import manifest as manifest_lib
 from contracts import storage
 from contracts.boxes import FindingBox
 from contracts.errors import check_output_folder
+from contracts.labels import LABEL_UNKNOWN
 from preprocess import nih_metadata
 from preprocess import sources as sources_lib
 from preprocess import splits as splits_lib
-from preprocess.config import BuildConfig, BuildError
+from preprocess.config import BuildConfig, BuildError, NothingToBuild
 
 TARGET_SHARD_BYTES = 128 * 1024 * 1024
 MIN_SHARDS = 16  # enough files to interleave and to split between input pipelines
@@ -76,7 +77,7 @@ def gather_and_assign(config: BuildConfig):
     assigned, split_skips = _assign(config, found)
     skipped = [s.as_dict() for s in found.skipped + split_skips]
     if not any(assigned.values()):
-        raise BuildError(_nothing_usable(config, found, skipped))
+        raise NothingToBuild(_nothing_usable(config, found, skipped))
     return found, boxes, warnings, assigned, skipped
 
 
@@ -115,7 +116,13 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
                 known = labels_csv_lib.read_labels_csv(config.labels_csv)
             except ValueError as err:
                 raise BuildError(str(err)) from None
-        return sources_lib.from_folder(config.image_dir, known)
+        found = sources_lib.from_folder(config.image_dir, known)
+        if known and found.sources and all(s.entry.label == LABEL_UNKNOWN for s in found.sources):
+            raise BuildError(
+                f"--labels_csv={config.labels_csv} names none of the {len(found.sources)} image files found (its ids "
+                f"look like {sorted(known)[0]!r}, the images' like {found.sources[0].entry.image!r}); key it "
+                "by image id (a PNG or JPEG's file name, a DICOM file's path under --image_dir) or SOPInstanceUID")
+        return found
     if config.labels_csv:
         raise BuildError("--labels_csv labels an unlabeled folder (--split=unlabeled); with "
                          f"--split={config.split} the labels come from --data_entry_csv")

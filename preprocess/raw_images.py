@@ -20,7 +20,7 @@ from contracts import manifest as manifest_lib
 from contracts.errors import UserInputError, check_output_folder
 from contracts.prediction_files import few
 from contracts.run_folder import load_run_config
-from preprocess.config import BuildConfig, BuildError
+from preprocess.config import BuildConfig, NothingToBuild
 from preprocess.images import MAX_IMAGE_PIXELS
 
 IMAGES_SPLIT = "eval"  # the split an unlabeled build writes
@@ -105,7 +105,7 @@ def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, 
                          labels_csv=labels_csv)
     try:
         manifest = builder.build(config).manifest
-    except BuildError as err:  # said in the builder's terms (--image_dir): say it in predict.py's
+    except NothingToBuild as err:  # said in the builder's terms (--image_dir): say it in predict.py's
         raise UserInputError(f"--images={images}: no readable PNG, JPEG or DICOM image ({err})") from None
     skipped = manifest.get("skipped", [])
     if not manifest["splits"].get(IMAGES_SPLIT, {}).get("records"):

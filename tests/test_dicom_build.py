@@ -13,7 +13,7 @@ from PIL import Image
 
 from contracts import records
 from preprocess import builder, images
-from preprocess.config import BuildConfig
+from preprocess.config import BuildConfig, BuildError
 from tests.dicom_factory import write_dicom
 
 SIZE = 32
@@ -112,3 +112,19 @@ def test_the_real_monochrome1_file_is_stored_inverted(shared_dicom, tmp_path):
     assert gap.max() <= 2 and gap.mean() < 0.5
     assert np.abs(inverted - plain).mean() > 50  # and not simply the same image
     assert got["siim_chest_pa.dcm"]["age"] == 62 and got["siim_chest_pa.dcm"]["sex"] == "M"
+
+
+def test_a_labels_csv_labels_the_images_it_names_and_one_naming_none_is_refused(mixed_folder, tmp_path):
+    folder, _ = mixed_folder
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_id,label\nstudy/s1/1.dcm,1\nplain.png,0\n")
+    out = str(tmp_path / "out")
+    builder.build(BuildConfig(image_dir=folder, output_dir=out, split="unlabeled", image_size=SIZE, workers=1,
+                              max_skip_fraction=1.0, labels_csv=str(labels)))
+    assert {k: r["label"] for k, r in _records(out).items()} == {
+        "plain.png": 0, "scan.png": -1, "study/s1/1.dcm": 1, "study/s2/1.dcm": -1}
+    labels.write_text("image_id,label\n1.dcm,1\n")  # the file name, not its path under the folder
+    with pytest.raises(BuildError, match=r"names none of the 7 image files found \(its ids look like '1.dcm'"):
+        builder.build(BuildConfig(image_dir=folder, output_dir=str(tmp_path / "none"), split="unlabeled",
+                                  image_size=SIZE, workers=1, max_skip_fraction=1.0, labels_csv=str(labels)))
+    assert not os.path.exists(tmp_path / "none" / "manifest.json")
