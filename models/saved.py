@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 from contracts.errors import UserInputError
-from contracts.run_folder import MODEL
+from contracts.run_folder import CONFIG, MODEL, load_run_config
+
+RESTORE = "retrain into this --model_dir or restore the run folder from a copy"
+
+
+def _check_archive(path: str) -> None:
+    """Refuses a model.keras that is not a whole zip, or whose members fail their checksums.
+
+    Keras reports a truncated file as "File not found" and a damaged one as a bare BadZipFile
+    traceback; reading every member's CRC first (the load reads them all anyway) names the damage.
+    """
+    size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise UserInputError(f"{path}: not a whole .keras archive ({size:,} bytes; {err}): truncated or "
+                             f"damaged; {RESTORE}") from None
+    if damaged is not None:
+        raise UserInputError(f"{path}: damaged (its member {damaged!r} fails its CRC-32 check); {RESTORE}")
 
 
 def load_classifier(model_dir: str):
     """Loads `model_dir/model.keras` with safe_mode=True (no arbitrary code from the file).
 
     Returns:
-      The keras.Model, taking (B, S, S, 3) pixels in 0..255 and returning (B, 2) softmax.
+      The keras.Model, taking (B, S, S, 3) pixels in 0..255 and returning (B, 2) softmax, S being
+      the image_size of the run's config.json.
 
     Raises:
-      UserInputError: the file is missing, cannot be loaded, or does not output two probabilities.
+      UserInputError: the file or the run's config.json is missing, model.keras is truncated,
+        damaged or cannot be loaded, does not output two probabilities, or takes another image
+        size than config.json records.
     """
     import keras
 
@@ -24,15 +47,21 @@ def load_classifier(model_dir: str):
     path = os.path.join(model_dir, MODEL)
     if not os.path.exists(path):
         raise UserInputError(f"{path} not found: train a model into --model_dir={model_dir} first")
+    config = load_run_config(model_dir)
+    _check_archive(path)
     try:
         model = keras.models.load_model(path, safe_mode=True)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, zipfile.BadZipFile) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"{path}: cannot be loaded ({first_line}); retrain or restore the file") from err
+        raise UserInputError(f"{path}: cannot be loaded ({first_line}); {RESTORE}") from err
     if tuple(model.output_shape)[-1:] != (2,):
         raise UserInputError(
             f"{path}: outputs {model.output_shape}, not (batch, 2) softmax; not a classifier of this project"
         )
+    trained, recorded = tuple(model.input_shape[1:3]), config.get("image_size")
+    if recorded is not None and trained != (recorded, recorded):
+        raise UserInputError(
+            f"{path} takes {trained[0]}x{trained[1]} px images but {os.path.join(model_dir, CONFIG)} says "
+            f"image_size {recorded}: the two files come from different runs; {RESTORE}"
+        )
     return model
-
-

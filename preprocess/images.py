@@ -29,6 +29,11 @@ PNG_FILTER_UP = 2
 SUPPORTED_FORMATS = ("PNG", "JPEG")
 # Larger images are refused as possible decompression bombs (the builder's --max_image_pixels).
 MAX_IMAGE_PIXELS = 64_000_000
+# A JPEG of four colour components: Pillow reads it as CMYK and makes gray through RGB, which
+# TensorFlow's decode_jpeg cannot repeat, so the builder and the served model (serving/decode.py)
+# both refuse it, with this one reason.
+JPEG_FOUR_COMPONENTS = ("a 4-component (CMYK or YCCK) JPEG, which the served model cannot decode as the "
+                        "builder would; convert it to grayscale or RGB (PNG or JPEG)")
 
 
 class ImageError(Exception):
@@ -96,7 +101,7 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         return image.convert("RGB").convert("L")
     if mode in ("LA", "La"):
         return image.getchannel("L")
-    if mode in ("RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "1"):
+    if mode in ("RGB", "RGBA", "RGBa", "RGBX", "YCbCr", "1"):  # a CMYK JPEG is refused before
         return image.convert("L")  # RGB(A) -> luma; alpha is ignored by this conversion
     raise ImageError(f"unsupported pixel mode {mode!r}; save it as 8- or 16-bit grayscale or RGB PNG")
 
@@ -177,6 +182,8 @@ def _decode_gray(data: bytes, box, image_size: int, max_pixels: int):
         region, warning = _crop(box, frame.size)
         return dicom.to_gray(frame, None if region is not None else image_size), region, warning
     image = _open(data, max_pixels)
+    if image.format == "JPEG" and len(image.getbands()) == 4:
+        raise ImageError(JPEG_FOUR_COMPONENTS)
     region, warning = _crop(box, image.size)
     if region is None and image.format == "JPEG":
         image.draft("L", (image_size, image_size))

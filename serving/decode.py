@@ -3,14 +3,15 @@
 The offline builder (`preprocess/images.py`) decodes with Pillow; a SavedModel must do the same in
 TensorFlow ops so it loads with TensorFlow alone. Each step follows the builder's rule:
   - PNG and JPEG only, recognised by their signature, whatever else `tf.io.decode_image` accepts
-    (a DICOM file is refused by name: `predict.py --images` scores those);
+    (a DICOM file is refused by name: `predict.py --images` scores those); a CMYK/YCCK JPEG is
+    refused with the builder's reason (`preprocess.images.JPEG_FOUR_COMPONENTS`);
   - images over `max_pixels` are refused before decoding (the builder's decompression-bomb guard);
   - grayscale as Pillow makes it: 8-bit gray as is, 16-bit gray scaled by 255/65535 and rounded,
     gray+alpha keeps the gray, RGB(A) and palette through Pillow's fixed-point ITU-R 601-2 luma
     (alpha ignored), 16-bit colour by its high byte as Pillow reads it;
   - JPEGs are decoded at the 1/1, 1/2, 1/4 or 1/8 DCT scale that Pillow's `draft` picks, straight
-    to the luma channel, with libjpeg's accurate integer IDCT (Pillow's; TensorFlow's default,
-    the fast one, differs by up to 2 grey levels);
+    to the luma channel (a JPEG smaller than the target at 1/1), with libjpeg's accurate integer
+    IDCT (Pillow's; TensorFlow's default, the fast one, differs by up to 2 grey levels);
   - resizing as `Image.resize(BICUBIC, reducing_gap=2)`, in Pillow's own integer arithmetic: an
     integer box reduction, then an antialiased bicubic pass along each axis with Pillow's
     fixed-point weights, horizontal then vertical, each pass rounded to 8 bits. The result is the
@@ -25,9 +26,10 @@ from __future__ import annotations
 import tensorflow as tf
 
 from preprocess.dicom import DICOM_MAGIC, PREAMBLE_LENGTH
-from preprocess.images import MAX_IMAGE_PIXELS, REDUCING_GAP
+from preprocess.images import JPEG_FOUR_COMPONENTS, MAX_IMAGE_PIXELS, REDUCING_GAP
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIZE_END = 24  # the signature, IHDR's length and type, then width and height (4 bytes each)
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_DRAFT_SCALES = (8, 4, 2, 1)  # the DCT scales libjpeg (and Pillow's draft) can decode at
 # Pillow's RGB -> L: (19595 R + 38470 G + 7471 B + 0x8000) >> 16, in fixed point.
@@ -40,7 +42,12 @@ PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling: 32 -
 
 def _png_size(data: tf.Tensor) -> tf.Tensor:
     # IHDR follows the 8-byte signature and an 8-byte chunk header: width, height as big-endian u32.
-    ihdr = tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8)
+    # Shorter bytes are refused first: substr past the end fails with the raw bytes in its message,
+    # which Python cannot decode (a UnicodeDecodeError instead of an InvalidArgumentError).
+    whole = tf.debugging.Assert(tf.strings.length(data) >= PNG_SIZE_END,
+                                ["truncated PNG: it ends before its width and height"])
+    with tf.control_dependencies([whole]):
+        ihdr = tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.uint8)
     ihdr = tf.cast(tf.reshape(ihdr, [2, 4]), tf.int64)
     return tf.reduce_sum(ihdr * tf.constant([2**24, 2**16, 2**8, 1], tf.int64), axis=1)  # (w, h)
 
@@ -81,8 +88,11 @@ def _png_gray(data: tf.Tensor, max_pixels: int) -> tf.Tensor:
 
 def _jpeg_gray(data: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
     shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)  # (h, w, c)
-    with tf.control_dependencies([_check_pixels(tf.stack([shape[1], shape[0]]), max_pixels)]):
-        fits = tf.minimum(shape[0] // image_size, shape[1] // image_size)
+    # decode_jpeg cannot make Pillow's gray of a CMYK/YCCK JPEG: both refuse it, with one reason.
+    not_four = tf.debugging.Assert(tf.not_equal(shape[2], 4), [JPEG_FOUR_COMPONENTS])
+    with tf.control_dependencies([not_four, _check_pixels(tf.stack([shape[1], shape[0]]), max_pixels)]):
+        # Pillow's draft keeps 1/1 for a JPEG smaller than the target (no scale is <= a ratio of 0).
+        fits = tf.maximum(tf.minimum(shape[0] // image_size, shape[1] // image_size), 1)
     branches = [(lambda s=s: tf.cast(tf.io.decode_jpeg(data, channels=1, ratio=s, dct_method="INTEGER_ACCURATE")[..., 0], tf.int32))
                 for s in JPEG_DRAFT_SCALES]
     # The largest scale not above the whole-number ratio to the target, as Pillow's draft picks.

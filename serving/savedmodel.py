@@ -2,7 +2,8 @@
 
 Each member is the float32 graph train.py saved as `model.keras` (itself a clone of the trained
 graph, see `models.precision`); nothing is rebuilt from flags. Signatures:
-  serving_default(image_bytes: string [None]) and pixels(pixels: float32 [None, S, S, 3] in 0..255)
+  serving_default(image_bytes: string [None]) and pixels(pixels: float32 [None, S, S, 3] in 0..255;
+  any other shape fails the request, it is never resized)
   → p_abnormal float32 [None], logit float32 [None], label int32 [None]
     (+ p_uncalibrated float32 [None] for one model, member_p_abnormal float32 [None, members] for
     an ensemble).
@@ -65,7 +66,7 @@ class ServingModule(tf.Module):
         size = image_size
         self.serve_bytes = tf.function(self._from_bytes, input_signature=[
             tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
-        self.serve_pixels = tf.function(self._from_pixels, input_signature=[
+        self.serve_pixels = tf.function(self._from_checked_pixels, input_signature=[
             tf.TensorSpec([None, size, size, 3], tf.float32, name=INPUT_PIXELS)])
 
     def _decode(self, image_bytes: tf.Tensor) -> tf.Tensor:
@@ -76,6 +77,19 @@ class ServingModule(tf.Module):
 
     def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._from_pixels(self._decode(image_bytes))
+
+    def _from_checked_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        # A loaded signature does not check its input's shape, and the convolutions and global
+        # pooling take any size: without this a 32 px batch would get a probability from a 64 px
+        # model. Nothing is resized here; the bytes signature decodes and resizes as the builder.
+        size = self.image_size
+        fits = tf.reduce_all(tf.equal(tf.shape(pixels)[1:], [size, size, 3]))
+        check = tf.debugging.Assert(fits, [
+            f"pixels must be float32 [batch, {size}, {size}, 3], the size this model was trained at; "
+            "got shape", tf.shape(pixels), "; send encoded images to serving_default to have them resized"],
+            summarize=4)
+        with tf.control_dependencies([check]):
+            return self._from_pixels(tf.identity(pixels))
 
     @staticmethod
     def _calibrate(probability: tf.Tensor, temperature: float) -> tf.Tensor:

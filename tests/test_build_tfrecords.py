@@ -233,10 +233,11 @@ def hostile_dir(tmp_path):
     (d / "empty.png").write_bytes(b"")
     (d / "text.png").write_bytes(b"hello, not an image")
     save(Image.fromarray(gray), d / "gif.png", fmt="GIF")
+    save(Image.fromarray(gray).convert("CMYK"), d / "cmyk.jpg", fmt="JPEG")  # Pillow reads it; serving cannot
     save(Image.fromarray(np.zeros((400, 400), np.uint8)), d / "bomb.png")
     (d / "unlisted.png").write_bytes(buf.getvalue())
     names = list(good) + ["jpeg_named.png", "truncated.png", "corrupt.png", "empty.png", "text.png",
-                          "gif.png", "bomb.png"]
+                          "gif.png", "bomb.png", "cmyk.jpg"]
     rows = [f"{n},{'No Finding' if i % 2 else 'Mass'},0,{i + 1},40,F,PA,1,1,1,1" for i, n in enumerate(names)]
     rows += ["absent.png,Mass,0,99,40,F,PA,1,1,1,1", "../outside.png,Mass,0,98,40,F,PA,1,1,1,1",
              "l.png,No Finding,0,1,40,F,PA,1,1,1,1",  # conflicts with the l.png row above
@@ -255,11 +256,12 @@ def test_every_bad_input_is_skipped_with_its_reason(hostile_dir, tmp_path):
     m = result.manifest
     reasons = {s["image"]: s["reason"] for s in m["skipped"]}
     assert set(reasons) == {"truncated.png", "corrupt.png", "empty.png", "text.png", "gif.png",
-                            "bomb.png", "../outside.png", "l.png"}
+                            "bomb.png", "cmyk.jpg", "../outside.png", "l.png"}
     assert "truncated" in reasons["truncated.png"]
     assert "empty file" in reasons["empty.png"]
     assert "GIF" in reasons["gif.png"]
     assert "decompression bomb" in reasons["bomb.png"]
+    assert images.JPEG_FOUR_COMPONENTS in reasons["cmyk.jpg"]  # the served model's reason too (test_export)
     assert "conflicting duplicate" in reasons["l.png"]
     assert "plain file name" in reasons["../outside.png"]
     # unlisted: unlisted.png and the CSV itself, which lies under --image_dir here

@@ -39,6 +39,7 @@ def world(tmp_path_factory) -> dict[str, str]:
     run_training(TrainConfig(backbone="tiny_test", data_dir=w["shards"], weights="none", epochs=1,
                              global_batch_size=8, precision="float32", strategy="default"), w["run"])
     w["val_predictions"] = os.path.join(w["run"], "val_predictions.csv")
+    _damaged_runs(w, root)
     for damaged in ("truncated", "bad_json", "escaping"):
         shutil.copytree(w["shards"], w[damaged])
     for split in ("train", "test"):
@@ -74,6 +75,26 @@ def world(tmp_path_factory) -> dict[str, str]:
         with open(w[name], "wb") as f:
             f.write(data)
     return w
+
+
+def _damaged_runs(w: dict[str, str], root) -> None:
+    """Copies of the run whose model.keras has bytes flipped, is cut in half, or takes another size."""
+    import models
+
+    model = os.path.join(w["run"], "model.keras")
+    with open(model, "rb") as f:
+        data = f.read()
+    middle = len(data) // 2
+    damaged = {"run_flipped": data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 16]) + data[middle + 16:],
+               "run_cut": data[:middle], "run_other_size": None}
+    for name, content in damaged.items():
+        w[name] = str(root / name)
+        shutil.copytree(w["run"], w[name], ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+        if content is None:  # config.json says SIZE; this model.keras takes twice that
+            models.build_model("tiny_test", 2 * SIZE, weights="none").save(os.path.join(w[name], "model.keras"))
+            continue
+        with open(os.path.join(w[name], "model.keras"), "wb") as f:
+            f.write(content)
 
 
 def _run(tool: str, *args: str, cwd: str = REPO) -> subprocess.CompletedProcess:
@@ -170,6 +191,16 @@ CASES = [
     ("predict-stray-argument", "predict", lambda w: [f"--model_dir={w['run']}", f"--data_dir={w['shards']}",
                                                      "--output={out}/p.csv", "extra"],
      ["unexpected arguments 'extra'"], ["{out}/p.csv"]),
+    ("predict-model-with-flipped-bytes", "predict", lambda w: [f"--model_dir={w['run_flipped']}",
+                                                               f"--data_dir={w['shards']}", "--split=test",
+                                                               "--output={out}/p.csv"],
+     ["run_flipped/model.keras: damaged", "fails its CRC-32 check", "retrain", "restore the run folder"],
+     ["{out}/p.csv"]),
+    ("predict-model-of-another-size", "predict", lambda w: [f"--model_dir={w['run_other_size']}",
+                                                            f"--data_dir={w['shards']}", "--split=test",
+                                                            "--output={out}/p.csv"],
+     [f"model.keras takes {2 * SIZE}x{2 * SIZE} px images", f"config.json says image_size {SIZE}"],
+     ["{out}/p.csv"]),
     ("ensemble-output-under-a-file", "ensemble", lambda w: [f"--predictions={w['val_predictions']}",
                                                             f"--output={w['a_file']}/submission.csv"],
      ["--output=", "is a file, not a folder"], []),
@@ -182,6 +213,9 @@ CASES = [
      ["--export_dir=", "is a file, not a folder"], []),
     ("export-stray-argument", "export", lambda w: [f"--model_dir={w['run']}", "--export_dir={out}/served", "extra"],
      ["unexpected arguments 'extra'"], ["{out}/served"]),
+    ("export-cut-model", "export", lambda w: [f"--model_dir={w['run_cut']}", "--export_dir={out}/served"],
+     ["run_cut/model.keras: not a whole .keras archive", "truncated or damaged", "restore the run folder"],
+     ["{out}/served"]),
     ("demo-output-under-a-file", "demo", lambda w: [f"--output_dir={w['a_file']}/demo"],
      ["--output_dir=", "is a file, not a folder"], []),
     ("demo-stray-argument", "demo", lambda w: ["--output_dir={out}/demo", "extra"],

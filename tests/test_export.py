@@ -75,11 +75,15 @@ loaded = tf.saved_model.load({str(export_dir)!r})
 images = [bytes.fromhex(h) for h in json.load(open({str(tmp_path / 'bytes.json')!r}))]
 by_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(images))
 by_pixels = loaded.signatures["pixels"](pixels=tf.constant(np.load({str(tmp_path / 'pixels.npy')!r})))
-try:
-    loaded.signatures["serving_default"](image_bytes=tf.constant([b"not an image"]))
-    refused = "answered"
-except tf.errors.InvalidArgumentError:
-    refused = "InvalidArgumentError"
+refused = []
+for name, call in [("bytes", lambda: loaded.signatures["serving_default"](image_bytes=tf.constant([b"not an image"]))),
+                   ("signature", lambda: loaded.signatures["serving_default"](image_bytes=tf.constant([{decode.PNG_SIGNATURE!r}]))),
+                   ("size", lambda: loaded.signatures["pixels"](pixels=tf.zeros([2, {SIZE // 2}, {SIZE // 2}, 3])))]:
+    try:
+        call()
+        refused.append(name + ": answered")
+    except tf.errors.InvalidArgumentError as err:
+        refused.append(name + ": InvalidArgumentError " + str(err))
 np.savez({str(tmp_path / 'out.npz')!r}, **{{"bytes_" + k: v.numpy() for k, v in by_bytes.items()}},
          **{{"pixels_" + k: v.numpy() for k, v in by_pixels.items()}}, refused=np.array(refused))
 """
@@ -88,7 +92,12 @@ np.savez({str(tmp_path / 'out.npz')!r}, **{{"bytes_" + k: v.numpy() for k, v in 
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = dict(np.load(tmp_path / "out.npz"))
-    assert str(out.pop("refused")) == "InvalidArgumentError"  # not an image: the request fails
+    # Not an image, a PNG signature alone, pixels of half the size: each request fails, none answers.
+    bytes_refused, signature_refused, size_refused = [str(r) for r in out.pop("refused")]
+    assert bytes_refused.startswith("bytes: InvalidArgumentError"), bytes_refused
+    assert "truncated PNG" in signature_refused, signature_refused
+    assert f"pixels must be float32 [batch, {SIZE}, {SIZE}, 3]" in size_refused, size_refused
+    assert f"[2 {SIZE // 2} {SIZE // 2} 3]" in size_refused, size_refused
     return out
 
 
@@ -199,10 +208,10 @@ def test_graph_grayscale_is_the_builders_exactly(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("side, size", [(300, 64), (301, 40), (90, 64), (1024, 224)])
+@pytest.mark.parametrize("side, size", [(300, 64), (301, 40), (90, 64), (1024, 224), (20, 32)])
 def test_graph_resize_of_square_images_is_the_builders_exactly(mode, side, size):
-    # Reduced by 2, by 3 with a fractional box (odd side), scaled without reduction, NIH's 1024 -> 224;
-    # JPEGs are decoded at their draft scale first.
+    # Reduced by 2, by 3 with a fractional box (odd side), scaled without reduction, NIH's 1024 -> 224,
+    # enlarged; JPEGs are decoded at their draft scale first (1/1 for a JPEG smaller than the target).
     data = _encoded(mode, side, side)
     got = decode.bytes_to_pixels(tf.constant(data), size).numpy().astype(np.float64)
     np.testing.assert_array_equal(got, _builder_pixels(data, size))
@@ -230,6 +239,27 @@ def test_bytes_that_are_not_an_image_fail_the_request(data):
         data = _png(np.full((64, 64), 7, np.uint8))[:60]
     with pytest.raises(tf.errors.InvalidArgumentError):
         decode.bytes_to_pixels(tf.constant(data), SIZE).numpy()
+
+
+@pytest.mark.parametrize("length", [8, 23])
+def test_a_png_cut_before_its_width_and_height_is_refused_as_truncated(length):
+    # The signature alone, and one byte short of the height: never a Python error from the bytes.
+    data = _png(np.full((40, 40), 9, np.uint8))[:length]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="truncated PNG"):
+        decode.bytes_to_pixels(tf.constant(data), SIZE).numpy()
+
+
+def test_a_cmyk_jpeg_is_refused_by_the_builder_and_the_served_model_with_one_reason():
+    cmyk = io.BytesIO()
+    Image.open(io.BytesIO(_encoded("RGB", 64, 64))).convert("CMYK").save(cmyk, "JPEG")
+    data = cmyk.getvalue()
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"  # Pillow reads it, and would make it gray
+    with pytest.raises(builder_images.ImageError) as builder_refusal:
+        builder_images.process(data, box=None, image_size=SIZE, image_format="png")
+    with pytest.raises(tf.errors.InvalidArgumentError) as served_refusal:
+        decode.bytes_to_pixels(tf.constant(data), SIZE).numpy()
+    assert builder_images.JPEG_FOUR_COMPONENTS == str(builder_refusal.value)
+    assert builder_images.JPEG_FOUR_COMPONENTS in str(served_refusal.value)
 
 
 def test_dicom_bytes_are_refused_with_the_way_to_score_them(shared_dicom):

@@ -1,5 +1,6 @@
 """The backbone registry, the heads, the in-model normalisation and the weights options."""
 
+import json
 import os
 import subprocess
 import sys
@@ -232,6 +233,8 @@ def test_feature_layer_cuts_after_the_weights_file_is_loaded_and_survives_a_save
     # The cut network is what gets saved and served: reloaded it gives the same probabilities.
     os.makedirs(tmp_path / "run")
     cut.save(str(tmp_path / "run" / "model.keras"))
+    with open(tmp_path / "run" / "config.json", "w") as f:  # the loader checks the size against it
+        json.dump({"backbone": "tiny_test", "image_size": SIZE}, f)
     from models.saved import load_classifier
 
     images = _images(3)
