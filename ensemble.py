@@ -3,8 +3,9 @@
     python ensemble.py --predictions=eff.csv,dense.csv,res.csv --output=submission.csv
         [--weights=0.6,0.3,0.1] [--threshold=0.6] [--fit_on=eff_val.csv,dense_val.csv,res_val.csv]
 
-Bad input (ids that differ between files, duplicate ids, NaN or out-of-range probabilities, ...)
-exits with status 1 and a one-line message naming the file and the fix.
+Bad input (ids that differ between files, duplicate ids, NaN or out-of-range probabilities, an
+--output whose files would replace a file the run reads, ...) exits with status 1 and a one-line
+message naming the file and the fix; a run that fails part way leaves none of its files.
 """
 
 from __future__ import annotations

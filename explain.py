@@ -42,6 +42,7 @@ def _check_flags() -> tuple[int, int] | None:
                                        FLAGS.output_dir)
         return None
     preflight.check_explained_models(FLAGS.model_dir, FLAGS.ensemble)
+    raw_images.check_output_outside_images(FLAGS.output_dir, "output_dir", FLAGS.images)
     return raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images,
                                           os.path.join(FLAGS.output_dir, explanation_folder.INDEX),
                                           output_flag="output_dir")

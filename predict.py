@@ -10,7 +10,10 @@ predict with several models: each writes <output stem>.<backbone>.csv (+ .npy, .
 --images takes PNG, JPEG and DICOM files (a folder or a glob) instead of shards; --ensemble blends
 the models with ensemble.py's temperatures and weights into PATH.csv. --labels_csv rescores the
 split against another reading of its images (with --images: labels the files).
-Bad input exits with status 1 and a one-line message naming the file and the fix.
+Bad input exits with status 1 and a one-line message naming the file and the fix, before any work:
+among it an --output whose files would replace a file the run reads (a model folder's own files,
+the manifest, --labels_csv, --ensemble). Every model loads before any predicts, and a run that
+fails part way leaves none of its output files (the files they would have replaced stay).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def _check_flags() -> tuple[int, int] | None:
     Returns:
       With --images, the models' (image size, pixel limit); else None.
     """
+    from contracts.run_folder import load_run_config
     from evaluation import preflight
     from preprocess import raw_images
 
@@ -40,40 +44,56 @@ def _check_flags() -> tuple[int, int] | None:
         from contracts import ensemble_file
 
         ensemble_file.match_members(ensemble_file.load_ensemble(FLAGS.ensemble), FLAGS.model_dir)
+    # Every output file is checked against every input file, so no output replaces an input.
+    clash = dict(per_model=FLAGS.ensemble is not None, labels_csv=FLAGS.labels_csv, ensemble=FLAGS.ensemble)
     if FLAGS.images is not None:
-        return raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images, FLAGS.output, FLAGS.labels_csv)
+        images_at = raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images, FLAGS.output, FLAGS.labels_csv)
+        preflight.check_prediction_outputs(FLAGS.model_dir, [load_run_config(d) for d in FLAGS.model_dir],
+                                           FLAGS.output, **clash)
+        return images_at
     preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
-                                      FLAGS.report_dir)
+                                      FLAGS.report_dir, **clash)
     return None
 
 
-def main(argv: list[str]) -> None:
-    del argv  # stray arguments are refused by project_flags.run_tool
-    images_at = _check_flags()
-    from evaluation import ensembling, prediction
+def _predict(images_at: tuple[int, int] | None):
+    """Runs the prediction, from the shards or from the raw images; returns its result, the raw
+    images' sidecar fields and what was skipped among them (None for shards)."""
+    from evaluation import prediction
     from preprocess import raw_images
 
     options = dict(batch_size=FLAGS.batch_size, strategy=FLAGS.strategy, precision=FLAGS.precision,
                    transfer=FLAGS.transfer, threshold=FLAGS.threshold, bootstrap=FLAGS.bootstrap,
                    report_dir=FLAGS.report_dir, per_model=FLAGS.ensemble is not None)
-    extra = {}
     if images_at is None:
-        result = prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
-                                           labels_csv=FLAGS.labels_csv, **options)
-    else:
-        # The builder's own decoding, into a temporary shard folder removed afterwards.
-        with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers,
-                                     labels_csv=FLAGS.labels_csv) as (shard_dir, raw):
-            extra = raw_images.sidecar_fields(raw)
-            result = prediction.run_prediction(FLAGS.model_dir, shard_dir, raw_images.IMAGES_SPLIT, FLAGS.output,
-                                               extra_sidecar=extra, **options)
+        return prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
+                                         labels_csv=FLAGS.labels_csv, **options), {}, None
+    # The builder's own decoding, into a temporary shard folder removed afterwards.
+    with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers,
+                                 labels_csv=FLAGS.labels_csv) as (shard_dir, raw):
+        extra = raw_images.sidecar_fields(raw)
+        return prediction.run_prediction(FLAGS.model_dir, shard_dir, raw_images.IMAGES_SPLIT, FLAGS.output,
+                                         extra_sidecar=extra, **options), extra, raw
+
+
+def main(argv: list[str]) -> None:
+    del argv  # stray arguments are refused by project_flags.run_tool
+    images_at = _check_flags()
+    from contracts.atomic import all_or_none
+    from evaluation import ensembling, prediction
+    from preprocess import raw_images
+
+    # One outcome per run: a failure in any model, the report or the blend leaves none of its files.
+    with all_or_none():
+        result, extra, raw = _predict(images_at)
+        if FLAGS.ensemble is not None:
+            records, above, threshold = ensembling.apply_ensemble(
+                FLAGS.ensemble, FLAGS.model_dir, list(result.outputs.values()), FLAGS.output,
+                {k: extra[k] for k in ("images", "skipped") if k in extra})
     print(prediction.summary(result))
-    if images_at is not None:
+    if raw is not None:
         print(raw_images.skipped_summary(raw))
     if FLAGS.ensemble is not None:
-        records, above, threshold = ensembling.apply_ensemble(
-            FLAGS.ensemble, FLAGS.model_dir, list(result.outputs.values()), FLAGS.output,
-            {k: extra[k] for k in ("images", "skipped") if k in extra})
         print(f"ensemble: {records} predictions -> {FLAGS.output}; {above} at or above its threshold "
               f"{threshold:.4f} (abnormal)")
 

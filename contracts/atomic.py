@@ -8,6 +8,10 @@ file with missing bytes.
 The same holds for bucket URLs (`gs://...`, through `contracts.storage`): the temporary object gets
 a random name, since workers on different machines may share a process id, and the rename is a
 copy and a delete, under which the final object still appears whole.
+
+A run that writes several files (predict.py: one CSV, sidecar and .npy per model, a report) wraps
+them in `all_or_none()`: when it fails part way, none of the files it wrote stays behind, and the
+files they replaced are put back.
 """
 
 from __future__ import annotations
@@ -22,6 +26,54 @@ from typing import Any, Iterator
 from contracts import storage
 
 TEMP_PREFIX = ".partial-"  # temporary files start with it; a rerun may delete stale ones
+
+# The open all_or_none() block's files so far: (path written, where the file it replaced waits, or None).
+_GROUPS: list[list[tuple[str, str | None]]] = []
+
+
+@contextlib.contextmanager
+def all_or_none() -> Iterator[None]:
+    """Keeps the files written through this module inside the block only if the whole block succeeds.
+
+    Each file still appears whole under its final name as soon as it is written, so the block can
+    read it back; a file it replaces is kept aside under a temporary name. When the block raises,
+    every file it wrote is removed and the files they replaced are put back. A nested block joins
+    the outermost one.
+    """
+    if _GROUPS:
+        yield
+        return
+    written: list[tuple[str, str | None]] = []
+    _GROUPS.append(written)
+    try:
+        yield
+    except BaseException:
+        _GROUPS.pop()
+        for path, previous in reversed(written):
+            with contextlib.suppress(OSError):
+                storage.remove(path)
+            if previous is not None:
+                storage.rename(previous, path)
+        raise
+    _GROUPS.pop()
+    for _, previous in written:
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                storage.remove(previous)
+
+
+def _put_in_place(tmp: str, path: str, previous: str) -> None:
+    """Renames `tmp` to `path`; inside `all_or_none()`, first moves a file already at `path` (that
+    the block did not write) to `previous` and records both, so that a failure can undo it."""
+    if _GROUPS:
+        written = _GROUPS[-1]
+        if path not in {p for p, _ in written}:
+            # A folder in the way is not a previous version: the rename below fails on it as ever.
+            kept = previous if storage.exists(path) and not storage.isdir(path) else None
+            if kept is not None:
+                storage.rename(path, kept)
+            written.append((path, kept))
+    storage.rename(tmp, path)
 
 
 @contextlib.contextmanager
@@ -43,7 +95,8 @@ def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
         if durable and os.path.isfile(tmp):
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _put_in_place(tmp, os.path.abspath(path),
+                      os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-previous-{os.path.basename(path)}"))
     except BaseException:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             os.remove(tmp)
@@ -53,10 +106,11 @@ def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
 @contextlib.contextmanager
 def _atomic_url(path: str) -> Iterator[str]:
     name = path.rstrip("/").rsplit("/", 1)[-1]
-    tmp = storage.join(storage.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+    token = uuid.uuid4().hex[:12]
+    tmp = storage.join(storage.dirname(path), f"{TEMP_PREFIX}{token}-{name}")
     try:
         yield tmp
-        storage.rename(tmp, path)
+        _put_in_place(tmp, path, storage.join(storage.dirname(path), f"{TEMP_PREFIX}{token}-previous-{name}"))
     except BaseException:
         with contextlib.suppress(OSError):
             if storage.exists(tmp):

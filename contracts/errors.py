@@ -3,12 +3,14 @@
 `flags.run_tool` catches `UserInputError` (and `OSError`, which names its file) around every
 tool's `main`, prints `<tool>: <message>` without a traceback and exits 1. Stage-specific errors
 (`BuildError`, `ConfigError`, `DemoError`, `WeightsUnavailableError`) subclass it. Outputs are
-checked with `check_output_folder` before the long work starts, so a bad location costs nothing.
+checked with `check_output_folder` before the long work starts, so a bad location costs nothing,
+and with `check_no_overwrite` against the files the run reads, so an output never replaces an input.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 
 class UserInputError(ValueError):
@@ -38,6 +40,28 @@ def check_output_folder(folder: str, flag: str) -> None:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserInputError(f"--{flag}={given} is not writable ({probe} denies this user); "
                              f"choose another --{flag} or fix its permissions")
+
+
+def check_no_overwrite(writes: Iterable[tuple[str, str, str]], reads: Iterable[tuple[str, str]]) -> None:
+    """Raises when a file the run would write is a file it reads, before anything is written.
+
+    Paths compare by real path, so a symlink, `./` or another spelling of the same file is caught.
+
+    Args:
+      writes: (flag that places it, e.g. "output"; the flag's value; a file written) per output file.
+      reads: (who reads it, e.g. "--predictions reads"; the file) per input file.
+
+    Raises:
+      UserInputError: naming the flag, the file written and read, and the fix.
+    """
+    read_by: dict[str, str] = {}
+    for who, path in reads:
+        read_by.setdefault(os.path.realpath(path), who)
+    for flag, given, path in writes:
+        who = read_by.get(os.path.realpath(path))
+        if who is not None:
+            raise UserInputError(f"--{flag}={given} would overwrite {path}, which {who}; an output never "
+                                 f"replaces an input: choose another --{flag}")
 
 
 def describe_os_error(err: OSError) -> str:

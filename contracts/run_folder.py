@@ -32,6 +32,7 @@ VAL_PREDICTIONS = "val_predictions.csv"
 VAL_SIDECAR = "val_predictions.json"  # the sidecar of VAL_PREDICTIONS (contracts.prediction_files)
 TEMPERATURE = "temperature"  # in VAL_SIDECAR: the run's temperature (training.calibration), null if unfitted
 CALIBRATION = "calibration"  # in VAL_SIDECAR: what the temperature changes on validation (NLL, ECE)
+RUN_FILES = (CONFIG, METRICS, MODEL, VAL_PREDICTIONS, VAL_SIDECAR)  # what no other tool may write over
 MODEL_RUN_ENTRY = "cxr_run.json"  # inside MODEL (a zip that Keras loads ignoring it): {"epoch": N}
 
 

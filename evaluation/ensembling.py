@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from contracts import ensemble_file
-from contracts.atomic import atomic_path, json_ready, write_json
-from contracts.errors import UserInputError, check_output_folder
-from contracts.prediction_files import Predictions, align, read_predictions, write_predictions
+from contracts.atomic import all_or_none, atomic_path, json_ready, write_json
+from contracts.errors import UserInputError, check_no_overwrite, check_output_folder
+from contracts.prediction_files import Predictions, align, read_predictions, sidecar_path, write_predictions
 from evaluation import agreement, html_report
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
@@ -204,6 +204,22 @@ def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], 
     })
 
 
+def check_outputs_spare_inputs(output: str, predictions: Sequence[str], fit_on: Sequence[str] | None,
+                               labels_csv: str | None) -> None:
+    """Refuses an --output whose files (the submission, the blend and its sidecar, the ensemble
+    file) would replace a file the run reads: a prediction or --fit_on file, its sidecar, or the labels CSV.
+
+    Raises:
+      UserInputError: naming --output, the file and the fix (see `check_no_overwrite`).
+    """
+    blend = ensemble_file.blend_path(output)
+    writes = [("output", output, path) for path in (output, blend, ensemble_file.ensemble_path(output))]
+    reads = [(f"--{flag} reads{'' if path == csv else f' (the sidecar of {csv})'}", path)
+             for flag, csvs in (("predictions", predictions), ("fit_on", fit_on or ()))
+             for csv in csvs for path in (csv, sidecar_path(csv))]
+    check_no_overwrite(writes, reads + ([("--labels_csv reads", labels_csv)] if labels_csv else []))
+
+
 def run_ensemble(
     predictions: Sequence[str],
     output: str,
@@ -249,6 +265,7 @@ def run_ensemble(
     check_output_folder(os.path.dirname(output), "output")
     if report_dir:
         check_output_folder(report_dir, "report_dir")
+    check_outputs_spare_inputs(output, predictions, fit_on, labels_csv)
     other = None if labels_csv is None else agreement.load_other_labels(labels_csv)
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
@@ -260,22 +277,22 @@ def run_ensemble(
     decisions = blend_lib.decide(blended, chosen_threshold)
     metrics = gain = other_result = None
     report_dir = report_dir or report_lib.default_report_dir(output)
-    # The report first: a failure there leaves no submission.
-    scores = _scores(files, names, aligned, members, blended, choice)
-    if report_lib.has_known_labels(aligned.labels):
-        metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
-        gain = _gain(report_dir, names, aligned, members, blended, choice.validation_aurocs, bootstrap)
-    if other is not None:
-        other_result = agreement.write_other_labels(report_dir, other, aligned.ids, scores, bootstrap)
-    if metrics is None and other_result is None:
-        report_dir = None
-    else:
-        html_report.write_index(report_dir)
-    probabilities = ensemble_file.blend_path(output)
-    weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
-    _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step)
-    # The submission last, so it exists only when everything before it worked.
-    _write_submission(output, aligned.ids, decisions, id_column, label_column)
+    # The report first and the submission last; a failure anywhere leaves none of the files.
+    with all_or_none():
+        scores = _scores(files, names, aligned, members, blended, choice)
+        if report_lib.has_known_labels(aligned.labels):
+            metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
+            gain = _gain(report_dir, names, aligned, members, blended, choice.validation_aurocs, bootstrap)
+        if other is not None:
+            other_result = agreement.write_other_labels(report_dir, other, aligned.ids, scores, bootstrap)
+        if metrics is None and other_result is None:
+            report_dir = None
+        else:
+            html_report.write_index(report_dir)
+        probabilities = ensemble_file.blend_path(output)
+        weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
+        _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step)
+        _write_submission(output, aligned.ids, decisions, id_column, label_column)
     return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir, gain,
                           other_result)
 

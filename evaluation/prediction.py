@@ -9,8 +9,9 @@ Models run under the strategies and precision policies of training (see `with_pr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -18,7 +19,7 @@ import tqdm
 
 from contracts import manifest as manifest_lib
 from contracts import run_folder
-from contracts.atomic import atomic_path
+from contracts.atomic import all_or_none, atomic_path
 from contracts.errors import UserInputError
 from contracts.prediction_files import few, read_predictions, write_predictions
 from evaluation import agreement, html_report, preflight
@@ -220,33 +221,6 @@ def predict_split(
                         labels=merged["label"][order].astype(np.int64))
 
 
-def output_paths(output: str, names: Sequence[str], *, per_model: bool = False) -> dict[str, str]:
-    """Returns each model's CSV path: `output` itself for one model, else `<output stem>.<name>.csv`
-    (always the latter with `per_model`, when `output` holds something else, e.g. a blend).
-
-    Raises:
-      UserInputError: `output` does not end in .csv.
-    """
-    if not output.endswith(".csv"):
-        raise UserInputError(f"--output={output} must name a .csv file, e.g. predictions.csv")
-    if len(names) == 1 and not per_model:
-        return {names[0]: output}
-    stem = os.path.splitext(output)[0]
-    return {name: f"{stem}.{name}.csv" for name in names}
-
-
-def _model_names(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]]) -> list[str]:
-    backbones = [c["backbone"] for c in configs]
-    names = [b if backbones.count(b) == 1 else f"{b}.{os.path.basename(os.path.normpath(d))}"
-             for b, d in zip(backbones, model_dirs)]
-    if len(set(names)) != len(names):
-        raise UserInputError(
-            f"--model_dir values {list(model_dirs)} give clashing output names {names}; "
-            "predict them in separate calls with different --output"
-        )
-    return names
-
-
 def _write_outputs(path: str, outputs: SplitOutputs, sidecar: dict[str, Any], calibrated: np.ndarray,
                    meta: dict[str, np.ndarray]) -> None:
     known = outputs.labels >= 0
@@ -274,40 +248,50 @@ def _validation(model_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
     return None if validation.labels is None else (validation.labels, _calibrated(model_dir, validation.probs)[0])
 
 
+def _load_models(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]], manifest: dict[str, Any],
+                 data_dir: str, strategy: tf.distribute.Strategy, precision: str) -> list[tuple[Any, str, int]]:
+    """Loads every model before any predicting, so a broken or mismatched folder fails in one line
+    before the long work; returns (classifier, its dtype policy, the shards' image size) per model."""
+    loaded = []
+    for model_dir, config in zip(model_dirs, configs):
+        escaped = model_dir.replace("{", "{{").replace("}", "}}")
+        fix = escaped + " was trained at {asked} px: rebuild the shards with --image_size={asked}"
+        try:
+            image_size = manifest_lib.check_image_size(manifest, int(config["image_size"]), data_dir, fix)
+        except ValueError as err:
+            raise UserInputError(str(err)) from err
+        with strategy.scope():
+            model, policy = with_precision(load_classifier(model_dir), precision)
+        loaded.append((model, policy, image_size))
+    return loaded
+
+
 def _predict_model(
-    model_dir: str, config: dict[str, Any], name: str, path: str, strategy: tf.distribute.Strategy,
-    manifest: dict[str, Any], data_dir: str, split: str, expected: int, *, batch_size: int, precision: str,
-    transfer: str, threshold: float, progress: bool, write: bool, extra_sidecar: dict[str, Any] | None = None,
-) -> report_lib.Scores:
-    """Predicts the split with one model, checks the rows, writes its files; returns its report entry."""
-    trained_size = int(config["image_size"])
-    escaped = model_dir.replace("{", "{{").replace("}", "}}")
-    fix = escaped + " was trained at {asked} px: rebuild the shards with --image_size={asked}"
-    try:
-        image_size = manifest_lib.check_image_size(manifest, trained_size, data_dir, fix)
-    except ValueError as err:
-        raise UserInputError(str(err)) from err
-    with strategy.scope():
-        model, policy = with_precision(load_classifier(model_dir), precision)
+    model_dir: str, config: dict[str, Any], name: str, path: str, loaded: tuple[Any, str, int],
+    strategy: tf.distribute.Strategy, manifest: dict[str, Any], data_dir: str, split: str, expected: int, *,
+    batch_size: int, transfer: str, threshold: float, progress: bool, extra_sidecar: dict[str, Any] | None = None,
+) -> tuple[report_lib.Scores, Callable[[], None]]:
+    """Predicts the split with one loaded model and checks the rows; returns its report entry and
+    the call that writes its files (run once every model has predicted)."""
+    model, policy, image_size = loaded
     outputs = predict_split(model, strategy, data_dir, split, batch_size, image_size,
                             total=expected, progress=progress, desc=name, uint8_gray=transfer == options.UINT8)
     check_one_row_per_record(outputs.ids, expected, data_dir, split)
     context = {"crop": manifest.get("config", {}).get("crop"), "train_crop": run_folder.train_crop(model_dir, config)}
     calibrated, temperature = _calibrated(model_dir, outputs.softmax[:, 1])
     meta = read_patient_columns(data_dir, split, outputs.ids)
-    if write:
-        _write_outputs(path, outputs, {
-            "backbone": config["backbone"], "model_dir": os.path.abspath(model_dir),
-            "data_dir": os.path.abspath(data_dir), "split": split, "records": expected,
-            "image_size": image_size, "strategy": distribute.strategy_name(strategy),
-            "replicas": strategy.num_replicas_in_sync, "precision": policy, "transfer": transfer,
-            run_folder.TEMPERATURE: temperature, **context, **(extra_sidecar or {}),
-        }, calibrated, meta)
+    write = functools.partial(_write_outputs, path, outputs, {
+        "backbone": config["backbone"], "model_dir": os.path.abspath(model_dir),
+        "data_dir": os.path.abspath(data_dir), "split": split, "records": expected,
+        "image_size": image_size, "strategy": distribute.strategy_name(strategy),
+        "replicas": strategy.num_replicas_in_sync, "precision": policy, "transfer": transfer,
+        run_folder.TEMPERATURE: temperature, **context, **(extra_sidecar or {}),
+    }, calibrated, meta)
     # The report scores what is served and thresholded: the probability after the run's temperature.
     return report_lib.Scores(name, outputs.labels, calibrated, threshold, {
         **context, "source": path, run_folder.TEMPERATURE: temperature},
         uncalibrated=None if temperature is None else outputs.softmax[:, 1], meta=meta,
-        validation=_validation(model_dir), ids=outputs.ids)
+        validation=_validation(model_dir), ids=outputs.ids), write
 
 
 def run_prediction(
@@ -356,29 +340,32 @@ def run_prediction(
         size differs from the shards', or a split whose shards disagree with its manifest.
     """
     threshold = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
-    manifest, expected, configs = preflight.check_prediction_inputs(model_dirs, data_dir, split, output,
-                                                                    report_dir)
+    manifest, expected, configs = preflight.check_prediction_inputs(
+        model_dirs, data_dir, split, output, report_dir, per_model=per_model, labels_csv=labels_csv)
     other = None if labels_csv is None else agreement.load_other_labels(labels_csv)
     chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
     transfer = distribute.resolve_transfer(transfer)
-    names = _model_names(model_dirs, configs)
-    paths = output_paths(output, names, per_model=per_model)
+    paths = preflight.output_paths(output, preflight.model_names(model_dirs, configs), per_model=per_model)
     chief = distribute.is_chief(chosen)
-    scores = [
-        _predict_model(model_dir, config, name, paths[name], chosen, manifest, data_dir, split, expected,
-                       batch_size=batch_size, precision=precision, transfer=transfer, threshold=threshold,
-                       progress=progress,
-                       write=chief, extra_sidecar=extra_sidecar)
-        for model_dir, config, name in zip(model_dirs, configs, names)
+    loaded = _load_models(model_dirs, configs, manifest, data_dir, chosen, precision)
+    predicted = [
+        _predict_model(model_dir, config, name, paths[name], model, chosen, manifest, data_dir, split, expected,
+                       batch_size=batch_size, transfer=transfer, threshold=threshold, progress=progress,
+                       extra_sidecar=extra_sidecar)
+        for model_dir, config, name, model in zip(model_dirs, configs, paths, loaded)
     ]
+    scores = [entry for entry, _ in predicted]
     metrics = other_result = None
     report_dir = report_dir or report_lib.default_report_dir(output)
-    if chief and report_lib.has_known_labels(scores[0].labels):
-        metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
-    if chief and other is not None:
-        other_result = agreement.write_other_labels(report_dir, other, scores[0].ids, scores, bootstrap)
-    if metrics or other_result:
-        html_report.write_index(report_dir)
+    with all_or_none():  # a failure part way leaves none of the files below (and no model's alone)
+        for _, write in predicted if chief else ():
+            write()
+        if chief and report_lib.has_known_labels(scores[0].labels):
+            metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
+        if chief and other is not None:
+            other_result = agreement.write_other_labels(report_dir, other, scores[0].ids, scores, bootstrap)
+        if metrics or other_result:
+            html_report.write_index(report_dir)
     return PredictionResult(outputs=paths, records=expected, metrics=metrics,
                             report_dir=report_dir if metrics or other_result else None, other_labels=other_result)
 

@@ -7,7 +7,9 @@ import os
 from typing import Any, Sequence
 
 from contracts import manifest as manifest_lib
-from contracts.errors import UserInputError, check_output_folder
+from contracts import run_folder
+from contracts.errors import UserInputError, check_no_overwrite, check_output_folder
+from contracts.prediction_files import sidecar_path
 from contracts.run_folder import load_run_config, run_temperature
 
 
@@ -26,15 +28,72 @@ def split_manifest(data_dir: str, split: str) -> tuple[dict[str, Any], int]:
     return manifest, int(info["records"])
 
 
+def output_paths(output: str, names: Sequence[str], *, per_model: bool = False) -> dict[str, str]:
+    """Returns each model's CSV path: `output` itself for one model, else `<output stem>.<name>.csv`
+    (always the latter with `per_model`, when `output` holds something else, e.g. a blend).
+
+    Raises:
+      UserInputError: `output` does not end in .csv.
+    """
+    if not output.endswith(".csv"):
+        raise UserInputError(f"--output={output} must name a .csv file, e.g. predictions.csv")
+    if len(names) == 1 and not per_model:
+        return {names[0]: output}
+    stem = os.path.splitext(output)[0]
+    return {name: f"{stem}.{name}.csv" for name in names}
+
+
+def model_names(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]]) -> list[str]:
+    """Returns each model's name in file names and reports: its backbone, with the folder's name
+    when two models share a backbone.
+
+    Raises:
+      UserInputError: two models that would still share a name.
+    """
+    backbones = [c["backbone"] for c in configs]
+    names = [b if backbones.count(b) == 1 else f"{b}.{os.path.basename(os.path.normpath(d))}"
+             for b, d in zip(backbones, model_dirs)]
+    if len(set(names)) != len(names):
+        raise UserInputError(
+            f"--model_dir values {list(model_dirs)} give clashing output names {names}; "
+            "predict them in separate calls with different --output"
+        )
+    return names
+
+
+def check_prediction_outputs(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]], output: str, *,
+                             per_model: bool = False, data_dir: str | None = None, labels_csv: str | None = None,
+                             ensemble: str | None = None) -> None:
+    """Refuses an --output whose files (each model's CSV, sidecar and .npy; with `per_model`, the
+    blend and its sidecar at `output`) would replace a file the run reads: a model folder's own
+    files, the shard manifest, the labels CSV or the ensemble file.
+
+    Raises:
+      UserInputError: naming --output, the file and the fix (see `check_no_overwrite`).
+    """
+    csvs = list(output_paths(output, model_names(model_dirs, configs), per_model=per_model).values())
+    writes = [p for csv in csvs for p in (csv, sidecar_path(csv), os.path.splitext(csv)[0] + ".npy")]
+    writes += [output, sidecar_path(output)] if per_model else []
+    reads = [(f"--model_dir={d} holds (train.py's {name})", os.path.join(d, name))
+             for d in model_dirs for name in run_folder.RUN_FILES]
+    if data_dir is not None:
+        reads.append((f"--data_dir={data_dir} holds (its manifest)", os.path.join(data_dir, manifest_lib.MANIFEST)))
+    reads += [("--labels_csv reads", labels_csv)] if labels_csv else []
+    reads += [("--ensemble reads", ensemble)] if ensemble else []
+    check_no_overwrite([("output", output, path) for path in writes], reads)
+
+
 def check_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str, output: str,
-                            report_dir: str | None) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+                            report_dir: str | None, *, per_model: bool = False, labels_csv: str | None = None,
+                            ensemble: str | None = None) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
     """Checks everything a prediction run reads and where it writes, before the work starts.
 
     Returns:
       (manifest, records in `split`, each model folder's config.json).
 
     Raises:
-      UserInputError: naming the flag or file and the fix.
+      UserInputError: naming the flag or file and the fix; among them an output that would
+        replace an input (`check_prediction_outputs`).
     """
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
@@ -42,7 +101,10 @@ def check_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str
     if report_dir:
         check_output_folder(report_dir, "report_dir")
     manifest, expected = split_manifest(data_dir, split)
-    return manifest, expected, [load_run_config(d) for d in model_dirs]
+    configs = [load_run_config(d) for d in model_dirs]
+    check_prediction_outputs(model_dirs, configs, output, per_model=per_model, data_dir=data_dir,
+                             labels_csv=labels_csv, ensemble=ensemble)
+    return manifest, expected, configs
 
 
 def check_explained_models(model_dirs: Sequence[str],

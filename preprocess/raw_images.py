@@ -57,6 +57,21 @@ def check_one_source(data_dir: str | None, images: str | None) -> None:
         raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or neither")
 
 
+def check_output_outside_images(output_dir: str, flag: str, images: str) -> None:
+    """Refuses an output folder at or under the --images folder (a glob's fixed leading folders):
+    the files written there (explain.py's overlays are PNGs) would be read as images by the next run.
+
+    Raises:
+      UserInputError: naming both flags and the fix.
+    """
+    from preprocess import sources
+
+    root = os.path.realpath(sources.pattern_root(images))
+    if os.path.commonpath([os.path.realpath(output_dir or "."), root]) == root:
+        raise UserInputError(f"--{flag}={output_dir} is inside --images={images}: what it writes there would "
+                             "be read as images by the next run over it; choose a folder outside it")
+
+
 def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
                         labels_csv: str | None = None, output_flag: str = "output") -> tuple[int, int]:
     """Checks `--images` runs before any work; returns (image size, pixel limit) of the models.

@@ -248,3 +248,67 @@ def test_a_truncated_shard_at_train_names_the_shard_and_keeps_no_partial_output(
                 "--epochs=1", "--strategy=default", "--precision=float32")
     _assert_one_line_failure(done, "train", "train-00001-of-00002.tfrecord is truncated or corrupt")
     _nothing_written(os.path.join(model_dir, "model.keras"), os.path.join(model_dir, "val_predictions.csv"))
+
+
+def _clash_inputs(world, tmp_path) -> dict[str, str]:
+    """Copies of the run and the shards (a failing check must not damage the shared world), a
+    symlink to the run, a labels CSV and an ensemble file whose one member is the run copy."""
+    from contracts import ensemble_file
+    from contracts.prediction_files import write_predictions
+
+    c = {"run": str(tmp_path / "run"), "shards": str(tmp_path / "shards"), "alias": str(tmp_path / "alias"),
+         "labels": str(tmp_path / "labels.csv"), "ens": str(tmp_path / "sub.probabilities.json")}
+    shutil.copytree(world["run"], c["run"], ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    shutil.copytree(world["shards"], c["shards"])
+    os.symlink(c["run"], c["alias"])
+    with open(c["labels"], "w") as f:
+        f.write("image_id,label\nx.png,1\n")
+    write_predictions(c["ens"][:-5] + ".csv", ["x.png"], [0.5], None, sidecar={
+        "backbone": "ensemble", "threshold": 0.5,
+        "inputs": ensemble_file.member_records(["tiny_test"], [{"model_dir": c["run"]}], ["p.csv"], [1.0], [1.0])})
+    return c
+
+
+def _predict_clash(*extra: str):
+    return lambda c: [f"--model_dir={c['run']}", f"--data_dir={c['shards']}", "--split=test", *extra]
+
+
+# (case id, argv from the copies, fragments of the one line, inputs whose bytes must stay)
+CLASHES = [
+    ("output-is-the-runs-val-predictions", _predict_clash("--output={run}/val_predictions.csv"),
+     ["--output={run}/val_predictions.csv would overwrite", "--model_dir={run} holds", "choose another --output"],
+     ["{run}/val_predictions.csv", "{run}/val_predictions.json"]),
+    ("sidecar-is-the-runs-config", _predict_clash("--output={run}/config.csv"),
+     ["would overwrite {run}/config.json", "train.py's config.json"], ["{run}/config.json"]),
+    ("output-through-a-symlink-to-the-run", _predict_clash("--output={alias}/./val_predictions.csv"),
+     ["would overwrite {alias}/./val_predictions.csv"], ["{run}/val_predictions.csv"]),
+    ("sidecar-is-the-manifest", _predict_clash("--output={shards}/manifest.csv"),
+     ["would overwrite {shards}/manifest.json", "--data_dir={shards} holds (its manifest)"],
+     ["{shards}/manifest.json"]),
+    ("output-is-the-labels-csv", _predict_clash("--labels_csv={labels}", "--output={labels}"),
+     ["would overwrite {labels}, which --labels_csv reads"], ["{labels}"]),
+    ("blend-sidecar-is-the-ensemble-file", _predict_clash("--ensemble={ens}", "--output={ens_csv}"),
+     ["would overwrite {ens}, which --ensemble reads"], ["{ens}"]),
+]
+
+
+@pytest.mark.parametrize("case, argv, fragments, kept", CLASHES, ids=[c[0] for c in CLASHES])
+def test_a_predict_output_that_would_replace_an_input_is_refused_and_the_input_kept(world, tmp_path, case, argv,
+                                                                                     fragments, kept):
+    c = _clash_inputs(world, tmp_path)
+    c["ens_csv"] = c["ens"][:-5] + ".csv"
+
+    def fill(text: str) -> str:
+        return text.format(**c)
+
+    before = {}
+    for path in map(fill, kept):
+        with open(path, "rb") as f:
+            before[path] = f.read()
+    done = _run("predict", *[fill(a) for a in argv(c)])
+    _assert_one_line_failure(done, "predict", *map(fill, fragments))
+    for path, data in before.items():
+        with open(path, "rb") as f:
+            assert f.read() == data, f"{path} was overwritten"
+    for folder in (c["run"], c["shards"], str(tmp_path)):
+        assert not glob.glob(os.path.join(folder, TEMP_PREFIX + "*")), os.listdir(folder)

@@ -2,7 +2,9 @@
 
 import json
 import os
+import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -100,3 +102,41 @@ def test_cli_fit_on_prints_the_criterion_and_chosen_values(tmp_path, two_models)
     assert sidecar["fit"]["fitted_weights"] and sidecar["fit"]["fitted_threshold"]
     assert sidecar["weights"]["efficientnet_b3"] > sidecar["weights"]["resnet50"]
     assert f"weights: efficientnet_b3 {sidecar['weights']['efficientnet_b3']:.3f}" in result.stdout
+
+
+def _previous_blend(tmp_path, two_models):
+    """An earlier ensemble's blend (old.probabilities.csv + .json) given as a member."""
+    frame = pd.read_csv(two_models[1], dtype={"image_id": str})
+    path = str(tmp_path / "old.probabilities.csv")
+    write_predictions(path, frame["image_id"], frame["p_abnormal"], frame["label"], {"backbone": "ensemble"})
+    return [two_models[0], path]
+
+
+# Each case: --predictions, extra flags, --output, a fragment of the one line, inputs that must keep their bytes.
+@pytest.mark.parametrize("members, extra, output, fragment, kept", [
+    (lambda t, m: m, [], lambda t, m: m[1], "which --predictions reads;", lambda t, m: [m[1], m[1][:-4] + ".json"]),
+    (lambda t, m: m, [], lambda t, m: str(t / "alias" / "." / os.path.basename(m[1])),
+     "which --predictions reads;", lambda t, m: [m[1]]),
+    (_previous_blend, [], lambda t, m: str(t / "old.csv"), "old.probabilities.csv, which --predictions reads",
+     lambda t, m: [str(t / "old.probabilities.csv"), str(t / "old.probabilities.json")]),
+    (lambda t, m: m, ["--fit_on={fit}"], lambda t, m: str(t / "val" / "resnet50.csv"),
+     "which --fit_on reads", lambda t, m: [str(t / "val" / "resnet50.csv")]),
+], ids=["output-is-a-member", "output-is-a-member-through-a-symlink", "blend-is-a-member", "output-is-a-fit-on-file"])
+def test_an_output_that_would_replace_an_input_is_refused_and_the_input_kept(tmp_path, two_models, members, extra,
+                                                                             output, fragment, kept):
+    (tmp_path / "val").mkdir()
+    fit = []
+    for path in two_models:
+        fit.append(str(tmp_path / "val" / os.path.basename(path)))
+        shutil.copy(path, fit[-1])
+    os.symlink(tmp_path, tmp_path / "alias")
+    files, target = members(tmp_path, two_models), output(tmp_path, two_models)
+    before = {path: pathlib.Path(path).read_bytes() for path in kept(tmp_path, two_models)}
+    result = _ensemble(f"--predictions={','.join(files)}", f"--output={target}",
+                       *[e.format(fit=",".join(fit)) for e in extra])
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"ensemble.py: --output={target} would overwrite") and fragment in line, line
+    assert "choose another --output" in line
+    for path, data in before.items():
+        assert pathlib.Path(path).read_bytes() == data, f"{path} was overwritten"

@@ -326,3 +326,15 @@ def test_every_backbone_gives_a_map_whose_cells_sit_where_their_receptive_fields
         assert 0 < support[0] and support[-1] < SIZE - 1  # the whole receptive field is inside the image
         centres.append((support[0] + support[-1] + 1) / 2)
     assert grid.from_layers and centres == [grid.offset[a] + grid.stride[a] * cell for a in (0, 1)]
+
+
+def test_an_output_folder_inside_the_images_folder_is_refused(world, tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(studies / "a.png")
+    out = studies / "sub" / "explained"  # its overlays would be read as studies by the next run
+    done = _explain(f"--model_dir={world['runs'][0]}", f"--images={studies / '*.png'}", f"--output_dir={out}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    (own,) = [line for line in done.stderr.splitlines() if line.startswith("explain.py: ")]
+    assert f"--output_dir={out} is inside --images={studies / '*.png'}" in own
+    assert sorted(os.listdir(studies)) == ["a.png"]

@@ -162,3 +162,60 @@ def test_sigterm_removes_the_temporary_shard_folder(setting, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
     assert "predict.py: stopped by SIGTERM" in stderr
     assert os.listdir(temp) == [] and not os.path.exists(tmp_path / "p.csv")
+
+
+def test_an_output_over_a_model_folders_own_file_is_refused_and_the_file_kept(setting, tmp_path):
+    run = setting["runs"][0]
+    config = os.path.join(run, run_folder.CONFIG)
+    with open(config, "rb") as f:
+        before = f.read()
+    done = _predict(setting, tmp_path, f"--model_dir={run}", f"--images={setting['folder']}",
+                    f"--output={os.path.join(run, 'config.csv')}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("predict.py: ")]
+    assert f"would overwrite {config}, which --model_dir={run} holds" in line
+    with open(config, "rb") as f:
+        assert f.read() == before
+    assert not os.path.exists(os.path.join(run, "config.csv"))
+
+
+def _broken_copy(setting, tmp_path) -> str:
+    """A copy of the second run whose model.keras is cut in half."""
+    import shutil
+
+    broken = str(tmp_path / "broken")
+    shutil.copytree(setting["runs"][1], broken)
+    model = os.path.join(broken, run_folder.MODEL)
+    with open(model, "rb") as f:
+        data = f.read()
+    with open(model, "wb") as f:
+        f.write(data[: len(data) // 2])
+    return broken
+
+
+def test_a_broken_model_among_several_fails_before_any_predicting_and_writes_nothing(setting, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    broken = _broken_copy(setting, tmp_path)
+    done = _predict(setting, tmp_path, f"--model_dir={setting['runs'][0]}", f"--model_dir={broken}",
+                    f"--images={os.path.join(setting['folder'], '*.png')}", f"--output={out / 'mp.csv'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("predict.py: ")]
+    assert f"{broken}/model.keras: cannot be loaded" in line
+    assert "tiny_test.run0:" not in done.stderr, "the first model predicted before the second was loaded"
+    assert os.listdir(out) == []
+
+
+def test_a_failure_while_writing_leaves_none_of_the_runs_files_and_puts_back_the_old_ones(setting, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    old = out / "mp.tiny_test.run0.csv"  # an earlier run's file, which this run replaces
+    old.write_text("image_id,p_abnormal\nold.png,0.25\n")
+    # A folder where the second model's .npy goes: every model predicts, then writing it fails.
+    (out / "mp.tiny_test.run1.npy").mkdir()
+    done = _predict(setting, tmp_path, *[f"--model_dir={r}" for r in setting["runs"]],
+                    f"--images={os.path.join(setting['folder'], '*.png')}", f"--output={out / 'mp.csv'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "mp.tiny_test.run1.npy" in [x for x in done.stderr.splitlines() if x.startswith("predict.py: ")][0]
+    assert sorted(os.listdir(out)) == ["mp.tiny_test.run0.csv", "mp.tiny_test.run1.npy"]
+    assert old.read_text() == "image_id,p_abnormal\nold.png,0.25\n"
