@@ -89,7 +89,7 @@ def main(argv: list[str]) -> None:
         if FLAGS.ensemble is not None:
             records, above, threshold = ensembling.apply_ensemble(
                 FLAGS.ensemble, FLAGS.model_dir, list(result.outputs.values()), FLAGS.output,
-                {k: extra[k] for k in ("images", "skipped") if k in extra})
+                {k: v for k, v in extra.items() if v is not None})  # the raw files' fields, no shard folder
     print(prediction.summary(result))
     if raw is not None:
         print(raw_images.skipped_summary(raw))

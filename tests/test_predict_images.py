@@ -111,7 +111,13 @@ def test_an_ensemble_file_blends_the_members_with_its_weights(setting, tmp_path)
     assert list(blended.index) == ["a.png"]
     assert blended["a.png"] == pytest.approx(0.25 * members[0] + 0.75 * members[1], abs=1e-5)
     # The members' own files go beside it, so --output holds the blend alone.
-    assert len([n for n in os.listdir(tmp_path) if n.startswith("blend.tiny_test") and n.endswith(".csv")]) == 2
+    members = sorted(n for n in os.listdir(tmp_path) if n.startswith("blend.tiny_test") and n.endswith(".csv"))
+    assert len(members) == 2
+    # The blend's sidecar says what its members' say of the raw files.
+    with open(output[:-4] + ".json") as f, open(os.path.join(tmp_path, members[0][:-4] + ".json")) as g:
+        blend, member = json.load(f), json.load(g)
+    for key in ("images", "skipped", "ignored_files"):
+        assert blend[key] == member[key], key
 
 
 def test_a_folder_without_a_readable_image_is_one_line(setting, tmp_path):
