@@ -42,6 +42,19 @@ def check_output_folder(folder: str, flag: str) -> None:
                              f"choose another --{flag} or fix its permissions")
 
 
+def check_output_file(path: str, flag: str, example: str = "predictions.csv") -> None:
+    """`check_output_folder` for a file's folder, and refuses a path that is a folder itself (the
+    write would fail only at the end of the run).
+
+    Raises:
+      UserInputError: naming the flag, the offending path and the fix.
+    """
+    if os.path.isdir(path):
+        raise UserInputError(f"--{flag}={path} is a folder; give a file name in it, e.g. "
+                             f"--{flag}={os.path.join(path, example)}")
+    check_output_folder(os.path.dirname(path), flag)
+
+
 def check_no_overwrite(writes: Iterable[tuple[str, str, str]], reads: Iterable[tuple[str, str]]) -> None:
     """Raises when a file the run would write is a file it reads, before anything is written.
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from contracts import ensemble_file
 from contracts.atomic import all_or_none, atomic_path, json_ready, write_json
-from contracts.errors import UserInputError, check_no_overwrite, check_output_folder
+from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
 from contracts.prediction_files import Predictions, align, read_predictions, sidecar_path, write_predictions
 from evaluation import agreement, html_report
 from evaluation import blend as blend_lib
@@ -262,7 +262,7 @@ def run_ensemble(
     """
     if not output.endswith(".csv"):
         raise UserInputError(f"--output={output} must name a .csv file, e.g. submission.csv")
-    check_output_folder(os.path.dirname(output), "output")
+    check_output_file(output, "output", "submission.csv")
     if report_dir:
         check_output_folder(report_dir, "report_dir")
     check_outputs_spare_inputs(output, predictions, fit_on, labels_csv)

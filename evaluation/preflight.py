@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from contracts import manifest as manifest_lib
 from contracts import run_folder
-from contracts.errors import UserInputError, check_no_overwrite, check_output_folder
+from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
 from contracts.prediction_files import sidecar_path
 from contracts.run_folder import load_run_config, run_temperature
 
@@ -97,7 +97,7 @@ def check_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str
     """
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
-    check_output_folder(os.path.dirname(output), "output")
+    check_output_file(output, "output")
     if report_dir:
         check_output_folder(report_dir, "report_dir")
     manifest, expected = split_manifest(data_dir, split)

@@ -17,7 +17,7 @@ import tempfile
 from typing import Any, Iterator, Sequence
 
 from contracts import manifest as manifest_lib
-from contracts.errors import UserInputError, check_output_folder
+from contracts.errors import UserInputError, check_output_file
 from contracts.prediction_files import few
 from contracts.run_folder import load_run_config
 from preprocess.config import BuildConfig, NothingToBuild
@@ -83,7 +83,7 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
     """
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
-    check_output_folder(os.path.dirname(output), output_flag)
+    check_output_file(output, output_flag)
     configs = [load_run_config(d) for d in model_dirs]
     sizes = sorted({int(c["image_size"]) for c in configs})
     if len(sizes) > 1:
