@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from absl import logging
 
 from contracts import ensemble_file
 from contracts.atomic import all_or_none, atomic_path, json_ready, write_json
@@ -90,6 +91,13 @@ def _check_fit_pairs(files: Sequence[Predictions], fit_files: Sequence[Predictio
                 f"--fit_on: {fit_file.path} is from {fit_file.backbone} but its partner {file.path} is from "
                 f"{file.backbone}; list validation files in the same order as --predictions"
             )
+    shared = set(fit_files[0].ids) & set(files[0].ids)
+    if shared:  # allowed (an ensemble studied on validation alone), but never unsaid
+        logging.warning("--fit_on shares %d of its %d images with --predictions (e.g. %s): the weights, "
+                        "threshold and temperatures are fitted on images the report then scores, so its "
+                        "numbers are optimistic; fit on validation predictions (train.py's "
+                        "val_predictions.csv) to score test honestly", len(shared), len(fit_files[0].ids),
+                        sorted(shared)[0])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,6 +98,8 @@ def test_cli_fit_on_prints_the_criterion_and_chosen_values(tmp_path, two_models)
                        f"--fit_on={','.join(two_models)}", "--fit_step=0.1", "--bootstrap=0")
     assert result.returncode == 0, result.stderr
     assert "weights and threshold chosen on 40 validation records by max balanced accuracy" in result.stdout
+    # Fitted on the very files it scores: allowed, and said.
+    assert "--fit_on shares 40 of its 40 images with --predictions" in result.stderr
     sidecar = json.loads((tmp_path / "sub.probabilities.json").read_text())
     assert sidecar["fit"]["fitted_weights"] and sidecar["fit"]["fitted_threshold"]
     assert sidecar["weights"]["efficientnet_b3"] > sidecar["weights"]["resnet50"]
