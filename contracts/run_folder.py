@@ -53,6 +53,12 @@ def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:
     return model_epoch, val_epoch
 
 
+def no_temperature_note(model_dir: str) -> str:
+    """What a tool says when `run_temperature(model_dir)` is None and it uses the raw probability."""
+    return (f"{model_dir} has no fitted temperature (trained without validation, on validation of one "
+            "class, or before temperatures were fitted): its probabilities are used uncalibrated")
+
+
 def run_temperature(model_dir: str) -> float | None:
     """Returns the temperature training fitted on the run's validation predictions, or None when the
     run has none (trained without validation, validation of one class, or before temperatures)."""

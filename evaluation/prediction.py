@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import tensorflow as tf
 import tqdm
+from absl import logging
 
 from contracts import manifest as manifest_lib
 from contracts import run_folder
@@ -279,6 +280,8 @@ def _predict_model(
     check_one_row_per_record(outputs.ids, expected, data_dir, split)
     context = {"crop": manifest.get("config", {}).get("crop"), "train_crop": run_folder.train_crop(model_dir, config)}
     calibrated, temperature = _calibrated(model_dir, outputs.softmax[:, 1])
+    if temperature is None:
+        logging.warning("%s", run_folder.no_temperature_note(model_dir))
     meta = read_patient_columns(data_dir, split, outputs.ids)
     write = functools.partial(_write_outputs, path, outputs, {
         "backbone": config["backbone"], "model_dir": os.path.abspath(model_dir),

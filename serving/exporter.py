@@ -42,7 +42,10 @@ def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float |
     if ensemble is None:
         name = run_folder.load_run_config(model_dirs[0])["backbone"]
         chosen = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
-        return [(name, 1.0, model_dirs[0], run_folder.run_temperature(model_dirs[0]) or 1.0)], chosen
+        temperature = run_folder.run_temperature(model_dirs[0])
+        if temperature is None:
+            logging.warning("%s", run_folder.no_temperature_note(model_dirs[0]))
+        return [(name, 1.0, model_dirs[0], temperature or 1.0)], chosen
     if threshold is not None:
         raise UserInputError("--threshold and --ensemble both set the threshold; drop --threshold "
                              "(the ensemble file holds the one chosen on validation)")

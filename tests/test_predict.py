@@ -47,10 +47,11 @@ def labeled(tmp_path_factory):
     return {"root": root, "shards": shards, "written": written, "model": model, "model_dir": str(root / "run")}
 
 
-def test_every_record_once_with_its_own_prediction(labeled, tmp_path):
+def test_every_record_once_with_its_own_prediction(labeled, tmp_path, caplog):
     output = str(tmp_path / "preds.csv")
     result = prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", output,
                                        batch_size=4, bootstrap=20, progress=False)
+    assert f"{labeled['model_dir']} has no fitted temperature" in caplog.text  # said, not silent
     assert result.outputs == {"tiny_test": output} and result.records == RECORDS
     frame = pd.read_csv(output, dtype={"image_id": str})
     assert list(frame.columns) == ["image_id", "p_abnormal", "label", "p_calibrated", "view_position",
