@@ -31,6 +31,7 @@ def _check_flags() -> tuple[int, int] | None:
     Returns:
       With --images, the models' (image size, pixel limit); else None.
     """
+    from contracts.errors import check_output_folder
     from contracts.run_folder import load_run_config
     from evaluation import preflight
     from preprocess import raw_images
@@ -48,6 +49,13 @@ def _check_flags() -> tuple[int, int] | None:
     clash = dict(per_model=FLAGS.ensemble is not None, labels_csv=FLAGS.labels_csv, ensemble=FLAGS.ensemble)
     if FLAGS.images is not None:
         images_at = raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images, FLAGS.output, FLAGS.labels_csv)
+        if FLAGS.report_dir is not None:
+            check_output_folder(FLAGS.report_dir, "report_dir")
+        if FLAGS.labels_csv is not None or FLAGS.report_dir is not None:  # a report, with its PNG plots
+            from evaluation import settings
+
+            raw_images.check_output_outside_images(FLAGS.report_dir or settings.default_report_dir(FLAGS.output),
+                                                   "report_dir", FLAGS.images)
         preflight.check_prediction_outputs(FLAGS.model_dir, [load_run_config(d) for d in FLAGS.model_dir],
                                            FLAGS.output, **clash)
         return images_at

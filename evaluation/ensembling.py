@@ -284,7 +284,7 @@ def run_ensemble(
     blended = blend_lib.blend(members, choice.weights)
     decisions = blend_lib.decide(blended, chosen_threshold)
     metrics = gain = other_result = None
-    report_dir = report_dir or report_lib.default_report_dir(output)
+    report_dir = report_dir or settings.default_report_dir(output)
     # The report first and the submission last; a failure anywhere leaves none of the files.
     with all_or_none():
         scores = _scores(files, names, aligned, members, blended, choice)

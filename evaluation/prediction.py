@@ -359,7 +359,7 @@ def run_prediction(
     ]
     scores = [entry for entry, _ in predicted]
     metrics = other_result = None
-    report_dir = report_dir or report_lib.default_report_dir(output)
+    report_dir = report_dir or settings.default_report_dir(output)
     with all_or_none():  # a failure part way leaves none of the files below (and no model's alone)
         for _, write in predicted if chief else ():
             write()

@@ -90,11 +90,6 @@ class Scores:
     ids: np.ndarray | None = None  # (N,) image ids, for rescoring against another label set
 
 
-def default_report_dir(output: str) -> str:
-    """Returns `<output without extension>_report`, the report folder beside an output file."""
-    return os.path.splitext(output)[0] + "_report"
-
-
 def has_known_labels(labels: np.ndarray | None) -> bool:
     """Whether any label is known (0 or 1), i.e. whether there is anything to report."""
     return labels is not None and bool((np.asarray(labels) >= 0).any())

@@ -3,6 +3,8 @@
 `blend`, `report`, `prediction` and the command-line flags all take them from here.
 """
 
+import os
+
 ENSEMBLE_THRESHOLD = 0.6  # the reference's blend called an image abnormal at P >= 0.6
 SINGLE_MODEL_THRESHOLD = 0.5  # a softmax model's own decision: the larger of its two outputs
 FIT_STEP = 0.05  # spacing of the weight grid `blend.fit` searches
@@ -15,3 +17,8 @@ EXPLAIN_BATCH_SIZE = 16  # images per Grad-CAM step: a backward pass holds every
 # middle quarter or so of a radiograph, where the heart and the medial lung fields are.
 LOCALIZATION_BASELINE_SIGMA = 0.25
 OVERLAY_SIZE = 256  # side of the overlay PNGs, at least (the stored image is upsampled for viewing)
+
+
+def default_report_dir(output: str) -> str:
+    """Returns `<output without extension>_report`, the report folder beside an output file."""
+    return os.path.splitext(output)[0] + "_report"

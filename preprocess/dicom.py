@@ -33,11 +33,12 @@ decoded by Pillow, like the builder's JPEG sources; everything else by pydicom's
    Values are rounded half to even (`np.rint`) and clipped to 0..255. MONOCHROME1 is then
    inverted (255 - v), so bone is bright as in MONOCHROME2. The Presentation LUT Shape is not
    read: for radiographs it only restates what the photometric interpretation already says.
-4. When the builder will shrink the image without cropping it, a baseline-JPEG monochrome frame
-   (unsigned, one component) is decoded at the smallest of libjpeg's DCT scales 1/2, 1/4, 1/8
-   that keeps both sides at least the output size, the rule `preprocess.images` follows for
-   JPEG files: the same JPEG gives the same record in a .jpg or in a DICOM file. Rule 3 then
-   applies to the decoded image; a percentile stretch sees its pixels, not the whole frame's.
+4. When the builder will shrink the image without cropping it, a baseline-JPEG frame is decoded
+   as `preprocess.images` decodes a .jpg: at the smallest of libjpeg's DCT scales 1/2, 1/4, 1/8
+   that keeps both sides at least the output size, straight to gray, so the same JPEG gives the
+   same record in a .jpg or in a DICOM file. A monochrome frame (unsigned) then goes through
+   rule 3, whose percentile stretch sees the decoded pixels, not the whole frame's; a colour
+   frame (RGB or YBR) is its JPEG luma, as a colour .jpg is, instead of rule 2's luma of RGB.
 """
 
 from __future__ import annotations
@@ -266,21 +267,25 @@ def open_frame(data: bytes, max_pixels: int) -> Frame:
 
 
 def _jpeg_at_scale(frame: Frame, draft_size: int) -> np.ndarray | None:
-    """A baseline-JPEG grayscale frame decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
-    image is still at least `draft_size` on both sides, as `preprocess.images` decodes JPEG files;
-    None when the frame is not one (pydicom's decoder then takes it, with its own checks)."""
+    """A baseline-JPEG frame decoded as `preprocess.images` decodes a .jpg it will not crop: at the
+    smallest DCT scale (1/2, 1/4, 1/8) whose image is still at least `draft_size` on both sides,
+    straight to gray (a colour frame's JPEG luma). None when the frame is not such a JPEG
+    (pydicom's decoder then takes it, with its own checks)."""
     ds = frame.ds
-    if (ds.file_meta.TransferSyntaxUID != JPEGBaseline8Bit or frame.photometric not in MONOCHROME
-            or int(tag_number(ds, "PixelRepresentation") or 0) != 0):
+    monochrome = frame.photometric in MONOCHROME
+    if (ds.file_meta.TransferSyntaxUID != JPEGBaseline8Bit
+            or (monochrome and int(tag_number(ds, "PixelRepresentation") or 0) != 0)):
         return None
     with _untrusted("truncated or corrupt pixel data"):
         try:
             image = Image.open(io.BytesIO(get_frame(ds.PixelData, 0, number_of_frames=1)), formats=("JPEG",))
         except Image.DecompressionBombError as err:  # the frame's own size, whatever the header says
             raise ImageError(f"JPEG frame refused as a possible decompression bomb: {err}") from None
-        if image.mode != "L" or image.size != frame.size:
+        if image.mode != ("L" if monochrome else "RGB") or image.size != frame.size:
             return None
         image.draft("L", (draft_size, draft_size))
+        if image.mode != "L":
+            return None
         image.load()
         return np.asarray(image)
 
@@ -290,10 +295,10 @@ def to_gray(frame: Frame, draft_size: int | None = None) -> Image.Image:
 
     Args:
       frame: from `open_frame`.
-      draft_size: when set, a baseline-JPEG monochrome frame is decoded at libjpeg's DCT scale
-        (`_jpeg_at_scale`) and the rules apply to that smaller image: the builder passes its
-        output size when it will not crop, so a JPEG reads the same in a DICOM file as in a
-        .jpg. Other frames are decoded whole.
+      draft_size: when set, a baseline-JPEG frame is decoded at libjpeg's DCT scale, straight to
+        gray (`_jpeg_at_scale`, rule 4): the builder passes its output size when it will not
+        crop, so a JPEG reads the same in a DICOM file as in a .jpg. Other frames are decoded
+        whole.
 
     Returns:
       An "L" image of the file's Columns x Rows, or smaller by a power of two after a draft.
@@ -303,15 +308,14 @@ def to_gray(frame: Frame, draft_size: int | None = None) -> Image.Image:
     """
     ds, photometric = frame.ds, frame.photometric
     with _untrusted("corrupt DICOM file"):
-        pixels = None if draft_size is None else _jpeg_at_scale(frame, draft_size)
-        if pixels is None:
-            pixels = _pixels(ds, SUPPORTED_PHOTOMETRIC[photometric])
+        drafted = None if draft_size is None else _jpeg_at_scale(frame, draft_size)
+        pixels = _pixels(ds, SUPPORTED_PHOTOMETRIC[photometric]) if drafted is None else drafted
         if photometric in MONOCHROME:
             gray = monochrome_to_gray(pixels, ds)
             if photometric == "MONOCHROME1":
                 gray = 255 - gray
-        else:
-            gray = colour_to_gray(pixels, ds, photometric)
+        else:  # a drafted colour frame is gray already: its JPEG luma, as a colour .jpg gives it
+            gray = colour_to_gray(pixels, ds, photometric) if drafted is None else drafted
     return Image.fromarray(gray)
 
 

@@ -483,6 +483,15 @@ def test_a_cropped_jpeg_dicom_is_decoded_whole_as_a_cropped_jpeg_file(real_dicom
         reducing_gap=images.REDUCING_GAP)))
 
 
+@pytest.mark.parametrize("photometric, subsampling", [("YBR_FULL_422", "4:2:2"), ("YBR_FULL", "4:4:4")])
+def test_a_colour_jpeg_dicom_is_stored_as_its_jpeg_file(tmp_path, photometric, subsampling):
+    rgb = _noise(0, 255, np.uint8, shape=(4 * STORED_SIZE, 4 * STORED_SIZE, 3))
+    jpeg = _jpeg(rgb, subsampling=subsampling)
+    data = _write(tmp_path, rgb, photometric=photometric, transfer_syntax=JPEGBaseline8Bit, encoded=jpeg)
+    np.testing.assert_array_equal(_stored(data), _stored(jpeg))
+    np.testing.assert_array_equal(_stored(data), _resize(_at_dct_scale(jpeg)))  # the JPEG's own luma
+
+
 def test_a_window_applies_to_the_jpeg_decoded_at_dct_scale(tmp_path):
     stored = _noise(0, 255, np.uint8, shape=(4 * STORED_SIZE, 4 * STORED_SIZE))
     jpeg = _jpeg(stored)

@@ -151,6 +151,13 @@ def test_a_labels_csv_keyed_by_id_or_sop_uid_labels_the_files_and_brings_a_repor
 
     (only,) = metrics.values()
     assert only["auroc"] == pytest.approx(roc_auc_score(frame["label"], frame["p_abnormal"]))
+    # The report's PNG plots may not land among the studies: the next run would score them.
+    inside = os.path.join(folder, "scored.csv")
+    done = _predict(setting, tmp_path / "again", f"--model_dir={setting['runs'][0]}", f"--images={folder}",
+                    f"--labels_csv={labels_csv}", f"--output={inside}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"--report_dir={os.path.join(folder, 'scored_report')} is inside --images={folder}" in done.stderr
+    assert not os.path.exists(inside)
 
 
 def test_sigterm_removes_the_temporary_shard_folder(setting, tmp_path):
