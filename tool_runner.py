@@ -49,14 +49,20 @@ def run_tool(define, main, doc: str | None, required: tuple[str, ...] = (),
     app.run(lambda argv: guarded_main(main, argv, stop_on_sigterm))
 
 
-def _stop_on_sigterm(tool: str) -> None:
+class _Stopped(BaseException):
+    """A signal that ends the tool, raised where the tool is, so its clean-up runs on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_on_sigterm() -> None:
     """Makes SIGTERM (a scheduler's kill, `kill PID`) end the tool like Ctrl-C: as an exception, so
     temporary folders are removed and partial files deleted on the way out."""
     def stop(signum, frame):
         del frame
-        print(f"{tool}: stopped by {signal.Signals(signum).name}; its temporary and unfinished files were "
-              "removed", file=sys.stderr)
-        raise SystemExit(128 + signum)
+        raise _Stopped(signum)
 
     signal.signal(signal.SIGTERM, stop)
 
@@ -73,16 +79,18 @@ def guarded_main(main, argv: list[str], stop_on_sigterm: bool = True) -> int | N
                  "--name=value flag (--help lists them)")
     quiet_tensorflow(flags.FLAGS["verbosity"].value)
     if stop_on_sigterm:
-        _stop_on_sigterm(tool)
+        _stop_on_sigterm()
     try:
         return main(argv)
     except UserInputError as err:
         sys.exit(f"{tool}: {err}")
     except OSError as err:  # a file the user named could not be read or written
         sys.exit(f"{tool}: {describe_os_error(err)}")
-    except KeyboardInterrupt:
-        print(f"{tool}: interrupted; its temporary and unfinished files were removed", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT) from None
+    except (KeyboardInterrupt, _Stopped) as err:  # said last: progress bars have closed by now
+        signum = err.signum if isinstance(err, _Stopped) else signal.SIGINT
+        print(f"{tool}: stopped by {signal.Signals(signum).name}; its temporary and unfinished files "
+              "were removed", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 # TensorFlow's C++ log level when the user set none: 1 drops its start-up INFO lines (CPU

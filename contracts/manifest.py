@@ -116,20 +116,27 @@ def shard_paths(data_dir: str, split: str) -> list[str]:
             f"{len(missing)} shard(s) of split {split!r} listed in the manifest are missing, "
             f"e.g. {missing[0]}; rerun the build command to complete the folder"
         )
-    _check_sizes(paths, info.get(SHARD_BYTES) or {})
+    if SHARD_BYTES in info:  # absent from manifests written before sizes were kept
+        _check_sizes(paths, info[SHARD_BYTES], os.path.join(data_dir, MANIFEST), split)
     return paths
 
 
-def _check_sizes(paths: list[str], written: dict[str, Any]) -> None:
+def _check_sizes(paths: list[str], written: Any, manifest_path: str, split: str) -> None:
     """Refuses a shard whose size differs from the builder's: a cut copy can end between two
     records, or inside a record's header, which TensorFlow reads as a clean end of file."""
+    valid = isinstance(written, dict) and all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in written.values())
+    if not valid:
+        raise UserInputError(f"{manifest_path}: {SHARD_BYTES} of split {split!r} is not a map of shard "
+                             "name to byte count; restore the file or rebuild the folder")
     for path in paths:
         expected = written.get(os.path.basename(path))
         size = os.path.getsize(path)
-        if isinstance(expected, int) and size != expected:
+        if expected is not None and size != expected:
+            how = "cut short" if size < expected else "longer than written"
             raise UserInputError(
-                f"{path} is {size:,} bytes but the builder wrote {expected:,}: a truncated or "
-                "partial copy; copy the shard again or rerun the build command")
+                f"{path} is {size:,} bytes but the builder wrote {expected:,} ({how}): a damaged or partial "
+                "copy; copy it again from the folder the build wrote, or rerun the build into this folder")
 
 
 def split_records(data_dir: str, split: str) -> int:

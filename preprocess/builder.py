@@ -98,6 +98,8 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
     previous = None
     if storage.exists(state_file):
         previous = json.loads(storage.read_bytes(state_file))
+        # Flags that no longer shape records (output_dir, once) are not compared with older stamps.
+        previous["config"] = {k: v for k, v in previous.get("config", {}).items() if k in stamp["config"]}
     ours = [n for n in storage.listdir(config.output_dir) if _is_ours(n)]
     # The same flags, records of an older format: the command is the same, its shards are rebuilt.
     outdated = bool(previous) and previous.get("schema_version") != manifest_lib.SCHEMA_VERSION \

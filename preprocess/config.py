@@ -17,7 +17,9 @@ IMAGE_FORMATS = ("png", "jpeg")
 # local: this machine's process pool (preprocess/builder.py); beam: Apache Beam, on any of its
 # runners (preprocess/beam_runner.py). Both write the same shards and manifest.
 RUNNERS = ("local", "beam")
-NOT_RECORD_SHAPING = ("workers", "max_skip_fraction", "overwrite", "runner", "beam_pipeline_args")
+# output_dir among them: a shard folder copied or moved elsewhere resumes (or remakes a damaged
+# shard) where it now is.
+NOT_RECORD_SHAPING = ("output_dir", "workers", "max_skip_fraction", "overwrite", "runner", "beam_pipeline_args")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,4 +60,12 @@ class BuildError(UserInputError):
 
 
 class NothingToBuild(BuildError):
-    """The inputs hold no usable image at all; the message says what was found instead."""
+    """The inputs hold no usable image at all; the message says what was found instead.
+
+    Attributes:
+      skipped: the images found and skipped, as the manifest lists them ({"image", "reason"}).
+    """
+
+    def __init__(self, message: str, skipped: list[dict[str, str]]):
+        super().__init__(message)
+        self.skipped = skipped

@@ -77,7 +77,7 @@ def gather_and_assign(config: BuildConfig):
     assigned, split_skips = _assign(config, found)
     skipped = [s.as_dict() for s in found.skipped + split_skips]
     if not any(assigned.values()):
-        raise NothingToBuild(_nothing_usable(config, found, skipped))
+        raise NothingToBuild(_nothing_usable(config, found, skipped), skipped)
     return found, boxes, warnings, assigned, skipped
 
 
@@ -121,7 +121,8 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
             raise BuildError(
                 f"--labels_csv={config.labels_csv} names none of the {len(found.sources)} image files found (its ids "
                 f"look like {sorted(known)[0]!r}, the images' like {found.sources[0].entry.image!r}); key it "
-                "by image id (a PNG or JPEG's file name, a DICOM file's path under --image_dir) or SOPInstanceUID")
+                "by image id (a PNG or JPEG's file name, or its path under the image folder when two files share "
+                "the name; a DICOM file's path under the image folder) or SOPInstanceUID")
         return found
     if config.labels_csv:
         raise BuildError("--labels_csv labels an unlabeled folder (--split=unlabeled); with "

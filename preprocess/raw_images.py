@@ -120,14 +120,18 @@ def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, 
                          labels_csv=labels_csv)
     try:
         manifest = builder.build(config).manifest
-    except NothingToBuild as err:  # said in the builder's terms (--image_dir): say it in predict.py's
-        raise UserInputError(f"--images={images}: no readable PNG, JPEG or DICOM image ({err})") from None
+    except NothingToBuild as err:  # the builder says it with its --image_dir: say it with --images
+        raise UserInputError(_nothing_readable(images, err.skipped)) from None
     skipped = manifest.get("skipped", [])
     if not manifest["splits"].get(IMAGES_SPLIT, {}).get("records"):
-        reasons = "; ".join(f"{s['image']}: {s['reason']}" for s in skipped[:3])
-        raise UserInputError(f"--images={images}: no readable PNG, JPEG or DICOM image"
-                             f"{f' ({len(skipped)} skipped: {reasons})' if skipped else ''}")
+        raise UserInputError(_nothing_readable(images, skipped))
     return RawImages(os.path.abspath(images), image_size, max_pixels, skipped, manifest.get("unlisted", 0))
+
+
+def _nothing_readable(images: str, skipped: list[dict[str, str]]) -> str:
+    reasons = "; ".join(f"{s['image']}: {s['reason']}" for s in skipped[:3])
+    return (f"--images={images}: no readable PNG, JPEG or DICOM image"
+            f"{f' ({len(skipped)} skipped: {reasons})' if skipped else ''}")
 
 
 @contextlib.contextmanager
@@ -154,6 +158,7 @@ def skipped_summary(raw: RawImages, reasons_in: str = "the prediction sidecar's 
     ignored = (f"; {raw.ignored} other file(s) ignored: not PNG, JPEG or DICOM by name or content"
                if raw.ignored else "")
     if not raw.skipped:
-        return f"every image under {raw.images} was read{ignored}"
+        read = f"{raw.images} was read" if os.path.isfile(raw.images) else f"every image under {raw.images} was read"
+        return read + ignored
     return (f"{len(raw.skipped)} file(s) skipped, e.g. {few([s['image'] for s in raw.skipped])}; "
             f"reasons in {reasons_in}{ignored}")
