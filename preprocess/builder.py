@@ -34,6 +34,7 @@ from preprocess.plan import WorkItem, WorkUnit, gather_and_assign, plan_digest, 
 
 STATE_DIR = ".build"  # bookkeeping for resumable builds, hidden inside --output_dir
 ABSENT = "absent.txt"
+STATE_BYTES = "bytes"  # in a shard's state file: its size as written (manifest_lib.SHARD_BYTES collects them)
 
 
 @dataclasses.dataclass
@@ -139,7 +140,7 @@ def _is_done(config: BuildConfig, shard: str) -> bool:
     path, state_path = storage.join(config.output_dir, shard), _shard_state_path(config, shard)
     if not (storage.exists(path) and storage.exists(state_path)):
         return False
-    written = json.loads(storage.read_bytes(state_path)).get("bytes")
+    written = json.loads(storage.read_bytes(state_path)).get(STATE_BYTES)
     return written is None or storage.size(path) == written
 
 
@@ -170,7 +171,7 @@ def finish_unit(config: BuildConfig, unit: WorkUnit, results: list[tuple], by_na
         if source.entry.patient_id:
             patients.add(source.entry.patient_id)
     state["patients"] = sorted(patients)
-    state["bytes"] = shard_writer.file_bytes(serialized)
+    state[STATE_BYTES] = shard_writer.file_bytes(serialized)
     write_json(_shard_state_path(config, unit.shard), state)
     shard_writer.write_atomically(storage.join(config.output_dir, unit.shard), serialized)
     return state
@@ -279,8 +280,8 @@ def _manifest(config, units, shard_split, found, skipped, warnings, by_name) -> 
         for key in ("records", "normal", "abnormal"):
             info[key] += state[key]
         info["shards"].append(unit.shard)
-        if "bytes" in state:  # absent from the state of a shard finished before sizes were kept
-            info[manifest_lib.SHARD_BYTES][unit.shard] = state["bytes"]
+        if STATE_BYTES in state:  # absent from the state of a shard finished before sizes were kept
+            info[manifest_lib.SHARD_BYTES][unit.shard] = state[STATE_BYTES]
         patients_by_split.setdefault(split, set()).update(state["patients"])
         skipped = skipped + state["skipped"]
         warnings = warnings + state["warnings"]

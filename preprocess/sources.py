@@ -230,7 +230,7 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
     for name in sorted(files):
         plain = []
         for path in files[name]:
-            if _is_dicom_file(path) or name.lower().endswith(DICOM_EXTENSIONS):
+            if name.lower().endswith(DICOM_EXTENSIONS) or _is_dicom_file(path):
                 present += 1
                 entry = _dicom_entry(path, path_id(path, root), known)
                 (skipped if isinstance(entry, Skip) else sources).append(

@@ -203,6 +203,15 @@ def test_fit_files_must_pair_with_the_predictions(tmp_path):
         ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=paths[::-1], bootstrap=0)
 
 
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path):
+    paths = _write_models(str(tmp_path))
+    (tmp_path / "sub.csv").mkdir()
+    with pytest.raises(UserInputError, match=r"--output=.*sub\.csv is a folder; give a file name in it, e\.g\. "
+                                             r"--output=.*sub\.csv/submission\.csv"):
+        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), bootstrap=0)
+    assert os.listdir(tmp_path / "sub.csv") == []
+
+
 def test_fit_needs_both_classes(tmp_path):
     paths = _write_models(str(tmp_path), labels=np.zeros(4, dtype=int), suffix="_val")
     with pytest.raises(UserInputError, match="one class"):

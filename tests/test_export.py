@@ -306,6 +306,14 @@ def test_bad_exports_fail_in_one_line_and_write_nothing(runs, tmp_path):
         assert not [p for p in os.listdir(tmp_path) if p.startswith(".partial")], name
 
 
+def test_model_dirs_joined_by_commas_get_the_fix(runs):
+    from contracts import ensemble_file
+
+    ensemble = ensemble_file.load_ensemble(runs["ensemble"])
+    with pytest.raises(prediction.UserInputError, match="give --model_dir once per model"):
+        ensemble_file.match_members(ensemble, [",".join(runs["dirs"])])
+
+
 def test_bbox_trained_model_is_exported_with_a_warning(runs, tmp_path):
     run = tmp_path / "bbox_run"
     import shutil
