@@ -2,8 +2,8 @@
 
 A prediction file is a CSV `image_id,p_abnormal[,label]` with one row per image (label 1 abnormal,
 0 normal, -1 unknown), optionally followed by `p_calibrated` (P(abnormal) after the model's
-temperature, see training/calibration.py) and the patient columns of `META_COLUMNS` (view position,
-sex, age) that the report's subgroups read, and a JSON sidecar of the same stem (`preds.csv` -> `preds.json`) that says
+temperature, see training/calibration.py) and the patient columns of `META_COLUMNS` (the patient,
+whose images the report's intervals resample together; view position, sex and age for its subgroups), and a JSON sidecar of the same stem (`preds.csv` -> `preds.json`) that says
 which model made it (`backbone`) and from which shards (`data_dir`, `split`, `crop`, ...).
 Readers refuse anything a blend could silently get wrong: duplicate or empty ids, probabilities
 that are missing or outside [0, 1], labels other than -1/0/1, and files whose id sets differ.
@@ -26,10 +26,11 @@ ID = "image_id"
 PROB = "p_abnormal"
 LABEL = "label"
 PROB_CALIBRATED = "p_calibrated"  # optional: p_abnormal after the model's temperature
-VIEW = "view_position"  # optional patient columns, "" (or -1 for age) where unknown
+PATIENT = "patient_id"  # optional patient columns, "" (or -1 for age) where unknown
+VIEW = "view_position"
 SEX = "patient_sex"
 AGE = "patient_age"
-META_COLUMNS = (VIEW, SEX, AGE)
+META_COLUMNS = (PATIENT, VIEW, SEX, AGE)
 UNKNOWN_LABEL = -1
 IDS_SHOWN = 5  # offending ids quoted in an error message
 
@@ -146,7 +147,7 @@ def _read_frame(path: str) -> pd.DataFrame:
         raise UserInputError(f"{path} not found; {_HOW_TO_MAKE}")
     try:
         # Ids stay text: keep_default_na stops an id such as "NA" from becoming NaN.
-        frame = pd.read_csv(path, dtype={ID: str, VIEW: str, SEX: str}, keep_default_na=False,
+        frame = pd.read_csv(path, dtype={ID: str, PATIENT: str, VIEW: str, SEX: str}, keep_default_na=False,
                             na_values={PROB: [""], LABEL: [""], PROB_CALIBRATED: [""], AGE: [""]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserInputError(f"{path}: not a readable CSV ({err}); {_HOW_TO_MAKE}") from err
@@ -192,7 +193,8 @@ def _check_probs(path: str, ids: np.ndarray, raw: pd.Series, column: str = PROB)
 
 
 def _read_meta(path: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    meta = {name: frame[name].to_numpy(dtype=object).astype(str) for name in (VIEW, SEX) if name in frame.columns}
+    meta = {name: frame[name].to_numpy(dtype=object).astype(str) for name in (PATIENT, VIEW, SEX)
+            if name in frame.columns}
     if AGE in frame.columns:
         ages = pd.to_numeric(frame[AGE], errors="coerce").fillna(-1).to_numpy()
         meta[AGE] = ages.astype(np.int64)

@@ -78,7 +78,8 @@ def rescore(other: OtherLabels, ids: np.ndarray, scores: Sequence["Scores"], boo
         result["agreement_with_own_labels"] = agreement(own[both], other_labels[both])
     if present.any():
         result["metrics"] = {s.name: report_lib.compute_metrics(np.where(present, other_labels, -1), s.probs,
-                                                               s.threshold, bootstrap=bootstrap) for s in scores}
+                                                               s.threshold, bootstrap=bootstrap, patients=s.patients)
+                             for s in scores}
     return json_ready(result)
 
 

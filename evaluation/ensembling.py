@@ -21,7 +21,7 @@ from absl import logging
 from contracts import ensemble_file
 from contracts.atomic import all_or_none, atomic_path, json_ready, write_json
 from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
-from contracts.prediction_files import Predictions, align, read_predictions, sidecar_path, write_predictions
+from contracts.prediction_files import PATIENT, Predictions, align, read_predictions, sidecar_path, write_predictions
 from evaluation import agreement, html_report
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
@@ -178,11 +178,12 @@ def _gain(report_dir: str, names: Sequence[str], aligned, members: np.ndarray, b
         return None
     best = int(np.nanargmax(validation_aurocs))
     known = aligned.labels >= 0
-    labels, single = aligned.labels[known], members[known, best]
+    labels, single, patients = aligned.labels[known], members[known, best], aligned.meta.get(PATIENT)
     gain = {"best_single": names[best], "chosen_on": "validation AUROC",
             "validation_aurocs": dict(zip(names, validation_aurocs)),
             "ensemble_auroc": auroc_or_nan(labels, blended[known]), "best_single_auroc": auroc_or_nan(labels, single),
-            **report_lib.paired_auroc_difference(labels, blended[known], single, bootstrap)}
+            **report_lib.paired_auroc_difference(labels, blended[known], single, bootstrap,
+                                                 None if patients is None else patients[known])}
     gain = json_ready(gain)
     write_json(os.path.join(report_dir, report_lib.GAIN_FILE), gain)
     return gain
@@ -362,4 +363,5 @@ def gain_line(gain: dict[str, Any]) -> str:
     shown = f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else "(no interval)"
     return (f"ensemble AUROC {gain['ensemble_auroc']:.3f} vs {gain['best_single']} (best on validation) "
             f"{gain['best_single_auroc']:.3f}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
-            f"interval {shown} over {gain['resamples']} resamples")
+            f"interval by patient {shown} ({gain['resamples_used']} of {gain['resamples']} resamples of "
+            f"{gain['patients']} patients usable)")

@@ -71,7 +71,8 @@ def _gain_section(gain: dict[str, Any]) -> str:
     return ("<h2>Ensemble against its best member</h2><p>Ensemble AUROC "
             f"{_number(gain['ensemble_auroc'])} against {html.escape(str(gain['best_single']))} (best on validation) "
             f"{_number(gain['best_single_auroc'])}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
-            f"interval {_interval(gain.get('ci95'))} over {gain['resamples']} resamples.</p>")
+            f"interval by patient {_interval(gain.get('ci95'))} ({gain.get('resamples_used', 'n/a')} of "
+            f"{gain['resamples']} resamples of {gain.get('patients', 'n/a')} patients usable).</p>")
 
 
 def _calibration_section(metrics: dict[str, Any]) -> str:
@@ -94,7 +95,7 @@ def _operating_points_section(points: dict[str, Any]) -> str:
                          f"{_number(row['test_sensitivity'])} {_interval(row['test_sensitivity_ci95'])}",
                          f"{_number(row['test_specificity'])} {_interval(row['test_specificity_ci95'])}"])
     return ("<h2>Operating points</h2><p class=note>Thresholds chosen on validation, then measured on these "
-            "records (bootstrap 95% intervals).</p>"
+            "records (95% intervals from a bootstrap that resamples patients).</p>"
             + _table(["model", "chosen on validation for", "threshold", "sensitivity", "specificity"], rows))
 
 
@@ -102,8 +103,9 @@ def _subgroups_section(tables: dict[str, Any]) -> str:
     parts = ["<h2>Subgroups</h2>"]
     for name, rows in tables.items():
         parts.append(f"<h3>{html.escape(name)}</h3>" + _table(
-            ["attribute", "group", "n", "prevalence", "AUROC", "95% CI"],
-            [[html.escape(r["attribute"]), html.escape(r["group"]), str(r["n"]), _number(r["prevalence"]),
+            ["attribute", "group", "n", "patients", "prevalence", "AUROC", "95% CI (by patient)"],
+            [[html.escape(r["attribute"]), html.escape(r["group"]), str(r["n"]), str(r.get("patients", "n/a")),
+              _number(r["prevalence"]),
               _number(r["auroc"]), _interval(r["auroc_ci95"])] for r in rows]))
     return "".join(parts)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation import report as report_lib
+from evaluation import bootstrap
 
 TARGETS = (("sensitivity", 0.90), ("sensitivity", 0.95), ("specificity", 0.90))
 OPERATING_POINTS_FILE = "operating_points.json"
@@ -53,27 +53,25 @@ def _rates(labels: np.ndarray, probs: np.ndarray, threshold: float) -> tuple[flo
     return sens, spec
 
 
-def _intervals(labels, probs, threshold, resamples, seed=report_lib.BOOTSTRAP_SEED):
-    rng = np.random.default_rng(seed)
-    sens, spec = [], []
-    for _ in range(resamples):
-        index = rng.integers(0, len(labels), len(labels))
-        s, c = _rates(labels[index], probs[index], threshold)
-        if not math.isnan(s):
-            sens.append(s)
-        if not math.isnan(c):
-            spec.append(c)
-    return report_lib.interval(sens), report_lib.interval(spec)
+def _intervals(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int,
+               patients: np.ndarray | None) -> dict[str, dict[str, Any]]:
+    decided = probs >= threshold
+    return bootstrap.intervals(bootstrap.clusters(patients, len(labels)), {
+        "sensitivity": bootstrap.rate(decided, labels == 1),
+        "specificity": bootstrap.rate(~decided, labels == 0)}, resamples)
 
 
 def operating_points(val_labels: np.ndarray, val_probs: np.ndarray, test_labels: np.ndarray,
-                     test_probs: np.ndarray, resamples: int) -> list[dict[str, Any]]:
+                     test_probs: np.ndarray, resamples: int,
+                     test_patients: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Returns one row per `TARGETS` entry: the threshold chosen on validation, the validation and
-    test sensitivity and specificity it gives, and the test ones' percentile-bootstrap 95% intervals.
-    Records with an unknown label (-1) are left out on both sides."""
+    test sensitivity and specificity it gives, and the test ones' 95% intervals, which resample the
+    test patients (`test_patients`, "" unknown; evaluation/bootstrap.py). Records with an unknown
+    label (-1) are left out on both sides."""
     vy, vp = np.asarray(val_labels), np.asarray(val_probs, dtype=np.float64)
     ty, tp = np.asarray(test_labels), np.asarray(test_probs, dtype=np.float64)
-    vy, vp, ty, tp = vy[vy >= 0], vp[vy >= 0], ty[ty >= 0], tp[ty >= 0]
+    vy, vp, ty, tp, patients = (vy[vy >= 0], vp[vy >= 0], ty[ty >= 0], tp[ty >= 0],
+                                None if test_patients is None else np.asarray(test_patients)[ty >= 0])
     rows = []
     for metric, target in TARGETS:
         threshold = threshold_for(vy, vp, metric, target)
@@ -82,11 +80,13 @@ def operating_points(val_labels: np.ndarray, val_probs: np.ndarray, test_labels:
             continue
         val_sens, val_spec = _rates(vy, vp, threshold)
         sens, spec = _rates(ty, tp, threshold)
-        sens_ci, spec_ci = _intervals(ty, tp, threshold, resamples)
+        drawn = _intervals(ty, tp, threshold, resamples, patients)
         rows.append({"target": f"{metric} {target:.2f}", "metric": metric, "value": target,
                      "threshold": threshold, "validation_sensitivity": val_sens,
-                     "validation_specificity": val_spec, "test_sensitivity": sens, "test_sensitivity_ci95": sens_ci,
-                     "test_specificity": spec, "test_specificity_ci95": spec_ci})
+                     "validation_specificity": val_spec, "test_sensitivity": sens,
+                     "test_sensitivity_ci95": drawn["sensitivity"]["ci95"],
+                     "test_specificity": spec, "test_specificity_ci95": drawn["specificity"]["ci95"],
+                     "resamples_used": {k: v["resamples_used"] for k, v in drawn.items()}})
     return rows
 
 
@@ -96,7 +96,7 @@ def format_operating_points(rows: list[dict[str, Any]]) -> str:
         return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
 
     lines = [f"{'chosen on validation for':<26} {'threshold':>9}  {'test sensitivity (95% CI)':<26} "
-             "test specificity (95% CI)"]
+             f"test specificity (95% CI, by {bootstrap.UNIT})"]
     for row in rows:
         if row["threshold"] is None:
             lines.append(f"{row['target']:<26} {'n/a':>9}")

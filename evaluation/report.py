@@ -1,8 +1,8 @@
 """The metrics report of predict.py and ensemble.py: numbers, table, metrics.json, ROC and PR curves.
 
 Every number comes from scikit-learn. Each model is reported with what makes its accuracy
-interpretable: the prevalence, the accuracy of always answering the majority class, bootstrap 95%
-intervals, the threshold used and the crop mode of the shards (cropping only the abnormal training
+interpretable: the prevalence, the accuracy of always answering the majority class, 95% intervals
+that resample patients (evaluation/bootstrap.py), the threshold used and the crop mode of the shards (cropping only the abnormal training
 images that have boxes teaches "zoomed in means abnormal", so the reader must see it).
 """
 
@@ -29,10 +29,10 @@ from sklearn.metrics import (
 )
 
 from contracts.atomic import atomic_path, json_ready, write_json
-from evaluation import settings
+from contracts.prediction_files import PATIENT
+from evaluation import bootstrap, settings
 from training.metrics import auroc_or_nan
 
-BOOTSTRAP_SEED = 0  # one seed for every model, so their intervals come from the same resamples
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"
 PR_FILE = "precision_recall.png"
@@ -45,15 +45,18 @@ TABLE_ROWS = (
     ("majority_baseline_accuracy", "majority-class accuracy"),
     ("threshold", "threshold"),
     ("accuracy", "accuracy"),
-    ("accuracy_ci95", "  95% CI"),
+    ("accuracy_ci95", f"  95% CI (by {bootstrap.UNIT})"),
     ("balanced_accuracy", "balanced accuracy"),
     ("auroc", "AUROC"),
-    ("auroc_ci95", "  95% CI"),
+    ("auroc_ci95", f"  95% CI (by {bootstrap.UNIT})"),
     ("auprc", "AUPRC"),
     ("sensitivity", "sensitivity"),
     ("specificity", "specificity"),
     ("f1", "F1"),
     ("confusion_matrix", "TN FP / FN TP"),
+    ("patients", "patients (the CIs resample them)"),
+    ("images_per_patient", "  images per patient"),
+    ("images_without_patient", "  images without patient id (own cluster)"),
     ("brier", "Brier score"),
     ("ece", "ECE"),
     ("ece_uncalibrated", "ECE before temperature"),
@@ -74,7 +77,8 @@ class Scores:
       context: extra fields copied into the entry, e.g. {"crop": "bbox", "source": "preds.csv"}.
       uncalibrated: (N,) P(abnormal) before the model's temperature when `probs` is after it, for the
         calibration section's "before"; None when no temperature was applied.
-      meta: the patient columns (contracts.prediction_files.META_COLUMNS) for the subgroup table.
+      meta: the patient columns (contracts.prediction_files.META_COLUMNS): `PATIENT` groups the
+        records of the bootstrap intervals, the others make the subgroup table.
       validation: (labels, probs) on validation, in the same form as `probs`, for the operating
         points (thresholds are chosen there, never on these records); None leaves them out.
     """
@@ -89,6 +93,11 @@ class Scores:
     validation: tuple[np.ndarray, np.ndarray] | None = None
     ids: np.ndarray | None = None  # (N,) image ids, for rescoring against another label set
 
+    @property
+    def patients(self) -> np.ndarray | None:
+        """(N,) patient ids ("" unknown) for the intervals, or None when the predictions carry none."""
+        return self.meta.get(PATIENT)
+
 
 def has_known_labels(labels: np.ndarray | None) -> bool:
     """Whether any label is known (0 or 1), i.e. whether there is anything to report."""
@@ -99,65 +108,52 @@ def _auprc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(average_precision_score(labels, probs)) if labels.any() else math.nan
 
 
-def interval(values: list[float]) -> list[float] | None:
-    """Returns the percentile 95% interval [2.5%, 97.5%] of bootstrap values, None when there are none."""
-    if not values:
-        return None
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-
-
-def bootstrap_intervals(
-    labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int, seed: int = BOOTSTRAP_SEED
-) -> dict[str, list[float] | None]:
-    """Returns percentile-bootstrap 95% intervals of accuracy and AUROC.
+def intervals(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int,
+              patients: np.ndarray | None = None) -> dict[str, Any]:
+    """Returns patient-bootstrap 95% intervals of accuracy and AUROC, with what they were formed from.
 
     Args:
       labels: (N,) 0/1.
       probs: (N,) P(abnormal).
       threshold: for accuracy.
-      resamples: how many resamples of N records with replacement (0: no intervals).
-      seed: the resampling seed.
+      resamples: resamples of the patients, with replacement (0: no intervals).
+      patients: (N,) patient ids ("" unknown: that image is its own cluster); None: all unknown.
 
     Returns:
-      {"accuracy_ci95": [low, high], "auroc_ci95": [low, high]}; None where no resample allowed one
-      (AUROC resamples holding a single class are skipped).
+      accuracy_ci95 and auroc_ci95 ([low, high], or None where none could be formed), the resamples
+      each used (AUROC skips those holding one class), and `bootstrap.Clusters.summary`.
     """
-    rng = np.random.default_rng(seed)
-    decisions = (probs >= threshold).astype(np.int64)
-    accuracies, aurocs = [], []
-    for _ in range(resamples):
-        index = rng.integers(0, len(labels), len(labels))
-        accuracies.append(accuracy_score(labels[index], decisions[index]))
-        auroc = auroc_or_nan(labels[index], probs[index])
-        if not math.isnan(auroc):
-            aurocs.append(auroc)
-    return {"accuracy_ci95": interval(accuracies), "auroc_ci95": interval(aurocs)}
+    groups = bootstrap.clusters(patients, len(labels))
+    correct = ((probs >= threshold).astype(np.int64) == labels)
+    drawn = bootstrap.intervals(groups, {"accuracy": bootstrap.rate(correct, np.ones(len(labels))),
+                                         "auroc": bootstrap.auroc(labels, probs)}, resamples)
+    return {**groups.summary(),
+            **{f"{name}_ci95": value["ci95"] for name, value in drawn.items()},
+            **{f"{name}_resamples_used": value["resamples_used"] for name, value in drawn.items()}}
 
 
-def paired_auroc_difference(
-    labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, resamples: int, seed: int = BOOTSTRAP_SEED
-) -> dict[str, Any]:
-    """AUROC(a) - AUROC(b) on the same records, with a paired percentile-bootstrap 95% interval.
+def paired_auroc_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, resamples: int,
+                            patients: np.ndarray | None = None) -> dict[str, Any]:
+    """AUROC(a) - AUROC(b) on the same records, with a paired patient-bootstrap 95% interval.
 
-    Each resample draws the records once and scores both on them, so the interval is that of the
-    difference itself (narrower than comparing two separate intervals when a and b agree often).
+    Each resample draws the patients once and scores both on their images, so the interval is that
+    of the difference itself (narrower than comparing two separate intervals when a and b agree often).
 
     Returns:
-      {"difference", "ci95": [low, high] or None, "resamples"}.
+      {"difference", "ci95": [low, high] or None, "resamples", "resamples_used", and
+      `bootstrap.Clusters.summary`}.
     """
-    rng = np.random.default_rng(seed)
-    differences = []
-    for _ in range(resamples):
-        index = rng.integers(0, len(labels), len(labels))
-        a, b = auroc_or_nan(labels[index], probs_a[index]), auroc_or_nan(labels[index], probs_b[index])
-        if not (math.isnan(a) or math.isnan(b)):
-            differences.append(a - b)
+    groups = bootstrap.clusters(patients, len(labels))
+    drawn = bootstrap.intervals(groups, {"difference": bootstrap.difference(
+        bootstrap.auroc(labels, probs_a), bootstrap.auroc(labels, probs_b))}, resamples)["difference"]
     return {"difference": auroc_or_nan(labels, probs_a) - auroc_or_nan(labels, probs_b),
-            "ci95": interval(differences), "resamples": int(resamples)}
+            "ci95": drawn["ci95"], "resamples": int(resamples), "resamples_used": drawn["resamples_used"],
+            **groups.summary()}
 
 
 def compute_metrics(
-    labels: np.ndarray, probs: np.ndarray, threshold: float, *, bootstrap: int = settings.BOOTSTRAP
+    labels: np.ndarray, probs: np.ndarray, threshold: float, *, bootstrap: int = settings.BOOTSTRAP,
+    patients: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Returns the report's numbers for one model on the records whose label is known.
 
@@ -165,12 +161,13 @@ def compute_metrics(
       labels: (N,) 1 abnormal, 0 normal, -1 unknown (excluded).
       probs: (N,) P(abnormal).
       threshold: P(abnormal) >= threshold is called abnormal.
-      bootstrap: resamples for the 95% intervals (0: none).
+      bootstrap: resamples of the patients for the 95% intervals (0: none).
+      patients: (N,) patient ids ("" unknown), or None; the intervals resample patients.
 
     Returns:
       accuracy, balanced_accuracy, auroc, auprc, sensitivity, specificity, f1, confusion_matrix
       ([[TN, FP], [FN, TP]], rows true, columns predicted), prevalence, majority_baseline_accuracy,
-      accuracy_ci95, auroc_ci95, threshold, records, unlabeled_excluded. Undefined values are NaN.
+      threshold, records, unlabeled_excluded, and the intervals of `intervals`. Undefined values are NaN.
 
     Raises:
       ValueError: no record has a known label.
@@ -200,7 +197,7 @@ def compute_metrics(
         "confusion_matrix": confusion_matrix(y, decisions, labels=[0, 1]).tolist(),
         "bootstrap_resamples": int(bootstrap),
     }
-    metrics.update(bootstrap_intervals(y, p, threshold, bootstrap))
+    metrics.update(intervals(y, p, threshold, bootstrap, None if patients is None else np.asarray(patients)[known]))
     return metrics
 
 
@@ -286,7 +283,8 @@ def write_report(
 
     metrics = {}
     for entry in scores:
-        metrics[entry.name] = {**compute_metrics(entry.labels, entry.probs, entry.threshold, bootstrap=bootstrap),
+        metrics[entry.name] = {**compute_metrics(entry.labels, entry.probs, entry.threshold, bootstrap=bootstrap,
+                                                 patients=entry.patients),
                                **calibration_report.calibration_metrics(entry.labels, entry.probs, entry.uncalibrated),
                                **entry.context}
     metrics = json_ready(metrics)  # JSON has no NaN: undefined metrics are null

@@ -27,7 +27,7 @@ def write_sections(report_dir: str, scores: Sequence["Scores"], bootstrap: int) 
     if tables:
         write_json(os.path.join(report_dir, subgroups.SUBGROUPS_FILE), json_ready(tables))
         written["subgroups"] = subgroups.SUBGROUPS_FILE
-    points = {s.name: operating_points.operating_points(*s.validation, s.labels, s.probs, bootstrap)
+    points = {s.name: operating_points.operating_points(*s.validation, s.labels, s.probs, bootstrap, s.patients)
               for s in scores if s.validation is not None}
     if points:
         write_json(os.path.join(report_dir, operating_points.OPERATING_POINTS_FILE), json_ready(points))

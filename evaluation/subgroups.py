@@ -12,8 +12,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from contracts.demographics import AGE_UNKNOWN
-from contracts.prediction_files import AGE, SEX, VIEW
-from evaluation import report as report_lib
+from contracts.prediction_files import AGE, PATIENT, SEX, VIEW
+from evaluation import bootstrap
 from training.metrics import auroc_or_nan
 
 AGE_BANDS = ((0, 20, "<20"), (20, 40, "20-39"), (40, 60, "40-59"), (60, 200, ">=60"))
@@ -51,30 +51,36 @@ def subgroup_table(labels: np.ndarray, probs: np.ndarray, meta: Mapping[str, np.
                    resamples: int) -> list[dict[str, Any]]:
     """Returns one row per (attribute, group) over the records with a known label.
 
-    Each row: attribute, group, n, prevalence, auroc (NaN when the group holds one class) and
-    auroc_ci95 (percentile bootstrap within the group; None when no resample holds both classes).
+    Each row: attribute, group, n, prevalence, auroc (NaN when the group holds one class),
+    auroc_ci95 (resampling the group's patients, `meta[PATIENT]`, evaluation/bootstrap.py; None when
+    no resample holds both classes), auroc_resamples_used and patients.
     """
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     known = labels >= 0
+    everyone = bootstrap.clusters(meta.get(PATIENT), len(labels))
     rows = []
     for attribute, groups in group_labels(meta).items():
         for name in _order(attribute, set(groups[known])):
             members = known & (groups == name)
             y, p = labels[members], probs[members]
-            interval = report_lib.bootstrap_intervals(y, p, 0.5, resamples)["auroc_ci95"]
+            clusters = everyone.subset(members)
+            drawn = bootstrap.intervals(clusters, {"auroc": bootstrap.auroc(y, p)}, resamples)["auroc"]
             rows.append({"attribute": attribute, "group": name, "n": int(members.sum()),
-                         "prevalence": float(y.mean()) if len(y) else math.nan,
-                         "auroc": auroc_or_nan(y, p), "auroc_ci95": interval})
+                         "patients": clusters.patients, "prevalence": float(y.mean()) if len(y) else math.nan,
+                         "auroc": auroc_or_nan(y, p), "auroc_ci95": drawn["ci95"],
+                         "auroc_resamples_used": drawn["resamples_used"]})
     return rows
 
 
 def format_subgroups(rows: list[dict[str, Any]]) -> str:
     """Returns the subgroup table as text."""
-    lines = [f"{'attribute':<10} {'group':<8} {'n':>6} {'prevalence':>10} {'AUROC':>7}  95% CI"]
+    lines = [f"{'attribute':<10} {'group':<8} {'n':>6} {'patients':>8} {'prevalence':>10} {'AUROC':>7}  "
+             f"95% CI (by {bootstrap.UNIT})"]
     for row in rows:
         auroc = "n/a" if row["auroc"] is None or math.isnan(row["auroc"]) else f"{row['auroc']:.3f}"
         ci = row["auroc_ci95"]
         shown = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        lines.append(f"{row['attribute']:<10} {row['group']:<8} {row['n']:>6} {row['prevalence']:>10.3f} "
+        lines.append(f"{row['attribute']:<10} {row['group']:<8} {row['n']:>6} {row.get('patients', 'n/a'):>8} "
+                     f"{row['prevalence']:>10.3f} "
                      f"{auroc:>7}  {shown}")
     return "\n".join(lines)

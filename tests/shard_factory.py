@@ -49,6 +49,7 @@ def write_shards(
     shards_per_split: int = 2,
     seed: int = 0,
     labeled: bool = True,
+    copies: int = 1,
 ) -> dict[str, list[dict]]:
     """Writes `splits` (name -> record count) as shards plus a manifest into `out_dir`.
 
@@ -59,6 +60,8 @@ def write_shards(
       shards_per_split: shards per split (fewer when a split has fewer records).
       seed: makes pixels and labels reproducible.
       labeled: False writes label -1 everywhere (an unlabeled eval folder).
+      copies: each record is written this many times (ids `<split>_<i>_<copy>.png`), same pixels and
+        patient: a patient's duplicated images, as the bootstrap tests need.
 
     Returns:
       split -> list of {"image_id", "label", "pixels"} in write order (shard by shard).
@@ -83,15 +86,17 @@ def write_shards(
                     findings = [0] * len(records.FINDINGS)
                     if abnormal and labeled:
                         findings[records.FINDINGS.index("Mass")] = 1
-                    example = records.make_example(
-                        image=encode_png(pixels), image_format="png", image_size=image_size,
-                        image_id=image_id, label=label, findings=findings,
-                        patient_id=str(i // 3), view_position=VIEWS[i % 2], sex=SEXES[(i // 3) % 2],
-                        age=AGES[(i // 3) % len(AGES)],
-                    )
-                    writer.write(example.SerializeToString())
-                    rows.append({"image_id": image_id, "label": label, "pixels": pixels, "view": VIEWS[i % 2],
-                                 "sex": SEXES[(i // 3) % 2], "age": AGES[(i // 3) % len(AGES)]})
+                    for copy in range(copies):
+                        copy_id = image_id if copies == 1 else image_id.replace(".png", f"_{copy}.png")
+                        example = records.make_example(
+                            image=encode_png(pixels), image_format="png", image_size=image_size,
+                            image_id=copy_id, label=label, findings=findings,
+                            patient_id=str(i // 3), view_position=VIEWS[i % 2], sex=SEXES[(i // 3) % 2],
+                            age=AGES[(i // 3) % len(AGES)],
+                        )
+                        writer.write(example.SerializeToString())
+                        rows.append({"image_id": copy_id, "label": label, "pixels": pixels, "view": VIEWS[i % 2],
+                                     "sex": SEXES[(i // 3) % 2], "age": AGES[(i // 3) % len(AGES)]})
         abnormal_count = sum(r["label"] == 1 for r in rows)
         manifest_splits[split] = {
             "records": len(rows),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from evaluation import report
+from evaluation import bootstrap, report
 
 
 @pytest.fixture()
@@ -58,7 +58,7 @@ def test_bootstrap_intervals_are_reproducible_and_bracket_the_estimate(scored):
     low, high = first["accuracy_ci95"]
     assert low < first["accuracy"] < high
     # The intervals are percentiles of scikit-learn scores on resamples drawn with the report's seed.
-    rng = np.random.default_rng(report.BOOTSTRAP_SEED)
+    rng = np.random.default_rng(bootstrap.SEED)
     aurocs = []
     for _ in range(300):
         index = rng.integers(0, len(labels), len(labels))

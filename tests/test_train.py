@@ -90,6 +90,9 @@ def test_short_run_lowers_the_loss_and_writes_every_output(shards, tmp_path):
     expected = {r["image_id"]: r["label"] for r in written["val"]}
     assert len(predictions) == SPLITS["val"]
     assert dict(zip(predictions.image_id, predictions.label)) == expected
+    # The patient of each image (write_shards gives image i to patient i // 3), for the intervals.
+    assert {i: str(p) for i, p in zip(predictions.image_id, predictions.patient_id)} == {
+        r["image_id"]: str(int(r["image_id"].split("_")[1][:5]) // 3) for r in written["val"]}
     with open(os.path.join(model_dir, "val_predictions.json")) as f:
         assert json.load(f)["backbone"] == "tiny_test"
 

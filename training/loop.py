@@ -24,6 +24,7 @@ from contracts.errors import check_output_folder
 from models import build_model, get_backbone, inference_model
 from models.front import with_uint8_front
 from pipeline import input_pipeline, options, service
+from pipeline.patient_columns import read_patient_columns
 from training import callbacks as callbacks_lib
 from training import config as config_lib
 from training import distribute, outputs
@@ -199,7 +200,9 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
 def _export(run: _Run, epoch: int, scores: validation.Scores | None) -> None:
     run.exporter.export(os.path.join(run.model_dir, run_folder.MODEL), epoch)
     if scores is not None:
-        outputs.write_val_predictions(run.model_dir, scores, _sidecar(run.config, run.model_dir, epoch))
+        # The patient columns too: the report's intervals resample val's patients, its subgroups use the rest.
+        meta = read_patient_columns(run.config.data_dir, run.config.val_split, scores.image_ids)
+        outputs.write_val_predictions(run.model_dir, scores, _sidecar(run.config, run.model_dir, epoch), meta)
 
 
 def _repair_exports(run: _Run, extra: dict[str, Any]) -> None:

@@ -80,9 +80,11 @@ def calibration_record(labels, probs) -> dict[str, Any]:
         "ece_after": calibration.expected_calibration_error(labels, applied)})}
 
 
-def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any]) -> str:
-    """Writes `val_predictions.csv` (image_id, p_abnormal, label) and its sidecar `val_predictions.json`,
-    which also records the run's temperature fitted on these predictions (`calibration_record`).
+def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any],
+                          meta: dict[str, np.ndarray] | None = None) -> str:
+    """Writes `val_predictions.csv` (image_id, p_abnormal, label and the patient columns `meta`) and its
+    sidecar `val_predictions.json`, which also records the run's temperature fitted on these
+    predictions (`calibration_record`).
 
     Returns:
       The CSV path.
@@ -90,5 +92,5 @@ def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any
     path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
     probs = scores.probabilities[:, 1].astype(np.float64)
     sidecar = {**sidecar, **calibration_record(np.asarray(scores.labels), probs)}
-    write_predictions(path, scores.image_ids, probs, scores.labels, sidecar=sidecar)
+    write_predictions(path, scores.image_ids, probs, scores.labels, sidecar=sidecar, meta=meta)
     return path
