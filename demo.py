@@ -317,8 +317,11 @@ def main(argv: list[str]) -> int:
 
 
 def results_table(metrics: dict) -> str:
-    """Each model's and the ensemble's test AUROC with its bootstrap 95% interval."""
-    lines = ["\ntest AUROC (bootstrap 95% interval):"]
+    """Each model's and the ensemble's test AUROC with its 95% interval, which resamples patients."""
+    first = next(iter(metrics.values()), {})
+    unit = (f"by patient: {first.get('patients')} patients, {first.get('images_per_patient') or 0:.2f} images each"
+            if first.get("bootstrap_by") else "by image")
+    lines = [f"\ntest AUROC (bootstrap 95% interval, {unit}):"]
     for name, values in metrics.items():
         interval = values.get("auroc_ci95")
         shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "(no interval)"
