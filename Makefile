@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Extras on top of what a user needs (setup.cfg), each named in the venv's stamp,
-# .installed[-gpu][-dev]; a venv keeps the extras it was installed with, for every later target
-# (`make clean` starts over):
+# A user's install is setup.cfg's dependencies alone. Extras come on top, each named in the
+# venv's stamp (.installed[-gpu][-dev]); a venv keeps the extras it was installed with for every
+# later target (`make clean` starts over):
 #   GPU=1  TensorFlow with its CUDA libraries (the `gpu` extra): make install GPU=1
 #   DEV=1  the test suite and the Beam runner (the `dev` extra): make install DEV=1, make test, make bench
 GPU ?= $(if $(wildcard $(VENV)/.installed-gpu*),1,)
