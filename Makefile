@@ -2,37 +2,55 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# make install GPU=1: TensorFlow with its CUDA libraries (setup.cfg's `gpu` extra). It has its own
-# stamp, so adding GPU=1 later reinstalls, and a venv installed with it keeps it for later targets.
-GPU ?= $(if $(wildcard $(VENV)/.installed-gpu),1,)
+# A user's install is setup.cfg's dependencies alone. Extras come on top, each named in the
+# venv's stamp (.installed[-gpu][-dev]); a venv keeps the extras it was installed with for every
+# later target (`make clean` starts over):
+#   GPU=1  TensorFlow with its CUDA libraries (the `gpu` extra): make install GPU=1
+#   DEV=1  the test suite and the Beam runner (the `dev` extra): make install DEV=1, make test, make bench
+GPU ?= $(if $(wildcard $(VENV)/.installed-gpu*),1,)
+DEV ?= $(if $(wildcard $(VENV)/.installed*-dev),1,)
 comma := ,
-EXTRAS := dev$(if $(GPU),$(comma)gpu,)
-STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
+USER_STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
+DEV_STAMP := $(USER_STAMP)-dev
+USER_EXTRAS := $(if $(GPU),[gpu],)
+DEV_EXTRAS := [dev$(if $(GPU),$(comma)gpu,)]
 # make demo DATA_DIR=/path/to/nih [WEIGHTS=none|imagenet|PATH] [IMAGE_SIZE=128] [EPOCHS=2]
 DATA_DIR ?=
 WEIGHTS ?=
 IMAGE_SIZE ?=
 EPOCHS ?=
 PYTEST_ARGS ?=
+# make constraints: its fresh venv, removed once the suite has passed there
+FRESH_VENV ?= $(or $(TMPDIR),/tmp)/cxr-constraints-venv
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench constraints clean
 
-install: $(STAMP)
+install: $(if $(DEV),$(DEV_STAMP),$(USER_STAMP))
 	@if [ -z "$(GPU)" ] && nvidia-smi >/dev/null 2>&1; then \
 		echo "nvidia-smi sees a GPU here: make install GPU=1 installs TensorFlow with its CUDA libraries"; fi
 
-# Reinstall when the dependency list changes. Editable in compat mode: the repository root goes
-# on sys.path, so a package added to the tree later needs no reinstall.
-$(STAMP): setup.cfg pyproject.toml
+# $(call install_venv,EXTRAS): install the project with EXTRAS at the versions the suite passed with.
+# Editable in compat mode: the repository root goes on sys.path, so a package added to the tree
+# later needs no reinstall.
+define install_venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]' --config-settings editable_mode=compat
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.$(1)' --config-settings editable_mode=compat
+	touch $@
+endef
 
-test: install
+# Reinstall when the dependency list or the pinned versions change.
+$(USER_STAMP): setup.cfg pyproject.toml constraints.txt
+	$(call install_venv,$(USER_EXTRAS))
+
+$(DEV_STAMP): setup.cfg pyproject.toml constraints.txt
+	$(call install_venv,$(DEV_EXTRAS))
+
+test: $(DEV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: install
+# build_bench.py times the Beam runner; the train and predict benches write shards with tests/shard_factory.py.
+bench: $(DEV_STAMP)
 	$(PY) bench/build_bench.py
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/train_bench.py
@@ -40,6 +58,21 @@ bench: install
 demo: install
 	$(PY) demo.py $(if $(DATA_DIR),--data_dir=$(DATA_DIR),) $(if $(WEIGHTS),--weights=$(WEIGHTS),) \
 		$(if $(IMAGE_SIZE),--image_size=$(IMAGE_SIZE),) $(if $(EPOCHS),--epochs=$(EPOCHS),)
+
+# Refresh constraints.txt (README, "Maintainers: the pinned versions"): the newest versions within
+# setup.cfg's bounds, dev extras included, resolved in a fresh venv without the old pins; the suite
+# runs there, and only once it passes do its versions replace constraints.txt.
+constraints:
+	rm -rf $(FRESH_VENV)
+	$(PYTHON) -m venv $(FRESH_VENV)
+	$(FRESH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FRESH_VENV)/bin/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(FRESH_VENV)/bin/python -m pip freeze --exclude-editable | LC_ALL=C sort --ignore-case -t= -k1,1 \
+		> $(FRESH_VENV)/constraints.txt
+	$(FRESH_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	(echo "# The exact versions the suite passed with; make constraints refreshes them."; \
+		cat $(FRESH_VENV)/constraints.txt) > constraints.txt
+	rm -rf $(FRESH_VENV)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache *.egg-info
