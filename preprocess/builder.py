@@ -229,8 +229,8 @@ def _runner(config: BuildConfig):
     try:
         from preprocess import beam_runner
     except ImportError as err:
-        raise BuildError(f"--runner=beam needs Apache Beam ({err}); install it with "
-                         "pip install -e '.[beam]'") from None
+        raise BuildError(f"--runner=beam needs Apache Beam ({err}); install it with `make install DEV=1` "
+                         "(or pip install -e '.[beam]' -c constraints.txt)") from None
     beam_runner.pipeline_options(config.beam_pipeline_args)  # bad options fail before any work
     return beam_runner.run_units
 
