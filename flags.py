@@ -31,7 +31,7 @@ def backbones() -> list[str]:
 
 def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `preprocess/build_tfrecords.py`: one per `preprocess.config.BuildConfig` field."""
-    from preprocess.config import CROPS, IMAGE_FORMATS, RUNNERS, SPLITS, BuildConfig
+    from preprocess.config import CROPS, DEFAULT_TEST_FRACTION, IMAGE_FORMATS, RUNNERS, SPLITS, BuildConfig
 
     default = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
     _d(flags.DEFINE_string, fv)("data_entry_csv", None,
@@ -53,12 +53,13 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_float, fv)("val_fraction", default["val_fraction"],
       "Share of records in val (grouped; official: of train_val).")
     _d(flags.DEFINE_float, fv)("test_fraction", default["test_fraction"],
-      "Share of records in test (grouped only).")
+      "Share of records in test (grouped only). Default: "
+      + ", ".join(f"{value:g} for --split={split}" for split, value in DEFAULT_TEST_FRACTION.items()) + ", else 0.")
     _d(flags.DEFINE_string, fv)("train_val_list", None, "NIH train_val_list.txt (--split=official).")
     _d(flags.DEFINE_string, fv)("test_list", None, "NIH test_list.txt (--split=official).")
     _d(flags.DEFINE_enum, fv)("crop", default["crop"], list(CROPS),
-      "bbox: crop images that have boxes to the union of their boxes (the reference; beware the "
-      "shortcut: only abnormal images have boxes); none: never crop.")
+      "none: never crop. bbox: crop images that have boxes to the union of their boxes (the reference "
+      "project's mode; it teaches a shortcut, as only abnormal NIH images have boxes: README, 'Pitfalls').")
     _d(flags.DEFINE_integer, fv)("image_size", default["image_size"], "Side of the stored square images.",
                                 lower_bound=8)
     _d(flags.DEFINE_enum, fv)("image_format", default["image_format"], list(IMAGE_FORMATS),
@@ -79,7 +80,8 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_integer, fv)("max_image_pixels", default["max_image_pixels"],
       "Images with more pixels are refused as possible decompression bombs.", lower_bound=1)
     _d(flags.DEFINE_bool, fv)("overwrite", default["overwrite"],
-      "Replace an existing build made with different record-shaping flags.")
+      "Replace an existing build made with different record-shaping flags. Without it, a rerun in a "
+      "built folder keeps that build's values for the flags it leaves out.")
     _d(flags.DEFINE_enum, fv)("runner", default["runner"], list(RUNNERS),
       "local: this machine's process pool (--workers); beam: Apache Beam (pip install -e '.[beam]'), "
       "on the runner --beam_pipeline_args names (DirectRunner by default; Dataflow, Flink, Spark). Same "
