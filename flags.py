@@ -143,7 +143,8 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "in one call: each then writes <output stem>.<backbone>.csv/.npy/.json instead of --output itself "
       "(<output stem>.<backbone>.<model_dir name>.csv when two share a backbone).")
     _d(flags.DEFINE_string, fv)("data_dir", None, "Shard folder (holds manifest.json) to predict over.")
-    _d(flags.DEFINE_string, fv)("split", "eval", "Split of --data_dir to predict, e.g. eval, test or val.")
+    _d(flags.DEFINE_string, fv)("split", None, "Split of --data_dir to predict, e.g. test, val or eval. "
+      "Default: test when the folder has it, else its only split besides train.")
     _d(flags.DEFINE_string, fv)("images", None,
       "Instead of --data_dir: raw PNG, JPEG or DICOM files, a folder (searched recursively, DICOM "
       "found by content) or a quoted glob. They are decoded and resized by the builder's own code "
@@ -223,7 +224,8 @@ def define_explain_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "ensemble.py's <submission>.probabilities.json (required with several --model_dir, exactly its members): "
       "maps are the weighted mean of the members' maps, the gallery is chosen at its threshold.")
     _d(flags.DEFINE_string, fv)("data_dir", None, "Shard folder (holds manifest.json) whose split is explained.")
-    _d(flags.DEFINE_string, fv)("split", "test", "Split of --data_dir to explain and score.")
+    _d(flags.DEFINE_string, fv)("split", None, "Split of --data_dir to explain and score. "
+      "Default: test when the folder has it, else its only split besides train.")
     _d(flags.DEFINE_string, fv)("images", None, "Instead of --data_dir: raw PNG, JPEG or DICOM files (a folder or "
       "a quoted glob), built as predict.py --images builds them; every readable file is explained.")
     _d(flags.DEFINE_list, fv)("image_ids", None, "Explain these images (group 'asked') instead of the most "
@@ -305,6 +307,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `demo.py` (`make demo`)."""
     from models import registry
+    from preprocess.config import CROPS, BuildConfig
     _d(flags.DEFINE_string, fv)("data_dir", None,
       "A real NIH ChestX-ray14 download (Data_Entry CSV, BBox_List_2017.csv, split lists and "
       "images_0NN/images/). Default: generate a synthetic NIH-format dataset.")
@@ -317,8 +320,9 @@ def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_integer, fv)("image_size", None,
       "Stored and trained image side (default: 64 synthetic, 224 real).",
       lower_bound=32)
-    _d(flags.DEFINE_enum, fv)("crop", "none", ["bbox", "none"],
-      "Crop mode of the build; none by default, because only abnormal images have boxes.")
+    _d(flags.DEFINE_enum, fv)("crop", BuildConfig.crop, list(CROPS),
+      "Crop mode of the build (preprocess/build_tfrecords.py --crop; bbox teaches a shortcut, as only "
+      "abnormal images have boxes).")
     _d(flags.DEFINE_string, fv)("weights", None, "Backbone weights (default: none synthetic, imagenet real).")
     _d(flags.DEFINE_integer, fv)("epochs", None,
       "Epochs per backbone (default: 8 synthetic, the reference's real).",
