@@ -400,6 +400,14 @@ def test_default_shard_count_never_depends_on_workers():
     assert plan.shard_counts({"train": 5}, cfg) == {"train": 5}
 
 
+def test_the_test_share_defaults_by_split_mode_and_a_grouped_build_must_leave_one_for_train():
+    assert BuildConfig(image_dir=".", output_dir=".").test_fraction == 0.2
+    assert BuildConfig(image_dir=".", output_dir=".", split="official").test_fraction == 0.0  # from the lists
+    assert BuildConfig(image_dir=".", output_dir=".", test_fraction=0.0).test_fraction == 0.0  # asked for
+    with pytest.raises(BuildError, match=r"--val_fraction=0.85 \+ --test_fraction=0.2 must leave a share for train"):
+        plan._check_fractions(BuildConfig(image_dir=".", output_dir=".", val_fraction=0.85))
+
+
 def cli(args: list[str], module: bool) -> list[str]:
     entry = ["-m", "preprocess.build_tfrecords"] if module else [os.path.join("preprocess", "build_tfrecords.py")]
     return [sys.executable, *entry, *args]
