@@ -1,10 +1,12 @@
 """Where the model looks: Grad-CAM maps of a split's images, scored against the split's expert boxes.
 
-    python explain.py --model_dir=runs/effnet --data_dir=shards --split=test --output_dir=explained
+    python explain.py --model_dir=runs/effnet --data_dir=shards --output_dir=explained
     python explain.py --model_dir=runs/effnet --model_dir=runs/dn --ensemble=submission.probabilities.json \\
-        --data_dir=shards --split=test --output_dir=explained
+        --data_dir=shards --output_dir=explained
     python explain.py --model_dir=runs/effnet --images=new_studies/ --output_dir=explained
 
+Without --split it explains the folder's test split, or its only split besides train, and
+otherwise asks for --split, listing the splits.
 Writes, for the most confident true positives, false positives and false negatives (--per_group
 each; or --image_ids; or every file of --images), a heatmap .npy and an overlay .png, then
 localization.json (the pointing game and the energy inside the boxes of every boxed image of the
@@ -26,11 +28,12 @@ import flags as project_flags
 FLAGS = flags.FLAGS
 
 
-def _check_flags() -> tuple[int, int] | None:
+def _check_flags() -> tuple[tuple[int, int] | None, str | None]:
     """Paths and flags fail here, in a second; TensorFlow loads only for the real work.
 
     Returns:
-      With --images, the models' (image size, pixel limit); else None.
+      With --images, (the models' (image size, pixel limit), None); else (None, the split to explain:
+      --split, or the one the manifest makes unambiguous).
     """
     from contracts import explanation_folder
     from evaluation import preflight
@@ -38,19 +41,19 @@ def _check_flags() -> tuple[int, int] | None:
 
     raw_images.check_one_source(FLAGS.data_dir, FLAGS.images)
     if FLAGS.images is None:
-        preflight.check_explain_inputs(FLAGS.model_dir, FLAGS.ensemble, FLAGS.data_dir, FLAGS.split,
-                                       FLAGS.output_dir)
-        return None
+        split = preflight.resolve_split(FLAGS.data_dir, FLAGS.split)
+        preflight.check_explain_inputs(FLAGS.model_dir, FLAGS.ensemble, FLAGS.data_dir, split, FLAGS.output_dir)
+        return None, split
     preflight.check_explained_models(FLAGS.model_dir, FLAGS.ensemble)
     raw_images.check_output_outside_images(FLAGS.output_dir, "output_dir", FLAGS.images)
     return raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images,
                                           os.path.join(FLAGS.output_dir, explanation_folder.INDEX),
-                                          output_flag="output_dir")
+                                          output_flag="output_dir"), None
 
 
 def main(argv: list[str]) -> None:
     del argv  # stray arguments are refused by project_flags.run_tool
-    images_at = _check_flags()
+    images_at, split = _check_flags()
     from contracts import explanation_folder
     from evaluation import explanation
     from preprocess import raw_images
@@ -58,7 +61,7 @@ def main(argv: list[str]) -> None:
     options = dict(ensemble=FLAGS.ensemble, image_ids=FLAGS.image_ids, per_group=FLAGS.per_group,
                    batch_size=FLAGS.batch_size)
     if images_at is None:
-        result = explanation.run_explain(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output_dir, **options)
+        result = explanation.run_explain(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output_dir, **options)
     else:
         # The builder's own decoding, into a temporary shard folder removed afterwards.
         with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers) as (shard_dir, raw):

@@ -31,7 +31,7 @@ def backbones() -> list[str]:
 
 def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `preprocess/build_tfrecords.py`: one per `preprocess.config.BuildConfig` field."""
-    from preprocess.config import CROPS, IMAGE_FORMATS, RUNNERS, SPLITS, BuildConfig
+    from preprocess.config import CROPS, DEFAULT_TEST_FRACTION, IMAGE_FORMATS, RUNNERS, SPLITS, BuildConfig
 
     default = {f.name: f.default for f in dataclasses.fields(BuildConfig)}
     _d(flags.DEFINE_string, fv)("data_entry_csv", None,
@@ -53,12 +53,13 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_float, fv)("val_fraction", default["val_fraction"],
       "Share of records in val (grouped; official: of train_val).")
     _d(flags.DEFINE_float, fv)("test_fraction", default["test_fraction"],
-      "Share of records in test (grouped only).")
+      "Share of records in test (grouped only). Default: "
+      + ", ".join(f"{value:g} for --split={split}" for split, value in DEFAULT_TEST_FRACTION.items()) + ", else 0.")
     _d(flags.DEFINE_string, fv)("train_val_list", None, "NIH train_val_list.txt (--split=official).")
     _d(flags.DEFINE_string, fv)("test_list", None, "NIH test_list.txt (--split=official).")
     _d(flags.DEFINE_enum, fv)("crop", default["crop"], list(CROPS),
-      "bbox: crop images that have boxes to the union of their boxes (the reference; beware the "
-      "shortcut: only abnormal images have boxes); none: never crop.")
+      "none: never crop. bbox: crop images that have boxes to the union of their boxes (the reference "
+      "project's mode; it teaches a shortcut, as only abnormal NIH images have boxes: README, 'Pitfalls').")
     _d(flags.DEFINE_integer, fv)("image_size", default["image_size"], "Side of the stored square images.",
                                 lower_bound=8)
     _d(flags.DEFINE_enum, fv)("image_format", default["image_format"], list(IMAGE_FORMATS),
@@ -79,7 +80,8 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_integer, fv)("max_image_pixels", default["max_image_pixels"],
       "Images with more pixels are refused as possible decompression bombs.", lower_bound=1)
     _d(flags.DEFINE_bool, fv)("overwrite", default["overwrite"],
-      "Replace an existing build made with different record-shaping flags.")
+      "Replace an existing build made with different record-shaping flags. Without it, a rerun in a "
+      "built folder keeps that build's values for the flags it leaves out.")
     _d(flags.DEFINE_enum, fv)("runner", default["runner"], list(RUNNERS),
       "local: this machine's process pool (--workers); beam: Apache Beam (pip install -e '.[beam]'), "
       "on the runner --beam_pipeline_args names (DirectRunner by default; Dataflow, Flink, Spark). Same "
@@ -141,7 +143,8 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "in one call: each then writes <output stem>.<backbone>.csv/.npy/.json instead of --output itself "
       "(<output stem>.<backbone>.<model_dir name>.csv when two share a backbone).")
     _d(flags.DEFINE_string, fv)("data_dir", None, "Shard folder (holds manifest.json) to predict over.")
-    _d(flags.DEFINE_string, fv)("split", "eval", "Split of --data_dir to predict, e.g. eval, test or val.")
+    _d(flags.DEFINE_string, fv)("split", None, "Split of --data_dir to predict, e.g. test, val or eval. "
+      "Default: test when the folder has it, else its only split besides train.")
     _d(flags.DEFINE_string, fv)("images", None,
       "Instead of --data_dir: raw PNG, JPEG or DICOM files, a folder (searched recursively, DICOM "
       "found by content) or a quoted glob. They are decoded and resized by the builder's own code "
@@ -221,7 +224,8 @@ def define_explain_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "ensemble.py's <submission>.probabilities.json (required with several --model_dir, exactly its members): "
       "maps are the weighted mean of the members' maps, the gallery is chosen at its threshold.")
     _d(flags.DEFINE_string, fv)("data_dir", None, "Shard folder (holds manifest.json) whose split is explained.")
-    _d(flags.DEFINE_string, fv)("split", "test", "Split of --data_dir to explain and score.")
+    _d(flags.DEFINE_string, fv)("split", None, "Split of --data_dir to explain and score. "
+      "Default: test when the folder has it, else its only split besides train.")
     _d(flags.DEFINE_string, fv)("images", None, "Instead of --data_dir: raw PNG, JPEG or DICOM files (a folder or "
       "a quoted glob), built as predict.py --images builds them; every readable file is explained.")
     _d(flags.DEFINE_list, fv)("image_ids", None, "Explain these images (group 'asked') instead of the most "
@@ -303,6 +307,7 @@ def define_train_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `demo.py` (`make demo`)."""
     from models import registry
+    from preprocess.config import CROPS, BuildConfig
     _d(flags.DEFINE_string, fv)("data_dir", None,
       "A real NIH ChestX-ray14 download (Data_Entry CSV, BBox_List_2017.csv, split lists and "
       "images_0NN/images/). Default: generate a synthetic NIH-format dataset.")
@@ -315,8 +320,9 @@ def define_demo_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     _d(flags.DEFINE_integer, fv)("image_size", None,
       "Stored and trained image side (default: 64 synthetic, 224 real).",
       lower_bound=32)
-    _d(flags.DEFINE_enum, fv)("crop", "none", ["bbox", "none"],
-      "Crop mode of the build; none by default, because only abnormal images have boxes.")
+    _d(flags.DEFINE_enum, fv)("crop", BuildConfig.crop, list(CROPS),
+      "Crop mode of the build (preprocess/build_tfrecords.py --crop; bbox teaches a shortcut, as only "
+      "abnormal images have boxes).")
     _d(flags.DEFINE_string, fv)("weights", None, "Backbone weights (default: none synthetic, imagenet real).")
     _d(flags.DEFINE_integer, fv)("epochs", None,
       "Epochs per backbone (default: 8 synthetic, the reference's real).",

@@ -1,8 +1,10 @@
 """Batch prediction of saved models over a shard folder's split, or over raw image files.
 
-    python predict.py --model_dir=runs/effnet --data_dir=shards --split=eval --output=preds/effnet.csv
+    python predict.py --model_dir=runs/effnet --data_dir=shards --output=preds/effnet.csv
     python predict.py --model_dir=runs/effnet --images=new_studies/ --output=preds/new.csv
 
+Without --split it predicts the folder's test split, or its only split besides train (eval for an
+unlabeled folder), and otherwise asks for --split, listing the splits.
 Writes PATH.csv (image_id,p_abnormal[,label]; one row per record of the split, checked against
 manifest.json), PATH.npy (the (N, 2) softmax, same rows) and PATH.json (backbone, shards, crop), and
 a report (metrics.json, ROC and PR curves) when the records have labels. Repeat --model_dir to
@@ -25,11 +27,12 @@ import flags as project_flags
 FLAGS = flags.FLAGS
 
 
-def _check_flags() -> tuple[int, int] | None:
+def _check_flags() -> tuple[tuple[int, int] | None, str | None]:
     """Paths and flags fail here, in a second; TensorFlow loads only for the real work.
 
     Returns:
-      With --images, the models' (image size, pixel limit); else None.
+      With --images, (the models' (image size, pixel limit), None); else (None, the split to predict:
+      --split, or the one the manifest makes unambiguous).
     """
     from contracts.errors import check_output_folder
     from contracts.run_folder import load_run_config
@@ -58,13 +61,14 @@ def _check_flags() -> tuple[int, int] | None:
                                                    "report_dir", FLAGS.images)
         preflight.check_prediction_outputs(FLAGS.model_dir, [load_run_config(d) for d in FLAGS.model_dir],
                                            FLAGS.output, **clash)
-        return images_at
-    preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
+        return images_at, None
+    split = preflight.resolve_split(FLAGS.data_dir, FLAGS.split)
+    preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output,
                                       FLAGS.report_dir, **clash)
-    return None
+    return None, split
 
 
-def _predict(images_at: tuple[int, int] | None):
+def _predict(images_at: tuple[int, int] | None, split: str | None):
     """Runs the prediction, from the shards or from the raw images; returns its result, the raw
     images' sidecar fields and what was skipped among them (None for shards)."""
     from evaluation import prediction
@@ -74,7 +78,7 @@ def _predict(images_at: tuple[int, int] | None):
                    transfer=FLAGS.transfer, threshold=FLAGS.threshold, bootstrap=FLAGS.bootstrap,
                    report_dir=FLAGS.report_dir, per_model=FLAGS.ensemble is not None)
     if images_at is None:
-        return prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
+        return prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output,
                                          labels_csv=FLAGS.labels_csv, **options), {}, None
     # The builder's own decoding, into a temporary shard folder removed afterwards.
     with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers,
@@ -86,14 +90,14 @@ def _predict(images_at: tuple[int, int] | None):
 
 def main(argv: list[str]) -> None:
     del argv  # stray arguments are refused by project_flags.run_tool
-    images_at = _check_flags()
+    images_at, split = _check_flags()
     from contracts.atomic import all_or_none
     from evaluation import ensembling, prediction
     from preprocess import raw_images
 
     # One outcome per run: a failure in any model, the report or the blend leaves none of its files.
     with all_or_none():
-        result, extra, raw = _predict(images_at)
+        result, extra, raw = _predict(images_at, split)
         if FLAGS.ensemble is not None:
             records, above, threshold = ensembling.apply_ensemble(
                 FLAGS.ensemble, FLAGS.model_dir, list(result.outputs.values()), FLAGS.output,

@@ -95,6 +95,23 @@ def split_info(manifest: dict[str, Any], split: str, data_dir: str = "") -> dict
     return splits[split]
 
 
+def default_split(manifest: dict[str, Any], data_dir: str, flag: str = "--split") -> str:
+    """The split a tool reads when `flag` is not given: `test` when the manifest has it, else the
+    only split other than `train` (a grouped build without test: `val`; `all`; unlabeled: `eval`).
+
+    Raises:
+      UserInputError: no such split is unambiguous; the message lists the manifest's splits.
+    """
+    splits = sorted(manifest.get("splits", {}))
+    if "test" in splits:
+        return "test"
+    others = [s for s in splits if s != "train"]
+    if len(others) == 1:
+        return others[0]
+    raise UserInputError(f"{os.path.join(data_dir, MANIFEST)} has splits {', '.join(splits) or 'none'}; "
+                         f"pass {flag} to name the one to read")
+
+
 def shard_paths(data_dir: str, split: str) -> list[str]:
     """Returns the full paths of `split`'s shards, in manifest order, checking each exists.
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
+from absl import logging
+
 from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
@@ -26,6 +28,25 @@ def split_manifest(data_dir: str, split: str) -> tuple[dict[str, Any], int]:
     except (FileNotFoundError, KeyError) as err:
         raise UserInputError(err.args[0] if err.args else str(err)) from err
     return manifest, int(info["records"])
+
+
+def resolve_split(data_dir: str, split: str | None) -> str:
+    """Returns `split`, or when it is None the split the manifest makes unambiguous
+    (`contracts.manifest.default_split`: test, else the only one besides train), saying which.
+
+    Raises:
+      UserInputError: no manifest, or several splits to choose from (the message lists them).
+    """
+    if split is not None:
+        return split
+    try:
+        manifest = manifest_lib.load_manifest(data_dir)
+    except FileNotFoundError as err:
+        raise UserInputError(err.args[0]) from err
+    chosen = manifest_lib.default_split(manifest, data_dir)
+    logging.info("--split not given: reading split %r of %s (its splits: %s)", chosen, data_dir,
+                 ", ".join(sorted(manifest["splits"])))
+    return chosen
 
 
 def output_paths(output: str, names: Sequence[str], *, per_model: bool = False) -> dict[str, str]:

@@ -1,10 +1,12 @@
-"""Offline builder: NIH metadata + images → cropped, resized TFRecord shards and `manifest.json`.
+"""Offline builder: NIH metadata + images → resized TFRecord shards and `manifest.json`.
 
     python preprocess/build_tfrecords.py --data_entry_csv=Data_Entry_2017_v2020.csv \
         --bbox_csv=BBox_List_2017.csv --image_dir=NIH/ --output_dir=shards/
 
 The library is `preprocess/builder.py` (work units, process pool, manifest) over
 `preprocess/plan.py` (metadata → splits → shards); this script parses the flags and calls it.
+Rerunning a command in its --output_dir resumes the build; flags left out keep the values that
+build recorded (--overwrite replaces it with what the command line says, defaults included).
 Exit status: 0 built, 1 more than --max_skip_fraction skipped or bad input (one line, no traceback).
 """
 
@@ -28,11 +30,17 @@ def config_from_flags(values: flags.FlagValues) -> BuildConfig:
     return BuildConfig(**{f.name: values[f.name].value for f in dataclasses.fields(BuildConfig)})
 
 
+def given_flags(values: flags.FlagValues) -> frozenset[str]:
+    """The config fields whose flag was on the command line (the others hold their defaults)."""
+    return frozenset(f.name for f in dataclasses.fields(BuildConfig) if values[f.name].present)
+
+
 def main(argv: list[str]) -> int:
     del argv  # stray arguments are refused by project_flags.run_tool
-    config = config_from_flags(flags.FLAGS)
     from preprocess import builder
 
+    # A rerun in a built folder keeps that build's settings for the flags it does not give.
+    config = builder.keep_recorded(config_from_flags(flags.FLAGS), given_flags(flags.FLAGS))
     result = builder.build(config)  # bad input: project_flags.run_tool says it in one line
     print(result.summary)
     return 0 if result.ok else 1

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from typing import Collection
 
 from absl import logging
 from tqdm import tqdm
@@ -29,7 +30,7 @@ from contracts import manifest as manifest_lib
 from contracts import storage
 from contracts.atomic import TEMP_PREFIX, write_json, write_text
 from preprocess import images
-from preprocess.config import RUNNERS, BuildConfig, BuildError
+from preprocess.config import BBOX_SHORTCUT, RUNNERS, BuildConfig, BuildError
 from preprocess.plan import WorkItem, WorkUnit, gather_and_assign, plan_digest, plan_units
 
 STATE_DIR = ".build"  # bookkeeping for resumable builds, hidden inside --output_dir
@@ -112,12 +113,13 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
         elif not config.overwrite:
             differing = sorted(k for k in stamp["config"]
                                if previous and previous["config"].get(k) != stamp["config"][k])
-            why = (f"flags differ: {', '.join(differing)}" if differing
-                   else "the inputs (CSV rows, labels, boxes or files) differ" if previous
-                   else "it holds shards or a manifest from another build")
+            keep = " ".join(_as_flag(k, previous["config"].get(k)) for k in differing)
+            why = (f"flags differ: {', '.join(differing)}; pass {keep} to complete that build," if differing
+                   else "the inputs (CSV rows, labels, boxes or files) differ; pass" if previous
+                   else "it holds shards or a manifest from another build; pass")
             raise BuildError(
-                f"--output_dir={config.output_dir} is not empty and {why}; "
-                "pass --overwrite to replace that build, or choose another folder"
+                f"--output_dir={config.output_dir} is not empty and {why} "
+                "--overwrite to replace it, or choose another folder"
             )
         for name in ours:
             path = storage.join(config.output_dir, name)
@@ -127,6 +129,44 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
             storage.remove(storage.join(config.output_dir, name))
     storage.makedirs(storage.join(state_dir, "shards"))
     write_json(state_file, stamp)
+
+
+def _as_flag(name: str, value) -> str:
+    """The command-line form that gives flag `name` the value `value` (None: leave the flag out)."""
+    if value is None:
+        return f"no --{name}"
+    if isinstance(value, bool):
+        return f"--{'' if value else 'no'}{name}"
+    return f"--{name}={value}"
+
+
+def recorded_shaping(output_dir: str) -> dict | None:
+    """The record-shaping flags of the build recorded in `output_dir`; None when it holds none."""
+    state_file = storage.join(output_dir, STATE_DIR, "build.json")
+    if not storage.exists(state_file):
+        return None
+    return json.loads(storage.read_bytes(state_file)).get("config", {})
+
+
+def keep_recorded(config: BuildConfig, given: Collection[str]) -> BuildConfig:
+    """Returns `config` with every record-shaping flag not in `given` taken from the build already
+    in `--output_dir`: a rerun of the same command resumes that build, even one made under other
+    defaults (before --crop=none and a grouped test split were). With --overwrite the command line,
+    defaults included, replaces the folder's build, so nothing is taken.
+
+    Args:
+      given: names of the flags the user gave (the command-line layer knows; absl's `.present`).
+    """
+    if config.overwrite or not config.output_dir:
+        return config
+    shaping = config.shaping()
+    recorded = recorded_shaping(config.output_dir) or {}
+    taken = {k: v for k, v in recorded.items() if k in shaping and k not in given and v != shaping[k]}
+    if not taken:
+        return config
+    logging.info("flags not given, kept from the build in %s: %s", config.output_dir,
+                 " ".join(_as_flag(k, v) for k, v in sorted(taken.items())))
+    return dataclasses.replace(config, **taken)
 
 
 def _shard_state_path(config: BuildConfig, shard: str) -> str:
@@ -255,6 +295,8 @@ def build(config: BuildConfig) -> BuildResult:
     """
     execute = _runner(config)
     found, boxes, warnings, assigned, skipped = gather_and_assign(config)
+    if config.crop == "bbox" and boxes:
+        logging.warning("%s", BBOX_SHORTCUT)
     by_name = {s.entry.image: s for s in found.sources}
     units, shard_split = plan_units(config, assigned, boxes)
     prepare_output(config, plan_digest(units, by_name, boxes))

@@ -12,7 +12,15 @@ from contracts.errors import UserInputError
 from preprocess.images import MAX_IMAGE_PIXELS
 
 SPLITS = ("grouped", "official", "all", "unlabeled")
+# A grouped build holds out a test split unless asked not to; the other modes take their test
+# split from the NIH lists (official) or have none (all, unlabeled), so --test_fraction shapes nothing there.
+DEFAULT_TEST_FRACTION = {"grouped": 0.2}
+# bbox crops each image that has boxes to their union: the reference (seed) project's mode. Only
+# abnormal NIH images have boxes, so it teaches "zoomed in means abnormal" (README, "Pitfalls").
 CROPS = ("bbox", "none")
+BBOX_SHORTCUT = ("--crop=bbox: images with boxes are cropped to them, and only abnormal NIH images have boxes, "
+                 "so a model can learn that zoomed in means abnormal (README, \"Pitfalls\"); --crop=none "
+                 "(the default) avoids it")
 IMAGE_FORMATS = ("png", "jpeg")
 # local: this machine's process pool (preprocess/builder.py); beam: Apache Beam, on any of its
 # runners (preprocess/beam_runner.py). Both write the same shards and manifest.
@@ -33,10 +41,10 @@ class BuildConfig:
     labels_csv: str | None = None  # --split=unlabeled only: labels for some of the folder's images
     split: str = "grouped"
     val_fraction: float = 0.2
-    test_fraction: float = 0.0
+    test_fraction: float | None = None  # None: the split mode's DEFAULT_TEST_FRACTION (else 0), set on construction
     train_val_list: str | None = None
     test_list: str | None = None
-    crop: str = "bbox"
+    crop: str = "none"  # one of CROPS
     image_size: int = 224
     image_format: str = "png"
     jpeg_quality: int = 95
@@ -49,10 +57,18 @@ class BuildConfig:
     runner: str = "local"  # one of RUNNERS
     beam_pipeline_args: str = ""  # --runner=beam: Beam's own options, e.g. "--runner=DataflowRunner ..."
 
+    def __post_init__(self):
+        if self.test_fraction is None:
+            object.__setattr__(self, "test_fraction", default_test_fraction(self.split))
+
     def shaping(self) -> dict:
         """The flags that change the records written (a rerun must agree on all of them)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RECORD_SHAPING}
 
+
+def default_test_fraction(split: str) -> float:
+    """The test share a build with split mode `split` gets when --test_fraction is not given."""
+    return DEFAULT_TEST_FRACTION.get(split, 0.0)
 
 
 class BuildError(UserInputError):

@@ -88,7 +88,8 @@ def _check_fractions(config: BuildConfig) -> None:
     if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
         raise BuildError("--val_fraction and --test_fraction must be in [0, 1)")
     if config.split == "grouped" and config.val_fraction + config.test_fraction >= 1:
-        raise BuildError("--val_fraction + --test_fraction must leave a share for train")
+        raise BuildError(f"--val_fraction={config.val_fraction} + --test_fraction={config.test_fraction} must "
+                         "leave a share for train; lower one of them")
 
 
 def _nothing_usable(config: BuildConfig, found: sources_lib.Sources, skipped: list[dict]) -> str:

@@ -168,7 +168,7 @@ def test_crop_to_box_scaled_from_the_1024_frame(tmp_path):
                                 "b.png,Mass,2000,2000,10,10\n")
     cfg = BuildConfig(data_entry_csv=str(data / "e.csv"), bbox_csv=str(data / "b.csv"),
                          image_dir=str(data), output_dir=str(tmp_path / "out"), split="all",
-                         image_size=16, workers=1)
+                         image_size=16, workers=1, crop="bbox")
     result = builder.build(cfg)
     got = {r["image_id"]: r for r in read_records(cfg.output_dir)["all"]}
     # a.png: union of the two boxes = (0, 0, 768, 768) in 1024 → (0, 0, 192, 192) in 256 px.
@@ -192,18 +192,24 @@ def test_crop_region_clips_and_rejects():
 
 
 def test_real_sample_builds_with_the_right_counts(nih_sample, tmp_path):
-    cfg = BuildConfig(data_entry_csv=os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz"),
-                         bbox_csv=os.path.join(nih_sample, "BBox_List_2017.csv"),
-                         image_dir=nih_sample, output_dir=str(tmp_path), split="all", workers=2)
-    result = builder.build(cfg)
-    m = result.manifest
-    assert result.ok and not m["skipped"] and not m["warnings"]
-    assert m["splits"]["all"]["records"] == 116
-    assert (m["splits"]["all"]["normal"], m["splits"]["all"]["abnormal"]) == (55, 61)
+    # The command a new user runs first: every default, boxes given. Uncropped, with a test split.
+    done = subprocess.run(cli([f"--data_entry_csv={nih_sample}/Data_Entry_2017_v2020.csv.gz",
+                               f"--bbox_csv={nih_sample}/BBox_List_2017.csv", f"--image_dir={nih_sample}",
+                               f"--output_dir={tmp_path}", "--workers=2"], module=True),
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = json.load(open(tmp_path / "manifest.json"))
+    assert not m["skipped"] and not m["warnings"]
+    assert m["config"]["crop"] == "none" and m["config"]["split"] == "grouped"
+    assert set(m["splits"]) == {"train", "val", "test"} and m["patient_overlap"] == 0
+    assert sum(s["records"] for s in m["splits"].values()) == 116
+    assert (sum(s["normal"] for s in m["splits"].values()), sum(s["abnormal"] for s in m["splits"].values())) == (55, 61)
+    assert 0.1 < m["splits"]["test"]["records"] / 116 < 0.3  # about --test_fraction's default 0.2
     assert m["absent"] == 112_120 - 116
     assert len(open(tmp_path / "absent.txt").read().split()) == m["absent"]
-    got = read_records(str(tmp_path))["all"]
-    assert sum(r["crop_applied"] for r in got) == 6
+    got = [r for rs in read_records(str(tmp_path)).values() for r in rs]
+    assert not any(r["crop_applied"] for r in got) and sum(bool(r["boxes"]) for r in got) == 6  # kept, not cropped
+    assert "zoomed in means abnormal" not in done.stderr
     rgba = [n for n in os.listdir(os.path.join(nih_sample, "images_001", "images"))
             + os.listdir(os.path.join(nih_sample, "images_002", "images"))
             if Image.open(next(os.path.join(nih_sample, d, "images", n)
@@ -213,6 +219,17 @@ def test_real_sample_builds_with_the_right_counts(nih_sample, tmp_path):
     by_id = {r["image_id"]: r for r in got}
     for name in rgba:
         assert pixels(by_id[name]).shape == (224, 224)
+
+
+def test_real_sample_crops_its_boxed_images_with_crop_bbox_and_says_why_not_to(nih_sample, tmp_path, caplog):
+    cfg = BuildConfig(data_entry_csv=os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz"),
+                      bbox_csv=os.path.join(nih_sample, "BBox_List_2017.csv"), image_dir=nih_sample,
+                      output_dir=str(tmp_path), split="all", workers=2, image_size=32, crop="bbox")
+    result = builder.build(cfg)
+    assert result.ok and result.manifest["splits"]["all"]["records"] == 116
+    assert sum(r["crop_applied"] for r in read_records(str(tmp_path))["all"]) == 6
+    shortcut = [r for r in caplog.records if "zoomed in means abnormal" in r.getMessage()]
+    assert len(shortcut) == 1 and shortcut[0].levelname == "WARNING"
 
 
 def save(image: Image.Image, path, fmt="PNG", **kw):
@@ -314,6 +331,36 @@ def test_rerun_with_other_flags_refuses_unless_overwrite(synthetic_data, tmp_pat
     assert read_records(str(tmp_path))["train"][0]["image_size"] == 16
 
 
+def test_a_folder_built_under_the_old_defaults_resumes_when_they_are_not_given(synthetic_data, tmp_path):
+    out = tmp_path / "out"
+    args = [f"--data_entry_csv={synthetic_data}/Data_Entry_2017_v2020.csv", f"--bbox_csv={synthetic_data}/BBox_List_2017.csv",
+            f"--image_dir={synthetic_data}", f"--output_dir={out}", "--image_size=32", "--num_shards=2", "--workers=1"]
+    old = subprocess.run(cli(args + ["--crop=bbox", "--test_fraction=0"], module=True), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)  # the defaults before crop none and a test split
+    assert old.returncode == 0, old.stderr[-2000:]
+    before = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out) if is_final_shard(n)}
+    os.remove(out / sorted(before)[0])  # a shard lost: the rerun has something to complete
+    again = subprocess.run(cli(args, module=True), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    m = json.load(open(out / "manifest.json"))
+    assert (m["config"]["crop"], m["config"]["test_fraction"]) == ("bbox", 0.0) and set(m["splits"]) == {"train", "val"}
+    assert "--crop=bbox --test_fraction=0.0" in again.stderr  # says what it kept
+    assert again.stderr.count("zoomed in means abnormal") == 1  # still a bbox build, said once
+    for name, mtime in list(before.items())[1:]:
+        assert os.stat(out / name).st_mtime_ns == mtime, f"{name} was rebuilt"
+    assert os.path.exists(out / sorted(before)[0])
+    # A flag the user does give still counts: the one line names what completes the folder's build.
+    other = subprocess.run(cli(args + ["--crop=none"], module=True), cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    message = [line for line in other.stderr.splitlines() if "flags differ" in line]
+    assert other.returncode == 1 and message and "flags differ: crop; pass --crop=bbox to complete" in message[0]
+    with pytest.raises(BuildError, match=r"flags differ: image_size, test_fraction; pass --image_size=32 --test_fraction=0.0"):
+        builder.build(builder.keep_recorded(config_for(synthetic_data, str(out), num_shards=2, image_size=16,
+                                                       test_fraction=0.2), given={"image_size", "test_fraction"}))
+    replaced = builder.build(builder.keep_recorded(config_for(synthetic_data, str(out), overwrite=True), given=()))
+    assert replaced.manifest["config"]["crop"] == "none" and "test" in replaced.manifest["splits"]
+
+
 def test_a_rerun_over_records_of_an_older_format_rebuilds_them_without_overwrite(synthetic_data, tmp_path):
     out = str(tmp_path)
     builder.build(config_for(synthetic_data, out, crop="none"))
@@ -351,6 +398,14 @@ def test_default_shard_count_never_depends_on_workers():
     assert plan.shard_counts({"train": 78_000, "val": 19_000}, cfg) == {"train": 18, "val": 4}  # 78k x ~30 KB / 128 MB
     assert plan.shard_counts({"train": 300, "val": 30}, cfg) == {"train": 16, "val": 2}
     assert plan.shard_counts({"train": 5}, cfg) == {"train": 5}
+
+
+def test_the_test_share_defaults_by_split_mode_and_a_grouped_build_must_leave_one_for_train():
+    assert BuildConfig(image_dir=".", output_dir=".").test_fraction == 0.2
+    assert BuildConfig(image_dir=".", output_dir=".", split="official").test_fraction == 0.0  # from the lists
+    assert BuildConfig(image_dir=".", output_dir=".", test_fraction=0.0).test_fraction == 0.0  # asked for
+    with pytest.raises(BuildError, match=r"--val_fraction=0.85 \+ --test_fraction=0.2 must leave a share for train"):
+        plan._check_fractions(BuildConfig(image_dir=".", output_dir=".", val_fraction=0.85))
 
 
 def cli(args: list[str], module: bool) -> list[str]:

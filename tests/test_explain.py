@@ -338,3 +338,13 @@ def test_an_output_folder_inside_the_images_folder_is_refused(world, tmp_path):
     (own,) = [line for line in done.stderr.splitlines() if line.startswith("explain.py: ")]
     assert f"--output_dir={out} is inside --images={studies / '*.png'}" in own
     assert sorted(os.listdir(studies)) == ["a.png"]
+
+
+def test_without_split_the_folder_decides_or_the_one_line_lists_its_splits(world, tmp_path):
+    # world's shards have train, val and test: test is read (the message above names split 'test').
+    shards, out = str(tmp_path / "shards"), str(tmp_path / "explained")
+    write_lesion_shards(shards, {"val": 4, "eval": 4})
+    done = _explain(f"--model_dir={world['runs'][0]}", f"--data_dir={shards}", f"--output_dir={out}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    (own,) = [line for line in done.stderr.splitlines() if line.startswith("explain.py: ")]
+    assert "has splits eval, val; pass --split" in own and not os.path.exists(out)

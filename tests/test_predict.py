@@ -11,10 +11,12 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 import models
 from pipeline.service import free_local_ports
-from contracts import run_folder
+from contracts import manifest as manifest_lib
+from contracts import records, run_folder
 from contracts.errors import UserInputError
 from contracts.prediction_files import read_predictions
 from evaluation import prediction
@@ -197,6 +199,41 @@ def test_cli_predicts_and_reports(tmp_path, labeled):
     assert json.loads((tmp_path / "p.json").read_text())["transfer"] == "uint8"
     assert json.loads((tmp_path / "p_report" / "metrics.json").read_text())["tiny_test"]["threshold"] == 0.4
     assert "img/s" in result.stderr and "AUROC" in result.stdout
+
+
+def test_a_default_build_of_the_real_sample_is_predicted_on_its_test_split(nih_sample, labeled, tmp_path):
+    from preprocess import builder
+    from preprocess.config import BuildConfig
+
+    shards = str(tmp_path / "shards")  # every builder default but the tiny model's image size
+    manifest = builder.build(BuildConfig(data_entry_csv=os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz"),
+                                         image_dir=nih_sample, output_dir=shards, image_size=SIZE, workers=2)).manifest
+    assert manifest["config"]["crop"] == "none" and set(manifest["splits"]) == {"train", "val", "test"}
+    result = _predict_cli(f"--model_dir={labeled['model_dir']}", f"--data_dir={shards}",
+                          f"--output={tmp_path / 'p.csv'}", "--bootstrap=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "p.json").read_text())["split"] == "test"
+    test_ids = set()
+    for name in manifest["splits"]["test"]["shards"]:
+        test_ids |= {records.example_to_dict(r.numpy())["image_id"]
+                     for r in tf.data.TFRecordDataset(os.path.join(shards, name))}
+    assert set(pd.read_csv(tmp_path / "p.csv", dtype={"image_id": str})["image_id"]) == test_ids
+
+
+@pytest.mark.parametrize("splits, chosen", [({"train": 4, "val": 3}, "val"), ({"eval": 3}, "eval"),
+                                            ({"train": 4, "val": 3, "test": 2}, "test")])
+def test_without_split_the_unambiguous_one_is_read(splits, chosen):
+    assert manifest_lib.default_split({"splits": splits}, "shards") == chosen
+
+
+def test_without_split_an_ambiguous_folder_is_refused_naming_its_splits(labeled, tmp_path):
+    shards = str(tmp_path / "shards")
+    write_shards(shards, {"train": 4, "val": 3, "eval": 3}, image_size=SIZE)
+    result = _predict_cli(f"--model_dir={labeled['model_dir']}", f"--data_dir={shards}", f"--output={tmp_path / 'p.csv'}")
+    message = [line for line in result.stderr.splitlines() if line.startswith("predict.py: ")]
+    assert result.returncode == 1 and len(message) == 1 and "Traceback" not in result.stderr
+    assert "has splits eval, train, val; pass --split" in message[0]
+    assert not os.path.exists(tmp_path / "p.csv")
 
 
 _MIRRORED_SCRIPT = textwrap.dedent("""
