@@ -33,6 +33,8 @@ from absl import flags
 import flags as project_flags
 from contracts.ensemble_file import blend_path, ensemble_path
 from contracts.explanation_folder import IN_REPORT
+from contracts.export_folder import OUTPUT_DECISION, OUTPUT_PROB
+from contracts.prediction_files import PROB
 from contracts.atomic import write_json
 from contracts.errors import UserInputError, check_output_folder
 from models import registry
@@ -237,10 +239,10 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
     served = score_files(export_dir, [files[i] for i in blended["image_id"]])
     with open(ensemble_file) as f:
         threshold = json.load(f)["threshold"]
-    gap = np.abs(served["p_abnormal"] - blended["p_abnormal"].to_numpy())
-    labels = (blended["p_abnormal"].to_numpy() >= threshold).astype(int)
+    gap = np.abs(served[OUTPUT_PROB] - blended[PROB].to_numpy())
+    decisions = (blended[PROB].to_numpy() >= threshold).astype(int)
     return {"images": int(len(gap)), "max_abs_diff": float(gap.max()), "mean_abs_diff": float(gap.mean()),
-            "label_agreement": float(np.mean(served["label"] == labels))}
+            "label_agreement": float(np.mean(served[OUTPUT_DECISION] == decisions))}
 
 
 def default_output_dir(data_dir: str | None) -> str:
