@@ -34,7 +34,7 @@ import flags as project_flags
 from contracts.ensemble_file import blend_path, ensemble_path
 from contracts.explanation_folder import IN_REPORT
 from contracts.export_folder import OUTPUT_DECISION, OUTPUT_PROB
-from contracts.prediction_files import PROB
+from contracts.output_names import PROB
 from contracts.atomic import write_json
 from contracts.errors import UserInputError, check_output_folder
 from models import registry

@@ -133,7 +133,7 @@ def _define_report_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `predict.py`."""
-    from contracts import prediction_files as files
+    from contracts import output_names as files
     from evaluation import settings
     from training.config import PRECISIONS, STRATEGIES  # the one list of each
 
@@ -177,7 +177,7 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def define_ensemble_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `ensemble.py`."""
-    from contracts import prediction_files as files
+    from contracts import output_names as files
     from evaluation import settings
     from models import registry
     _d(flags.DEFINE_list, fv)("predictions", None,

@@ -1,11 +1,11 @@
 """What an export folder holds, by name: imported by the exporter and by its readers, without TensorFlow.
 
-The signatures' outputs share the prediction files' names and meanings (contracts/prediction_files.py):
+The signatures' outputs share the prediction files' names and meanings (contracts/output_names.py):
 `p_abnormal` what the model or ensemble hands over, `p_uncalibrated` a model's softmax output, and
 `member_<name>` (members, last axis) the ensemble members' `<name>`, as in their own prediction files.
 """
 
-from contracts.prediction_files import DECISION, PROB, PROB_UNCALIBRATED
+from contracts.output_names import DECISION, PROB, PROB_UNCALIBRATED
 
 EXPORT_INFO = "export.json"  # beside saved_model.pb: members, image size, threshold, signatures
 EXPORT_SCHEMA_VERSION = 2  # 1: outputs "label" (now DECISION) and "member_p_abnormal" (the members' softmax)

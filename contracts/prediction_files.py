@@ -5,11 +5,11 @@ A prediction file is a CSV `image_id,p_abnormal[,label][,p_uncalibrated]` with o
 position, sex, age) that the report's subgroups read, and a JSON sidecar of the same stem
 (`preds.csv` -> `preds.json`) that says which model made it (`backbone`), from which shards
 (`data_dir`, `split`, `crop`, ...) and in which `FORMAT_VERSION_KEY`.
-One name, one quantity, here and in every output of the project (the served signature included):
+One name, one quantity, here and in every output of the project (contracts/output_names.py):
 `p_abnormal` is what the model or ensemble hands over, after its temperature when it has one
 (training/calibration.py); `p_uncalibrated` is a model's softmax output before any temperature,
-what a blend calibrates. A file without `p_uncalibrated` (a blend, a file made elsewhere) had no
-temperature applied by this project: its `p_abnormal` is taken as it is.
+what a blend calibrates. A file without `p_uncalibrated` (a blend, a file made elsewhere) has
+nothing rawer to offer: a blend takes its `p_abnormal` as it is.
 Files of format version 1 (a sidecar without the key, or no sidecar) held the softmax output in
 `p_abnormal` and, optionally, the calibrated probability in `p_calibrated`; they are read by that
 meaning.
@@ -29,12 +29,8 @@ import pandas as pd
 
 from contracts.atomic import atomic_path, write_json
 from contracts.errors import UserInputError
+from contracts.output_names import ID, LABEL, PROB, PROB_UNCALIBRATED
 
-ID = "image_id"
-PROB = "p_abnormal"  # what the model or ensemble hands over: after its temperature when it has one
-PROB_UNCALIBRATED = "p_uncalibrated"  # a model's softmax output, before any temperature
-LABEL = "label"  # the record's own label, never a decision
-DECISION = "decision"  # 0/1, p_abnormal >= threshold: the submission's and the served model's, never here
 FORMAT_VERSION_KEY = "prediction_format_version"  # in the sidecar
 FORMAT_VERSION = 2  # 1: p_abnormal was the softmax output and p_calibrated the calibrated one
 V1_PROB_CALIBRATED = "p_calibrated"  # format version 1 only

@@ -23,17 +23,8 @@ from absl import logging
 from contracts import ensemble_file
 from contracts.atomic import all_or_none, atomic_path, json_ready, write_json
 from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
-from contracts.prediction_files import (
-    DECISION,
-    ID,
-    PROB,
-    PROB_UNCALIBRATED,
-    Predictions,
-    align,
-    read_predictions,
-    sidecar_path,
-    write_predictions,
-)
+from contracts.output_names import DECISION, ID, PROB, PROB_UNCALIBRATED
+from contracts.prediction_files import Predictions, align, read_predictions, sidecar_path, write_predictions
 from evaluation import agreement, html_report
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib

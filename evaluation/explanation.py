@@ -25,7 +25,8 @@ from contracts import explanation_folder as folder_lib
 from contracts.atomic import atomic_path, write_bytes, write_json
 from contracts.boxes import stored_box
 from contracts.errors import UserInputError
-from contracts.prediction_files import PROB, few
+from contracts.output_names import PROB
+from contracts.prediction_files import few
 from evaluation import blend as blend_lib
 from evaluation import gradcam, localization, preflight, settings
 from evaluation.overlay import render_overlay

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from contracts import explanation_folder
 from contracts.atomic import write_text
-from contracts.prediction_files import PROB
+from contracts.output_names import PROB
 from evaluation import agreement, calibration_report, operating_points, subgroups
 from evaluation import report as report_lib
 

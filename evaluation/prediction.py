@@ -22,7 +22,8 @@ from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.atomic import all_or_none, atomic_path
 from contracts.errors import UserInputError
-from contracts.prediction_files import PROB, few, read_predictions, write_predictions
+from contracts.output_names import PROB
+from contracts.prediction_files import few, read_predictions, write_predictions
 from evaluation import agreement, html_report, preflight
 from evaluation import report as report_lib
 from evaluation import settings

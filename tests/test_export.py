@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -202,6 +203,52 @@ def test_an_ensemble_with_fitted_temperatures_serves_what_ensemble_py_blended(ru
     weights = np.array([m["weight"] for m in info["members"]])
     np.testing.assert_allclose(out["pixels_p_abnormal"], calibrated @ weights, atol=1e-5)
     np.testing.assert_array_equal(out["bytes_decision"], (calibrated @ weights >= info["threshold"]).astype(np.int32))
+
+
+def _as_format_1(run_dir, folder):
+    """A copy of a run folder whose val_predictions.csv is as written before the format version:
+    p_abnormal the softmax output (today's p_uncalibrated), no version in the sidecar."""
+    shutil.copytree(run_dir, folder)
+    path = os.path.join(folder, "val_predictions.csv")
+    frame = pd.read_csv(path, dtype={"image_id": str})
+    frame["p_abnormal"] = frame.pop("p_uncalibrated")
+    frame.to_csv(path, index=False, float_format="%.17g")
+    with open(os.path.join(folder, "val_predictions.json")) as f:
+        sidecar = json.load(f)
+    del sidecar["prediction_format_version"]
+    with open(os.path.join(folder, "val_predictions.json"), "w") as f:
+        json.dump(sidecar, f)
+    return folder
+
+
+def test_a_run_folder_from_before_the_format_version_gives_todays_numbers(runs, tmp_path):
+    from evaluation import operating_points
+
+    old = [_as_format_1(d, str(tmp_path / f"old{i}")) for i, d in enumerate(runs["dirs"])]
+    # ensemble.py --fit_on: the same temperatures, weights, threshold and blend from either file.
+    blends = []
+    for name, dirs in (("new", runs["dirs"]), ("old", old)):
+        submission = str(tmp_path / name / "submission.csv")
+        ensembling.run_ensemble(runs["predictions"], submission, fit_on=[os.path.join(d, "val_predictions.csv")
+                                                                        for d in dirs], fit_step=0.1, bootstrap=0)
+        with open(ensemble_file.ensemble_path(submission)) as f:
+            chosen = json.load(f)
+        blends.append((chosen["temperatures"], chosen["weights"], chosen["threshold"],
+                       pd.read_csv(ensemble_file.blend_path(submission))["p_abnormal"].tolist()))
+    assert blends[0] == blends[1]
+    # predict.py: the same p_abnormal, and the same operating points chosen on validation.
+    written = []
+    for name, run_dir in (("new", runs["dirs"][0]), ("old", old[0])):
+        out = str(tmp_path / name / "val.csv")
+        prediction.run_prediction([run_dir], runs["data_dir"], "val", out, batch_size=8, strategy="default",
+                                  precision="float32", bootstrap=0, progress=False)
+        with open(os.path.join(tmp_path, name, "val_report", operating_points.OPERATING_POINTS_FILE)) as f:
+            written.append((pd.read_csv(out)["p_abnormal"].tolist(), json.load(f)))
+    assert written[0] == written[1]
+    # export.py: the run's temperature, as recorded.
+    info = exporter.run_export([old[0]], str(tmp_path / "served"))
+    with open(os.path.join(runs["dirs"][0], "val_predictions.json")) as f:
+        assert info["members"][0]["temperature"] == json.load(f)["temperature"]
 
 
 def _encoded(mode: str, height: int, width: int) -> bytes:
