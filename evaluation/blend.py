@@ -102,8 +102,8 @@ def reference_weights(files: Sequence[Predictions]) -> np.ndarray:
       files: prediction files whose sidecars record a backbone.
 
     Raises:
-      UserInputError: a file has no sidecar naming its backbone, or its backbone has no reference weight; the message
-        says to pass --weights.
+      UserInputError: a file has no sidecar naming its backbone, or its backbone has no reference
+        weight; the message says to pass --weights.
     """
     weights = []
     for file in files:

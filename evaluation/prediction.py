@@ -1,8 +1,9 @@
 """Batch prediction behind predict.py: saved models over a split's shards, distributed, each id once.
 
 For every model folder, writes a prediction file (contracts/prediction_files.py: `p_abnormal` after
-the run's temperature, `p_uncalibrated` the softmax output) plus the `(N, 2)` softmax outputs as `.npy` in the same row order (the reference's format), rows sorted by image id so
-that the files are identical under every strategy. The row count is checked against the manifest.
+the run's temperature, `p_uncalibrated` the softmax output) plus the `(N, 2)` softmax outputs as
+`.npy` in the same row order (the reference's format), rows sorted by image id so that the files
+are identical under every strategy. The row count is checked against the manifest.
 Models run under the strategies and precision policies of training (see `with_precision`).
 """
 

@@ -44,7 +44,7 @@ TABLE_ROWS = (
     ("records", "records"),
     ("prevalence", "prevalence (abnormal)"),
     ("majority_baseline_accuracy", "majority-class accuracy"),
-    ("scored", "probability scored"),
+    (SCORED, "probability scored"),
     ("threshold", "threshold"),
     ("accuracy", "accuracy"),
     ("accuracy_ci95", "  95% CI"),
