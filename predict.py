@@ -6,8 +6,8 @@
 Writes PATH.csv (image_id,p_abnormal[,label],p_uncalibrated: p_abnormal after the run's temperature,
 p_uncalibrated the softmax output; one row per record of the split, checked against manifest.json),
 PATH.npy (the (N, 2) softmax, same rows) and PATH.json (backbone, shards, crop, temperature), and a
-report on p_abnormal (metrics.json, ROC and PR curves) when the records have labels. Repeat --model_dir to
-predict with several models: each writes <output stem>.<backbone>.csv (+ .npy, .json).
+report on p_abnormal (metrics.json, ROC and PR curves) when the records have labels. Repeat
+--model_dir to predict with several models: each writes <output stem>.<backbone>.csv (+ .npy, .json).
 --images takes PNG, JPEG and DICOM files (a folder or a glob) instead of shards; --ensemble blends
 the models with ensemble.py's temperatures and weights into PATH.csv. --labels_csv rescores the
 split against another reading of its images (with --images: labels the files).
