@@ -33,6 +33,8 @@ from absl import flags
 import flags as project_flags
 from contracts.ensemble_file import blend_path, ensemble_path
 from contracts.explanation_folder import IN_REPORT
+from contracts.export_folder import OUTPUT_DECISION, OUTPUT_PROB
+from contracts.output_names import PROB
 from contracts.atomic import write_json
 from contracts.errors import UserInputError, check_output_folder
 from models import registry
@@ -218,7 +220,7 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
     """Serves the test split's original files through the export; compares with ensemble.py's blend.
 
     Returns:
-      {"images", "max_abs_diff", "mean_abs_diff", "label_agreement"} over the test images.
+      {"images", "max_abs_diff", "mean_abs_diff", "decision_agreement"} over the test images.
     """
     import numpy as np
     import pandas as pd
@@ -237,10 +239,10 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
     served = score_files(export_dir, [files[i] for i in blended["image_id"]])
     with open(ensemble_file) as f:
         threshold = json.load(f)["threshold"]
-    gap = np.abs(served["p_abnormal"] - blended["p_abnormal"].to_numpy())
-    labels = (blended["p_abnormal"].to_numpy() >= threshold).astype(int)
+    gap = np.abs(served[OUTPUT_PROB] - blended[PROB].to_numpy())
+    decisions = (blended[PROB].to_numpy() >= threshold).astype(int)
     return {"images": int(len(gap)), "max_abs_diff": float(gap.max()), "mean_abs_diff": float(gap.mean()),
-            "label_agreement": float(np.mean(served["label"] == labels))}
+            "decision_agreement": float(np.mean(served[OUTPUT_DECISION] == decisions))}
 
 
 def default_output_dir(data_dir: str | None) -> str:
@@ -312,7 +314,7 @@ def main(argv: list[str]) -> int:
     serving = result["serving"]
     print(f"served:     {os.path.join(plan.output_dir, 'served')} (SavedModel, image bytes in); on the "
           f"{serving['images']} test files |p_served - p_submission| max {serving['max_abs_diff']:.1e}, "
-          f"mean {serving['mean_abs_diff']:.1e}; same label on {serving['label_agreement']:.1%}")
+          f"mean {serving['mean_abs_diff']:.1e}; same decision on {serving['decision_agreement']:.1%}")
     return 0
 
 

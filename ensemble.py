@@ -3,6 +3,11 @@
     python ensemble.py --predictions=eff.csv,dense.csv,res.csv --output=submission.csv
         [--weights=0.6,0.3,0.1] [--threshold=0.6] [--fit_on=eff_val.csv,dense_val.csv,res_val.csv]
 
+Blends each file's p_uncalibrated (the softmax output; a file without it, e.g. one made elsewhere,
+its p_abnormal) after the temperature --fit_on fits for it (none without --fit_on), never after
+the run's own temperature as well. Writes the submission (image_id, decision) and the blend
+(image_id, p_abnormal[, label]) with its sidecar, the ensemble file.
+
 Bad input (ids that differ between files, duplicate ids, NaN or out-of-range probabilities, an
 --output whose files would replace a file the run reads, ...) exits with status 1 and a one-line
 message naming the file and the fix; a run that fails part way leaves none of its files.

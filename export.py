@@ -5,7 +5,8 @@
         --ensemble=out/submission.probabilities.json --export_dir=served/ensemble
 
 Signatures: serving_default(image_bytes: encoded PNG/JPEG strings) and pixels(float32 0..255
-images); both return p_abnormal, logit and label (and member_p_abnormal for an ensemble).
+images); both return p_abnormal, logit and decision, with p_uncalibrated for one model or
+member_p_uncalibrated for an ensemble: the names and meanings of predict.py's CSV columns.
 The SavedModel loads with TensorFlow alone; export.json beside it says what it holds.
 Bad input exits with status 1 and a one-line message naming the flag and the fix.
 """

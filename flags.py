@@ -135,6 +135,7 @@ def _define_report_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `predict.py`."""
+    from contracts import output_names as files
     from evaluation import settings
     from training.config import PRECISIONS, STRATEGIES  # the one list of each
 
@@ -162,8 +163,10 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "report rescores against, with Cohen's kappa against the records' own labels (other_labels.json). "
       "Columns: image_id (or Image Index or SOPInstanceUID) and label 0/1, YES/NO or NIH Finding Labels.")
     _d(flags.DEFINE_string, fv)("output", None,
-      "Prediction CSV (image_id,p_abnormal[,label]); PATH.npy ((N, 2) softmax, same rows) and the "
-      "sidecar PATH.json (backbone, shards, crop) go beside it.")
+      f"Prediction CSV ({files.ID},{files.PROB}[,{files.LABEL}],{files.PROB_UNCALIBRATED}: {files.PROB} after "
+      f"the run's temperature, {files.PROB_UNCALIBRATED} the softmax output; with --ensemble, PATH.csv holds "
+      f"the blend as {files.PROB}); PATH.npy ((N, 2) softmax, same rows) and the sidecar PATH.json "
+      "(backbone, shards, crop, temperature) go beside it.")
     _d(flags.DEFINE_integer, fv)("batch_size", settings.PREDICT_BATCH_SIZE,
       "Global batch size (split over the replicas).", lower_bound=1)
     _d(flags.DEFINE_enum, fv)("strategy", "auto", list(STRATEGIES),
@@ -177,6 +180,7 @@ def define_predict_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def define_ensemble_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `ensemble.py`."""
+    from contracts import output_names as files
     from evaluation import settings
     from models import registry
     _d(flags.DEFINE_list, fv)("predictions", None,
@@ -191,8 +195,9 @@ def define_ensemble_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
       "file in the same order: weights and/or threshold not given are chosen on them by balanced accuracy.")
     _d(flags.DEFINE_float, fv)("fit_step", settings.FIT_STEP,
       "Spacing of the weight grid searched with --fit_on (must divide 1).")
-    _d(flags.DEFINE_string, fv)("submission_id_column", "image_id", "Submission column holding the image id.")
-    _d(flags.DEFINE_string, fv)("submission_label_column", "label", "Submission column holding the 0/1 decision.")
+    _d(flags.DEFINE_string, fv)("submission_id_column", files.ID, "Submission column holding the image id.")
+    _d(flags.DEFINE_string, fv)("submission_label_column", files.DECISION,
+      "Submission column holding the 0/1 decision (the blend's p_abnormal >= threshold).")
     _d(flags.DEFINE_string, fv)("labels_csv", None,
       "Another reading of the same images (e.g. a radiologist panel's): the report rescores every model "
       "and the blend against it on the images both share, with Cohen's kappa against the files' own "

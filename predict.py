@@ -5,10 +5,11 @@
 
 Without --split it predicts the folder's test split, or its only split besides train (eval for an
 unlabeled folder), and otherwise asks for --split, listing the splits.
-Writes PATH.csv (image_id,p_abnormal[,label]; one row per record of the split, checked against
-manifest.json), PATH.npy (the (N, 2) softmax, same rows) and PATH.json (backbone, shards, crop), and
-a report (metrics.json, ROC and PR curves) when the records have labels. Repeat --model_dir to
-predict with several models: each writes <output stem>.<backbone>.csv (+ .npy, .json).
+Writes PATH.csv (image_id,p_abnormal[,label],p_uncalibrated: p_abnormal after the run's temperature,
+p_uncalibrated the softmax output; one row per record of the split, checked against manifest.json),
+PATH.npy (the (N, 2) softmax, same rows) and PATH.json (backbone, shards, crop, temperature), and a
+report on p_abnormal (metrics.json, ROC and PR curves) when the records have labels. Repeat
+--model_dir to predict with several models: each writes <output stem>.<backbone>.csv (+ .npy, .json).
 --images takes PNG, JPEG and DICOM files (a folder or a glob) instead of shards; --ensemble blends
 the models with ensemble.py's temperatures and weights into PATH.csv. --labels_csv rescores the
 split against another reading of its images (with --images: labels the files).

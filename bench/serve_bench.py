@@ -29,7 +29,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from contracts.export_folder import EXPORT_INFO
+from contracts.export_folder import EXPORT_INFO, OUTPUT_PROB
 from contracts.export_folder import INPUT_BYTES as INPUT
 from contracts.export_folder import SERVING_DEFAULT as SIGNATURE
 
@@ -78,7 +78,7 @@ def load_signature(export_dir: str):
 
 def call(signature, batch: list[bytes]) -> None:
     import tensorflow as tf
-    signature(**{INPUT: tf.constant(batch, tf.string)})["p_abnormal"].numpy()  # waits for the result
+    signature(**{INPUT: tf.constant(batch, tf.string)})[OUTPUT_PROB].numpy()  # waits for the result
 
 
 def batch1_latencies_ms(signature, images: list[bytes], requests: int, warmup: int) -> np.ndarray:

@@ -4,7 +4,9 @@
                        grid: where its cells sit over the input), "threshold",
                        "target", "source" (data_dir and split, or the raw --images), "crop",
                        "image_size", and "images", one entry per image: image_id, group, rank,
-                       p_abnormal, label (null: unknown), heatmap (.npy) and overlay (.png) names
+                       p_abnormal (as handed over: after the temperatures, blended for an
+                       ensemble, as in predict.py's CSV), label (the record's; null: unknown),
+                       heatmap (.npy) and overlay (.png) names
   localization.json    the localization score (pointing game and energy in the boxes, beside a
                        centred-Gaussian baseline), or {"scored": false, "reason": ...}
   <group>-<rank>-<id>.npy   the (S, S) float32 Grad-CAM map in [0, 1], S the model's input side

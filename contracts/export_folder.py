@@ -1,8 +1,21 @@
-"""What an export folder holds, by name: imported by the exporter and by its readers, without TensorFlow."""
+"""What an export folder holds, by name: imported by the exporter and by its readers, without TensorFlow.
+
+The signatures' outputs share the prediction files' names and meanings (contracts/output_names.py):
+`p_abnormal` what the model or ensemble hands over, `p_uncalibrated` a model's softmax output, and
+`member_<name>` (members, last axis) the ensemble members' `<name>`, as in their own prediction files.
+"""
+
+from contracts.output_names import DECISION, PROB, PROB_UNCALIBRATED
 
 EXPORT_INFO = "export.json"  # beside saved_model.pb: members, image size, threshold, signatures
-EXPORT_SCHEMA_VERSION = 1
+EXPORT_SCHEMA_VERSION = 2  # 1: outputs "label" (now DECISION) and "member_p_abnormal" (the members' softmax)
 SERVING_DEFAULT = "serving_default"  # image_bytes: string [None] -> outputs
 PIXELS = "pixels"  # pixels: float32 [None, S, S, 3] in 0..255 -> outputs
 INPUT_BYTES = "image_bytes"
 INPUT_PIXELS = "pixels"
+OUTPUT_PROB = PROB  # float32 [None]: after the temperatures (an ensemble: the blend)
+OUTPUT_UNCALIBRATED = PROB_UNCALIBRATED  # float32 [None], one model only: its softmax output
+OUTPUT_LOGIT = "logit"  # float32 [None]: log(p / (1 - p)) of OUTPUT_PROB
+OUTPUT_DECISION = DECISION  # int32 [None]: OUTPUT_PROB >= threshold
+MEMBER_PREFIX = "member_"  # an ensemble's per-member output: float32 [None, members]
+OUTPUT_MEMBERS = MEMBER_PREFIX + PROB_UNCALIBRATED  # each member's softmax output, in blend order

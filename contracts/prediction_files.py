@@ -1,10 +1,19 @@
 """The prediction file: written by predict.py and by training (val_predictions.csv), read by ensemble.py.
 
-A prediction file is a CSV `image_id,p_abnormal[,label]` with one row per image (label 1 abnormal,
-0 normal, -1 unknown), optionally followed by `p_calibrated` (P(abnormal) after the model's
-temperature, see training/calibration.py) and the patient columns of `META_COLUMNS` (the patient,
-whose images the report's intervals resample together; view position, sex and age for its subgroups), and a JSON sidecar of the same stem (`preds.csv` -> `preds.json`) that says
-which model made it (`backbone`) and from which shards (`data_dir`, `split`, `crop`, ...).
+A prediction file is a CSV `image_id,p_abnormal[,label][,p_uncalibrated]` with one row per image
+(label 1 abnormal, 0 normal, -1 unknown), then the patient columns of `META_COLUMNS` (the
+patient, whose images the report's intervals resample together; view position, sex and age for its
+subgroups), and a JSON sidecar of the same stem
+(`preds.csv` -> `preds.json`) that says which model made it (`backbone`), from which shards
+(`data_dir`, `split`, `crop`, ...) and in which `FORMAT_VERSION_KEY`.
+One name, one quantity, here and in every output of the project (contracts/output_names.py):
+`p_abnormal` is what the model or ensemble hands over, after its temperature when it has one
+(training/calibration.py); `p_uncalibrated` is a model's softmax output before any temperature,
+what a blend calibrates. A file without `p_uncalibrated` (a blend, a file made elsewhere) has
+nothing rawer to offer: a blend takes its `p_abnormal` as it is.
+Files of format version 1 (a sidecar without the key, or no sidecar) held the softmax output in
+`p_abnormal` and, optionally, the calibrated probability in `p_calibrated`; they are read by that
+meaning.
 Readers refuse anything a blend could silently get wrong: duplicate or empty ids, probabilities
 that are missing or outside [0, 1], labels other than -1/0/1, and files whose id sets differ.
 """
@@ -21,11 +30,11 @@ import pandas as pd
 
 from contracts.atomic import atomic_path, write_json
 from contracts.errors import UserInputError
+from contracts.output_names import ID, LABEL, PROB, PROB_UNCALIBRATED
 
-ID = "image_id"
-PROB = "p_abnormal"
-LABEL = "label"
-PROB_CALIBRATED = "p_calibrated"  # optional: p_abnormal after the model's temperature
+FORMAT_VERSION_KEY = "prediction_format_version"  # in the sidecar
+FORMAT_VERSION = 2  # 1: p_abnormal was the softmax output and p_calibrated the calibrated one
+V1_PROB_CALIBRATED = "p_calibrated"  # format version 1 only
 PATIENT = "patient_id"  # optional patient columns, "" (or -1 for age) where unknown
 VIEW = "view_position"
 SEX = "patient_sex"
@@ -44,11 +53,14 @@ class Predictions:
     Attributes:
       path: the CSV it was read from.
       ids: (N,) image ids (Python str objects), in file order, unique.
-      probs: (N,) float64 P(abnormal) in [0, 1].
+      probs: (N,) float64 `PROB` in [0, 1]: what the model hands over (a version 1 file: its
+        `V1_PROB_CALIBRATED` when it has one, else its softmax output).
       labels: (N,) int64 in {-1, 0, 1}, or None when the file has no label column.
       sidecar: the parsed sidecar JSON, or None when there is none.
-      calibrated: (N,) float64 `PROB_CALIBRATED`, or None when the file has no such column.
+      uncalibrated: (N,) float64 `PROB_UNCALIBRATED`, before any temperature: what a blend
+        calibrates (`probs` itself when the file holds no such column; a version 1 file's `PROB`).
       meta: the `META_COLUMNS` the file has, each (N,) (str; int64 for age).
+      format_version: the file's `FORMAT_VERSION_KEY` (1 when its sidecar has none).
     """
 
     path: str
@@ -56,8 +68,9 @@ class Predictions:
     probs: np.ndarray
     labels: np.ndarray | None
     sidecar: dict[str, Any] | None
-    calibrated: np.ndarray | None = None
+    uncalibrated: np.ndarray
     meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
 
     @property
     def backbone(self) -> str | None:
@@ -76,13 +89,15 @@ class Aligned:
 
     Attributes:
       ids: (N,) image ids in the first file's row order.
-      probs: (N, M) P(abnormal), column m from file m.
+      probs: (N, M) `PROB`, column m from file m.
+      uncalibrated: (N, M) `PROB_UNCALIBRATED` (see `Predictions.uncalibrated`), what a blend calibrates.
       labels: (N,) int64 in {-1, 0, 1} merged over the files that have labels, or None if none has.
       meta: each `META_COLUMNS` column found in a file, (N,) in the same row order.
     """
 
     ids: np.ndarray
     probs: np.ndarray
+    uncalibrated: np.ndarray
     labels: np.ndarray | None
     meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
@@ -106,26 +121,28 @@ def write_predictions(
     labels: np.ndarray | None = None,
     sidecar: dict[str, Any] | None = None,
     *,
-    calibrated: np.ndarray | None = None,
+    uncalibrated: np.ndarray | None = None,
     meta: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Writes a prediction file and, when given, its sidecar.
+    """Writes a prediction file and its sidecar, in format `FORMAT_VERSION`.
 
     Args:
       path: the CSV path; its folder is created.
       ids: (N,) image ids.
-      probs: (N,) P(abnormal).
+      probs: (N,) `PROB`: what the model or ensemble hands over (after its temperature, if any).
       labels: (N,) labels (-1 unknown), or None to leave the label column out.
-      sidecar: written as JSON to `sidecar_path(path)`.
-      calibrated: (N,) P(abnormal) after the model's temperature, or None.
+      sidecar: written as JSON to `sidecar_path(path)`, with `FORMAT_VERSION_KEY` added (written
+        even when None: the version says how the columns read).
+      uncalibrated: (N,) `PROB_UNCALIBRATED`, the softmax output before any temperature; None
+        when `probs` had no temperature applied (a blend, a file made elsewhere).
       meta: `META_COLUMNS` name -> (N,) values, in the same row order.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     columns = {ID: list(ids), PROB: np.asarray(probs, dtype=np.float64)}
     if labels is not None:
         columns[LABEL] = np.asarray(labels, dtype=np.int64)
-    if calibrated is not None:
-        columns[PROB_CALIBRATED] = np.asarray(calibrated, dtype=np.float64)
+    if uncalibrated is not None:
+        columns[PROB_UNCALIBRATED] = np.asarray(uncalibrated, dtype=np.float64)
     unknown = sorted(set(meta or {}) - set(META_COLUMNS))
     if unknown:
         raise ValueError(f"unknown patient column(s) {unknown}; known: {META_COLUMNS}")
@@ -133,8 +150,7 @@ def write_predictions(
     # repr-exact floats so that reading a file back gives the probabilities that were written.
     with atomic_path(path) as tmp:
         pd.DataFrame(columns).to_csv(tmp, index=False, float_format="%.17g")
-    if sidecar is not None:
-        write_json(sidecar_path(path), sidecar)
+    write_json(sidecar_path(path), {**(sidecar or {}), FORMAT_VERSION_KEY: FORMAT_VERSION})
 
 
 def _read_frame(path: str) -> pd.DataFrame:
@@ -148,7 +164,8 @@ def _read_frame(path: str) -> pd.DataFrame:
     try:
         # Ids stay text: keep_default_na stops an id such as "NA" from becoming NaN.
         frame = pd.read_csv(path, dtype={ID: str, PATIENT: str, VIEW: str, SEX: str}, keep_default_na=False,
-                            na_values={PROB: [""], LABEL: [""], PROB_CALIBRATED: [""], AGE: [""]})
+                            na_values={PROB: [""], LABEL: [""], PROB_UNCALIBRATED: [""],
+                                                             V1_PROB_CALIBRATED: [""], AGE: [""]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserInputError(f"{path}: not a readable CSV ({err}); {_HOW_TO_MAKE}") from err
     missing = [c for c in (ID, PROB) if c not in frame.columns]
@@ -222,32 +239,52 @@ def _read_sidecar(csv_path: str) -> dict[str, Any] | None:
         raise UserInputError(f"{path}: sidecar is not valid JSON ({err}); delete or rewrite it") from err
     if not isinstance(sidecar, dict):
         raise UserInputError(f"{path}: sidecar must be a JSON object with at least \"backbone\"")
+    version = sidecar.get(FORMAT_VERSION_KEY, 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise UserInputError(
+            f"{path}: {FORMAT_VERSION_KEY} {version!r} is not one this project reads (1 to {FORMAT_VERSION}); "
+            "write the file with this project's predict.py")
     return sidecar
+
+
+def _read_probabilities(path: str, ids: np.ndarray, frame: pd.DataFrame,
+                        version: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (handed over, uncalibrated) by the meaning of the file's format version."""
+    first = _check_probs(path, ids, frame[PROB])
+    if version == 1:  # PROB was the softmax output, V1_PROB_CALIBRATED (if any) the handed-over one
+        handed = (_check_probs(path, ids, frame[V1_PROB_CALIBRATED], V1_PROB_CALIBRATED)
+                  if V1_PROB_CALIBRATED in frame.columns else first)
+        return handed, first
+    uncalibrated = (_check_probs(path, ids, frame[PROB_UNCALIBRATED], PROB_UNCALIBRATED)
+                    if PROB_UNCALIBRATED in frame.columns else first)
+    return first, uncalibrated
 
 
 def read_predictions(path: str) -> Predictions:
     """Reads and validates one prediction file and its sidecar.
 
     Args:
-      path: a CSV with columns image_id, p_abnormal and optionally label.
+      path: a CSV with columns image_id, p_abnormal and optionally label and p_uncalibrated (or,
+        format version 1, p_calibrated).
 
     Returns:
-      The validated predictions.
+      The validated predictions, read by the meaning of the sidecar's format version.
 
     Raises:
       UserInputError: the file is missing or unreadable, lacks a column, has empty or duplicate ids,
-        missing/NaN/out-of-range probabilities, bad labels, or a sidecar that is not a JSON object;
-        the message names the file and a few offending ids.
+        missing/NaN/out-of-range probabilities, bad labels, or a sidecar that is not a JSON object
+        or has a format version this code does not read; the message names the file and a few
+        offending ids.
     """
     frame = _read_frame(path)
     ids = frame[ID].to_numpy(dtype=object)
     _check_ids(path, ids)
-    probs = _check_probs(path, ids, frame[PROB])
+    sidecar = _read_sidecar(path)
+    version = (sidecar or {}).get(FORMAT_VERSION_KEY, 1)
+    probs, uncalibrated = _read_probabilities(path, ids, frame, version)
     labels = _check_labels(path, ids, frame[LABEL]) if LABEL in frame.columns else None
-    calibrated = (_check_probs(path, ids, frame[PROB_CALIBRATED], PROB_CALIBRATED)
-                  if PROB_CALIBRATED in frame.columns else None)
-    return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=_read_sidecar(path),
-                       calibrated=calibrated, meta=_read_meta(path, frame))
+    return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=sidecar,
+                       uncalibrated=uncalibrated, meta=_read_meta(path, frame), format_version=version)
 
 
 def _check_same_ids(first: Predictions, other: Predictions) -> None:
@@ -313,8 +350,10 @@ def align(files: Sequence[Predictions]) -> Aligned:
         index[position.loc[file.ids].to_numpy()] = np.arange(len(file.ids))
         order.append(index)
     probs = np.stack([file.probs[index] for file, index in zip(files, order)], axis=1)
+    uncalibrated = np.stack([file.uncalibrated[index] for file, index in zip(files, order)], axis=1)
     meta: dict[str, np.ndarray] = {}
     for file, index in zip(files, order):
         for name, values in file.meta.items():
             meta.setdefault(name, values[index])
-    return Aligned(ids=first.ids, probs=probs, labels=_merge_labels(files, order), meta=meta)
+    return Aligned(ids=first.ids, probs=probs, uncalibrated=uncalibrated, labels=_merge_labels(files, order),
+                   meta=meta)

@@ -6,9 +6,11 @@
   checkpoints/           model, optimizer, epochs done, step and callback state, for resuming
   model.keras            the best epoch's float32 inference classifier (raw 0..255 pixels in);
                          the zip also holds MODEL_RUN_ENTRY, {"epoch": N}
-  val_predictions.csv    image_id, p_abnormal, label of that epoch (+ val_predictions.json sidecar,
-                         whose "epoch" is N too: the two are one pair, repaired on resume; the
-                         sidecar's "temperature" is the run's own, fitted on these predictions)
+  val_predictions.csv    image_id, p_abnormal, label, p_uncalibrated of that epoch, a prediction
+                         file (contracts.prediction_files: p_abnormal after the temperature), +
+                         val_predictions.json sidecar, whose "epoch" is N too: the two are one
+                         pair, repaired on resume; the sidecar's "temperature" is the run's own,
+                         fitted on these predictions' p_uncalibrated
 
 Every file is written through `contracts.atomic`. JSON has no NaN: undefined metrics are null.
 """

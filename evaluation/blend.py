@@ -102,14 +102,14 @@ def reference_weights(files: Sequence[Predictions]) -> np.ndarray:
       files: prediction files whose sidecars record a backbone.
 
     Raises:
-      UserInputError: a file has no sidecar, or its backbone has no reference weight; the message
-        says to pass --weights.
+      UserInputError: a file has no sidecar naming its backbone, or its backbone has no reference
+        weight; the message says to pass --weights.
     """
     weights = []
     for file in files:
-        if file.sidecar is None:
+        if file.backbone is None:
             raise UserInputError(
-                f"{file.path}: no sidecar JSON beside it, so its backbone (and default weight) is unknown; "
+                f"{file.path}: no sidecar JSON beside it naming its backbone, so its default weight is unknown; "
                 "pass --weights=w1,w2,... (one per file) or --fit_on=<validation prediction files>"
             )
         if file.backbone not in registry.BACKBONES:

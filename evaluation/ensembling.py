@@ -1,11 +1,13 @@
 """The ensemble run behind ensemble.py: join prediction files, blend, threshold, write, report.
 
 Outputs, for `--output=DIR/submission.csv`:
-  DIR/submission.csv                    image id and 0/1 decision (column names settable)
-  DIR/submission.probabilities.csv      image_id, p_abnormal (blended) [, label]
+  DIR/submission.csv                    image_id, decision (0/1; column names settable)
+  DIR/submission.probabilities.csv      image_id, p_abnormal (the blend), label (when known)
   DIR/submission.probabilities.json     its sidecar: inputs, weights, threshold, how they were chosen
   DIR/submission_report/                metrics.json, roc.png, precision_recall.png (labels known only)
-In the report every input model is scored at the ensemble's threshold, so the rows compare.
+Each input's p_uncalibrated (contracts/prediction_files.py) goes through its ensemble temperature
+(1 unless fitted with --fit_on), never its run's: no probability is calibrated twice. In the report
+every input model is scored so, as it enters the blend, at the ensemble's threshold, so the rows compare.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from absl import logging
 from contracts import ensemble_file
 from contracts.atomic import all_or_none, atomic_path, json_ready, write_json
 from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
-from contracts.prediction_files import PATIENT, Predictions, align, read_predictions, sidecar_path, write_predictions
+from contracts.output_names import DECISION, ID, PROB, PROB_UNCALIBRATED
+from contracts.prediction_files import (PATIENT, Predictions, align, read_predictions, sidecar_path,
+                                        write_predictions)
 from evaluation import agreement, html_report
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
@@ -30,6 +34,7 @@ from training import calibration
 from training.metrics import auroc_or_nan
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
+BLENDED = f"each input's {PROB_UNCALIBRATED} after its temperature here"  # in the blend's sidecar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +115,11 @@ class _Choice:
     validation: tuple[np.ndarray, np.ndarray] | None  # (labels, calibrated member probs (N, M))
 
 
+def _scored(temperature: float) -> str:
+    """What a member's report numbers are computed on (report.SCORED)."""
+    return PROB_UNCALIBRATED if temperature == 1.0 else f"{PROB_UNCALIBRATED} at T={temperature:.4g}"
+
+
 def _choose(
     files: Sequence[Predictions],
     names: Sequence[str],
@@ -128,10 +138,10 @@ def _choose(
     _check_fit_pairs(files, fit_files)
     validation = align(fit_files)
     labels = blend_lib.check_fit_labels(validation.labels, fit_on, validation.ids)
-    # One order: temperatures first (each member on its own validation predictions), then the
-    # weights and threshold on the calibrated members.
-    temperatures = blend_lib.fit_temperatures(validation.probs, labels, names)
-    members = blend_lib.calibrate_members(validation.probs, temperatures)
+    # One order: temperatures first (each member on its own validation predictions, before any
+    # temperature), then the weights and threshold on the calibrated members.
+    temperatures = blend_lib.fit_temperatures(validation.uncalibrated, labels, names)
+    members = blend_lib.calibrate_members(validation.uncalibrated, temperatures)
     fit = blend_lib.fit(members, labels, step=fit_step, weights=fixed_weights, threshold=fixed_threshold)
     validation_aurocs = [auroc_or_nan(labels, members[:, m]) for m in range(len(files))]
     return _Choice(fit.weights, fit.threshold, temperatures, fit, validation_aurocs, (labels, members))
@@ -157,14 +167,14 @@ def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members
     scores = [
         report_lib.Scores(name, aligned.labels, members[:, m], choice.threshold, {
             "crop": file.crop, "train_crop": (file.sidecar or {}).get("train_crop"), "source": file.path,
-            "temperature": choice.temperatures[m]},
-            uncalibrated=None if choice.temperatures[m] == 1.0 else aligned.probs[:, m], meta=aligned.meta,
+            "temperature": choice.temperatures[m], report_lib.SCORED: _scored(choice.temperatures[m])},
+            uncalibrated=None if choice.temperatures[m] == 1.0 else aligned.uncalibrated[:, m], meta=aligned.meta,
             validation=None if validation is None else (validation[0], validation[1][:, m]))
         for m, (name, file) in enumerate(zip(names, files))
     ]
     scores.append(report_lib.Scores(ENSEMBLE, aligned.labels, blended, choice.threshold, {
         "crop": _common([f.crop for f in files]),
-        "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]),
+        "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]), report_lib.SCORED: PROB,
     }, meta=aligned.meta, validation=None if validation is None else (
         validation[0], blend_lib.blend(validation[1], choice.weights))))
     return scores
@@ -200,6 +210,7 @@ def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], 
                                                choice.weights, choice.temperatures),
         "weights": {name: float(w) for name, w in zip(names, choice.weights)},
         "temperatures": dict(zip(names, choice.temperatures)),
+        "blended": BLENDED,
         "order": calibration.ORDER,
         "threshold": choice.threshold,
         "fit": None if fit is None else {
@@ -237,8 +248,8 @@ def run_ensemble(
     threshold: float | None = None,
     fit_on: Sequence[str] | None = None,
     fit_step: float = settings.FIT_STEP,
-    id_column: str = "image_id",
-    label_column: str = "label",
+    id_column: str = ID,
+    label_column: str = DECISION,
     report_dir: str | None = None,
     bootstrap: int = settings.BOOTSTRAP,
     labels_csv: str | None = None,
@@ -281,7 +292,7 @@ def run_ensemble(
     names = model_names(files)
     choice = _choose(files, names, weights, threshold, fit_on, fit_step)
     fit, chosen_threshold = choice.fit, choice.threshold
-    members = blend_lib.calibrate_members(aligned.probs, choice.temperatures)
+    members = blend_lib.calibrate_members(aligned.uncalibrated, choice.temperatures)
     blended = blend_lib.blend(members, choice.weights)
     decisions = blend_lib.decide(blended, chosen_threshold)
     metrics = gain = other_result = None
@@ -314,7 +325,7 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
       ensemble: ensemble.py's `.probabilities.json`.
       model_dirs: the --model_dir folders, in the order of `member_files`.
       member_files: each model's prediction CSV.
-      output: the blended prediction CSV (image_id, p_abnormal[, label]) with its sidecar.
+      output: the blended prediction CSV (image_id, p_abnormal: the blend[, label]) with its sidecar.
 
     Returns:
       (records, records at or above the ensemble's threshold, the threshold).
@@ -326,11 +337,12 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
     aligned = align(files)
     weights = blend_lib.normalise_weights([member.weight for member, _ in pairs], len(pairs))
     temperatures = [member.temperature for member, _ in pairs]
-    blended = blend_lib.blend(blend_lib.calibrate_members(aligned.probs, temperatures), weights)
+    blended = blend_lib.blend(blend_lib.calibrate_members(aligned.uncalibrated, temperatures), weights)
     write_predictions(output, aligned.ids, blended, aligned.labels, meta=aligned.meta, sidecar={
         "backbone": ENSEMBLE, "ensemble": os.path.abspath(ensemble), "threshold": loaded.threshold,
         "weights": {member.name: float(w) for (member, _), w in zip(pairs, weights)},
         "temperatures": {member.name: member.temperature for member, _ in pairs},
+        "blended": BLENDED,
         "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})})
     decisions = blend_lib.decide(blended, loaded.threshold)
     return len(aligned.ids), int(decisions.sum()), loaded.threshold

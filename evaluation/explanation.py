@@ -25,6 +25,7 @@ from contracts import explanation_folder as folder_lib
 from contracts.atomic import atomic_path, write_bytes, write_json
 from contracts.boxes import stored_box
 from contracts.errors import UserInputError
+from contracts.output_names import PROB
 from contracts.prediction_files import few
 from evaluation import blend as blend_lib
 from evaluation import gradcam, localization, preflight, settings
@@ -215,7 +216,7 @@ def write_explanations(output_dir: str, gallery: Sequence[tuple[str, str, int]],
         write_bytes(os.path.join(output_dir, stem + ".png"),
                     render_overlay(record["gray"], record["map"], record["pixel_boxes"]))
         entries.append({"image_id": image_id, "group": group, "rank": rank,
-                        "p_abnormal": float(probability[image_id]),
+                        PROB: float(probability[image_id]),
                         "label": record["label"] if record["label"] >= 0 else None,
                         "heatmap": stem + ".npy", "overlay": stem + ".png"})
     write_json(os.path.join(output_dir, folder_lib.LOCALIZATION), report)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from contracts import explanation_folder
 from contracts.atomic import write_text
+from contracts.output_names import PROB
 from evaluation import agreement, calibration_report, operating_points, subgroups
 from evaluation import report as report_lib
 
@@ -152,7 +153,7 @@ def _explanations_section(report_dir: str) -> str:
         src = os.path.relpath(os.path.join(folder, entry["overlay"]), report_dir)
         figures.append(f'<figure><img src="{html.escape(src)}" alt="{html.escape(entry["image_id"])}" '
                        f'style="max-width:14em"><figcaption>{html.escape(entry["group"])}: '
-                       f"{html.escape(entry['image_id'])}, P(abnormal) {entry['p_abnormal']:.3f}, label {label}"
+                       f"{html.escape(entry['image_id'])}, P(abnormal) {entry[PROB]:.3f}, label {label}"
                        "</figcaption></figure>")
     return "".join(parts) + "<h3>Gallery</h3>" + "".join(figures)
 

@@ -1,8 +1,9 @@
 """Batch prediction behind predict.py: saved models over a split's shards, distributed, each id once.
 
-For every model folder, writes a prediction file (contracts/prediction_files.py) plus the `(N, 2)`
-softmax outputs as `.npy` in the same row order (the reference's format), rows sorted by image id so
-that the files are identical under every strategy. The row count is checked against the manifest.
+For every model folder, writes a prediction file (contracts/prediction_files.py: `p_abnormal` after
+the run's temperature, `p_uncalibrated` the softmax output) plus the `(N, 2)` softmax outputs as
+`.npy` in the same row order (the reference's format), rows sorted by image id so that the files
+are identical under every strategy. The row count is checked against the manifest.
 Models run under the strategies and precision policies of training (see `with_precision`).
 """
 
@@ -22,6 +23,7 @@ from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.atomic import all_or_none, atomic_path
 from contracts.errors import UserInputError
+from contracts.output_names import PROB
 from contracts.prediction_files import few, read_predictions, write_predictions
 from evaluation import agreement, html_report, preflight
 from evaluation import report as report_lib
@@ -225,8 +227,8 @@ def predict_split(
 def _write_outputs(path: str, outputs: SplitOutputs, sidecar: dict[str, Any], calibrated: np.ndarray,
                    meta: dict[str, np.ndarray]) -> None:
     known = outputs.labels >= 0
-    write_predictions(path, outputs.ids, outputs.softmax[:, 1], outputs.labels if known.any() else None, sidecar,
-                      calibrated=calibrated, meta=meta)
+    write_predictions(path, outputs.ids, calibrated, outputs.labels if known.any() else None, sidecar,
+                      uncalibrated=outputs.softmax[:, 1], meta=meta)
     with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
         np.save(tmp, outputs.softmax)
 
@@ -246,7 +248,9 @@ def _validation(model_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
     if not os.path.exists(path):
         return None
     validation = read_predictions(path)
-    return None if validation.labels is None else (validation.labels, _calibrated(model_dir, validation.probs)[0])
+    # The raw column through the run's temperature, whatever the file's format version.
+    return None if validation.labels is None else (validation.labels,
+                                                   _calibrated(model_dir, validation.uncalibrated)[0])
 
 
 def _load_models(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]], manifest: dict[str, Any],
@@ -290,9 +294,9 @@ def _predict_model(
         "replicas": strategy.num_replicas_in_sync, "precision": policy, "transfer": transfer,
         run_folder.TEMPERATURE: temperature, **context, **(extra_sidecar or {}),
     }, calibrated, meta)
-    # The report scores what is served and thresholded: the probability after the run's temperature.
+    # The report scores what is handed over, served and thresholded: p_abnormal, after the run's temperature.
     return report_lib.Scores(name, outputs.labels, calibrated, threshold, {
-        **context, "source": path, run_folder.TEMPERATURE: temperature},
+        **context, "source": path, run_folder.TEMPERATURE: temperature, report_lib.SCORED: PROB},
         uncalibrated=None if temperature is None else outputs.softmax[:, 1], meta=meta,
         validation=_validation(model_dir), ids=outputs.ids), write
 

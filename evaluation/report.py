@@ -37,12 +37,14 @@ METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"
 PR_FILE = "precision_recall.png"
 GAIN_FILE = "ensemble_gain.json"  # ensemble.py: the ensemble against the best single model
+SCORED = "scored"  # in each entry: which probability its numbers are computed on (a prediction file column)
 
 # Row order and labels of the printed table.
 TABLE_ROWS = (
     ("records", "records"),
     ("prevalence", "prevalence (abnormal)"),
     ("majority_baseline_accuracy", "majority-class accuracy"),
+    (SCORED, "probability scored"),
     ("threshold", "threshold"),
     ("accuracy", "accuracy"),
     ("accuracy_ci95", f"  95% CI (by {bootstrap.UNIT})"),

@@ -14,7 +14,8 @@ def score_files(export_dir: str, paths: Sequence[str], batch_size: int = 32) -> 
     """Runs `serving_default` over the files' bytes, `batch_size` files per call.
 
     Returns:
-      Each output of the signature (p_abnormal, logit, label[, member_p_abnormal]), rows in `paths` order.
+      Each output of the signature (contracts/export_folder.py: p_abnormal, logit, decision, and
+      p_uncalibrated or member_p_uncalibrated), rows in `paths` order.
 
     Raises:
       tf.errors.InvalidArgumentError: a file that is not a PNG or JPEG (or is over the pixel limit).

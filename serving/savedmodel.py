@@ -4,17 +4,17 @@ Each member is the float32 graph train.py saved as `model.keras` (itself a clone
 graph, see `models.precision`); nothing is rebuilt from flags. Signatures:
   serving_default(image_bytes: string [None]) and pixels(pixels: float32 [None, S, S, 3] in 0..255;
   any other shape fails the request, it is never resized)
-  → p_abnormal float32 [None], logit float32 [None], label int32 [None]
-    (+ p_uncalibrated float32 [None] for one model, member_p_abnormal float32 [None, members] for
-    an ensemble).
+  → p_abnormal float32 [None], logit float32 [None], decision int32 [None]
+    (+ p_uncalibrated float32 [None] for one model, member_p_uncalibrated float32 [None, members]
+    for an ensemble); the names and meanings of contracts/export_folder.py, the prediction files'.
 One order, as predict.py and ensemble.py: member logit -> temperature -> probability -> weighted
 blend -> threshold (training/calibration.py; a temperature of 1 leaves a member's probability as
-it is). One model: p_abnormal is its probability after its run's temperature, p_uncalibrated its
-softmax output (what val_predictions.csv and predict.py's p_abnormal column hold), logit its
-pre-softmax margin z_abnormal - z_normal divided by the temperature. An ensemble: p_abnormal is the
-weighted mean of the members' calibrated probabilities, logit is log(p / (1 - p)) of that blend,
-member_p_abnormal the members' softmax outputs. label is p_abnormal >= threshold, compared in
-float64 as ensemble.py does.
+it is). One model: p_abnormal is its probability after its run's temperature and p_uncalibrated
+its softmax output (the columns of the same names in predict.py's CSV and val_predictions.csv),
+logit its pre-softmax margin z_abnormal - z_normal divided by the temperature. An ensemble:
+p_abnormal is the weighted mean of the members' calibrated probabilities (ensemble.py's blend),
+logit is log(p / (1 - p)) of that blend, member_p_uncalibrated the members' softmax outputs.
+decision is p_abnormal >= threshold, compared in float64 as ensemble.py does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,17 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from contracts.export_folder import INPUT_BYTES, INPUT_PIXELS, PIXELS, SERVING_DEFAULT
+from contracts.export_folder import (
+    INPUT_BYTES,
+    INPUT_PIXELS,
+    OUTPUT_DECISION,
+    OUTPUT_LOGIT,
+    OUTPUT_MEMBERS,
+    OUTPUT_PROB,
+    OUTPUT_UNCALIBRATED,
+    PIXELS,
+    SERVING_DEFAULT,
+)
 from models.heads import OUTPUT_LAYER
 from serving.decode import bytes_to_pixels
 from training.calibration import PROB_EPSILON
@@ -114,22 +124,22 @@ class ServingModule(tf.Module):
             logit = tf.math.log(clipped) - tf.math.log1p(-clipped)
         else:
             logit = margins[0]
-        outputs = {"p_abnormal": tf.cast(blend, tf.float32), "logit": tf.cast(logit, tf.float32),
-                   "label": tf.cast(blend >= self.threshold, tf.int32)}
+        outputs = {OUTPUT_PROB: tf.cast(blend, tf.float32), OUTPUT_LOGIT: tf.cast(logit, tf.float32),
+                   OUTPUT_DECISION: tf.cast(blend >= self.threshold, tf.int32)}
         if self.ensemble:
-            outputs["member_p_abnormal"] = members
+            outputs[OUTPUT_MEMBERS] = members
         else:
-            outputs["p_uncalibrated"] = probabilities[0]
+            outputs[OUTPUT_UNCALIBRATED] = probabilities[0]
         return outputs
 
 
 def output_dtypes(ensemble: bool) -> dict[str, str]:
     """Returns each signature output's name → dtype and shape, as export.json records them."""
-    outputs = {"p_abnormal": "float32 [None]", "logit": "float32 [None]", "label": "int32 [None]"}
+    outputs = {OUTPUT_PROB: "float32 [None]", OUTPUT_LOGIT: "float32 [None]", OUTPUT_DECISION: "int32 [None]"}
     if ensemble:
-        outputs["member_p_abnormal"] = "float32 [None, members]"
+        outputs[OUTPUT_MEMBERS] = "float32 [None, members]"
     else:
-        outputs["p_uncalibrated"] = "float32 [None]"
+        outputs[OUTPUT_UNCALIBRATED] = "float32 [None]"
     return outputs
 
 

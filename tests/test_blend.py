@@ -35,7 +35,7 @@ def _write_models(folder, probs=PROBS, ids=IDS, labels=LABELS, order=None, suffi
     return paths
 
 
-def _submission(path, id_column="image_id", label_column="label"):
+def _submission(path, id_column="image_id", label_column="decision"):
     frame = pd.read_csv(path, dtype={id_column: str})
     return dict(zip(frame[id_column], frame[label_column]))
 
@@ -168,16 +168,37 @@ def _logistic_slope(labels, probs):
     return float(model.fit(_logit(probs)[:, None], labels).coef_[0, 0])
 
 
-def test_run_ensemble_fits_on_validation_files_and_applies_the_result(tmp_path):
+RUN_TEMPERATURE = 2.5  # a run's own temperature, which a blend must never apply on top of its own
+
+
+def _write_scheme(path, ids, raw, labels, backbone, scheme):
+    """Writes `raw` (the softmax output) as a file of today's format ("new": p_abnormal after the
+    run's temperature, p_uncalibrated raw) or, by hand, of format version 1 ("old": p_abnormal raw,
+    p_calibrated after the temperature, a sidecar without the version)."""
+    calibrated = _sigmoid(_logit(raw) / RUN_TEMPERATURE)
+    sidecar = {"backbone": backbone, "temperature": RUN_TEMPERATURE}
+    if scheme == "new":
+        write_predictions(path, ids, calibrated, labels, sidecar, uncalibrated=raw)
+        return path
+    frame = pd.DataFrame({"image_id": ids, "p_abnormal": raw, "p_calibrated": calibrated})
+    if labels is not None:
+        frame.insert(2, "label", labels)
+    frame.to_csv(path, index=False, float_format="%.17g")
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump(sidecar, f)
+    return path
+
+
+@pytest.mark.parametrize("scheme", ["new", "old"])
+def test_run_ensemble_fits_on_validation_files_and_applies_the_result(tmp_path, scheme):
+    # The same softmax outputs, in files of either format: the blend takes their raw column.
     rng = np.random.default_rng(2)
     labels, probs = _validation_set(rng)
     ids = [f"val_{i:04d}.png" for i in range(len(labels))]
-    fit_paths = []
-    for m, backbone in enumerate(BACKBONES):
-        path = str(tmp_path / f"{backbone}_val.csv")
-        write_predictions(path, ids, probs[:, m], labels, {"backbone": backbone})
-        fit_paths.append(path)
-    paths = _write_models(str(tmp_path), labels=None)
+    fit_paths = [_write_scheme(str(tmp_path / f"{backbone}_val.csv"), ids, probs[:, m], labels, backbone, scheme)
+                 for m, backbone in enumerate(BACKBONES)]
+    paths = [_write_scheme(str(tmp_path / f"{backbone}.csv"), IDS, PROBS[:, m], None, backbone, scheme)
+             for m, backbone in enumerate(BACKBONES)]
     result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=fit_paths, fit_step=0.1, bootstrap=0)
     # The one order, computed independently: each member's temperature as the inverse slope of an
     # intercept-free logistic regression on its logit, then weights and threshold on the calibrated members.
@@ -189,8 +210,9 @@ def test_run_ensemble_fits_on_validation_files_and_applies_the_result(tmp_path):
     recorded = json.loads(open(tmp_path / "sub.probabilities.json").read())["temperatures"]
     assert list(recorded.values()) == pytest.approx(temperatures, rel=1e-3)
     test_members = np.stack([_sigmoid(_logit(PROBS[:, m]) / t) for m, t in enumerate(temperatures)], axis=1)
-    decisions = blend.decide(blend.blend(test_members, expected.weights), expected.threshold)
-    assert _submission(result.submission) == dict(zip(IDS, decisions))
+    blended = blend.blend(test_members, expected.weights)
+    np.testing.assert_allclose(read_predictions(result.probabilities).probs, blended, rtol=1e-6)
+    assert _submission(result.submission) == dict(zip(IDS, blend.decide(blended, expected.threshold)))
     assert result.metrics is None  # the test files carry no labels
     assert "balanced accuracy" in ensembling.summary(result)
 

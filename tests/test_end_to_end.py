@@ -68,7 +68,7 @@ def test_build_train_predict_ensemble_report(tmp_path):
                              fit_on=[os.path.join(d, "val_predictions.csv") for d in model_dirs],
                              report_dir=str(tmp_path / "report"), bootstrap=50)
     submission = pd.read_csv(ensembled.submission)
-    assert set(submission["image_id"]) == test_ids and set(submission["label"]) <= {0, 1}
+    assert set(submission["image_id"]) == test_ids and set(submission["decision"]) <= {0, 1}
     assert abs(sum(ensembled.weights.values()) - 1) < 1e-9 and 0 < ensembled.threshold < 1
     metrics = json.load(open(tmp_path / "report" / "metrics.json"))
     assert "ensemble" in metrics and len(metrics) == 3

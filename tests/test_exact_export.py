@@ -99,15 +99,15 @@ def _reproduces_val_predictions(data_dir, model_dir, precision, tolerance, check
         outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), data_dir, "val", 8, SIZE,
                                            progress=False)
         from_file = pd.Series(outputs.softmax[:, 1], index=outputs.ids)
-        np.testing.assert_allclose(from_file[validated.index], validated["p_abnormal"], atol=tolerance)
+        np.testing.assert_allclose(from_file[validated.index], validated["p_uncalibrated"], atol=tolerance)
 
     out = os.path.join(os.path.dirname(model_dir), f"pred_{precision}.csv")
     prediction.run_prediction([model_dir], data_dir, "val", out, batch_size=8, strategy="default",
                               precision=precision, bootstrap=10, progress=False)
     predicted = pd.read_csv(out).set_index("image_id")
-    np.testing.assert_allclose(predicted.loc[validated.index, "p_abnormal"], validated["p_abnormal"],
+    np.testing.assert_allclose(predicted.loc[validated.index, "p_uncalibrated"], validated["p_uncalibrated"],
                                atol=tolerance)
-    return validated["p_abnormal"].to_numpy()
+    return validated["p_uncalibrated"].to_numpy()
 
 
 @pytest.mark.slow
@@ -137,7 +137,7 @@ def test_mixed_precision_export_and_predict_reproduce_validation(policy, shards,
         outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), shards, "val", 8, SIZE,
                                            progress=False)
         validated = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")
-        gap = np.abs(pd.Series(outputs.softmax[:, 1], index=outputs.ids)[validated.index] - validated["p_abnormal"])
+        gap = np.abs(pd.Series(outputs.softmax[:, 1], index=outputs.ids)[validated.index] - validated["p_uncalibrated"])
         assert float(np.median(gap)) <= 1e-2
 
 

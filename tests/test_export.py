@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -107,32 +108,53 @@ def _val_rows(runs):
     return [r["image_id"] for r in rows], [_png(r["pixels"]) for r in rows], pixels
 
 
+def _same_by_name(out, frame, member_frames=()):
+    """Checks that every served output whose name is also a column of predict.py's CSV holds that
+    column's numbers (and `member_<column>`, each member's CSV column, members on the last axis);
+    returns the names compared. The CSVs' rows must be in the served order."""
+    compared = set()
+    for key, values in out.items():
+        name = key.split("_", 1)[1]  # bytes_<name> or pixels_<name>
+        if name in frame.columns:
+            expected = frame[name].to_numpy()
+        elif name.startswith("member_") and member_frames and name[len("member_"):] in member_frames[0].columns:
+            expected = np.stack([f[name[len("member_"):]].to_numpy() for f in member_frames], axis=1)
+        else:
+            continue
+        np.testing.assert_allclose(values, expected, atol=1e-5, err_msg=f"served {key} against predict.py's {name}")
+        compared.add(name)
+    return compared
+
+
 def test_single_model_serves_what_predict_computed_and_loads_without_the_project(runs, tmp_path):
     export_dir = tmp_path / "served"
     info = exporter.run_export([runs["dirs"][0]], str(export_dir), threshold=0.3)
     ids, image_bytes, pixels = _val_rows(runs)
     out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
     frame = pd.read_csv(runs["predictions"][0]).set_index("image_id").loc[ids]
-    raw, predicted = frame["p_abnormal"].to_numpy(), frame["p_calibrated"].to_numpy()
+    # One name, one quantity: each output that predict.py's CSV also names holds the same numbers.
+    assert _same_by_name(out, frame) == {"p_abnormal", "p_uncalibrated"}
+    raw, predicted = frame["p_uncalibrated"].to_numpy(), frame["p_abnormal"].to_numpy()
     # The run's temperature, fitted here independently: the inverse slope of an intercept-free
     # logistic regression of the validation labels on the validation logits.
     from sklearn.linear_model import LogisticRegression
 
     val = pd.read_csv(os.path.join(runs["dirs"][0], "val_predictions.csv"))
-    z = np.log(np.clip(val.p_abnormal, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(val.p_abnormal, 1e-7, 1 - 1e-7))
+    clipped = np.clip(val.p_uncalibrated, 1e-7, 1 - 1e-7)
+    z = np.log(clipped) - np.log1p(-clipped)
     slope = LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-10).fit(z.to_numpy()[:, None], val.label).coef_
     temperature = 1 / float(slope[0, 0])
     assert info["members"][0]["temperature"] == pytest.approx(temperature, rel=1e-3) and temperature != 1.0
     np.testing.assert_allclose(predicted, 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature)), atol=1e-4)
     np.testing.assert_allclose(out["pixels_p_abnormal"], predicted, atol=1e-5)
     np.testing.assert_allclose(out["bytes_p_abnormal"], predicted, atol=1e-5)  # same size: exact decode
-    np.testing.assert_allclose(out["bytes_p_uncalibrated"], raw, atol=1e-5)  # = training's val_predictions
+    np.testing.assert_allclose(out["bytes_p_uncalibrated"], raw, atol=1e-5)
     assert np.ptp(predicted) > 1e-3  # the comparison bites only if the output depends on the image
     # The logit is the pre-softmax margin over the temperature: its sigmoid is the served probability.
     np.testing.assert_allclose(1 / (1 + np.exp(-out["bytes_logit"].astype(np.float64))), predicted, atol=1e-5)
-    np.testing.assert_array_equal(out["bytes_label"], (predicted >= 0.3).astype(np.int32))
+    np.testing.assert_array_equal(out["bytes_decision"], (predicted >= 0.3).astype(np.int32))
     assert set(out) == {f"{s}_{k}" for s in ("bytes", "pixels")
-                        for k in ("p_abnormal", "logit", "label", "p_uncalibrated")}
+                        for k in ("p_abnormal", "logit", "decision", "p_uncalibrated")}
     with open(export_dir / exporter.EXPORT_INFO) as f:
         assert json.load(f) == info
     assert info["threshold"] == 0.3 and info["image_size"] == SIZE and info["backbones"] == ["tiny_test"]
@@ -148,9 +170,10 @@ def test_ensemble_serves_the_blend_ensemble_py_wrote(runs, tmp_path):
     blended = pd.read_csv(ensemble_file.blend_path(runs["ensemble"])).set_index("image_id").loc[ids]
     submission = pd.read_csv(runs["submission"]).set_index("image_id").loc[ids]
     np.testing.assert_allclose(out["bytes_p_abnormal"], blended["p_abnormal"], atol=1e-5)
-    np.testing.assert_array_equal(out["bytes_label"], submission["label"])
-    members = [pd.read_csv(p).set_index("image_id").loc[ids, "p_abnormal"] for p in runs["predictions"]]
-    np.testing.assert_allclose(out["bytes_member_p_abnormal"], np.stack(members, axis=1), atol=1e-5)
+    np.testing.assert_array_equal(out["bytes_decision"], submission["decision"])
+    # No temperatures were fitted: the members' softmax outputs are blended as they are.
+    members = [pd.read_csv(p).set_index("image_id").loc[ids, "p_uncalibrated"] for p in runs["predictions"]]
+    np.testing.assert_allclose(out["bytes_member_p_uncalibrated"], np.stack(members, axis=1), atol=1e-5)
     # Independent of the blend code: the weighted mean of the member columns.
     np.testing.assert_allclose(out["pixels_p_abnormal"], 0.7 * members[0] + 0.3 * members[1], atol=1e-5)
     assert [m["weight"] for m in info["members"]] == pytest.approx([0.7, 0.3])
@@ -168,12 +191,64 @@ def test_an_ensemble_with_fitted_temperatures_serves_what_ensemble_py_blended(ru
     out = _serve_in_clean_process(tmp_path / "served", image_bytes, pixels, tmp_path)
     blended = pd.read_csv(ensemble_file.blend_path(submission)).set_index("image_id").loc[ids, "p_abnormal"]
     np.testing.assert_allclose(out["bytes_p_abnormal"], blended, atol=1e-5)
+    # predict.py --ensemble: the members' CSVs blended into one; the served outputs by name against them.
+    predicted = str(tmp_path / "predicted.csv")
+    ensembling.apply_ensemble(ensemble_file.ensemble_path(submission), runs["dirs"], runs["predictions"], predicted)
+    member_frames = [pd.read_csv(p).set_index("image_id").loc[ids] for p in runs["predictions"]]
+    compared = _same_by_name(out, pd.read_csv(predicted).set_index("image_id").loc[ids], member_frames)
+    assert compared == {"p_abnormal", "member_p_uncalibrated"}
     # Independently: each member's raw probability through its temperature, then the weighted mean.
-    raw = np.stack([pd.read_csv(p).set_index("image_id").loc[ids, "p_abnormal"] for p in runs["predictions"]], axis=1)
+    raw = np.stack([f["p_uncalibrated"] for f in member_frames], axis=1)
     calibrated = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / np.array(temperatures)))
     weights = np.array([m["weight"] for m in info["members"]])
     np.testing.assert_allclose(out["pixels_p_abnormal"], calibrated @ weights, atol=1e-5)
-    np.testing.assert_array_equal(out["bytes_label"], (calibrated @ weights >= info["threshold"]).astype(np.int32))
+    np.testing.assert_array_equal(out["bytes_decision"], (calibrated @ weights >= info["threshold"]).astype(np.int32))
+
+
+def _as_format_1(run_dir, folder):
+    """A copy of a run folder whose val_predictions.csv is as written before the format version:
+    p_abnormal the softmax output (today's p_uncalibrated), no version in the sidecar."""
+    shutil.copytree(run_dir, folder)
+    path = os.path.join(folder, "val_predictions.csv")
+    frame = pd.read_csv(path, dtype={"image_id": str})
+    frame["p_abnormal"] = frame.pop("p_uncalibrated")
+    frame.to_csv(path, index=False, float_format="%.17g")
+    with open(os.path.join(folder, "val_predictions.json")) as f:
+        sidecar = json.load(f)
+    del sidecar["prediction_format_version"]
+    with open(os.path.join(folder, "val_predictions.json"), "w") as f:
+        json.dump(sidecar, f)
+    return folder
+
+
+def test_a_run_folder_from_before_the_format_version_gives_todays_numbers(runs, tmp_path):
+    from evaluation import operating_points
+
+    old = [_as_format_1(d, str(tmp_path / f"old{i}")) for i, d in enumerate(runs["dirs"])]
+    # ensemble.py --fit_on: the same temperatures, weights, threshold and blend from either file.
+    blends = []
+    for name, dirs in (("new", runs["dirs"]), ("old", old)):
+        submission = str(tmp_path / name / "submission.csv")
+        ensembling.run_ensemble(runs["predictions"], submission, fit_on=[os.path.join(d, "val_predictions.csv")
+                                                                        for d in dirs], fit_step=0.1, bootstrap=0)
+        with open(ensemble_file.ensemble_path(submission)) as f:
+            chosen = json.load(f)
+        blends.append((chosen["temperatures"], chosen["weights"], chosen["threshold"],
+                       pd.read_csv(ensemble_file.blend_path(submission))["p_abnormal"].tolist()))
+    assert blends[0] == blends[1]
+    # predict.py: the same p_abnormal, and the same operating points chosen on validation.
+    written = []
+    for name, run_dir in (("new", runs["dirs"][0]), ("old", old[0])):
+        out = str(tmp_path / name / "val.csv")
+        prediction.run_prediction([run_dir], runs["data_dir"], "val", out, batch_size=8, strategy="default",
+                                  precision="float32", bootstrap=0, progress=False)
+        with open(os.path.join(tmp_path, name, "val_report", operating_points.OPERATING_POINTS_FILE)) as f:
+            written.append((pd.read_csv(out)["p_abnormal"].tolist(), json.load(f)))
+    assert written[0] == written[1]
+    # export.py: the run's temperature, as recorded.
+    info = exporter.run_export([old[0]], str(tmp_path / "served"))
+    with open(os.path.join(runs["dirs"][0], "val_predictions.json")) as f:
+        assert info["members"][0]["temperature"] == json.load(f)["temperature"]
 
 
 def _encoded(mode: str, height: int, width: int) -> bytes:
@@ -350,7 +425,7 @@ def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(run
     prediction.run_prediction([runs["dirs"][0]], shards, "eval", out, batch_size=16, strategy="default",
                               precision="float32", bootstrap=0, progress=False)
     offline_frame = pd.read_csv(out).set_index("image_id")
-    offline = offline_frame["p_calibrated"]  # served: after the run's temperature
+    offline = offline_frame["p_abnormal"]  # served and written: after the run's temperature
     export_dir = tmp_path / "served"
     exporter.run_export([runs["dirs"][0]], str(export_dir))
     paths = {os.path.basename(p): p for p in sorted(
@@ -361,7 +436,7 @@ def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(run
     served = tf.saved_model.load(str(export_dir)).signatures["serving_default"](image_bytes=tf.constant(data))
     gap = np.abs(served["p_abnormal"].numpy() - offline.loc[ids].to_numpy())
     assert gap.max() <= 0.01
-    raw_gap = np.abs(served["p_uncalibrated"].numpy() - offline_frame["p_abnormal"].loc[ids].to_numpy())
+    raw_gap = np.abs(served["p_uncalibrated"].numpy() - offline_frame["p_uncalibrated"].loc[ids].to_numpy())
     assert raw_gap.max() <= 0.01
     assert np.ptp(offline.to_numpy()) > 1e-3  # the model's output depends on the pixels
     # And the pixels themselves: the graph's decode + resize against what the builder stored.

@@ -56,15 +56,16 @@ def test_every_record_once_with_its_own_prediction(labeled, tmp_path, caplog):
     assert f"{labeled['model_dir']} has no fitted temperature" in caplog.text  # said, not silent
     assert result.outputs == {"tiny_test": output} and result.records == RECORDS
     frame = pd.read_csv(output, dtype={"image_id": str})
-    assert list(frame.columns) == ["image_id", "p_abnormal", "label", "p_calibrated", "view_position",
+    assert list(frame.columns) == ["image_id", "p_abnormal", "label", "p_uncalibrated", "view_position",
                                    "patient_sex", "patient_age"]
     # The patient columns come from each image's own record; without a fitted temperature (this run
-    # has no val_predictions.csv) the calibrated column is the raw one.
+    # has no val_predictions.csv) the model hands over its raw output.
     written = {r["image_id"]: r for r in labeled["written"]}
     assert [(written[i]["view"], written[i]["sex"], written[i]["age"] or -1) for i in frame.image_id] == list(
         zip(frame.view_position, frame.patient_sex, frame.patient_age))
-    np.testing.assert_array_equal(frame.p_calibrated, frame.p_abnormal)
-    frame = frame[["image_id", "p_abnormal", "label"]]
+    np.testing.assert_array_equal(frame.p_uncalibrated, frame.p_abnormal)
+    assert result.metrics["tiny_test"]["scored"] == "p_abnormal"
+    frame = frame[["image_id", "p_uncalibrated", "label"]]
     assert sorted(frame.image_id) == sorted(r["image_id"] for r in labeled["written"])
     assert frame.image_id.is_unique and list(frame.image_id) == sorted(frame.image_id)
     # Each row holds the model's output for that very image, whatever the batching.
@@ -74,11 +75,12 @@ def test_every_record_once_with_its_own_prediction(labeled, tmp_path, caplog):
     by_id = {r["image_id"]: (p, r["label"]) for r, p in zip(labeled["written"], direct)}
     softmax = np.load(str(tmp_path / "preds.npy"))
     assert softmax.shape == (RECORDS, 2) and softmax.dtype == np.float32
-    for row, (image_id, p_abnormal, label) in enumerate(frame.itertuples(index=False)):
+    for row, (image_id, p_uncalibrated, label) in enumerate(frame.itertuples(index=False)):
         np.testing.assert_allclose(softmax[row], by_id[image_id][0], atol=1e-5)
-        assert p_abnormal == pytest.approx(softmax[row, 1]) and label == by_id[image_id][1]
+        assert p_uncalibrated == pytest.approx(softmax[row, 1]) and label == by_id[image_id][1]
     sidecar = json.loads((tmp_path / "preds.json").read_text())
     assert sidecar["backbone"] == "tiny_test" and sidecar["records"] == RECORDS and sidecar["split"] == "eval"
+    assert sidecar["prediction_format_version"] == 2
     assert sidecar["crop"] == "none" and sidecar["train_crop"] == "none" and sidecar["image_size"] == SIZE
     assert read_predictions(output).backbone == "tiny_test"  # the ensemble can read it back
     metrics = json.loads((tmp_path / "preds_report" / "metrics.json").read_text())
@@ -323,7 +325,7 @@ def test_a_second_label_set_rescores_the_same_predictions(labeled, tmp_path):
     shared = sorted(other)
     rescored = json.loads((tmp_path / "preds_report" / "other_labels.json").read_text())
     assert (rescored["shared"], rescored["only_in_predictions"]) == (len(written) - 2, 2)
-    expected = roc_auc_score([other[i] for i in shared], frame.loc[shared, "p_calibrated"])
+    expected = roc_auc_score([other[i] for i in shared], frame.loc[shared, "p_abnormal"])
     assert rescored["metrics"]["tiny_test"]["auroc"] == pytest.approx(expected)
     own = [int(frame.loc[i, "label"]) for i in shared]
     assert rescored["agreement_with_own_labels"]["kappa"] == pytest.approx(

@@ -26,6 +26,37 @@ def test_round_trip_keeps_ids_probabilities_labels_and_sidecar(tmp_path):
     assert read.backbone == "resnet50" and sidecar_path(path) == str(tmp_path / "p.json")
 
 
+def test_each_format_version_is_read_by_its_own_meaning(tmp_path):
+    raw, calibrated = [0.2, 0.9], [0.3, 0.7]
+    # Today's format: p_abnormal is handed over, p_uncalibrated raw; the sidecar says so.
+    path = str(tmp_path / "new.csv")
+    write_predictions(path, ["a", "b"], np.array(calibrated), sidecar={"backbone": "resnet50"},
+                      uncalibrated=np.array(raw))
+    with open(sidecar_path(path)) as f:
+        assert json.load(f) == {"backbone": "resnet50", "prediction_format_version": 2}
+    new = read_predictions(path)
+    assert new.format_version == 2
+    np.testing.assert_array_equal(new.probs, calibrated)
+    np.testing.assert_array_equal(new.uncalibrated, raw)
+    # Written before the change (format 1): p_abnormal raw, p_calibrated handed over, no version.
+    old_csv = _csv(tmp_path / "old.csv", "image_id,p_abnormal,label,p_calibrated\na,0.2,0,0.3\nb,0.9,1,0.7\n")
+    (tmp_path / "old.json").write_text(json.dumps({"backbone": "resnet50", "temperature": 2.0}))
+    old = read_predictions(old_csv)
+    assert old.format_version == 1
+    np.testing.assert_array_equal(old.probs, calibrated)
+    np.testing.assert_array_equal(old.uncalibrated, raw)
+    # A version-1 val_predictions.csv (no p_calibrated) and a file made elsewhere: p_abnormal for both.
+    old_val = read_predictions(_csv(tmp_path / "val.csv", "image_id,p_abnormal,label\na,0.2,0\nb,0.9,1\n"))
+    np.testing.assert_array_equal(old_val.uncalibrated, raw)
+    np.testing.assert_array_equal(old_val.probs, raw)
+    joined = align([new, old, old_val])
+    np.testing.assert_array_equal(joined.uncalibrated, np.stack([raw] * 3, axis=1))
+    (tmp_path / "val.json").write_text(json.dumps({"prediction_format_version": 3}))
+    with pytest.raises(UserInputError, match=r"val\.json: prediction_format_version 3 is not one this project "
+                                             r"reads \(1 to 2\)"):
+        read_predictions(str(tmp_path / "val.csv"))
+
+
 def test_no_label_column_and_no_sidecar_are_allowed(tmp_path):
     read = read_predictions(_csv(tmp_path / "p.csv", "image_id,p_abnormal\na,0.2\nb,0.9\n"))
     assert read.labels is None and read.sidecar is None and read.backbone is None

@@ -1,6 +1,7 @@
 """Training promises that a one-line deletion would break: resume, mixed precision, the replica
 loss scaling, and exporting the best epoch. Each test names the regression it catches."""
 
+import json
 import os
 import subprocess
 import sys
@@ -303,4 +304,11 @@ def test_a_kill_between_the_checkpoint_and_the_exports_is_repaired_on_restart(
     ids = np.concatenate([b["image_id"].numpy() for b in batches]).astype(str)
     probabilities = np.concatenate([exported(b["image"], training=False).numpy()[:, 1] for b in batches])
     written = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")
-    np.testing.assert_allclose(written.loc[ids, "p_abnormal"].to_numpy(), probabilities, atol=1e-5)
+    np.testing.assert_allclose(written.loc[ids, "p_uncalibrated"].to_numpy(), probabilities, atol=1e-5)
+    # p_abnormal is what the run hands over: that output after the temperature its sidecar records.
+    with open(os.path.join(model_dir, "val_predictions.json")) as f:
+        temperature = json.load(f)["temperature"]
+    assert temperature is not None and abs(temperature - 1) > 1e-3  # else the check below cannot bite
+    raw = np.clip(written["p_uncalibrated"].to_numpy(), 1e-7, 1 - 1e-7)
+    np.testing.assert_allclose(written["p_abnormal"], 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature)),
+                               rtol=1e-9)

@@ -82,15 +82,19 @@ def calibration_record(labels, probs) -> dict[str, Any]:
 
 def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any],
                           meta: dict[str, np.ndarray] | None = None) -> str:
-    """Writes `val_predictions.csv` (image_id, p_abnormal, label and the patient columns `meta`) and its
-    sidecar `val_predictions.json`, which also records the run's temperature fitted on these
-    predictions (`calibration_record`).
+    """Writes `val_predictions.csv` (image_id, p_abnormal, label, p_uncalibrated: predict.py's
+    columns, and the patient columns `meta`) and its sidecar `val_predictions.json`, which also
+    records the run's temperature fitted on these predictions (`calibration_record`); p_abnormal is
+    the softmax output after it.
 
     Returns:
       The CSV path.
     """
     path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
     probs = scores.probabilities[:, 1].astype(np.float64)
-    sidecar = {**sidecar, **calibration_record(np.asarray(scores.labels), probs)}
-    write_predictions(path, scores.image_ids, probs, scores.labels, sidecar=sidecar, meta=meta)
+    record = calibration_record(np.asarray(scores.labels), probs)
+    temperature = record[run_folder.TEMPERATURE]
+    handed = probs if temperature is None else calibration.apply_temperature(probs, temperature)
+    write_predictions(path, scores.image_ids, handed, scores.labels, sidecar={**sidecar, **record},
+                      uncalibrated=probs, meta=meta)
     return path
