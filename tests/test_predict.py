@@ -56,13 +56,14 @@ def test_every_record_once_with_its_own_prediction(labeled, tmp_path, caplog):
     assert f"{labeled['model_dir']} has no fitted temperature" in caplog.text  # said, not silent
     assert result.outputs == {"tiny_test": output} and result.records == RECORDS
     frame = pd.read_csv(output, dtype={"image_id": str})
-    assert list(frame.columns) == ["image_id", "p_abnormal", "label", "p_uncalibrated", "view_position",
-                                   "patient_sex", "patient_age"]
+    assert list(frame.columns) == ["image_id", "p_abnormal", "label", "p_uncalibrated", "patient_id",
+                                   "view_position", "patient_sex", "patient_age"]
     # The patient columns come from each image's own record; without a fitted temperature (this run
     # has no val_predictions.csv) the model hands over its raw output.
     written = {r["image_id"]: r for r in labeled["written"]}
     assert [(written[i]["view"], written[i]["sex"], written[i]["age"] or -1) for i in frame.image_id] == list(
         zip(frame.view_position, frame.patient_sex, frame.patient_age))
+    assert [int(i.split("_")[1][:5]) // 3 for i in frame.image_id] == list(frame.patient_id)  # write_shards' patients
     np.testing.assert_array_equal(frame.p_uncalibrated, frame.p_abnormal)
     assert result.metrics["tiny_test"]["scored"] == "p_abnormal"
     frame = frame[["image_id", "p_uncalibrated", "label"]]

@@ -282,8 +282,8 @@ def test_a_kill_between_the_checkpoint_and_the_exports_is_repaired_on_restart(
     target = (outputs.ModelExporter, "export") if killed_at == "model.keras" else (outputs, "write_val_predictions")
     real = getattr(*target)
 
-    def killed_at_epoch_2(*args):  # export(self, path, epoch) / write_val_predictions(dir, scores, sidecar)
-        epoch = args[-1] if killed_at == "model.keras" else args[-1]["epoch"]
+    def killed_at_epoch_2(*args):  # export(self, path, epoch) / write_val_predictions(dir, scores, sidecar, meta)
+        epoch = args[-1] if killed_at == "model.keras" else args[2]["epoch"]
         if epoch == 2:
             raise _Killed
         return real(*args)
