@@ -8,14 +8,19 @@ GPU ?= $(if $(wildcard $(VENV)/.installed-gpu),1,)
 comma := ,
 EXTRAS := dev$(if $(GPU),$(comma)gpu,)
 STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
-# make demo DATA_DIR=/path/to/nih [WEIGHTS=none|imagenet|PATH] [IMAGE_SIZE=128] [EPOCHS=2]
-DATA_DIR ?=
+# make demo NIH_DIR=/path/to/nih [WEIGHTS=none|imagenet|PATH] [IMAGE_SIZE=128] [EPOCHS=2]
+NIH_DIR ?=
 WEIGHTS ?=
 IMAGE_SIZE ?=
 EPOCHS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test demo bench clean
+
+# The demo's variable follows its flag, --nih_dir (--data_dir names a shard folder in every tool).
+ifeq ($(origin DATA_DIR)$(filter demo,$(MAKECMDGOALS)),command linedemo)
+$(error make demo: DATA_DIR is now NIH_DIR (make demo NIH_DIR=/path/to/nih))
+endif
 
 install: $(STAMP)
 	@if [ -z "$(GPU)" ] && nvidia-smi >/dev/null 2>&1; then \
@@ -38,7 +43,7 @@ bench: install
 	$(PY) bench/train_bench.py
 
 demo: install
-	$(PY) demo.py $(if $(DATA_DIR),--data_dir=$(DATA_DIR),) $(if $(WEIGHTS),--weights=$(WEIGHTS),) \
+	$(PY) demo.py $(if $(NIH_DIR),--nih_dir=$(NIH_DIR),) $(if $(WEIGHTS),--weights=$(WEIGHTS),) \
 		$(if $(IMAGE_SIZE),--image_size=$(IMAGE_SIZE),) $(if $(EPOCHS),--epochs=$(EPOCHS),)
 
 clean:

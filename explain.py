@@ -6,7 +6,7 @@
     python explain.py --model_dir=runs/effnet --images=new_studies/ --output_dir=explained
 
 Writes, for the most confident true positives, false positives and false negatives (--per_group
-each; or --image_ids; or every file of --images), a heatmap .npy and an overlay .png, then
+each; or --image_ids, repeated; or every file of --images), a heatmap .npy and an overlay .png, then
 localization.json (the pointing game and the energy inside the boxes of every boxed image of the
 split, beside a centred-Gaussian baseline; not scored for --crop=bbox shards) and the index
 explanations.json, and prints the localization table. With --output_dir=<report>/explanations
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
     from preprocess import raw_images
 
     options = dict(ensemble=FLAGS.ensemble, image_ids=FLAGS.image_ids, per_group=FLAGS.per_group,
-                   batch_size=FLAGS.batch_size)
+                   batch_size=FLAGS.global_batch_size)
     if images_at is None:
         result = explanation.run_explain(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output_dir, **options)
     else:

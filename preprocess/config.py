@@ -19,6 +19,9 @@ IMAGE_FORMATS = ("png", "jpeg")
 RUNNERS = ("local", "beam")
 # output_dir among them: a shard folder copied or moved elsewhere resumes (or remakes a damaged
 # shard) where it now is.
+# Fields renamed since a build recorded them (in the state file and manifest.json): old -> new.
+# An older folder's record is read under the new names, so its rerun compares like with like.
+RENAMED_FIELDS = {"split": "split_by"}
 NOT_RECORD_SHAPING = ("output_dir", "workers", "max_skip_fraction", "overwrite", "runner", "beam_pipeline_args")
 
 
@@ -30,8 +33,8 @@ class BuildConfig:
     output_dir: str
     data_entry_csv: str | None = None
     bbox_csv: str | None = None
-    labels_csv: str | None = None  # --split=unlabeled only: labels for some of the folder's images
-    split: str = "grouped"
+    labels_csv: str | None = None  # --split_by=unlabeled only: labels for some of the folder's images
+    split_by: str = "grouped"  # one of SPLITS
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     train_val_list: str | None = None
