@@ -14,8 +14,8 @@ USER_STAMP := $(VENV)/.installed$(if $(GPU),-gpu,)
 DEV_STAMP := $(USER_STAMP)-dev
 USER_EXTRAS := $(if $(GPU),[gpu],)
 DEV_EXTRAS := [dev$(if $(GPU),$(comma)gpu,)]
-# make demo DATA_DIR=/path/to/nih [WEIGHTS=none|imagenet|PATH] [IMAGE_SIZE=128] [EPOCHS=2]
-DATA_DIR ?=
+# make demo NIH_DIR=/path/to/nih [WEIGHTS=none|imagenet|PATH] [IMAGE_SIZE=128] [EPOCHS=2]
+NIH_DIR ?=
 WEIGHTS ?=
 IMAGE_SIZE ?=
 EPOCHS ?=
@@ -24,6 +24,11 @@ PYTEST_ARGS ?=
 FRESH_VENV ?= $(or $(TMPDIR),/tmp)/cxr-constraints-venv
 
 .PHONY: install test demo bench constraints clean
+
+# The demo's variable follows its flag, --nih_dir (--data_dir names a shard folder in every tool).
+ifeq ($(origin DATA_DIR)$(filter demo,$(MAKECMDGOALS)),command linedemo)
+$(error make demo: DATA_DIR is now NIH_DIR (make demo NIH_DIR=/path/to/nih))
+endif
 
 install: $(if $(DEV),$(DEV_STAMP),$(USER_STAMP))
 	@if [ -z "$(GPU)" ] && nvidia-smi >/dev/null 2>&1; then \
@@ -56,7 +61,7 @@ bench: $(DEV_STAMP)
 	$(PY) bench/train_bench.py
 
 demo: install
-	$(PY) demo.py $(if $(DATA_DIR),--data_dir=$(DATA_DIR),) $(if $(WEIGHTS),--weights=$(WEIGHTS),) \
+	$(PY) demo.py $(if $(NIH_DIR),--nih_dir=$(NIH_DIR),) $(if $(WEIGHTS),--weights=$(WEIGHTS),) \
 		$(if $(IMAGE_SIZE),--image_size=$(IMAGE_SIZE),) $(if $(EPOCHS),--epochs=$(EPOCHS),)
 
 # Refresh constraints.txt (README, "Maintainers: the pinned versions"): the newest versions within

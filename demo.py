@@ -1,7 +1,7 @@
 """The whole system end to end, each stage through its own command line: `make demo`.
 
     python demo.py                          # synthetic NIH-format data, a few minutes on a CPU
-    python demo.py --data_dir=/path/to/nih  # the same chain on a real NIH ChestX-ray14 download
+    python demo.py --nih_dir=/path/to/nih   # the same chain on a real NIH ChestX-ray14 download
 
 Stages: (synthetic data) → build_tfrecords.py → train.py per backbone → predict.py on the test
 split → ensemble.py fitted on the validation predictions → submission.csv and report/ → explain.py
@@ -46,7 +46,7 @@ RUNS = "runs"  # the demo's outputs, one folder per data set
 SYNTHETIC_BATCHNORM_MOMENTUM = 0.9
 SYNTHETIC_EPOCHS = 8
 PLAN_FILE = "demo_plan.json"  # the plan the outputs beside it were made with
-# What the demo writes into its output folder (never the user's --data_dir).
+# What the demo writes into its output folder (never the user's --nih_dir).
 OWNED = ("data", "shards", "models", "predictions", "report", "served", "submission.csv",
          "submission.probabilities.csv", "submission.probabilities.json", "submission.probabilities.npy")
 
@@ -56,7 +56,7 @@ class DemoPlan:
     """What the demo runs; built from the flags by `plan_from_flags`."""
 
     output_dir: str
-    data_dir: str | None  # a real NIH folder, or None for the synthetic default
+    nih_dir: str | None  # a real NIH download, or None for the synthetic default
     num_patients: int
     source_size: int
     image_size: int
@@ -102,7 +102,7 @@ def run_stage(title: str, command: list[str]) -> float:
 def data_stage(plan: DemoPlan) -> tuple[list[str], list[float]]:
     """Returns the build command's data flags (and the time spent making synthetic data)."""
     py = sys.executable
-    if plan.data_dir is None:
+    if plan.nih_dir is None:
         data = os.path.join(plan.output_dir, "data")
         times = []
         if not os.path.exists(os.path.join(data, "Data_Entry_2017_v2020.csv")):
@@ -112,17 +112,17 @@ def data_stage(plan: DemoPlan) -> tuple[list[str], list[float]]:
         entry, bbox, image_dir = (os.path.join(data, "Data_Entry_2017_v2020.csv"),
                                   os.path.join(data, "BBox_List_2017.csv"), data)
         return [f"--data_entry_csv={entry}", f"--bbox_csv={bbox}", f"--image_dir={image_dir}",
-                "--split=grouped", "--val_fraction=0.2", "--test_fraction=0.2"], times
-    entry = find_one(plan.data_dir, ["Data_Entry_2017_v2020.csv*", "Data_Entry_2017*.csv*"], "Data_Entry CSV")
-    bbox = find_one(plan.data_dir, ["BBox_List_2017.csv"], "bbox CSV", required=False)
-    train_val = find_one(plan.data_dir, ["train_val_list.txt"], "split list", required=False)
-    test = find_one(plan.data_dir, ["test_list.txt"], "split list", required=False)
-    args = [f"--data_entry_csv={entry}", f"--image_dir={plan.data_dir}"]
+                "--split_by=grouped", "--val_fraction=0.2", "--test_fraction=0.2"], times
+    entry = find_one(plan.nih_dir, ["Data_Entry_2017_v2020.csv*", "Data_Entry_2017*.csv*"], "Data_Entry CSV")
+    bbox = find_one(plan.nih_dir, ["BBox_List_2017.csv"], "bbox CSV", required=False)
+    train_val = find_one(plan.nih_dir, ["train_val_list.txt"], "split list", required=False)
+    test = find_one(plan.nih_dir, ["test_list.txt"], "split list", required=False)
+    args = [f"--data_entry_csv={entry}", f"--image_dir={plan.nih_dir}"]
     args += [f"--bbox_csv={bbox}"] if bbox else []
     if train_val and test:
-        args += ["--split=official", f"--train_val_list={train_val}", f"--test_list={test}"]
+        args += ["--split_by=official", f"--train_val_list={train_val}", f"--test_list={test}"]
     else:
-        args += ["--split=grouped", "--val_fraction=0.1", "--test_fraction=0.2"]
+        args += ["--split_by=grouped", "--val_fraction=0.1", "--test_fraction=0.2"]
     return args, []
 
 
@@ -131,7 +131,7 @@ def plan_digest(plan: DemoPlan) -> str:
     from preprocess.synthetic import GENERATOR_VERSION
 
     fields = {k: v for k, v in dataclasses.asdict(plan).items() if k != "output_dir"}
-    fields["generator_version"] = GENERATOR_VERSION if plan.data_dir is None else None
+    fields["generator_version"] = GENERATOR_VERSION if plan.nih_dir is None else None
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -190,8 +190,8 @@ def run_demo(plan: DemoPlan) -> dict:
         predictions = [os.path.join(preds, "test.csv")]
     report_dir = os.path.join(out, "report")
     seconds["ensemble"] = run_stage("fit the ensemble on validation, apply it to test", [
-        py, "ensemble.py", f"--predictions={','.join(predictions)}",
-        f"--fit_on={','.join(os.path.join(models, b, 'val_predictions.csv') for b in plan.backbones)}",
+        py, "ensemble.py", *[f"--predictions={path}" for path in predictions],
+        *[f"--fit_on={os.path.join(models, b, 'val_predictions.csv')}" for b in plan.backbones],
         f"--output={os.path.join(out, 'submission.csv')}", f"--report_dir={report_dir}"])
     # Where the models look, for the most confident hits and misses, into the report's page.
     explanations = os.path.join(report_dir, IN_REPORT)
@@ -211,7 +211,7 @@ def run_demo(plan: DemoPlan) -> dict:
         f"--export_dir={export_dir}"])
     start = time.time()
     parity = serving_parity(export_dir, ensemble_path(os.path.join(out, "submission.csv")),
-                            plan.data_dir or os.path.join(out, "data"))
+                            plan.nih_dir or os.path.join(out, "data"))
     seconds["serve the test images"] = time.time() - start
     return {"seconds": seconds, "metrics": metrics, "serving": parity}
 
@@ -245,24 +245,24 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
             "decision_agreement": float(np.mean(served[OUTPUT_DECISION] == decisions))}
 
 
-def default_output_dir(data_dir: str | None) -> str:
-    """runs/demo for the synthetic data, runs/demo-<folder name> for a real data folder."""
-    if data_dir is None:
+def default_output_dir(nih_dir: str | None) -> str:
+    """runs/demo for the synthetic data, runs/demo-<folder name> for a real NIH download."""
+    if nih_dir is None:
         return os.path.join(RUNS, "demo")
-    return os.path.join(RUNS, "demo-" + os.path.basename(os.path.normpath(os.path.abspath(data_dir))))
+    return os.path.join(RUNS, "demo-" + os.path.basename(os.path.normpath(os.path.abspath(nih_dir))))
 
 
 def plan_from_flags(values) -> DemoPlan:
-    real = values.data_dir is not None
-    check_output_folder(values.output_dir or default_output_dir(values.data_dir), "output_dir")
-    if real and not os.path.isdir(values.data_dir):
-        raise DemoError(f"--data_dir={values.data_dir} is not a folder")
+    real = values.nih_dir is not None
+    check_output_folder(values.output_dir or default_output_dir(values.nih_dir), "output_dir")
+    if real and not os.path.isdir(values.nih_dir):
+        raise DemoError(f"--nih_dir={values.nih_dir} is not a folder")
     weights = values.weights or ("imagenet" if real else "none")
     return DemoPlan(
         # Absolute, from the caller's folder: the stages run in the repository, wherever the demo
         # was started from (cxr-demo works from any folder).
-        output_dir=os.path.abspath(values.output_dir or default_output_dir(values.data_dir)),
-        data_dir=os.path.abspath(values.data_dir) if real else None,
+        output_dir=os.path.abspath(values.output_dir or default_output_dir(values.nih_dir)),
+        nih_dir=os.path.abspath(values.nih_dir) if real else None,
         num_patients=values.num_patients,
         source_size=values.source_size,
         # A real download trains at the reference's 224 px from ImageNet weights for the

@@ -1,7 +1,8 @@
 """Blend prediction files into a submission: join on image id, weight, threshold, report.
 
-    python ensemble.py --predictions=eff.csv,dense.csv,res.csv --output=submission.csv
-        [--weights=0.6,0.3,0.1] [--threshold=0.6] [--fit_on=eff_val.csv,dense_val.csv,res_val.csv]
+    python ensemble.py --predictions=eff.csv --predictions=dense.csv --predictions=res.csv \\
+        --output=submission.csv [--blend_weight=0.6 --blend_weight=0.3 --blend_weight=0.1] \\
+        [--threshold=0.6] [--fit_on=eff_val.csv --fit_on=dense_val.csv --fit_on=res_val.csv]
 
 Blends each file's p_uncalibrated (the softmax output; a file without it, e.g. one made elsewhere,
 its p_abnormal) after the temperature --fit_on fits for it (none without --fit_on), never after
@@ -24,13 +25,18 @@ FLAGS = flags.FLAGS
 
 def main(argv: list[str]) -> None:
     del argv  # stray arguments are refused by project_flags.run_tool
+    from contracts.errors import UserInputError, repeat_hint
     from evaluation import blend as blend_lib
     from evaluation import ensembling
 
+    for flag in ("predictions", "fit_on"):
+        for path in FLAGS[flag].value or ():
+            if repeat_hint(path, flag, "file"):
+                raise UserInputError(f"--{flag}={path} names no file{repeat_hint(path, flag, 'file')}")
     result = ensembling.run_ensemble(
             FLAGS.predictions,
             FLAGS.output,
-            weights=None if FLAGS.weights is None else blend_lib.parse_weights(FLAGS.weights),
+            weights=None if FLAGS.blend_weight is None else blend_lib.parse_weights(FLAGS.blend_weight),
             threshold=FLAGS.threshold,
             fit_on=FLAGS.fit_on,
             fit_step=FLAGS.fit_step,
@@ -38,7 +44,7 @@ def main(argv: list[str]) -> None:
             label_column=FLAGS.submission_label_column,
             report_dir=FLAGS.report_dir,
             bootstrap=FLAGS.bootstrap,
-            labels_csv=FLAGS.labels_csv,
+            other_labels_csv=FLAGS.other_labels_csv,
     )
     print(ensembling.summary(result))
 

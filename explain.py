@@ -8,7 +8,7 @@
 Without --split it explains the folder's test split, or its only split besides train, and
 otherwise asks for --split, listing the splits.
 Writes, for the most confident true positives, false positives and false negatives (--per_group
-each; or --image_ids; or every file of --images), a heatmap .npy and an overlay .png, then
+each; or --image_ids, repeated; or every file of --images), a heatmap .npy and an overlay .png, then
 localization.json (the pointing game and the energy inside the boxes of every boxed image of the
 split, beside a centred-Gaussian baseline; not scored for --crop=bbox shards) and the index
 explanations.json, and prints the localization table. With --output_dir=<report>/explanations
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
     from preprocess import raw_images
 
     options = dict(ensemble=FLAGS.ensemble, image_ids=FLAGS.image_ids, per_group=FLAGS.per_group,
-                   batch_size=FLAGS.batch_size)
+                   batch_size=FLAGS.global_batch_size)
     if images_at is None:
         result = explanation.run_explain(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output_dir, **options)
     else:

@@ -11,11 +11,11 @@ PATH.npy (the (N, 2) softmax, same rows) and PATH.json (backbone, shards, crop, 
 report on p_abnormal (metrics.json, ROC and PR curves) when the records have labels. Repeat
 --model_dir to predict with several models: each writes <output stem>.<backbone>.csv (+ .npy, .json).
 --images takes PNG, JPEG and DICOM files (a folder or a glob) instead of shards; --ensemble blends
-the models with ensemble.py's temperatures and weights into PATH.csv. --labels_csv rescores the
-split against another reading of its images (with --images: labels the files).
+the models with ensemble.py's temperatures and weights into PATH.csv. --labels_csv labels --images
+files; --other_labels_csv rescores the predictions against another reading of the images.
 Bad input exits with status 1 and a one-line message naming the file and the fix, before any work:
 among it an --output whose files would replace a file the run reads (a model folder's own files,
-the manifest, --labels_csv, --ensemble). Every model loads before any predicts, and a run that
+the manifest, --labels_csv, --other_labels_csv, --ensemble). Every model loads before any predicts, and a run that
 fails part way leaves none of its output files (the files they would have replaced stay).
 """
 
@@ -35,33 +35,37 @@ def _check_flags() -> tuple[tuple[int, int] | None, str | None]:
       With --images, (the models' (image size, pixel limit), None); else (None, the split to predict:
       --split, or the one the manifest makes unambiguous).
     """
-    from contracts.errors import check_output_folder
+    from contracts.errors import UserInputError, check_output_folder
     from contracts.run_folder import load_run_config
     from evaluation import preflight
     from preprocess import raw_images
 
     raw_images.check_one_source(FLAGS.data_dir, FLAGS.images)
-    if FLAGS.labels_csv is not None and FLAGS.images is None:
+    if FLAGS.labels_csv is not None and FLAGS.images is None:  # what --labels_csv once meant here
+        raise UserInputError("--labels_csv labels --images files; to rescore a shard split against another "
+                             "reading of its images, pass --other_labels_csv")
+    if FLAGS.other_labels_csv is not None:
         from evaluation import agreement
 
-        agreement.load_other_labels(FLAGS.labels_csv)  # a bad file fails before anything is written
+        agreement.load_other_labels(FLAGS.other_labels_csv)  # a bad file fails before anything is written
     if FLAGS.ensemble is not None:
         from contracts import ensemble_file
 
         ensemble_file.match_members(ensemble_file.load_ensemble(FLAGS.ensemble), FLAGS.model_dir)
     # Every output file is checked against every input file, so no output replaces an input.
-    clash = dict(per_model=FLAGS.ensemble is not None, labels_csv=FLAGS.labels_csv, ensemble=FLAGS.ensemble)
+    clash = dict(per_model=FLAGS.ensemble is not None, other_labels_csv=FLAGS.other_labels_csv,
+                 ensemble=FLAGS.ensemble)
     if FLAGS.images is not None:
         images_at = raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images, FLAGS.output, FLAGS.labels_csv)
         if FLAGS.report_dir is not None:
             check_output_folder(FLAGS.report_dir, "report_dir")
-        if FLAGS.labels_csv is not None or FLAGS.report_dir is not None:  # a report, with its PNG plots
+        if any(v is not None for v in (FLAGS.labels_csv, FLAGS.other_labels_csv, FLAGS.report_dir)):  # a report
             from evaluation import settings
 
             raw_images.check_output_outside_images(FLAGS.report_dir or settings.default_report_dir(FLAGS.output),
                                                    "report_dir", FLAGS.images)
         preflight.check_prediction_outputs(FLAGS.model_dir, [load_run_config(d) for d in FLAGS.model_dir],
-                                           FLAGS.output, **clash)
+                                           FLAGS.output, labels_csv=FLAGS.labels_csv, **clash)
         return images_at, None
     split = preflight.resolve_split(FLAGS.data_dir, FLAGS.split)
     preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output,
@@ -75,12 +79,13 @@ def _predict(images_at: tuple[int, int] | None, split: str | None):
     from evaluation import prediction
     from preprocess import raw_images
 
-    options = dict(batch_size=FLAGS.batch_size, strategy=FLAGS.strategy, precision=FLAGS.precision,
+    options = dict(batch_size=FLAGS.global_batch_size, strategy=FLAGS.strategy, precision=FLAGS.precision,
                    transfer=FLAGS.transfer, threshold=FLAGS.threshold, bootstrap=FLAGS.bootstrap,
-                   report_dir=FLAGS.report_dir, per_model=FLAGS.ensemble is not None)
+                   report_dir=FLAGS.report_dir, per_model=FLAGS.ensemble is not None,
+                   other_labels_csv=FLAGS.other_labels_csv)
     if images_at is None:
         return prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output,
-                                         labels_csv=FLAGS.labels_csv, **options), {}, None
+                                         **options), {}, None
     # The builder's own decoding, into a temporary shard folder removed afterwards.
     with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers,
                                  labels_csv=FLAGS.labels_csv) as (shard_dir, raw):

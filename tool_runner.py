@@ -33,20 +33,56 @@ def exit_on_help(argv: list[str], doc: str | None, fv: flags.FlagValues = flags.
 
 
 def run_tool(define, main, doc: str | None, required: tuple[str, ...] = (),
-             stop_on_sigterm: bool = True) -> None:
+             stop_on_sigterm: bool = True, renamed: dict[str, str] | None = None) -> None:
     """What every entry point does: define its flags, answer --help, require flags, run `main`.
 
-    `stop_on_sigterm=False` keeps Python's default for SIGTERM (the process ends at once), for a
-    tool that waits inside a C++ call that never returns to Python (a tf.data service server).
+    `renamed` maps the tool's old flag names to what replaced them (flags.RENAMED): an old name
+    fails in one line. `stop_on_sigterm=False` keeps Python's default for SIGTERM (the process ends
+    at once), for a tool that waits inside a C++ call that never returns to Python (a tf.data
+    service server).
     """
     from absl import app
 
+    tool = os.path.basename(sys.argv[0])
+    exit_on_renamed(sys.argv, renamed or {}, tool)
     define()
     exit_on_help(sys.argv, doc)
+    exit_on_joined_choices(sys.argv, flags.FLAGS, tool)
     if required:
         flags.mark_flags_as_required(list(required))
     flags.adopt_module_key_flags(sys.modules[FLAGS_MODULE])  # --helpshort lists the tool's flags too
     app.run(lambda argv: guarded_main(main, argv, stop_on_sigterm))
+
+
+def _given(argv: list[str]) -> list[tuple[str, str | None]]:
+    """The (name, value) of every --name[=value] argument (value None when given apart or bare)."""
+    given = []
+    for arg in argv[1:]:
+        if arg == "--":  # absl's end of flags
+            break
+        if arg.startswith("-") and len(arg) > 1:
+            name, sep, value = arg.lstrip("-").partition("=")
+            given.append((name, value if sep else None))
+    return given
+
+
+def exit_on_renamed(argv: list[str], renamed: dict[str, str], tool: str) -> None:
+    """Exits 1 in one line when an argument uses a flag name the tool has renamed."""
+    for name, _ in _given(argv):
+        old = name[2:] if name.startswith("no") and name[2:] in renamed else name  # --noflag of a bool
+        if old in renamed:
+            sys.exit(f"{tool}: --{old} is now {renamed[old]}")
+
+
+def exit_on_joined_choices(argv: list[str], fv: flags.FlagValues, tool: str) -> None:
+    """Exits 1 in one line when a repeated choice flag gets several choices joined by commas."""
+    for name, value in _given(argv):
+        flag = fv[name] if name in fv else None
+        if (value and "," in value and isinstance(flag, flags.MultiFlag)
+                and isinstance(flag.parser, flags.EnumParser)):
+            first, second = value.split(",")[:2]
+            sys.exit(f"{tool}: --{name}={value}: give --{name} once per value (--{name}={first} "
+                     f"--{name}={second}), not a comma-separated list")
 
 
 class _Stopped(BaseException):

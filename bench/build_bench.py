@@ -20,7 +20,7 @@ temporary folder as 8-bit MONOCHROME2 DICOM files, once uncompressed (explicit V
 and once as baseline JPEG (Pillow's encoder at quality 90, close to the quantisation tables of the
 real SIIM file in ../shared/data/dicom), each listed as many times as the PNGs. Per variant:
 `preprocess.dicom` decoding the whole image alone on one core (the decode ceiling), and the whole
-build with --split=unlabeled --workers=1 over that folder; target: build >= 0.8 x decode-only per
+build with --split_by=unlabeled --workers=1 over that folder; target: build >= 0.8 x decode-only per
 core, also given from CPU time (images per CPU-second), which a busy machine moves less.
 Also printed: the decode alone as the build does it (an uncropped baseline-JPEG frame at
 libjpeg's DCT scale, `preprocess.dicom.to_gray`), which shows what the build adds to it.
@@ -162,9 +162,9 @@ def dicom_decode_only(paths: list[str], draft_size: int | None = None) -> tuple[
 
 
 def dicom_build_rate(image_dir: str, expected: int, out: str) -> tuple[float, float]:
-    """The whole build of the DICOM files under `image_dir`, --split=unlabeled --workers=1:
+    """The whole build of the DICOM files under `image_dir`, --split_by=unlabeled --workers=1:
     (images/s, CPU ms per image)."""
-    config = BuildConfig(image_dir=image_dir, output_dir=out, split="unlabeled", workers=1)
+    config = BuildConfig(image_dir=image_dir, output_dir=out, split_by="unlabeled", workers=1)
     start, cpu = time.perf_counter(), _cpu_seconds()
     result = builder.build(config)
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
@@ -218,7 +218,7 @@ def build_rate(csv_path: str, bbox_path: str, image_dir: str, workers: int | Non
     runner = {} if beam_args is None else {"runner": "beam", "beam_pipeline_args": beam_args}
     # --crop=bbox, as bench/RESULTS.md's figures were measured (the reference's mode, not the default).
     config = BuildConfig(data_entry_csv=csv_path, bbox_csv=bbox_path, image_dir=image_dir,
-                         output_dir=out, split="all", crop="bbox", workers=workers, **runner)
+                         output_dir=out, split_by="all", crop="bbox", workers=workers, **runner)
     start, cpu = time.perf_counter(), _cpu_seconds()
     result = builder.build(config)
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
@@ -279,7 +279,7 @@ def main(argv: list[str]) -> None:
         print(f"{label}:")
         print(f"  decode-only (preprocess.dicom, 1 core): {figures[f'{key}_decode_only_img_s']:7.1f} img/s")
         print(f"  decoded as the build decodes it:        {figures[f'{key}_decode_at_build_scale_img_s']:7.1f} img/s")
-        print(f"  build --split=unlabeled --workers=1:    {figures[f'{key}_workers1_img_s']:7.1f} img/s  "
+        print(f"  build --split_by=unlabeled --workers=1:    {figures[f'{key}_workers1_img_s']:7.1f} img/s  "
               f"({figures[f'{key}_workers1_over_decode_only']:.2f} x decode-only; target >= 0.8)")
         print(f"  per core (CPU ms per image): decode-only {figures[f'{key}_decode_only_cpu_ms']:.2f}, build "
               f"{figures[f'{key}_workers1_cpu_ms']:.2f}: {figures[f'{key}_per_core_ratio']:.2f} x decode-only")

@@ -7,7 +7,7 @@ All rows read the same source images: the real 1024x1024 NIH PNGs of `--nih_dir`
 several times under new names (symlinks) up to `--num_images`, or, without that folder (or with
 `--nih_dir=`), synthetic `--source_size` radiographs with boxes. Every stage uses all the host's
 cores. The shards are built from them by the real builder
-(`python -m preprocess.build_tfrecords --split=all --crop=bbox`). Each row runs in its own process,
+(`python -m preprocess.build_tfrecords --split_by=all --crop=bbox`). Each row runs in its own process,
 so its peak resident memory is its own:
   seed_style   the reference design: a `keras.utils.PyDataset` that, per batch, opens each
                full-size PNG with PIL, crops it to its box, resizes it to 224, makes it RGB and
@@ -168,7 +168,7 @@ def build_shards(entries_csv: str, bbox_csv: str, work: str, image_size: int) ->
     command = [
         sys.executable, "-m", "preprocess.build_tfrecords", f"--data_entry_csv={entries_csv}",
         f"--bbox_csv={bbox_csv}", f"--image_dir={os.path.join(work, 'images')}",
-        f"--output_dir={out}", f"--split={SPLIT}", "--crop=bbox", f"--image_size={image_size}",
+        f"--output_dir={out}", f"--split_by={SPLIT}", "--crop=bbox", f"--image_size={image_size}",
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:

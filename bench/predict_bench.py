@@ -1,7 +1,7 @@
 """Prediction throughput: predict.py's own batch prediction over a split's shards, per transfer.
 
     .venv/bin/python bench/predict_bench.py [--backbone=resnet50] [--image_size=224] [--records=2048] \
-        [--batch_size=256] [--precision=auto] [--transfers=uint8,float32] [--repeats=3] [--json_out=FILE]
+        [--global_batch_size=256] [--precision=auto] [--transfers=uint8,float32] [--repeats=3] [--json_out=FILE]
 
 Times `evaluation.prediction.predict_split`, what `predict.py` runs for each model (shards read
 and decoded by the eval pipeline, the model under the strategy and precision, every id gathered),
@@ -42,7 +42,7 @@ SPLIT, SMALL = "eval", "small"
 _BACKBONE = flags.DEFINE_string("backbone", "resnet50", "Registry backbone to time (random weights).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Side of the synthetic shards.", lower_bound=8)
 _RECORDS = flags.DEFINE_integer("records", 2048, "Records in the synthetic split.", lower_bound=1)
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch size (predict.py's --batch_size).",
+_BATCH = flags.DEFINE_integer("global_batch_size", 256, "As predict.py's --global_batch_size.",
                               lower_bound=1)
 _PRECISION = flags.DEFINE_enum("precision", "auto", list(distribute.PRECISIONS), "As predict.py's --precision.")
 _TRANSFERS = flags.DEFINE_list("transfers", [options.UINT8, options.FLOAT32],

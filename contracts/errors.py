@@ -17,6 +17,18 @@ class UserInputError(ValueError):
     """A user's file, folder or flag cannot be used; the message names it and says what to do."""
 
 
+def repeat_hint(value: str, flag: str, each: str) -> str:
+    """The fix to add when `value` names nothing and looks like several joined by commas: every
+    flag that takes several values takes them repeated (paths may hold commas).
+
+    Args:
+      each: what one value is, e.g. "model" or "file".
+    """
+    if "," not in value or os.path.exists(value):
+        return ""
+    return f"; give --{flag} once per {each} (--{flag}=A --{flag}=B), not a comma-separated list"
+
+
 def check_output_folder(folder: str, flag: str) -> None:
     """Raises unless `folder` is, or can be created as, a folder this process can write into.
 

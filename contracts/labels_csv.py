@@ -1,8 +1,8 @@
 """A labels CSV: another reading of the same images (a radiologist panel, a hospital's own labels).
 
-One reader for every tool that takes `--labels_csv`: the builder labels an unlabeled folder with it,
-`predict.py --images` labels raw files, and `predict.py`/`ensemble.py` rescore their predictions
-against it. Rows are keyed by the first of `ID_COLUMNS` present: a record's id (a file name, or a
+One reader for every labels file a tool takes: `--labels_csv` (the builder labels an unlabeled
+folder with it, `predict.py --images` labels raw files) and `--other_labels_csv` (`predict.py` and
+`ensemble.py` rescore their predictions against it). Rows are keyed by the first of `ID_COLUMNS` present: a record's id (a file name, or a
 DICOM file's path under the image folder) or a DICOM SOPInstanceUID. The label is, in order of
 preference, a `label` column, NIH's `Finding Labels` ("No Finding" is normal), or the one other
 column there is; values 0/1 or YES/NO (any case). Plain or gzip.

@@ -23,7 +23,7 @@ import zipfile
 from typing import Any
 
 from contracts import manifest as manifest_lib
-from contracts.errors import UserInputError
+from contracts.errors import UserInputError, repeat_hint
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -74,9 +74,7 @@ def run_temperature(model_dir: str) -> float | None:
 
 def list_hint(model_dir: str) -> str:
     """The fix to add when `--model_dir` looks like several folders joined by commas."""
-    if "," not in model_dir or os.path.isdir(model_dir):
-        return ""
-    return "; give --model_dir once per model (--model_dir=A --model_dir=B), not a comma-separated list"
+    return repeat_hint(model_dir, "model_dir", "model")
 
 
 def load_run_config(model_dir: str) -> dict[str, Any]:

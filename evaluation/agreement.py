@@ -1,4 +1,4 @@
-"""Another label set for the same predictions (`--labels_csv`): rescoring and agreement.
+"""Another label set for the same predictions (`--other_labels_csv`): rescoring and agreement.
 
 NIH's labels were mined from reports and agree with a three-radiologist panel on about 73% of
 images, so a model's numbers against them are numbers against a noisy reference. A second reading
@@ -36,17 +36,17 @@ class OtherLabels:
 
 
 def load_other_labels(path: str) -> OtherLabels:
-    """Reads `--labels_csv` with the one labels reader.
+    """Reads `--other_labels_csv` with the one labels reader.
 
     Raises:
       UserInputError: missing file, duplicate ids or values other than 0/1/YES/NO (one line).
     """
     if not os.path.isfile(path):
-        raise UserInputError(f"--labels_csv={path} does not exist")
+        raise UserInputError(f"--other_labels_csv={path} does not exist")
     try:
         return OtherLabels(path, read_labels_csv(path))
     except ValueError as err:
-        raise UserInputError(f"--labels_csv: {err}") from None
+        raise UserInputError(f"--other_labels_csv: {err}") from None
 
 
 def agreement(own: np.ndarray, other: np.ndarray) -> dict[str, Any]:

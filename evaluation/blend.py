@@ -56,7 +56,7 @@ class Fit:
 
 
 def parse_weights(values: Sequence[str]) -> list[float]:
-    """Parses `--weights` strings into floats.
+    """Parses `--blend_weight` strings into floats.
 
     Raises:
       UserInputError: a value is not a finite number.
@@ -68,7 +68,8 @@ def parse_weights(values: Sequence[str]) -> list[float]:
         except ValueError:
             weight = math.nan
         if not math.isfinite(weight):
-            raise UserInputError(f"--weights: {value!r} is not a number; pass e.g. --weights=0.6,0.3,0.1")
+            raise UserInputError(f"--blend_weight: {value!r} is not a number; pass one number per --blend_weight, "
+                                 "repeated, e.g. --blend_weight=0.6 --blend_weight=0.3 --blend_weight=0.1")
         weights.append(weight)
     return weights
 
@@ -86,12 +87,12 @@ def normalise_weights(weights: Sequence[float], count: int) -> np.ndarray:
     array = np.asarray(weights, dtype=np.float64)
     if array.shape != (count,):
         raise UserInputError(
-            f"--weights: got {array.size} weight(s) for {count} prediction file(s); pass one per file"
+            f"--blend_weight: got {array.size} weight(s) for {count} prediction file(s); pass one per file"
         )
     if (array < 0).any() or not np.isfinite(array).all():
-        raise UserInputError(f"--weights: weights must be finite and non-negative, got {list(weights)}")
+        raise UserInputError(f"--blend_weight: weights must be finite and non-negative, got {list(weights)}")
     if array.sum() <= 0:
-        raise UserInputError("--weights: weights sum to 0; give at least one model a positive weight")
+        raise UserInputError("--blend_weight: weights sum to 0; give at least one model a positive weight")
     return array / array.sum()
 
 
@@ -103,19 +104,19 @@ def reference_weights(files: Sequence[Predictions]) -> np.ndarray:
 
     Raises:
       UserInputError: a file has no sidecar naming its backbone, or its backbone has no reference
-        weight; the message says to pass --weights.
+        weight; the message says to pass --blend_weight.
     """
     weights = []
     for file in files:
         if file.backbone is None:
             raise UserInputError(
                 f"{file.path}: no sidecar JSON beside it naming its backbone, so its default weight is unknown; "
-                "pass --weights=w1,w2,... (one per file) or --fit_on=<validation prediction files>"
+                "pass --blend_weight once per file or --fit_on=<validation prediction file> once per file"
             )
         if file.backbone not in registry.BACKBONES:
             raise UserInputError(
                 f"{file.path}: backbone {file.backbone!r} has no default weight (known: "
-                f"{registry.describe('ensemble_weight')}); pass --weights or --fit_on"
+                f"{registry.describe('ensemble_weight')}); pass --blend_weight or --fit_on"
             )
         weights.append(registry.BACKBONES[file.backbone].ensemble_weight)
     return normalise_weights(weights, len(files))
@@ -269,7 +270,7 @@ def fit(
     """
     if weights is not None and threshold is not None:
         raise UserInputError(
-            "--fit_on with both --weights and --threshold leaves nothing to fit; drop one of the three"
+            "--fit_on with both --blend_weight and --threshold leaves nothing to fit; drop one of the three"
         )
     labels = np.asarray(labels, dtype=np.int64)
     candidates = simplex_grid(probs.shape[1], step) if weights is None else np.asarray([weights])

@@ -61,7 +61,7 @@ class EnsembleResult:
     metrics: dict[str, Any] | None
     report_dir: str | None
     gain: dict[str, Any] | None = None  # the ensemble against the best single model (see _gain)
-    other_labels: dict[str, Any] | None = None  # the rescoring against --labels_csv (evaluation/agreement.py)
+    other_labels: dict[str, Any] | None = None  # the rescoring against --other_labels_csv (evaluation/agreement.py)
 
 
 def model_names(files: Sequence[Predictions]) -> list[str]:
@@ -225,7 +225,7 @@ def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], 
 
 
 def check_outputs_spare_inputs(output: str, predictions: Sequence[str], fit_on: Sequence[str] | None,
-                               labels_csv: str | None) -> None:
+                               other_labels_csv: str | None) -> None:
     """Refuses an --output whose files (the submission, the blend and its sidecar, the ensemble
     file) would replace a file the run reads: a prediction or --fit_on file, its sidecar, or the labels CSV.
 
@@ -237,7 +237,7 @@ def check_outputs_spare_inputs(output: str, predictions: Sequence[str], fit_on: 
     reads = [(f"--{flag} reads{'' if path == csv else f' (the sidecar of {csv})'}", path)
              for flag, csvs in (("predictions", predictions), ("fit_on", fit_on or ()))
              for csv in csvs for path in (csv, sidecar_path(csv))]
-    check_no_overwrite(writes, reads + ([("--labels_csv reads", labels_csv)] if labels_csv else []))
+    check_no_overwrite(writes, reads + ([("--other_labels_csv reads", other_labels_csv)] if other_labels_csv else []))
 
 
 def run_ensemble(
@@ -252,7 +252,7 @@ def run_ensemble(
     label_column: str = DECISION,
     report_dir: str | None = None,
     bootstrap: int = settings.BOOTSTRAP,
-    labels_csv: str | None = None,
+    other_labels_csv: str | None = None,
 ) -> EnsembleResult:
     """Blends prediction files joined on image id, thresholds the blend and writes the submission.
 
@@ -271,7 +271,7 @@ def run_ensemble(
       label_column: submission column holding the 0/1 decision.
       report_dir: where the report goes when labels are known (default: `<output stem>_report`).
       bootstrap: resamples behind the report's 95% intervals.
-      labels_csv: another reading of the same images: the report rescores every model and the
+      other_labels_csv: another reading of the same images: the report rescores every model and the
         blend against it, with Cohen's kappa against the files' labels (evaluation/agreement.py).
 
     Returns:
@@ -285,8 +285,8 @@ def run_ensemble(
     check_output_file(output, "output", "submission.csv")
     if report_dir:
         check_output_folder(report_dir, "report_dir")
-    check_outputs_spare_inputs(output, predictions, fit_on, labels_csv)
-    other = None if labels_csv is None else agreement.load_other_labels(labels_csv)
+    check_outputs_spare_inputs(output, predictions, fit_on, other_labels_csv)
+    other = None if other_labels_csv is None else agreement.load_other_labels(other_labels_csv)
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
     names = model_names(files)

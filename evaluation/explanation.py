@@ -129,8 +129,10 @@ def check_asked_ids(image_ids: Sequence[str], ids: Sequence[str], where: str) ->
     known = set(ids)
     missing = [i for i in image_ids if i not in known]
     if missing:
+        joined = ("; give --image_ids once per image (--image_ids=A --image_ids=B), not a comma-separated list"
+                  if any("," in i for i in missing) else "")
         raise UserInputError(f"--image_ids: {few(missing)} not in {where} ({len(known)} images); pass ids "
-                             "from its image_id column (a prediction CSV lists them)")
+                             f"from its image_id column (a prediction CSV lists them){joined}")
 
 
 def split_ids(data_dir: str, split: str) -> list[str]:

@@ -63,7 +63,7 @@ class PredictionResult:
       records: rows per file (= the split's records).
       metrics: {name: metrics} when labels are known, else None.
       report_dir: where the report went, or None.
-      other_labels: the rescoring against --labels_csv (evaluation/agreement.py), or None.
+      other_labels: the rescoring against --other_labels_csv (evaluation/agreement.py), or None.
     """
 
     outputs: dict[str, str]
@@ -317,7 +317,7 @@ def run_prediction(
     progress: bool = True,
     per_model: bool = False,
     extra_sidecar: dict[str, Any] | None = None,
-    labels_csv: str | None = None,
+    other_labels_csv: str | None = None,
 ) -> PredictionResult:
     """Predicts `split` of `data_dir` with each saved model and writes prediction files and a report.
 
@@ -336,7 +336,7 @@ def run_prediction(
       progress: show a progress bar.
       per_model: write `<output stem>.<name>.csv` even for one model (`output` holds a blend).
       extra_sidecar: more fields for each prediction file's sidecar (e.g. the raw images' origin).
-      labels_csv: another reading of the same images: the report rescores against it and gives
+      other_labels_csv: another reading of the same images: the report rescores against it and gives
         Cohen's kappa with the records' own labels (evaluation/agreement.py).
 
     Returns:
@@ -348,8 +348,8 @@ def run_prediction(
     """
     threshold = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
     manifest, expected, configs = preflight.check_prediction_inputs(
-        model_dirs, data_dir, split, output, report_dir, per_model=per_model, labels_csv=labels_csv)
-    other = None if labels_csv is None else agreement.load_other_labels(labels_csv)
+        model_dirs, data_dir, split, output, report_dir, per_model=per_model, other_labels_csv=other_labels_csv)
+    other = None if other_labels_csv is None else agreement.load_other_labels(other_labels_csv)
     chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
     transfer = distribute.resolve_transfer(transfer)
     paths = preflight.output_paths(output, preflight.model_names(model_dirs, configs), per_model=per_model)

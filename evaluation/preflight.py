@@ -84,10 +84,10 @@ def model_names(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]]) ->
 
 def check_prediction_outputs(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]], output: str, *,
                              per_model: bool = False, data_dir: str | None = None, labels_csv: str | None = None,
-                             ensemble: str | None = None) -> None:
+                             other_labels_csv: str | None = None, ensemble: str | None = None) -> None:
     """Refuses an --output whose files (each model's CSV, sidecar and .npy; with `per_model`, the
     blend and its sidecar at `output`) would replace a file the run reads: a model folder's own
-    files, the shard manifest, the labels CSV or the ensemble file.
+    files, the shard manifest, a labels CSV or the ensemble file.
 
     Raises:
       UserInputError: naming --output, the file and the fix (see `check_no_overwrite`).
@@ -100,12 +100,13 @@ def check_prediction_outputs(model_dirs: Sequence[str], configs: Sequence[dict[s
     if data_dir is not None:
         reads.append((f"--data_dir={data_dir} holds (its manifest)", os.path.join(data_dir, manifest_lib.MANIFEST)))
     reads += [("--labels_csv reads", labels_csv)] if labels_csv else []
+    reads += [("--other_labels_csv reads", other_labels_csv)] if other_labels_csv else []
     reads += [("--ensemble reads", ensemble)] if ensemble else []
     check_no_overwrite([("output", output, path) for path in writes], reads)
 
 
 def check_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str, output: str,
-                            report_dir: str | None, *, per_model: bool = False, labels_csv: str | None = None,
+                            report_dir: str | None, *, per_model: bool = False, other_labels_csv: str | None = None,
                             ensemble: str | None = None) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
     """Checks everything a prediction run reads and where it writes, before the work starts.
 
@@ -124,7 +125,7 @@ def check_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str
     manifest, expected = split_manifest(data_dir, split)
     configs = [load_run_config(d) for d in model_dirs]
     check_prediction_outputs(model_dirs, configs, output, per_model=per_model, data_dir=data_dir,
-                             labels_csv=labels_csv, ensemble=ensemble)
+                             other_labels_csv=other_labels_csv, ensemble=ensemble)
     return manifest, expected, configs
 
 

@@ -30,7 +30,7 @@ from contracts import manifest as manifest_lib
 from contracts import storage
 from contracts.atomic import TEMP_PREFIX, write_json, write_text
 from preprocess import images
-from preprocess.config import BBOX_SHORTCUT, RUNNERS, BuildConfig, BuildError
+from preprocess.config import BBOX_SHORTCUT, RENAMED_FIELDS, RUNNERS, BuildConfig, BuildError
 from preprocess.plan import WorkItem, WorkUnit, gather_and_assign, plan_digest, plan_units
 
 STATE_DIR = ".build"  # bookkeeping for resumable builds, hidden inside --output_dir
@@ -101,7 +101,8 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
     if storage.exists(state_file):
         previous = json.loads(storage.read_bytes(state_file))
         # Flags that no longer shape records (output_dir, once) are not compared with older stamps.
-        previous["config"] = {k: v for k, v in previous.get("config", {}).items() if k in stamp["config"]}
+        recorded = {RENAMED_FIELDS.get(k, k): v for k, v in previous.get("config", {}).items()}
+        previous["config"] = {k: v for k, v in recorded.items() if k in stamp["config"]}
     ours = [n for n in storage.listdir(config.output_dir) if _is_ours(n)]
     # The same flags, records of an older format: the command is the same, its shards are rebuilt.
     outdated = bool(previous) and previous.get("schema_version") != manifest_lib.SCHEMA_VERSION \
@@ -145,7 +146,8 @@ def recorded_shaping(output_dir: str) -> dict | None:
     state_file = storage.join(output_dir, STATE_DIR, "build.json")
     if not storage.exists(state_file):
         return None
-    return json.loads(storage.read_bytes(state_file)).get("config", {})
+    recorded = json.loads(storage.read_bytes(state_file)).get("config", {})
+    return {RENAMED_FIELDS.get(k, k): v for k, v in recorded.items()}  # older builds said `split`
 
 
 def keep_recorded(config: BuildConfig, given: Collection[str]) -> BuildConfig:

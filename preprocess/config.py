@@ -27,6 +27,9 @@ IMAGE_FORMATS = ("png", "jpeg")
 RUNNERS = ("local", "beam")
 # output_dir among them: a shard folder copied or moved elsewhere resumes (or remakes a damaged
 # shard) where it now is.
+# Fields renamed since a build recorded them (in the state file and manifest.json): old -> new.
+# An older folder's record is read under the new names, so its rerun compares like with like.
+RENAMED_FIELDS = {"split": "split_by"}
 NOT_RECORD_SHAPING = ("output_dir", "workers", "max_skip_fraction", "overwrite", "runner", "beam_pipeline_args")
 
 
@@ -38,8 +41,8 @@ class BuildConfig:
     output_dir: str
     data_entry_csv: str | None = None
     bbox_csv: str | None = None
-    labels_csv: str | None = None  # --split=unlabeled only: labels for some of the folder's images
-    split: str = "grouped"
+    labels_csv: str | None = None  # --split_by=unlabeled only: labels for some of the folder's images
+    split_by: str = "grouped"  # one of SPLITS
     val_fraction: float = 0.2
     test_fraction: float | None = None  # None: the split mode's DEFAULT_TEST_FRACTION (else 0), set on construction
     train_val_list: str | None = None
@@ -59,16 +62,16 @@ class BuildConfig:
 
     def __post_init__(self):
         if self.test_fraction is None:
-            object.__setattr__(self, "test_fraction", default_test_fraction(self.split))
+            object.__setattr__(self, "test_fraction", default_test_fraction(self.split_by))
 
     def shaping(self) -> dict:
         """The flags that change the records written (a rerun must agree on all of them)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RECORD_SHAPING}
 
 
-def default_test_fraction(split: str) -> float:
-    """The test share a build with split mode `split` gets when --test_fraction is not given."""
-    return DEFAULT_TEST_FRACTION.get(split, 0.0)
+def default_test_fraction(split_by: str) -> float:
+    """The test share a build with split mode `split_by` gets when --test_fraction is not given."""
+    return DEFAULT_TEST_FRACTION.get(split_by, 0.0)
 
 
 class BuildError(UserInputError):

@@ -62,11 +62,11 @@ def gather_and_assign(config: BuildConfig):
     """
     if not config.image_dir:
         raise BuildError("--image_dir is required: the folder holding the images (searched recursively)")
-    if config.split == "unlabeled" and sources_lib.is_pattern(config.image_dir):
+    if config.split_by == "unlabeled" and sources_lib.is_pattern(config.image_dir):
         pass  # a glob pattern of files: what it matches is checked below
     elif not storage.isdir(config.image_dir):
         raise BuildError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the images"
-                         " (or, with --split=unlabeled, a glob pattern of files)")
+                         " (or, with --split_by=unlabeled, a glob pattern of files)")
     if not config.output_dir:
         raise BuildError("--output_dir is required: the folder the shards and manifest.json go to")
     _check_fractions(config)
@@ -87,7 +87,7 @@ def _check_fractions(config: BuildConfig) -> None:
         raise BuildError(f"--max_skip_fraction={config.max_skip_fraction} must be in [0, 1]")
     if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
         raise BuildError("--val_fraction and --test_fraction must be in [0, 1)")
-    if config.split == "grouped" and config.val_fraction + config.test_fraction >= 1:
+    if config.split_by == "grouped" and config.val_fraction + config.test_fraction >= 1:
         raise BuildError(f"--val_fraction={config.val_fraction} + --test_fraction={config.test_fraction} must "
                          "leave a share for train; lower one of them")
 
@@ -95,7 +95,7 @@ def _check_fractions(config: BuildConfig) -> None:
 def _nothing_usable(config: BuildConfig, found: sources_lib.Sources, skipped: list[dict]) -> str:
     """Why a build has no record at all, in the terms of its inputs."""
     first = f" (first: {skipped[0]['image']}: {skipped[0]['reason']})" if skipped else ""
-    if config.split == "unlabeled":
+    if config.split_by == "unlabeled":
         if not skipped:
             return (f"no PNG, JPEG or DICOM file under --image_dir={config.image_dir}; point it at the "
                     "folder holding the images")
@@ -108,7 +108,7 @@ def _nothing_usable(config: BuildConfig, found: sources_lib.Sources, skipped: li
 
 
 def _gather(config: BuildConfig) -> sources_lib.Sources:
-    if config.split == "unlabeled":
+    if config.split_by == "unlabeled":
         known = None
         if config.labels_csv:
             if not storage.isfile(config.labels_csv):
@@ -126,10 +126,11 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
                 "the name; a DICOM file's path under the image folder) or SOPInstanceUID")
         return found
     if config.labels_csv:
-        raise BuildError("--labels_csv labels an unlabeled folder (--split=unlabeled); with "
-                         f"--split={config.split} the labels come from --data_entry_csv")
+        raise BuildError("--labels_csv labels an unlabeled folder (--split_by=unlabeled); with "
+                         f"--split_by={config.split_by} the labels come from --data_entry_csv")
     if not config.data_entry_csv:
-        raise BuildError(f"--split={config.split} needs --data_entry_csv (only --split=unlabeled works without)")
+        raise BuildError(f"--split_by={config.split_by} needs --data_entry_csv (only --split_by=unlabeled works "
+                         "without)")
     if not storage.isfile(config.data_entry_csv):
         raise BuildError(f"--data_entry_csv={config.data_entry_csv} does not exist")
     try:
@@ -165,10 +166,10 @@ def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, 
     """split -> sources, plus sources skipped by the split rules."""
     by_name = {s.entry.image: s for s in found.sources}
     skipped = []
-    if config.split in ("all", "unlabeled"):
-        name = "all" if config.split == "all" else "eval"
+    if config.split_by in ("all", "unlabeled"):
+        name = "all" if config.split_by == "all" else "eval"
         return {name: list(found.sources)}, skipped
-    if config.split == "grouped":
+    if config.split_by == "grouped":
         fractions = {"train": 1 - config.val_fraction - config.test_fraction,
                      "val": config.val_fraction, "test": config.test_fraction}
         items = [(n, s.entry.patient_id, s.entry.label) for n, s in by_name.items()]
@@ -183,7 +184,8 @@ def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, 
 
 def _official_assignment(config: BuildConfig, by_name: dict) -> tuple[dict[str, str], list]:
     if not (config.train_val_list and config.test_list):
-        raise BuildError("--split=official needs --train_val_list and --test_list (NIH's train_val_list.txt, test_list.txt)")
+        raise BuildError("--split_by=official needs --train_val_list and --test_list (NIH's train_val_list.txt, "
+                         "test_list.txt)")
     for path in (config.train_val_list, config.test_list):
         if not storage.isfile(path):
             raise BuildError(f"split list {path} does not exist")

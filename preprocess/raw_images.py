@@ -115,7 +115,7 @@ def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, 
     """
     from preprocess import builder
 
-    config = BuildConfig(image_dir=images, output_dir=shard_dir, split="unlabeled", image_size=image_size,
+    config = BuildConfig(image_dir=images, output_dir=shard_dir, split_by="unlabeled", image_size=image_size,
                          crop="none", max_image_pixels=max_pixels, workers=workers, max_skip_fraction=1.0,
                          labels_csv=labels_csv)
     try:

@@ -108,7 +108,7 @@ def write_shards(
         written[split] = rows
     manifest = {
         "config": {"image_size": image_size, "image_format": "png", "crop": "none", "seed": seed,
-                   "split": "synthetic"},
+                   "split_by": "synthetic"},
         "splits": manifest_splits,
         "patient_overlap": 0,
         "skipped": [],

@@ -79,7 +79,7 @@ def data(tmp_path_factory) -> str:
 def config_for(data: str, out: str, **overrides) -> BuildConfig:
     fields = dict(data_entry_csv=storage.join(data, "Data_Entry_2017_v2020.csv"),
                   bbox_csv=storage.join(data, "BBox_List_2017.csv"), image_dir=data, output_dir=out,
-                  split="grouped", val_fraction=0.2, test_fraction=0.2, image_size=32, num_shards=3,
+                  split_by="grouped", val_fraction=0.2, test_fraction=0.2, image_size=32, num_shards=3,
                   max_skip_fraction=1.0, crop="bbox")  # bbox: both runners must crop the boxed images alike
     fields.update(overrides)
     return BuildConfig(**fields)
@@ -110,7 +110,7 @@ def test_beam_and_local_builds_give_the_same_records_skips_and_manifest(builds):
 def test_real_sample_builds_the_same_on_beam_and_locally(nih_sample, tmp_path):
     common = dict(data_entry_csv=os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz"),
                   bbox_csv=os.path.join(nih_sample, "BBox_List_2017.csv"), image_dir=nih_sample,
-                  split="grouped", val_fraction=0.2, test_fraction=0.1, image_size=32, num_shards=2)
+                  split_by="grouped", val_fraction=0.2, test_fraction=0.1, image_size=32, num_shards=2)
     local = builder.build(BuildConfig(output_dir=str(tmp_path / "local"), workers=1, **common))
     beam = builder.build(BuildConfig(output_dir=str(tmp_path / "beam"), runner="beam", **common))
     assert sum(s["records"] for s in local.manifest["splits"].values()) == 116

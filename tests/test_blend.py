@@ -76,7 +76,7 @@ def test_shuffled_rows_give_the_same_result(tmp_path):
 def test_missing_sidecar_without_weights_asks_for_weights(tmp_path):
     paths = _write_models(str(tmp_path))
     os.remove(str(tmp_path / "densenet121.json"))
-    with pytest.raises(UserInputError, match=r"densenet121\.csv.*--weights"):
+    with pytest.raises(UserInputError, match=r"densenet121\.csv.*--blend_weight"):
         ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), bootstrap=0)
     result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), weights=[1, 1, 1], bootstrap=0)
     assert list(result.weights.values()) == pytest.approx([1 / 3] * 3)
@@ -85,7 +85,7 @@ def test_missing_sidecar_without_weights_asks_for_weights(tmp_path):
 def test_unknown_backbone_has_no_default_weight(tmp_path):
     path = str(tmp_path / "tiny.csv")
     write_predictions(path, IDS, PROBS[:, 0], LABELS, {"backbone": "tiny_test"})
-    with pytest.raises(UserInputError, match="tiny_test.*--weights"):
+    with pytest.raises(UserInputError, match="tiny_test.*--blend_weight"):
         blend.reference_weights([read_predictions(path)])
 
 

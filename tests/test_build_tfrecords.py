@@ -146,7 +146,7 @@ def test_grouped_split_has_no_patient_in_two_splits(synthetic_data, tmp_path):
 
 
 def test_official_split_follows_the_lists(synthetic_data, tmp_path):
-    cfg = config_for(synthetic_data, str(tmp_path), split="official",
+    cfg = config_for(synthetic_data, str(tmp_path), split_by="official",
                      train_val_list=os.path.join(synthetic_data, "train_val_list.txt"),
                      test_list=os.path.join(synthetic_data, "test_list.txt"))
     result = builder.build(cfg)
@@ -167,7 +167,7 @@ def test_crop_to_box_scaled_from_the_1024_frame(tmp_path):
                                 "a.png,Mass,256,512,512,256\na.png,Mass,0,0,4,4\n"
                                 "b.png,Mass,2000,2000,10,10\n")
     cfg = BuildConfig(data_entry_csv=str(data / "e.csv"), bbox_csv=str(data / "b.csv"),
-                         image_dir=str(data), output_dir=str(tmp_path / "out"), split="all",
+                         image_dir=str(data), output_dir=str(tmp_path / "out"), split_by="all",
                          image_size=16, workers=1, crop="bbox")
     result = builder.build(cfg)
     got = {r["image_id"]: r for r in read_records(cfg.output_dir)["all"]}
@@ -200,7 +200,7 @@ def test_real_sample_builds_with_the_right_counts(nih_sample, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     m = json.load(open(tmp_path / "manifest.json"))
     assert not m["skipped"] and not m["warnings"]
-    assert m["config"]["crop"] == "none" and m["config"]["split"] == "grouped"
+    assert m["config"]["crop"] == "none" and m["config"]["split_by"] == "grouped"
     assert set(m["splits"]) == {"train", "val", "test"} and m["patient_overlap"] == 0
     assert sum(s["records"] for s in m["splits"].values()) == 116
     assert (sum(s["normal"] for s in m["splits"].values()), sum(s["abnormal"] for s in m["splits"].values())) == (55, 61)
@@ -224,7 +224,7 @@ def test_real_sample_builds_with_the_right_counts(nih_sample, tmp_path):
 def test_real_sample_crops_its_boxed_images_with_crop_bbox_and_says_why_not_to(nih_sample, tmp_path, caplog):
     cfg = BuildConfig(data_entry_csv=os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz"),
                       bbox_csv=os.path.join(nih_sample, "BBox_List_2017.csv"), image_dir=nih_sample,
-                      output_dir=str(tmp_path), split="all", workers=2, image_size=32, crop="bbox")
+                      output_dir=str(tmp_path), split_by="all", workers=2, image_size=32, crop="bbox")
     result = builder.build(cfg)
     assert result.ok and result.manifest["splits"]["all"]["records"] == 116
     assert sum(r["crop_applied"] for r in read_records(str(tmp_path))["all"]) == 6
@@ -277,7 +277,7 @@ def hostile_dir(tmp_path):
 def test_every_bad_input_is_skipped_with_its_reason(hostile_dir, tmp_path):
     data, gray = hostile_dir
     cfg = BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
-                         output_dir=str(tmp_path / "out"), split="all", image_size=64, workers=1,
+                         output_dir=str(tmp_path / "out"), split_by="all", image_size=64, workers=1,
                          max_image_pixels=100_000)
     result = builder.build(cfg)
     m = result.manifest
@@ -304,7 +304,7 @@ def test_every_bad_input_is_skipped_with_its_reason(hostile_dir, tmp_path):
 def test_skip_fraction_within_limit_exits_zero(hostile_dir, tmp_path):
     data, _ = hostile_dir
     cfg = BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
-                         output_dir=str(tmp_path / "out"), split="all", image_size=64, workers=1,
+                         output_dir=str(tmp_path / "out"), split_by="all", image_size=64, workers=1,
                          max_skip_fraction=0.9)
     assert builder.build(cfg).ok
 
@@ -312,7 +312,7 @@ def test_skip_fraction_within_limit_exits_zero(hostile_dir, tmp_path):
 def test_unlabeled_folder_becomes_eval_shards(hostile_dir, tmp_path):
     data, _ = hostile_dir
     (data / "notes.txt").write_text("not an image")
-    cfg = BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "out"), split="unlabeled",
+    cfg = BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "out"), split_by="unlabeled",
                          image_size=32, workers=1, max_skip_fraction=1.0)
     m = builder.build(cfg).manifest
     got = read_records(cfg.output_dir)["eval"]
@@ -378,6 +378,20 @@ def test_a_rerun_over_records_of_an_older_format_rebuilds_them_without_overwrite
         builder.build(config_for(synthetic_data, out, crop="none", image_size=16))
 
 
+def test_a_rerun_in_a_folder_that_recorded_the_old_split_field_keeps_its_shards(synthetic_data, tmp_path):
+    out = str(tmp_path)
+    builder.build(config_for(synthetic_data, out, crop="none"))
+    stamp_path = os.path.join(out, builder.STATE_DIR, "build.json")
+    stamp = json.load(open(stamp_path))
+    stamp["config"]["split"] = stamp["config"].pop("split_by")  # as builders before --split_by wrote it
+    json.dump(stamp, open(stamp_path, "w"))
+    finished = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out) if is_final_shard(n)}
+    assert builder.build(config_for(synthetic_data, out, crop="none")).ok  # the same command, no --overwrite
+    assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in finished} == finished  # reused, not rebuilt
+    with pytest.raises(BuildError, match="flags differ: split_by"):  # another split mode still refuses
+        builder.build(config_for(synthetic_data, out, crop="none", split_by="all"))
+
+
 def is_final_shard(name: str) -> bool:
     return name.endswith(".tfrecord") and not name.startswith(".")  # not a shard still being written
 
@@ -402,7 +416,7 @@ def test_default_shard_count_never_depends_on_workers():
 
 def test_the_test_share_defaults_by_split_mode_and_a_grouped_build_must_leave_one_for_train():
     assert BuildConfig(image_dir=".", output_dir=".").test_fraction == 0.2
-    assert BuildConfig(image_dir=".", output_dir=".", split="official").test_fraction == 0.0  # from the lists
+    assert BuildConfig(image_dir=".", output_dir=".", split_by="official").test_fraction == 0.0  # from the lists
     assert BuildConfig(image_dir=".", output_dir=".", test_fraction=0.0).test_fraction == 0.0  # asked for
     with pytest.raises(BuildError, match=r"--val_fraction=0.85 \+ --test_fraction=0.2 must leave a share for train"):
         plan._check_fractions(BuildConfig(image_dir=".", output_dir=".", val_fraction=0.85))
@@ -452,7 +466,7 @@ def test_kill_and_resume_gives_the_same_record_set(tmp_path):
 def test_cli_exit_code_and_message_on_bad_input(hostile_dir, tmp_path):
     data, _ = hostile_dir
     done = subprocess.run(cli([f"--data_entry_csv={data}/Data_Entry.csv", f"--image_dir={data}",
-                               f"--output_dir={tmp_path / 'out'}", "--split=all", "--image_size=32"],
+                               f"--output_dir={tmp_path / 'out'}", "--split_by=all", "--image_size=32"],
                               module=True), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "FAILED" in done.stdout and "max_skip_fraction" in done.stdout
@@ -474,7 +488,7 @@ def test_jpeg_output_honours_the_quality_flag(synthetic_data, tmp_path):
     for quality in (30, 95):
         out = str(tmp_path / f"q{quality}")
         result = builder.build(config_for(synthetic_data, out, image_format="jpeg", jpeg_quality=quality,
-                                     crop="none", split="all"))
+                                     crop="none", split_by="all"))
         assert result.ok
         got = read_records(out)["all"]
         assert {r["image_format"] for r in got} == {"jpeg"}
@@ -496,14 +510,14 @@ def test_same_name_in_two_folders(tmp_path):
     (data / "e.csv").write_text(HEADER + "same.png,Mass,0,1,50,M,PA,1,1,1,1\n"
                                 "differ.png,Mass,0,2,50,M,PA,1,1,1,1\n")
     cfg = BuildConfig(data_entry_csv=str(data / "e.csv"), image_dir=str(data),
-                         output_dir=str(tmp_path / "out"), split="all", image_size=16, workers=1,
+                         output_dir=str(tmp_path / "out"), split_by="all", image_size=16, workers=1,
                          max_skip_fraction=1.0)
     m = builder.build(cfg).manifest
     assert [r["image_id"] for r in read_records(cfg.output_dir)["all"]] == ["same.png"]
     assert [s["image"] for s in m["skipped"]] == ["differ.png"]
     assert "2 different files named differ.png" in m["skipped"][0]["reason"]
     # Without a CSV nothing names them: both are kept, each keyed by its path under the folder.
-    unlabeled = BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "unlabeled"), split="unlabeled",
+    unlabeled = BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "unlabeled"), split_by="unlabeled",
                             image_size=16, workers=1)
     assert builder.build(unlabeled).manifest["skipped"] == []
     stored = {r["image_id"]: pixels(r) for r in read_records(unlabeled.output_dir)["eval"]}
@@ -512,7 +526,7 @@ def test_same_name_in_two_folders(tmp_path):
     np.testing.assert_array_equal(stored["images_001/differ.png"], gray)  # 16 px: stored as they are
     # One file named as --image_dir is a folder of that one image.
     single = BuildConfig(image_dir=str(data / "images_002" / "differ.png"), output_dir=str(tmp_path / "one"),
-                         split="unlabeled", image_size=16, workers=1)
+                         split_by="unlabeled", image_size=16, workers=1)
     builder.build(single)
     assert [r["image_id"] for r in read_records(single.output_dir)["eval"]] == ["differ.png"]
 
@@ -521,7 +535,7 @@ def test_official_split_reports_names_in_both_or_neither_list(synthetic_data, tm
     names = sorted(os.listdir(os.path.join(synthetic_data, "images_001", "images")))
     (tmp_path / "tv.txt").write_text("\n".join(names[2:]) + "\n")
     (tmp_path / "test.txt").write_text("\n".join(names[1:4]) + "\n")
-    cfg = config_for(synthetic_data, str(tmp_path / "out"), split="official", max_skip_fraction=1.0,
+    cfg = config_for(synthetic_data, str(tmp_path / "out"), split_by="official", max_skip_fraction=1.0,
                      train_val_list=str(tmp_path / "tv.txt"), test_list=str(tmp_path / "test.txt"))
     reasons = {s["image"]: s["reason"] for s in builder.build(cfg).manifest["skipped"]}
     assert "neither" in reasons[names[0]]
@@ -571,7 +585,7 @@ def test_symlinked_image_folders_are_followed_once_and_cycles_end(tmp_path):
     (top / "images_001").symlink_to(real.parent, target_is_directory=True)
     (real / "loop").symlink_to(top, target_is_directory=True)  # a cycle through the link
     (top / "again").symlink_to(real, target_is_directory=True)  # a second way to the same folder
-    cfg = BuildConfig(image_dir=str(top), output_dir=str(tmp_path / "out"), split="unlabeled", image_size=32,
+    cfg = BuildConfig(image_dir=str(top), output_dir=str(tmp_path / "out"), split_by="unlabeled", image_size=32,
                       workers=1)
     result = builder.build(cfg)
     assert result.ok, result.summary

@@ -12,11 +12,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = {
     "train.py": ["--backbone: <efficientnet_b3|resnet50|densenet121>", "--shuffle_buffer", "(default: '2048')",
                  "--learning_rate", "efficientnet_b3 0.0001", "--data_service"],
-    "predict.py": ["--model_dir", "--batch_size", "(default: '64')", "--bootstrap"],
+    "predict.py": ["--model_dir", "--global_batch_size", "(default: '64')", "--bootstrap"],
     "ensemble.py": ["--predictions", "--fit_on", "efficientnet_b3 0.6", "(default: '0.05')"],
     "export.py": ["--export_dir", "--ensemble", "--threshold"],
     "explain.py": ["--image_ids", "--per_group", "(default: '4')", "explanations.json"],
-    "demo.py": ["--data_dir", "--backbones", "(default: 'efficientnet_b3,resnet50,densenet121')"],
+    "demo.py": ["--nih_dir", "--backbones", "(default: \"['efficientnet_b3', 'resnet50', 'densenet121']\")"],
     "data_service.py": ["--role: <dispatcher|worker>", "--dispatcher", "5050 for the dispatcher"],
     os.path.join("preprocess", "build_tfrecords.py"): ["--image_dir", "--max_image_pixels", "(default: '64000000')",
                                                         "--runner: <local|beam>", "--beam_pipeline_args"],
@@ -78,7 +78,7 @@ def test_the_demo_from_another_folder_writes_and_reads_there(tmp_path, monkeypat
 
 
 def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_offline(tmp_path, monkeypatch):
-    """`make demo`, then `make demo DATA_DIR=... WEIGHTS=none IMAGE_SIZE=128`: the second plan."""
+    """`make demo`, then `make demo NIH_DIR=... WEIGHTS=none IMAGE_SIZE=128`: the second plan."""
     import demo
     from absl import flags
 
@@ -87,14 +87,14 @@ def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nih_sample").mkdir()
     plans = []
-    for argv in (["cxr-demo"], ["cxr-demo", "--data_dir=nih_sample", "--weights=none", "--image_size=128"]):
+    for argv in (["cxr-demo"], ["cxr-demo", "--nih_dir=nih_sample", "--weights=none", "--image_size=128"]):
         values = flags.FlagValues()
         project_flags.define_demo_flags(values)
         values(argv)
         plans.append(demo.plan_from_flags(values))
     synthetic, real = plans
     assert real.output_dir == os.path.join(str(tmp_path), "runs", "demo-nih_sample") != synthetic.output_dir
-    assert (real.data_dir, real.weights, real.image_size) == (str(tmp_path / "nih_sample"), "none", 128)
+    assert (real.nih_dir, real.weights, real.image_size) == (str(tmp_path / "nih_sample"), "none", 128)
     # From random weights both cut EfficientNetB3 where it learns (models/registry.py); from ImageNet
     # weights the whole backbone trains, as in the reference.
     from models import registry
@@ -102,7 +102,7 @@ def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_
     assert synthetic.feature_layer == real.feature_layer == registry.FEATURE_LAYER_FROM_SCRATCH
     values = flags.FlagValues()
     project_flags.define_demo_flags(values)
-    values(["cxr-demo", "--data_dir=nih_sample"])
+    values(["cxr-demo", "--nih_dir=nih_sample"])
     assert demo.plan_from_flags(values).feature_layer is None
 
 
@@ -151,11 +151,11 @@ def test_the_users_tensorflow_log_level_wins(shards, tmp_path):
 
 
 def test_make_demo_passes_data_weights_size_and_epochs_through():
-    done = subprocess.run(["make", "-n", "demo", "DATA_DIR=../shared/data/nih_sample", "WEIGHTS=none",
+    done = subprocess.run(["make", "-n", "demo", "NIH_DIR=../shared/data/nih_sample", "WEIGHTS=none",
                            "IMAGE_SIZE=128", "EPOCHS=3"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     command = done.stdout.replace("\\\n", " ")
-    for flag in ("--data_dir=../shared/data/nih_sample", "--weights=none", "--image_size=128", "--epochs=3"):
+    for flag in ("--nih_dir=../shared/data/nih_sample", "--weights=none", "--image_size=128", "--epochs=3"):
         assert flag in command, command
 
 

@@ -61,7 +61,7 @@ def mixed_folder(tmp_path_factory):
 def test_a_mixed_folder_builds_every_readable_image_and_skips_the_rest(mixed_folder, tmp_path):
     folder, pixels = mixed_folder
     out = str(tmp_path / "out")
-    result = builder.build(BuildConfig(image_dir=folder, output_dir=out, split="unlabeled", image_size=SIZE,
+    result = builder.build(BuildConfig(image_dir=folder, output_dir=out, split_by="unlabeled", image_size=SIZE,
                                        workers=1, max_skip_fraction=1.0))
     got = _records(out)
     # Two series reuse "1.dcm": both are kept, keyed by their path under --image_dir.
@@ -83,7 +83,7 @@ def test_a_folder_of_only_dicom_builds(mixed_folder, tmp_path):
     folder, _ = mixed_folder
     only = tmp_path / "only"
     shutil.copytree(os.path.join(folder, "study"), only)
-    result = builder.build(BuildConfig(image_dir=str(only), output_dir=str(tmp_path / "out"), split="unlabeled",
+    result = builder.build(BuildConfig(image_dir=str(only), output_dir=str(tmp_path / "out"), split_by="unlabeled",
                                        image_size=SIZE, workers=1))
     assert result.ok and result.manifest["splits"]["eval"]["records"] == 2
 
@@ -92,7 +92,7 @@ def test_a_glob_pattern_selects_files_and_keys_them_under_its_fixed_folder(mixed
     folder, _ = mixed_folder
     out = str(tmp_path / "out")
     builder.build(BuildConfig(image_dir=os.path.join(folder, "study", "**", "*.dcm"), output_dir=out,
-                              split="unlabeled", image_size=SIZE, workers=1))
+                              split_by="unlabeled", image_size=SIZE, workers=1))
     assert sorted(_records(out)) == ["s1/1.dcm", "s2/1.dcm"]
 
 
@@ -102,7 +102,7 @@ def test_the_real_monochrome1_file_is_stored_inverted(shared_dicom, tmp_path):
     for name in os.listdir(shared_dicom):
         shutil.copy(os.path.join(shared_dicom, name), folder / name)
     out = str(tmp_path / "out")
-    builder.build(BuildConfig(image_dir=str(folder), output_dir=out, split="unlabeled", image_size=256, workers=1))
+    builder.build(BuildConfig(image_dir=str(folder), output_dir=out, split_by="unlabeled", image_size=256, workers=1))
     got = _records(out)
     plain = _stored(got["siim_chest_pa.dcm"]).astype(int)
     inverted = _stored(got["siim_chest_pa_monochrome1.dcm"]).astype(int)
@@ -119,12 +119,12 @@ def test_a_labels_csv_labels_the_images_it_names_and_one_naming_none_is_refused(
     labels = tmp_path / "labels.csv"
     labels.write_text("image_id,label\nstudy/s1/1.dcm,1\nplain.png,0\n")
     out = str(tmp_path / "out")
-    builder.build(BuildConfig(image_dir=folder, output_dir=out, split="unlabeled", image_size=SIZE, workers=1,
+    builder.build(BuildConfig(image_dir=folder, output_dir=out, split_by="unlabeled", image_size=SIZE, workers=1,
                               max_skip_fraction=1.0, labels_csv=str(labels)))
     assert {k: r["label"] for k, r in _records(out).items()} == {
         "plain.png": 0, "scan.png": -1, "study/s1/1.dcm": 1, "study/s2/1.dcm": -1}
     labels.write_text("image_id,label\n1.dcm,1\n")  # the file name, not its path under the folder
     with pytest.raises(BuildError, match=r"names none of the 7 image files found \(its ids look like '1.dcm'"):
-        builder.build(BuildConfig(image_dir=folder, output_dir=str(tmp_path / "none"), split="unlabeled",
+        builder.build(BuildConfig(image_dir=folder, output_dir=str(tmp_path / "none"), split_by="unlabeled",
                                   image_size=SIZE, workers=1, max_skip_fraction=1.0, labels_csv=str(labels)))
     assert not os.path.exists(tmp_path / "none" / "manifest.json")

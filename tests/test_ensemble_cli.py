@@ -57,7 +57,7 @@ def _set_probability(frame, row, value):
 ], ids=["different-ids", "duplicate-id", "nan", "out-of-range"])
 def test_bad_input_exits_1_with_a_one_line_message(tmp_path, two_models, edit, message):
     _rewrite(two_models[1], edit)
-    result = _ensemble(f"--predictions={','.join(two_models)}", f"--output={tmp_path / 'sub.csv'}")
+    result = _ensemble(*[f"--predictions={p}" for p in two_models], f"--output={tmp_path / 'sub.csv'}")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -68,14 +68,14 @@ def test_bad_input_exits_1_with_a_one_line_message(tmp_path, two_models, edit, m
 
 def test_missing_sidecar_exits_1_asking_for_weights(tmp_path, two_models):
     os.remove(two_models[0][:-4] + ".json")
-    result = _ensemble(f"--predictions={','.join(two_models)}", f"--output={tmp_path / 'sub.csv'}")
+    result = _ensemble(*[f"--predictions={p}" for p in two_models], f"--output={tmp_path / 'sub.csv'}")
     assert result.returncode == 1
-    assert "efficientnet_b3.csv: no sidecar" in result.stderr and "--weights" in result.stderr
+    assert "efficientnet_b3.csv: no sidecar" in result.stderr and "--blend_weight" in result.stderr
 
 
 def test_cli_writes_submission_probabilities_and_report(tmp_path, two_models):
     output = tmp_path / "out" / "submission.csv"
-    result = _ensemble(f"--predictions={','.join(two_models)}", f"--output={output}", "--bootstrap=50",
+    result = _ensemble(*[f"--predictions={p}" for p in two_models], f"--output={output}", "--bootstrap=50",
                        "--submission_id_column=Image Index", "--submission_label_column=Abnormal")
     assert result.returncode == 0, result.stderr
     submission = pd.read_csv(output, dtype={"Image Index": str})
@@ -94,8 +94,8 @@ def test_cli_writes_submission_probabilities_and_report(tmp_path, two_models):
 
 
 def test_cli_fit_on_prints_the_criterion_and_chosen_values(tmp_path, two_models):
-    result = _ensemble(f"--predictions={','.join(two_models)}", f"--output={tmp_path / 'sub.csv'}",
-                       f"--fit_on={','.join(two_models)}", "--fit_step=0.1", "--bootstrap=0")
+    result = _ensemble(*[f"--predictions={p}" for p in two_models], f"--output={tmp_path / 'sub.csv'}",
+                       *[f"--fit_on={p}" for p in two_models], "--fit_step=0.1", "--bootstrap=0")
     assert result.returncode == 0, result.stderr
     assert "weights and threshold chosen on 40 validation records by max balanced accuracy" in result.stdout
     # Fitted on the very files it scores: allowed, and said.
@@ -134,8 +134,8 @@ def test_an_output_that_would_replace_an_input_is_refused_and_the_input_kept(tmp
     os.symlink(tmp_path, tmp_path / "alias")
     files, target = members(tmp_path, two_models), output(tmp_path, two_models)
     before = {path: pathlib.Path(path).read_bytes() for path in kept(tmp_path, two_models)}
-    result = _ensemble(f"--predictions={','.join(files)}", f"--output={target}",
-                       *[e.format(fit=",".join(fit)) for e in extra])
+    result = _ensemble(*[f"--predictions={p}" for p in files], f"--output={target}",
+                       *[e.format(fit=path) for e in extra for path in fit])
     assert result.returncode == 1 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"ensemble.py: --output={target} would overwrite") and fragment in line, line

@@ -265,7 +265,7 @@ def test_raw_files_are_built_as_predict_builds_them_and_explained(world, tmp_pat
         Image.fromarray(rng.integers(0, 256, (90, 70), dtype=np.uint8)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     done = _explain(f"--model_dir={world['runs'][0]}", f"--images={folder}", f"--output_dir={out}",
-                    "--image_ids=c.png,a.png")
+                    "--image_ids=c.png", "--image_ids=a.png")
     assert done.returncode == 0, done.stderr[-3000:]
     index = folder_lib.load_index(out)
     assert [(e["image_id"], e["group"], e["label"]) for e in index["images"]] == [("c.png", "asked", None),
@@ -278,6 +278,7 @@ def test_raw_files_are_built_as_predict_builds_them_and_explained(world, tmp_pat
 
 @pytest.mark.parametrize("args, fragment", [
     (["--image_ids=not_an_image.png"], "--image_ids: not_an_image.png not in split 'test'"),
+    (["--image_ids=a.png,b.png"], "give --image_ids once per image (--image_ids=A --image_ids=B)"),
     (["--ensemble={ensemble}"], "blends"),
     (["--model_dir={run1}"], "2 --model_dir given without --ensemble"),
 ])

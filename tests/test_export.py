@@ -419,7 +419,7 @@ def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(run
     from preprocess.config import BuildConfig
 
     shards = str(tmp_path / "shards")
-    builder.build(BuildConfig(image_dir=nih_sample, output_dir=shards, split="unlabeled", crop="none",
+    builder.build(BuildConfig(image_dir=nih_sample, output_dir=shards, split_by="unlabeled", crop="none",
                             image_size=SIZE, workers=1))
     out = str(tmp_path / "real.csv")
     prediction.run_prediction([runs["dirs"][0]], shards, "eval", out, batch_size=16, strategy="default",

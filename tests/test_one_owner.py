@@ -42,7 +42,7 @@ def test_a_registered_backbone_reaches_flags_help_ensemble_and_demo_with_no_othe
 
     ensemble = flags.FlagValues()
     project_flags.define_ensemble_flags(ensemble)
-    assert f"{THROWAWAY} 0.25" in ensemble["weights"].help
+    assert f"{THROWAWAY} 0.25" in ensemble["blend_weight"].help
     paths = []
     for name, backbone in (("a", THROWAWAY), ("b", "resnet50")):
         path = str(tmp_path / f"{name}.csv")
@@ -53,7 +53,7 @@ def test_a_registered_backbone_reaches_flags_help_ensemble_and_demo_with_no_othe
 
     demo_flags = flags.FlagValues()
     project_flags.define_demo_flags(demo_flags)
-    demo_flags(["demo.py", f"--backbones={THROWAWAY},resnet50"])
+    demo_flags(["demo.py", f"--backbones={THROWAWAY}", "--backbones=resnet50"])
     assert THROWAWAY in demo_flags["backbones"].default
     plan = demo.plan_from_flags(demo_flags)
     assert plan.learning_rates == {THROWAWAY: 2e-3, "resnet50": registry.BACKBONES["resnet50"].from_scratch_learning_rate}
@@ -69,15 +69,58 @@ def test_an_unregistered_backbone_is_refused_with_the_valid_names():
         train(["train.py", "--backbone=vgg16"])
 
 
-def test_a_name_defined_twice_in_one_tool_raises_and_two_tools_may_share_a_name():
+def test_a_name_defined_twice_in_one_tool_raises():
     tool = flags.FlagValues()
     project_flags.define_train_flags(tool)
     with pytest.raises(flags.DuplicateFlagError):
         project_flags.define_input_flags(tool)  # already part of the train tool
-    build, synthetic = flags.FlagValues(), flags.FlagValues()
-    project_flags.define_build_flags(build)
-    project_flags.define_synthetic_flags(synthetic)
-    assert build["output_dir"].help != synthetic["output_dir"].help  # same name, two tools
+
+
+def _tools(monkeypatch) -> dict[str, object]:
+    """Every installed tool (setup.cfg's console scripts) -> the define function its `run` passes
+    to run_tool, found by running it with run_tool replaced: no tool can be left out."""
+    import configparser
+    import importlib
+
+    config = configparser.ConfigParser()
+    config.read(os.path.join(REPO, "setup.cfg"))
+    tools = {}
+    for line in config["options.entry_points"]["console_scripts"].strip().splitlines():
+        script, target = (part.strip() for part in line.split("="))
+        module, function = target.split(":")
+        captured = []
+        monkeypatch.setattr(project_flags, "run_tool", lambda define, *args, **kwargs: captured.append(define))
+        getattr(importlib.import_module(module), function)()
+        (tools[script],) = captured
+    return tools
+
+
+def test_a_name_several_tools_take_is_defined_once_and_shared(monkeypatch):
+    """One meaning per name: two tools that take a name define it through `share`, never apart."""
+    tools = _tools(monkeypatch)
+    assert len(set(tools.values())) == len(tools) > 1 and project_flags.define_input_flags not in tools.values()
+    shared: set[str] = set()
+    real_share = project_flags.share
+
+    def recording_share(fv, name, *args, **kwargs):
+        before = set(fv)
+        real_share(fv, name, *args, **kwargs)
+        shared.update(set(fv) - before)
+
+    monkeypatch.setattr(project_flags, "share", recording_share)
+    defined_apart: dict[str, list[str]] = {}
+    shared_by: dict[str, list[str]] = {}
+    for script, define in tools.items():
+        shared.clear()
+        values = flags.FlagValues()  # each tool alone, as it runs
+        define(values)
+        for name in values:
+            (shared_by if name in shared else defined_apart).setdefault(name, []).append(script)
+    twice = {name: scripts for name, scripts in defined_apart.items()
+             if len(scripts) + len(shared_by.get(name, [])) > 1}
+    assert not twice, f"defined apart by several tools (define them with project_flags.share): {twice}"
+    # The shared names are the ones several tools take (data_dir, model_dir, ...), each one meaning.
+    assert {"data_dir", "model_dir", "split", "global_batch_size", "weights", "threshold"} <= set(shared_by)
 
 
 def test_every_tool_defines_its_flags_without_importing_tensorflow():
@@ -141,8 +184,8 @@ def test_data_flows_down_never_back_up(package, forbidden):
 
 @pytest.mark.parametrize("args, expected", [
     ([], os.path.join("runs", "demo")),
-    (["--data_dir={data}"], os.path.join("runs", "demo-nih")),
-    (["--data_dir={data}/", "--output_dir=elsewhere"], "elsewhere"),
+    (["--nih_dir={data}"], os.path.join("runs", "demo-nih")),
+    (["--nih_dir={data}/", "--output_dir=elsewhere"], "elsewhere"),
 ])
 def test_demo_runs_are_keyed_by_their_data(args, expected, tmp_path):
     # The synthetic demo and a real-data demo never share (and refuse) each other's shard folders.

@@ -195,7 +195,7 @@ def test_cli_exits_1_with_a_one_line_message(tmp_path, labeled):
 
 def test_cli_predicts_and_reports(tmp_path, labeled):
     result = _predict_cli(f"--model_dir={labeled['model_dir']}", f"--data_dir={labeled['shards']}",
-                          f"--output={tmp_path / 'p.csv'}", "--batch_size=4", "--bootstrap=10", "--threshold=0.4",
+                          f"--output={tmp_path / 'p.csv'}", "--global_batch_size=4", "--bootstrap=10", "--threshold=0.4",
                           "--transfer=uint8")
     assert result.returncode == 0, result.stderr
     assert len(pd.read_csv(tmp_path / "p.csv")) == RECORDS
@@ -312,7 +312,7 @@ def test_training_crop_comes_from_config_then_val_sidecar_then_manifest(tmp_path
 
 
 def test_a_second_label_set_rescores_the_same_predictions(labeled, tmp_path):
-    """--labels_csv on a shard folder: the report scores the predictions against another reading."""
+    """--other_labels_csv on a shard folder: the report scores the predictions against another reading."""
     from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
     written = sorted(labeled["written"], key=lambda r: r["image_id"])
@@ -321,7 +321,7 @@ def test_a_second_label_set_rescores_the_same_predictions(labeled, tmp_path):
     path.write_text("image_id,label\n" + "".join(f"{k},{v}\n" for k, v in other.items()))
     output = str(tmp_path / "preds.csv")
     result = prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", output, batch_size=4,
-                                       bootstrap=0, progress=False, labels_csv=str(path))
+                                       bootstrap=0, progress=False, other_labels_csv=str(path))
     frame = pd.read_csv(output, dtype={"image_id": str}).set_index("image_id")
     shared = sorted(other)
     rescored = json.loads((tmp_path / "preds_report" / "other_labels.json").read_text())

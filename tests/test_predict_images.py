@@ -133,15 +133,18 @@ def test_a_folder_without_a_readable_image_is_one_line(setting, tmp_path):
 
 
 def test_a_labels_csv_keyed_by_id_or_sop_uid_labels_the_files_and_brings_a_report(setting, tmp_path):
+    """--labels_csv labels the files; --other_labels_csv, another reading of them, rescores them."""
     import pydicom
 
     folder = setting["folder"]
     uid = str(pydicom.dcmread(os.path.join(folder, "series2", "1.dcm"), stop_before_pixels=True).SOPInstanceUID)
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text(f"image_id,label\na.png,0\nb.jpg,1\nseries1/1.dcm,0\n{uid},1\n")
+    panel_csv = tmp_path / "panel.csv"
+    panel_csv.write_text("image_id,label\na.png,1\nb.jpg,1\nelsewhere.png,0\n")
     output = str(tmp_path / "scored.csv")
     done = _predict(setting, tmp_path, f"--model_dir={setting['runs'][0]}", f"--images={folder}",
-                    f"--labels_csv={labels_csv}", f"--output={output}")
+                    f"--labels_csv={labels_csv}", f"--other_labels_csv={panel_csv}", f"--output={output}")
     assert done.returncode == 0, done.stderr[-2000:]
     frame = pd.read_csv(output).set_index("image_id")
     assert frame["label"].to_dict() == {"a.png": 0, "b.jpg": 1, "series1/1.dcm": 0, "series2/1.dcm": 1}
@@ -151,6 +154,9 @@ def test_a_labels_csv_keyed_by_id_or_sop_uid_labels_the_files_and_brings_a_repor
 
     (only,) = metrics.values()
     assert only["auroc"] == pytest.approx(roc_auc_score(frame["label"], frame["p_abnormal"]))
+    with open(tmp_path / "scored_report" / "other_labels.json") as f:
+        other = json.load(f)
+    assert (other["shared"], other["only_in_labels_csv"]) == (2, 1)
     # The report's PNG plots may not land among the studies: the next run would score them.
     inside = os.path.join(folder, "scored.csv")
     done = _predict(setting, tmp_path / "again", f"--model_dir={setting['runs'][0]}", f"--images={folder}",
