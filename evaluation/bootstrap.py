@@ -147,7 +147,7 @@ def intervals(groups: Clusters, statistics: Mapping[str, Callable[[np.ndarray], 
       seed: the same seed for every entry of a report, so they share their resamples.
 
     Returns:
-      name -> {"ci95": [low, high] or None, "resamples_used": int}.
+      name -> {"ci95": [low, high] or None, "resamples_used": int, "absent": why ci95 is None, or None}.
     """
     values: dict[str, list[np.ndarray]] = {name: [] for name in statistics}
     if resamples > 0 and groups.count > 0:
@@ -157,5 +157,9 @@ def intervals(groups: Clusters, statistics: Mapping[str, Callable[[np.ndarray], 
     result = {}
     for name, parts in values.items():
         drawn = np.concatenate(parts) if parts else np.zeros(0)
-        result[name] = {"ci95": interval(drawn), "resamples_used": int(np.isfinite(drawn).sum())}
+        used = int(np.isfinite(drawn).sum())
+        ci95 = interval(drawn)
+        absent = None if ci95 is not None else (
+            "no resample could form it" if not used else "it is the same in every resample")
+        result[name] = {"ci95": ci95, "resamples_used": used, "absent": absent}
     return result

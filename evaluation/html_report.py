@@ -72,7 +72,9 @@ def _gain_section(gain: dict[str, Any]) -> str:
     return ("<h2>Ensemble against its best member</h2><p>Ensemble AUROC "
             f"{_number(gain['ensemble_auroc'])} against {html.escape(str(gain['best_single']))} (best on validation) "
             f"{_number(gain['best_single_auroc'])}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
-            f"interval by patient {_interval(gain.get('ci95'))} ({gain.get('resamples_used', 'n/a')} of "
+            f"interval by patient {_interval(gain.get('ci95'))}"
+            f"{html.escape(' (none: ' + gain['ci95_absent'] + ')') if gain.get('ci95_absent') else ''} "
+            f"({gain.get('resamples_used', 'n/a')} of "
             f"{gain['resamples']} resamples of {gain.get('patients', 'n/a')} patients usable).</p>")
 
 

@@ -142,14 +142,15 @@ def paired_auroc_difference(labels: np.ndarray, probs_a: np.ndarray, probs_b: np
     of the difference itself (narrower than comparing two separate intervals when a and b agree often).
 
     Returns:
-      {"difference", "ci95": [low, high] or None, "resamples", "resamples_used", and
-      `bootstrap.Clusters.summary`}.
+      {"difference", "ci95": [low, high] or None, "ci95_absent": why it is None, "resamples",
+      "resamples_used", and `bootstrap.Clusters.summary`}.
     """
     groups = bootstrap.clusters(patients, len(labels))
     drawn = bootstrap.intervals(groups, {"difference": bootstrap.difference(
         bootstrap.auroc(labels, probs_a), bootstrap.auroc(labels, probs_b))}, resamples)["difference"]
     return {"difference": auroc_or_nan(labels, probs_a) - auroc_or_nan(labels, probs_b),
-            "ci95": drawn["ci95"], "resamples": int(resamples), "resamples_used": drawn["resamples_used"],
+            "ci95": drawn["ci95"], "ci95_absent": drawn["absent"], "resamples": int(resamples),
+            "resamples_used": drawn["resamples_used"],
             **groups.summary()}
 
 
