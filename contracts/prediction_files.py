@@ -165,7 +165,7 @@ def _read_frame(path: str) -> pd.DataFrame:
         # Ids stay text: keep_default_na stops an id such as "NA" from becoming NaN.
         frame = pd.read_csv(path, dtype={ID: str, PATIENT: str, VIEW: str, SEX: str}, keep_default_na=False,
                             na_values={PROB: [""], LABEL: [""], PROB_UNCALIBRATED: [""],
-                                                             V1_PROB_CALIBRATED: [""], AGE: [""]})
+                                       V1_PROB_CALIBRATED: [""], AGE: [""]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UserInputError(f"{path}: not a readable CSV ({err}); {_HOW_TO_MAKE}") from err
     missing = [c for c in (ID, PROB) if c not in frame.columns]

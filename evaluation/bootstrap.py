@@ -57,12 +57,12 @@ def clusters(patient_ids: np.ndarray | None, records: int) -> Clusters:
     Known patients are numbered first (in order of first appearance), then the records without one.
     """
     if patient_ids is None:
-        ids = np.full(records, "", dtype=object)
+        ids = np.full(records, "")
     else:
-        ids = np.asarray(patient_ids, dtype=object).astype(str)
+        ids = np.asarray(patient_ids).astype(str)
         if len(ids) != records:
             raise ValueError(f"{len(ids)} patient ids for {records} records")
-    unknown = np.char.str_len(np.char.strip(ids.astype(str))) == 0 if records else np.zeros(0, dtype=bool)
+    unknown = np.char.str_len(np.char.strip(ids)) == 0 if records else np.zeros(0, dtype=bool)
     index = np.empty(records, dtype=np.int64)
     codes, uniques = pd.factorize(ids[~unknown])
     index[~unknown] = codes
