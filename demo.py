@@ -31,12 +31,12 @@ import time
 from absl import flags
 
 import flags as project_flags
+from contracts.atomic import write_json
 from contracts.ensemble_file import blend_path, ensemble_path
+from contracts.errors import UserInputError, check_output_folder
 from contracts.explanation_folder import IN_REPORT
 from contracts.export_folder import OUTPUT_DECISION, OUTPUT_PROB
 from contracts.output_names import PROB
-from contracts.atomic import write_json
-from contracts.errors import UserInputError, check_output_folder
 from models import registry
 
 REPO = os.path.dirname(os.path.abspath(__file__))

@@ -51,9 +51,11 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-from preprocess import builder  # noqa: E402
-from preprocess import dicom  # noqa: E402
-from preprocess import synthetic  # noqa: E402
+from preprocess import (
+    builder,  # noqa: E402
+    dicom,  # noqa: E402
+    synthetic,  # noqa: E402
+)
 from preprocess.config import BuildConfig  # noqa: E402
 
 _NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join("..", "shared", "data", "nih_sample"),

@@ -26,9 +26,9 @@ def start_service(repo: str) -> tuple[str, list[subprocess.Popen]]:
         try:
             socket.create_connection(("localhost", ports[0]), timeout=1).close()
             break
-        except OSError:
+        except OSError as err:
             if time.time() > deadline:
-                raise RuntimeError("the dispatcher did not start")
+                raise RuntimeError("the dispatcher did not start") from err
             time.sleep(0.2)
     servers += [subprocess.Popen(tool + ["--role=worker", f"--dispatcher=localhost:{ports[0]}", f"--port={port}",
                                          f"--worker_address=localhost:{port}"], cwd=repo,

@@ -49,15 +49,14 @@ sys.path.insert(0, REPO)
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
-from loopback_service import SERVICE_WORKERS, start_service  # noqa: E402  (bench/loopback_service.py)
 from clock import Clock, peak_rss_mb, time_batches  # noqa: E402  (bench/clock.py)
+from loopback_service import SERVICE_WORKERS, start_service  # noqa: E402  (bench/loopback_service.py)
 from seed_style import SeedStyleSequence  # noqa: E402  (bench/seed_style.py)
 
 from contracts import manifest as manifest_lib  # noqa: E402
 from contracts import records  # noqa: E402
 from contracts.atomic import write_json  # noqa: E402
-from pipeline import augment  # noqa: E402
-from pipeline import input_pipeline  # noqa: E402
+from pipeline import augment, input_pipeline  # noqa: E402
 from preprocess import nih_metadata  # noqa: E402
 
 _NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join(REPO, "..", "shared", "data", "nih_sample"),

@@ -24,12 +24,17 @@ from contracts import ensemble_file
 from contracts.atomic import all_or_none, atomic_path, json_ready, write_json
 from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
 from contracts.output_names import DECISION, ID, PROB, PROB_UNCALIBRATED
-from contracts.prediction_files import (PATIENT, Predictions, align, read_predictions, sidecar_path,
-                                        write_predictions)
-from evaluation import agreement, html_report
+from contracts.prediction_files import (
+    PATIENT,
+    Predictions,
+    align,
+    read_predictions,
+    sidecar_path,
+    write_predictions,
+)
+from evaluation import agreement, html_report, settings
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
-from evaluation import settings
 from training import calibration
 from training.metrics import auroc_or_nan
 

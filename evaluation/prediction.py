@@ -25,9 +25,8 @@ from contracts.atomic import all_or_none, atomic_path
 from contracts.errors import UserInputError
 from contracts.output_names import PROB
 from contracts.prediction_files import few, read_predictions, write_predictions
-from evaluation import agreement, html_report, preflight
+from evaluation import agreement, html_report, preflight, settings
 from evaluation import report as report_lib
-from evaluation import settings
 from evaluation.blend import check_threshold
 from models.front import with_uint8_front
 from models.saved import load_classifier

@@ -25,9 +25,8 @@ from typing import Collection
 from absl import logging
 from tqdm import tqdm
 
-from contracts import labels
+from contracts import labels, storage
 from contracts import manifest as manifest_lib
-from contracts import storage
 from contracts.atomic import TEMP_PREFIX, write_json, write_text
 from preprocess import images
 from preprocess.config import BBOX_SHORTCUT, RENAMED_FIELDS, RUNNERS, BuildConfig, BuildError

@@ -21,8 +21,10 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
     del sys.path[0]  # run as a script: this folder's modules (config, images, ...) would shadow others
 
 import numpy as np  # noqa: E402
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import (
+    app,  # noqa: E402
+    flags,  # noqa: E402
+)
 from PIL import Image  # noqa: E402
 
 import flags as project_flags  # noqa: E402

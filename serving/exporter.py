@@ -10,9 +10,8 @@ from typing import Any, Sequence
 
 from absl import logging
 
-from contracts import ensemble_file
+from contracts import ensemble_file, run_folder
 from contracts import manifest as manifest_lib
-from contracts import run_folder
 from contracts.atomic import write_json
 from contracts.errors import UserInputError, check_output_folder
 from contracts.export_folder import (

@@ -22,6 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+
 def can_encode(transfer_syntax: str) -> bool:
     """Whether the installed pydicom plugins can compress to `transfer_syntax`."""
     return get_encoder(transfer_syntax).is_available

@@ -17,7 +17,6 @@ from PIL import Image
 from contracts import manifest as manifest_lib
 from contracts import records
 
-
 # Patient columns cycle through every subgroup the report shows (and an unknown age).
 VIEWS = ("PA", "AP")
 SEXES = ("M", "F")

@@ -2,7 +2,6 @@
 constructed case (each patient's images duplicated k times) run through ensemble.py and predict.py."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -162,8 +161,8 @@ def test_duplicated_images_narrow_image_intervals_by_sqrt_k_but_not_patient_inte
 def test_predict_report_resamples_the_patients_of_the_shards(tmp_path):
     """Through predict.py: the shards' patient ids reach the prediction file and the report's intervals."""
     from evaluation import prediction
-    from tests.test_predict import _save_model
     from tests.shard_factory import write_shards
+    from tests.test_predict import _save_model
 
     records, k = 60, 4
     widths, files = {}, {}

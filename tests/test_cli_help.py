@@ -63,9 +63,9 @@ def test_console_scripts_run_the_same_mains_from_any_folder(script, tmp_path):
 
 
 def test_the_demo_from_another_folder_writes_and_reads_there(tmp_path, monkeypatch):
-    import demo
     from absl import flags
 
+    import demo
     import flags as project_flags
 
     monkeypatch.chdir(tmp_path)
@@ -79,9 +79,9 @@ def test_the_demo_from_another_folder_writes_and_reads_there(tmp_path, monkeypat
 
 def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_offline(tmp_path, monkeypatch):
     """`make demo`, then `make demo NIH_DIR=... WEIGHTS=none IMAGE_SIZE=128`: the second plan."""
-    import demo
     from absl import flags
 
+    import demo
     import flags as project_flags
 
     monkeypatch.chdir(tmp_path)
@@ -160,9 +160,9 @@ def test_make_demo_passes_data_weights_size_and_epochs_through():
 
 
 def test_the_demo_reuses_outputs_of_its_own_plan_and_replaces_those_of_another(tmp_path, monkeypatch, capsys):
-    import demo
     from absl import flags
 
+    import demo
     import flags as project_flags
     from preprocess import synthetic
 

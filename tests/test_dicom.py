@@ -15,13 +15,13 @@ from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
+    MPEG2MPML,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
-    MPEG2MPML,
     RLELossless,
 )
 

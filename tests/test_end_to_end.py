@@ -15,7 +15,6 @@ from preprocess.config import BuildConfig
 from training.config import TrainConfig
 from training.loop import run_training
 
-
 EPOCHS = 6
 MIN_AUROC = 0.8
 

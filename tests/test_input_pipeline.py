@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.service import free_local_ports
 from pipeline import input_pipeline
+from pipeline.service import free_local_ports
 from tests import shard_factory
 
 IMAGE_SIZE = 32

@@ -89,7 +89,7 @@ def _tools(monkeypatch) -> dict[str, object]:
         script, target = (part.strip() for part in line.split("="))
         module, function = target.split(":")
         captured = []
-        monkeypatch.setattr(project_flags, "run_tool", lambda define, *args, **kwargs: captured.append(define))
+        monkeypatch.setattr(project_flags, "run_tool", lambda define, *args, captured=captured, **kwargs: captured.append(define))
         getattr(importlib.import_module(module), function)()
         (tools[script],) = captured
     return tools

@@ -14,12 +14,12 @@ import pytest
 import tensorflow as tf
 
 import models
-from pipeline.service import free_local_ports
 from contracts import manifest as manifest_lib
 from contracts import records, run_folder
 from contracts.errors import UserInputError
 from contracts.prediction_files import read_predictions
 from evaluation import prediction
+from pipeline.service import free_local_ports
 from tests.shard_factory import write_shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

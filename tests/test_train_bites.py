@@ -14,9 +14,8 @@ import tensorflow as tf
 
 from models import all_layers, build_model
 from tests.shard_factory import write_shards
-from training import loop
+from training import loop, validation
 from training import step as step_lib
-from training import validation
 from training.checkpoints import RunState
 from training.config import TrainConfig
 
@@ -259,7 +258,7 @@ def test_model_keras_holds_the_best_validation_epoch_not_the_last(data_dir, tmp_
     exported = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False,
                                        safe_mode=True).get_weights()
     best, last = _checkpoint_weights(model_dir, BEST_EPOCH), _checkpoint_weights(model_dir, epochs)
-    assert any(not np.array_equal(b, l) for b, l in zip(best, last)), "the epochs must differ"
+    assert any(not np.array_equal(b, x) for b, x in zip(best, last)), "the epochs must differ"
     _assert_lists_equal(exported, best, f"model.keras weight vs epoch {BEST_EPOCH}'s checkpoint")
 
 

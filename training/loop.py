@@ -27,9 +27,8 @@ from pipeline import input_pipeline, options, service
 from pipeline.patient_columns import read_patient_columns
 from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import distribute, outputs
+from training import distribute, outputs, validation
 from training import step as step_lib
-from training import validation
 from training.checkpoints import RunState
 from training.config import TrainConfig
 
