@@ -71,9 +71,6 @@ class DemoPlan:
     backbones: tuple[str, ...]
 
 
-class DemoError(UserInputError):
-    """A stage failed or the data folder is not usable; the message says which and why."""
-
 
 def find_one(folder: str, patterns: list[str], what: str, required: bool = True) -> str | None:
     """Returns the first file under `folder` (recursively) matching one of `patterns`."""
@@ -82,7 +79,7 @@ def find_one(folder: str, patterns: list[str], what: str, required: bool = True)
         if found:
             return found[0]
     if required:
-        raise DemoError(f"no {what} ({' or '.join(patterns)}) under {folder}; "
+        raise UserInputError(f"no {what} ({' or '.join(patterns)}) under {folder}; "
                         "put the NIH download's CSV files in that folder")
     return None
 
@@ -94,7 +91,7 @@ def run_stage(title: str, command: list[str]) -> float:
     done = subprocess.run(command, cwd=REPO)
     elapsed = time.time() - start
     if done.returncode != 0:
-        raise DemoError(f"stage '{title}' failed with exit status {done.returncode} (command above)")
+        raise UserInputError(f"stage '{title}' failed with exit status {done.returncode} (command above)")
     print(f"--- {title}: {elapsed:.0f} s", flush=True)
     return elapsed
 
@@ -234,7 +231,7 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
             files.setdefault(name, os.path.join(root, name))
     missing = [i for i in blended["image_id"] if i not in files]
     if missing:
-        raise DemoError(f"{len(missing)} test image(s) not found under {image_dir}, e.g. {missing[0]}")
+        raise UserInputError(f"{len(missing)} test image(s) not found under {image_dir}, e.g. {missing[0]}")
     print(f"\n=== serve {len(blended)} test images' original files through {export_dir}", flush=True)
     served = score_files(export_dir, [files[i] for i in blended["image_id"]])
     with open(ensemble_file) as f:
@@ -256,7 +253,7 @@ def plan_from_flags(values) -> DemoPlan:
     real = values.nih_dir is not None
     check_output_folder(values.output_dir or default_output_dir(values.nih_dir), "output_dir")
     if real and not os.path.isdir(values.nih_dir):
-        raise DemoError(f"--nih_dir={values.nih_dir} is not a folder")
+        raise UserInputError(f"--nih_dir={values.nih_dir} is not a folder")
     weights = values.weights or ("imagenet" if real else "none")
     return DemoPlan(
         # Absolute, from the caller's folder: the stages run in the repository, wherever the demo
@@ -293,7 +290,7 @@ def plan_from_flags(values) -> DemoPlan:
 def main(argv: list[str]) -> int:
     del argv  # stray arguments are refused by project_flags.run_tool
     start = time.time()
-    plan = plan_from_flags(flags.FLAGS)  # a DemoError is said in one line by project_flags.run_tool
+    plan = plan_from_flags(flags.FLAGS)  # a UserInputError is said in one line by project_flags.run_tool
     print(f"demo plan: {json.dumps(dataclasses.asdict(plan))}", flush=True)
     result = run_demo(plan)
     total = time.time() - start

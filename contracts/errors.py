@@ -1,8 +1,7 @@
 """Bad user input: the one exception type every entry point turns into one line and exit status 1.
 
 `flags.run_tool` catches `UserInputError` (and `OSError`, which names its file) around every
-tool's `main`, prints `<tool>: <message>` without a traceback and exits 1. Stage-specific errors
-(`BuildError`, `ConfigError`, `DemoError`, `WeightsUnavailableError`) subclass it. Outputs are
+tool's `main`, prints `<tool>: <message>` without a traceback and exits 1. Outputs are
 checked with `check_output_folder` before the long work starts, so a bad location costs nothing,
 and with `check_no_overwrite` against the files the run reads, so an output never replaces an input.
 """

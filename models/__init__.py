@@ -10,7 +10,7 @@ import importlib
 
 from models.registry import BACKBONES, TEST_BACKBONES, Backbone, get_backbone
 
-_FROM_BUILDER = ("AUGMENTATION_LAYER", "WeightsUnavailableError", "all_layers", "build_classifier",
+_FROM_BUILDER = ("AUGMENTATION_LAYER", "all_layers", "build_classifier",
                  "build_model", "inference_model")
 
 __all__ = ["BACKBONES", "TEST_BACKBONES", "Backbone", "get_backbone", *_FROM_BUILDER]

@@ -25,9 +25,6 @@ WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
 
 
-class WeightsUnavailableError(UserInputError):
-    """Pretrained weights were asked for but cannot be downloaded, found, or loaded into the backbone."""
-
 
 def _keras_cache_dir() -> str:
     return os.path.join(os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")),
@@ -73,7 +70,7 @@ def _build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
         except Exception as err:  # Keras raises a bare Exception when a download fails.
             if "URL fetch failure" not in str(err):
                 raise
-            raise WeightsUnavailableError(
+            raise UserInputError(
                 f"backbone {name}: the ImageNet weights could not be downloaded ({err}) and are not "
                 f"in the Keras cache {_keras_cache_dir()}; run once where there is internet (or copy "
                 "the file into that folder), or pass --weights=PATH for a local weights file, "
@@ -93,7 +90,7 @@ def _build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
                                     weights=WEIGHTS_IMAGENET if spec.pretrained else weights,
                                     input_shape=shape)
     except (ValueError, OSError) as err:
-        raise WeightsUnavailableError(
+        raise UserInputError(
             f"weights file {weights!r} does not fit backbone {name} "
             f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); pass a "
             f"no-top weights file of {name} (include_top=False)"
@@ -133,7 +130,7 @@ def build_classifier(
     Raises:
       ValueError: unknown backbone (listing the valid ones).
       FileNotFoundError: `weights` is neither keyword nor an existing file.
-      WeightsUnavailableError: ImageNet weights neither downloadable nor cached, or a weights file
+      UserInputError: ImageNet weights neither downloadable nor cached, or a weights file
         that does not fit the backbone.
       UserInputError: `feature_layer` is not a layer of the backbone.
     """

@@ -34,8 +34,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from contracts import storage
 from contracts.atomic import write_json
 from contracts.boxes import FindingBox
+from contracts.errors import UserInputError
 from preprocess import builder
-from preprocess.config import BuildConfig, BuildError
+from preprocess.config import BuildConfig
 from preprocess.nih_metadata import Entry
 from preprocess.plan import ImageBoxes, WorkItem, WorkUnit
 from preprocess.sources import Source
@@ -47,12 +48,12 @@ def pipeline_options(args_text: str) -> PipelineOptions:
     """Beam's options from `--beam_pipeline_args`, refusing any Beam would silently discard.
 
     Raises:
-      BuildError: unbalanced quotes, or options no Beam runner knows (named).
+      UserInputError: unbalanced quotes, or options no Beam runner knows (named).
     """
     try:
         args = shlex.split(args_text)
     except ValueError as err:
-        raise BuildError(f"--beam_pipeline_args={args_text!r}: {err}") from None
+        raise UserInputError(f"--beam_pipeline_args={args_text!r}: {err}") from None
     options = PipelineOptions(args)
     # Beam drops options no runner defines, with a warning only: they are refused here instead, in
     # the one line of the tool's error (Beam's own warning is held back).
@@ -65,7 +66,7 @@ def pipeline_options(args_text: str) -> PipelineOptions:
     finally:
         beam_log.setLevel(level)
     if unknown:
-        raise BuildError(f"--beam_pipeline_args: Beam knows no option {', '.join('--' + u for u in unknown)}; "
+        raise UserInputError(f"--beam_pipeline_args: Beam knows no option {', '.join('--' + u for u in unknown)}; "
                          "check the spelling against the runner's options (beam.apache.org/documentation/runners)")
     return options
 
@@ -139,7 +140,7 @@ def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes
     every shard and its state file are written.
 
     Raises:
-      BuildError: bad pipeline options, or the pipeline failed (its first error line).
+      UserInputError: bad pipeline options, or the pipeline failed (its first error line).
     """
     options = pipeline_options(config.beam_pipeline_args)
     if not pending:
@@ -165,7 +166,7 @@ def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes
     except Exception as err:  # a worker's failure arrives as the runner's own exception
         report = str(err).strip() or type(err).__name__
         absl_logging.debug("the Beam pipeline failed:\n%s", report)
-        raise BuildError(f"the Beam pipeline failed: {report.splitlines()[-1]}; the shards it finished are "
+        raise UserInputError(f"the Beam pipeline failed: {report.splitlines()[-1]}; the shards it finished are "
                          "kept and the same command writes the rest (--verbosity=1 shows Beam's whole "
                          "report)") from None
     storage.rmtree(units_dir)

@@ -28,8 +28,9 @@ from tqdm import tqdm
 from contracts import labels, storage
 from contracts import manifest as manifest_lib
 from contracts.atomic import TEMP_PREFIX, write_json, write_text
+from contracts.errors import UserInputError
 from preprocess import images
-from preprocess.config import BBOX_SHORTCUT, RENAMED_FIELDS, RUNNERS, BuildConfig, BuildError
+from preprocess.config import BBOX_SHORTCUT, RENAMED_FIELDS, RUNNERS, BuildConfig
 from preprocess.plan import WorkItem, WorkUnit, gather_and_assign, plan_digest, plan_units
 
 STATE_DIR = ".build"  # bookkeeping for resumable builds, hidden inside --output_dir
@@ -90,7 +91,7 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
     """Makes `--output_dir` ready, keeping a matching earlier build's finished shards.
 
     Raises:
-      BuildError: the folder holds a build made with other record-shaping flags or inputs.
+      UserInputError: the folder holds a build made with other record-shaping flags or inputs.
     """
     state_dir = storage.join(config.output_dir, STATE_DIR)
     storage.makedirs(config.output_dir)
@@ -117,7 +118,7 @@ def prepare_output(config: BuildConfig, digest: str) -> None:
             why = (f"flags differ: {', '.join(differing)}; pass {keep} to complete that build," if differing
                    else "the inputs (CSV rows, labels, boxes or files) differ; pass" if previous
                    else "it holds shards or a manifest from another build; pass")
-            raise BuildError(
+            raise UserInputError(
                 f"--output_dir={config.output_dir} is not empty and {why} "
                 "--overwrite to replace it, or choose another folder"
             )
@@ -255,22 +256,22 @@ def _runner(config: BuildConfig):
     """The engine that runs the work units: this module's process pool, or Apache Beam.
 
     Raises:
-      BuildError: a flag of the other runner, or Beam asked for but not installed.
+      UserInputError: a flag of the other runner, or Beam asked for but not installed.
     """
     if config.runner not in RUNNERS:
-        raise BuildError(f"--runner={config.runner!r} is not valid; choose one of {', '.join(RUNNERS)}")
+        raise UserInputError(f"--runner={config.runner!r} is not valid; choose one of {', '.join(RUNNERS)}")
     if config.runner == "local":
         if config.beam_pipeline_args:
-            raise BuildError("--beam_pipeline_args configures --runner=beam; drop it or add --runner=beam")
+            raise UserInputError("--beam_pipeline_args configures --runner=beam; drop it or add --runner=beam")
         return run_units
     if config.workers is not None:
-        raise BuildError("--workers sizes the local process pool; with --runner=beam the Beam runner "
+        raise UserInputError("--workers sizes the local process pool; with --runner=beam the Beam runner "
                          "sizes itself (e.g. --beam_pipeline_args='--direct_num_workers=4' or Dataflow's "
                          "--max_num_workers): drop --workers")
     try:
         from preprocess import beam_runner
     except ImportError as err:
-        raise BuildError(f"--runner=beam needs Apache Beam ({err}); install it with `make install DEV=1` "
+        raise UserInputError(f"--runner=beam needs Apache Beam ({err}); install it with `make install DEV=1` "
                          "(or pip install -e '.[beam]' -c constraints.txt)") from None
     beam_runner.pipeline_options(config.beam_pipeline_args)  # bad options fail before any work
     return beam_runner.run_units
@@ -292,7 +293,7 @@ def build(config: BuildConfig) -> BuildResult:
       The manifest, whether the skip fraction is within `--max_skip_fraction`, and a summary line.
 
     Raises:
-      BuildError: the inputs or the output folder do not allow a build (message says the fix).
+      UserInputError: the inputs or the output folder do not allow a build (message says the fix).
     """
     execute = _runner(config)
     found, boxes, warnings, assigned, skipped = gather_and_assign(config)

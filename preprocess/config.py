@@ -74,11 +74,8 @@ def default_test_fraction(split_by: str) -> float:
     return DEFAULT_TEST_FRACTION.get(split_by, 0.0)
 
 
-class BuildError(UserInputError):
-    """The build cannot start; the message names the input and the fix."""
 
-
-class NothingToBuild(BuildError):
+class NothingToBuild(UserInputError):
     """The inputs hold no usable image at all; the message says what was found instead.
 
     Attributes:

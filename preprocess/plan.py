@@ -11,12 +11,12 @@ from contracts import labels_csv as labels_csv_lib
 from contracts import manifest as manifest_lib
 from contracts import storage
 from contracts.boxes import FindingBox
-from contracts.errors import check_output_folder
+from contracts.errors import UserInputError, check_output_folder
 from contracts.labels import LABEL_UNKNOWN
 from preprocess import nih_metadata
 from preprocess import sources as sources_lib
 from preprocess import splits as splits_lib
-from preprocess.config import BuildConfig, BuildError, NothingToBuild
+from preprocess.config import BuildConfig, NothingToBuild
 
 TARGET_SHARD_BYTES = 128 * 1024 * 1024
 MIN_SHARDS = 16  # enough files to interleave and to split between input pipelines
@@ -58,17 +58,17 @@ def gather_and_assign(config: BuildConfig):
       (found sources, `ImageBoxes` by image, box warnings, split -> sources, skipped rows as dicts).
 
     Raises:
-      BuildError: missing inputs, or no usable image at all.
+      UserInputError: missing inputs, or no usable image at all.
     """
     if not config.image_dir:
-        raise BuildError("--image_dir is required: the folder holding the images (searched recursively)")
+        raise UserInputError("--image_dir is required: the folder holding the images (searched recursively)")
     if config.split_by == "unlabeled" and sources_lib.is_pattern(config.image_dir):
         pass  # a glob pattern of files: what it matches is checked below
     elif not storage.isdir(config.image_dir):
-        raise BuildError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the images"
+        raise UserInputError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the images"
                          " (or, with --split_by=unlabeled, a glob pattern of files)")
     if not config.output_dir:
-        raise BuildError("--output_dir is required: the folder the shards and manifest.json go to")
+        raise UserInputError("--output_dir is required: the folder the shards and manifest.json go to")
     _check_fractions(config)
     if not storage.is_url(config.output_dir):  # a bucket's permissions show at the first write
         check_output_folder(config.output_dir, "output_dir")
@@ -84,11 +84,11 @@ def gather_and_assign(config: BuildConfig):
 def _check_fractions(config: BuildConfig) -> None:
     """Refuses fractions that no split could honour, before any file is read (NaN included)."""
     if not 0 <= config.max_skip_fraction <= 1:
-        raise BuildError(f"--max_skip_fraction={config.max_skip_fraction} must be in [0, 1]")
+        raise UserInputError(f"--max_skip_fraction={config.max_skip_fraction} must be in [0, 1]")
     if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
-        raise BuildError("--val_fraction and --test_fraction must be in [0, 1)")
+        raise UserInputError("--val_fraction and --test_fraction must be in [0, 1)")
     if config.split_by == "grouped" and config.val_fraction + config.test_fraction >= 1:
-        raise BuildError(f"--val_fraction={config.val_fraction} + --test_fraction={config.test_fraction} must "
+        raise UserInputError(f"--val_fraction={config.val_fraction} + --test_fraction={config.test_fraction} must "
                          "leave a share for train; lower one of them")
 
 
@@ -112,31 +112,31 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
         known = None
         if config.labels_csv:
             if not storage.isfile(config.labels_csv):
-                raise BuildError(f"--labels_csv={config.labels_csv} does not exist")
+                raise UserInputError(f"--labels_csv={config.labels_csv} does not exist")
             try:
                 known = labels_csv_lib.read_labels_csv(config.labels_csv)
             except ValueError as err:
-                raise BuildError(str(err)) from None
+                raise UserInputError(str(err)) from None
         found = sources_lib.from_folder(config.image_dir, known)
         if known and found.sources and all(s.entry.label == LABEL_UNKNOWN for s in found.sources):
-            raise BuildError(
+            raise UserInputError(
                 f"--labels_csv={config.labels_csv} names none of the {len(found.sources)} image files found (its ids "
                 f"look like {sorted(known)[0]!r}, the images' like {found.sources[0].entry.image!r}); key it "
                 "by image id (a PNG or JPEG's file name, or its path under the image folder when two files share "
                 "the name; a DICOM file's path under the image folder) or SOPInstanceUID")
         return found
     if config.labels_csv:
-        raise BuildError("--labels_csv labels an unlabeled folder (--split_by=unlabeled); with "
+        raise UserInputError("--labels_csv labels an unlabeled folder (--split_by=unlabeled); with "
                          f"--split_by={config.split_by} the labels come from --data_entry_csv")
     if not config.data_entry_csv:
-        raise BuildError(f"--split_by={config.split_by} needs --data_entry_csv (only --split_by=unlabeled works "
+        raise UserInputError(f"--split_by={config.split_by} needs --data_entry_csv (only --split_by=unlabeled works "
                          "without)")
     if not storage.isfile(config.data_entry_csv):
-        raise BuildError(f"--data_entry_csv={config.data_entry_csv} does not exist")
+        raise UserInputError(f"--data_entry_csv={config.data_entry_csv} does not exist")
     try:
         return sources_lib.from_data_entry(config.data_entry_csv, config.image_dir)
     except ValueError as err:
-        raise BuildError(str(err)) from None
+        raise UserInputError(str(err)) from None
 
 
 def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[dict]]:
@@ -144,11 +144,11 @@ def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[
     if not config.bbox_csv:
         return {}, []
     if not storage.isfile(config.bbox_csv):
-        raise BuildError(f"--bbox_csv={config.bbox_csv} does not exist")
+        raise UserInputError(f"--bbox_csv={config.bbox_csv} does not exist")
     try:
         raw, problems = nih_metadata.read_bbox_csv(config.bbox_csv)
     except ValueError as err:
-        raise BuildError(str(err)) from None
+        raise UserInputError(str(err)) from None
     names = {s.entry.image for s in found.sources}
     warnings = [p.as_dict() for p in problems if p.image in names]
     found_boxes = {}
@@ -184,11 +184,11 @@ def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, 
 
 def _official_assignment(config: BuildConfig, by_name: dict) -> tuple[dict[str, str], list]:
     if not (config.train_val_list and config.test_list):
-        raise BuildError("--split_by=official needs --train_val_list and --test_list (NIH's train_val_list.txt, "
+        raise UserInputError("--split_by=official needs --train_val_list and --test_list (NIH's train_val_list.txt, "
                          "test_list.txt)")
     for path in (config.train_val_list, config.test_list):
         if not storage.isfile(path):
-            raise BuildError(f"split list {path} does not exist")
+            raise UserInputError(f"split list {path} does not exist")
     train_val = set(nih_metadata.read_name_list(config.train_val_list))
     test = set(nih_metadata.read_name_list(config.test_list))
     assignment, skipped, pool = {}, [], []

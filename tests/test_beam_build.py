@@ -17,8 +17,9 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import records, storage
+from contracts.errors import UserInputError
 from preprocess import builder, synthetic
-from preprocess.config import BuildConfig, BuildError
+from preprocess.config import BuildConfig
 from preprocess.plan import WorkItem, WorkUnit
 from tests.conftest import REPO
 
@@ -138,11 +139,11 @@ def test_bucket_urls_are_listed_read_and_written_through_tf_io_gfile(data, build
 
 
 def test_runner_flags_that_would_be_ignored_are_refused(data, tmp_path):
-    with pytest.raises(BuildError, match="--beam_pipeline_args configures --runner=beam"):
+    with pytest.raises(UserInputError, match="--beam_pipeline_args configures --runner=beam"):
         builder.build(config_for(data, str(tmp_path / "a"), beam_pipeline_args="--direct_num_workers=2"))
-    with pytest.raises(BuildError, match="drop --workers"):
+    with pytest.raises(UserInputError, match="drop --workers"):
         builder.build(config_for(data, str(tmp_path / "b"), runner="beam", workers=2))
-    with pytest.raises(BuildError, match="no_such_option"):
+    with pytest.raises(UserInputError, match="no_such_option"):
         builder.build(config_for(data, str(tmp_path / "c"), runner="beam", beam_pipeline_args="--no_such_option=1"))
     assert not os.path.exists(tmp_path / "c")  # refused before anything was written
 
@@ -189,6 +190,6 @@ def test_a_failing_worker_is_one_line_naming_the_error(data, tmp_path, monkeypat
         raise OSError(28, "No space left on device", unit.shard)
 
     monkeypatch.setattr(builder, "finish_unit", disk_full)
-    with pytest.raises(BuildError, match=r"Beam pipeline failed: OSError: \[Errno 28\] No space left") as caught:
+    with pytest.raises(UserInputError, match=r"Beam pipeline failed: OSError: \[Errno 28\] No space left") as caught:
         builder.build(config_for(data, str(tmp_path / "out"), runner="beam"))
     assert "\n" not in str(caught.value)

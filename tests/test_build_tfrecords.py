@@ -21,7 +21,7 @@ from contracts import manifest as manifest_lib
 from contracts import records
 from contracts.errors import UserInputError
 from preprocess import builder, images, plan, synthetic
-from preprocess.config import BuildConfig, BuildError
+from preprocess.config import BuildConfig
 from tests.conftest import REPO
 
 HEADER = synthetic.DATA_ENTRY_HEADER + "\n"
@@ -324,7 +324,7 @@ def test_unlabeled_folder_becomes_eval_shards(hostile_dir, tmp_path):
 def test_rerun_with_other_flags_refuses_unless_overwrite(synthetic_data, tmp_path):
     builder.build(config_for(synthetic_data, str(tmp_path)))
     assert builder.build(config_for(synthetic_data, str(tmp_path), workers=2, max_skip_fraction=0.5)).ok
-    with pytest.raises(BuildError, match="flags differ: image_size"):
+    with pytest.raises(UserInputError, match="flags differ: image_size"):
         builder.build(config_for(synthetic_data, str(tmp_path), image_size=16))
     result = builder.build(config_for(synthetic_data, str(tmp_path), image_size=16, overwrite=True))
     assert result.manifest["config"]["image_size"] == 16
@@ -354,7 +354,7 @@ def test_a_folder_built_under_the_old_defaults_resumes_when_they_are_not_given(s
                            timeout=300)
     message = [line for line in other.stderr.splitlines() if "flags differ" in line]
     assert other.returncode == 1 and message and "flags differ: crop; pass --crop=bbox to complete" in message[0]
-    with pytest.raises(BuildError, match=r"flags differ: image_size, test_fraction; pass --image_size=32 --test_fraction=0.0"):
+    with pytest.raises(UserInputError, match=r"flags differ: image_size, test_fraction; pass --image_size=32 --test_fraction=0.0"):
         builder.build(builder.keep_recorded(config_for(synthetic_data, str(out), num_shards=2, image_size=16,
                                                        test_fraction=0.2), given={"image_size", "test_fraction"}))
     replaced = builder.build(builder.keep_recorded(config_for(synthetic_data, str(out), overwrite=True), given=()))
@@ -374,7 +374,7 @@ def test_a_rerun_over_records_of_an_older_format_rebuilds_them_without_overwrite
     result = builder.build(config_for(synthetic_data, out, crop="none"))
     assert result.ok and any(r["boxes"] for r in read_records(out)["train"])
     assert os.path.getsize(os.path.join(out, old_shard)) > 0  # rewritten, not kept as finished
-    with pytest.raises(BuildError, match="flags differ: image_size"):  # other flags still refuse
+    with pytest.raises(UserInputError, match="flags differ: image_size"):  # other flags still refuse
         builder.build(config_for(synthetic_data, out, crop="none", image_size=16))
 
 
@@ -388,7 +388,7 @@ def test_a_rerun_in_a_folder_that_recorded_the_old_split_field_keeps_its_shards(
     finished = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out) if is_final_shard(n)}
     assert builder.build(config_for(synthetic_data, out, crop="none")).ok  # the same command, no --overwrite
     assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in finished} == finished  # reused, not rebuilt
-    with pytest.raises(BuildError, match="flags differ: split_by"):  # another split mode still refuses
+    with pytest.raises(UserInputError, match="flags differ: split_by"):  # another split mode still refuses
         builder.build(config_for(synthetic_data, out, crop="none", split_by="all"))
 
 
@@ -418,7 +418,7 @@ def test_the_test_share_defaults_by_split_mode_and_a_grouped_build_must_leave_on
     assert BuildConfig(image_dir=".", output_dir=".").test_fraction == 0.2
     assert BuildConfig(image_dir=".", output_dir=".", split_by="official").test_fraction == 0.0  # from the lists
     assert BuildConfig(image_dir=".", output_dir=".", test_fraction=0.0).test_fraction == 0.0  # asked for
-    with pytest.raises(BuildError, match=r"--val_fraction=0.85 \+ --test_fraction=0.2 must leave a share for train"):
+    with pytest.raises(UserInputError, match=r"--val_fraction=0.85 \+ --test_fraction=0.2 must leave a share for train"):
         plan._check_fractions(BuildConfig(image_dir=".", output_dir=".", val_fraction=0.85))
 
 

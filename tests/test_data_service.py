@@ -16,7 +16,7 @@ from contracts.errors import UserInputError
 from pipeline import input_pipeline, service
 from tests.conftest import REPO
 from tests.shard_factory import write_shards
-from training.config import ConfigError, TrainConfig, resolve_config
+from training.config import TrainConfig, resolve_config
 from training.loop import run_training
 
 SIZE = 16
@@ -94,9 +94,9 @@ def test_service_flags_refuse_what_the_service_cannot_do(shards):
             service.start_dispatcher(busy)
     base = dict(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=BATCH)
     assert resolve_config(TrainConfig(**base, data_service="localhost:5050")).data_service == "grpc://localhost:5050"
-    with pytest.raises(ConfigError, match="--cache with --data_service"):
+    with pytest.raises(UserInputError, match="--cache with --data_service"):
         resolve_config(TrainConfig(**base, data_service="grpc://localhost:5050", cache=True))
-    with pytest.raises(ConfigError, match="grpc://HOST:PORT"):
+    with pytest.raises(UserInputError, match="grpc://HOST:PORT"):
         resolve_config(TrainConfig(**base, data_service="http://localhost:5050"))
     closed = service.start_dispatcher(0)
     address = closed.target

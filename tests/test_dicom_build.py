@@ -12,8 +12,9 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import records
+from contracts.errors import UserInputError
 from preprocess import builder, images
-from preprocess.config import BuildConfig, BuildError
+from preprocess.config import BuildConfig
 from tests.dicom_factory import write_dicom
 
 SIZE = 32
@@ -124,7 +125,7 @@ def test_a_labels_csv_labels_the_images_it_names_and_one_naming_none_is_refused(
     assert {k: r["label"] for k, r in _records(out).items()} == {
         "plain.png": 0, "scan.png": -1, "study/s1/1.dcm": 1, "study/s2/1.dcm": -1}
     labels.write_text("image_id,label\n1.dcm,1\n")  # the file name, not its path under the folder
-    with pytest.raises(BuildError, match=r"names none of the 7 image files found \(its ids look like '1.dcm'"):
+    with pytest.raises(UserInputError, match=r"names none of the 7 image files found \(its ids look like '1.dcm'"):
         builder.build(BuildConfig(image_dir=folder, output_dir=str(tmp_path / "none"), split_by="unlabeled",
                                   image_size=SIZE, workers=1, max_skip_fraction=1.0, labels_csv=str(labels)))
     assert not os.path.exists(tmp_path / "none" / "manifest.json")

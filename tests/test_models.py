@@ -138,7 +138,7 @@ def test_imagenet_without_network_or_cache_fails_clearly(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=SUBPROCESS_TIMEOUT_S)
     assert done.returncode != 0
-    assert "WeightsUnavailableError" in done.stderr
+    assert "UserInputError" in done.stderr
     assert "--weights=none" in done.stderr and "keras_home" in done.stderr
 
 

@@ -13,13 +13,14 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from contracts.errors import UserInputError
 from pipeline.service import free_local_ports
 from tests.shard_factory import write_shards
 from training import callbacks as callbacks_lib
 from training import config as config_lib
 from training import distribute
 from training import step as step_lib
-from training.config import ConfigError, TrainConfig
+from training.config import TrainConfig
 from training.loop import run_training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +130,7 @@ def test_resuming_with_another_backbone_is_refused(shards, tmp_path):
     previous["backbone"] = "resnet50"
     with open(os.path.join(model_dir, "config.json"), "w") as f:
         json.dump(previous, f)
-    with pytest.raises(ConfigError, match="another --model_dir"):
+    with pytest.raises(UserInputError, match="another --model_dir"):
         run_training(_config(data_dir, epochs=2), model_dir)
 
 
@@ -144,11 +145,11 @@ def test_a_loss_that_turns_nan_stops_the_run_naming_the_step(shards, tmp_path):
 
 def test_wrong_image_size_and_missing_split_name_the_fix(shards, tmp_path):
     data_dir, _ = shards
-    with pytest.raises(ConfigError, match="built at 32 px, not 64; pass --image_size=32"):
+    with pytest.raises(UserInputError, match="built at 32 px, not 64; pass --image_size=32"):
         config_lib.resolve_config(_config(data_dir, image_size=64))
-    with pytest.raises(ConfigError, match="it has: train, val"):
+    with pytest.raises(UserInputError, match="it has: train, val"):
         config_lib.resolve_config(_config(data_dir, val_split="validation"))
-    with pytest.raises(ConfigError, match="lower --global_batch_size"):
+    with pytest.raises(UserInputError, match="lower --global_batch_size"):
         config_lib.resolve_config(_config(data_dir, global_batch_size=64, steps_per_epoch=None))
 
 

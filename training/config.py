@@ -19,9 +19,6 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")  # see training.dis
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # see training.distribute.resolve_precision
 
 
-class ConfigError(UserInputError):
-    """A run's flags or data cannot be used; the message names the value and the fix."""
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -64,14 +61,14 @@ RESUME_MUST_MATCH = ("backbone", "image_size", "augment", "feature_layer", "trai
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
+        raise UserInputError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
 
 
 def _split(manifest: dict[str, Any], split: str, data_dir: str) -> dict[str, Any]:
     try:
         return manifest_lib.split_info(manifest, split, data_dir)
     except KeyError as err:
-        raise ConfigError(f"{err.args[0]}; pass --train_split/--val_split accordingly") from err
+        raise UserInputError(f"{err.args[0]}; pass --train_split/--val_split accordingly") from err
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -85,19 +82,19 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
       set, and feature_layer a layer name or None.
 
     Raises:
-      ConfigError: an unknown backbone or choice, a split the manifest lacks, an image size the
+      UserInputError: an unknown backbone or choice, a split the manifest lacks, an image size the
         shards were not built at, or a train split smaller than one global batch.
       FileNotFoundError: data_dir has no manifest.json.
     """
     try:
         spec = registry.get_backbone(config.backbone)
     except ValueError as err:
-        raise ConfigError(str(err)) from err
+        raise UserInputError(str(err)) from err
     _check_choice("augment", config.augment, options.AUGMENT_MODES)
     _check_choice("class_weight", config.class_weight, CLASS_WEIGHTS)
     _check_choice("transfer", config.transfer, options.TRANSFERS)
     if config.global_batch_size < 1:
-        raise ConfigError(f"global_batch_size must be >= 1, got {config.global_batch_size}")
+        raise UserInputError(f"global_batch_size must be >= 1, got {config.global_batch_size}")
     data_service = _data_service(config)
     manifest = manifest_lib.load_manifest(config.data_dir)
     try:
@@ -105,7 +102,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
             manifest, config.image_size, config.data_dir,
             "pass --image_size={stored} (or leave it unset), or rebuild the shards at {asked}")
     except ValueError as err:
-        raise ConfigError(str(err)) from err
+        raise UserInputError(str(err)) from err
     train_records = int(_split(manifest, config.train_split, config.data_dir)["records"])
     if config.validation:
         _split(manifest, config.val_split, config.data_dir)
@@ -113,7 +110,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         manifest_lib.shard_paths(config.data_dir, split)  # every shard present, inside data_dir
     steps = config.steps_per_epoch or train_records // config.global_batch_size
     if steps < 1:
-        raise ConfigError(
+        raise UserInputError(
             f"split {config.train_split!r} has {train_records} records, fewer than one global batch of "
             f"{config.global_batch_size}; lower --global_batch_size"
         )
@@ -137,10 +134,10 @@ def _data_service(config: TrainConfig) -> str | None:
     try:
         address = options.service_address(config.data_service)
     except ValueError as err:
-        raise ConfigError(f"--data_service: {err}") from None
+        raise UserInputError(f"--data_service: {err}") from None
     for flag in ("cache", "deterministic"):
         if getattr(config, flag):
-            raise ConfigError(f"--{flag} with --data_service: the service decodes on its workers and "
+            raise UserInputError(f"--{flag} with --data_service: the service decodes on its workers and "
                               f"hands out files as they ask, so it has no trainer-side cache and no fixed "
                               f"order; drop one of the two")
     return address
@@ -150,14 +147,14 @@ def class_weights(config: TrainConfig) -> tuple[float, float] | None:
     """Returns (weight of normal, weight of abnormal) for --class_weight=balanced, else None.
 
     Raises:
-      ConfigError: balanced weights asked for a train split that lacks one of the classes.
+      UserInputError: balanced weights asked for a train split that lacks one of the classes.
     """
     if config.class_weight == "none":
         return None
     info = _split(manifest_lib.load_manifest(config.data_dir), config.train_split, config.data_dir)
     counts = (int(info["normal"]), int(info["abnormal"]))
     if min(counts) == 0:
-        raise ConfigError(
+        raise UserInputError(
             f"split {config.train_split!r} has {counts[0]} normal and {counts[1]} abnormal records; "
             "balanced class weights need both classes (use --class_weight=none)"
         )
@@ -169,7 +166,7 @@ def check_resumable(config: TrainConfig, model_dir: str) -> None:
     """Refuses to continue a run in `model_dir` that was started with a different model or data.
 
     Raises:
-      ConfigError: `model_dir/config.json` disagrees on a `RESUME_MUST_MATCH` field.
+      UserInputError: `model_dir/config.json` disagrees on a `RESUME_MUST_MATCH` field.
     """
     path = os.path.join(model_dir, run_folder.CONFIG)
     if not os.path.exists(path):
@@ -179,7 +176,7 @@ def check_resumable(config: TrainConfig, model_dir: str) -> None:
     new = dataclasses.asdict(config)
     for name in RESUME_MUST_MATCH:
         if name in previous and previous[name] != new[name]:
-            raise ConfigError(
+            raise UserInputError(
                 f"{model_dir} holds a run with {name}={previous[name]!r}, this one has {new[name]!r}; "
                 "use another --model_dir, or the same flags to resume that run"
             )

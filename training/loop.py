@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from contracts import manifest as manifest_lib
 from contracts import run_folder
-from contracts.errors import check_output_folder
+from contracts.errors import UserInputError, check_output_folder
 from models import build_model, get_backbone, inference_model
 from models.front import with_uint8_front
 from pipeline import input_pipeline, options, service
@@ -59,7 +59,7 @@ def _check_replicas(config: TrainConfig, strategy: tf.distribute.Strategy) -> No
     try:
         distribute.per_replica_batch(config.global_batch_size, strategy, "global_batch_size")
     except ValueError as err:
-        raise config_lib.ConfigError(str(err)) from err
+        raise UserInputError(str(err)) from err
 
 
 def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
@@ -326,7 +326,7 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
        "model_path", "val_predictions_path" (None without validation)}.
 
     Raises:
-      ConfigError, FileNotFoundError: bad config or data, with the fix in the message.
+      UserInputError, FileNotFoundError: bad config or data, with the fix in the message.
       FloatingPointError: the training loss became NaN or infinite (the message names the step).
     """
     requested = config
