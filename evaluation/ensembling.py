@@ -99,8 +99,8 @@ class _Choice:
     validation: tuple[np.ndarray, np.ndarray] | None  # (labels, calibrated member probs (N, M))
 
 
-def _choose(files: Sequence[Predictions], names: Sequence[str], weights: Sequence[float] | None,
-            threshold: float | None, fit_on: Sequence[str] | None, fit_step: float) -> _Choice:
+def _choose(files: Sequence[Predictions], weights: Sequence[float] | None, threshold: float | None,
+            fit_on: Sequence[str] | None, fit_step: float) -> _Choice:
     fixed_weights = None if weights is None else blend_lib.normalise_weights(weights, len(files))
     fixed_threshold = None if threshold is None else blend_lib.check_threshold(threshold)
     if not fit_on:
@@ -110,10 +110,10 @@ def _choose(files: Sequence[Predictions], names: Sequence[str], weights: Sequenc
     fit_files = [read_predictions(path) for path in fit_on]
     _check_fit_pairs(files, fit_files)
     validation = align(fit_files)
-    labels = blend_lib.check_fit_labels(validation.labels, fit_on, validation.ids)
+    labels = blend_lib.check_fit_labels(validation.labels, fit_on, validation.ids)  # both classes
     # One order: each member's temperature on its own validation predictions, then the weights and
     # threshold on the calibrated members.
-    temperatures = blend_lib.fit_temperatures(validation.uncalibrated, labels, names)
+    temperatures = [calibration.fit_temperature(labels, column) for column in validation.uncalibrated.T]
     members = blend_lib.calibrate_members(validation.uncalibrated, temperatures)
     fit = blend_lib.fit(members, labels, step=fit_step, weights=fixed_weights, threshold=fixed_threshold)
     return _Choice(fit.weights, fit.threshold, temperatures, fit, (labels, members))
@@ -264,7 +264,7 @@ def run_ensemble(
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
     names = model_names(files)
-    choice = _choose(files, names, weights, threshold, fit_on, fit_step)
+    choice = _choose(files, weights, threshold, fit_on, fit_step)
     members = blend_lib.calibrate_members(aligned.uncalibrated, choice.temperatures)
     blended = blend_lib.blend(members, choice.weights)
     metrics = gain = other_result = None

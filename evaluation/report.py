@@ -1,6 +1,6 @@
 """The report of predict.py and ensemble.py: a list of sections, each computed from the entries
-and written to its own file; the metrics (with the prevalence, the majority baseline and the crop
-mode, which make accuracy interpretable), the curves, calibration, operating points, subgroups."""
+and written to its own file: the metrics (with the prevalence, majority baseline and crop mode that
+make accuracy interpretable), ROC and PR curves, calibration before and after each temperature, ..."""
 
 from __future__ import annotations
 
@@ -11,15 +11,23 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 from contracts.atomic import atomic_path, json_ready, write_json
-from evaluation import agreement, calibration_report, operating_points, settings, statistics, subgroups
+from evaluation import agreement, operating_points, settings, statistics, subgroups
 from evaluation.statistics import Scores
+from training import calibration
 
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"
 PR_FILE = "precision_recall.png"
+RELIABILITY_FILE = "reliability.png"
 GAIN_FILE = "ensemble_gain.json"  # ensemble.py: the ensemble against the best single model
 SCORED = "scored"  # in each entry: which probability its numbers are computed on (a prediction file column)
 
@@ -67,10 +75,44 @@ def has_known_labels(labels: np.ndarray | None) -> bool:
     return labels is not None and bool((np.asarray(labels) >= 0).any())
 
 
+def calibration_metrics(labels: np.ndarray, probs: np.ndarray,
+                        uncalibrated: np.ndarray | None) -> dict[str, Any]:
+    """ECE and Brier score on the known labels of `probs` (and of `uncalibrated` when given)."""
+    labels = np.asarray(labels)
+    known = labels >= 0
+    metrics: dict[str, Any] = {"ece_bins": calibration.ECE_BINS}
+    for suffix, values in (("", probs), ("_uncalibrated", uncalibrated)):
+        if values is not None:
+            metrics["ece" + suffix] = calibration.expected_calibration_error(labels, values)
+            metrics["brier" + suffix] = float(brier_score_loss(labels[known], np.asarray(values)[known]))
+    return metrics
+
+
+def _reliability_diagram(scores: Sequence[Scores], bootstrap: int) -> Figure:
+    """Per entry, the fraction abnormal against the mean P(abnormal) in each of
+    `calibration.ECE_BINS` bins; the curve before the temperature dashed in the same colour."""
+    figure = Figure(figsize=(6, 6))
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], linestyle=":", color="gray", label="perfectly calibrated")
+    for index, entry in enumerate(scores):
+        curves = ((entry.probs, "-", ""), (entry.uncalibrated, "--", " before temperature"))
+        for values, style, suffix in curves:
+            if values is None:
+                continue
+            bins = calibration.reliability_bins(entry.labels, values)
+            ece = calibration.expected_calibration_error(entry.labels, values)
+            axes.plot([b["mean_p"] for b in bins], [b["fraction_abnormal"] for b in bins], style, marker="o",
+                      markersize=3, color=f"C{index % 10}", label=f"{entry.name}{suffix} (ECE {ece:.3f})")
+    axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean predicted P(abnormal) in the bin",
+             ylabel="fraction abnormal in the bin", title=f"Reliability ({calibration.ECE_BINS} bins)")
+    axes.legend(loc="upper left", fontsize="x-small")
+    return figure
+
+
 def _metrics(scores: Sequence[Scores], bootstrap: int) -> dict[str, Any]:
     return {s.name: {**statistics.compute_metrics(s.labels, s.probs, s.threshold, bootstrap=bootstrap,
                                                   patients=s.patients),
-                     **calibration_report.calibration_metrics(s.labels, s.probs, s.uncalibrated),
+                     **calibration_metrics(s.labels, s.probs, s.uncalibrated),
                      **s.context} for s in scores}
 
 
@@ -107,7 +149,7 @@ SECTIONS = (
     Section("metrics", _metrics, METRICS_FILE),
     Section("ROC", lambda scores, _: _curves(scores, "roc"), ROC_FILE),
     Section("precision-recall", lambda scores, _: _curves(scores, "pr"), PR_FILE),
-    Section("calibration", calibration_report.reliability_diagram, calibration_report.RELIABILITY_FILE),
+    Section("calibration", _reliability_diagram, RELIABILITY_FILE),
     Section("ensemble gain", None, GAIN_FILE),
     Section("operating points", operating_points.section, operating_points.OPERATING_POINTS_FILE),
     Section("subgroups", subgroups.section, subgroups.SUBGROUPS_FILE),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -33,23 +33,17 @@ Statistic = Callable[[np.ndarray], np.ndarray]  # (B, N) record weights -> (B,) 
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """One model's (or the ensemble's) report entry.
-
-    labels: 1 abnormal, 0 normal, -1 unknown (left out); probs: P(abnormal); context: fields copied
-    into its metrics; uncalibrated: probs before the temperature (None: none applied); meta: the
-    patient columns (contracts.prediction_files.META_COLUMNS); validation: (labels, probs) on
-    validation, where operating points are chosen; ids: image ids, for another label set.
-    """
+    """One report entry: a model's (or the ensemble's) P(abnormal) and what it is judged against."""
 
     name: str
-    labels: np.ndarray
+    labels: np.ndarray  # 1 abnormal, 0 normal, -1 unknown (left out of every number)
     probs: np.ndarray
     threshold: float
-    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    uncalibrated: np.ndarray | None = None
-    meta: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    validation: tuple[np.ndarray, np.ndarray] | None = None
-    ids: np.ndarray | None = None
+    context: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # copied into its metrics
+    uncalibrated: np.ndarray | None = None  # probs before the temperature (None: none applied)
+    meta: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # prediction_files.META_COLUMNS
+    validation: tuple[np.ndarray, np.ndarray] | None = None  # (labels, probs): operating points' choice
+    ids: np.ndarray | None = None  # image ids, for another label set
 
     @property
     def patients(self) -> np.ndarray | None:
@@ -94,16 +88,6 @@ def clusters(patient_ids: np.ndarray | None, records: int) -> Clusters:
     alone = int(unknown.sum())
     index[unknown] = len(uniques) + np.arange(alone)
     return Clusters(index, len(uniques) + alone, alone)
-
-
-def weights(groups: Clusters, resamples: int, seed: int = SEED) -> Iterator[np.ndarray]:
-    """Yields the resamples as blocks of (B, N) record weights: how often each record's cluster was
-    drawn. A metric of the drawn multiset equals the weighted metric, so nothing is materialised."""
-    rng = np.random.default_rng(seed)
-    for start in range(0, resamples, _BLOCK):
-        counts = np.stack([np.bincount(rng.integers(0, groups.count, groups.count), minlength=groups.count)
-                           for _ in range(min(_BLOCK, resamples - start))])
-        yield counts[:, groups.index].astype(np.float64)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -152,10 +136,15 @@ def intervals(groups: Clusters, statistics: Mapping[str, Statistic], resamples: 
     """Resamples the clusters and returns per statistic {"ci95", "resamples_used", "absent": why
     ci95 is None}; resamples where a statistic is NaN (e.g. one class) are skipped."""
     values: dict[str, list[np.ndarray]] = {name: [] for name in statistics}
-    if resamples > 0 and groups.count > 0:
-        for w in weights(groups, resamples, seed):
-            for name, statistic in statistics.items():
-                values[name].append(statistic(w))
+    rng = np.random.default_rng(seed)
+    for start in range(0, resamples if groups.count else 0, _BLOCK):
+        # (B, N) record weights, how often each record's cluster was drawn: a metric of the drawn
+        # multiset equals the weighted metric, so no resample is materialised.
+        counts = np.stack([np.bincount(rng.integers(0, groups.count, groups.count), minlength=groups.count)
+                           for _ in range(min(_BLOCK, resamples - start))])
+        w = counts[:, groups.index].astype(np.float64)
+        for name, statistic in statistics.items():
+            values[name].append(statistic(w))
     result = {}
     for name, parts in values.items():
         drawn = np.concatenate(parts) if parts else np.zeros(0)
