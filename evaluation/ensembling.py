@@ -332,15 +332,6 @@ def summary(result: EnsembleResult) -> str:
     if result.report_dir is not None:
         lines += ["", f"report: {result.report_dir}"]
     if result.gain is not None:
-        lines.append(gain_line(result.gain))
+        lines.append(report_lib.gain_line(result.gain))
     return "\n".join(lines)
 
-
-def gain_line(gain: dict[str, Any]) -> str:
-    """One line: the ensemble's AUROC against the best single model's, and the paired difference."""
-    interval = gain["ci95"]
-    shown = f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else f"(none: {gain.get('ci95_absent')})"
-    return (f"ensemble AUROC {gain['ensemble_auroc']:.3f} vs {gain['best_single']} (best on validation) "
-            f"{gain['best_single_auroc']:.3f}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
-            f"interval by patient {shown} ({gain['resamples_used']} of {gain['resamples']} resamples of "
-            f"{gain['patients']} patients usable)")

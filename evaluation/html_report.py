@@ -12,7 +12,7 @@ from typing import Any, Callable
 from contracts import explanation_folder
 from contracts.atomic import write_text
 from contracts.output_names import PROB
-from evaluation import agreement
+from evaluation import agreement, localization
 from evaluation import report as report_lib
 
 INDEX_FILE = "index.html"
@@ -60,14 +60,7 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
 
 
 def _gain_section(gain: dict[str, Any]) -> str:
-    absent = html.escape(f" (none: {gain['ci95_absent']})") if gain.get("ci95_absent") else ""
-    return ("<h2>Ensemble against its best member</h2><p>Ensemble AUROC "
-            f"{_number(gain['ensemble_auroc'])} against {html.escape(str(gain['best_single']))} "
-            f"(best on validation) {_number(gain['best_single_auroc'])}: "
-            f"difference {gain['difference']:+.3f}, paired bootstrap 95% interval by patient "
-            f"{_interval(gain.get('ci95'))}{absent} "
-            f"({gain.get('resamples_used', 'n/a')} of {gain['resamples']} resamples of "
-            f"{gain.get('patients', 'n/a')} patients usable).</p>")
+    return f"<h2>Ensemble against its best member</h2><p>{html.escape(report_lib.gain_line(gain))}.</p>"
 
 
 def _calibration_section(metrics: dict[str, Any]) -> str:
@@ -132,12 +125,9 @@ def _section(report_dir: str, section: report_lib.Section) -> str:
 
 
 def _localization_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for name, row in [("all findings", report["overall"])] + sorted(report.get("per_finding", {}).items()):
-        rows.append([html.escape(name), str(row["images"]), str(row["boxes"]), _number(row["pointing_game"]),
-                     _number(row["pointing_game_baseline"]), _number(row["energy_in_boxes"]),
-                     _number(row["energy_in_boxes_baseline"]), _number(row["box_area_fraction"])])
-    return rows
+    named = [("all findings", report["overall"])] + sorted(report.get("per_finding", {}).items())
+    return [[html.escape(name), str(row["images"]), str(row["boxes"])]
+            + [_number(row[column]) for column in localization.MEANS] for name, row in named]
 
 
 def _explanations_section(report_dir: str) -> str:
@@ -146,15 +136,15 @@ def _explanations_section(report_dir: str) -> str:
     parts = ["<h2>Where the model looks</h2><p class=note>Grad-CAM on the last convolutional feature map "
              "(for an ensemble, the weighted mean of its members' maps); boxes drawn where the image has "
              "them.</p>"]
-    localization = index.get("localization")
-    if localization and localization.get("scored"):
+    located = index.get("localization")
+    if located and located.get("scored"):
         parts.append("<h3>Localization against the expert boxes</h3><p class=note>Pointing game: the map's "
                      "maximum falls inside a box. Energy: the map's share inside the boxes. Each beside a "
                      "centred Gaussian map, the 'look at the middle' baseline.</p>" + _table(
                          ["finding", "images", "boxes", "pointing game", "baseline", "energy in boxes",
-                          "baseline", "box area"], _localization_rows(localization)))
-    elif localization:
-        parts.append(f"<p>Localization not scored: {html.escape(str(localization.get('reason')))}</p>")
+                          "baseline", "box area"], _localization_rows(located)))
+    elif located:
+        parts.append(f"<p>Localization not scored: {html.escape(str(located.get('reason')))}</p>")
     figures = []
     for entry in index["images"]:
         label = {1: "abnormal", 0: "normal"}.get(entry.get("label"), "unknown")

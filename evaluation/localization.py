@@ -12,6 +12,9 @@ import numpy as np
 from evaluation import settings
 
 ALL_FINDINGS = "all"  # the summary's row over every box
+# A summary row's rates: the mean of each per-image score.
+MEANS = {"pointing_game": "hit", "pointing_game_baseline": "hit_baseline", "energy_in_boxes": "energy",
+         "energy_in_boxes_baseline": "energy_baseline", "box_area_fraction": "area"}
 
 
 def _span(start: float, end: float, size: int) -> np.ndarray:
@@ -104,14 +107,8 @@ class LocalizationTally:
 
 
 def _row(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    return {
-        "images": len(scores), "boxes": int(sum(s["boxes"] for s in scores)),
-        "pointing_game": float(np.mean([s["hit"] for s in scores])),
-        "pointing_game_baseline": float(np.mean([s["hit_baseline"] for s in scores])),
-        "energy_in_boxes": float(np.mean([s["energy"] for s in scores])),
-        "energy_in_boxes_baseline": float(np.mean([s["energy_baseline"] for s in scores])),
-        "box_area_fraction": float(np.mean([s["area"] for s in scores])),
-    }
+    return {"images": len(scores), "boxes": int(sum(s["boxes"] for s in scores)),
+            **{column: float(np.mean([s[key] for s in scores])) for column, key in MEANS.items()}}
 
 
 def not_scored(reason: str) -> dict[str, Any]:

@@ -182,6 +182,15 @@ def write_report(report_dir: str, scores: Sequence[Scores], *,
     return written["metrics"]
 
 
+def gain_line(gain: dict[str, Any]) -> str:
+    """One line: the ensemble's AUROC against the best single model's, and the paired difference."""
+    interval = gain["ci95"]
+    shown = f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else f"(none: {gain.get('ci95_absent')})"
+    return (f"ensemble AUROC {gain['ensemble_auroc']:.3f} vs {gain['best_single']} (best on validation) "
+            f"{gain['best_single_auroc']:.3f}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
+            f"interval by patient {shown} ({gain.get('resamples_used', 'n/a')} of {gain['resamples']} "
+            f"resamples of {gain.get('patients', 'n/a')} patients usable)")
+
 def cell(value: Any) -> str:
     """One table cell: 4 decimals, "n/a" for NaN, "-" for None, a confusion matrix "TN FP / FN TP"."""
     if value is None:

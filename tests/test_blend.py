@@ -279,4 +279,4 @@ def test_the_ensemble_is_compared_with_the_member_best_on_validation_not_on_test
     # shown as absent rather than as [0, 0].
     same = statistics.paired_auroc_difference(labels, probs[:, 0], probs[:, 0], 50)
     assert same["difference"] == 0 and same["ci95"] is None and same["resamples_used"] == 50
-    assert "(none: it is the same in every resample)" in ensembling.gain_line({**gain, **same})
+    assert "(none: it is the same in every resample)" in report.gain_line({**gain, **same})
