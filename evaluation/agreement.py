@@ -50,9 +50,10 @@ def agreement(own: np.ndarray, other: np.ndarray) -> dict[str, Any]:
             "own_normal_other_abnormal": int(((own == 0) & (other == 1)).sum())}
 
 
-def rescore(other: OtherLabels, ids: np.ndarray, scores: Sequence[Scores], bootstrap: int) -> dict[str, Any]:
-    """Every entry's metrics against `other` on the shared images, and the agreement of the
-    entries' own known labels with `other`."""
+def write_other_labels(report_dir: str, other: OtherLabels, ids: np.ndarray, scores: Sequence[Scores],
+                       bootstrap: int) -> dict[str, Any]:
+    """Writes (and returns) report_dir/OTHER_LABELS_FILE: every entry's metrics against `other` on
+    the shared images, and the agreement of the entries' own known labels with `other`."""
     ids = np.asarray(ids).astype(str)
     present = np.array([i in other.labels for i in ids])
     other_labels = np.array([other.labels.get(i, -1) for i in ids], dtype=np.int64)
@@ -67,13 +68,7 @@ def rescore(other: OtherLabels, ids: np.ndarray, scores: Sequence[Scores], boots
         rescored = np.where(present, other_labels, -1)
         result["metrics"] = {s.name: compute_metrics(rescored, s.probs, s.threshold, bootstrap=bootstrap,
                                                      patients=s.patients) for s in scores}
-    return json_ready(result)
-
-
-def write_other_labels(report_dir: str, other: OtherLabels, ids: np.ndarray, scores: Sequence[Scores],
-                       bootstrap: int) -> dict[str, Any]:
-    """Writes report_dir/OTHER_LABELS_FILE and returns it."""
-    result = rescore(other, ids, scores, bootstrap)
+    result = json_ready(result)
     os.makedirs(report_dir, exist_ok=True)
     write_json(os.path.join(report_dir, OTHER_LABELS_FILE), result)
     return result

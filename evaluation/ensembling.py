@@ -302,7 +302,7 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
     by_dir = dict(zip(model_dirs, member_files))
     pairs = ensemble_file.match_members(loaded, model_dirs)
     aligned = align([read_predictions(by_dir[model_dir]) for _, model_dir in pairs])
-    weights = blend_lib.normalise_weights([member.weight for member, _ in pairs], len(pairs))
+    weights = np.array([member.weight for member, _ in pairs])  # checked and normalised by load_ensemble
     temperatures = [member.temperature for member, _ in pairs]
     blended = blend_lib.blend(blend_lib.calibrate_members(aligned.uncalibrated, temperatures), weights)
     write_predictions(output, aligned.ids, blended, aligned.labels, meta=aligned.meta, sidecar={

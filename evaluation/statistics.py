@@ -121,20 +121,10 @@ def auroc(labels: np.ndarray, probs: np.ndarray) -> Statistic:
     return statistic
 
 
-def interval(values: np.ndarray) -> list[float] | None:
-    """The percentile 95% interval of the finite values; None when none is finite or all are equal
-    (one cluster, or a statistic resampling cannot move), which would otherwise show as [x, x]."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if not len(values) or values.min() == values.max():
-        return None
-    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-
-
 def intervals(groups: Clusters, statistics: Mapping[str, Statistic], resamples: int,
               seed: int = SEED) -> dict[str, dict[str, Any]]:
-    """Resamples the clusters and returns per statistic {"ci95", "resamples_used", "absent": why
-    ci95 is None}; resamples where a statistic is NaN (e.g. one class) are skipped."""
+    """Resamples the clusters and returns per statistic its percentile 95% interval {"ci95",
+    "resamples_used", "absent": why ci95 is None}, skipping resamples where it is NaN (one class)."""
     values: dict[str, list[np.ndarray]] = {name: [] for name in statistics}
     rng = np.random.default_rng(seed)
     for start in range(0, resamples if groups.count else 0, _BLOCK):
@@ -148,11 +138,15 @@ def intervals(groups: Clusters, statistics: Mapping[str, Statistic], resamples: 
     result = {}
     for name, parts in values.items():
         drawn = np.concatenate(parts) if parts else np.zeros(0)
-        used = int(np.isfinite(drawn).sum())
-        ci95 = interval(drawn)
-        absent = None if ci95 is not None else (
-            "no resample could form it" if not used else "it is the same in every resample")
-        result[name] = {"ci95": ci95, "resamples_used": used, "absent": absent}
+        usable = drawn[np.isfinite(drawn)]
+        ci95 = absent = None
+        if not len(usable):
+            absent = "no resample could form it"
+        elif usable.min() == usable.max():  # one cluster, or a statistic resampling cannot move: not [x, x]
+            absent = "it is the same in every resample"
+        else:
+            ci95 = [float(np.percentile(usable, 2.5)), float(np.percentile(usable, 97.5))]
+        result[name] = {"ci95": ci95, "resamples_used": len(usable), "absent": absent}
     return result
 
 
