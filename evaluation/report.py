@@ -1,6 +1,6 @@
-"""The report of predict.py and ensemble.py: a list of sections, each computed from the entries
-and written to its own file: the metrics (with the prevalence, majority baseline and crop mode that
-make accuracy interpretable), ROC and PR curves, calibration before and after each temperature, ..."""
+"""The report of predict.py and ensemble.py: a list of sections (`SECTIONS`), each computed from the
+entries and written to its own file: metrics (with the prevalence, majority baseline and crop mode
+that make accuracy interpretable), curves, calibration, operating points, subgroups."""
 
 from __future__ import annotations
 
@@ -190,6 +190,7 @@ def gain_line(gain: dict[str, Any]) -> str:
             f"{gain['best_single_auroc']:.3f}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
             f"interval by patient {shown} ({gain.get('resamples_used', 'n/a')} of {gain['resamples']} "
             f"resamples of {gain.get('patients', 'n/a')} patients usable)")
+
 
 def cell(value: Any) -> str:
     """One table cell: 4 decimals, "n/a" for NaN, "-" for None, a confusion matrix "TN FP / FN TP"."""
