@@ -300,8 +300,7 @@ def main(argv: list[str]) -> int:
     print(f"submission: {os.path.join(plan.output_dir, 'submission.csv')}")
     print(f"report:     {os.path.join(plan.output_dir, 'report', 'index.html')} (one static page: metrics, "
           "calibration, operating points, subgroups, explanations)")
-    from evaluation.ensembling import gain_line
-    from evaluation.report import GAIN_FILE
+    from evaluation.report import GAIN_FILE, gain_line
 
     print(results_table(result["metrics"]))
     gain_path = os.path.join(plan.output_dir, "report", GAIN_FILE)

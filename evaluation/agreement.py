@@ -1,18 +1,13 @@
-"""Another label set for the same predictions (`--other_labels_csv`): rescoring and agreement.
-
-NIH's labels were mined from reports and agree with a three-radiologist panel on about 73% of
-images, so a model's numbers against them are numbers against a noisy reference. A second reading
-of the same images (a panel's normal/abnormal calls, a hospital's own labels) rescores the very
-same probabilities, and Cohen's kappa says how far the two readings agree beyond chance. Ids in
-one and not the other are counted, not refused: the images both share are scored.
-"""
+"""Another reading of the same images (`--other_labels_csv`, e.g. a radiologists' panel: NIH's
+mined labels agree with one on about 73% of images): every entry rescored against it on the images
+both share, and Cohen's kappa between the two readings."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import cohen_kappa_score
@@ -20,27 +15,21 @@ from sklearn.metrics import cohen_kappa_score
 from contracts.atomic import json_ready, write_json
 from contracts.errors import UserInputError
 from contracts.labels_csv import read_labels_csv
-
-if TYPE_CHECKING:
-    from evaluation.report import Scores
+from evaluation.statistics import Scores, compute_metrics
 
 OTHER_LABELS_FILE = "other_labels.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class OtherLabels:
-    """A labels CSV read for rescoring: its path and image id -> 0/1."""
+    """A labels CSV: its path and image id -> 0/1."""
 
     path: str
     labels: dict[str, int]
 
 
 def load_other_labels(path: str) -> OtherLabels:
-    """Reads `--other_labels_csv` with the one labels reader.
-
-    Raises:
-      UserInputError: missing file, duplicate ids or values other than 0/1/YES/NO (one line).
-    """
+    """Reads `--other_labels_csv`; a missing or malformed file is a `UserInputError`."""
     if not os.path.isfile(path):
         raise UserInputError(f"--other_labels_csv={path} does not exist")
     try:
@@ -61,11 +50,10 @@ def agreement(own: np.ndarray, other: np.ndarray) -> dict[str, Any]:
             "own_normal_other_abnormal": int(((own == 0) & (other == 1)).sum())}
 
 
-def rescore(other: OtherLabels, ids: np.ndarray, scores: Sequence["Scores"], bootstrap: int) -> dict[str, Any]:
-    """Scores every entry against `other` on the images both share; with the entries' own labels
-    known, also their agreement with `other`."""
-    from evaluation import report as report_lib
-
+def write_other_labels(report_dir: str, other: OtherLabels, ids: np.ndarray, scores: Sequence[Scores],
+                       bootstrap: int) -> dict[str, Any]:
+    """Writes (and returns) report_dir/OTHER_LABELS_FILE: every entry's metrics against `other` on
+    the shared images, and the agreement of the entries' own known labels with `other`."""
     ids = np.asarray(ids).astype(str)
     present = np.array([i in other.labels for i in ids])
     other_labels = np.array([other.labels.get(i, -1) for i in ids], dtype=np.int64)
@@ -77,16 +65,10 @@ def rescore(other: OtherLabels, ids: np.ndarray, scores: Sequence["Scores"], boo
         both = present & (own >= 0)
         result["agreement_with_own_labels"] = agreement(own[both], other_labels[both])
     if present.any():
-        result["metrics"] = {s.name: report_lib.compute_metrics(np.where(present, other_labels, -1), s.probs,
-                                                               s.threshold, bootstrap=bootstrap, patients=s.patients)
-                             for s in scores}
-    return json_ready(result)
-
-
-def write_other_labels(report_dir: str, other: OtherLabels, ids: np.ndarray, scores: Sequence["Scores"],
-                       bootstrap: int) -> dict[str, Any]:
-    """Writes report_dir/OTHER_LABELS_FILE and returns it."""
-    result = rescore(other, ids, scores, bootstrap)
+        rescored = np.where(present, other_labels, -1)
+        result["metrics"] = {s.name: compute_metrics(rescored, s.probs, s.threshold, bootstrap=bootstrap,
+                                                     patients=s.patients) for s in scores}
+    result = json_ready(result)
     os.makedirs(report_dir, exist_ok=True)
     write_json(os.path.join(report_dir, OTHER_LABELS_FILE), result)
     return result
@@ -95,8 +77,8 @@ def write_other_labels(report_dir: str, other: OtherLabels, ids: np.ndarray, sco
 def format_other_labels(result: dict[str, Any]) -> str:
     """A few lines: counts, kappa, and each entry's AUROC against the other labels."""
     lines = [f"against {result['labels_csv']}: {result['shared']} images shared, "
-             f"{result['only_in_predictions']} only in the predictions, {result['only_in_labels_csv']} only in "
-             "the labels CSV"]
+             f"{result['only_in_predictions']} only in the predictions, "
+             f"{result['only_in_labels_csv']} only in the labels CSV"]
     agree = result.get("agreement_with_own_labels")
     if agree:
         kappa = "n/a" if agree["kappa"] is None else f"{agree['kappa']:.3f}"

@@ -1,14 +1,6 @@
-"""The ensemble run behind ensemble.py: join prediction files, blend, threshold, write, report.
-
-Outputs, for `--output=DIR/submission.csv`:
-  DIR/submission.csv                    image_id, decision (0/1; column names settable)
-  DIR/submission.probabilities.csv      image_id, p_abnormal (the blend), label (when known)
-  DIR/submission.probabilities.json     its sidecar: inputs, weights, threshold, how they were chosen
-  DIR/submission_report/                metrics.json, roc.png, precision_recall.png (labels known only)
-Each input's p_uncalibrated (contracts/prediction_files.py) goes through its ensemble temperature
-(1 unless fitted with --fit_on), never its run's: no probability is calibrated twice. In the report
-every input model is scored so, as it enters the blend, at the ensemble's threshold, so the rows compare.
-"""
+"""ensemble.py's run: join prediction files on image id, calibrate each member (its ensemble
+temperature, 1 unless fitted with --fit_on, never its run's: nothing is calibrated twice), blend,
+threshold, and write the submission, the blend with its sidecar (the ensemble file) and the report."""
 
 from __future__ import annotations
 
@@ -35,6 +27,7 @@ from contracts.prediction_files import (
 from evaluation import agreement, html_report, settings
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
+from evaluation.statistics import Scores, paired_auroc_difference
 from training import calibration
 from training.metrics import auroc_or_nan
 
@@ -44,19 +37,9 @@ BLENDED = f"each input's {PROB_UNCALIBRATED} after its temperature here"  # in t
 
 @dataclasses.dataclass(frozen=True)
 class EnsembleResult:
-    """What an ensemble run chose and wrote.
-
-    Attributes:
-      submission: path of the submission CSV.
-      probabilities: path of the blended-probabilities CSV (its sidecar beside it).
-      weights: model name -> weight (summing to 1), in --predictions order.
-      threshold: the decision threshold applied.
-      fit: the validation fit, or None when nothing was fitted.
-      metrics: {name: metrics} when labels are known, else None.
-      report_dir: where the report went, or None.
-      gain: with validation files and known labels, the ensemble's AUROC minus that of the member
-        best on validation, with a paired bootstrap interval (report_dir/ensemble_gain.json).
-    """
+    """What an ensemble run chose and wrote: weights by model name (in --predictions order), the
+    fit (None: nothing fitted), the metrics and report_dir (None without known labels), the gain
+    over the member best on validation and the rescoring against --other_labels_csv."""
 
     submission: str
     probabilities: str
@@ -65,18 +48,15 @@ class EnsembleResult:
     fit: blend_lib.Fit | None
     metrics: dict[str, Any] | None
     report_dir: str | None
-    gain: dict[str, Any] | None = None  # the ensemble against the best single model (see _gain)
-    other_labels: dict[str, Any] | None = None  # the rescoring against --other_labels_csv (evaluation/agreement.py)
+    gain: dict[str, Any] | None = None
+    other_labels: dict[str, Any] | None = None
 
 
 def model_names(files: Sequence[Predictions]) -> list[str]:
-    """Returns one report name per file: its backbone when that is unique, else its file name stem."""
+    """One report name per file: its backbone when that is unique, else its file name stem."""
     backbones = [f.backbone for f in files]
-    names = []
-    for file in files:
-        stem = os.path.splitext(os.path.basename(file.path))[0]
-        unique = file.backbone is not None and backbones.count(file.backbone) == 1
-        names.append(file.backbone if unique else stem)
+    names = [f.backbone if f.backbone is not None and backbones.count(f.backbone) == 1
+             else os.path.splitext(os.path.basename(f.path))[0] for f in files]
     # Same stems from different folders: number them so every entry keeps its own row.
     return [name if names.count(name) == 1 and name != ENSEMBLE else f"{name}#{i + 1}"
             for i, name in enumerate(names)]
@@ -116,45 +96,31 @@ class _Choice:
     threshold: float
     temperatures: list[float]  # one per model, 1 where none was fitted
     fit: blend_lib.Fit | None
-    validation_aurocs: list[float] | None
     validation: tuple[np.ndarray, np.ndarray] | None  # (labels, calibrated member probs (N, M))
 
 
-def _scored(temperature: float) -> str:
-    """What a member's report numbers are computed on (report.SCORED)."""
-    return PROB_UNCALIBRATED if temperature == 1.0 else f"{PROB_UNCALIBRATED} at T={temperature:.4g}"
-
-
-def _choose(
-    files: Sequence[Predictions],
-    names: Sequence[str],
-    weights: Sequence[float] | None,
-    threshold: float | None,
-    fit_on: Sequence[str] | None,
-    fit_step: float,
-) -> _Choice:
+def _choose(files: Sequence[Predictions], weights: Sequence[float] | None, threshold: float | None,
+            fit_on: Sequence[str] | None, fit_step: float) -> _Choice:
     fixed_weights = None if weights is None else blend_lib.normalise_weights(weights, len(files))
     fixed_threshold = None if threshold is None else blend_lib.check_threshold(threshold)
     if not fit_on:
         chosen = fixed_weights if fixed_weights is not None else blend_lib.reference_weights(files)
         return _Choice(chosen, settings.ENSEMBLE_THRESHOLD if fixed_threshold is None else fixed_threshold,
-                       [1.0] * len(files), None, None, None)
+                       [1.0] * len(files), None, None)
     fit_files = [read_predictions(path) for path in fit_on]
     _check_fit_pairs(files, fit_files)
     validation = align(fit_files)
-    labels = blend_lib.check_fit_labels(validation.labels, fit_on, validation.ids)
-    # One order: temperatures first (each member on its own validation predictions, before any
-    # temperature), then the weights and threshold on the calibrated members.
-    temperatures = blend_lib.fit_temperatures(validation.uncalibrated, labels, names)
+    labels = blend_lib.check_fit_labels(validation.labels, fit_on, validation.ids)  # both classes
+    # One order: each member's temperature on its own validation predictions, then the weights and
+    # threshold on the calibrated members.
+    temperatures = [calibration.fit_temperature(labels, column) for column in validation.uncalibrated.T]
     members = blend_lib.calibrate_members(validation.uncalibrated, temperatures)
     fit = blend_lib.fit(members, labels, step=fit_step, weights=fixed_weights, threshold=fixed_threshold)
-    validation_aurocs = [auroc_or_nan(labels, members[:, m]) for m in range(len(files))]
-    return _Choice(fit.weights, fit.threshold, temperatures, fit, validation_aurocs, (labels, members))
+    return _Choice(fit.weights, fit.threshold, temperatures, fit, (labels, members))
 
 
-def _write_submission(
-    path: str, ids: np.ndarray, decisions: np.ndarray, id_column: str, label_column: str
-) -> None:
+def _write_submission(path: str, ids: np.ndarray, decisions: np.ndarray, id_column: str,
+                      label_column: str) -> None:
     if not id_column or not label_column or id_column == label_column:
         raise UserInputError(
             f"submission columns {id_column!r} and {label_column!r} must be two different non-empty names"
@@ -165,41 +131,46 @@ def _write_submission(
 
 
 def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members: np.ndarray,
-            blended: np.ndarray, choice: _Choice) -> list[report_lib.Scores]:
-    """Every member scored as it is blended (after its temperature) at the ensemble's threshold,
-    so the rows compare, and the ensemble itself."""
-    validation = choice.validation
-    scores = [
-        report_lib.Scores(name, aligned.labels, members[:, m], choice.threshold, {
+            blended: np.ndarray, choice: _Choice) -> list[Scores]:
+    """Every member as it enters the blend (after its temperature) at the ensemble's threshold, so
+    the rows compare, then the ensemble."""
+    val = choice.validation
+    blended_val = None if val is None else (val[0], blend_lib.blend(val[1], choice.weights))
+    scores = []
+    for m, (name, file) in enumerate(zip(names, files)):
+        temperature = choice.temperatures[m]
+        scored = PROB_UNCALIBRATED if temperature == 1.0 else f"{PROB_UNCALIBRATED} at T={temperature:.4g}"
+        scores.append(Scores(name, aligned.labels, members[:, m], choice.threshold, {
             "crop": file.crop, "train_crop": (file.sidecar or {}).get("train_crop"), "source": file.path,
-            "temperature": choice.temperatures[m], report_lib.SCORED: _scored(choice.temperatures[m])},
-            uncalibrated=None if choice.temperatures[m] == 1.0 else aligned.uncalibrated[:, m], meta=aligned.meta,
-            validation=None if validation is None else (validation[0], validation[1][:, m]))
-        for m, (name, file) in enumerate(zip(names, files))
-    ]
-    scores.append(report_lib.Scores(ENSEMBLE, aligned.labels, blended, choice.threshold, {
+            "temperature": temperature, report_lib.SCORED: scored},
+            uncalibrated=None if temperature == 1.0 else aligned.uncalibrated[:, m], meta=aligned.meta,
+            validation=None if val is None else (val[0], val[1][:, m])))
+    scores.append(Scores(ENSEMBLE, aligned.labels, blended, choice.threshold, {
         "crop": _common([f.crop for f in files]),
         "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]), report_lib.SCORED: PROB,
-    }, meta=aligned.meta, validation=None if validation is None else (
-        validation[0], blend_lib.blend(validation[1], choice.weights))))
+    }, meta=aligned.meta, validation=blended_val))
     return scores
 
 
 def _gain(report_dir: str, names: Sequence[str], aligned, members: np.ndarray, blended: np.ndarray,
-          validation_aurocs: list[float] | None, bootstrap: int) -> dict[str, Any] | None:
-    """The ensemble against the single model best on validation (never chosen on the reported
-    records), as a paired bootstrap difference of AUROC; written to report_dir/GAIN_FILE."""
-    if validation_aurocs is None or len(names) < 2 or all(np.isnan(validation_aurocs)):
+          validation: tuple[np.ndarray, np.ndarray] | None, bootstrap: int) -> dict[str, Any] | None:
+    """The ensemble against the member best on validation (never chosen on the reported records):
+    a paired bootstrap difference of AUROC, written to report_dir/GAIN_FILE."""
+    if validation is None or len(names) < 2:
+        return None
+    validation_aurocs = [auroc_or_nan(validation[0], validation[1][:, m]) for m in range(len(names))]
+    if all(np.isnan(validation_aurocs)):
         return None
     best = int(np.nanargmax(validation_aurocs))
     known = aligned.labels >= 0
     labels, single, patients = aligned.labels[known], members[known, best], aligned.meta.get(PATIENT)
-    gain = {"best_single": names[best], "chosen_on": "validation AUROC",
-            "validation_aurocs": dict(zip(names, validation_aurocs)),
-            "ensemble_auroc": auroc_or_nan(labels, blended[known]), "best_single_auroc": auroc_or_nan(labels, single),
-            **report_lib.paired_auroc_difference(labels, blended[known], single, bootstrap,
-                                                 None if patients is None else patients[known])}
-    gain = json_ready(gain)
+    gain = json_ready({
+        "best_single": names[best], "chosen_on": "validation AUROC",
+        "validation_aurocs": dict(zip(names, validation_aurocs)),
+        "ensemble_auroc": auroc_or_nan(labels, blended[known]),
+        "best_single_auroc": auroc_or_nan(labels, single),
+        **paired_auroc_difference(labels, blended[known], single, bootstrap,
+                                  None if patients is None else patients[known])})
     write_json(os.path.join(report_dir, report_lib.GAIN_FILE), gain)
     return gain
 
@@ -231,18 +202,16 @@ def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], 
 
 def check_outputs_spare_inputs(output: str, predictions: Sequence[str], fit_on: Sequence[str] | None,
                                other_labels_csv: str | None) -> None:
-    """Refuses an --output whose files (the submission, the blend and its sidecar, the ensemble
-    file) would replace a file the run reads: a prediction or --fit_on file, its sidecar, or the labels CSV.
-
-    Raises:
-      UserInputError: naming --output, the file and the fix (see `check_no_overwrite`).
-    """
-    blend = ensemble_file.blend_path(output)
-    writes = [("output", output, path) for path in (output, blend, ensemble_file.ensemble_path(output))]
+    """Refuses an --output whose files (submission, blend, sidecar, ensemble file) would replace a
+    file the run reads (a prediction or --fit_on file, its sidecar, the labels CSV)."""
+    writes = [("output", output, path) for path in
+              (output, ensemble_file.blend_path(output), ensemble_file.ensemble_path(output))]
     reads = [(f"--{flag} reads{'' if path == csv else f' (the sidecar of {csv})'}", path)
              for flag, csvs in (("predictions", predictions), ("fit_on", fit_on or ()))
              for csv in csvs for path in (csv, sidecar_path(csv))]
-    check_no_overwrite(writes, reads + ([("--other_labels_csv reads", other_labels_csv)] if other_labels_csv else []))
+    if other_labels_csv:
+        reads.append(("--other_labels_csv reads", other_labels_csv))
+    check_no_overwrite(writes, reads)
 
 
 def run_ensemble(
@@ -295,11 +264,9 @@ def run_ensemble(
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
     names = model_names(files)
-    choice = _choose(files, names, weights, threshold, fit_on, fit_step)
-    fit, chosen_threshold = choice.fit, choice.threshold
+    choice = _choose(files, weights, threshold, fit_on, fit_step)
     members = blend_lib.calibrate_members(aligned.uncalibrated, choice.temperatures)
     blended = blend_lib.blend(members, choice.weights)
-    decisions = blend_lib.decide(blended, chosen_threshold)
     metrics = gain = other_result = None
     report_dir = report_dir or settings.default_report_dir(output)
     # The report first and the submission last; a failure anywhere leaves none of the files.
@@ -307,7 +274,7 @@ def run_ensemble(
         scores = _scores(files, names, aligned, members, blended, choice)
         if report_lib.has_known_labels(aligned.labels):
             metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
-            gain = _gain(report_dir, names, aligned, members, blended, choice.validation_aurocs, bootstrap)
+            gain = _gain(report_dir, names, aligned, members, blended, choice.validation, bootstrap)
         if other is not None:
             other_result = agreement.write_other_labels(report_dir, other, aligned.ids, scores, bootstrap)
         if metrics is None and other_result is None:
@@ -315,22 +282,18 @@ def run_ensemble(
         else:
             html_report.write_index(report_dir)
         probabilities = ensemble_file.blend_path(output)
-        weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
         _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step)
-        _write_submission(output, aligned.ids, decisions, id_column, label_column)
-    return EnsembleResult(output, probabilities, weight_map, chosen_threshold, fit, metrics, report_dir, gain,
-                          other_result)
+        _write_submission(output, aligned.ids, blend_lib.decide(blended, choice.threshold), id_column,
+                          label_column)
+    weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
+    return EnsembleResult(output, probabilities, weight_map, choice.threshold, choice.fit, metrics,
+                          report_dir, gain, other_result)
 
 
 def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
                    extra_sidecar: dict[str, Any] | None = None) -> tuple[int, int, float]:
-    """Blends the members' prediction files with the ensemble file's weights into `output`.
-
-    Args:
-      ensemble: ensemble.py's `.probabilities.json`.
-      model_dirs: the --model_dir folders, in the order of `member_files`.
-      member_files: each model's prediction CSV.
-      output: the blended prediction CSV (image_id, p_abnormal: the blend[, label]) with its sidecar.
+    """Blends the members' prediction files (`member_files`, one per --model_dir in `model_dirs`)
+    with the ensemble file's weights and temperatures into `output` with its sidecar.
 
     Returns:
       (records, records at or above the ensemble's threshold, the threshold).
@@ -338,9 +301,8 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
     loaded = ensemble_file.load_ensemble(ensemble)
     by_dir = dict(zip(model_dirs, member_files))
     pairs = ensemble_file.match_members(loaded, model_dirs)
-    files = [read_predictions(by_dir[model_dir]) for _, model_dir in pairs]
-    aligned = align(files)
-    weights = blend_lib.normalise_weights([member.weight for member, _ in pairs], len(pairs))
+    aligned = align([read_predictions(by_dir[model_dir]) for _, model_dir in pairs])
+    weights = np.array([member.weight for member, _ in pairs])  # checked and normalised by load_ensemble
     temperatures = [member.temperature for member, _ in pairs]
     blended = blend_lib.blend(blend_lib.calibrate_members(aligned.uncalibrated, temperatures), weights)
     write_predictions(output, aligned.ids, blended, aligned.labels, meta=aligned.meta, sidecar={
@@ -354,7 +316,7 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
 
 
 def summary(result: EnsembleResult) -> str:
-    """Returns what an ensemble run chose (and why) and wrote, with the report table when there is one."""
+    """What an ensemble run chose (and why) and wrote, with the report table when there is one."""
     weights = ", ".join(f"{name} {weight:.3f}" for name, weight in result.weights.items())
     lines = [f"weights: {weights}", f"threshold: {result.threshold:.4f}"]
     if result.fit is not None:
@@ -370,15 +332,6 @@ def summary(result: EnsembleResult) -> str:
     if result.report_dir is not None:
         lines += ["", f"report: {result.report_dir}"]
     if result.gain is not None:
-        lines.append(gain_line(result.gain))
+        lines.append(report_lib.gain_line(result.gain))
     return "\n".join(lines)
 
-
-def gain_line(gain: dict[str, Any]) -> str:
-    """One line: the ensemble's AUROC against the best single model's, and the paired difference."""
-    interval = gain["ci95"]
-    shown = f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else f"(none: {gain.get('ci95_absent')})"
-    return (f"ensemble AUROC {gain['ensemble_auroc']:.3f} vs {gain['best_single']} (best on validation) "
-            f"{gain['best_single_auroc']:.3f}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
-            f"interval by patient {shown} ({gain['resamples_used']} of {gain['resamples']} resamples of "
-            f"{gain['patients']} patients usable)")

@@ -1,17 +1,6 @@
-"""Where each cell of a backbone's feature map sits over the input image, read from its layers.
-
-Upsampling a coarse map as if its h cells tiled the S input pixels evenly (cell i centred at
-(i + 0.5) S / h, what `tf.image.resize` assumes) misplaces it: TensorFlow's "same" padding with
-stride 2 pads the bottom and right, a 1x1 convolution with stride 2 samples the top-left pixel of
-each pair, and explicit `ZeroPadding2D` layers shift the grid again. Each such layer moves the
-centres of the cells it makes by part of a stride (1.5 px at 64 px for the two-convolution test
-backbone, about 15 px at 224 px for Keras' ResNet50), so a map drawn by even tiling sits beside
-the lesion that lit it. Here the classifier's graph is walked from its input: every layer either
-keeps its input's grid or changes it by the rule of its kernel, stride, padding and dilation, and
-the result is each axis' (offset, stride), cell i's centre being offset + stride * i input pixels
-(pixel p spans [p, p + 1)). The walk reads Keras' functional graph (`_nodes_by_depth`, a private
-attribute of Keras 3); a graph it cannot follow falls back to even tiling, and says so.
-"""
+"""Where each cell of a feature map sits over the input image: (offset, stride) per axis, cell i
+centred at offset + stride * i, read by walking the classifier's layers ("same" padding, strided
+1x1 convolutions and ZeroPadding2D shift the grid off even tiling by up to half a cell)."""
 
 from __future__ import annotations
 
@@ -27,7 +16,7 @@ _WINDOWED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Sep
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """Cell i of an axis is centred at offset + stride * i input pixels (per axis: rows, columns)."""
+    """Cell i of an axis (rows, columns) is centred at offset + stride * i input pixels."""
 
     offset: tuple[float, float]
     stride: tuple[float, float]
@@ -41,7 +30,9 @@ def _windowed(layer, geometry, in_shape, out_shape):
     for axis in (0, 1):
         size_in, size_out = in_shape[1 + axis], out_shape[1 + axis]
         span = (kernel[axis] - 1) * dilation[axis] + 1
-        total = max((size_out - 1) * layer.strides[axis] + span - size_in, 0) if layer.padding == "same" else 0
+        total = 0
+        if layer.padding == "same":
+            total = max((size_out - 1) * layer.strides[axis] + span - size_in, 0)
         offset, stride = geometry[0][axis], geometry[1][axis]
         offsets.append(offset + stride * (-(total // 2) + (span - 1) / 2))  # TF pads the smaller half first
         strides.append(stride * layer.strides[axis])
@@ -66,10 +57,11 @@ def _layer_grid(layer, inputs, in_shapes, out_shape):
             return grid
     if all(grid is None for grid in inputs):
         return None  # made from pooled features (a squeeze-excitation's Reshape), not from the image grid
-    raise ValueError(f"layer {layer.name} ({type(layer).__name__}) changes the spatial grid in a way not modelled")
+    raise ValueError(f"layer {layer.name} ({type(layer).__name__}) changes the grid in a way not modelled")
 
 
 def _walk(model: keras.Model, grid, found: dict) -> object:
+    # Keras 3's functional graph through a private attribute; a graph it cannot follow falls back.
     found[id(model.inputs[0])] = grid
     for depth in sorted(model._nodes_by_depth, reverse=True):  # inputs first
         for node in model._nodes_by_depth[depth]:
@@ -87,11 +79,8 @@ def _walk(model: keras.Model, grid, found: dict) -> object:
 
 
 def feature_grid(classifier: keras.Model, feature_tensor) -> Grid:
-    """The grid of `feature_tensor` (a 4-D tensor of `classifier`'s graph) over the classifier's input.
-
-    Falls back to even tiling (`from_layers` False) when the graph holds a layer whose effect on
-    the grid is not modelled.
-    """
+    """The grid of `feature_tensor` (4-D, in `classifier`'s graph) over the input; even tiling
+    (`from_layers` False) when a layer's effect on the grid is not modelled."""
     size = (int(classifier.input_shape[1]), int(classifier.input_shape[2]))
     cells = (int(feature_tensor.shape[1]), int(feature_tensor.shape[2]))
     found: dict = {}

@@ -1,23 +1,6 @@
-"""Grad-CAM of a saved classifier, and of an ensemble as the weighted mean of its members' maps.
-
-Grad-CAM (Selvaraju et al., 2017) weights each channel k of a convolutional feature map A by the
-mean over positions of d(target)/dA_k, sums the weighted channels, keeps the positive part, and
-here upsamples the result to the input's resolution and divides it by its maximum.
-
-- The feature map is the input of the head's pooling layer (`models.heads.POOL_LAYER`): whatever
-  the backbone is, and wherever `--feature_layer` cut it, it is the last map the head sees.
-- Upsampling is bilinear between the cells' true centres over the input, read from the backbone's
-  layers (`evaluation.feature_grid`), not between evenly spread centres, which would shift the map
-  by up to half a cell.
-- The target is the pre-softmax margin z_abnormal - z_normal, computed with the softmax layer's own
-  kernel (as the exported `logit` is). It equals log P(abnormal) - log P(normal), the log-odds.
-  The gradient of P(abnormal) is the margin's times P(abnormal) P(normal), a per-image factor that
-  the normalisation removes, until float32 rounds that factor to 0 on an image the model is sure
-  of (a margin past ~17) and leaves its map empty; the margin's gradient never vanishes so.
-- An ensemble's map is the weighted mean of its members' maps, each normalised to a maximum of 1
-  first (two networks' gradients have unrelated scales), with the ensemble file's weights; it is
-  not normalised again, so its maximum is below 1 where the members disagree.
-"""
+"""Grad-CAM (Selvaraju et al., 2017) of a saved classifier on the head's pooled feature map,
+upsampled between the cells' true centres (evaluation.feature_grid); an ensemble's map is the
+weighted mean of its members' maps, each normalised to a maximum of 1 first."""
 
 from __future__ import annotations
 
@@ -42,8 +25,9 @@ class GradCam:
         self.image_size = int(classifier.input_shape[1])
         self.grid = feature_grid(classifier, pool.input)
         rows, cols = self.feature_map_shape()[:2]
-        self._upsample = [tf.constant(upsampling_matrix(cells, self.image_size, self.grid.offset[a], self.grid.stride[a]))
-                          for a, cells in enumerate((rows, cols))]
+        self._upsample = [
+            tf.constant(upsampling_matrix(cells, self.image_size, self.grid.offset[a], self.grid.stride[a]))
+            for a, cells in enumerate((rows, cols))]
         self._maps = tf.function(self._compute, reduce_retracing=True)
 
     def feature_map_shape(self) -> tuple[int, int, int]:
@@ -56,6 +40,8 @@ class GradCam:
             tape.watch(images)
             features, hidden = self._network(images, training=False)
             logits = tf.matmul(tf.cast(hidden, tf.float32), self._head.kernel) + self._head.bias
+            # The log-odds, not P(abnormal): the probability's gradient carries a factor p (1 - p)
+            # that float32 rounds to 0 on an image the model is sure of, leaving its map empty.
             margin = logits[:, 1] - logits[:, 0]
         # Each image's margin depends on its own features only, so one gradient of the sum is the
         # per-image gradient.
@@ -68,15 +54,8 @@ class GradCam:
 
 
 def cam(features: tf.Tensor, gradients: tf.Tensor, rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
-    """Grad-CAM from a (B, h, w, C) feature map and the target's gradient with respect to it.
-
-    Args:
-      rows, cols: (S, h) and (S, w) upsampling matrices (`feature_grid.upsampling_matrix`).
-
-    Returns:
-      (B, S, S) float32: ReLU(sum_k mean(gradient_k) * features_k), upsampled, divided by its
-      maximum; a map with no positive value stays all zeros.
-    """
+    """(B, S, S) ReLU(sum_k mean(gradient_k) * features_k) of a (B, h, w, C) feature map,
+    upsampled by the (S, h) and (S, w) matrices `rows`, `cols`, divided by its maximum (or all 0)."""
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     low = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
     maps = tf.einsum("yi,bij,xj->byx", rows, low, cols)
@@ -85,11 +64,7 @@ def cam(features: tf.Tensor, gradients: tf.Tensor, rows: tf.Tensor, cols: tf.Ten
 
 
 def ensemble_map(member_maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """The ensemble's maps: the `weights`-weighted mean of each member's (B, S, S) maps.
-
-    Raises:
-      ValueError: not one weight per member, or members' maps of different shapes.
-    """
+    """The `weights`-weighted mean of the members' (B, S, S) maps (not normalised again)."""
     if len(member_maps) != len(weights):
         raise ValueError(f"{len(member_maps)} members' maps but {len(weights)} weights")
     stacked = np.stack([np.asarray(m, np.float64) for m in member_maps])

@@ -1,10 +1,5 @@
-"""report/index.html: the whole report on one static page, its images beside it.
-
-It reads what the report wrote (metrics.json, the curves, calibration, subgroups, operating points,
-the ensemble's gain, a second label set) and what explain.py wrote into the report's
-`explanations/` folder (the localization scores and the Grad-CAM overlays), and shows each
-section only when its file exists. No script, no stylesheet or font from the internet: the page opens from the disk.
-"""
+"""report/index.html: every report section whose file exists (`report.SECTIONS`, in order) and
+explain.py's `explanations/` folder, on one static page that needs nothing from the internet."""
 
 from __future__ import annotations
 
@@ -17,21 +12,22 @@ from typing import Any, Callable
 from contracts import explanation_folder
 from contracts.atomic import write_text
 from contracts.output_names import PROB
-from evaluation import agreement, calibration_report, operating_points, subgroups
+from evaluation import agreement, localization
 from evaluation import report as report_lib
 
 INDEX_FILE = "index.html"
-EXPLANATIONS_DIR = explanation_folder.IN_REPORT  # explain.py --output_dir=<report>/explanations joins the page
+EXPLANATIONS_DIR = explanation_folder.IN_REPORT  # explain.py --output_dir=<report>/explanations
 
 _STYLE = """body{font-family:sans-serif;margin:2em auto;max-width:72em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left}img{max-width:32em;margin:.3em}figure{display:inline-block;margin:.3em}
+table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th:first-child,td:first-child{text-align:left}
+img{max-width:32em;margin:.3em}figure{display:inline-block;margin:.3em}
 figcaption{font-size:.8em;max-width:20em}.note{color:#555;font-size:.9em}"""
 
 
 def _load(report_dir: str, name: str) -> Any:
     path = os.path.join(report_dir, name)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         return None
     with open(path) as f:
         return json.load(f)
@@ -57,34 +53,23 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _metrics_section(metrics: dict[str, Any]) -> str:
     names = list(metrics)
-    rows = []
-    for key, label in report_lib.TABLE_ROWS:
-        cells = []
-        for name in names:
-            value = metrics[name].get(key)
-            cells.append(_interval(value) if key.endswith("_ci95") else html.escape(report_lib.cell(value)))
-        rows.append([html.escape(label)] + cells)
-    return "<h2>Metrics</h2>" + _table(["metric"] + names, rows) + (
-        f'<img src="{report_lib.ROC_FILE}" alt="ROC curves"><img src="{report_lib.PR_FILE}" alt="precision-recall curves">')
+    rows = [[html.escape(label)] + [_interval(metrics[n].get(key)) if key.endswith("_ci95")
+                                    else html.escape(report_lib.cell(metrics[n].get(key))) for n in names]
+            for key, label in report_lib.TABLE_ROWS]
+    return "<h2>Metrics</h2>" + _table(["metric"] + names, rows)
 
 
 def _gain_section(gain: dict[str, Any]) -> str:
-    return ("<h2>Ensemble against its best member</h2><p>Ensemble AUROC "
-            f"{_number(gain['ensemble_auroc'])} against {html.escape(str(gain['best_single']))} (best on validation) "
-            f"{_number(gain['best_single_auroc'])}: difference {gain['difference']:+.3f}, paired bootstrap 95% "
-            f"interval by patient {_interval(gain.get('ci95'))}"
-            f"{html.escape(' (none: ' + gain['ci95_absent'] + ')') if gain.get('ci95_absent') else ''} "
-            f"({gain.get('resamples_used', 'n/a')} of "
-            f"{gain['resamples']} resamples of {gain.get('patients', 'n/a')} patients usable).</p>")
+    return f"<h2>Ensemble against its best member</h2><p>{html.escape(report_lib.gain_line(gain))}.</p>"
 
 
 def _calibration_section(metrics: dict[str, Any]) -> str:
-    rows = [[html.escape(name), _number(m.get("temperature")), _number(m.get("ece_uncalibrated")), _number(m.get("ece")),
-             _number(m.get("brier_uncalibrated")), _number(m.get("brier"))] for name, m in metrics.items()]
-    return ("<h2>Calibration</h2><p class=note>Expected calibration error over equal-width bins of P(abnormal) "
-            "and Brier score, before and after each model's temperature (fitted on validation; n/a: none "
-            "applied).</p>" + _table(["model", "temperature", "ECE before", "ECE", "Brier before", "Brier"], rows)
-            + f'<img src="{calibration_report.RELIABILITY_FILE}" alt="reliability diagram">')
+    keys = ("temperature", "ece_uncalibrated", "ece", "brier_uncalibrated", "brier")
+    rows = [[html.escape(name)] + [_number(m.get(key)) for key in keys] for name, m in metrics.items()]
+    return ("<h2>Calibration</h2><p class=note>Expected calibration error over equal-width bins of "
+            "P(abnormal) and Brier score, before and after each model's temperature (fitted on validation; "
+            "n/a: none applied).</p>"
+            + _table(["model", "temperature", "ECE before", "ECE", "Brier before", "Brier"], rows))
 
 
 def _operating_points_section(points: dict[str, Any]) -> str:
@@ -107,9 +92,9 @@ def _subgroups_section(tables: dict[str, Any]) -> str:
     for name, rows in tables.items():
         parts.append(f"<h3>{html.escape(name)}</h3>" + _table(
             ["attribute", "group", "n", "patients", "prevalence", "AUROC", "95% CI (by patient)"],
-            [[html.escape(r["attribute"]), html.escape(r["group"]), str(r["n"]), str(r.get("patients", "n/a")),
-              _number(r["prevalence"]),
-              _number(r["auroc"]), _interval(r["auroc_ci95"])] for r in rows]))
+            [[html.escape(r["attribute"]), html.escape(r["group"]), str(r["n"]),
+              str(r.get("patients", "n/a")), _number(r["prevalence"]), _number(r["auroc"]),
+              _interval(r["auroc_ci95"])] for r in rows]))
     return "".join(parts)
 
 
@@ -118,37 +103,48 @@ def _other_labels_section(other: dict[str, Any]) -> str:
     return f"<h2>Against another label set</h2><p>{text}</p>"
 
 
-SECTIONS: tuple[tuple[str, Callable[[Any], str]], ...] = (
-    (report_lib.GAIN_FILE, _gain_section),
-    (operating_points.OPERATING_POINTS_FILE, _operating_points_section),
-    (subgroups.SUBGROUPS_FILE, _subgroups_section),
-    (agreement.OTHER_LABELS_FILE, _other_labels_section),
-)
+# A JSON section's renderer gets its file's content; a PNG section shows as an image, after its
+# renderer's table of metrics.json when it has one.
+_RENDER: dict[str, Callable[[Any], str]] = {
+    "metrics": _metrics_section,
+    "calibration": _calibration_section,
+    "ensemble gain": _gain_section,
+    "operating points": _operating_points_section,
+    "subgroups": _subgroups_section,
+    "other labels": _other_labels_section,
+}
+
+
+def _section(report_dir: str, section: report_lib.Section) -> str:
+    if section.file.endswith(".png"):
+        metrics = _load(report_dir, report_lib.METRICS_FILE)
+        table = _RENDER[section.name](metrics) if metrics and section.name in _RENDER else ""
+        return table + f'<img src="{section.file}" alt="{html.escape(section.name)}">'
+    content = _load(report_dir, section.file)
+    return _RENDER[section.name](content) if content else ""
 
 
 def _localization_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for name, row in [("all findings", report["overall"])] + sorted(report.get("per_finding", {}).items()):
-        rows.append([html.escape(name), str(row["images"]), str(row["boxes"]), _number(row["pointing_game"]),
-                     _number(row["pointing_game_baseline"]), _number(row["energy_in_boxes"]),
-                     _number(row["energy_in_boxes_baseline"]), _number(row["box_area_fraction"])])
-    return rows
+    named = [("all findings", report["overall"])] + sorted(report.get("per_finding", {}).items())
+    return [[html.escape(name), str(row["images"]), str(row["boxes"])]
+            + [_number(row[column]) for column in localization.MEANS] for name, row in named]
 
 
 def _explanations_section(report_dir: str) -> str:
     folder = os.path.join(report_dir, EXPLANATIONS_DIR)
     index = explanation_folder.load_index(folder)
     parts = ["<h2>Where the model looks</h2><p class=note>Grad-CAM on the last convolutional feature map "
-             "(for an ensemble, the weighted mean of its members' maps); boxes drawn where the image has them.</p>"]
-    localization = index.get("localization")
-    if localization and localization.get("scored"):
+             "(for an ensemble, the weighted mean of its members' maps); boxes drawn where the image has "
+             "them.</p>"]
+    located = index.get("localization")
+    if located and located.get("scored"):
         parts.append("<h3>Localization against the expert boxes</h3><p class=note>Pointing game: the map's "
                      "maximum falls inside a box. Energy: the map's share inside the boxes. Each beside a "
                      "centred Gaussian map, the 'look at the middle' baseline.</p>" + _table(
-                         ["finding", "images", "boxes", "pointing game", "baseline", "energy in boxes", "baseline",
-                          "box area"], _localization_rows(localization)))
-    elif localization:
-        parts.append(f"<p>Localization not scored: {html.escape(str(localization.get('reason')))}</p>")
+                         ["finding", "images", "boxes", "pointing game", "baseline", "energy in boxes",
+                          "baseline", "box area"], _localization_rows(located)))
+    elif located:
+        parts.append(f"<p>Localization not scored: {html.escape(str(located.get('reason')))}</p>")
     figures = []
     for entry in index["images"]:
         label = {1: "abnormal", 0: "normal"}.get(entry.get("label"), "unknown")
@@ -161,20 +157,12 @@ def _explanations_section(report_dir: str) -> str:
 
 
 def write_index(report_dir: str) -> str:
-    """Writes report_dir/INDEX_FILE from the report files present (and from explain.py's folder
-    report_dir/EXPLANATIONS_DIR when there is one); returns its path.
-    """
+    """Writes report_dir/INDEX_FILE from the files present there; returns its path."""
     title = f"Chest X-ray classifier report: {os.path.basename(os.path.abspath(report_dir))}"
     parts = [f"<!DOCTYPE html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
-    metrics = _load(report_dir, report_lib.METRICS_FILE)
-    if metrics:
-        parts.append(_metrics_section(metrics))
-        parts.append(_calibration_section(metrics))
-    for name, render in SECTIONS:
-        loaded = _load(report_dir, name)
-        if loaded:
-            parts.append(render(loaded))
+    parts += [_section(report_dir, section) for section in report_lib.SECTIONS
+              if os.path.isfile(os.path.join(report_dir, section.file))]
     if os.path.isfile(os.path.join(report_dir, EXPLANATIONS_DIR, explanation_folder.INDEX)):
         parts.append(_explanations_section(report_dir))
     parts.append("</body></html>")

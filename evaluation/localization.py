@@ -1,19 +1,6 @@
-"""Scoring heatmaps against expert boxes: the pointing game and the energy inside the boxes.
-
-For one image with boxes (in stored-image pixels, `contracts.boxes.stored_box`):
-- pointing game: a hit when the map's maximum (the first one in row-major order) falls on a pixel
-  inside one of the boxes; a map with no maximum (all zeros, or flat) is a miss;
-- energy in the boxes: the map's sum over pixels inside the boxes divided by its sum over the image
-  (0 for an all-zero map).
-A pixel is inside a box when its centre is; a box too small to hold a pixel centre marks the pixel
-holding its own centre, so every box covers at least one pixel. Overall, an image counts its
-boxes of every finding; per finding, only that finding's boxes.
-
-Each number is reported beside the same number for a baseline map that ignores the image: a
-centred Gaussian (sigma a fixed fraction of the side, `settings.LOCALIZATION_BASELINE_SIGMA`),
-which is "look at the middle", and the boxes' share of the image (what a flat map's energy would be).
-No TensorFlow: plain numpy.
-"""
+"""Scoring heatmaps against expert boxes (stored-image pixels): the pointing game (the map's first
+maximum inside a box) and the map's energy inside the boxes, each beside a centred-Gaussian baseline
+map ("look at the middle"). A pixel is inside a box when its centre is."""
 
 from __future__ import annotations
 
@@ -25,11 +12,14 @@ import numpy as np
 from evaluation import settings
 
 ALL_FINDINGS = "all"  # the summary's row over every box
+# A summary row's rates: the mean of each per-image score.
+MEANS = {"pointing_game": "hit", "pointing_game_baseline": "hit_baseline", "energy_in_boxes": "energy",
+         "energy_in_boxes_baseline": "energy_baseline", "box_area_fraction": "area"}
 
 
 def _span(start: float, end: float, size: int) -> np.ndarray:
-    """The pixels along one axis whose centres lie in [start, end]; the pixel holding the middle of
-    a span too thin to hold a centre; none for a span outside [0, size)."""
+    """The pixels of an axis whose centres lie in [start, end] (a thinner span: the pixel holding its
+    middle, so every box covers a pixel); none for a span outside [0, size)."""
     if end <= 0 or start >= size:
         return np.zeros(size, bool)
     centres = np.arange(size) + 0.5
@@ -40,8 +30,8 @@ def _span(start: float, end: float, size: int) -> np.ndarray:
 
 
 def box_mask(boxes: Sequence[Sequence[float]], image_size: int) -> np.ndarray:
-    """Returns the (S, S) bool mask of pixels inside any of `boxes` ((left, top, right, bottom),
-    stored-image pixel units, where pixel (i, j) spans [j, j + 1) x [i, i + 1))."""
+    """The (S, S) mask of pixels inside any (left, top, right, bottom) box; pixel (i, j) spans
+    [j, j + 1) x [i, i + 1)."""
     mask = np.zeros((image_size, image_size), bool)
     for left, top, right, bottom in boxes:
         mask |= _span(top, bottom, image_size)[:, None] & _span(left, right, image_size)[None, :]
@@ -62,15 +52,14 @@ def energy_fraction(heatmap: np.ndarray, mask: np.ndarray) -> float:
 
 
 def centred_gaussian(image_size: int, sigma: float = settings.LOCALIZATION_BASELINE_SIGMA) -> np.ndarray:
-    """The baseline map: exp(-d^2 / (2 (sigma S)^2)), d the distance of a pixel centre from the
-    image's centre, S the side."""
+    """The baseline map exp(-d^2 / (2 (sigma S)^2)), d a pixel centre's distance from the centre."""
     centres = np.arange(image_size) + 0.5 - image_size / 2
     d2 = centres[:, None] ** 2 + centres[None, :] ** 2
     return np.exp(-d2 / (2 * (sigma * image_size) ** 2)).astype(np.float32)
 
 
 class LocalizationTally:
-    """Accumulates per-image scores of maps (and of the baseline) over a split's boxed images."""
+    """Per-image scores of maps and of the baseline; overall counts every box, per finding its own."""
 
     def __init__(self, image_size: int, sigma: float = settings.LOCALIZATION_BASELINE_SIGMA):
         self.image_size = image_size
@@ -93,7 +82,8 @@ class LocalizationTally:
             "scores": {finding: {
                 "boxes": counts[finding],
                 "hit": pointing_hit(heatmap, mask), "hit_baseline": pointing_hit(self.baseline, mask),
-                "energy": energy_fraction(heatmap, mask), "energy_baseline": energy_fraction(self.baseline, mask),
+                "energy": energy_fraction(heatmap, mask),
+                "energy_baseline": energy_fraction(self.baseline, mask),
                 "area": float(mask.mean()),
             } for finding, mask in masks.items()},
         })
@@ -117,14 +107,8 @@ class LocalizationTally:
 
 
 def _row(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    return {
-        "images": len(scores), "boxes": int(sum(s["boxes"] for s in scores)),
-        "pointing_game": float(np.mean([s["hit"] for s in scores])),
-        "pointing_game_baseline": float(np.mean([s["hit_baseline"] for s in scores])),
-        "energy_in_boxes": float(np.mean([s["energy"] for s in scores])),
-        "energy_in_boxes_baseline": float(np.mean([s["energy_baseline"] for s in scores])),
-        "box_area_fraction": float(np.mean([s["area"] for s in scores])),
-    }
+    return {"images": len(scores), "boxes": int(sum(s["boxes"] for s in scores)),
+            **{column: float(np.mean([s[key] for s in scores])) for column, key in MEANS.items()}}
 
 
 def not_scored(reason: str) -> dict[str, Any]:

@@ -19,14 +19,8 @@ BOX_COLOUR = (0, 255, 0)
 def render_overlay(gray: np.ndarray, heatmap: np.ndarray,
                    boxes: Sequence[tuple[str, Sequence[float]]] = (),
                    size: int = settings.OVERLAY_SIZE) -> bytes:
-    """Returns the PNG bytes of `heatmap` over `gray`, with `boxes` outlined and named.
-
-    Args:
-      gray: (S, S) uint8, the stored image.
-      heatmap: (S, S) in [0, 1].
-      boxes: (finding, (left, top, right, bottom) in stored-image pixels) each.
-      size: side of the PNG, at least S (the image is upsampled for viewing, never shrunk).
-    """
+    """PNG bytes of an (S, S) [0, 1] `heatmap` over the (S, S) uint8 stored image, with the
+    (finding, (left, top, right, bottom)) boxes outlined; `size` px, never below S."""
     side = max(size, gray.shape[0])
     scale = side / gray.shape[0]
     background = np.asarray(Image.fromarray(gray).resize((side, side), Image.Resampling.BICUBIC), np.float32)
@@ -38,7 +32,8 @@ def render_overlay(gray: np.ndarray, heatmap: np.ndarray,
     image = Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(image)
     for finding, (left, top, right, bottom) in boxes:
-        corners = [left * scale, top * scale, max(right, left + 1) * scale - 1, max(bottom, top + 1) * scale - 1]
+        corners = [left * scale, top * scale,
+                   max(right, left + 1) * scale - 1, max(bottom, top + 1) * scale - 1]
         draw.rectangle(corners, outline=BOX_COLOUR, width=max(1, side // 128))
         draw.text((corners[0] + 2, corners[1] + 1), finding, fill=BOX_COLOUR)
     buffer = io.BytesIO()

@@ -1,19 +1,17 @@
-"""The report per subgroup: view position, sex and age band, each with n, prevalence and AUROC.
-
-A model can rank well overall and badly for a group (AP films from the ward, children); each row
-carries its bootstrap interval so a reader sees which differences the data can support.
-"""
+"""The report per subgroup (view position, sex, age band): n, prevalence and AUROC with its
+interval, so a reader sees which differences between groups the data can support."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from contracts.demographics import AGE_UNKNOWN
 from contracts.prediction_files import AGE, PATIENT, SEX, VIEW
-from evaluation import bootstrap
+from evaluation import statistics
+from evaluation.statistics import Scores
 from training.metrics import auroc_or_nan
 
 AGE_BANDS = ((0, 20, "<20"), (20, 40, "20-39"), (40, 60, "40-59"), (60, 200, ">=60"))
@@ -28,13 +26,12 @@ def _age_band(age: int) -> str:
 
 
 def group_labels(meta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Returns {"view": ..., "sex": ..., "age band": ...} group names per record (`UNKNOWN` where a
-    record does not say), for the patient columns present in `meta`."""
+    """{"view", "sex", "age band"} -> group name per record (`UNKNOWN` where unsaid), for the
+    patient columns present in `meta`."""
     groups = {}
-    if VIEW in meta:
-        groups["view"] = np.array([v.strip().upper() or UNKNOWN for v in meta[VIEW]], dtype=object)
-    if SEX in meta:
-        groups["sex"] = np.array([s.strip().upper() or UNKNOWN for s in meta[SEX]], dtype=object)
+    for attribute, column in (("view", VIEW), ("sex", SEX)):
+        if column in meta:
+            groups[attribute] = np.array([v.strip().upper() or UNKNOWN for v in meta[column]], dtype=object)
     if AGE in meta:
         groups["age band"] = np.array([_age_band(int(a)) for a in meta[AGE]], dtype=object)
     return groups
@@ -49,22 +46,18 @@ def _order(attribute: str, names) -> list[str]:
 
 def subgroup_table(labels: np.ndarray, probs: np.ndarray, meta: Mapping[str, np.ndarray],
                    resamples: int) -> list[dict[str, Any]]:
-    """Returns one row per (attribute, group) over the records with a known label.
-
-    Each row: attribute, group, n, prevalence, auroc (NaN when the group holds one class),
-    auroc_ci95 (resampling the group's patients, `meta[PATIENT]`, evaluation/bootstrap.py; None when
-    no resample holds both classes), auroc_resamples_used and patients.
-    """
+    """One row per (attribute, group) over the known labels: n, patients, prevalence, auroc (NaN
+    for one class) and auroc_ci95, which resamples the group's patients (`meta[PATIENT]`)."""
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     known = labels >= 0
-    everyone = bootstrap.clusters(meta.get(PATIENT), len(labels))
+    everyone = statistics.clusters(meta.get(PATIENT), len(labels))
     rows = []
     for attribute, groups in group_labels(meta).items():
         for name in _order(attribute, set(groups[known])):
             members = known & (groups == name)
             y, p = labels[members], probs[members]
             clusters = everyone.subset(members)
-            drawn = bootstrap.intervals(clusters, {"auroc": bootstrap.auroc(y, p)}, resamples)["auroc"]
+            drawn = statistics.intervals(clusters, {"auroc": statistics.auroc(y, p)}, resamples)["auroc"]
             rows.append({"attribute": attribute, "group": name, "n": int(members.sum()),
                          "patients": clusters.patients, "prevalence": float(y.mean()) if len(y) else math.nan,
                          "auroc": auroc_or_nan(y, p), "auroc_ci95": drawn["ci95"],
@@ -72,15 +65,7 @@ def subgroup_table(labels: np.ndarray, probs: np.ndarray, meta: Mapping[str, np.
     return rows
 
 
-def format_subgroups(rows: list[dict[str, Any]]) -> str:
-    """Returns the subgroup table as text."""
-    lines = [f"{'attribute':<10} {'group':<8} {'n':>6} {'patients':>8} {'prevalence':>10} {'AUROC':>7}  "
-             f"95% CI (by {bootstrap.UNIT})"]
-    for row in rows:
-        auroc = "n/a" if row["auroc"] is None or math.isnan(row["auroc"]) else f"{row['auroc']:.3f}"
-        ci = row["auroc_ci95"]
-        shown = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-        lines.append(f"{row['attribute']:<10} {row['group']:<8} {row['n']:>6} {row.get('patients', 'n/a'):>8} "
-                     f"{row['prevalence']:>10.3f} "
-                     f"{auroc:>7}  {shown}")
-    return "\n".join(lines)
+def section(scores: Sequence[Scores], bootstrap: int) -> dict[str, Any] | None:
+    """The subgroup table of every entry with patient columns (None: no such entry)."""
+    tables = {s.name: subgroup_table(s.labels, s.probs, s.meta, bootstrap) for s in scores if s.meta}
+    return tables or None

@@ -243,7 +243,7 @@ def test_fit_needs_both_classes(tmp_path):
 def test_the_ensemble_is_compared_with_the_member_best_on_validation_not_on_test(tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from evaluation import report
+    from evaluation import report, statistics
 
     rng = np.random.default_rng(7)
     names = ["efficientnet_b3", "resnet50"]
@@ -277,6 +277,6 @@ def test_the_ensemble_is_compared_with_the_member_best_on_validation_not_on_test
     assert "best on validation" in ensembling.summary(result)
     # Paired: a model against itself differs by exactly 0 in every resample, an interval of no width,
     # shown as absent rather than as [0, 0].
-    same = report.paired_auroc_difference(labels, probs[:, 0], probs[:, 0], 50)
+    same = statistics.paired_auroc_difference(labels, probs[:, 0], probs[:, 0], 50)
     assert same["difference"] == 0 and same["ci95"] is None and same["resamples_used"] == 50
-    assert "(none: it is the same in every resample)" in ensembling.gain_line({**gain, **same})
+    assert "(none: it is the same in every resample)" in report.gain_line({**gain, **same})

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from contracts.prediction_files import PATIENT, SEX, read_predictions, write_predictions
-from evaluation import bootstrap, ensembling, operating_points, report, subgroups
+from evaluation import ensembling, operating_points, report, statistics, subgroups
 
 RESAMPLES = 200
 
@@ -26,7 +26,7 @@ def _plain_clusters(patients):
 def _plain_resamples(cluster_of, resamples=RESAMPLES):
     """Index arrays of the records of `resamples` draws of clusters with replacement (the report's seed)."""
     members = [np.flatnonzero(cluster_of == c) for c in range(cluster_of.max() + 1)]
-    rng = np.random.default_rng(bootstrap.SEED)
+    rng = np.random.default_rng(statistics.SEED)
     for _ in range(resamples):
         yield np.concatenate([members[c] for c in rng.integers(0, len(members), len(members))])
 
@@ -65,7 +65,7 @@ def test_every_interval_equals_a_plain_resampling_of_patients(patients_data):
     for index in _plain_resamples(cluster_of):
         accuracies.append(accuracy_score(labels[index], probs[index] >= threshold))
         aurocs.append(_auroc(labels[index], probs[index]))
-    got = report.compute_metrics(labels, probs, threshold, bootstrap=RESAMPLES, patients=patients)
+    got = statistics.compute_metrics(labels, probs, threshold, bootstrap=RESAMPLES, patients=patients)
     assert got["accuracy_ci95"] == pytest.approx(_percentiles(accuracies), abs=1e-12)
     assert got["auroc_ci95"] == pytest.approx(_percentiles([a for a in aurocs if a is not None]), abs=1e-12)
     assert got["auroc_resamples_used"] == sum(a is not None for a in aurocs)
@@ -99,19 +99,19 @@ def test_every_interval_equals_a_plain_resampling_of_patients(patients_data):
     other = np.clip(probs + np.random.default_rng(1).normal(0, 0.1, len(probs)), 0, 1)
     differences = [roc_auc_score(labels[i], probs[i]) - roc_auc_score(labels[i], other[i])
                    for i in _plain_resamples(cluster_of) if len(set(labels[i])) == 2]
-    paired = report.paired_auroc_difference(labels, probs, other, RESAMPLES, patients)
+    paired = statistics.paired_auroc_difference(labels, probs, other, RESAMPLES, patients)
     assert paired["ci95"] == pytest.approx(_percentiles(differences), abs=1e-12)
     assert paired["resamples_used"] == len(differences)
 
 
 def test_an_interval_that_cannot_be_formed_is_absent_never_a_point():
     labels, probs = np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8])
-    one_patient = report.compute_metrics(labels, probs, 0.5, bootstrap=50, patients=np.array(["a"] * 4))
+    one_patient = statistics.compute_metrics(labels, probs, 0.5, bootstrap=50, patients=np.array(["a"] * 4))
     assert one_patient["auroc_ci95"] is None and one_patient["accuracy_ci95"] is None
     assert one_patient["auroc_resamples_used"] == 50  # every resample is the one patient: usable, but no spread
     # One image per class: most resamples hold a single class and are skipped, and the count says so.
-    sparse = report.compute_metrics(np.array([0, 1, 0, 0, 0]), np.array([0.1, 0.9, 0.2, 0.3, 0.4]), 0.5,
-                                    bootstrap=100)
+    sparse = statistics.compute_metrics(np.array([0, 1, 0, 0, 0]), np.array([0.1, 0.9, 0.2, 0.3, 0.4]), 0.5,
+                                        bootstrap=100)
     drawn = [_auroc(np.array([0, 1, 0, 0, 0])[i], np.zeros(5)[i])
              for i in _plain_resamples(np.arange(5), 100)]
     assert sparse["auroc_resamples_used"] == sum(a is not None for a in drawn) < 100
@@ -186,5 +186,5 @@ def test_predict_report_resamples_the_patients_of_the_shards(tmp_path):
     assert list(files["copies"].meta[PATIENT]) == expected
     assert widths["copies"] == pytest.approx(widths["base"], rel=1e-6)
     # The same predictions resampled by image (a second path: no patient ids): about sqrt(k) narrower.
-    by_image = report.compute_metrics(files["copies"].labels, files["copies"].probs, 0.5, bootstrap=RESAMPLES)
+    by_image = statistics.compute_metrics(files["copies"].labels, files["copies"].probs, 0.5, bootstrap=RESAMPLES)
     assert 0.35 < (by_image["accuracy_ci95"][1] - by_image["accuracy_ci95"][0]) / widths["base"] < 0.7

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from evaluation import bootstrap, report
+from evaluation import report, statistics
 
 
 @pytest.fixture()
@@ -22,7 +22,7 @@ def test_metrics_equal_scikit_learn(scored):
     labels, probs = scored
     threshold = 0.55
     decisions = (probs >= threshold).astype(int)
-    got = report.compute_metrics(labels, probs, threshold, bootstrap=0)
+    got = statistics.compute_metrics(labels, probs, threshold, bootstrap=0)
     assert got["accuracy"] == pytest.approx(skm.accuracy_score(labels, decisions))
     assert got["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, decisions))
     assert got["auroc"] == pytest.approx(skm.roc_auc_score(labels, probs))
@@ -41,7 +41,7 @@ def test_majority_baseline_when_abnormal_is_the_majority():
     # NIH's official test split is 61.5% abnormal: always answering "abnormal" scores 61.5%.
     labels = np.array([1] * 123 + [0] * 77)
     probs = np.linspace(0, 1, labels.size)
-    got = report.compute_metrics(labels, probs, 0.5, bootstrap=0)
+    got = statistics.compute_metrics(labels, probs, 0.5, bootstrap=0)
     counts = np.bincount(labels, minlength=2)
     assert got["majority_baseline_accuracy"] == pytest.approx(counts.max() / counts.sum()) == pytest.approx(0.615)
     always_abnormal = skm.accuracy_score(labels, np.ones_like(labels))
@@ -50,15 +50,15 @@ def test_majority_baseline_when_abnormal_is_the_majority():
 
 def test_bootstrap_intervals_are_reproducible_and_bracket_the_estimate(scored):
     labels, probs = scored
-    first = report.compute_metrics(labels, probs, 0.5, bootstrap=300)
-    second = report.compute_metrics(labels, probs, 0.5, bootstrap=300)
+    first = statistics.compute_metrics(labels, probs, 0.5, bootstrap=300)
+    second = statistics.compute_metrics(labels, probs, 0.5, bootstrap=300)
     assert first["auroc_ci95"] == second["auroc_ci95"]
     low, high = first["auroc_ci95"]
     assert low < first["auroc"] < high and high - low < 0.3
     low, high = first["accuracy_ci95"]
     assert low < first["accuracy"] < high
     # The intervals are percentiles of scikit-learn scores on resamples drawn with the report's seed.
-    rng = np.random.default_rng(bootstrap.SEED)
+    rng = np.random.default_rng(statistics.SEED)
     aurocs = []
     for _ in range(300):
         index = rng.integers(0, len(labels), len(labels))
@@ -69,11 +69,11 @@ def test_bootstrap_intervals_are_reproducible_and_bracket_the_estimate(scored):
 def test_unknown_labels_are_left_out(scored):
     labels, probs = scored
     with_unknown = np.concatenate([labels, [-1, -1]])
-    got = report.compute_metrics(with_unknown, np.concatenate([probs, [1.0, 0.0]]), 0.5, bootstrap=0)
+    got = statistics.compute_metrics(with_unknown, np.concatenate([probs, [1.0, 0.0]]), 0.5, bootstrap=0)
     assert got["records"] == 120 and got["unlabeled_excluded"] == 2
     assert got["auroc"] == pytest.approx(skm.roc_auc_score(labels, probs))
     with pytest.raises(ValueError, match="no record has a known label"):
-        report.compute_metrics(np.array([-1, -1]), np.array([0.1, 0.2]), 0.5)
+        statistics.compute_metrics(np.array([-1, -1]), np.array([0.1, 0.2]), 0.5)
 
 
 def test_one_class_gives_undefined_not_made_up_numbers(tmp_path):
