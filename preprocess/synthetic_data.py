@@ -1,12 +1,7 @@
 """A small synthetic dataset in NIH ChestX-ray14's format, for tests and the demo.
 
-    python -m preprocess.synthetic --output_dir=runs/demo/data --num_patients=150
-
-Writes `Data_Entry_2017_v2020.csv` (the v2020 dialect), `BBox_List_2017.csv` (the official
-header with more fields than its rows), `train_val_list.txt` / `test_list.txt` (patient-level)
-and PNGs under `images_001/images/`. Images look like radiographs (dark lungs, bright mediastinum
-and ribs, noise); abnormal ones carry a visible round opacity in a lung, and a share of those get
-a bbox row around it. Patients have several images. Same seed, same bytes.
+Writes `Data_Entry_2017_v2020.csv`, `BBox_List_2017.csv` (the official header), the patient-level
+`train_val_list.txt` / `test_list.txt` and PNGs under `images_001/images/`. Same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -15,35 +10,24 @@ import csv
 import dataclasses
 import io
 import os
-import sys
 
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    del sys.path[0]  # run as a script: this folder's modules (config, images, ...) would shadow others
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from absl import (
-    app,  # noqa: E402
-    flags,  # noqa: E402
-)
-from PIL import Image  # noqa: E402
-
-import flags as project_flags  # noqa: E402
-from contracts import labels  # noqa: E402
-from contracts.atomic import atomic_path, write_text  # noqa: E402
-from contracts.boxes import BBOX_CSV_SPELLING  # noqa: E402  (the real files' spelling)
-from contracts.labels import NIH_FRAME  # noqa: E402
-from preprocess import synthetic_radiographs  # noqa: E402
-from preprocess.nih_metadata import BBOX_COLUMNS  # noqa: E402
+from contracts import labels
+from contracts.atomic import atomic_path, write_text
+from contracts.boxes import BBOX_CSV_SPELLING
+from contracts.labels import NIH_FRAME
+from preprocess import synthetic_radiographs
+from preprocess.nih_metadata import BBOX_COLUMNS
 
 DATA_ENTRY_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
     "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]"
 )
 BBOX_HEADER = ",".join(BBOX_COLUMNS) + ",Bbox [x,y,w,h],,,"  # as NIH wrote it
-# "radiograph": varied anatomy, exposure, distractors and finding kinds, 10% of labels flipped
-# (preprocess/synthetic_radiographs.py): the demo's data, which no model scores 1.0 on.
-# "easy": one anatomy, one bright round lesion per abnormal image, clean labels: data a tiny test
-# model learns in seconds. Preset -> its label noise.
+# Preset -> its label noise. "radiograph" (synthetic_radiographs.py): varied anatomy, exposure and
+# findings, the demo's data. "easy": one bright round lesion per abnormal image, learnt in seconds.
 PRESETS = {"radiograph": 0.1, "easy": 0.0}
 # Bumped whenever the same config would generate other images, so the demo regenerates.
 GENERATOR_VERSION = 2
@@ -78,11 +62,7 @@ def _anatomy(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _lesion(rng: np.random.Generator, size: int, image: np.ndarray) -> tuple[float, float, float, float]:
-    """Adds a round opacity inside a lung field; returns its box (x, y, w, h) in pixels.
-
-    Size and contrast vary, so some lesions are subtle and a model's ranking is not trivially
-    perfect.
-    """
+    """Adds a round opacity of varied size and contrast in a lung; returns its box (x, y, w, h) px."""
     cx = rng.choice([0.3, 0.7]) + rng.uniform(-0.07, 0.07)
     cy = 0.5 + rng.uniform(-0.18, 0.18)
     radius = rng.uniform(0.04, 0.09)
@@ -110,8 +90,10 @@ def _easy_image(rng, size, anatomy, abnormal):
 
 def _radiograph_image(rng, size, patient, abnormal):
     """The "radiograph" preset (preprocess/synthetic_radiographs.py)."""
-    kinds = synthetic_radiographs.FINDING_KINDS
-    chosen = tuple(sorted(rng.choice(kinds, size=int(rng.choice([1, 1, 2])), replace=False))) if abnormal else ()
+    chosen = ()
+    if abnormal:  # no draw for a normal image: the same seed keeps giving the same images
+        count = int(rng.choice([1, 1, 2]))
+        chosen = tuple(sorted(rng.choice(synthetic_radiographs.FINDING_KINDS, size=count, replace=False)))
     image, boxes = synthetic_radiographs.render(patient, chosen, rng, size)
     return synthetic_radiographs.acquire(image, rng), chosen, boxes
 
@@ -147,7 +129,8 @@ def generate(config: SyntheticConfig) -> dict[str, int]:
                 flips.append([name, "|".join(chosen) or labels.NO_FINDING, finding_labels])
             for kind, x, y, w, h in found:
                 if rng.random() < config.bbox_fraction:
-                    boxes.append([name, BBOX_CSV_SPELLING.get(kind, kind), x * scale, y * scale, w * scale, h * scale])
+                    spelled = BBOX_CSV_SPELLING.get(kind, kind)
+                    boxes.append([name, spelled, x * scale, y * scale, w * scale, h * scale])
             with atomic_path(os.path.join(image_dir, name), durable=False) as tmp:
                 Image.fromarray(pixels, mode="L").save(tmp, format="PNG", compress_level=1)
             view = "PA" if rng.random() < 0.6 else "AP"
@@ -171,39 +154,12 @@ def _csv_text(header: str, rows: list[list]) -> str:
 
 
 def _write_tables(config, rows, boxes, patient_images, rng) -> None:
-    write_text(os.path.join(config.output_dir, "Data_Entry_2017_v2020.csv"), _csv_text(DATA_ENTRY_HEADER, rows))
-    write_text(os.path.join(config.output_dir, "BBox_List_2017.csv"), _csv_text(BBOX_HEADER, boxes))
+    out = config.output_dir
+    write_text(os.path.join(out, "Data_Entry_2017_v2020.csv"), _csv_text(DATA_ENTRY_HEADER, rows))
+    write_text(os.path.join(out, "BBox_List_2017.csv"), _csv_text(BBOX_HEADER, boxes))
     patients = sorted(patient_images)
     test = set(rng.choice(patients, size=int(len(patients) * config.test_patient_fraction), replace=False))
     for file_name, keep in (("train_val_list.txt", False), ("test_list.txt", True)):
-        write_text(os.path.join(config.output_dir, file_name),
+        write_text(os.path.join(out, file_name),
                    "".join(f"{name}\n" for patient in patients if (patient in test) == keep
                            for name in patient_images[patient]))
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    values = flags.FLAGS
-    if not values.output_dir:
-        raise app.UsageError("--output_dir is required")
-    config = SyntheticConfig(
-        output_dir=values.output_dir, preset=values.preset, label_noise=values.label_noise,
-        num_patients=values.num_patients,
-        max_images_per_patient=values.max_images_per_patient, source_size=values.source_size,
-        abnormal_fraction=values.abnormal_fraction, bbox_fraction=values.bbox_fraction,
-        seed=values.seed,
-    )
-    counts = generate(config)
-    print(f"wrote {counts['images']} {config.preset} images ({counts['abnormal']} labelled abnormal, "
-          f"{counts['flipped']} labels flipped, {counts['boxes']} boxes) of {counts['patients']} patients "
-          f"to {config.output_dir}")
-
-
-def run() -> None:
-    """Console entry point (setup.cfg) and `python preprocess/synthetic.py`; runs `main`."""
-    project_flags.run_tool(project_flags.define_synthetic_flags, main, __doc__)
-
-
-if __name__ == "__main__":
-    run()
