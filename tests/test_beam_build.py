@@ -189,7 +189,7 @@ def test_a_failing_worker_is_one_line_naming_the_error(data, tmp_path, monkeypat
     def disk_full(config, unit, *args):
         raise OSError(28, "No space left on device", unit.shard)
 
-    monkeypatch.setattr(builder, "finish_unit", disk_full)
+    monkeypatch.setattr(units, "finish_unit", disk_full)
     with pytest.raises(UserInputError, match=r"Beam pipeline failed: OSError: \[Errno 28\] No space left") as caught:
         builder.build(config_for(data, str(tmp_path / "out"), runner="beam"))
     assert "\n" not in str(caught.value)
