@@ -20,11 +20,12 @@ from PIL import Image
 from contracts import manifest as manifest_lib
 from contracts import records
 from contracts.errors import UserInputError
-from preprocess import builder, images, plan, synthetic_data
+from preprocess import builder, images, plan
+from preprocess import synthetic_data as synthetic
 from preprocess.config import BuildConfig
 from tests.conftest import REPO
 
-HEADER = synthetic_data.DATA_ENTRY_HEADER + "\n"
+HEADER = synthetic.DATA_ENTRY_HEADER + "\n"
 
 
 def read_records(output_dir: str) -> dict[str, list[dict]]:
@@ -44,7 +45,7 @@ def pixels(record: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("synthetic"))
-    synthetic_data.generate(synthetic_data.SyntheticConfig(output_dir=out, num_patients=24, source_size=96,
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=out, num_patients=24, source_size=96,
                                                  bbox_fraction=0.5, seed=3))
     return out
 
@@ -431,7 +432,7 @@ def cli(args: list[str], module: bool) -> list[str]:
 def test_kill_and_resume_gives_the_same_record_set(tmp_path):
     # Larger sources than the shared fixture, so each shard takes long enough to kill mid-build.
     synthetic_data = str(tmp_path / "data")
-    synthetic_data.generate(synthetic_data.SyntheticConfig(output_dir=synthetic_data, num_patients=16,
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=synthetic_data, num_patients=16,
                                                  source_size=512, seed=5))
     args = [f"--data_entry_csv={synthetic_data}/Data_Entry_2017_v2020.csv",
             f"--bbox_csv={synthetic_data}/BBox_List_2017.csv", f"--image_dir={synthetic_data}",
@@ -556,7 +557,7 @@ def test_seed_changes_the_split_and_same_seed_repeats_it(synthetic_data, tmp_pat
 def test_synthetic_generator_honours_its_settings_and_seed(tmp_path):
     def make(name, **kw):
         out = str(tmp_path / name)
-        counts = synthetic_data.generate(synthetic_data.SyntheticConfig(output_dir=out, num_patients=12,
+        counts = synthetic.generate(synthetic.SyntheticConfig(output_dir=out, num_patients=12,
                                                               source_size=32, **kw))
         return out, counts
 
