@@ -14,7 +14,6 @@ BBOX_CSV_SPELLING = {"Infiltration": "Infiltrate"}
 
 class FindingBox(NamedTuple):
     """One expert box: its finding (a `FINDINGS` name) and (x, y, w, h) in the 1024 frame."""
-
     finding: str
     x: float
     y: float
@@ -45,11 +44,8 @@ def frame_region(box: Sequence[float]) -> tuple[float, float, float, float]:
 
 def stored_box(box: Sequence[float], image_size: int,
                crop: Sequence[float] | None = None) -> tuple[float, float, float, float]:
-    """Maps a 1024-frame box to (left, top, right, bottom) in the stored image's pixels, unclipped.
-
-    Pixel (row i, column j) covers [j, j + 1) x [i, i + 1), as Pillow's resize places it.
-    `crop` is the record's union box when its `crop/applied` is set, else None.
-    """
+    """Maps a 1024-frame box to (left, top, right, bottom) in the stored image's pixels, unclipped
+    (pixel (i, j) covers [j, j + 1) x [i, i + 1)); `crop` is the union box of a cropped record."""
     left, top, right, bottom = (0.0, 0.0, float(NIH_FRAME), float(NIH_FRAME)) if crop is None \
         else frame_region(crop)
     sx, sy = image_size / (right - left), image_size / (bottom - top)

@@ -34,11 +34,7 @@ def findings_multi_hot(findings) -> list[int]:
 
 
 def parse_finding_labels(raw: str) -> tuple[int, tuple[int, ...]]:
-    """Maps a "Finding Labels" cell to (binary label, 14-long multi-hot).
-
-    Raises:
-      ValueError: empty cell, unknown finding, or "No Finding" mixed with findings.
-    """
+    """A "Finding Labels" cell as (binary label, multi-hot); ValueError if empty, unknown or mixed."""
     names = [part.strip() for part in raw.split("|")]
     if not raw.strip() or any(not n for n in names):
         raise ValueError(f"empty finding label in {raw!r}")

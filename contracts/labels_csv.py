@@ -20,11 +20,7 @@ _VALUES = {"0": labels.LABEL_NORMAL, "1": labels.LABEL_ABNORMAL, "no": labels.LA
 
 
 def open_text(path: str) -> io.TextIOBase:
-    """A plain or gzip UTF-8 CSV (local or a bucket URL) read whole, as text for `csv`.
-
-    Raises:
-      ValueError: a truncated or corrupt gzip file, or not UTF-8; naming the file and the fix.
-    """
+    """A plain or gzip UTF-8 CSV (local or a bucket URL) as text; ValueError naming the file and fix."""
     data = storage.read_bytes(path)
     if data[:2] == GZIP_MAGIC:
         try:
@@ -61,12 +57,8 @@ def _parse(column: str, raw: str) -> int | None:
 
 
 def read_labels_csv(path: str) -> dict[str, int]:
-    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal).
-
-    Raises:
-      ValueError: no key or label column, a value that is no label, an empty or repeated key; the
-        message names the line and the fix.
-    """
+    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal); ValueError naming the line and the
+    fix for a missing column, a value that is no label, an empty or a repeated key."""
     with open_text(path) as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]

@@ -1,7 +1,5 @@
 """The TFRecord format shared by the builder and every reader: feature keys, spec, writer, parser.
-
-One record is one radiograph, cropped and resized offline, stored as one grayscale channel.
-"""
+One record is one radiograph, cropped and resized offline, stored as one grayscale channel."""
 
 from __future__ import annotations
 
@@ -61,7 +59,6 @@ NO_BOX = (0.0, 0.0, 0.0, 0.0)
 @dataclasses.dataclass(frozen=True)
 class Record:
     """One record's values, checked against the format (ValueError) when made."""
-
     image: bytes  # the encoded PNG or JPEG, image_size x image_size, one channel
     image_format: str  # "png" or "jpeg"
     image_size: int
@@ -133,10 +130,7 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
 
 def decode_image(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Decodes one stored PNG or JPEG to `(image_size, image_size, 1)` uint8.
-
-    Fails at run time, rather than resizing, when the shards were built at another size.
-    """
+    """One stored image as `(image_size, image_size, 1)` uint8; fails, not resizes, at another size."""
     image = tf.io.decode_image(encoded, channels=1, expand_animations=False)
     return tf.ensure_shape(image, [image_size, image_size, 1])
 

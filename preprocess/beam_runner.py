@@ -1,19 +1,13 @@
-"""The builder's work units on Apache Beam: the same plan, decode and shard writer on another engine.
-
-    python preprocess/build_tfrecords.py --runner=beam ... \
-        --beam_pipeline_args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
-
-`builder.build` plans, checks and writes the manifest as for the local runner; only the pool is
-replaced: shard names → each image of the shard's unit → Reshuffle → `units.process_item` →
-GroupByKey(shard) → `units.finish_unit`. Units travel as JSON files under --output_dir/.build/units/,
-not in the graph (Dataflow refuses graphs over 10 MB, and NIH's plan is larger).
+"""The builder's work units on Apache Beam (`--runner=beam`): shard names → images → Reshuffle →
+`units.process_item` → GroupByKey(shard) → `units.finish_unit`. Units travel as files under
+.build/units/, not in the graph (Dataflow refuses graphs over 10 MB; NIH's plan is larger).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import pickle
 import shlex
 
 import apache_beam as beam
@@ -21,24 +15,17 @@ from absl import logging as absl_logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from contracts import storage
-from contracts.atomic import write_json
-from contracts.boxes import FindingBox
+from contracts.atomic import write_bytes
 from contracts.errors import UserInputError
 from preprocess import units as units_lib
 from preprocess.config import BuildConfig
-from preprocess.nih_metadata import Entry
-from preprocess.plan import ImageBoxes, WorkItem, WorkUnit
-from preprocess.sources import Source
+from preprocess.plan import WorkUnit
 
-UNITS_DIR = "units"  # inside units.STATE_DIR: one JSON work unit per pending shard
+UNITS_DIR = "units"  # inside units.STATE_DIR: one work unit per pending shard
 
 
 def pipeline_options(args_text: str) -> PipelineOptions:
-    """Beam's options from --beam_pipeline_args, refusing any Beam would silently discard.
-
-    Raises:
-      UserInputError: unbalanced quotes, or options no Beam runner knows (named).
-    """
+    """Beam's options from --beam_pipeline_args; UserInputError for bad quoting or unknown options."""
     try:
         args = shlex.split(args_text)
     except ValueError as err:
@@ -62,35 +49,19 @@ def pipeline_options(args_text: str) -> PipelineOptions:
 
 
 def _unit_path(output_dir: str, shard: str) -> str:
-    return storage.join(output_dir, units_lib.STATE_DIR, UNITS_DIR, f"{shard}.json")
+    return storage.join(output_dir, units_lib.STATE_DIR, UNITS_DIR, f"{shard}.pickle")
 
 
 def write_unit(output_dir: str, unit: WorkUnit, by_name: dict, boxes: dict) -> None:
-    """Writes a shard's work unit with what its records need (entries, recorded boxes)."""
-    def boxes_of(name):
-        found = boxes.get(name)
-        return None if found is None else {"union": found.union, "boxes": [b._asdict() for b in found.boxes]}
-
-    record = {
-        **{f.name: getattr(unit, f.name) for f in dataclasses.fields(WorkUnit) if f.name != "items"},
-        "items": [{"name": item.name, "path": item.path, "box": item.box, "boxes": boxes_of(item.name),
-                   "entry": dataclasses.asdict(by_name[item.name].entry)} for item in unit.items],
-    }
-    write_json(_unit_path(output_dir, unit.shard), record)
+    """Writes a shard's work unit with what its records need (sources, recorded boxes)."""
+    names = [item.name for item in unit.items]
+    needed = (unit, {n: by_name[n] for n in names}, {n: boxes[n] for n in names if n in boxes})
+    write_bytes(_unit_path(output_dir, unit.shard), pickle.dumps(needed))
 
 
 def read_unit(output_dir: str, shard: str) -> tuple[WorkUnit, dict, dict]:
     """Returns (unit, image name -> Source, image name -> `ImageBoxes`) as `write_unit` wrote them."""
-    record = json.loads(storage.read_bytes(_unit_path(output_dir, shard)))
-    items = record.pop("items")
-    unit = WorkUnit(items=tuple(WorkItem(i["name"], i["path"], i["box"] and tuple(i["box"])) for i in items),
-                    **record)
-    by_name = {i["name"]: Source(Entry(**{**i["entry"], "findings": tuple(i["entry"]["findings"])}),
-                                 i["path"]) for i in items}
-    boxes = {i["name"]: ImageBoxes(tuple(i["boxes"]["union"]),
-                                   tuple(FindingBox(**b) for b in i["boxes"]["boxes"]))
-             for i in items if i["boxes"] is not None}
-    return unit, by_name, boxes
+    return pickle.loads(storage.read_bytes(_unit_path(output_dir, shard)))
 
 
 def _images_of(shard: str, output_dir: str):
@@ -118,7 +89,7 @@ def _write_shard(element, config: BuildConfig) -> None:
 
 
 def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes: dict) -> None:
-    """Runs `pending` units on the Beam runner --beam_pipeline_args names, until every shard is written.
+    """Runs `pending` units on the Beam runner --beam_pipeline_args names, until each shard is written.
 
     Raises:
       UserInputError: bad pipeline options, or the pipeline failed (its last error line).

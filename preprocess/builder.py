@@ -1,11 +1,9 @@
 """The builder: work units through a process pool (or Beam) → shards written atomically → manifest.
-
-Output depends only on the inputs and the record-shaping flags (never on --workers or --runner), and
-a rerun after a kill writes only the shards still missing. No TensorFlow at import (spawned workers).
-"""
+Output depends only on the inputs and the record-shaping flags; a rerun writes only missing shards."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -53,11 +51,8 @@ def _recorded(state_file: str) -> dict | None:
 
 
 def prepare_output(config: BuildConfig, digest: str) -> None:
-    """Makes --output_dir ready, keeping a matching earlier build's finished shards.
-
-    Raises:
-      UserInputError: the folder holds a build made with other record-shaping flags or inputs.
-    """
+    """Makes --output_dir ready, keeping a matching earlier build's finished shards; UserInputError
+    when it holds a build made with other record-shaping flags or inputs."""
     state_file = storage.join(config.output_dir, STATE_DIR, "build.json")
     storage.makedirs(config.output_dir)
     stamp = {"config": config.shaping(), "plan": digest, "schema_version": manifest_lib.SCHEMA_VERSION}
@@ -105,13 +100,8 @@ def _as_flag(name: str, value) -> str:
 
 
 def keep_recorded(config: BuildConfig, given: Collection[str]) -> BuildConfig:
-    """Returns `config` with each record-shaping flag not in `given` taken from the build already in
-    --output_dir, so a rerun of the same command resumes it, even one made under other defaults.
-    With --overwrite the command line, defaults included, replaces the folder's build.
-
-    Args:
-      given: names of the flags the user gave (absl's `.present`).
-    """
+    """`config` with each record-shaping flag not in `given` (the flags the user gave) taken from the
+    build in --output_dir, so a rerun resumes it; with --overwrite the command line replaces it."""
     if config.overwrite or not config.output_dir:
         return config
     shaping = config.shaping()
@@ -171,11 +161,8 @@ def _drain(queue, bar) -> None:
 
 
 def _runner(config: BuildConfig):
-    """The engine that runs the work units: the process pool, or Apache Beam.
-
-    Raises:
-      UserInputError: a flag of the other runner, or Beam asked for but not installed.
-    """
+    """The engine that runs the work units: the process pool, or Apache Beam (UserInputError when the
+    other runner's flag is given, or Beam is not installed)."""
     if config.runner not in RUNNERS:
         raise UserInputError(f"--runner={config.runner!r} is not valid; choose one of {', '.join(RUNNERS)}")
     if config.runner == "local":
@@ -198,9 +185,6 @@ def _runner(config: BuildConfig):
 
 def build(config: BuildConfig) -> BuildResult:
     """Builds (or completes) the shard folder described by `config`.
-
-    Returns:
-      The manifest, whether the skip fraction is within --max_skip_fraction, and a summary line.
 
     Raises:
       UserInputError: the inputs or the output folder do not allow a build (message says the fix).
@@ -239,11 +223,9 @@ def _manifest(config, units, shard_split, found, skipped, warnings) -> dict:
         patients_by_split.setdefault(split, set()).update(state["patients"])
         skipped = skipped + state["skipped"]
         warnings = warnings + state["warnings"]
-    memberships: dict[str, int] = {}
     for split, members in patients_by_split.items():
         split_info[split]["patients"] = len(members)
-        for patient in members:
-            memberships[patient] = memberships.get(patient, 0) + 1
+    memberships = collections.Counter(p for members in patients_by_split.values() for p in members)
     return {
         "config": dataclasses.asdict(config),
         "splits": split_info,

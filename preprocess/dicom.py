@@ -1,8 +1,5 @@
-"""DICOM radiographs: the header tags the builder keeps, and one 8-bit grayscale image.
-
-A file is DICOM by its content (the 128-byte Part 10 preamble, then `DICM`). The decoding rules
-(monochrome LUT/window/stretch, colour, JPEG at the DCT scale) are the README's "DICOM" section.
-"""
+"""DICOM radiographs: the header tags the builder keeps, and one 8-bit grayscale image. A file is
+DICOM by its content (the Part 10 preamble, then `DICM`); the decoding rules are the README's."""
 
 from __future__ import annotations
 
@@ -59,7 +56,6 @@ _EARLY_END_WARNING = "End of file reached"
 @dataclasses.dataclass(frozen=True)
 class DicomTags:
     """The header fields the builder keeps; None when a tag is absent, empty or unreadable."""
-
     patient_id: str | None
     view_position: str | None  # e.g. "PA", "AP"
     sex: str | None  # "M" or "F"
@@ -80,7 +76,8 @@ def _untrusted(reason: str):
         try:
             yield
         except CORRUPT_INPUT_ERRORS as err:
-            raise ImageError(f"{reason} ({_short(err)})") from None
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ImageError(f"{reason} ({first_line[:160]})") from None
 
 
 def _read(source: bytes | IO[bytes], **read_options) -> tuple[Dataset, bool]:
@@ -102,29 +99,14 @@ def _read(source: bytes | IO[bytes], **read_options) -> tuple[Dataset, bool]:
     return ds, ended_early
 
 
-def _short(err: Exception) -> str:
-    """The first line of an exception's message, at most 160 characters."""
-    lines = str(err).strip().splitlines() or [type(err).__name__]
-    return lines[0][:160]
-
-
 def read_tags(data: bytes | IO[bytes]) -> DicomTags:
-    """Reads the header fields from a file's bytes or an open file, without reading its pixel data.
-
-    Raises:
-      ImageError: `data` is not DICOM or its header cannot be parsed.
-    """
+    """The header fields of a file's bytes or an open file, pixel data unread; ImageError when unreadable."""
     with _untrusted("unreadable DICOM header"):
         ds, _ = _read(data, stop_before_pixels=True)
-        sex = parse_sex(tag_text(ds, "PatientSex"))
         view = tag_text(ds, "ViewPosition")
-        return DicomTags(
-            patient_id=tag_text(ds, "PatientID"),
-            view_position=view.upper() if view else None,
-            sex=sex or None,
-            age=parse_age(tag_text(ds, "PatientAge")),
-            sop_instance_uid=tag_text(ds, "SOPInstanceUID"),
-        )
+        return DicomTags(tag_text(ds, "PatientID"), view.upper() if view else None,
+                         parse_sex(tag_text(ds, "PatientSex")) or None, parse_age(tag_text(ds, "PatientAge")),
+                         tag_text(ds, "SOPInstanceUID"))
 
 
 def _check_header(ds: Dataset, max_pixels: int) -> str:
@@ -175,9 +157,7 @@ def _decoding_plugin(ds: Dataset) -> str:
     """This file's plugin of DECODING_PLUGINS when installed, else "" (pydicom's choice)."""
     syntax = ds.file_meta.TransferSyntaxUID
     plugin = DECODING_PLUGINS.get(syntax, "")
-    if plugin and plugin not in get_decoder(syntax).available_plugins:
-        return ""
-    return plugin
+    return plugin if plugin and plugin in get_decoder(syntax).available_plugins else ""
 
 
 def _pixels(ds: Dataset, samples: int) -> np.ndarray:
@@ -195,19 +175,14 @@ def _pixels(ds: Dataset, samples: int) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Frame:
     """A file parsed and checked by `open_frame`, its pixels not yet decoded."""
-
     ds: Dataset
     photometric: str
     size: tuple[int, int]  # (Columns, Rows): width and height, as Pillow's `Image.size`
 
 
 def open_frame(data: bytes, max_pixels: int) -> Frame:
-    """Parses `data` and refuses what cannot become one image, without decoding the pixels (the
-    builder places a crop by the size first).
-
-    Raises:
-      ImageError: the file is not DICOM or cannot become one grayscale image; the message says why.
-    """
+    """Parses `data` and refuses (ImageError, saying why) what cannot become one image, without
+    decoding the pixels: the builder places a crop by the size first."""
     with _untrusted("corrupt DICOM file"):
         ds, ended_early = _read(data)
         if ended_early:  # checked first: pydicom drops the cut element, often the pixel data
@@ -241,15 +216,10 @@ def _jpeg_at_scale(frame: Frame, draft_size: int) -> np.ndarray | None:
 
 
 def to_gray(frame: Frame, draft_size: int | None = None) -> Image.Image:
-    """Decodes an `open_frame` frame to an 8-bit "L" image of its Columns x Rows.
+    """Decodes an `open_frame` frame to an 8-bit "L" image of its Columns x Rows (ImageError if it cannot).
 
-    Args:
-      draft_size: when set, a baseline-JPEG frame is decoded at libjpeg's DCT scale (smaller by a
-        power of two): the builder's output size when it will not crop.
-
-    Raises:
-      ImageError: the pixel data cannot be decoded; the message says why.
-    """
+    `draft_size`: decode a baseline-JPEG frame at libjpeg's DCT scale, as a .jpg would be (the builder's
+    output size when it will not crop)."""
     ds, photometric = frame.ds, frame.photometric
     with _untrusted("corrupt DICOM file"):
         drafted = None if draft_size is None else _jpeg_at_scale(frame, draft_size)

@@ -1,8 +1,5 @@
 """One source radiograph into the stored image: decode → grayscale → crop → resize → encode.
-
-Pillow and numpy only (the builder's spawned workers start fast). Every failure is an `ImageError`
-naming what is wrong with the file; the builder skips that image with the reason.
-"""
+Pillow and numpy only (spawned workers start fast); every failure is an `ImageError` saying why."""
 
 from __future__ import annotations
 
@@ -64,11 +61,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
-    """An 8-bit "L" copy: palettes applied, alpha dropped, 16 bits scaled over 0..65535 -> 0..255.
-
-    Raises:
-      ImageError: a mode with no faithful grayscale reading (e.g. floating point).
-    """
+    """An 8-bit "L" copy (palette applied, alpha dropped, 16 bits scaled to 8), or ImageError."""
     mode = image.mode
     if mode == "L":
         return image
@@ -85,13 +78,8 @@ def to_grayscale(image: Image.Image) -> Image.Image:
 
 
 def crop_region(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, ...]:
-    """Maps a 1024-frame box (x, y, w, h) to a clipped (left, top, right, bottom) in the image.
-
-    The frame is stretched over the image, by `frame_region` as `contracts.boxes.stored_box` does.
-
-    Raises:
-      ImageError: the box lies outside the frame or is degenerate.
-    """
+    """A 1024-frame box (x, y, w, h) as a clipped (left, top, right, bottom) in the image, the frame
+    stretched over it as `contracts.boxes.stored_box` does; ImageError when outside or degenerate."""
     try:
         left, top, right, bottom = frame_region(box)
     except ValueError as err:
@@ -135,11 +123,8 @@ def _crop(box: tuple[float, float, float, float] | None, size: tuple[int, int]):
 
 
 def _decode_gray(data: bytes, box, image_size: int, max_pixels: int):
-    """(gray image, crop region or None, warning or None) for a PNG, JPEG or DICOM file.
-
-    A JPEG that will not be cropped is decoded at the smallest DCT scale 1/2^k still >= `image_size`
-    (Pillow's `draft`), where the resize would drop those pixels anyway; `serving.decode` does too.
-    """
+    """(gray image, crop region or None, warning or None) of a PNG, JPEG or DICOM file. A JPEG not
+    cropped is decoded at the smallest DCT scale >= `image_size`, as `serving.decode` does."""
     from preprocess import dicom  # pydicom loads with the first image, not with this module
 
     if dicom.is_dicom(data):
@@ -161,14 +146,8 @@ def _decode_gray(data: bytes, box, image_size: int, max_pixels: int):
 
 def process(data: bytes, *, box: tuple[float, float, float, float] | None, image_size: int,
             image_format: str, jpeg_quality: int = 95, max_pixels: int = MAX_IMAGE_PIXELS) -> Processed:
-    """Decodes a PNG, JPEG or DICOM (by content), crops to `box` (1024 frame), resizes and encodes.
-
-    A non-square crop is stretched to the square; a box that cannot be used is a warning and the
-    image is kept uncropped.
-
-    Raises:
-      ImageError: the bytes are not a usable image.
-    """
+    """Decodes a PNG, JPEG or DICOM, crops to `box` (1024 frame; a bad box is a warning), resizes to
+    the square and encodes; ImageError when the bytes are not a usable image."""
     gray, region, warning = _decode_gray(data, box, image_size, max_pixels)
     resized = gray.resize((image_size, image_size), Image.Resampling.BICUBIC, box=region,
                           reducing_gap=REDUCING_GAP)

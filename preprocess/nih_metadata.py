@@ -7,8 +7,8 @@ import csv
 import dataclasses
 import os
 
-from contracts import demographics
 from contracts.boxes import FindingBox, finding_of_bbox_label, frame_region
+from contracts.demographics import parse_age, parse_sex
 from contracts.labels import parse_finding_labels
 from contracts.labels_csv import open_text
 
@@ -20,7 +20,6 @@ AGE_COLUMN = "Patient Age"
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-
     image: str
     label: int
     findings: tuple[int, ...]
@@ -33,7 +32,6 @@ class Entry:
 @dataclasses.dataclass(frozen=True)
 class Skip:
     """An input item that does not become a record, and why."""
-
     image: str
     reason: str
 
@@ -43,7 +41,6 @@ class Skip:
 
 @dataclasses.dataclass
 class DataEntry:
-
     entries: dict[str, Entry]
     skipped: list[Skip]
     identical_duplicates: int  # extra identical rows collapsed into one
@@ -74,24 +71,14 @@ def _row_entry(row: dict[str, str]) -> Entry:
     patient = normalise_patient_id(row["Patient ID"] or "")
     if not patient:
         raise ValueError("missing Patient ID")
-    return Entry(
-        image=row["Image Index"].strip(),
-        label=label,
-        findings=findings,
-        patient_id=patient,
-        view_position=(row.get(VIEW_COLUMN) or "").strip(),
-        sex=demographics.parse_sex(row.get(SEX_COLUMN)),
-        age=demographics.parse_age(row.get(AGE_COLUMN)),
-    )
+    return Entry(image=row["Image Index"].strip(), label=label, findings=findings, patient_id=patient,
+                 view_position=(row.get(VIEW_COLUMN) or "").strip(),
+                 sex=parse_sex(row.get(SEX_COLUMN)), age=parse_age(row.get(AGE_COLUMN)))
 
 
 def read_data_entry(path: str) -> DataEntry:
-    """Reads a Data_Entry CSV. Identical duplicate rows collapse into one (counted); conflicting ones
-    are all skipped, since neither can be trusted.
-
-    Raises:
-      ValueError: the file lacks a required column (names the columns it has).
-    """
+    """Reads a Data_Entry CSV (ValueError without a required column). Identical duplicate rows collapse
+    into one (counted); conflicting ones are all skipped."""
     with open_text(path) as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -116,16 +103,13 @@ def read_data_entry(path: str) -> DataEntry:
             except ValueError as err:
                 skipped.append(Skip(name, f"{err}; fix the CSV row or remove it"))
                 continue
-            if name in conflicts:
-                continue
-            if name in entries:
-                if entries[name] == entry:
-                    identical += 1
-                    continue
+            if name in entries and entries[name] != entry:
                 conflicts[name] = "conflicting duplicate rows in the CSV (labels, patient or view differ)"
                 del entries[name]
-                continue
-            entries[name] = entry
+            elif name in entries:
+                identical += 1
+            elif name not in conflicts:
+                entries[name] = entry
     skipped.extend(Skip(name, reason) for name, reason in conflicts.items())
     return DataEntry(entries=entries, skipped=skipped, identical_duplicates=identical, rows=rows)
 
@@ -134,13 +118,8 @@ BBOX_COLUMNS = ("Image Index", "Finding Label")  # the first two of BBox_List_20
 
 
 def read_bbox_csv(path: str) -> tuple[dict[str, list[FindingBox]], list[Skip]]:
-    """Reads BBox_List_2017.csv: (image -> its `FindingBox`es, unreadable rows as `Skip`s).
-
-    Its header has 9 fields and its rows 6, so rows are read by position: image, finding, x, y, w, h.
-
-    Raises:
-      ValueError: the header is not BBox_List's (another CSV passed by mistake), or `open_text`'s.
-    """
+    """Reads BBox_List_2017.csv by position (its header has 9 fields, its rows 6): image -> its
+    `FindingBox`es, and unreadable rows as `Skip`s; ValueError when the header is not BBox_List's."""
     boxes: dict[str, list[FindingBox]] = {}
     problems: list[Skip] = []
     with open_text(path) as f:
@@ -171,10 +150,8 @@ def union_box(boxes: list[tuple[float, float, float, float]]) -> tuple[float, fl
     """The union (x, y, w, h) of (x, y, w, h) boxes; ValueError when one is not finite or has no area."""
     for box in boxes:
         frame_region(box)
-    x0 = min(b[0] for b in boxes)
-    y0 = min(b[1] for b in boxes)
-    x1 = max(b[0] + b[2] for b in boxes)
-    y1 = max(b[1] + b[3] for b in boxes)
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     return (x0, y0, x1 - x0, y1 - y0)
 
 

@@ -33,7 +33,6 @@ class WorkItem:
 @dataclasses.dataclass(frozen=True)
 class ImageBoxes:
     """An image's boxes from --bbox_csv, each with its finding, and their union (the crop box)."""
-
     union: tuple[float, float, float, float]  # x, y, w, h in the 1024 frame
     boxes: tuple[FindingBox, ...]
 
@@ -41,7 +40,6 @@ class ImageBoxes:
 @dataclasses.dataclass(frozen=True)
 class WorkUnit:
     """One shard's images and the settings that shape them."""
-
     shard: str
     items: tuple[WorkItem, ...]
     image_size: int
@@ -67,12 +65,8 @@ def _read(reader, *args):
 def gather_and_assign(config: BuildConfig):
     """Reads the metadata and the image folder and assigns records to splits.
 
-    Returns:
-      (found sources, `ImageBoxes` by image, box warnings, split -> sources, skipped rows as dicts).
-
-    Raises:
-      UserInputError: missing inputs, or no usable image at all.
-    """
+    Returns (found sources, `ImageBoxes` by image, box warnings, split -> sources, skipped rows);
+    UserInputError for missing inputs or no usable image at all."""
     if not config.image_dir:
         raise UserInputError("--image_dir is required: the folder holding the images (searched recursively)")
     is_glob = config.split_by == "unlabeled" and sources_lib.is_pattern(config.image_dir)

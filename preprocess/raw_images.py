@@ -24,7 +24,6 @@ TEMP_SHARDS_PREFIX = "cxr-images-"
 @dataclasses.dataclass(frozen=True)
 class RawImages:
     """What --images resolved to: the build settings and what the build skipped."""
-
     images: str
     image_size: int
     max_pixels: int
@@ -62,11 +61,7 @@ def check_output_outside_images(output_dir: str, flag: str, images: str) -> None
 def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
                         labels_csv: str | None = None, output_flag: str = "output") -> tuple[int, int]:
     """Checks an --images run before any work; returns the models' (image size, pixel limit).
-
-    Raises:
-      UserInputError: no models, models of different sizes, nothing at `images`, a bad --labels_csv
-        or an unusable `output` file (placed by flag `output_flag`).
-    """
+    UserInputError: no models, several sizes, nothing at `images`, bad --labels_csv or `output`."""
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
     check_output_file(output, output_flag)

@@ -1,8 +1,5 @@
-"""Finding the images a build will write: CSV rows matched to files, or every image in a folder.
-
-Separates what becomes a record (`Source`s), what is skipped with a reason, what the CSV lists but
-is not on disk (`absent`: a partial download is normal) and what is on disk but not listed.
-"""
+"""Finding the images a build will write: CSV rows matched to files, or every image in a folder;
+skipped (with a reason), absent (listed, not on disk) and unlisted files are counted apart."""
 
 from __future__ import annotations
 
@@ -26,7 +23,6 @@ GLOB_CHARACTERS = "*?["
 @dataclasses.dataclass(frozen=True)
 class Source:
     """One image that should become a record."""
-
     entry: Entry
     path: str
 
@@ -80,15 +76,8 @@ def _matching_files(pattern: str) -> dict[str, list[str]]:
 
 
 def scan_images(image_dir: str) -> dict[str, list[str]]:
-    """File name -> paths of every non-hidden file under `image_dir` (recursively, local or a bucket
-    URL), or of every file a glob pattern matches.
-
-    Links to folders are followed (clusters link `images_001 -> /mnt/...`); a folder reached twice
-    is read once.
-
-    Raises:
-      FileNotFoundError: `image_dir` is not a folder.
-    """
+    """File name -> paths of every non-hidden file under `image_dir` (recursively, local or bucket URL,
+    linked folders followed once) or matching a glob; FileNotFoundError when it is not a folder."""
     if is_pattern(image_dir):
         return _matching_files(image_dir)
     if not storage.isdir(image_dir):
@@ -167,14 +156,9 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | 
 
 
 def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sources:
-    """Every image under `image_dir` as a record; other files are unlisted.
-
-    Labels come from `known` (id or DICOM SOPInstanceUID -> 0/1); others are unlabeled (-1).
-    PNG and JPEG files are found by extension and keyed by file name; different files sharing a
-    name are each keyed by their path under the folder. DICOM files are found by content, keyed by
-    their path (archives reuse `1.dcm` in every series), and carry their header's patient, view,
-    sex and age.
-    """
+    """Every image under `image_dir` as a record, labelled from `known` (id or SOPInstanceUID -> 0/1)
+    or unlabeled. PNG/JPEG by extension, keyed by file name (by path when names clash); DICOM by
+    content, keyed by path, with its header's patient, view, sex and age."""
     files = scan_images(image_dir)
     root = pattern_root(image_dir)
     known = known or {}

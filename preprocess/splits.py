@@ -10,19 +10,10 @@ import numpy as np
 
 def grouped_split(items: Sequence[tuple[str, str, int]], fractions: dict[str, float],
                   seed: int) -> dict[str, str]:
-    """Assigns every image to a split, keeping each patient's images together.
+    """Image name -> split for (image, patient, label) `items`, each patient's images together.
 
-    Patients are stratified by their majority label; within a stratum they go (largest first,
-    seeded order among equals) to the split furthest below its share of the stratum's images.
-
-    Args:
-      items: (image name, patient id, label) triples.
-      fractions: split name -> share of images; shares must be >= 0 and sum to 1 (else ValueError).
-      seed: breaks ties in patient order.
-
-    Returns:
-      image name -> split name.
-    """
+    Patients are stratified by majority label; within a stratum they go (largest first, `seed` order
+    among equals) to the split furthest below its share of `fractions` (>= 0, summing to 1)."""
     if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
     by_patient: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)

@@ -1,8 +1,5 @@
-"""A small synthetic dataset in NIH ChestX-ray14's format, for tests and the demo.
-
-Writes `Data_Entry_2017_v2020.csv`, `BBox_List_2017.csv` (the official header), the patient-level
-`train_val_list.txt` / `test_list.txt` and PNGs under `images_001/images/`. Same seed, same bytes.
-"""
+"""A small synthetic dataset in NIH ChestX-ray14's format (CSVs, split lists, PNGs under
+images_001/images/), for tests and the demo. Same seed, same bytes."""
 
 from __future__ import annotations
 
@@ -37,7 +34,6 @@ LABEL_NOISE_FILE = "label_noise.csv"  # the flipped images: image, true and writ
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """What to generate (see PRESETS)."""
-
     output_dir: str
     preset: str = "radiograph"
     label_noise: float | None = None  # share of images whose written label is flipped; None: the preset's

@@ -16,7 +16,6 @@ FINDING_KINDS = ("Nodule", "Mass", "Infiltration", "Effusion", "Cardiomegaly")
 @dataclasses.dataclass(frozen=True)
 class Patient:
     """One patient's anatomy, in fractions of the image side."""
-
     lung_x: tuple[float, float]  # centres of the right and left lung fields
     lung_y: float
     lung_rx: float

@@ -1,8 +1,5 @@
-"""One work unit (a shard) on any engine: its images processed in a worker, then the shard and its
-state file written. The process pool (`builder`) and Beam (`beam_runner`) both run these.
-
-No TensorFlow at import: spawned workers start fast; only the shard writer loads it.
-"""
+"""One work unit (a shard) on either engine (`builder`'s pool, `beam_runner`): its images processed
+in a worker, then the shard and its state file written. No TensorFlow at import."""
 
 from __future__ import annotations
 
@@ -26,11 +23,7 @@ def report_progress_to(callback) -> None:
 
 
 def process_item(item: WorkItem, unit: WorkUnit) -> tuple:
-    """Reads and processes one image with `unit`'s settings (its items are not used).
-
-    Returns:
-      (name, encoded | None, crop_applied, warning, error): `error` says why the image is skipped.
-    """
+    """(name, encoded | None, crop_applied, warning, error) of one image, with `unit`'s settings."""
     try:
         out = images.process(storage.read_bytes(item.path), box=item.box, image_size=unit.image_size,
                              image_format=unit.image_format, jpeg_quality=unit.jpeg_quality,
@@ -59,14 +52,8 @@ def read_state(output_dir: str, shard: str) -> dict:
 
 
 def finish_unit(config, unit: WorkUnit, results: list[tuple], by_name: dict, boxes: dict) -> dict:
-    """Writes one processed shard and then its state; returns the state.
-
-    Args:
-      config: the `BuildConfig`.
-      results: `process_item`'s tuples in the unit's order.
-      by_name: image name -> `Source` (at least the unit's images).
-      boxes: image name -> `plan.ImageBoxes` recorded in the record, whatever the crop mode.
-    """
+    """Writes one processed shard (`results` in the unit's order) and its state; returns the state.
+    `by_name` maps names to `Source`s, `boxes` to the `plan.ImageBoxes` each record carries."""
     from preprocess import shard_writer  # TensorFlow: loaded where shards are written only
 
     serialized, patients = [], set()
