@@ -62,6 +62,13 @@ def _read(reader, *args):
         raise UserInputError(str(err)) from None
 
 
+def read_known_labels(path: str) -> dict[str, int]:
+    """The labels of --labels_csv `path`; UserInputError naming the file (or its line) and the fix."""
+    if not storage.isfile(path):
+        raise UserInputError(f"--labels_csv={path} does not exist")
+    return _read(labels_csv_lib.read_labels_csv, path)
+
+
 def gather_and_assign(config: BuildConfig):
     """Reads the metadata and the image folder and assigns records to splits.
 
@@ -122,9 +129,7 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
                                  "--split_by=unlabeled works without)")
         csv_path = _input_file("data_entry_csv", config.data_entry_csv)
         return _read(sources_lib.from_data_entry, csv_path, config.image_dir)
-    known = None
-    if _input_file("labels_csv", config.labels_csv):
-        known = _read(labels_csv_lib.read_labels_csv, config.labels_csv)
+    known = read_known_labels(config.labels_csv) if config.labels_csv else None
     found = sources_lib.from_folder(config.image_dir, known)
     if known and found.sources and all(s.entry.label == LABEL_UNKNOWN for s in found.sources):
         raise UserInputError(

@@ -14,8 +14,10 @@ from contracts import manifest as manifest_lib
 from contracts.errors import UserInputError, check_output_file
 from contracts.prediction_files import few
 from contracts.run_folder import load_run_config
+from preprocess import sources
 from preprocess.config import BuildConfig, NothingToBuild
 from preprocess.images import MAX_IMAGE_PIXELS
+from preprocess.plan import read_known_labels
 
 IMAGES_SPLIT = "eval"  # the split an unlabeled build writes
 TEMP_SHARDS_PREFIX = "cxr-images-"
@@ -50,8 +52,6 @@ def check_one_source(data_dir: str | None, images: str | None) -> None:
 def check_output_outside_images(output_dir: str, flag: str, images: str) -> None:
     """Refuses (UserInputError) an output folder inside --images (a glob's fixed leading folders):
     what is written there (explain.py's overlays are PNGs) would be read as images by the next run."""
-    from preprocess import sources
-
     root = os.path.realpath(sources.pattern_root(images))
     if os.path.commonpath([os.path.realpath(output_dir or "."), root]) == root:
         raise UserInputError(f"--{flag}={output_dir} is inside --images={images}: what it writes there would "
@@ -70,20 +70,11 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
     if len(sizes) > 1:
         raise UserInputError(f"the --model_dir models were trained at {sizes} px; score raw images with "
                              "models of one image size per predict.py run")
-    from preprocess import sources
-
     if not os.path.isdir(images) and not (sources.is_pattern(images) and sources.scan_images(images)):
         raise UserInputError(f"--images={images} is neither a folder nor a pattern matching any file; "
                              "pass a folder (searched recursively) or a quoted glob such as 'scans/*.dcm'")
     if labels_csv is not None:
-        from contracts import labels_csv as labels_csv_lib
-
-        if not os.path.isfile(labels_csv):
-            raise UserInputError(f"--labels_csv={labels_csv} does not exist")
-        try:
-            labels_csv_lib.read_labels_csv(labels_csv)
-        except ValueError as err:
-            raise UserInputError(str(err)) from None
+        read_known_labels(labels_csv)
     return sizes[0], min(_max_pixels(c) for c in configs)
 
 
