@@ -125,7 +125,7 @@ def data_stage(plan: DemoPlan) -> tuple[list[str], list[float]]:
 
 def plan_digest(plan: DemoPlan) -> str:
     """What the outputs depend on: every setting and, for synthetic data, the generator's version."""
-    from preprocess.synthetic import GENERATOR_VERSION
+    from preprocess.synthetic_data import GENERATOR_VERSION
 
     fields = {k: v for k, v in dataclasses.asdict(plan).items() if k != "output_dir"}
     fields["generator_version"] = GENERATOR_VERSION if plan.nih_dir is None else None

@@ -114,7 +114,7 @@ def define_build_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def define_synthetic_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     """Flags of `preprocess/synthetic.py` (the NIH-format synthetic dataset): `SyntheticConfig`'s fields."""
-    from preprocess.synthetic import PRESETS, SyntheticConfig
+    from preprocess.synthetic_data import PRESETS, SyntheticConfig
 
     default = {f.name: f.default for f in dataclasses.fields(SyntheticConfig)}
     share(fv, "output_dir", note="Here: the CSVs and images_001/images/*.png.")

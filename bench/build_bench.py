@@ -54,7 +54,9 @@ from pydicom.uid import (  # noqa: E402
 from preprocess import (
     builder,  # noqa: E402
     dicom,  # noqa: E402
-    synthetic,  # noqa: E402
+)
+from preprocess import (
+    synthetic_data as synthetic,  # noqa: E402
 )
 from preprocess.config import BuildConfig  # noqa: E402
 

@@ -104,7 +104,7 @@ def _base_set(nih_dir: str, work: str) -> tuple[str, str, list[str], str]:
             entries = f.read().splitlines()
         bbox_csv = os.path.join(nih_dir, "BBox_List_2017.csv")
     else:
-        from preprocess import synthetic
+        from preprocess import synthetic_data as synthetic
 
         size = _SOURCE_SIZE.value
         synthetic.generate(synthetic.SyntheticConfig(output_dir=work, num_patients=40, source_size=size))

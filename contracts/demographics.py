@@ -1,9 +1,5 @@
-"""Patient sex and age as records carry them, and the one tolerant reader of each.
-
-NIH's CSVs write ages as `58` (v2020) or `058Y` (2017); DICOM's PatientAge is an Age String
-(`062Y`, `018M`, `003W`, `010D`), though real files also hold a bare `62`. Sex is NIH's
-"Patient Gender" or DICOM's PatientSex. Anything unreadable is unknown, never a guess.
-"""
+"""Patient sex and age as records carry them, and one tolerant reader of each (NIH's `58`/`058Y`,
+DICOM's Age Strings `062Y`/`018M`/`003W`/`010D`). Anything unreadable is unknown, never a guess."""
 
 from __future__ import annotations
 
@@ -18,13 +14,8 @@ _DAYS_PER_UNIT = {"D": 1, "W": 7}
 
 
 def parse_age(value) -> int | None:
-    """Reads an age in whole years from an Age String ("062Y"), a bare number or an int.
-
-    Months, weeks and days are floored to years ("062M" -> 5, "020D" -> 0).
-
-    Returns:
-      The age, or None when `value` is empty, unreadable, negative or over MAX_AGE_YEARS.
-    """
+    """Whole years ("062M" -> 5) from an Age String, a bare number or an int; None when empty,
+    unreadable, negative or over MAX_AGE_YEARS."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):

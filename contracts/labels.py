@@ -1,5 +1,4 @@
-"""The vocabulary of NIH ChestX-ray14 (findings, labels, the boxes' frame), kept free of TensorFlow so
-the offline builder's worker processes can import it cheaply. `contracts.records` re-exports it."""
+"""NIH ChestX-ray14's vocabulary: findings, labels, the boxes' frame (no TensorFlow: builder workers)."""
 
 # The 14 NIH ChestX-ray14 findings, in the fixed order of the multi-hot `findings` vector.
 FINDINGS: tuple[str, ...] = (
@@ -27,24 +26,15 @@ LABEL_UNKNOWN = -1  # unlabeled images (a Kaggle eval folder): no CSV row
 
 
 def findings_multi_hot(findings) -> list[int]:
-    """Returns the 14-long 0/1 vector of `findings` in `FINDINGS` order.
-
-    Raises:
-      ValueError: a name is not one of `FINDINGS`.
-    """
+    """The 14-long 0/1 vector of `findings` in `FINDINGS` order; ValueError for an unknown name."""
     unknown = sorted(set(findings) - set(FINDINGS))
     if unknown:
         raise ValueError(f"unknown finding label(s) {unknown}; known: {', '.join(FINDINGS)}")
-    present = set(findings)
-    return [int(name in present) for name in FINDINGS]
+    return [int(name in set(findings)) for name in FINDINGS]
 
 
 def parse_finding_labels(raw: str) -> tuple[int, tuple[int, ...]]:
-    """Maps a "Finding Labels" cell to (binary label, 14-long multi-hot).
-
-    Raises:
-      ValueError: empty cell, unknown finding, or "No Finding" mixed with findings.
-    """
+    """A "Finding Labels" cell as (binary label, multi-hot); ValueError if empty, unknown or mixed."""
     names = [part.strip() for part in raw.split("|")]
     if not raw.strip() or any(not n for n in names):
         raise ValueError(f"empty finding label in {raw!r}")

@@ -1,12 +1,6 @@
-"""A labels CSV: another reading of the same images (a radiologist panel, a hospital's own labels).
-
-One reader for every labels file a tool takes: `--labels_csv` (the builder labels an unlabeled
-folder with it, `predict.py --images` labels raw files) and `--other_labels_csv` (`predict.py` and
-`ensemble.py` rescore their predictions against it). Rows are keyed by the first of `ID_COLUMNS` present: a record's id (a file name, or a
-DICOM file's path under the image folder) or a DICOM SOPInstanceUID. The label is, in order of
-preference, a `label` column, NIH's `Finding Labels` ("No Finding" is normal), or the one other
-column there is; values 0/1 or YES/NO (any case). Plain or gzip.
-"""
+"""The one reader of labels CSVs (--labels_csv, --other_labels_csv), plain or gzip: keyed by the first
+of `ID_COLUMNS` present, labelled by a `label` column, NIH's `Finding Labels`, or the one other
+column; values 0/1 or YES/NO (any case)."""
 
 from __future__ import annotations
 
@@ -26,13 +20,7 @@ _VALUES = {"0": labels.LABEL_NORMAL, "1": labels.LABEL_ABNORMAL, "no": labels.LA
 
 
 def open_text(path: str) -> io.TextIOBase:
-    """Reads a plain or gzip-compressed UTF-8 CSV whole (NIH's largest is 8 MB unpacked), local or
-    a bucket URL (`contracts.storage`), as text for `csv` (its newline handling reads CRLF).
-
-    Raises:
-      ValueError: a truncated or corrupt gzip file, or text that is not UTF-8; the message names
-        the file and the fix.
-    """
+    """A plain or gzip UTF-8 CSV (local or a bucket URL) as text; ValueError naming the file and fix."""
     data = storage.read_bytes(path)
     if data[:2] == GZIP_MAGIC:
         try:
@@ -69,12 +57,8 @@ def _parse(column: str, raw: str) -> int | None:
 
 
 def read_labels_csv(path: str) -> dict[str, int]:
-    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal).
-
-    Raises:
-      ValueError: no key or label column, a value other than 0/1/YES/NO (or NIH findings), an
-        empty key, or a key listed twice; the message names the line and the fix.
-    """
+    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal); ValueError naming the line and the
+    fix for a missing column, a value that is no label, an empty or a repeated key."""
     with open_text(path) as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -94,6 +78,7 @@ def read_labels_csv(path: str) -> dict[str, int]:
             if not name:
                 raise ValueError(f"{path} line {line}: empty {key}; every row needs an image id")
             if name in found:
-                raise ValueError(f"{path} line {line}: {key} {name!r} is listed twice; keep one row per image")
+                raise ValueError(f"{path} line {line}: {key} {name!r} is listed twice; keep one row per "
+                                 "image")
             found[name] = label
     return found

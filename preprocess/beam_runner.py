@@ -1,30 +1,13 @@
-"""The builder's work units on Apache Beam: the same plan, decode and shard writer on another engine.
-
-    python preprocess/build_tfrecords.py --runner=beam ... \
-        --beam_pipeline_args="--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp"
-
-`builder.build` does everything else exactly as for the local runner: the launching process reads
-the metadata, splits by patient and plans the shards (`preprocess/plan.py`; the split is one
-global, seeded, sequential rule over the CSV, seconds even for NIH), checks the output folder and
-what is already written, and afterwards writes the manifest from the shards' state files. This
-module only replaces the process pool:
-
-  shard names → each shard's work unit (read from the output folder) → one element per image
-    → Reshuffle (spread over the workers) → `builder.process_item` (read, decode, crop, resize,
-    encode) → GroupByKey(shard) → `builder.finish_unit` (the records in the planned order, the
-    shard written atomically)
-
-The work units travel as JSON files under `--output_dir/.build/units/`, not inside the pipeline
-graph: a runner then ships only shard names (Dataflow refuses graphs over 10 MB, and NIH's plan is
-larger), and every worker reads its unit from the storage the shards go to. Elements are images,
-not shards, so a runner can spread one 5,000-image shard over many workers.
+"""The builder's work units on Apache Beam (`--runner=beam`): shard names → images → Reshuffle →
+`units.process_item` → GroupByKey(shard) → `units.finish_unit`. Units travel as files under
+.build/units/, not in the graph (Dataflow refuses graphs over 10 MB; NIH's plan is larger).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
+import pickle
 import shlex
 
 import apache_beam as beam
@@ -32,31 +15,23 @@ from absl import logging as absl_logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from contracts import storage
-from contracts.atomic import write_json
-from contracts.boxes import FindingBox
+from contracts.atomic import write_bytes
 from contracts.errors import UserInputError
-from preprocess import builder
+from preprocess import units as units_lib
 from preprocess.config import BuildConfig
-from preprocess.nih_metadata import Entry
-from preprocess.plan import ImageBoxes, WorkItem, WorkUnit
-from preprocess.sources import Source
+from preprocess.plan import WorkUnit
 
-UNITS_DIR = "units"  # inside builder.STATE_DIR: one JSON work unit per pending shard
+UNITS_DIR = "units"  # inside units.STATE_DIR: one work unit per pending shard
 
 
 def pipeline_options(args_text: str) -> PipelineOptions:
-    """Beam's options from `--beam_pipeline_args`, refusing any Beam would silently discard.
-
-    Raises:
-      UserInputError: unbalanced quotes, or options no Beam runner knows (named).
-    """
+    """Beam's options from --beam_pipeline_args; UserInputError for bad quoting or unknown options."""
     try:
         args = shlex.split(args_text)
     except ValueError as err:
         raise UserInputError(f"--beam_pipeline_args={args_text!r}: {err}") from None
     options = PipelineOptions(args)
-    # Beam drops options no runner defines, with a warning only: they are refused here instead, in
-    # the one line of the tool's error (Beam's own warning is held back).
+    # Beam drops unknown options with a warning only: refused here instead (its warning held back).
     beam_log = logging.getLogger(PipelineOptions.__module__)
     level = beam_log.level
     beam_log.setLevel(logging.ERROR)
@@ -66,49 +41,27 @@ def pipeline_options(args_text: str) -> PipelineOptions:
     finally:
         beam_log.setLevel(level)
     if unknown:
-        raise UserInputError(f"--beam_pipeline_args: Beam knows no option {', '.join('--' + u for u in unknown)}; "
-                         "check the spelling against the runner's options (beam.apache.org/documentation/runners)")
+        named = ", ".join("--" + u for u in unknown)
+        raise UserInputError(f"--beam_pipeline_args: Beam knows no option {named}; "
+                             "check the spelling against the runner's options "
+                             "(beam.apache.org/documentation/runners)")
     return options
 
 
 def _unit_path(output_dir: str, shard: str) -> str:
-    return storage.join(output_dir, builder.STATE_DIR, UNITS_DIR, f"{shard}.json")
-
-
-def _boxes_record(found: ImageBoxes | None) -> dict | None:
-    return None if found is None else {"union": found.union, "boxes": [b._asdict() for b in found.boxes]}
-
-
-def _image_boxes(record: dict | None) -> ImageBoxes | None:
-    if record is None:
-        return None
-    return ImageBoxes(tuple(record["union"]), tuple(FindingBox(**b) for b in record["boxes"]))
+    return storage.join(output_dir, units_lib.STATE_DIR, UNITS_DIR, f"{shard}.pickle")
 
 
 def write_unit(output_dir: str, unit: WorkUnit, by_name: dict, boxes: dict) -> None:
-    """Writes a shard's work unit with what its records need (entries, recorded boxes)."""
-    record = {
-        **{f.name: getattr(unit, f.name) for f in dataclasses.fields(WorkUnit) if f.name != "items"},
-        "items": [{"name": item.name, "path": item.path, "box": item.box,
-                   "boxes": _boxes_record(boxes.get(item.name)),
-                   "entry": dataclasses.asdict(by_name[item.name].entry)} for item in unit.items],
-    }
-    write_json(_unit_path(output_dir, unit.shard), record)
+    """Writes a shard's work unit with what its records need (sources, recorded boxes)."""
+    names = [item.name for item in unit.items]
+    needed = (unit, {n: by_name[n] for n in names}, {n: boxes[n] for n in names if n in boxes})
+    write_bytes(_unit_path(output_dir, unit.shard), pickle.dumps(needed))
 
 
 def read_unit(output_dir: str, shard: str) -> tuple[WorkUnit, dict, dict]:
     """Returns (unit, image name -> Source, image name -> `ImageBoxes`) as `write_unit` wrote them."""
-    record = json.loads(storage.read_bytes(_unit_path(output_dir, shard)))
-    items = record.pop("items")
-    unit = WorkUnit(items=tuple(WorkItem(i["name"], i["path"], _box(i["box"])) for i in items), **record)
-    by_name = {i["name"]: Source(Entry(**{**i["entry"], "findings": tuple(i["entry"]["findings"])}), i["path"])
-               for i in items}
-    boxes = {i["name"]: _image_boxes(i["boxes"]) for i in items if i["boxes"] is not None}
-    return unit, by_name, boxes
-
-
-def _box(values):
-    return None if values is None else tuple(values)
+    return pickle.loads(storage.read_bytes(_unit_path(output_dir, shard)))
 
 
 def _images_of(shard: str, output_dir: str):
@@ -121,7 +74,7 @@ def _images_of(shard: str, output_dir: str):
 
 def _process(element):
     shard, (index, item, settings) = element
-    return shard, (index, builder.process_item(item, settings))
+    return shard, (index, units_lib.process_item(item, settings))
 
 
 def _write_shard(element, config: BuildConfig) -> None:
@@ -132,24 +85,22 @@ def _write_shard(element, config: BuildConfig) -> None:
         # A lost or repeated element would make a shard the plan does not describe: never write it.
         raise RuntimeError(f"shard {shard}: the pipeline delivered {len(results)} results for "
                            f"{len(unit.items)} planned images")
-    builder.finish_unit(config, unit, results, by_name, boxes)
+    units_lib.finish_unit(config, unit, results, by_name, boxes)
 
 
 def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes: dict) -> None:
-    """Runs `pending` units on the Beam runner `config.beam_pipeline_args` names; returns when
-    every shard and its state file are written.
+    """Runs `pending` units on the Beam runner --beam_pipeline_args names, until each shard is written.
 
     Raises:
-      UserInputError: bad pipeline options, or the pipeline failed (its first error line).
+      UserInputError: bad pipeline options, or the pipeline failed (its last error line).
     """
     options = pipeline_options(config.beam_pipeline_args)
     if not pending:
         return
     if absl_logging.get_verbosity() < absl_logging.DEBUG:
-        # Beam narrates its start-up at INFO (the Prism runner the DirectRunner tries first and its
-        # fallback, type-hint conversions): shown under --verbosity=1, like TensorFlow's INFO lines.
+        # Beam narrates its start-up at INFO: shown under --verbosity=1, like TensorFlow's INFO lines.
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    units_dir = storage.join(config.output_dir, builder.STATE_DIR, UNITS_DIR)
+    units_dir = storage.join(config.output_dir, units_lib.STATE_DIR, UNITS_DIR)
     storage.makedirs(units_dir)
     for unit in pending:
         write_unit(config.output_dir, unit, by_name, boxes)
@@ -166,7 +117,7 @@ def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes
     except Exception as err:  # a worker's failure arrives as the runner's own exception
         report = str(err).strip() or type(err).__name__
         absl_logging.debug("the Beam pipeline failed:\n%s", report)
-        raise UserInputError(f"the Beam pipeline failed: {report.splitlines()[-1]}; the shards it finished are "
-                         "kept and the same command writes the rest (--verbosity=1 shows Beam's whole "
-                         "report)") from None
+        raise UserInputError(f"the Beam pipeline failed: {report.splitlines()[-1]}; the shards it finished "
+                             "are kept and the same command writes the rest (--verbosity=1 shows Beam's "
+                             "whole report)") from None
     storage.rmtree(units_dir)

@@ -1,45 +1,5 @@
-"""Reading DICOM radiographs: the header tags the builder keeps, and one 8-bit grayscale image.
-
-Runs in the builder's worker processes beside `preprocess.images`, so it imports pydicom, numpy
-and Pillow only (no TensorFlow). Every file it cannot use raises `ImageError` with the reason.
-
-A file is DICOM when its content says so: the DICOM Part 10 preamble (128 bytes) followed by
-`DICM`, whatever the file is called. Files without the preamble (bare data sets, old ACR-NEMA
-files) are not recognised: nothing in their first bytes tells them reliably from other formats.
-
-`decode` turns the pixel data into an 8-bit grayscale image by these rules (baseline JPEG is
-decoded by Pillow, like the builder's JPEG sources; everything else by pydicom's plugins):
-
-1. Refused, with the reason: no pixel data; more than one frame; a transfer syntax that the
-   installed pydicom plugins cannot decode; truncated or corrupt pixel data; more than
-   `--max_image_pixels` pixels (checked from the header, before decoding); Bits Stored outside
-   8..16; any photometric interpretation other than MONOCHROME1, MONOCHROME2 (1 sample),
-   RGB, YBR_FULL, YBR_FULL_422 (3 samples) or PALETTE COLOR (1 sample).
-2. Colour (RGB, YBR_FULL, YBR_FULL_422, PALETTE COLOR) becomes RGB (pydicom converts YBR and
-   applies the palette), colour deeper than 8 bits is scaled over its full range to 8 bits
-   (`v * 255 / (2**bits - 1)`, rounded), and the RGB image becomes gray with Pillow's
-   `convert("L")` (ITU-R 601 luma), exactly as a colour PNG is treated.
-3. Monochrome goes through the Modality LUT (Rescale Slope/Intercept, or a Modality LUT
-   Sequence), then:
-   - with a VOI LUT Sequence, its first LUT, whose output 0..(largest entry) maps to 0..255;
-   - else with Window Center/Width, the first window with the VOI LUT Function of the file
-     (LINEAR as in DICOM PS3.3 C.11.2.1.2.1 when absent or unknown, LINEAR_EXACT or SIGMOID),
-     its output range mapped to 0..255; a window narrower than 1 is ignored;
-   - else unsigned data of at most 8 stored bits that the Modality LUT left unchanged is kept
-     as stored;
-   - else the 0.5th..99.5th percentile range of the modality values (numpy's linear
-     interpolation) maps linearly to 0..255, values outside it clip. When the two percentiles
-     are equal the full min..max range is used instead; a constant image becomes black.
-   Values are rounded half to even (`np.rint`) and clipped to 0..255. MONOCHROME1 is then
-   inverted (255 - v), so bone is bright as in MONOCHROME2. The Presentation LUT Shape is not
-   read: for radiographs it only restates what the photometric interpretation already says.
-4. When the builder will shrink the image without cropping it, a baseline-JPEG frame is decoded
-   as `preprocess.images` decodes a .jpg: at the smallest of libjpeg's DCT scales 1/2, 1/4, 1/8
-   that keeps both sides at least the output size, straight to gray, so the same JPEG gives the
-   same record in a .jpg or in a DICOM file. A monochrome frame (unsigned) then goes through
-   rule 3, whose percentile stretch sees the decoded pixels, not the whole frame's; a colour
-   frame (RGB or YBR) is its JPEG luma, as a colour .jpg is, instead of rule 2's luma of RGB.
-"""
+"""DICOM radiographs: the header tags the builder keeps, and one 8-bit grayscale image. A file is
+DICOM by its content (the Part 10 preamble, then `DICM`); the decoding rules are the README's."""
 
 from __future__ import annotations
 
@@ -66,10 +26,9 @@ from preprocess.dicom_values import (
     tag_number,
     tag_text,
 )
-from preprocess.images import ImageError
+from preprocess.image_error import ImageError
 
-# pydicom also logs what it tolerates in a damaged file; here every problem becomes the file's
-# one skip reason in the manifest instead, so its log lines would only repeat it.
+# Every problem of a damaged file becomes its one skip reason: pydicom's log lines would repeat it.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 DICOM_MAGIC = b"DICM"
@@ -81,27 +40,22 @@ SUPPORTED_PHOTOMETRIC = {
     "MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
 }
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
-# Names of transfer syntaxes newer than the pinned pydicom, so a refusal names them.
+# Transfer syntaxes newer than the pinned pydicom, so a refusal names them.
 NEWER_SYNTAX_NAMES = {
     "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
     "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
     "1.2.840.10008.1.2.4.112": "JPEG XL",
 }
-# The plugin that decodes each of these syntaxes, whatever else is installed. Baseline JPEG:
-# Pillow's libjpeg-turbo, several times faster than pylibjpeg's libjpeg and the decoder of the
-# JPEG sources in `preprocess.images` (the two differ by at most 1). RLE: pydicom's own numpy
-# decoder, because pylibjpeg-rle panics on corrupt data with pyo3's PanicException, which is not
-# an Exception and would end the builder's worker.
+# Baseline JPEG: Pillow's libjpeg-turbo, faster than pylibjpeg and the decoder of the .jpg sources.
+# RLE: pydicom's own, because pylibjpeg-rle panics on corrupt data (not an Exception: ends a worker).
 DECODING_PLUGINS = {JPEGBaseline8Bit: "pillow", RLELossless: "pydicom"}
-# pydicom does not raise on a file that ends inside an element of undefined length (encapsulated
-# pixel data): it warns with this text and drops the element, so the warning is the only sign.
+# A file ending inside an element of undefined length only gets this warning (the element dropped).
 _EARLY_END_WARNING = "End of file reached"
 
 
 @dataclasses.dataclass(frozen=True)
 class DicomTags:
     """The header fields the builder keeps; None when a tag is absent, empty or unreadable."""
-
     patient_id: str | None
     view_position: str | None  # e.g. "PA", "AP"
     sex: str | None  # "M" or "F"
@@ -122,13 +76,13 @@ def _untrusted(reason: str):
         try:
             yield
         except CORRUPT_INPUT_ERRORS as err:
-            raise ImageError(f"{reason} ({_short(err)})") from None
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ImageError(f"{reason} ({first_line[:160]})") from None
 
 
 def _read(source: bytes | IO[bytes], **read_options) -> tuple[Dataset, bool]:
-    """Parses a file's bytes, or an open file from its start (pydicom reads only as far as it
-    needs: with `stop_before_pixels`, the header); returns the data set and whether the file
-    ended inside an element."""
+    """Parses bytes or an open file from its start; returns (data set, whether the file ended inside
+    an element)."""
     if isinstance(source, (bytes, bytearray)):
         head, source = source, io.BytesIO(source)
     else:
@@ -145,34 +99,18 @@ def _read(source: bytes | IO[bytes], **read_options) -> tuple[Dataset, bool]:
     return ds, ended_early
 
 
-def _short(err: Exception) -> str:
-    """The first line of an exception's message, at most 160 characters."""
-    lines = str(err).strip().splitlines() or [type(err).__name__]
-    return lines[0][:160]
-
-
 def read_tags(data: bytes | IO[bytes]) -> DicomTags:
-    """Reads the header fields from a DICOM file's bytes or an open file, without its pixel data
-    (from an open file, without reading it: an archive's files are read whole once, by the build).
-
-    Raises:
-      ImageError: `data` is not DICOM or its header cannot be parsed.
-    """
+    """The header fields of a file's bytes or an open file, pixel data unread; ImageError when unreadable."""
     with _untrusted("unreadable DICOM header"):
         ds, _ = _read(data, stop_before_pixels=True)
-        sex = parse_sex(tag_text(ds, "PatientSex"))
         view = tag_text(ds, "ViewPosition")
-        return DicomTags(
-            patient_id=tag_text(ds, "PatientID"),
-            view_position=view.upper() if view else None,
-            sex=sex or None,
-            age=parse_age(tag_text(ds, "PatientAge")),
-            sop_instance_uid=tag_text(ds, "SOPInstanceUID"),
-        )
+        return DicomTags(tag_text(ds, "PatientID"), view.upper() if view else None,
+                         parse_sex(tag_text(ds, "PatientSex")) or None, parse_age(tag_text(ds, "PatientAge")),
+                         tag_text(ds, "SOPInstanceUID"))
 
 
 def _check_header(ds: Dataset, max_pixels: int) -> str:
-    """Refuses what `decode` cannot turn into one image; returns the photometric interpretation."""
+    """Refuses what cannot become one image; returns the photometric interpretation."""
     if "PixelData" not in ds:
         raise ImageError("no pixel data")
     frames = tag_number(ds, "NumberOfFrames") or 1
@@ -182,17 +120,13 @@ def _check_header(ds: Dataset, max_pixels: int) -> str:
     if rows <= 0 or columns <= 0:
         raise ImageError(f"no image size in the header (Rows={rows}, Columns={columns})")
     if rows * columns > max_pixels:
-        raise ImageError(
-            f"{columns}x{rows} = {rows * columns:,} pixels exceeds --max_image_pixels={max_pixels:,}; "
-            "refused as a possible decompression bomb"
-        )
+        raise ImageError(f"{columns}x{rows} = {rows * columns:,} pixels exceeds --max_image_pixels="
+                         f"{max_pixels:,}; refused as a possible decompression bomb")
     photometric = (tag_text(ds, "PhotometricInterpretation") or "").upper()
     samples = int(tag_number(ds, "SamplesPerPixel") or 1)
     if SUPPORTED_PHOTOMETRIC.get(photometric) != samples:
-        raise ImageError(
-            f"unsupported photometric interpretation {photometric or 'None'} with {samples} "
-            f"sample(s) per pixel; supported: {', '.join(SUPPORTED_PHOTOMETRIC)}"
-        )
+        raise ImageError(f"unsupported photometric interpretation {photometric or 'None'} with {samples} "
+                         f"sample(s) per pixel; supported: {', '.join(SUPPORTED_PHOTOMETRIC)}")
     bits = int(tag_number(ds, "BitsStored") or 0)
     if not BITS_STORED_RANGE[0] <= bits <= BITS_STORED_RANGE[1]:
         raise ImageError(f"Bits Stored {bits} is not supported (only {BITS_STORED_RANGE[0]} to "
@@ -220,12 +154,10 @@ def _check_transfer_syntax(ds: Dataset) -> None:
 
 
 def _decoding_plugin(ds: Dataset) -> str:
-    """The plugin of DECODING_PLUGINS for this file when installed, else "" (pydicom's choice)."""
+    """This file's plugin of DECODING_PLUGINS when installed, else "" (pydicom's choice)."""
     syntax = ds.file_meta.TransferSyntaxUID
     plugin = DECODING_PLUGINS.get(syntax, "")
-    if plugin and plugin not in get_decoder(syntax).available_plugins:
-        return ""
-    return plugin
+    return plugin if plugin and plugin in get_decoder(syntax).available_plugins else ""
 
 
 def _pixels(ds: Dataset, samples: int) -> np.ndarray:
@@ -242,20 +174,15 @@ def _pixels(ds: Dataset, samples: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
-    """A DICOM file parsed and checked by `open_frame`, its pixels not yet decoded."""
-
+    """A file parsed and checked by `open_frame`, its pixels not yet decoded."""
     ds: Dataset
     photometric: str
     size: tuple[int, int]  # (Columns, Rows): width and height, as Pillow's `Image.size`
 
 
 def open_frame(data: bytes, max_pixels: int) -> Frame:
-    """Parses `data` and refuses what cannot become one image (rule 1 of the module docstring),
-    without decoding the pixels: the builder reads the size to place a crop first.
-
-    Raises:
-      ImageError: the file is not DICOM or cannot become one grayscale image; the message says why.
-    """
+    """Parses `data` and refuses (ImageError, saying why) what cannot become one image, without
+    decoding the pixels: the builder places a crop by the size first."""
     with _untrusted("corrupt DICOM file"):
         ds, ended_early = _read(data)
         if ended_early:  # checked first: pydicom drops the cut element, often the pixel data
@@ -267,10 +194,8 @@ def open_frame(data: bytes, max_pixels: int) -> Frame:
 
 
 def _jpeg_at_scale(frame: Frame, draft_size: int) -> np.ndarray | None:
-    """A baseline-JPEG frame decoded as `preprocess.images` decodes a .jpg it will not crop: at the
-    smallest DCT scale (1/2, 1/4, 1/8) whose image is still at least `draft_size` on both sides,
-    straight to gray (a colour frame's JPEG luma). None when the frame is not such a JPEG
-    (pydicom's decoder then takes it, with its own checks)."""
+    """A baseline-JPEG frame decoded as `preprocess.images` decodes a .jpg it will not crop (DCT
+    scale still >= `draft_size`, straight to gray); None when not such a JPEG (pydicom takes it)."""
     ds = frame.ds
     monochrome = frame.photometric in MONOCHROME
     if (ds.file_meta.TransferSyntaxUID != JPEGBaseline8Bit
@@ -291,21 +216,10 @@ def _jpeg_at_scale(frame: Frame, draft_size: int) -> np.ndarray | None:
 
 
 def to_gray(frame: Frame, draft_size: int | None = None) -> Image.Image:
-    """Decodes an opened frame to 8-bit grayscale by the rules of the module docstring.
+    """Decodes an `open_frame` frame to an 8-bit "L" image of its Columns x Rows (ImageError if it cannot).
 
-    Args:
-      frame: from `open_frame`.
-      draft_size: when set, a baseline-JPEG frame is decoded at libjpeg's DCT scale, straight to
-        gray (`_jpeg_at_scale`, rule 4): the builder passes its output size when it will not
-        crop, so a JPEG reads the same in a DICOM file as in a .jpg. Other frames are decoded
-        whole.
-
-    Returns:
-      An "L" image of the file's Columns x Rows, or smaller by a power of two after a draft.
-
-    Raises:
-      ImageError: the pixel data cannot be decoded; the message says why.
-    """
+    `draft_size`: decode a baseline-JPEG frame at libjpeg's DCT scale, as a .jpg would be (the builder's
+    output size when it will not crop)."""
     ds, photometric = frame.ds, frame.photometric
     with _untrusted("corrupt DICOM file"):
         drafted = None if draft_size is None else _jpeg_at_scale(frame, draft_size)
@@ -320,16 +234,5 @@ def to_gray(frame: Frame, draft_size: int | None = None) -> Image.Image:
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decodes a single-frame DICOM image whole, to 8-bit grayscale (`open_frame`, `to_gray`).
-
-    Args:
-      data: the file's bytes.
-      max_pixels: larger images are refused before decoding (the builder's --max_image_pixels).
-
-    Returns:
-      An "L" image of the file's Columns x Rows.
-
-    Raises:
-      ImageError: the file is not DICOM or cannot become one grayscale image; the message says why.
-    """
+    """Decodes a single-frame DICOM file whole to 8-bit gray; ImageError says why it cannot."""
     return to_gray(open_frame(data, max_pixels))

@@ -1,9 +1,5 @@
-"""Values from an untrusted DICOM data set: its tags read tolerantly, and its decoded pixels
-mapped to 8-bit gray by rules 2 and 3 of `preprocess.dicom`'s docstring (colour, and the
-monochrome Modality LUT, VOI LUT, window or default range).
-
-Imports pydicom, numpy and Pillow only: it runs in the builder's workers.
-"""
+"""Values from an untrusted DICOM data set: its tags read tolerantly, and its decoded pixels mapped
+to 8-bit gray (colour; monochrome Modality LUT, then VOI LUT, window or default range)."""
 
 from __future__ import annotations
 
@@ -18,8 +14,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 # Default display range when a monochrome image has no window: robust to a few extreme pixels.
 STRETCH_PERCENTILES = (0.5, 99.5)
-# pydicom converts most values only when they are first read, so corrupt input can fail at any
-# step; these are the types pydicom and its plugins raised on damaged files.
+# pydicom converts values when first read, so corrupt input can fail at any step with any of these.
 CORRUPT_INPUT_ERRORS = (InvalidDicomError, BytesLengthException, struct.error, ValueError,
                         TypeError, KeyError, IndexError, EOFError, OSError, OverflowError,
                         NotImplementedError, AttributeError, RuntimeError)
@@ -59,7 +54,7 @@ def _scale_to_8_bits(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def colour_to_gray(pixels: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
-    """Rule 2 of `preprocess.dicom`: RGB (after the palette), 8 bits, then Pillow's luma."""
+    """RGB (after the palette), scaled to 8 bits, then Pillow's luma, as for a colour PNG."""
     if photometric == "PALETTE COLOR":
         pixels = apply_color_lut(pixels, ds)  # uint8 or uint16 by the palette's entry size
         bits = 8 * pixels.dtype.itemsize
@@ -115,7 +110,7 @@ def _window(values: np.ndarray, ds: Dataset) -> np.ndarray | None:
 
 
 def _stretch(values: np.ndarray) -> np.ndarray:
-    """Maps the 0.5th..99.5th percentile range to fractions 0..1 (rule 3 of `preprocess.dicom`)."""
+    """Maps the STRETCH_PERCENTILES range (else min..max) to fractions 0..1."""
     low, high = np.percentile(values, STRETCH_PERCENTILES)
     if high <= low:
         low, high = values.min(), values.max()
@@ -127,7 +122,8 @@ def _stretch(values: np.ndarray) -> np.ndarray:
 
 
 def monochrome_to_gray(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Rule 3 of `preprocess.dicom` before the MONOCHROME1 inversion: 8-bit display values."""
+    """8-bit display values before the MONOCHROME1 inversion: the first VOI LUT, else the first
+    window, else unchanged 8-bit data as stored, else the percentile stretch."""
     values = _modality(pixels, ds)
     fractions = _voi_lut(values, ds) if ds.get("VOILUTSequence") else None
     if fractions is None:

@@ -1,20 +1,14 @@
-"""Reading NIH ChestX-ray14 metadata: Data_Entry CSVs (both dialects), the bbox CSV and split lists.
-
-Both Data_Entry dialects are read by column name, not position: the 2017 file has CRLF line
-endings, a trailing comma in its header, zero-padded patient ids and ages like "058Y"; the v2020
-file has plain integers. Rows that cannot become a record are returned as `Skip`s with a reason,
-never dropped silently.
-"""
+"""Reading NIH ChestX-ray14 metadata: Data_Entry CSVs (2017 and v2020, by column name), the bbox
+CSV and split lists. Rows that cannot become a record are `Skip`s with a reason, never dropped."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import math
 import os
 
-from contracts import demographics
-from contracts.boxes import FindingBox, finding_of_bbox_label
+from contracts.boxes import FindingBox, finding_of_bbox_label, frame_region
+from contracts.demographics import parse_age, parse_sex
 from contracts.labels import parse_finding_labels
 from contracts.labels_csv import open_text
 
@@ -26,8 +20,6 @@ AGE_COLUMN = "Patient Age"
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-    """One image's metadata, validated."""
-
     image: str
     label: int
     findings: tuple[int, ...]
@@ -40,7 +32,6 @@ class Entry:
 @dataclasses.dataclass(frozen=True)
 class Skip:
     """An input item that does not become a record, and why."""
-
     image: str
     reason: str
 
@@ -50,8 +41,6 @@ class Skip:
 
 @dataclasses.dataclass
 class DataEntry:
-    """The result of reading a Data_Entry CSV."""
-
     entries: dict[str, Entry]
     skipped: list[Skip]
     identical_duplicates: int  # extra identical rows collapsed into one
@@ -59,7 +48,7 @@ class DataEntry:
 
 
 def unsafe_name_reason(name: str) -> str | None:
-    """Returns why `name` is not a plain file name inside the image folder, or None when it is."""
+    """Why `name` is not a plain file name inside the image folder; None when it is."""
     if not name:
         return "empty image name"
     if "\x00" in name:
@@ -72,7 +61,7 @@ def unsafe_name_reason(name: str) -> str | None:
 
 
 def normalise_patient_id(raw: str) -> str:
-    """Returns the patient id in one form for both dialects ("00000001" and "1" -> "1")."""
+    """One form for both dialects: "00000001" and "1" -> "1"."""
     raw = raw.strip()
     return str(int(raw)) if raw.isdigit() else raw
 
@@ -82,35 +71,21 @@ def _row_entry(row: dict[str, str]) -> Entry:
     patient = normalise_patient_id(row["Patient ID"] or "")
     if not patient:
         raise ValueError("missing Patient ID")
-    return Entry(
-        image=row["Image Index"].strip(),
-        label=label,
-        findings=findings,
-        patient_id=patient,
-        view_position=(row.get(VIEW_COLUMN) or "").strip(),
-        sex=demographics.parse_sex(row.get(SEX_COLUMN)),
-        age=demographics.parse_age(row.get(AGE_COLUMN)),
-    )
+    return Entry(image=row["Image Index"].strip(), label=label, findings=findings, patient_id=patient,
+                 view_position=(row.get(VIEW_COLUMN) or "").strip(),
+                 sex=parse_sex(row.get(SEX_COLUMN)), age=parse_age(row.get(AGE_COLUMN)))
 
 
 def read_data_entry(path: str) -> DataEntry:
-    """Reads a Data_Entry CSV of either dialect.
-
-    Identical duplicate rows collapse into one (counted); conflicting duplicates (same image,
-    different label, patient or view) are skipped entirely, since neither row can be trusted.
-
-    Raises:
-      ValueError: the file lacks a required column (names the columns it has).
-    """
+    """Reads a Data_Entry CSV (ValueError without a required column). Identical duplicate rows collapse
+    into one (counted); conflicting ones are all skipped."""
     with open_text(path) as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
-            raise ValueError(
-                f"{path}: missing column(s) {missing}; is this an NIH Data_Entry CSV? "
-                f"header has: {header}"
-            )
+            raise ValueError(f"{path}: missing column(s) {missing}; is this an NIH Data_Entry CSV? "
+                             f"header has: {header}")
         reader.fieldnames = header
         entries: dict[str, Entry] = {}
         conflicts: dict[str, str] = {}
@@ -128,16 +103,13 @@ def read_data_entry(path: str) -> DataEntry:
             except ValueError as err:
                 skipped.append(Skip(name, f"{err}; fix the CSV row or remove it"))
                 continue
-            if name in conflicts:
-                continue
-            if name in entries:
-                if entries[name] == entry:
-                    identical += 1
-                    continue
+            if name in entries and entries[name] != entry:
                 conflicts[name] = "conflicting duplicate rows in the CSV (labels, patient or view differ)"
                 del entries[name]
-                continue
-            entries[name] = entry
+            elif name in entries:
+                identical += 1
+            elif name not in conflicts:
+                entries[name] = entry
     skipped.extend(Skip(name, reason) for name, reason in conflicts.items())
     return DataEntry(entries=entries, skipped=skipped, identical_duplicates=identical, rows=rows)
 
@@ -146,15 +118,8 @@ BBOX_COLUMNS = ("Image Index", "Finding Label")  # the first two of BBox_List_20
 
 
 def read_bbox_csv(path: str) -> tuple[dict[str, list[FindingBox]], list[Skip]]:
-    """Reads BBox_List_2017.csv: image -> its boxes, each with its finding, (x, y, w, h) in the 1024 frame.
-
-    The official header has 9 fields and its rows 6, so rows are read by position: image, finding
-    ("Infiltrate" is read as Data_Entry's "Infiltration"), x, y, w, h.
-    Returns the boxes and the rows that could not be read (as `Skip`s, reported as warnings).
-
-    Raises:
-      ValueError: the header is not BBox_List's (another CSV passed by mistake), or `open_text`'s.
-    """
+    """Reads BBox_List_2017.csv by position (its header has 9 fields, its rows 6): image -> its
+    `FindingBox`es, and unreadable rows as `Skip`s; ValueError when the header is not BBox_List's."""
     boxes: dict[str, list[FindingBox]] = {}
     problems: list[Skip] = []
     with open_text(path) as f:
@@ -182,18 +147,11 @@ def read_bbox_csv(path: str) -> tuple[dict[str, list[FindingBox]], list[Skip]]:
 
 
 def union_box(boxes: list[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
-    """Returns the union (x, y, w, h) of boxes given as (x, y, w, h).
-
-    Raises:
-      ValueError: a box is not finite or has no area.
-    """
-    for x, y, w, h in boxes:
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            raise ValueError(f"invalid box (x={x}, y={y}, w={w}, h={h})")
-    x0 = min(b[0] for b in boxes)
-    y0 = min(b[1] for b in boxes)
-    x1 = max(b[0] + b[2] for b in boxes)
-    y1 = max(b[1] + b[3] for b in boxes)
+    """The union (x, y, w, h) of (x, y, w, h) boxes; ValueError when one is not finite or has no area."""
+    for box in boxes:
+        frame_region(box)
+    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
     return (x0, y0, x1 - x0, y1 - y0)
 
 

@@ -20,8 +20,7 @@ from preprocess.config import BuildConfig, NothingToBuild
 
 TARGET_SHARD_BYTES = 128 * 1024 * 1024
 MIN_SHARDS = 16  # enough files to interleave and to split between input pipelines
-# Encoded bytes per stored pixel on the NIH sample at 224 px (see bench/RESULTS.md).
-BYTES_PER_PIXEL = {"png": 0.6, "jpeg": 0.3}
+BYTES_PER_PIXEL = {"png": 0.6, "jpeg": 0.3}  # encoded, NIH sample at 224 px (bench/RESULTS.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +32,14 @@ class WorkItem:
 
 @dataclasses.dataclass(frozen=True)
 class ImageBoxes:
-    """An image's boxes from --bbox_csv: each with its finding, and their union (the crop box)."""
-
+    """An image's boxes from --bbox_csv, each with its finding, and their union (the crop box)."""
     union: tuple[float, float, float, float]  # x, y, w, h in the 1024 frame
     boxes: tuple[FindingBox, ...]
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkUnit:
-    """One shard's worth of images for one worker process."""
-
+    """One shard's images and the settings that shape them."""
     shard: str
     items: tuple[WorkItem, ...]
     image_size: int
@@ -51,22 +48,38 @@ class WorkUnit:
     max_pixels: int
 
 
+def _input_file(flag: str, path: str | None) -> str | None:
+    if path and not storage.isfile(path):
+        raise UserInputError(f"--{flag}={path} does not exist")
+    return path
+
+
+def _read(reader, *args):
+    """`reader(*args)`, a malformed file's ValueError as the one bad-input error."""
+    try:
+        return reader(*args)
+    except ValueError as err:
+        raise UserInputError(str(err)) from None
+
+
+def read_known_labels(path: str) -> dict[str, int]:
+    """The labels of --labels_csv `path`; UserInputError naming the file (or its line) and the fix."""
+    if not storage.isfile(path):
+        raise UserInputError(f"--labels_csv={path} does not exist")
+    return _read(labels_csv_lib.read_labels_csv, path)
+
+
 def gather_and_assign(config: BuildConfig):
     """Reads the metadata and the image folder and assigns records to splits.
 
-    Returns:
-      (found sources, `ImageBoxes` by image, box warnings, split -> sources, skipped rows as dicts).
-
-    Raises:
-      UserInputError: missing inputs, or no usable image at all.
-    """
+    Returns (found sources, `ImageBoxes` by image, box warnings, split -> sources, skipped rows);
+    UserInputError for missing inputs or no usable image at all."""
     if not config.image_dir:
         raise UserInputError("--image_dir is required: the folder holding the images (searched recursively)")
-    if config.split_by == "unlabeled" and sources_lib.is_pattern(config.image_dir):
-        pass  # a glob pattern of files: what it matches is checked below
-    elif not storage.isdir(config.image_dir):
-        raise UserInputError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the images"
-                         " (or, with --split_by=unlabeled, a glob pattern of files)")
+    is_glob = config.split_by == "unlabeled" and sources_lib.is_pattern(config.image_dir)
+    if not is_glob and not storage.isdir(config.image_dir):
+        raise UserInputError(f"--image_dir={config.image_dir} is not a folder; pass the folder holding the "
+                             "images (or, with --split_by=unlabeled, a glob pattern of files)")
     if not config.output_dir:
         raise UserInputError("--output_dir is required: the folder the shards and manifest.json go to")
     _check_fractions(config)
@@ -82,23 +95,22 @@ def gather_and_assign(config: BuildConfig):
 
 
 def _check_fractions(config: BuildConfig) -> None:
-    """Refuses fractions that no split could honour, before any file is read (NaN included)."""
+    """Refuses fractions no split could honour, before any file is read (NaN included)."""
     if not 0 <= config.max_skip_fraction <= 1:
         raise UserInputError(f"--max_skip_fraction={config.max_skip_fraction} must be in [0, 1]")
     if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
         raise UserInputError("--val_fraction and --test_fraction must be in [0, 1)")
     if config.split_by == "grouped" and config.val_fraction + config.test_fraction >= 1:
-        raise UserInputError(f"--val_fraction={config.val_fraction} + --test_fraction={config.test_fraction} must "
-                         "leave a share for train; lower one of them")
+        raise UserInputError(f"--val_fraction={config.val_fraction} + --test_fraction={config.test_fraction} "
+                             "must leave a share for train; lower one of them")
 
 
 def _nothing_usable(config: BuildConfig, found: sources_lib.Sources, skipped: list[dict]) -> str:
-    """Why a build has no record at all, in the terms of its inputs."""
     first = f" (first: {skipped[0]['image']}: {skipped[0]['reason']})" if skipped else ""
+    if config.split_by == "unlabeled" and not skipped:
+        return (f"no PNG, JPEG or DICOM file under --image_dir={config.image_dir}; point it at the "
+                "folder holding the images")
     if config.split_by == "unlabeled":
-        if not skipped:
-            return (f"no PNG, JPEG or DICOM file under --image_dir={config.image_dir}; point it at the "
-                    "folder holding the images")
         return (f"no usable images under --image_dir={config.image_dir}: all {len(skipped)} image "
                 f"file(s) found were skipped{first}")
     if not found.csv_rows:
@@ -108,57 +120,42 @@ def _nothing_usable(config: BuildConfig, found: sources_lib.Sources, skipped: li
 
 
 def _gather(config: BuildConfig) -> sources_lib.Sources:
-    if config.split_by == "unlabeled":
-        known = None
+    if config.split_by != "unlabeled":
         if config.labels_csv:
-            if not storage.isfile(config.labels_csv):
-                raise UserInputError(f"--labels_csv={config.labels_csv} does not exist")
-            try:
-                known = labels_csv_lib.read_labels_csv(config.labels_csv)
-            except ValueError as err:
-                raise UserInputError(str(err)) from None
-        found = sources_lib.from_folder(config.image_dir, known)
-        if known and found.sources and all(s.entry.label == LABEL_UNKNOWN for s in found.sources):
-            raise UserInputError(
-                f"--labels_csv={config.labels_csv} names none of the {len(found.sources)} image files found (its ids "
-                f"look like {sorted(known)[0]!r}, the images' like {found.sources[0].entry.image!r}); key it "
-                "by image id (a PNG or JPEG's file name, or its path under the image folder when two files share "
-                "the name; a DICOM file's path under the image folder) or SOPInstanceUID")
-        return found
-    if config.labels_csv:
-        raise UserInputError("--labels_csv labels an unlabeled folder (--split_by=unlabeled); with "
-                         f"--split_by={config.split_by} the labels come from --data_entry_csv")
-    if not config.data_entry_csv:
-        raise UserInputError(f"--split_by={config.split_by} needs --data_entry_csv (only --split_by=unlabeled works "
-                         "without)")
-    if not storage.isfile(config.data_entry_csv):
-        raise UserInputError(f"--data_entry_csv={config.data_entry_csv} does not exist")
-    try:
-        return sources_lib.from_data_entry(config.data_entry_csv, config.image_dir)
-    except ValueError as err:
-        raise UserInputError(str(err)) from None
+            raise UserInputError("--labels_csv labels an unlabeled folder (--split_by=unlabeled); with "
+                                 f"--split_by={config.split_by} the labels come from --data_entry_csv")
+        if not config.data_entry_csv:
+            raise UserInputError(f"--split_by={config.split_by} needs --data_entry_csv (only "
+                                 "--split_by=unlabeled works without)")
+        csv_path = _input_file("data_entry_csv", config.data_entry_csv)
+        return _read(sources_lib.from_data_entry, csv_path, config.image_dir)
+    known = read_known_labels(config.labels_csv) if config.labels_csv else None
+    found = sources_lib.from_folder(config.image_dir, known)
+    if known and found.sources and all(s.entry.label == LABEL_UNKNOWN for s in found.sources):
+        raise UserInputError(
+            f"--labels_csv={config.labels_csv} names none of the {len(found.sources)} image files found "
+            f"(its ids look like {sorted(known)[0]!r}, the images' like {found.sources[0].entry.image!r}); "
+            "key it by image id (a PNG or JPEG's file name, or its path under the image folder when two "
+            "files share the name; a DICOM file's path under the image folder) or SOPInstanceUID")
+    return found
 
 
 def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[dict]]:
     """image -> `ImageBoxes` for images whose boxes are all valid, plus warnings."""
-    if not config.bbox_csv:
+    if not _input_file("bbox_csv", config.bbox_csv):
         return {}, []
-    if not storage.isfile(config.bbox_csv):
-        raise UserInputError(f"--bbox_csv={config.bbox_csv} does not exist")
-    try:
-        raw, problems = nih_metadata.read_bbox_csv(config.bbox_csv)
-    except ValueError as err:
-        raise UserInputError(str(err)) from None
+    raw, problems = _read(nih_metadata.read_bbox_csv, config.bbox_csv)
     names = {s.entry.image for s in found.sources}
     warnings = [p.as_dict() for p in problems if p.image in names]
     found_boxes = {}
-    for name, boxes in raw.items():
-        if name not in names:
-            continue
+    for name, image_boxes in raw.items():
         try:
-            found_boxes[name] = ImageBoxes(nih_metadata.union_box([b.xywh for b in boxes]), tuple(boxes))
+            if name in names:
+                union = nih_metadata.union_box([b.xywh for b in image_boxes])
+                found_boxes[name] = ImageBoxes(union, tuple(image_boxes))
         except ValueError as err:
-            warnings.append({"image": name, "reason": f"{err} in --bbox_csv; written uncropped, without boxes"})
+            reason = f"{err} in --bbox_csv; written uncropped, without boxes"
+            warnings.append({"image": name, "reason": reason})
     return found_boxes, warnings
 
 
@@ -167,8 +164,7 @@ def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, 
     by_name = {s.entry.image: s for s in found.sources}
     skipped = []
     if config.split_by in ("all", "unlabeled"):
-        name = "all" if config.split_by == "all" else "eval"
-        return {name: list(found.sources)}, skipped
+        return {"all" if config.split_by == "all" else "eval": list(found.sources)}, skipped
     if config.split_by == "grouped":
         fractions = {"train": 1 - config.val_fraction - config.test_fraction,
                      "val": config.val_fraction, "test": config.test_fraction}
@@ -184,13 +180,10 @@ def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, 
 
 def _official_assignment(config: BuildConfig, by_name: dict) -> tuple[dict[str, str], list]:
     if not (config.train_val_list and config.test_list):
-        raise UserInputError("--split_by=official needs --train_val_list and --test_list (NIH's train_val_list.txt, "
-                         "test_list.txt)")
-    for path in (config.train_val_list, config.test_list):
-        if not storage.isfile(path):
-            raise UserInputError(f"split list {path} does not exist")
-    train_val = set(nih_metadata.read_name_list(config.train_val_list))
-    test = set(nih_metadata.read_name_list(config.test_list))
+        raise UserInputError("--split_by=official needs --train_val_list and --test_list (NIH's "
+                             "train_val_list.txt, test_list.txt)")
+    train_val = set(nih_metadata.read_name_list(_input_file("train_val_list", config.train_val_list)))
+    test = set(nih_metadata.read_name_list(_input_file("test_list", config.test_list)))
     assignment, skipped, pool = {}, [], []
     for name, source in by_name.items():
         if name in train_val and name in test:
@@ -207,8 +200,8 @@ def _official_assignment(config: BuildConfig, by_name: dict) -> tuple[dict[str, 
 
 
 def shard_counts(split_sizes: dict[str, int], config: BuildConfig) -> dict[str, int]:
-    """Shards per split: the largest split gets `--num_shards` (or the ~128 MB default), others
-    proportionally, each at least one and at most one per record."""
+    """Shards per split: the largest gets --num_shards (or ~128 MB each), the others in proportion,
+    each at least one and at most one per record."""
     largest = max(split_sizes.values())
     if config.num_shards:
         top = config.num_shards
@@ -219,7 +212,7 @@ def shard_counts(split_sizes: dict[str, int], config: BuildConfig) -> dict[str, 
 
 
 def plan_units(config: BuildConfig, assigned: dict[str, list], boxes: dict) -> tuple[list, dict]:
-    """Returns (units, shard -> split) in a deterministic order that ignores `--workers`."""
+    """Returns (units, shard -> split) in a deterministic order that ignores --workers."""
     counts = shard_counts({s: len(v) for s, v in assigned.items()}, config)
     units, shard_split = [], {}
     for split in sorted(assigned):
@@ -229,11 +222,9 @@ def plan_units(config: BuildConfig, assigned: dict[str, list], boxes: dict) -> t
         for index in range(n):
             chunk = order[index * len(order) // n:(index + 1) * len(order) // n]
             name = manifest_lib.shard_name(split, index, n)
-            items = tuple(
-                WorkItem(image, by_name[image].path,
-                         boxes[image].union if config.crop == "bbox" and image in boxes else None)
-                for image in chunk
-            )
+            items = tuple(WorkItem(image, by_name[image].path,
+                                   boxes[image].union if config.crop == "bbox" and image in boxes else None)
+                          for image in chunk)
             units.append(WorkUnit(name, items, config.image_size, config.image_format,
                                   config.jpeg_quality, config.max_image_pixels))
             shard_split[name] = split
@@ -250,5 +241,3 @@ def plan_digest(units: list[WorkUnit], by_name: dict, boxes: dict) -> str:
                    entry.view_position, found.union if found else None, found.boxes if found else None]
             digest.update(json.dumps(row).encode())
     return digest.hexdigest()
-
-

@@ -1,9 +1,5 @@
-"""Finding the images a build will write: CSV rows matched to files, or every image in a folder.
-
-The result separates what becomes a record (`Source`s), what is skipped with a reason, what the
-CSV lists but is not on disk (`absent`: a partial download is normal) and what is on disk but not
-listed (`unlisted`).
-"""
+"""Finding the images a build will write: CSV rows matched to files, or every image in a folder;
+skipped (with a reason), absent (listed, not on disk) and unlisted files are counted apart."""
 
 from __future__ import annotations
 
@@ -15,18 +11,18 @@ import os
 from typing import Mapping
 
 from contracts import labels, storage
+from preprocess.image_error import ImageError
 from preprocess.nih_metadata import Entry, Skip, read_data_entry, unsafe_name_reason
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-# DICOM is found by its content; a file named like DICOM without that content is skipped with the
-# reason (a bare data set without the Part 10 header, a renamed file), never passed over unseen.
+# DICOM is found by its content; a file named like DICOM without it is skipped with the reason.
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
+GLOB_CHARACTERS = "*?["
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
     """One image that should become a record."""
-
     entry: Entry
     path: str
 
@@ -42,20 +38,15 @@ class Sources:
     identical_duplicates: int = 0
 
 
-GLOB_CHARACTERS = "*?["
-
-
 def is_pattern(image_dir: str) -> bool:
-    """Whether --image_dir names files rather than a folder: a glob pattern to expand (e.g.
-    "/data/*/*.dcm", "**" recursing) or one file."""
+    """Whether --image_dir names files, not a folder: a glob pattern ("**" recurses) or one file."""
     if storage.isdir(image_dir):
         return False
     return any(c in image_dir for c in GLOB_CHARACTERS) or storage.isfile(image_dir)
 
 
 def pattern_root(image_dir: str) -> str:
-    """The folder ids are relative to: `image_dir` itself, a pattern's leading fixed folders, or
-    one file's folder."""
+    """The folder ids are relative to: the folder, a pattern's fixed leading folders, or a file's."""
     if not is_pattern(image_dir):
         return image_dir
     if storage.isfile(image_dir):
@@ -84,40 +75,19 @@ def _matching_files(pattern: str) -> dict[str, list[str]]:
     return found
 
 
-def _scan_url(image_dir: str) -> dict[str, list[str]]:
-    """`scan_images` for a bucket URL, through tf.io.gfile (buckets have no links to follow)."""
-    found: dict[str, list[str]] = collections.defaultdict(list)
-    for root, dirs, files in storage.walk(image_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                found[name].append(storage.join(root, name))
-    return found
-
-
 def scan_images(image_dir: str) -> dict[str, list[str]]:
-    """Returns file name -> paths of every non-hidden file under `image_dir` (recursively), or of
-    every file a glob pattern matches (see `is_pattern`). A bucket URL (`gs://...`) is listed
-    through tf.io.gfile (`contracts.storage`).
-
-    Symbolic links to folders are followed (clusters link `images_001 -> /mnt/...`); a folder
-    reached twice, through a link cycle or two links to one place, is read once.
-
-    Raises:
-      FileNotFoundError: `image_dir` is not a folder.
-    """
+    """File name -> paths of every non-hidden file under `image_dir` (recursively, local or bucket URL,
+    linked folders followed once) or matching a glob; FileNotFoundError when it is not a folder."""
     if is_pattern(image_dir):
         return _matching_files(image_dir)
-    if storage.is_url(image_dir):
-        if not storage.isdir(image_dir):
-            raise FileNotFoundError(f"--image_dir={image_dir} is not a folder")
-        return _scan_url(image_dir)
-    if not os.path.isdir(image_dir):
+    if not storage.isdir(image_dir):
         raise FileNotFoundError(f"--image_dir={image_dir} is not a folder")
+    url = storage.is_url(image_dir)
+    walk = storage.walk(image_dir) if url else os.walk(image_dir, followlinks=True)
     found: dict[str, list[str]] = collections.defaultdict(list)
     visited: set[str] = set()
-    for root, dirs, files in os.walk(image_dir, followlinks=True):
-        real = os.path.realpath(root)
+    for root, dirs, files in walk:
+        real = root if url else os.path.realpath(root)
         if real in visited:
             dirs[:] = []
             continue
@@ -125,38 +95,29 @@ def scan_images(image_dir: str) -> dict[str, list[str]]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith("."):
-                found[name].append(os.path.join(root, name))
+                found[name].append(storage.join(root, name) if url else os.path.join(root, name))
     return found
-
-
-def _digest(path: str) -> str:
-    return hashlib.sha256(storage.read_bytes(path)).hexdigest()
 
 
 def resolve_path(name: str, paths: list[str]) -> tuple[str | None, str | None]:
     """Picks the file for `name`: (path, None), or (None, reason) when copies differ."""
-    if len(paths) == 1:
-        return paths[0], None
-    if len({_digest(p) for p in paths}) == 1:
+    if len(paths) == 1 or len({hashlib.sha256(storage.read_bytes(p)).hexdigest() for p in paths}) == 1:
         return paths[0], None  # byte-identical copies in two folders are one image
-    return None, f"{len(paths)} different files named {name} under --image_dir: {', '.join(paths[:3])}; keep one"
+    return None, (f"{len(paths)} different files named {name} under --image_dir: {', '.join(paths[:3])}; "
+                  "keep one")
 
 
 def from_data_entry(csv_path: str, image_dir: str) -> Sources:
     """Matches the rows of a Data_Entry CSV to the files under `image_dir`."""
     table = read_data_entry(csv_path)
     files = scan_images(image_dir)
-    listed = set(table.entries) | {s.image for s in table.skipped}
     sources, skipped, absent = [], [], []
-    present_rows = 0
     for skip in table.skipped:
-        # A bad row whose image is absent is just absent: there is nothing to lose. A name that
-        # is not a plain file name is never looked up, so it always counts as skipped.
-        if skip.image in files or unsafe_name_reason(skip.image):
-            skipped.append(skip)
-            present_rows += 1
-        else:
-            absent.append(skip.image)
+        # A bad row whose image is absent is just absent; a name that is not a plain file name is
+        # never looked up, so it always counts as skipped.
+        (skipped if skip.image in files or unsafe_name_reason(skip.image) else absent).append(skip)
+    present_rows = len(skipped)
+    absent = [skip.image for skip in absent]
     for name in sorted(table.entries):
         if name not in files:
             absent.append(name)
@@ -167,25 +128,22 @@ def from_data_entry(csv_path: str, image_dir: str) -> Sources:
             skipped.append(Skip(name, reason))
         else:
             sources.append(Source(table.entries[name], path))
+    listed = set(table.entries) | {s.image for s in table.skipped}
     unlisted = sum(1 for name in files if name not in listed)
     return Sources(sources, skipped, sorted(absent), unlisted, present_rows,
                    csv_rows=table.rows, identical_duplicates=table.identical_duplicates)
 
 
-def _is_dicom_file(path: str) -> bool:
-    from preprocess import dicom
+def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | Skip | None:
+    """An unlabeled entry from a DICOM file's header, why not, or None when it is not DICOM."""
+    from preprocess import dicom  # pydicom: loaded once a folder is scanned
 
-    try:
-        return dicom.is_dicom(storage.read_bytes(path, dicom.SIGNATURE_BYTES))
-    except OSError:
-        return False
-
-
-def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | Skip:
-    """An unlabeled entry from a DICOM file's header (patient, view, sex, age), or why not."""
-    from preprocess import dicom
-    from preprocess.images import ImageError
-
+    if not image_id.lower().endswith(DICOM_EXTENSIONS):
+        try:
+            if not dicom.is_dicom(storage.read_bytes(path, dicom.SIGNATURE_BYTES)):
+                return None
+        except OSError:
+            return None
     try:
         with storage.open_binary(path) as f:
             tags = dicom.read_tags(f)
@@ -197,31 +155,10 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | 
                  sex=tags.sex or "", age=tags.age)
 
 
-def path_id(path: str, image_dir: str) -> str:
-    """A record's id from its path under `image_dir`, with "/" separators: every DICOM file's, since
-    archives reuse file names across series (`1.dcm` in every folder), and that of a PNG or JPEG
-    whose name another, different file under the folder also has."""
-    return storage.relpath(path, image_dir)
-
-
-def _plain_entry(image_id: str, known: Mapping[str, int]) -> Entry:
-    return Entry(image=image_id, label=known.get(image_id, labels.LABEL_UNKNOWN),
-                 findings=(0,) * len(labels.FINDINGS), patient_id="", view_position="")
-
-
 def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sources:
-    """Every image under `image_dir` as a record; other files are unlisted.
-
-    Labels come from `known` (a labels CSV: id or DICOM SOPInstanceUID -> 0/1); images it does
-    not name are unlabeled (-1).
-
-    PNG and JPEG files are found by their extension and keyed by file name (as NIH names them);
-    byte-identical copies under one name are one image, and different files sharing a name are
-    each keyed by `path_id` (no CSV names them, so nothing is ambiguous).
-    DICOM files are found by their content, whatever their name, keyed by `path_id`, and carry
-    their header's patient, view, sex and age; a file named .dcm, .dicom or .dic that is not
-    DICOM by its content is skipped with the reason.
-    """
+    """Every image under `image_dir` as a record, labelled from `known` (id or SOPInstanceUID -> 0/1)
+    or unlabeled. PNG/JPEG by extension, keyed by file name (by path when names clash); DICOM by
+    content, keyed by path, with its header's patient, view, sex and age."""
     files = scan_images(image_dir)
     root = pattern_root(image_dir)
     known = known or {}
@@ -230,19 +167,22 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
     for name in sorted(files):
         plain = []
         for path in files[name]:
-            if name.lower().endswith(DICOM_EXTENSIONS) or _is_dicom_file(path):
-                present += 1
-                entry = _dicom_entry(path, path_id(path, root), known)
-                (skipped if isinstance(entry, Skip) else sources).append(
-                    entry if isinstance(entry, Skip) else Source(entry, path))
+            entry = _dicom_entry(path, storage.relpath(path, root), known)
+            if isinstance(entry, Skip):
+                skipped.append(entry)
+            elif entry is not None:
+                sources.append(Source(entry, path))
             elif name.lower().endswith(IMAGE_EXTENSIONS):
                 plain.append(path)
             else:
                 unlisted += 1
+            present += entry is not None
         if not plain:
             continue
         path, reason = resolve_path(name, plain)
-        keyed = [(name, path)] if reason is None else [(path_id(p, root), p) for p in plain]
+        keyed = [(name, path)] if reason is None else [(storage.relpath(p, root), p) for p in plain]
         present += len(keyed)
-        sources.extend(Source(_plain_entry(image_id, known), p) for image_id, p in keyed)
+        sources.extend(Source(Entry(image=image_id, label=known.get(image_id, labels.LABEL_UNKNOWN),
+                                    findings=(0,) * len(labels.FINDINGS), patient_id="", view_position=""), p)
+                       for image_id, p in keyed)
     return Sources(sources, skipped, [], unlisted, present)

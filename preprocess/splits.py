@@ -8,29 +8,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 
-def grouped_split(
-    items: Sequence[tuple[str, str, int]],
-    fractions: dict[str, float],
-    seed: int,
-) -> dict[str, str]:
-    """Assigns every image to a split, keeping each patient's images together.
+def grouped_split(items: Sequence[tuple[str, str, int]], fractions: dict[str, float],
+                  seed: int) -> dict[str, str]:
+    """Image name -> split for (image, patient, label) `items`, each patient's images together.
 
-    Patients are stratified by their majority label, so every split gets about the same
-    normal/abnormal mix; within a stratum, patients go (largest first, seeded order among equals)
-    to the split furthest below its target share of that stratum's images. A patient's images
-    never straddle two splits.
-
-    Args:
-      items: (image name, patient id, label) triples.
-      fractions: split name -> share of images; shares must sum to 1.
-      seed: breaks ties in patient order.
-
-    Returns:
-      image name -> split name.
-
-    Raises:
-      ValueError: the fractions do not sum to 1 or one is negative.
-    """
+    Patients are stratified by majority label; within a stratum they go (largest first, `seed` order
+    among equals) to the split furthest below its share of `fractions` (>= 0, summing to 1)."""
     if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
     by_patient: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
@@ -40,36 +23,25 @@ def grouped_split(
     for patient, images in by_patient.items():
         abnormal = sum(label == 1 for _, label in images)
         strata[int(2 * abnormal >= len(images))].append(patient)
-
     rng = np.random.default_rng(seed)
     splits = [s for s, f in fractions.items() if f > 0]
     assignment: dict[str, str] = {}
     for stratum in sorted(strata):
         patients = sorted(strata[stratum])
-        order = rng.permutation(len(patients))
-        # Stable sort on size after a seeded shuffle: big patients first, ties in seeded order.
-        patients = sorted((patients[i] for i in order), key=lambda p: -len(by_patient[p]))
+        # A stable sort on size after a seeded shuffle: big patients first, ties in seeded order.
+        shuffled = [patients[i] for i in rng.permutation(len(patients))]
+        patients = sorted(shuffled, key=lambda p: -len(by_patient[p]))
         total = sum(len(by_patient[p]) for p in patients)
         filled = dict.fromkeys(splits, 0)
         for patient in patients:
-            deficit = {s: fractions[s] * total - filled[s] for s in splits}
-            target = max(splits, key=lambda s: (deficit[s], fractions[s]))
+            target = max(splits, key=lambda s: (fractions[s] * total - filled[s], fractions[s]))
             filled[target] += len(by_patient[patient])
             for name, _ in by_patient[patient]:
                 assignment[name] = target
     return assignment
 
 
-def patient_overlap(assignment: dict[str, str], patient_of: dict[str, str]) -> int:
-    """Returns how many patients have images in more than one split."""
-    seen: dict[str, set[str]] = collections.defaultdict(set)
-    for name, split in assignment.items():
-        seen[patient_of[name]].add(split)
-    return sum(len(s) > 1 for s in seen.values())
-
-
 def ordered_by_seed(names: Iterable[str], seed: int) -> list[str]:
-    """Returns `names` sorted, then shuffled with `seed` (the record order inside a split)."""
+    """`names` sorted, then shuffled with `seed` (the record order inside a split)."""
     names = sorted(names)
-    order = np.random.default_rng(seed).permutation(len(names))
-    return [names[i] for i in order]
+    return [names[i] for i in np.random.default_rng(seed).permutation(len(names))]

@@ -1,17 +1,6 @@
-"""The "radiograph" preset of the synthetic generator: images a model has to work for.
-
-What varies, as in a real department:
-- per patient, the same in all their images: lung size, shape and position, heart size, rib
-  spacing, body habitus;
-- per image: exposure (gain, offset, gamma), scanner noise and blur, and things unrelated to the
-  label placed independently of it: a side marker letter, ECG leads, a tube;
-- per finding, its own look and size: a small nodule, a larger mass, patchy infiltration,
-  effusion blunting a costophrenic angle, an enlarged heart. An image may carry several.
-
-The exposure alone moves an image's mean by more than any finding does, so intensity is no
-shortcut (tests/test_synthetic.py bounds it). Label noise is added by `preprocess.synthetic`.
-Only numpy and Pillow; a 1024 px image takes a few tens of milliseconds.
-"""
+"""The synthetic generator's "radiograph" preset: anatomy varies per patient, exposure, noise and
+distractors (marker, ECG leads, a tube) per image, and each finding has its own look. The exposure
+moves an image's mean more than any finding does, so intensity is no shortcut."""
 
 from __future__ import annotations
 
@@ -26,8 +15,7 @@ FINDING_KINDS = ("Nodule", "Mass", "Infiltration", "Effusion", "Cardiomegaly")
 
 @dataclasses.dataclass(frozen=True)
 class Patient:
-    """The anatomy of one patient, in fractions of the image side."""
-
+    """One patient's anatomy, in fractions of the image side."""
     lung_x: tuple[float, float]  # centres of the right and left lung fields
     lung_y: float
     lung_rx: float
@@ -47,7 +35,8 @@ def make_patient(rng: np.random.Generator) -> Patient:
     return Patient(
         lung_x=(centre - spread, centre + spread), lung_y=0.47 + rng.uniform(-0.04, 0.04),
         lung_rx=rng.uniform(0.12, 0.17), lung_ry=rng.uniform(0.24, 0.32),
-        heart_x=centre + rng.uniform(0.0, 0.04), heart_w=rng.uniform(0.10, 0.13), heart_h=rng.uniform(0.11, 0.14),
+        heart_x=centre + rng.uniform(0.0, 0.04), heart_w=rng.uniform(0.10, 0.13),
+        heart_h=rng.uniform(0.11, 0.14),
         rib_frequency=rng.uniform(30.0, 48.0), rib_phase=rng.uniform(0, 2 * np.pi),
         body_w=rng.uniform(0.40, 0.48), tissue=rng.uniform(115.0, 150.0))
 
@@ -82,7 +71,8 @@ def render(patient: Patient, findings: tuple[str, ...], rng: np.random.Generator
     heart_scale = rng.uniform(1.6, 1.9) if "Cardiomegaly" in findings else 1.0
     lungs = np.zeros_like(image)
     for cx in patient.lung_x:
-        lungs = np.maximum(lungs, _soft(_ellipse(xx, yy, cx, patient.lung_y, patient.lung_rx, patient.lung_ry), 0.04))
+        lung = _ellipse(xx, yy, cx, patient.lung_y, patient.lung_rx, patient.lung_ry)
+        lungs = np.maximum(lungs, _soft(lung, 0.04))
     ribs = 10.0 * np.sin(yy * patient.rib_frequency + np.abs(xx - 0.5) * 7.0 + patient.rib_phase)
     image += lungs * (-85.0 + ribs)
     heart_w, heart_h = patient.heart_w * heart_scale, patient.heart_h * heart_scale ** 0.5
@@ -107,14 +97,15 @@ def _draw_finding(kind: str, image, xx, yy, patient: Patient, rng) -> tuple[floa
         return cx - radius, cy - radius, 2 * radius, 2 * radius
     if kind == "Infiltration":
         cx, cy = _in_lung(rng, patient, margin=0.4)
-        spots = [(cx + rng.normal(0, 0.04), cy + rng.normal(0, 0.06), rng.uniform(0.03, 0.06)) for _ in range(5)]
-        for x, y, r in spots:
+        for x, y, r in [(cx + rng.normal(0, 0.04), cy + rng.normal(0, 0.06), rng.uniform(0.03, 0.06))
+                        for _ in range(5)]:
             image += rng.uniform(35.0, 50.0) * _blob(xx, yy, x, y, r)
         return cx - 0.1, cy - 0.14, 0.2, 0.28
     side = int(rng.integers(2))  # Effusion: fluid filling the bottom of one lung, a meniscus at its top
     cx, bottom = patient.lung_x[side], patient.lung_y + patient.lung_ry
     depth = rng.uniform(0.12, 0.22) * patient.lung_ry / 0.28
-    meniscus = bottom - depth + 0.5 * depth * ((xx - cx) / patient.lung_rx) ** 2 * (1 if side else -1) * np.sign(xx - cx)
+    curve = ((xx - cx) / patient.lung_rx) ** 2 * (1 if side else -1) * np.sign(xx - cx)
+    meniscus = bottom - depth + 0.5 * depth * curve
     in_lung = _soft(_ellipse(xx, yy, cx, patient.lung_y, patient.lung_rx, patient.lung_ry), 0.04)
     image += rng.uniform(55.0, 80.0) * in_lung * _soft((meniscus - yy) / 0.01 + 1.0, 0.6)
     return cx - patient.lung_rx, bottom - depth * 1.5, 2 * patient.lung_rx, depth * 1.5
@@ -128,9 +119,11 @@ def acquire(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     canvas = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
     draw = ImageDraw.Draw(canvas)
     corner = (rng.uniform(0.04, 0.12) * size, rng.uniform(0.04, 0.12) * size)
-    draw.text(corner, "LR"[int(rng.integers(2))], fill=int(rng.integers(215, 256)), font_size=max(8, size // 16))
+    marker = "LR"[int(rng.integers(2))]
+    draw.text(corner, marker, fill=int(rng.integers(215, 256)), font_size=max(8, size // 16))
     for _ in range(int(rng.integers(0, 4))):  # ECG leads: small bright rings on the chest wall
-        x, y, r = rng.choice([0.1, 0.9]) * size + rng.normal(0, 0.02) * size, rng.uniform(0.05, 0.9) * size, size * 0.012
+        x = rng.choice([0.1, 0.9]) * size + rng.normal(0, 0.02) * size
+        y, r = rng.uniform(0.05, 0.9) * size, size * 0.012
         draw.ellipse((x - r, y - r, x + r, y + r), outline=240, width=max(1, size // 256))
     if rng.random() < 0.3:  # a tube down the middle
         points = [(size * (0.5 + rng.normal(0, 0.01)), size * t) for t in np.linspace(0.0, 0.55, 6)]

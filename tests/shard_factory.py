@@ -87,12 +87,12 @@ def write_shards(
                         findings[records.FINDINGS.index("Mass")] = 1
                     for copy in range(copies):
                         copy_id = image_id if copies == 1 else image_id.replace(".png", f"_{copy}.png")
-                        example = records.make_example(
+                        example = records.make_example(records.Record(
                             image=encode_png(pixels), image_format="png", image_size=image_size,
                             image_id=copy_id, label=label, findings=findings,
                             patient_id=str(i // 3), view_position=VIEWS[i % 2], sex=SEXES[(i // 3) % 2],
                             age=AGES[(i // 3) % len(AGES)],
-                        )
+                        ))
                         writer.write(example.SerializeToString())
                         rows.append({"image_id": copy_id, "label": label, "pixels": pixels, "view": VIEWS[i % 2],
                                      "sex": SEXES[(i // 3) % 2], "age": AGES[(i // 3) % len(AGES)]})

@@ -18,7 +18,7 @@ from PIL import Image
 
 from contracts import records, storage
 from contracts.errors import UserInputError
-from preprocess import builder, synthetic
+from preprocess import builder, synthetic_data, units
 from preprocess.config import BuildConfig
 from preprocess.plan import WorkItem, WorkUnit
 from tests.conftest import REPO
@@ -62,7 +62,7 @@ def assert_same_build(local: builder.BuildResult, beam: builder.BuildResult, loc
 def data(tmp_path_factory) -> str:
     """A small synthetic NIH-format set with three bad image files and one absent row."""
     out = str(tmp_path_factory.mktemp("beam_data"))
-    synthetic.generate(synthetic.SyntheticConfig(output_dir=out, num_patients=10, source_size=64,
+    synthetic_data.generate(synthetic_data.SyntheticConfig(output_dir=out, num_patients=10, source_size=64,
                                                  bbox_fraction=0.5, seed=3))
     folder = os.path.join(out, "images_001", "images")
     buffer = io.BytesIO()
@@ -179,7 +179,7 @@ def test_either_runner_finishes_a_build_the_other_started(data, builds, tmp_path
 def test_an_image_gone_from_a_bucket_is_skipped_naming_it():
     # tf.io.gfile's errors become OSErrors, so a vanished object is a skip, not a crashed pipeline.
     settings = WorkUnit("eval-00000-of-00001.tfrecord", (), 32, "png", 95, 1_000_000)
-    name, encoded, _, _, error = builder.process_item(WorkItem("gone.png", "ram://beam-test/gone.png", None), settings)
+    name, encoded, _, _, error = units.process_item(WorkItem("gone.png", "ram://beam-test/gone.png", None), settings)
     assert (name, encoded) == ("gone.png", None) and "ram://beam-test/gone.png" in error
     with pytest.raises(FileNotFoundError):
         storage.read_bytes("ram://beam-test/gone.png")
@@ -189,7 +189,7 @@ def test_a_failing_worker_is_one_line_naming_the_error(data, tmp_path, monkeypat
     def disk_full(config, unit, *args):
         raise OSError(28, "No space left on device", unit.shard)
 
-    monkeypatch.setattr(builder, "finish_unit", disk_full)
+    monkeypatch.setattr(units, "finish_unit", disk_full)
     with pytest.raises(UserInputError, match=r"Beam pipeline failed: OSError: \[Errno 28\] No space left") as caught:
         builder.build(config_for(data, str(tmp_path / "out"), runner="beam"))
     assert "\n" not in str(caught.value)

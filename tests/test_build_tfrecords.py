@@ -20,7 +20,8 @@ from PIL import Image
 from contracts import manifest as manifest_lib
 from contracts import records
 from contracts.errors import UserInputError
-from preprocess import builder, images, plan, synthetic
+from preprocess import builder, images, plan
+from preprocess import synthetic_data as synthetic
 from preprocess.config import BuildConfig
 from tests.conftest import REPO
 

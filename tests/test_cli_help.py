@@ -164,7 +164,7 @@ def test_the_demo_reuses_outputs_of_its_own_plan_and_replaces_those_of_another(t
 
     import demo
     import flags as project_flags
-    from preprocess import synthetic
+    from preprocess import synthetic_data as synthetic
 
     values = flags.FlagValues()
     project_flags.define_demo_flags(values)

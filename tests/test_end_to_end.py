@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from evaluation.ensembling import run_ensemble
 from evaluation.prediction import run_prediction
-from preprocess import builder, synthetic
+from preprocess import builder
+from preprocess import synthetic_data as synthetic
 from preprocess.config import BuildConfig
 from training.config import TrainConfig
 from training.loop import run_training

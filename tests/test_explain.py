@@ -54,10 +54,10 @@ def write_lesion_shards(out: str, splits: dict[str, int], seed: int = 0) -> None
                     boxes = [FindingBox("Mass", (cx - radius) * scale, (cy - radius) * scale, 2 * radius * scale,
                                         2 * radius * scale)]
                 findings = [int(bool(boxes) and f == "Mass") for f in records.FINDINGS]
-                writer.write(records.make_example(
+                writer.write(records.make_example(records.Record(
                     image=encode_png(np.clip(pixels, 0, 255).astype(np.uint8)), image_format="png", image_size=SIZE,
                     image_id=f"{split}_{i:04d}.png", label=int(bool(boxes)), findings=findings, patient_id=str(i),
-                    box=boxes[0].xywh if boxes else records.NO_BOX, boxes=boxes).SerializeToString())
+                    box=boxes[0].xywh if boxes else records.NO_BOX, boxes=boxes)).SerializeToString())
         info[split] = {"records": count, "normal": count // 2, "abnormal": count - count // 2, "patients": count,
                        "shards": [name]}
     manifest_lib.write_manifest(out, {"config": {"image_size": SIZE, "image_format": "png", "crop": "none"},

@@ -18,8 +18,8 @@ FINDINGS = [0] * len(records.FINDINGS)
 
 
 def _example(**kw) -> tf.train.Example:
-    return records.make_example(image=b"png", image_format="png", image_size=8, image_id="a.png", label=1,
-                                findings=FINDINGS, **kw)
+    return records.make_example(records.Record(image=b"png", image_format="png", image_size=8, image_id="a.png",
+                                               label=1, findings=FINDINGS, **kw))
 
 
 def test_records_carry_every_box_with_its_finding_and_older_records_read_as_boxless():

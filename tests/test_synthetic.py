@@ -11,18 +11,18 @@ from sklearn.metrics import roc_auc_score
 
 from contracts import labels
 from contracts.boxes import BBOX_CSV_SPELLING
-from preprocess import synthetic, synthetic_radiographs
+from preprocess import synthetic_data, synthetic_radiographs
 
 SIZE = 128
 MAX_SHORTCUT_AUROC = 0.65
 
 
 def _generate(out: str, preset: str):
-    counts = synthetic.generate(synthetic.SyntheticConfig(output_dir=out, preset=preset, num_patients=150,
+    counts = synthetic_data.generate(synthetic_data.SyntheticConfig(output_dir=out, preset=preset, num_patients=150,
                                                           source_size=SIZE, seed=0))
     with open(os.path.join(out, "Data_Entry_2017_v2020.csv")) as f:
         rows = list(csv.DictReader(f))
-    with open(os.path.join(out, synthetic.LABEL_NOISE_FILE)) as f:
+    with open(os.path.join(out, synthetic_data.LABEL_NOISE_FILE)) as f:
         flips = list(csv.DictReader(f))
     pixels = np.stack([np.asarray(Image.open(os.path.join(out, "images_001", "images", r["Image Index"])), np.float32)
                        for r in rows])
@@ -67,7 +67,7 @@ def test_label_noise_is_recorded_image_by_image(radiographs):
     written = {r["Image Index"]: r["Finding Labels"] for r in rows}
     assert counts["flipped"] == len(flips)
     # 10% of the images, within a 4-sigma binomial band.
-    n, p = len(rows), synthetic.PRESETS["radiograph"]
+    n, p = len(rows), synthetic_data.PRESETS["radiograph"]
     assert abs(len(flips) - n * p) <= 4 * np.sqrt(n * p * (1 - p))
     for flip in flips:
         assert written[flip["Image Index"]] == flip["Written Finding Labels"]
@@ -88,4 +88,4 @@ def test_findings_are_the_radiograph_kinds_and_boxes_name_them(radiographs):
 
 def test_an_unknown_preset_names_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match="radiograph, easy"):
-        synthetic.generate(synthetic.SyntheticConfig(output_dir=str(tmp_path), preset="hard"))
+        synthetic_data.generate(synthetic_data.SyntheticConfig(output_dir=str(tmp_path), preset="hard"))
