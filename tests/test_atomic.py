@@ -138,3 +138,21 @@ def test_single_file_writes_keep_the_old_file_on_failure(tmp_path):
             f.write("half")
         raise ValueError
     assert _files(tmp_path) == {"f.json": '{\n  "auroc": null,\n  "n": [\n    1.5,\n    null\n  ]\n}\n'}
+
+
+def test_a_build_with_no_usable_record_leaves_its_manifest_and_no_shard(tmp_path):
+    from preprocess import builder
+    from preprocess.config import BuildConfig
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "junk.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    result = builder.build(BuildConfig(image_dir=str(images), output_dir=str(out), split_by="unlabeled",
+                                       workers=1))
+    assert not result.ok
+    assert [name for name in os.listdir(out) if name.endswith(".tfrecord")] == []
+    with open(out / "manifest.json") as f:
+        manifest = json.load(f)
+    assert [s["image"] for s in manifest["skipped"]] == ["junk.png"]
+    assert all(split["shards"] == [] for split in manifest["splits"].values())
