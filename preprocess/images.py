@@ -16,11 +16,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from contracts.boxes import frame_region
+from contracts.decode_rules import JPEG_FOUR_COMPONENTS, MAX_IMAGE_PIXELS, REDUCING_GAP
 from contracts.labels import NIH_FRAME
 
-# Pillow first shrinks by an integer factor with a box filter, then resamples bicubically the
-# last <= 2x: antialiased, and about twice as fast as a full bicubic from 1024 (bench/RESULTS.md).
-REDUCING_GAP = 2.0
 # Stored PNGs are written here rather than by Pillow: Pillow tries every PNG row filter, while one
 # "Up" filter in numpy plus zlib level 1 takes about half the time for the same size. zlib's run-
 # length strategy then beats its default match search on these filtered rows, which repeat little
@@ -30,13 +28,6 @@ PNG_COMPRESS_LEVEL = 1
 PNG_ZLIB_STRATEGY = zlib.Z_RLE
 PNG_FILTER_UP = 2
 SUPPORTED_FORMATS = ("PNG", "JPEG")
-# Larger images are refused as possible decompression bombs (the builder's --max_image_pixels).
-MAX_IMAGE_PIXELS = 64_000_000
-# A JPEG of four colour components: Pillow reads it as CMYK and makes gray through RGB, which
-# TensorFlow's decode_jpeg cannot repeat, so the builder and the served model (serving/decode.py)
-# both refuse it, with this one reason.
-JPEG_FOUR_COMPONENTS = ("a 4-component (CMYK or YCCK) JPEG, which the served model cannot decode as the "
-                        "builder would; convert it to grayscale or RGB (PNG or JPEG)")
 
 
 class ImageError(Exception):
