@@ -21,6 +21,12 @@ def _beside(path: str, prefix: str) -> str:
     return os.path.join(folder, f"{TEMP_PREFIX}{prefix}{name}")
 
 
+def _flush(path: str) -> None:
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
     """Yields a temporary path beside `path`, renamed to `path` when the block succeeds.
@@ -35,9 +41,8 @@ def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
         tmp = _beside(path, f"{os.getpid()}-")
     try:
         yield tmp
-        if durable and not storage.is_url(tmp) and os.path.isfile(tmp):
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+        if durable and not storage.is_url(tmp):
+            _flush(tmp)
         storage.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -58,7 +63,7 @@ def write_text(path: str, text: str, *, durable: bool = True) -> None:
 
 
 def json_ready(value: Any) -> Any:
-    """`value` with every non-finite float as None: JSON has no NaN (an undefined metric is null)."""
+    """`value` with non-finite floats as None: JSON has no NaN (an undefined metric is null)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -84,9 +89,9 @@ def _remove(path: str) -> None:
 def _link_or_copy(source: str, target: str) -> None:
     # A hard link keeps the old bytes: every write here replaces a file by a rename, never in place.
     try:
-        os.link(source, target)
+        os.link(source, target, follow_symlinks=False)
     except OSError:
-        shutil.copy2(source, target)
+        shutil.copy2(source, target, follow_symlinks=False)
 
 
 def _settle(journal: str) -> None:
@@ -145,8 +150,7 @@ class Transaction:
         os.makedirs(os.path.dirname(self.journal), exist_ok=True)
         with open(self.journal + ".part", "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "committed": committed, "entries": self._entries}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        _flush(self.journal + ".part")
         os.replace(self.journal + ".part", self.journal)
 
     def guard(self, *paths: str) -> None:
@@ -174,10 +178,8 @@ class Transaction:
         self.guard(tmp)  # absent now: removed unless renamed
         try:
             yield tmp
-            if os.path.isfile(tmp):
-                with open(tmp, "rb") as f:
-                    os.fsync(f.fileno())
-            elif os.path.isdir(path):
+            _flush(tmp)
+            if os.path.isdir(tmp) and os.path.isdir(path):
                 _remove(path)  # its backup is journaled: a kill here is undone
             os.replace(tmp, path)
         except BaseException:
