@@ -69,8 +69,8 @@ def _files(folder) -> dict[str, str]:
     for root, _, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
-            with open(path) as f:
-                found[os.path.relpath(path, folder).replace(os.sep, "/")] = f.read()
+            with open(path, "rb") as f:  # latin-1: any bytes (a report's PNG) as text
+                found[os.path.relpath(path, folder).replace(os.sep, "/")] = f.read().decode("latin-1")
     return found
 
 
@@ -156,3 +156,27 @@ def test_a_build_with_no_usable_record_leaves_its_manifest_and_no_shard(tmp_path
         manifest = json.load(f)
     assert [s["image"] for s in manifest["skipped"]] == ["junk.png"]
     assert all(split["shards"] == [] for split in manifest["splits"].values())
+
+
+def test_an_ensemble_that_fails_at_its_last_file_keeps_the_previous_run(tmp_path):
+    import numpy as np
+
+    from contracts.prediction_files import write_predictions
+    from evaluation import ensembling
+
+    ids = [f"{i:03d}.png" for i in range(20)]
+    labels = np.arange(20) % 2
+    inputs = []
+    for name, noise in (("efficientnet_b3", 0.1), ("resnet50", 0.3)):
+        inputs.append(str(tmp_path / "in" / f"{name}.csv"))
+        probs = np.clip(0.25 + 0.5 * labels + np.random.default_rng(0).normal(0, noise, 20), 0, 1)
+        write_predictions(inputs[-1], ids, probs, labels, {"backbone": name})
+    out = tmp_path / "out"
+    ensembling.run_ensemble(inputs, str(out / "sub.csv"), weights=[0.5, 0.5], bootstrap=0)
+    before = _files(out)
+    assert "sub.csv" in before and "sub_report/metrics.json" in before
+    # The submission is written last; its bad columns fail after the report and the blend.
+    with pytest.raises(ensembling.UserInputError, match="two different non-empty names"):
+        ensembling.run_ensemble(inputs, str(out / "sub.csv"), weights=[0.9, 0.1], bootstrap=0, id_column="x",
+                                label_column="x")
+    assert _files(out) == before
