@@ -73,7 +73,7 @@ def _check_flags() -> tuple[tuple[int, int] | None, str | None]:
     return None, split
 
 
-def _predict(images_at: tuple[int, int] | None, split: str | None):
+def _predict(images_at: tuple[int, int] | None, split: str | None, transaction):
     """Runs the prediction, from the shards or from the raw images; returns its result, the raw
     images' sidecar fields and what was skipped among them (None for shards)."""
     from evaluation import prediction
@@ -82,7 +82,7 @@ def _predict(images_at: tuple[int, int] | None, split: str | None):
     options = dict(batch_size=FLAGS.global_batch_size, strategy=FLAGS.strategy, precision=FLAGS.precision,
                    transfer=FLAGS.transfer, threshold=FLAGS.threshold, bootstrap=FLAGS.bootstrap,
                    report_dir=FLAGS.report_dir, per_model=FLAGS.ensemble is not None,
-                   other_labels_csv=FLAGS.other_labels_csv)
+                   other_labels_csv=FLAGS.other_labels_csv, transaction=transaction)
     if images_at is None:
         return prediction.run_prediction(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output,
                                          **options), {}, None
@@ -97,14 +97,16 @@ def _predict(images_at: tuple[int, int] | None, split: str | None):
 def main(argv: list[str]) -> None:
     del argv  # stray arguments are refused by project_flags.run_tool
     images_at, split = _check_flags()
-    from contracts.atomic import all_or_none
+    from contracts import atomic
+    from contracts.prediction_files import sidecar_path
     from evaluation import ensembling, prediction
     from preprocess import raw_images
 
     # One outcome per run: a failure in any model, the report or the blend leaves none of its files.
-    with all_or_none():
-        result, extra, raw = _predict(images_at, split)
+    with atomic.Transaction(FLAGS.output) as tx:
+        result, extra, raw = _predict(images_at, split, tx)
         if FLAGS.ensemble is not None:
+            tx.guard(FLAGS.output, sidecar_path(FLAGS.output))
             records, above, threshold = ensembling.apply_ensemble(
                 FLAGS.ensemble, FLAGS.model_dir, list(result.outputs.values()), FLAGS.output,
                 {k: v for k, v in extra.items() if v is not None})  # the raw files' fields, no shard folder

@@ -1,18 +1,5 @@
-"""The one way every tool writes a file: to a temporary name in the same folder, then renamed.
-
-A reader never sees half a file, and a killed or failed run leaves the previous file (or none)
-under the final name. `durable=True` also flushes the data to disk before the rename, for results
-another process reads (shards, models, predictions), so a machine crash cannot leave a final-named
-file with missing bytes.
-
-The same holds for bucket URLs (`gs://...`, through `contracts.storage`): the temporary object gets
-a random name, since workers on different machines may share a process id, and the rename is a
-copy and a delete, under which the final object still appears whole.
-
-A run that writes several files (predict.py: one CSV, sidecar and .npy per model, a report) wraps
-them in `all_or_none()`: when it fails part way, none of the files it wrote stays behind, and the
-files they replaced are put back.
-"""
+"""Atomic writes: one file through a temporary name and a rename; files that change together
+through a `Transaction`, whose journal lets a rerun undo a killed run."""
 
 from __future__ import annotations
 
@@ -20,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import uuid
 from typing import Any, Iterator
 
@@ -27,93 +15,38 @@ from contracts import storage
 
 TEMP_PREFIX = ".partial-"  # temporary files start with it; a rerun may delete stale ones
 
-# The open all_or_none() block's files so far: (path written, where the file it replaced waits, or None).
-_GROUPS: list[list[tuple[str, str | None]]] = []
+
+def _beside(path: str, prefix: str) -> str:
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f"{TEMP_PREFIX}{prefix}{name}")
 
 
-@contextlib.contextmanager
-def all_or_none() -> Iterator[None]:
-    """Keeps the files written through this module inside the block only if the whole block succeeds.
-
-    Each file still appears whole under its final name as soon as it is written, so the block can
-    read it back; a file it replaces is kept aside under a temporary name. When the block raises,
-    every file it wrote is removed and the files they replaced are put back. A nested block joins
-    the outermost one.
-    """
-    if _GROUPS:
-        yield
-        return
-    written: list[tuple[str, str | None]] = []
-    _GROUPS.append(written)
-    try:
-        yield
-    except BaseException:
-        _GROUPS.pop()
-        for path, previous in reversed(written):
-            with contextlib.suppress(OSError):
-                storage.remove(path)
-            if previous is not None:
-                storage.rename(previous, path)
-        raise
-    _GROUPS.pop()
-    for _, previous in written:
-        if previous is not None:
-            with contextlib.suppress(OSError):
-                storage.remove(previous)
-
-
-def _put_in_place(tmp: str, path: str, previous: str) -> None:
-    """Renames `tmp` to `path`; inside `all_or_none()`, first moves a file already at `path` (that
-    the block did not write) to `previous` and records both, so that a failure can undo it."""
-    if _GROUPS:
-        written = _GROUPS[-1]
-        if path not in {p for p, _ in written}:
-            # A folder in the way is not a previous version: the rename below fails on it as ever.
-            kept = previous if storage.exists(path) and not storage.isdir(path) else None
-            if kept is not None:
-                storage.rename(path, kept)
-            written.append((path, kept))
-    storage.rename(tmp, path)
+def _flush(path: str) -> None:
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
 def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
-    """Yields a temporary path beside `path`; renames it to `path` when the block succeeds.
+    """Yields a temporary path beside `path`, renamed to `path` when the block succeeds.
 
-    The block writes the temporary path itself (any library that takes a file name, or
-    `contracts.storage.open_binary` for a URL). On an exception the temporary file is removed and
-    `path` is left as it was.
+    `durable` flushes a file to disk before the rename. On a bucket URL (`contracts.storage`) the
+    temporary name is random (workers on several machines may share a pid) and the rename a copy.
     """
     if storage.is_url(path):
-        with _atomic_url(path) as tmp:
-            yield tmp
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        tmp = storage.join(storage.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+    else:
+        tmp = _beside(path, f"{os.getpid()}-")
     try:
         yield tmp
-        if durable and os.path.isfile(tmp):
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-        _put_in_place(tmp, os.path.abspath(path),
-                      os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-previous-{os.path.basename(path)}"))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-            os.remove(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def _atomic_url(path: str) -> Iterator[str]:
-    name = path.rstrip("/").rsplit("/", 1)[-1]
-    token = uuid.uuid4().hex[:12]
-    tmp = storage.join(storage.dirname(path), f"{TEMP_PREFIX}{token}-{name}")
-    try:
-        yield tmp
-        _put_in_place(tmp, path, storage.join(storage.dirname(path), f"{TEMP_PREFIX}{token}-previous-{name}"))
+        if durable and not storage.is_url(tmp):
+            _flush(tmp)
+        storage.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            if storage.exists(tmp):
+            if storage.exists(tmp) and not storage.isdir(tmp):
                 storage.remove(tmp)
         raise
 
@@ -130,8 +63,7 @@ def write_text(path: str, text: str, *, durable: bool = True) -> None:
 
 
 def json_ready(value: Any) -> Any:
-    """Returns `value` with every non-finite float replaced by None: JSON has no NaN (an undefined
-    metric, such as the AUROC of a one-class split, is written as null)."""
+    """`value` with non-finite floats as None: JSON has no NaN (an undefined metric is null)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -142,8 +74,114 @@ def json_ready(value: Any) -> Any:
 
 
 def write_json(path: str, value: Any, *, durable: bool = True) -> None:
-    """Writes `value` as indented JSON (NaN and infinities as null) to `path` atomically.
-
-    Keys keep their order (a report lists its models in the order given).
-    """
+    """Writes `value` as indented JSON (non-finite floats as null, keys in order) atomically."""
     write_text(path, json.dumps(json_ready(value), indent=2) + "\n", durable=durable)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    # A hard link keeps the old bytes: every write here replaces a file by a rename, never in place.
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _settle(journal: str) -> None:
+    """Ends the transaction `journal` describes: drops the backups once it committed, else puts
+    them back and removes what it created; then removes the journal. Each step may be redone."""
+    _remove(journal + ".part")
+    try:
+        with open(journal, encoding="utf-8") as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return
+    for path, backup in reversed(state["entries"]):
+        _remove(_beside(path, f"{state['pid']}-"))  # an atomic write cut short
+        if backup is not None:
+            _remove(backup + ".part")
+        if state["committed"]:
+            if backup is not None:
+                _remove(backup)
+        elif backup is None:
+            _remove(path)
+        elif os.path.lexists(backup):
+            _remove(path)  # first: a rename onto a hard link of itself does nothing
+            os.replace(backup, path)
+    os.remove(journal)
+
+
+class Transaction:
+    """Files and folders that change together: after a failure or a SIGKILL, all old or all new.
+
+    `Transaction(anchor)` first settles a killed run's journal (kept beside `anchor`, the run's
+    main output). Inside `with tx:` the block calls `tx.guard(path)` before it changes a file or
+    folder (a hard-linked backup is journaled), or writes through `tx.path(path)`. A clean exit
+    commits; an exception restores every guarded path. Nested `with tx:` blocks commit once.
+    """
+
+    def __init__(self, anchor: str):
+        self.journal = _beside(anchor, "journal-") + ".json"
+        self._token = uuid.uuid4().hex[:8]
+        self._entries: list[tuple[str, str | None]] = []
+        self._depth = 0
+        _settle(self.journal)
+
+    def __enter__(self) -> Transaction:
+        self._depth += 1
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._entries:
+            if kind is None:
+                self._save(committed=True)
+            self._entries = []
+            _settle(self.journal)
+
+    def _save(self, committed: bool = False) -> None:
+        os.makedirs(os.path.dirname(self.journal), exist_ok=True)
+        with open(self.journal + ".part", "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "committed": committed, "entries": self._entries}, f)
+        _flush(self.journal + ".part")
+        os.replace(self.journal + ".part", self.journal)
+
+    def guard(self, *paths: str) -> None:
+        """Keeps each file or folder as it is now, to be put back if the transaction fails."""
+        if self._depth == 0:
+            raise RuntimeError("Transaction.guard outside its `with` block")
+        for path in map(os.path.abspath, paths):
+            if any(path == known for known, _ in self._entries):
+                continue
+            backup = _beside(path, f"{self._token}-") if os.path.lexists(path) else None
+            self._entries.append((path, backup))
+            self._save()  # journaled before the backup exists, so a rerun also removes a partial one
+            if backup is not None:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.copytree(path, backup + ".part", symlinks=True, copy_function=_link_or_copy)
+                else:
+                    _link_or_copy(path, backup + ".part")
+                os.rename(backup + ".part", backup)
+
+    @contextlib.contextmanager
+    def path(self, path: str) -> Iterator[str]:
+        """Yields a temporary path (for a file or a folder) renamed to `path` when the block ends."""
+        self.guard(path)
+        tmp = _beside(path, f"{self._token}-new-")
+        self.guard(tmp)  # absent now: removed unless renamed
+        try:
+            yield tmp
+            _flush(tmp)
+            if os.path.isdir(tmp) and os.path.isdir(path):
+                _remove(path)  # its backup is journaled: a kill here is undone
+            os.replace(tmp, path)
+        except BaseException:
+            _remove(tmp)
+            raise

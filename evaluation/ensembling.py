@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from contracts import ensemble_file
-from contracts.atomic import all_or_none, atomic_path, json_ready, write_json
+from contracts import atomic, ensemble_file
+from contracts.atomic import atomic_path, json_ready, write_json
 from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
 from contracts.output_names import DECISION, ID, PROB, PROB_UNCALIBRATED
 from contracts.prediction_files import (
@@ -270,7 +270,8 @@ def run_ensemble(
     metrics = gain = other_result = None
     report_dir = report_dir or settings.default_report_dir(output)
     # The report first and the submission last; a failure anywhere leaves none of the files.
-    with all_or_none():
+    with atomic.Transaction(output) as tx:
+        tx.guard(report_dir, output, ensemble_file.blend_path(output), ensemble_file.ensemble_path(output))
         scores = _scores(files, names, aligned, members, blended, choice)
         if report_lib.has_known_labels(aligned.labels):
             metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)

@@ -19,12 +19,12 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
+from contracts import atomic, run_folder
 from contracts import manifest as manifest_lib
-from contracts import run_folder
-from contracts.atomic import all_or_none, atomic_path
+from contracts.atomic import atomic_path
 from contracts.errors import UserInputError
 from contracts.output_names import PROB
-from contracts.prediction_files import few, read_predictions, write_predictions
+from contracts.prediction_files import few, read_predictions, sidecar_path, write_predictions
 from evaluation import agreement, html_report, preflight, settings
 from evaluation import report as report_lib
 from evaluation.blend import check_threshold
@@ -317,6 +317,7 @@ def run_prediction(
     per_model: bool = False,
     extra_sidecar: dict[str, Any] | None = None,
     other_labels_csv: str | None = None,
+    transaction: atomic.Transaction | None = None,
 ) -> PredictionResult:
     """Predicts `split` of `data_dir` with each saved model and writes prediction files and a report.
 
@@ -337,6 +338,7 @@ def run_prediction(
       extra_sidecar: more fields for each prediction file's sidecar (e.g. the raw images' origin).
       other_labels_csv: another reading of the same images: the report rescores against it and gives
         Cohen's kappa with the records' own labels (evaluation/agreement.py).
+      transaction: the caller's, for files of its own to change with these (predict.py's blend).
 
     Returns:
       The files written (only the chief writes under multi-worker strategies).
@@ -363,7 +365,10 @@ def run_prediction(
     scores = [entry for entry, _ in predicted]
     metrics = other_result = None
     report_dir = report_dir or settings.default_report_dir(output)
-    with all_or_none():  # a failure part way leaves none of the files below (and no model's alone)
+    with transaction or atomic.Transaction(output) as tx:  # a failure part way leaves none of these files
+        if chief:
+            tx.guard(report_dir, *paths.values(), *map(sidecar_path, paths.values()),
+                     *(os.path.splitext(path)[0] + ".npy" for path in paths.values()))
         for _, write in predicted if chief else ():
             write()
         if chief and report_lib.has_known_labels(scores[0].labels):

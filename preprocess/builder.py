@@ -241,10 +241,15 @@ def _manifest(config, units, shard_split, found, skipped, warnings) -> dict:
 
 
 def _conclude(config, manifest, found, processed, elapsed) -> BuildResult:
-    manifest_lib.write_manifest(config.output_dir, manifest)
-    write_text(storage.join(config.output_dir, ABSENT), "".join(f"{name}\n" for name in found.absent))
     splits = manifest["splits"]
     records = sum(s["records"] for s in splits.values())
+    if not records:  # nothing usable: the manifest keeps the skip reasons, and no empty shard stays
+        for info in splits.values():
+            for shard in info["shards"]:
+                storage.remove(storage.join(config.output_dir, shard))
+            info["shards"], info[manifest_lib.SHARD_BYTES] = [], {}
+    manifest_lib.write_manifest(config.output_dir, manifest)
+    write_text(storage.join(config.output_dir, ABSENT), "".join(f"{name}\n" for name in found.absent))
     n_skipped = len(manifest["skipped"])
     fraction = n_skipped / found.present_rows if found.present_rows else math.inf
     ok = fraction <= config.max_skip_fraction and records > 0

@@ -18,6 +18,7 @@ from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import UID, JPEGBaseline8Bit, RLELossless
 
+from contracts.decode_rules import DICOM_MAGIC, PREAMBLE_LENGTH
 from contracts.demographics import parse_age, parse_sex
 from preprocess.dicom_values import (
     CORRUPT_INPUT_ERRORS,
@@ -31,8 +32,6 @@ from preprocess.image_error import ImageError
 # Every problem of a damaged file becomes its one skip reason: pydicom's log lines would repeat it.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
-DICOM_MAGIC = b"DICM"
-PREAMBLE_LENGTH = 128
 SIGNATURE_BYTES = PREAMBLE_LENGTH + len(DICOM_MAGIC)  # what `is_dicom` needs to see
 BITS_STORED_RANGE = (8, 16)
 # 1 sample: grayscale or palette indices; 3 samples: colour. Anything else is refused.

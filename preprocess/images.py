@@ -12,23 +12,16 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from contracts.boxes import frame_region
+from contracts.decode_rules import JPEG_FOUR_COMPONENTS, MAX_IMAGE_PIXELS, REDUCING_GAP
 from contracts.labels import NIH_FRAME
 from preprocess.image_error import ImageError
 
-# Pillow shrinks by an integer factor with a box filter, then resamples bicubically the last <= 2x:
-# antialiased and about twice as fast as a full bicubic (bench/RESULTS.md).
-REDUCING_GAP = 2.0
 # PNGs are written here, not by Pillow (which tries every row filter): one "Up" filter plus zlib
 # level 1 with the run-length strategy is faster and smaller on these rows (bench/RESULTS.md).
 PNG_COMPRESS_LEVEL = 1
 PNG_ZLIB_STRATEGY = zlib.Z_RLE
 PNG_FILTER_UP = 2
 SUPPORTED_FORMATS = ("PNG", "JPEG")
-MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused as possible decompression bombs
-# Pillow makes gray of a CMYK JPEG through RGB, which TensorFlow's decode_jpeg cannot repeat, so the
-# builder and the served model (serving/decode.py) both refuse it, with this one reason.
-JPEG_FOUR_COMPONENTS = ("a 4-component (CMYK or YCCK) JPEG, which the served model cannot decode as the "
-                        "builder would; convert it to grayscale or RGB (PNG or JPEG)")
 
 
 @dataclasses.dataclass(frozen=True)

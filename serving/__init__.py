@@ -1,1 +1,1 @@
-"""Serving a trained model: image bytes decoded in the graph by the builder's rules, and the SavedModel export."""
+"""Serving a trained model: the builder's decoding in graph ops, the SavedModel, the export."""

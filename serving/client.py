@@ -11,14 +11,9 @@ from contracts.export_folder import INPUT_BYTES, SERVING_DEFAULT
 
 
 def score_files(export_dir: str, paths: Sequence[str], batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Runs `serving_default` over the files' bytes, `batch_size` files per call.
+    """Each output of `serving_default` (contracts/export_folder.py) over the files, in `paths` order.
 
-    Returns:
-      Each output of the signature (contracts/export_folder.py: p_abnormal, logit, decision, and
-      p_uncalibrated or member_p_uncalibrated), rows in `paths` order.
-
-    Raises:
-      tf.errors.InvalidArgumentError: a file that is not a PNG or JPEG (or is over the pixel limit).
+    Raises tf.errors.InvalidArgumentError for a file that is not a PNG or JPEG (or too large).
     """
     signature = tf.saved_model.load(export_dir).signatures[SERVING_DEFAULT]
     parts: dict[str, list[np.ndarray]] = {}

@@ -1,47 +1,23 @@
-"""Image bytes → the builder's stored pixels, inside a TensorFlow graph (no Pillow, no Python).
-
-The offline builder (`preprocess/images.py`) decodes with Pillow; a SavedModel must do the same in
-TensorFlow ops so it loads with TensorFlow alone. Each step follows the builder's rule:
-  - PNG and JPEG only, recognised by their signature, whatever else `tf.io.decode_image` accepts
-    (a DICOM file is refused by name: `predict.py --images` scores those); a CMYK/YCCK JPEG is
-    refused with the builder's reason (`preprocess.images.JPEG_FOUR_COMPONENTS`);
-  - images over `max_pixels` are refused before decoding (the builder's decompression-bomb guard);
-  - grayscale as Pillow makes it: 8-bit gray as is, 16-bit gray scaled by 255/65535 and rounded,
-    gray+alpha keeps the gray, RGB(A) and palette through Pillow's fixed-point ITU-R 601-2 luma
-    (alpha ignored), 16-bit colour by its high byte as Pillow reads it;
-  - JPEGs are decoded at the 1/1, 1/2, 1/4 or 1/8 DCT scale that Pillow's `draft` picks, straight
-    to the luma channel (a JPEG smaller than the target at 1/1), with libjpeg's accurate integer
-    IDCT (Pillow's; TensorFlow's default, the fast one, differs by up to 2 grey levels);
-  - resizing as `Image.resize(BICUBIC, reducing_gap=2)`, in Pillow's own integer arithmetic: an
-    integer box reduction, then an antialiased bicubic pass along each axis with Pillow's
-    fixed-point weights, horizontal then vertical, each pass rounded to 8 bits. The result is the
-    builder's pixels bit for bit for square sources (NIH's); Pillow >= 12 resamples some tall
-    images vertical-first, which rounds differently by at most one grey level.
-Every failure (not an image, truncated bytes, too many pixels) is an InvalidArgumentError, so a
-request fails rather than returning a probability for something that is not an image.
+"""Image bytes → the builder's stored pixels (contracts/decode_rules.py) in TensorFlow ops, in
+Pillow's own integer arithmetic: bit for bit for square sources (Pillow >= 12 resamples some tall
+images vertical-first, one grey level apart). A bad image fails the request (InvalidArgumentError).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from preprocess.dicom import DICOM_MAGIC, PREAMBLE_LENGTH
-from preprocess.images import JPEG_FOUR_COMPONENTS, MAX_IMAGE_PIXELS, REDUCING_GAP
+from contracts import decode_rules as rules
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_SIZE_END = 24  # the signature, IHDR's length and type, then width and height (4 bytes each)
 JPEG_SIGNATURE = b"\xff\xd8\xff"
-JPEG_DRAFT_SCALES = (8, 4, 2, 1)  # the DCT scales libjpeg (and Pillow's draft) can decode at
-# Pillow's RGB -> L: (19595 R + 38470 G + 7471 B + 0x8000) >> 16, in fixed point.
-LUMA_WEIGHTS = (19595, 38470, 7471)
-LUMA_ROUND = 0x8000
-BICUBIC_A = -0.5  # Pillow's (and Keys') cubic convolution parameter
-BICUBIC_SUPPORT = 2.0
+LUMA_WEIGHTS = (19595, 38470, 7471)  # Pillow's L = (19595 R + 38470 G + 7471 B + 0x8000) >> 16
+BICUBIC_A = -0.5  # Pillow's (and Keys') cubic convolution parameter, support 2
 PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling: 32 - 8 - 2
 
 
 def _png_size(data: tf.Tensor) -> tf.Tensor:
-    # IHDR follows the 8-byte signature and an 8-byte chunk header: width, height as big-endian u32.
     # Shorter bytes are refused first: substr past the end fails with the raw bytes in its message,
     # which Python cannot decode (a UnicodeDecodeError instead of an InvalidArgumentError).
     whole = tf.debugging.Assert(tf.strings.length(data) >= PNG_SIZE_END,
@@ -53,65 +29,53 @@ def _png_size(data: tf.Tensor) -> tf.Tensor:
 
 
 def _check_pixels(size: tf.Tensor, max_pixels: int) -> tf.Tensor:
-    pixels = size[0] * size[1]
     return tf.debugging.assert_less_equal(
-        pixels, tf.constant(max_pixels, tf.int64),
+        size[0] * size[1], tf.constant(max_pixels, tf.int64),
         message=f"image has more pixels than --max_image_pixels={max_pixels}; refused as a possible "
                 "decompression bomb")
-
-
-def _luma(rgb: tf.Tensor) -> tf.Tensor:
-    rgb = tf.cast(rgb, tf.int32)
-    weighted = rgb[..., 0] * LUMA_WEIGHTS[0] + rgb[..., 1] * LUMA_WEIGHTS[1] + rgb[..., 2] * LUMA_WEIGHTS[2]
-    return tf.bitwise.right_shift(weighted + LUMA_ROUND, 16)
 
 
 def _png_gray(data: tf.Tensor, max_pixels: int) -> tf.Tensor:
     with tf.control_dependencies([_check_pixels(_png_size(data), max_pixels)]):
         # As uint16 an 8-bit sample v arrives as 257 v, so one rule serves both depths.
         wide = tf.cast(tf.io.decode_png(data, channels=0, dtype=tf.uint16), tf.int32)
-    channels = tf.shape(wide)[-1]
-    high_byte = tf.bitwise.right_shift(wide, 8)
+    high = tf.bitwise.right_shift(wide, 8)
 
     def gray():  # Pillow's I;16 rule: rint(v * 255 / 65535), which is v for 8-bit samples
         return tf.cast(tf.round(tf.cast(wide[..., 0], tf.float64) * (255.0 / 65535.0)), tf.int32)
 
-    def gray_alpha():
-        return high_byte[..., 0]
+    def colour():  # alpha ignored
+        weighted = sum(high[..., c] * w for c, w in enumerate(LUMA_WEIGHTS))
+        return tf.bitwise.right_shift(weighted + 0x8000, 16)
 
-    def colour():
-        return _luma(high_byte[..., :3])
-
-    index = tf.minimum(channels, 3) - 1  # 1 -> 0, 2 -> 1, 3 or 4 -> 2
-    return tf.switch_case(index, [gray, gray_alpha, colour])
+    index = tf.minimum(tf.shape(wide)[-1], 3) - 1  # gray, gray + alpha, RGB(A)
+    return tf.switch_case(index, [gray, lambda: high[..., 0], colour])
 
 
 def _jpeg_gray(data: tf.Tensor, image_size: int, max_pixels: int) -> tf.Tensor:
     shape = tf.cast(tf.image.extract_jpeg_shape(data), tf.int64)  # (h, w, c)
-    # decode_jpeg cannot make Pillow's gray of a CMYK/YCCK JPEG: both refuse it, with one reason.
-    not_four = tf.debugging.Assert(tf.not_equal(shape[2], 4), [JPEG_FOUR_COMPONENTS])
+    not_four = tf.debugging.Assert(tf.not_equal(shape[2], 4), [rules.JPEG_FOUR_COMPONENTS])
     with tf.control_dependencies([not_four, _check_pixels(tf.stack([shape[1], shape[0]]), max_pixels)]):
         # Pillow's draft keeps 1/1 for a JPEG smaller than the target (no scale is <= a ratio of 0).
         fits = tf.maximum(tf.minimum(shape[0] // image_size, shape[1] // image_size), 1)
-    branches = [(lambda s=s: tf.cast(tf.io.decode_jpeg(data, channels=1, ratio=s, dct_method="INTEGER_ACCURATE")[..., 0], tf.int32))
-                for s in JPEG_DRAFT_SCALES]
+
+    def at(scale):
+        gray = tf.io.decode_jpeg(data, channels=1, ratio=scale, dct_method="INTEGER_ACCURATE")
+        return tf.cast(gray[..., 0], tf.int32)
+
     # The largest scale not above the whole-number ratio to the target, as Pillow's draft picks.
-    index = tf.argmax(tf.cast(tf.constant(JPEG_DRAFT_SCALES, tf.int64) <= fits, tf.int32))
-    return tf.switch_case(tf.cast(index, tf.int32), branches)
+    index = tf.argmax(tf.cast(tf.constant(rules.JPEG_DRAFT_SCALES, tf.int64) <= fits, tf.int32))
+    return tf.switch_case(tf.cast(index, tf.int32), [lambda s=s: at(s) for s in rules.JPEG_DRAFT_SCALES])
 
 
-def decode_gray(data: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
-    """Decodes one PNG or JPEG to (H, W) int32 gray values 0..255, as the builder's Pillow does.
-
-    Raises (when run):
-      InvalidArgumentError: not a PNG or JPEG, corrupt or truncated, or over `max_pixels`.
-    """
-    head = tf.strings.substr(data, 0, 8)
-    is_png = tf.equal(head, PNG_SIGNATURE)
+def decode_gray(data: tf.Tensor, image_size: int, max_pixels: int = rules.MAX_IMAGE_PIXELS) -> tf.Tensor:
+    """One PNG or JPEG → (H, W) int32 gray values 0..255, as the builder's Pillow decodes it."""
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), PNG_SIGNATURE)
     is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), JPEG_SIGNATURE)
+    magic = rules.DICOM_MAGIC
     is_dicom = tf.cond(  # substr fails on a position past the end: shorter bytes are not DICOM
-        tf.strings.length(data) >= PREAMBLE_LENGTH + len(DICOM_MAGIC),
-        lambda: tf.equal(tf.strings.substr(data, PREAMBLE_LENGTH, len(DICOM_MAGIC)), DICOM_MAGIC),
+        tf.strings.length(data) >= rules.PREAMBLE_LENGTH + len(magic),
+        lambda: tf.equal(tf.strings.substr(data, rules.PREAMBLE_LENGTH, len(magic)), magic),
         lambda: tf.constant(False))
     not_dicom = tf.debugging.Assert(tf.logical_not(is_dicom), [
         "a DICOM file: the served model takes PNG or JPEG bytes; score DICOM files with "
@@ -125,16 +89,14 @@ def decode_gray(data: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PI
 
 
 def _box_reduce(gray: tf.Tensor, factor_y: tf.Tensor, factor_x: tf.Tensor) -> tf.Tensor:
-    # Pillow's reduce(): each factor_y x factor_x block (partial at the right and bottom) becomes
-    # ((sum + n / 2) * (2^24 // n)) >> 24 for its n pixels, in integers, as Pillow computes it.
+    # Pillow's reduce(): each block (partial at the right and bottom) of n pixels becomes
+    # ((sum + n / 2) * (2^24 // n)) >> 24, in integers.
     height, width = tf.shape(gray)[0], tf.shape(gray)[1]
-    out_h = (height + factor_y - 1) // factor_y
-    out_w = (width + factor_x - 1) // factor_x
+    out_h, out_w = (height + factor_y - 1) // factor_y, (width + factor_x - 1) // factor_x
     padding = [[0, out_h * factor_y - height], [0, out_w * factor_x - width]]
 
     def block_sum(x):
-        x = tf.reshape(tf.pad(x, padding), [out_h, factor_y, out_w, factor_x])
-        return tf.reduce_sum(x, axis=[1, 3])
+        return tf.reduce_sum(tf.reshape(tf.pad(x, padding), [out_h, factor_y, out_w, factor_x]), axis=[1, 3])
 
     total = block_sum(tf.cast(gray, tf.int64))
     count = block_sum(tf.ones_like(gray, tf.int64))
@@ -143,19 +105,17 @@ def _box_reduce(gray: tf.Tensor, factor_y: tf.Tensor, factor_x: tf.Tensor) -> tf
 
 
 def _bicubic(x: tf.Tensor) -> tf.Tensor:
-    # Pillow's bicubic kernel, a = -0.5.
-    a = BICUBIC_A
-    x = tf.abs(x)
+    a, x = BICUBIC_A, tf.abs(x)
     near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
     far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
     return tf.where(x < 1.0, near, tf.where(x < 2.0, far, tf.zeros_like(x)))
 
 
 def _resample_matrix(in_size: tf.Tensor, in_extent: tf.Tensor, out_size: int) -> tf.Tensor:
-    """(out_size, in_size) fixed-point weights of Pillow's precompute_coeffs + normalize_coeffs_8bpc."""
+    # (out_size, in_size) fixed-point weights: Pillow's precompute_coeffs + normalize_coeffs_8bpc.
     scale = in_extent / out_size
     filter_scale = tf.maximum(scale, 1.0)
-    support = BICUBIC_SUPPORT * filter_scale
+    support = 2.0 * filter_scale
     center = (tf.range(out_size, dtype=tf.float64) + 0.5) * scale
     first = tf.maximum(tf.cast(center - support + 0.5, tf.int64), 0)  # C's (int): toward zero
     last = tf.minimum(tf.cast(center + support + 0.5, tf.int64), tf.cast(in_size, tf.int64))
@@ -163,40 +123,34 @@ def _resample_matrix(in_size: tf.Tensor, in_extent: tf.Tensor, out_size: int) ->
     inside = (source[None, :] >= first[:, None]) & (source[None, :] < last[:, None])
     offsets = (tf.cast(source, tf.float64)[None, :] - center[:, None] + 0.5) / filter_scale
     weights = tf.where(inside, _bicubic(offsets), tf.zeros_like(offsets))
-    total = tf.reduce_sum(weights, axis=1, keepdims=True)
-    weights = tf.math.divide_no_nan(weights, total)
+    weights = tf.math.divide_no_nan(weights, tf.reduce_sum(weights, axis=1, keepdims=True))
     fixed = weights * float(1 << PRECISION_BITS)
     return tf.cast(tf.where(fixed < 0, fixed - 0.5, fixed + 0.5), tf.int64)  # (int) truncates
 
 
 def _resample_rows(image: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
-    # One pass along the last axis, rounded and clipped to 8 bits as Pillow stores it between passes.
-    # float64 holds every product and sum here exactly (< 2^40).
+    # One pass along the last axis, rounded and clipped to 8 bits as Pillow stores it between
+    # passes; float64 holds every product and sum here exactly (< 2^40).
     acc = tf.matmul(tf.cast(image, tf.float64), tf.cast(matrix, tf.float64), transpose_b=True)
     acc = tf.cast(acc, tf.int64) + (1 << (PRECISION_BITS - 1))
     return tf.clip_by_value(tf.bitwise.right_shift(tf.maximum(acc, 0), PRECISION_BITS), 0, 255)
 
 
 def resize_gray(gray: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Resizes (H, W) gray values to (S, S) uint8 as `Image.resize((S, S), BICUBIC, reducing_gap=2)`.
-
-    Pillow's own integer arithmetic, step by step: `reduce` by whole factors while the image is more
-    than twice the target, then a horizontal and a vertical bicubic pass over the reduced image's
-    box, each rounded to 8 bits.
-    """
-    height, width = tf.shape(gray)[0], tf.shape(gray)[1]
-    factor_y = tf.maximum(tf.cast(tf.cast(height, tf.float64) / image_size / REDUCING_GAP, tf.int32), 1)
-    factor_x = tf.maximum(tf.cast(tf.cast(width, tf.float64) / image_size / REDUCING_GAP, tf.int32), 1)
+    """(H, W) gray → (S, S) uint8 as Pillow's `resize((S, S), BICUBIC, reducing_gap=2)`."""
+    height, width = tf.cast(tf.shape(gray)[0], tf.float64), tf.cast(tf.shape(gray)[1], tf.float64)
+    factor_y = tf.maximum(tf.cast(height / image_size / rules.REDUCING_GAP, tf.int32), 1)
+    factor_x = tf.maximum(tf.cast(width / image_size / rules.REDUCING_GAP, tf.int32), 1)
     reduced = _box_reduce(gray, factor_y, factor_x)
     # After reduce, Pillow resamples the box (0, 0, W / fx, H / fy) of the reduced image.
-    extent_x = tf.cast(width, tf.float64) / tf.cast(factor_x, tf.float64)
-    extent_y = tf.cast(height, tf.float64) / tf.cast(factor_y, tf.float64)
+    extent_x = width / tf.cast(factor_x, tf.float64)
+    extent_y = height / tf.cast(factor_y, tf.float64)
     horizontal = _resample_rows(reduced, _resample_matrix(tf.shape(reduced)[1], extent_x, image_size))
     vertical = _resample_rows(tf.transpose(horizontal),
                               _resample_matrix(tf.shape(reduced)[0], extent_y, image_size))
     return tf.cast(tf.transpose(vertical), tf.uint8)
 
 
-def bytes_to_pixels(data: tf.Tensor, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> tf.Tensor:
+def bytes_to_pixels(data: tf.Tensor, image_size: int, max_pixels: int = rules.MAX_IMAGE_PIXELS) -> tf.Tensor:
     """One encoded image → (S, S) uint8: what the builder stores for it with --crop=none."""
     return resize_gray(decode_gray(data, image_size, max_pixels), image_size)

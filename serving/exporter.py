@@ -1,18 +1,18 @@
-"""`run_export` behind export.py: trained run folders (+ an ensemble file) → one SavedModel + export.json."""
+"""`run_export` behind export.py: trained run folders (+ ensemble file) → SavedModel + export.json."""
 
 from __future__ import annotations
 
 import datetime
 import os
-import shutil
-import tempfile
 from typing import Any, Sequence
 
+import keras
+import tensorflow as tf
 from absl import logging
 
-from contracts import ensemble_file, run_folder
+from contracts import atomic, ensemble_file, run_folder
 from contracts import manifest as manifest_lib
-from contracts.atomic import write_json
+from contracts.decode_rules import MAX_IMAGE_PIXELS
 from contracts.errors import UserInputError, check_output_folder
 from contracts.export_folder import (
     EXPORT_INFO,
@@ -25,13 +25,12 @@ from contracts.export_folder import (
 from evaluation import settings
 from evaluation.blend import check_threshold
 from models.saved import load_classifier
-from preprocess.images import MAX_IMAGE_PIXELS
+from serving import savedmodel
 from training import calibration
 
 
 def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
-    """Returns [(name, weight, model_dir, temperature)] in blend order and the threshold: one model
-    takes its run's own temperature (1 when it has none), an ensemble its file's."""
+    """[(name, weight, model_dir, temperature)] in blend order, and the threshold."""
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder(s) train.py wrote")
     if len(model_dirs) > 1 and ensemble is None:
@@ -71,11 +70,6 @@ def _check_export_dir(export_dir: str) -> None:
 
 
 def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    from serving import savedmodel
-
     crops = sorted({str(c.get("train_crop")) for c in configs})
     return {
         "schema_version": EXPORT_SCHEMA_VERSION,
@@ -107,25 +101,13 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
 
 def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | None = None,
                threshold: float | None = None) -> dict[str, Any]:
-    """Exports trained runs as one SavedModel in `export_dir`, with `export_dir/export.json`.
+    """Exports train.py's runs (several with ensemble.py's `.probabilities.json`; `threshold` for one)
+    as one SavedModel with export.json in `export_dir`, a new or empty folder that appears whole.
 
-    The folder appears whole or not at all: it is written beside itself and renamed into place.
-
-    Args:
-      model_dirs: folders written by train.py; several need `ensemble`.
-      export_dir: a new or empty folder.
-      ensemble: ensemble.py's `.probabilities.json` (members, weights, threshold).
-      threshold: one model's decision threshold (default 0.5); not with `ensemble`.
-
-    Returns:
-      The export.json record.
-
-    Raises:
-      UserInputError: a missing model.keras, an ensemble file that does not match the folders,
-        several folders without an ensemble, members trained at different sizes, an unusable
-        export folder.
+    Returns the export.json record; raises UserInputError for unusable inputs or folder.
     """
     members, chosen_threshold = _members(model_dirs, ensemble, threshold)
+    transaction = atomic.Transaction(export_dir)  # first undoes a killed export into it
     _check_export_dir(export_dir)
     configs, classifiers = [], []
     for _, _, model_dir, _ in members:
@@ -138,41 +120,26 @@ def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | No
         raise UserInputError(f"the models were trained at different image sizes {sizes}; export them "
                              "separately, or retrain at one size")
     warnings = [f"{c['backbone']} ({d}) was trained on --crop=bbox shards, but served images arrive "
-                "uncropped: expect a shift between validation and serving" for c, (_, _, d, _) in zip(configs, members)
-                if c["train_crop"] == "bbox"]
+                "uncropped: expect a shift between validation and serving"
+                for c, (_, _, d, _) in zip(configs, members) if c["train_crop"] == "bbox"]
     for warning in warnings:
         logging.warning("%s", warning)
     max_pixels = min(_max_pixels(c) for c in configs)
     info = _info(members, configs, chosen_threshold, sizes[0], max_pixels, warnings)
-    _write(members, classifiers, chosen_threshold, sizes[0], max_pixels, export_dir, info)
+    module = savedmodel.ServingModule(classifiers, [m[1] for m in members], [m[3] for m in members],
+                                      chosen_threshold, sizes[0], max_pixels)
+    with transaction, transaction.path(export_dir) as staging:
+        savedmodel.save(module, staging)
+        atomic.write_json(os.path.join(staging, EXPORT_INFO), info)
     return info
 
 
-def _write(members, classifiers, threshold, image_size, max_pixels, export_dir, info) -> None:
-    from serving import savedmodel
-
-    module = savedmodel.ServingModule(
-        [savedmodel.ServedMember(name, classifier, weight, temperature)
-         for (name, weight, _, temperature), classifier in zip(members, classifiers)],
-        threshold, image_size, max_pixels)
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".partial-export-", dir=parent)
-    try:
-        savedmodel.save(module, staging)
-        write_json(os.path.join(staging, EXPORT_INFO), info)
-        if os.path.isdir(export_dir):
-            os.rmdir(export_dir)  # checked empty above
-        os.replace(staging, export_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def summary(info: dict[str, Any], export_dir: str) -> str:
-    """Returns what an export wrote, in a few lines."""
-    members = ", ".join(f"{m['name']} {m['weight']:.3f} (temperature {m['temperature']:.3f})" for m in info["members"])
-    lines = [f"exported {members} at {info['image_size']} px, threshold {info['threshold']:.4f} -> {export_dir}",
+    """What an export wrote, in a few lines."""
+    members = ", ".join(f"{m['name']} {m['weight']:.3f} (temperature {m['temperature']:.3f})"
+                        for m in info["members"])
+    lines = [f"exported {members} at {info['image_size']} px, threshold {info['threshold']:.4f} "
+             f"-> {export_dir}",
              f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}"]
     lines += [f"warning: {w}" for w in info["warnings"]]
     return "\n".join(lines)

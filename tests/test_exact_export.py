@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import models
+from contracts.errors import UserInputError
 from evaluation import prediction
 from models import builder
 from tests.shard_factory import synthetic_pixels, write_shards
@@ -164,5 +165,5 @@ def test_weights_file_builds_the_imagenet_network(tmp_path, monkeypatch):
 def test_weights_file_of_another_backbone_is_refused_in_one_line(tmp_path):
     path = str(tmp_path / "tiny.weights.h5")
     models.build_classifier("tiny_test", SIZE, weights="none").layers[2].save_weights(path)
-    with pytest.raises(models.UserInputError, match="does not fit backbone resnet50"):
+    with pytest.raises(UserInputError, match="does not fit backbone resnet50"):
         models.build_classifier("resnet50", SIZE, weights=path)

@@ -1,0 +1,15 @@
+"""How an image file becomes the stored gray pixels: the rules the builder (Pillow, `preprocess/`)
+and the served graph (TensorFlow ops, `serving/decode.py`) both follow."""
+
+# Larger images are refused as possible decompression bombs (the builder's --max_image_pixels).
+MAX_IMAGE_PIXELS = 64_000_000
+# Pillow first shrinks by an integer factor with a box filter, then resamples bicubically the
+# last <= 2x: antialiased, and about twice as fast as a full bicubic from 1024 (bench/RESULTS.md).
+REDUCING_GAP = 2.0
+JPEG_DRAFT_SCALES = (8, 4, 2, 1)  # the DCT scales libjpeg (Pillow's `draft`) decodes a JPEG at
+# Pillow makes gray of a CMYK/YCCK JPEG through RGB, which TensorFlow's decode_jpeg cannot repeat:
+# both sides refuse it, with this one reason.
+JPEG_FOUR_COMPONENTS = ("a 4-component (CMYK or YCCK) JPEG, which the served model cannot decode as the "
+                        "builder would; convert it to grayscale or RGB (PNG or JPEG)")
+DICOM_MAGIC = b"DICM"  # after a preamble of PREAMBLE_LENGTH bytes
+PREAMBLE_LENGTH = 128
