@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import brier_score_loss
 
 from contracts.atomic import atomic_path
-from training import calibration
+from models import calibration
 
 RELIABILITY_FILE = "reliability.png"
 

@@ -35,8 +35,8 @@ from contracts.prediction_files import (
 from evaluation import agreement, html_report, settings
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
-from training import calibration
-from training.metrics import auroc_or_nan
+from models import calibration
+from models.metrics import auroc_or_nan
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
 BLENDED = f"each input's {PROB_UNCALIBRATED} after its temperature here"  # in the blend's sidecar

@@ -28,11 +28,11 @@ from contracts.prediction_files import few, read_predictions, write_predictions
 from evaluation import agreement, html_report, preflight, settings
 from evaluation import report as report_lib
 from evaluation.blend import check_threshold
+from models import calibration, distribute
 from models.front import with_uint8_front
 from models.saved import load_classifier
 from pipeline import input_pipeline, options
 from pipeline.patient_columns import read_patient_columns
-from training import calibration, distribute
 
 # Ids cross workers as fixed-width byte rows, because collectives cannot gather strings.
 MAX_ID_BYTES = 256

@@ -31,7 +31,7 @@ from sklearn.metrics import (
 from contracts.atomic import atomic_path, json_ready, write_json
 from contracts.prediction_files import PATIENT
 from evaluation import bootstrap, settings
-from training.metrics import auroc_or_nan
+from models.metrics import auroc_or_nan
 
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"

@@ -36,9 +36,9 @@ from contracts.export_folder import (
     PIXELS,
     SERVING_DEFAULT,
 )
+from models.calibration import PROB_EPSILON
 from models.heads import OUTPUT_LAYER
 from serving.decode import bytes_to_pixels
-from training.calibration import PROB_EPSILON
 
 BLEND_EPSILON = 1e-12  # keeps the ensemble's logit finite where the blend is exactly 0 or 1
 
