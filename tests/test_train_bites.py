@@ -369,3 +369,16 @@ def test_the_loop_state_decides_as_keras_early_stopping_and_reduce_lr_on_plateau
         if state.finished:
             break
     assert state.finished and state.learning_rate < 1.0  # both rules fired
+
+
+def test_a_run_folder_checkpointed_without_the_loop_state_is_refused_in_one_line(data_dir, tmp_path):
+    # Regression: dropping the `has_tensor(STATE_KEY)` check in Checkpoints.restore_latest (the
+    # restore then fails with a bare AssertionError about unmatched objects).
+    from contracts.errors import UserInputError
+
+    model_dir = str(tmp_path / "old_run")
+    model = build_model("tiny_test", SIZE, weights="none", augment=False)
+    old = tf.train.Checkpoint(model=model, epoch=tf.Variable(1, dtype=tf.int64))  # an older layout
+    tf.train.CheckpointManager(old, os.path.join(model_dir, "checkpoints"), max_to_keep=1).save(1)
+    with pytest.raises(UserInputError, match=r"old_run holds checkpoints of an older version.*new model_dir"):
+        loop.run_training(_config(data_dir), model_dir)

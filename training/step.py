@@ -40,16 +40,10 @@ def _agree_on_finiteness(grads: list[tf.Tensor]) -> list[tf.Tensor]:
     return [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
 
 
-def make_train_step(
-    strategy: tf.distribute.Strategy,
-    model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
-    *,
-    global_batch_size: int,
-    class_weights: Sequence[float] | None = None,
-    jit_compile: bool = False,
-    uint8_input: bool = False,
-) -> Callable:
+def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
+                    optimizer: keras.optimizers.Optimizer, *, global_batch_size: int,
+                    class_weights: Sequence[float] | None = None, jit_compile: bool = False,
+                    uint8_input: bool = False) -> Callable:
     """Builds `step(iterator) -> (loss, probabilities, labels)` of the global batch, one update per call,
     for a `models.build_model` model and its optimizer (`make_optimizer`, built), made under `strategy`.
 
