@@ -56,7 +56,8 @@ from seed_style import SeedStyleSequence  # noqa: E402  (bench/seed_style.py)
 from contracts import manifest as manifest_lib  # noqa: E402
 from contracts import records  # noqa: E402
 from contracts.atomic import write_json  # noqa: E402
-from pipeline import augment, input_pipeline  # noqa: E402
+from models import augment  # noqa: E402
+from pipeline import input_pipeline  # noqa: E402
 from preprocess import nih_metadata  # noqa: E402
 
 _NIH_DIR = flags.DEFINE_string("nih_dir", os.path.join(REPO, "..", "shared", "data", "nih_sample"),

@@ -34,8 +34,8 @@ from absl import app, flags  # noqa: E402
 import models  # noqa: E402
 from contracts.atomic import write_json  # noqa: E402
 from evaluation import prediction  # noqa: E402
+from models import distribute  # noqa: E402
 from pipeline import options  # noqa: E402
-from training import distribute  # noqa: E402
 
 SPLIT, SMALL = "eval", "small"
 

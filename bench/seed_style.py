@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from contracts.labels import NIH_FRAME
-from pipeline.augment import ROTATION_DEGREES, SHEAR_DEGREES, SHIFT_FRACTION, ZOOM_FRACTION
+from models.augment import ROTATION_DEGREES, SHEAR_DEGREES, SHIFT_FRACTION, ZOOM_FRACTION
 
 
 def random_affine(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:

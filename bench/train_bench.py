@@ -44,8 +44,8 @@ from absl import app, flags, logging  # noqa: E402
 import models  # noqa: E402
 from contracts import manifest as manifest_lib  # noqa: E402
 from contracts.atomic import write_json  # noqa: E402
+from models import distribute  # noqa: E402
 from pipeline import input_pipeline, options  # noqa: E402
-from training import distribute  # noqa: E402
 from training import step as step_lib  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None,

@@ -14,8 +14,7 @@ from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_curve
 from contracts.errors import UserInputError
 from contracts.prediction_files import Predictions, few
 from evaluation import settings
-from models import registry
-from training import calibration
+from models import calibration, registry
 
 MAX_GRID_POINTS = 200_000  # weight vectors tried by `fit`; more would take minutes per validation set
 

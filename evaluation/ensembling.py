@@ -28,8 +28,8 @@ from evaluation import agreement, html_report, settings
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
 from evaluation.statistics import Scores, paired_auroc_difference
-from training import calibration
-from training.metrics import auroc_or_nan
+from models import calibration
+from models.metrics import auroc_or_nan
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
 BLENDED = f"each input's {PROB_UNCALIBRATED} after its temperature here"  # in the blend's sidecar

@@ -31,9 +31,9 @@ from evaluation import blend as blend_lib
 from evaluation import gradcam, localization, preflight, settings
 from evaluation.overlay import render_overlay
 from evaluation.prediction import check_one_row_per_record, predict_split
+from models import distribute
 from models.saved import load_classifier
 from pipeline import input_pipeline
-from training import distribute
 
 TARGET = "Grad-CAM of the pre-softmax margin z_abnormal - z_normal on the feature map the head pools"
 NOT_SCORED_CROPPED = ("the shards were built with --crop=bbox: a boxed image is its own box, so a map "

@@ -28,11 +28,11 @@ from contracts.prediction_files import few, read_predictions, sidecar_path, writ
 from evaluation import agreement, html_report, preflight, settings
 from evaluation import report as report_lib
 from evaluation.blend import check_threshold
+from models import calibration, distribute
 from models.front import with_uint8_front
 from models.saved import load_classifier
 from pipeline import input_pipeline, options
 from pipeline.patient_columns import read_patient_columns
-from training import calibration, distribute
 
 # Ids cross workers as fixed-width byte rows, because collectives cannot gather strings.
 MAX_ID_BYTES = 256
@@ -81,7 +81,7 @@ def with_precision(model, precision: str):
 
     Args:
       model: the loaded classifier.
-      precision: a `training.distribute.PRECISIONS` name ("auto": mixed_float16 on GPU, else float32).
+      precision: a `models.distribute.PRECISIONS` name ("auto": mixed_float16 on GPU, else float32).
 
     Returns:
       (classifier, policy name): `model` itself when float32 is asked for and every layer already
@@ -172,7 +172,7 @@ def predict_split(
 
     Args:
       model: built or loaded inside `strategy.scope()`.
-      strategy: any strategy from `training.distribute.resolve_strategy`.
+      strategy: any strategy from `models.distribute.resolve_strategy`.
       data_dir: the shard folder.
       split: the split to read.
       batch_size: global batch size.
@@ -327,8 +327,8 @@ def run_prediction(
       split: the split to predict, e.g. "eval".
       output: the CSV path; with several models, `<stem>.<backbone>.csv` each (see `output_paths`).
       batch_size: global batch size.
-      strategy: a `training.distribute.STRATEGIES` name.
-      precision: a `training.distribute.PRECISIONS` name; the models compute under it (see `with_precision`).
+      strategy: a `models.distribute.STRATEGIES` name.
+      precision: a `models.distribute.PRECISIONS` name; the models compute under it (see `with_precision`).
       transfer: a `pipeline.options.TRANSFERS` name: how the images reach the models' device.
       threshold: the report's decision threshold (default 0.5).
       report_dir: the report folder when labels are known (default `<output stem>_report`).

@@ -22,7 +22,7 @@ from sklearn.metrics import (
 from contracts.atomic import atomic_path, json_ready, write_json
 from evaluation import agreement, operating_points, settings, statistics, subgroups
 from evaluation.statistics import Scores
-from training import calibration
+from models import calibration
 
 METRICS_FILE = "metrics.json"
 ROC_FILE = "roc.png"

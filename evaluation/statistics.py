@@ -22,7 +22,7 @@ from sklearn.metrics import (
 
 from contracts.prediction_files import PATIENT
 from evaluation import settings
-from training.metrics import auroc_or_nan
+from models.metrics import auroc_or_nan
 
 SEED = 0
 UNIT = "patient"

@@ -12,7 +12,7 @@ from contracts.demographics import AGE_UNKNOWN
 from contracts.prediction_files import AGE, PATIENT, SEX, VIEW
 from evaluation import statistics
 from evaluation.statistics import Scores
-from training.metrics import auroc_or_nan
+from models.metrics import auroc_or_nan
 
 AGE_BANDS = ((0, 20, "<20"), (20, 40, "20-39"), (40, 60, "40-59"), (60, 200, ">=60"))
 UNKNOWN = "unknown"

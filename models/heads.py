@@ -1,4 +1,4 @@
-"""The classification heads put on top of a backbone's feature map (the reference's three variants)."""
+"""The classification heads on a backbone's feature map (the reference's three variants)."""
 
 from __future__ import annotations
 
@@ -11,27 +11,16 @@ POOL_LAYER = "head_pool"  # the head's first layer; its input is the feature map
 
 @dataclasses.dataclass(frozen=True)
 class Head:
-    """GlobalAveragePooling2D → [BatchNorm] → [Dropout] → Dense ReLU → [Dropout] → Dense softmax.
-
-    Attributes:
-      batch_norm: BatchNormalization right after the pooling.
-      dropout_before_dense: dropout rate before the hidden Dense (0: no Dropout layer).
-      dropout_after_dense: dropout rate after the hidden Dense (0: no Dropout layer).
-      dense_units: width of the hidden Dense layer.
-    """
+    """GlobalAveragePooling2D → [BatchNorm] → [Dropout] → Dense ReLU → [Dropout] → Dense softmax."""
 
     batch_norm: bool
-    dropout_before_dense: float
-    dropout_after_dense: float
+    dropout_before_dense: float  # 0: no Dropout layer
+    dropout_after_dense: float  # 0: no Dropout layer
     dense_units: int = 1024
 
 
 def build_head(features, head: Head, *, seed: int = 0):
-    """Applies `head` to a backbone feature map (B, H, W, C) and returns (B, 2) float32 probabilities.
-
-    The softmax layer is pinned to float32, so the probabilities (and the loss computed from them)
-    stay float32 under mixed precision.
-    """
+    """`head` on a feature map (B, H, W, C): (B, 2) probabilities, float32 under any policy."""
     from keras import layers  # here, so the registry can import `Head` without TensorFlow
 
     x = layers.GlobalAveragePooling2D(name=POOL_LAYER)(features)

@@ -1,8 +1,6 @@
-"""Each backbone's ImageNet input normalisation, as layers inside the model.
+"""Each backbone's input normalisation as layers, so a saved model takes raw 0..255 RGB pixels.
 
-The input pipeline emits one stream of 0..255 RGB pixels for every backbone; the model carries its
-own normalisation so a saved model takes raw pixels. The layers run in float32 whatever the global
-policy: subtracting a mean near 120 from 0..255 in bfloat16 would lose the low bits of every pixel.
+Float32 whatever the policy: a mean near 120 subtracted in bfloat16 loses every pixel's low bits.
 """
 
 from __future__ import annotations

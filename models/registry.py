@@ -1,9 +1,6 @@
-"""The backbone registry: one entry per backbone, the one place a backbone is described.
+"""The backbone registry, one entry per backbone, and the strategy and precision names.
 
-An entry names its Keras Applications constructor and its input normalisation rather than holding
-them, so this module imports no TensorFlow: the command-line flags, their help texts, the
-ensemble's reference weights and the demo read the registry without loading it. Adding a
-backbone is adding an entry here (and its reference head to `tests/test_models.py`).
+No TensorFlow at import: flags, help texts, the ensemble's weights and the demo read it cheaply.
 """
 
 from __future__ import annotations
@@ -17,39 +14,19 @@ from models.heads import Head
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
-    """One registry entry.
+    """One registry entry (adding a backbone: an entry here and its head in tests/test_models.py)."""
 
-    Attributes:
-      constructor: dotted path of a Keras Applications-style constructor (include_top, weights,
-        input_shape), imported when a model is built.
-      preprocessing: name of the `models.preprocessing` function returning the layers that map
-        0..255 RGB pixels to what `constructor` expects.
-      head: the classification head on the feature map.
-      optimizer: "adam" or "sgd".
-      learning_rate: the reference learning rate.
-      epochs: the reference epoch count.
-      augment: whether the reference augmented this backbone's training images.
-      ensemble_weight: the reference blend's weight (weights are normalised over the blended models).
-      from_scratch_learning_rate: a rate that learns from random weights in a CPU-sized budget
-        (the synthetic demo), where the reference rate barely moves the weights.
-      pretrained: `constructor` has ImageNet weights (its `weights="imagenet"` branch); a local
-        weights file is then loaded into the network that branch builds.
-      from_scratch_feature_layer: the layer whose output feeds the head when the backbone learns
-        from random weights in a CPU-sized budget (`train.py --feature_layer=from_scratch`); None
-        keeps the whole backbone there too.
-    """
-
-    constructor: str
-    preprocessing: str
+    constructor: str  # dotted path of a Keras Applications-style constructor
+    preprocessing: str  # the `models.preprocessing` function making its 0..255 RGB normalisation
     head: Head
-    optimizer: str
-    learning_rate: float
-    epochs: int
-    augment: bool
-    ensemble_weight: float
-    from_scratch_learning_rate: float
-    pretrained: bool = True
-    from_scratch_feature_layer: str | None = None
+    optimizer: str  # "adam" or "sgd"
+    learning_rate: float  # the reference's
+    epochs: int  # the reference's
+    augment: bool  # whether the reference augmented
+    ensemble_weight: float  # the reference blend's weight (normalised over the blended models)
+    from_scratch_learning_rate: float  # learns from random weights in a CPU budget (the demo)
+    pretrained: bool = True  # has ImageNet weights; a local weights file loads into that network
+    from_scratch_feature_layer: str | None = None  # the head's input layer from random weights
 
     def make_backbone(self) -> Callable:
         """Imports and returns the constructor."""
@@ -63,14 +40,10 @@ class Backbone:
         return getattr(preprocessing, self.preprocessing)()
 
 
-# The reference's three models. Its notebook fixes ResNet50 at 5 epochs; EfficientNetB3 and
-# DenseNet121 ran with early stopping, so 10 epochs (early stopping usually ends them sooner).
-# Its blend: EfficientNet 0.6, DenseNet 0.3, ResNet 0.1. From scratch on the small synthetic set,
-# ten times the reference rates learn the lesions in a CPU budget. EfficientNetB3 does not learn there
-# at all (test AUROC 0.52 after 8 epochs at 64 px): 18 of its 26 blocks run on 4x4 and 2x2 maps, and
-# from random weights the gradient of faint lesions does not survive that depth. Cut after its third
-# stage (the stem and 7 blocks, about 170K parameters, 8x8 maps at 64 px) it reaches 0.89-0.92 in a
-# third of the time, at 3e-3.
+# The reference's three models: its notebook fixes ResNet50 at 5 epochs, the others ran with early
+# stopping (10 epochs); its blend is 0.6/0.3/0.1. From random weights EfficientNetB3's deep blocks on
+# 4x4 and 2x2 maps lose the faint lesions' gradient, so it is cut after its third stage there
+# (figures in bench/RESULTS.md).
 BACKBONES: dict[str, Backbone] = {
     "efficientnet_b3": Backbone(
         constructor="keras.applications.EfficientNetB3",
@@ -108,7 +81,7 @@ BACKBONES: dict[str, Backbone] = {
     ),
 }
 
-# Fast stand-ins for tests (the end-to-end test included); reachable from Python, never from a CLI flag.
+# Fast stand-ins for tests; reachable from Python, never from a command line.
 TEST_BACKBONES: dict[str, Backbone] = {
     "tiny_test": Backbone(
         constructor="models.tiny.tiny_backbone",
@@ -125,27 +98,20 @@ TEST_BACKBONES: dict[str, Backbone] = {
 }
 
 
-# The --feature_layer keyword for an entry's `from_scratch_feature_layer`.
-FEATURE_LAYER_FROM_SCRATCH = "from_scratch"
+FEATURE_LAYER_FROM_SCRATCH = "from_scratch"  # feature_layer's name for `from_scratch_feature_layer`
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")  # see models.distribute
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
 def resolve_feature_layer(backbone: str, feature_layer: str | None) -> str | None:
-    """Returns the layer name `feature_layer` stands for in `backbone`: None for the whole backbone.
-
-    `FEATURE_LAYER_FROM_SCRATCH` is the entry's from-scratch layer (None where it has none); an
-    empty value is the whole backbone; anything else is a layer name, checked when the model is built.
-    """
+    """The layer name `feature_layer` stands for in `backbone`; None (or empty) is the whole backbone."""
     if feature_layer == FEATURE_LAYER_FROM_SCRATCH:
         return get_backbone(backbone).from_scratch_feature_layer
     return feature_layer or None
 
 
 def get_backbone(name: str) -> Backbone:
-    """Returns the registry entry `name` (a real backbone or a test one).
-
-    Raises:
-      ValueError: unknown name, listing the valid ones.
-    """
+    """The registry entry `name` (a real or a test backbone); ValueError listing the valid ones."""
     if name in BACKBONES:
         return BACKBONES[name]
     if name in TEST_BACKBONES:
@@ -157,5 +123,5 @@ def get_backbone(name: str) -> Backbone:
 
 
 def describe(field: str, fmt: str = "{}") -> str:
-    """Returns "name value, ..." of one field over the user-facing backbones, for help texts."""
+    """"name value, ..." of one field over the user-facing backbones, for help texts."""
     return ", ".join(f"{name} {fmt.format(getattr(spec, field))}" for name, spec in BACKBONES.items())

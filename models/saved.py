@@ -8,15 +8,12 @@ import zipfile
 from contracts.errors import UserInputError
 from contracts.run_folder import CONFIG, MODEL, load_run_config
 
-RESTORE = "retrain into this --model_dir or restore the run folder from a copy"
+RESTORE = "retrain into this model_dir or restore the run folder from a copy"
 
 
 def _check_archive(path: str) -> None:
-    """Refuses a model.keras that is not a whole zip, or whose members fail their checksums.
-
-    Keras reports a truncated file as "File not found" and a damaged one as a bare BadZipFile
-    traceback; reading every member's CRC first (the load reads them all anyway) names the damage.
-    """
+    # Keras calls a truncated file "File not found" and a damaged one a bare BadZipFile: checking
+    # every member's CRC first (the load reads them all anyway) names the damage.
     size = os.path.getsize(path)
     try:
         with zipfile.ZipFile(path) as archive:
@@ -29,24 +26,18 @@ def _check_archive(path: str) -> None:
 
 
 def load_classifier(model_dir: str):
-    """Loads `model_dir/model.keras` with safe_mode=True (no arbitrary code from the file).
+    """Loads `model_dir/model.keras` with safe_mode=True: (B, S, S, 3) 0..255 in, (B, 2) softmax out.
 
-    Returns:
-      The keras.Model, taking (B, S, S, 3) pixels in 0..255 and returning (B, 2) softmax, S being
-      the image_size of the run's config.json.
-
-    Raises:
-      UserInputError: the file or the run's config.json is missing, model.keras is truncated,
-        damaged or cannot be loaded, does not output two probabilities, or takes another image
-        size than config.json records.
+    Raises UserInputError when it or config.json is missing, it is truncated, damaged or not a
+    two-class classifier, or takes another image size than config.json records.
     """
     import keras
 
-    import models.preprocessing  # noqa: F401  (registers the project's layers so safe_mode can rebuild them)
+    import models.preprocessing  # noqa: F401  (registers the project's layers for safe_mode)
 
     path = os.path.join(model_dir, MODEL)
     if not os.path.exists(path):
-        raise UserInputError(f"{path} not found: train a model into --model_dir={model_dir} first")
+        raise UserInputError(f"{path} not found: train a model into model_dir={model_dir} first")
     config = load_run_config(model_dir)
     _check_archive(path)
     try:

@@ -7,19 +7,7 @@ from keras import layers
 
 
 def tiny_backbone(*, include_top: bool = False, weights=None, input_shape=(32, 32, 3)) -> keras.Model:
-    """Builds the test backbone with the Keras Applications calling convention.
-
-    Args:
-      include_top: must be False (the test backbone has no classifier of its own).
-      weights: None or the path of a weights file saved from this backbone.
-      input_shape: (S, S, 3).
-
-    Returns:
-      A model mapping (B, S, S, 3) to a (B, S/4, S/4, 16) feature map.
-
-    Raises:
-      ValueError: include_top is True or weights is "imagenet".
-    """
+    """(B, S, S, 3) -> (B, S/4, S/4, 16), called as Keras Applications are (no top, no ImageNet)."""
     if include_top:
         raise ValueError("the tiny test backbone has no top; pass include_top=False")
     if weights == "imagenet":

@@ -2,7 +2,7 @@
 
 Both emit dicts {"image": float32 (B, S, S, 3) in 0..255, "label": int32 (B,), "image_id": string (B,)},
 or with `uint8_gray` the decoded uint8 (B, S, S, 1) for a model behind the uint8 front (`models.front`).
-The model normalises its own input and augments on the accelerator (see `pipeline/augment.py`),
+The model normalises its own input and augments on the accelerator (see `models/augment.py`),
 so the host only reads, decodes and batches, and one stream serves every backbone.
 
 The choices below were made by CPU time per image; the measurements are in bench/RESULTS.md.

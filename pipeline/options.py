@@ -68,7 +68,7 @@ def resolve_transfer(mode: str, gpu_visible: bool) -> str:
 
     Args:
       mode: one of `TRANSFERS`.
-      gpu_visible: whether TensorFlow sees a GPU (see `training.distribute.resolve_transfer`).
+      gpu_visible: whether TensorFlow sees a GPU (see `models.distribute.resolve_transfer`).
 
     Returns:
       `UINT8` or `FLOAT32`.

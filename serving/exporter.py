@@ -24,9 +24,9 @@ from contracts.export_folder import (
 )
 from evaluation import settings
 from evaluation.blend import check_threshold
+from models import calibration
 from models.saved import load_classifier
 from serving import savedmodel
-from training import calibration
 
 
 def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):

@@ -14,9 +14,9 @@ import keras
 import tensorflow as tf
 
 from contracts import export_folder as names
+from models.calibration import PROB_EPSILON
 from models.heads import OUTPUT_LAYER
 from serving.decode import bytes_to_pixels
-from training.calibration import PROB_EPSILON
 
 BLEND_EPSILON = 1e-12  # keeps the ensemble's logit finite where the blend is exactly 0 or 1
 
@@ -67,7 +67,7 @@ class ServingModule(tf.Module):
 
     @staticmethod
     def _calibrate(probability: tf.Tensor, temperature: float) -> tf.Tensor:
-        # training.calibration.apply_temperature in float64: the same clipped logit, the same result.
+        # models.calibration.apply_temperature in float64: the same clipped logit, the same result.
         if temperature == 1.0:
             return tf.cast(probability, tf.float64)
         p = tf.clip_by_value(tf.cast(probability, tf.float64), PROB_EPSILON, 1.0 - PROB_EPSILON)

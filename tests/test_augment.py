@@ -1,4 +1,4 @@
-"""Tests of `pipeline.augment`: the in-model training augmentation."""
+"""Tests of `models.augment`: the in-model training augmentation."""
 
 import math
 
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augment, options
+from models import augment
+from pipeline import options
 from tests import shard_factory
 
 

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from contracts.errors import UserInputError
 from contracts.prediction_files import AGE, SEX, VIEW, read_predictions, write_predictions
 from evaluation import agreement, ensembling, operating_points, subgroups
-from training import calibration
+from models import calibration
 
 
 def _overconfident(rng, n=2000):

@@ -139,7 +139,7 @@ def test_imagenet_without_network_or_cache_fails_clearly(tmp_path):
                           timeout=SUBPROCESS_TIMEOUT_S)
     assert done.returncode != 0
     assert "UserInputError" in done.stderr
-    assert "--weights=none" in done.stderr and "keras_home" in done.stderr
+    assert "weights=none" in done.stderr and "keras_home" in done.stderr
 
 
 def test_saved_normalisation_loads_with_safe_mode_in_a_fresh_process(tmp_path):
@@ -244,5 +244,5 @@ def test_feature_layer_cuts_after_the_weights_file_is_loaded_and_survives_a_save
 def test_unknown_feature_layer_is_a_one_line_user_error():
     from contracts.errors import UserInputError
 
-    with pytest.raises(UserInputError, match="--feature_layer=block9z_add: tiny_test has no such layer"):
+    with pytest.raises(UserInputError, match="feature_layer=block9z_add: tiny_test has no such layer"):
         models.build_classifier("tiny_test", SIZE, weights="none", feature_layer="block9z_add")

@@ -117,7 +117,7 @@ def test_nan_metrics_print_as_not_available():
 def test_the_shared_auroc_equals_scikit_learns_with_ties(seed, ties):
     from sklearn.metrics import roc_auc_score
 
-    from training.metrics import auroc_or_nan
+    from models.metrics import auroc_or_nan
 
     rng = np.random.default_rng(seed)
     labels = (rng.random(300) < 0.3).astype(int)

@@ -14,14 +14,15 @@ import pytest
 import tensorflow as tf
 
 from contracts.errors import UserInputError
+from models import distribute
 from pipeline.service import free_local_ports
 from tests.shard_factory import write_shards
-from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import distribute
+from training import outputs
 from training import step as step_lib
 from training.config import TrainConfig
 from training.loop import run_training
+from training.state import STATE_KEY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"train": 48, "val": 13}
@@ -107,7 +108,7 @@ def test_short_run_lowers_the_loss_and_writes_every_output(shards, tmp_path):
 
     # tensorboard is a dependency (setup.cfg), so the events must be there.
     events = os.path.join(model_dir, "tensorboard", "train")
-    assert callbacks_lib.tensorboard_available()
+    assert outputs.tensorboard_available()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(events))
 
 
@@ -198,8 +199,8 @@ def test_mixed_precision_and_xla_runs_train(shards, tmp_path, caplog, precision,
     result = run_training(config, str(tmp_path / "run"))
     # The test machine has no GPU: asking for float16 is said once, in one line; bfloat16 is not.
     said = [r.getMessage() for r in caplog.records if "sees no GPU" in r.getMessage()]
-    assert said == (["--precision=mixed_float16 but TensorFlow sees no GPU: float16 on a CPU is slower "
-                     "than float32; use --precision=float32 or mixed_bfloat16 here"]
+    assert said == (["precision=mixed_float16 but TensorFlow sees no GPU: float16 on a CPU is slower "
+                     "than float32; use precision=float32 or mixed_bfloat16 here"]
                     if precision == "mixed_float16" else [])
     assert result["config"]["precision"] == precision
     assert np.isfinite(result["history"][0]["train_loss"])
@@ -287,7 +288,7 @@ def test_train_py_reads_every_flag_and_reports_bad_input_in_one_line(shards, tmp
 
 def _checkpointed_epochs(model_dir: str) -> int:
     path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    return 0 if path is None else int(tf.train.load_variable(path, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    return 0 if path is None else json.loads(tf.train.load_variable(path, STATE_KEY))["epoch"]
 
 
 @pytest.mark.slow

@@ -12,12 +12,14 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from contracts import run_folder
 from models import all_layers, build_model
+from pipeline import input_pipeline
 from tests.shard_factory import write_shards
-from training import loop, validation
+from training import loop, outputs, validation
 from training import step as step_lib
-from training.checkpoints import RunState
 from training.config import TrainConfig
+from training.state import Checkpoints, LoopState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"train": 32, "val": 13}
@@ -41,7 +43,7 @@ def _config(data_dir: str, **overrides) -> TrainConfig:
 
 
 class _Observed:
-    """What a `RunState` saw: the model and optimizer the loop built, and their values at each event."""
+    """What a `Checkpoints` saw: the model and optimizer the loop built, and their values at each event."""
 
     def __init__(self):
         self.model = None
@@ -55,11 +57,11 @@ def _values(model: keras.Model, optimizer: keras.optimizers.Optimizer):
             [np.array(keras.ops.convert_to_numpy(v)) for v in optimizer.variables])
 
 
-def _observe_run_state(monkeypatch) -> _Observed:
-    """Puts a `RunState` in the loop that records the objects it checkpoints; the loop is unchanged."""
+def _observe_checkpoints(monkeypatch) -> _Observed:
+    """Puts a `Checkpoints` in the loop that records the objects it checkpoints; the loop is unchanged."""
     observed = _Observed()
 
-    class ObservedRunState(RunState):
+    class ObservedCheckpoints(Checkpoints):
         def __init__(self, model, optimizer, *args, **kwargs):
             super().__init__(model, optimizer, *args, **kwargs)
             observed.model, observed.optimizer = model, optimizer
@@ -69,12 +71,12 @@ def _observe_run_state(monkeypatch) -> _Observed:
             super().save(*args, **kwargs)
 
         def restore_latest(self):
-            path = super().restore_latest()
-            if path is not None:
+            state = super().restore_latest()
+            if state is not None:
                 observed.restored = _values(observed.model, observed.optimizer)
-            return path
+            return state
 
-    monkeypatch.setattr(loop, "RunState", ObservedRunState)
+    monkeypatch.setattr(loop, "Checkpoints", ObservedCheckpoints)
     return observed
 
 
@@ -85,14 +87,14 @@ def _assert_lists_equal(actual, expected, what: str) -> None:
 
 
 def test_resume_restores_weights_moving_statistics_and_adam_state(data_dir, tmp_path, monkeypatch):
-    # Regressions: dropping `model=` from RunState's tf.train.Checkpoint (the BatchNorm moving
+    # Regressions: dropping `model=` from Checkpoints' tf.train.Checkpoint (the BatchNorm moving
     # statistics are reachable only through the model; the trainable weights also through the
     # optimizer); deleting `optimizer.build(...)` before the restore in loop._build (Adam's m/v
     # are then not restored). Dropping `optimizer=` alone loses nothing while the model is compiled
     # with its optimizer: the checkpoint then reaches it as `model/optimizer`.
     model_dir = str(tmp_path / "run")
     config = _config(data_dir, validation=False)
-    first = _observe_run_state(monkeypatch)
+    first = _observe_checkpoints(monkeypatch)
     loop.run_training(config, model_dir)
     saved_weights, saved_optimizer = first.saved
     keras.utils.set_random_seed(config.seed)  # the loop's initial weights, as it seeds them
@@ -102,7 +104,7 @@ def test_resume_restores_weights_moving_statistics_and_adam_state(data_dir, tmp_
 
     # The second call restores through the loop's own build-then-restore path, then returns at once
     # because the checkpoint says the run finished: nothing runs between the restore and the check.
-    second = _observe_run_state(monkeypatch)
+    second = _observe_checkpoints(monkeypatch)
     result = loop.run_training(config, model_dir)
     assert result["resumed_from_epoch"] == 1 and result["history"] == []
     restored_weights, restored_optimizer = second.restored
@@ -124,7 +126,7 @@ def test_mixed_precision_is_in_force_in_the_model_and_optimizer_that_train(
     # Regressions: deleting `keras.mixed_precision.set_global_policy(name)` in
     # distribute.resolve_precision (the model computes in float32); deleting the
     # LossScaleOptimizer wrapping in step.make_optimizer (float16 gradients underflow unscaled).
-    observed = _observe_run_state(monkeypatch)
+    observed = _observe_checkpoints(monkeypatch)
     loop.run_training(_config(data_dir, precision=precision, steps_per_epoch=1, validation=False),
                       str(tmp_path / "run"))
     model, optimizer = observed.model, observed.optimizer
@@ -215,8 +217,9 @@ VAL_AUROC = (0.6, 0.9, 0.8, 0.7)  # epoch 2 is the best; the later ones are wors
 BEST_EPOCH = 2
 
 
-def _script_val_auroc(monkeypatch) -> None:
-    """Makes validation.summarize report VAL_AUROC[epoch - 1] as the validation AUROC.
+def _script_val_auroc(monkeypatch, first_epoch: int = 1) -> None:
+    """Makes validation.summarize report VAL_AUROC[epoch - 1] as the validation AUROC, counting the
+    epochs this process validates from `first_epoch`.
 
     Only the metric is scripted: the loop's selection of the best epoch runs unchanged on it.
     """
@@ -231,7 +234,7 @@ def _script_val_auroc(monkeypatch) -> None:
     def summarize(labels, probabilities):
         metrics = real_summarize(labels, probabilities)
         if val_labels and labels is val_labels[-1]:  # the validation scores, not the train batch
-            metrics["auroc"] = VAL_AUROC[len(val_labels) - 1]
+            metrics["auroc"] = VAL_AUROC[first_epoch + len(val_labels) - 2]
         return metrics
 
     monkeypatch.setattr(validation, "score", score)
@@ -245,8 +248,30 @@ def _checkpoint_weights(model_dir: str, epoch: int) -> list[np.ndarray]:
     return model.get_weights()
 
 
+def _assert_exports_are_epoch(model_dir: str, data_dir: str, epoch: int) -> None:
+    """model.keras holds `epoch`'s checkpoint, and val_predictions.csv is what it predicts (computed
+    here on a second path), after the temperature its sidecar records."""
+    assert run_folder.exported_epochs(model_dir) == (epoch, epoch)
+    exported = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False, safe_mode=True)
+    _assert_lists_equal(exported.get_weights(), _checkpoint_weights(model_dir, epoch),
+                        f"model.keras vs ckpt-{epoch}")
+    batches = list(input_pipeline.make_eval_dataset(data_dir, "val", 16, SIZE))
+    ids = np.concatenate([b["image_id"].numpy() for b in batches]).astype(str)
+    probabilities = np.concatenate([exported(b["image"], training=False).numpy()[:, 1] for b in batches])
+    written = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")
+    np.testing.assert_allclose(written.loc[ids, "p_uncalibrated"].to_numpy(), probabilities, atol=1e-5)
+    with open(os.path.join(model_dir, "val_predictions.json")) as f:
+        temperature = json.load(f)["temperature"]
+    assert temperature is not None and abs(temperature - 1) > 1e-3  # else the check below cannot bite
+    raw = np.clip(written["p_uncalibrated"].to_numpy(), 1e-7, 1 - 1e-7)
+    np.testing.assert_allclose(written["p_abnormal"], 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature)),
+                               rtol=1e-9)
+
+
 def test_model_keras_holds_the_best_validation_epoch_not_the_last(data_dir, tmp_path, monkeypatch):
-    # Regression: `best = True` in loop._epoch (model.keras re-exported after every epoch).
+    # Regressions: `better = True` in LoopState.after_epoch (the last epoch exported); dropping
+    # `run.checkpoints.restore_best(best)` in loop._export_best (the best epoch named, the last one's
+    # weights exported).
     _script_val_auroc(monkeypatch)
     model_dir = str(tmp_path / "run")
     epochs = len(VAL_AUROC)
@@ -254,60 +279,106 @@ def test_model_keras_holds_the_best_validation_epoch_not_the_last(data_dir, tmp_
                      early_stopping_patience=epochs)
     result = loop.run_training(config, model_dir)
     assert [r["val_auroc"] for r in result["history"]] == list(VAL_AUROC)
-
-    exported = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False,
-                                       safe_mode=True).get_weights()
     best, last = _checkpoint_weights(model_dir, BEST_EPOCH), _checkpoint_weights(model_dir, epochs)
     assert any(not np.array_equal(b, x) for b, x in zip(best, last)), "the epochs must differ"
-    _assert_lists_equal(exported, best, f"model.keras weight vs epoch {BEST_EPOCH}'s checkpoint")
+    _assert_exports_are_epoch(model_dir, data_dir, BEST_EPOCH)
+    _assert_lists_equal(result["model"].get_weights(), best, "the returned model vs the best epoch")
 
 
 class _Killed(BaseException):
     """Stands in for SIGKILL at one write: nothing after it runs."""
 
 
-@pytest.mark.parametrize("killed_at", ["model.keras", "val_predictions.csv"])
-def test_a_kill_between_the_checkpoint_and_the_exports_is_repaired_on_restart(
-        data_dir, tmp_path, monkeypatch, killed_at):
-    # Regression: drop the `_repair_exports(run, extra)` call in loop.run_training (a restart then
-    # keeps model.keras and val_predictions.csv from different epochs).
-    from contracts import run_folder
-    from pipeline import input_pipeline
-    from training import outputs
-
+def test_a_run_killed_between_epochs_still_exports_its_best_epoch(data_dir, tmp_path, monkeypatch):
+    # Regression: `return LoopState(learning_rate=..., epoch=..., step=...)` from the saved JSON in
+    # Checkpoints.restore_latest (the best epoch forgotten: epoch 4 becomes the first and the best).
     model_dir = str(tmp_path / "run")
-    config = _config(data_dir, epochs=2, learning_rate=1e-2, keep_checkpoints=2, early_stopping_patience=2)
-    _script_val_auroc(monkeypatch)  # 0.6 then 0.9: both epochs are the best so far, both export
-    target = (outputs.ModelExporter, "export") if killed_at == "model.keras" else (outputs, "write_val_predictions")
-    real = getattr(*target)
+    epochs = len(VAL_AUROC)
+    config = _config(data_dir, epochs=epochs, learning_rate=1e-2, keep_checkpoints=epochs,
+                     early_stopping_patience=epochs)
+    real_save = Checkpoints.save
 
-    def killed_at_epoch_2(*args):  # export(self, path, epoch) / write_val_predictions(dir, scores, sidecar, meta)
-        epoch = args[-1] if killed_at == "model.keras" else args[2]["epoch"]
-        if epoch == 2:
+    def killed_after_epoch_3(self, state, **kwargs):
+        real_save(self, state, **kwargs)
+        if state.epoch == 3:
             raise _Killed
-        return real(*args)
 
-    monkeypatch.setattr(*target, killed_at_epoch_2)
+    _script_val_auroc(monkeypatch)
+    monkeypatch.setattr(Checkpoints, "save", killed_after_epoch_3)
     with pytest.raises(_Killed):
         loop.run_training(config, model_dir)
-    assert run_folder.exported_epochs(model_dir) == ((1, 1) if killed_at == "model.keras" else (2, 1))
+    assert run_folder.exported_epochs(model_dir) == (None, None)
+    monkeypatch.setattr(Checkpoints, "save", real_save)
+
+    _script_val_auroc(monkeypatch, first_epoch=4)
+    result = loop.run_training(config, model_dir)
+    assert result["resumed_from_epoch"] == 3 and [r["epoch"] for r in result["history"]] == [4]
+    assert result["history"][0]["val_auroc"] == VAL_AUROC[3]
+    _assert_exports_are_epoch(model_dir, data_dir, BEST_EPOCH)
+
+
+@pytest.mark.parametrize("killed_at", ["model.keras", "val_predictions.csv"])
+def test_a_kill_during_the_exports_is_repaired_on_restart(data_dir, tmp_path, monkeypatch, killed_at):
+    # Regression: `if model_epoch == best:` alone in loop._export_best, or no _export_best for a
+    # finished run (a restart then keeps model.keras and val_predictions.csv missing or apart).
+    model_dir = str(tmp_path / "run")
+    config = _config(data_dir, epochs=2, learning_rate=1e-2, keep_checkpoints=2, early_stopping_patience=2)
+    _script_val_auroc(monkeypatch)  # 0.6 then 0.9: epoch 2 is the best
+    target = (outputs, "export_model" if killed_at == "model.keras" else "write_val_predictions")
+    real = getattr(*target)
+
+    def killed(*args):
+        raise _Killed
+
+    monkeypatch.setattr(*target, killed)
+    with pytest.raises(_Killed):
+        loop.run_training(config, model_dir)
+    assert run_folder.exported_epochs(model_dir) == ((None, None) if killed_at == "model.keras" else (2, None))
     monkeypatch.setattr(*target, real)
 
     result = loop.run_training(config, model_dir)  # the checkpoint says finished: nothing is retrained
     assert result["history"] == [] and result["epochs_done"] == 2
-    assert run_folder.exported_epochs(model_dir) == (2, 2)
-    exported = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False, safe_mode=True)
-    _assert_lists_equal(exported.get_weights(), _checkpoint_weights(model_dir, 2), "model.keras vs ckpt-2")
-    # The repaired CSV is what the repaired model.keras predicts, computed here on a second path.
-    batches = list(input_pipeline.make_eval_dataset(data_dir, "val", 16, SIZE))
-    ids = np.concatenate([b["image_id"].numpy() for b in batches]).astype(str)
-    probabilities = np.concatenate([exported(b["image"], training=False).numpy()[:, 1] for b in batches])
-    written = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")
-    np.testing.assert_allclose(written.loc[ids, "p_uncalibrated"].to_numpy(), probabilities, atol=1e-5)
-    # p_abnormal is what the run hands over: that output after the temperature its sidecar records.
-    with open(os.path.join(model_dir, "val_predictions.json")) as f:
-        temperature = json.load(f)["temperature"]
-    assert temperature is not None and abs(temperature - 1) > 1e-3  # else the check below cannot bite
-    raw = np.clip(written["p_uncalibrated"].to_numpy(), 1e-7, 1 - 1e-7)
-    np.testing.assert_allclose(written["p_abnormal"], 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature)),
-                               rtol=1e-9)
+    _assert_exports_are_epoch(model_dir, data_dir, 2)
+
+
+@pytest.mark.parametrize("early_patience, plateau_patience", [(2, 2), (4, 1)])
+def test_the_loop_state_decides_as_keras_early_stopping_and_reduce_lr_on_plateau(early_patience,
+                                                                                  plateau_patience):
+    # Regressions: `>` for `>=` on either patience in LoopState.after_epoch; dropping the loss's
+    # min_delta (epoch 3's 0.89995 then counts as lower); the learning rate floor ignored.
+    # The reference is Keras' own callbacks, which the loop ran before it kept its own state.
+    aurocs = (0.5, 0.7, 0.6, 0.7, 0.65, 0.8, 0.6, 0.6, 0.6, 0.6)
+    losses = (1.0, 0.9, 0.89995, 0.95, 0.8, 0.85, 0.9, 0.9, 0.9, 0.9)
+    config = _config("unused", epochs=len(aurocs), early_stopping_patience=early_patience,
+                     reduce_lr_patience=plateau_patience, reduce_lr_factor=0.5, min_learning_rate=0.3)
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+    early = keras.callbacks.EarlyStopping(monitor="val_auroc", mode="max", patience=early_patience)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.5,
+                                                patience=plateau_patience, min_lr=0.3)
+    callbacks = keras.callbacks.CallbackList([early, plateau], model=model)
+    callbacks.on_train_begin()
+    state = LoopState(learning_rate=1.0)
+    for index, (auroc, loss) in enumerate(zip(aurocs, losses)):
+        callbacks.on_epoch_end(index, {"val_auroc": auroc, "val_loss": loss})
+        state = state.after_epoch(config, 1, auroc, loss)
+        assert state.best_epoch == early.best_epoch + 1, index
+        assert state.learning_rate == pytest.approx(float(model.optimizer.learning_rate.numpy())), index
+        assert state.finished == bool(model.stop_training), index
+        if state.finished:
+            break
+    assert state.finished and state.learning_rate < 1.0  # both rules fired
+
+
+def test_a_run_folder_checkpointed_without_the_loop_state_is_refused_in_one_line(data_dir, tmp_path):
+    # Regression: dropping the `has_tensor(STATE_KEY)` check in Checkpoints.restore_latest (the
+    # restore then fails with a bare AssertionError about unmatched objects).
+    from contracts.errors import UserInputError
+
+    model_dir = str(tmp_path / "old_run")
+    model = build_model("tiny_test", SIZE, weights="none", augment=False)
+    old = tf.train.Checkpoint(model=model, epoch=tf.Variable(1, dtype=tf.int64))  # an older layout
+    tf.train.CheckpointManager(old, os.path.join(model_dir, "checkpoints"), max_to_keep=1).save(1)
+    with pytest.raises(UserInputError, match=r"old_run holds checkpoints of an older version.*new model_dir"):
+        loop.run_training(_config(data_dir), model_dir)

@@ -14,10 +14,11 @@ import models
 from contracts import run_folder
 from contracts.prediction_files import read_predictions
 from evaluation import prediction
+from models import distribute
 from models.front import GrayToRGB
 from pipeline import input_pipeline
 from tests.shard_factory import write_shards
-from training import distribute, loop
+from training import loop
 from training import step as step_lib
 from training.config import TrainConfig
 

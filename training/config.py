@@ -15,8 +15,8 @@ from models import registry
 from pipeline import options
 
 CLASS_WEIGHTS = ("none", "balanced")
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")  # see training.distribute.resolve_strategy
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # see training.distribute.resolve_precision
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")  # see models.distribute.resolve_strategy
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")  # see models.distribute.resolve_precision
 
 
 
@@ -35,8 +35,8 @@ class TrainConfig:
     cache: bool = False  # keep decoded images in RAM after the first epoch
     deterministic: bool = False  # reproducible record order (slower input)
     transfer: str = options.DEFAULT_TRANSFER  # images to the device as uint8 gray or float32 RGB
-    strategy: str = "auto"  # see training.distribute.resolve_strategy
-    precision: str = "auto"  # see training.distribute.resolve_precision
+    strategy: str = "auto"  # see models.distribute.resolve_strategy
+    precision: str = "auto"  # see models.distribute.resolve_precision
     jit_compile: bool = False  # XLA for the forward and backward pass
     global_batch_size: int = 32  # over all replicas; each replica gets an equal share
     epochs: int | None = None  # None: the backbone's reference epochs

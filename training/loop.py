@@ -1,7 +1,7 @@
 """`run_training`: the epoch loop around the one distributed step, with resume, validation and outputs.
 
 Outputs in `model_dir` (only the chief writes there) follow `contracts.run_folder`; `model.keras`
-holds the best epoch by validation AUROC (the last epoch without validation).
+and `val_predictions.csv` come from the best epoch by validation AUROC (the last without validation).
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ from tqdm import tqdm
 
 from contracts import manifest as manifest_lib
 from contracts import run_folder
-from contracts.errors import UserInputError, check_output_folder
-from models import build_model, get_backbone, inference_model
+from contracts.errors import check_output_folder
+from models import build_model, distribute, get_backbone, inference_model
 from models.front import with_uint8_front
 from pipeline import input_pipeline, options, service
 from pipeline.patient_columns import read_patient_columns
-from training import callbacks as callbacks_lib
 from training import config as config_lib
-from training import distribute, outputs, validation
+from training import outputs, validation
 from training import step as step_lib
-from training.checkpoints import RunState
 from training.config import TrainConfig
+from training.state import Checkpoints, LoopState
 
 
 @dataclasses.dataclass
@@ -42,24 +41,14 @@ class _Run:
     strategy: tf.distribute.Strategy
     chief: bool
     model: keras.Model
-    optimizer: keras.optimizers.Optimizer
-    state: RunState
-    callbacks: keras.callbacks.CallbackList
+    checkpoints: Checkpoints
+    state: LoopState
+    tensorboard: keras.callbacks.CallbackList
     train_step: Any
     sync_state: Any
     train_iterator: Any
     predict_step: Any
     val_dataset: Any
-    exporter: outputs.ModelExporter
-    metrics: outputs.MetricsLog
-    exported_epoch: int | None = None  # the epoch model.keras and val_predictions.csv come from
-
-
-def _check_replicas(config: TrainConfig, strategy: tf.distribute.Strategy) -> None:
-    try:
-        distribute.per_replica_batch(config.global_batch_size, strategy, "global_batch_size")
-    except ValueError as err:
-        raise UserInputError(str(err)) from err
 
 
 def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
@@ -72,8 +61,7 @@ def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
         optimizer = step_lib.make_optimizer(spec.optimizer, config.learning_rate, config.precision)
         # Slots exist before a restore, so the checkpoint fills them rather than deferring.
         optimizer.build(model.trainable_variables)
-        # Compiling only attaches the optimizer, which the Keras callbacks read and adjust.
-        model.compile(optimizer=optimizer)
+        model.compile(optimizer=optimizer)  # only attaches it, for the TensorBoard callback to read
     return model, optimizer
 
 
@@ -98,23 +86,9 @@ def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy, start_epoch
     return train, val
 
 
-def _learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-
-
-def _check_finite(loss: float, step: int, epoch: int) -> None:
-    if not math.isfinite(loss):
-        raise FloatingPointError(
-            f"training loss is {loss} at step {step} (epoch {epoch}); the run stops here and its last "
-            "checkpoint holds the previous epoch. Lower --learning_rate, try --precision=float32, "
-            "or check the input data"
-        )
-
-
 def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     """Runs one epoch of steps; returns the train metrics and images/s."""
     config = run.config
-    first_step = run.state.step
     losses, probabilities, labels = [], [], []
     bar = tqdm(total=config.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="step",
                leave=False, disable=True if not run.chief else None)
@@ -122,11 +96,10 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
     pending = None
     for index in range(config.steps_per_epoch):
         result = run.train_step(run.train_iterator)
-        # Read the previous step's results only after the next step is queued, so the device
-        # never waits on the host between steps.
+        # Read a step's results only once the next is queued: the device never waits on the host.
         if pending is not None:
             _collect(pending, losses, probabilities, labels, epoch)
-        pending = (first_step + index + 1, result)
+        pending = (run.state.step + index + 1, result)
         bar.update(1)
     _collect(pending, losses, probabilities, labels, epoch)
     elapsed = time.perf_counter() - start
@@ -141,137 +114,96 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
 def _collect(pending, losses, probabilities, labels, epoch: int) -> None:
     step, (loss, step_probabilities, step_labels) = pending
     loss = float(loss.numpy())
-    _check_finite(loss, step, epoch)
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"training loss is {loss} at step {step} (epoch {epoch}); the run stops here and its last "
+            "checkpoint holds the previous epoch. Lower the learning rate, try float32 precision, "
+            "or check the input data")
     losses.append(loss)
     probabilities.append(step_probabilities.numpy())
     labels.append(step_labels.numpy())
 
 
-def _early_stopping(callbacks: keras.callbacks.CallbackList) -> keras.callbacks.EarlyStopping | None:
-    return next((c for c in callbacks.callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
-
-
-def _sidecar(config: TrainConfig, model_dir: str, epoch: int) -> dict[str, Any]:
-    crop = manifest_lib.load_manifest(config.data_dir)["config"].get("crop")
-    return {"backbone": config.backbone, "data_dir": config.data_dir, "split": config.val_split,
-            "crop": crop, "train_crop": crop, "image_size": config.image_size, "epoch": epoch,
-            "model": run_folder.MODEL, "model_dir": os.path.abspath(model_dir)}
-
-
-def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
-    """Trains, validates and records epoch `epoch` (1-based); returns its metrics record."""
-    config = run.config
-    run.callbacks.on_epoch_begin(epoch - 1)
-    learning_rate = _learning_rate(run.optimizer)
+def _epoch(run: _Run) -> dict[str, Any]:
+    """Trains, validates, checkpoints and records the next epoch; returns its metrics record."""
+    epoch, learning_rate = run.state.epoch + 1, run.state.learning_rate
+    run.model.optimizer.learning_rate = learning_rate
+    run.tensorboard.on_epoch_begin(epoch - 1)
     train = _train_epoch(run, epoch)
     if run.strategy.num_replicas_in_sync > 1:
         run.sync_state()
-    step = run.state.step + config.steps_per_epoch
     logs = {"loss": train["loss"], "accuracy": train["accuracy"], "auroc": train["auroc"]}
-    scores = None
     if run.val_dataset is not None:
         scores = validation.score(run.strategy, run.predict_step, run.val_dataset)
-        logs.update({f"val_{k}": v for k, v in validation.summarize(scores.labels,
-                                                                      scores.probabilities).items()})
+        val = validation.summarize(scores.labels, scores.probabilities)
+        logs.update({f"val_{k}": v for k, v in val.items()})
+    # Every worker must take the same decisions below, or their collectives would hang.
     logs = distribute.adopt_chief_values(run.strategy, logs)
-    run.callbacks.on_epoch_end(epoch - 1, dict(logs))
-    early_stopping = _early_stopping(run.callbacks)
-    best = early_stopping is None or early_stopping.best_epoch == epoch - 1
-    record = {"epoch": epoch, "step": step, "learning_rate": learning_rate,
+    run.state = run.state.after_epoch(run.config, run.config.steps_per_epoch, logs.get("val_auroc"),
+                                      logs.get("val_loss"))
+    run.tensorboard.on_epoch_end(epoch - 1, dict(logs))
+    record = {"epoch": epoch, "step": run.state.step, "learning_rate": learning_rate,
               **{f"train_{k}": v for k, v in logs.items() if not k.startswith("val_")},
               **{k: v for k, v in logs.items() if k.startswith("val_")},
               "images_per_second": train["images_per_second"], "epoch_seconds": train["seconds"],
               "time": time.time()}
-    if run.chief:
-        run.metrics.append(record)
-    finished = epoch >= config.epochs or bool(run.model.stop_training)
-    run.exported_epoch = epoch if best else run.exported_epoch
-    # The checkpoint first, then the exports: a kill in between leaves a checkpoint that says which
-    # epoch they must come from, and the next start re-exports it (_repair_exports).
-    run.state.save(epoch, step, {"callbacks": callbacks_lib.callback_state(run.callbacks),
-                                 "finished": finished, "exported_epoch": run.exported_epoch})
-    if run.chief and best:
-        _export(run, epoch, scores)
-    _log_epoch(record, config.epochs)
+    if run.chief:  # before the checkpoint: a resumed run drops the records of epochs it redoes
+        outputs.append_metrics(run.model_dir, record)
+    run.checkpoints.save(run.state, best=run.val_dataset is not None and run.state.best_epoch == epoch)
+    logging.info("epoch %d/%d: %s | lr %.3g | %.1f images/s", epoch, run.config.epochs,
+                 " ".join(f"{k} {v:.4f}" for k, v in logs.items()), learning_rate, train["images_per_second"])
     return record
 
 
-def _export(run: _Run, epoch: int, scores: validation.Scores | None) -> None:
-    run.exporter.export(os.path.join(run.model_dir, run_folder.MODEL), epoch)
-    if scores is not None:
+def _export_best(run: _Run) -> None:
+    """Puts the best epoch's weights into the model and writes model.keras and val_predictions.csv
+    from them, unless they already hold that epoch (a run killed before its exports ends here too)."""
+    best, validating = run.state.best_epoch, run.val_dataset is not None
+    done = run.chief and run_folder.exported_epochs(run.model_dir) == (best, best if validating else None)
+    # A collective: every worker takes the chief's answer, once the chief's checkpoints are written.
+    done = distribute.adopt_chief_values(run.strategy, {"done": float(done)})["done"]
+    if validating:
+        run.checkpoints.restore_best(best)
+    if done:
+        return
+    # Every worker scores: iterating a distributed split is a collective under multi_worker.
+    scores = validation.score(run.strategy, run.predict_step, run.val_dataset) if validating else None
+    if not run.chief:
+        return
+    outputs.export_model(inference_model(run.model), os.path.join(run.model_dir, run_folder.MODEL), best)
+    if validating:
+        config = run.config
+        crop = manifest_lib.load_manifest(config.data_dir)["config"].get("crop")
+        sidecar = {"backbone": config.backbone, "data_dir": config.data_dir, "split": config.val_split,
+                   "crop": crop, "train_crop": crop, "image_size": config.image_size, "epoch": best,
+                   "model": run_folder.MODEL, "model_dir": os.path.abspath(run.model_dir)}
         # The patient columns too: the report's intervals resample val's patients, its subgroups use the rest.
-        meta = read_patient_columns(run.config.data_dir, run.config.val_split, scores.image_ids)
-        outputs.write_val_predictions(run.model_dir, scores, _sidecar(run.config, run.model_dir, epoch), meta)
+        meta = read_patient_columns(config.data_dir, config.val_split, scores.image_ids)
+        outputs.write_val_predictions(run.model_dir, scores, sidecar, meta)
 
 
-def _repair_exports(run: _Run, extra: dict[str, Any]) -> None:
-    """Re-exports model.keras and val_predictions.csv when a kill left them from another epoch than
-    the checkpoint says. Only the latest checkpoint's epoch can be missing its exports, and that
-    checkpoint is what was just restored."""
-    wanted = extra.get("exported_epoch")
-    if wanted is None or wanted != run.state.epochs_done:
-        return
-    model_epoch, val_epoch = run_folder.exported_epochs(run.model_dir)
-    if model_epoch == wanted and (val_epoch == wanted or run.val_dataset is None):
-        return
-    logging.warning("%s holds model.keras of epoch %s and val_predictions.csv of epoch %s; "
-                    "re-exporting epoch %d from its checkpoint", run.model_dir, model_epoch, val_epoch, wanted)
-    scores = (None if run.val_dataset is None
-              else validation.score(run.strategy, run.predict_step, run.val_dataset))
-    if run.chief:
-        _export(run, wanted, scores)
-
-
-def _log_epoch(record: dict[str, Any], epochs: int) -> None:
-    val = ""
-    if "val_loss" in record:
-        val = (f" | val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} "
-               f"auroc {record['val_auroc']:.4f}")
-    logging.info(
-        "epoch %d/%d: loss %.4f acc %.4f auroc %.4f%s | lr %.3g | %.1f images/s",
-        record["epoch"], epochs, record["train_loss"], record["train_accuracy"], record["train_auroc"],
-        val, record["learning_rate"], record["images_per_second"])
-
-
-def _best_weights(model_dir: str, extra: dict[str, Any]) -> list[np.ndarray] | None:
-    # EarlyStopping keeps its best weights in memory only; after a restart they are those of
-    # model.keras, which is exported from the same epoch.
-    path = os.path.join(model_dir, run_folder.MODEL)
-    if not extra.get("callbacks", {}).get("EarlyStopping") or not os.path.exists(path):
-        return None
-    return keras.saving.load_model(path, compile=False, safe_mode=True).get_weights()
-
-
-def _write_config(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy,
-                  chief: bool) -> None:
-    if not chief:
-        return
-    os.makedirs(model_dir, exist_ok=True)
-    config_lib.write_config(config, model_dir, {
-        "replicas": strategy.num_replicas_in_sync,
-        "workers": max(1, distribute.tf_config_workers()),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-    })
-
-
-def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy) -> tuple[_Run, dict]:
+def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy) -> _Run:
     chief = distribute.is_chief(strategy)
     config_lib.check_resumable(config, model_dir)
     keras.utils.set_random_seed(config.seed)
     model, optimizer = _build(config, strategy)  # bad weights fail here, before model_dir is touched
-    state = RunState(model, optimizer, model_dir, chief=chief, keep=config.keep_checkpoints)
-    restored = state.restore_latest()
-    _write_config(config, model_dir, strategy, chief)
-    extra = state.extra if restored else {}
-    if restored:
-        logging.info("resuming from %s: %d epoch(s) done, step %d", restored, state.epochs_done, state.step)
-    train, val = _datasets(config, strategy, state.epochs_done)
+    checkpoints = Checkpoints(model, optimizer, model_dir, chief=chief, keep=config.keep_checkpoints)
+    state = checkpoints.restore_latest()
+    if state is None:
+        state = LoopState(learning_rate=config.learning_rate)
+    else:
+        logging.info("resuming %s: %d epoch(s) done, step %d", model_dir, state.epoch, state.step)
+    if chief:
+        os.makedirs(model_dir, exist_ok=True)
+        config_lib.write_config(config, model_dir, {
+            "replicas": strategy.num_replicas_in_sync, "workers": max(1, distribute.tf_config_workers()),
+            "tensorflow": tf.__version__, "keras": keras.__version__})
+    train, val = _datasets(config, strategy, state.epoch)
     uint8 = config.transfer == options.UINT8
-    run = _Run(
+    return _Run(
         config=config, model_dir=model_dir, strategy=strategy, chief=chief, model=model,
-        optimizer=optimizer, state=state,
-        callbacks=callbacks_lib.make_callbacks(config, model, model_dir, chief=chief),
+        checkpoints=checkpoints, state=state,
+        tensorboard=outputs.tensorboard(model, model_dir, chief=chief),
         train_step=step_lib.make_train_step(
             strategy, model, optimizer, global_batch_size=config.global_batch_size,
             class_weights=config_lib.class_weights(config), jit_compile=config.jit_compile,
@@ -280,92 +212,74 @@ def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy
         sync_state=step_lib.make_state_sync(strategy, model),
         predict_step=step_lib.make_predict_step(strategy, with_uint8_front(model) if uint8 else model),
         val_dataset=val,
-        # The exported model is the classifier without the augmentation block, which is the identity
-        # at inference, holds no weights, and whose RandomShear does not survive a save/load round
-        # trip in Keras 3.15.
-        exporter=outputs.ModelExporter(inference_model(model)),
-        metrics=outputs.MetricsLog(model_dir),
     )
-    run.exported_epoch = extra.get("exported_epoch")
-    return run, extra
 
 
-def _train(run: _Run, extra: dict[str, Any]) -> list[dict[str, Any]]:
+def _train(run: _Run) -> list[dict[str, Any]]:
     """Runs the remaining epochs; returns their records."""
-    run.model.stop_training = False
-    run.callbacks.on_train_begin()
-    callbacks_lib.restore_callback_state(run.callbacks, extra.get("callbacks", {}),
-                                         _best_weights(run.model_dir, extra))
+    if run.state.finished:
+        logging.info("%s already holds a finished run; nothing to train", run.model_dir)
+        return []
     if run.chief:
-        run.metrics.keep_through(run.state.epochs_done)
+        outputs.keep_metrics_through(run.model_dir, run.state.epoch)
+    run.tensorboard.on_train_begin()
     records = []
-    for epoch in range(run.state.epochs_done + 1, run.config.epochs + 1):
-        records.append(_epoch(run, epoch))
-        if run.model.stop_training:
-            break
-    run.callbacks.on_train_end()
+    while not run.state.finished:
+        records.append(_epoch(run))
+    run.tensorboard.on_train_end()
     return records
 
 
+def _resolve(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainConfig:
+    precision = distribute.resolve_precision(config.precision)
+    resolved = dataclasses.replace(config_lib.resolve_config(config), precision=precision,
+                                   strategy=distribute.strategy_name(strategy),
+                                   transfer=distribute.resolve_transfer(config.transfer))
+    distribute.per_replica_batch(resolved.global_batch_size, strategy, "global_batch_size")
+    if resolved.data_service:
+        service.check_reachable(resolved.data_service)
+    for warning in distribute.hardware_warnings(config.strategy, config.precision, strategy):
+        logging.warning("%s", warning)
+    logging.info("training %s with %d replica(s), %s: %s", resolved.backbone, strategy.num_replicas_in_sync,
+                 precision, dataclasses.asdict(resolved))
+    return resolved
+
+
 def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
-    """Trains `config.backbone` on `config.data_dir`, writing outputs to `model_dir`.
+    """Trains `config.backbone` on `config.data_dir` (None fields: the backbone's or the data's
+    defaults) into `model_dir`, which all workers of a multi-worker run share (the chief writes).
 
-    Started again with the same config after being killed, it resumes after the last completed
-    epoch; a finished run returns at once. Call it before any other TensorFlow op of the process
-    when `config.strategy` may resolve to multi_worker.
+    Run again after a kill, it resumes after the last completed epoch; a finished run returns at
+    once. Call it before any other TensorFlow op when the strategy may resolve to multi_worker.
 
-    Args:
-      config: the run's flags; None fields take the backbone's or the data's defaults.
-      model_dir: output folder (created). Under MultiWorkerMirroredStrategy all workers pass the
-        same folder; only the chief writes there, and all read its checkpoints when resuming.
-
-    Returns:
-      {"config": resolved config (dict), "resumed_from_epoch": epochs done before this call,
-       "epochs_done", "step", "history": records of the epochs run by this call,
-       "stopped_early", "model": the trained keras.Model (with EarlyStopping's best weights),
-       "model_path", "val_predictions_path" (None without validation)}.
-
-    Raises:
-      UserInputError, FileNotFoundError: bad config or data, with the fix in the message.
-      FloatingPointError: the training loss became NaN or infinite (the message names the step).
+    Returns {"config" (resolved, a dict), "resumed_from_epoch", "epochs_done", "step", "history" (the
+    records of the epochs this call ran), "stopped_early", "model" (with the best epoch's weights),
+    "model_path", "val_predictions_path" (None without validation)}. Raises UserInputError or
+    FileNotFoundError on bad config or data, FloatingPointError when the loss turns NaN or infinite.
     """
-    requested = config
     check_output_folder(model_dir, "model_dir")
     strategy = distribute.resolve_strategy(config.strategy)
     previous_policy = keras.mixed_precision.global_policy()
-    precision = distribute.resolve_precision(config.precision)
     try:
-        config = dataclasses.replace(config_lib.resolve_config(config), precision=precision,
-                                     strategy=distribute.strategy_name(strategy),
-                                     transfer=distribute.resolve_transfer(config.transfer))
-        _check_replicas(config, strategy)
-        if config.data_service:
-            service.check_reachable(config.data_service)
-        for warning in distribute.hardware_warnings(requested.strategy, requested.precision,
-                                                    strategy):
-            logging.warning("%s", warning)
-        logging.info("training %s with %d replica(s), %s: %s", config.backbone,
-                     strategy.num_replicas_in_sync, precision, dataclasses.asdict(config))
-        run, extra = _start(config, model_dir, strategy)
-        _repair_exports(run, extra)
-        resumed_from = run.state.epochs_done
+        config = _resolve(config, strategy)
+        run = _start(config, model_dir, strategy)
+        resumed_from = run.state.epoch
         try:
-            records = [] if extra.get("finished") else _train(run, extra)
+            records = _train(run)
+            _export_best(run)
         except tf.errors.DataLossError as err:  # the last completed epoch's checkpoint is kept
             raise input_pipeline.corrupt_data_error(
                 config.data_dir, (config.train_split,) + ((config.val_split,) if config.validation else ()),
                 err) from None
         finally:
-            run.state.close()
-        if extra.get("finished"):
-            logging.info("%s already holds a finished run; nothing to do", model_dir)
+            run.checkpoints.close()
         return {
             "config": dataclasses.asdict(config),
             "resumed_from_epoch": resumed_from,
-            "epochs_done": run.state.epochs_done,
+            "epochs_done": run.state.epoch,
             "step": run.state.step,
             "history": records,
-            "stopped_early": bool(run.model.stop_training),
+            "stopped_early": run.state.epoch < config.epochs,
             "model": run.model,
             "model_path": os.path.join(model_dir, run_folder.MODEL),
             "val_predictions_path": (os.path.join(model_dir, run_folder.VAL_PREDICTIONS)

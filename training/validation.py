@@ -7,33 +7,24 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from models import distribute
+from models.metrics import auroc_or_nan
 from pipeline import input_pipeline
-from training import distribute
-from training.metrics import auroc_or_nan
 
 EPSILON = 1e-7  # probability clip of the cross-entropy, as Keras' own
 
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """One split's predictions, one row per record.
+    """One split's predictions, one row per record."""
 
-    Attributes:
-      image_ids: (N,) str.
-      labels: (N,) int 0/1.
-      probabilities: (N, 2) float32 softmax; column 1 is P(abnormal).
-    """
-
-    image_ids: np.ndarray
-    labels: np.ndarray
-    probabilities: np.ndarray
+    image_ids: np.ndarray  # (N,) str
+    labels: np.ndarray  # (N,) int 0/1
+    probabilities: np.ndarray  # (N, 2) float32 softmax; column 1 is P(abnormal)
 
 
 def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """Returns {"loss", "accuracy", "auroc"} of (N, 2) probabilities against 0/1 labels.
-
-    The AUROC is NaN when the labels hold a single class (it is undefined there).
-    """
+    """{"loss", "accuracy", "auroc"} of (N, 2) probabilities against 0/1 labels (AUROC NaN with one class)."""
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     picked = np.clip(probabilities[np.arange(len(labels)), labels], EPSILON, 1.0 - EPSILON)
@@ -44,27 +35,25 @@ def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]
     }
 
 
-
 def make_distributed_split(strategy: tf.distribute.Strategy, data_dir: str, split: str,
                            global_batch_size: int, image_size: int, *, cache: bool = False,
                            uint8_gray: bool = False):
-    """Returns `split` as a distributed dataset in which every worker reads the whole split.
+    """`split` as a distributed dataset that every worker reads whole.
 
-    Each worker then holds every prediction with its image id (strings cannot travel through the
-    collectives), and all workers compute the same validation metrics, which keeps early stopping
-    and learning-rate decisions in step across workers.
+    Each worker then holds every prediction with its id (strings cannot cross the collectives) and
+    computes the same metrics, which keeps early stopping and the learning rate in step.
     """
     per_replica = distribute.per_replica_batch(global_batch_size, strategy, "global_batch_size")
     return strategy.distribute_datasets_from_function(
         lambda _: input_pipeline.make_eval_dataset(data_dir, split, per_replica, image_size, cache=cache,
                                                    uint8_gray=uint8_gray),
-        # The batches carry image-id strings, which cannot be copied to a GPU: keep them on the
-        # host; the model call moves the images.
+        # The image-id strings cannot be copied to a GPU: keep batches on the host; the model call
+        # moves the images.
         options=tf.distribute.InputOptions(experimental_fetch_to_device=False))
 
 
 def score(strategy: tf.distribute.Strategy, predict_step, dataset) -> Scores:
-    """Runs `predict_step` (from `training.step.make_predict_step`) over a distributed split."""
+    """Runs `predict_step` (`training.step.make_predict_step`) over a distributed split."""
     ids, labels, probabilities = [], [], []
     for batch in dataset:
         ids.extend(t.numpy() for t in strategy.experimental_local_results(batch["image_id"]))

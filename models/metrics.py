@@ -1,4 +1,4 @@
-"""Metrics training and the report share, without TensorFlow (the report imports them from here)."""
+"""Metrics training and the report share, without TensorFlow."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from scipy.stats import rankdata
 
 
 def auroc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Returns the AUROC of `scores` against 0/1 `labels`, NaN when only one class is present.
+    """The AUROC of `scores` against 0/1 `labels`, NaN when only one class is present.
 
-    Computed as the Mann-Whitney statistic over mid-ranks, which is scikit-learn's roc_auc_score
-    to rounding, ties counted as half (tests/test_report.py checks it), in a twentieth of the time:
-    the report's bootstrap intervals call it thousands of times per model and subgroup.
+    The Mann-Whitney statistic over mid-ranks (ties count half): scikit-learn's roc_auc_score to
+    rounding (tests/test_report.py), twenty times faster for the report's bootstrap.
     """
     labels = np.asarray(labels)
     positives = labels == 1

@@ -1,0 +1,47 @@
+"""The training augmentation, a block at the front of the model: the reference's Keras 2
+`ImageDataGenerator(rotation_range=10, width_shift_range=0.1, height_shift_range=0.1, shear_range=10,
+zoom_range=0.1, fill_mode="nearest")` as core Keras 3 layers, the identity at inference."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+ROTATION_DEGREES = 10.0  # uniform in [-10, 10] degrees
+SHIFT_FRACTION = 0.1  # of the side, each axis
+SHEAR_DEGREES = 10.0  # a shear angle, uniform in [-10, 10] degrees
+ZOOM_FRACTION = 0.1  # each axis scaled by its own factor in [0.9, 1.1]
+FILL_MODE = "nearest"  # pixels moved in from outside repeat the nearest edge pixel
+AUGMENTATION_LAYER = "augmentation"
+
+
+def _shear_factor(degrees: float) -> float:
+    # ImageDataGenerator's shear moves a point sideways by sin(a) times its row, RandomShear's x factor
+    # by the factor: sin(a), not tan(a). Keras drops the cos(a) row scale (0.985) and shears about the
+    # top edge, so a sheared image also moves sideways by up to factor * side / 2.
+    return math.sin(math.radians(degrees))
+
+
+def make_augmentation(seed: int = 0) -> keras.Sequential:
+    """The reference augmentation: rotation, shift, shear and zoom, bilinear, nearest fill, float32.
+
+    Each image gets its own transform with `training=True` (Keras' random layers default to it, so
+    pass `training=False` at inference); `training=False` returns the input. The transforms have no
+    XLA kernel (TF 2.21), so keep the block out of `jit_compile` functions. `seed` seeds the four
+    layers (seed .. seed + 3): two blocks of one seed draw the same transforms, call for call.
+    """
+    common = {"fill_mode": FILL_MODE, "interpolation": "bilinear", "dtype": "float32"}
+    zoom = (-ZOOM_FRACTION, ZOOM_FRACTION)
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(ROTATION_DEGREES / 360.0, seed=seed, **common),  # a turn's fraction
+            keras.layers.RandomTranslation(SHIFT_FRACTION, SHIFT_FRACTION, seed=seed + 1, **common),
+            keras.layers.RandomShear(
+                x_factor=_shear_factor(SHEAR_DEGREES), y_factor=0.0, seed=seed + 2, **common
+            ),
+            # Separate height and width factors, as the reference drew its two zooms independently.
+            keras.layers.RandomZoom(height_factor=zoom, width_factor=zoom, seed=seed + 3, **common),
+        ],
+        name=AUGMENTATION_LAYER,
+    )
