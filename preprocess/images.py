@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from contracts.boxes import frame_region
 from contracts.labels import NIH_FRAME
-from preprocess.image_error import ImageError
+from preprocess.image_error import ImageError, check_pixels
 
 # Pillow shrinks by an integer factor with a box filter, then resamples bicubically the last <= 2x:
 # antialiased and about twice as fast as a full bicubic (bench/RESULTS.md).
@@ -53,10 +53,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"not a readable PNG, JPEG or DICOM image ({err})") from None
     if image.format not in SUPPORTED_FORMATS:
         raise ImageError(f"{image.format} images are not supported; convert it to PNG")
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(f"{width}x{height} = {width * height:,} pixels exceeds --max_image_pixels="
-                         f"{max_pixels:,}; refused as a possible decompression bomb")
+    check_pixels(*image.size, max_pixels)
     return image
 
 
