@@ -136,14 +136,12 @@ def _check_transfer_syntax(ds: Dataset) -> None:
         raise ImageError("no transfer syntax in the file meta header")
     name = NEWER_SYNTAX_NAMES.get(syntax, syntax.name)
     label = name if name == syntax else f"{name} ({syntax})"
-    if not syntax.is_transfer_syntax:
-        raise ImageError(f"unsupported transfer syntax {label}: no decoder in pydicom")
-    if not syntax.is_compressed:
-        return
     try:
-        decoder = get_decoder(syntax)
+        decoder = get_decoder(syntax) if syntax.is_transfer_syntax else None
     except NotImplementedError:
-        raise ImageError(f"unsupported transfer syntax {label}: no decoder in pydicom") from None
+        decoder = None
+    if decoder is None:
+        raise ImageError(f"unsupported transfer syntax {label}: no decoder in pydicom")
     if not decoder.is_available:
         needs = "; ".join(decoder.missing_dependencies)
         raise ImageError(f"unsupported transfer syntax {label}: no decoding plugin installed ({needs})")
