@@ -51,7 +51,7 @@ NO_BOX = (0.0, 0.0, 0.0, 0.0)
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-    """One record's values, as the builder checked them."""
+    """One record's values, as the builder checked them (a box's finding checked here)."""
     image: bytes  # the encoded PNG or JPEG, image_size x image_size, one channel
     image_format: str  # "png" or "jpeg"
     image_size: int
@@ -65,6 +65,11 @@ class Record:
     boxes: Sequence[FindingBox] = ()  # every box with its finding, in the bbox CSV's order
     sex: str = ""  # "M", "F" or "" (unknown)
     age: int | None = None  # whole years, None when unknown
+
+    def __post_init__(self):  # the bbox CSV spells findings its own way ("Infiltrate"): never store that
+        for found in self.boxes:
+            if found.finding not in FINDINGS:
+                raise ValueError(f"box finding must be one of FINDINGS, got {found.finding!r}")
 
 
 def _bytes(*values: bytes) -> tf.train.Feature:

@@ -32,9 +32,6 @@ class Skip:
     image: str
     reason: str
 
-    def as_dict(self) -> dict[str, str]:
-        return {"image": self.image, "reason": self.reason}
-
 
 @dataclasses.dataclass
 class DataEntry:

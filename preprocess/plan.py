@@ -78,7 +78,7 @@ def gather_and_assign(config: BuildConfig):
     found = _gather(config)
     boxes, warnings = _boxes(config, found)
     assigned, split_skips = _assign(config, found)
-    skipped = [s.as_dict() for s in found.skipped + split_skips]
+    skipped = [dataclasses.asdict(s) for s in found.skipped + split_skips]
     if not any(assigned.values()):
         raise NothingToBuild(_nothing_usable(config, found, skipped), skipped)
     return found, boxes, warnings, assigned, skipped
@@ -135,7 +135,7 @@ def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[
         return {}, []
     raw, problems = _read(nih_metadata.read_bbox_csv, config.bbox_csv)
     names = {s.entry.image for s in found.sources}
-    warnings = [p.as_dict() for p in problems if p.image in names]
+    warnings = [dataclasses.asdict(p) for p in problems if p.image in names]
     found_boxes = {}
     for name, image_boxes in raw.items():
         try:

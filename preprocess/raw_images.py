@@ -105,7 +105,6 @@ def built_images(images: str, image_size: int, max_pixels: int, workers: int | N
 
 def sidecar_fields(raw: RawImages) -> dict[str, Any]:
     """What a prediction file made from raw files records instead of a shard folder."""
-
     return {"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped,
             "ignored_files": raw.ignored}
 
