@@ -58,7 +58,6 @@ TABLE_ROWS = (
 class Section:
     """`compute(entries, bootstrap)` gives `file`'s content (a Figure for a PNG, else JSON; None: no
     data); compute None: the tool holding the inputs writes the file (the gain, other labels)."""
-
     name: str
     compute: Callable[[Sequence[Scores], int], Any] | None
     file: str

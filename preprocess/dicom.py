@@ -147,17 +147,14 @@ def _check_transfer_syntax(ds: Dataset) -> None:
         raise ImageError(f"unsupported transfer syntax {label}: no decoding plugin installed ({needs})")
 
 
-def _decoding_plugin(ds: Dataset) -> str:
-    """This file's plugin of DECODING_PLUGINS when installed, else "" (pydicom's choice)."""
-    syntax = ds.file_meta.TransferSyntaxUID
-    plugin = DECODING_PLUGINS.get(syntax, "")
-    return plugin if plugin and plugin in get_decoder(syntax).available_plugins else ""
-
-
 def _pixels(ds: Dataset, samples: int) -> np.ndarray:
     """The single frame: (rows, columns), or (rows, columns, 3) RGB (pydicom's `as_rgb` default)."""
     with _untrusted("truncated or corrupt pixel data"):
-        pixels = pixel_array(ds, decoding_plugin=_decoding_plugin(ds))
+        syntax = ds.file_meta.TransferSyntaxUID
+        plugin = DECODING_PLUGINS.get(syntax, "")
+        if plugin not in get_decoder(syntax).available_plugins:
+            plugin = ""  # pydicom's choice
+        pixels = pixel_array(ds, decoding_plugin=plugin)
     expected = (ds.Rows, ds.Columns) + ((samples,) if samples > 1 else ())
     if pixels.shape != expected:
         raise ImageError(f"truncated or corrupt pixel data: decoded shape {pixels.shape}, "
