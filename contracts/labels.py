@@ -25,14 +25,6 @@ NIH_FRAME = 1024  # NIH boxes are in the 1024 x 1024 frame of the released PNGs,
 LABEL_UNKNOWN = -1  # unlabeled images (a Kaggle eval folder): no CSV row
 
 
-def findings_multi_hot(findings) -> list[int]:
-    """The 14-long 0/1 vector of `findings` in `FINDINGS` order; ValueError for an unknown name."""
-    unknown = sorted(set(findings) - set(FINDINGS))
-    if unknown:
-        raise ValueError(f"unknown finding label(s) {unknown}; known: {', '.join(FINDINGS)}")
-    return [int(name in set(findings)) for name in FINDINGS]
-
-
 def parse_finding_labels(raw: str) -> tuple[int, tuple[int, ...]]:
     """A "Finding Labels" cell as (binary label, multi-hot); ValueError if empty, unknown or mixed."""
     names = [part.strip() for part in raw.split("|")]
@@ -41,5 +33,8 @@ def parse_finding_labels(raw: str) -> tuple[int, tuple[int, ...]]:
     if NO_FINDING in names:
         if len(names) > 1:
             raise ValueError(f"'No Finding' combined with findings in {raw!r}")
-        return LABEL_NORMAL, tuple([0] * len(FINDINGS))
-    return LABEL_ABNORMAL, tuple(findings_multi_hot(names))
+        return LABEL_NORMAL, (0,) * len(FINDINGS)
+    unknown = sorted(set(names) - set(FINDINGS))
+    if unknown:
+        raise ValueError(f"unknown finding label(s) {unknown}; known: {', '.join(FINDINGS)}")
+    return LABEL_ABNORMAL, tuple(int(name in names) for name in FINDINGS)

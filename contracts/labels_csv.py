@@ -1,6 +1,5 @@
 """The one reader of labels CSVs (--labels_csv, --other_labels_csv), plain or gzip: keyed by the first
-of `ID_COLUMNS` present, labelled by a `label` column, NIH's `Finding Labels`, or the one other
-column; values 0/1 or YES/NO (any case)."""
+of `ID_COLUMNS`, labelled by `label`, NIH's `Finding Labels` or the one other column (0/1, YES/NO)."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import io
 import zlib
 
 from contracts import labels, storage
+from contracts.errors import UserInputError
 
 GZIP_MAGIC = b"\x1f\x8b"
 ID_COLUMNS = ("image_id", "Image Index", "SOPInstanceUID")
@@ -82,3 +82,13 @@ def read_labels_csv(path: str) -> dict[str, int]:
                                  "image")
             found[name] = label
     return found
+
+
+def load_labels(path: str, flag: str) -> dict[str, int]:
+    """`read_labels_csv` of --`flag`; UserInputError naming the file (or its line) and the fix."""
+    if not storage.isfile(path):
+        raise UserInputError(f"--{flag}={path} does not exist")
+    try:
+        return read_labels_csv(path)
+    except ValueError as err:
+        raise UserInputError(f"--{flag}: {err}") from None

@@ -1,6 +1,5 @@
-"""Another reading of the same images (`--other_labels_csv`, e.g. a radiologists' panel: NIH's
-mined labels agree with one on about 73% of images): every entry rescored against it on the images
-both share, and Cohen's kappa between the two readings."""
+"""Another reading of the same images (`--other_labels_csv`, e.g. a radiologists' panel): every entry
+rescored against it on the images both share, and Cohen's kappa between the two readings."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
 from contracts.atomic import json_ready, write_json
-from contracts.errors import UserInputError
-from contracts.labels_csv import read_labels_csv
+from contracts.labels_csv import load_labels
 from evaluation.statistics import Scores, compute_metrics
 
 OTHER_LABELS_FILE = "other_labels.json"
@@ -22,20 +20,12 @@ OTHER_LABELS_FILE = "other_labels.json"
 
 @dataclasses.dataclass(frozen=True)
 class OtherLabels:
-    """A labels CSV: its path and image id -> 0/1."""
-
     path: str
-    labels: dict[str, int]
+    labels: dict[str, int]  # image id -> 0/1
 
 
 def load_other_labels(path: str) -> OtherLabels:
-    """Reads `--other_labels_csv`; a missing or malformed file is a `UserInputError`."""
-    if not os.path.isfile(path):
-        raise UserInputError(f"--other_labels_csv={path} does not exist")
-    try:
-        return OtherLabels(path, read_labels_csv(path))
-    except ValueError as err:
-        raise UserInputError(f"--other_labels_csv: {err}") from None
+    return OtherLabels(path, load_labels(path, "other_labels_csv"))
 
 
 def agreement(own: np.ndarray, other: np.ndarray) -> dict[str, Any]:
@@ -52,8 +42,8 @@ def agreement(own: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 
 def write_other_labels(report_dir: str, other: OtherLabels, ids: np.ndarray, scores: Sequence[Scores],
                        bootstrap: int) -> dict[str, Any]:
-    """Writes (and returns) report_dir/OTHER_LABELS_FILE: every entry's metrics against `other` on
-    the shared images, and the agreement of the entries' own known labels with `other`."""
+    """Writes (and returns) OTHER_LABELS_FILE: every entry's metrics against `other` on the shared
+    images, and the agreement of the entries' own known labels with `other`."""
     ids = np.asarray(ids).astype(str)
     present = np.array([i in other.labels for i in ids])
     other_labels = np.array([other.labels.get(i, -1) for i in ids], dtype=np.int64)

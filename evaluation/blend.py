@@ -16,7 +16,7 @@ from contracts.prediction_files import Predictions, few
 from evaluation import settings
 from models import calibration, registry
 
-MAX_GRID_POINTS = 200_000  # weight vectors tried by `fit`; more would take minutes per validation set
+MAX_GRID_POINTS = 200_000  # weight vectors `fit` tries; more would take minutes
 
 # Balanced accuracy, not accuracy: on unbalanced sets accuracy rewards leaning to the majority class.
 # Unlike AUROC it depends on the threshold, so one number chooses weights and threshold together.
@@ -26,9 +26,7 @@ CRITERION = "max balanced accuracy (= (1 + Youden's J) / 2), ties to the lower B
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
-    """Weights (summing to 1) and threshold chosen on validation, their validation scores, and
-    which of the two were fitted (False: given by the user)."""
-
+    """Weights (summing to 1) and threshold chosen on validation, and their validation scores."""
     weights: np.ndarray
     threshold: float
     balanced_accuracy: float
@@ -39,7 +37,6 @@ class Fit:
 
 
 def parse_weights(values: Sequence[str]) -> list[float]:
-    """Parses `--blend_weight` strings into finite floats."""
     weights = []
     for value in values:
         try:
@@ -55,7 +52,7 @@ def parse_weights(values: Sequence[str]) -> list[float]:
 
 
 def normalise_weights(weights: Sequence[float], count: int) -> np.ndarray:
-    """`weights` (one non-negative weight per each of `count` models) scaled to sum to 1."""
+    """`weights` (one per each of `count` models) checked and scaled to sum to 1."""
     array = np.asarray(weights, dtype=np.float64)
     if array.shape != (count,):
         raise UserInputError(
@@ -69,7 +66,7 @@ def normalise_weights(weights: Sequence[float], count: int) -> np.ndarray:
 
 
 def reference_weights(files: Sequence[Predictions]) -> np.ndarray:
-    """The reference weights of the backbones the files' sidecars name, normalised to sum 1."""
+    """The registry's weights of the backbones the files' sidecars name, normalised."""
     weights = []
     for file in files:
         if file.backbone is None:
@@ -101,12 +98,10 @@ def calibrate_members(probs: np.ndarray, temperatures: Sequence[float]) -> np.nd
 
 
 def decide(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """1 (abnormal) where `probs >= threshold`, else 0."""
     return (np.asarray(probs) >= threshold).astype(np.int64)
 
 
 def check_threshold(threshold: float) -> float:
-    """`threshold`, checked to be in [0, 1]."""
     if not 0.0 <= threshold <= 1.0:
         raise UserInputError(f"--threshold={threshold} is outside [0, 1]; it compares with a probability")
     return float(threshold)
@@ -142,8 +137,7 @@ def best_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def check_fit_labels(labels: np.ndarray | None, paths: Sequence[str], ids: np.ndarray) -> np.ndarray:
-    """The validation labels (of the files `paths`, aligned with `ids`), checked to be all known,
-    of both classes."""
+    """The validation labels of the files `paths`, checked: all known, both classes."""
     if labels is None:
         raise UserInputError(
             f"--fit_on: {few(paths)} have no label column; pass validation predictions with labels "

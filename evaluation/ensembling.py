@@ -293,12 +293,8 @@ def run_ensemble(
 
 def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
                    extra_sidecar: dict[str, Any] | None = None) -> tuple[int, int, float]:
-    """Blends the members' prediction files (`member_files`, one per --model_dir in `model_dirs`)
-    with the ensemble file's weights and temperatures into `output` with its sidecar.
-
-    Returns:
-      (records, records at or above the ensemble's threshold, the threshold).
-    """
+    """Blends `member_files` (one per --model_dir in `model_dirs`) by the ensemble file into `output`;
+    returns (records, records at or above the ensemble's threshold, the threshold)."""
     loaded = ensemble_file.load_ensemble(ensemble)
     by_dir = dict(zip(model_dirs, member_files))
     pairs = ensemble_file.match_members(loaded, model_dirs)

@@ -17,7 +17,6 @@ _WINDOWED = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Sep
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """Cell i of an axis (rows, columns) is centred at offset + stride * i input pixels."""
-
     offset: tuple[float, float]
     stride: tuple[float, float]
     from_layers: bool  # False: even tiling assumed (the walk could not follow the graph)

@@ -30,8 +30,7 @@ class GradCam:
             for a, cells in enumerate((rows, cols))]
         self._maps = tf.function(self._compute, reduce_retracing=True)
 
-    def feature_map_shape(self) -> tuple[int, int, int]:
-        """(height, width, channels) of the feature map the maps are computed on."""
+    def feature_map_shape(self) -> tuple[int, int, int]:  # (height, width, channels)
         return tuple(int(d) for d in self._network.outputs[0].shape[1:])
 
     def _compute(self, images: tf.Tensor) -> tf.Tensor:
@@ -43,8 +42,7 @@ class GradCam:
             # The log-odds, not P(abnormal): the probability's gradient carries a factor p (1 - p)
             # that float32 rounds to 0 on an image the model is sure of, leaving its map empty.
             margin = logits[:, 1] - logits[:, 0]
-        # Each image's margin depends on its own features only, so one gradient of the sum is the
-        # per-image gradient.
+        # Each image's margin depends on its own features only: the sum's gradient is per image.
         gradients = tape.gradient(margin, features)
         return cam(tf.cast(features, tf.float32), tf.cast(gradients, tf.float32), *self._upsample)
 
@@ -65,8 +63,6 @@ def cam(features: tf.Tensor, gradients: tf.Tensor, rows: tf.Tensor, cols: tf.Ten
 
 def ensemble_map(member_maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """The `weights`-weighted mean of the members' (B, S, S) maps (not normalised again)."""
-    if len(member_maps) != len(weights):
-        raise ValueError(f"{len(member_maps)} members' maps but {len(weights)} weights")
     stacked = np.stack([np.asarray(m, np.float64) for m in member_maps])
     w = np.asarray(weights, np.float64)
     return np.tensordot(w / w.sum(), stacked, axes=1).astype(np.float32)

@@ -1,6 +1,5 @@
-"""Scoring heatmaps against expert boxes (stored-image pixels): the pointing game (the map's first
-maximum inside a box) and the map's energy inside the boxes, each beside a centred-Gaussian baseline
-map ("look at the middle"). A pixel is inside a box when its centre is."""
+"""Heatmaps against expert boxes (stored-image pixels; a pixel is inside when its centre is): the
+pointing game and the energy inside the boxes, each beside a centred-Gaussian baseline map."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import numpy as np
 from evaluation import settings
 
 ALL_FINDINGS = "all"  # the summary's row over every box
-# A summary row's rates: the mean of each per-image score.
 MEANS = {"pointing_game": "hit", "pointing_game_baseline": "hit_baseline", "energy_in_boxes": "energy",
          "energy_in_boxes_baseline": "energy_baseline", "box_area_fraction": "area"}
 
@@ -30,8 +28,7 @@ def _span(start: float, end: float, size: int) -> np.ndarray:
 
 
 def box_mask(boxes: Sequence[Sequence[float]], image_size: int) -> np.ndarray:
-    """The (S, S) mask of pixels inside any (left, top, right, bottom) box; pixel (i, j) spans
-    [j, j + 1) x [i, i + 1)."""
+    """The (S, S) mask of pixels inside any (left, top, right, bottom) box."""
     mask = np.zeros((image_size, image_size), bool)
     for left, top, right, bottom in boxes:
         mask |= _span(top, bottom, image_size)[:, None] & _span(left, right, image_size)[None, :]
@@ -46,7 +43,7 @@ def pointing_hit(heatmap: np.ndarray, mask: np.ndarray) -> bool:
 
 
 def energy_fraction(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """The share of the map's (non-negative) sum that lies in `mask`; 0 for an all-zero map."""
+    """The share of the map's (non-negative) sum in `mask`; 0 for an all-zero map."""
     total = float(np.sum(heatmap, dtype=np.float64))
     return float(np.sum(heatmap[mask], dtype=np.float64)) / total if total > 0 else 0.0
 
@@ -89,7 +86,7 @@ class LocalizationTally:
         })
 
     def summary(self) -> dict[str, Any]:
-        """The localization report: overall and per-finding rates with counts, and per-image scores."""
+        """Overall and per-finding rates with counts, and per-image scores."""
         if not self.images:
             return not_scored("no image of the split has boxes")
         findings = sorted({f for image in self.images for f in image["scores"]} - {ALL_FINDINGS})
@@ -112,7 +109,6 @@ def _row(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def not_scored(reason: str) -> dict[str, Any]:
-    """The localization report when there is nothing to score, saying why."""
     return {"scored": False, "reason": reason}
 
 

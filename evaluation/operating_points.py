@@ -1,5 +1,5 @@
-"""Operating points: thresholds chosen on validation for a target sensitivity or specificity (a
-threshold chosen on the test records would flatter them), measured on test with intervals."""
+"""Thresholds chosen on validation for a target sensitivity or specificity (chosen on the test records
+they would flatter them), measured on test with intervals."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ def threshold_for(labels: np.ndarray, probs: np.ndarray, metric: str, target: fl
     high as possible; NaN when the records lack the class the metric needs."""
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     candidates = np.unique(probs)
-    if metric not in ("sensitivity", "specificity"):
-        raise ValueError(f"metric must be sensitivity or specificity, got {metric!r}")
     ranked = np.sort(probs[labels == (1 if metric == "sensitivity" else 0)])
     if not len(ranked):
         return math.nan
@@ -45,8 +43,7 @@ def operating_points(val_labels: np.ndarray, val_probs: np.ndarray, test_labels:
                      test_probs: np.ndarray, resamples: int,
                      test_patients: np.ndarray | None = None) -> list[dict[str, Any]]:
     """One row per `TARGETS` entry: the threshold chosen on validation, the sensitivity and
-    specificity it gives there and on test, with test intervals resampling `test_patients`.
-    Unknown labels (-1) are left out on both sides."""
+    specificity it gives there and on test (with intervals); unknown labels left out."""
     vy, vp = np.asarray(val_labels), np.asarray(val_probs, dtype=np.float64)
     ty, tp = np.asarray(test_labels), np.asarray(test_probs, dtype=np.float64)
     known = ty >= 0
@@ -73,7 +70,6 @@ def operating_points(val_labels: np.ndarray, val_probs: np.ndarray, test_labels:
 
 
 def section(scores: Sequence[Scores], bootstrap: int) -> dict[str, Any] | None:
-    """The operating points of every entry with validation predictions (None: no such entry)."""
     points = {s.name: operating_points(*s.validation, s.labels, s.probs, bootstrap, s.patients)
               for s in scores if s.validation is not None}
     return points or None

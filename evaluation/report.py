@@ -1,6 +1,5 @@
-"""The report of predict.py and ensemble.py: a list of sections (`SECTIONS`), each computed from the
-entries and written to its own file: metrics (with the prevalence, majority baseline and crop mode
-that make accuracy interpretable), curves, calibration, operating points, subgroups."""
+"""The report of predict.py and ensemble.py: a list of `SECTIONS`, each computed from the entries and
+written to its own file (metrics, curves, calibration, operating points, subgroups)."""
 
 from __future__ import annotations
 
@@ -25,13 +24,9 @@ from evaluation.statistics import Scores
 from models import calibration
 
 METRICS_FILE = "metrics.json"
-ROC_FILE = "roc.png"
-PR_FILE = "precision_recall.png"
-RELIABILITY_FILE = "reliability.png"
 GAIN_FILE = "ensemble_gain.json"  # ensemble.py: the ensemble against the best single model
 SCORED = "scored"  # in each entry: which probability its numbers are computed on (a prediction file column)
 
-# Row order and labels of the printed table.
 TABLE_ROWS = (
     ("records", "records"),
     ("prevalence", "prevalence (abnormal)"),
@@ -61,24 +56,19 @@ TABLE_ROWS = (
 
 @dataclasses.dataclass(frozen=True)
 class Section:
-    """One part of the report: `compute(entries, bootstrap)` gives its `file`'s content (a Figure
-    for a PNG, else JSON), or None when the entries lack its data. compute None: the tool holding
-    the inputs writes the file (ensembling's gain, agreement's other labels); index.html shows it."""
-
+    """`compute(entries, bootstrap)` gives `file`'s content (a Figure for a PNG, else JSON; None: no
+    data); compute None: the tool holding the inputs writes the file (the gain, other labels)."""
     name: str
     compute: Callable[[Sequence[Scores], int], Any] | None
     file: str
 
 
 def has_known_labels(labels: np.ndarray | None) -> bool:
-    """Whether any label is known (0 or 1), i.e. whether there is anything to report."""
     return labels is not None and bool((np.asarray(labels) >= 0).any())
 
 
-def calibration_metrics(labels: np.ndarray, probs: np.ndarray,
-                        uncalibrated: np.ndarray | None) -> dict[str, Any]:
+def _calibration_metrics(labels: np.ndarray, probs: np.ndarray, uncalibrated) -> dict[str, Any]:
     """ECE and Brier score on the known labels of `probs` (and of `uncalibrated` when given)."""
-    labels = np.asarray(labels)
     known = labels >= 0
     metrics: dict[str, Any] = {"ece_bins": calibration.ECE_BINS}
     for suffix, values in (("", probs), ("_uncalibrated", uncalibrated)):
@@ -89,8 +79,7 @@ def calibration_metrics(labels: np.ndarray, probs: np.ndarray,
 
 
 def _reliability_diagram(scores: Sequence[Scores], bootstrap: int) -> Figure:
-    """Per entry, the fraction abnormal against the mean P(abnormal) in each of
-    `calibration.ECE_BINS` bins; the curve before the temperature dashed in the same colour."""
+    """Per entry, the fraction abnormal against the mean P(abnormal) per bin (dashed: uncalibrated)."""
     figure = Figure(figsize=(6, 6))
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], linestyle=":", color="gray", label="perfectly calibrated")
@@ -112,7 +101,7 @@ def _reliability_diagram(scores: Sequence[Scores], bootstrap: int) -> Figure:
 def _metrics(scores: Sequence[Scores], bootstrap: int) -> dict[str, Any]:
     return {s.name: {**statistics.compute_metrics(s.labels, s.probs, s.threshold, bootstrap=bootstrap,
                                                   patients=s.patients),
-                     **calibration_metrics(s.labels, s.probs, s.uncalibrated),
+                     **_calibration_metrics(s.labels, s.probs, s.uncalibrated),
                      **s.context} for s in scores}
 
 
@@ -147,9 +136,9 @@ def _curves(scores: Sequence[Scores], kind: str) -> Figure:
 # In page order; adding a section is one entry here (and a renderer in html_report.py for a JSON one).
 SECTIONS = (
     Section("metrics", _metrics, METRICS_FILE),
-    Section("ROC", lambda scores, _: _curves(scores, "roc"), ROC_FILE),
-    Section("precision-recall", lambda scores, _: _curves(scores, "pr"), PR_FILE),
-    Section("calibration", _reliability_diagram, RELIABILITY_FILE),
+    Section("ROC", lambda scores, _: _curves(scores, "roc"), "roc.png"),
+    Section("precision-recall", lambda scores, _: _curves(scores, "pr"), "precision_recall.png"),
+    Section("calibration", _reliability_diagram, "reliability.png"),
     Section("ensemble gain", None, GAIN_FILE),
     Section("operating points", operating_points.section, operating_points.OPERATING_POINTS_FILE),
     Section("subgroups", subgroups.section, subgroups.SUBGROUPS_FILE),
@@ -159,12 +148,8 @@ SECTIONS = (
 
 def write_report(report_dir: str, scores: Sequence[Scores], *,
                  bootstrap: int = settings.BOOTSTRAP) -> dict[str, Any]:
-    """Writes every section the entries have data for into `report_dir`; returns the metrics as
-    written to metrics.json (NaN as None).
-
-    Raises:
-      ValueError: duplicate names, or an entry without any known label.
-    """
+    """Writes every section the entries have data for; returns metrics.json's content (NaN as None).
+    ValueError: duplicate names, or an entry without any known label."""
     names = [entry.name for entry in scores]
     if len(set(names)) != len(names):
         raise ValueError(f"report entries need unique names, got {names}")

@@ -1,7 +1,5 @@
-"""The report's numbers, shared by every section: the entries scored, metrics from scikit-learn, and
-95% intervals by a percentile bootstrap that resamples patients (a patient's images are not
-independent: NIH has up to 184 per patient), with one seed so a report's entries share resamples.
-"""
+"""The report's numbers: the entries scored, metrics, and 95% intervals by a percentile bootstrap over
+patients (NIH has up to 184 images per patient), one seed so a report's entries share resamples."""
 
 from __future__ import annotations
 
@@ -34,7 +32,6 @@ Statistic = Callable[[np.ndarray], np.ndarray]  # (B, N) record weights -> (B,) 
 @dataclasses.dataclass(frozen=True)
 class Scores:
     """One report entry: a model's (or the ensemble's) P(abnormal) and what it is judged against."""
-
     name: str
     labels: np.ndarray  # 1 abnormal, 0 normal, -1 unknown (left out of every number)
     probs: np.ndarray
@@ -46,16 +43,14 @@ class Scores:
     ids: np.ndarray | None = None  # image ids, for another label set
 
     @property
-    def patients(self) -> np.ndarray | None:
-        """(N,) patient ids ("" unknown), or None when the predictions carry none."""
+    def patients(self) -> np.ndarray | None:  # "" unknown; None: the predictions carry none
         return self.meta.get(PATIENT)
 
 
 @dataclasses.dataclass(frozen=True)
 class Clusters:
-    """Which records share a patient: `index` (N,) numbers the clusters, known patients first; each
-    of the `alone` records without a patient id is a cluster of its own."""
-
+    """`index` (N,) numbers each record's patient, known patients first; each of the `alone` records
+    without a patient id is a cluster of its own."""
     index: np.ndarray
     count: int
     alone: int
@@ -65,7 +60,6 @@ class Clusters:
         return self.count - self.alone
 
     def subset(self, mask: np.ndarray) -> Clusters:
-        """The clusters of the records in `mask`, numbered afresh (known patients still first)."""
         kept, index = np.unique(self.index[mask], return_inverse=True)
         return Clusters(index.astype(np.int64).reshape(-1), len(kept), int((kept >= self.patients).sum()))
 
@@ -96,7 +90,6 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 
 
 def rate(hits: np.ndarray, among: np.ndarray) -> Statistic:
-    """The weighted share of `hits` among the records in `among`."""
     hits, among = np.asarray(hits, dtype=np.float64), np.asarray(among, dtype=np.float64)
     return lambda w: _ratio(w @ (hits * among), w @ among)
 
@@ -123,8 +116,8 @@ def auroc(labels: np.ndarray, probs: np.ndarray) -> Statistic:
 
 def intervals(groups: Clusters, statistics: Mapping[str, Statistic], resamples: int,
               seed: int = SEED) -> dict[str, dict[str, Any]]:
-    """Resamples the clusters and returns per statistic its percentile 95% interval {"ci95",
-    "resamples_used", "absent": why ci95 is None}, skipping resamples where it is NaN (one class)."""
+    """Per statistic, {"ci95", "resamples_used", "absent": why ci95 is None} over resamples of the
+    clusters, leaving out those where it is NaN (one class)."""
     values: dict[str, list[np.ndarray]] = {name: [] for name in statistics}
     rng = np.random.default_rng(seed)
     for start in range(0, resamples if groups.count else 0, _BLOCK):
@@ -153,13 +146,8 @@ def intervals(groups: Clusters, statistics: Mapping[str, Statistic], resamples: 
 def compute_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, *,
                     bootstrap: int = settings.BOOTSTRAP,
                     patients: np.ndarray | None = None) -> dict[str, Any]:
-    """Returns one model's numbers on the records with a known label (-1 is left out), with
-    accuracy and AUROC intervals over `bootstrap` resamples of `patients`. Undefined values are NaN;
-    confusion_matrix is [[TN, FP], [FN, TP]].
-
-    Raises:
-      ValueError: no record has a known label.
-    """
+    """One model's numbers on the known labels, with accuracy and AUROC intervals over `bootstrap`
+    resamples of `patients`; NaN where undefined. ValueError when no label is known."""
     labels, probs = np.asarray(labels, dtype=np.int64), np.asarray(probs, dtype=np.float64)
     known = labels >= 0
     if not known.any():

@@ -8,32 +8,26 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from contracts.demographics import AGE_UNKNOWN
 from contracts.prediction_files import AGE, PATIENT, SEX, VIEW
 from evaluation import statistics
 from evaluation.statistics import Scores
 from models.metrics import auroc_or_nan
 
 AGE_BANDS = ((0, 20, "<20"), (20, 40, "20-39"), (40, 60, "40-59"), (60, 200, ">=60"))
-UNKNOWN = "unknown"
+UNKNOWN = "unknown"  # also the band of an unknown (negative) age
 SUBGROUPS_FILE = "subgroups.json"
 
 
-def _age_band(age: int) -> str:
-    if age == AGE_UNKNOWN or age < 0:
-        return UNKNOWN
-    return next((name for low, high, name in AGE_BANDS if low <= age < high), UNKNOWN)
-
-
 def group_labels(meta: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{"view", "sex", "age band"} -> group name per record (`UNKNOWN` where unsaid), for the
-    patient columns present in `meta`."""
+    """{"view", "sex", "age band"} -> group name per record, for the patient columns in `meta`."""
     groups = {}
     for attribute, column in (("view", VIEW), ("sex", SEX)):
         if column in meta:
             groups[attribute] = np.array([v.strip().upper() or UNKNOWN for v in meta[column]], dtype=object)
     if AGE in meta:
-        groups["age band"] = np.array([_age_band(int(a)) for a in meta[AGE]], dtype=object)
+        bands = [next((name for low, high, name in AGE_BANDS if low <= int(age) < high), UNKNOWN)
+                 for age in meta[AGE]]
+        groups["age band"] = np.array(bands, dtype=object)
     return groups
 
 
@@ -46,8 +40,8 @@ def _order(attribute: str, names) -> list[str]:
 
 def subgroup_table(labels: np.ndarray, probs: np.ndarray, meta: Mapping[str, np.ndarray],
                    resamples: int) -> list[dict[str, Any]]:
-    """One row per (attribute, group) over the known labels: n, patients, prevalence, auroc (NaN
-    for one class) and auroc_ci95, which resamples the group's patients (`meta[PATIENT]`)."""
+    """One row per (attribute, group) over the known labels: n, patients, prevalence, AUROC (NaN for
+    one class) and its interval over the group's patients."""
     labels, probs = np.asarray(labels), np.asarray(probs, dtype=np.float64)
     known = labels >= 0
     everyone = statistics.clusters(meta.get(PATIENT), len(labels))
@@ -66,6 +60,5 @@ def subgroup_table(labels: np.ndarray, probs: np.ndarray, meta: Mapping[str, np.
 
 
 def section(scores: Sequence[Scores], bootstrap: int) -> dict[str, Any] | None:
-    """The subgroup table of every entry with patient columns (None: no such entry)."""
     tables = {s.name: subgroup_table(s.labels, s.probs, s.meta, bootstrap) for s in scores if s.meta}
     return tables or None

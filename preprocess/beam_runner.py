@@ -1,7 +1,6 @@
 """The builder's work units on Apache Beam (`--runner=beam`): shard names → images → Reshuffle →
 `units.process_item` → GroupByKey(shard) → `units.finish_unit`. Units travel as files under
-.build/units/, not in the graph (Dataflow refuses graphs over 10 MB; NIH's plan is larger).
-"""
+.build/units/, not in the graph (Dataflow refuses graphs over 10 MB; NIH's plan is larger)."""
 
 from __future__ import annotations
 
@@ -52,21 +51,20 @@ def _unit_path(output_dir: str, shard: str) -> str:
     return storage.join(output_dir, units_lib.STATE_DIR, UNITS_DIR, f"{shard}.pickle")
 
 
-def write_unit(output_dir: str, unit: WorkUnit, by_name: dict, boxes: dict) -> None:
-    """Writes a shard's work unit with what its records need (sources, recorded boxes)."""
+def _write_unit(output_dir: str, unit: WorkUnit, by_name: dict, boxes: dict) -> None:
     names = [item.name for item in unit.items]
     needed = (unit, {n: by_name[n] for n in names}, {n: boxes[n] for n in names if n in boxes})
     write_bytes(_unit_path(output_dir, unit.shard), pickle.dumps(needed))
 
 
-def read_unit(output_dir: str, shard: str) -> tuple[WorkUnit, dict, dict]:
-    """Returns (unit, image name -> Source, image name -> `ImageBoxes`) as `write_unit` wrote them."""
+def _read_unit(output_dir: str, shard: str) -> tuple[WorkUnit, dict, dict]:
+    """(unit, image name -> Source, image name -> `ImageBoxes`)."""
     return pickle.loads(storage.read_bytes(_unit_path(output_dir, shard)))
 
 
 def _images_of(shard: str, output_dir: str):
     """Yields (shard, (index in the shard, item, the unit's settings)) for each image of a unit."""
-    unit, _, _ = read_unit(output_dir, shard)
+    unit, _, _ = _read_unit(output_dir, shard)
     settings = dataclasses.replace(unit, items=())  # what process_item needs, without 5,000 items
     for index, item in enumerate(unit.items):
         yield shard, (index, item, settings)
@@ -79,7 +77,7 @@ def _process(element):
 
 def _write_shard(element, config: BuildConfig) -> None:
     shard, indexed_results = element
-    unit, by_name, boxes = read_unit(config.output_dir, shard)
+    unit, by_name, boxes = _read_unit(config.output_dir, shard)
     results = [result for _, result in sorted(indexed_results, key=lambda pair: pair[0])]
     if [r[0] for r in results] != [item.name for item in unit.items]:
         # A lost or repeated element would make a shard the plan does not describe: never write it.
@@ -89,11 +87,8 @@ def _write_shard(element, config: BuildConfig) -> None:
 
 
 def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes: dict) -> None:
-    """Runs `pending` units on the Beam runner --beam_pipeline_args names, until each shard is written.
-
-    Raises:
-      UserInputError: bad pipeline options, or the pipeline failed (its last error line).
-    """
+    """Runs `pending` units on the Beam runner --beam_pipeline_args names; UserInputError for bad
+    options or a failed pipeline (its last error line)."""
     options = pipeline_options(config.beam_pipeline_args)
     if not pending:
         return
@@ -103,7 +98,7 @@ def run_units(config: BuildConfig, pending: list[WorkUnit], by_name: dict, boxes
     units_dir = storage.join(config.output_dir, units_lib.STATE_DIR, UNITS_DIR)
     storage.makedirs(units_dir)
     for unit in pending:
-        write_unit(config.output_dir, unit, by_name, boxes)
+        _write_unit(config.output_dir, unit, by_name, boxes)
     pipeline = beam.Pipeline(options=options)
     _ = (pipeline
          | "Shards" >> beam.Create([unit.shard for unit in pending])

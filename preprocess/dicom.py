@@ -27,7 +27,7 @@ from preprocess.dicom_values import (
     tag_number,
     tag_text,
 )
-from preprocess.image_error import ImageError
+from preprocess.image_error import ImageError, check_pixels
 
 # Every problem of a damaged file becomes its one skip reason: pydicom's log lines would repeat it.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
@@ -54,7 +54,7 @@ _EARLY_END_WARNING = "End of file reached"
 
 @dataclasses.dataclass(frozen=True)
 class DicomTags:
-    """The header fields the builder keeps; None when a tag is absent, empty or unreadable."""
+    """The header fields the builder keeps; None when absent, empty or unreadable."""
     patient_id: str | None
     view_position: str | None  # e.g. "PA", "AP"
     sex: str | None  # "M" or "F"
@@ -63,7 +63,6 @@ class DicomTags:
 
 
 def is_dicom(data: bytes) -> bool:
-    """True when `data` is a DICOM Part 10 file: `DICM` right after the 128-byte preamble."""
     return data[PREAMBLE_LENGTH:PREAMBLE_LENGTH + len(DICOM_MAGIC)] == DICOM_MAGIC
 
 
@@ -80,8 +79,7 @@ def _untrusted(reason: str):
 
 
 def _read(source: bytes | IO[bytes], **read_options) -> tuple[Dataset, bool]:
-    """Parses bytes or an open file from its start; returns (data set, whether the file ended inside
-    an element)."""
+    """(data set, whether the file ended inside an element) of bytes or an open file."""
     if isinstance(source, (bytes, bytearray)):
         head, source = source, io.BytesIO(source)
     else:
@@ -99,7 +97,7 @@ def _read(source: bytes | IO[bytes], **read_options) -> tuple[Dataset, bool]:
 
 
 def read_tags(data: bytes | IO[bytes]) -> DicomTags:
-    """The header fields of a file's bytes or an open file, pixel data unread; ImageError when unreadable."""
+    """The header of a file's bytes or an open file, pixels unread; ImageError when unreadable."""
     with _untrusted("unreadable DICOM header"):
         ds, _ = _read(data, stop_before_pixels=True)
         view = tag_text(ds, "ViewPosition")
@@ -109,7 +107,7 @@ def read_tags(data: bytes | IO[bytes]) -> DicomTags:
 
 
 def _check_header(ds: Dataset, max_pixels: int) -> str:
-    """Refuses what cannot become one image; returns the photometric interpretation."""
+    """The photometric interpretation; ImageError for what cannot become one image."""
     if "PixelData" not in ds:
         raise ImageError("no pixel data")
     frames = tag_number(ds, "NumberOfFrames") or 1
@@ -118,9 +116,7 @@ def _check_header(ds: Dataset, max_pixels: int) -> str:
     rows, columns = int(tag_number(ds, "Rows") or 0), int(tag_number(ds, "Columns") or 0)
     if rows <= 0 or columns <= 0:
         raise ImageError(f"no image size in the header (Rows={rows}, Columns={columns})")
-    if rows * columns > max_pixels:
-        raise ImageError(f"{columns}x{rows} = {rows * columns:,} pixels exceeds --max_image_pixels="
-                         f"{max_pixels:,}; refused as a possible decompression bomb")
+    check_pixels(columns, rows, max_pixels)
     photometric = (tag_text(ds, "PhotometricInterpretation") or "").upper()
     samples = int(tag_number(ds, "SamplesPerPixel") or 1)
     if SUPPORTED_PHOTOMETRIC.get(photometric) != samples:
@@ -139,31 +135,25 @@ def _check_transfer_syntax(ds: Dataset) -> None:
         raise ImageError("no transfer syntax in the file meta header")
     name = NEWER_SYNTAX_NAMES.get(syntax, syntax.name)
     label = name if name == syntax else f"{name} ({syntax})"
-    if not syntax.is_transfer_syntax:
-        raise ImageError(f"unsupported transfer syntax {label}: no decoder in pydicom")
-    if not syntax.is_compressed:
-        return
     try:
-        decoder = get_decoder(syntax)
+        decoder = get_decoder(syntax) if syntax.is_transfer_syntax else None
     except NotImplementedError:
-        raise ImageError(f"unsupported transfer syntax {label}: no decoder in pydicom") from None
+        decoder = None
+    if decoder is None:
+        raise ImageError(f"unsupported transfer syntax {label}: no decoder in pydicom")
     if not decoder.is_available:
         needs = "; ".join(decoder.missing_dependencies)
         raise ImageError(f"unsupported transfer syntax {label}: no decoding plugin installed ({needs})")
 
 
-def _decoding_plugin(ds: Dataset) -> str:
-    """This file's plugin of DECODING_PLUGINS when installed, else "" (pydicom's choice)."""
-    syntax = ds.file_meta.TransferSyntaxUID
-    plugin = DECODING_PLUGINS.get(syntax, "")
-    return plugin if plugin and plugin in get_decoder(syntax).available_plugins else ""
-
-
 def _pixels(ds: Dataset, samples: int) -> np.ndarray:
-    """Decodes the single frame: (rows, columns) or (rows, columns, 3), RGB for colour."""
+    """The single frame: (rows, columns), or (rows, columns, 3) RGB (pydicom's `as_rgb` default)."""
     with _untrusted("truncated or corrupt pixel data"):
-        # YBR_FULL(_422) comes back as RGB: pydicom's `as_rgb` default.
-        pixels = pixel_array(ds, decoding_plugin=_decoding_plugin(ds))
+        syntax = ds.file_meta.TransferSyntaxUID
+        plugin = DECODING_PLUGINS.get(syntax, "")
+        if plugin not in get_decoder(syntax).available_plugins:
+            plugin = ""  # pydicom's choice
+        pixels = pixel_array(ds, decoding_plugin=plugin)
     expected = (ds.Rows, ds.Columns) + ((samples,) if samples > 1 else ())
     if pixels.shape != expected:
         raise ImageError(f"truncated or corrupt pixel data: decoded shape {pixels.shape}, "
@@ -180,8 +170,8 @@ class Frame:
 
 
 def open_frame(data: bytes, max_pixels: int) -> Frame:
-    """Parses `data` and refuses (ImageError, saying why) what cannot become one image, without
-    decoding the pixels: the builder places a crop by the size first."""
+    """Parses and checks `data` (ImageError says why it cannot become one image), pixels undecoded:
+    the builder places a crop by the size first."""
     with _untrusted("corrupt DICOM file"):
         ds, ended_early = _read(data)
         if ended_early:  # checked first: pydicom drops the cut element, often the pixel data
@@ -215,10 +205,8 @@ def _jpeg_at_scale(frame: Frame, draft_size: int) -> np.ndarray | None:
 
 
 def to_gray(frame: Frame, draft_size: int | None = None) -> Image.Image:
-    """Decodes an `open_frame` frame to an 8-bit "L" image of its Columns x Rows (ImageError if it cannot).
-
-    `draft_size`: decode a baseline-JPEG frame at libjpeg's DCT scale, as a .jpg would be (the builder's
-    output size when it will not crop)."""
+    """An 8-bit "L" image of the frame (ImageError if it cannot); `draft_size`: decode a baseline-JPEG
+    frame at libjpeg's DCT scale, as a .jpg would be (the output size when the builder will not crop)."""
     ds, photometric = frame.ds, frame.photometric
     with _untrusted("corrupt DICOM file"):
         drafted = None if draft_size is None else _jpeg_at_scale(frame, draft_size)
@@ -233,5 +221,4 @@ def to_gray(frame: Frame, draft_size: int | None = None) -> Image.Image:
 
 
 def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decodes a single-frame DICOM file whole to 8-bit gray; ImageError says why it cannot."""
     return to_gray(open_frame(data, max_pixels))

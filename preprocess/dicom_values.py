@@ -29,7 +29,7 @@ def tag_value(ds: Dataset, keyword: str):
 
 
 def tag_text(ds: Dataset, keyword: str) -> str | None:
-    """A tag's value as stripped text; None when absent, empty or unreadable."""
+    """A tag's value as stripped text, or None."""
     value = tag_value(ds, keyword)
     text = str(value).strip() if value is not None else ""
     return text or None
@@ -47,12 +47,6 @@ def tag_number(ds: Dataset, keyword: str) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def _scale_to_8_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    if values.dtype == np.uint8:
-        return values
-    return np.clip(np.rint(values * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
-
-
 def colour_to_gray(pixels: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
     """RGB (after the palette), scaled to 8 bits, then Pillow's luma, as for a colour PNG."""
     if photometric == "PALETTE COLOR":
@@ -60,8 +54,9 @@ def colour_to_gray(pixels: np.ndarray, ds: Dataset, photometric: str) -> np.ndar
         bits = 8 * pixels.dtype.itemsize
     else:
         bits = int(ds.BitsStored)
-    rgb = _scale_to_8_bits(pixels, bits)
-    return np.asarray(Image.fromarray(rgb).convert("L"))
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(np.rint(pixels * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(pixels).convert("L"))
 
 
 def _modality(pixels: np.ndarray, ds: Dataset) -> np.ndarray:

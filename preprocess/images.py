@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from contracts.boxes import frame_region
 from contracts.decode_rules import JPEG_FOUR_COMPONENTS, MAX_IMAGE_PIXELS, REDUCING_GAP
 from contracts.labels import NIH_FRAME
-from preprocess.image_error import ImageError
+from preprocess.image_error import ImageError, check_pixels
 
 # PNGs are written here, not by Pillow (which tries every row filter): one "Up" filter plus zlib
 # level 1 with the run-length strategy is faster and smaller on these rows (bench/RESULTS.md).
@@ -46,10 +46,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"not a readable PNG, JPEG or DICOM image ({err})") from None
     if image.format not in SUPPORTED_FORMATS:
         raise ImageError(f"{image.format} images are not supported; convert it to PNG")
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(f"{width}x{height} = {width * height:,} pixels exceeds --max_image_pixels="
-                         f"{max_pixels:,}; refused as a possible decompression bomb")
+    check_pixels(*image.size, max_pixels)
     return image
 
 

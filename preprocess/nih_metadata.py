@@ -9,22 +9,19 @@ import os
 
 from contracts.boxes import FindingBox, finding_of_bbox_label, frame_region
 from contracts.demographics import parse_age, parse_sex
-from contracts.labels import parse_finding_labels
+from contracts.labels import FINDINGS, parse_finding_labels
 from contracts.labels_csv import open_text
 
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
-VIEW_COLUMN = "View Position"
-SEX_COLUMN = "Patient Gender"
-AGE_COLUMN = "Patient Age"
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
     image: str
     label: int
-    findings: tuple[int, ...]
-    patient_id: str
-    view_position: str
+    findings: tuple[int, ...] = (0,) * len(FINDINGS)
+    patient_id: str = ""
+    view_position: str = ""
     sex: str = ""  # "M", "F" or "" (contracts.demographics)
     age: int | None = None  # whole years
 
@@ -34,9 +31,6 @@ class Skip:
     """An input item that does not become a record, and why."""
     image: str
     reason: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"image": self.image, "reason": self.reason}
 
 
 @dataclasses.dataclass
@@ -60,25 +54,20 @@ def unsafe_name_reason(name: str) -> str | None:
     return None
 
 
-def normalise_patient_id(raw: str) -> str:
-    """One form for both dialects: "00000001" and "1" -> "1"."""
-    raw = raw.strip()
-    return str(int(raw)) if raw.isdigit() else raw
-
-
 def _row_entry(row: dict[str, str]) -> Entry:
     label, findings = parse_finding_labels(row["Finding Labels"] or "")
-    patient = normalise_patient_id(row["Patient ID"] or "")
+    patient = (row["Patient ID"] or "").strip()
     if not patient:
         raise ValueError("missing Patient ID")
-    return Entry(image=row["Image Index"].strip(), label=label, findings=findings, patient_id=patient,
-                 view_position=(row.get(VIEW_COLUMN) or "").strip(),
-                 sex=parse_sex(row.get(SEX_COLUMN)), age=parse_age(row.get(AGE_COLUMN)))
+    return Entry(image=row["Image Index"].strip(), label=label, findings=findings,
+                 patient_id=str(int(patient)) if patient.isdigit() else patient,  # "00000001" is "1"
+                 view_position=(row.get("View Position") or "").strip(),
+                 sex=parse_sex(row.get("Patient Gender")), age=parse_age(row.get("Patient Age")))
 
 
 def read_data_entry(path: str) -> DataEntry:
-    """Reads a Data_Entry CSV (ValueError without a required column). Identical duplicate rows collapse
-    into one (counted); conflicting ones are all skipped."""
+    """Reads a Data_Entry CSV (ValueError without a required column); identical duplicate rows
+    collapse into one (counted), conflicting ones are all skipped."""
     with open_text(path) as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -156,6 +145,6 @@ def union_box(boxes: list[tuple[float, float, float, float]]) -> tuple[float, fl
 
 
 def read_name_list(path: str) -> list[str]:
-    """Reads an NIH split list (one image name a line), ignoring blank lines."""
+    """An NIH split list's image names (one a line)."""
     with open_text(path) as f:
         return [line.strip() for line in f if line.strip()]

@@ -32,7 +32,7 @@ class WorkItem:
 
 @dataclasses.dataclass(frozen=True)
 class ImageBoxes:
-    """An image's boxes from --bbox_csv, each with its finding, and their union (the crop box)."""
+    """An image's boxes from --bbox_csv and their union (the crop box)."""
     union: tuple[float, float, float, float]  # x, y, w, h in the 1024 frame
     boxes: tuple[FindingBox, ...]
 
@@ -55,24 +55,14 @@ def _input_file(flag: str, path: str | None) -> str | None:
 
 
 def _read(reader, *args):
-    """`reader(*args)`, a malformed file's ValueError as the one bad-input error."""
     try:
         return reader(*args)
-    except ValueError as err:
+    except ValueError as err:  # a malformed file
         raise UserInputError(str(err)) from None
 
 
-def read_known_labels(path: str) -> dict[str, int]:
-    """The labels of --labels_csv `path`; UserInputError naming the file (or its line) and the fix."""
-    if not storage.isfile(path):
-        raise UserInputError(f"--labels_csv={path} does not exist")
-    return _read(labels_csv_lib.read_labels_csv, path)
-
-
 def gather_and_assign(config: BuildConfig):
-    """Reads the metadata and the image folder and assigns records to splits.
-
-    Returns (found sources, `ImageBoxes` by image, box warnings, split -> sources, skipped rows);
+    """Returns (found sources, `ImageBoxes` by image, box warnings, split -> sources, skipped rows);
     UserInputError for missing inputs or no usable image at all."""
     if not config.image_dir:
         raise UserInputError("--image_dir is required: the folder holding the images (searched recursively)")
@@ -88,14 +78,13 @@ def gather_and_assign(config: BuildConfig):
     found = _gather(config)
     boxes, warnings = _boxes(config, found)
     assigned, split_skips = _assign(config, found)
-    skipped = [s.as_dict() for s in found.skipped + split_skips]
+    skipped = [dataclasses.asdict(s) for s in found.skipped + split_skips]
     if not any(assigned.values()):
         raise NothingToBuild(_nothing_usable(config, found, skipped), skipped)
     return found, boxes, warnings, assigned, skipped
 
 
 def _check_fractions(config: BuildConfig) -> None:
-    """Refuses fractions no split could honour, before any file is read (NaN included)."""
     if not 0 <= config.max_skip_fraction <= 1:
         raise UserInputError(f"--max_skip_fraction={config.max_skip_fraction} must be in [0, 1]")
     if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
@@ -129,7 +118,7 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
                                  "--split_by=unlabeled works without)")
         csv_path = _input_file("data_entry_csv", config.data_entry_csv)
         return _read(sources_lib.from_data_entry, csv_path, config.image_dir)
-    known = read_known_labels(config.labels_csv) if config.labels_csv else None
+    known = labels_csv_lib.load_labels(config.labels_csv, "labels_csv") if config.labels_csv else None
     found = sources_lib.from_folder(config.image_dir, known)
     if known and found.sources and all(s.entry.label == LABEL_UNKNOWN for s in found.sources):
         raise UserInputError(
@@ -141,12 +130,12 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
 
 
 def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[dict]]:
-    """image -> `ImageBoxes` for images whose boxes are all valid, plus warnings."""
+    """image -> `ImageBoxes` of images whose boxes are all valid, and warnings."""
     if not _input_file("bbox_csv", config.bbox_csv):
         return {}, []
     raw, problems = _read(nih_metadata.read_bbox_csv, config.bbox_csv)
     names = {s.entry.image for s in found.sources}
-    warnings = [p.as_dict() for p in problems if p.image in names]
+    warnings = [dataclasses.asdict(p) for p in problems if p.image in names]
     found_boxes = {}
     for name, image_boxes in raw.items():
         try:
@@ -160,7 +149,6 @@ def _boxes(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict, list[
 
 
 def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, list], list]:
-    """split -> sources, plus sources skipped by the split rules."""
     by_name = {s.entry.image: s for s in found.sources}
     skipped = []
     if config.split_by in ("all", "unlabeled"):

@@ -12,25 +12,22 @@ from typing import Any, Iterator, Sequence
 
 from contracts import manifest as manifest_lib
 from contracts.errors import UserInputError, check_output_file
+from contracts.labels_csv import load_labels
 from contracts.prediction_files import few
 from contracts.run_folder import load_run_config
 from preprocess import sources
 from preprocess.config import BuildConfig, NothingToBuild
 from preprocess.images import MAX_IMAGE_PIXELS
-from preprocess.plan import read_known_labels
 
 IMAGES_SPLIT = "eval"  # the split an unlabeled build writes
-TEMP_SHARDS_PREFIX = "cxr-images-"
 
 
 @dataclasses.dataclass(frozen=True)
 class RawImages:
-    """What --images resolved to: the build settings and what the build skipped."""
+    """What --images resolved to and what the build skipped."""
     images: str
-    image_size: int
-    max_pixels: int
     skipped: list[dict[str, str]]
-    ignored: int = 0  # files that are not PNG, JPEG or DICOM by their name or content
+    ignored: int  # files that are not PNG, JPEG or DICOM by their name or content
 
 
 def _max_pixels(config: dict[str, Any]) -> int:
@@ -43,15 +40,13 @@ def _max_pixels(config: dict[str, Any]) -> int:
 
 
 def check_one_source(data_dir: str | None, images: str | None) -> None:
-    """Refuses (UserInputError) both or neither of --data_dir and --images."""
     if (data_dir is None) == (images is None):
         raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or "
                              "neither")
 
 
 def check_output_outside_images(output_dir: str, flag: str, images: str) -> None:
-    """Refuses (UserInputError) an output folder inside --images (a glob's fixed leading folders):
-    what is written there (explain.py's overlays are PNGs) would be read as images by the next run."""
+    """Refuses an output folder inside --images (a glob's fixed leading folders)."""
     root = os.path.realpath(sources.pattern_root(images))
     if os.path.commonpath([os.path.realpath(output_dir or "."), root]) == root:
         raise UserInputError(f"--{flag}={output_dir} is inside --images={images}: what it writes there would "
@@ -74,26 +69,8 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
         raise UserInputError(f"--images={images} is neither a folder nor a pattern matching any file; "
                              "pass a folder (searched recursively) or a quoted glob such as 'scans/*.dcm'")
     if labels_csv is not None:
-        read_known_labels(labels_csv)
+        load_labels(labels_csv, "labels_csv")
     return sizes[0], min(_max_pixels(c) for c in configs)
-
-
-def build_images(images: str, shard_dir: str, image_size: int, max_pixels: int, workers: int | None,
-                 labels_csv: str | None = None) -> RawImages:
-    """Builds the raw files into `shard_dir`; UserInputError when not one is readable."""
-    from preprocess import builder
-
-    config = BuildConfig(image_dir=images, output_dir=shard_dir, split_by="unlabeled", image_size=image_size,
-                         crop="none", max_image_pixels=max_pixels, workers=workers, max_skip_fraction=1.0,
-                         labels_csv=labels_csv)
-    try:
-        manifest = builder.build(config).manifest
-    except NothingToBuild as err:  # the builder says it with its --image_dir: say it with --images
-        raise UserInputError(_nothing_readable(images, err.skipped)) from None
-    skipped = manifest.get("skipped", [])
-    if not manifest["splits"].get(IMAGES_SPLIT, {}).get("records"):
-        raise UserInputError(_nothing_readable(images, skipped))
-    return RawImages(os.path.abspath(images), image_size, max_pixels, skipped, manifest.get("unlisted", 0))
 
 
 def _nothing_readable(images: str, skipped: list[dict[str, str]]) -> str:
@@ -105,16 +82,29 @@ def _nothing_readable(images: str, skipped: list[dict[str, str]]) -> str:
 @contextlib.contextmanager
 def built_images(images: str, image_size: int, max_pixels: int, workers: int | None = None,
                  labels_csv: str | None = None) -> Iterator[tuple[str, RawImages]]:
-    """Yields (temporary shard folder, `RawImages`) of the raw files; removes the folder afterwards."""
-    shard_dir = tempfile.mkdtemp(prefix=TEMP_SHARDS_PREFIX)
+    """Yields (temporary shard folder, `RawImages`) of the raw files built there, then removes it;
+    UserInputError when not one is readable."""
+    from preprocess import builder
+
+    shard_dir = tempfile.mkdtemp(prefix="cxr-images-")
+    config = BuildConfig(image_dir=images, output_dir=shard_dir, split_by="unlabeled", image_size=image_size,
+                         crop="none", max_image_pixels=max_pixels, workers=workers, max_skip_fraction=1.0,
+                         labels_csv=labels_csv)
     try:
-        yield shard_dir, build_images(images, shard_dir, image_size, max_pixels, workers, labels_csv)
+        try:
+            manifest = builder.build(config).manifest
+        except NothingToBuild as err:  # the builder says it with its --image_dir: say it with --images
+            raise UserInputError(_nothing_readable(images, err.skipped)) from None
+        skipped = manifest.get("skipped", [])
+        if not manifest["splits"].get(IMAGES_SPLIT, {}).get("records"):
+            raise UserInputError(_nothing_readable(images, skipped))
+        yield shard_dir, RawImages(os.path.abspath(images), skipped, manifest.get("unlisted", 0))
     finally:
         shutil.rmtree(shard_dir, ignore_errors=True)
 
 
 def sidecar_fields(raw: RawImages) -> dict[str, Any]:
-    """What a prediction file made from raw files records about them (instead of a shard folder)."""
+    """What a prediction file made from raw files records instead of a shard folder."""
     return {"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped,
             "ignored_files": raw.ignored}
 

@@ -1,5 +1,5 @@
-"""Finding the images a build will write: CSV rows matched to files, or every image in a folder;
-skipped (with a reason), absent (listed, not on disk) and unlisted files are counted apart."""
+"""The images a build will write: CSV rows matched to files, or every image in a folder; skipped (with
+a reason), absent (listed, not on disk) and unlisted files counted apart."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import glob
 import hashlib
+import itertools
 import os
 from typing import Mapping
 
@@ -22,7 +23,6 @@ GLOB_CHARACTERS = "*?["
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """One image that should become a record."""
     entry: Entry
     path: str
 
@@ -52,11 +52,8 @@ def pattern_root(image_dir: str) -> str:
     if storage.isfile(image_dir):
         return storage.dirname(image_dir)
     separator = "/" if storage.is_url(image_dir) else os.sep
-    fixed = []
-    for part in image_dir.split(separator):
-        if any(c in part for c in GLOB_CHARACTERS):
-            break
-        fixed.append(part)
+    parts = image_dir.split(separator)
+    fixed = itertools.takewhile(lambda part: not any(c in part for c in GLOB_CHARACTERS), parts)
     return separator.join(fixed) or "."
 
 
@@ -76,12 +73,10 @@ def _matching_files(pattern: str) -> dict[str, list[str]]:
 
 
 def scan_images(image_dir: str) -> dict[str, list[str]]:
-    """File name -> paths of every non-hidden file under `image_dir` (recursively, local or bucket URL,
-    linked folders followed once) or matching a glob; FileNotFoundError when it is not a folder."""
+    """File name -> paths of every non-hidden file under the folder `image_dir` (recursively, local or
+    bucket URL, linked folders followed once) or matching a glob."""
     if is_pattern(image_dir):
         return _matching_files(image_dir)
-    if not storage.isdir(image_dir):
-        raise FileNotFoundError(f"--image_dir={image_dir} is not a folder")
     url = storage.is_url(image_dir)
     walk = storage.walk(image_dir) if url else os.walk(image_dir, followlinks=True)
     found: dict[str, list[str]] = collections.defaultdict(list)
@@ -108,7 +103,6 @@ def resolve_path(name: str, paths: list[str]) -> tuple[str | None, str | None]:
 
 
 def from_data_entry(csv_path: str, image_dir: str) -> Sources:
-    """Matches the rows of a Data_Entry CSV to the files under `image_dir`."""
     table = read_data_entry(csv_path)
     files = scan_images(image_dir)
     sources, skipped, absent = [], [], []
@@ -150,8 +144,7 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | 
     except (ImageError, OSError) as err:
         return Skip(image_id, f"{err}; skipped")
     label = known.get(image_id, known.get(tags.sop_instance_uid or "", labels.LABEL_UNKNOWN))
-    return Entry(image=image_id, label=label, findings=(0,) * len(labels.FINDINGS),
-                 patient_id=tags.patient_id or "", view_position=tags.view_position or "",
+    return Entry(image_id, label, patient_id=tags.patient_id or "", view_position=tags.view_position or "",
                  sex=tags.sex or "", age=tags.age)
 
 
@@ -182,7 +175,6 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
         path, reason = resolve_path(name, plain)
         keyed = [(name, path)] if reason is None else [(storage.relpath(p, root), p) for p in plain]
         present += len(keyed)
-        sources.extend(Source(Entry(image=image_id, label=known.get(image_id, labels.LABEL_UNKNOWN),
-                                    findings=(0,) * len(labels.FINDINGS), patient_id="", view_position=""), p)
+        sources.extend(Source(Entry(image_id, known.get(image_id, labels.LABEL_UNKNOWN)), p)
                        for image_id, p in keyed)
     return Sources(sources, skipped, [], unlisted, present)

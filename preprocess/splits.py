@@ -10,12 +10,9 @@ import numpy as np
 
 def grouped_split(items: Sequence[tuple[str, str, int]], fractions: dict[str, float],
                   seed: int) -> dict[str, str]:
-    """Image name -> split for (image, patient, label) `items`, each patient's images together.
-
-    Patients are stratified by majority label; within a stratum they go (largest first, `seed` order
-    among equals) to the split furthest below its share of `fractions` (>= 0, summing to 1)."""
-    if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    """Image name -> split for (image, patient, label) `items`, each patient's images together: within
+    a majority-label stratum, patients go (largest first, `seed` order among equals) to the split
+    furthest below its share of `fractions` (>= 0, summing to 1)."""
     by_patient: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
     for name, patient, label in items:
         by_patient[patient].append((name, label))

@@ -69,11 +69,6 @@ def _lesion(rng: np.random.Generator, size: int, image: np.ndarray) -> tuple[flo
     return ((cx - radius) * size, (cy - radius) * size, 2 * radius * size, 2 * radius * size)
 
 
-def _pixels(anatomy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    noisy = anatomy + rng.normal(0.0, 8.0, anatomy.shape).astype(np.float32)
-    return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
 def _easy_image(rng, size, anatomy, abnormal):
     """The "easy" preset: the patient's anatomy, one round lesion on abnormal images."""
     image = anatomy.copy()
@@ -81,11 +76,11 @@ def _easy_image(rng, size, anatomy, abnormal):
     if abnormal:
         chosen = tuple(rng.choice(labels.FINDINGS, size=int(rng.integers(1, 3)), replace=False))
         boxes = [(chosen[0], *_lesion(rng, size, image))]
-    return _pixels(image, rng), chosen, boxes
+    noisy = image + rng.normal(0.0, 8.0, image.shape).astype(np.float32)
+    return np.clip(noisy, 0, 255).astype(np.uint8), chosen, boxes
 
 
 def _radiograph_image(rng, size, patient, abnormal):
-    """The "radiograph" preset (preprocess/synthetic_radiographs.py)."""
     chosen = ()
     if abnormal:  # no draw for a normal image: the same seed keeps giving the same images
         count = int(rng.choice([1, 1, 2]))
