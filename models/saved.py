@@ -6,7 +6,7 @@ import os
 import zipfile
 
 from contracts.errors import UserInputError
-from contracts.run_folder import CONFIG, MODEL, load_run_config
+from contracts.run_folder import CONFIG, RunFolder
 
 RESTORE = "retrain into this --model_dir or restore the run folder from a copy"
 
@@ -28,7 +28,7 @@ def _check_archive(path: str) -> None:
         raise UserInputError(f"{path}: damaged (its member {damaged!r} fails its CRC-32 check); {RESTORE}")
 
 
-def load_classifier(model_dir: str):
+def load_classifier(run: RunFolder | str):
     """Loads `model_dir/model.keras` with safe_mode=True (no arbitrary code from the file).
 
     Returns:
@@ -44,10 +44,10 @@ def load_classifier(model_dir: str):
 
     import models.preprocessing  # noqa: F401  (registers the project's layers so safe_mode can rebuild them)
 
-    path = os.path.join(model_dir, MODEL)
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    model_dir, config, path = run.path, run.config, run.model_path
     if not os.path.exists(path):
         raise UserInputError(f"{path} not found: train a model into --model_dir={model_dir} first")
-    config = load_run_config(model_dir)
     _check_archive(path)
     try:
         model = keras.models.load_model(path, safe_mode=True)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from contracts.manifest import ShardFolder
 from models import all_layers, build_model
 from tests.shard_factory import write_shards
 from training import loop, validation
@@ -299,7 +300,7 @@ def test_a_kill_between_the_checkpoint_and_the_exports_is_repaired_on_restart(
     exported = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False, safe_mode=True)
     _assert_lists_equal(exported.get_weights(), _checkpoint_weights(model_dir, 2), "model.keras vs ckpt-2")
     # The repaired CSV is what the repaired model.keras predicts, computed here on a second path.
-    batches = list(input_pipeline.make_eval_dataset(data_dir, "val", 16, SIZE))
+    batches = list(input_pipeline.make_eval_dataset(ShardFolder.open(data_dir), "val", 16))
     ids = np.concatenate([b["image_id"].numpy() for b in batches]).astype(str)
     probabilities = np.concatenate([exported(b["image"], training=False).numpy()[:, 1] for b in batches])
     written = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")

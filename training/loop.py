@@ -18,9 +18,9 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.errors import UserInputError, check_output_folder
+from contracts.manifest import ShardFolder
 from models import build_model, get_backbone, inference_model
 from models.front import with_uint8_front
 from pipeline import input_pipeline, options, service
@@ -38,6 +38,7 @@ class _Run:
     """Everything one run's epochs share."""
 
     config: TrainConfig
+    shards: ShardFolder
     model_dir: str
     strategy: tf.distribute.Strategy
     chief: bool
@@ -77,23 +78,23 @@ def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
     return model, optimizer
 
 
-def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy, start_epoch: int):
+def _datasets(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.Strategy, start_epoch: int):
     # A resumed run reshuffles with another seed rather than replaying the first epoch's order.
     seed = config.seed + start_epoch
     job_name = distribute.service_job_name(strategy) if config.data_service else None
     if job_name:
         logging.info("training input on the tf.data service at %s, job %s", config.data_service, job_name)
     uint8 = config.transfer == options.UINT8
+    stream = input_pipeline.StreamOptions(
+        seed=seed, deterministic=config.deterministic, shuffle_buffer=config.shuffle_buffer,
+        cache=config.cache, uint8_gray=uint8, data_service=config.data_service, job_name=job_name)
     train = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_train_dataset(
-            config.data_dir, config.train_split, config.global_batch_size, config.image_size,
-            seed=seed, deterministic=config.deterministic, shuffle_buffer=config.shuffle_buffer,
-            cache=config.cache, input_context=context, uint8_gray=uint8, data_service=config.data_service,
-            job_name=job_name).map(step_lib.without_ids))
+            shards, config.train_split, config.global_batch_size, stream=stream,
+            input_context=context).map(step_lib.without_ids))
     val = None
     if config.validation:
-        val = validation.make_distributed_split(strategy, config.data_dir, config.val_split,
-                                                config.global_batch_size, config.image_size,
+        val = validation.make_distributed_split(strategy, shards, config.val_split, config.global_batch_size,
                                                 cache=config.cache, uint8_gray=uint8)
     return train, val
 
@@ -151,8 +152,7 @@ def _early_stopping(callbacks: keras.callbacks.CallbackList) -> keras.callbacks.
     return next((c for c in callbacks.callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
 
 
-def _sidecar(config: TrainConfig, model_dir: str, epoch: int) -> dict[str, Any]:
-    crop = manifest_lib.load_manifest(config.data_dir)["config"].get("crop")
+def _sidecar(config: TrainConfig, crop: str | None, model_dir: str, epoch: int) -> dict[str, Any]:
     return {"backbone": config.backbone, "data_dir": config.data_dir, "split": config.val_split,
             "crop": crop, "train_crop": crop, "image_size": config.image_size, "epoch": epoch,
             "model": run_folder.MODEL, "model_dir": os.path.abspath(model_dir)}
@@ -200,8 +200,9 @@ def _export(run: _Run, epoch: int, scores: validation.Scores | None) -> None:
     run.exporter.export(os.path.join(run.model_dir, run_folder.MODEL), epoch)
     if scores is not None:
         # The patient columns too: the report's intervals resample val's patients, its subgroups use the rest.
-        meta = read_patient_columns(run.config.data_dir, run.config.val_split, scores.image_ids)
-        outputs.write_val_predictions(run.model_dir, scores, _sidecar(run.config, run.model_dir, epoch), meta)
+        meta = read_patient_columns(run.shards, run.config.val_split, scores.image_ids)
+        sidecar = _sidecar(run.config, run.shards.crop, run.model_dir, epoch)
+        outputs.write_val_predictions(run.model_dir, scores, sidecar, meta)
 
 
 def _repair_exports(run: _Run, extra: dict[str, Any]) -> None:
@@ -255,7 +256,8 @@ def _write_config(config: TrainConfig, model_dir: str, strategy: tf.distribute.S
     })
 
 
-def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy) -> tuple[_Run, dict]:
+def _start(config: TrainConfig, shards: ShardFolder, model_dir: str,
+           strategy: tf.distribute.Strategy) -> tuple[_Run, dict]:
     chief = distribute.is_chief(strategy)
     config_lib.check_resumable(config, model_dir)
     keras.utils.set_random_seed(config.seed)
@@ -266,15 +268,15 @@ def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy
     extra = state.extra if restored else {}
     if restored:
         logging.info("resuming from %s: %d epoch(s) done, step %d", restored, state.epochs_done, state.step)
-    train, val = _datasets(config, strategy, state.epochs_done)
+    train, val = _datasets(config, shards, strategy, state.epochs_done)
     uint8 = config.transfer == options.UINT8
     run = _Run(
-        config=config, model_dir=model_dir, strategy=strategy, chief=chief, model=model,
+        config=config, shards=shards, model_dir=model_dir, strategy=strategy, chief=chief, model=model,
         optimizer=optimizer, state=state,
         callbacks=callbacks_lib.make_callbacks(config, model, model_dir, chief=chief),
         train_step=step_lib.make_train_step(
             strategy, model, optimizer, global_batch_size=config.global_batch_size,
-            class_weights=config_lib.class_weights(config), jit_compile=config.jit_compile,
+            class_weights=config_lib.class_weights(config, shards), jit_compile=config.jit_compile,
             uint8_input=uint8),
         train_iterator=iter(train),
         sync_state=step_lib.make_state_sync(strategy, model),
@@ -335,7 +337,8 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
     previous_policy = keras.mixed_precision.global_policy()
     precision = distribute.resolve_precision(config.precision)
     try:
-        config = dataclasses.replace(config_lib.resolve_config(config), precision=precision,
+        shards = ShardFolder.open(config.data_dir)
+        config = dataclasses.replace(config_lib.resolve_config(config, shards), precision=precision,
                                      strategy=distribute.strategy_name(strategy),
                                      transfer=distribute.resolve_transfer(config.transfer))
         _check_replicas(config, strategy)
@@ -346,14 +349,14 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
             logging.warning("%s", warning)
         logging.info("training %s with %d replica(s), %s: %s", config.backbone,
                      strategy.num_replicas_in_sync, precision, dataclasses.asdict(config))
-        run, extra = _start(config, model_dir, strategy)
+        run, extra = _start(config, shards, model_dir, strategy)
         _repair_exports(run, extra)
         resumed_from = run.state.epochs_done
         try:
             records = [] if extra.get("finished") else _train(run, extra)
         except tf.errors.DataLossError as err:  # the last completed epoch's checkpoint is kept
             raise input_pipeline.corrupt_data_error(
-                config.data_dir, (config.train_split,) + ((config.val_split,) if config.validation else ()),
+                shards, (config.train_split,) + ((config.val_split,) if config.validation else ()),
                 err) from None
         finally:
             run.state.close()
