@@ -20,11 +20,12 @@ def is_url(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _as_os_error(path: str) -> Iterator[None]:
+def _gfile(path: str) -> Iterator[Any]:
+    """Yields `tf.io.gfile`, raising its errors on `path` as `OSError`s."""
     import tensorflow as tf
 
     try:
-        yield
+        yield tf.io.gfile
     except tf.errors.OpError as err:
         error, number = {tf.errors.NotFoundError: (FileNotFoundError, errno.ENOENT),
                          tf.errors.PermissionDeniedError: (PermissionError, errno.EACCES)}.get(
@@ -37,10 +38,8 @@ def _either(path: str, local: Callable[[], Any], remote: Callable[[Any], Any]) -
     """`local()` for a local path, else `remote(tf.io.gfile)` with its errors as `OSError`s."""
     if not is_url(path):
         return local()
-    import tensorflow as tf
-
-    with _as_os_error(path):
-        return remote(tf.io.gfile)
+    with _gfile(path) as gfile:
+        return remote(gfile)
 
 
 def join(folder: str, *names: str) -> str:
@@ -103,8 +102,7 @@ def rmtree(path: str) -> None:
 
 
 def rename(source: str, target: str) -> None:
-    """Renames `source` to `target`, replacing it (on a bucket a copy and a delete; the object under
-    `target` still appears whole, since an object is visible only once written)."""
+    """Renames `source` to `target`, replacing it (on a bucket a copy, whole once visible, and a delete)."""
     _either(target, lambda: os.replace(source, target), lambda g: g.rename(source, target, overwrite=True))
 
 
@@ -115,9 +113,7 @@ def open_binary(path: str, mode: str = "rb") -> Iterator[IO[bytes]]:
         with open(path, mode) as f:
             yield f
         return
-    import tensorflow as tf
-
-    with _as_os_error(path), tf.io.gfile.GFile(path, mode) as f:
+    with _gfile(path) as gfile, gfile.GFile(path, mode) as f:
         yield f
 
 
@@ -129,16 +125,12 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
 
 def walk(top: str) -> Iterator[tuple[str, list[str], list[str]]]:
     """`os.walk` over a URL, top down (buckets have no links, so nothing is reached twice)."""
-    import tensorflow as tf
-
-    with _as_os_error(top):
-        for folder, dirs, files in tf.io.gfile.walk(top):
+    with _gfile(top) as gfile:
+        for folder, dirs, files in gfile.walk(top):
             yield folder.rstrip("/"), [d.rstrip("/") for d in dirs], files
 
 
 def glob(pattern: str) -> list[str]:
     """The paths matching a URL pattern (`*`, `?`, `[...]` within one folder level)."""
-    import tensorflow as tf
-
-    with _as_os_error(pattern):
-        return sorted(tf.io.gfile.glob(pattern))
+    with _gfile(pattern) as gfile:
+        return sorted(gfile.glob(pattern))
