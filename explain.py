@@ -41,10 +41,10 @@ def _check_flags() -> tuple[tuple[int, int] | None, str | None]:
 
     raw_images.check_one_source(FLAGS.data_dir, FLAGS.images)
     if FLAGS.images is None:
-        split = preflight.resolve_split(FLAGS.data_dir, FLAGS.split)
-        preflight.check_explain_inputs(FLAGS.model_dir, FLAGS.ensemble, FLAGS.data_dir, split, FLAGS.output_dir)
-        return None, split
-    preflight.check_explained_models(FLAGS.model_dir, FLAGS.ensemble)
+        inputs = preflight.open_explain_inputs(FLAGS.model_dir, FLAGS.ensemble, FLAGS.data_dir, FLAGS.split,
+                                               FLAGS.output_dir)
+        return None, inputs.split.name
+    preflight.explained_models(FLAGS.model_dir, FLAGS.ensemble)
     raw_images.check_output_outside_images(FLAGS.output_dir, "output_dir", FLAGS.images)
     return raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images,
                                           os.path.join(FLAGS.output_dir, explanation_folder.INDEX),

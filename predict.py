@@ -36,7 +36,7 @@ def _check_flags() -> tuple[tuple[int, int] | None, str | None]:
       --split, or the one the manifest makes unambiguous).
     """
     from contracts.errors import UserInputError, check_output_folder
-    from contracts.run_folder import load_run_config
+    from contracts.run_folder import RunFolder
     from evaluation import preflight
     from preprocess import raw_images
 
@@ -64,13 +64,12 @@ def _check_flags() -> tuple[tuple[int, int] | None, str | None]:
 
             raw_images.check_output_outside_images(FLAGS.report_dir or settings.default_report_dir(FLAGS.output),
                                                    "report_dir", FLAGS.images)
-        preflight.check_prediction_outputs(FLAGS.model_dir, [load_run_config(d) for d in FLAGS.model_dir],
+        preflight.check_prediction_outputs([RunFolder.open(d) for d in FLAGS.model_dir],
                                            FLAGS.output, labels_csv=FLAGS.labels_csv, **clash)
         return images_at, None
-    split = preflight.resolve_split(FLAGS.data_dir, FLAGS.split)
-    preflight.check_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output,
-                                      FLAGS.report_dir, **clash)
-    return None, split
+    inputs = preflight.open_prediction_inputs(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.output,
+                                              FLAGS.report_dir, **clash)
+    return None, inputs.split.name
 
 
 def _predict(images_at: tuple[int, int] | None, split: str | None, transaction):

@@ -226,14 +226,15 @@ def run_tf_row(work: str, row: str) -> dict:
     servers = []
     if row == "pipeline_data_service":
         target, servers = start_service(REPO)
-        dataset = input_pipeline.make_train_dataset(shards, SPLIT, _BATCH.value, _IMAGE_SIZE.value,
-                                                    data_service=target, job_name="pipeline-bench")
+        dataset = input_pipeline.make_train_dataset(
+            manifest_lib.ShardFolder.open(shards), SPLIT, _BATCH.value,
+            input_pipeline.StreamOptions(data_service=target, job_name="pipeline-bench"))
     elif row in ("pipeline", "pipeline_uint8_gray"):
         dataset = input_pipeline.make_train_dataset(
-            shards, SPLIT, _BATCH.value, _IMAGE_SIZE.value, uint8_gray=row == "pipeline_uint8_gray"
-        )
+            manifest_lib.ShardFolder.open(shards), SPLIT, _BATCH.value,
+            input_pipeline.StreamOptions(uint8_gray=row == "pipeline_uint8_gray"))
     else:
-        paths = manifest_lib.shard_paths(shards, SPLIT)
+        paths = list(manifest_lib.ShardFolder.open(shards).split(SPLIT).paths)
         dataset = _decode_only_dataset(paths, _IMAGE_SIZE.value, _BATCH.value)
     try:
         iterator = iter(dataset)

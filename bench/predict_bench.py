@@ -33,6 +33,7 @@ from absl import app, flags  # noqa: E402
 
 import models  # noqa: E402
 from contracts.atomic import write_json  # noqa: E402
+from contracts.manifest import ShardFolder  # noqa: E402
 from evaluation import prediction  # noqa: E402
 from models import distribute  # noqa: E402
 from pipeline import options  # noqa: E402
@@ -59,7 +60,7 @@ def _small_records() -> int:
 def _pass(model, strategy, data_dir: str, split: str, uint8: bool) -> tuple[float, float]:
     """Returns (wall seconds, CPU seconds) of predicting `split`."""
     start, cpu = time.perf_counter(), time.process_time()
-    outputs = prediction.predict_split(model, strategy, data_dir, split, _BATCH.value, _IMAGE_SIZE.value,
+    outputs = prediction.predict_split(model, strategy, ShardFolder.open(data_dir), split, _BATCH.value,
                                        progress=False, uint8_gray=uint8)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     expected = _RECORDS.value if split == SPLIT else _small_records()

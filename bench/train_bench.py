@@ -165,12 +165,12 @@ def _input_only(strategy, dataset, steps: int, batch: int) -> dict[str, float]:
 
 def _inputs(strategy, data_dir: str, batch: int, image_size: int, uint8: bool):
     """Returns (pipeline-fed, in-memory) distributed datasets and the bytes of one global batch."""
+    shards, stream = manifest_lib.ShardFolder.open(data_dir), input_pipeline.StreamOptions(uint8_gray=uint8)
     pipeline = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_train_dataset(
-            data_dir, "train", batch, image_size, input_context=context,
-            uint8_gray=uint8).map(step_lib.without_ids))
+            shards, "train", batch, stream, input_context=context).map(step_lib.without_ids))
     constant = step_lib.without_ids(next(iter(input_pipeline.make_train_dataset(
-        data_dir, "train", batch, image_size, uint8_gray=uint8))))
+        shards, "train", batch, stream))))
     in_memory = strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensors(constant).repeat())
     images = constant["image"]
@@ -260,7 +260,7 @@ def main(argv: list[str]) -> None:
     strategy = distribute.resolve_strategy(_STRATEGY.value)
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = _DATA_DIR.value or _synthetic_shards(scratch, _IMAGE_SIZE.value, _RECORDS.value)
-        image_size = int(manifest_lib.load_manifest(data_dir)["config"]["image_size"])
+        image_size = manifest_lib.ShardFolder.open(data_dir).image_size
         logging.info("devices: %s; %d replica(s)", tf.config.list_logical_devices(),
                      strategy.num_replicas_in_sync)
         results = {}

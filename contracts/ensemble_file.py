@@ -1,11 +1,8 @@
-"""The ensemble file: what `ensemble.py` chose (members, temperatures, weights, threshold), and its one loader.
+"""The ensemble file ensemble.py writes beside its submission (`<stem>.probabilities.json`), and its loader.
 
-`ensemble.py --output=DIR/submission.csv` writes it as `DIR/submission.probabilities.json`, the
-sidecar of the blended probabilities. Each member records the model folder its predictions came
-from (from the prediction file's own sidecar), so `export.py` (and later tools) can match the
-members to trained models. Members are listed in blend order; weights sum to 1. Each member's
-temperature (training/calibration.py; 1 when none was fitted) applies to its probability before
-the blend: member logit -> temperature -> probability -> weighted blend -> threshold.
+Members in blend order, each with the model folder its predictions came from (so export.py can
+match them to trained models), its temperature (1: none) and its weight (the weights sum to 1):
+member probability -> temperature -> weighted blend -> threshold.
 """
 
 from __future__ import annotations
@@ -25,15 +22,8 @@ SUFFIX = ".probabilities.json"  # beside the submission CSV
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One blended model.
-
-    Attributes:
-      name: its name in the report and the submission sidecar.
-      weight: its blend weight.
-      model_dir: absolute path of the training run its predictions came from, None if unknown.
-      backbone: its backbone, None if unknown.
-      temperature: applied to its probability before the blend (1: none).
-    """
+    """One blended model: its name, weight, run folder (absolute; None if unknown), backbone and the
+    temperature applied to its probability before the blend."""
 
     name: str
     weight: float
@@ -52,12 +42,12 @@ class Ensemble:
 
 
 def ensemble_path(submission_csv: str) -> str:
-    """Returns the ensemble file written beside `submission_csv`."""
+    """The ensemble file written beside `submission_csv`."""
     return os.path.splitext(submission_csv)[0] + SUFFIX
 
 
 def blend_path(submission_csv_or_ensemble_file: str) -> str:
-    """Returns the blended-probabilities CSV (image_id, p_abnormal[, label]) the ensemble file describes."""
+    """The blended-probabilities CSV (image_id, p_abnormal[, label]) the ensemble file describes."""
     path = submission_csv_or_ensemble_file
     stem = path[: -len(SUFFIX)] if path.endswith(SUFFIX) else os.path.splitext(path)[0]
     return stem + os.path.splitext(SUFFIX)[0] + ".csv"
@@ -65,14 +55,11 @@ def blend_path(submission_csv_or_ensemble_file: str) -> str:
 
 def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | None], paths: Sequence[str],
                    weights: Sequence[float], temperatures: Sequence[float]) -> list[dict[str, Any]]:
-    """Returns the `inputs` entries of the ensemble file, one per member, in blend order."""
-    records = []
-    for name, sidecar, path, weight, temperature in zip(names, sidecars, paths, weights, temperatures):
-        sidecar = sidecar or {}
-        records.append({"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
-                        "backbone": sidecar.get("backbone"), "crop": sidecar.get("crop"),
-                        "model_dir": sidecar.get("model_dir")})
-    return records
+    """The ensemble file's `inputs` entries, one per member, in blend order."""
+    rows = zip(names, sidecars, paths, weights, temperatures)
+    return [{"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
+             **{key: (sidecar or {}).get(key) for key in ("backbone", "crop", "model_dir")}}
+            for name, sidecar, path, weight, temperature in rows]
 
 
 def _fail(path: str, what: str) -> UserInputError:
@@ -81,11 +68,8 @@ def _fail(path: str, what: str) -> UserInputError:
 
 
 def load_ensemble(path: str) -> Ensemble:
-    """Reads and checks an ensemble file.
-
-    Raises:
-      UserInputError: missing, not JSON, or without members, weights or a threshold in range.
-    """
+    """Reads an ensemble file, refusing one missing, not JSON, or without members, weights or a
+    threshold in [0, 1]."""
     if not os.path.isfile(path):
         raise _fail(path, "not found")
     try:
@@ -120,12 +104,8 @@ def load_ensemble(path: str) -> Ensemble:
 
 
 def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[Member, str]]:
-    """Pairs each member with the `--model_dir` it came from, in blend order.
-
-    Raises:
-      UserInputError: a member without a recorded model folder, or members and folders that are
-        not the same set.
-    """
+    """Pairs each member, in blend order, with the model folder it came from; refuses a member without
+    one, or members and folders that are not the same set."""
     given = {os.path.realpath(d): d for d in model_dirs}
     unknown = [m.name for m in ensemble.members if m.model_dir is None]
     if unknown:
@@ -136,8 +116,10 @@ def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[M
     missing = sorted(set(recorded) - set(given))
     extra = sorted(set(given) - set(recorded))
     if missing or extra:
+        differ = f"; missing: {missing}" if missing else ""
+        differ += f"; not in the ensemble: {extra}" if extra else ""
         raise UserInputError(
             f"--ensemble={ensemble.path} blends {sorted(recorded)} but --model_dir gives {sorted(given)}"
-            f"{f'; missing: {missing}' if missing else ''}{f'; not in the ensemble: {extra}' if extra else ''}; "
-            f"pass exactly the ensemble's model folders{next(filter(None, map(list_hint, model_dirs)), '')}")
+            f"{differ}; pass exactly the ensemble's model folders"
+            f"{next(filter(None, map(list_hint, model_dirs)), '')}")
     return [(m, given[os.path.realpath(m.model_dir)]) for m in ensemble.members]

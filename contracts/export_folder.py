@@ -1,9 +1,5 @@
-"""What an export folder holds, by name: imported by the exporter and by its readers, without TensorFlow.
-
-The signatures' outputs share the prediction files' names and meanings (contracts/output_names.py):
-`p_abnormal` what the model or ensemble hands over, `p_uncalibrated` a model's softmax output, and
-`member_<name>` (members, last axis) the ensemble members' `<name>`, as in their own prediction files.
-"""
+"""An export folder's names, for the exporter and its readers (no TensorFlow); outputs share the
+prediction files' names (contracts/output_names.py), `member_<name>` an ensemble member's `<name>`."""
 
 from contracts.output_names import DECISION, PROB, PROB_UNCALIBRATED
 

@@ -1,28 +1,25 @@
-"""`manifest.json`, the builder's account of what a shard folder holds: its one writer and its readers.
+"""A shard folder: `manifest.json`'s one writer, and `ShardFolder`, the folder read and checked once.
 
-Keys: `schema_version`, `config` (the build's flags: image_size, crop, image_format, ...),
-`splits` (per split: records, normal, abnormal, patients, shards, and `shard_bytes`: each
-shard's size as written), `patient_overlap`, `skipped` (every refused image with its reason),
-`warnings`, `absent`, `unlisted`. Manifests written before `schema_version` existed read as
-version 1; `shard_bytes` is optional (absent before it was kept), so it did not change the version.
+Keys: `schema_version`, `config` (the build's settings: image_size, crop, ...), `splits` (per split:
+records, normal, abnormal, patients, shards, `shard_bytes`), `patient_overlap`, `skipped`, `warnings`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 from typing import Any
 
+from contracts import storage
 from contracts.atomic import write_json
 from contracts.errors import UserInputError
 
 MANIFEST = "manifest.json"
-# 1: before the manifest recorded its version; 2: before records carried patient sex and age
-# (older records read them as unknown); 3: before records carried every box with its finding
-# (older records read as having none).
+# 1: before the manifest recorded its version; 2: before records carried patient sex and age;
+# 3: before records carried every box with its finding. Older records read with defaults.
 SCHEMA_VERSION = 4
 SHARD_SUFFIX = ".tfrecord"
-SHARD_BYTES = "shard_bytes"  # per split: shard name -> its size in bytes as the builder wrote it
+SHARD_BYTES = "shard_bytes"  # per split: shard name -> its size as written (absent in older manifests)
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -30,132 +27,109 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
 
 
-def load_manifest(data_dir: str) -> dict[str, Any]:
-    """Reads `data_dir/manifest.json`.
-
-    Returns:
-      The manifest, with `schema_version` filled in (1) for manifests written before it existed.
-
-    Raises:
-      FileNotFoundError: no manifest, with the command that makes one.
-      UserInputError: the file is not a JSON object (a partial copy or a hand edit).
-    """
-    path = os.path.join(data_dir, MANIFEST)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} not found: {data_dir} is not a shard folder; build one with "
-            "`python preprocess/build_tfrecords.py --output_dir=...`"
-        )
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserInputError(f"{path} is not valid JSON ({err}); rebuild the shard folder or restore the file") from err
-    if not isinstance(manifest, dict):
-        raise UserInputError(f"{path} is not a JSON object; rebuild the shard folder or restore the file")
-    manifest.setdefault("schema_version", 1)
-    return manifest
-
-
 def write_manifest(data_dir: str, manifest: dict[str, Any]) -> str:
     """Writes `data_dir/manifest.json` atomically with the current `schema_version`; returns its path."""
-    path = os.path.join(data_dir, MANIFEST)
+    path = storage.join(data_dir, MANIFEST)
     write_json(path, {**manifest, "schema_version": SCHEMA_VERSION})
     return path
 
 
-def check_image_size(manifest: dict[str, Any], image_size: int | None, data_dir: str, fix: str) -> int:
-    """Returns the shards' image size after checking that `image_size` (None: any) matches it.
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split whose shards were found whole: every listed shard present, at its recorded size."""
 
-    Args:
-      fix: the end of the error message; `{stored}` and `{asked}` are filled in.
-
-    Raises:
-      ValueError: the shards were built at another size.
-    """
-    stored = int(manifest["config"]["image_size"])
-    if image_size is not None and int(image_size) != stored:
-        raise ValueError(f"the shards in {data_dir} were built at {stored} px, not {image_size}; "
-                         + fix.format(stored=stored, asked=image_size))
-    return stored
+    name: str
+    records: int
+    normal: int
+    abnormal: int
+    paths: tuple[str, ...]
 
 
-def split_info(manifest: dict[str, Any], split: str, data_dir: str = "") -> dict[str, Any]:
-    """Returns the manifest's entry for `split`.
+@dataclasses.dataclass(frozen=True)
+class ShardFolder:
+    """A shard folder (local, `gs://` or any `tf.io.gfile` scheme) with its manifest read once."""
 
-    Raises:
-      KeyError: the split is not in the manifest, listing the ones that are.
-    """
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise KeyError(
-            f"split {split!r} not in {os.path.join(data_dir, MANIFEST)}; "
-            f"it has: {', '.join(sorted(splits)) or 'none'}"
-        )
-    return splits[split]
+    path: str
+    manifest: dict[str, Any]
+    image_size: int
+    crop: str | None
+    _splits: dict[str, Split] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
+    @classmethod
+    def open(cls, path: str) -> ShardFolder:
+        """Reads `path/manifest.json` (a manifest without `schema_version` reads as version 1)."""
+        where = storage.join(path, MANIFEST)
+        if not storage.exists(where):
+            raise UserInputError(f"{where} not found: {path} is not a shard folder; build one with "
+                                 "preprocess/build_tfrecords.py")
+        try:
+            manifest = json.loads(storage.read_bytes(where))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserInputError(f"{where} is not valid JSON ({err}); rebuild the shard folder or restore "
+                                 "the file") from err
+        config = manifest.get("config") if isinstance(manifest, dict) else None
+        if not isinstance(config, dict) or not isinstance(config.get("image_size"), int):
+            raise UserInputError(f"{where} is not a JSON object with config.image_size; rebuild the shard "
+                                 "folder or restore the file")
+        manifest.setdefault("schema_version", 1)
+        return cls(path, manifest, config["image_size"], config.get("crop"))
 
-def default_split(manifest: dict[str, Any], data_dir: str, flag: str = "--split") -> str:
-    """The split a tool reads when `flag` is not given: `test` when the manifest has it, else the
-    only split other than `train` (a grouped build without test: `val`; `all`; unlabeled: `eval`).
+    manifest_path = property(lambda self: storage.join(self.path, MANIFEST))
+    schema_version = property(lambda self: self.manifest["schema_version"])
+    split_names = property(lambda self: sorted(self.manifest.get("splits", {})))
 
-    Raises:
-      UserInputError: no such split is unambiguous; the message lists the manifest's splits.
-    """
-    splits = sorted(manifest.get("splits", {}))
-    if "test" in splits:
-        return "test"
-    others = [s for s in splits if s != "train"]
-    if len(others) == 1:
-        return others[0]
-    raise UserInputError(f"{os.path.join(data_dir, MANIFEST)} has splits {', '.join(splits) or 'none'}; "
-                         f"pass {flag} to name the one to read")
+    def split(self, name: str) -> Split:
+        """The split `name`, its shards checked on the first call (present, inside the folder, whole)."""
+        if name not in self._splits:
+            self._splits[name] = self._check_split(name)
+        return self._splits[name]
 
+    def _check_split(self, name: str) -> Split:
+        info = self.manifest.get("splits", {}).get(name)
+        if not isinstance(info, dict):
+            raise UserInputError(f"split {name!r} not in {self.manifest_path}; it has: "
+                                 f"{', '.join(self.split_names) or 'none'}")
+        for shard in info["shards"]:
+            if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+                raise UserInputError(
+                    f"{self.manifest_path} lists shard {shard!r} for split {name!r}; shards must be file "
+                    f"names inside {self.path} (no folders, no ..): rebuild the folder")
+        paths = tuple(storage.join(self.path, shard) for shard in info["shards"])
+        missing = [p for p in paths if not storage.exists(p)]
+        if missing:
+            raise UserInputError(f"{len(missing)} shard(s) of split {name!r} listed in the manifest are "
+                                 f"missing, e.g. {missing[0]}; rerun the build to complete the folder")
+        if SHARD_BYTES in info:
+            self._check_sizes(name, paths, info[SHARD_BYTES])
+        counts = (int(info.get(key, 0)) for key in ("records", "normal", "abnormal"))
+        return Split(name, *counts, paths)
 
-def shard_paths(data_dir: str, split: str) -> list[str]:
-    """Returns the full paths of `split`'s shards, in manifest order, checking each exists.
+    def _check_sizes(self, name: str, paths: tuple[str, ...], written: Any) -> None:
+        # A cut copy can end between two records, which TensorFlow reads as a clean end of file.
+        if not isinstance(written, dict) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in written.values()):
+            raise UserInputError(f"{self.manifest_path}: {SHARD_BYTES} of split {name!r} is not a map of "
+                                 "shard name to byte count; restore the file or rebuild the folder")
+        for path, shard in zip(paths, self.manifest["splits"][name]["shards"]):
+            expected, size = written.get(shard), storage.size(path)
+            if expected is not None and size != expected:
+                how = "cut short" if size < expected else "longer than written"
+                raise UserInputError(
+                    f"{path} is {size:,} bytes but the builder wrote {expected:,} ({how}): a damaged or "
+                    "partial copy; copy it again from the folder the build wrote, or rerun the build into "
+                    "this folder")
 
-    Raises:
-      FileNotFoundError: a shard the manifest lists is missing (an interrupted or partial copy).
-      UserInputError: a listed shard is not a plain file name inside `data_dir` (for example
-        `../other/val-00000-of-00001.tfrecord`, which would read another folder's records).
-    """
-    info = split_info(load_manifest(data_dir), split, data_dir)
-    for name in info["shards"]:
-        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
-            raise UserInputError(
-                f"{os.path.join(data_dir, MANIFEST)} lists shard {name!r} for split {split!r}; shards "
-                f"must be file names inside {data_dir} (no folders, no ..): rebuild the folder")
-    paths = [os.path.join(data_dir, name) for name in info["shards"]]
-    missing = [p for p in paths if not os.path.exists(p)]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} shard(s) of split {split!r} listed in the manifest are missing, "
-            f"e.g. {missing[0]}; rerun the build command to complete the folder"
-        )
-    if SHARD_BYTES in info:  # absent from manifests written before sizes were kept
-        _check_sizes(paths, info[SHARD_BYTES], os.path.join(data_dir, MANIFEST), split)
-    return paths
+    def check_image_size(self, image_size: int | None, fix: str) -> int:
+        """The shards' image size, refusing another `image_size` (None: any) with `fix` ({stored} and
+        {asked} filled in) at the end of the message."""
+        if image_size is not None and int(image_size) != self.image_size:
+            raise UserInputError(f"the shards in {self.path} were built at {self.image_size} px, not "
+                                 f"{image_size}; " + fix.format(stored=self.image_size, asked=image_size))
+        return self.image_size
 
-
-def _check_sizes(paths: list[str], written: Any, manifest_path: str, split: str) -> None:
-    """Refuses a shard whose size differs from the builder's: a cut copy can end between two
-    records, or inside a record's header, which TensorFlow reads as a clean end of file."""
-    valid = isinstance(written, dict) and all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in written.values())
-    if not valid:
-        raise UserInputError(f"{manifest_path}: {SHARD_BYTES} of split {split!r} is not a map of shard "
-                             "name to byte count; restore the file or rebuild the folder")
-    for path in paths:
-        expected = written.get(os.path.basename(path))
-        size = os.path.getsize(path)
-        if expected is not None and size != expected:
-            how = "cut short" if size < expected else "longer than written"
-            raise UserInputError(
-                f"{path} is {size:,} bytes but the builder wrote {expected:,} ({how}): a damaged or partial "
-                "copy; copy it again from the folder the build wrote, or rerun the build into this folder")
-
-
-def split_records(data_dir: str, split: str) -> int:
-    """Returns how many records the manifest says `split` holds."""
-    return int(split_info(load_manifest(data_dir), split, data_dir)["records"])
+    def default_split(self) -> str | None:
+        """`test` when the folder has it, else the only split besides `train` (val, all, eval), else None."""
+        if "test" in self.split_names:
+            return "test"
+        others = [s for s in self.split_names if s != "train"]
+        return others[0] if len(others) == 1 else None

@@ -1,7 +1,5 @@
-"""The names every output shares, one quantity each: prediction files (contracts/prediction_files.py),
-val_predictions.csv, the blend, the submission, explain.py's index, the report and the served signatures
-(contracts/export_folder.py). Without pandas or TensorFlow, so that flags' help texts can name them.
-"""
+"""The names every output shares, one quantity each: prediction files, the blend, the submission,
+explain.py's index, the report and the served signatures (no pandas or TensorFlow, for help texts)."""
 
 ID = "image_id"
 PROB = "p_abnormal"  # what the model or ensemble hands over: after its temperature when it has one

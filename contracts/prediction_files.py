@@ -1,21 +1,10 @@
-"""The prediction file: written by predict.py and by training (val_predictions.csv), read by ensemble.py.
+"""The prediction file (predict.py, training's val_predictions.csv; read by ensemble.py): a CSV
+`image_id,p_abnormal[,label][,p_uncalibrated]` + `META_COLUMNS` and a JSON sidecar of the same stem.
 
-A prediction file is a CSV `image_id,p_abnormal[,label][,p_uncalibrated]` with one row per image
-(label 1 abnormal, 0 normal, -1 unknown), then the patient columns of `META_COLUMNS` (the
-patient, whose images the report's intervals resample together; view position, sex and age for its
-subgroups), and a JSON sidecar of the same stem
-(`preds.csv` -> `preds.json`) that says which model made it (`backbone`), from which shards
-(`data_dir`, `split`, `crop`, ...) and in which `FORMAT_VERSION_KEY`.
-One name, one quantity, here and in every output of the project (contracts/output_names.py):
-`p_abnormal` is what the model or ensemble hands over, after its temperature when it has one
-(training/calibration.py); `p_uncalibrated` is a model's softmax output before any temperature,
-what a blend calibrates. A file without `p_uncalibrated` (a blend, a file made elsewhere) has
-nothing rawer to offer: a blend takes its `p_abnormal` as it is.
-Files of format version 1 (a sidecar without the key, or no sidecar) held the softmax output in
-`p_abnormal` and, optionally, the calibrated probability in `p_calibrated`; they are read by that
-meaning.
-Readers refuse anything a blend could silently get wrong: duplicate or empty ids, probabilities
-that are missing or outside [0, 1], labels other than -1/0/1, and files whose id sets differ.
+`p_abnormal` is what the model hands over (after its temperature), `p_uncalibrated` the softmax a
+blend calibrates; version 1 files held the softmax in `p_abnormal` and the calibrated one in
+`p_calibrated`. Readers refuse what a blend could get wrong: duplicate or empty ids, probabilities
+missing or outside [0, 1], labels other than -1/0/1 (unknown), files whose id sets differ.
 """
 
 from __future__ import annotations
@@ -48,20 +37,9 @@ _HOW_TO_MAKE = "write it with predict.py (or use training's val_predictions.csv)
 
 @dataclasses.dataclass(frozen=True)
 class Predictions:
-    """One validated prediction file.
-
-    Attributes:
-      path: the CSV it was read from.
-      ids: (N,) image ids (Python str objects), in file order, unique.
-      probs: (N,) float64 `PROB` in [0, 1]: what the model hands over (a version 1 file: its
-        `V1_PROB_CALIBRATED` when it has one, else its softmax output).
-      labels: (N,) int64 in {-1, 0, 1}, or None when the file has no label column.
-      sidecar: the parsed sidecar JSON, or None when there is none.
-      uncalibrated: (N,) float64 `PROB_UNCALIBRATED`, before any temperature: what a blend
-        calibrates (`probs` itself when the file holds no such column; a version 1 file's `PROB`).
-      meta: the `META_COLUMNS` the file has, each (N,) (str; int64 for age).
-      format_version: the file's `FORMAT_VERSION_KEY` (1 when its sidecar has none).
-    """
+    """One validated prediction file: ids (N,) str in file order; probs (N,) the handed-over `PROB`;
+    labels (N,) int64 or None; the sidecar or None; uncalibrated (N,) what a blend calibrates (`probs`
+    when the file has no such column); meta the `META_COLUMNS` it has; its format version."""
 
     path: str
     ids: np.ndarray
@@ -74,26 +52,18 @@ class Predictions:
 
     @property
     def backbone(self) -> str | None:
-        """The backbone recorded in the sidecar, or None."""
         return (self.sidecar or {}).get("backbone")
 
     @property
     def crop(self) -> str | None:
-        """The crop mode of the shards these predictions were made on, or None when unrecorded."""
+        """The crop of the shards these predictions were made on (None: unrecorded)."""
         return (self.sidecar or {}).get("crop")
 
 
 @dataclasses.dataclass(frozen=True)
 class Aligned:
-    """Several prediction files joined on image id.
-
-    Attributes:
-      ids: (N,) image ids in the first file's row order.
-      probs: (N, M) `PROB`, column m from file m.
-      uncalibrated: (N, M) `PROB_UNCALIBRATED` (see `Predictions.uncalibrated`), what a blend calibrates.
-      labels: (N,) int64 in {-1, 0, 1} merged over the files that have labels, or None if none has.
-      meta: each `META_COLUMNS` column found in a file, (N,) in the same row order.
-    """
+    """Prediction files joined on image id, rows in the first file's order: probs and uncalibrated
+    (N, M), column m from file m; labels merged over the files that have them (or None); meta."""
 
     ids: np.ndarray
     probs: np.ndarray
@@ -103,39 +73,24 @@ class Aligned:
 
 
 def sidecar_path(csv_path: str) -> str:
-    """Returns the sidecar of a prediction file: the same path with `.json` for its extension."""
+    """The sidecar of a prediction file: the same path with `.json` for its extension."""
     return os.path.splitext(csv_path)[0] + ".json"
 
 
 def few(ids: Iterable[Any], limit: int = IDS_SHOWN) -> str:
-    """Returns up to `limit` ids for an error message, e.g. "a.png, b.png and 3 more"."""
+    """Up to `limit` ids for an error message, e.g. "a.png, b.png and 3 more"."""
     ids = list(ids)
     shown = ", ".join(str(i) for i in ids[:limit])
     return shown if len(ids) <= limit else f"{shown} and {len(ids) - limit} more"
 
 
-def write_predictions(
-    path: str,
-    ids: Sequence[str],
-    probs: np.ndarray,
-    labels: np.ndarray | None = None,
-    sidecar: dict[str, Any] | None = None,
-    *,
-    uncalibrated: np.ndarray | None = None,
-    meta: dict[str, np.ndarray] | None = None,
-) -> None:
-    """Writes a prediction file and its sidecar, in format `FORMAT_VERSION`.
+def write_predictions(path: str, ids: Sequence[str], probs: np.ndarray, labels: np.ndarray | None = None,
+                      sidecar: dict[str, Any] | None = None, *, uncalibrated: np.ndarray | None = None,
+                      meta: dict[str, np.ndarray] | None = None) -> None:
+    """Writes a prediction file (its folder created) and its sidecar with `FORMAT_VERSION_KEY`.
 
-    Args:
-      path: the CSV path; its folder is created.
-      ids: (N,) image ids.
-      probs: (N,) `PROB`: what the model or ensemble hands over (after its temperature, if any).
-      labels: (N,) labels (-1 unknown), or None to leave the label column out.
-      sidecar: written as JSON to `sidecar_path(path)`, with `FORMAT_VERSION_KEY` added (written
-        even when None: the version says how the columns read).
-      uncalibrated: (N,) `PROB_UNCALIBRATED`, the softmax output before any temperature; None
-        when `probs` had no temperature applied (a blend, a file made elsewhere).
-      meta: `META_COLUMNS` name -> (N,) values, in the same row order.
+    `labels` None leaves the label column out; `uncalibrated` None when `probs` had no temperature
+    applied (a blend); `meta` maps `META_COLUMNS` names to (N,) values in the same row order.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     columns = {ID: list(ids), PROB: np.asarray(probs, dtype=np.float64)}
@@ -155,10 +110,8 @@ def write_predictions(
 
 def _read_frame(path: str) -> pd.DataFrame:
     if path.endswith(".npy"):
-        raise UserInputError(
-            f"{path}: a .npy file carries no image ids, so it cannot be joined safely; "
-            "pass the .csv that predict.py wrote beside it"
-        )
+        raise UserInputError(f"{path}: a .npy file carries no image ids, so it cannot be joined safely; "
+                             "pass the .csv that predict.py wrote beside it")
     if not os.path.exists(path):
         raise UserInputError(f"{path} not found; {_HOW_TO_MAKE}")
     try:
@@ -170,10 +123,9 @@ def _read_frame(path: str) -> pd.DataFrame:
         raise UserInputError(f"{path}: not a readable CSV ({err}); {_HOW_TO_MAKE}") from err
     missing = [c for c in (ID, PROB) if c not in frame.columns]
     if missing:
-        raise UserInputError(
-            f"{path}: no column {', '.join(missing)} (has: {', '.join(map(str, frame.columns))}); "
-            f"expected {ID},{PROB}[,{LABEL}]; {_HOW_TO_MAKE}"
-        )
+        has = ", ".join(map(str, frame.columns))
+        raise UserInputError(f"{path}: no column {', '.join(missing)} (has: {has}); expected "
+                             f"{ID},{PROB}[,{LABEL}]; {_HOW_TO_MAKE}")
     if frame.empty:
         raise UserInputError(f"{path}: no rows; {_HOW_TO_MAKE}")
     return frame
@@ -186,26 +138,21 @@ def _check_ids(path: str, ids: np.ndarray) -> None:
     counts = pd.Series(ids).value_counts()
     duplicated = counts[counts > 1].index.tolist()
     if duplicated:
-        raise UserInputError(
-            f"{path}: {len(duplicated)} duplicate {ID}(s): {few(duplicated)}; each image needs exactly one "
-            "row (was the file concatenated or the split predicted twice?)"
-        )
+        raise UserInputError(f"{path}: {len(duplicated)} duplicate {ID}(s): {few(duplicated)}; each image "
+                             "needs one row (was the file concatenated or the split predicted twice?)")
 
 
 def _check_probs(path: str, ids: np.ndarray, raw: pd.Series, column: str = PROB) -> np.ndarray:
     probs = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(probs)
     if bad.any():
-        raise UserInputError(
-            f"{path}: {column} is missing, NaN or not a number for {bad.sum()} id(s): {few(ids[bad])}"
-        )
+        raise UserInputError(f"{path}: {column} is missing, NaN or not a number for {bad.sum()} id(s): "
+                             f"{few(ids[bad])}")
     outside = (probs < 0.0) | (probs > 1.0)
     if outside.any():
         shown = few(f"{i} ({p:g})" for i, p in zip(ids[outside], probs[outside]))
-        raise UserInputError(
-            f"{path}: {column} outside [0, 1] for {outside.sum()} id(s): {shown}; expected probabilities, "
-            "not logits or percentages"
-        )
+        raise UserInputError(f"{path}: {column} outside [0, 1] for {outside.sum()} id(s): {shown}; expected "
+                             "probabilities, not logits or percentages")
     return probs
 
 
@@ -222,9 +169,8 @@ def _check_labels(path: str, ids: np.ndarray, raw: pd.Series) -> np.ndarray:
     labels = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isin(labels, (UNKNOWN_LABEL, 0, 1))
     if bad.any():
-        raise UserInputError(
-            f"{path}: {LABEL} must be 0, 1 or -1 (unknown); {bad.sum()} id(s) have other values: {few(ids[bad])}"
-        )
+        raise UserInputError(f"{path}: {LABEL} must be 0, 1 or -1 (unknown); {bad.sum()} id(s) have other "
+                             f"values: {few(ids[bad])}")
     return labels.astype(np.int64)
 
 
@@ -241,9 +187,8 @@ def _read_sidecar(csv_path: str) -> dict[str, Any] | None:
         raise UserInputError(f"{path}: sidecar must be a JSON object with at least \"backbone\"")
     version = sidecar.get(FORMAT_VERSION_KEY, 1)
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        raise UserInputError(
-            f"{path}: {FORMAT_VERSION_KEY} {version!r} is not one this project reads (1 to {FORMAT_VERSION}); "
-            "write the file with this project's predict.py")
+        raise UserInputError(f"{path}: {FORMAT_VERSION_KEY} {version!r} is not one this project reads (1 to "
+                             f"{FORMAT_VERSION}); write the file with this project's predict.py")
     return sidecar
 
 
@@ -261,21 +206,8 @@ def _read_probabilities(path: str, ids: np.ndarray, frame: pd.DataFrame,
 
 
 def read_predictions(path: str) -> Predictions:
-    """Reads and validates one prediction file and its sidecar.
-
-    Args:
-      path: a CSV with columns image_id, p_abnormal and optionally label and p_uncalibrated (or,
-        format version 1, p_calibrated).
-
-    Returns:
-      The validated predictions, read by the meaning of the sidecar's format version.
-
-    Raises:
-      UserInputError: the file is missing or unreadable, lacks a column, has empty or duplicate ids,
-        missing/NaN/out-of-range probabilities, bad labels, or a sidecar that is not a JSON object
-        or has a format version this code does not read; the message names the file and a few
-        offending ids.
-    """
+    """Reads and validates one prediction file and its sidecar, by the meaning of its format version;
+    refuses (`UserInputError`, naming the file and a few ids) anything the module docstring lists."""
     frame = _read_frame(path)
     ids = frame[ID].to_numpy(dtype=object)
     _check_ids(path, ids)
@@ -291,17 +223,11 @@ def _check_same_ids(first: Predictions, other: Predictions) -> None:
     first_ids, other_ids = set(first.ids), set(other.ids)
     if first_ids == other_ids:
         return
-    extra = sorted(other_ids - first_ids)
-    missing = sorted(first_ids - other_ids)
-    parts = []
-    if extra:
-        parts.append(f"{len(extra)} id(s) not in {first.path}: {few(extra)}")
-    if missing:
-        parts.append(f"{len(missing)} id(s) of {first.path} missing: {few(missing)}")
-    raise UserInputError(
-        f"{other.path}: different image ids from {first.path} ({'; '.join(parts)}); predictions must "
-        "cover the same images: predict every model on the same --data_dir and --split"
-    )
+    extra, missing = sorted(other_ids - first_ids), sorted(first_ids - other_ids)
+    parts = ([f"{len(extra)} id(s) not in {first.path}: {few(extra)}"] if extra else []) + (
+        [f"{len(missing)} id(s) of {first.path} missing: {few(missing)}"] if missing else [])
+    raise UserInputError(f"{other.path}: different image ids from {first.path} ({'; '.join(parts)}); "
+                         "predictions must cover the same images: predict every model on the same shards")
 
 
 def _merge_labels(files: Sequence[Predictions], order: Sequence[np.ndarray]) -> np.ndarray | None:
@@ -317,27 +243,15 @@ def _merge_labels(files: Sequence[Predictions], order: Sequence[np.ndarray]) -> 
         both = (merged != UNKNOWN_LABEL) & (labels != UNKNOWN_LABEL)
         conflict = both & (merged != labels)
         if conflict.any():
-            raise UserInputError(
-                f"{file.path}: labels disagree with {source} for {conflict.sum()} id(s): "
-                f"{few(files[0].ids[conflict])}; the files come from different label sources"
-            )
+            raise UserInputError(f"{file.path}: labels disagree with {source} for {conflict.sum()} id(s): "
+                                 f"{few(files[0].ids[conflict])}; the files have different label sources")
         merged = np.where(merged == UNKNOWN_LABEL, labels, merged)
     return merged
 
 
 def align(files: Sequence[Predictions]) -> Aligned:
-    """Joins prediction files on image id (never on row order).
-
-    Args:
-      files: at least one validated prediction file.
-
-    Returns:
-      Their probabilities side by side, rows in the first file's order, and the merged labels.
-
-    Raises:
-      UserInputError: a file's id set differs from the first's (naming a few ids on each side), or
-        two files give an image different known labels.
-    """
+    """Joins prediction files on image id (never on row order); refuses differing id sets (naming a
+    few ids on each side) and known labels that disagree."""
     if not files:
         raise UserInputError("no prediction files given; pass at least one CSV written by predict.py")
     first = files[0]

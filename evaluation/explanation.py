@@ -1,36 +1,28 @@
-"""explain.py's work: Grad-CAM maps of a split's images and their localization score against the boxes.
-
-1. Every record of the split is predicted (`prediction.predict_split`; an ensemble blends its
-   members with the ensemble file's weights), and the gallery is chosen: the `per_group` most
-   confident true positives, false positives and false negatives at the threshold (the ensemble
-   file's, else `settings.SINGLE_MODEL_THRESHOLD`), or the images asked for.
-2. The gallery's records and every record with boxes are read again, and each gets its Grad-CAM
-   map (`evaluation.gradcam`; an ensemble's is the weighted mean of its members'). Boxed images of
-   uncropped shards are scored (`evaluation.localization`); cropped shards are not, and say so.
-3. Only then is anything written (`contracts.explanation_folder`): per gallery image a heatmap
-   `.npy` and an overlay `.png`, `localization.json`, and the index last.
-"""
+"""explain.py's work: every record predicted to choose the gallery, then the Grad-CAM maps of the
+gallery and of every boxed record, scored against the boxes (uncropped shards); written last."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from contracts import ensemble_file, records
 from contracts import explanation_folder as folder_lib
+from contracts import records, storage
 from contracts.atomic import atomic_path, write_bytes, write_json
 from contracts.boxes import stored_box
 from contracts.errors import UserInputError
+from contracts.manifest import ShardFolder
 from contracts.output_names import PROB
 from contracts.prediction_files import few
 from evaluation import blend as blend_lib
 from evaluation import gradcam, localization, preflight, settings
 from evaluation.overlay import render_overlay
-from evaluation.prediction import check_one_row_per_record, predict_split
+from evaluation.prediction import predict_split
 from models import distribute
 from models.saved import load_classifier
 from pipeline import input_pipeline
@@ -41,15 +33,17 @@ NOT_SCORED_CROPPED = ("the shards were built with --crop=bbox: a boxed image is 
 
 
 @dataclasses.dataclass(frozen=True)
-class Member:
-    """One explained model: its folder, name, blend weight, Grad-CAM and temperature."""
+class Member(preflight.Explained):
+    """An explained model, loaded: its classifier and Grad-CAM."""
 
-    model_dir: str
-    name: str
-    weight: float
-    cam: gradcam.GradCam
-    classifier: Any
-    temperature: float = 1.0
+    classifier: Any = None
+    cam: gradcam.GradCam | None = None
+
+    @classmethod
+    def load(cls, model: preflight.Explained) -> Member:
+        classifier = load_classifier(model.run)
+        return cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)},
+                   classifier=classifier, cam=gradcam.GradCam(classifier))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,31 +56,13 @@ class ExplainResult:
     threshold: float
 
 
-def load_members(model_dirs: Sequence[str], ensemble: str | None) -> tuple[list[Member], float]:
-    """Loads the classifiers (an ensemble's in blend order, with its weights); returns them and the
-    threshold (the ensemble file's, else `settings.SINGLE_MODEL_THRESHOLD`).
-
-    Raises:
-      UserInputError: an ensemble file that does not match the folders, several folders without
-        one, or a model that cannot be loaded.
-    """
-    pairs = preflight.check_explained_models(model_dirs, ensemble)
-    threshold = settings.SINGLE_MODEL_THRESHOLD if ensemble is None else ensemble_file.load_ensemble(ensemble).threshold
-    members = []
-    for model_dir, name, weight, temperature in pairs:
-        classifier = load_classifier(model_dir)
-        members.append(Member(model_dir, name, weight, gradcam.GradCam(classifier), classifier, temperature))
-    return members, threshold
-
-
-def split_probabilities(members: Sequence[Member], data_dir: str, split: str, image_size: int,
-                        expected: int, batch_size: int, progress: bool = True):
-    """Returns (ids, P(abnormal), labels) of every record of `split`, rows sorted by id, in the one
-    order of predict.py and the export: each member's temperature, then the weighted blend."""
+def split_probabilities(members: Sequence[Member], shards: ShardFolder, split: str, batch_size: int,
+                        progress: bool = True):
+    """(ids, P(abnormal), labels) of every record of `split`, rows sorted by id, in the one order of
+    predict.py and the export: each member's temperature, then the weighted blend."""
     strategy = distribute.resolve_strategy("default")
-    outputs = [predict_split(m.classifier, strategy, data_dir, split, batch_size, image_size, total=expected,
-                             progress=progress, desc=m.name) for m in members]
-    check_one_row_per_record(outputs[0].ids, expected, data_dir, split)
+    outputs = [predict_split(m.classifier, strategy, shards, split, batch_size, progress=progress,
+                             desc=m.name) for m in members]
     probs = np.stack([o.softmax[:, 1] for o in outputs], axis=1)
     p = blend_lib.blend(blend_lib.calibrate_members(probs, [m.temperature for m in members]),
                         np.array([m.weight for m in members]))
@@ -96,15 +72,9 @@ def split_probabilities(members: Sequence[Member], data_dir: str, split: str, im
 def choose_gallery(ids: np.ndarray, p: np.ndarray, labels: np.ndarray, threshold: float, per_group: int, *,
                    image_ids: Sequence[str] | None = None, every_image: bool = False,
                    where: str = "the split") -> list[tuple[str, str, int]]:
-    """Returns the images to show as (image_id, group, rank).
-
-    `image_ids` (group "asked", in the order given) or `every_image` (every id, "asked"); else per
-    group the `per_group` most confident: true positives and false positives by P(abnormal)
-    descending, false negatives ascending (ties by id).
-
-    Raises:
-      UserInputError: an asked id not in `ids`, or no known label to tell the groups apart.
-    """
+    """The images to show as (image_id, group, rank): `image_ids` or `every_image` (group "asked"),
+    else per group the `per_group` most confident: true and false positives by P(abnormal) descending,
+    false negatives ascending (ties by id)."""
     ids = np.asarray(ids).astype(str)
     if image_ids:
         check_asked_ids(image_ids, ids, where)
@@ -129,23 +99,24 @@ def check_asked_ids(image_ids: Sequence[str], ids: Sequence[str], where: str) ->
     known = set(ids)
     missing = [i for i in image_ids if i not in known]
     if missing:
-        joined = ("; give --image_ids once per image (--image_ids=A --image_ids=B), not a comma-separated list"
-                  if any("," in i for i in missing) else "")
+        joined = ("; give --image_ids once per image (--image_ids=A --image_ids=B), not a comma-separated "
+                  "list" if any("," in i for i in missing) else "")
         raise UserInputError(f"--image_ids: {few(missing)} not in {where} ({len(known)} images); pass ids "
                              f"from its image_id column (a prediction CSV lists them){joined}")
 
 
-def split_ids(data_dir: str, split: str) -> list[str]:
+def split_ids(shards: ShardFolder, split: str) -> list[str]:
     """The image ids of `split`, read from its records (no image is decoded)."""
-    data = tf.data.TFRecordDataset(input_pipeline.list_shards(data_dir, split))
-    data = data.map(lambda s: tf.io.parse_single_example(s, {records.IMAGE_ID: records.FEATURE_SPEC[records.IMAGE_ID]}))
+    spec = {records.IMAGE_ID: records.FEATURE_SPEC[records.IMAGE_ID]}
+    data = tf.data.TFRecordDataset(list(shards.split(split).paths)).map(
+        lambda s: tf.io.parse_single_example(s, spec))
     try:
         return [item[records.IMAGE_ID].decode() for item in data.as_numpy_iterator()]
     except tf.errors.DataLossError as err:
-        raise input_pipeline.corrupt_data_error(data_dir, (split,), err) from None
+        raise input_pipeline.corrupt_data_error(shards, (split,), err) from None
 
 
-def read_records(data_dir: str, split: str, image_size: int, wanted: Sequence[str],
+def read_records(shards: ShardFolder, split: str, wanted: Sequence[str],
                  with_boxes: bool) -> Iterator[dict[str, Any]]:
     """Yields the records of `split` whose id is `wanted` or (with `with_boxes`) that have boxes:
     {"image_id", "label", "gray" (S, S) uint8, "crop" (the crop box, or None), "boxes"}."""
@@ -157,11 +128,11 @@ def read_records(data_dir: str, split: str, image_size: int, wanted: Sequence[st
 
     def decode(parsed):
         return {"image_id": parsed[records.IMAGE_ID], "label": parsed[records.LABEL],
-                "gray": records.decode_image(parsed[records.IMAGE], image_size)[..., 0],
+                "gray": records.decode_image(parsed[records.IMAGE], shards.image_size)[..., 0],
                 "crop_applied": parsed[records.CROP_APPLIED], "box": parsed[records.BOX],
                 "xywh": parsed[records.BOXES].values, "findings": parsed[records.BOX_FINDINGS].values}
 
-    data = tf.data.TFRecordDataset(input_pipeline.list_shards(data_dir, split))
+    data = tf.data.TFRecordDataset(list(shards.split(split).paths))
     data = data.map(records.parse_example).filter(keep).map(decode)
     try:
         for item in data.as_numpy_iterator():
@@ -169,7 +140,7 @@ def read_records(data_dir: str, split: str, image_size: int, wanted: Sequence[st
                    "crop": tuple(item["box"].tolist()) if item["crop_applied"] else None,
                    "boxes": records.finding_boxes(item["xywh"], item["findings"])}
     except tf.errors.DataLossError as err:
-        raise input_pipeline.corrupt_data_error(data_dir, (split,), err) from None
+        raise input_pipeline.corrupt_data_error(shards, (split,), err) from None
 
 
 def _pixel_boxes(record: dict[str, Any], image_size: int) -> list[tuple[str, tuple[float, ...]]]:
@@ -177,7 +148,8 @@ def _pixel_boxes(record: dict[str, Any], image_size: int) -> list[tuple[str, tup
 
 
 def explain_records(members: Sequence[Member], stream: Iterator[dict[str, Any]], gallery: set[str],
-                    tally: localization.LocalizationTally | None, batch_size: int) -> dict[str, dict[str, Any]]:
+                    tally: localization.LocalizationTally | None,
+                    batch_size: int) -> dict[str, dict[str, Any]]:
     """Computes the maps of the streamed records, batch by batch; scores the boxed, uncropped ones
     into `tally`; returns the gallery's records, each with its "map" added."""
     kept: dict[str, dict[str, Any]] = {}
@@ -195,19 +167,14 @@ def explain_records(members: Sequence[Member], stream: Iterator[dict[str, Any]],
             if record["image_id"] in gallery:
                 kept[record["image_id"]] = {**record, "map": heatmap, "pixel_boxes": boxes}
 
-    batch: list[dict[str, Any]] = []
-    for record in stream:
-        batch.append(record)
-        if len(batch) == batch_size:
-            run(batch)
-            batch = []
-    if batch:
+    while batch := list(itertools.islice(stream, batch_size)):
         run(batch)
     return kept
 
 
-def write_explanations(output_dir: str, gallery: Sequence[tuple[str, str, int]], kept: dict[str, dict[str, Any]],
-                       probability: dict[str, float], report: dict[str, Any], header: dict[str, Any]) -> list[dict]:
+def write_explanations(output_dir: str, gallery: Sequence[tuple[str, str, int]],
+                       kept: dict[str, dict[str, Any]], probability: dict[str, float], report: dict[str, Any],
+                       header: dict[str, Any]) -> list[dict]:
     """Writes each gallery image's .npy and .png, then localization.json, then the index (last)."""
     os.makedirs(output_dir, exist_ok=True)
     entries = []
@@ -226,53 +193,42 @@ def write_explanations(output_dir: str, gallery: Sequence[tuple[str, str, int]],
     return entries
 
 
-def run_explain(model_dirs: Sequence[str], data_dir: str, split: str, output_dir: str, *,
-                ensemble: str | None = None, image_ids: Sequence[str] | None = None, every_image: bool = False,
-                per_group: int = settings.EXPLAIN_PER_GROUP, batch_size: int = settings.EXPLAIN_BATCH_SIZE,
-                source: dict[str, Any] | None = None, progress: bool = True) -> ExplainResult:
-    """Explains `split` of `data_dir` with the models (blended by `ensemble`) into `output_dir`.
-
-    Args:
-      model_dirs: folders written by train.py; several need `ensemble`.
-      data_dir, split: the shard folder and split.
-      output_dir: where the maps, overlays, `localization.json` and the index go.
-      ensemble: ensemble.py's `.probabilities.json`: members, weights, threshold.
-      image_ids: explain these images (group "asked") instead of the tp/fp/fn gallery.
-      every_image: explain every image of the split (group "asked"), as `explain.py --images` does.
-      per_group: gallery images per group.
-      batch_size: images per prediction and Grad-CAM step.
-      source: the index's "source" instead of {data_dir, split} (e.g. the raw files behind a
-        temporary shard folder).
-      progress: show the prediction's progress bars.
-
-    Raises:
-      UserInputError: bad folders or files, an asked id not in the split, an unlabeled split
-        without `image_ids`, an ensemble file that does not match the folders. Nothing is written.
-    """
-    manifest, expected, image_size = preflight.check_explain_inputs(model_dirs, ensemble, data_dir, split,
-                                                                    output_dir)
-    where = f"--images={source['images']}" if (source or {}).get("images") else f"split {split!r} of {data_dir}"
+def run_explain(model_dirs: Sequence[str], data_dir: str, split: str | None, output_dir: str, *,
+                ensemble: str | None = None, image_ids: Sequence[str] | None = None,
+                every_image: bool = False, per_group: int = settings.EXPLAIN_PER_GROUP,
+                batch_size: int = settings.EXPLAIN_BATCH_SIZE, source: dict[str, Any] | None = None,
+                progress: bool = True) -> ExplainResult:
+    """Explains `split` of `data_dir` (None: the one the manifest makes unambiguous) with the models
+    (several blended by `ensemble`, ensemble.py's file) into `output_dir`: the tp/fp/fn gallery of
+    `per_group` each, or `image_ids` / `every_image` (group "asked"). `source` replaces the index's
+    {data_dir, split} (the raw files behind a temporary shard folder). Bad input writes nothing."""
+    inputs = preflight.open_explain_inputs(model_dirs, ensemble, data_dir, split, output_dir)
+    shards, split = inputs.shards, inputs.split.name
+    threshold = settings.SINGLE_MODEL_THRESHOLD if inputs.threshold is None else inputs.threshold
+    where = (f"--images={source['images']}" if (source or {}).get("images")
+             else f"split {split!r} of {data_dir}")
     if image_ids:  # before the models load: a typo costs a second
-        check_asked_ids(image_ids, split_ids(data_dir, split), where)
-    members, threshold = load_members(model_dirs, ensemble)
-    ids, p, labels = split_probabilities(members, data_dir, split, image_size, expected, batch_size, progress)
-    gallery = choose_gallery(ids, p, labels, threshold, per_group, image_ids=image_ids, every_image=every_image,
-                             where=where)
-    cropped = manifest.get("config", {}).get("crop") == "bbox"
-    tally = None if cropped else localization.LocalizationTally(image_size)
-    kept = explain_records(members, read_records(data_dir, split, image_size, [g[0] for g in gallery],
-                                                 with_boxes=not cropped),
-                           {g[0] for g in gallery}, tally, batch_size)
+        check_asked_ids(image_ids, split_ids(shards, split), where)
+    members = [Member.load(model) for model in inputs.members]
+    ids, p, labels = split_probabilities(members, shards, split, batch_size, progress)
+    gallery = choose_gallery(ids, p, labels, threshold, per_group, image_ids=image_ids,
+                             every_image=every_image, where=where)
+    cropped = shards.crop == "bbox"
+    tally = None if cropped else localization.LocalizationTally(shards.image_size)
+    shown = [g[0] for g in gallery]
+    kept = explain_records(members, read_records(shards, split, shown, with_boxes=not cropped), set(shown),
+                           tally, batch_size)
     report = localization.not_scored(NOT_SCORED_CROPPED) if tally is None else tally.summary()
     header = {"schema_version": folder_lib.SCHEMA_VERSION, "target": TARGET, "threshold": threshold,
               "ensemble": os.path.abspath(ensemble) if ensemble else None,
-              "models": [{"name": m.name, "model_dir": os.path.abspath(m.model_dir), "weight": m.weight,
+              "models": [{"name": m.name, "model_dir": os.path.abspath(m.run.path), "weight": m.weight,
                           "feature_map": list(m.cam.feature_map_shape()),
                           "feature_grid": dataclasses.asdict(m.cam.grid)} for m in members],
-              "image_size": image_size, "crop": manifest.get("config", {}).get("crop"),
-              "source": source or {"data_dir": os.path.abspath(data_dir), "split": split},
+              "image_size": shards.image_size, "crop": shards.crop,
+              "source": source or {"data_dir": storage.abspath(data_dir), "split": split},
               "localization_file": folder_lib.LOCALIZATION}
-    entries = write_explanations(output_dir, gallery, kept, dict(zip(ids.tolist(), p.tolist())), report, header)
+    probability = dict(zip(ids.tolist(), p.tolist()))
+    entries = write_explanations(output_dir, gallery, kept, probability, report, header)
     return ExplainResult(output_dir, entries, report, threshold)
 
 
@@ -280,5 +236,6 @@ def summary(result: ExplainResult) -> str:
     """The console lines: what was written, then the localization table (or why there is none)."""
     counts = {group: sum(e["group"] == group for e in result.images) for group in folder_lib.GROUPS}
     shown = ", ".join(f"{group} {n}" for group, n in counts.items() if n)
-    return (f"explain: {len(result.images)} images ({shown or 'none'}) at threshold {result.threshold:.4f} -> "
-            f"{os.path.join(result.output_dir, folder_lib.INDEX)}\n{localization.format_table(result.localization)}")
+    return (f"explain: {len(result.images)} images ({shown or 'none'}) at threshold "
+            f"{result.threshold:.4f} -> {os.path.join(result.output_dir, folder_lib.INDEX)}\n"
+            f"{localization.format_table(result.localization)}")

@@ -1,16 +1,12 @@
 """Batch prediction behind predict.py: saved models over a split's shards, distributed, each id once.
 
-For every model folder, writes a prediction file (contracts/prediction_files.py: `p_abnormal` after
-the run's temperature, `p_uncalibrated` the softmax output) plus the `(N, 2)` softmax outputs as
-`.npy` in the same row order (the reference's format), rows sorted by image id so that the files
-are identical under every strategy. The row count is checked against the manifest.
-Models run under the strategies and precision policies of training (see `with_precision`).
+Per model, a prediction file (contracts/prediction_files.py) and the (N, 2) softmax as `.npy`, rows
+sorted by image id so the files are the same under every strategy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -19,12 +15,13 @@ import tensorflow as tf
 import tqdm
 from absl import logging
 
-from contracts import atomic, run_folder
-from contracts import manifest as manifest_lib
+from contracts import atomic, run_folder, storage
 from contracts.atomic import atomic_path
 from contracts.errors import UserInputError
+from contracts.manifest import ShardFolder
 from contracts.output_names import PROB
 from contracts.prediction_files import few, read_predictions, sidecar_path, write_predictions
+from contracts.run_folder import RunFolder
 from evaluation import agreement, html_report, preflight, settings
 from evaluation import report as report_lib
 from evaluation.blend import check_threshold
@@ -40,13 +37,8 @@ MAX_ID_BYTES = 256
 
 @dataclasses.dataclass(frozen=True)
 class SplitOutputs:
-    """One model's outputs over a split, rows sorted by image id.
-
-    Attributes:
-      ids: (N,) image ids (str).
-      softmax: (N, 2) float32; column 1 is P(abnormal).
-      labels: (N,) int64, -1 where unknown.
-    """
+    """One model's outputs over a split, rows sorted by image id: ids (N,) str, softmax (N, 2)
+    float32 (column 1 is P(abnormal)), labels (N,) int64 (-1 unknown)."""
 
     ids: np.ndarray
     softmax: np.ndarray
@@ -55,15 +47,8 @@ class SplitOutputs:
 
 @dataclasses.dataclass(frozen=True)
 class PredictionResult:
-    """What a prediction run wrote.
-
-    Attributes:
-      outputs: model name (its backbone) -> prediction CSV path (the .npy and .json beside it).
-      records: rows per file (= the split's records).
-      metrics: {name: metrics} when labels are known, else None.
-      report_dir: where the report went, or None.
-      other_labels: the rescoring against --other_labels_csv (evaluation/agreement.py), or None.
-    """
+    """What a prediction run wrote: model name -> CSV path, rows per file, the metrics (None without
+    labels), the report folder (or None) and the rescoring against other labels (or None)."""
 
     outputs: dict[str, str]
     records: int
@@ -73,20 +58,8 @@ class PredictionResult:
 
 
 def with_precision(model, precision: str):
-    """Returns `model` computing under the dtype policy `precision`, its weights unchanged.
-
-    A saved model carries one dtype policy per layer (train.py saves float32), and loading ignores
-    the global policy; so for another policy the loaded graph itself is cloned under it
-    (`models.precision.with_policy`: normalisation and softmax stay float32, as in training).
-
-    Args:
-      model: the loaded classifier.
-      precision: a `models.distribute.PRECISIONS` name ("auto": mixed_float16 on GPU, else float32).
-
-    Returns:
-      (classifier, policy name): `model` itself when float32 is asked for and every layer already
-      computes in float32, else the clone.
-    """
+    """(`model` computing under the dtype policy `precision`, its name), weights unchanged: loading
+    ignores the global policy, so another policy clones the graph (`models.precision.with_policy`)."""
     import keras
 
     from models import all_layers
@@ -102,24 +75,19 @@ def with_precision(model, precision: str):
     return with_policy(model, policy), policy
 
 
-def check_one_row_per_record(ids: np.ndarray, expected: int, data_dir: str, split: str) -> None:
-    """Checks that prediction produced each image id once and as many as the manifest lists.
-
-    Raises:
-      UserInputError: duplicate ids, or a count different from the manifest's.
-    """
+def check_one_row_per_record(ids: np.ndarray, shards: ShardFolder, split: str) -> None:
+    """Refuses duplicate image ids, or a row count other than the manifest's for `split`."""
     unique, counts = np.unique(ids, return_counts=True)
-    manifest = os.path.join(data_dir, manifest_lib.MANIFEST)
     if (counts > 1).any():
         raise UserInputError(
-            f"split {split!r} of {data_dir}: {int((counts > 1).sum())} image id(s) occur in several records: "
-            f"{few(unique[counts > 1])}; rebuild the shards so that each image is stored once"
-        )
+            f"split {split!r} of {shards.path}: {int((counts > 1).sum())} image id(s) occur in several "
+            f"records: {few(unique[counts > 1])}; rebuild the shards so that each image is stored once")
+    expected = shards.split(split).records
     if len(ids) != expected:
         raise UserInputError(
-            f"split {split!r}: {manifest} lists {expected} records but its shards hold {len(ids)}; the shards "
-            "changed after the build (partial copy or mixed builds): rebuild or recopy the folder"
-        )
+            f"split {split!r}: {shards.manifest_path} lists {expected} records but its shards hold "
+            f"{len(ids)}; the shards changed after the build (partial copy or mixed builds): rebuild or "
+            "recopy the folder")
 
 
 def _replica_outputs(model, batch: dict[str, tf.Tensor], rows: int) -> dict[str, tf.Tensor]:
@@ -133,65 +101,36 @@ def _replica_outputs(model, batch: dict[str, tf.Tensor], rows: int) -> dict[str,
         return tf.ensure_shape(padded, [rows] + tensor.shape[1:])
 
     id_bytes = tf.io.decode_raw(batch["image_id"], tf.uint8, fixed_length=MAX_ID_BYTES)
-    return {
-        "softmax": tf.cast(model(pad(batch["image"]), training=False), tf.float32),
-        "id_bytes": pad(tf.cast(id_bytes, tf.int32)),
-        "id_length": pad(tf.strings.length(batch["image_id"])),
-        "label": pad(tf.cast(batch["label"], tf.int32)),
-        "valid": tf.cast(tf.range(rows) < count, tf.int32),
-    }
-
-
-def per_replica_rows(batch_size: int, strategy: tf.distribute.Strategy) -> int:
-    """Returns each replica's share of the global batch.
-
-    Raises:
-      UserInputError: the batch does not split evenly over the replicas.
-    """
-    try:
-        return distribute.per_replica_batch(batch_size, strategy, "batch_size")
-    except ValueError as err:
-        raise UserInputError(str(err)) from err
+    return {"softmax": tf.cast(model(pad(batch["image"]), training=False), tf.float32),
+            "id_bytes": pad(tf.cast(id_bytes, tf.int32)),
+            "id_length": pad(tf.strings.length(batch["image_id"])),
+            "label": pad(tf.cast(batch["label"], tf.int32)),
+            "valid": tf.cast(tf.range(rows) < count, tf.int32)}
 
 
 def _decode_ids(id_bytes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     too_long = lengths > MAX_ID_BYTES
     if too_long.any():
         raise UserInputError(
-            f"{too_long.sum()} image id(s) are longer than {MAX_ID_BYTES} bytes; shorten the file names"
-        )
+            f"{too_long.sum()} image id(s) are longer than {MAX_ID_BYTES} bytes; shorten the file names")
     rows = id_bytes.astype(np.uint8)
     return np.array([bytes(row[:n]).decode("utf-8") for row, n in zip(rows, lengths)], dtype=object)
 
 
-def predict_split(
-    model, strategy: tf.distribute.Strategy, data_dir: str, split: str, batch_size: int, image_size: int,
-    *, total: int | None = None, progress: bool = True, desc: str = "predict", uint8_gray: bool = False,
-) -> SplitOutputs:
-    """Runs `model` over every record of `split` under `strategy`, gathering all replicas and workers.
-
-    Args:
-      model: built or loaded inside `strategy.scope()`.
-      strategy: any strategy from `models.distribute.resolve_strategy`.
-      data_dir: the shard folder.
-      split: the split to read.
-      batch_size: global batch size.
-      image_size: side of the stored images.
-      total: records expected, for the progress bar.
-      progress: show a progress bar (images/s) on the chief.
-      desc: the bar's label.
-      uint8_gray: feed uint8 gray batches to `model` behind the uint8 front (`--transfer=uint8`).
-
-    Returns:
-      Every record's outputs, rows sorted by image id (every worker gets all of them).
-    """
-    rows = per_replica_rows(batch_size, strategy)
+def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
+                  batch_size: int, *, progress: bool = True, desc: str = "predict",
+                  uint8_gray: bool = False) -> SplitOutputs:
+    """Every record's outputs of `split` (rows sorted by id, on every worker), `model` (built or loaded
+    in `strategy.scope()`) run over global batches of `batch_size`, behind the uint8 front with
+    `uint8_gray`; a progress bar labelled `desc` on the chief; one row per record checked."""
+    try:
+        rows = distribute.per_replica_batch(batch_size, strategy, "batch_size")
+    except ValueError as err:
+        raise UserInputError(str(err)) from err
     dataset = strategy.distribute_datasets_from_function(
-        lambda context: input_pipeline.make_eval_dataset(
-            data_dir, split, batch_size, image_size, input_context=context, uint8_gray=uint8_gray)
-    )
+        lambda context: input_pipeline.make_eval_dataset(shards, split, batch_size, input_context=context,
+                                                         uint8_gray=uint8_gray))
     model = with_uint8_front(model) if uint8_gray else model
-
     across_workers = distribute.strategy_name(strategy) == "multi_worker"
 
     # reduce_retracing: the last, partial batch has its own input shape.
@@ -205,7 +144,8 @@ def predict_split(
         return {k: tf.concat(strategy.experimental_local_results(v), axis=0) for k, v in per_replica.items()}
 
     parts = []
-    bar = tqdm.tqdm(total=total, unit="img", desc=desc, disable=not (progress and distribute.is_chief(strategy)))
+    bar = tqdm.tqdm(total=shards.split(split).records, unit="img", desc=desc,
+                    disable=not (progress and distribute.is_chief(strategy)))
     try:
         with bar:
             for batch in dataset:
@@ -214,156 +154,106 @@ def predict_split(
                 parts.append({k: v[valid] for k, v in outputs.items()})
                 bar.update(int(valid.sum()))
     except tf.errors.DataLossError as err:
-        raise input_pipeline.corrupt_data_error(data_dir, (split,), err) from None
+        raise input_pipeline.corrupt_data_error(shards, (split,), err) from None
     merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in
               ("softmax", "id_bytes", "id_length", "label")}
     ids = _decode_ids(merged["id_bytes"], merged["id_length"])
+    check_one_row_per_record(ids, shards, split)
     order = np.argsort(ids, kind="stable")
     return SplitOutputs(ids=ids[order], softmax=merged["softmax"].reshape(-1, 2)[order].astype(np.float32),
                         labels=merged["label"][order].astype(np.int64))
 
 
-def _write_outputs(path: str, outputs: SplitOutputs, sidecar: dict[str, Any], calibrated: np.ndarray,
-                   meta: dict[str, np.ndarray]) -> None:
-    known = outputs.labels >= 0
-    write_predictions(path, outputs.ids, calibrated, outputs.labels if known.any() else None, sidecar,
-                      uncalibrated=outputs.softmax[:, 1], meta=meta)
-    with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
-        np.save(tmp, outputs.softmax)
+def _calibrated(run: RunFolder, probs: np.ndarray) -> np.ndarray:
+    """The run's own temperature applied; the raw probabilities without one."""
+    return probs.astype(np.float64) if run.temperature is None else calibration.apply_temperature(
+        probs, run.temperature)
 
 
-def _calibrated(model_dir: str, probs: np.ndarray) -> tuple[np.ndarray, float | None]:
-    """The run's own temperature applied (training fitted it on validation); the raw probabilities
-    themselves when the run has none."""
-    temperature = run_folder.run_temperature(model_dir)
-    return (probs.astype(np.float64) if temperature is None
-            else calibration.apply_temperature(probs, temperature)), temperature
-
-
-def _validation(model_dir: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The run's val_predictions.csv as (labels, calibrated probs), for choosing operating points;
-    None without one."""
-    path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
+def _validation(run: RunFolder) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's val_predictions.csv as (labels, calibrated probs), for operating points; or None."""
+    path = os.path.join(run.path, run_folder.VAL_PREDICTIONS)
     if not os.path.exists(path):
         return None
     validation = read_predictions(path)
     # The raw column through the run's temperature, whatever the file's format version.
-    return None if validation.labels is None else (validation.labels,
-                                                   _calibrated(model_dir, validation.uncalibrated)[0])
+    if validation.labels is None:
+        return None
+    return validation.labels, _calibrated(run, validation.uncalibrated)
 
 
-def _load_models(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]], manifest: dict[str, Any],
-                 data_dir: str, strategy: tf.distribute.Strategy, precision: str) -> list[tuple[Any, str, int]]:
-    """Loads every model before any predicting, so a broken or mismatched folder fails in one line
-    before the long work; returns (classifier, its dtype policy, the shards' image size) per model."""
-    loaded = []
-    for model_dir, config in zip(model_dirs, configs):
-        escaped = model_dir.replace("{", "{{").replace("}", "}}")
-        fix = escaped + " was trained at {asked} px: rebuild the shards with --image_size={asked}"
-        try:
-            image_size = manifest_lib.check_image_size(manifest, int(config["image_size"]), data_dir, fix)
-        except ValueError as err:
-            raise UserInputError(str(err)) from err
-        with strategy.scope():
-            model, policy = with_precision(load_classifier(model_dir), precision)
-        loaded.append((model, policy, image_size))
-    return loaded
+@dataclasses.dataclass(frozen=True)
+class _Job:  # what every model of one prediction run shares
+
+    inputs: preflight.Inputs
+    strategy: tf.distribute.Strategy
+    batch_size: int
+    transfer: str
+    threshold: float
+    progress: bool
+    extra_sidecar: dict[str, Any]
 
 
-def _predict_model(
-    model_dir: str, config: dict[str, Any], name: str, path: str, loaded: tuple[Any, str, int],
-    strategy: tf.distribute.Strategy, manifest: dict[str, Any], data_dir: str, split: str, expected: int, *,
-    batch_size: int, transfer: str, threshold: float, progress: bool, extra_sidecar: dict[str, Any] | None = None,
-) -> tuple[report_lib.Scores, Callable[[], None]]:
-    """Predicts the split with one loaded model and checks the rows; returns its report entry and
-    the call that writes its files (run once every model has predicted)."""
-    model, policy, image_size = loaded
-    outputs = predict_split(model, strategy, data_dir, split, batch_size, image_size,
-                            total=expected, progress=progress, desc=name, uint8_gray=transfer == options.UINT8)
-    check_one_row_per_record(outputs.ids, expected, data_dir, split)
-    context = {"crop": manifest.get("config", {}).get("crop"), "train_crop": run_folder.train_crop(model_dir, config)}
-    calibrated, temperature = _calibrated(model_dir, outputs.softmax[:, 1])
+def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
+                   loaded: tuple[Any, str]) -> tuple[report_lib.Scores, Callable[[], None]]:
+    """Predicts the split with one loaded model; returns its report entry and the call that writes its
+    files (run once every model has predicted)."""
+    (model, policy), shards, split = loaded, job.inputs.shards, job.inputs.split
+    outputs = predict_split(model, job.strategy, shards, split.name, job.batch_size, progress=job.progress,
+                            desc=name, uint8_gray=job.transfer == options.UINT8)
+    context = {"crop": shards.crop, "train_crop": run.crop}
+    calibrated, temperature = _calibrated(run, outputs.softmax[:, 1]), run.temperature
     if temperature is None:
-        logging.warning("%s", run_folder.no_temperature_note(model_dir))
-    meta = read_patient_columns(data_dir, split, outputs.ids)
-    write = functools.partial(_write_outputs, path, outputs, {
-        "backbone": config["backbone"], "model_dir": os.path.abspath(model_dir),
-        "data_dir": os.path.abspath(data_dir), "split": split, "records": expected,
-        "image_size": image_size, "strategy": distribute.strategy_name(strategy),
-        "replicas": strategy.num_replicas_in_sync, "precision": policy, "transfer": transfer,
-        run_folder.TEMPERATURE: temperature, **context, **(extra_sidecar or {}),
-    }, calibrated, meta)
-    # The report scores what is handed over, served and thresholded: p_abnormal, after the run's temperature.
-    return report_lib.Scores(name, outputs.labels, calibrated, threshold, {
+        logging.warning("%s", run.no_temperature_note())
+    meta = read_patient_columns(shards, split.name, outputs.ids)
+    sidecar = {"backbone": run.backbone, "model_dir": os.path.abspath(run.path),
+               "data_dir": storage.abspath(shards.path), "split": split.name, "records": split.records,
+               "image_size": shards.image_size, "strategy": distribute.strategy_name(job.strategy),
+               "replicas": job.strategy.num_replicas_in_sync, "precision": policy, "transfer": job.transfer,
+               run_folder.TEMPERATURE: temperature, **context, **job.extra_sidecar}
+
+    def write() -> None:
+        known = outputs.labels >= 0
+        write_predictions(path, outputs.ids, calibrated, outputs.labels if known.any() else None, sidecar,
+                          uncalibrated=outputs.softmax[:, 1], meta=meta)
+        with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
+            np.save(tmp, outputs.softmax)
+
+    # The report scores what is handed over, served and thresholded: p_abnormal, after the temperature.
+    return report_lib.Scores(name, outputs.labels, calibrated, job.threshold, {
         **context, "source": path, run_folder.TEMPERATURE: temperature, report_lib.SCORED: PROB},
         uncalibrated=None if temperature is None else outputs.softmax[:, 1], meta=meta,
-        validation=_validation(model_dir), ids=outputs.ids), write
+        validation=_validation(run), ids=outputs.ids), write
 
 
-def run_prediction(
-    model_dirs: Sequence[str],
-    data_dir: str,
-    split: str,
-    output: str,
-    *,
-    batch_size: int = settings.PREDICT_BATCH_SIZE,
-    strategy: str = "auto",
-    precision: str = "auto",
-    transfer: str = options.DEFAULT_TRANSFER,
-    threshold: float | None = None,
-    report_dir: str | None = None,
-    bootstrap: int = settings.BOOTSTRAP,
-    progress: bool = True,
-    per_model: bool = False,
-    extra_sidecar: dict[str, Any] | None = None,
-    other_labels_csv: str | None = None,
-    transaction: atomic.Transaction | None = None,
-) -> PredictionResult:
-    """Predicts `split` of `data_dir` with each saved model and writes prediction files and a report.
-
-    Args:
-      model_dirs: folders written by train.py (model.keras + config.json).
-      data_dir: shard folder with manifest.json.
-      split: the split to predict, e.g. "eval".
-      output: the CSV path; with several models, `<stem>.<backbone>.csv` each (see `output_paths`).
-      batch_size: global batch size.
-      strategy: a `models.distribute.STRATEGIES` name.
-      precision: a `models.distribute.PRECISIONS` name; the models compute under it (see `with_precision`).
-      transfer: a `pipeline.options.TRANSFERS` name: how the images reach the models' device.
-      threshold: the report's decision threshold (default 0.5).
-      report_dir: the report folder when labels are known (default `<output stem>_report`).
-      bootstrap: resamples behind the report's 95% intervals.
-      progress: show a progress bar.
-      per_model: write `<output stem>.<name>.csv` even for one model (`output` holds a blend).
-      extra_sidecar: more fields for each prediction file's sidecar (e.g. the raw images' origin).
-      other_labels_csv: another reading of the same images: the report rescores against it and gives
-        Cohen's kappa with the records' own labels (evaluation/agreement.py).
-      transaction: the caller's, for files of its own to change with these (predict.py's blend).
-
-    Returns:
-      The files written (only the chief writes under multi-worker strategies).
-
-    Raises:
-      UserInputError: a missing or unusable model folder, shard folder or split, a model whose image
-        size differs from the shards', or a split whose shards disagree with its manifest.
-    """
+def run_prediction(model_dirs: Sequence[str], data_dir: str, split: str | None, output: str, *,
+                   batch_size: int = settings.PREDICT_BATCH_SIZE, strategy: str = "auto",
+                   precision: str = "auto", transfer: str = options.DEFAULT_TRANSFER,
+                   threshold: float | None = None, report_dir: str | None = None,
+                   bootstrap: int = settings.BOOTSTRAP, progress: bool = True, per_model: bool = False,
+                   extra_sidecar: dict[str, Any] | None = None,
+                   other_labels_csv: str | None = None,
+                   transaction: atomic.Transaction | None = None) -> PredictionResult:
+    """Predicts `split` of `data_dir` (None: the one the manifest makes unambiguous) with each saved
+    model into `output` (several models, or `per_model`: `<stem>.<name>.csv` each) and, when labels
+    are known, a report in `report_dir` (default `<stem>_report`; `threshold` default 0.5), rescored
+    against `other_labels_csv` when given. Only the chief writes under multi-worker strategies."""
     threshold = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
-    manifest, expected, configs = preflight.check_prediction_inputs(
-        model_dirs, data_dir, split, output, report_dir, per_model=per_model, other_labels_csv=other_labels_csv)
+    inputs = preflight.open_prediction_inputs(model_dirs, data_dir, split, output, report_dir,
+                                              per_model=per_model, other_labels_csv=other_labels_csv)
     other = None if other_labels_csv is None else agreement.load_other_labels(other_labels_csv)
     chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
-    transfer = distribute.resolve_transfer(transfer)
-    paths = preflight.output_paths(output, preflight.model_names(model_dirs, configs), per_model=per_model)
-    chief = distribute.is_chief(chosen)
-    loaded = _load_models(model_dirs, configs, manifest, data_dir, chosen, precision)
-    predicted = [
-        _predict_model(model_dir, config, name, paths[name], model, chosen, manifest, data_dir, split, expected,
-                       batch_size=batch_size, transfer=transfer, threshold=threshold, progress=progress,
-                       extra_sidecar=extra_sidecar)
-        for model_dir, config, name, model in zip(model_dirs, configs, paths, loaded)
-    ]
+    job = _Job(inputs, chosen, batch_size, distribute.resolve_transfer(transfer), threshold, progress,
+               extra_sidecar or {})
+    paths = preflight.output_paths(output, preflight.model_names(inputs.runs), per_model=per_model)
+    loaded = []  # every model before any predicting: a broken folder fails before the long work
+    for run in inputs.runs:
+        with chosen.scope():
+            loaded.append(with_precision(load_classifier(run), precision))
+    predicted = [_predict_model(job, run, name, paths[name], model)
+                 for run, name, model in zip(inputs.runs, paths, loaded)]
     scores = [entry for entry, _ in predicted]
-    metrics = other_result = None
+    chief, metrics, other_result = distribute.is_chief(chosen), None, None
     report_dir = report_dir or settings.default_report_dir(output)
     with transaction or atomic.Transaction(output) as tx:  # a failure part way leaves none of these files
         if chief:
@@ -377,12 +267,12 @@ def run_prediction(
             other_result = agreement.write_other_labels(report_dir, other, scores[0].ids, scores, bootstrap)
         if metrics or other_result:
             html_report.write_index(report_dir)
-    return PredictionResult(outputs=paths, records=expected, metrics=metrics,
-                            report_dir=report_dir if metrics or other_result else None, other_labels=other_result)
+    written = report_dir if metrics or other_result else None
+    return PredictionResult(paths, inputs.split.records, metrics, written, other_result)
 
 
 def summary(result: PredictionResult) -> str:
-    """Returns the files a prediction run wrote, with the report table when there is one."""
+    """The files a prediction run wrote, with the report table when there is one."""
     lines = [f"{name}: {result.records} predictions -> {path}" for name, path in result.outputs.items()]
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics)]

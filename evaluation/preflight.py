@@ -1,61 +1,66 @@
-"""What prediction checks before any model runs, without TensorFlow: `predict.py` calls it before
-loading TensorFlow, so a wrong path or flag fails in a second, and `run_prediction` calls it too."""
+"""What prediction and explanation read, opened and checked once before any model runs, without
+TensorFlow: the shard folder and split, the run folders (their image size against the shards'), and
+where the outputs go. The library below trusts what these functions return."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import logging
 
-from contracts import manifest as manifest_lib
-from contracts import run_folder
+from contracts import run_folder, storage
 from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
+from contracts.manifest import MANIFEST, ShardFolder, Split
 from contracts.prediction_files import sidecar_path
-from contracts.run_folder import load_run_config, run_temperature
+from contracts.run_folder import RunFolder
 
 
-def split_manifest(data_dir: str, split: str) -> tuple[dict[str, Any], int]:
-    """Returns the shard folder's manifest and the record count of `split`, checking its shards.
+@dataclasses.dataclass(frozen=True)
+class Explained:
+    """One explained model: its run, name, blend weight and temperature (1: none)."""
 
-    Raises:
-      UserInputError: no manifest, no such split, a missing or out-of-folder shard.
-    """
-    try:
-        manifest = manifest_lib.load_manifest(data_dir)
-        info = manifest_lib.split_info(manifest, split, data_dir)
-        manifest_lib.shard_paths(data_dir, split)
-    except (FileNotFoundError, KeyError) as err:
-        raise UserInputError(err.args[0] if err.args else str(err)) from err
-    return manifest, int(info["records"])
+    run: RunFolder
+    name: str
+    weight: float
+    temperature: float
 
 
-def resolve_split(data_dir: str, split: str | None) -> str:
-    """Returns `split`, or when it is None the split the manifest makes unambiguous
-    (`contracts.manifest.default_split`: test, else the only one besides train), saying which.
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """A checked prediction or explanation: the shards, the split, the runs (an ensemble's members)."""
 
-    Raises:
-      UserInputError: no manifest, or several splits to choose from (the message lists them).
-    """
-    if split is not None:
-        return split
-    try:
-        manifest = manifest_lib.load_manifest(data_dir)
-    except FileNotFoundError as err:
-        raise UserInputError(err.args[0]) from err
-    chosen = manifest_lib.default_split(manifest, data_dir)
-    logging.info("--split not given: reading split %r of %s (its splits: %s)", chosen, data_dir,
-                 ", ".join(sorted(manifest["splits"])))
-    return chosen
+    shards: ShardFolder
+    split: Split
+    runs: tuple[RunFolder, ...]
+    members: tuple[Explained, ...] = ()
+    threshold: float | None = None  # explanation: the ensemble file's, else None
+
+
+def open_split(data_dir: str, split: str | None) -> tuple[ShardFolder, Split]:
+    """The shard folder and its split `split`, or when None the one the manifest makes unambiguous."""
+    shards = ShardFolder.open(data_dir)
+    if split is None:
+        split = shards.default_split()
+        if split is None:
+            names = ", ".join(shards.split_names) or "none"
+            raise UserInputError(f"{shards.manifest_path} has splits {names}; pass --split to name the one "
+                                 "to read")
+        logging.info("--split not given: reading split %r of %s (its splits: %s)", split, data_dir,
+                     ", ".join(shards.split_names))
+    return shards, shards.split(split)
+
+
+def _check_image_size(shards: ShardFolder, runs: Sequence[RunFolder]) -> None:
+    for run in runs:
+        escaped = run.path.replace("{", "{{").replace("}", "}}")
+        shards.check_image_size(run.image_size, escaped + " was trained at {asked} px: rebuild the shards "
+                                "with --image_size={asked}")
 
 
 def output_paths(output: str, names: Sequence[str], *, per_model: bool = False) -> dict[str, str]:
-    """Returns each model's CSV path: `output` itself for one model, else `<output stem>.<name>.csv`
-    (always the latter with `per_model`, when `output` holds something else, e.g. a blend).
-
-    Raises:
-      UserInputError: `output` does not end in .csv.
-    """
+    """Each model's CSV: `output` itself for one model, else (or with `per_model`) `<stem>.<name>.csv`."""
     if not output.endswith(".csv"):
         raise UserInputError(f"--output={output} must name a .csv file, e.g. predictions.csv")
     if len(names) == 1 and not per_model:
@@ -64,116 +69,83 @@ def output_paths(output: str, names: Sequence[str], *, per_model: bool = False) 
     return {name: f"{stem}.{name}.csv" for name in names}
 
 
-def model_names(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]]) -> list[str]:
-    """Returns each model's name in file names and reports: its backbone, with the folder's name
-    when two models share a backbone.
-
-    Raises:
-      UserInputError: two models that would still share a name.
-    """
-    backbones = [c["backbone"] for c in configs]
-    names = [b if backbones.count(b) == 1 else f"{b}.{os.path.basename(os.path.normpath(d))}"
-             for b, d in zip(backbones, model_dirs)]
+def model_names(runs: Sequence[RunFolder]) -> list[str]:
+    """Each model's name in files and reports: its backbone, with its folder's name when two share one."""
+    backbones = [run.backbone for run in runs]
+    names = [b if backbones.count(b) == 1 else f"{b}.{os.path.basename(os.path.normpath(run.path))}"
+             for b, run in zip(backbones, runs)]
     if len(set(names)) != len(names):
-        raise UserInputError(
-            f"--model_dir values {list(model_dirs)} give clashing output names {names}; "
-            "predict them in separate calls with different --output"
-        )
+        raise UserInputError(f"--model_dir values {[run.path for run in runs]} give clashing output names "
+                             f"{names}; predict them in separate calls with different --output")
     return names
 
 
-def check_prediction_outputs(model_dirs: Sequence[str], configs: Sequence[dict[str, Any]], output: str, *,
-                             per_model: bool = False, data_dir: str | None = None, labels_csv: str | None = None,
+def check_prediction_outputs(runs: Sequence[RunFolder], output: str, *, per_model: bool = False,
+                             data_dir: str | None = None, labels_csv: str | None = None,
                              other_labels_csv: str | None = None, ensemble: str | None = None) -> None:
-    """Refuses an --output whose files (each model's CSV, sidecar and .npy; with `per_model`, the
-    blend and its sidecar at `output`) would replace a file the run reads: a model folder's own
-    files, the shard manifest, a labels CSV or the ensemble file.
-
-    Raises:
-      UserInputError: naming --output, the file and the fix (see `check_no_overwrite`).
-    """
-    csvs = list(output_paths(output, model_names(model_dirs, configs), per_model=per_model).values())
+    """Refuses an --output whose files (each model's CSV, sidecar and .npy; with `per_model` the blend
+    and its sidecar) would replace a file the run reads (`check_no_overwrite`)."""
+    csvs = list(output_paths(output, model_names(runs), per_model=per_model).values())
     writes = [p for csv in csvs for p in (csv, sidecar_path(csv), os.path.splitext(csv)[0] + ".npy")]
     writes += [output, sidecar_path(output)] if per_model else []
-    reads = [(f"--model_dir={d} holds (train.py's {name})", os.path.join(d, name))
-             for d in model_dirs for name in run_folder.RUN_FILES]
+    reads = [(f"--model_dir={run.path} holds (train.py's {name})", os.path.join(run.path, name))
+             for run in runs for name in run_folder.RUN_FILES]
     if data_dir is not None:
-        reads.append((f"--data_dir={data_dir} holds (its manifest)", os.path.join(data_dir, manifest_lib.MANIFEST)))
-    reads += [("--labels_csv reads", labels_csv)] if labels_csv else []
-    reads += [("--other_labels_csv reads", other_labels_csv)] if other_labels_csv else []
-    reads += [("--ensemble reads", ensemble)] if ensemble else []
+        reads.append((f"--data_dir={data_dir} holds (its manifest)", storage.join(data_dir, MANIFEST)))
+    reads += [(f"--{flag} reads", path) for flag, path in (("labels_csv", labels_csv),
+                                                           ("other_labels_csv", other_labels_csv),
+                                                           ("ensemble", ensemble)) if path]
     check_no_overwrite([("output", output, path) for path in writes], reads)
 
 
-def check_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str, output: str,
-                            report_dir: str | None, *, per_model: bool = False, other_labels_csv: str | None = None,
-                            ensemble: str | None = None) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
-    """Checks everything a prediction run reads and where it writes, before the work starts.
-
-    Returns:
-      (manifest, records in `split`, each model folder's config.json).
-
-    Raises:
-      UserInputError: naming the flag or file and the fix; among them an output that would
-        replace an input (`check_prediction_outputs`).
-    """
+def _runs(model_dirs: Sequence[str]) -> tuple[RunFolder, ...]:
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
+    return tuple(RunFolder.open(d) for d in model_dirs)
+
+
+def open_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str | None, output: str,
+                           report_dir: str | None, *, per_model: bool = False,
+                           other_labels_csv: str | None = None, ensemble: str | None = None) -> Inputs:
+    """Opens and checks everything a prediction run reads, and where it writes, before the work."""
+    runs = _runs(model_dirs)
     check_output_file(output, "output")
     if report_dir:
         check_output_folder(report_dir, "report_dir")
-    manifest, expected = split_manifest(data_dir, split)
-    configs = [load_run_config(d) for d in model_dirs]
-    check_prediction_outputs(model_dirs, configs, output, per_model=per_model, data_dir=data_dir,
+    shards, chosen = open_split(data_dir, split)
+    check_prediction_outputs(runs, output, per_model=per_model, data_dir=data_dir,
                              other_labels_csv=other_labels_csv, ensemble=ensemble)
-    return manifest, expected, configs
+    _check_image_size(shards, runs)
+    return Inputs(shards, chosen, runs)
 
 
-def check_explained_models(model_dirs: Sequence[str],
-                           ensemble: str | None) -> list[tuple[str, str, float, float]]:
-    """Returns the explained models as (model_dir, name, weight, temperature): the ensemble file's
-    members in blend order, or the one --model_dir (named by its backbone, weight 1, its run's own
-    temperature or 1).
-
-    Raises:
-      UserInputError: no model, several without an ensemble file, or a file that does not match them.
-    """
+def explained_models(model_dirs: Sequence[str], ensemble: str | None) -> tuple[list[Explained], float | None]:
+    """The explained models (the ensemble file's members in blend order, or the one model: weight 1,
+    its run's temperature) and the ensemble file's threshold (None without one)."""
     from contracts import ensemble_file
 
-    if not model_dirs:
-        raise UserInputError("no --model_dir given; pass the folder train.py wrote")
+    runs = _runs(model_dirs)
     if ensemble is not None:
-        pairs = ensemble_file.match_members(ensemble_file.load_ensemble(ensemble), model_dirs)
-        return [(model_dir, member.name, member.weight, member.temperature) for member, model_dir in pairs]
-    if len(model_dirs) > 1:
-        raise UserInputError(f"{len(model_dirs)} --model_dir given without --ensemble; pass the "
-                             ".probabilities.json ensemble.py wrote (its weights blend the maps), or one model")
-    backbone = load_run_config(model_dirs[0])["backbone"]
-    return [(model_dirs[0], backbone, 1.0, run_temperature(model_dirs[0]) or 1.0)]
+        loaded = ensemble_file.load_ensemble(ensemble)
+        by_dir = dict(zip(model_dirs, runs))
+        return [Explained(by_dir[d], m.name, m.weight, m.temperature)
+                for m, d in ensemble_file.match_members(loaded, model_dirs)], loaded.threshold
+    if len(runs) > 1:
+        raise UserInputError(f"{len(runs)} --model_dir given without --ensemble; pass the .probabilities"
+                             ".json ensemble.py wrote (its weights blend the maps), or one model")
+    return [Explained(runs[0], runs[0].backbone, 1.0, runs[0].temperature or 1.0)], None
 
 
-def check_explain_inputs(model_dirs: Sequence[str], ensemble: str | None, data_dir: str, split: str,
-                         output_dir: str) -> tuple[dict[str, Any], int, int]:
-    """Checks what explain.py reads and where it writes, before any model loads.
-
-    Returns:
-      (manifest, records in `split`, the models' image size).
-
-    Raises:
-      UserInputError: no model, several without an ensemble file, an ensemble file that does not
-        match the folders, models of different image sizes or of another size than the shards, an
-        unusable output folder, or a bad shard folder or split.
-    """
-    check_explained_models(model_dirs, ensemble)
+def open_explain_inputs(model_dirs: Sequence[str], ensemble: str | None, data_dir: str, split: str | None,
+                        output_dir: str) -> Inputs:
+    """Opens and checks what explain.py reads, and where it writes, before any model loads."""
+    members, threshold = explained_models(model_dirs, ensemble)
     check_output_folder(output_dir, "output_dir")
-    sizes = sorted({int(load_run_config(d)["image_size"]) for d in model_dirs})
+    sizes = sorted({m.run.image_size for m in members})
     if len(sizes) > 1:
         raise UserInputError(f"the --model_dir models were trained at {sizes} px; an ensemble's maps are "
                              "averaged pixel by pixel, so explain models of one image size together")
-    manifest, expected = split_manifest(data_dir, split)
-    try:
-        manifest_lib.check_image_size(manifest, sizes[0], data_dir,
-                                      "the models were trained at {asked} px: rebuild the shards at that size")
-    except ValueError as err:
-        raise UserInputError(str(err)) from err
-    return manifest, expected, sizes[0]
+    shards, chosen = open_split(data_dir, split)
+    runs = tuple(m.run for m in members)
+    _check_image_size(shards, runs)
+    return Inputs(shards, chosen, runs, tuple(members), threshold)

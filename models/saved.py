@@ -6,7 +6,7 @@ import os
 import zipfile
 
 from contracts.errors import UserInputError
-from contracts.run_folder import CONFIG, MODEL, load_run_config
+from contracts.run_folder import CONFIG, RunFolder
 
 RESTORE = "retrain into this model_dir or restore the run folder from a copy"
 
@@ -25,8 +25,8 @@ def _check_archive(path: str) -> None:
         raise UserInputError(f"{path}: damaged (its member {damaged!r} fails its CRC-32 check); {RESTORE}")
 
 
-def load_classifier(model_dir: str):
-    """Loads `model_dir/model.keras` with safe_mode=True: (B, S, S, 3) 0..255 in, (B, 2) softmax out.
+def load_classifier(run: RunFolder | str):
+    """Loads `model_dir/model.keras` with safe_mode=True (no arbitrary code from the file).
 
     Raises UserInputError when it or config.json is missing, it is truncated, damaged or not a
     two-class classifier, or takes another image size than config.json records.
@@ -35,10 +35,10 @@ def load_classifier(model_dir: str):
 
     import models.preprocessing  # noqa: F401  (registers the project's layers for safe_mode)
 
-    path = os.path.join(model_dir, MODEL)
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    model_dir, config, path = run.path, run.config, run.model_path
     if not os.path.exists(path):
         raise UserInputError(f"{path} not found: train a model into model_dir={model_dir} first")
-    config = load_run_config(model_dir)
     _check_archive(path)
     try:
         model = keras.models.load_model(path, safe_mode=True)

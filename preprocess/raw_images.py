@@ -14,7 +14,7 @@ from contracts import manifest as manifest_lib
 from contracts.errors import UserInputError, check_output_file
 from contracts.labels_csv import load_labels
 from contracts.prediction_files import few
-from contracts.run_folder import load_run_config
+from contracts.run_folder import RunFolder
 from preprocess import sources
 from preprocess.config import BuildConfig, NothingToBuild
 from preprocess.images import MAX_IMAGE_PIXELS
@@ -33,7 +33,7 @@ class RawImages:
 def _max_pixels(config: dict[str, Any]) -> int:
     """The pixel limit of the shards a model trained on (the builder's default when unknown)."""
     try:
-        built = manifest_lib.load_manifest(config["data_dir"]).get("config", {})
+        built = manifest_lib.ShardFolder.open(config["data_dir"]).manifest["config"]
     except (OSError, ValueError, KeyError):
         return MAX_IMAGE_PIXELS
     return int(built.get("max_image_pixels") or MAX_IMAGE_PIXELS)
@@ -60,7 +60,7 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
     check_output_file(output, output_flag)
-    configs = [load_run_config(d) for d in model_dirs]
+    configs = [RunFolder.open(d).config for d in model_dirs]
     sizes = sorted({int(c["image_size"]) for c in configs})
     if len(sizes) > 1:
         raise UserInputError(f"the --model_dir models were trained at {sizes} px; score raw images with "

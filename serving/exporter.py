@@ -38,11 +38,12 @@ def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float |
             f"{len(model_dirs)} --model_dir values need --ensemble=FILE (the .probabilities.json that "
             "ensemble.py wrote beside its submission) for their weights and threshold")
     if ensemble is None:
-        name = run_folder.load_run_config(model_dirs[0])["backbone"]
+        run = run_folder.RunFolder.open(model_dirs[0])
+        name = run.backbone
         chosen = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
-        temperature = run_folder.run_temperature(model_dirs[0])
+        temperature = run.temperature
         if temperature is None:
-            logging.warning("%s", run_folder.no_temperature_note(model_dirs[0]))
+            logging.warning("%s", run.no_temperature_note())
         return [(name, 1.0, model_dirs[0], temperature or 1.0)], chosen
     if threshold is not None:
         raise UserInputError("--threshold and --ensemble both set the threshold; drop --threshold "
@@ -56,7 +57,7 @@ def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float |
 def _max_pixels(config: dict[str, Any]) -> int:
     # Refuse what the training shards' builder refused; its manifest records the limit.
     try:
-        manifest = manifest_lib.load_manifest(config["data_dir"])
+        manifest = manifest_lib.ShardFolder.open(config["data_dir"]).manifest
         return int(manifest["config"].get("max_image_pixels", MAX_IMAGE_PIXELS))
     except (KeyError, OSError, ValueError, TypeError):
         return MAX_IMAGE_PIXELS
@@ -111,10 +112,9 @@ def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | No
     _check_export_dir(export_dir)
     configs, classifiers = [], []
     for _, _, model_dir, _ in members:
-        config = run_folder.load_run_config(model_dir)
-        config["train_crop"] = run_folder.train_crop(model_dir, config)
-        configs.append(config)
-        classifiers.append(load_classifier(model_dir))
+        run = run_folder.RunFolder.open(model_dir)
+        configs.append({**run.config, "train_crop": run.crop})
+        classifiers.append(load_classifier(run))
     sizes = sorted({int(c.input_shape[1]) for c in classifiers})
     if len(sizes) > 1:
         raise UserInputError(f"the models were trained at different image sizes {sizes}; export them "

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow as tf  # noqa: E402
 
+from contracts.manifest import ShardFolder  # noqa: E402
 from pipeline import input_pipeline  # noqa: E402
 
 IMAGE_SIZE = 32
@@ -46,7 +47,8 @@ def train_report(strategy, data_dir: str) -> dict:
     dataset = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_train_dataset(
             # Deterministic, so that the first TRAIN_STEPS steps are exactly one epoch.
-            data_dir, "train", GLOBAL_BATCH, IMAGE_SIZE, deterministic=True, input_context=context
+            ShardFolder.open(data_dir), "train", GLOBAL_BATCH, input_pipeline.StreamOptions(deterministic=True),
+            input_context=context
         )
     )
 
@@ -75,7 +77,7 @@ def eval_ids(strategy, data_dir: str) -> list[str]:
     """Returns the ids every local replica received, step by step, replica by replica."""
     dataset = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_eval_dataset(
-            data_dir, "val", GLOBAL_BATCH, IMAGE_SIZE, input_context=context
+            ShardFolder.open(data_dir), "val", GLOBAL_BATCH, input_context=context
         )
     )
     ids = []

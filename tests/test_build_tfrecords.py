@@ -113,24 +113,24 @@ def test_the_manifest_keeps_shard_sizes_and_readers_refuse_a_cut_copy(synthetic_
         f.write(cut)
     # Why the sizes are kept: TensorFlow reads this copy without an error, one record short.
     assert sum(1 for _ in tf.data.TFRecordDataset(path)) == whole - 1
-    manifest_lib.shard_paths(out, "val")  # the other splits' shards are whole
+    manifest_lib.ShardFolder.open(out).split("val")  # the other splits' shards are whole
     with pytest.raises(UserInputError, match=re.escape(
             f"{path} is {len(cut):,} bytes but the builder wrote {len(data):,} (cut short): a damaged or partial copy")):
-        manifest_lib.shard_paths(out, "train")
+        manifest_lib.ShardFolder.open(out).split("train")
     # The fix the message gives, in the folder copied elsewhere: the build resumes there.
     moved = str(tmp_path / "moved")
     shutil.copytree(out, moved)
     assert builder.build(config_for(synthetic_data, moved, crop="none")).ok
     with open(os.path.join(moved, os.path.basename(path)), "rb") as f:
         assert f.read() == data  # made again, not kept as finished
-    manifest_lib.shard_paths(moved, "train")
+    manifest_lib.ShardFolder.open(moved).split("train")
     # A manifest whose sizes are not byte counts is refused, not read as "no sizes".
     for nonsense in ("oops", [1, 2], {os.path.basename(path): "52997"}, {os.path.basename(path): -1}):
         manifest = json.load(open(os.path.join(moved, "manifest.json")))
         manifest["splits"]["train"][manifest_lib.SHARD_BYTES] = nonsense
         json.dump(manifest, open(os.path.join(moved, "manifest.json"), "w"))
         with pytest.raises(UserInputError, match="shard_bytes of split 'train' is not a map of shard name to byte count"):
-            manifest_lib.shard_paths(moved, "train")
+            manifest_lib.ShardFolder.open(moved).split("train")
 
 
 def test_grouped_split_has_no_patient_in_two_splits(synthetic_data, tmp_path):

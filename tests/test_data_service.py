@@ -43,15 +43,16 @@ def cluster():
 
 def shard_records(data_dir: str, split: str) -> list[dict]:
     """Every record of `split`, read from the shard files the manifest lists, without the pipeline."""
-    paths = manifest_lib.shard_paths(data_dir, split)
+    paths = list(manifest_lib.ShardFolder.open(data_dir).split(split).paths)
     return [records.example_to_dict(r.numpy()) for r in tf.data.TFRecordDataset(paths)]
 
 
 def test_one_pass_gives_every_training_record_to_exactly_one_of_two_trainers(shards, cluster):
     data_dir, written = shards
     target, _ = cluster
-    trainers = [iter(input_pipeline.make_service_pass(data_dir, "train", BATCH, SIZE, service=target,
-                                                      job_name="one-pass-test", seed=1)) for _ in range(2)]
+    stream = input_pipeline.StreamOptions(seed=1, data_service=target, job_name="one-pass-test")
+    folder = manifest_lib.ShardFolder.open(data_dir)
+    trainers = [iter(input_pipeline.make_service_pass(folder, "train", BATCH, stream)) for _ in range(2)]
     seen, pixels = [], {r["image_id"]: r["pixels"] for r in written["train"]}
     stored = shard_records(data_dir, "train")
     labels = {r["image_id"]: r["label"] for r in stored}
@@ -90,7 +91,7 @@ def test_service_flags_refuse_what_the_service_cannot_do(shards):
         holder.bind(("", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        with pytest.raises(UserInputError, match=f"--port={busy}: .* probably in use"):
+        with pytest.raises(UserInputError, match=f"port {busy}: .* probably in use"):
             service.start_dispatcher(busy)
     base = dict(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=BATCH)
     assert resolve_config(TrainConfig(**base, data_service="localhost:5050")).data_service == "grpc://localhost:5050"

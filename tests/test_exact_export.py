@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import models
 from contracts.errors import UserInputError
+from contracts.manifest import ShardFolder
 from evaluation import prediction
 from models import builder
 from tests.shard_factory import synthetic_pixels, write_shards
@@ -97,7 +98,7 @@ def _reproduces_val_predictions(data_dir, model_dir, precision, tolerance, check
     saved = keras.models.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
     assert {layer.dtype_policy.name for layer in models.all_layers(saved)} == {"float32"}
     if check_saved_file:  # model.keras as loaded computes in float32
-        outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), data_dir, "val", 8, SIZE,
+        outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), ShardFolder.open(data_dir), "val", 8,
                                            progress=False)
         from_file = pd.Series(outputs.softmax[:, 1], index=outputs.ids)
         np.testing.assert_allclose(from_file[validated.index], validated["p_uncalibrated"], atol=tolerance)
@@ -135,7 +136,7 @@ def test_mixed_precision_export_and_predict_reproduce_validation(policy, shards,
     # bfloat16, with 8 significant bits, moves many by ~0.2), so the typical image is compared.
     if policy == "mixed_float16":
         saved = keras.models.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
-        outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), shards, "val", 8, SIZE,
+        outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), ShardFolder.open(shards), "val", 8,
                                            progress=False)
         validated = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")
         gap = np.abs(pd.Series(outputs.softmax[:, 1], index=outputs.ids)[validated.index] - validated["p_uncalibrated"])

@@ -148,13 +148,26 @@ TINY_CENTRES = 4 * np.arange(SIZE // 4) + 3.5
 def test_cropped_shards_are_not_scored_and_say_why(world, tmp_path, capsys):
     shards, out = str(tmp_path / "cropped"), str(tmp_path / "explained")
     shutil.copytree(world["shards"], shards)
-    manifest = manifest_lib.load_manifest(shards)
+    manifest = manifest_lib.ShardFolder.open(shards).manifest
     manifest["config"]["crop"] = "bbox"  # as --crop=bbox would have built it
     manifest_lib.write_manifest(shards, manifest)
     result = explanation.run_explain([world["runs"][0]], shards, "test", out, per_group=1, progress=False)
     assert result.localization == {"scored": False, "reason": explanation.NOT_SCORED_CROPPED}
     assert folder_lib.load_index(out)["localization"]["scored"] is False and result.images  # the gallery still is
     assert explanation.summary(result).splitlines()[-1] == f"localization: not scored: {explanation.NOT_SCORED_CROPPED}"
+
+
+def test_shards_on_another_file_system_are_explained_as_local_ones(world, tmp_path):
+    """ram:// stands for gs:// here: TensorFlow's in-memory file system, seen by this process only."""
+    remote = "ram://explain-test/shards"
+    tf.io.gfile.makedirs(remote)
+    for name in os.listdir(world["shards"]):
+        tf.io.gfile.copy(os.path.join(world["shards"], name), f"{remote}/{name}", overwrite=True)
+    run = [world["runs"][0]]
+    here = explanation.run_explain(run, world["shards"], "test", str(tmp_path / "here"), per_group=1, progress=False)
+    far = explanation.run_explain(run, remote, None, str(tmp_path / "far"), per_group=1, progress=False)
+    assert far.images == here.images and far.localization == here.localization and far.localization["images"]
+    assert folder_lib.load_index(str(tmp_path / "far"))["source"] == {"data_dir": remote, "split": "test"}
 
 
 def _independent_map(classifier: keras.Model, pixels: np.ndarray) -> np.ndarray:
@@ -238,7 +251,8 @@ def test_the_ensemble_map_is_the_weighted_mean_of_its_members_maps(world, tmp_pa
     assert index["threshold"] == 0.35 and [m["weight"] for m in index["models"]] == [0.3, 0.7]
     image_ids = [e["image_id"] for e in index["images"]]
     records = {}
-    for record in explanation.read_records(world["shards"], "test", SIZE, image_ids, with_boxes=False):
+    for record in explanation.read_records(manifest_lib.ShardFolder.open(world["shards"]), "test", image_ids,
+                                           with_boxes=False):
         records[record["image_id"]] = record
     pixels = np.repeat(np.stack([records[i]["gray"] for i in image_ids])[..., None], 3, -1).astype(np.float32)
     classifiers = [load_classifier(run) for run in runs]

@@ -14,6 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import ensemble_file
+from contracts.manifest import ShardFolder
 from evaluation import ensembling, prediction
 from preprocess import images as builder_images
 from serving import decode, exporter
@@ -441,7 +442,7 @@ def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(run
     assert np.ptp(offline.to_numpy()) > 1e-3  # the model's output depends on the pixels
     # And the pixels themselves: the graph's decode + resize against what the builder stored.
     stored = {}
-    for batch in input_pipeline.make_eval_dataset(shards, "eval", 32, SIZE):
+    for batch in input_pipeline.make_eval_dataset(ShardFolder.open(shards), "eval", 32):
         for image_id, image in zip(batch["image_id"].numpy(), batch["image"].numpy()):
             stored[image_id.decode()] = image[..., 0]
     decoded = tf.map_fn(lambda b: decode.bytes_to_pixels(b, SIZE), tf.constant(data),

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from contracts.errors import UserInputError
+from contracts.manifest import ShardFolder
 from pipeline import input_pipeline
+from pipeline.input_pipeline import StreamOptions
 from pipeline.service import free_local_ports
 from tests import shard_factory
 
@@ -28,7 +31,7 @@ def shards(tmp_path_factory):
         data_dir, {"train": TRAIN_RECORDS, "val": VAL_RECORDS},
         image_size=IMAGE_SIZE, shards_per_split=SHARDS,
     )
-    return data_dir, written
+    return ShardFolder.open(data_dir), written
 
 
 def _ids(batch) -> list[str]:
@@ -49,7 +52,7 @@ def _assert_pixels_match(batch, rows_by_id):
 
 def test_eval_yields_each_record_once_in_order_with_partial_last_batch(shards):
     data_dir, written = shards
-    dataset = input_pipeline.make_eval_dataset(data_dir, "val", 4, IMAGE_SIZE)
+    dataset = input_pipeline.make_eval_dataset(data_dir, "val", 4)
     batches = list(dataset)
     assert [len(b["image_id"]) for b in batches] == [4, 4, 4, 1]
     assert [i for b in batches for i in _ids(b)] == [r["image_id"] for r in written["val"]]
@@ -58,7 +61,7 @@ def test_eval_yields_each_record_once_in_order_with_partial_last_batch(shards):
 def test_eval_pixels_labels_and_types_equal_what_was_written(shards):
     data_dir, written = shards
     rows_by_id = {r["image_id"]: r for r in written["val"]}
-    for batch in input_pipeline.make_eval_dataset(data_dir, "val", 5, IMAGE_SIZE):
+    for batch in input_pipeline.make_eval_dataset(data_dir, "val", 5):
         assert batch["image"].dtype == tf.float32
         assert batch["label"].dtype == tf.int32
         assert batch["image"].shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3)
@@ -69,7 +72,7 @@ def test_eval_pixels_labels_and_types_equal_what_was_written(shards):
 
 def test_train_pixels_equal_what_was_written_with_static_shapes(shards):
     data_dir, written = shards
-    dataset = input_pipeline.make_train_dataset(data_dir, "train", 8, IMAGE_SIZE)
+    dataset = input_pipeline.make_train_dataset(data_dir, "train", 8)
     assert dataset.element_spec["image"].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert dataset.element_spec["label"].shape == (8,)
     rows_by_id = {r["image_id"]: r for r in written["train"]}
@@ -85,7 +88,7 @@ def test_train_repeats_in_full_batches_one_whole_epoch_at_a_time(shards):
     data_dir, written = shards
     # 40 records in batches of 8: five batches per epoch; three epochs.
     dataset = input_pipeline.make_train_dataset(
-        data_dir, "train", 8, IMAGE_SIZE, seed=1, deterministic=True
+        data_dir, "train", 8, StreamOptions(seed=1, deterministic=True)
     )
     ids = _take_ids(dataset, 3 * TRAIN_RECORDS // 8)
     everything = sorted(r["image_id"] for r in written["train"])
@@ -104,7 +107,7 @@ def test_two_input_pipelines_cover_every_record_once_per_epoch(shards):
         )
         # Global batch 4 over 2 replicas: 2 per replica; each worker reads 2 shards of 10 records.
         dataset = input_pipeline.make_train_dataset(
-            data_dir, "train", 4, IMAGE_SIZE, deterministic=True, input_context=context
+            data_dir, "train", 4, StreamOptions(deterministic=True), input_context=context
         )
         assert dataset.element_spec["image"].shape[0] == 2
         per_worker.append(_take_ids(dataset, 2 * 10))
@@ -120,8 +123,8 @@ def test_more_input_pipelines_than_shards_fails_naming_the_fix(shards):
     context = tf.distribute.InputContext(
         num_input_pipelines=SHARDS + 1, input_pipeline_id=0, num_replicas_in_sync=SHARDS + 1
     )
-    with pytest.raises(ValueError, match="--num_shards"):
-        input_pipeline.make_train_dataset(data_dir, "train", 10, IMAGE_SIZE, input_context=context)
+    with pytest.raises(ValueError, match="num_shards of at least 5"):
+        input_pipeline.make_train_dataset(data_dir, "train", 10, input_context=context)
 
 
 def test_same_seed_gives_same_first_batches_when_deterministic(shards):
@@ -129,7 +132,7 @@ def test_same_seed_gives_same_first_batches_when_deterministic(shards):
 
     def first_batches(seed):
         dataset = input_pipeline.make_train_dataset(
-            data_dir, "train", 8, IMAGE_SIZE, seed=seed, deterministic=True
+            data_dir, "train", 8, StreamOptions(seed=seed, deterministic=True)
         )
         return [(_ids(b), b["image"].numpy()) for b in dataset.take(7)]
 
@@ -144,7 +147,7 @@ def test_cache_serves_the_same_records(shards):
     data_dir, written = shards
     rows_by_id = {r["image_id"]: r for r in written["train"]}
     dataset = input_pipeline.make_train_dataset(
-        data_dir, "train", 8, IMAGE_SIZE, cache=True, deterministic=True
+        data_dir, "train", 8, StreamOptions(cache=True, deterministic=True)
     )
     assert dataset.element_spec["image"].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 3)
     batches = list(dataset.take(2 * TRAIN_RECORDS // 8))  # the second epoch reads the cache
@@ -153,8 +156,8 @@ def test_cache_serves_the_same_records(shards):
     ids = [i for b in batches for i in _ids(b)]
     assert sorted(ids[TRAIN_RECORDS:]) == sorted(rows_by_id)
 
-    cached = input_pipeline.make_eval_dataset(data_dir, "val", 4, IMAGE_SIZE, cache=True)
-    plain = input_pipeline.make_eval_dataset(data_dir, "val", 4, IMAGE_SIZE)
+    cached = input_pipeline.make_eval_dataset(data_dir, "val", 4, cache=True)
+    plain = input_pipeline.make_eval_dataset(data_dir, "val", 4)
     for _ in range(2):
         for a, b in zip(cached, plain, strict=True):
             assert _ids(a) == _ids(b)
@@ -165,12 +168,8 @@ def test_cache_serves_the_same_records(shards):
 def test_uint8_gray_emits_the_decoded_pixels_unexpanded(shards, cache):
     data_dir, written = shards
     rows_by_id = {r["image_id"]: r for r in written["train"] + written["val"]}
-    train = input_pipeline.make_train_dataset(
-        data_dir, "train", 8, IMAGE_SIZE, cache=cache, uint8_gray=True
-    )
-    evaluation = input_pipeline.make_eval_dataset(
-        data_dir, "val", 8, IMAGE_SIZE, cache=cache, uint8_gray=True
-    )
+    train = input_pipeline.make_train_dataset(data_dir, "train", 8, StreamOptions(cache=cache, uint8_gray=True))
+    evaluation = input_pipeline.make_eval_dataset(data_dir, "val", 8, cache=cache, uint8_gray=True)
     assert train.element_spec["image"].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 1)
     for batch in [*train.take(2), *evaluation]:
         assert batch["image"].dtype == tf.uint8
@@ -178,25 +177,32 @@ def test_uint8_gray_emits_the_decoded_pixels_unexpanded(shards, cache):
             np.testing.assert_array_equal(image[..., 0], rows_by_id[image_id]["pixels"])
 
 
-def test_file_pattern_reads_the_same_records_as_the_manifest(shards):
+def test_a_shard_folder_on_another_file_system_reads_the_same_records(shards):
     data_dir, written = shards
-    pattern = os.path.join(data_dir, "val-*.tfrecord")
-    ids = [i for b in input_pipeline.make_eval_dataset(pattern, "val", 4, IMAGE_SIZE) for i in _ids(b)]
+    remote = "ram://input-pipeline-test/shards"
+    tf.io.gfile.makedirs(remote)
+    for name in tf.io.gfile.listdir(data_dir.path):
+        tf.io.gfile.copy(os.path.join(data_dir.path, name), f"{remote}/{name}", overwrite=True)
+    folder = ShardFolder.open(remote)
+    assert folder.split("val").paths[0].startswith(remote + "/val-")
+    ids = [i for b in input_pipeline.make_eval_dataset(folder, "val", 4) for i in _ids(b)]
     assert ids == [r["image_id"] for r in written["val"]]
-    with pytest.raises(FileNotFoundError, match="no file matches"):
-        input_pipeline.list_shards(os.path.join(data_dir, "nothing-*.tfrecord"), "val")
+    tf.io.gfile.remove(folder.split("train").paths[-1])  # the checks reach the URL too
+    with pytest.raises(UserInputError, match="1 shard.s. of split 'train' listed in the manifest are missing"):
+        ShardFolder.open(remote).split("train")
 
 
-def test_image_size_other_than_the_build_fails_early(shards):
+def test_an_image_size_other_than_the_build_is_refused_naming_both(shards):
     data_dir, _ = shards
-    with pytest.raises(ValueError, match="built at 32 px, not 64"):
-        input_pipeline.make_eval_dataset(data_dir, "val", 4, 64)
+    assert data_dir.check_image_size(None, "") == data_dir.check_image_size(IMAGE_SIZE, "") == IMAGE_SIZE
+    with pytest.raises(UserInputError, match="built at 32 px, not 64; rebuild at 64 or pass 32"):
+        data_dir.check_image_size(64, "rebuild at {asked} or pass {stored}")
 
 
 def test_empty_split_fails_instead_of_yielding_nothing(tmp_path):
     shard_factory.write_shards(str(tmp_path), {"train": 0}, image_size=IMAGE_SIZE)
     with pytest.raises(ValueError, match="no records"):
-        input_pipeline.make_train_dataset(str(tmp_path), "train", 4, IMAGE_SIZE)
+        input_pipeline.make_train_dataset(ShardFolder.open(str(tmp_path)), "train", 4)
 
 
 def _run_check(args, env=None) -> subprocess.Popen:
@@ -214,7 +220,7 @@ def _report(process: subprocess.Popen) -> dict:
 
 def test_mirrored_strategy_over_two_logical_cpus_consumes_both_datasets(shards):
     data_dir, written = shards
-    report = _report(_run_check(["mirrored", data_dir]))
+    report = _report(_run_check(["mirrored", data_dir.path]))
     assert report["replicas"] == 2
     # One epoch of training: 10 steps of global batch 4, 2 per replica, summed across replicas.
     assert report["train_batch_sizes"] == [[2, 2]] * 10
@@ -231,7 +237,7 @@ def test_multi_worker_mirrored_strategy_with_two_local_workers(shards):
     for index in range(2):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
-        processes.append(_run_check(["multi_worker", data_dir], env=env))
+        processes.append(_run_check(["multi_worker", data_dir.path], env=env))
     reports = [_report(p) for p in processes]
     train_ids = [i for r in reports for i in r["train_ids"]]
     eval_ids = [i for r in reports for i in r["eval_ids"]]

@@ -149,8 +149,8 @@ def test_manifest_carries_a_schema_version_and_old_manifests_still_read(tmp_path
     del record["schema_version"]  # as today's builder's shards were written
     with open(path, "w") as f:
         json.dump(record, f)
-    assert manifest_lib.load_manifest(folder)["schema_version"] == 1
-    ids = [i.decode() for batch in input_pipeline.make_eval_dataset(folder, "eval", 4, 16)
+    assert manifest_lib.ShardFolder.open(folder).schema_version == 1
+    ids = [i.decode() for batch in input_pipeline.make_eval_dataset(manifest_lib.ShardFolder.open(folder), "eval", 4)
            for i in batch["image_id"].numpy()]
     assert sorted(ids) == sorted(r["image_id"] for r in written["eval"])
 

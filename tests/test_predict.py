@@ -14,10 +14,11 @@ import pytest
 import tensorflow as tf
 
 import models
-from contracts import manifest as manifest_lib
 from contracts import records, run_folder
 from contracts.errors import UserInputError
+from contracts.manifest import ShardFolder
 from contracts.prediction_files import read_predictions
+from contracts.run_folder import RunFolder
 from evaluation import prediction
 from pipeline.service import free_local_ports
 from tests.shard_factory import write_shards
@@ -161,9 +162,13 @@ def test_shards_that_disagree_with_the_manifest_are_refused(labeled, tmp_path):
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_duplicate_ids_are_refused():
-    with pytest.raises(UserInputError, match=r"1 image id\(s\) occur in several records: b\.png"):
-        prediction.check_one_row_per_record(np.array(["a.png", "b.png", "b.png"]), 3, "shards", "eval")
+def test_duplicate_ids_are_refused(labeled):
+    shards = ShardFolder.open(labeled["shards"])
+    ids = np.array([r["image_id"] for r in labeled["written"]])
+    prediction.check_one_row_per_record(ids, shards, "eval")
+    ids[1] = ids[0]
+    with pytest.raises(UserInputError, match=rf"1 image id\(s\) occur in several records: {ids[0]}"):
+        prediction.check_one_row_per_record(ids, shards, "eval")
 
 
 def test_bad_model_and_data_folders_are_refused(labeled, tmp_path):
@@ -226,7 +231,7 @@ def test_a_default_build_of_the_real_sample_is_predicted_on_its_test_split(nih_s
 @pytest.mark.parametrize("splits, chosen", [({"train": 4, "val": 3}, "val"), ({"eval": 3}, "eval"),
                                             ({"train": 4, "val": 3, "test": 2}, "test")])
 def test_without_split_the_unambiguous_one_is_read(splits, chosen):
-    assert manifest_lib.default_split({"splits": splits}, "shards") == chosen
+    assert ShardFolder("shards", {"splits": splits}, SIZE, None).default_split() == chosen
 
 
 def test_without_split_an_ambiguous_folder_is_refused_naming_its_splits(labeled, tmp_path):
@@ -304,11 +309,39 @@ def test_two_workers_gather_every_record_and_only_the_chief_writes(labeled, tmp_
 
 
 def test_training_crop_comes_from_config_then_val_sidecar_then_manifest(tmp_path, labeled):
-    assert run_folder.train_crop(str(tmp_path), {"crop": "bbox", "data_dir": labeled["shards"]}) == "bbox"
-    assert run_folder.train_crop(str(tmp_path), {"data_dir": labeled["shards"]}) == "none"  # the manifest's
-    assert run_folder.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) is None
+    def crop(**config):
+        (tmp_path / run_folder.CONFIG).write_text(json.dumps({"backbone": "resnet50", **config}))
+        return RunFolder.open(str(tmp_path)).crop
+
+    assert crop(crop="bbox", data_dir=labeled["shards"]) == "bbox"
+    assert crop(data_dir=labeled["shards"]) == "none"  # the manifest's
+    assert crop(data_dir="relative/elsewhere") is None
     (tmp_path / run_folder.VAL_SIDECAR).write_text(json.dumps({"backbone": "resnet50", "train_crop": "bbox"}))
-    assert run_folder.train_crop(str(tmp_path), {"data_dir": "relative/elsewhere"}) == "bbox"
+    assert crop(data_dir="relative/elsewhere") == "bbox"
+
+
+def test_trains_and_predicts_from_shards_on_another_file_system(tmp_path):
+    """ram:// stands for gs:// here: TensorFlow's in-memory file system, seen by this process only."""
+    from training.config import TrainConfig
+    from training.loop import run_training
+
+    local, remote = str(tmp_path / "shards"), "ram://predict-test/shards"
+    write_shards(local, {"train": 16, "val": 8}, image_size=SIZE, seed=3)
+    tf.io.gfile.makedirs(remote)
+    for name in os.listdir(local):
+        tf.io.gfile.copy(os.path.join(local, name), f"{remote}/{name}", overwrite=True)
+    model_dir = str(tmp_path / "run")
+    run_training(TrainConfig(backbone="tiny_test", data_dir=remote, weights="none", global_batch_size=8, epochs=1,
+                             precision="float32", strategy="default"), model_dir)
+    output = str(tmp_path / "p.csv")
+    result = prediction.run_prediction([model_dir], remote, None, output, batch_size=4, bootstrap=0, progress=False)
+    assert result.records == 8 and json.loads((tmp_path / "p.json").read_text())["data_dir"] == remote
+    # The same images through training's validation pass and through prediction: the same outputs.
+    predicted = read_predictions(output)
+    validated = read_predictions(os.path.join(model_dir, run_folder.VAL_PREDICTIONS))
+    assert sorted(predicted.ids) == sorted(validated.ids) and len(predicted.ids) == 8
+    order = pd.Series(np.arange(8), index=validated.ids)[predicted.ids].to_numpy()
+    np.testing.assert_allclose(predicted.uncalibrated, validated.uncalibrated[order], atol=1e-5)
 
 
 def test_a_second_label_set_rescores_the_same_predictions(labeled, tmp_path):

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from contracts.errors import UserInputError
+from contracts.manifest import ShardFolder
 from models import distribute
 from pipeline.service import free_local_ports
 from tests.shard_factory import write_shards
@@ -167,9 +168,10 @@ def test_balanced_class_weights_follow_the_manifest_counts(shards):
     data_dir, written = shards
     labels = [r["label"] for r in written["train"]]
     normal, abnormal = labels.count(0), labels.count(1)
-    weights = config_lib.class_weights(_config(data_dir, class_weight="balanced"))
+    shards = ShardFolder.open(data_dir)
+    weights = config_lib.class_weights(_config(data_dir, class_weight="balanced"), shards)
     assert weights == pytest.approx((len(labels) / (2 * normal), len(labels) / (2 * abnormal)))
-    assert config_lib.class_weights(_config(data_dir)) is None
+    assert config_lib.class_weights(_config(data_dir), shards) is None
 
 
 def test_step_loss_is_the_class_weighted_sum_over_the_global_batch():

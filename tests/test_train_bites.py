@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from contracts import run_folder
+from contracts.manifest import ShardFolder
 from models import all_layers, build_model
 from pipeline import input_pipeline
 from tests.shard_factory import write_shards
@@ -255,7 +256,7 @@ def _assert_exports_are_epoch(model_dir: str, data_dir: str, epoch: int) -> None
     exported = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False, safe_mode=True)
     _assert_lists_equal(exported.get_weights(), _checkpoint_weights(model_dir, epoch),
                         f"model.keras vs ckpt-{epoch}")
-    batches = list(input_pipeline.make_eval_dataset(data_dir, "val", 16, SIZE))
+    batches = list(input_pipeline.make_eval_dataset(ShardFolder.open(data_dir), "val", 16))
     ids = np.concatenate([b["image_id"].numpy() for b in batches]).astype(str)
     probabilities = np.concatenate([exported(b["image"], training=False).numpy()[:, 1] for b in batches])
     written = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")

@@ -116,7 +116,7 @@ def test_training_with_a_gpu_feeds_uint8_by_default_and_saves_the_float_model(sh
     fed = []
     real = input_pipeline.make_train_dataset
     monkeypatch.setattr(input_pipeline, "make_train_dataset",
-                        lambda *args, **kwargs: fed.append(kwargs["uint8_gray"]) or real(*args, **kwargs))
+                        lambda *args, **kwargs: fed.append(kwargs["stream"].uint8_gray) or real(*args, **kwargs))
     predictions = {}
     for name, transfer, gpu in (("gpu", "auto", True), ("float", "float32", False)):
         _with_a_gpu(monkeypatch, visible=gpu)

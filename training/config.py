@@ -7,10 +7,10 @@ import json
 import os
 from typing import Any
 
-from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.atomic import write_json
 from contracts.errors import UserInputError
+from contracts.manifest import ShardFolder
 from models import registry
 from pipeline import options
 
@@ -64,14 +64,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise UserInputError(f"{name}={value!r} is not valid; choose one of {', '.join(choices)}")
 
 
-def _split(manifest: dict[str, Any], split: str, data_dir: str) -> dict[str, Any]:
-    try:
-        return manifest_lib.split_info(manifest, split, data_dir)
-    except KeyError as err:
-        raise UserInputError(f"{err.args[0]}; pass --train_split/--val_split accordingly") from err
-
-
-def resolve_config(config: TrainConfig) -> TrainConfig:
+def resolve_config(config: TrainConfig, shards: ShardFolder | None = None) -> TrainConfig:
     """Fills every None with the backbone's or the data's default and checks the values.
 
     Args:
@@ -96,18 +89,12 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     if config.global_batch_size < 1:
         raise UserInputError(f"global_batch_size must be >= 1, got {config.global_batch_size}")
     data_service = _data_service(config)
-    manifest = manifest_lib.load_manifest(config.data_dir)
-    try:
-        image_size = manifest_lib.check_image_size(
-            manifest, config.image_size, config.data_dir,
-            "pass --image_size={stored} (or leave it unset), or rebuild the shards at {asked}")
-    except ValueError as err:
-        raise UserInputError(str(err)) from err
-    train_records = int(_split(manifest, config.train_split, config.data_dir)["records"])
+    shards = shards or ShardFolder.open(config.data_dir)
+    image_size = shards.check_image_size(
+        config.image_size, "pass --image_size={stored} (or leave it unset), or rebuild the shards at {asked}")
+    train_records = shards.split(config.train_split).records
     if config.validation:
-        _split(manifest, config.val_split, config.data_dir)
-    for split in (config.train_split,) + ((config.val_split,) if config.validation else ()):
-        manifest_lib.shard_paths(config.data_dir, split)  # every shard present, inside data_dir
+        shards.split(config.val_split)
     steps = config.steps_per_epoch or train_records // config.global_batch_size
     if steps < 1:
         raise UserInputError(
@@ -143,7 +130,7 @@ def _data_service(config: TrainConfig) -> str | None:
     return address
 
 
-def class_weights(config: TrainConfig) -> tuple[float, float] | None:
+def class_weights(config: TrainConfig, shards: ShardFolder) -> tuple[float, float] | None:
     """Returns (weight of normal, weight of abnormal) for --class_weight=balanced, else None.
 
     Raises:
@@ -151,8 +138,8 @@ def class_weights(config: TrainConfig) -> tuple[float, float] | None:
     """
     if config.class_weight == "none":
         return None
-    info = _split(manifest_lib.load_manifest(config.data_dir), config.train_split, config.data_dir)
-    counts = (int(info["normal"]), int(info["abnormal"]))
+    info = shards.split(config.train_split)
+    counts = (info.normal, info.abnormal)
     if min(counts) == 0:
         raise UserInputError(
             f"split {config.train_split!r} has {counts[0]} normal and {counts[1]} abnormal records; "

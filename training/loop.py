@@ -18,9 +18,9 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from contracts import manifest as manifest_lib
 from contracts import run_folder
 from contracts.errors import check_output_folder
+from contracts.manifest import ShardFolder
 from models import build_model, distribute, get_backbone, inference_model
 from models.front import with_uint8_front
 from pipeline import input_pipeline, options, service
@@ -37,6 +37,7 @@ class _Run:
     """Everything one run's epochs share."""
 
     config: TrainConfig
+    shards: ShardFolder
     model_dir: str
     strategy: tf.distribute.Strategy
     chief: bool
@@ -65,23 +66,23 @@ def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
     return model, optimizer
 
 
-def _datasets(config: TrainConfig, strategy: tf.distribute.Strategy, start_epoch: int):
+def _datasets(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.Strategy, start_epoch: int):
     # A resumed run reshuffles with another seed rather than replaying the first epoch's order.
     seed = config.seed + start_epoch
     job_name = distribute.service_job_name(strategy) if config.data_service else None
     if job_name:
         logging.info("training input on the tf.data service at %s, job %s", config.data_service, job_name)
     uint8 = config.transfer == options.UINT8
+    stream = input_pipeline.StreamOptions(
+        seed=seed, deterministic=config.deterministic, shuffle_buffer=config.shuffle_buffer,
+        cache=config.cache, uint8_gray=uint8, data_service=config.data_service, job_name=job_name)
     train = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_train_dataset(
-            config.data_dir, config.train_split, config.global_batch_size, config.image_size,
-            seed=seed, deterministic=config.deterministic, shuffle_buffer=config.shuffle_buffer,
-            cache=config.cache, input_context=context, uint8_gray=uint8, data_service=config.data_service,
-            job_name=job_name).map(step_lib.without_ids))
+            shards, config.train_split, config.global_batch_size, stream=stream,
+            input_context=context).map(step_lib.without_ids))
     val = None
     if config.validation:
-        val = validation.make_distributed_split(strategy, config.data_dir, config.val_split,
-                                                config.global_batch_size, config.image_size,
+        val = validation.make_distributed_split(strategy, shards, config.val_split, config.global_batch_size,
                                                 cache=config.cache, uint8_gray=uint8)
     return train, val
 
@@ -173,16 +174,17 @@ def _export_best(run: _Run) -> None:
     outputs.export_model(inference_model(run.model), os.path.join(run.model_dir, run_folder.MODEL), best)
     if validating:
         config = run.config
-        crop = manifest_lib.load_manifest(config.data_dir)["config"].get("crop")
+        crop = run.shards.crop
         sidecar = {"backbone": config.backbone, "data_dir": config.data_dir, "split": config.val_split,
                    "crop": crop, "train_crop": crop, "image_size": config.image_size, "epoch": best,
                    "model": run_folder.MODEL, "model_dir": os.path.abspath(run.model_dir)}
         # The patient columns too: the report's intervals resample val's patients, its subgroups use the rest.
-        meta = read_patient_columns(config.data_dir, config.val_split, scores.image_ids)
+        meta = read_patient_columns(run.shards, config.val_split, scores.image_ids)
         outputs.write_val_predictions(run.model_dir, scores, sidecar, meta)
 
 
-def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy) -> _Run:
+def _start(config: TrainConfig, shards: ShardFolder, model_dir: str,
+           strategy: tf.distribute.Strategy) -> _Run:
     chief = distribute.is_chief(strategy)
     config_lib.check_resumable(config, model_dir)
     keras.utils.set_random_seed(config.seed)
@@ -198,15 +200,15 @@ def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy
         config_lib.write_config(config, model_dir, {
             "replicas": strategy.num_replicas_in_sync, "workers": max(1, distribute.tf_config_workers()),
             "tensorflow": tf.__version__, "keras": keras.__version__})
-    train, val = _datasets(config, strategy, state.epoch)
+    train, val = _datasets(config, shards, strategy, state.epoch)
     uint8 = config.transfer == options.UINT8
     return _Run(
-        config=config, model_dir=model_dir, strategy=strategy, chief=chief, model=model,
+        config=config, shards=shards, model_dir=model_dir, strategy=strategy, chief=chief, model=model,
         checkpoints=checkpoints, state=state,
         tensorboard=outputs.tensorboard(model, model_dir, chief=chief),
         train_step=step_lib.make_train_step(
             strategy, model, optimizer, global_batch_size=config.global_batch_size,
-            class_weights=config_lib.class_weights(config), jit_compile=config.jit_compile,
+            class_weights=config_lib.class_weights(config, shards), jit_compile=config.jit_compile,
             uint8_input=uint8),
         train_iterator=iter(train),
         sync_state=step_lib.make_state_sync(strategy, model),
@@ -230,9 +232,9 @@ def _train(run: _Run) -> list[dict[str, Any]]:
     return records
 
 
-def _resolve(config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainConfig:
+def _resolve(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.Strategy) -> TrainConfig:
     precision = distribute.resolve_precision(config.precision)
-    resolved = dataclasses.replace(config_lib.resolve_config(config), precision=precision,
+    resolved = dataclasses.replace(config_lib.resolve_config(config, shards), precision=precision,
                                    strategy=distribute.strategy_name(strategy),
                                    transfer=distribute.resolve_transfer(config.transfer))
     distribute.per_replica_batch(resolved.global_batch_size, strategy, "global_batch_size")
@@ -261,15 +263,16 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
     strategy = distribute.resolve_strategy(config.strategy)
     previous_policy = keras.mixed_precision.global_policy()
     try:
-        config = _resolve(config, strategy)
-        run = _start(config, model_dir, strategy)
+        shards = ShardFolder.open(config.data_dir)
+        config = _resolve(config, shards, strategy)
+        run = _start(config, shards, model_dir, strategy)
         resumed_from = run.state.epoch
         try:
             records = _train(run)
             _export_best(run)
         except tf.errors.DataLossError as err:  # the last completed epoch's checkpoint is kept
             raise input_pipeline.corrupt_data_error(
-                config.data_dir, (config.train_split,) + ((config.val_split,) if config.validation else ()),
+                shards, (config.train_split,) + ((config.val_split,) if config.validation else ()),
                 err) from None
         finally:
             run.checkpoints.close()

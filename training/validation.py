@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from contracts.manifest import ShardFolder
 from models import distribute
 from models.metrics import auroc_or_nan
 from pipeline import input_pipeline
@@ -35,9 +36,8 @@ def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]
     }
 
 
-def make_distributed_split(strategy: tf.distribute.Strategy, data_dir: str, split: str,
-                           global_batch_size: int, image_size: int, *, cache: bool = False,
-                           uint8_gray: bool = False):
+def make_distributed_split(strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
+                           global_batch_size: int, *, cache: bool = False, uint8_gray: bool = False):
     """`split` as a distributed dataset that every worker reads whole.
 
     Each worker then holds every prediction with its id (strings cannot cross the collectives) and
@@ -45,7 +45,7 @@ def make_distributed_split(strategy: tf.distribute.Strategy, data_dir: str, spli
     """
     per_replica = distribute.per_replica_batch(global_batch_size, strategy, "global_batch_size")
     return strategy.distribute_datasets_from_function(
-        lambda _: input_pipeline.make_eval_dataset(data_dir, split, per_replica, image_size, cache=cache,
+        lambda _: input_pipeline.make_eval_dataset(shards, split, per_replica, cache=cache,
                                                    uint8_gray=uint8_gray),
         # The image-id strings cannot be copied to a GPU: keep batches on the host; the model call
         # moves the images.
