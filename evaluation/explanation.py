@@ -226,29 +226,23 @@ def write_explanations(output_dir: str, gallery: Sequence[tuple[str, str, int]],
     return entries
 
 
-def run_explain(model_dirs: Sequence[str], data_dir: str, split: str, output_dir: str, *,
-                ensemble: str | None = None, image_ids: Sequence[str] | None = None, every_image: bool = False,
-                per_group: int = settings.EXPLAIN_PER_GROUP, batch_size: int = settings.EXPLAIN_BATCH_SIZE,
-                source: dict[str, Any] | None = None, progress: bool = True) -> ExplainResult:
-    """Explains `split` of `data_dir` with the models (blended by `ensemble`) into `output_dir`.
+def run_explain(config: settings.ExplainConfig, split: str | None = None, data_dir: str | None = None,
+                source: dict[str, Any] | None = None) -> ExplainResult:
+    """Explains a split with `config.model_dir`'s models (blended by `config.ensemble`) into its output_dir.
 
     Args:
-      model_dirs: folders written by train.py; several need `ensemble`.
-      data_dir, split: the shard folder and split.
-      output_dir: where the maps, overlays, `localization.json` and the index go.
-      ensemble: ensemble.py's `.probabilities.json`: members, weights, threshold.
-      image_ids: explain these images (group "asked") instead of the tp/fp/fn gallery.
-      every_image: explain every image of the split (group "asked"), as `explain.py --images` does.
-      per_group: gallery images per group.
-      batch_size: images per prediction and Grad-CAM step.
-      source: the index's "source" instead of {data_dir, split} (e.g. the raw files behind a
-        temporary shard folder).
-      progress: show the prediction's progress bars.
+      split, data_dir: what to explain when not `config.split` of `config.data_dir` (a resolved
+        split, or the temporary shard folder of `config.images`, whose every image is explained).
+      source: the index's "source" instead of {data_dir, split} (the raw files behind that folder).
 
     Raises:
       UserInputError: bad folders or files, an asked id not in the split, an unlabeled split
-        without `image_ids`, an ensemble file that does not match the folders. Nothing is written.
+        without image_ids, an ensemble file that does not match the folders. Nothing is written.
     """
+    model_dirs, ensemble, output_dir = config.model_dir, config.ensemble, config.output_dir
+    data_dir, split = data_dir or config.data_dir, split or config.split
+    image_ids, every_image, per_group = config.image_ids, config.images is not None, config.per_group
+    batch_size, progress = config.global_batch_size, config.progress
     manifest, expected, image_size = preflight.check_explain_inputs(model_dirs, ensemble, data_dir, split,
                                                                     output_dir)
     where = f"--images={source['images']}" if (source or {}).get("images") else f"split {split!r} of {data_dir}"

@@ -300,43 +300,17 @@ def _predict_model(
         validation=_validation(model_dir), ids=outputs.ids), write
 
 
-def run_prediction(
-    model_dirs: Sequence[str],
-    data_dir: str,
-    split: str,
-    output: str,
-    *,
-    batch_size: int = settings.PREDICT_BATCH_SIZE,
-    strategy: str = "auto",
-    precision: str = "auto",
-    transfer: str = options.DEFAULT_TRANSFER,
-    threshold: float | None = None,
-    report_dir: str | None = None,
-    bootstrap: int = settings.BOOTSTRAP,
-    progress: bool = True,
-    per_model: bool = False,
-    extra_sidecar: dict[str, Any] | None = None,
-    other_labels_csv: str | None = None,
-) -> PredictionResult:
-    """Predicts `split` of `data_dir` with each saved model and writes prediction files and a report.
+def run_prediction(config: settings.PredictConfig, split: str | None = None, data_dir: str | None = None,
+                   extra_sidecar: dict[str, Any] | None = None) -> PredictionResult:
+    """Predicts a split with each of `config.model_dir`'s saved models; writes prediction files and a report.
+
+    With several models, or with `config.ensemble` (the blend then goes to `config.output`), each
+    writes `<output stem>.<backbone>.csv` (see `output_paths`).
 
     Args:
-      model_dirs: folders written by train.py (model.keras + config.json).
-      data_dir: shard folder with manifest.json.
-      split: the split to predict, e.g. "eval".
-      output: the CSV path; with several models, `<stem>.<backbone>.csv` each (see `output_paths`).
-      batch_size: global batch size.
-      strategy: a `training.distribute.STRATEGIES` name.
-      precision: a `training.distribute.PRECISIONS` name; the models compute under it (see `with_precision`).
-      transfer: a `pipeline.options.TRANSFERS` name: how the images reach the models' device.
-      threshold: the report's decision threshold (default 0.5).
-      report_dir: the report folder when labels are known (default `<output stem>_report`).
-      bootstrap: resamples behind the report's 95% intervals.
-      progress: show a progress bar.
-      per_model: write `<output stem>.<name>.csv` even for one model (`output` holds a blend).
+      split, data_dir: what to predict when not `config.split` of `config.data_dir` (a resolved
+        split, or the temporary shard folder of raw images).
       extra_sidecar: more fields for each prediction file's sidecar (e.g. the raw images' origin).
-      other_labels_csv: another reading of the same images: the report rescores against it and gives
-        Cohen's kappa with the records' own labels (evaluation/agreement.py).
 
     Returns:
       The files written (only the chief writes under multi-worker strategies).
@@ -345,6 +319,12 @@ def run_prediction(
       UserInputError: a missing or unusable model folder, shard folder or split, a model whose image
         size differs from the shards', or a split whose shards disagree with its manifest.
     """
+    model_dirs, output = config.model_dir, config.output
+    threshold, report_dir = config.threshold, config.report_dir
+    data_dir, split = data_dir or config.data_dir, split or config.split
+    batch_size, strategy, precision = config.global_batch_size, config.strategy, config.precision
+    transfer, bootstrap, progress = config.transfer, config.bootstrap, config.progress
+    per_model, other_labels_csv = config.ensemble is not None, config.other_labels_csv
     threshold = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
     manifest, expected, configs = preflight.check_prediction_inputs(
         model_dirs, data_dir, split, output, report_dir, per_model=per_model, other_labels_csv=other_labels_csv)

@@ -26,6 +26,7 @@ from evaluation import settings
 from evaluation.blend import check_threshold
 from models.saved import load_classifier
 from preprocess.images import MAX_IMAGE_PIXELS
+from serving.config import ExportConfig
 from training import calibration
 
 
@@ -105,26 +106,19 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
     }
 
 
-def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | None = None,
-               threshold: float | None = None) -> dict[str, Any]:
-    """Exports trained runs as one SavedModel in `export_dir`, with `export_dir/export.json`.
+def run_export(config: ExportConfig) -> dict[str, Any]:
+    """Exports `config.model_dir`'s runs (several need `config.ensemble`) as one SavedModel in
+    `config.export_dir` (a new or empty folder), with export.json; returns that record.
 
     The folder appears whole or not at all: it is written beside itself and renamed into place.
-
-    Args:
-      model_dirs: folders written by train.py; several need `ensemble`.
-      export_dir: a new or empty folder.
-      ensemble: ensemble.py's `.probabilities.json` (members, weights, threshold).
-      threshold: one model's decision threshold (default 0.5); not with `ensemble`.
-
-    Returns:
-      The export.json record.
 
     Raises:
       UserInputError: a missing model.keras, an ensemble file that does not match the folders,
         several folders without an ensemble, members trained at different sizes, an unusable
         export folder.
     """
+    model_dirs, export_dir = config.model_dir, config.export_dir
+    ensemble, threshold = config.ensemble, config.threshold
     members, chosen_threshold = _members(model_dirs, ensemble, threshold)
     _check_export_dir(export_dir)
     configs, classifiers = [], []

@@ -37,7 +37,7 @@ def world(tmp_path_factory) -> dict[str, str]:
                                              "elsewhere", "empty_images", "no_files", "a_file")}
     write_shards(w["shards"], {"train": 16, "val": 8, "test": 8}, image_size=SIZE)
     run_training(TrainConfig(backbone="tiny_test", data_dir=w["shards"], weights="none", epochs=1,
-                             global_batch_size=8, precision="float32", strategy="default"), w["run"])
+                             global_batch_size=8, precision="float32", strategy="default", model_dir=w["run"]))
     w["val_predictions"] = os.path.join(w["run"], "val_predictions.csv")
     _damaged_runs(w, root)
     for damaged in ("truncated", "bad_json", "escaping"):

@@ -91,9 +91,9 @@ def test_resume_restores_weights_moving_statistics_and_adam_state(data_dir, tmp_
     # are then not restored). Dropping `optimizer=` alone loses nothing while the model is compiled
     # with its optimizer: the checkpoint then reaches it as `model/optimizer`.
     model_dir = str(tmp_path / "run")
-    config = _config(data_dir, validation=False)
+    config = _config(data_dir, validation=False, model_dir=model_dir)
     first = _observe_run_state(monkeypatch)
-    loop.run_training(config, model_dir)
+    loop.run_training(config)
     saved_weights, saved_optimizer = first.saved
     keras.utils.set_random_seed(config.seed)  # the loop's initial weights, as it seeds them
     initial = build_model("tiny_test", SIZE, weights="none", augment=False).get_weights()
@@ -103,7 +103,7 @@ def test_resume_restores_weights_moving_statistics_and_adam_state(data_dir, tmp_
     # The second call restores through the loop's own build-then-restore path, then returns at once
     # because the checkpoint says the run finished: nothing runs between the restore and the check.
     second = _observe_run_state(monkeypatch)
-    result = loop.run_training(config, model_dir)
+    result = loop.run_training(config)
     assert result["resumed_from_epoch"] == 1 and result["history"] == []
     restored_weights, restored_optimizer = second.restored
     _assert_lists_equal(restored_weights, saved_weights, "model weight")
@@ -125,8 +125,8 @@ def test_mixed_precision_is_in_force_in_the_model_and_optimizer_that_train(
     # distribute.resolve_precision (the model computes in float32); deleting the
     # LossScaleOptimizer wrapping in step.make_optimizer (float16 gradients underflow unscaled).
     observed = _observe_run_state(monkeypatch)
-    loop.run_training(_config(data_dir, precision=precision, steps_per_epoch=1, validation=False),
-                      str(tmp_path / "run"))
+    loop.run_training(_config(data_dir, precision=precision, steps_per_epoch=1, validation=False,
+                              model_dir=str(tmp_path / "run")))
     model, optimizer = observed.model, observed.optimizer
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled
     convolutions = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Conv2D)]
@@ -251,8 +251,8 @@ def test_model_keras_holds_the_best_validation_epoch_not_the_last(data_dir, tmp_
     model_dir = str(tmp_path / "run")
     epochs = len(VAL_AUROC)
     config = _config(data_dir, epochs=epochs, learning_rate=1e-2, keep_checkpoints=epochs,
-                     early_stopping_patience=epochs)
-    result = loop.run_training(config, model_dir)
+                     early_stopping_patience=epochs, model_dir=model_dir)
+    result = loop.run_training(config)
     assert [r["val_auroc"] for r in result["history"]] == list(VAL_AUROC)
 
     exported = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False,
@@ -276,7 +276,8 @@ def test_a_kill_between_the_checkpoint_and_the_exports_is_repaired_on_restart(
     from training import outputs
 
     model_dir = str(tmp_path / "run")
-    config = _config(data_dir, epochs=2, learning_rate=1e-2, keep_checkpoints=2, early_stopping_patience=2)
+    config = _config(data_dir, epochs=2, learning_rate=1e-2, keep_checkpoints=2, early_stopping_patience=2,
+                     model_dir=model_dir)
     _script_val_auroc(monkeypatch)  # 0.6 then 0.9: both epochs are the best so far, both export
     target = (outputs.ModelExporter, "export") if killed_at == "model.keras" else (outputs, "write_val_predictions")
     real = getattr(*target)
@@ -289,11 +290,11 @@ def test_a_kill_between_the_checkpoint_and_the_exports_is_repaired_on_restart(
 
     monkeypatch.setattr(*target, killed_at_epoch_2)
     with pytest.raises(_Killed):
-        loop.run_training(config, model_dir)
+        loop.run_training(config)
     assert run_folder.exported_epochs(model_dir) == ((1, 1) if killed_at == "model.keras" else (2, 1))
     monkeypatch.setattr(*target, real)
 
-    result = loop.run_training(config, model_dir)  # the checkpoint says finished: nothing is retrained
+    result = loop.run_training(config)  # the checkpoint says finished: nothing is retrained
     assert result["history"] == [] and result["epochs_done"] == 2
     assert run_folder.exported_epochs(model_dir) == (2, 2)
     exported = keras.saving.load_model(os.path.join(model_dir, "model.keras"), compile=False, safe_mode=True)

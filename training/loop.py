@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from contracts import manifest as manifest_lib
 from contracts import run_folder
-from contracts.errors import UserInputError, check_output_folder
+from contracts.errors import UserInputError
 from models import build_model, get_backbone, inference_model
 from models.front import with_uint8_front
 from pipeline import input_pipeline, options, service
@@ -247,7 +247,7 @@ def _write_config(config: TrainConfig, model_dir: str, strategy: tf.distribute.S
     if not chief:
         return
     os.makedirs(model_dir, exist_ok=True)
-    config_lib.write_config(config, model_dir, {
+    config_lib.write_config(config, {
         "replicas": strategy.num_replicas_in_sync,
         "workers": max(1, distribute.tf_config_workers()),
         "tensorflow": tf.__version__,
@@ -257,7 +257,7 @@ def _write_config(config: TrainConfig, model_dir: str, strategy: tf.distribute.S
 
 def _start(config: TrainConfig, model_dir: str, strategy: tf.distribute.Strategy) -> tuple[_Run, dict]:
     chief = distribute.is_chief(strategy)
-    config_lib.check_resumable(config, model_dir)
+    config_lib.check_resumable(config)
     keras.utils.set_random_seed(config.seed)
     model, optimizer = _build(config, strategy)  # bad weights fail here, before model_dir is touched
     state = RunState(model, optimizer, model_dir, chief=chief, keep=config.keep_checkpoints)
@@ -307,17 +307,17 @@ def _train(run: _Run, extra: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
-    """Trains `config.backbone` on `config.data_dir`, writing outputs to `model_dir`.
+def run_training(config: TrainConfig) -> dict[str, Any]:
+    """Trains `config.backbone` on `config.data_dir`, writing outputs to `config.model_dir`.
 
     Started again with the same config after being killed, it resumes after the last completed
     epoch; a finished run returns at once. Call it before any other TensorFlow op of the process
     when `config.strategy` may resolve to multi_worker.
 
     Args:
-      config: the run's flags; None fields take the backbone's or the data's defaults.
-      model_dir: output folder (created). Under MultiWorkerMirroredStrategy all workers pass the
-        same folder; only the chief writes there, and all read its checkpoints when resuming.
+      config: the run's settings; None fields take the backbone's or the data's defaults. Under
+        MultiWorkerMirroredStrategy all workers pass the same model_dir; only the chief writes
+        there, and all read its checkpoints when resuming.
 
     Returns:
       {"config": resolved config (dict), "resumed_from_epoch": epochs done before this call,
@@ -329,8 +329,7 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
       UserInputError, FileNotFoundError: bad config or data, with the fix in the message.
       FloatingPointError: the training loss became NaN or infinite (the message names the step).
     """
-    requested = config
-    check_output_folder(model_dir, "model_dir")
+    requested, model_dir = config, config.model_dir
     strategy = distribute.resolve_strategy(config.strategy)
     previous_policy = keras.mixed_precision.global_policy()
     precision = distribute.resolve_precision(config.precision)
