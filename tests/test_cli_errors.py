@@ -233,9 +233,9 @@ def test_a_damaged_or_mismatched_model_is_refused_in_one_line(world, run, fragme
     assert "\n" not in message and all(f in message for f in fragments), message
 
 
-# A command of the old names (flags.RENAMED), whole as a user would type it: the old name fails in
-# one line naming the new one, before anything runs. Listed here, not read from the table, so that
-# an entry dropped from it fails too.
+# A command of the old names (each script's RENAMED, given to cli.run), whole as a user would type
+# it: the old name fails in one line naming the new one, before anything runs. Listed here, not read
+# from the tables, so that an entry dropped from one fails too.
 OLD_NAMES = [
     ("ensemble", ["--predictions=a.csv", "--predictions=b.csv", "--output={out}/s.csv", "--weights=0.6,0.4"],
      "--weights is now --blend_weight (repeat it, one per --predictions"),
