@@ -47,8 +47,6 @@ PLAN_FILE = "demo_plan.json"  # the plan the outputs beside it were made with
 # What the demo writes into its output folder (never the user's --nih_dir).
 OWNED = ("data", "shards", "models", "predictions", "report", "served", "submission.csv",
          "submission.probabilities.csv", "submission.probabilities.json", "submission.probabilities.npy")
-
-
 RENAMED = {"data_dir": "--nih_dir (--data_dir now only names a shard folder)"}
 
 
