@@ -13,10 +13,13 @@ from training.config import TrainConfig
 
 
 def main(config: TrainConfig) -> None:
+    import dataclasses
+
     from absl import logging
 
     from training.loop import run_training
 
+    logging.info("train.py settings: %s", dataclasses.asdict(config))
     try:
         result = run_training(config)
     except FloatingPointError as err:  # a diverged loss is no bad input, but still one line
