@@ -149,15 +149,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
                              f"{train_records} or less")
     augment = "on" if options.augmentation_enabled(config.augment, spec.augment) else "off"
     return dataclasses.replace(
-        config,
-        image_size=image_size,
-        augment=augment,
+        config, image_size=image_size, augment=augment, steps_per_epoch=steps, data_service=data_service,
         epochs=spec.epochs if config.epochs is None else config.epochs,
-        steps_per_epoch=steps,
         learning_rate=spec.learning_rate if config.learning_rate is None else config.learning_rate,
-        feature_layer=registry.resolve_feature_layer(config.backbone, config.feature_layer),
-        data_service=data_service,
-    )
+        feature_layer=registry.resolve_feature_layer(config.backbone, config.feature_layer))
 
 
 def _data_service(config: TrainConfig) -> str | None:
