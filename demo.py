@@ -3,16 +3,12 @@
     python demo.py                          # synthetic NIH-format data, a few minutes on a CPU
     python demo.py --nih_dir=/path/to/nih   # the same chain on a real NIH ChestX-ray14 download
 
-Stages: (synthetic data) → build_tfrecords.py → train.py per backbone → predict.py on the test
-split → ensemble.py fitted on the validation predictions → submission.csv and report/ → explain.py
-(Grad-CAM of the test split's most confident hits and misses into report/, whose index.html is the
-whole report on one page) → export.py
-(the ensemble as one SavedModel, served/) → the test images' raw files through that SavedModel,
-compared with the submission's probabilities. Every
-command is printed before it runs, so the demo doubles as a recipe. Each stage is resumable, so
-running the demo again reuses finished work, as long as the plan (every setting, and the synthetic
-generator's version) is the one recorded in demo_plan.json; otherwise the demo replaces its own
-earlier outputs, saying so in one line.
+Stages: (synthetic data) → build_tfrecords.py → train.py per backbone → predict.py on the test split
+→ ensemble.py fitted on validation → submission.csv and report/ → explain.py (Grad-CAM into report/,
+whose index.html is the whole report) → export.py (served/) → the test images' raw files through
+that SavedModel, compared with the submission. Every command is printed before it runs, so the demo
+doubles as a recipe. A rerun reuses finished work when the plan (every setting, and the synthetic
+generator's version, recorded in demo_plan.json) is the same; otherwise it replaces its own outputs.
 """
 
 from __future__ import annotations
@@ -28,16 +24,18 @@ import subprocess
 import sys
 import time
 
-from absl import flags
-
-import flags as project_flags
+from contracts import cli
 from contracts.atomic import write_json
 from contracts.ensemble_file import blend_path, ensemble_path
 from contracts.errors import UserInputError, check_output_folder
 from contracts.explanation_folder import IN_REPORT
 from contracts.export_folder import OUTPUT_DECISION, OUTPUT_PROB
 from contracts.output_names import PROB
+from contracts.settings import check, setting
+from contracts.shared import IMAGE_SIZE, OUTPUT_DIR
 from models import registry
+from preprocess.config import CROP, NUM_PATIENTS, SOURCE_SIZE
+from training.config import BATCHNORM_MOMENTUM, EPOCHS, GLOBAL_BATCH_SIZE, LEARNING_RATE, WEIGHTS
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 RUNS = "runs"  # the demo's outputs, one folder per data set
@@ -49,27 +47,45 @@ PLAN_FILE = "demo_plan.json"  # the plan the outputs beside it were made with
 # What the demo writes into its output folder (never the user's --nih_dir).
 OWNED = ("data", "shards", "models", "predictions", "report", "served", "submission.csv",
          "submission.probabilities.csv", "submission.probabilities.json", "submission.probabilities.npy")
+RENAMED = {"data_dir": "--nih_dir (--data_dir now only names a shard folder)"}
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoPlan:
-    """What the demo runs; built from the flags by `plan_from_flags`."""
+class DemoConfig:
+    """demo.py's settings (`make demo`); `make_plan` resolves them into what the stages run."""
 
-    output_dir: str
-    nih_dir: str | None  # a real NIH download, or None for the synthetic default
-    num_patients: int
-    source_size: int
-    image_size: int
-    crop: str
-    weights: str
-    epochs: int | None
-    learning_rates: dict[str, float]  # backbone -> rate; absent: the backbone's reference
-    batchnorm_momentum: float | None
-    feature_layer: str | None  # train.py --feature_layer; None: the whole backbone
-    early_stopping_patience: int | None  # None: train.py's default
-    global_batch_size: int
-    backbones: tuple[str, ...]
+    nih_dir: str | None = setting(None, (
+        "A real NIH ChestX-ray14 download (Data_Entry CSV, BBox_List_2017.csv, split lists and "
+        "images_0NN/images/). Default: generate a synthetic NIH-format dataset."))
+    output_dir: str | None = OUTPUT_DIR.field(note=(
+        "Here: everything the demo writes: data/, shards/, models/, predictions/, submission.csv, report/, "
+        "served/. Default: runs/demo for the synthetic data, runs/demo-<--nih_dir's folder name> for real "
+        "data."))
+    num_patients: int = NUM_PATIENTS.field(300, lower=10)
+    source_size: int = SOURCE_SIZE.field(512, lower=64)
+    image_size: int | None = IMAGE_SIZE.field(note="Here: stored and trained (default: 64 synthetic, 224 "
+                                                   "real).", lower=32)
+    crop: str = CROP.field("none", note="Here: of the build; none by default, because only abnormal images "
+                           "have boxes.")
+    weights: str | None = WEIGHTS.field(None, note="Default: none synthetic, imagenet real.")
+    epochs: int | None = EPOCHS.field(note="Default: 8 synthetic, the reference's real.")
+    learning_rate: float | None = LEARNING_RATE.field(note=lambda: (
+        "Here: of every backbone (default synthetic: "
+        f"{registry.describe('from_scratch_learning_rate', '{:g}')}; real: the reference's)."))
+    batchnorm_momentum: float | None = BATCHNORM_MOMENTUM.field(note="Default: 0.9 synthetic, the backbone's "
+                                                                     "own real.")
+    global_batch_size: int = GLOBAL_BATCH_SIZE.field(16, note="Here: train.py's.")
+    backbones: tuple[str, ...] = setting(help="A backbone to train, one per backbone (default: all of them).",
+                                         factory=lambda: tuple(registry.BACKBONES),
+                                         choices=registry.BACKBONES.keys())
+    # Resolved by make_plan, per data set:
+    learning_rates: dict[str, float] = setting(help="backbone -> rate; absent: the reference's", factory=dict,
+                                               flag=False)
+    feature_layer: str | None = setting(None, "train.py's; None: the whole backbone", flag=False)
+    early_stopping_patience: int | None = setting(None, "None: train.py's default", flag=False)
 
+    def __post_init__(self):
+        check(self)
 
 
 def find_one(folder: str, patterns: list[str], what: str, required: bool = True) -> str | None:
@@ -96,7 +112,7 @@ def run_stage(title: str, command: list[str]) -> float:
     return elapsed
 
 
-def data_stage(plan: DemoPlan) -> tuple[list[str], list[float]]:
+def data_stage(plan: DemoConfig) -> tuple[list[str], list[float]]:
     """Returns the build command's data flags (and the time spent making synthetic data)."""
     py = sys.executable
     if plan.nih_dir is None:
@@ -123,7 +139,7 @@ def data_stage(plan: DemoPlan) -> tuple[list[str], list[float]]:
     return args, []
 
 
-def plan_digest(plan: DemoPlan) -> str:
+def plan_digest(plan: DemoConfig) -> str:
     """What the outputs depend on: every setting and, for synthetic data, the generator's version."""
     from preprocess.synthetic_data import GENERATOR_VERSION
 
@@ -132,7 +148,7 @@ def plan_digest(plan: DemoPlan) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def claim_output(plan: DemoPlan) -> None:
+def claim_output(plan: DemoConfig) -> None:
     """Keeps the outputs of the same plan for reuse; replaces those of another plan, in one line."""
     path = os.path.join(plan.output_dir, PLAN_FILE)
     digest = plan_digest(plan)
@@ -152,7 +168,7 @@ def claim_output(plan: DemoPlan) -> None:
     write_json(path, {"digest": digest, "plan": dataclasses.asdict(plan)})
 
 
-def run_demo(plan: DemoPlan) -> dict:
+def run_demo(plan: DemoConfig) -> dict:
     """Runs every stage; returns {"seconds": {stage: s}, "metrics": the ensemble report}."""
     py = sys.executable
     out = plan.output_dir
@@ -169,15 +185,10 @@ def run_demo(plan: DemoPlan) -> dict:
         command = [py, "train.py", f"--backbone={backbone}", f"--data_dir={shards}",
                    f"--model_dir={os.path.join(models, backbone)}", f"--weights={plan.weights}",
                    f"--global_batch_size={plan.global_batch_size}"]
-        command += [f"--epochs={plan.epochs}"] if plan.epochs else []
-        if backbone in plan.learning_rates:
-            command.append(f"--learning_rate={plan.learning_rates[backbone]}")
-        if plan.batchnorm_momentum is not None:
-            command.append(f"--batchnorm_momentum={plan.batchnorm_momentum}")
-        if plan.feature_layer is not None:
-            command.append(f"--feature_layer={plan.feature_layer}")
-        if plan.early_stopping_patience is not None:
-            command.append(f"--early_stopping_patience={plan.early_stopping_patience}")
+        given = {"epochs": plan.epochs or None, "learning_rate": plan.learning_rates.get(backbone),
+                 "batchnorm_momentum": plan.batchnorm_momentum, "feature_layer": plan.feature_layer,
+                 "early_stopping_patience": plan.early_stopping_patience}
+        command += [f"--{name}={value}" for name, value in given.items() if value is not None]
         seconds[f"train {backbone}"] = run_stage(f"train {backbone}", command)
     seconds["predict"] = run_stage("predict the test split", [
         py, "predict.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
@@ -193,9 +204,10 @@ def run_demo(plan: DemoPlan) -> dict:
     # Where the models look, for the most confident hits and misses, into the report's page.
     explanations = os.path.join(report_dir, IN_REPORT)
     shutil.rmtree(explanations, ignore_errors=True)  # the demo owns its outputs
+    ensemble = ensemble_path(os.path.join(out, "submission.csv"))
+    blended = [f"--ensemble={ensemble}"] if len(plan.backbones) > 1 else []
     seconds["explain"] = run_stage("Grad-CAM of the test split into the report", [
-        py, "explain.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
-        *([f"--ensemble={ensemble_path(os.path.join(out, 'submission.csv'))}"] if len(plan.backbones) > 1 else []),
+        py, "explain.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones], *blended,
         f"--data_dir={shards}", "--split=test", f"--output_dir={explanations}"])
     with open(os.path.join(report_dir, "metrics.json")) as f:
         metrics = json.load(f)
@@ -204,21 +216,16 @@ def run_demo(plan: DemoPlan) -> dict:
     shutil.rmtree(export_dir, ignore_errors=True)
     seconds["export"] = run_stage("export the ensemble as one SavedModel (image bytes in)", [
         py, "export.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
-        f"--ensemble={ensemble_path(os.path.join(out, 'submission.csv'))}",
-        f"--export_dir={export_dir}"])
+        f"--ensemble={ensemble}", f"--export_dir={export_dir}"])
     start = time.time()
-    parity = serving_parity(export_dir, ensemble_path(os.path.join(out, "submission.csv")),
-                            plan.nih_dir or os.path.join(out, "data"))
+    parity = serving_parity(export_dir, ensemble, plan.nih_dir or os.path.join(out, "data"))
     seconds["serve the test images"] = time.time() - start
     return {"seconds": seconds, "metrics": metrics, "serving": parity}
 
 
 def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
-    """Serves the test split's original files through the export; compares with ensemble.py's blend.
-
-    Returns:
-      {"images", "max_abs_diff", "mean_abs_diff", "decision_agreement"} over the test images.
-    """
+    """Serves the test split's original files through the export; returns {"images", "max_abs_diff",
+    "mean_abs_diff", "decision_agreement"} against ensemble.py's blend."""
     import numpy as np
     import pandas as pd
 
@@ -249,75 +256,66 @@ def default_output_dir(nih_dir: str | None) -> str:
     return os.path.join(RUNS, "demo-" + os.path.basename(os.path.normpath(os.path.abspath(nih_dir))))
 
 
-def plan_from_flags(values) -> DemoPlan:
+def make_plan(values: DemoConfig) -> DemoConfig:
+    """The stages' settings for the data set `values` names (synthetic or a real download)."""
     real = values.nih_dir is not None
     check_output_folder(values.output_dir or default_output_dir(values.nih_dir), "output_dir")
     if real and not os.path.isdir(values.nih_dir):
-        raise UserInputError(f"--nih_dir={values.nih_dir} is not a folder")
+        raise UserInputError(f"nih_dir={values.nih_dir} is not a folder")
     weights = values.weights or ("imagenet" if real else "none")
-    return DemoPlan(
-        # Absolute, from the caller's folder: the stages run in the repository, wherever the demo
-        # was started from (cxr-demo works from any folder).
+    return dataclasses.replace(
+        values,
+        # Absolute: the stages run in the repository, wherever cxr-demo was started from.
         output_dir=os.path.abspath(values.output_dir or default_output_dir(values.nih_dir)),
         nih_dir=os.path.abspath(values.nih_dir) if real else None,
-        num_patients=values.num_patients,
-        source_size=values.source_size,
-        # A real download trains at the reference's 224 px from ImageNet weights for the
-        # reference epochs; the synthetic default is sized to finish on a 2-core CPU.
+        # Real data: the reference's 224 px, ImageNet weights and epochs; synthetic: a 2-core CPU budget.
         image_size=values.image_size or (224 if real else 64),
-        crop=values.crop,
         weights=weights,
         epochs=values.epochs if values.epochs else (None if real else SYNTHETIC_EPOCHS),
-        # From scratch on the small synthetic set, each backbone's registry entry gives a rate that
-        # learns in a CPU-sized budget (the reference rates barely move the weights there).
+        # From scratch, the reference rates barely move the weights in a CPU budget; the registry's do.
         learning_rates=({b: values.learning_rate for b in values.backbones} if values.learning_rate
                         else {} if real else {b: registry.get_backbone(b).from_scratch_learning_rate
                                               for b in values.backbones}),
         batchnorm_momentum=(values.batchnorm_momentum if values.batchnorm_momentum is not None
                             else None if real else SYNTHETIC_BATCHNORM_MOMENTUM),
-        # From random weights, each backbone's registry entry says where it learns in a CPU budget
-        # (EfficientNetB3 cut after its third stage; the others whole).
+        # From random weights, the registry says where each backbone learns in a CPU budget.
         feature_layer=registry.FEATURE_LAYER_FROM_SCRATCH if weights == "none" else None,
-        # On the synthetic set's small validation split (about 180 images, 10% of labels flipped)
-        # the AUROC moves by several points between epochs: stopping at the first 3-epoch plateau
-        # cut ResNet50 off at 0.72 where its 8th epoch reached 0.75 (test 0.82). All 8 epochs run.
+        # The synthetic validation split is small and noisy (its AUROC moves by points between
+        # epochs): a 3-epoch plateau would stop runs that still improve, so all epochs run.
         early_stopping_patience=None if real else SYNTHETIC_EPOCHS,
-        global_batch_size=values.global_batch_size,
-        backbones=tuple(values.backbones),
     )
 
 
-def main(argv: list[str]) -> int:
-    del argv  # stray arguments are refused by project_flags.run_tool
+def main(config: DemoConfig) -> None:
     start = time.time()
-    plan = plan_from_flags(flags.FLAGS)  # a UserInputError is said in one line by project_flags.run_tool
-    print(f"demo plan: {json.dumps(dataclasses.asdict(plan))}", flush=True)
-    result = run_demo(plan)
+    chosen = make_plan(config)
+    print(f"demo plan: {json.dumps(dataclasses.asdict(chosen))}", flush=True)
+    result = run_demo(chosen)
     total = time.time() - start
     print("\n=== demo finished in {:.0f} s ({:.1f} min)".format(total, total / 60))
     for stage, s in result["seconds"].items():
         print(f"  {stage:<28} {s:6.0f} s")
-    print(f"submission: {os.path.join(plan.output_dir, 'submission.csv')}")
-    print(f"report:     {os.path.join(plan.output_dir, 'report', 'index.html')} (one static page: metrics, "
+    print(f"submission: {os.path.join(chosen.output_dir, 'submission.csv')}")
+    print(f"report:     {os.path.join(chosen.output_dir, 'report', 'index.html')} (one static page: metrics, "
           "calibration, operating points, subgroups, explanations)")
     from evaluation.report import GAIN_FILE, gain_line
 
     print(results_table(result["metrics"]))
-    gain_path = os.path.join(plan.output_dir, "report", GAIN_FILE)
+    gain_path = os.path.join(chosen.output_dir, "report", GAIN_FILE)
     if os.path.exists(gain_path):
         with open(gain_path) as f:
             print(gain_line(json.load(f)))
     serving = result["serving"]
-    print(f"served:     {os.path.join(plan.output_dir, 'served')} (SavedModel, image bytes in); on the "
+    print(f"served:     {os.path.join(chosen.output_dir, 'served')} (SavedModel, image bytes in); on the "
           f"{serving['images']} test files |p_served - p_submission| max {serving['max_abs_diff']:.1e}, "
           f"mean {serving['mean_abs_diff']:.1e}; same decision on {serving['decision_agreement']:.1%}")
-    return 0
 
 
 def results_table(metrics: dict) -> str:
     """Each model's and the ensemble's test AUROC with its 95% interval, which resamples patients."""
     first = next(iter(metrics.values()), {})
-    unit = (f"by patient: {first.get('patients')} patients, {first.get('images_per_patient') or 0:.2f} images each"
+    per_patient = first.get("images_per_patient") or 0
+    unit = (f"by patient: {first.get('patients')} patients, {per_patient:.2f} images each"
             if first.get("bootstrap_by") else "by image")
     lines = [f"\ntest AUROC (bootstrap 95% interval, {unit}):"]
     for name, values in metrics.items():
@@ -329,8 +327,8 @@ def results_table(metrics: dict) -> str:
 
 
 def run() -> None:
-    """Console entry point (setup.cfg) and `python demo.py`: define the flags, then run `main`."""
-    project_flags.run_tool(project_flags.define_demo_flags, main, __doc__)
+    """Console entry point (setup.cfg) and `python demo.py`."""
+    cli.run(DemoConfig, main, __doc__, renamed=RENAMED)
 
 
 if __name__ == "__main__":

@@ -5,81 +5,62 @@
         --data_dir=shards --output_dir=explained
     python explain.py --model_dir=runs/effnet --images=new_studies/ --output_dir=explained
 
-Without --split it explains the folder's test split, or its only split besides train, and
-otherwise asks for --split, listing the splits.
-Writes, for the most confident true positives, false positives and false negatives (--per_group
-each; or --image_ids, repeated; or every file of --images), a heatmap .npy and an overlay .png, then
-localization.json (the pointing game and the energy inside the boxes of every boxed image of the
-split, beside a centred-Gaussian baseline; not scored for --crop=bbox shards) and the index
-explanations.json, and prints the localization table. With --output_dir=<report>/explanations
-(a report folder of predict.py or ensemble.py), the report's index.html gains the gallery and
-the localization table.
-Bad input exits with status 1 and a one-line message naming the file and the fix; nothing is written.
+Writes a heatmap .npy and an overlay .png per image of the gallery (the most confident hits and
+misses, --image_ids, or every file of --images), localization.json (pointing game and energy in the
+boxes, beside a centred-Gaussian baseline) and explanations.json; into <report>/explanations, the
+report's index.html gains the gallery. Bad input exits 1 in one line; nothing is written.
 """
 
 from __future__ import annotations
 
 import os
 
-from absl import flags
+from contracts import cli
+from evaluation.settings import ExplainConfig
 
-import flags as project_flags
-
-FLAGS = flags.FLAGS
+RENAMED = {"batch_size": "--global_batch_size"}
 
 
-def _check_flags() -> tuple[tuple[int, int] | None, str | None]:
-    """Paths and flags fail here, in a second; TensorFlow loads only for the real work.
-
-    Returns:
-      With --images, (the models' (image size, pixel limit), None); else (None, the split to explain:
-      --split, or the one the manifest makes unambiguous).
-    """
+def _preflight(config: ExplainConfig) -> tuple[int, int] | str:
+    """Checks the inputs before TensorFlow loads; returns the split, or with --images (size, pixel limit)."""
     from contracts import explanation_folder
     from evaluation import preflight
     from preprocess import raw_images
 
-    raw_images.check_one_source(FLAGS.data_dir, FLAGS.images)
-    if FLAGS.images is None:
-        inputs = preflight.open_explain_inputs(FLAGS.model_dir, FLAGS.ensemble, FLAGS.data_dir, FLAGS.split,
-                                               FLAGS.output_dir)
-        return None, inputs.split.name
-    preflight.explained_models(FLAGS.model_dir, FLAGS.ensemble)
-    raw_images.check_output_outside_images(FLAGS.output_dir, "output_dir", FLAGS.images)
-    return raw_images.check_images_inputs(FLAGS.model_dir, FLAGS.images,
-                                          os.path.join(FLAGS.output_dir, explanation_folder.INDEX),
-                                          output_flag="output_dir"), None
+    raw_images.check_one_source(config.data_dir, config.images)
+    if config.images is None:
+        return preflight.open_explain_inputs(config.model_dir, config.ensemble, config.data_dir, config.split,
+                                             config.output_dir).split.name
+    preflight.explained_models(config.model_dir, config.ensemble)
+    raw_images.check_output_outside_images(config.output_dir, "output_dir", config.images)
+    return raw_images.check_images_inputs(config.model_dir, config.images,
+                                          os.path.join(config.output_dir, explanation_folder.INDEX),
+                                          output_flag="output_dir")
 
 
-def main(argv: list[str]) -> None:
-    del argv  # stray arguments are refused by project_flags.run_tool
-    images_at, split = _check_flags()
+def main(config: ExplainConfig) -> None:
+    checked = _preflight(config)
     from contracts import explanation_folder
-    from evaluation import explanation
+    from evaluation import explanation, html_report
     from preprocess import raw_images
 
-    options = dict(ensemble=FLAGS.ensemble, image_ids=FLAGS.image_ids, per_group=FLAGS.per_group,
-                   batch_size=FLAGS.global_batch_size)
-    if images_at is None:
-        result = explanation.run_explain(FLAGS.model_dir, FLAGS.data_dir, split, FLAGS.output_dir, **options)
-    else:
-        # The builder's own decoding, into a temporary shard folder removed afterwards.
-        with raw_images.built_images(FLAGS.images, *images_at, workers=FLAGS.workers) as (shard_dir, raw):
-            result = explanation.run_explain(FLAGS.model_dir, shard_dir, raw_images.IMAGES_SPLIT, FLAGS.output_dir,
-                                             every_image=True, source=raw_images.sidecar_fields(raw), **options)
+    if isinstance(checked, str):
+        result = explanation.run_explain(config, split=checked)
+    else:  # the builder's own decoding, into a temporary shard folder removed afterwards
+        with raw_images.built_images(config.images, *checked, workers=config.workers) as (shard_dir, raw):
+            result = explanation.run_explain(config, split=raw_images.IMAGES_SPLIT, data_dir=shard_dir,
+                                             source=raw_images.sidecar_fields(raw))
         print(raw_images.skipped_summary(raw, f"{explanation_folder.INDEX}'s source.skipped"))
     print(explanation.summary(result))
-    from evaluation import html_report
-
-    report_dir = os.path.dirname(os.path.abspath(FLAGS.output_dir))
-    if (os.path.basename(os.path.abspath(FLAGS.output_dir)) == html_report.EXPLANATIONS_DIR
+    report_dir = os.path.dirname(os.path.abspath(config.output_dir))
+    if (os.path.basename(os.path.abspath(config.output_dir)) == html_report.EXPLANATIONS_DIR
             and os.path.isfile(os.path.join(report_dir, html_report.INDEX_FILE))):
         print(f"added to {html_report.write_index(report_dir)}")
 
 
 def run() -> None:
-    """Console entry point (setup.cfg) and `python explain.py`: define the flags, then run `main`."""
-    project_flags.run_tool(project_flags.define_explain_flags, main, __doc__, required=("model_dir", "output_dir"))
+    """Console entry point (setup.cfg) and `python explain.py`."""
+    cli.run(ExplainConfig, main, __doc__, renamed=RENAMED)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ sys.path.insert(0, REPO)
 
 from absl import app, flags  # noqa: E402
 
-import tool_runner  # noqa: E402
+from contracts import cli  # noqa: E402
 from contracts.atomic import write_json  # noqa: E402
 from models import registry  # noqa: E402
 
@@ -290,7 +290,7 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     _check_backbones(_BACKBONES.value)
     # TensorFlow's start-up INFO lines off, as in every tool (the parts inherit it); errors stay.
-    tool_runner.quiet_tensorflow(flags.FLAGS["verbosity"].value)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if flags.FLAGS["verbosity"].value > 0 else cli.QUIET_TF_LOG_LEVEL)
     env = environment()
     print(env["nvidia_smi"] or "nvidia-smi: not found or failed")
     print(f"TensorFlow {env['tensorflow']} (Keras {env['keras']}), built with CUDA {env['cuda_build']} / "

@@ -1,17 +1,15 @@
-"""The command-line layer: absl flags generated from a tool's config, and one line for bad input.
-
-`run(Config, main, __doc__)` defines a flag per setting of `Config` (contracts/settings.py),
-answers --help, refuses renamed names and stray arguments, builds the config from the flags and
-calls `main(config)`; a UserInputError or OSError becomes `<tool>: <message>` and exit 1.
-Nothing here imports TensorFlow.
+"""The command-line layer: `run(Config, main, __doc__)` generates absl flags from a tool's config,
+answers --help, refuses renamed names and stray arguments and calls `main(config)`; a UserInputError
+or OSError becomes `<tool>: <message>` (settings spelled as flags) and exit 1. No TensorFlow here.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from absl import flags
 
@@ -33,10 +31,11 @@ def define_flags(config_type: type, fv: flags.FlagValues = flags.FLAGS) -> None:
         if not spec.flag:
             continue
         kind, repeated = settings.base_type(hint)
-        default = None if field.default is settings.REQUIRED else field.default
+        default = settings.default(field)
+        default = None if default is settings.REQUIRED else default
         if repeated:
             default = list(default) if default else None
-        args: dict[str, Any] = dict(name=name, default=default, help=spec.help, flag_values=fv)
+        args: dict[str, Any] = dict(name=name, default=default, help=settings.text(spec.help), flag_values=fv)
         if spec.choices is not None:
             define = flags.DEFINE_multi_enum if repeated else flags.DEFINE_enum
             args["enum_values"] = list(spec.choices)
@@ -50,7 +49,7 @@ def define_flags(config_type: type, fv: flags.FlagValues = flags.FLAGS) -> None:
 def required(config_type: type) -> list[str]:
     """The flags without a default."""
     return [name for name, (field, spec, _) in settings.specs(config_type).items()
-            if spec.flag and field.default is settings.REQUIRED]
+            if spec.flag and settings.default(field) is settings.REQUIRED]
 
 
 def config_from_flags(config_type: type, fv: flags.FlagValues = flags.FLAGS, **given: Any) -> Any:
@@ -75,22 +74,34 @@ def run(config_type: type, main: Callable[[Any], Any], doc: str | None,
     tool = os.path.basename(sys.argv[0])
     exit_on_renamed(sys.argv, renamed or {}, tool)
     define_flags(config_type)
-    exit_on_help(sys.argv, doc, config_type)
+    exit_on_help(sys.argv, doc)
     exit_on_joined_choices(sys.argv, flags.FLAGS, tool)
     flags.mark_flags_as_required(required(config_type))
-    app.run(lambda argv: guarded_main(lambda: main(config_from_flags(config_type)), argv, stop_on_sigterm))
+    names = [name for name, (_, spec, _) in settings.specs(config_type).items() if spec.flag]
+    app.run(lambda argv: guarded_main(lambda: main(config_from_flags(config_type)), argv, stop_on_sigterm,
+                                      names))
 
 
-def exit_on_help(argv: list[str], doc: str | None, config_type: type) -> None:
-    """Prints the tool's usage and its own flags and exits 0 on --help (absl's lists only the main
-    module's flags and exits 1)."""
+def given(config_type: type, fv: flags.FlagValues = flags.FLAGS) -> frozenset[str]:
+    """The settings of `config_type` whose flag was on the command line."""
+    return frozenset(name for name, (_, spec, _) in settings.specs(config_type).items()
+                     if spec.flag and fv[name].present)
+
+
+def flag_spelling(message: str, names: Collection[str]) -> str:
+    """`name=value` of a setting in a message from below becomes the flag `--name=value`."""
+    if not names:
+        return message
+    alternatives = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return re.sub(rf"(?<![\w\-./])({alternatives})=", r"--\1=", message)
+
+
+def exit_on_help(argv: list[str], doc: str | None) -> None:
+    """On --help prints the tool's usage and flags and exits 0 (absl's exits 1, listing none of them)."""
     if not any(arg in HELP_FLAGS for arg in argv[1:]):
         return
     print((doc or "").strip() + "\n")
-    for name in settings.specs(config_type):
-        if name in flags.FLAGS:
-            flag = flags.FLAGS[name]
-            print(f"  --{name}: {flag.help}\n    (default: {flag.default_as_str or 'none'})")
+    print(flags.FLAGS.module_help(__name__))  # the flags define_flags made, as absl spells them
     print("\nabsl's and TensorFlow's own flags: --helpfull")
     raise SystemExit(0)
 
@@ -139,10 +150,11 @@ def _raise_stopped(signum, frame) -> None:
     raise _Stopped(signum)
 
 
-def guarded_main(call: Callable[[], Any], argv: list[str], stop_on_sigterm: bool = True) -> Any:
+def guarded_main(call: Callable[[], Any], argv: list[str], stop_on_sigterm: bool = True,
+                 names: Collection[str] = ()) -> Any:
     """Runs `call` under the rule for bad input: one line `<tool>: <what and the fix>` on stderr and
-    exit 1, no traceback. Refuses stray arguments. Ctrl-C and SIGTERM end it in one line too, after
-    its clean-up has run."""
+    exit 1, no traceback, the settings `names` spelled as flags. Refuses stray arguments. Ctrl-C and
+    SIGTERM end it in one line too, after its clean-up has run."""
     from contracts.errors import UserInputError, describe_os_error
 
     tool = os.path.basename(argv[0])
@@ -157,7 +169,7 @@ def guarded_main(call: Callable[[], Any], argv: list[str], stop_on_sigterm: bool
     try:
         return call()
     except UserInputError as err:
-        sys.exit(f"{tool}: {err}")
+        sys.exit(f"{tool}: {flag_spelling(str(err), names)}")
     except OSError as err:  # a file the user named could not be read or written
         sys.exit(f"{tool}: {describe_os_error(err)}")
     except (KeyboardInterrupt, _Stopped) as err:  # said last: progress bars have closed by now

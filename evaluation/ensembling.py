@@ -14,8 +14,14 @@ from absl import logging
 
 from contracts import atomic, ensemble_file
 from contracts.atomic import atomic_path, json_ready, write_json
-from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
-from contracts.output_names import DECISION, ID, PROB, PROB_UNCALIBRATED
+from contracts.errors import (
+    UserInputError,
+    check_no_overwrite,
+    check_output_file,
+    check_output_folder,
+    repeat_hint,
+)
+from contracts.output_names import PROB, PROB_UNCALIBRATED
 from contracts.prediction_files import (
     PATIENT,
     Predictions,
@@ -214,46 +220,26 @@ def check_outputs_spare_inputs(output: str, predictions: Sequence[str], fit_on: 
     check_no_overwrite(writes, reads)
 
 
-def run_ensemble(
-    predictions: Sequence[str],
-    output: str,
-    *,
-    weights: Sequence[float] | None = None,
-    threshold: float | None = None,
-    fit_on: Sequence[str] | None = None,
-    fit_step: float = settings.FIT_STEP,
-    id_column: str = ID,
-    label_column: str = DECISION,
-    report_dir: str | None = None,
-    bootstrap: int = settings.BOOTSTRAP,
-    other_labels_csv: str | None = None,
-) -> EnsembleResult:
+def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
     """Blends prediction files joined on image id, thresholds the blend and writes the submission.
 
-    Weights: `weights` (normalised to sum 1), else fitted with `fit_on`, else the reference weights
-    of the backbones in the files' sidecars. Threshold: `threshold`, else fitted with `fit_on`, else
-    0.6. With `fit_on`, whatever is not given is chosen on validation (blend.CRITERION).
-
-    Args:
-      predictions: prediction CSVs (predict.py's format), one per model.
-      output: the submission CSV path.
-      weights: one non-negative weight per file, or None.
-      threshold: the decision threshold in [0, 1], or None.
-      fit_on: validation prediction files with labels, one per prediction file and in the same order.
-      fit_step: spacing of the weight grid searched with `fit_on`.
-      id_column: submission column holding the image id.
-      label_column: submission column holding the 0/1 decision.
-      report_dir: where the report goes when labels are known (default: `<output stem>_report`).
-      bootstrap: resamples behind the report's 95% intervals.
-      other_labels_csv: another reading of the same images: the report rescores every model and the
-        blend against it, with Cohen's kappa against the files' labels (evaluation/agreement.py).
-
-    Returns:
-      What was chosen and written.
+    Weights: `config.blend_weight` (normalised to sum 1), else fitted with `fit_on`, else the
+    reference weights of the backbones in the files' sidecars. Threshold: `config.threshold`, else
+    fitted with `fit_on`, else 0.6. With `fit_on`, whatever is not given is chosen on validation
+    (blend.CRITERION). `fit_on` holds one validation file with labels per prediction file, in order.
 
     Raises:
       UserInputError: any problem with the files or settings, naming the file and the fix.
     """
+    predictions, output, fit_on = config.predictions, config.output, config.fit_on or None
+    for name, paths in (("predictions", predictions), ("fit_on", fit_on or ())):
+        for path in paths:
+            if repeat_hint(path, name, "file"):
+                raise UserInputError(f"--{name}={path} names no file{repeat_hint(path, name, 'file')}")
+    weights = blend_lib.parse_weights(config.blend_weight) if config.blend_weight else None
+    threshold, fit_step, report_dir = config.threshold, config.fit_step, config.report_dir
+    id_column, label_column = config.submission_id_column, config.submission_label_column
+    bootstrap, other_labels_csv = config.bootstrap, config.other_labels_csv
     if not output.endswith(".csv"):
         raise UserInputError(f"--output={output} must name a .csv file, e.g. submission.csv")
     check_output_file(output, "output", "submission.csv")

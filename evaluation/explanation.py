@@ -193,15 +193,17 @@ def write_explanations(output_dir: str, gallery: Sequence[tuple[str, str, int]],
     return entries
 
 
-def run_explain(model_dirs: Sequence[str], data_dir: str, split: str | None, output_dir: str, *,
-                ensemble: str | None = None, image_ids: Sequence[str] | None = None,
-                every_image: bool = False, per_group: int = settings.EXPLAIN_PER_GROUP,
-                batch_size: int = settings.EXPLAIN_BATCH_SIZE, source: dict[str, Any] | None = None,
-                progress: bool = True) -> ExplainResult:
-    """Explains `split` of `data_dir` (None: the one the manifest makes unambiguous) with the models
-    (several blended by `ensemble`, ensemble.py's file) into `output_dir`: the tp/fp/fn gallery of
-    `per_group` each, or `image_ids` / `every_image` (group "asked"). `source` replaces the index's
-    {data_dir, split} (the raw files behind a temporary shard folder). Bad input writes nothing."""
+def run_explain(config: settings.ExplainConfig, split: str | None = None, data_dir: str | None = None,
+                source: dict[str, Any] | None = None) -> ExplainResult:
+    """Explains `split` of `data_dir` (default: the config's; None: the one the manifest makes
+    unambiguous) with `config.model_dir`'s models (blended by `config.ensemble`) into
+    `config.output_dir`: the tp/fp/fn gallery of `per_group` each, or `image_ids` / every image of
+    `config.images` (group "asked"). `source` replaces the index's {data_dir, split} (the raw files
+    behind a temporary shard folder). Bad input writes nothing."""
+    model_dirs, ensemble, output_dir = config.model_dir, config.ensemble, config.output_dir
+    data_dir, split = data_dir or config.data_dir, split or config.split
+    image_ids, every_image, per_group = config.image_ids, config.images is not None, config.per_group
+    batch_size, progress = config.global_batch_size, config.progress
     inputs = preflight.open_explain_inputs(model_dirs, ensemble, data_dir, split, output_dir)
     shards, split = inputs.shards, inputs.split.name
     threshold = settings.SINGLE_MODEL_THRESHOLD if inputs.threshold is None else inputs.threshold

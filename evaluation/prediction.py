@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -226,18 +226,20 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
         validation=_validation(run), ids=outputs.ids), write
 
 
-def run_prediction(model_dirs: Sequence[str], data_dir: str, split: str | None, output: str, *,
-                   batch_size: int = settings.PREDICT_BATCH_SIZE, strategy: str = "auto",
-                   precision: str = "auto", transfer: str = options.DEFAULT_TRANSFER,
-                   threshold: float | None = None, report_dir: str | None = None,
-                   bootstrap: int = settings.BOOTSTRAP, progress: bool = True, per_model: bool = False,
+def run_prediction(config: settings.PredictConfig, split: str | None = None, data_dir: str | None = None,
                    extra_sidecar: dict[str, Any] | None = None,
-                   other_labels_csv: str | None = None,
                    transaction: atomic.Transaction | None = None) -> PredictionResult:
-    """Predicts `split` of `data_dir` (None: the one the manifest makes unambiguous) with each saved
-    model into `output` (several models, or `per_model`: `<stem>.<name>.csv` each) and, when labels
-    are known, a report in `report_dir` (default `<stem>_report`; `threshold` default 0.5), rescored
-    against `other_labels_csv` when given. Only the chief writes under multi-worker strategies."""
+    """Predicts `split` of `data_dir` (default: the config's; None: the one the manifest makes
+    unambiguous) with each of `config.model_dir`'s models into `config.output` (several models, or
+    an ensemble: `<stem>.<name>.csv` each) and, when labels are known, a report, rescored against
+    `config.other_labels_csv` when given. `extra_sidecar` goes into each sidecar; `transaction` is
+    the caller's, for its own files. Only the chief writes under multi-worker strategies."""
+    model_dirs, output = config.model_dir, config.output
+    threshold, report_dir = config.threshold, config.report_dir
+    data_dir, split = data_dir or config.data_dir, split or config.split
+    batch_size, strategy, precision = config.global_batch_size, config.strategy, config.precision
+    transfer, bootstrap, progress = config.transfer, config.bootstrap, config.progress
+    per_model, other_labels_csv = config.ensemble is not None, config.other_labels_csv
     threshold = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
     inputs = preflight.open_prediction_inputs(model_dirs, data_dir, split, output, report_dir,
                                               per_model=per_model, other_labels_csv=other_labels_csv)

@@ -1,24 +1,152 @@
-"""The defaults of prediction, blending and the report, in a module that imports nothing heavy.
+"""Settings of prediction, blending, explaining and the report, without TensorFlow: the defaults, and
+predict.py's, ensemble.py's and explain.py's configs, which the library entry points take whole."""
 
-`blend`, `report`, `prediction` and the command-line flags all take them from here.
-"""
+from __future__ import annotations
 
+import dataclasses
 import os
+
+from contracts import explanation_folder as folder
+from contracts import output_names as files
+from contracts.settings import REQUIRED, Shared, check, setting
+from contracts.shared import (
+    DATA_DIR,
+    ENSEMBLE,
+    IMAGES,
+    LABELS_CSV,
+    MODEL_DIR,
+    OUTPUT,
+    OUTPUT_DIR,
+    SPLIT,
+    WORKERS,
+)
+from models import registry
+from pipeline.options import TRANSFER
+from training.config import GLOBAL_BATCH_SIZE, PRECISION, STRATEGY
 
 ENSEMBLE_THRESHOLD = 0.6  # the reference's blend called an image abnormal at P >= 0.6
 SINGLE_MODEL_THRESHOLD = 0.5  # a softmax model's own decision: the larger of its two outputs
 FIT_STEP = 0.05  # spacing of the weight grid `blend.fit` searches
 BOOTSTRAP = 1000  # resamples behind each 95% interval of the report
 PREDICT_BATCH_SIZE = 64
-# explain.py (Grad-CAM and its localization score)
 EXPLAIN_PER_GROUP = 4  # images shown per group (true positives, false positives, false negatives)
 EXPLAIN_BATCH_SIZE = 16  # images per Grad-CAM step: a backward pass holds every activation
-# Sigma of the centred-Gaussian baseline map, as a fraction of the image side: a blob over the
-# middle quarter or so of a radiograph, where the heart and the medial lung fields are.
+# The centred-Gaussian baseline map's sigma, as a fraction of the side: the heart and medial lung fields.
 LOCALIZATION_BASELINE_SIGMA = 0.25
 OVERLAY_SIZE = 256  # side of the overlay PNGs, at least (the stored image is upsampled for viewing)
+
+THRESHOLD = Shared("threshold", None, "Decision threshold: P(abnormal) >= it is called abnormal.",
+                   lower=0.0, upper=1.0)
+BOOTSTRAP_RESAMPLES = Shared("bootstrap", BOOTSTRAP, (
+    "Bootstrap resamples behind the report's 95% intervals, each drawing patients with replacement with "
+    "all their images (0: no intervals)."), lower=0)
+REPORT_DIR = Shared("report_dir", None, (
+    "Where metrics.json, roc.png and precision_recall.png go when labels are known (default: <output "
+    "stem>_report beside --output)."))
+OTHER_LABELS_CSV = Shared("other_labels_csv", None, (
+    "Another reading of the same images (e.g. a radiologist panel's): the report rescores against it on "
+    "the images both share, with Cohen's kappa against the images' own labels (other_labels.json). "
+    "Columns: image_id (or Image Index or SOPInstanceUID) and label 0/1, YES/NO or NIH Finding Labels."))
+_DEFAULT_SPLIT = "Default: test when the folder has it, else its only split besides train."
 
 
 def default_report_dir(output: str) -> str:
     """Returns `<output without extension>_report`, the report folder beside an output file."""
     return os.path.splitext(output)[0] + "_report"
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """predict.py: saved models over a shard folder's split or raw images."""
+
+    model_dir: tuple[str, ...] = MODEL_DIR.field(REQUIRED, note=(
+        "Repeat it to predict with several models in one call: each then writes <output "
+        "stem>.<backbone>.csv/.npy/.json instead of --output itself (<output stem>.<backbone>.<model_dir "
+        "name>.csv when two share a backbone)."))
+    output: str = OUTPUT.field(REQUIRED, note=(
+        f"Here: the predictions ({files.ID},{files.PROB}[,{files.LABEL}],{files.PROB_UNCALIBRATED}, then the "
+        f"patient columns: {files.PROB} after the run's temperature, {files.PROB_UNCALIBRATED} the softmax "
+        f"output; with --ensemble, the blend as {files.PROB}); PATH.npy ((N, 2) softmax, same rows) and the "
+        "sidecar PATH.json (backbone, shards, crop, temperature) go beside it."))
+    data_dir: str | None = DATA_DIR.field(note="Here: the folder whose split is predicted.")
+    split: str | None = SPLIT.field(note=_DEFAULT_SPLIT)
+    images: str | None = IMAGES.field(note="Unreadable files are listed in the sidecar's 'skipped'.")
+    ensemble: str | None = ENSEMBLE.field(note=(
+        "Here: blend the --model_dir predictions with its temperatures and weights into --output (members "
+        "then go to <output stem>.<backbone>.csv); the sidecar holds its threshold."))
+    workers: int | None = WORKERS.field(note="Here: with --images.")
+    labels_csv: str | None = LABELS_CSV.field(note=(
+        "With --images only: the predictions then carry them (to rescore a shard split against another "
+        "reading, use --other_labels_csv)."))
+    global_batch_size: int = GLOBAL_BATCH_SIZE.field(PREDICT_BATCH_SIZE)
+    strategy: str = STRATEGY.field()
+    precision: str = PRECISION.field(note="The saved graph is cloned under it when needed.")
+    transfer: str = TRANSFER.field()
+    threshold: float | None = THRESHOLD.field(note=(
+        f"Here: in the report (default {SINGLE_MODEL_THRESHOLD}; with --ensemble the blend takes the "
+        "file's)."))
+    report_dir: str | None = REPORT_DIR.field()
+    bootstrap: int = BOOTSTRAP_RESAMPLES.field()
+    other_labels_csv: str | None = OTHER_LABELS_CSV.field()
+    progress: bool = setting(True, "Show progress bars.", flag=False)
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+    """ensemble.py: prediction files blended into a submission."""
+
+    predictions: tuple[str, ...] = setting(REQUIRED, (
+        "A prediction CSV to blend (predict.py's format), one per model. The files are joined on image_id; "
+        "their sidecars give the backbones."))
+    output: str = OUTPUT.field(REQUIRED, note=(
+        "Here: the submission; <output stem>.probabilities.csv (+ .json: weights, threshold, inputs) go "
+        "beside it."))
+    blend_weight: tuple[str, ...] = setting((), lambda: (
+        "The weight of one --predictions file in the blend, one per --predictions, in their order "
+        "(normalised to sum 1). Default: fitted with --fit_on, else the reference weights of the sidecars' "
+        f"backbones ({registry.describe('ensemble_weight')})."))
+    fit_on: tuple[str, ...] = setting((), (
+        "A validation prediction file with labels (e.g. a run's val_predictions.csv), one per --predictions, "
+        "in their order: the weights and/or threshold not given are chosen on them by balanced accuracy."))
+    fit_step: float = setting(FIT_STEP, "Spacing of the weight grid searched with --fit_on (must divide 1).")
+    submission_id_column: str = setting(files.ID, "Submission column holding the image id.")
+    submission_label_column: str = setting(files.DECISION, (
+        "Submission column holding the 0/1 decision (the blend's p_abnormal >= threshold)."))
+    threshold: float | None = THRESHOLD.field(note=(
+        f"Here: the submission's and the report's (default {ENSEMBLE_THRESHOLD}, or fitted with --fit_on)."))
+    report_dir: str | None = REPORT_DIR.field()
+    bootstrap: int = BOOTSTRAP_RESAMPLES.field()
+    other_labels_csv: str | None = OTHER_LABELS_CSV.field()
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainConfig:
+    """explain.py: Grad-CAM maps of a split's images and their localization score."""
+
+    model_dir: tuple[str, ...] = MODEL_DIR.field(REQUIRED, note="Repeat it with --ensemble.")
+    output_dir: str = OUTPUT_DIR.field(REQUIRED, note=(
+        f"Here: the maps (.npy), overlays (.png), {folder.LOCALIZATION} and the index {folder.INDEX}."))
+    ensemble: str | None = ENSEMBLE.field(note=(
+        "Here: maps are the weighted mean of the members' maps, the gallery is chosen at its threshold."))
+    data_dir: str | None = DATA_DIR.field(note="Here: the folder whose split is explained.")
+    split: str | None = SPLIT.field(note=_DEFAULT_SPLIT)
+    images: str | None = IMAGES.field(note="Here: every readable file is explained.")
+    image_ids: tuple[str, ...] = setting((), (
+        "Explain this image (group 'asked') instead of the most confident true positives, false positives "
+        "and false negatives, one per image."))
+    per_group: int = setting(EXPLAIN_PER_GROUP, (
+        "Gallery images per group (tp, fp, fn), most confident first, at the ensemble file's threshold, "
+        f"else {SINGLE_MODEL_THRESHOLD}."), lower=0)
+    global_batch_size: int = GLOBAL_BATCH_SIZE.field(EXPLAIN_BATCH_SIZE, note=(
+        "Here: per prediction and Grad-CAM step, on one device."))
+    workers: int | None = WORKERS.field(note="Here: with --images.")
+    progress: bool = setting(True, "Show progress bars.", flag=False)
+
+    def __post_init__(self):
+        check(self)

@@ -1,86 +1,107 @@
-"""The builder's configuration: one frozen field per flag of build_tfrecords.py, with its default.
-
-Imports nothing heavy, so the flag definitions can take their defaults from here without loading
-TensorFlow.
-"""
+"""The builder's configuration: one frozen setting per flag of build_tfrecords.py, without TensorFlow."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from contracts.errors import UserInputError
+from contracts.settings import Shared, check, setting
+from contracts.shared import IMAGE_SIZE, LABELS_CSV, OUTPUT_DIR, SEED, WORKERS
 from preprocess.images import MAX_IMAGE_PIXELS
 
 SPLITS = ("grouped", "official", "all", "unlabeled")
-# A grouped build holds out a test split unless asked not to; the other modes take their test
-# split from the NIH lists (official) or have none (all, unlabeled), so --test_fraction shapes nothing there.
-DEFAULT_TEST_FRACTION = {"grouped": 0.2}
+DEFAULT_TEST_FRACTION = {"grouped": 0.2}  # official: from the NIH lists; all and unlabeled have none
 # bbox crops each image that has boxes to their union: the reference (seed) project's mode. Only
 # abnormal NIH images have boxes, so it teaches "zoomed in means abnormal" (README, "Pitfalls").
 CROPS = ("bbox", "none")
-BBOX_SHORTCUT = ("--crop=bbox: images with boxes are cropped to them, and only abnormal NIH images have boxes, "
-                 "so a model can learn that zoomed in means abnormal (README, \"Pitfalls\"); --crop=none "
-                 "(the default) avoids it")
+BBOX_SHORTCUT = ("--crop=bbox: images with boxes are cropped to them, and only abnormal NIH images have "
+                 "boxes, so a model can learn that zoomed in means abnormal (README, \"Pitfalls\"); "
+                 "--crop=none (the default) avoids it")
 IMAGE_FORMATS = ("png", "jpeg")
-# local: this machine's process pool (preprocess/builder.py); beam: Apache Beam, on any of its
-# runners (preprocess/beam_runner.py). Both write the same shards and manifest.
-RUNNERS = ("local", "beam")
-# output_dir among them: a shard folder copied or moved elsewhere resumes (or remakes a damaged
-# shard) where it now is.
-# Fields renamed since a build recorded them (in the state file and manifest.json): old -> new.
-# An older folder's record is read under the new names, so its rerun compares like with like.
-RENAMED_FIELDS = {"split": "split_by"}
-NOT_RECORD_SHAPING = ("output_dir", "workers", "max_skip_fraction", "overwrite", "runner", "beam_pipeline_args")
+RUNNERS = ("local", "beam")  # this machine's process pool (builder.py), or Apache Beam (beam_runner.py)
+RENAMED_FIELDS = {"split": "split_by"}  # old -> new name in an older build's state file and manifest
+# output_dir among them: a shard folder copied elsewhere resumes where it now is.
+NOT_RECORD_SHAPING = ("output_dir", "workers", "max_skip_fraction", "overwrite", "runner",
+                      "beam_pipeline_args")
+
+CROP = Shared("crop", None, "bbox: crop images that have boxes to the union of their boxes (the reference; "
+              "beware the shortcut: only abnormal images have boxes); none: never crop.", CROPS)
+NUM_PATIENTS = Shared("num_patients", None, "Synthetic patients to generate.", lower=1)
+SOURCE_SIZE = Shared("source_size", None, "Side of the synthetic source PNGs (boxes stay in the 1024 frame, "
+                     "as in NIH).", lower=16)
 
 
 @dataclasses.dataclass(frozen=True)
 class BuildConfig:
-    """Every flag of the builder (see flags.define_build_flags for their meaning)."""
+    """build_tfrecords.py: NIH metadata and images into TFRecord shards."""
 
-    image_dir: str
-    output_dir: str
-    data_entry_csv: str | None = None
-    bbox_csv: str | None = None
-    labels_csv: str | None = None  # --split_by=unlabeled only: labels for some of the folder's images
-    split_by: str = "grouped"  # one of SPLITS
-    val_fraction: float = 0.2
-    test_fraction: float | None = None  # None: the split mode's DEFAULT_TEST_FRACTION (else 0), set on construction
-    train_val_list: str | None = None
-    test_list: str | None = None
-    crop: str = "none"  # one of CROPS
-    image_size: int = 224
-    image_format: str = "png"
-    jpeg_quality: int = 95
-    num_shards: int | None = None
-    workers: int | None = None
-    seed: int = 0
-    max_skip_fraction: float = 0.01
-    max_image_pixels: int = MAX_IMAGE_PIXELS
-    overwrite: bool = False
-    runner: str = "local"  # one of RUNNERS
-    beam_pipeline_args: str = ""  # --runner=beam: Beam's own options, e.g. "--runner=DataflowRunner ..."
+    image_dir: str | None = setting(None, (
+        "Folder searched recursively for the images (the download's images_0NN/images/ layout works; "
+        "linked folders are followed). PNG and JPEG by extension, DICOM by content. With "
+        "--split_by=unlabeled also a quoted glob pattern of files, e.g. '/data/**/*.dcm'."))
+    output_dir: str | None = OUTPUT_DIR.field(note="Here: the shards, manifest.json and absent.txt.")
+    data_entry_csv: str | None = setting(None, (
+        "NIH Data_Entry_2017*.csv (plain or .gz, v2017 or v2020 dialect). Not used with "
+        "--split_by=unlabeled."))
+    bbox_csv: str | None = setting(None, "Optional NIH BBox_List_2017.csv (boxes in the 1024 frame).")
+    labels_csv: str | None = LABELS_CSV.field(note=(
+        "With --split_by=unlabeled only (the other modes take labels from --data_entry_csv)."))
+    split_by: str = setting("grouped", (
+        "How records are split: grouped: train/val(/test) by patient, stratified by label; official: the NIH "
+        "lists; all: one split 'all'; unlabeled: every image under --image_dir as split 'eval', label -1."),
+        choices=SPLITS)
+    val_fraction: float = setting(0.2, "Share of records in val (grouped; official: of train_val).")
+    test_fraction: float | None = setting(None, (
+        "Share of records in test (grouped only). Default: "
+        + ", ".join(f"{v:g} for --split_by={s}" for s, v in DEFAULT_TEST_FRACTION.items()) + ", else 0."))
+    train_val_list: str | None = setting(None, "NIH train_val_list.txt (--split_by=official).")
+    test_list: str | None = setting(None, "NIH test_list.txt (--split_by=official).")
+    crop: str = CROP.field("none", note=(
+        "Here: none by default; bbox is the reference project's mode (README, 'Pitfalls')."))
+    image_size: int = IMAGE_SIZE.field(224, note="Here: the side of the stored images.")
+    image_format: str = setting("png", (
+        "Stored encoding of the one grayscale channel: png (lossless) or jpeg (smaller, faster to decode)."),
+        choices=IMAGE_FORMATS)
+    jpeg_quality: int = setting(95, "JPEG quality with --image_format=jpeg.", lower=1, upper=100)
+    num_shards: int | None = setting(None, (
+        "Shards of the largest split (others proportional, at least 1). Default: ~128 MB shards, at least 16 "
+        "when the split has that many records."), lower=1)
+    workers: int | None = WORKERS.field()
+    seed: int = SEED.field(note="Here: the split and the record order.")
+    max_skip_fraction: float = setting(0.01, (
+        "Exit 1 when skipped / (CSV rows whose file is present) exceeds this (good records are written "
+        "anyway)."), lower=0.0, upper=1.0)
+    max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "Images with more pixels are refused as possible "
+                                    "decompression bombs.", lower=1)
+    overwrite: bool = setting(False, (
+        "Replace an existing build made with different record-shaping flags. Without it, a rerun in a built "
+        "folder keeps that build's values for the flags it leaves out."))
+    runner: str = setting("local", (
+        "local: this machine's process pool (--workers); beam: Apache Beam (pip install -e '.[beam]') on "
+        "the runner --beam_pipeline_args names (DirectRunner by default; Dataflow, Flink, Spark). Same "
+        "shards and manifest either way. --image_dir, --output_dir and the CSVs may be gs:// URLs."),
+        choices=RUNNERS)
+    beam_pipeline_args: str = setting("", (
+        "With --runner=beam: Beam's pipeline options as one quoted string, e.g. \"--runner=DataflowRunner "
+        "--project=P --region=R --temp_location=gs://B/tmp\"."))
 
     def __post_init__(self):
+        check(self)
         if self.test_fraction is None:
             object.__setattr__(self, "test_fraction", default_test_fraction(self.split_by))
 
     def shaping(self) -> dict:
-        """The flags that change the records written (a rerun must agree on all of them)."""
+        """The settings that change the records written (a rerun must agree on all of them)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RECORD_SHAPING}
 
 
 def default_test_fraction(split_by: str) -> float:
-    """The test share a build with split mode `split_by` gets when --test_fraction is not given."""
+    """The test share a build with split mode `split_by` gets when test_fraction is not given."""
     return DEFAULT_TEST_FRACTION.get(split_by, 0.0)
 
 
-
 class NothingToBuild(UserInputError):
-    """The inputs hold no usable image at all; the message says what was found instead.
-
-    Attributes:
-      skipped: the images found and skipped, as the manifest lists them ({"image", "reason"}).
-    """
+    """The inputs hold no usable image at all; `skipped` lists what was found, as the manifest does."""
 
     def __init__(self, message: str, skipped: list[dict[str, str]]):
         super().__init__(message)

@@ -15,7 +15,10 @@ from contracts import labels
 from contracts.atomic import atomic_path, write_text
 from contracts.boxes import BBOX_CSV_SPELLING
 from contracts.labels import NIH_FRAME
+from contracts.settings import REQUIRED, check, setting
+from contracts.shared import OUTPUT_DIR, SEED
 from preprocess import synthetic_radiographs
+from preprocess.config import NUM_PATIENTS, SOURCE_SIZE
 from preprocess.nih_metadata import BBOX_COLUMNS
 
 DATA_ENTRY_HEADER = (
@@ -33,17 +36,26 @@ LABEL_NOISE_FILE = "label_noise.csv"  # the flipped images: image, true and writ
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """What to generate (see PRESETS)."""
-    output_dir: str
-    preset: str = "radiograph"
-    label_noise: float | None = None  # share of images whose written label is flipped; None: the preset's
-    num_patients: int = 120
-    max_images_per_patient: int = 5  # each patient gets 1..max images
-    source_size: int = 1024  # side of the written PNGs; boxes are always in the 1024 frame
-    abnormal_fraction: float = 0.5
-    bbox_fraction: float = 0.3  # share of abnormal images given a bbox row
-    test_patient_fraction: float = 0.2  # for test_list.txt
-    seed: int = 0
+    """What to generate; every field is a flag of preprocess/synthetic.py."""
+
+    output_dir: str = OUTPUT_DIR.field(REQUIRED, note="Here: the CSVs and images_001/images/*.png.")
+    preset: str = setting("radiograph", (
+        "radiograph: varied anatomy, exposure, distractors and five finding kinds (the demo's data); "
+        "easy: one anatomy and one bright lesion (data a tiny model learns in seconds)."),
+        choices=tuple(PRESETS))
+    label_noise: float | None = setting(None, (
+        f"Share of images whose written label is flipped, listed in {LABEL_NOISE_FILE} (default: the "
+        f"preset's, {PRESETS})."), lower=0.0, upper=1.0)
+    num_patients: int = NUM_PATIENTS.field(120)
+    max_images_per_patient: int = setting(5, "Each patient gets 1..this many images.", lower=1)
+    source_size: int = SOURCE_SIZE.field(1024)
+    abnormal_fraction: float = setting(0.5, "Share of images with a finding.", lower=0.0, upper=1.0)
+    bbox_fraction: float = setting(0.3, "Share of findings given a bbox row.", lower=0.0, upper=1.0)
+    test_patient_fraction: float = setting(0.2, "Share of patients in test_list.txt.", lower=0.0, upper=1.0)
+    seed: int = SEED.field(note="Here: the patients, images and labels.")
+
+    def __post_init__(self):
+        check(self)
 
 
 def _anatomy(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from evaluation.blend import check_threshold
 from models import calibration
 from models.saved import load_classifier
 from serving import savedmodel
+from serving.config import ExportConfig
 
 
 def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
@@ -100,13 +101,14 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
     }
 
 
-def run_export(model_dirs: Sequence[str], export_dir: str, *, ensemble: str | None = None,
-               threshold: float | None = None) -> dict[str, Any]:
-    """Exports train.py's runs (several with ensemble.py's `.probabilities.json`; `threshold` for one)
-    as one SavedModel with export.json in `export_dir`, a new or empty folder that appears whole.
+def run_export(config: ExportConfig) -> dict[str, Any]:
+    """Exports `config.model_dir`'s runs (several need `config.ensemble`) as one SavedModel with
+    export.json in `config.export_dir`, a new or empty folder that appears whole; returns that record.
 
-    Returns the export.json record; raises UserInputError for unusable inputs or folder.
+    Raises UserInputError for unusable inputs or folder.
     """
+    model_dirs, export_dir = config.model_dir, config.export_dir
+    ensemble, threshold = config.ensemble, config.threshold
     members, chosen_threshold = _members(model_dirs, ensemble, threshold)
     transaction = atomic.Transaction(export_dir)  # first undoes a killed export into it
     _check_export_dir(export_dir)

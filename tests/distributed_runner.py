@@ -31,7 +31,7 @@ def main(argv: list[str]) -> None:
     from training.config import TrainConfig
     from training.loop import run_training
 
-    result = run_training(TrainConfig(**json.loads(config_json)), model_dir)
+    result = run_training(TrainConfig(**dict(json.loads(config_json), model_dir=model_dir)))
     np.savez(result_npz, *result.pop("model").get_weights())
     result.pop("config")
     with open(result_npz + ".json", "w") as f:

@@ -163,6 +163,7 @@ def test_an_ensemble_that_fails_at_its_last_file_keeps_the_previous_run(tmp_path
 
     from contracts.prediction_files import write_predictions
     from evaluation import ensembling
+    from evaluation.settings import EnsembleConfig
 
     ids = [f"{i:03d}.png" for i in range(20)]
     labels = np.arange(20) % 2
@@ -172,11 +173,11 @@ def test_an_ensemble_that_fails_at_its_last_file_keeps_the_previous_run(tmp_path
         probs = np.clip(0.25 + 0.5 * labels + np.random.default_rng(0).normal(0, noise, 20), 0, 1)
         write_predictions(inputs[-1], ids, probs, labels, {"backbone": name})
     out = tmp_path / "out"
-    ensembling.run_ensemble(inputs, str(out / "sub.csv"), weights=[0.5, 0.5], bootstrap=0)
+    ensembling.run_ensemble(EnsembleConfig(inputs, str(out / "sub.csv"), blend_weight=[0.5, 0.5], bootstrap=0))
     before = _files(out)
     assert "sub.csv" in before and "sub_report/metrics.json" in before
     # The submission is written last; its bad columns fail after the report and the blend.
     with pytest.raises(ensembling.UserInputError, match="two different non-empty names"):
-        ensembling.run_ensemble(inputs, str(out / "sub.csv"), weights=[0.9, 0.1], bootstrap=0, id_column="x",
-                                label_column="x")
+        ensembling.run_ensemble(EnsembleConfig(inputs, str(out / "sub.csv"), blend_weight=[0.9, 0.1], bootstrap=0,
+                                               submission_id_column="x", submission_label_column="x"))
     assert _files(out) == before

@@ -11,6 +11,7 @@ from sklearn.metrics import balanced_accuracy_score
 from contracts.errors import UserInputError
 from contracts.prediction_files import read_predictions, write_predictions
 from evaluation import blend, ensembling
+from evaluation.settings import EnsembleConfig
 
 IDS = ["a.png", "b.png", "c.png", "d.png"]
 # Columns: efficientnet_b3, densenet121, resnet50.
@@ -43,7 +44,7 @@ def _submission(path, id_column="image_id", label_column="decision"):
 def test_reference_blend_and_threshold_match_hand_computation(tmp_path):
     # 0.6/0.3/0.1 blends: a 0.54+0.15+0.01=0.70, b 0.12+0.18+0.10=0.40, c 0.70, d 0.30+0.24+0=0.54.
     paths = _write_models(str(tmp_path))
-    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), bootstrap=0)
+    result = ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), bootstrap=0))
     assert result.weights == pytest.approx({"efficientnet_b3": 0.6, "densenet121": 0.3, "resnet50": 0.1})
     assert result.threshold == 0.6
     assert _submission(result.submission) == {"a.png": 1, "b.png": 0, "c.png": 1, "d.png": 0}
@@ -54,8 +55,9 @@ def test_reference_blend_and_threshold_match_hand_computation(tmp_path):
 def test_explicit_weights_are_normalised(tmp_path):
     # 1,1,2 -> 0.25/0.25/0.5: a 0.40, b 0.70, c 0.70, d 0.325; threshold 0.5.
     paths = _write_models(str(tmp_path))
-    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), weights=[1, 1, 2], threshold=0.5,
-                                     id_column="Image Index", label_column="Finding", bootstrap=0)
+    result = ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), blend_weight=[1, 1, 2],
+                                                    threshold=0.5, submission_id_column="Image Index",
+                                                    submission_label_column="Finding", bootstrap=0))
     assert list(result.weights.values()) == pytest.approx([0.25, 0.25, 0.5])
     expected = {"a.png": 0, "b.png": 1, "c.png": 1, "d.png": 0}
     assert _submission(result.submission, "Image Index", "Finding") == expected
@@ -63,10 +65,11 @@ def test_explicit_weights_are_normalised(tmp_path):
 
 
 def test_shuffled_rows_give_the_same_result(tmp_path):
-    straight = ensembling.run_ensemble(_write_models(str(tmp_path)), str(tmp_path / "s.csv"), bootstrap=0)
+    straight = ensembling.run_ensemble(EnsembleConfig(_write_models(str(tmp_path)), str(tmp_path / "s.csv"),
+                                                      bootstrap=0))
     orders = [[0, 1, 2, 3], [3, 1, 0, 2], [2, 0, 3, 1]]  # one row order per model file
     shuffled_paths = _write_models(str(tmp_path), order=orders, suffix="_shuffled")
-    shuffled = ensembling.run_ensemble(shuffled_paths, str(tmp_path / "t.csv"), bootstrap=0)
+    shuffled = ensembling.run_ensemble(EnsembleConfig(shuffled_paths, str(tmp_path / "t.csv"), bootstrap=0))
     assert _submission(straight.submission) == _submission(shuffled.submission)
     a, b = read_predictions(straight.probabilities), read_predictions(shuffled.probabilities)
     assert dict(zip(a.ids, a.probs)) == pytest.approx(dict(zip(b.ids, b.probs)))
@@ -77,8 +80,9 @@ def test_missing_sidecar_without_weights_asks_for_weights(tmp_path):
     paths = _write_models(str(tmp_path))
     os.remove(str(tmp_path / "densenet121.json"))
     with pytest.raises(UserInputError, match=r"densenet121\.csv.*--blend_weight"):
-        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), bootstrap=0)
-    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), weights=[1, 1, 1], bootstrap=0)
+        ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), bootstrap=0))
+    result = ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), blend_weight=[1, 1, 1],
+                                                    bootstrap=0))
     assert list(result.weights.values()) == pytest.approx([1 / 3] * 3)
 
 
@@ -199,7 +203,8 @@ def test_run_ensemble_fits_on_validation_files_and_applies_the_result(tmp_path, 
                  for m, backbone in enumerate(BACKBONES)]
     paths = [_write_scheme(str(tmp_path / f"{backbone}.csv"), IDS, PROBS[:, m], None, backbone, scheme)
              for m, backbone in enumerate(BACKBONES)]
-    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=fit_paths, fit_step=0.1, bootstrap=0)
+    result = ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), fit_on=fit_paths,
+                                                    fit_step=0.1, bootstrap=0))
     # The one order, computed independently: each member's temperature as the inverse slope of an
     # intercept-free logistic regression on its logit, then weights and threshold on the calibrated members.
     temperatures = [1.0 / _logistic_slope(labels, probs[:, m]) for m in range(probs.shape[1])]
@@ -220,9 +225,11 @@ def test_run_ensemble_fits_on_validation_files_and_applies_the_result(tmp_path, 
 def test_fit_files_must_pair_with_the_predictions(tmp_path):
     paths = _write_models(str(tmp_path))
     with pytest.raises(UserInputError, match="one validation file per prediction file"):
-        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=paths[:2], bootstrap=0)
+        ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), fit_on=paths[:2],
+                                               bootstrap=0))
     with pytest.raises(UserInputError, match="same order"):
-        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=paths[::-1], bootstrap=0)
+        ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), fit_on=paths[::-1],
+                                               bootstrap=0))
 
 
 def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path):
@@ -230,14 +237,14 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path):
     (tmp_path / "sub.csv").mkdir()
     with pytest.raises(UserInputError, match=r"--output=.*sub\.csv is a folder; give a file name in it, e\.g\. "
                                              r"--output=.*sub\.csv/submission\.csv"):
-        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), bootstrap=0)
+        ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), bootstrap=0))
     assert os.listdir(tmp_path / "sub.csv") == []
 
 
 def test_fit_needs_both_classes(tmp_path):
     paths = _write_models(str(tmp_path), labels=np.zeros(4, dtype=int), suffix="_val")
     with pytest.raises(UserInputError, match="one class"):
-        ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=paths, bootstrap=0)
+        ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), fit_on=paths, bootstrap=0))
 
 
 def test_the_ensemble_is_compared_with_the_member_best_on_validation_not_on_test(tmp_path):
@@ -260,8 +267,9 @@ def test_the_ensemble_is_compared_with_the_member_best_on_validation_not_on_test
 
     fit_paths, _, _ = files("val", 200, sharp=1)  # resnet50 is the better model on validation...
     test_paths, labels, probs = files("test", 300, sharp=0)  # ...and the worse one on test
-    result = ensembling.run_ensemble(test_paths, str(tmp_path / "sub.csv"), fit_on=fit_paths, fit_step=0.1,
-                                     report_dir=str(tmp_path / "report"), bootstrap=200)
+    result = ensembling.run_ensemble(EnsembleConfig(test_paths, str(tmp_path / "sub.csv"), fit_on=fit_paths,
+                                                    fit_step=0.1, report_dir=str(tmp_path / "report"),
+                                                    bootstrap=200))
     gain = result.gain
     assert gain["best_single"] == "resnet50"  # chosen on validation, never on the reported records
     temperatures = json.loads(open(tmp_path / "sub.probabilities.json").read())["temperatures"]

@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 
 from contracts.prediction_files import PATIENT, SEX, read_predictions, write_predictions
 from evaluation import ensembling, operating_points, report, statistics, subgroups
+from evaluation.settings import EnsembleConfig, PredictConfig
 
 RESAMPLES = 200
 
@@ -144,8 +145,9 @@ def test_duplicated_images_narrow_image_intervals_by_sqrt_k_but_not_patient_inte
             ("images", copies, np.repeat(np.arange(n), k), None)):  # a file without the patient column
         paths = [_write(tmp_path / f"{case}.{name}.csv", case_ids, members[rows, m], labels[rows],
                         patients, name) for m, name in enumerate(names)]
-        ensembling.run_ensemble(paths, str(tmp_path / f"{case}.csv"), weights=[1, 1], threshold=0.5,
-                                report_dir=str(tmp_path / case), bootstrap=RESAMPLES)
+        ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / f"{case}.csv"), blend_weight=[1, 1],
+                                               threshold=0.5, report_dir=str(tmp_path / case),
+                                               bootstrap=RESAMPLES))
         with open(tmp_path / case / report.METRICS_FILE) as f:
             runs[case] = json.load(f)
     base = _widths(runs["base"], "ensemble")
@@ -173,8 +175,10 @@ def test_predict_report_resamples_the_patients_of_the_shards(tmp_path):
         if case == "base":
             _save_model(model_dir, shards)
         out = str(tmp_path / f"{case}.csv")
-        prediction.run_prediction([model_dir], shards, "eval", out, batch_size=16, bootstrap=RESAMPLES,
-                                  threshold=0.5, report_dir=str(tmp_path / f"{case}_report"), progress=False)
+        prediction.run_prediction(PredictConfig(model_dir=[model_dir], data_dir=shards, split="eval",
+                                                output=out, global_batch_size=16, bootstrap=RESAMPLES,
+                                                threshold=0.5, report_dir=str(tmp_path / f"{case}_report"),
+                                                progress=False))
         with open(tmp_path / f"{case}_report" / report.METRICS_FILE) as f:
             metrics = json.load(f)["tiny_test"]
         files[case] = read_predictions(out)

@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from contracts.errors import UserInputError
 from contracts.prediction_files import AGE, SEX, VIEW, read_predictions, write_predictions
 from evaluation import agreement, ensembling, operating_points, subgroups
+from evaluation.settings import EnsembleConfig
 from models import calibration
 
 
@@ -136,8 +137,9 @@ def test_ensemble_rescores_against_another_label_set_on_the_shared_images(tmp_pa
     panel[:15] = 1 - panel[:15]
     rows = [f"{i},{'YES' if v else 'NO'}" for i, v in zip(ids[:100], panel)] + [f"other{i}.png,NO" for i in range(7)]
     (tmp_path / "panel.csv").write_text("image_id,panel_abnormal\n" + "\n".join(rows) + "\n")
-    result = ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), weights=[0.5, 0.5], threshold=0.5,
-                                     bootstrap=0, other_labels_csv=str(tmp_path / "panel.csv"))
+    result = ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), blend_weight=[0.5, 0.5],
+                                                    threshold=0.5, bootstrap=0,
+                                                    other_labels_csv=str(tmp_path / "panel.csv")))
     other = result.other_labels
     assert (other["shared"], other["only_in_predictions"], other["only_in_labels_csv"]) == (100, 20, 7)
     blended = 0.5 * read_predictions(paths[0]).probs + 0.5 * read_predictions(paths[1]).probs
@@ -159,7 +161,8 @@ def test_a_bad_labels_csv_stops_the_ensemble_before_anything_is_written(tmp_path
     (tmp_path / "bad.csv").write_text(text)
     out = tmp_path / "out"
     with pytest.raises(UserInputError, match=message):
-        ensembling.run_ensemble(paths, str(out / "sub.csv"), bootstrap=0, other_labels_csv=str(tmp_path / "bad.csv"))
+        ensembling.run_ensemble(EnsembleConfig(paths, str(out / "sub.csv"), bootstrap=0,
+                                               other_labels_csv=str(tmp_path / "bad.csv")))
     assert not out.exists()
 
 
@@ -171,7 +174,8 @@ def test_the_ensemble_report_writes_subgroups_operating_points_and_calibration(t
     fit_dir = tmp_path / "val"
     fit_dir.mkdir()
     _, val_labels, fit_on = _files(fit_dir, np.random.default_rng(8))
-    ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=fit_on, fit_step=0.1, bootstrap=50)
+    ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), fit_on=fit_on, fit_step=0.1,
+                                           bootstrap=50))
     report = tmp_path / "sub_report"
     table = json.loads((report / subgroups.SUBGROUPS_FILE).read_text())
     pa = next(r for r in table["ensemble"] if (r["attribute"], r["group"]) == ("view", "PA"))
@@ -196,8 +200,8 @@ def test_the_report_page_parses_and_every_image_it_references_exists(tmp_path):
     (tmp_path / "panel.csv").write_text("image_id,label\n" + "".join(f"{i},{v}\n" for i, v in zip(ids, labels)))
     meta = {VIEW: np.array(["PA", "AP"] * 60), SEX: np.array(["M", "F"] * 60), AGE: np.arange(120) % 90}
     write_predictions(paths[0], ids, read_predictions(paths[0]).probs, labels, {"backbone": "resnet50"}, meta=meta)
-    ensembling.run_ensemble(paths, str(tmp_path / "sub.csv"), fit_on=fit_on, fit_step=0.1, bootstrap=20,
-                            other_labels_csv=str(tmp_path / "panel.csv"))
+    ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), fit_on=fit_on, fit_step=0.1,
+                                           bootstrap=20, other_labels_csv=str(tmp_path / "panel.csv")))
     report = tmp_path / "sub_report"
 
     class Collect(HTMLParser):

@@ -37,7 +37,7 @@ def world(tmp_path_factory) -> dict[str, str]:
                                              "elsewhere", "empty_images", "no_files", "a_file")}
     write_shards(w["shards"], {"train": 16, "val": 8, "test": 8}, image_size=SIZE)
     run_training(TrainConfig(backbone="tiny_test", data_dir=w["shards"], weights="none", epochs=1,
-                             global_batch_size=8, precision="float32", strategy="default"), w["run"])
+                             global_batch_size=8, precision="float32", strategy="default", model_dir=w["run"]))
     w["val_predictions"] = os.path.join(w["run"], "val_predictions.csv")
     _damaged_runs(w, root)
     for damaged in ("truncated", "bad_json", "escaping"):
@@ -233,9 +233,9 @@ def test_a_damaged_or_mismatched_model_is_refused_in_one_line(world, run, fragme
     assert "\n" not in message and all(f in message for f in fragments), message
 
 
-# A command of the old names (flags.RENAMED), whole as a user would type it: the old name fails in
-# one line naming the new one, before anything runs. Listed here, not read from the table, so that
-# an entry dropped from it fails too.
+# A command of the old names (each script's RENAMED, given to cli.run), whole as a user would type
+# it: the old name fails in one line naming the new one, before anything runs. Listed here, not read
+# from the tables, so that an entry dropped from one fails too.
 OLD_NAMES = [
     ("ensemble", ["--predictions=a.csv", "--predictions=b.csv", "--output={out}/s.csv", "--weights=0.6,0.4"],
      "--weights is now --blend_weight (repeat it, one per --predictions"),

@@ -1,6 +1,7 @@
 """Every entry point's --help lists its own flags, exits 0, and does not import TensorFlow to do so."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -37,6 +38,26 @@ sys.exit(code)
 """
 
 
+# entry point -> its config (every command-line setting of it must be in --help)
+CONFIGS = {"train.py": "training.config:TrainConfig", "predict.py": "evaluation.settings:PredictConfig",
+           "ensemble.py": "evaluation.settings:EnsembleConfig", "export.py": "serving.config:ExportConfig",
+           "explain.py": "evaluation.settings:ExplainConfig", "demo.py": "demo:DemoConfig",
+           "data_service.py": "pipeline.options:DataServiceConfig",
+           os.path.join("preprocess", "build_tfrecords.py"): "preprocess.config:BuildConfig",
+           os.path.join("preprocess", "synthetic.py"): "preprocess.synthetic_data:SyntheticConfig"}
+
+
+def _every_flag(script: str) -> list[str]:
+    """The names of the command-line settings of the script's config."""
+    import importlib
+
+    from contracts import settings
+
+    module, name = CONFIGS[script].split(":")
+    config_type = getattr(importlib.import_module(module), name)
+    return [name for name, (_, spec, _) in settings.specs(config_type).items() if spec.flag]
+
+
 @pytest.mark.parametrize("script", sorted(TOOLS))
 def test_help_lists_the_tools_flags_without_tensorflow(script):
     done = subprocess.run([sys.executable, "-c", _WRAPPER.format(script=script)], cwd=REPO,
@@ -44,6 +65,8 @@ def test_help_lists_the_tools_flags_without_tensorflow(script):
     assert done.returncode == 0, done.stderr[-1500:]
     for fragment in TOOLS[script]:
         assert fragment in done.stdout, (fragment, done.stdout[:3000])
+    for name in _every_flag(script):  # every flag, each with its help text
+        assert re.search(rf"^  --(\[no\])?{name}: \S", done.stdout, re.MULTILINE), (name, done.stdout[:3000])
     assert "HEAVY:\n" in done.stderr or done.stderr.rstrip().endswith("HEAVY:")
 
 
@@ -62,37 +85,31 @@ def test_console_scripts_run_the_same_mains_from_any_folder(script, tmp_path):
     assert CONSOLE_SCRIPTS[script] in done.stdout
 
 
-def test_the_demo_from_another_folder_writes_and_reads_there(tmp_path, monkeypatch):
+def _demo_plan(*argv: str):
+    """The demo's plan for a command line, as `cli.run` builds the config from it."""
     from absl import flags
 
     import demo
-    import flags as project_flags
+    from contracts import cli
 
-    monkeypatch.chdir(tmp_path)
     values = flags.FlagValues()
-    project_flags.define_demo_flags(values)
-    values(["cxr-demo"])
-    plan = demo.plan_from_flags(values)
+    cli.define_flags(demo.DemoConfig, values)
+    values(["cxr-demo", *argv])
+    return demo.make_plan(cli.config_from_flags(demo.DemoConfig, values))
+
+
+def test_the_demo_from_another_folder_writes_and_reads_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = _demo_plan()
     # The stages run inside the repository; every path they get is absolute from the caller's folder.
     assert plan.output_dir == os.path.join(str(tmp_path), "runs", "demo")
 
 
 def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_offline(tmp_path, monkeypatch):
     """`make demo`, then `make demo NIH_DIR=... WEIGHTS=none IMAGE_SIZE=128`: the second plan."""
-    from absl import flags
-
-    import demo
-    import flags as project_flags
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "nih_sample").mkdir()
-    plans = []
-    for argv in (["cxr-demo"], ["cxr-demo", "--nih_dir=nih_sample", "--weights=none", "--image_size=128"]):
-        values = flags.FlagValues()
-        project_flags.define_demo_flags(values)
-        values(argv)
-        plans.append(demo.plan_from_flags(values))
-    synthetic, real = plans
+    synthetic, real = _demo_plan(), _demo_plan("--nih_dir=nih_sample", "--weights=none", "--image_size=128")
     assert real.output_dir == os.path.join(str(tmp_path), "runs", "demo-nih_sample") != synthetic.output_dir
     assert (real.nih_dir, real.weights, real.image_size) == (str(tmp_path / "nih_sample"), "none", 128)
     # From random weights both cut EfficientNetB3 where it learns (models/registry.py); from ImageNet
@@ -100,10 +117,7 @@ def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_
     from models import registry
 
     assert synthetic.feature_layer == real.feature_layer == registry.FEATURE_LAYER_FROM_SCRATCH
-    values = flags.FlagValues()
-    project_flags.define_demo_flags(values)
-    values(["cxr-demo", "--nih_dir=nih_sample"])
-    assert demo.plan_from_flags(values).feature_layer is None
+    assert _demo_plan("--nih_dir=nih_sample").feature_layer is None
 
 
 # The README's "What TensorFlow prints at start-up": what remains at the project's default level,
@@ -160,16 +174,10 @@ def test_make_demo_passes_data_weights_size_and_epochs_through():
 
 
 def test_the_demo_reuses_outputs_of_its_own_plan_and_replaces_those_of_another(tmp_path, monkeypatch, capsys):
-    from absl import flags
-
     import demo
-    import flags as project_flags
     from preprocess import synthetic_data as synthetic
 
-    values = flags.FlagValues()
-    project_flags.define_demo_flags(values)
-    values(["cxr-demo", f"--output_dir={tmp_path / 'demo'}"])
-    plan = demo.plan_from_flags(values)
+    plan = _demo_plan(f"--output_dir={tmp_path / 'demo'}")
     demo.claim_output(plan)
     (tmp_path / "demo" / "models").mkdir()
     (tmp_path / "demo" / "submission.csv").write_text("image_id,label\n")

@@ -78,8 +78,9 @@ def test_training_runs_through_the_service(shards, cluster, tmp_path):
     target, workers = cluster
     before = sum(w._num_tasks() for w in workers)
     config = TrainConfig(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=BATCH,
-                         epochs=2, precision="float32", strategy="default", data_service=target)
-    result = run_training(config, str(tmp_path / "run"))
+                         epochs=2, precision="float32", strategy="default", data_service=target,
+                         model_dir=str(tmp_path / "run"))
+    result = run_training(config)
     assert result["epochs_done"] == 2 and result["step"] == 2 * (SPLITS["train"] // BATCH)
     assert all(np.isfinite(r["train_loss"]) for r in result["history"])
     assert sum(w._num_tasks() for w in workers) > before  # the workers, not this process, read the shards
@@ -93,9 +94,9 @@ def test_service_flags_refuse_what_the_service_cannot_do(shards):
         busy = holder.getsockname()[1]
         with pytest.raises(UserInputError, match=f"port {busy}: .* probably in use"):
             service.start_dispatcher(busy)
-    base = dict(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=BATCH)
+    base = dict(backbone="tiny_test", data_dir=data_dir, model_dir="", weights="none", global_batch_size=BATCH)
     assert resolve_config(TrainConfig(**base, data_service="localhost:5050")).data_service == "grpc://localhost:5050"
-    with pytest.raises(UserInputError, match="--cache with --data_service"):
+    with pytest.raises(UserInputError, match="cache=True and data_service=grpc://localhost:5050 together"):
         resolve_config(TrainConfig(**base, data_service="grpc://localhost:5050", cache=True))
     with pytest.raises(UserInputError, match="grpc://HOST:PORT"):
         resolve_config(TrainConfig(**base, data_service="http://localhost:5050"))

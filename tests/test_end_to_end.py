@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from evaluation.ensembling import run_ensemble
 from evaluation.prediction import run_prediction
+from evaluation.settings import EnsembleConfig, PredictConfig
 from preprocess import builder
 from preprocess import synthetic_data as synthetic
 from preprocess.config import BuildConfig
@@ -42,8 +43,7 @@ def test_build_train_predict_ensemble_report(tmp_path):
         result = run_training(TrainConfig(backbone="tiny_test", data_dir=shards, weights="none", epochs=EPOCHS,
                                           learning_rate=3e-3, batchnorm_momentum=0.9,
                                           early_stopping_patience=EPOCHS, global_batch_size=8, seed=seed,
-                                          deterministic=True),
-                              model_dir)
+                                          deterministic=True, model_dir=model_dir))
         assert result["epochs_done"] == EPOCHS
         for name in ("config.json", "metrics.jsonl", "model.keras", "val_predictions.csv"):
             assert os.path.exists(os.path.join(model_dir, name)), name
@@ -51,8 +51,9 @@ def test_build_train_predict_ensemble_report(tmp_path):
         assert len(val) == n_val and val["image_id"].is_unique
         model_dirs.append(model_dir)
 
-    predicted = run_prediction(model_dirs, shards, "test", str(tmp_path / "preds" / "test.csv"),
-                               batch_size=7, bootstrap=50, progress=False)
+    predicted = run_prediction(PredictConfig(model_dir=model_dirs, data_dir=shards, split="test",
+                                             output=str(tmp_path / "preds" / "test.csv"), global_batch_size=7,
+                                             bootstrap=50, progress=False))
     assert predicted.records == n_test
     test_files = list(predicted.outputs.values())
     test_ids = None
@@ -64,9 +65,9 @@ def test_build_train_predict_ensemble_report(tmp_path):
         test_ids = set(frame["image_id"]) if test_ids is None else test_ids
         assert set(frame["image_id"]) == test_ids
 
-    ensembled = run_ensemble(test_files, str(tmp_path / "submission.csv"),
-                             fit_on=[os.path.join(d, "val_predictions.csv") for d in model_dirs],
-                             report_dir=str(tmp_path / "report"), bootstrap=50)
+    ensembled = run_ensemble(EnsembleConfig(test_files, str(tmp_path / "submission.csv"),
+                                            fit_on=[os.path.join(d, "val_predictions.csv") for d in model_dirs],
+                                            report_dir=str(tmp_path / "report"), bootstrap=50))
     submission = pd.read_csv(ensembled.submission)
     assert set(submission["image_id"]) == test_ids and set(submission["decision"]) <= {0, 1}
     assert abs(sum(ensembled.weights.values()) - 1) < 1e-9 and 0 < ensembled.threshold < 1

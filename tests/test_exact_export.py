@@ -21,6 +21,7 @@ import models
 from contracts.errors import UserInputError
 from contracts.manifest import ShardFolder
 from evaluation import prediction
+from evaluation.settings import PredictConfig
 from models import builder
 from tests.shard_factory import synthetic_pixels, write_shards
 from training.config import TrainConfig
@@ -88,8 +89,8 @@ def imagenet_download(monkeypatch, tmp_path):
 def _train_one_step(data_dir, model_dir, backbone, precision):
     config = TrainConfig(backbone=backbone, data_dir=data_dir, weights="imagenet", global_batch_size=8,
                          epochs=1, steps_per_epoch=1, precision=precision, strategy="default",
-                         learning_rate=1e-6, early_stopping_patience=5)
-    return run_training(config, model_dir)
+                         learning_rate=1e-6, early_stopping_patience=5, model_dir=model_dir)
+    return run_training(config)
 
 
 def _reproduces_val_predictions(data_dir, model_dir, precision, tolerance, check_saved_file=True):
@@ -104,8 +105,9 @@ def _reproduces_val_predictions(data_dir, model_dir, precision, tolerance, check
         np.testing.assert_allclose(from_file[validated.index], validated["p_uncalibrated"], atol=tolerance)
 
     out = os.path.join(os.path.dirname(model_dir), f"pred_{precision}.csv")
-    prediction.run_prediction([model_dir], data_dir, "val", out, batch_size=8, strategy="default",
-                              precision=precision, bootstrap=10, progress=False)
+    prediction.run_prediction(PredictConfig(model_dir=[model_dir], data_dir=data_dir, split="val", output=out,
+                                            global_batch_size=8, strategy="default", precision=precision,
+                                            bootstrap=10, progress=False))
     predicted = pd.read_csv(out).set_index("image_id")
     np.testing.assert_allclose(predicted.loc[validated.index, "p_uncalibrated"], validated["p_uncalibrated"],
                                atol=tolerance)

@@ -22,6 +22,7 @@ from contracts.labels import NIH_FRAME
 from contracts.prediction_files import write_predictions
 from evaluation import explanation, gradcam
 from evaluation.feature_grid import feature_grid
+from evaluation.settings import ExplainConfig
 from models import build_classifier
 from models.heads import POOL_LAYER
 from models.saved import load_classifier
@@ -75,14 +76,15 @@ def world(tmp_path_factory):
         run = str(root / f"tiny{seed}")
         run_training(TrainConfig(backbone="tiny_test", data_dir=shards, weights="none", epochs=epochs,
                                  learning_rate=3e-3, batchnorm_momentum=0.9, early_stopping_patience=epochs,
-                                 global_batch_size=16, seed=seed, deterministic=True), run)
+                                 global_batch_size=16, seed=seed, deterministic=True, model_dir=run))
         runs.append(run)
     return {"root": root, "shards": shards, "runs": runs, "test_abnormal": 40}
 
 
 def test_the_maps_of_a_model_trained_on_the_lesion_point_at_it_better_than_the_centre(world, tmp_path):
     out = str(tmp_path / "explained")
-    result = explanation.run_explain([world["runs"][0]], world["shards"], "test", out, per_group=2, progress=False)
+    result = explanation.run_explain(ExplainConfig(model_dir=[world["runs"][0]], data_dir=world["shards"],
+                                                   split="test", output_dir=out, per_group=2, progress=False))
     with open(os.path.join(out, folder_lib.LOCALIZATION)) as f:
         scored = json.load(f)
     overall = scored["overall"]
@@ -116,7 +118,8 @@ def test_explanations_in_a_report_folder_join_its_page(world, tmp_path):
     report.write_report(str(report_dir), [report.Scores("m", labels, np.array([0.2, 0.8, 0.4, 0.6]), 0.5)],
                         bootstrap=0)
     out = str(report_dir / html_report.EXPLANATIONS_DIR)
-    result = explanation.run_explain([world["runs"][0]], world["shards"], "test", out, per_group=1, progress=False)
+    result = explanation.run_explain(ExplainConfig(model_dir=[world["runs"][0]], data_dir=world["shards"],
+                                                   split="test", output_dir=out, per_group=1, progress=False))
     html_report.write_index(str(report_dir))
 
     class Images(HTMLParser):
@@ -151,7 +154,8 @@ def test_cropped_shards_are_not_scored_and_say_why(world, tmp_path, capsys):
     manifest = manifest_lib.ShardFolder.open(shards).manifest
     manifest["config"]["crop"] = "bbox"  # as --crop=bbox would have built it
     manifest_lib.write_manifest(shards, manifest)
-    result = explanation.run_explain([world["runs"][0]], shards, "test", out, per_group=1, progress=False)
+    result = explanation.run_explain(ExplainConfig(model_dir=[world["runs"][0]], data_dir=shards,
+                                                   split="test", output_dir=out, per_group=1, progress=False))
     assert result.localization == {"scored": False, "reason": explanation.NOT_SCORED_CROPPED}
     assert folder_lib.load_index(out)["localization"]["scored"] is False and result.images  # the gallery still is
     assert explanation.summary(result).splitlines()[-1] == f"localization: not scored: {explanation.NOT_SCORED_CROPPED}"
@@ -164,8 +168,10 @@ def test_shards_on_another_file_system_are_explained_as_local_ones(world, tmp_pa
     for name in os.listdir(world["shards"]):
         tf.io.gfile.copy(os.path.join(world["shards"], name), f"{remote}/{name}", overwrite=True)
     run = [world["runs"][0]]
-    here = explanation.run_explain(run, world["shards"], "test", str(tmp_path / "here"), per_group=1, progress=False)
-    far = explanation.run_explain(run, remote, None, str(tmp_path / "far"), per_group=1, progress=False)
+    here = explanation.run_explain(ExplainConfig(model_dir=run, data_dir=world["shards"], split="test",
+                                                 output_dir=str(tmp_path / "here"), per_group=1, progress=False))
+    far = explanation.run_explain(ExplainConfig(model_dir=run, data_dir=remote, output_dir=str(tmp_path / "far"),
+                                                per_group=1, progress=False))
     assert far.images == here.images and far.localization == here.localization and far.localization["images"]
     assert folder_lib.load_index(str(tmp_path / "far"))["source"] == {"data_dir": remote, "split": "test"}
 
@@ -245,8 +251,9 @@ def test_the_ensemble_map_is_the_weighted_mean_of_its_members_maps(world, tmp_pa
     # Listed in the other order than the file's members: the file's order and weights rule.
     ensemble = _ensemble_file(str(tmp_path / "s.probabilities.json"), runs, [0.3, 0.7], threshold=0.35,
                               temperatures=[2.0, 0.5])
-    explanation.run_explain([runs[1], runs[0]], world["shards"], "test", out, ensemble=ensemble, per_group=1,
-                            progress=False)
+    explanation.run_explain(ExplainConfig(model_dir=[runs[1], runs[0]], data_dir=world["shards"],
+                                          split="test", output_dir=out, ensemble=ensemble, per_group=1,
+                                          progress=False))
     index = folder_lib.load_index(out)
     assert index["threshold"] == 0.35 and [m["weight"] for m in index["models"]] == [0.3, 0.7]
     image_ids = [e["image_id"] for e in index["images"]]

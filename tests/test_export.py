@@ -16,8 +16,10 @@ from PIL import Image
 from contracts import ensemble_file
 from contracts.manifest import ShardFolder
 from evaluation import ensembling, prediction
+from evaluation.settings import EnsembleConfig, PredictConfig
 from preprocess import images as builder_images
 from serving import decode, exporter
+from serving.config import ExportConfig
 from tests.shard_factory import write_shards
 from training.config import TrainConfig
 from training.loop import run_training
@@ -29,7 +31,7 @@ PROJECT_PACKAGES = ("models", "pipeline", "preprocess", "training", "evaluation"
 
 def _train(data_dir, model_dir, seed):
     run_training(TrainConfig(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=8,
-                             epochs=2, precision="float32", strategy="default", seed=seed), model_dir)
+                             epochs=2, precision="float32", strategy="default", seed=seed, model_dir=model_dir))
     return model_dir
 
 
@@ -41,11 +43,13 @@ def runs(tmp_path_factory):
     written = write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE)
     dirs = [_train(data_dir, str(root / f"run{i}"), seed=i) for i in range(2)]
     out = str(root / "pred" / "val.csv")
-    result = prediction.run_prediction(dirs, data_dir, "val", out, batch_size=8, strategy="default",
-                                       precision="float32", bootstrap=0, progress=False)
+    result = prediction.run_prediction(PredictConfig(model_dir=dirs, data_dir=data_dir, split="val",
+                                                     output=out, global_batch_size=8, strategy="default",
+                                                     precision="float32", bootstrap=0, progress=False))
     files = list(result.outputs.values())
     submission = str(root / "ens" / "submission.csv")
-    ensembling.run_ensemble(files, submission, weights=[0.7, 0.3], threshold=0.45, bootstrap=0)
+    ensembling.run_ensemble(EnsembleConfig(files, submission, blend_weight=[0.7, 0.3], threshold=0.45,
+                                           bootstrap=0))
     return {"root": root, "data_dir": data_dir, "dirs": dirs, "predictions": files, "written": written,
             "submission": submission, "ensemble": ensemble_file.ensemble_path(submission)}
 
@@ -129,7 +133,7 @@ def _same_by_name(out, frame, member_frames=()):
 
 def test_single_model_serves_what_predict_computed_and_loads_without_the_project(runs, tmp_path):
     export_dir = tmp_path / "served"
-    info = exporter.run_export([runs["dirs"][0]], str(export_dir), threshold=0.3)
+    info = exporter.run_export(ExportConfig([runs["dirs"][0]], str(export_dir), threshold=0.3))
     ids, image_bytes, pixels = _val_rows(runs)
     out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
     frame = pd.read_csv(runs["predictions"][0]).set_index("image_id").loc[ids]
@@ -165,7 +169,7 @@ def test_single_model_serves_what_predict_computed_and_loads_without_the_project
 def test_ensemble_serves_the_blend_ensemble_py_wrote(runs, tmp_path):
     export_dir = tmp_path / "served"
     # Given in the other order: members are matched by folder, and blended in the file's order.
-    info = exporter.run_export(runs["dirs"][::-1], str(export_dir), ensemble=runs["ensemble"])
+    info = exporter.run_export(ExportConfig(runs["dirs"][::-1], str(export_dir), ensemble=runs["ensemble"]))
     ids, image_bytes, pixels = _val_rows(runs)
     out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
     blended = pd.read_csv(ensemble_file.blend_path(runs["ensemble"])).set_index("image_id").loc[ids]
@@ -184,8 +188,10 @@ def test_ensemble_serves_the_blend_ensemble_py_wrote(runs, tmp_path):
 def test_an_ensemble_with_fitted_temperatures_serves_what_ensemble_py_blended(runs, tmp_path):
     submission = str(tmp_path / "fitted" / "submission.csv")
     fit_on = [os.path.join(d, "val_predictions.csv") for d in runs["dirs"]]
-    ensembling.run_ensemble(runs["predictions"], submission, fit_on=fit_on, fit_step=0.1, bootstrap=0)
-    info = exporter.run_export(runs["dirs"], str(tmp_path / "served"), ensemble=ensemble_file.ensemble_path(submission))
+    ensembling.run_ensemble(EnsembleConfig(runs["predictions"], submission, fit_on=fit_on, fit_step=0.1,
+                                           bootstrap=0))
+    info = exporter.run_export(ExportConfig(runs["dirs"], str(tmp_path / "served"),
+                                            ensemble=ensemble_file.ensemble_path(submission)))
     temperatures = [m["temperature"] for m in info["members"]]
     assert all(abs(t - 1.0) > 1e-3 for t in temperatures)  # the comparison bites only with real temperatures
     ids, image_bytes, pixels = _val_rows(runs)
@@ -230,8 +236,9 @@ def test_a_run_folder_from_before_the_format_version_gives_todays_numbers(runs, 
     blends = []
     for name, dirs in (("new", runs["dirs"]), ("old", old)):
         submission = str(tmp_path / name / "submission.csv")
-        ensembling.run_ensemble(runs["predictions"], submission, fit_on=[os.path.join(d, "val_predictions.csv")
-                                                                        for d in dirs], fit_step=0.1, bootstrap=0)
+        ensembling.run_ensemble(EnsembleConfig(runs["predictions"], submission,
+                                               fit_on=[os.path.join(d, "val_predictions.csv") for d in dirs],
+                                               fit_step=0.1, bootstrap=0))
         with open(ensemble_file.ensemble_path(submission)) as f:
             chosen = json.load(f)
         blends.append((chosen["temperatures"], chosen["weights"], chosen["threshold"],
@@ -241,13 +248,14 @@ def test_a_run_folder_from_before_the_format_version_gives_todays_numbers(runs, 
     written = []
     for name, run_dir in (("new", runs["dirs"][0]), ("old", old[0])):
         out = str(tmp_path / name / "val.csv")
-        prediction.run_prediction([run_dir], runs["data_dir"], "val", out, batch_size=8, strategy="default",
-                                  precision="float32", bootstrap=0, progress=False)
+        prediction.run_prediction(PredictConfig(model_dir=[run_dir], data_dir=runs["data_dir"], split="val",
+                                                output=out, global_batch_size=8, strategy="default",
+                                                precision="float32", bootstrap=0, progress=False))
         with open(os.path.join(tmp_path, name, "val_report", operating_points.OPERATING_POINTS_FILE)) as f:
             written.append((pd.read_csv(out)["p_abnormal"].tolist(), json.load(f)))
     assert written[0] == written[1]
     # export.py: the run's temperature, as recorded.
-    info = exporter.run_export([old[0]], str(tmp_path / "served"))
+    info = exporter.run_export(ExportConfig([old[0]], str(tmp_path / "served")))
     with open(os.path.join(runs["dirs"][0], "val_predictions.json")) as f:
         assert info["members"][0]["temperature"] == json.load(f)["temperature"]
 
@@ -400,7 +408,7 @@ def test_bbox_trained_model_is_exported_with_a_warning(runs, tmp_path):
     config["crop"] = "bbox"
     with open(run / "config.json", "w") as f:
         json.dump(config, f)
-    info = exporter.run_export([str(run)], str(tmp_path / "served"))
+    info = exporter.run_export(ExportConfig([str(run)], str(tmp_path / "served")))
     assert info["crop"] == "bbox" and any("uncropped" in w for w in info["warnings"])
 
 
@@ -409,7 +417,7 @@ def test_existing_export_is_never_overwritten(runs, tmp_path):
     target.mkdir()
     (target / "keep.txt").write_text("x")
     with pytest.raises(prediction.UserInputError, match="not an empty folder"):
-        exporter.run_export([runs["dirs"][0]], str(target))
+        exporter.run_export(ExportConfig([runs["dirs"][0]], str(target)))
     assert os.listdir(target) == ["keep.txt"]
 
 
@@ -423,12 +431,13 @@ def test_real_radiographs_served_from_bytes_match_builder_shards_and_predict(run
     builder.build(BuildConfig(image_dir=nih_sample, output_dir=shards, split_by="unlabeled", crop="none",
                             image_size=SIZE, workers=1))
     out = str(tmp_path / "real.csv")
-    prediction.run_prediction([runs["dirs"][0]], shards, "eval", out, batch_size=16, strategy="default",
-                              precision="float32", bootstrap=0, progress=False)
+    prediction.run_prediction(PredictConfig(model_dir=[runs["dirs"][0]], data_dir=shards, split="eval",
+                                            output=out, global_batch_size=16, strategy="default",
+                                            precision="float32", bootstrap=0, progress=False))
     offline_frame = pd.read_csv(out).set_index("image_id")
     offline = offline_frame["p_abnormal"]  # served and written: after the run's temperature
     export_dir = tmp_path / "served"
-    exporter.run_export([runs["dirs"][0]], str(export_dir))
+    exporter.run_export(ExportConfig([runs["dirs"][0]], str(export_dir)))
     paths = {os.path.basename(p): p for p in sorted(
         os.path.join(root, name) for root, _, names in os.walk(nih_sample) for name in names if name.endswith(".png"))}
     assert len(paths) == len(offline) == 116

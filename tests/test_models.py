@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import flags as project_flags
 import models
+from contracts import settings
 from models import preprocessing
 from training import step as step_lib
+from training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # the smallest input the three Keras Applications accept
@@ -55,7 +56,7 @@ def _describe(layer) -> tuple:
 
 def test_every_registered_backbone_is_tested_and_test_backbones_stay_off_the_cli():
     assert set(REFERENCE_HEADS) == set(models.BACKBONES)
-    assert not set(models.TEST_BACKBONES) & set(project_flags.backbones())
+    assert not set(models.TEST_BACKBONES) & set(settings.specs(TrainConfig)["backbone"][1].choices)
 
 
 @pytest.mark.parametrize("name", list(models.BACKBONES) + list(models.TEST_BACKBONES))

@@ -12,13 +12,16 @@ import pytest
 from absl import flags
 
 import demo
-import flags as project_flags
+from contracts import cli, settings
 from contracts import manifest as manifest_lib
+from contracts.errors import UserInputError
 from contracts.prediction_files import read_predictions, write_predictions
 from evaluation import blend
+from evaluation.settings import EnsembleConfig
 from models import registry
 from pipeline import input_pipeline
 from tests.shard_factory import write_shards
+from training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THROWAWAY = "throwaway_net"
@@ -33,16 +36,20 @@ def throwaway(monkeypatch):
     return spec
 
 
+def _flags(config_type, *argv: str) -> flags.FlagValues:
+    """A tool's flags, as `cli.run` defines them, parsed from `argv`."""
+    values = flags.FlagValues()
+    cli.define_flags(config_type, values)
+    values(["tool", *argv])
+    return values
+
+
 def test_a_registered_backbone_reaches_flags_help_ensemble_and_demo_with_no_other_edit(throwaway, tmp_path):
-    train = flags.FlagValues()
-    project_flags.define_train_flags(train)
-    train(["train.py", f"--backbone={THROWAWAY}", "--data_dir=d", "--model_dir=m"])
-    assert train.backbone == THROWAWAY
+    train = _flags(TrainConfig, f"--backbone={THROWAWAY}", "--data_dir=d", "--model_dir=m")
+    assert cli.config_from_flags(TrainConfig, train).backbone == THROWAWAY
     assert f"{THROWAWAY} 7" in train["epochs"].help and f"{THROWAWAY} 0.0003" in train["learning_rate"].help
 
-    ensemble = flags.FlagValues()
-    project_flags.define_ensemble_flags(ensemble)
-    assert f"{THROWAWAY} 0.25" in ensemble["blend_weight"].help
+    assert f"{THROWAWAY} 0.25" in _flags(EnsembleConfig)["blend_weight"].help
     paths = []
     for name, backbone in (("a", THROWAWAY), ("b", "resnet50")):
         path = str(tmp_path / f"{name}.csv")
@@ -51,11 +58,9 @@ def test_a_registered_backbone_reaches_flags_help_ensemble_and_demo_with_no_othe
     weights = blend.reference_weights([read_predictions(p) for p in paths])
     np.testing.assert_allclose(weights, [0.25 / 0.35, 0.1 / 0.35])  # resnet50's reference weight is 0.1
 
-    demo_flags = flags.FlagValues()
-    project_flags.define_demo_flags(demo_flags)
-    demo_flags(["demo.py", f"--backbones={THROWAWAY}", "--backbones=resnet50"])
-    assert THROWAWAY in demo_flags["backbones"].default
-    plan = demo.plan_from_flags(demo_flags)
+    assert THROWAWAY in demo.DemoConfig().backbones and THROWAWAY in _flags(demo.DemoConfig)["backbones"].default
+    chosen = _flags(demo.DemoConfig, f"--backbones={THROWAWAY}", "--backbones=resnet50")
+    plan = demo.make_plan(cli.config_from_flags(demo.DemoConfig, chosen))
     assert plan.learning_rates == {THROWAWAY: 2e-3, "resnet50": registry.BACKBONES["resnet50"].from_scratch_learning_rate}
     import models
 
@@ -63,24 +68,26 @@ def test_a_registered_backbone_reaches_flags_help_ensemble_and_demo_with_no_othe
 
 
 def test_an_unregistered_backbone_is_refused_with_the_valid_names():
-    train = flags.FlagValues()
-    project_flags.define_train_flags(train)
     with pytest.raises(flags.IllegalFlagValueError, match="efficientnet_b3"):
-        train(["train.py", "--backbone=vgg16"])
+        _flags(TrainConfig, "--backbone=vgg16")
+    with pytest.raises(UserInputError, match="backbone='vgg16' is not one of efficientnet_b3"):
+        TrainConfig(backbone="vgg16", data_dir="d", model_dir="m")  # from Python too
+    assert TrainConfig(backbone="tiny_test", data_dir="d", model_dir="m").backbone == "tiny_test"  # tests' own
 
 
 def test_a_name_defined_twice_in_one_tool_raises():
-    tool = flags.FlagValues()
-    project_flags.define_train_flags(tool)
+    tool = _flags(TrainConfig)
     with pytest.raises(flags.DuplicateFlagError):
-        project_flags.define_input_flags(tool)  # already part of the train tool
+        cli.define_flags(TrainConfig, tool)
 
 
-def _tools(monkeypatch) -> dict[str, object]:
-    """Every installed tool (setup.cfg's console scripts) -> the define function its `run` passes
-    to run_tool, found by running it with run_tool replaced: no tool can be left out."""
+def _tools(monkeypatch) -> dict[str, type]:
+    """Every installed tool (setup.cfg's console scripts) -> the config type its `run` hands to
+    `cli.run`, found by running it with `cli.run` replaced: no tool can be left out."""
     import configparser
     import importlib
+
+    import flags as synthetic_flags
 
     config = configparser.ConfigParser()
     config.read(os.path.join(REPO, "setup.cfg"))
@@ -89,48 +96,51 @@ def _tools(monkeypatch) -> dict[str, object]:
         script, target = (part.strip() for part in line.split("="))
         module, function = target.split(":")
         captured = []
-        monkeypatch.setattr(project_flags, "run_tool", lambda define, *args, captured=captured, **kwargs: captured.append(define))
+        monkeypatch.setattr(cli, "run", lambda config_type, *args, captured=captured, **kwargs:
+                            captured.append(config_type))
+        # preprocess/synthetic.py runs through flags.run_tool until its shim moves to cli.run
+        monkeypatch.setattr(synthetic_flags, "run_tool", lambda *args, captured=captured, **kwargs:
+                            captured.append(synthetic_flags._synthetic_settings()))
         getattr(importlib.import_module(module), function)()
         (tools[script],) = captured
     return tools
 
 
 def test_a_name_several_tools_take_is_defined_once_and_shared(monkeypatch):
-    """One meaning per name: two tools that take a name define it through `share`, never apart."""
+    """One meaning per name: every tool's field of a name several tools take comes from one `Shared`."""
     tools = _tools(monkeypatch)
-    assert len(set(tools.values())) == len(tools) > 1 and project_flags.define_input_flags not in tools.values()
-    shared: set[str] = set()
-    real_share = project_flags.share
-
-    def recording_share(fv, name, *args, **kwargs):
-        before = set(fv)
-        real_share(fv, name, *args, **kwargs)
-        shared.update(set(fv) - before)
-
-    monkeypatch.setattr(project_flags, "share", recording_share)
-    defined_apart: dict[str, list[str]] = {}
-    shared_by: dict[str, list[str]] = {}
-    for script, define in tools.items():
-        shared.clear()
+    assert len(set(tools.values())) == len(tools) > 1
+    meanings: dict[str, dict[str, object]] = {}  # name -> tool -> its Shared (None: defined apart)
+    for script, config_type in tools.items():
         values = flags.FlagValues()  # each tool alone, as it runs
-        define(values)
-        for name in values:
-            (shared_by if name in shared else defined_apart).setdefault(name, []).append(script)
-    twice = {name: scripts for name, scripts in defined_apart.items()
-             if len(scripts) + len(shared_by.get(name, [])) > 1}
-    assert not twice, f"defined apart by several tools (define them with project_flags.share): {twice}"
-    # The shared names are the ones several tools take (data_dir, model_dir, ...), each one meaning.
-    assert {"data_dir", "model_dir", "split", "global_batch_size", "weights", "threshold"} <= set(shared_by)
+        cli.define_flags(config_type, values)
+        for name, (_, spec, _) in settings.specs(config_type).items():
+            if spec.flag:
+                assert name in values
+                meanings.setdefault(name, {})[script] = spec.shared
+    several = {name: by_tool for name, by_tool in meanings.items() if len(by_tool) > 1}
+    apart = {name: by_tool for name, by_tool in several.items()
+             if len({id(shared) for shared in by_tool.values()}) != 1 or None in by_tool.values()}
+    assert not apart, f"taken by several tools but not from one Shared (define them with NAME.field): {apart}"
+    assert {"data_dir", "model_dir", "split", "global_batch_size", "weights", "threshold", "output_dir",
+            "seed", "workers", "image_size", "crop", "num_patients", "source_size"} <= set(several)
 
 
 def test_every_tool_defines_its_flags_without_importing_tensorflow():
     code = (
-        "import sys\n"
+        "import sys, dataclasses\n"
         "from absl import flags\n"
-        "import flags as project_flags\n"
-        "for name in dir(project_flags):\n"
-        "    if name.startswith('define_'):\n"
-        "        getattr(project_flags, name)(flags.FlagValues())\n"
+        "from contracts import cli\n"
+        "import demo, flags as synthetic_flags\n"
+        "from evaluation import settings\n"
+        "from pipeline import options\n"
+        "from preprocess import config as build\n"
+        "from serving import config as export\n"
+        "from training import config as train\n"
+        "for config_type in (train.TrainConfig, settings.PredictConfig, settings.EnsembleConfig,\n"
+        "                    settings.ExplainConfig, export.ExportConfig, build.BuildConfig, demo.DemoConfig,\n"
+        "                    options.DataServiceConfig, synthetic_flags._synthetic_settings()):\n"
+        "    cli.define_flags(config_type, flags.FlagValues())\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'pandas', 'sklearn') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
@@ -191,7 +201,5 @@ def test_demo_runs_are_keyed_by_their_data(args, expected, tmp_path):
     # The synthetic demo and a real-data demo never share (and refuse) each other's shard folders.
     data = tmp_path / "nih"
     data.mkdir()
-    values = flags.FlagValues()
-    project_flags.define_demo_flags(values)
-    values(["demo.py", *[a.format(data=data) for a in args]])
-    assert demo.plan_from_flags(values).output_dir == os.path.abspath(expected)
+    values = _flags(demo.DemoConfig, *[a.format(data=data) for a in args])
+    assert demo.make_plan(cli.config_from_flags(demo.DemoConfig, values)).output_dir == os.path.abspath(expected)

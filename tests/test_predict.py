@@ -20,6 +20,7 @@ from contracts.manifest import ShardFolder
 from contracts.prediction_files import read_predictions
 from contracts.run_folder import RunFolder
 from evaluation import prediction
+from evaluation.settings import PredictConfig
 from pipeline.service import free_local_ports
 from tests.shard_factory import write_shards
 
@@ -52,8 +53,9 @@ def labeled(tmp_path_factory):
 
 def test_every_record_once_with_its_own_prediction(labeled, tmp_path, caplog):
     output = str(tmp_path / "preds.csv")
-    result = prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", output,
-                                       batch_size=4, bootstrap=20, progress=False)
+    result = prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"]],
+                                                     data_dir=labeled["shards"], split="eval", output=output,
+                                                     global_batch_size=4, bootstrap=20, progress=False))
     assert f"{labeled['model_dir']} has no fitted temperature" in caplog.text  # said, not silent
     assert result.outputs == {"tiny_test": output} and result.records == RECORDS
     frame = pd.read_csv(output, dtype={"image_id": str})
@@ -94,8 +96,9 @@ def test_every_record_once_with_its_own_prediction(labeled, tmp_path, caplog):
 @pytest.mark.parametrize("batch_size", [1, 5, 64])
 def test_any_batch_size_gives_every_id_once(labeled, tmp_path, batch_size):
     output = str(tmp_path / "p.csv")
-    prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", output,
-                              batch_size=batch_size, bootstrap=0, progress=False)
+    prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"]], data_dir=labeled["shards"],
+                                            split="eval", output=output, global_batch_size=batch_size,
+                                            bootstrap=0, progress=False))
     ids = pd.read_csv(output, dtype={"image_id": str}).image_id
     assert ids.is_unique and len(ids) == RECORDS
 
@@ -103,8 +106,9 @@ def test_any_batch_size_gives_every_id_once(labeled, tmp_path, batch_size):
 def test_unlabeled_split_has_no_label_column_and_no_report(tmp_path, labeled):
     shards = str(tmp_path / "unlabeled")
     write_shards(shards, {"eval": 5}, image_size=SIZE, labeled=False)
-    result = prediction.run_prediction([labeled["model_dir"]], shards, "eval", str(tmp_path / "p.csv"),
-                                       batch_size=2, progress=False)
+    result = prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"]], data_dir=shards,
+                                                     split="eval", output=str(tmp_path / "p.csv"),
+                                                     global_batch_size=2, progress=False))
     assert list(pd.read_csv(tmp_path / "p.csv").columns)[:2] == ["image_id", "p_abnormal"]
     assert "label" not in pd.read_csv(tmp_path / "p.csv").columns
     assert result.metrics is None and result.report_dir is None
@@ -114,8 +118,10 @@ def test_unlabeled_split_has_no_label_column_and_no_report(tmp_path, labeled):
 def test_several_models_write_one_file_each_and_one_report(labeled, tmp_path):
     second = str(tmp_path / "run_b")
     shutil.copytree(labeled["model_dir"], second)
-    result = prediction.run_prediction([labeled["model_dir"], second], labeled["shards"], "eval",
-                                       str(tmp_path / "p.csv"), batch_size=4, bootstrap=0, progress=False)
+    result = prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"], second],
+                                                     data_dir=labeled["shards"], split="eval",
+                                                     output=str(tmp_path / "p.csv"), global_batch_size=4,
+                                                     bootstrap=0, progress=False))
     assert result.outputs == {"tiny_test.run": str(tmp_path / "p.tiny_test.run.csv"),
                               "tiny_test.run_b": str(tmp_path / "p.tiny_test.run_b.csv")}
     a, b = (read_predictions(p) for p in result.outputs.values())
@@ -127,8 +133,9 @@ def test_several_models_write_one_file_each_and_one_report(labeled, tmp_path):
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_models_run_under_the_requested_precision(labeled, tmp_path, precision):
     reference = str(tmp_path / "reference.csv")
-    prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", reference,
-                              batch_size=4, precision="float32", bootstrap=0, progress=False)
+    prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"]], data_dir=labeled["shards"],
+                                            split="eval", output=reference, global_batch_size=4,
+                                            precision="float32", bootstrap=0, progress=False))
     # Saved under one policy, run under the other: the weights carry over, the policy does not.
     saved_as = "mixed_bfloat16" if precision == "float32" else "float32"
     model_dir = str(tmp_path / saved_as)
@@ -138,8 +145,9 @@ def test_models_run_under_the_requested_precision(labeled, tmp_path, precision):
     loaded.set_weights(labeled["model"].get_weights())  # same architecture: the weights fit either policy
     loaded.save(path)
     output = str(tmp_path / "p.csv")
-    prediction.run_prediction([model_dir], labeled["shards"], "eval", output, batch_size=4, precision=precision,
-                              bootstrap=0, progress=False)
+    prediction.run_prediction(PredictConfig(model_dir=[model_dir], data_dir=labeled["shards"], split="eval",
+                                            output=output, global_batch_size=4, precision=precision,
+                                            bootstrap=0, progress=False))
     softmax = np.load(str(tmp_path / "p.npy"))
     assert softmax.dtype == np.float32 and softmax.shape == (RECORDS, 2)
     np.testing.assert_allclose(softmax.sum(axis=1), 1.0, atol=1e-3)
@@ -158,7 +166,8 @@ def test_shards_that_disagree_with_the_manifest_are_refused(labeled, tmp_path):
     with open(manifest_path, "w") as f:
         json.dump(manifest, f)
     with pytest.raises(UserInputError, match=rf"lists {RECORDS + 1} records but its shards hold {RECORDS}"):
-        prediction.run_prediction([labeled["model_dir"]], shards, "eval", str(tmp_path / "p.csv"), progress=False)
+        prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"]], data_dir=shards,
+                                                split="eval", output=str(tmp_path / "p.csv"), progress=False))
     assert not (tmp_path / "p.csv").exists()
 
 
@@ -174,15 +183,19 @@ def test_duplicate_ids_are_refused(labeled):
 def test_bad_model_and_data_folders_are_refused(labeled, tmp_path):
     run = [labeled["model_dir"]]
     with pytest.raises(UserInputError, match="config.json not found"):
-        prediction.run_prediction([str(tmp_path)], labeled["shards"], "eval", str(tmp_path / "p.csv"))
+        prediction.run_prediction(PredictConfig(model_dir=[str(tmp_path)], data_dir=labeled["shards"],
+                                                split="eval", output=str(tmp_path / "p.csv")))
     with pytest.raises(UserInputError, match=r"split 'test' not in .*manifest\.json; it has: eval"):
-        prediction.run_prediction(run, labeled["shards"], "test", str(tmp_path / "p.csv"))
+        prediction.run_prediction(PredictConfig(model_dir=run, data_dir=labeled["shards"], split="test",
+                                                output=str(tmp_path / "p.csv")))
     with pytest.raises(UserInputError, match="must name a .csv"):
-        prediction.run_prediction(run, labeled["shards"], "eval", str(tmp_path / "p.txt"))
+        prediction.run_prediction(PredictConfig(model_dir=run, data_dir=labeled["shards"], split="eval",
+                                                output=str(tmp_path / "p.txt")))
     other = str(tmp_path / "big")
     write_shards(other, {"eval": 2}, image_size=SIZE * 2)
     with pytest.raises(UserInputError, match=rf"built at {SIZE * 2} px, not {SIZE}.*--image_size={SIZE}"):
-        prediction.run_prediction(run, other, "eval", str(tmp_path / "p.csv"))
+        prediction.run_prediction(PredictConfig(model_dir=run, data_dir=other, split="eval",
+                                                output=str(tmp_path / "p.csv")))
 
 
 def _predict_cli(*args):
@@ -250,8 +263,10 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from evaluation import prediction
-    prediction.run_prediction([sys.argv[1]], sys.argv[2], "eval", sys.argv[3], batch_size=4, strategy="mirrored",
-                              bootstrap=0, progress=False)
+    from evaluation.settings import PredictConfig
+    prediction.run_prediction(PredictConfig(model_dir=[sys.argv[1]], data_dir=sys.argv[2], split="eval",
+                                            output=sys.argv[3], global_batch_size=4, strategy="mirrored",
+                                            bootstrap=0, progress=False))
 """)
 
 
@@ -264,8 +279,9 @@ def _same_predictions(path, reference):
 @pytest.mark.slow
 def test_mirrored_over_two_replicas_matches_default(labeled, tmp_path):
     reference = str(tmp_path / "default.csv")
-    prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", reference,
-                              batch_size=4, bootstrap=0, progress=False)
+    prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"]], data_dir=labeled["shards"],
+                                            split="eval", output=reference, global_batch_size=4, bootstrap=0,
+                                            progress=False))
     output = str(tmp_path / "mirrored.csv")
     script = [sys.executable, "-c", _MIRRORED_SCRIPT, labeled["model_dir"], labeled["shards"], output]
     result = subprocess.run(script,
@@ -282,16 +298,20 @@ _WORKER_SCRIPT = textwrap.dedent("""
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
                                           "task": {"type": "worker", "index": index}})
     from evaluation import prediction
-    prediction.run_prediction([sys.argv[3]], sys.argv[4], "eval", os.path.join(sys.argv[5], f"w{index}", "p.csv"),
-                              batch_size=4, strategy="multi_worker", bootstrap=0, progress=False)
+    from evaluation.settings import PredictConfig
+    prediction.run_prediction(PredictConfig(model_dir=[sys.argv[3]], data_dir=sys.argv[4], split="eval",
+                                            output=os.path.join(sys.argv[5], f"w{index}", "p.csv"),
+                                            global_batch_size=4, strategy="multi_worker", bootstrap=0,
+                                            progress=False))
 """)
 
 
 @pytest.mark.slow
 def test_two_workers_gather_every_record_and_only_the_chief_writes(labeled, tmp_path):
     reference = str(tmp_path / "default.csv")
-    prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", reference,
-                              batch_size=4, bootstrap=0, progress=False)
+    prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"]], data_dir=labeled["shards"],
+                                            split="eval", output=reference, global_batch_size=4, bootstrap=0,
+                                            progress=False))
     ports = ",".join(map(str, free_local_ports(2)))
     workers = [subprocess.Popen([sys.executable, "-c", _WORKER_SCRIPT, str(i), ports, labeled["model_dir"],
                                  labeled["shards"], str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
@@ -331,10 +351,11 @@ def test_trains_and_predicts_from_shards_on_another_file_system(tmp_path):
     for name in os.listdir(local):
         tf.io.gfile.copy(os.path.join(local, name), f"{remote}/{name}", overwrite=True)
     model_dir = str(tmp_path / "run")
-    run_training(TrainConfig(backbone="tiny_test", data_dir=remote, weights="none", global_batch_size=8, epochs=1,
-                             precision="float32", strategy="default"), model_dir)
+    run_training(TrainConfig(backbone="tiny_test", data_dir=remote, model_dir=model_dir, weights="none",
+                             global_batch_size=8, epochs=1, precision="float32", strategy="default"))
     output = str(tmp_path / "p.csv")
-    result = prediction.run_prediction([model_dir], remote, None, output, batch_size=4, bootstrap=0, progress=False)
+    result = prediction.run_prediction(PredictConfig(model_dir=[model_dir], data_dir=remote, output=output,
+                                                     global_batch_size=4, bootstrap=0, progress=False))
     assert result.records == 8 and json.loads((tmp_path / "p.json").read_text())["data_dir"] == remote
     # The same images through training's validation pass and through prediction: the same outputs.
     predicted = read_predictions(output)
@@ -353,8 +374,10 @@ def test_a_second_label_set_rescores_the_same_predictions(labeled, tmp_path):
     path = tmp_path / "panel.csv"
     path.write_text("image_id,label\n" + "".join(f"{k},{v}\n" for k, v in other.items()))
     output = str(tmp_path / "preds.csv")
-    result = prediction.run_prediction([labeled["model_dir"]], labeled["shards"], "eval", output, batch_size=4,
-                                       bootstrap=0, progress=False, other_labels_csv=str(path))
+    result = prediction.run_prediction(PredictConfig(model_dir=[labeled["model_dir"]],
+                                                     data_dir=labeled["shards"], split="eval", output=output,
+                                                     global_batch_size=4, bootstrap=0, progress=False,
+                                                     other_labels_csv=str(path)))
     frame = pd.read_csv(output, dtype={"image_id": str}).set_index("image_id")
     shared = sorted(other)
     rescored = json.loads((tmp_path / "preds_report" / "other_labels.json").read_text())

@@ -41,7 +41,7 @@ def shards(tmp_path_factory):
 
 
 def _config(data_dir: str, **overrides) -> TrainConfig:
-    fields = dict(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=8,
+    fields = dict(backbone="tiny_test", data_dir=data_dir, model_dir="", weights="none", global_batch_size=8,
                   epochs=2, steps_per_epoch=4, precision="float32", strategy="default")
     fields.update(overrides)
     return TrainConfig(**fields)
@@ -75,7 +75,7 @@ def _metrics(model_dir: str) -> list[dict]:
 def test_short_run_lowers_the_loss_and_writes_every_output(shards, tmp_path):
     data_dir, written = shards
     model_dir = str(tmp_path / "run")
-    result = run_training(_config(data_dir, epochs=4, steps_per_epoch=6, augment="on"), model_dir)
+    result = run_training(_config(data_dir, epochs=4, steps_per_epoch=6, augment="on", model_dir=model_dir))
 
     losses = [r["train_loss"] for r in result["history"]]
     assert losses[-1] < losses[0]
@@ -116,8 +116,8 @@ def test_short_run_lowers_the_loss_and_writes_every_output(shards, tmp_path):
 def test_a_finished_run_is_not_repeated(shards, tmp_path):
     data_dir, _ = shards
     model_dir = str(tmp_path / "run")
-    first = run_training(_config(data_dir), model_dir)
-    again = run_training(_config(data_dir), model_dir)
+    first = run_training(_config(data_dir, model_dir=model_dir))
+    again = run_training(_config(data_dir, model_dir=model_dir))
     assert first["epochs_done"] == 2 and first["step"] == 8
     assert again["resumed_from_epoch"] == 2 and again["history"] == []
     assert len(_metrics(model_dir)) == 2
@@ -126,42 +126,42 @@ def test_a_finished_run_is_not_repeated(shards, tmp_path):
 def test_resuming_with_another_backbone_is_refused(shards, tmp_path):
     data_dir, _ = shards
     model_dir = str(tmp_path / "run")
-    run_training(_config(data_dir, epochs=1), model_dir)
+    run_training(_config(data_dir, epochs=1, model_dir=model_dir))
     with open(os.path.join(model_dir, "config.json")) as f:
         previous = json.load(f)
     previous["backbone"] = "resnet50"
     with open(os.path.join(model_dir, "config.json"), "w") as f:
         json.dump(previous, f)
-    with pytest.raises(UserInputError, match="another --model_dir"):
-        run_training(_config(data_dir, epochs=2), model_dir)
+    with pytest.raises(UserInputError, match="another model_dir"):
+        run_training(_config(data_dir, epochs=2, model_dir=model_dir))
 
 
 def test_a_loss_that_turns_nan_stops_the_run_naming_the_step(shards, tmp_path):
     data_dir, _ = shards
     # Adam moves every weight by about the learning rate: the first step makes them infinite,
     # so the second step's loss is NaN.
-    config = _config(data_dir, learning_rate=float("inf"), epochs=3, steps_per_epoch=4)
+    config = _config(data_dir, learning_rate=float("inf"), epochs=3, steps_per_epoch=4, model_dir=str(tmp_path / "run"))
     with pytest.raises(FloatingPointError, match=r"training loss is nan at step 2 \(epoch 1\)"):
-        run_training(config, str(tmp_path / "run"))
+        run_training(config)
 
 
 def test_wrong_image_size_and_missing_split_name_the_fix(shards, tmp_path):
     data_dir, _ = shards
-    with pytest.raises(UserInputError, match="built at 32 px, not 64; pass --image_size=32"):
+    with pytest.raises(UserInputError, match="built at 32 px, not 64; pass image_size=32"):
         config_lib.resolve_config(_config(data_dir, image_size=64))
     with pytest.raises(UserInputError, match="it has: train, val"):
         config_lib.resolve_config(_config(data_dir, val_split="validation"))
-    with pytest.raises(UserInputError, match="lower --global_batch_size"):
+    with pytest.raises(UserInputError, match="lower global_batch_size"):
         config_lib.resolve_config(_config(data_dir, global_batch_size=64, steps_per_epoch=None))
 
 
 def test_defaults_come_from_the_backbone_and_the_data(shards):
     data_dir, _ = shards
-    resolved = config_lib.resolve_config(TrainConfig(backbone="resnet50", data_dir=data_dir))
+    resolved = config_lib.resolve_config(TrainConfig(backbone="resnet50", data_dir=data_dir, model_dir=""))
     assert (resolved.image_size, resolved.epochs, resolved.learning_rate) == (32, 5, 1e-3)
     assert resolved.augment == "off"
     assert resolved.steps_per_epoch == SPLITS["train"] // 32
-    assert config_lib.resolve_config(TrainConfig(backbone="densenet121", data_dir=data_dir)).augment == "on"
+    assert config_lib.resolve_config(TrainConfig(backbone="densenet121", data_dir=data_dir, model_dir="")).augment == "on"
 
 
 def test_balanced_class_weights_follow_the_manifest_counts(shards):
@@ -197,8 +197,9 @@ def test_step_loss_is_the_class_weighted_sum_over_the_global_batch():
 def test_mixed_precision_and_xla_runs_train(shards, tmp_path, caplog, precision, jit_compile):
     data_dir, _ = shards
     # With augmentation on, XLA compiles the model without its augmentation block.
-    config = _config(data_dir, epochs=1, precision=precision, jit_compile=jit_compile, augment="on")
-    result = run_training(config, str(tmp_path / "run"))
+    config = _config(data_dir, epochs=1, precision=precision, jit_compile=jit_compile, augment="on",
+                     model_dir=str(tmp_path / "run"))
+    result = run_training(config)
     # The test machine has no GPU: asking for float16 is said once, in one line; bfloat16 is not.
     said = [r.getMessage() for r in caplog.records if "sees no GPU" in r.getMessage()]
     assert said == (["precision=mixed_float16 but TensorFlow sees no GPU: float16 on a CPU is slower "

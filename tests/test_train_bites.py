@@ -1,6 +1,7 @@
 """Training promises that a one-line deletion would break: resume, mixed precision, the replica
 loss scaling, and exporting the best epoch. Each test names the regression it catches."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ def data_dir(tmp_path_factory):
 
 
 def _config(data_dir: str, **overrides) -> TrainConfig:
-    fields = dict(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=8,
+    fields = dict(backbone="tiny_test", data_dir=data_dir, model_dir="unused", weights="none", global_batch_size=8,
                   epochs=1, steps_per_epoch=3, precision="float32", strategy="default")
     fields.update(overrides)
     return TrainConfig(**fields)
@@ -96,7 +97,7 @@ def test_resume_restores_weights_moving_statistics_and_adam_state(data_dir, tmp_
     model_dir = str(tmp_path / "run")
     config = _config(data_dir, validation=False)
     first = _observe_checkpoints(monkeypatch)
-    loop.run_training(config, model_dir)
+    loop.run_training(dataclasses.replace(config, model_dir=model_dir))
     saved_weights, saved_optimizer = first.saved
     keras.utils.set_random_seed(config.seed)  # the loop's initial weights, as it seeds them
     initial = build_model("tiny_test", SIZE, weights="none", augment=False).get_weights()
@@ -106,7 +107,7 @@ def test_resume_restores_weights_moving_statistics_and_adam_state(data_dir, tmp_
     # The second call restores through the loop's own build-then-restore path, then returns at once
     # because the checkpoint says the run finished: nothing runs between the restore and the check.
     second = _observe_checkpoints(monkeypatch)
-    result = loop.run_training(config, model_dir)
+    result = loop.run_training(dataclasses.replace(config, model_dir=model_dir))
     assert result["resumed_from_epoch"] == 1 and result["history"] == []
     restored_weights, restored_optimizer = second.restored
     _assert_lists_equal(restored_weights, saved_weights, "model weight")
@@ -128,8 +129,8 @@ def test_mixed_precision_is_in_force_in_the_model_and_optimizer_that_train(
     # distribute.resolve_precision (the model computes in float32); deleting the
     # LossScaleOptimizer wrapping in step.make_optimizer (float16 gradients underflow unscaled).
     observed = _observe_checkpoints(monkeypatch)
-    loop.run_training(_config(data_dir, precision=precision, steps_per_epoch=1, validation=False),
-                      str(tmp_path / "run"))
+    loop.run_training(_config(data_dir, precision=precision, steps_per_epoch=1, validation=False,
+                              model_dir=str(tmp_path / "run")))
     model, optimizer = observed.model, observed.optimizer
     assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer) == loss_scaled
     convolutions = [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Conv2D)]
@@ -277,8 +278,8 @@ def test_model_keras_holds_the_best_validation_epoch_not_the_last(data_dir, tmp_
     model_dir = str(tmp_path / "run")
     epochs = len(VAL_AUROC)
     config = _config(data_dir, epochs=epochs, learning_rate=1e-2, keep_checkpoints=epochs,
-                     early_stopping_patience=epochs)
-    result = loop.run_training(config, model_dir)
+                     early_stopping_patience=epochs, model_dir=model_dir)
+    result = loop.run_training(config)
     assert [r["val_auroc"] for r in result["history"]] == list(VAL_AUROC)
     best, last = _checkpoint_weights(model_dir, BEST_EPOCH), _checkpoint_weights(model_dir, epochs)
     assert any(not np.array_equal(b, x) for b, x in zip(best, last)), "the epochs must differ"
@@ -307,12 +308,12 @@ def test_a_run_killed_between_epochs_still_exports_its_best_epoch(data_dir, tmp_
     _script_val_auroc(monkeypatch)
     monkeypatch.setattr(Checkpoints, "save", killed_after_epoch_3)
     with pytest.raises(_Killed):
-        loop.run_training(config, model_dir)
+        loop.run_training(dataclasses.replace(config, model_dir=model_dir))
     assert run_folder.exported_epochs(model_dir) == (None, None)
     monkeypatch.setattr(Checkpoints, "save", real_save)
 
     _script_val_auroc(monkeypatch, first_epoch=4)
-    result = loop.run_training(config, model_dir)
+    result = loop.run_training(dataclasses.replace(config, model_dir=model_dir))
     assert result["resumed_from_epoch"] == 3 and [r["epoch"] for r in result["history"]] == [4]
     assert result["history"][0]["val_auroc"] == VAL_AUROC[3]
     _assert_exports_are_epoch(model_dir, data_dir, BEST_EPOCH)
@@ -333,11 +334,11 @@ def test_a_kill_during_the_exports_is_repaired_on_restart(data_dir, tmp_path, mo
 
     monkeypatch.setattr(*target, killed)
     with pytest.raises(_Killed):
-        loop.run_training(config, model_dir)
+        loop.run_training(dataclasses.replace(config, model_dir=model_dir))
     assert run_folder.exported_epochs(model_dir) == ((None, None) if killed_at == "model.keras" else (2, None))
     monkeypatch.setattr(*target, real)
 
-    result = loop.run_training(config, model_dir)  # the checkpoint says finished: nothing is retrained
+    result = loop.run_training(dataclasses.replace(config, model_dir=model_dir))  # finished: nothing retrained
     assert result["history"] == [] and result["epochs_done"] == 2
     _assert_exports_are_epoch(model_dir, data_dir, 2)
 
@@ -382,4 +383,4 @@ def test_a_run_folder_checkpointed_without_the_loop_state_is_refused_in_one_line
     old = tf.train.Checkpoint(model=model, epoch=tf.Variable(1, dtype=tf.int64))  # an older layout
     tf.train.CheckpointManager(old, os.path.join(model_dir, "checkpoints"), max_to_keep=1).save(1)
     with pytest.raises(UserInputError, match=r"old_run holds checkpoints of an older version.*new model_dir"):
-        loop.run_training(_config(data_dir), model_dir)
+        loop.run_training(_config(data_dir, model_dir=model_dir))

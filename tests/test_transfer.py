@@ -14,6 +14,7 @@ import models
 from contracts import run_folder
 from contracts.prediction_files import read_predictions
 from evaluation import prediction
+from evaluation.settings import PredictConfig
 from models import distribute
 from models.front import GrayToRGB
 from pipeline import input_pipeline
@@ -68,8 +69,9 @@ def test_uint8_prediction_equals_the_float_path_and_numpy_pixels(shards, tmp_pat
     outputs = {}
     for transfer in ("uint8", "float32"):
         path = str(tmp_path / f"{transfer}.csv")
-        prediction.run_prediction([model_dir], data_dir, "eval", path, batch_size=4, transfer=transfer,
-                                  bootstrap=0, progress=False)
+        prediction.run_prediction(PredictConfig(model_dir=[model_dir], data_dir=data_dir, split="eval",
+                                                output=path, global_batch_size=4, transfer=transfer,
+                                                bootstrap=0, progress=False))
         assert json.loads((tmp_path / f"{transfer}.json").read_text())["transfer"] == transfer
         outputs[transfer] = read_predictions(path)
     # Independently: the written gray pixels as float32 RGB, straight into the model.
@@ -122,8 +124,8 @@ def test_training_with_a_gpu_feeds_uint8_by_default_and_saves_the_float_model(sh
         _with_a_gpu(monkeypatch, visible=gpu)
         config = TrainConfig(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=8,
                              epochs=1, steps_per_epoch=2, precision="float32", strategy="default",
-                             deterministic=True, transfer=transfer)
-        result = loop.run_training(config, str(tmp_path / name))
+                             deterministic=True, transfer=transfer, model_dir=str(tmp_path / name))
+        result = loop.run_training(config)
         assert result["config"]["transfer"] == ("uint8" if gpu else "float32")
         predictions[name] = read_predictions(result["val_predictions_path"])
         saved = keras.models.load_model(result["model_path"])

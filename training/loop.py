@@ -19,7 +19,6 @@ from absl import logging
 from tqdm import tqdm
 
 from contracts import run_folder
-from contracts.errors import check_output_folder
 from contracts.manifest import ShardFolder
 from models import build_model, distribute, get_backbone, inference_model
 from models.front import with_uint8_front
@@ -186,7 +185,7 @@ def _export_best(run: _Run) -> None:
 def _start(config: TrainConfig, shards: ShardFolder, model_dir: str,
            strategy: tf.distribute.Strategy) -> _Run:
     chief = distribute.is_chief(strategy)
-    config_lib.check_resumable(config, model_dir)
+    config_lib.check_resumable(config)
     keras.utils.set_random_seed(config.seed)
     model, optimizer = _build(config, strategy)  # bad weights fail here, before model_dir is touched
     checkpoints = Checkpoints(model, optimizer, model_dir, chief=chief, keep=config.keep_checkpoints)
@@ -197,7 +196,7 @@ def _start(config: TrainConfig, shards: ShardFolder, model_dir: str,
         logging.info("resuming %s: %d epoch(s) done, step %d", model_dir, state.epoch, state.step)
     if chief:
         os.makedirs(model_dir, exist_ok=True)
-        config_lib.write_config(config, model_dir, {
+        config_lib.write_config(config, {
             "replicas": strategy.num_replicas_in_sync, "workers": max(1, distribute.tf_config_workers()),
             "tensorflow": tf.__version__, "keras": keras.__version__})
     train, val = _datasets(config, shards, strategy, state.epoch)
@@ -247,9 +246,9 @@ def _resolve(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.S
     return resolved
 
 
-def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
+def run_training(config: TrainConfig) -> dict[str, Any]:
     """Trains `config.backbone` on `config.data_dir` (None fields: the backbone's or the data's
-    defaults) into `model_dir`, which all workers of a multi-worker run share (the chief writes).
+    defaults) into `config.model_dir`, which all workers of a multi-worker run share (the chief writes).
 
     Run again after a kill, it resumes after the last completed epoch; a finished run returns at
     once. Call it before any other TensorFlow op when the strategy may resolve to multi_worker.
@@ -259,7 +258,7 @@ def run_training(config: TrainConfig, model_dir: str) -> dict[str, Any]:
     "model_path", "val_predictions_path" (None without validation)}. Raises UserInputError or
     FileNotFoundError on bad config or data, FloatingPointError when the loss turns NaN or infinite.
     """
-    check_output_folder(model_dir, "model_dir")
+    model_dir = config.model_dir
     strategy = distribute.resolve_strategy(config.strategy)
     previous_policy = keras.mixed_precision.global_policy()
     try:

@@ -1,0 +1,24 @@
+"""export.py's settings, without TensorFlow; `serving.exporter.run_export` takes them whole."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from contracts.settings import REQUIRED, check, setting
+from contracts.shared import ENSEMBLE, MODEL_DIR
+from evaluation.settings import SINGLE_MODEL_THRESHOLD, THRESHOLD
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """export.py: trained runs as one SavedModel that takes image bytes."""
+
+    model_dir: tuple[str, ...] = MODEL_DIR.field(REQUIRED, note="Repeat it for an ensemble, with --ensemble.")
+    export_dir: str = setting(REQUIRED, "New (or empty) folder for the SavedModel and export.json.")
+    ensemble: str | None = ENSEMBLE.field(note="Required with several --model_dir.")
+    threshold: float | None = THRESHOLD.field(note=(
+        f"Here: the served label of a single model (default {SINGLE_MODEL_THRESHOLD}); an ensemble takes the "
+        "file's."))
+
+    def __post_init__(self):
+        check(self)
