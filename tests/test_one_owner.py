@@ -87,8 +87,6 @@ def _tools(monkeypatch) -> dict[str, type]:
     import configparser
     import importlib
 
-    import flags as synthetic_flags
-
     config = configparser.ConfigParser()
     config.read(os.path.join(REPO, "setup.cfg"))
     tools = {}
@@ -98,9 +96,6 @@ def _tools(monkeypatch) -> dict[str, type]:
         captured = []
         monkeypatch.setattr(cli, "run", lambda config_type, *args, captured=captured, **kwargs:
                             captured.append(config_type))
-        # preprocess/synthetic.py runs through flags.run_tool until its shim moves to cli.run
-        monkeypatch.setattr(synthetic_flags, "run_tool", lambda *args, captured=captured, **kwargs:
-                            captured.append(synthetic_flags._synthetic_settings()))
         getattr(importlib.import_module(module), function)()
         (tools[script],) = captured
     return tools
@@ -131,15 +126,16 @@ def test_every_tool_defines_its_flags_without_importing_tensorflow():
         "import sys, dataclasses\n"
         "from absl import flags\n"
         "from contracts import cli\n"
-        "import demo, flags as synthetic_flags\n"
+        "import demo\n"
         "from evaluation import settings\n"
         "from pipeline import options\n"
         "from preprocess import config as build\n"
+        "from preprocess import synthetic_data\n"
         "from serving import config as export\n"
         "from training import config as train\n"
         "for config_type in (train.TrainConfig, settings.PredictConfig, settings.EnsembleConfig,\n"
         "                    settings.ExplainConfig, export.ExportConfig, build.BuildConfig, demo.DemoConfig,\n"
-        "                    options.DataServiceConfig, synthetic_flags._synthetic_settings()):\n"
+        "                    options.DataServiceConfig, synthetic_data.SyntheticConfig):\n"
         "    cli.define_flags(config_type, flags.FlagValues())\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras', 'pandas', 'sklearn') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
