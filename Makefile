@@ -51,7 +51,9 @@ $(USER_STAMP): setup.cfg pyproject.toml constraints.txt
 $(DEV_STAMP): setup.cfg pyproject.toml constraints.txt
 	$(call install_venv,$(DEV_EXTRAS))
 
+# The linter first (pyproject.toml, [tool.ruff]): a red lint fails the suite before it starts.
 test: $(DEV_STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # build_bench.py times the Beam runner; the train and predict benches write shards with tests/shard_factory.py.
