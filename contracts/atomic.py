@@ -29,11 +29,8 @@ def _flush(path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
-    """Yields a temporary path beside `path`, renamed to `path` when the block succeeds.
-
-    `durable` flushes a file to disk before the rename. On a bucket URL (`contracts.storage`) the
-    temporary name is random (workers on several machines may share a pid) and the rename a copy.
-    """
+    """Yields a temporary path beside `path`, renamed to `path` (after an fsync when `durable`) when
+    the block succeeds. On a URL the name is random: workers on several machines may share a pid."""
     if storage.is_url(path):
         name = path.rstrip("/").rsplit("/", 1)[-1]
         tmp = storage.join(storage.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
@@ -52,13 +49,11 @@ def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
 
 
 def write_bytes(path: str, data: bytes, *, durable: bool = True) -> None:
-    """Writes `data` to `path` atomically."""
     with atomic_path(path, durable=durable) as tmp, storage.open_binary(tmp, "wb") as f:
         f.write(data)
 
 
 def write_text(path: str, text: str, *, durable: bool = True) -> None:
-    """Writes `text` (UTF-8) to `path` atomically."""
     write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
@@ -95,8 +90,8 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def _settle(journal: str) -> None:
-    """Ends the transaction `journal` describes: drops the backups once it committed, else puts
-    them back and removes what it created; then removes the journal. Each step may be redone."""
+    """Ends the journaled transaction: drops the backups if it committed, else restores them and
+    removes what it created. Each step may be redone."""
     _remove(journal + ".part")
     try:
         with open(journal, encoding="utf-8") as f:

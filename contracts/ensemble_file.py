@@ -1,9 +1,5 @@
-"""The ensemble file ensemble.py writes beside its submission (`<stem>.probabilities.json`), and its loader.
-
-Members in blend order, each with the model folder its predictions came from (so export.py can
-match them to trained models), its temperature (1: none) and its weight (the weights sum to 1):
-member probability -> temperature -> weighted blend -> threshold.
-"""
+"""The ensemble file ensemble.py writes beside its submission (`<stem>.probabilities.json`): members
+in blend order with their model folder, temperature and weight, and the threshold; and its loader."""
 
 from __future__ import annotations
 
@@ -22,8 +18,7 @@ SUFFIX = ".probabilities.json"  # beside the submission CSV
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One blended model: its name, weight, run folder (absolute; None if unknown), backbone and the
-    temperature applied to its probability before the blend."""
+    """One blended model; `model_dir` absolute, None if unknown."""
 
     name: str
     weight: float
@@ -34,7 +29,6 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class Ensemble:
-    """A loaded ensemble file."""
 
     path: str
     members: tuple[Member, ...]
@@ -42,7 +36,6 @@ class Ensemble:
 
 
 def ensemble_path(submission_csv: str) -> str:
-    """The ensemble file written beside `submission_csv`."""
     return os.path.splitext(submission_csv)[0] + SUFFIX
 
 
@@ -68,8 +61,7 @@ def _fail(path: str, what: str) -> UserInputError:
 
 
 def load_ensemble(path: str) -> Ensemble:
-    """Reads an ensemble file, refusing one missing, not JSON, or without members, weights or a
-    threshold in [0, 1]."""
+    """Reads an ensemble file, refusing one without members, weights or a threshold in [0, 1]."""
     if not os.path.isfile(path):
         raise _fail(path, "not found")
     try:
@@ -104,8 +96,7 @@ def load_ensemble(path: str) -> Ensemble:
 
 
 def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[Member, str]]:
-    """Pairs each member, in blend order, with the model folder it came from; refuses a member without
-    one, or members and folders that are not the same set."""
+    """Pairs each member, in blend order, with its model folder; refuses sets that differ."""
     given = {os.path.realpath(d): d for d in model_dirs}
     unknown = [m.name for m in ensemble.members if m.model_dir is None]
     if unknown:

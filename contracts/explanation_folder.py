@@ -20,14 +20,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def file_stem(group: str, rank: int, image_id: str) -> str:
-    """One image's file name without extension: group, rank (which keep two ids apart) and the id
-    without its extension, made safe for a file name (DICOM ids are paths)."""
+    """One image's file stem: group, rank (keeps two ids apart) and the id made safe (DICOM ids are paths)."""
     return f"{group}-{rank:03d}-{_UNSAFE.sub('_', os.path.splitext(image_id)[0])}"
 
 
 def load_index(folder: str) -> dict[str, Any]:
-    """Reads `folder/explanations.json`, with `localization.json` as its "localization" (None when
-    absent); refuses a missing index or another format."""
+    """Reads the index, with localization.json as its "localization" (None when absent)."""
     path = os.path.join(folder, INDEX)
     if not os.path.isfile(path):
         raise UserInputError(f"{path} not found: run explain.py --output_dir={folder} first")

@@ -1,8 +1,5 @@
-"""Paths that may be local or a URL (`gs://`, `ram://`: any scheme `tf.io.gfile` reads), one file layer.
-
-Local paths keep the plain `os` calls (links, permissions, fsync) and never import TensorFlow, so a
-local build's workers stay light. Failures on a URL are `OSError`s naming the path, as local ones are.
-"""
+"""Paths that may be local or a URL (any scheme `tf.io.gfile` reads). Local paths keep the plain `os`
+calls and never import TensorFlow; failures on a URL are `OSError`s naming the path."""
 
 from __future__ import annotations
 
@@ -21,7 +18,6 @@ def is_url(path: str) -> bool:
 
 @contextlib.contextmanager
 def _gfile(path: str) -> Iterator[Any]:
-    """Yields `tf.io.gfile`, raising its errors on `path` as `OSError`s."""
     import tensorflow as tf
 
     try:
@@ -35,7 +31,6 @@ def _gfile(path: str) -> Iterator[Any]:
 
 
 def _either(path: str, local: Callable[[], Any], remote: Callable[[Any], Any]) -> Any:
-    """`local()` for a local path, else `remote(tf.io.gfile)` with its errors as `OSError`s."""
     if not is_url(path):
         return local()
     with _gfile(path) as gfile:
@@ -80,7 +75,6 @@ def isfile(path: str) -> bool:
 
 
 def size(path: str) -> int:
-    """The file's size in bytes."""
     return _either(path, lambda: os.path.getsize(path), lambda g: g.stat(path).length)
 
 

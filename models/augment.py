@@ -1,6 +1,5 @@
-"""The training augmentation, a block at the front of the model: the reference's Keras 2
-`ImageDataGenerator(rotation_range=10, width_shift_range=0.1, height_shift_range=0.1, shear_range=10,
-zoom_range=0.1, fill_mode="nearest")` as core Keras 3 layers, the identity at inference."""
+"""The training augmentation at the front of the model: the reference's `ImageDataGenerator`
+(rotation 10, shifts 0.1, shear 10, zoom 0.1, nearest fill) as Keras 3 layers."""
 
 from __future__ import annotations
 
@@ -24,13 +23,8 @@ def _shear_factor(degrees: float) -> float:
 
 
 def make_augmentation(seed: int = 0) -> keras.Sequential:
-    """The reference augmentation: rotation, shift, shear and zoom, bilinear, nearest fill, float32.
-
-    Each image gets its own transform with `training=True` (Keras' random layers default to it, so
-    pass `training=False` at inference); `training=False` returns the input. The transforms have no
-    XLA kernel (TF 2.21), so keep the block out of `jit_compile` functions. `seed` seeds the four
-    layers (seed .. seed + 3): two blocks of one seed draw the same transforms, call for call.
-    """
+    """The augmentation block: a transform per image with `training=True` (the default: pass False
+    at inference). No XLA kernel, so keep it out of `jit_compile`. Layers seeded seed .. seed + 3."""
     common = {"fill_mode": FILL_MODE, "interpolation": "bilinear", "dtype": "float32"}
     zoom = (-ZOOM_FRACTION, ZOOM_FRACTION)
     return keras.Sequential(

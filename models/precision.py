@@ -23,8 +23,7 @@ def _pinned_to_float32(classifier: keras.Model) -> set[str]:
 
 
 def with_policy(classifier: keras.Model, policy: str) -> keras.Model:
-    """A copy of a `build_classifier` model under the dtype `policy` (but for the layers it pins to
-    float32), with copies of its current weights."""
+    """A copy of a `build_classifier` model and its weights under `policy` (pinned layers stay float32)."""
     pinned = _pinned_to_float32(classifier)
 
     def top_level(layer):

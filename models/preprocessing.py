@@ -1,7 +1,5 @@
-"""Each backbone's input normalisation as layers, so a saved model takes raw 0..255 RGB pixels.
-
-Float32 whatever the policy: a mean near 120 subtracted in bfloat16 loses every pixel's low bits.
-"""
+"""Each backbone's input normalisation as layers, so a saved model takes raw 0..255 RGB pixels
+(float32 whatever the policy: a mean near 120 in bfloat16 loses every pixel's low bits)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""The backbone registry, one entry per backbone, and the strategy and precision names.
-
-No TensorFlow at import: flags, help texts, the ensemble's weights and the demo read it cheaply.
-"""
+"""The backbone registry and the strategy and precision names (no TensorFlow at import)."""
 
 from __future__ import annotations
 
@@ -29,12 +26,10 @@ class Backbone:
     from_scratch_feature_layer: str | None = None  # the head's input layer from random weights
 
     def make_backbone(self) -> Callable:
-        """Imports and returns the constructor."""
         module, name = self.constructor.rsplit(".", 1)
         return getattr(importlib.import_module(module), name)
 
     def make_preprocessing(self) -> list:
-        """Returns fresh normalisation layers."""
         from models import preprocessing
 
         return getattr(preprocessing, self.preprocessing)()

@@ -11,10 +11,7 @@ from contracts.export_folder import INPUT_BYTES, SERVING_DEFAULT
 
 
 def score_files(export_dir: str, paths: Sequence[str], batch_size: int = 32) -> dict[str, np.ndarray]:
-    """Each output of `serving_default` (contracts/export_folder.py) over the files, in `paths` order.
-
-    Raises tf.errors.InvalidArgumentError for a file that is not a PNG or JPEG (or too large).
-    """
+    """Each output of `serving_default` over the files, in `paths` order."""
     signature = tf.saved_model.load(export_dir).signatures[SERVING_DEFAULT]
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(paths), batch_size):

@@ -1,10 +1,5 @@
-"""The SavedModel: train.py's float32 `model.keras` graphs (never a rebuild), one or a blend.
-
-Signatures `serving_default(image_bytes)` and `pixels(float32 [None, S, S, 3] in 0..255)` return
-contracts/export_folder.py's outputs, in predict.py's order: member logit -> temperature ->
-probability -> weighted blend -> threshold (compared in float64, as ensemble.py). One model's
-`logit` is its margin z_abnormal - z_normal over its temperature; an ensemble's, log(p / (1 - p)).
-"""
+"""The SavedModel of train.py's `model.keras` graphs, one or a blend, in predict.py's order (blend and
+threshold in float64). One model's `logit` is its margin over its temperature; an ensemble's, log(p/(1-p))."""
 
 from __future__ import annotations
 
@@ -92,7 +87,6 @@ class ServingModule(tf.Module):
 
 
 def output_dtypes(ensemble: bool) -> dict[str, str]:
-    """Each signature output's name → dtype and shape, as export.json records them."""
     outputs = {names.OUTPUT_PROB: "float32 [None]", names.OUTPUT_LOGIT: "float32 [None]",
                names.OUTPUT_DECISION: "int32 [None]"}
     if ensemble:

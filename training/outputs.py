@@ -36,7 +36,6 @@ def append_metrics(model_dir: str, record: dict[str, Any]) -> None:
 
 
 def tensorboard_available() -> bool:
-    """Whether the `tensorboard` package, which Keras' callback writes through, is importable."""
     return importlib.util.find_spec("tensorboard") is not None
 
 
@@ -53,8 +52,7 @@ def tensorboard(model: keras.Model, model_dir: str, *, chief: bool) -> keras.cal
 
 
 def export_model(classifier: keras.Model, path: str, epoch: int) -> None:
-    """Saves a float32 clone of the trained graph (`models.precision`) to `path`, atomically, with
-    `epoch` inside (`run_folder.exported_epochs`); it loads with safe_mode and holds no optimizer."""
+    """Saves a float32 clone of the trained graph to `path`, atomically, with `epoch` inside."""
     with atomic_path(path) as tmp:
         precision.with_policy(classifier, "float32").save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
@@ -62,8 +60,7 @@ def export_model(classifier: keras.Model, path: str, epoch: int) -> None:
 
 
 def calibration_record(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """The run's temperature fitted on its validation predictions (`run_folder.TEMPERATURE`, None
-    with one class) and what it changes there (`run_folder.CALIBRATION`)."""
+    """The temperature fitted on validation (None with one class) and what it changes there."""
     temperature = calibration.fit_temperature(labels, probs)
     applied = probs if temperature is None else calibration.apply_temperature(probs, temperature)
     known = labels >= 0
@@ -77,8 +74,7 @@ def calibration_record(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
 
 def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any],
                           meta: dict[str, np.ndarray] | None = None) -> str:
-    """Writes val_predictions.csv (predict.py's columns and the patient columns `meta`; p_abnormal
-    after the temperature fitted on them) and its sidecar (`sidecar` + `calibration_record`)."""
+    """Writes val_predictions.csv, p_abnormal after the temperature fitted on it, and its sidecar."""
     path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
     probs = scores.probabilities[:, 1].astype(np.float64)
     record = calibration_record(np.asarray(scores.labels), probs)

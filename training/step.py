@@ -1,5 +1,5 @@
-"""The one distributed training step and the scoring step, the same under every strategy: Keras 3's
-`Model.fit` fails under MultiWorkerMirroredStrategy, so a step is `strategy.run` in a `tf.function`."""
+"""The distributed training and scoring steps: `strategy.run` in a `tf.function`, as Keras 3's
+`Model.fit` fails under MultiWorkerMirroredStrategy."""
 
 from __future__ import annotations
 
@@ -15,16 +15,13 @@ SUM = tf.distribute.ReduceOp.SUM
 
 
 def without_ids(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """What the step reads; the training stream's last `map` (strings cannot be prefetched to a GPU)."""
+    # The training stream's last map: strings cannot be prefetched to a GPU.
     return {"image": batch["image"], "label": batch["label"]}
 
 
 def make_optimizer(name: str, learning_rate: float, precision: str) -> keras.optimizers.Optimizer:
     """The registry's optimizer ("adam" or "sgd"), with dynamic loss scaling under mixed_float16."""
-    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
-    if name not in optimizers:
-        raise ValueError(f"unknown optimizer {name!r}; the registry may name 'adam' or 'sgd'")
-    optimizer = optimizers[name](learning_rate)
+    optimizer = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[name](learning_rate)
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -44,13 +41,10 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer, *, global_batch_size: int,
                     class_weights: Sequence[float] | None = None, jit_compile: bool = False,
                     uint8_input: bool = False) -> Callable:
-    """Builds `step(iterator) -> (loss, probabilities, labels)` of the global batch, one update per call,
-    for a `models.build_model` model and its optimizer (`make_optimizer`, built), made under `strategy`.
+    """Builds `step(iterator) -> (loss, probabilities, labels)` of the global batch, one update a call.
 
-    Each replica divides its cross-entropy sum (weighted by `class_weights`: normal, abnormal) by the
-    *global* batch size and the optimizer sums the replicas' gradients: the mean's update.
-    `jit_compile`: XLA for the forward and backward pass. `uint8_input`: the batches are uint8 gray
-    (B, S, S, 1), made float32 RGB by the uint8 front.
+    Each replica divides its (class-weighted) loss sum by the *global* batch size and the optimizer
+    sums the replicas' gradients: the mean's update.
     """
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
@@ -95,8 +89,8 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
 
 
 def make_state_sync(strategy: tf.distribute.Strategy, model: keras.Model) -> Callable:
-    """Builds `sync()`, setting every replica's non-trainable float variables to their mean: Keras 3
-    gives BatchNormalization's moving statistics no cross-replica aggregation, each replica its own."""
+    """Builds `sync()`, averaging non-trainable float variables over replicas (Keras 3 keeps
+    BatchNormalization's moving statistics per replica)."""
     variables = [v for v in model.non_trainable_variables
                  if v.dtype in ("float16", "bfloat16", "float32", "float64")]
 
