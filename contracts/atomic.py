@@ -116,10 +116,8 @@ def _settle(journal: str) -> None:
 class Transaction:
     """Files and folders that change together: after a failure or a SIGKILL, all old or all new.
 
-    `Transaction(anchor)` first settles a killed run's journal (kept beside `anchor`, the run's
-    main output). Inside `with tx:` the block calls `tx.guard(path)` before it changes a file or
-    folder (a hard-linked backup is journaled), or writes through `tx.path(path)`. A clean exit
-    commits; an exception restores every guarded path. Nested `with tx:` blocks commit once.
+    Creating it settles a killed run's journal (beside `anchor`). Inside `with tx:` call `guard(path)`
+    before changing a path, or write through `path(path)`; nested blocks commit once, at the end.
     """
 
     def __init__(self, anchor: str):

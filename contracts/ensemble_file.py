@@ -8,8 +8,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from contracts.errors import UserInputError
-from contracts.run_folder import list_hint
+from contracts.errors import UserInputError, repeat_hint
 
 # 1: before schema_version and member model folders; 2: before member temperatures (read as 1).
 SCHEMA_VERSION = 3
@@ -48,7 +47,6 @@ def blend_path(submission_csv_or_ensemble_file: str) -> str:
 
 def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | None], paths: Sequence[str],
                    weights: Sequence[float], temperatures: Sequence[float]) -> list[dict[str, Any]]:
-    """The ensemble file's `inputs` entries, one per member, in blend order."""
     rows = zip(names, sidecars, paths, weights, temperatures)
     return [{"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
              **{key: (sidecar or {}).get(key) for key in ("backbone", "crop", "model_dir")}}
@@ -112,5 +110,5 @@ def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[M
         raise UserInputError(
             f"--ensemble={ensemble.path} blends {sorted(recorded)} but --model_dir gives {sorted(given)}"
             f"{differ}; pass exactly the ensemble's model folders"
-            f"{next(filter(None, map(list_hint, model_dirs)), '')}")
+            f"{next(filter(None, (repeat_hint(d, 'model_dir', 'model') for d in model_dirs)), '')}")
     return [(m, given[os.path.realpath(m.model_dir)]) for m in ensemble.members]

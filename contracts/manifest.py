@@ -25,7 +25,6 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def write_manifest(data_dir: str, manifest: dict[str, Any]) -> str:
-    """Writes `data_dir/manifest.json` atomically with the current `schema_version`; returns its path."""
     path = storage.join(data_dir, MANIFEST)
     write_json(path, {**manifest, "schema_version": SCHEMA_VERSION})
     return path

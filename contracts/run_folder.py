@@ -46,10 +46,6 @@ def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:
     return model_epoch, sidecar.get("epoch") if isinstance(sidecar, dict) else None
 
 
-def list_hint(model_dir: str) -> str:
-    return repeat_hint(model_dir, "model_dir", "model")
-
-
 @dataclasses.dataclass(frozen=True)
 class RunFolder:
     """A train.py run folder: its config.json and its validation sidecar, read once."""
@@ -63,7 +59,7 @@ class RunFolder:
         path = os.path.join(model_dir, CONFIG)
         if not os.path.exists(path):
             raise UserInputError(f"{path} not found: {model_dir} is not a folder written by "
-                                 f"train.py{list_hint(model_dir)}")
+                                 f"train.py{repeat_hint(model_dir, 'model_dir', 'model')}")
         try:
             with open(path) as f:
                 config = json.load(f)

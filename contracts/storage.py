@@ -48,7 +48,6 @@ def dirname(path: str) -> str:
 
 
 def abspath(path: str) -> str:
-    """The absolute local path, or the URL itself."""
     return path if is_url(path) else os.path.abspath(path)
 
 
@@ -102,7 +101,6 @@ def rename(source: str, target: str) -> None:
 
 @contextlib.contextmanager
 def open_binary(path: str, mode: str = "rb") -> Iterator[IO[bytes]]:
-    """Opens `path` for binary reading ("rb") or writing ("wb")."""
     if not is_url(path):
         with open(path, mode) as f:
             yield f
@@ -112,7 +110,6 @@ def open_binary(path: str, mode: str = "rb") -> Iterator[IO[bytes]]:
 
 
 def read_bytes(path: str, limit: int | None = None) -> bytes:
-    """The whole file, or its first `limit` bytes."""
     with open_binary(path) as f:
         return f.read() if limit is None else f.read(limit)
 

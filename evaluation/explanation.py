@@ -34,7 +34,6 @@ NOT_SCORED_CROPPED = ("the shards were built with --crop=bbox: a boxed image is 
 
 @dataclasses.dataclass(frozen=True)
 class Member(preflight.Explained):
-    """An explained model, loaded: its classifier and Grad-CAM."""
 
     classifier: Any = None
     cam: gradcam.GradCam | None = None
@@ -48,7 +47,6 @@ class Member(preflight.Explained):
 
 @dataclasses.dataclass(frozen=True)
 class ExplainResult:
-    """What explain wrote: the index's image entries, the localization report, the threshold."""
 
     output_dir: str
     images: list[dict[str, Any]]

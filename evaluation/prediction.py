@@ -86,9 +86,8 @@ def check_one_row_per_record(ids: np.ndarray, shards: ShardFolder, split: str) -
 
 
 def _replica_outputs(model, batch: dict[str, tf.Tensor], rows: int) -> dict[str, tf.Tensor]:
-    # Every replica pads its share to `rows` and marks the real ones: the last batches are partial
-    # or empty (some layers fail on an empty batch), collective gathers need equal shapes, and one
-    # static shape traces the step once.
+    # Every replica pads its share to `rows` and marks the real ones: last batches may be empty (some
+    # layers fail on those), gathers need equal shapes, and one static shape traces the step once.
     count = tf.shape(batch["label"])[0]
 
     def pad(tensor):
@@ -258,7 +257,6 @@ def run_prediction(model_dirs: Sequence[str], data_dir: str, split: str | None, 
 
 
 def summary(result: PredictionResult) -> str:
-    """The files a prediction run wrote, with the report table when there is one."""
     lines = [f"{name}: {result.records} predictions -> {path}" for name, path in result.outputs.items()]
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics)]

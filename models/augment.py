@@ -16,9 +16,8 @@ AUGMENTATION_LAYER = "augmentation"
 
 
 def _shear_factor(degrees: float) -> float:
-    # ImageDataGenerator's shear moves a point sideways by sin(a) times its row, RandomShear's x factor
-    # by the factor: sin(a), not tan(a). Keras drops the cos(a) row scale (0.985) and shears about the
-    # top edge, so a sheared image also moves sideways by up to factor * side / 2.
+    # ImageDataGenerator's shear moves a point sideways by sin(a) times its row, RandomShear's by the
+    # factor: sin(a), not tan(a) (Keras drops the cos(a) row scale and shears about the top edge).
     return math.sin(math.radians(degrees))
 
 

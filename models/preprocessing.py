@@ -47,5 +47,4 @@ def built_in() -> list[layers.Layer]:
 
 
 def unit_scale() -> list[layers.Layer]:
-    """The test backbone's normalisation: scale to 0..1."""
     return [layers.Rescaling(1.0 / 255.0, name="to_unit", dtype="float32")]

@@ -35,10 +35,8 @@ class Backbone:
         return getattr(preprocessing, self.preprocessing)()
 
 
-# The reference's three models: its notebook fixes ResNet50 at 5 epochs, the others ran with early
-# stopping (10 epochs); its blend is 0.6/0.3/0.1. From random weights EfficientNetB3's deep blocks on
-# 4x4 and 2x2 maps lose the faint lesions' gradient, so it is cut after its third stage there
-# (figures in bench/RESULTS.md).
+# The reference's three models and blend. From random weights EfficientNetB3's deep blocks on 4x4 and
+# 2x2 maps lose the faint lesions' gradient, so it is cut after its third stage (bench/RESULTS.md).
 BACKBONES: dict[str, Backbone] = {
     "efficientnet_b3": Backbone(
         constructor="keras.applications.EfficientNetB3",

@@ -71,9 +71,8 @@ def _per_replica_batch(global_batch_size: int, input_context) -> int:
         global_batch_size)
 
 
-# The float32 RGB batch is the largest cost after decoding (12 bytes a pixel); XLA fuses the cast
-# and the channel copy into one loop, faster than the alternatives (bench/RESULTS.md). The models'
-# uint8 front (`models.front`) runs this same function on the device.
+# XLA fuses the cast and the channel copy into one loop, faster than the alternatives
+# (bench/RESULTS.md); the models' uint8 front runs this same function on the device.
 @tf.function(jit_compile=True)
 def gray_to_rgb_float(images: tf.Tensor) -> tf.Tensor:
     """(B, S, S, 1) uint8 -> (B, S, S, 3) float32 in 0..255, exactly."""

@@ -8,9 +8,8 @@ import tensorflow as tf
 
 from contracts.errors import UserInputError
 
-# Each shard file goes to one worker at a time and a run's trainers share one job, so a pass gives every
-# record to one trainer; workers keep their last partial batch (a dropped one would lose records) and
-# the trainers' `repeat` starts the next pass. A worker dying mid-file loses the rest of it for that pass.
+# Each shard goes to one worker at a time and a run's trainers share one job, so a pass gives every
+# record to one trainer (a worker dying mid-file loses the rest of it for that pass).
 SHARDING = tf.data.experimental.service.ShardingPolicy.DYNAMIC
 REACH_TIMEOUT_S = 5.0
 

@@ -95,7 +95,6 @@ def output_dtypes(ensemble: bool) -> dict[str, str]:
 
 
 def save(module: ServingModule, export_dir: str) -> None:
-    """Writes `module` as a SavedModel with the `serving_default` and `pixels` signatures."""
     tf.saved_model.save(module, export_dir, signatures={
         names.SERVING_DEFAULT: module.serve_bytes.get_concrete_function(),
         names.PIXELS: module.serve_pixels.get_concrete_function(),

@@ -30,19 +30,14 @@ def keep_metrics_through(model_dir: str, epochs_done: int) -> None:
 
 
 def append_metrics(model_dir: str, record: dict[str, Any]) -> None:
-    """Appends one epoch's record to metrics.jsonl (non-finite numbers become null)."""
     with open(os.path.join(model_dir, run_folder.METRICS), "a") as f:
         f.write(json.dumps(json_ready(record)) + "\n")
-
-
-def tensorboard_available() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 def tensorboard(model: keras.Model, model_dir: str, *, chief: bool) -> keras.callbacks.CallbackList:
     """Keras' TensorBoard callback on the chief (none elsewhere, or without the package)."""
     callbacks = []
-    if chief and tensorboard_available():
+    if chief and importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(
             log_dir=os.path.join(model_dir, run_folder.TENSORBOARD), write_graph=False, update_freq="epoch"))
     elif chief:

@@ -28,9 +28,8 @@ def make_optimizer(name: str, learning_rate: float, precision: str) -> keras.opt
 
 
 def _agree_on_finiteness(grads: list[tf.Tensor]) -> list[tf.Tensor]:
-    # LossScaleOptimizer skips a step per replica, on that replica's local gradients: one replica
-    # could skip while another applies, and their collectives would diverge. Poison every replica's
-    # gradients when any replica's are not finite, so all of them skip together.
+    # LossScaleOptimizer skips a step per replica: one could skip while another applies, and their
+    # collectives would diverge. Poison all replicas' gradients when any is not finite.
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
     bad = tf.distribute.get_replica_context().all_reduce(SUM, 1.0 - tf.cast(finite, tf.float32))
     poison = tf.where(bad > 0.0, float("nan"), 0.0)
@@ -63,8 +62,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
         return loss, probabilities, tape.gradient(objective, model.trainable_variables)
 
     if jit_compile:
-        # Only the per-replica compute: the optimizer's all-reduce stays outside XLA, as every
-        # strategy needs.
+        # Only the per-replica compute: the optimizer's all-reduce stays outside XLA.
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def replica_step(batch):

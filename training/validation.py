@@ -17,7 +17,6 @@ EPSILON = 1e-7  # probability clip of the cross-entropy, as Keras' own
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """One split's predictions, one row per record."""
 
     image_ids: np.ndarray  # (N,) str
     labels: np.ndarray  # (N,) int 0/1
@@ -44,13 +43,11 @@ def make_distributed_split(strategy: tf.distribute.Strategy, shards: ShardFolder
     return strategy.distribute_datasets_from_function(
         lambda _: input_pipeline.make_eval_dataset(shards, split, per_replica, cache=cache,
                                                    uint8_gray=uint8_gray),
-        # The image-id strings cannot be copied to a GPU: keep batches on the host; the model call
-        # moves the images.
+        # Id strings cannot be copied to a GPU: batches stay on the host; the model call moves images.
         options=tf.distribute.InputOptions(experimental_fetch_to_device=False))
 
 
 def score(strategy: tf.distribute.Strategy, predict_step, dataset) -> Scores:
-    """Runs `predict_step` (`training.step.make_predict_step`) over a distributed split."""
     ids, labels, probabilities = [], [], []
     for batch in dataset:
         ids.extend(t.numpy() for t in strategy.experimental_local_results(batch["image_id"]))
