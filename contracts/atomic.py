@@ -29,9 +29,8 @@ def _flush(path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
-    """Yields a temporary path beside `path`, renamed to `path` (after an fsync when `durable`) when
-    the block succeeds. On a URL the name is random: workers on several machines may share a pid."""
-    if storage.is_url(path):
+    """Yields a temporary path beside `path`, renamed to `path` when the block succeeds."""
+    if storage.is_url(path):  # a random name: workers on several machines may share a pid
         name = path.rstrip("/").rsplit("/", 1)[-1]
         tmp = storage.join(storage.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
     else:
@@ -90,8 +89,7 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def _settle(journal: str) -> None:
-    """Ends the journaled transaction: drops the backups if it committed, else restores them and
-    removes what it created. Each step may be redone."""
+    """Ends a journaled transaction: commits or rolls back its backups; each step may be redone."""
     _remove(journal + ".part")
     try:
         with open(journal, encoding="utf-8") as f:

@@ -40,8 +40,7 @@ def check_output_file(path: str, flag: str, example: str = "predictions.csv") ->
 
 
 def check_no_overwrite(writes: Iterable[tuple[str, str, str]], reads: Iterable[tuple[str, str]]) -> None:
-    """Refuses a file the run would write that it also reads: `writes` holds (flag, value, file),
-    `reads` (who reads it, file)."""
+    """Refuses a file written (flag, value, file) that the run also reads (who reads it, file)."""
     read_by: dict[str, str] = {}
     for who, path in reads:
         read_by.setdefault(os.path.realpath(path), who)

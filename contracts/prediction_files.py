@@ -32,8 +32,7 @@ _HOW_TO_MAKE = "write it with predict.py (or use training's val_predictions.csv)
 
 @dataclasses.dataclass(frozen=True)
 class Predictions:
-    """One validated prediction file, rows in file order; `uncalibrated` is `probs` when the file
-    has no such column."""
+    """One validated prediction file, rows in file order."""
 
     path: str
     ids: np.ndarray

@@ -69,8 +69,7 @@ def split_probabilities(members: Sequence[Member], shards: ShardFolder, split: s
 def choose_gallery(ids: np.ndarray, p: np.ndarray, labels: np.ndarray, threshold: float, per_group: int, *,
                    image_ids: Sequence[str] | None = None, every_image: bool = False,
                    where: str = "the split") -> list[tuple[str, str, int]]:
-    """The images to show as (image_id, group, rank): those asked, else the `per_group` most
-    confident true positives, false positives and false negatives (ties by id)."""
+    """(image_id, group, rank): those asked, else the `per_group` most confident tp, fp and fn."""
     ids = np.asarray(ids).astype(str)
     if image_ids:
         check_asked_ids(image_ids, ids, where)
@@ -139,8 +138,7 @@ def read_records(shards: ShardFolder, split: str, wanted: Sequence[str],
 def explain_records(members: Sequence[Member], stream: Iterator[dict[str, Any]], gallery: set[str],
                     tally: localization.LocalizationTally | None,
                     batch_size: int) -> dict[str, dict[str, Any]]:
-    """Maps the streamed records, scoring the boxed, uncropped ones into `tally`; returns the
-    gallery's records with their "map"."""
+    """The gallery's records with their "map"; scores the boxed, uncropped ones into `tally`."""
     kept: dict[str, dict[str, Any]] = {}
 
     def run(batch):

@@ -53,8 +53,7 @@ class PredictionResult:
 
 
 def with_precision(model, precision: str):
-    """(`model` under the dtype policy `precision`, the policy's name); loading ignores the global
-    policy, so another policy clones the graph."""
+    """(`model` cloned under the dtype policy `precision` unless already so, the policy's name)."""
     import keras
 
     from models import all_layers

@@ -118,8 +118,7 @@ def open_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str 
 
 
 def explained_models(model_dirs: Sequence[str], ensemble: str | None) -> tuple[list[Explained], float | None]:
-    """The explained models (the ensemble's members in blend order, or the one model) and the
-    ensemble file's threshold (None without one)."""
+    """The explained models in blend order and the ensemble file's threshold (None without one)."""
     from contracts import ensemble_file
 
     runs = _runs(model_dirs)

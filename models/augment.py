@@ -22,8 +22,7 @@ def _shear_factor(degrees: float) -> float:
 
 
 def make_augmentation(seed: int = 0) -> keras.Sequential:
-    """The augmentation block: a transform per image with `training=True` (the default: pass False
-    at inference). No XLA kernel, so keep it out of `jit_compile`. Layers seeded seed .. seed + 3."""
+    """The augmentation block (no XLA kernel: keep it out of `jit_compile`); training=False at inference."""
     common = {"fill_mode": FILL_MODE, "interpolation": "bilinear", "dtype": "float32"}
     zoom = (-ZOOM_FRACTION, ZOOM_FRACTION)
     return keras.Sequential(

@@ -103,8 +103,7 @@ def build_classifier(backbone: str, image_size: int, *, weights: str = WEIGHTS_I
 def build_model(backbone: str, image_size: int, *, weights: str = WEIGHTS_IMAGENET,
                 augment: bool | None = None, seed: int = 0, batchnorm_momentum: float | None = None,
                 feature_layer: str | None = None) -> keras.Model:
-    """The training model: the classifier behind the augmentation block when `augment` (None: the
-    backbone's reference); `split_augmentation` takes it apart again."""
+    """The classifier, behind the augmentation block when `augment` (None: the backbone's reference)."""
     augment = get_backbone(backbone).augment if augment is None else augment
     classifier = build_classifier(backbone, image_size, weights=weights, seed=seed,
                                   batchnorm_momentum=batchnorm_momentum, feature_layer=feature_layer)

@@ -32,8 +32,7 @@ def _gpus() -> int:
 
 
 def resolve_strategy(name: str) -> tf.distribute.Strategy:
-    """The `STRATEGIES` strategy `name` ("auto": multi_worker with several TF_CONFIG workers, mirrored
-    with several GPUs, else default); "mirrored" without a GPU uses the logical CPU devices."""
+    """The `STRATEGIES` strategy `name`; "mirrored" without a GPU uses the logical CPU devices."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
     if name == "auto":

@@ -26,8 +26,7 @@ def _check_archive(path: str) -> None:
 
 
 def load_classifier(run: RunFolder | str):
-    """Loads the run's model.keras with safe_mode, refusing one missing, damaged, not a two-class
-    classifier, or of another image size than config.json's."""
+    """Loads the run's model.keras with safe_mode, refusing one missing, damaged or not the run's."""
     import keras
 
     import models.preprocessing  # noqa: F401  (registers the project's layers for safe_mode)

@@ -80,21 +80,17 @@ def gray_to_rgb_float(images: tf.Tensor) -> tf.Tensor:
     return tf.broadcast_to(tf.cast(images, tf.float32), rgb_shape)
 
 
-def _model_images(images: tf.Tensor, uint8_gray: bool) -> tf.Tensor:
-    return images if uint8_gray else gray_to_rgb_float(images)
-
-
 def _carried(parsed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:  # the fields beside the image
     return {"label": tf.cast(parsed[records.LABEL], tf.int32), "image_id": parsed[records.IMAGE_ID]}
 
 
-def _decode_batch(serialized: tf.Tensor, image_size: int, uint8_gray: bool) -> dict[str, tf.Tensor]:
+def _decode_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     # One vectorised parse per batch, then the decodes as one loop: cheaper per image than a
     # per-record parse and map before `batch`.
     parsed = records.parse_example(serialized)
     images = tf.map_fn(lambda encoded: records.decode_image(encoded, image_size), parsed[records.IMAGE],
                        fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.uint8))
-    return {"image": _model_images(images, uint8_gray), **_carried(parsed)}
+    return {"image": images, **_carried(parsed)}
 
 
 def _decode_and_cache(serialized: tf.data.Dataset, image_size: int, deterministic: bool) -> tf.data.Dataset:
@@ -107,9 +103,11 @@ def _decode_and_cache(serialized: tf.data.Dataset, image_size: int, deterministi
 
 
 def _batch_to_inputs(cache: bool, image_size: int, uint8_gray: bool):
-    if cache:
-        return lambda batch: {**batch, "image": _model_images(batch["image"], uint8_gray)}
-    return lambda serialized: _decode_batch(serialized, image_size, uint8_gray)
+    def to_inputs(batch):  # serialized records, or cached decoded ones
+        batch = batch if cache else _decode_batch(batch, image_size)
+        return batch if uint8_gray else {**batch, "image": gray_to_rgb_float(batch["image"])}
+
+    return to_inputs
 
 
 def _options(deterministic: bool) -> tf.data.Options:
@@ -129,8 +127,7 @@ def _shuffled_records(paths: list[str], seed: int, deterministic: bool) -> tf.da
 def make_train_dataset(shards: ShardFolder, split: str, global_batch_size: int,
                        stream: StreamOptions = StreamOptions(),
                        input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """The infinite, shuffled training stream of `split` in full per-replica batches; with several
-    input pipelines each reads its own shard files."""
+    """The infinite, shuffled training stream of `split` in full per-replica batches."""
     if stream.data_service is not None:
         if stream.cache or stream.deterministic:
             raise ValueError("the tf.data service decodes on its workers and hands out files as they ask: "
@@ -153,8 +150,7 @@ def make_train_dataset(shards: ShardFolder, split: str, global_batch_size: int,
 
 def make_service_pass(shards: ShardFolder, split: str, global_batch_size: int, stream: StreamOptions,
                       input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """One shuffled pass over `split` through the tf.data service, shared by every trainer of
-    `stream.job_name` (the service divides the split); the batch dimension is unknown."""
+    """One shuffled pass over `split` through the tf.data service, shared by the job's trainers."""
     batch_size = _per_replica_batch(global_batch_size, input_context)
     data = _shuffled_records(list(_paths(shards, split)), stream.seed, deterministic=False)
     data = data.shuffle(stream.shuffle_buffer, seed=stream.seed, reshuffle_each_iteration=True)

@@ -151,8 +151,7 @@ def _epoch(run: _Run) -> dict[str, Any]:
 
 
 def _export_best(run: _Run) -> None:
-    """Restores the best epoch's weights and writes model.keras and val_predictions.csv from them,
-    unless they already hold that epoch."""
+    """Restores the best epoch's weights and exports them, unless the exports already hold that epoch."""
     best, validating = run.state.best_epoch, run.val_dataset is not None
     done = run.chief and run_folder.exported_epochs(run.model_dir) == (best, best if validating else None)
     # A collective: every worker takes the chief's answer, once the chief's checkpoints are written.

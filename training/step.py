@@ -40,11 +40,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer, *, global_batch_size: int,
                     class_weights: Sequence[float] | None = None, jit_compile: bool = False,
                     uint8_input: bool = False) -> Callable:
-    """Builds `step(iterator) -> (loss, probabilities, labels)` of the global batch, one update a call.
-
-    Each replica divides its (class-weighted) loss sum by the *global* batch size and the optimizer
-    sums the replicas' gradients: the mean's update.
-    """
+    """Builds `step(iterator) -> (loss, probabilities, labels)` of the global batch, one update a call."""
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
     # The augmentation has no weights and no XLA kernel: it runs first, outside the compiled part.
@@ -57,7 +53,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
             if weights is not None:
                 per_example = per_example * tf.gather(weights, labels)
-            loss = tf.reduce_sum(per_example) / global_batch_size
+            loss = tf.reduce_sum(per_example) / global_batch_size  # the replicas' gradients are summed
             objective = optimizer.scale_loss(loss) if scaled else loss
         return loss, probabilities, tape.gradient(objective, model.trainable_variables)
 
@@ -87,8 +83,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
 
 
 def make_state_sync(strategy: tf.distribute.Strategy, model: keras.Model) -> Callable:
-    """Builds `sync()`, averaging non-trainable float variables over replicas (Keras 3 keeps
-    BatchNormalization's moving statistics per replica)."""
+    """Builds `sync()`, averaging BatchNormalization's statistics, which Keras 3 keeps per replica."""
     variables = [v for v in model.non_trainable_variables
                  if v.dtype in ("float16", "bfloat16", "float32", "float64")]
 

@@ -37,8 +37,7 @@ def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]
 
 def make_distributed_split(strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
                            global_batch_size: int, *, cache: bool = False, uint8_gray: bool = False):
-    """`split` as a distributed dataset that every worker reads whole, so all compute the same metrics
-    (ids cannot cross the collectives)."""
+    """`split` as a distributed dataset that every worker reads whole, to compute the same metrics."""
     per_replica = distribute.per_replica_batch(global_batch_size, strategy, "global_batch_size")
     return strategy.distribute_datasets_from_function(
         lambda _: input_pipeline.make_eval_dataset(shards, split, per_replica, cache=cache,
