@@ -1,5 +1,4 @@
-"""Atomic writes: one file through a temporary name and a rename; files that change together
-through a `Transaction`, whose journal lets a rerun undo a killed run."""
+"""Atomic writes: one file by a rename; files that change together by a journaled `Transaction`."""
 
 from __future__ import annotations
 

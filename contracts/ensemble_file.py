@@ -1,5 +1,4 @@
-"""The ensemble file ensemble.py writes beside its submission (`<stem>.probabilities.json`): members
-in blend order with their model folder, temperature and weight, and the threshold; and its loader."""
+"""The ensemble file (`<stem>.probabilities.json`: members in blend order, threshold) and its loader."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The run folder train.py writes: its file names, and `RunFolder`, a run read once. model.keras
-and val_predictions.csv come from the best epoch, recorded as "epoch" in each."""
+"""The run folder train.py writes: its file names, and `RunFolder`, a run read once."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""explain.py's work: predict every record to choose the gallery, then Grad-CAM the gallery and
-every boxed record (scored against its boxes on uncropped shards)."""
+"""explain.py's work: choose the gallery, then Grad-CAM it and every boxed record."""
 
 from __future__ import annotations
 

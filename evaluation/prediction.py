@@ -1,5 +1,4 @@
-"""Batch prediction behind predict.py: per model, a prediction file and the (N, 2) softmax `.npy`,
-rows sorted by image id so the files are the same under every strategy."""
+"""Batch prediction behind predict.py: per model, a prediction file and the softmax `.npy`."""
 
 from __future__ import annotations
 

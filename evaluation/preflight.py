@@ -1,5 +1,4 @@
-"""What prediction and explanation read and write, checked once before any model runs (no
-TensorFlow); the library below trusts what these functions return."""
+"""What prediction and explanation read and write, checked once before any model runs."""
 
 from __future__ import annotations
 

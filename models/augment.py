@@ -1,5 +1,4 @@
-"""The training augmentation at the front of the model: the reference's `ImageDataGenerator`
-(rotation 10, shifts 0.1, shear 10, zoom 0.1, nearest fill) as Keras 3 layers."""
+"""The reference's `ImageDataGenerator` augmentation as Keras 3 layers at the front of the model."""
 
 from __future__ import annotations
 

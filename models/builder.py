@@ -1,5 +1,4 @@
-"""Assembling a classifier: [augmentation] → backbone normalisation → backbone → head. Export saves
-the trained graph, never a rebuild: EfficientNet adds a `Rescaling` only for ImageNet weights."""
+"""Assembling a classifier: [augmentation] → backbone normalisation → backbone → head."""
 
 from __future__ import annotations
 

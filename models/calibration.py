@@ -1,5 +1,4 @@
-"""Temperature scaling of P(abnormal) (Guo et al., 2017): sigmoid(logit(p) / T), in one order
-everywhere (`ORDER`); T never changes the ranking (AUROC)."""
+"""Temperature scaling of P(abnormal) (Guo et al., 2017): sigmoid(logit(p) / T), in one `ORDER`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The trained classifier under another dtype policy: a layer-by-layer clone of its own graph with
-the same weights, never a rebuild from settings, so whatever a constructor added stays in."""
+"""The trained classifier under another dtype policy: a clone of its own graph, never a rebuild."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""`run_training`: the epoch loop around the one distributed step, with resume, validation and
-outputs (`contracts.run_folder`, written by the chief) from the best epoch by validation AUROC."""
+"""`run_training`: the epoch loop around the distributed step, with resume, validation and outputs."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What a run leaves in `model_dir` besides checkpoints: metrics.jsonl, TensorBoard events, model.keras
-and the validation predictions with the run's temperature."""
+"""What a run leaves in `model_dir` besides checkpoints (`contracts.run_folder`)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The distributed training and scoring steps: `strategy.run` in a `tf.function`, as Keras 3's
-`Model.fit` fails under MultiWorkerMirroredStrategy."""
+"""The training and scoring steps (Keras 3's `Model.fit` fails under MultiWorkerMirroredStrategy)."""
 
 from __future__ import annotations
 
