@@ -145,8 +145,6 @@ class Transaction:
 
     def guard(self, *paths: str) -> None:
         """Keeps each file or folder as it is now, to be put back if the transaction fails."""
-        if self._depth == 0:
-            raise RuntimeError("Transaction.guard outside its `with` block")
         for path in map(os.path.abspath, paths):
             if any(path == known for known, _ in self._entries):
                 continue

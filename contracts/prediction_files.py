@@ -139,7 +139,7 @@ def _check_probs(path: str, ids: np.ndarray, raw: pd.Series, column: str = PROB)
     return probs
 
 
-def _read_meta(path: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def _read_meta(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     meta = {name: frame[name].to_numpy(dtype=object).astype(str) for name in (PATIENT, VIEW, SEX)
             if name in frame.columns}
     if AGE in frame.columns:
@@ -197,7 +197,7 @@ def read_predictions(path: str) -> Predictions:
     probs, uncalibrated = _read_probabilities(path, ids, frame, version)
     labels = _check_labels(path, ids, frame[LABEL]) if LABEL in frame.columns else None
     return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=sidecar,
-                       uncalibrated=uncalibrated, meta=_read_meta(path, frame), format_version=version)
+                       uncalibrated=uncalibrated, meta=_read_meta(frame), format_version=version)
 
 
 def _check_same_ids(first: Predictions, other: Predictions) -> None:

@@ -55,10 +55,7 @@ def relpath(path: str, start: str) -> str:
     """`path` relative to the folder `start`, with "/" separators."""
     if not is_url(path):
         return os.path.relpath(path, start).replace(os.sep, "/")
-    prefix = start.rstrip("/") + "/"
-    if not path.startswith(prefix):
-        raise ValueError(f"{path} is not under {start}")
-    return path[len(prefix):]
+    return path[len(start.rstrip("/")) + 1:]
 
 
 def exists(path: str) -> bool:
