@@ -1,6 +1,5 @@
-"""The prediction file: a CSV `image_id,p_abnormal[,label][,p_uncalibrated]` + `META_COLUMNS` and
-a JSON sidecar of the same stem. Readers refuse what a blend could get wrong (bad ids, probabilities
-or labels, differing id sets)."""
+"""The prediction file: a CSV `image_id,p_abnormal[,label][,p_uncalibrated]` + `META_COLUMNS` and a
+JSON sidecar of the same stem; readers refuse what a blend could get wrong."""
 
 from __future__ import annotations
 

@@ -105,14 +105,10 @@ def resolve_feature_layer(backbone: str, feature_layer: str | None) -> str | Non
 
 def get_backbone(name: str) -> Backbone:
     """The registry entry `name` (a real or a test backbone); ValueError listing the valid ones."""
-    if name in BACKBONES:
-        return BACKBONES[name]
-    if name in TEST_BACKBONES:
-        return TEST_BACKBONES[name]
-    raise ValueError(
-        f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} "
-        f"(tests may also use {', '.join(TEST_BACKBONES)})"
-    )
+    if name not in BACKBONES and name not in TEST_BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} "
+                         f"(tests may also use {', '.join(TEST_BACKBONES)})")
+    return {**BACKBONES, **TEST_BACKBONES}[name]
 
 
 def describe(field: str, fmt: str = "{}") -> str:

@@ -53,27 +53,21 @@ def export_model(classifier: keras.Model, path: str, epoch: int) -> None:
             archive.writestr(run_folder.MODEL_RUN_ENTRY, json.dumps({"epoch": epoch}))
 
 
-def calibration_record(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """The temperature fitted on validation (None with one class) and what it changes there."""
-    temperature = calibration.fit_temperature(labels, probs)
-    applied = probs if temperature is None else calibration.apply_temperature(probs, temperature)
-    known = labels >= 0
-    return {run_folder.TEMPERATURE: temperature, run_folder.CALIBRATION: json_ready({
-        "fitted_on": run_folder.VAL_PREDICTIONS, "records": int(known.sum()),
-        "nll_before": calibration.negative_log_likelihood(labels[known], probs[known]),
-        "nll_after": calibration.negative_log_likelihood(labels[known], applied[known]),
-        "ece_before": calibration.expected_calibration_error(labels, probs),
-        "ece_after": calibration.expected_calibration_error(labels, applied)})}
-
-
 def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any],
                           meta: dict[str, np.ndarray] | None = None) -> str:
-    """Writes val_predictions.csv, p_abnormal after the temperature fitted on it, and its sidecar."""
+    """Writes val_predictions.csv, p_abnormal after the temperature fitted on it (None with one
+    class), and its sidecar with that temperature and what it changes there."""
     path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
-    probs = scores.probabilities[:, 1].astype(np.float64)
-    record = calibration_record(np.asarray(scores.labels), probs)
-    temperature = record[run_folder.TEMPERATURE]
+    probs, labels = scores.probabilities[:, 1].astype(np.float64), np.asarray(scores.labels)
+    temperature = calibration.fit_temperature(labels, probs)
     handed = probs if temperature is None else calibration.apply_temperature(probs, temperature)
-    write_predictions(path, scores.image_ids, handed, scores.labels, sidecar={**sidecar, **record},
-                      uncalibrated=probs, meta=meta)
+    known = labels >= 0
+    changes = {"fitted_on": run_folder.VAL_PREDICTIONS, "records": int(known.sum()),
+               "nll_before": calibration.negative_log_likelihood(labels[known], probs[known]),
+               "nll_after": calibration.negative_log_likelihood(labels[known], handed[known]),
+               "ece_before": calibration.expected_calibration_error(labels, probs),
+               "ece_after": calibration.expected_calibration_error(labels, handed)}
+    sidecar = {**sidecar, run_folder.TEMPERATURE: temperature, run_folder.CALIBRATION: json_ready(changes)}
+    write_predictions(path, scores.image_ids, handed, scores.labels, sidecar=sidecar, uncalibrated=probs,
+                      meta=meta)
     return path
