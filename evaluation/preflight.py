@@ -40,13 +40,11 @@ def open_split(data_dir: str, split: str | None) -> tuple[ShardFolder, Split]:
     """The shard folder and its split `split`, or when None the one the manifest makes unambiguous."""
     shards = ShardFolder.open(data_dir)
     if split is None:
-        split = shards.default_split()
+        split, names = shards.default_split(), ", ".join(shards.split_names) or "none"
         if split is None:
-            names = ", ".join(shards.split_names) or "none"
             raise UserInputError(f"{shards.manifest_path} has splits {names}; pass --split to name the one "
                                  "to read")
-        logging.info("--split not given: reading split %r of %s (its splits: %s)", split, data_dir,
-                     ", ".join(shards.split_names))
+        logging.info("--split not given: reading split %r of %s (its splits: %s)", split, data_dir, names)
     return shards, shards.split(split)
 
 
