@@ -14,7 +14,7 @@ from contracts import explanation_folder as folder_lib
 from contracts import records, storage
 from contracts.atomic import atomic_path, write_bytes, write_json
 from contracts.boxes import stored_box
-from contracts.errors import UserInputError
+from contracts.errors import UserInputError, repeat_hint
 from contracts.manifest import ShardFolder
 from contracts.output_names import PROB
 from contracts.prediction_files import few
@@ -91,8 +91,7 @@ def check_asked_ids(image_ids: Sequence[str], ids: Sequence[str], where: str) ->
     known = set(ids)
     missing = [i for i in image_ids if i not in known]
     if missing:
-        joined = ("; give --image_ids once per image (--image_ids=A --image_ids=B), not a comma-separated "
-                  "list" if any("," in i for i in missing) else "")
+        joined = next(filter(None, (repeat_hint(i, "image_ids", "image") for i in missing)), "")
         raise UserInputError(f"--image_ids: {few(missing)} not in {where} ({len(known)} images); pass ids "
                              f"from its image_id column (a prediction CSV lists them){joined}")
 

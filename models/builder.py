@@ -127,6 +127,8 @@ def inference_model(model: keras.Model) -> keras.Model:
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"batchnorm_momentum must be in [0, 1), got {momentum}")
     for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
