@@ -1,6 +1,5 @@
-"""The folder explain.py writes: the index `explanations.json` ("models", "threshold", "source",
-"crop", "image_size", and per image its id, group (`tp`, `fp`, `fn` or `asked`), rank, p_abnormal,
-label and file names), `localization.json`, and per image the (S, S) map `.npy` and overlay `.png`."""
+"""The folder explain.py writes: the index `explanations.json` (header, and per image its id, group,
+rank, p_abnormal, label and files), `localization.json`, per image a map `.npy` and overlay `.png`."""
 
 from __future__ import annotations
 

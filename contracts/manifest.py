@@ -1,6 +1,5 @@
-"""A shard folder: `manifest.json`'s one writer, and `ShardFolder`, the folder read and checked once.
-Keys: `schema_version`, `config`, `splits` (records, normal, abnormal, patients, shards, `shard_bytes`),
-`patient_overlap`, `skipped`, `warnings`."""
+"""`manifest.json`'s one writer, and `ShardFolder`, a shard folder read and checked once. Keys:
+`schema_version`, `config`, `splits`, `patient_overlap`, `skipped`, `warnings`."""
 
 from __future__ import annotations
 

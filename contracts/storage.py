@@ -1,5 +1,4 @@
-"""Paths that may be local or a URL (any scheme `tf.io.gfile` reads). Local paths keep the plain `os`
-calls and never import TensorFlow; failures on a URL are `OSError`s naming the path."""
+"""Paths local or a URL (any `tf.io.gfile` scheme); local paths never import TensorFlow."""
 
 from __future__ import annotations
 

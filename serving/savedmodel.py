@@ -1,5 +1,4 @@
-"""The SavedModel of train.py's `model.keras` graphs, one or a blend, in predict.py's order (blend and
-threshold in float64). One model's `logit` is its margin over its temperature; an ensemble's, log(p/(1-p))."""
+"""The SavedModel of train.py's `model.keras` graphs, one or a blend, in predict.py's order."""
 
 from __future__ import annotations
 
@@ -79,7 +78,7 @@ class ServingModule(tf.Module):
         blend = tf.linalg.matvec(tf.stack(calibrated, axis=1), self.weights)
         outputs = {names.OUTPUT_PROB: tf.cast(blend, tf.float32),
                    names.OUTPUT_DECISION: tf.cast(blend >= self.threshold, tf.int32)}
-        if not self.ensemble:
+        if not self.ensemble:  # one model's logit: its margin over its temperature
             return {**outputs, names.OUTPUT_LOGIT: margins[0], names.OUTPUT_UNCALIBRATED: probabilities[0]}
         clipped = tf.clip_by_value(blend, BLEND_EPSILON, 1.0 - BLEND_EPSILON)
         logit = tf.cast(tf.math.log(clipped) - tf.math.log1p(-clipped), tf.float32)
