@@ -1,5 +1,4 @@
-"""Atomic writes: one file through a temporary name and a rename; files that change together
-through a `Transaction`, whose journal lets a rerun undo a killed run."""
+"""Atomic writes: one file by a rename; files that change together by a journaled `Transaction`."""
 
 from __future__ import annotations
 
@@ -29,12 +28,8 @@ def _flush(path: str) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
-    """Yields a temporary path beside `path`, renamed to `path` when the block succeeds.
-
-    `durable` flushes a file to disk before the rename. On a bucket URL (`contracts.storage`) the
-    temporary name is random (workers on several machines may share a pid) and the rename a copy.
-    """
-    if storage.is_url(path):
+    """Yields a temporary path beside `path`, renamed to `path` when the block succeeds."""
+    if storage.is_url(path):  # a random name: workers on several machines may share a pid
         name = path.rstrip("/").rsplit("/", 1)[-1]
         tmp = storage.join(storage.dirname(path), f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
     else:
@@ -52,13 +47,11 @@ def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
 
 
 def write_bytes(path: str, data: bytes, *, durable: bool = True) -> None:
-    """Writes `data` to `path` atomically."""
     with atomic_path(path, durable=durable) as tmp, storage.open_binary(tmp, "wb") as f:
         f.write(data)
 
 
 def write_text(path: str, text: str, *, durable: bool = True) -> None:
-    """Writes `text` (UTF-8) to `path` atomically."""
     write_bytes(path, text.encode("utf-8"), durable=durable)
 
 
@@ -95,8 +88,7 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def _settle(journal: str) -> None:
-    """Ends the transaction `journal` describes: drops the backups once it committed, else puts
-    them back and removes what it created; then removes the journal. Each step may be redone."""
+    """Ends a journaled transaction: commits or rolls back its backups; each step may be redone."""
     _remove(journal + ".part")
     try:
         with open(journal, encoding="utf-8") as f:
@@ -121,10 +113,8 @@ def _settle(journal: str) -> None:
 class Transaction:
     """Files and folders that change together: after a failure or a SIGKILL, all old or all new.
 
-    `Transaction(anchor)` first settles a killed run's journal (kept beside `anchor`, the run's
-    main output). Inside `with tx:` the block calls `tx.guard(path)` before it changes a file or
-    folder (a hard-linked backup is journaled), or writes through `tx.path(path)`. A clean exit
-    commits; an exception restores every guarded path. Nested `with tx:` blocks commit once.
+    Creating it settles a killed run's journal (beside `anchor`). Inside `with tx:` call `guard(path)`
+    before changing a path, or write through `path(path)`; nested blocks commit once, at the end.
     """
 
     def __init__(self, anchor: str):
@@ -155,8 +145,6 @@ class Transaction:
 
     def guard(self, *paths: str) -> None:
         """Keeps each file or folder as it is now, to be put back if the transaction fails."""
-        if self._depth == 0:
-            raise RuntimeError("Transaction.guard outside its `with` block")
         for path in map(os.path.abspath, paths):
             if any(path == known for known, _ in self._entries):
                 continue

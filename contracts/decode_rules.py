@@ -1,5 +1,4 @@
-"""How an image file becomes the stored gray pixels: the rules the builder (Pillow, `preprocess/`)
-and the served graph (TensorFlow ops, `serving/decode.py`) both follow."""
+"""How an image file becomes the stored gray pixels, for the builder and the served graph alike."""
 
 # Larger images are refused as possible decompression bombs (the builder's --max_image_pixels).
 MAX_IMAGE_PIXELS = 64_000_000

@@ -1,9 +1,4 @@
-"""The ensemble file ensemble.py writes beside its submission (`<stem>.probabilities.json`), and its loader.
-
-Members in blend order, each with the model folder its predictions came from (so export.py can
-match them to trained models), its temperature (1: none) and its weight (the weights sum to 1):
-member probability -> temperature -> weighted blend -> threshold.
-"""
+"""The ensemble file (`<stem>.probabilities.json`: members in blend order, threshold) and its loader."""
 
 from __future__ import annotations
 
@@ -12,8 +7,7 @@ import json
 import os
 from typing import Any, Sequence
 
-from contracts.errors import UserInputError
-from contracts.run_folder import list_hint
+from contracts.errors import UserInputError, repeat_hint
 
 # 1: before schema_version and member model folders; 2: before member temperatures (read as 1).
 SCHEMA_VERSION = 3
@@ -22,8 +16,7 @@ SUFFIX = ".probabilities.json"  # beside the submission CSV
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One blended model: its name, weight, run folder (absolute; None if unknown), backbone and the
-    temperature applied to its probability before the blend."""
+    """One blended model; `model_dir` absolute, None if unknown."""
 
     name: str
     weight: float
@@ -34,7 +27,6 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class Ensemble:
-    """A loaded ensemble file."""
 
     path: str
     members: tuple[Member, ...]
@@ -42,7 +34,6 @@ class Ensemble:
 
 
 def ensemble_path(submission_csv: str) -> str:
-    """The ensemble file written beside `submission_csv`."""
     return os.path.splitext(submission_csv)[0] + SUFFIX
 
 
@@ -55,7 +46,6 @@ def blend_path(submission_csv_or_ensemble_file: str) -> str:
 
 def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | None], paths: Sequence[str],
                    weights: Sequence[float], temperatures: Sequence[float]) -> list[dict[str, Any]]:
-    """The ensemble file's `inputs` entries, one per member, in blend order."""
     rows = zip(names, sidecars, paths, weights, temperatures)
     return [{"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
              **{key: (sidecar or {}).get(key) for key in ("backbone", "crop", "model_dir")}}
@@ -68,8 +58,7 @@ def _fail(path: str, what: str) -> UserInputError:
 
 
 def load_ensemble(path: str) -> Ensemble:
-    """Reads an ensemble file, refusing one missing, not JSON, or without members, weights or a
-    threshold in [0, 1]."""
+    """Reads an ensemble file, refusing one without members, weights or a threshold in [0, 1]."""
     if not os.path.isfile(path):
         raise _fail(path, "not found")
     try:
@@ -104,8 +93,7 @@ def load_ensemble(path: str) -> Ensemble:
 
 
 def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[Member, str]]:
-    """Pairs each member, in blend order, with the model folder it came from; refuses a member without
-    one, or members and folders that are not the same set."""
+    """Pairs each member, in blend order, with its model folder; refuses sets that differ."""
     given = {os.path.realpath(d): d for d in model_dirs}
     unknown = [m.name for m in ensemble.members if m.model_dir is None]
     if unknown:
@@ -121,5 +109,5 @@ def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[M
         raise UserInputError(
             f"--ensemble={ensemble.path} blends {sorted(recorded)} but --model_dir gives {sorted(given)}"
             f"{differ}; pass exactly the ensemble's model folders"
-            f"{next(filter(None, map(list_hint, model_dirs)), '')}")
+            f"{next(filter(None, (repeat_hint(d, 'model_dir', 'model') for d in model_dirs)), '')}")
     return [(m, given[os.path.realpath(m.model_dir)]) for m in ensemble.members]

@@ -1,5 +1,4 @@
-"""Bad user input: the one exception every entry point prints as one line, exit status 1, and the
-checks that outputs go where they can be written and never over an input."""
+"""`UserInputError`, printed as one line with exit status 1, and the checks on where outputs go."""
 
 from __future__ import annotations
 
@@ -12,16 +11,14 @@ class UserInputError(ValueError):
 
 
 def repeat_hint(value: str, flag: str, each: str) -> str:
-    """The fix to add when `value` names nothing and looks like several joined by commas (a flag that
-    takes several values takes them repeated: paths may hold commas); `each` is what one value is."""
+    """The fix to add when `value` names nothing and looks like several values joined by commas."""
     if "," not in value or os.path.exists(value):
         return ""
     return f"; give --{flag} once per {each} (--{flag}=A --{flag}=B), not a comma-separated list"
 
 
 def check_output_folder(folder: str, flag: str) -> None:
-    """Refuses a `folder` ("": the working directory) that is not, and cannot be created as, a folder
-    this process writes into: its nearest existing ancestor must be a writable folder."""
+    """Refuses a `folder` ("": here) whose nearest existing ancestor is not a writable folder."""
     given = folder or "."
     probe = os.path.abspath(given)
     while not os.path.lexists(probe):
@@ -43,8 +40,7 @@ def check_output_file(path: str, flag: str, example: str = "predictions.csv") ->
 
 
 def check_no_overwrite(writes: Iterable[tuple[str, str, str]], reads: Iterable[tuple[str, str]]) -> None:
-    """Refuses, before anything is written, a file the run would write that it reads (by real path):
-    `writes` holds (flag that places it, its value, the file), `reads` (who reads it, the file)."""
+    """Refuses a file written (flag, value, file) that the run also reads (who reads it, file)."""
     read_by: dict[str, str] = {}
     for who, path in reads:
         read_by.setdefault(os.path.realpath(path), who)
@@ -56,7 +52,6 @@ def check_no_overwrite(writes: Iterable[tuple[str, str, str]], reads: Iterable[t
 
 
 def describe_os_error(err: OSError) -> str:
-    """One line for a failed read or write: which file, what the system said, what to check."""
     if err.filename is None:
         return str(err)
     what = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)

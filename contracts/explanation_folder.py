@@ -1,6 +1,5 @@
-"""The folder explain.py writes: the index `explanations.json` ("models", "threshold", "source",
-"crop", "image_size", and per image its id, group (`tp`, `fp`, `fn` or `asked`), rank, p_abnormal,
-label and file names), `localization.json`, and per image the (S, S) map `.npy` and overlay `.png`."""
+"""The folder explain.py writes: the index `explanations.json` (header, and per image its id, group,
+rank, p_abnormal, label and files), `localization.json`, per image a map `.npy` and overlay `.png`."""
 
 from __future__ import annotations
 
@@ -20,14 +19,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def file_stem(group: str, rank: int, image_id: str) -> str:
-    """One image's file name without extension: group, rank (which keep two ids apart) and the id
-    without its extension, made safe for a file name (DICOM ids are paths)."""
+    """One image's file stem: group, rank (keeps two ids apart) and the id made safe (DICOM ids are paths)."""
     return f"{group}-{rank:03d}-{_UNSAFE.sub('_', os.path.splitext(image_id)[0])}"
 
 
 def load_index(folder: str) -> dict[str, Any]:
-    """Reads `folder/explanations.json`, with `localization.json` as its "localization" (None when
-    absent); refuses a missing index or another format."""
+    """Reads the index, with localization.json as its "localization" (None when absent)."""
     path = os.path.join(folder, INDEX)
     if not os.path.isfile(path):
         raise UserInputError(f"{path} not found: run explain.py --output_dir={folder} first")

@@ -1,5 +1,4 @@
-"""An export folder's names, for the exporter and its readers (no TensorFlow); outputs share the
-prediction files' names (contracts/output_names.py), `member_<name>` an ensemble member's `<name>`."""
+"""An export folder's names, for the exporter and its readers (no TensorFlow)."""
 
 from contracts.output_names import DECISION, PROB, PROB_UNCALIBRATED
 

@@ -1,8 +1,5 @@
-"""A shard folder: `manifest.json`'s one writer, and `ShardFolder`, the folder read and checked once.
-
-Keys: `schema_version`, `config` (the build's settings: image_size, crop, ...), `splits` (per split:
-records, normal, abnormal, patients, shards, `shard_bytes`), `patient_overlap`, `skipped`, `warnings`.
-"""
+"""`manifest.json`'s one writer, and `ShardFolder`, a shard folder read and checked once. Keys:
+`schema_version`, `config`, `splits`, `patient_overlap`, `skipped`, `warnings`."""
 
 from __future__ import annotations
 
@@ -23,12 +20,10 @@ SHARD_BYTES = "shard_bytes"  # per split: shard name -> its size as written (abs
 
 
 def shard_name(split: str, index: int, count: int) -> str:
-    """Returns the shard file name `{split}-{index:05d}-of-{count:05d}.tfrecord`."""
     return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
 
 
 def write_manifest(data_dir: str, manifest: dict[str, Any]) -> str:
-    """Writes `data_dir/manifest.json` atomically with the current `schema_version`; returns its path."""
     path = storage.join(data_dir, MANIFEST)
     write_json(path, {**manifest, "schema_version": SCHEMA_VERSION})
     return path
@@ -120,8 +115,7 @@ class ShardFolder:
                     "this folder")
 
     def check_image_size(self, image_size: int | None, fix: str) -> int:
-        """The shards' image size, refusing another `image_size` (None: any) with `fix` ({stored} and
-        {asked} filled in) at the end of the message."""
+        """The shards' image size, refusing another `image_size` with `fix` ({stored}, {asked} filled in)."""
         if image_size is not None and int(image_size) != self.image_size:
             raise UserInputError(f"the shards in {self.path} were built at {self.image_size} px, not "
                                  f"{image_size}; " + fix.format(stored=self.image_size, asked=image_size))

@@ -1,5 +1,4 @@
-"""The names every output shares, one quantity each: prediction files, the blend, the submission,
-explain.py's index, the report and the served signatures (no pandas or TensorFlow, for help texts)."""
+"""The column and output names every output file and the served signatures share."""
 
 ID = "image_id"
 PROB = "p_abnormal"  # what the model or ensemble hands over: after its temperature when it has one

@@ -1,11 +1,5 @@
-"""The prediction file (predict.py, training's val_predictions.csv; read by ensemble.py): a CSV
-`image_id,p_abnormal[,label][,p_uncalibrated]` + `META_COLUMNS` and a JSON sidecar of the same stem.
-
-`p_abnormal` is what the model hands over (after its temperature), `p_uncalibrated` the softmax a
-blend calibrates; version 1 files held the softmax in `p_abnormal` and the calibrated one in
-`p_calibrated`. Readers refuse what a blend could get wrong: duplicate or empty ids, probabilities
-missing or outside [0, 1], labels other than -1/0/1 (unknown), files whose id sets differ.
-"""
+"""The prediction file: a CSV `image_id,p_abnormal[,label][,p_uncalibrated]` + `META_COLUMNS` and a
+JSON sidecar of the same stem; readers refuse what a blend could get wrong."""
 
 from __future__ import annotations
 
@@ -37,9 +31,7 @@ _HOW_TO_MAKE = "write it with predict.py (or use training's val_predictions.csv)
 
 @dataclasses.dataclass(frozen=True)
 class Predictions:
-    """One validated prediction file: ids (N,) str in file order; probs (N,) the handed-over `PROB`;
-    labels (N,) int64 or None; the sidecar or None; uncalibrated (N,) what a blend calibrates (`probs`
-    when the file has no such column); meta the `META_COLUMNS` it has; its format version."""
+    """One validated prediction file, rows in file order."""
 
     path: str
     ids: np.ndarray
@@ -56,14 +48,12 @@ class Predictions:
 
     @property
     def crop(self) -> str | None:
-        """The crop of the shards these predictions were made on (None: unrecorded)."""
         return (self.sidecar or {}).get("crop")
 
 
 @dataclasses.dataclass(frozen=True)
 class Aligned:
-    """Prediction files joined on image id, rows in the first file's order: probs and uncalibrated
-    (N, M), column m from file m; labels merged over the files that have them (or None); meta."""
+    """Prediction files joined on image id, rows in the first file's order, column m from file m."""
 
     ids: np.ndarray
     probs: np.ndarray
@@ -73,7 +63,6 @@ class Aligned:
 
 
 def sidecar_path(csv_path: str) -> str:
-    """The sidecar of a prediction file: the same path with `.json` for its extension."""
     return os.path.splitext(csv_path)[0] + ".json"
 
 
@@ -87,20 +76,13 @@ def few(ids: Iterable[Any], limit: int = IDS_SHOWN) -> str:
 def write_predictions(path: str, ids: Sequence[str], probs: np.ndarray, labels: np.ndarray | None = None,
                       sidecar: dict[str, Any] | None = None, *, uncalibrated: np.ndarray | None = None,
                       meta: dict[str, np.ndarray] | None = None) -> None:
-    """Writes a prediction file (its folder created) and its sidecar with `FORMAT_VERSION_KEY`.
-
-    `labels` None leaves the label column out; `uncalibrated` None when `probs` had no temperature
-    applied (a blend); `meta` maps `META_COLUMNS` names to (N,) values in the same row order.
-    """
+    """Writes a prediction file and its sidecar; None `labels` or `uncalibrated` leave the column out."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     columns = {ID: list(ids), PROB: np.asarray(probs, dtype=np.float64)}
     if labels is not None:
         columns[LABEL] = np.asarray(labels, dtype=np.int64)
     if uncalibrated is not None:
         columns[PROB_UNCALIBRATED] = np.asarray(uncalibrated, dtype=np.float64)
-    unknown = sorted(set(meta or {}) - set(META_COLUMNS))
-    if unknown:
-        raise ValueError(f"unknown patient column(s) {unknown}; known: {META_COLUMNS}")
     columns.update({name: np.asarray(values) for name, values in (meta or {}).items()})
     # repr-exact floats so that reading a file back gives the probabilities that were written.
     with atomic_path(path) as tmp:
@@ -156,7 +138,7 @@ def _check_probs(path: str, ids: np.ndarray, raw: pd.Series, column: str = PROB)
     return probs
 
 
-def _read_meta(path: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+def _read_meta(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     meta = {name: frame[name].to_numpy(dtype=object).astype(str) for name in (PATIENT, VIEW, SEX)
             if name in frame.columns}
     if AGE in frame.columns:
@@ -194,7 +176,6 @@ def _read_sidecar(csv_path: str) -> dict[str, Any] | None:
 
 def _read_probabilities(path: str, ids: np.ndarray, frame: pd.DataFrame,
                         version: int) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (handed over, uncalibrated) by the meaning of the file's format version."""
     first = _check_probs(path, ids, frame[PROB])
     if version == 1:  # PROB was the softmax output, V1_PROB_CALIBRATED (if any) the handed-over one
         handed = (_check_probs(path, ids, frame[V1_PROB_CALIBRATED], V1_PROB_CALIBRATED)
@@ -206,8 +187,7 @@ def _read_probabilities(path: str, ids: np.ndarray, frame: pd.DataFrame,
 
 
 def read_predictions(path: str) -> Predictions:
-    """Reads and validates one prediction file and its sidecar, by the meaning of its format version;
-    refuses (`UserInputError`, naming the file and a few ids) anything the module docstring lists."""
+    """Reads and validates one prediction file and its sidecar (`UserInputError` naming a few ids)."""
     frame = _read_frame(path)
     ids = frame[ID].to_numpy(dtype=object)
     _check_ids(path, ids)
@@ -216,7 +196,7 @@ def read_predictions(path: str) -> Predictions:
     probs, uncalibrated = _read_probabilities(path, ids, frame, version)
     labels = _check_labels(path, ids, frame[LABEL]) if LABEL in frame.columns else None
     return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=sidecar,
-                       uncalibrated=uncalibrated, meta=_read_meta(path, frame), format_version=version)
+                       uncalibrated=uncalibrated, meta=_read_meta(frame), format_version=version)
 
 
 def _check_same_ids(first: Predictions, other: Predictions) -> None:
@@ -250,8 +230,7 @@ def _merge_labels(files: Sequence[Predictions], order: Sequence[np.ndarray]) -> 
 
 
 def align(files: Sequence[Predictions]) -> Aligned:
-    """Joins prediction files on image id (never on row order); refuses differing id sets (naming a
-    few ids on each side) and known labels that disagree."""
+    """Joins prediction files on image id; refuses differing id sets and known labels that disagree."""
     if not files:
         raise UserInputError("no prediction files given; pass at least one CSV written by predict.py")
     first = files[0]

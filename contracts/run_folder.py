@@ -1,9 +1,4 @@
-"""The run folder train.py writes: its file names, and `RunFolder`, a run read once.
-
-config.json holds every resolved setting; model.keras the best epoch's float32 classifier (0..255
-pixels in; {"epoch": N} in its MODEL_RUN_ENTRY); val_predictions.csv that epoch's prediction file,
-whose sidecar holds the same "epoch" and the run's "temperature".
-"""
+"""The run folder train.py writes: its file names, and `RunFolder`, a run read once."""
 
 from __future__ import annotations
 
@@ -50,11 +45,6 @@ def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:
     return model_epoch, sidecar.get("epoch") if isinstance(sidecar, dict) else None
 
 
-def list_hint(model_dir: str) -> str:
-    """The fix to add when a model folder looks like several folders joined by commas."""
-    return repeat_hint(model_dir, "model_dir", "model")
-
-
 @dataclasses.dataclass(frozen=True)
 class RunFolder:
     """A train.py run folder: its config.json and its validation sidecar, read once."""
@@ -65,11 +55,10 @@ class RunFolder:
 
     @classmethod
     def open(cls, model_dir: str) -> RunFolder:
-        """Reads `model_dir`; refuses a folder without a readable config.json holding "backbone"."""
         path = os.path.join(model_dir, CONFIG)
         if not os.path.exists(path):
             raise UserInputError(f"{path} not found: {model_dir} is not a folder written by "
-                                 f"train.py{list_hint(model_dir)}")
+                                 f"train.py{repeat_hint(model_dir, 'model_dir', 'model')}")
         try:
             with open(path) as f:
                 config = json.load(f)
@@ -91,14 +80,12 @@ class RunFolder:
         return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
     def no_temperature_note(self) -> str:
-        """What a tool says when it uses this run's probabilities uncalibrated."""
         return (f"{self.path} has no fitted temperature (trained without validation, on validation of one "
                 "class, or before temperatures were fitted): its probabilities are used uncalibrated")
 
     @functools.cached_property
     def train_build(self) -> dict[str, Any]:
-        """The build settings of the shards the run trained on ({} when unreadable: a relative
-        data_dir only resolves from where training ran)."""
+        """The build settings of the shards the run trained on ({} when unreadable)."""
         try:
             return ShardFolder.open(self.config["data_dir"]).manifest["config"]
         except (KeyError, TypeError, OSError, ValueError):

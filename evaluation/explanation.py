@@ -1,5 +1,4 @@
-"""explain.py's work: every record predicted to choose the gallery, then the Grad-CAM maps of the
-gallery and of every boxed record, scored against the boxes (uncropped shards); written last."""
+"""explain.py's work: choose the gallery, then Grad-CAM it and every boxed record."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from contracts import explanation_folder as folder_lib
 from contracts import records, storage
 from contracts.atomic import atomic_path, write_bytes, write_json
 from contracts.boxes import stored_box
-from contracts.errors import UserInputError
+from contracts.errors import UserInputError, repeat_hint
 from contracts.manifest import ShardFolder
 from contracts.output_names import PROB
 from contracts.prediction_files import few
@@ -34,7 +33,6 @@ NOT_SCORED_CROPPED = ("the shards were built with --crop=bbox: a boxed image is 
 
 @dataclasses.dataclass(frozen=True)
 class Member(preflight.Explained):
-    """An explained model, loaded: its classifier and Grad-CAM."""
 
     classifier: Any = None
     cam: gradcam.GradCam | None = None
@@ -48,7 +46,6 @@ class Member(preflight.Explained):
 
 @dataclasses.dataclass(frozen=True)
 class ExplainResult:
-    """What explain wrote: the index's image entries, the localization report, the threshold."""
 
     output_dir: str
     images: list[dict[str, Any]]
@@ -58,8 +55,7 @@ class ExplainResult:
 
 def split_probabilities(members: Sequence[Member], shards: ShardFolder, split: str, batch_size: int,
                         progress: bool = True):
-    """(ids, P(abnormal), labels) of every record of `split`, rows sorted by id, in the one order of
-    predict.py and the export: each member's temperature, then the weighted blend."""
+    """(ids, blended P(abnormal), labels) of every record of `split`, rows sorted by id."""
     strategy = distribute.resolve_strategy("default")
     outputs = [predict_split(m.classifier, strategy, shards, split, batch_size, progress=progress,
                              desc=m.name) for m in members]
@@ -72,12 +68,9 @@ def split_probabilities(members: Sequence[Member], shards: ShardFolder, split: s
 def choose_gallery(ids: np.ndarray, p: np.ndarray, labels: np.ndarray, threshold: float, per_group: int, *,
                    image_ids: Sequence[str] | None = None, every_image: bool = False,
                    where: str = "the split") -> list[tuple[str, str, int]]:
-    """The images to show as (image_id, group, rank): `image_ids` or `every_image` (group "asked"),
-    else per group the `per_group` most confident: true and false positives by P(abnormal) descending,
-    false negatives ascending (ties by id)."""
+    """(image_id, group, rank): those asked, else the `per_group` most confident tp, fp and fn."""
     ids = np.asarray(ids).astype(str)
-    if image_ids:
-        check_asked_ids(image_ids, ids, where)
+    if image_ids:  # checked against the split before the models loaded
         return [(image_id, "asked", rank) for rank, image_id in enumerate(dict.fromkeys(image_ids))]
     if every_image:
         return [(str(image_id), "asked", rank) for rank, image_id in enumerate(ids)]
@@ -95,18 +88,15 @@ def choose_gallery(ids: np.ndarray, p: np.ndarray, labels: np.ndarray, threshold
 
 
 def check_asked_ids(image_ids: Sequence[str], ids: Sequence[str], where: str) -> None:
-    """Raises UserInputError naming the `image_ids` that are not among `ids`."""
     known = set(ids)
     missing = [i for i in image_ids if i not in known]
     if missing:
-        joined = ("; give --image_ids once per image (--image_ids=A --image_ids=B), not a comma-separated "
-                  "list" if any("," in i for i in missing) else "")
+        joined = next(filter(None, (repeat_hint(i, "image_ids", "image") for i in missing)), "")
         raise UserInputError(f"--image_ids: {few(missing)} not in {where} ({len(known)} images); pass ids "
                              f"from its image_id column (a prediction CSV lists them){joined}")
 
 
 def split_ids(shards: ShardFolder, split: str) -> list[str]:
-    """The image ids of `split`, read from its records (no image is decoded)."""
     spec = {records.IMAGE_ID: records.FEATURE_SPEC[records.IMAGE_ID]}
     data = tf.data.TFRecordDataset(list(shards.split(split).paths)).map(
         lambda s: tf.io.parse_single_example(s, spec))
@@ -118,8 +108,7 @@ def split_ids(shards: ShardFolder, split: str) -> list[str]:
 
 def read_records(shards: ShardFolder, split: str, wanted: Sequence[str],
                  with_boxes: bool) -> Iterator[dict[str, Any]]:
-    """Yields the records of `split` whose id is `wanted` or (with `with_boxes`) that have boxes:
-    {"image_id", "label", "gray" (S, S) uint8, "crop" (the crop box, or None), "boxes"}."""
+    """Yields the records of `split` that are `wanted` or (`with_boxes`) have boxes, decoded."""
     wanted_ids = tf.constant(sorted(wanted), tf.string, shape=[len(wanted)])
 
     def keep(parsed):
@@ -143,22 +132,18 @@ def read_records(shards: ShardFolder, split: str, wanted: Sequence[str],
         raise input_pipeline.corrupt_data_error(shards, (split,), err) from None
 
 
-def _pixel_boxes(record: dict[str, Any], image_size: int) -> list[tuple[str, tuple[float, ...]]]:
-    return [(b.finding, stored_box(b.xywh, image_size, record["crop"])) for b in record["boxes"]]
-
-
 def explain_records(members: Sequence[Member], stream: Iterator[dict[str, Any]], gallery: set[str],
                     tally: localization.LocalizationTally | None,
                     batch_size: int) -> dict[str, dict[str, Any]]:
-    """Computes the maps of the streamed records, batch by batch; scores the boxed, uncropped ones
-    into `tally`; returns the gallery's records, each with its "map" added."""
+    """The gallery's records with their "map"; scores the boxed, uncropped ones into `tally`."""
     kept: dict[str, dict[str, Any]] = {}
 
     def run(batch):
         pixels = np.repeat(np.stack([r["gray"] for r in batch])[..., None], 3, axis=-1).astype(np.float32)
         maps = gradcam.ensemble_map([m.cam(pixels) for m in members], [m.weight for m in members])
         for record, heatmap in zip(batch, maps):
-            boxes = _pixel_boxes(record, heatmap.shape[0])
+            boxes = [(b.finding, stored_box(b.xywh, heatmap.shape[0], record["crop"]))
+                     for b in record["boxes"]]
             if tally is not None and boxes and record["crop"] is None:
                 by_finding: dict[str, list] = {}
                 for finding, box in boxes:
@@ -235,7 +220,6 @@ def run_explain(config: settings.ExplainConfig, split: str | None = None, data_d
 
 
 def summary(result: ExplainResult) -> str:
-    """The console lines: what was written, then the localization table (or why there is none)."""
     counts = {group: sum(e["group"] == group for e in result.images) for group in folder_lib.GROUPS}
     shown = ", ".join(f"{group} {n}" for group, n in counts.items() if n)
     return (f"explain: {len(result.images)} images ({shown or 'none'}) at threshold "

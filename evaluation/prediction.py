@@ -1,8 +1,4 @@
-"""Batch prediction behind predict.py: saved models over a split's shards, distributed, each id once.
-
-Per model, a prediction file (contracts/prediction_files.py) and the (N, 2) softmax as `.npy`, rows
-sorted by image id so the files are the same under every strategy.
-"""
+"""Batch prediction behind predict.py: per model, a prediction file and the softmax `.npy`."""
 
 from __future__ import annotations
 
@@ -37,8 +33,7 @@ MAX_ID_BYTES = 256
 
 @dataclasses.dataclass(frozen=True)
 class SplitOutputs:
-    """One model's outputs over a split, rows sorted by image id: ids (N,) str, softmax (N, 2)
-    float32 (column 1 is P(abnormal)), labels (N,) int64 (-1 unknown)."""
+    """One model's outputs over a split, rows sorted by id; labels -1 where unknown."""
 
     ids: np.ndarray
     softmax: np.ndarray
@@ -47,8 +42,7 @@ class SplitOutputs:
 
 @dataclasses.dataclass(frozen=True)
 class PredictionResult:
-    """What a prediction run wrote: model name -> CSV path, rows per file, the metrics (None without
-    labels), the report folder (or None) and the rescoring against other labels (or None)."""
+    """What a prediction run wrote: model name -> CSV path, rows per file, metrics and report (or None)."""
 
     outputs: dict[str, str]
     records: int
@@ -58,8 +52,7 @@ class PredictionResult:
 
 
 def with_precision(model, precision: str):
-    """(`model` computing under the dtype policy `precision`, its name), weights unchanged: loading
-    ignores the global policy, so another policy clones the graph (`models.precision.with_policy`)."""
+    """(`model` cloned under the dtype policy `precision` unless already so, the policy's name)."""
     import keras
 
     from models import all_layers
@@ -91,9 +84,8 @@ def check_one_row_per_record(ids: np.ndarray, shards: ShardFolder, split: str) -
 
 
 def _replica_outputs(model, batch: dict[str, tf.Tensor], rows: int) -> dict[str, tf.Tensor]:
-    # Every replica pads its share to `rows` and marks the real ones: the last batches are partial
-    # or empty (some layers fail on an empty batch), collective gathers need equal shapes, and one
-    # static shape traces the step once.
+    # Every replica pads its share to `rows` and marks the real ones: last batches may be empty (some
+    # layers fail on those), gathers need equal shapes, and one static shape traces the step once.
     count = tf.shape(batch["label"])[0]
 
     def pad(tensor):
@@ -120,13 +112,8 @@ def _decode_ids(id_bytes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
                   batch_size: int, *, progress: bool = True, desc: str = "predict",
                   uint8_gray: bool = False) -> SplitOutputs:
-    """Every record's outputs of `split` (rows sorted by id, on every worker), `model` (built or loaded
-    in `strategy.scope()`) run over global batches of `batch_size`, behind the uint8 front with
-    `uint8_gray`; a progress bar labelled `desc` on the chief; one row per record checked."""
-    try:
-        rows = distribute.per_replica_batch(batch_size, strategy, "batch_size")
-    except ValueError as err:
-        raise UserInputError(str(err)) from err
+    """Every record's outputs of `split` (rows sorted by id, on every worker), one row per record."""
+    rows = distribute.per_replica_batch(batch_size, strategy, "batch_size")
     dataset = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_eval_dataset(shards, split, batch_size, input_context=context,
                                                          uint8_gray=uint8_gray))
@@ -165,7 +152,6 @@ def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, 
 
 
 def _calibrated(run: RunFolder, probs: np.ndarray) -> np.ndarray:
-    """The run's own temperature applied; the raw probabilities without one."""
     return probs.astype(np.float64) if run.temperature is None else calibration.apply_temperature(
         probs, run.temperature)
 
@@ -173,12 +159,10 @@ def _calibrated(run: RunFolder, probs: np.ndarray) -> np.ndarray:
 def _validation(run: RunFolder) -> tuple[np.ndarray, np.ndarray] | None:
     """The run's val_predictions.csv as (labels, calibrated probs), for operating points; or None."""
     path = os.path.join(run.path, run_folder.VAL_PREDICTIONS)
-    if not os.path.exists(path):
+    validation = read_predictions(path) if os.path.exists(path) else None
+    if validation is None or validation.labels is None:
         return None
-    validation = read_predictions(path)
     # The raw column through the run's temperature, whatever the file's format version.
-    if validation.labels is None:
-        return None
     return validation.labels, _calibrated(run, validation.uncalibrated)
 
 
@@ -196,8 +180,7 @@ class _Job:  # what every model of one prediction run shares
 
 def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
                    loaded: tuple[Any, str]) -> tuple[report_lib.Scores, Callable[[], None]]:
-    """Predicts the split with one loaded model; returns its report entry and the call that writes its
-    files (run once every model has predicted)."""
+    """One loaded model's report entry and the call that writes its files (once all have predicted)."""
     (model, policy), shards, split = loaded, job.inputs.shards, job.inputs.split
     outputs = predict_split(model, job.strategy, shards, split.name, job.batch_size, progress=job.progress,
                             desc=name, uint8_gray=job.transfer == options.UINT8)
@@ -274,7 +257,6 @@ def run_prediction(config: settings.PredictConfig, split: str | None = None, dat
 
 
 def summary(result: PredictionResult) -> str:
-    """The files a prediction run wrote, with the report table when there is one."""
     lines = [f"{name}: {result.records} predictions -> {path}" for name, path in result.outputs.items()]
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics)]

@@ -1,6 +1,4 @@
-"""What prediction and explanation read, opened and checked once before any model runs, without
-TensorFlow: the shard folder and split, the run folders (their image size against the shards'), and
-where the outputs go. The library below trusts what these functions return."""
+"""What prediction and explanation read and write, checked once before any model runs."""
 
 from __future__ import annotations
 
@@ -42,13 +40,11 @@ def open_split(data_dir: str, split: str | None) -> tuple[ShardFolder, Split]:
     """The shard folder and its split `split`, or when None the one the manifest makes unambiguous."""
     shards = ShardFolder.open(data_dir)
     if split is None:
-        split = shards.default_split()
+        split, names = shards.default_split(), ", ".join(shards.split_names) or "none"
         if split is None:
-            names = ", ".join(shards.split_names) or "none"
             raise UserInputError(f"{shards.manifest_path} has splits {names}; pass --split to name the one "
                                  "to read")
-        logging.info("--split not given: reading split %r of %s (its splits: %s)", split, data_dir,
-                     ", ".join(shards.split_names))
+        logging.info("--split not given: reading split %r of %s (its splits: %s)", split, data_dir, names)
     return shards, shards.split(split)
 
 
@@ -83,8 +79,7 @@ def model_names(runs: Sequence[RunFolder]) -> list[str]:
 def check_prediction_outputs(runs: Sequence[RunFolder], output: str, *, per_model: bool = False,
                              data_dir: str | None = None, labels_csv: str | None = None,
                              other_labels_csv: str | None = None, ensemble: str | None = None) -> None:
-    """Refuses an --output whose files (each model's CSV, sidecar and .npy; with `per_model` the blend
-    and its sidecar) would replace a file the run reads (`check_no_overwrite`)."""
+    """Refuses an --output whose files (CSVs, sidecars, .npy, a blend) would replace a file the run reads."""
     csvs = list(output_paths(output, model_names(runs), per_model=per_model).values())
     writes = [p for csv in csvs for p in (csv, sidecar_path(csv), os.path.splitext(csv)[0] + ".npy")]
     writes += [output, sidecar_path(output)] if per_model else []
@@ -120,8 +115,7 @@ def open_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str 
 
 
 def explained_models(model_dirs: Sequence[str], ensemble: str | None) -> tuple[list[Explained], float | None]:
-    """The explained models (the ensemble file's members in blend order, or the one model: weight 1,
-    its run's temperature) and the ensemble file's threshold (None without one)."""
+    """The explained models in blend order and the ensemble file's threshold (None without one)."""
     from contracts import ensemble_file
 
     runs = _runs(model_dirs)

@@ -1,5 +1,4 @@
-"""The classifiers (registry, normalisation, heads, augmentation; building loads Keras on first use)
-and what training, evaluation and serving share: `distribute`, `metrics`, `calibration`."""
+"""The classifiers (building loads Keras on first use) and what training, evaluation and serving share."""
 
 import importlib
 

@@ -1,6 +1,4 @@
-"""The training augmentation, a block at the front of the model: the reference's Keras 2
-`ImageDataGenerator(rotation_range=10, width_shift_range=0.1, height_shift_range=0.1, shear_range=10,
-zoom_range=0.1, fill_mode="nearest")` as core Keras 3 layers, the identity at inference."""
+"""The reference's `ImageDataGenerator` augmentation as Keras 3 layers at the front of the model."""
 
 from __future__ import annotations
 
@@ -17,20 +15,13 @@ AUGMENTATION_LAYER = "augmentation"
 
 
 def _shear_factor(degrees: float) -> float:
-    # ImageDataGenerator's shear moves a point sideways by sin(a) times its row, RandomShear's x factor
-    # by the factor: sin(a), not tan(a). Keras drops the cos(a) row scale (0.985) and shears about the
-    # top edge, so a sheared image also moves sideways by up to factor * side / 2.
+    # ImageDataGenerator's shear moves a point sideways by sin(a) times its row, RandomShear's by the
+    # factor: sin(a), not tan(a) (Keras drops the cos(a) row scale and shears about the top edge).
     return math.sin(math.radians(degrees))
 
 
 def make_augmentation(seed: int = 0) -> keras.Sequential:
-    """The reference augmentation: rotation, shift, shear and zoom, bilinear, nearest fill, float32.
-
-    Each image gets its own transform with `training=True` (Keras' random layers default to it, so
-    pass `training=False` at inference); `training=False` returns the input. The transforms have no
-    XLA kernel (TF 2.21), so keep the block out of `jit_compile` functions. `seed` seeds the four
-    layers (seed .. seed + 3): two blocks of one seed draw the same transforms, call for call.
-    """
+    """The augmentation block (no XLA kernel: keep it out of `jit_compile`); training=False at inference."""
     common = {"fill_mode": FILL_MODE, "interpolation": "bilinear", "dtype": "float32"}
     zoom = (-ZOOM_FRACTION, ZOOM_FRACTION)
     return keras.Sequential(

@@ -1,9 +1,4 @@
-"""Assembling a classifier: [augmentation] → backbone normalisation → backbone → head.
-
-A training model that augments wraps the very classifier it trains, so export saves that trained
-graph (`models.precision`), never a rebuild from settings: a Keras Applications constructor is not
-a pure function of the architecture (EfficientNet adds a `Rescaling` only for ImageNet weights).
-"""
+"""Assembling a classifier: [augmentation] → backbone normalisation → backbone → head."""
 
 from __future__ import annotations
 
@@ -87,15 +82,10 @@ def _build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
 def build_classifier(backbone: str, image_size: int, *, weights: str = WEIGHTS_IMAGENET, seed: int = 0,
                      batchnorm_momentum: float | None = None,
                      feature_layer: str | None = None) -> keras.Model:
-    """The inference classifier `backbone` under the current dtype policy: float (B, S, S, 3) pixels
-    in 0..255 to (B, 2) float32 softmax (column 1: P(abnormal)), normalisation and softmax in float32.
+    """The classifier `backbone`: float (B, S, S, 3) pixels in 0..255 to (B, 2) float32 softmax.
 
-    `weights`: "imagenet" (downloaded or cached), "none" (random) or a local no-top weights file,
-    loaded into the network "imagenet" builds. `seed` seeds the dropout. `batchnorm_momentum`: every
-    BatchNormalization's (None: the backbone's 0.99, slow to follow a few hundred steps from scratch).
-    `feature_layer`: the backbone layer feeding the head (later ones dropped); None: the whole.
-    Raises ValueError (unknown backbone), FileNotFoundError (no such weights file) or UserInputError
-    (ImageNet weights unavailable offline, a weights file that does not fit, an unknown layer).
+    `weights`: "imagenet", "none" or a local no-top weights file; `batchnorm_momentum` None keeps the
+    backbone's; `feature_layer` the backbone layer feeding the head (None: the whole backbone).
     """
     spec = get_backbone(backbone)
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
@@ -112,12 +102,7 @@ def build_classifier(backbone: str, image_size: int, *, weights: str = WEIGHTS_I
 def build_model(backbone: str, image_size: int, *, weights: str = WEIGHTS_IMAGENET,
                 augment: bool | None = None, seed: int = 0, batchnorm_momentum: float | None = None,
                 feature_layer: str | None = None) -> keras.Model:
-    """Builds the training model: the classifier, behind the augmentation block when `augment`
-    (None: the backbone's reference), which `seed` also seeds. Other arguments as `build_classifier`.
-
-    Build it inside `strategy.scope()` under a distribution strategy; `split_augmentation` takes
-    it apart again.
-    """
+    """The classifier, behind the augmentation block when `augment` (None: the backbone's reference)."""
     augment = get_backbone(backbone).augment if augment is None else augment
     classifier = build_classifier(backbone, image_size, weights=weights, seed=seed,
                                   batchnorm_momentum=batchnorm_momentum, feature_layer=feature_layer)
@@ -142,7 +127,6 @@ def inference_model(model: keras.Model) -> keras.Model:
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
-    """Sets every BatchNormalization's momentum in `model` (nested ones too); ValueError outside [0, 1)."""
     if not 0.0 <= momentum < 1.0:
         raise ValueError(f"batchnorm_momentum must be in [0, 1), got {momentum}")
     for layer in all_layers(model):
@@ -151,7 +135,6 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
 
 
 def all_layers(model: keras.Model) -> list[keras.Layer]:
-    """Every layer of `model`, nested models' layers included (depth first)."""
     found = []
     for layer in model.layers:
         found.append(layer)

@@ -1,6 +1,4 @@
-"""Temperature scaling of P(abnormal) (Guo et al., 2017), in one order everywhere: member logit ->
-temperature -> probability -> weighted blend -> threshold. The logit is log p - log(1 - p), the
-calibrated probability sigmoid(z / T); T never changes the ranking (AUROC)."""
+"""Temperature scaling of P(abnormal) (Guo et al., 2017): sigmoid(logit(p) / T), in one `ORDER`."""
 
 from __future__ import annotations
 
@@ -16,7 +14,6 @@ ECE_BINS = 10  # equal-width bins of P(abnormal) for the expected calibration er
 
 
 def logit(probs: np.ndarray) -> np.ndarray:
-    """log p - log(1 - p) of P(abnormal), in float64, after clipping to [eps, 1 - eps]."""
     p = np.clip(np.asarray(probs, dtype=np.float64), PROB_EPSILON, 1.0 - PROB_EPSILON)
     return np.log(p) - np.log1p(-p)
 
@@ -38,8 +35,7 @@ def negative_log_likelihood(labels: np.ndarray, probs: np.ndarray, temperature: 
 
 
 def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    """The T in `TEMPERATURE_RANGE` minimising the NLL of `probs` against `labels` (1, 0, or -1:
-    unknown, ignored); None when the known labels hold one class, where no T is identifiable."""
+    """The T minimising the NLL over known labels; None when they hold one class (no T identifiable)."""
     labels = np.asarray(labels)
     known = labels >= 0
     y, z = labels[known], logit(np.asarray(probs)[known])
@@ -52,8 +48,7 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float | None:
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
-    """The record-weighted mean of |fraction abnormal - mean p| over equal-width bins of p (NaN
-    without known labels)."""
+    """The record-weighted |fraction abnormal - mean p| over bins of p (NaN without known labels)."""
     found = reliability_bins(labels, probs, bins)
     total = sum(b["count"] for b in found)
     if not total:

@@ -1,6 +1,5 @@
-"""The tf.distribute strategy, the Keras precision policy and the image transfer, for training and
-prediction. Call `resolve_strategy` before any other TensorFlow op of the process: the multi-worker
-runtime and the CPU split into logical devices must be configured before TensorFlow starts."""
+"""The tf.distribute strategy, the Keras precision policy and the image transfer. Call
+`resolve_strategy` before any other TensorFlow op: multi-worker set-up precedes TensorFlow's start."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from pipeline import options
 
 
 def tf_config_workers() -> int:
-    """How many workers `TF_CONFIG` names (0 when unset); ValueError when it is not JSON."""
     raw = os.environ.get("TF_CONFIG", "")
     if not raw.strip():
         return 0
@@ -34,11 +32,7 @@ def _gpus() -> int:
 
 
 def resolve_strategy(name: str) -> tf.distribute.Strategy:
-    """Builds the `STRATEGIES` strategy `name`; build models inside its `scope()`.
-
-    "auto" is multi_worker when TF_CONFIG names several workers, mirrored with several GPUs, else
-    default; "mirrored" without a GPU mirrors over the logical CPU devices (the tests split one).
-    """
+    """The `STRATEGIES` strategy `name`; "mirrored" without a GPU uses the logical CPU devices."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
     if name == "auto":
@@ -53,7 +47,6 @@ def resolve_strategy(name: str) -> tf.distribute.Strategy:
 
 def hardware_warnings(requested_strategy: str, requested_precision: str,
                       strategy: tf.distribute.Strategy) -> list[str]:
-    """One line per setting asked for (before "auto" resolves) that this machine cannot honour as meant."""
     if _gpus():
         return []
     warnings = []
@@ -67,7 +60,6 @@ def hardware_warnings(requested_strategy: str, requested_precision: str,
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
-    """"multi_worker", "mirrored" or "default" for a strategy from `resolve_strategy`."""
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return "multi_worker"
     if isinstance(strategy, tf.distribute.MirroredStrategy):
@@ -76,7 +68,6 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
 
 
 def per_replica_batch(global_batch_size: int, strategy: tf.distribute.Strategy, setting: str) -> int:
-    """Each replica's share of a global batch; UserInputError naming `setting` when it does not split."""
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise UserInputError(f"{setting}={global_batch_size} does not split evenly over {replicas} replicas; "
@@ -85,13 +76,11 @@ def per_replica_batch(global_batch_size: int, strategy: tf.distribute.Strategy, 
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes outputs: always outside multi-worker runs, else worker 0 only."""
     return bool(strategy.extended.should_checkpoint)
 
 
 def adopt_chief_values(strategy: tf.distribute.Strategy, values: dict[str, float]) -> dict[str, float]:
-    """The chief's `values` on every worker of a multi-worker run (as they are outside one), so that
-    all take the same decisions and their collectives never diverge. A collective: all workers wait."""
+    """The chief's `values` on every worker, so that their decisions (and collectives) agree."""
     if strategy_name(strategy) != "multi_worker":
         return values
     names = sorted(values)
@@ -107,15 +96,13 @@ def adopt_chief_values(strategy: tf.distribute.Strategy, values: dict[str, float
 
 
 def service_job_name(strategy: tf.distribute.Strategy) -> str:
-    """A tf.data service job name for this start of a run (a finished job's reads empty), the same on
-    all its workers: 52 random bits, exact in the float64 the collective carries."""
+    """A new tf.data service job name, the same on all workers (52 bits: exact in a float64)."""
     drawn = adopt_chief_values(strategy, {"job": float(random.SystemRandom().getrandbits(52))})
     return f"cxr-train-{int(drawn['job']):013x}"
 
 
 def resolve_precision(name: str) -> str:
-    """Sets Keras' global dtype policy from a `PRECISIONS` name ("auto": mixed_float16 with a GPU,
-    else float32) and returns it resolved."""
+    """Sets and returns Keras' global dtype policy ("auto": mixed_float16 with a GPU, else float32)."""
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; valid: {', '.join(PRECISIONS)}")
     if name == "auto":
@@ -125,5 +112,4 @@ def resolve_precision(name: str) -> str:
 
 
 def resolve_transfer(name: str) -> str:
-    """Resolves a `pipeline.options.TRANSFERS` name for this machine ("auto": uint8 with a GPU)."""
     return options.resolve_transfer(name, _gpus() > 0)

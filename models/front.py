@@ -1,6 +1,5 @@
-"""The uint8 front: fed uint8 gray batches (transfer=uint8, 1 byte per pixel to the device instead
-of 12), a model makes its float32 RGB input on its own device, with the pipeline's own function.
-It only wraps a model for a step: `model.keras` and the export stay float32 RGB in."""
+"""The uint8 front: a model fed uint8 gray batches (1 byte a pixel, not 12) makes its float32 RGB
+input on its device; it only wraps a model for a step, never what is saved."""
 
 from __future__ import annotations
 

@@ -9,11 +9,7 @@ from scipy.stats import rankdata
 
 
 def auroc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The AUROC of `scores` against 0/1 `labels`, NaN when only one class is present.
-
-    The Mann-Whitney statistic over mid-ranks (ties count half): scikit-learn's roc_auc_score to
-    rounding (tests/test_report.py), twenty times faster for the report's bootstrap.
-    """
+    """The AUROC (Mann-Whitney over mid-ranks: sklearn's to rounding, 20x faster), NaN with one class."""
     labels = np.asarray(labels)
     positives = labels == 1
     n_pos = int(positives.sum())

@@ -1,5 +1,4 @@
-"""The trained classifier under another dtype policy: a layer-by-layer clone of its own graph with
-the same weights, never a rebuild from settings, so whatever a constructor added stays in."""
+"""The trained classifier under another dtype policy: a clone of its own graph, never a rebuild."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ def _pinned_to_float32(classifier: keras.Model) -> set[str]:
 
 
 def with_policy(classifier: keras.Model, policy: str) -> keras.Model:
-    """A copy of a `build_classifier` model under the dtype `policy` (but for the layers it pins to
-    float32), with copies of its current weights."""
+    """A copy of a `build_classifier` model and its weights under `policy` (pinned layers stay float32)."""
     pinned = _pinned_to_float32(classifier)
 
     def top_level(layer):

@@ -1,7 +1,5 @@
-"""Each backbone's input normalisation as layers, so a saved model takes raw 0..255 RGB pixels.
-
-Float32 whatever the policy: a mean near 120 subtracted in bfloat16 loses every pixel's low bits.
-"""
+"""Each backbone's input normalisation as layers, so a saved model takes raw 0..255 RGB pixels
+(float32 whatever the policy: a mean near 120 in bfloat16 loses every pixel's low bits)."""
 
 from __future__ import annotations
 
@@ -49,5 +47,4 @@ def built_in() -> list[layers.Layer]:
 
 
 def unit_scale() -> list[layers.Layer]:
-    """The test backbone's normalisation: scale to 0..1."""
     return [layers.Rescaling(1.0 / 255.0, name="to_unit", dtype="float32")]

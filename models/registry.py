@@ -1,7 +1,4 @@
-"""The backbone registry, one entry per backbone, and the strategy and precision names.
-
-No TensorFlow at import: flags, help texts, the ensemble's weights and the demo read it cheaply.
-"""
+"""The backbone registry and the strategy and precision names (no TensorFlow at import)."""
 
 from __future__ import annotations
 
@@ -29,21 +26,17 @@ class Backbone:
     from_scratch_feature_layer: str | None = None  # the head's input layer from random weights
 
     def make_backbone(self) -> Callable:
-        """Imports and returns the constructor."""
         module, name = self.constructor.rsplit(".", 1)
         return getattr(importlib.import_module(module), name)
 
     def make_preprocessing(self) -> list:
-        """Returns fresh normalisation layers."""
         from models import preprocessing
 
         return getattr(preprocessing, self.preprocessing)()
 
 
-# The reference's three models: its notebook fixes ResNet50 at 5 epochs, the others ran with early
-# stopping (10 epochs); its blend is 0.6/0.3/0.1. From random weights EfficientNetB3's deep blocks on
-# 4x4 and 2x2 maps lose the faint lesions' gradient, so it is cut after its third stage there
-# (figures in bench/RESULTS.md).
+# The reference's three models and blend. From random weights EfficientNetB3's deep blocks on 4x4 and
+# 2x2 maps lose the faint lesions' gradient, so it is cut after its third stage (bench/RESULTS.md).
 BACKBONES: dict[str, Backbone] = {
     "efficientnet_b3": Backbone(
         constructor="keras.applications.EfficientNetB3",
@@ -112,14 +105,10 @@ def resolve_feature_layer(backbone: str, feature_layer: str | None) -> str | Non
 
 def get_backbone(name: str) -> Backbone:
     """The registry entry `name` (a real or a test backbone); ValueError listing the valid ones."""
-    if name in BACKBONES:
-        return BACKBONES[name]
-    if name in TEST_BACKBONES:
-        return TEST_BACKBONES[name]
-    raise ValueError(
-        f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} "
-        f"(tests may also use {', '.join(TEST_BACKBONES)})"
-    )
+    if name not in BACKBONES and name not in TEST_BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} "
+                         f"(tests may also use {', '.join(TEST_BACKBONES)})")
+    return {**BACKBONES, **TEST_BACKBONES}[name]
 
 
 def describe(field: str, fmt: str = "{}") -> str:

@@ -26,11 +26,7 @@ def _check_archive(path: str) -> None:
 
 
 def load_classifier(run: RunFolder | str):
-    """Loads `model_dir/model.keras` with safe_mode=True (no arbitrary code from the file).
-
-    Raises UserInputError when it or config.json is missing, it is truncated, damaged or not a
-    two-class classifier, or takes another image size than config.json records.
-    """
+    """Loads the run's model.keras with safe_mode, refusing one missing, damaged or not the run's."""
     import keras
 
     import models.preprocessing  # noqa: F401  (registers the project's layers for safe_mode)

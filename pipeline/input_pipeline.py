@@ -1,6 +1,5 @@
-"""tf.data pipelines over a `ShardFolder`'s splits, one straight chain for training and one for eval,
-emitting {"image": float32 (B, S, S, 3) 0..255 (or `uint8_gray`: uint8 (B, S, S, 1)), "label": int32,
-"image_id": string}; the model augments on its device (choices by CPU per image: bench/RESULTS.md)."""
+"""tf.data pipelines over a `ShardFolder`'s splits, one chain for training and one for eval, emitting
+{"image": float32 (B, S, S, 3) 0..255 (`uint8_gray`: uint8 (B, S, S, 1)), "label", "image_id"}."""
 
 from __future__ import annotations
 
@@ -23,12 +22,10 @@ MAX_CYCLE_LENGTH = 16
 
 @dataclasses.dataclass(frozen=True)
 class StreamOptions:
-    """How the training stream is read. `deterministic`: the same seed gives the same batches (else a
-    fast batch may overtake the previous epoch's last ones); `cache`: keep the decoded images in RAM;
-    `uint8_gray`: emit uint8 (B, S, S, 1) for the uint8 front; `data_service`: "grpc://HOST:PORT"."""
+    """How the training stream is read; `data_service` is "grpc://HOST:PORT"."""
 
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool = False  # else a fast batch may overtake the previous epoch's last ones
     shuffle_buffer: int = options.DEFAULT_SHUFFLE_BUFFER
     cache: bool = False
     uint8_gray: bool = False
@@ -45,8 +42,7 @@ def _paths(shards: ShardFolder, split: str) -> tuple[str, ...]:
 
 
 def corrupt_data_error(shards: ShardFolder, splits: tuple[str, ...], err: Exception) -> UserInputError:
-    """The one-line error for shards whose records fail to read (a DataLossError): reads every record
-    of `splits` again to name the first shard that does not read back."""
+    """The one-line error for a DataLossError, naming the first shard of `splits` that does not read."""
     for path in (p for split in splits for p in shards.split(split).paths):
         try:
             for _ in tf.data.TFRecordDataset(path):
@@ -61,7 +57,6 @@ def corrupt_data_error(shards: ShardFolder, splits: tuple[str, ...], err: Except
 
 
 def _worker_shards(paths: tuple[str, ...], split: str, input_context) -> list[str]:
-    """This input pipeline's share of `paths`: whole files, each read by exactly one pipeline."""
     if input_context is None or input_context.num_input_pipelines == 1:
         return list(paths)
     workers = input_context.num_input_pipelines
@@ -72,15 +67,12 @@ def _worker_shards(paths: tuple[str, ...], split: str, input_context) -> list[st
 
 
 def _per_replica_batch(global_batch_size: int, input_context) -> int:
-    if global_batch_size < 1:
-        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
     return global_batch_size if input_context is None else input_context.get_per_replica_batch_size(
         global_batch_size)
 
 
-# The float32 RGB batch is the largest cost after decoding (12 bytes a pixel); XLA fuses the cast
-# and the channel copy into one loop, faster than the alternatives (bench/RESULTS.md). The models'
-# uint8 front (`models.front`) runs this same function on the device.
+# XLA fuses the cast and the channel copy into one loop, faster than the alternatives
+# (bench/RESULTS.md); the models' uint8 front runs this same function on the device.
 @tf.function(jit_compile=True)
 def gray_to_rgb_float(images: tf.Tensor) -> tf.Tensor:
     """(B, S, S, 1) uint8 -> (B, S, S, 3) float32 in 0..255, exactly."""
@@ -88,21 +80,17 @@ def gray_to_rgb_float(images: tf.Tensor) -> tf.Tensor:
     return tf.broadcast_to(tf.cast(images, tf.float32), rgb_shape)
 
 
-def _model_images(images: tf.Tensor, uint8_gray: bool) -> tf.Tensor:
-    return images if uint8_gray else gray_to_rgb_float(images)
-
-
 def _carried(parsed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:  # the fields beside the image
     return {"label": tf.cast(parsed[records.LABEL], tf.int32), "image_id": parsed[records.IMAGE_ID]}
 
 
-def _decode_batch(serialized: tf.Tensor, image_size: int, uint8_gray: bool) -> dict[str, tf.Tensor]:
+def _decode_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
     # One vectorised parse per batch, then the decodes as one loop: cheaper per image than a
     # per-record parse and map before `batch`.
     parsed = records.parse_example(serialized)
     images = tf.map_fn(lambda encoded: records.decode_image(encoded, image_size), parsed[records.IMAGE],
                        fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.uint8))
-    return {"image": _model_images(images, uint8_gray), **_carried(parsed)}
+    return {"image": images, **_carried(parsed)}
 
 
 def _decode_and_cache(serialized: tf.data.Dataset, image_size: int, deterministic: bool) -> tf.data.Dataset:
@@ -115,10 +103,11 @@ def _decode_and_cache(serialized: tf.data.Dataset, image_size: int, deterministi
 
 
 def _batch_to_inputs(cache: bool, image_size: int, uint8_gray: bool):
-    """The per-batch function: decode serialized records, or only expand cached decoded ones."""
-    if cache:
-        return lambda batch: {**batch, "image": _model_images(batch["image"], uint8_gray)}
-    return lambda serialized: _decode_batch(serialized, image_size, uint8_gray)
+    def to_inputs(batch):  # serialized records, or cached decoded ones
+        batch = batch if cache else _decode_batch(batch, image_size)
+        return batch if uint8_gray else {**batch, "image": gray_to_rgb_float(batch["image"])}
+
+    return to_inputs
 
 
 def _options(deterministic: bool) -> tf.data.Options:
@@ -129,7 +118,6 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 
 def _shuffled_records(paths: list[str], seed: int, deterministic: bool) -> tf.data.Dataset:
-    """The serialized records of `paths`, the files in a new seeded order every pass."""
     files = tf.data.Dataset.from_tensor_slices(paths)
     files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     return files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), MAX_CYCLE_LENGTH),
@@ -139,12 +127,7 @@ def _shuffled_records(paths: list[str], seed: int, deterministic: bool) -> tf.da
 def make_train_dataset(shards: ShardFolder, split: str, global_batch_size: int,
                        stream: StreamOptions = StreamOptions(),
                        input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """The infinite, shuffled training stream of `split`, in full batches of the per-replica size
-    (static shapes), or through the tf.data service (`make_service_pass`, repeated).
-
-    `input_context` (from `strategy.distribute_datasets_from_function`): with several input
-    pipelines each reads its own subset of the shard files.
-    """
+    """The infinite, shuffled training stream of `split` in full per-replica batches."""
     if stream.data_service is not None:
         if stream.cache or stream.deterministic:
             raise ValueError("the tf.data service decodes on its workers and hands out files as they ask: "
@@ -167,12 +150,7 @@ def make_train_dataset(shards: ShardFolder, split: str, global_batch_size: int,
 
 def make_service_pass(shards: ShardFolder, split: str, global_batch_size: int, stream: StreamOptions,
                       input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """One shuffled pass over `split` through the tf.data service `stream.data_service`.
-
-    Every trainer of `stream.job_name` shares the pass: together they receive every record once
-    (see `pipeline/service.py`); the service, not `input_context`, divides the split. Each service
-    worker ends its share with a partial batch, so the batch dimension is unknown.
-    """
+    """One shuffled pass over `split` through the tf.data service, shared by the job's trainers."""
     batch_size = _per_replica_batch(global_batch_size, input_context)
     data = _shuffled_records(list(_paths(shards, split)), stream.seed, deterministic=False)
     data = data.shuffle(stream.shuffle_buffer, seed=stream.seed, reshuffle_each_iteration=True)
@@ -187,11 +165,7 @@ def make_service_pass(shards: ShardFolder, split: str, global_batch_size: int, s
 def make_eval_dataset(shards: ShardFolder, split: str, global_batch_size: int, *, cache: bool = False,
                       input_context: tf.distribute.InputContext | None = None,
                       uint8_gray: bool = False) -> tf.data.Dataset:
-    """`split` once, in manifest order, keeping the last partial batch (each record once, with its id).
-
-    With several input pipelines each reads its own subset of the shard files; `cache` keeps the
-    decoded images in RAM after the first pass (repeated validation).
-    """
+    """`split` once, in manifest order, each record once with its id; `cache` keeps decoded images."""
     paths = _worker_shards(_paths(shards, split), split, input_context)
     batch_size = _per_replica_batch(global_batch_size, input_context)
     data = tf.data.TFRecordDataset(paths)

@@ -1,5 +1,4 @@
-"""A split's patient columns (patient id, view position, sex, age) by image id, for the report's
-intervals and subgroups; read from the records without decoding an image."""
+"""A split's patient columns by image id, read from the records without decoding an image."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ _SPEC = {key: records.FEATURE_SPEC[key] for key in (records.IMAGE_ID, *_COLUMNS.
 
 
 def read_patient_columns(shards: ShardFolder, split: str, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """{PATIENT, VIEW, SEX, AGE} for `ids` in their order ("" and age -1 where a record lacks them);
-    KeyError for an id not in the split."""
+    """{PATIENT, VIEW, SEX, AGE} for `ids` in their order ("" and age -1 where unknown)."""
     by_id: dict[str, tuple] = {}
     dataset = tf.data.TFRecordDataset(list(shards.split(split).paths)).batch(_BATCH).map(
         lambda serialized: tf.io.parse_example(serialized, _SPEC))

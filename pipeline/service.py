@@ -1,5 +1,4 @@
-"""The tf.data service: the training input pipeline run on CPU hosts (with the shards at the same
-path), streamed to the trainers, every record once per pass (see SHARDING)."""
+"""The tf.data service: the training input pipeline run on CPU hosts, streamed to the trainers."""
 
 from __future__ import annotations
 
@@ -9,16 +8,14 @@ import tensorflow as tf
 
 from contracts.errors import UserInputError
 
-# Each shard file goes to one worker at a time and a run's trainers share one job, so a pass gives every
-# record to one trainer; workers keep their last partial batch (a dropped one would lose records) and
-# the trainers' `repeat` starts the next pass. A worker dying mid-file loses the rest of it for that pass.
+# Each shard goes to one worker at a time and a run's trainers share one job, so a pass gives every
+# record to one trainer (a worker dying mid-file loses the rest of it for that pass).
 SHARDING = tf.data.experimental.service.ShardingPolicy.DYNAMIC
 REACH_TIMEOUT_S = 5.0
 
 
 def distribute(dataset: tf.data.Dataset, service: str, job_name: str) -> tf.data.Dataset:
-    """Runs `dataset` (one pass) on the dispatcher at `service`; what follows runs on the trainer.
-    `job_name` is shared by a run's trainers and new for every run (a finished job reads as empty)."""
+    """Runs `dataset` (one pass) on the service; `job_name` is shared by a run's trainers, new per run."""
     return dataset.apply(tf.data.experimental.service.distribute(
         processing_mode=SHARDING, service=service, job_name=job_name))
 
@@ -50,8 +47,7 @@ def start_dispatcher(port: int) -> tf.data.experimental.service.DispatchServer:
 
 def start_worker(dispatcher: str, port: int,
                  worker_address: str) -> tf.data.experimental.service.WorkerServer:
-    """Starts a worker that registers with `dispatcher` ("HOST:PORT") and serves trainers on `port`;
-    `worker_address` ("HOST:PORT", "%port%" the bound port) is how the trainers reach it."""
+    """Starts a worker registered with `dispatcher`, reached by trainers at `worker_address`."""
     try:
         return tf.data.experimental.service.WorkerServer(tf.data.experimental.service.WorkerConfig(
             dispatcher_address=dispatcher.split("://", 1)[-1], port=port, worker_address=worker_address))

@@ -1,7 +1,5 @@
-"""Image bytes → the builder's stored pixels (contracts/decode_rules.py) in TensorFlow ops, in
-Pillow's own integer arithmetic: bit for bit for square sources (Pillow >= 12 resamples some tall
-images vertical-first, one grey level apart). A bad image fails the request (InvalidArgumentError).
-"""
+"""Image bytes → the builder's stored pixels in TensorFlow ops, in Pillow's integer arithmetic: bit
+for bit for square sources (Pillow >= 12 resamples some tall images vertical-first, one level apart)."""
 
 from __future__ import annotations
 

@@ -137,7 +137,6 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
 
 
 def summary(info: dict[str, Any], export_dir: str) -> str:
-    """What an export wrote, in a few lines."""
     members = ", ".join(f"{m['name']} {m['weight']:.3f} (temperature {m['temperature']:.3f})"
                         for m in info["members"])
     lines = [f"exported {members} at {info['image_size']} px, threshold {info['threshold']:.4f} "

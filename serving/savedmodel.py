@@ -1,10 +1,4 @@
-"""The SavedModel: train.py's float32 `model.keras` graphs (never a rebuild), one or a blend.
-
-Signatures `serving_default(image_bytes)` and `pixels(float32 [None, S, S, 3] in 0..255)` return
-contracts/export_folder.py's outputs, in predict.py's order: member logit -> temperature ->
-probability -> weighted blend -> threshold (compared in float64, as ensemble.py). One model's
-`logit` is its margin z_abnormal - z_normal over its temperature; an ensemble's, log(p / (1 - p)).
-"""
+"""The SavedModel of train.py's `model.keras` graphs, one or a blend, in predict.py's order."""
 
 from __future__ import annotations
 
@@ -84,7 +78,7 @@ class ServingModule(tf.Module):
         blend = tf.linalg.matvec(tf.stack(calibrated, axis=1), self.weights)
         outputs = {names.OUTPUT_PROB: tf.cast(blend, tf.float32),
                    names.OUTPUT_DECISION: tf.cast(blend >= self.threshold, tf.int32)}
-        if not self.ensemble:
+        if not self.ensemble:  # one model's logit: its margin over its temperature
             return {**outputs, names.OUTPUT_LOGIT: margins[0], names.OUTPUT_UNCALIBRATED: probabilities[0]}
         clipped = tf.clip_by_value(blend, BLEND_EPSILON, 1.0 - BLEND_EPSILON)
         logit = tf.cast(tf.math.log(clipped) - tf.math.log1p(-clipped), tf.float32)
@@ -92,7 +86,6 @@ class ServingModule(tf.Module):
 
 
 def output_dtypes(ensemble: bool) -> dict[str, str]:
-    """Each signature output's name → dtype and shape, as export.json records them."""
     outputs = {names.OUTPUT_PROB: "float32 [None]", names.OUTPUT_LOGIT: "float32 [None]",
                names.OUTPUT_DECISION: "int32 [None]"}
     if ensemble:
@@ -101,7 +94,6 @@ def output_dtypes(ensemble: bool) -> dict[str, str]:
 
 
 def save(module: ServingModule, export_dir: str) -> None:
-    """Writes `module` as a SavedModel with the `serving_default` and `pixels` signatures."""
     tf.saved_model.save(module, export_dir, signatures={
         names.SERVING_DEFAULT: module.serve_bytes.get_concrete_function(),
         names.PIXELS: module.serve_pixels.get_concrete_function(),

@@ -19,7 +19,6 @@ from models import distribute
 from pipeline.service import free_local_ports
 from tests.shard_factory import write_shards
 from training import config as config_lib
-from training import outputs
 from training import step as step_lib
 from training.config import TrainConfig
 from training.loop import run_training
@@ -109,7 +108,6 @@ def test_short_run_lowers_the_loss_and_writes_every_output(shards, tmp_path):
 
     # tensorboard is a dependency (setup.cfg), so the events must be there.
     events = os.path.join(model_dir, "tensorboard", "train")
-    assert outputs.tensorboard_available()
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(events))
 
 

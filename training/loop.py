@@ -1,8 +1,4 @@
-"""`run_training`: the epoch loop around the one distributed step, with resume, validation and outputs.
-
-Outputs in `model_dir` (only the chief writes there) follow `contracts.run_folder`; `model.keras`
-and `val_predictions.csv` come from the best epoch by validation AUROC (the last without validation).
-"""
+"""`run_training`: the epoch loop around the distributed step, with resume, validation and outputs."""
 
 from __future__ import annotations
 
@@ -33,7 +29,6 @@ from training.state import Checkpoints, LoopState
 
 @dataclasses.dataclass
 class _Run:
-    """Everything one run's epochs share."""
 
     config: TrainConfig
     shards: ShardFolder
@@ -87,7 +82,6 @@ def _datasets(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.
 
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, float]:
-    """Runs one epoch of steps; returns the train metrics and images/s."""
     config = run.config
     losses, probabilities, labels = [], [], []
     bar = tqdm(total=config.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="step",
@@ -125,7 +119,6 @@ def _collect(pending, losses, probabilities, labels, epoch: int) -> None:
 
 
 def _epoch(run: _Run) -> dict[str, Any]:
-    """Trains, validates, checkpoints and records the next epoch; returns its metrics record."""
     epoch, learning_rate = run.state.epoch + 1, run.state.learning_rate
     run.model.optimizer.learning_rate = learning_rate
     run.tensorboard.on_epoch_begin(epoch - 1)
@@ -156,8 +149,7 @@ def _epoch(run: _Run) -> dict[str, Any]:
 
 
 def _export_best(run: _Run) -> None:
-    """Puts the best epoch's weights into the model and writes model.keras and val_predictions.csv
-    from them, unless they already hold that epoch (a run killed before its exports ends here too)."""
+    """Restores the best epoch's weights and exports them, unless the exports already hold that epoch."""
     best, validating = run.state.best_epoch, run.val_dataset is not None
     done = run.chief and run_folder.exported_epochs(run.model_dir) == (best, best if validating else None)
     # A collective: every worker takes the chief's answer, once the chief's checkpoints are written.
@@ -217,7 +209,6 @@ def _start(config: TrainConfig, shards: ShardFolder, model_dir: str,
 
 
 def _train(run: _Run) -> list[dict[str, Any]]:
-    """Runs the remaining epochs; returns their records."""
     if run.state.finished:
         logging.info("%s already holds a finished run; nothing to train", run.model_dir)
         return []

@@ -1,5 +1,4 @@
-"""What a run leaves in `model_dir` besides checkpoints: metrics.jsonl, TensorBoard events, model.keras
-and the validation predictions with the run's temperature."""
+"""What a run leaves in `model_dir` besides checkpoints (`contracts.run_folder`)."""
 
 from __future__ import annotations
 
@@ -30,20 +29,14 @@ def keep_metrics_through(model_dir: str, epochs_done: int) -> None:
 
 
 def append_metrics(model_dir: str, record: dict[str, Any]) -> None:
-    """Appends one epoch's record to metrics.jsonl (non-finite numbers become null)."""
     with open(os.path.join(model_dir, run_folder.METRICS), "a") as f:
         f.write(json.dumps(json_ready(record)) + "\n")
-
-
-def tensorboard_available() -> bool:
-    """Whether the `tensorboard` package, which Keras' callback writes through, is importable."""
-    return importlib.util.find_spec("tensorboard") is not None
 
 
 def tensorboard(model: keras.Model, model_dir: str, *, chief: bool) -> keras.callbacks.CallbackList:
     """Keras' TensorBoard callback on the chief (none elsewhere, or without the package)."""
     callbacks = []
-    if chief and tensorboard_available():
+    if chief and importlib.util.find_spec("tensorboard") is not None:
         callbacks.append(keras.callbacks.TensorBoard(
             log_dir=os.path.join(model_dir, run_folder.TENSORBOARD), write_graph=False, update_freq="epoch"))
     elif chief:
@@ -53,37 +46,28 @@ def tensorboard(model: keras.Model, model_dir: str, *, chief: bool) -> keras.cal
 
 
 def export_model(classifier: keras.Model, path: str, epoch: int) -> None:
-    """Saves a float32 clone of the trained graph (`models.precision`) to `path`, atomically, with
-    `epoch` inside (`run_folder.exported_epochs`); it loads with safe_mode and holds no optimizer."""
+    """Saves a float32 clone of the trained graph to `path`, atomically, with `epoch` inside."""
     with atomic_path(path) as tmp:
         precision.with_policy(classifier, "float32").save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(run_folder.MODEL_RUN_ENTRY, json.dumps({"epoch": epoch}))
 
 
-def calibration_record(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """The run's temperature fitted on its validation predictions (`run_folder.TEMPERATURE`, None
-    with one class) and what it changes there (`run_folder.CALIBRATION`)."""
-    temperature = calibration.fit_temperature(labels, probs)
-    applied = probs if temperature is None else calibration.apply_temperature(probs, temperature)
-    known = labels >= 0
-    return {run_folder.TEMPERATURE: temperature, run_folder.CALIBRATION: json_ready({
-        "fitted_on": run_folder.VAL_PREDICTIONS, "records": int(known.sum()),
-        "nll_before": calibration.negative_log_likelihood(labels[known], probs[known]),
-        "nll_after": calibration.negative_log_likelihood(labels[known], applied[known]),
-        "ece_before": calibration.expected_calibration_error(labels, probs),
-        "ece_after": calibration.expected_calibration_error(labels, applied)})}
-
-
 def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any],
                           meta: dict[str, np.ndarray] | None = None) -> str:
-    """Writes val_predictions.csv (predict.py's columns and the patient columns `meta`; p_abnormal
-    after the temperature fitted on them) and its sidecar (`sidecar` + `calibration_record`)."""
+    """Writes val_predictions.csv, p_abnormal after the temperature fitted on it (None with one
+    class), and its sidecar with that temperature and what it changes there."""
     path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
-    probs = scores.probabilities[:, 1].astype(np.float64)
-    record = calibration_record(np.asarray(scores.labels), probs)
-    temperature = record[run_folder.TEMPERATURE]
+    probs, labels = scores.probabilities[:, 1].astype(np.float64), np.asarray(scores.labels)
+    temperature = calibration.fit_temperature(labels, probs)
     handed = probs if temperature is None else calibration.apply_temperature(probs, temperature)
-    write_predictions(path, scores.image_ids, handed, scores.labels, sidecar={**sidecar, **record},
-                      uncalibrated=probs, meta=meta)
+    known = labels >= 0
+    changes = {"fitted_on": run_folder.VAL_PREDICTIONS, "records": int(known.sum()),
+               "nll_before": calibration.negative_log_likelihood(labels[known], probs[known]),
+               "nll_after": calibration.negative_log_likelihood(labels[known], handed[known]),
+               "ece_before": calibration.expected_calibration_error(labels, probs),
+               "ece_after": calibration.expected_calibration_error(labels, handed)}
+    sidecar = {**sidecar, run_folder.TEMPERATURE: temperature, run_folder.CALIBRATION: json_ready(changes)}
+    write_predictions(path, scores.image_ids, handed, scores.labels, sidecar=sidecar, uncalibrated=probs,
+                      meta=meta)
     return path

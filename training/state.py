@@ -1,6 +1,5 @@
-"""The loop's own state (`LoopState`) and the checkpoints that carry it (`Checkpoints`): every worker
-saves, only the chief into `model_dir` (the others into a private folder emptied after each save),
-and every worker restores from `model_dir/checkpoints`, so it must be on storage they all read."""
+"""The loop's own state and the checkpoints that carry it: every worker saves (only the chief into
+`model_dir`) and restores from `model_dir/checkpoints`, so it must be on storage they all read."""
 
 from __future__ import annotations
 
@@ -40,8 +39,7 @@ class LoopState:
 
     def after_epoch(self, config: TrainConfig, steps: int, auroc: float | None,
                     loss: float | None) -> LoopState:
-        """The state after one more epoch of `steps` steps that scored `auroc` and `loss` on validation
-        (None without): early stopping by the AUROC, the learning rate cut on a val loss plateau."""
+        """The state after one more epoch scoring `auroc` and `loss` on validation (None without)."""
         epoch, step = self.epoch + 1, self.step + steps
         if auroc is None:
             return dataclasses.replace(self, epoch=epoch, step=step, best_epoch=epoch,
@@ -63,8 +61,7 @@ class LoopState:
 
 
 class Checkpoints:
-    """The run's checkpoints: the last `keep` (model, optimizer, `LoopState`) and the best epoch's
-    weights. `chief`: whether this process writes into `model_dir`."""
+    """The last `keep` checkpoints (model, optimizer, `LoopState`) and the best epoch's weights."""
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer, model_dir: str, *,
                  chief: bool, keep: int):
@@ -79,7 +76,6 @@ class Checkpoints:
                                                 os.path.join(self._write_dir, BEST), max_to_keep=2)
 
     def restore_latest(self) -> LoopState | None:
-        """Restores the newest checkpoint into the model and optimizer; returns its state (None: none)."""
         path = tf.train.latest_checkpoint(self.directory)
         if path is None:
             return None
@@ -90,12 +86,10 @@ class Checkpoints:
         return LoopState(**json.loads(self._state.numpy().decode()))
 
     def restore_best(self, epoch: int) -> None:
-        """Restores epoch `epoch`'s weights, saved by `save(..., best=True)`."""
         path = os.path.join(self.directory, BEST, f"ckpt-{epoch}")
         tf.train.Checkpoint(model=self._model).restore(path).expect_partial().assert_existing_objects_matched()
 
     def save(self, state: LoopState, *, best: bool) -> None:
-        """Checkpoints the run at `state`, its weights also as the best when `best`; all workers call it."""
         if best:  # first: a checkpoint naming a best epoch always finds its weights
             self._best.save(checkpoint_number=state.epoch)
         self._state.assign(json.dumps(dataclasses.asdict(state)))
@@ -105,6 +99,5 @@ class Checkpoints:
             os.makedirs(os.path.join(self._write_dir, BEST), exist_ok=True)
 
     def close(self) -> None:
-        """Removes a non-chief worker's private folder."""
         if not self._chief:
             shutil.rmtree(self._write_dir, ignore_errors=True)

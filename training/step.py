@@ -1,5 +1,4 @@
-"""The one distributed training step and the scoring step, the same under every strategy: Keras 3's
-`Model.fit` fails under MultiWorkerMirroredStrategy, so a step is `strategy.run` in a `tf.function`."""
+"""The training and scoring steps (Keras 3's `Model.fit` fails under MultiWorkerMirroredStrategy)."""
 
 from __future__ import annotations
 
@@ -15,25 +14,21 @@ SUM = tf.distribute.ReduceOp.SUM
 
 
 def without_ids(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """What the step reads; the training stream's last `map` (strings cannot be prefetched to a GPU)."""
+    # The training stream's last map: strings cannot be prefetched to a GPU.
     return {"image": batch["image"], "label": batch["label"]}
 
 
 def make_optimizer(name: str, learning_rate: float, precision: str) -> keras.optimizers.Optimizer:
     """The registry's optimizer ("adam" or "sgd"), with dynamic loss scaling under mixed_float16."""
-    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
-    if name not in optimizers:
-        raise ValueError(f"unknown optimizer {name!r}; the registry may name 'adam' or 'sgd'")
-    optimizer = optimizers[name](learning_rate)
+    optimizer = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}[name](learning_rate)
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
 
 def _agree_on_finiteness(grads: list[tf.Tensor]) -> list[tf.Tensor]:
-    # LossScaleOptimizer skips a step per replica, on that replica's local gradients: one replica
-    # could skip while another applies, and their collectives would diverge. Poison every replica's
-    # gradients when any replica's are not finite, so all of them skip together.
+    # LossScaleOptimizer skips a step per replica: one could skip while another applies, and their
+    # collectives would diverge. Poison all replicas' gradients when any is not finite.
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
     bad = tf.distribute.get_replica_context().all_reduce(SUM, 1.0 - tf.cast(finite, tf.float32))
     poison = tf.where(bad > 0.0, float("nan"), 0.0)
@@ -44,14 +39,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer, *, global_batch_size: int,
                     class_weights: Sequence[float] | None = None, jit_compile: bool = False,
                     uint8_input: bool = False) -> Callable:
-    """Builds `step(iterator) -> (loss, probabilities, labels)` of the global batch, one update per call,
-    for a `models.build_model` model and its optimizer (`make_optimizer`, built), made under `strategy`.
-
-    Each replica divides its cross-entropy sum (weighted by `class_weights`: normal, abnormal) by the
-    *global* batch size and the optimizer sums the replicas' gradients: the mean's update.
-    `jit_compile`: XLA for the forward and backward pass. `uint8_input`: the batches are uint8 gray
-    (B, S, S, 1), made float32 RGB by the uint8 front.
-    """
+    """Builds `step(iterator) -> (loss, probabilities, labels)` of the global batch, one update a call."""
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
     # The augmentation has no weights and no XLA kernel: it runs first, outside the compiled part.
@@ -64,13 +52,12 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
             if weights is not None:
                 per_example = per_example * tf.gather(weights, labels)
-            loss = tf.reduce_sum(per_example) / global_batch_size
+            loss = tf.reduce_sum(per_example) / global_batch_size  # the replicas' gradients are summed
             objective = optimizer.scale_loss(loss) if scaled else loss
         return loss, probabilities, tape.gradient(objective, model.trainable_variables)
 
     if jit_compile:
-        # Only the per-replica compute: the optimizer's all-reduce stays outside XLA, as every
-        # strategy needs.
+        # Only the per-replica compute: the optimizer's all-reduce stays outside XLA.
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def replica_step(batch):
@@ -95,8 +82,7 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
 
 
 def make_state_sync(strategy: tf.distribute.Strategy, model: keras.Model) -> Callable:
-    """Builds `sync()`, setting every replica's non-trainable float variables to their mean: Keras 3
-    gives BatchNormalization's moving statistics no cross-replica aggregation, each replica its own."""
+    """Builds `sync()`, averaging BatchNormalization's statistics, which Keras 3 keeps per replica."""
     variables = [v for v in model.non_trainable_variables
                  if v.dtype in ("float16", "bfloat16", "float32", "float64")]
 

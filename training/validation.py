@@ -17,7 +17,6 @@ EPSILON = 1e-7  # probability clip of the cross-entropy, as Keras' own
 
 @dataclasses.dataclass(frozen=True)
 class Scores:
-    """One split's predictions, one row per record."""
 
     image_ids: np.ndarray  # (N,) str
     labels: np.ndarray  # (N,) int 0/1
@@ -38,22 +37,16 @@ def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]
 
 def make_distributed_split(strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
                            global_batch_size: int, *, cache: bool = False, uint8_gray: bool = False):
-    """`split` as a distributed dataset that every worker reads whole.
-
-    Each worker then holds every prediction with its id (strings cannot cross the collectives) and
-    computes the same metrics, which keeps early stopping and the learning rate in step.
-    """
+    """`split` as a distributed dataset that every worker reads whole, to compute the same metrics."""
     per_replica = distribute.per_replica_batch(global_batch_size, strategy, "global_batch_size")
     return strategy.distribute_datasets_from_function(
         lambda _: input_pipeline.make_eval_dataset(shards, split, per_replica, cache=cache,
                                                    uint8_gray=uint8_gray),
-        # The image-id strings cannot be copied to a GPU: keep batches on the host; the model call
-        # moves the images.
+        # Id strings cannot be copied to a GPU: batches stay on the host; the model call moves images.
         options=tf.distribute.InputOptions(experimental_fetch_to_device=False))
 
 
 def score(strategy: tf.distribute.Strategy, predict_step, dataset) -> Scores:
-    """Runs `predict_step` (`training.step.make_predict_step`) over a distributed split."""
     ids, labels, probabilities = [], [], []
     for batch in dataset:
         ids.extend(t.numpy() for t in strategy.experimental_local_results(batch["image_id"]))
