@@ -71,17 +71,29 @@ def _calibrated_weights(backbone: str, folder) -> str:
     return path
 
 
+@pytest.fixture(scope="module")
+def imagenet_weights(tmp_path_factory):
+    """backbone -> its calibrated ImageNet file, computed once for the module."""
+    folder, files = tmp_path_factory.mktemp("imagenet"), {}
+
+    def get(backbone):
+        if backbone not in files:
+            files[backbone] = _calibrated_weights(backbone, folder)
+        return files[backbone]
+
+    return get
+
+
 @pytest.fixture
-def imagenet_download(monkeypatch, tmp_path):
-    """Answers Keras' ImageNet download with a calibrated local file; returns the backbone → file map."""
-    files = {}
+def imagenet_download(monkeypatch, imagenet_weights):
+    """Answers Keras' ImageNet download with the calibrated local file of the backbone installed."""
 
     def install(backbone):
-        files[backbone] = _calibrated_weights(backbone, tmp_path)
         from keras.src.utils import file_utils
 
-        monkeypatch.setattr(file_utils, "get_file", lambda *args, **kwargs: files[backbone])
-        return files[backbone]
+        path = imagenet_weights(backbone)
+        monkeypatch.setattr(file_utils, "get_file", lambda *args, **kwargs: path)
+        return path
 
     return install
 
@@ -93,15 +105,28 @@ def _train_one_step(data_dir, model_dir, backbone, precision):
     return run_training(config)
 
 
+def _file_predictions(model_dir, data_dir) -> pd.Series:
+    """model.keras as saved (every layer float32) over the val split: P(abnormal) by image id.
+
+    Run eagerly: the same layers and kernels as a traced step, without tracing the real backbone a
+    second time (run_prediction traces it).
+    """
+    saved = keras.models.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
+    assert {layer.dtype_policy.name for layer in models.all_layers(saved)} == {"float32"}
+    tf.config.run_functions_eagerly(True)
+    try:
+        outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), ShardFolder.open(data_dir), "val", 8,
+                                           progress=False)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    return pd.Series(outputs.softmax[:, 1], index=outputs.ids)
+
+
 def _reproduces_val_predictions(data_dir, model_dir, precision, tolerance, check_saved_file=True):
     """model.keras (float32) and run_prediction at `precision` give the run's validation predictions."""
     validated = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")
-    saved = keras.models.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
-    assert {layer.dtype_policy.name for layer in models.all_layers(saved)} == {"float32"}
-    if check_saved_file:  # model.keras as loaded computes in float32
-        outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), ShardFolder.open(data_dir), "val", 8,
-                                           progress=False)
-        from_file = pd.Series(outputs.softmax[:, 1], index=outputs.ids)
+    if check_saved_file:
+        from_file = _file_predictions(model_dir, data_dir)
         np.testing.assert_allclose(from_file[validated.index], validated["p_uncalibrated"], atol=tolerance)
 
     out = os.path.join(os.path.dirname(model_dir), f"pred_{precision}.csv")
@@ -137,21 +162,16 @@ def test_mixed_precision_export_and_predict_reproduce_validation(policy, shards,
     # network amplifies rounding chaotically on a few images (float16 flipped 2 of 12 once, and
     # bfloat16, with 8 significant bits, moves many by ~0.2), so the typical image is compared.
     if policy == "mixed_float16":
-        saved = keras.models.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
-        outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), ShardFolder.open(shards), "val", 8,
-                                           progress=False)
         validated = pd.read_csv(os.path.join(model_dir, "val_predictions.csv")).set_index("image_id")
-        gap = np.abs(pd.Series(outputs.softmax[:, 1], index=outputs.ids)[validated.index] - validated["p_uncalibrated"])
+        gap = np.abs(_file_predictions(model_dir, shards)[validated.index] - validated["p_uncalibrated"])
         assert float(np.median(gap)) <= 1e-2
 
 
-def test_weights_file_builds_the_imagenet_network(tmp_path, monkeypatch):
+def test_weights_file_builds_the_imagenet_network(imagenet_weights, imagenet_download):
     """--weights=PATH builds what --weights=imagenet builds (EfficientNet's Rescaling), then loads PATH."""
-    path = _calibrated_weights("efficientnet_b3", tmp_path)
-    from_file = models.build_classifier("efficientnet_b3", SIZE, weights=path)
-    from keras.src.utils import file_utils
-
-    monkeypatch.setattr(file_utils, "get_file", lambda *args, **kwargs: path)
+    path = imagenet_weights("efficientnet_b3")
+    from_file = models.build_classifier("efficientnet_b3", SIZE, weights=path)  # before any download is answered
+    imagenet_download("efficientnet_b3")
     from_imagenet = models.build_classifier("efficientnet_b3", SIZE, weights="imagenet")
     from_none = models.build_classifier("efficientnet_b3", SIZE, weights="none")
 
