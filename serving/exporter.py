@@ -68,7 +68,6 @@ def _check_export_dir(export_dir: str) -> None:
     if os.path.exists(export_dir) and (not os.path.isdir(export_dir) or os.listdir(export_dir)):
         raise UserInputError(f"--export_dir={export_dir} exists and is not an empty folder; "
                              "pass a new folder (exports are never overwritten in place)")
-    check_output_folder(os.path.dirname(os.path.abspath(export_dir)), "export_dir")
 
 
 def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict[str, Any]:
@@ -110,6 +109,7 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     model_dirs, export_dir = config.model_dir, config.export_dir
     ensemble, threshold = config.ensemble, config.threshold
     members, chosen_threshold = _members(model_dirs, ensemble, threshold)
+    check_output_folder(os.path.dirname(os.path.abspath(export_dir)), "export_dir")  # the journal goes there
     transaction = atomic.Transaction(export_dir)  # first undoes a killed export into it
     _check_export_dir(export_dir)
     configs, classifiers = [], []
