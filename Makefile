@@ -20,6 +20,9 @@ WEIGHTS ?=
 IMAGE_SIZE ?=
 EPOCHS ?=
 PYTEST_ARGS ?=
+# make test: test files run in this many processes (pytest-xdist), each file whole in one of them,
+# so a module's shared shards and runs are built once. 1 runs them in this process, one by one.
+TEST_WORKERS ?= 2
 # make constraints: its fresh venv, removed once the suite has passed there
 FRESH_VENV ?= $(or $(TMPDIR),/tmp)/cxr-constraints-venv
 
@@ -54,7 +57,7 @@ $(DEV_STAMP): setup.cfg pyproject.toml constraints.txt
 # The linter first (pyproject.toml, [tool.ruff]): a red lint fails the suite before it starts.
 test: $(DEV_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
 # build_bench.py times the Beam runner; the train and predict benches write shards with tests/shard_factory.py.
 bench: $(DEV_STAMP)
