@@ -69,7 +69,7 @@ demo: install
 	$(PY) demo.py $(if $(NIH_DIR),--nih_dir=$(NIH_DIR),) $(if $(WEIGHTS),--weights=$(WEIGHTS),) \
 		$(if $(IMAGE_SIZE),--image_size=$(IMAGE_SIZE),) $(if $(EPOCHS),--epochs=$(EPOCHS),)
 
-# Refresh constraints.txt (README, "Maintainers: the pinned versions"): the newest versions within
+# Refresh constraints.txt (docs/install.md, "Maintainers: the pinned versions"): the newest versions within
 # setup.cfg's bounds, dev extras included, resolved in a fresh venv without the old pins; the suite
 # runs there, and only once it passes do its versions replace constraints.txt.
 constraints:

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The GPU check to run once and send back (README, "Performance on GPUs"): no arguments needed.
+# The GPU check to run once and send back (docs/gpus.md): no arguments needed.
 #   bench/gpu_check.sh [--json_out=FILE] [--smoke]
 # Runs bench/gpu_check.py with the project's .venv (make install GPU=1), or with $PYTHON when set.
 REPO=$(cd "$(dirname "$0")/.." && pwd)

@@ -17,7 +17,7 @@ from contracts import settings
 
 HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?")
 # TensorFlow's C++ log level when the user set none: 1 drops its start-up INFO lines and keeps
-# every warning and error (README, "What TensorFlow prints at start-up").
+# every warning and error (docs/tools.md, "What TensorFlow prints at start-up").
 QUIET_TF_LOG_LEVEL = "1"
 _DEFINERS = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float,
              bool: flags.DEFINE_bool}

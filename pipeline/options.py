@@ -76,13 +76,13 @@ FLOAT32 = "float32"  # float32 RGB (B, S, S, 3) 0..255 made on the host: 12 byte
 TRANSFERS = ("auto", UINT8, FLOAT32)
 DEFAULT_TRANSFER = "auto"
 # What "auto" means without a GPU, where the device is the host itself and the front's cast and
-# copy is host work too: uint8 saves no host CPU there (README, "Performance on GPUs").
+# copy is host work too: uint8 saves no host CPU there (docs/gpus.md, "On this CPU, as they stand").
 CPU_TRANSFER = FLOAT32
 TRANSFER = Shared("transfer", DEFAULT_TRANSFER, (
     f"What the input pipeline hands the device. {UINT8}: the decoded gray bytes, made float32 RGB by the "
     f"model's front on the device (12x fewer bytes to copy, less host CPU). {FLOAT32}: float32 RGB made on "
-    f"the host. auto: {UINT8} when TensorFlow sees a GPU, else {CPU_TRANSFER} (README, 'Performance on "
-    "GPUs'). Saved and exported models take float32 RGB either way."), TRANSFERS)
+    f"the host. auto: {UINT8} when TensorFlow sees a GPU, else {CPU_TRANSFER} (docs/gpus.md, 'On this "
+    "CPU, as they stand'). Saved and exported models take float32 RGB either way."), TRANSFERS)
 
 
 def resolve_transfer(mode: str, gpu_visible: bool) -> str:

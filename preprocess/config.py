@@ -12,10 +12,10 @@ from preprocess.images import MAX_IMAGE_PIXELS
 SPLITS = ("grouped", "official", "all", "unlabeled")
 DEFAULT_TEST_FRACTION = {"grouped": 0.2}  # official: from the NIH lists; all and unlabeled have none
 # bbox crops each image that has boxes to their union: the reference (seed) project's mode. Only
-# abnormal NIH images have boxes, so it teaches "zoomed in means abnormal" (README, "Pitfalls").
+# abnormal NIH images have boxes, so it teaches "zoomed in means abnormal" (docs/data.md, "Pitfalls").
 CROPS = ("bbox", "none")
 BBOX_SHORTCUT = ("--crop=bbox: images with boxes are cropped to them, and only abnormal NIH images have "
-                 "boxes, so a model can learn that zoomed in means abnormal (README, \"Pitfalls\"); "
+                 "boxes, so a model can learn that zoomed in means abnormal (docs/data.md, \"Pitfalls\"); "
                  "--crop=none (the default) avoids it")
 IMAGE_FORMATS = ("png", "jpeg")
 RUNNERS = ("local", "beam")  # this machine's process pool (builder.py), or Apache Beam (beam_runner.py)
@@ -57,7 +57,7 @@ class BuildConfig:
     train_val_list: str | None = setting(None, "NIH train_val_list.txt (--split_by=official).")
     test_list: str | None = setting(None, "NIH test_list.txt (--split_by=official).")
     crop: str = CROP.field("none", note=(
-        "Here: none by default; bbox is the reference project's mode (README, 'Pitfalls')."))
+        "Here: none by default; bbox is the reference project's mode (docs/data.md, 'Pitfalls')."))
     image_size: int = IMAGE_SIZE.field(224, note="Here: the side of the stored images.")
     image_format: str = setting("png", (
         "Stored encoding of the one grayscale channel: png (lossless) or jpeg (smaller, faster to decode)."),

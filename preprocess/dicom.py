@@ -1,5 +1,5 @@
 """DICOM radiographs: the header tags the builder keeps, and one 8-bit grayscale image. A file is
-DICOM by its content (the Part 10 preamble, then `DICM`); the decoding rules are the README's."""
+DICOM by its content (the Part 10 preamble, then `DICM`); the decoding rules are in docs/data.md ("DICOM")."""
 
 from __future__ import annotations
 

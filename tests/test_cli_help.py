@@ -120,7 +120,7 @@ def test_the_real_data_demo_after_the_synthetic_one_has_its_own_folder_and_runs_
     assert _demo_plan("--nih_dir=nih_sample").feature_layer is None
 
 
-# The README's "What TensorFlow prints at start-up": what remains at the project's default level,
+# docs/tools.md, "What TensorFlow prints at start-up": what remains at the project's default level,
 # written by TensorFlow's C++ code before its log level can apply. Nothing else may come first.
 DOCUMENTED_REMAINDER = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
                         "port.cc", "cudart_stub.cc", "cuda_platform.cc")

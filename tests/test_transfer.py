@@ -51,7 +51,7 @@ def test_auto_is_uint8_with_a_gpu_and_the_measured_choice_without(monkeypatch):
     assert distribute.resolve_transfer("auto") == "uint8"
     assert distribute.resolve_transfer("float32") == "float32"
     _with_a_gpu(monkeypatch, visible=False)
-    # On this CPU the uint8 path cost more host CPU per image (README, "Performance on GPUs").
+    # On this CPU the uint8 path cost more host CPU per image (docs/gpus.md, "On this CPU, as they stand").
     assert distribute.resolve_transfer("auto") == "float32"
     assert distribute.resolve_transfer("uint8") == "uint8"
     with pytest.raises(ValueError, match="auto, uint8, float32"):
