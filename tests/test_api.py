@@ -50,10 +50,8 @@ def _studies(folder):
     (folder / "notes.txt").write_text("not an image")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Two tiny runs at 32 px, their ensemble file, both exports, a folder of studies."""
-    root = tmp_path_factory.mktemp("api")
+def train_ensemble(root):
+    """Two tiny runs at 32 px trained on shards under `root`, and ensemble.py's file over them."""
     data_dir = str(root / "shards")
     write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE)
     dirs = [_train(data_dir, str(root / f"run{i}"), seed=i) for i in range(2)]
@@ -64,7 +62,24 @@ def world(tmp_path_factory):
     submission = str(root / "submission.csv")
     ensembling.run_ensemble(EnsembleConfig(list(result.outputs.values()), submission, blend_weight=[0.7, 0.3],
                                            threshold=0.45, bootstrap=0))
-    ensemble = ensemble_file.ensemble_path(submission)
+    return dirs, ensemble_file.ensemble_path(submission)
+
+
+def predict_images(root, images, name, **kwargs):
+    """predict.py --images, in-process: (its CSV by image id, its sidecar, its path)."""
+    output = str(root / "preds" / f"{name}.csv")
+    predict.main(PredictConfig(images=images, output=output, global_batch_size=8, strategy="default",
+                               precision="float32", bootstrap=0, progress=False, workers=1, **kwargs))
+    frame = pd.read_csv(output, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
+    with open(output[:-4] + ".json") as f:
+        return frame.set_index("image_id"), json.load(f), output
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two tiny runs, their ensemble file, both exports, a folder of studies."""
+    root = tmp_path_factory.mktemp("api")
+    dirs, ensemble = train_ensemble(root)
     exporter.run_export(ExportConfig([dirs[0]], str(root / "served_one"), threshold=THRESHOLD))
     exporter.run_export(ExportConfig(dirs, str(root / "served_ensemble"), ensemble=ensemble))
     _studies(root / "studies")
@@ -74,13 +89,7 @@ def world(tmp_path_factory):
 
 
 def _predict_images(world, images, name, **kwargs):
-    """predict.py --images, in-process: the ensemble's (or the one model's) CSV and its members'."""
-    output = str(world["root"] / "preds" / f"{name}.csv")
-    predict.main(PredictConfig(images=images, output=output, global_batch_size=8, strategy="default",
-                               precision="float32", bootstrap=0, progress=False, workers=1, **kwargs))
-    frame = pd.read_csv(output, dtype={"image_id": str, "patient_id": str}, keep_default_na=False)
-    with open(output[:-4] + ".json") as f:
-        return frame.set_index("image_id"), json.load(f), output
+    return predict_images(world["root"], images, name, **kwargs)
 
 
 def test_a_folder_scores_as_predict_images_scores_it(world):
