@@ -50,17 +50,18 @@ def _studies(folder):
     (folder / "notes.txt").write_text("not an image")
 
 
-def train_ensemble(root):
-    """Two tiny runs at 32 px trained on shards under `root`, and ensemble.py's file over them."""
+def train_ensemble(root, names=("run0", "run1"), weights=(0.7, 0.3)):
+    """Tiny runs at 32 px trained on shards under `root` into `root / name`, and ensemble.py's file
+    over them with `weights`."""
     data_dir = str(root / "shards")
     write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE)
-    dirs = [_train(data_dir, str(root / f"run{i}"), seed=i) for i in range(2)]
+    dirs = [_train(data_dir, str(root / name), seed=i) for i, name in enumerate(names)]
     result = prediction.run_prediction(PredictConfig(model_dir=dirs, data_dir=data_dir, split="val",
                                                      output=str(root / "pred" / "val.csv"), global_batch_size=8,
                                                      strategy="default", precision="float32", bootstrap=0,
                                                      progress=False))
     submission = str(root / "submission.csv")
-    ensembling.run_ensemble(EnsembleConfig(list(result.outputs.values()), submission, blend_weight=[0.7, 0.3],
+    ensembling.run_ensemble(EnsembleConfig(list(result.outputs.values()), submission, blend_weight=list(weights),
                                            threshold=0.45, bootstrap=0))
     return dirs, ensemble_file.ensemble_path(submission)
 

@@ -4,6 +4,7 @@
 import base64
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 
@@ -24,22 +25,26 @@ PAGE = os.path.join(REPO, "docs", "serving.md")
 HEADING = "## TensorFlow Serving"
 URL = "http://localhost:8501"
 PREDICT = "/v1/models/cxr:predict"
+RUNS = ("runs/efficientnet_b3", "runs/densenet121", "runs/resnet50")  # the names the page uses
+
+
+def python_blocks(text: str) -> list[str]:
+    """Every ```python block of a page's `text`, in order, exactly as the page shows it."""
+    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
 
 
 def docs_block(path: str = PAGE, heading: str = HEADING) -> str:
-    """The first ```python block under `heading`, exactly as the page shows it."""
+    """The first ```python block under `heading`."""
     with open(path) as f:
         text = f.read()
-    section = text[text.index(f"\n{heading}\n"):]
-    start = section.index("\n```python\n") + len("\n```python\n")
-    return section[start:section.index("\n```\n", start) + 1]
+    return python_blocks(text[text.index(f"\n{heading}\n"):])[0]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The docs' example world in small: served/ensemble and new_studies/ with PNGs, a JPEG, a DICOM."""
     root = tmp_path_factory.mktemp("tf_serving")
-    dirs, ensemble = train_ensemble(root)
+    dirs, ensemble = train_ensemble(root, RUNS, weights=(0.6, 0.3, 0.1))
     exporter.run_export(ExportConfig(dirs, str(root / "served" / "ensemble"), ensemble=ensemble))
     studies = root / "new_studies"
     studies.mkdir()
@@ -108,7 +113,7 @@ def test_row_columnar_versions_and_errors_follow_the_rest_rules(world):
     status, columns = server.handle("POST", PREDICT, json.dumps({"inputs": {"image_bytes": images}}).encode())
     assert status == 200
     assert columns["outputs"]["p_abnormal"] == [p["p_abnormal"] for p in rows["predictions"]]
-    assert np.shape(columns["outputs"]["member_p_uncalibrated"]) == (2, 2)
+    assert np.shape(columns["outputs"]["member_p_uncalibrated"]) == (2, len(RUNS))
     expected = world["expected"].loc[["0001.png", "0003.jpg"], "p_abnormal"].to_numpy()
     np.testing.assert_allclose(columns["outputs"]["p_abnormal"], expected, atol=1e-6, rtol=0)
     refused = {
@@ -123,3 +128,19 @@ def test_row_columnar_versions_and_errors_follow_the_rest_rules(world):
                           (json.dumps({"instances": images, "inputs": images}).encode(), "expecting only one")]:
         status, answer = server.handle("POST", PREDICT, body)
         assert status == 400 and message in answer["error"], (body[:80], answer)
+
+
+def test_every_python_block_of_the_page_runs_in_order_in_one_namespace(world, monkeypatch):
+    with open(PAGE) as f:
+        blocks = python_blocks(f.read())
+    assert len(blocks) >= 3
+    monkeypatch.chdir(world["root"])
+    namespace: dict = {}
+    with serving_at(world["export"], URL, model_name="cxr"):
+        for block in blocks:
+            exec(compile(block, PAGE, "exec"), namespace)
+    table = namespace["table"]  # the Python API's first example: score_files("new_studies")
+    assert sorted(table.index) == sorted(world["expected"].index) == ["0001.png", "0002.png", "0003.jpg",
+                                                                      "0004.dcm"]
+    np.testing.assert_allclose(table["p_abnormal"], world["expected"].loc[table.index, "p_abnormal"], atol=1e-6,
+                               rtol=0)
