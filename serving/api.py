@@ -20,6 +20,7 @@ from contracts.demographics import AGE_UNKNOWN
 from contracts.errors import UserInputError
 from contracts.export_folder import (
     EXPORT_INFO,
+    EXPORT_SCHEMA_VERSION,
     INPUT_BYTES,
     INPUT_PIXELS,
     OUTPUT_DECISION,
@@ -112,6 +113,9 @@ class Classifier:
                                  "the runs with export.py, or use Classifier.from_runs")
         with open(path) as f:
             info = json.load(f)
+        if info.get("schema_version") != EXPORT_SCHEMA_VERSION:
+            raise UserInputError(f"{path}: schema {info.get('schema_version')}, not {EXPORT_SCHEMA_VERSION} "
+                                 "(other output names); export the runs again with this export.py")
         loaded = tf.saved_model.load(export_dir)
         max_pixels = int(info.get("max_image_pixels", MAX_IMAGE_PIXELS))
         names = [m["name"] for m in info["members"]]

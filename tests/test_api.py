@@ -181,6 +181,13 @@ def test_bad_input_is_skipped_or_refused_in_one_line(world, tmp_path):
         model.score_files(str(tmp_path / "missing"))
     with pytest.raises(UserInputError, match=r"expected uint8 \(N, 32, 32\)"):
         model.score_pixels(np.zeros((1, 16, 16), np.uint8))
+    old = shutil.copytree(world["root"] / "served_one", tmp_path / "old")
+    info = json.loads((old / "export.json").read_text())
+    (old / "export.json").write_text(json.dumps({**info, "schema_version": 1}))
+    with pytest.raises(UserInputError, match="schema 1, not 2 .other output names.; export the runs again"):
+        Classifier.load(str(old))
+    with pytest.raises(UserInputError, match="no export.json, not a folder export.py wrote"):
+        Classifier.load(str(tmp_path / "a"))
 
 
 def test_the_real_dicoms_score_as_predict_images_scores_them(world, shared_dicom):
