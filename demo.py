@@ -229,7 +229,7 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
     import numpy as np
     import pandas as pd
 
-    from serving.client import score_files
+    from serving.api import Classifier
 
     blended = pd.read_csv(blend_path(ensemble_file))
     files = {}
@@ -240,13 +240,14 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
     if missing:
         raise UserInputError(f"{len(missing)} test image(s) not found under {image_dir}, e.g. {missing[0]}")
     print(f"\n=== serve {len(blended)} test images' original files through {export_dir}", flush=True)
-    served = score_files(export_dir, [files[i] for i in blended["image_id"]])
+    served = Classifier.load(export_dir).score_files([files[i] for i in blended["image_id"]])
+    served = served.reindex(blended["image_id"])  # a file the graph refused scores NaN: no parity
     with open(ensemble_file) as f:
         threshold = json.load(f)["threshold"]
-    gap = np.abs(served[OUTPUT_PROB] - blended[PROB].to_numpy())
+    gap = np.abs(served[OUTPUT_PROB].to_numpy() - blended[PROB].to_numpy())
     decisions = (blended[PROB].to_numpy() >= threshold).astype(int)
     return {"images": int(len(gap)), "max_abs_diff": float(gap.max()), "mean_abs_diff": float(gap.mean()),
-            "decision_agreement": float(np.mean(served[OUTPUT_DECISION] == decisions))}
+            "decision_agreement": float(np.mean(served[OUTPUT_DECISION].to_numpy() == decisions))}
 
 
 def default_output_dir(nih_dir: str | None) -> str:

@@ -30,8 +30,9 @@ from serving import savedmodel
 from serving.config import ExportConfig
 
 
-def _members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
-    """[(name, weight, model_dir, temperature)] in blend order, and the threshold."""
+def members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
+    """[(name, weight, model_dir, temperature)] in blend order, and the threshold (UserInputError for
+    unusable runs or ensemble file); what export.py and `serving.api.Classifier.from_runs` serve."""
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder(s) train.py wrote")
     if len(model_dirs) > 1 and ensemble is None:
@@ -100,20 +101,11 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
     }
 
 
-def run_export(config: ExportConfig) -> dict[str, Any]:
-    """Exports `config.model_dir`'s runs (several need `config.ensemble`) as one SavedModel with
-    export.json in `config.export_dir`, a new or empty folder that appears whole; returns that record.
-
-    Raises UserInputError for unusable inputs or folder.
-    """
-    model_dirs, export_dir = config.model_dir, config.export_dir
-    ensemble, threshold = config.ensemble, config.threshold
-    members, chosen_threshold = _members(model_dirs, ensemble, threshold)
-    check_output_folder(os.path.dirname(os.path.abspath(export_dir)), "export_dir")  # the journal goes there
-    transaction = atomic.Transaction(export_dir)  # first undoes a killed export into it
-    _check_export_dir(export_dir)
+def build_module(chosen: Sequence[tuple], threshold: float):
+    """(ServingModule, run configs, warnings) of the `chosen` members' runs: one image size, the lowest pixel
+    limit of their training shards; UserInputError for unloadable runs or mixed sizes."""
     configs, classifiers = [], []
-    for _, _, model_dir, _ in members:
+    for _, _, model_dir, _ in chosen:
         run = run_folder.RunFolder.open(model_dir)
         configs.append({**run.config, "train_crop": run.crop})
         classifiers.append(load_classifier(run))
@@ -123,13 +115,29 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
                              "separately, or retrain at one size")
     warnings = [f"{c['backbone']} ({d}) was trained on --crop=bbox shards, but served images arrive "
                 "uncropped: expect a shift between validation and serving"
-                for c, (_, _, d, _) in zip(configs, members) if c["train_crop"] == "bbox"]
+                for c, (_, _, d, _) in zip(configs, chosen) if c["train_crop"] == "bbox"]
     for warning in warnings:
         logging.warning("%s", warning)
     max_pixels = min(_max_pixels(c) for c in configs)
-    info = _info(members, configs, chosen_threshold, sizes[0], max_pixels, warnings)
-    module = savedmodel.ServingModule(classifiers, [m[1] for m in members], [m[3] for m in members],
-                                      chosen_threshold, sizes[0], max_pixels)
+    module = savedmodel.ServingModule(classifiers, [m[1] for m in chosen], [m[3] for m in chosen],
+                                      threshold, sizes[0], max_pixels)
+    return module, configs, warnings
+
+
+def run_export(config: ExportConfig) -> dict[str, Any]:
+    """Exports `config.model_dir`'s runs (several need `config.ensemble`) as one SavedModel with
+    export.json in `config.export_dir`, a new or empty folder that appears whole; returns that record.
+
+    Raises UserInputError for unusable inputs or folder.
+    """
+    model_dirs, export_dir = config.model_dir, config.export_dir
+    ensemble, threshold = config.ensemble, config.threshold
+    chosen_members, chosen_threshold = members(model_dirs, ensemble, threshold)
+    check_output_folder(os.path.dirname(os.path.abspath(export_dir)), "export_dir")  # the journal goes there
+    transaction = atomic.Transaction(export_dir)  # first undoes a killed export into it
+    _check_export_dir(export_dir)
+    module, configs, warnings = build_module(chosen_members, chosen_threshold)
+    info = _info(chosen_members, configs, chosen_threshold, module.image_size, module.max_pixels, warnings)
     with transaction, transaction.path(export_dir) as staging:
         savedmodel.save(module, staging)
         atomic.write_json(os.path.join(staging, EXPORT_INFO), info)
