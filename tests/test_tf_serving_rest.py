@@ -4,59 +4,33 @@
 import base64
 import json
 import os
-import re
+import pathlib
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from contracts import ensemble_file
-from serving import exporter
-from serving.config import ExportConfig
-from tests.dicom_factory import write_dicom
-from tests.shard_factory import synthetic_pixels
-from tests.test_api import predict_images, train_ensemble
+from tests import example_world
+from tests.docs_check import REPO, block_under
+from tests.test_api import predict_images
 from tests.tf_serving_rest import TfServingRest, serving_at
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(REPO, "docs", "serving.md")
 HEADING = "## TensorFlow Serving"
 URL = "http://localhost:8501"
 PREDICT = "/v1/models/cxr:predict"
-RUNS = ("runs/efficientnet_b3", "runs/densenet121", "runs/resnet50")  # the names the page uses
-
-
-def python_blocks(text: str) -> list[str]:
-    """Every ```python block of a page's `text`, in order, exactly as the page shows it."""
-    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
-
-
-def docs_block(path: str = PAGE, heading: str = HEADING) -> str:
-    """The first ```python block under `heading`."""
-    with open(path) as f:
-        text = f.read()
-    return python_blocks(text[text.index(f"\n{heading}\n"):])[0]
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """The docs' example world in small: served/ensemble and new_studies/ with PNGs, a JPEG, a DICOM."""
-    root = tmp_path_factory.mktemp("tf_serving")
-    dirs, ensemble = train_ensemble(root, RUNS, weights=(0.6, 0.3, 0.1))
-    exporter.run_export(ExportConfig(dirs, str(root / "served" / "ensemble"), ensemble=ensemble))
-    studies = root / "new_studies"
-    studies.mkdir()
-    rng = np.random.default_rng(11)
-    pixels = [synthetic_pixels(rng, 40, abnormal=k % 2 == 1) for k in range(4)]
-    Image.fromarray(pixels[0]).save(studies / "0001.png")
-    Image.fromarray(pixels[1]).save(studies / "0002.png")
-    Image.fromarray(pixels[2]).save(studies / "0003.jpg", quality=92)
-    write_dicom(str(studies / "0004.dcm"), pixels[3])
-    expected, _, _ = predict_images(root, str(studies), "new", model_dir=dirs, ensemble=ensemble)
-    return {"root": root, "export": str(root / "served" / "ensemble"), "expected": expected,
-            "threshold": ensemble_file.load_ensemble(ensemble).threshold}
+    """The docs' example world, and predict.py --images --ensemble on its new_studies/."""
+    world = example_world.build(str(tmp_path_factory.mktemp("tf_serving")))
+    root = pathlib.Path(world["root"])
+    expected, _, _ = predict_images(root, world["studies"], "new", model_dir=world["runs"],
+                                    ensemble=world["ensemble"])
+    return {**world, "expected": expected, "threshold": ensemble_file.load_ensemble(world["ensemble"]).threshold}
 
 
 def _body(instances, **extra) -> bytes:
@@ -69,12 +43,12 @@ def _b64(path) -> dict:
 
 
 def test_the_documented_client_gets_predict_images_numbers(world, monkeypatch):
-    code = docs_block()
+    code = block_under(PAGE, HEADING).text
     assert "urllib.request.urlopen" in code and URL + PREDICT in code
     monkeypatch.chdir(world["root"])
     namespace: dict = {}
     with serving_at(world["export"], URL, model_name="cxr"):
-        exec(compile(code, PAGE, "exec"), namespace)
+        exec(compile(code, PAGE, "exec"), namespace)  # noqa: S102  (the page's own client)
     names = [os.path.basename(p) for p in namespace["paths"]]
     predictions = namespace["predictions"]
     assert len(names) == len(predictions) >= 3
@@ -113,7 +87,7 @@ def test_row_columnar_versions_and_errors_follow_the_rest_rules(world):
     status, columns = server.handle("POST", PREDICT, json.dumps({"inputs": {"image_bytes": images}}).encode())
     assert status == 200
     assert columns["outputs"]["p_abnormal"] == [p["p_abnormal"] for p in rows["predictions"]]
-    assert np.shape(columns["outputs"]["member_p_uncalibrated"]) == (2, len(RUNS))
+    assert np.shape(columns["outputs"]["member_p_uncalibrated"]) == (2, len(world["runs"]))
     expected = world["expected"].loc[["0001.png", "0003.jpg"], "p_abnormal"].to_numpy()
     np.testing.assert_allclose(columns["outputs"]["p_abnormal"], expected, atol=1e-6, rtol=0)
     refused = {
@@ -128,19 +102,3 @@ def test_row_columnar_versions_and_errors_follow_the_rest_rules(world):
                           (json.dumps({"instances": images, "inputs": images}).encode(), "expecting only one")]:
         status, answer = server.handle("POST", PREDICT, body)
         assert status == 400 and message in answer["error"], (body[:80], answer)
-
-
-def test_every_python_block_of_the_page_runs_in_order_in_one_namespace(world, monkeypatch):
-    with open(PAGE) as f:
-        blocks = python_blocks(f.read())
-    assert len(blocks) >= 3
-    monkeypatch.chdir(world["root"])
-    namespace: dict = {}
-    with serving_at(world["export"], URL, model_name="cxr"):
-        for block in blocks:
-            exec(compile(block, PAGE, "exec"), namespace)
-    table = namespace["table"]  # the Python API's first example: score_files("new_studies")
-    assert sorted(table.index) == sorted(world["expected"].index) == ["0001.png", "0002.png", "0003.jpg",
-                                                                      "0004.dcm"]
-    np.testing.assert_allclose(table["p_abnormal"], world["expected"].loc[table.index, "p_abnormal"], atol=1e-6,
-                               rtol=0)
