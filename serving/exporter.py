@@ -19,6 +19,7 @@ from contracts.export_folder import (
     EXPORT_SCHEMA_VERSION,
     INPUT_BYTES,
     INPUT_PIXELS,
+    MODEL_CARD,
     PIXELS,
     SERVING_DEFAULT,
 )
@@ -26,7 +27,7 @@ from evaluation import settings
 from evaluation.blend import check_threshold
 from models import calibration
 from models.saved import load_classifier
-from serving import savedmodel
+from serving import model_card, savedmodel
 from serving.config import ExportConfig
 
 
@@ -102,7 +103,8 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
 
 def run_export(config: ExportConfig) -> dict[str, Any]:
     """Exports `config.model_dir`'s runs (several need `config.ensemble`) as one SavedModel with
-    export.json in `config.export_dir`, a new or empty folder that appears whole; returns that record.
+    export.json and MODEL_CARD.md in `config.export_dir`, a new or empty folder that appears whole;
+    returns export.json's record.
 
     Raises UserInputError for unusable inputs or folder.
     """
@@ -128,11 +130,13 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
         logging.warning("%s", warning)
     max_pixels = min(_max_pixels(c) for c in configs)
     info = _info(members, configs, chosen_threshold, sizes[0], max_pixels, warnings)
+    card = model_card.render(info, config)  # before any write: a report over other models is refused
     module = savedmodel.ServingModule(classifiers, [m[1] for m in members], [m[3] for m in members],
                                       chosen_threshold, sizes[0], max_pixels)
     with transaction, transaction.path(export_dir) as staging:
         savedmodel.save(module, staging)
         atomic.write_json(os.path.join(staging, EXPORT_INFO), info)
+        atomic.write_text(os.path.join(staging, MODEL_CARD), card)
     return info
 
 
@@ -141,6 +145,7 @@ def summary(info: dict[str, Any], export_dir: str) -> str:
                         for m in info["members"])
     lines = [f"exported {members} at {info['image_size']} px, threshold {info['threshold']:.4f} "
              f"-> {export_dir}",
-             f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}"]
+             f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}",
+             f"model card: {os.path.join(export_dir, MODEL_CARD)}"]
     lines += [f"warning: {w}" for w in info["warnings"]]
     return "\n".join(lines)
