@@ -83,7 +83,7 @@ def report_folder(config: ExportConfig, ensemble: ensemble_file.Ensemble | None)
         if not os.path.isfile(os.path.join(config.report_dir, METRICS_FILE)):
             raise UserInputError(f"--report_dir={config.report_dir}: no {METRICS_FILE} there; pass the "
                                  "folder predict.py or ensemble.py wrote its report into")
-        return config.report_dir, f"`--report_dir={config.report_dir}`"
+        return config.report_dir, "--report_dir"
     if ensemble is None:
         return None, "no test report was given (`export.py --report_dir=FOLDER`)"
     if ensemble.report_dir is None:
@@ -115,7 +115,8 @@ def _report_names(metrics: dict[str, Any], members: Sequence[dict[str, Any]], bl
         scored = metrics[name].get("temperature") or 1.0
         if not math.isclose(scored, member["temperature"], rel_tol=1e-6):
             raise UserInputError(f"{where}: its report scored {name} at temperature {scored:.4g}, the export "
-                                 f"serves {member['temperature']:.4g}; pass the report of this ensemble file")
+                                 f"serves {member['temperature']:.4g}; pass the report made with these "
+                                 "temperatures (of this ensemble file, or of the run as it is now)")
     return found
 
 
@@ -205,11 +206,13 @@ def _load_report(report_dir: str | None, how: str, members: Sequence[dict[str, A
                  blended: bool) -> dict[str, Any] | None:
     if report_dir is None:
         return None
+    where = (f"--report_dir={report_dir}" if how == "--report_dir" else
+             f"the report folder {report_dir} that --ensemble records")
     metrics = _read_json(os.path.join(report_dir, METRICS_FILE))
     if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()) or not metrics:
-        raise UserInputError(f"{how}: {METRICS_FILE} there is not a report's (model -> metrics); pass the "
+        raise UserInputError(f"{where}: {METRICS_FILE} there is not a report's (model -> metrics); pass the "
                              "folder predict.py or ensemble.py wrote")
-    names = _report_names(metrics, members, blended, how)
+    names = _report_names(metrics, members, blended, where)
     served = ENSEMBLE if blended else names[0]
     sections = {key: (_read_json(os.path.join(report_dir, file)) or {}) for key, file in (
         ("points", OPERATING_POINTS_FILE), ("groups", SUBGROUPS_FILE), ("gain", GAIN_FILE))}

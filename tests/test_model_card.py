@@ -58,6 +58,7 @@ def world(tmp_path_factory):
                                            fit_on=[os.path.join(d, "val_predictions.csv") for d in dirs],
                                            fit_step=0.1, bootstrap=50))
     return {"root": root, "shards": shards, "dirs": dirs, "alone_report": alone.report_dir,
+            "predictions": list(both.outputs.values()),
             "both_report": both.report_dir, "ensemble": ensemble_file.ensemble_path(submission),
             "ensemble_report": str(root / "ens" / "submission_report")}
 
@@ -227,7 +228,7 @@ def test_a_single_model_without_a_report_carries_its_runs_validation_figures(wor
 
 def test_a_report_dir_without_metrics_or_over_other_models_is_refused_and_nothing_is_written(world, tmp_path):
     # Regressions: drop the metrics.json check in report_folder (the card goes without a report);
-    # drop the member comparison in _report_names.
+    # drop the member comparison, or the temperature comparison, in _report_names.
     empty, target = tmp_path / "no_report", tmp_path / "served"
     empty.mkdir()
     done = subprocess.run([sys.executable, "export.py", f"--model_dir={world['dirs'][0]}", f"--report_dir={empty}",
@@ -241,6 +242,12 @@ def test_a_report_dir_without_metrics_or_over_other_models_is_refused_and_nothin
     for dirs, settings in cases:
         with pytest.raises(prediction.UserInputError, match="its report scores .*, not the exported"):
             exporter.run_export(ExportConfig(dirs, str(target), **settings))
+    # The same runs blended without fitted temperatures: its report scored other probabilities.
+    unfitted = ensembling.run_ensemble(EnsembleConfig(world["predictions"], str(tmp_path / "unfitted.csv"),
+                                                      blend_weight=["0.5", "0.5"], bootstrap=0))
+    with pytest.raises(prediction.UserInputError, match="at temperature 1, the export serves"):
+        exporter.run_export(ExportConfig(world["dirs"], str(target), ensemble=world["ensemble"],
+                                         report_dir=unfitted.report_dir))
     assert not target.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".partial")]
 
 
