@@ -21,8 +21,8 @@ class ExportConfig:
         f"Here: the served label of a single model (default {SINGLE_MODEL_THRESHOLD}); an ensemble takes the "
         "file's."))
     report_dir: str | None = REPORT_DIR.field(note=(
-        "Here: the one read into MODEL_CARD.md, made over exactly the exported models (default: the one the "
-        "--ensemble file records; none: the card gives the runs' validation figures)."))
+        "Here: the one read into MODEL_CARD.md, made over exactly the exported models; by default the one "
+        "the --ensemble file records (without one, the card gives the runs' validation figures)."))
 
     def __post_init__(self):
         check(self)

@@ -141,6 +141,8 @@ def _source(build: dict[str, Any]) -> tuple[str, bool | None]:
         return f"unlabeled images under {_code(build.get('image_dir'))}", None
     if not csv:
         return NOT_RECORDED, None
+    if not os.path.exists(csv):  # nothing left to tell synthetic data from NIH's by
+        return f"{_code(csv)}, no longer there (whether synthetic: {NOT_RECORDED})", None
     synthetic = os.path.exists(os.path.join(os.path.dirname(csv), LABEL_NOISE_FILE))
     kind = ("synthetic NIH-format data (preprocess/synthetic.py; its label_noise.csv lies beside the CSV)"
             if synthetic else "NIH ChestX-ray14")
@@ -331,7 +333,7 @@ def _limits(info: dict[str, Any], synthetic: bool | None, shards: ShardFolder | 
         limits.append("Trained and scored on synthetic images: the numbers show that the pipeline works, "
                       "not how a model reads radiographs.")
     elif synthetic is None:
-        limits.append(f"Whether the training images were synthetic: {NOT_RECORDED} by the manifest.")
+        limits.append(f"Whether the training images were synthetic: {NOT_RECORDED}.")
     if shards is not None and shards.manifest.get("patient_overlap"):
         limits.append("Some patients are in more than one split: the held-out numbers are optimistic.")
     return ["## Intended use", "", INTENDED_USE, "", "## Known limits", "", *[f"- {t}" for t in limits], ""]

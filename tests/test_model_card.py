@@ -262,3 +262,8 @@ def test_an_ensemble_file_from_before_report_dir_still_exports_and_its_card_says
     card, info = _export(world, "old", world["dirs"], ensemble=str(old))
     assert "No test report: the ensemble file records no report folder" in card
     assert_every_number_from(card, _source_numbers(info, None))
+    # A recorded report folder since moved away: the export goes on, and its card says so.
+    record["report_dir"] = str(tmp_path / "moved")
+    old.write_text(json.dumps(record))
+    card, _ = _export(world, "moved", world["dirs"], ensemble=str(old))
+    assert f"No test report: the ensemble file names `{tmp_path / 'moved'}`, which holds no metrics.json" in card
