@@ -85,7 +85,7 @@ def report_folder(config: ExportConfig, ensemble: ensemble_file.Ensemble | None)
                                  "folder predict.py or ensemble.py wrote its report into")
         return config.report_dir, "--report_dir"
     if ensemble is None:
-        return None, "no test report was given (`export.py --report_dir=FOLDER`)"
+        return None, "none was given (`export.py --report_dir=FOLDER` gives one)"
     if ensemble.report_dir is None:
         return None, "the ensemble file records no report folder (an older ensemble.py, or no labels)"
     if not os.path.isfile(os.path.join(ensemble.report_dir, METRICS_FILE)):
@@ -367,10 +367,11 @@ def render(info: dict[str, Any], config: ExportConfig) -> str:
         lines = data + lines
     names = ", ".join(_code(b) for b in info["backbones"])
     title = f"ensemble of {names}" if len(info["members"]) > 1 else names
+    sources = ("the run folders and the shards' manifest" if report is None else
+               "the run folders, the shards' manifest and the report")
     head = [f"# Model card: {title}", "", f"Written by export.py at {_code(info['created'])} beside "
-            f"export.json (TensorFlow {_code(info['tensorflow'])}), from the run folders, the shards' "
-            f"manifest and {how if report is None else 'the report'}. A number that was not recorded reads "
-            f'"{NOT_RECORDED}".', "", RESEARCH_ONLY, ""]
+            f"export.json (TensorFlow {_code(info['tensorflow'])}), from {sources}. A number that was not "
+            f'recorded reads "{NOT_RECORDED}".', "", RESEARCH_ONLY, ""]
     evaluation = (_evaluation(report, info["threshold"]) if report is not None else
                   ["## Evaluation", "", f"No test report: {how}. The figures below are validation's, which "
                    "chose the epoch and the temperature.", ""])

@@ -208,7 +208,7 @@ def test_a_single_model_without_a_report_carries_its_runs_validation_figures(wor
     run = world["dirs"][1]
     card, info = _export(world, "bare", [run])
     assert_every_number_from(card, _source_numbers(info, None))
-    assert "No test report: no test report was given (`export.py --report_dir=FOLDER`)" in card
+    assert "No test report: none was given (`export.py --report_dir=FOLDER` gives one)" in card
     assert "## Operating points" not in card and "## Subgroups" not in card
     sidecar = _json(run, "val_predictions.json")
     with open(os.path.join(run, "metrics.jsonl")) as f:
