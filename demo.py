@@ -29,7 +29,7 @@ from contracts.atomic import write_json
 from contracts.ensemble_file import blend_path, ensemble_path
 from contracts.errors import UserInputError, check_output_folder
 from contracts.explanation_folder import IN_REPORT
-from contracts.export_folder import OUTPUT_DECISION, OUTPUT_PROB
+from contracts.export_folder import MODEL_CARD, OUTPUT_DECISION, OUTPUT_PROB
 from contracts.output_names import PROB
 from contracts.settings import check, setting
 from contracts.shared import IMAGE_SIZE, OUTPUT_DIR
@@ -310,6 +310,8 @@ def main(config: DemoConfig) -> None:
     print(f"served:     {os.path.join(chosen.output_dir, 'served')} (SavedModel, image bytes in); on the "
           f"{serving['images']} test files |p_served - p_submission| max {serving['max_abs_diff']:.1e}, "
           f"mean {serving['mean_abs_diff']:.1e}; same decision on {serving['decision_agreement']:.1%}")
+    # The ensemble file records its report folder, so the export's card carries the test figures.
+    print(f"model card: {os.path.join(chosen.output_dir, 'served', MODEL_CARD)}")
 
 
 def results_table(metrics: dict) -> str:

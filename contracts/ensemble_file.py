@@ -9,8 +9,10 @@ from typing import Any, Sequence
 
 from contracts.errors import UserInputError, repeat_hint
 
-# 1: before schema_version and member model folders; 2: before member temperatures (read as 1).
-SCHEMA_VERSION = 3
+# 1: before schema_version and member model folders; 2: before member temperatures (read as 1);
+# 3: before REPORT_DIR (read as None: no report known).
+SCHEMA_VERSION = 4
+REPORT_DIR = "report_dir"  # the report folder ensemble.py wrote with the file, absolute (None: none)
 SUFFIX = ".probabilities.json"  # beside the submission CSV
 
 
@@ -31,6 +33,8 @@ class Ensemble:
     path: str
     members: tuple[Member, ...]
     threshold: float
+    report_dir: str | None = None
+    fit: dict[str, Any] | None = None  # what --fit_on chose (criterion, files, records); None: nothing fitted
 
 
 def ensemble_path(submission_csv: str) -> str:
@@ -89,7 +93,10 @@ def load_ensemble(path: str) -> Ensemble:
     if total <= 0:
         raise _fail(path, "weights sum to 0")
     members = [dataclasses.replace(m, weight=m.weight / total) for m in members]
-    return Ensemble(path=path, members=tuple(members), threshold=float(threshold))
+    report_dir = record.get(REPORT_DIR)
+    return Ensemble(path=path, members=tuple(members), threshold=float(threshold),
+                    report_dir=report_dir if isinstance(report_dir, str) else None,
+                    fit=record.get("fit") if isinstance(record.get("fit"), dict) else None)
 
 
 def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[Member, str]]:

@@ -3,6 +3,7 @@
 from contracts.output_names import DECISION, PROB, PROB_UNCALIBRATED
 
 EXPORT_INFO = "export.json"  # beside saved_model.pb: members, image size, threshold, signatures
+MODEL_CARD = "MODEL_CARD.md"  # beside EXPORT_INFO: training data, scores, intended use, limits
 EXPORT_SCHEMA_VERSION = 2  # 1: outputs "label" (now DECISION) and "member_p_abnormal" (the members' softmax)
 SERVING_DEFAULT = "serving_default"  # image_bytes: string [None] -> outputs
 PIXELS = "pixels"  # pixels: float32 [None, S, S, 3] in 0..255 -> outputs

@@ -147,11 +147,13 @@ def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members
         temperature = choice.temperatures[m]
         scored = PROB_UNCALIBRATED if temperature == 1.0 else f"{PROB_UNCALIBRATED} at T={temperature:.4g}"
         scores.append(Scores(name, aligned.labels, members[:, m], choice.threshold, {
+            **{key: (file.sidecar or {}).get(key) for key in report_lib.SCORED_ON},
             "crop": file.crop, "train_crop": (file.sidecar or {}).get("train_crop"), "source": file.path,
             "temperature": temperature, report_lib.SCORED: scored},
             uncalibrated=None if temperature == 1.0 else aligned.uncalibrated[:, m], meta=aligned.meta,
             validation=None if val is None else (val[0], val[1][:, m])))
     scores.append(Scores(ENSEMBLE, aligned.labels, blended, choice.threshold, {
+        **{key: _common([(f.sidecar or {}).get(key) for f in files]) for key in ("split", "data_dir")},
         "crop": _common([f.crop for f in files]),
         "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]), report_lib.SCORED: PROB,
     }, meta=aligned.meta, validation=blended_val))
@@ -182,7 +184,8 @@ def _gain(report_dir: str, names: Sequence[str], aligned, members: np.ndarray, b
 
 
 def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], aligned, blended: np.ndarray,
-                 choice: _Choice, fit_on: Sequence[str] | None, fit_step: float) -> None:
+                 choice: _Choice, fit_on: Sequence[str] | None, fit_step: float,
+                 report_dir: str | None) -> None:
     """Writes the blended probabilities and their sidecar, the ensemble file (contracts/ensemble_file.py)."""
     fit = choice.fit
     write_predictions(path, aligned.ids, blended, aligned.labels, sidecar={
@@ -203,6 +206,7 @@ def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], 
         },
         "crop": _common([f.crop for f in files]),
         "records": len(aligned.ids),
+        ensemble_file.REPORT_DIR: None if report_dir is None else os.path.abspath(report_dir),
     })
 
 
@@ -269,7 +273,7 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
         else:
             html_report.write_index(report_dir)
         probabilities = ensemble_file.blend_path(output)
-        _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step)
+        _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step, report_dir)
         _write_submission(output, aligned.ids, blend_lib.decide(blended, choice.threshold), id_column,
                           label_column)
     weight_map = {name: float(w) for name, w in zip(names, choice.weights)}

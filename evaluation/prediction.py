@@ -204,7 +204,8 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
 
     # The report scores what is handed over, served and thresholded: p_abnormal, after the temperature.
     return report_lib.Scores(name, outputs.labels, calibrated, job.threshold, {
-        **context, "source": path, run_folder.TEMPERATURE: temperature, report_lib.SCORED: PROB},
+        **context, **{key: sidecar[key] for key in report_lib.SCORED_ON}, "source": path,
+        run_folder.TEMPERATURE: temperature, report_lib.SCORED: PROB},
         uncalibrated=None if temperature is None else outputs.softmax[:, 1], meta=meta,
         validation=_validation(run), ids=outputs.ids), write
 

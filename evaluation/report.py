@@ -26,8 +26,11 @@ from models import calibration
 METRICS_FILE = "metrics.json"
 GAIN_FILE = "ensemble_gain.json"  # ensemble.py: the ensemble against the best single model
 SCORED = "scored"  # in each entry: which probability its numbers are computed on (a prediction file column)
+# In each entry, from its predictions' sidecar: the split and shard folder scored, the model's run folder.
+SCORED_ON = ("split", "data_dir", "model_dir")
 
 TABLE_ROWS = (
+    ("split", "split"),
     ("records", "records"),
     ("prevalence", "prevalence (abnormal)"),
     ("majority_baseline_accuracy", "majority-class accuracy"),

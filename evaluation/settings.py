@@ -41,8 +41,8 @@ BOOTSTRAP_RESAMPLES = Shared("bootstrap", BOOTSTRAP, (
     "Bootstrap resamples behind the report's 95% intervals, each drawing patients with replacement with "
     "all their images (0: no intervals)."), lower=0)
 REPORT_DIR = Shared("report_dir", None, (
-    "Where metrics.json, roc.png and precision_recall.png go when labels are known (default: <output "
-    "stem>_report beside --output)."))
+    "The report folder (metrics.json, roc.png, precision_recall.png, ...), which predict.py and ensemble.py "
+    "write when labels are known, by default as <output stem>_report beside --output."))
 OTHER_LABELS_CSV = Shared("other_labels_csv", None, (
     "Another reading of the same images (e.g. a radiologist panel's): the report rescores against it on "
     "the images both share, with Cohen's kappa against the images' own labels (other_labels.json). "

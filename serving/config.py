@@ -6,7 +6,7 @@ import dataclasses
 
 from contracts.settings import REQUIRED, check, setting
 from contracts.shared import ENSEMBLE, MODEL_DIR
-from evaluation.settings import SINGLE_MODEL_THRESHOLD, THRESHOLD
+from evaluation.settings import REPORT_DIR, SINGLE_MODEL_THRESHOLD, THRESHOLD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,11 +14,15 @@ class ExportConfig:
     """export.py: trained runs as one SavedModel that takes image bytes."""
 
     model_dir: tuple[str, ...] = MODEL_DIR.field(REQUIRED, note="Repeat it for an ensemble, with --ensemble.")
-    export_dir: str = setting(REQUIRED, "New (or empty) folder for the SavedModel and export.json.")
+    export_dir: str = setting(REQUIRED, (
+        "New (or empty) folder for the SavedModel, export.json and MODEL_CARD.md."))
     ensemble: str | None = ENSEMBLE.field(note="Required with several --model_dir.")
     threshold: float | None = THRESHOLD.field(note=(
         f"Here: the served label of a single model (default {SINGLE_MODEL_THRESHOLD}); an ensemble takes the "
         "file's."))
+    report_dir: str | None = REPORT_DIR.field(note=(
+        "Here: the one read into MODEL_CARD.md, made over exactly the exported models; by default the one "
+        "the --ensemble file records (without one, the card gives the runs' validation figures)."))
 
     def __post_init__(self):
         check(self)

@@ -19,6 +19,7 @@ from contracts.export_folder import (
     EXPORT_SCHEMA_VERSION,
     INPUT_BYTES,
     INPUT_PIXELS,
+    MODEL_CARD,
     PIXELS,
     SERVING_DEFAULT,
 )
@@ -26,7 +27,7 @@ from evaluation import settings
 from evaluation.blend import check_threshold
 from models import calibration
 from models.saved import load_classifier
-from serving import savedmodel
+from serving import model_card, savedmodel
 from serving.config import ExportConfig
 
 
@@ -126,7 +127,8 @@ def build_module(chosen: Sequence[tuple], threshold: float):
 
 def run_export(config: ExportConfig) -> dict[str, Any]:
     """Exports `config.model_dir`'s runs (several need `config.ensemble`) as one SavedModel with
-    export.json in `config.export_dir`, a new or empty folder that appears whole; returns that record.
+    export.json and MODEL_CARD.md in `config.export_dir`, a new or empty folder that appears whole;
+    returns export.json's record.
 
     Raises UserInputError for unusable inputs or folder.
     """
@@ -138,9 +140,11 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     _check_export_dir(export_dir)
     module, configs, warnings = build_module(chosen_members, chosen_threshold)
     info = _info(chosen_members, configs, chosen_threshold, module.image_size, module.max_pixels, warnings)
+    card = model_card.render(info, config)  # before any write: a report over other models is refused
     with transaction, transaction.path(export_dir) as staging:
         savedmodel.save(module, staging)
         atomic.write_json(os.path.join(staging, EXPORT_INFO), info)
+        atomic.write_text(os.path.join(staging, MODEL_CARD), card)
     return info
 
 
@@ -149,6 +153,7 @@ def summary(info: dict[str, Any], export_dir: str) -> str:
                         for m in info["members"])
     lines = [f"exported {members} at {info['image_size']} px, threshold {info['threshold']:.4f} "
              f"-> {export_dir}",
-             f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}"]
+             f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}",
+             f"model card: {os.path.join(export_dir, MODEL_CARD)}"]
     lines += [f"warning: {w}" for w in info["warnings"]]
     return "\n".join(lines)
