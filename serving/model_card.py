@@ -144,7 +144,7 @@ def _source(build: dict[str, Any]) -> tuple[str, bool | None]:
     if not os.path.exists(csv):  # nothing left to tell synthetic data from NIH's by
         return f"{_code(csv)}, no longer there (whether synthetic: {NOT_RECORDED})", None
     synthetic = os.path.exists(os.path.join(os.path.dirname(csv), LABEL_NOISE_FILE))
-    kind = ("synthetic NIH-format data (preprocess/synthetic.py; its label_noise.csv lies beside the CSV)"
+    kind = (f"synthetic NIH-format data (preprocess/synthetic.py; its {LABEL_NOISE_FILE} lies beside the CSV)"
             if synthetic else "NIH ChestX-ray14")
     return f"{kind}: {_code(csv)}, images under {_code(build.get('image_dir'))}", synthetic
 
