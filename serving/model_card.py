@@ -163,6 +163,13 @@ def _split_rule(build: dict[str, Any]) -> str:
     return NOT_RECORDED if rule is None else f"{_code(rule)}, seed {seed}"
 
 
+def _dataset(synthetic: bool | None) -> str:
+    if synthetic:
+        return (f"Dataset: synthetic radiographs in NIH ChestX-ray14's layout, none of NIH's images "
+                f"(the layout's source: {CITATION}).")
+    return f"Dataset: NIH ChestX-ray14, released by the NIH Clinical Center. Cite: {CITATION}"
+
+
 def _data(shards: ShardFolder) -> tuple[list[str], bool | None]:
     manifest, build = shards.manifest, shards.manifest.get("config", {})
     source, synthetic = _source(build)
@@ -179,7 +186,7 @@ def _data(shards: ShardFolder) -> tuple[list[str], bool | None]:
              f"{fmt(shards.image_size, 'count')} px",
              f"- Patients in more than one split: {fmt(manifest.get('patient_overlap'), 'count')}", "",
              *_table(["split", "records", "normal", "abnormal", "prevalence", "patients"], rows),
-             f"Dataset: NIH ChestX-ray14, released by the NIH Clinical Center. Cite: {CITATION}", ""]
+             _dataset(synthetic), ""]
     return lines, synthetic
 
 

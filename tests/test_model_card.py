@@ -184,6 +184,7 @@ def test_every_number_of_an_ensembles_card_comes_from_its_files(world, ensemble_
             assert _row(_tables(card)[heading], "member", f"`{name}`")["temperature"] == f"{temperature:.3f}"
     assert "synthetic NIH-format data" in card and "Trained and scored on synthetic images" in card
     assert "Research only: not a medical device" in card and "ChestX-ray8" in card
+    assert "none of NIH's images" in card and "released by the NIH Clinical Center" not in card
 
 
 
