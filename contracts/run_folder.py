@@ -9,6 +9,7 @@ import os
 import zipfile
 from typing import Any
 
+from contracts.decode_rules import MAX_IMAGE_PIXELS
 from contracts.errors import UserInputError, repeat_hint
 from contracts.manifest import ShardFolder
 
@@ -90,6 +91,11 @@ class RunFolder:
             return ShardFolder.open(self.config["data_dir"]).manifest["config"]
         except (KeyError, TypeError, OSError, ValueError):
             return {}
+
+    @property
+    def max_image_pixels(self) -> int:
+        """The pixel limit of the shards the run trained on: what their builder refused, scoring refuses."""
+        return int(self.train_build.get("max_image_pixels") or MAX_IMAGE_PIXELS)
 
     @property
     def crop(self) -> str | None:

@@ -10,14 +10,12 @@ import shutil
 import tempfile
 from typing import Any, Iterator, Sequence
 
-from contracts import manifest as manifest_lib
 from contracts.errors import UserInputError, check_output_file
 from contracts.labels_csv import load_labels
 from contracts.prediction_files import few
 from contracts.run_folder import RunFolder
 from preprocess import sources
 from preprocess.config import BuildConfig, NothingToBuild
-from preprocess.images import MAX_IMAGE_PIXELS
 
 IMAGES_SPLIT = "eval"  # the split an unlabeled build writes
 
@@ -28,15 +26,6 @@ class RawImages:
     images: str
     skipped: list[dict[str, str]]
     ignored: int  # files that are not PNG, JPEG or DICOM by their name or content
-
-
-def _max_pixels(config: dict[str, Any]) -> int:
-    """The pixel limit of the shards a model trained on (the builder's default when unknown)."""
-    try:
-        built = manifest_lib.ShardFolder.open(config["data_dir"]).manifest["config"]
-    except (OSError, ValueError, KeyError):
-        return MAX_IMAGE_PIXELS
-    return int(built.get("max_image_pixels") or MAX_IMAGE_PIXELS)
 
 
 def check_one_source(data_dir: str | None, images: str | None) -> None:
@@ -60,8 +49,8 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
     if not model_dirs:
         raise UserInputError("no --model_dir given; pass the folder train.py wrote")
     check_output_file(output, output_flag)
-    configs = [RunFolder.open(d).config for d in model_dirs]
-    sizes = sorted({int(c["image_size"]) for c in configs})
+    runs = [RunFolder.open(d) for d in model_dirs]
+    sizes = sorted({run.image_size for run in runs})
     if len(sizes) > 1:
         raise UserInputError(f"the --model_dir models were trained at {sizes} px; score raw images with "
                              "models of one image size per predict.py run")
@@ -70,7 +59,7 @@ def check_images_inputs(model_dirs: Sequence[str], images: str, output: str,
                              "pass a folder (searched recursively) or a quoted glob such as 'scans/*.dcm'")
     if labels_csv is not None:
         load_labels(labels_csv, "labels_csv")
-    return sizes[0], min(_max_pixels(c) for c in configs)
+    return sizes[0], min(run.max_image_pixels for run in runs)
 
 
 def _nothing_readable(images: str, skipped: list[dict[str, str]]) -> str:

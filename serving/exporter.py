@@ -11,8 +11,6 @@ import tensorflow as tf
 from absl import logging
 
 from contracts import atomic, ensemble_file, run_folder
-from contracts import manifest as manifest_lib
-from contracts.decode_rules import MAX_IMAGE_PIXELS
 from contracts.errors import UserInputError, check_output_folder
 from contracts.export_folder import (
     EXPORT_INFO,
@@ -57,15 +55,6 @@ def members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | 
             loaded.threshold)
 
 
-def _max_pixels(config: dict[str, Any]) -> int:
-    # Refuse what the training shards' builder refused; its manifest records the limit.
-    try:
-        manifest = manifest_lib.ShardFolder.open(config["data_dir"]).manifest
-        return int(manifest["config"].get("max_image_pixels", MAX_IMAGE_PIXELS))
-    except (KeyError, OSError, ValueError, TypeError):
-        return MAX_IMAGE_PIXELS
-
-
 def _check_export_dir(export_dir: str) -> None:
     if os.path.exists(export_dir) and (not os.path.isdir(export_dir) or os.listdir(export_dir)):
         raise UserInputError(f"--export_dir={export_dir} exists and is not an empty folder; "
@@ -105,11 +94,12 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
 def build_module(chosen: Sequence[tuple], threshold: float):
     """(ServingModule, run configs, warnings) of the `chosen` members' runs: one image size, the lowest pixel
     limit of their training shards; UserInputError for unloadable runs or mixed sizes."""
-    configs, classifiers = [], []
+    configs, classifiers, limits = [], [], []
     for _, _, model_dir, _ in chosen:
         run = run_folder.RunFolder.open(model_dir)
         configs.append({**run.config, "train_crop": run.crop})
         classifiers.append(load_classifier(run))
+        limits.append(run.max_image_pixels)
     sizes = sorted({int(c.input_shape[1]) for c in classifiers})
     if len(sizes) > 1:
         raise UserInputError(f"the models were trained at different image sizes {sizes}; export them "
@@ -119,7 +109,7 @@ def build_module(chosen: Sequence[tuple], threshold: float):
                 for c, (_, _, d, _) in zip(configs, chosen) if c["train_crop"] == "bbox"]
     for warning in warnings:
         logging.warning("%s", warning)
-    max_pixels = min(_max_pixels(c) for c in configs)
+    max_pixels = min(limits)
     module = savedmodel.ServingModule(classifiers, [m[1] for m in chosen], [m[3] for m in chosen],
                                       threshold, sizes[0], max_pixels)
     return module, configs, warnings

@@ -18,6 +18,7 @@ from contracts.manifest import ShardFolder
 from evaluation import ensembling, prediction
 from evaluation.settings import EnsembleConfig, PredictConfig
 from preprocess import images as builder_images
+from preprocess import raw_images
 from serving import decode, exporter
 from serving.config import ExportConfig
 from tests.shard_factory import write_shards
@@ -410,6 +411,27 @@ def test_bbox_trained_model_is_exported_with_a_warning(runs, tmp_path):
         json.dump(config, f)
     info = exporter.run_export(ExportConfig([str(run)], str(tmp_path / "served")))
     assert info["crop"] == "bbox" and any("uncropped" in w for w in info["warnings"])
+
+
+def test_the_pixel_limit_is_the_one_the_training_shards_were_built_with(runs, tmp_path):
+    # Regression: the exporter or predict.py --images falling back to the builder's default limit.
+    shards, run = tmp_path / "shards", tmp_path / "run"
+    shutil.copytree(runs["data_dir"], shards)
+    shutil.copytree(runs["dirs"][0], run)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["config"]["max_image_pixels"] = 40 * 40
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(shards)}))
+    info = exporter.run_export(ExportConfig([str(run)], str(tmp_path / "served")))
+    assert info["max_image_pixels"] == 1600
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "a.png").write_bytes(_png(np.zeros((41, 40), np.uint8)))
+    assert raw_images.check_images_inputs([str(run)], str(studies), str(tmp_path / "p.csv")) == (SIZE, 1600)
+    signature = tf.saved_model.load(str(tmp_path / "served")).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
+        signature(image_bytes=tf.constant([(studies / "a.png").read_bytes()]))
 
 
 def test_existing_export_is_never_overwritten(runs, tmp_path):
