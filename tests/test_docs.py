@@ -4,6 +4,7 @@ world (`tests/example_world.py`), with TF Serving's REST API emulated (`tests/tf
 """
 
 import os
+import re
 import sys
 
 import pytest
@@ -17,6 +18,7 @@ from tests.docs_check import (
     python_blocks,
     rel,
     run_examples,
+    split_markdown,
 )
 
 README = os.path.join(REPO, "README.md")
@@ -33,9 +35,10 @@ def test_readme_is_short_and_promises_nothing_a_clone_lacks():
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail to docs/"
     assert not [n for n, line in enumerate(lines, 1) if "../shared" in line]
     assert lines[0].startswith("# ")
-    top = "\n".join(lines[:40])  # the first screen holds the two commands and the four recipes
-    for needed in ("make demo", "make test"):
-        assert needed in top
+    first = split_markdown("\n".join(lines))[0][0]  # it opens with the two set-up commands
+    assert first.line <= 4 and [c.split()[:2] for c in first.text.splitlines()] == [["make", "demo"], ["make", "test"]]
+    top = "\n".join(lines[:40])  # the first screen links the four recipes
+    assert len(re.findall(r"^\d\. \[[^\]]+\]\(#\d-[^)]+\)", top, re.M)) == 4
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if p.startswith("docs/")])
