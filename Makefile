@@ -85,4 +85,4 @@ constraints:
 	rm -rf $(FRESH_VENV)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache *.egg-info
+	rm -rf $(VENV) runs/demo runs/demo-* .pytest_cache *.egg-info
