@@ -318,15 +318,13 @@ def python_blocks(page: str) -> list[Block]:
         return [b for b in split_markdown(f.read())[0] if b.info in ("python", "py")]
 
 
-def run_examples(page: str, repo: str = REPO) -> dict:
-    """Runs the page's python blocks in order in one namespace (the caller sets the directory);
-    returns that namespace."""
-    namespace: dict = {"__name__": "__docs_example__"}
+def run_examples(page: str, repo: str = REPO) -> None:
+    """Runs each of the page's python blocks, in order, each in a namespace of its own: a reader
+    copies one block, so none may lean on names another defined (the caller sets the directory)."""
     for n, block in enumerate(python_blocks(page), 1):
         code = compile(block.text, f"{rel(page, repo)} (python block {n}, line {block.line})", "exec")
         with contextlib.redirect_stdout(io.StringIO()):
-            exec(code, namespace)  # noqa: S102  (the docs' own examples)
-    return namespace
+            exec(code, {"__name__": "__docs_example__"})  # noqa: S102  (the docs' own examples)
 
 
 def block_under(page: str, heading: str) -> Block:

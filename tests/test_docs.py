@@ -132,11 +132,15 @@ def test_the_link_check_catches_a_missing_file_or_anchor(tmp_path, link, fault):
     assert broken_links(page, str(tmp_path)) == []
 
 
-def test_the_example_runner_fails_on_an_example_that_raises(tmp_path):
+def test_the_example_runner_fails_on_an_example_that_raises_or_leans_on_another(tmp_path):
     page = _tree(tmp_path, f"# T\n\n{FENCE}python\nx = 1\n{FENCE}\n\n{FENCE}text\nnot run\n{FENCE}\n\n"
-                           f"{FENCE}python\nassert x == 2, 'the second block sees the first'\n{FENCE}\n")
-    with pytest.raises(AssertionError, match="the second block sees the first") as caught:
+                           f"{FENCE}python\nassert 1 == 2, 'this example is wrong'\n{FENCE}\n")
+    with pytest.raises(AssertionError, match="this example is wrong") as caught:
         run_examples(page, str(tmp_path))
     assert "python block 2, line 12" in "".join(e.frame.code.raw.co_filename for e in caught.traceback)
-    (tmp_path / "README.md").write_text(f"{FENCE}python\nx = 2\n{FENCE}\n{FENCE}python\nassert x == 2\n{FENCE}\n")
+    # A reader copies one block: a name only an earlier block defines is an error.
+    (tmp_path / "README.md").write_text(f"{FENCE}python\nx = 2\n{FENCE}\n{FENCE}python\nprint(x)\n{FENCE}\n")
+    with pytest.raises(NameError, match="'x' is not defined"):
+        run_examples(page, str(tmp_path))
+    (tmp_path / "README.md").write_text(f"{FENCE}python\nx = 2\n{FENCE}\n{FENCE}python\nx = 3\nprint(x)\n{FENCE}\n")
     run_examples(page, str(tmp_path))
