@@ -166,7 +166,7 @@ def _split_rule(build: dict[str, Any]) -> str:
 def _dataset(synthetic: bool | None) -> str:
     if synthetic:
         return (f"Dataset: synthetic radiographs in NIH ChestX-ray14's layout, none of NIH's images "
-                f"(the layout's source: {CITATION}).")
+                f"(the layout's source: {CITATION.rstrip('.')}).")
     return f"Dataset: NIH ChestX-ray14, released by the NIH Clinical Center. Cite: {CITATION}"
 
 
