@@ -8,6 +8,7 @@ import os
 from typing import Any, Sequence
 
 from contracts.errors import UserInputError, repeat_hint
+from contracts.run_folder import RunFolder
 
 # 1: before schema_version and member model folders; 2: before member temperatures (read as 1);
 # 3: before REPORT_DIR (read as None: no report known).
@@ -118,3 +119,32 @@ def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[M
             f"{differ}; pass exactly the ensemble's model folders"
             f"{next(filter(None, (repeat_hint(d, 'model_dir', 'model') for d in model_dirs)), '')}")
     return [(m, given[os.path.realpath(m.model_dir)]) for m in ensemble.members]
+
+
+@dataclasses.dataclass(frozen=True)
+class Blended:
+    """One model as it is blended, served or explained: its run, name, weight and temperature (1: none)."""
+
+    run: RunFolder
+    name: str
+    weight: float
+    temperature: float
+
+
+def blended_models(model_dirs: Sequence[str], ensemble: str | None) -> tuple[list[Blended], Ensemble | None]:
+    """The `--model_dir` runs in blend order with the ensemble file's weights and temperatures (one run
+    without a file: weight 1 and its own temperature), and the loaded file. UserInputError: no run, an
+    unreadable one, several without a file, or a file whose members are not exactly these folders."""
+    if not model_dirs:
+        raise UserInputError("no --model_dir given; pass the folder(s) train.py wrote")
+    runs = [RunFolder.open(d) for d in model_dirs]
+    if ensemble is None:
+        if len(runs) > 1:
+            raise UserInputError(f"{len(runs)} --model_dir given without --ensemble; pass the "
+                                 ".probabilities.json that ensemble.py wrote beside its submission (its "
+                                 "weights, temperatures and threshold), or one model")
+        return [Blended(runs[0], runs[0].backbone, 1.0, runs[0].temperature or 1.0)], None
+    loaded = load_ensemble(ensemble)
+    by_dir = dict(zip(model_dirs, runs))
+    pairs = match_members(loaded, model_dirs)
+    return [Blended(by_dir[d], m.name, m.weight, m.temperature) for m, d in pairs], loaded

@@ -14,6 +14,7 @@ from contracts import explanation_folder as folder_lib
 from contracts import records, storage
 from contracts.atomic import atomic_path, write_bytes, write_json
 from contracts.boxes import stored_box
+from contracts.ensemble_file import Blended
 from contracts.errors import UserInputError, repeat_hint
 from contracts.manifest import ShardFolder
 from contracts.output_names import PROB
@@ -32,13 +33,13 @@ NOT_SCORED_CROPPED = ("the shards were built with --crop=bbox: a boxed image is 
 
 
 @dataclasses.dataclass(frozen=True)
-class Member(preflight.Explained):
+class Member(Blended):
 
     classifier: Any = None
     cam: gradcam.GradCam | None = None
 
     @classmethod
-    def load(cls, model: preflight.Explained) -> Member:
+    def load(cls, model: Blended) -> Member:
         classifier = load_classifier(model.run)
         return cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(model)},
                    classifier=classifier, cam=gradcam.GradCam(classifier))

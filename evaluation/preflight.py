@@ -9,20 +9,11 @@ from typing import Sequence
 from absl import logging
 
 from contracts import run_folder, storage
+from contracts.ensemble_file import Blended, blended_models
 from contracts.errors import UserInputError, check_no_overwrite, check_output_file, check_output_folder
 from contracts.manifest import MANIFEST, ShardFolder, Split
 from contracts.prediction_files import sidecar_path
 from contracts.run_folder import RunFolder
-
-
-@dataclasses.dataclass(frozen=True)
-class Explained:
-    """One explained model: its run, name, blend weight and temperature (1: none)."""
-
-    run: RunFolder
-    name: str
-    weight: float
-    temperature: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +23,7 @@ class Inputs:
     shards: ShardFolder
     split: Split
     runs: tuple[RunFolder, ...]
-    members: tuple[Explained, ...] = ()
+    members: tuple[Blended, ...] = ()
     threshold: float | None = None  # explanation: the ensemble file's, else None
 
 
@@ -114,20 +105,10 @@ def open_prediction_inputs(model_dirs: Sequence[str], data_dir: str, split: str 
     return Inputs(shards, chosen, runs)
 
 
-def explained_models(model_dirs: Sequence[str], ensemble: str | None) -> tuple[list[Explained], float | None]:
+def explained_models(model_dirs: Sequence[str], ensemble: str | None) -> tuple[list[Blended], float | None]:
     """The explained models in blend order and the ensemble file's threshold (None without one)."""
-    from contracts import ensemble_file
-
-    runs = _runs(model_dirs)
-    if ensemble is not None:
-        loaded = ensemble_file.load_ensemble(ensemble)
-        by_dir = dict(zip(model_dirs, runs))
-        return [Explained(by_dir[d], m.name, m.weight, m.temperature)
-                for m, d in ensemble_file.match_members(loaded, model_dirs)], loaded.threshold
-    if len(runs) > 1:
-        raise UserInputError(f"{len(runs)} --model_dir given without --ensemble; pass the .probabilities"
-                             ".json ensemble.py wrote (its weights blend the maps), or one model")
-    return [Explained(runs[0], runs[0].backbone, 1.0, runs[0].temperature or 1.0)], None
+    members, loaded = blended_models(model_dirs, ensemble)
+    return members, None if loaded is None else loaded.threshold
 
 
 def open_explain_inputs(model_dirs: Sequence[str], ensemble: str | None, data_dir: str, split: str | None,

@@ -32,27 +32,18 @@ from serving.config import ExportConfig
 def members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
     """[(name, weight, model_dir, temperature)] in blend order, and the threshold (UserInputError for
     unusable runs or ensemble file); what export.py and `serving.api.Classifier.from_runs` serve."""
-    if not model_dirs:
-        raise UserInputError("no --model_dir given; pass the folder(s) train.py wrote")
-    if len(model_dirs) > 1 and ensemble is None:
-        raise UserInputError(
-            f"{len(model_dirs)} --model_dir values need --ensemble=FILE (the .probabilities.json that "
-            "ensemble.py wrote beside its submission) for their weights and threshold")
-    if ensemble is None:
-        run = run_folder.RunFolder.open(model_dirs[0])
-        name = run.backbone
-        chosen = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
-        temperature = run.temperature
-        if temperature is None:
-            logging.warning("%s", run.no_temperature_note())
-        return [(name, 1.0, model_dirs[0], temperature or 1.0)], chosen
-    if threshold is not None:
+    if ensemble is not None and threshold is not None:
         raise UserInputError("--threshold and --ensemble both set the threshold; drop --threshold "
                              "(the ensemble file holds the one chosen on validation)")
-    loaded = ensemble_file.load_ensemble(ensemble)
-    pairs = ensemble_file.match_members(loaded, model_dirs)
-    return ([(member.name, member.weight, model_dir, member.temperature) for member, model_dir in pairs],
-            loaded.threshold)
+    blended, loaded = ensemble_file.blended_models(model_dirs, ensemble)
+    if loaded is None:
+        run = blended[0].run
+        if run.temperature is None:
+            logging.warning("%s", run.no_temperature_note())
+        chosen = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
+    else:
+        chosen = loaded.threshold
+    return [(m.name, m.weight, m.run.path, m.temperature) for m in blended], chosen
 
 
 def _check_export_dir(export_dir: str) -> None:
