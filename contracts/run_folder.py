@@ -9,6 +9,7 @@ import os
 import zipfile
 from typing import Any
 
+from contracts import storage
 from contracts.decode_rules import MAX_IMAGE_PIXELS
 from contracts.errors import UserInputError, repeat_hint
 from contracts.manifest import ShardFolder
@@ -26,14 +27,6 @@ RUN_FILES = (CONFIG, METRICS, MODEL, VAL_PREDICTIONS, VAL_SIDECAR)  # what no ot
 MODEL_RUN_ENTRY = "cxr_run.json"  # inside MODEL (a zip that Keras loads ignoring it): {"epoch": N}
 
 
-def _json_or_none(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:
     """The epochs `model.keras` and `val_predictions.csv` come from (None: absent or unrecorded)."""
     model_epoch = None
@@ -42,7 +35,7 @@ def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:
             model_epoch = json.loads(archive.read(MODEL_RUN_ENTRY)).get("epoch")
     except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):
         pass
-    sidecar = _json_or_none(os.path.join(model_dir, VAL_SIDECAR))
+    sidecar = storage.read_json_or_none(os.path.join(model_dir, VAL_SIDECAR))
     return model_epoch, sidecar.get("epoch") if isinstance(sidecar, dict) else None
 
 
@@ -67,7 +60,7 @@ class RunFolder:
             raise UserInputError(f"{path}: not valid JSON ({err}); restore the file train.py wrote") from err
         if not isinstance(config, dict) or "backbone" not in config:
             raise UserInputError(f"{path}: no \"backbone\" field; restore the file train.py wrote")
-        sidecar = _json_or_none(os.path.join(model_dir, VAL_SIDECAR))
+        sidecar = storage.read_json_or_none(os.path.join(model_dir, VAL_SIDECAR))
         return cls(model_dir, config, sidecar if isinstance(sidecar, dict) else {})
 
     backbone = property(lambda self: self.config["backbone"])

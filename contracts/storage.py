@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 from typing import IO, Any, Callable, Iterator
@@ -108,6 +109,15 @@ def open_binary(path: str, mode: str = "rb") -> Iterator[IO[bytes]]:
 def read_bytes(path: str, limit: int | None = None) -> bytes:
     with open_binary(path) as f:
         return f.read() if limit is None else f.read(limit)
+
+
+def read_json_or_none(path: str) -> Any:
+    """A local JSON file's value; None when it is absent, unreadable or not JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def walk(top: str) -> Iterator[tuple[str, list[str], list[str]]]:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from absl import logging
 
-from contracts import ensemble_file, run_folder
+from contracts import ensemble_file, run_folder, storage
 from contracts.errors import UserInputError
 from contracts.manifest import ShardFolder
 from evaluation.ensembling import ENSEMBLE
@@ -67,14 +67,6 @@ def _code(text: Any) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def report_folder(config: ExportConfig, ensemble: ensemble_file.Ensemble | None) -> tuple[str | None, str]:
@@ -217,13 +209,13 @@ def _load_report(report_dir: str | None, how: str, members: Sequence[dict[str, A
         return None
     where = (f"--report_dir={report_dir}" if how == "--report_dir" else
              f"the report folder {report_dir} that --ensemble records")
-    metrics = _read_json(os.path.join(report_dir, METRICS_FILE))
+    metrics = storage.read_json_or_none(os.path.join(report_dir, METRICS_FILE))
     if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()) or not metrics:
         raise UserInputError(f"{where}: {METRICS_FILE} there is not a report's (model -> metrics); pass the "
                              "folder predict.py or ensemble.py wrote")
     names = _report_names(metrics, members, blended, where)
     served = ENSEMBLE if blended else names[0]
-    sections = {key: (_read_json(os.path.join(report_dir, file)) or {}) for key, file in (
+    sections = {key: (storage.read_json_or_none(os.path.join(report_dir, file)) or {}) for key, file in (
         ("points", OPERATING_POINTS_FILE), ("groups", SUBGROUPS_FILE), ("gain", GAIN_FILE))}
     return {"dir": os.path.abspath(report_dir), "how": how, "metrics": metrics, "names": names,
             "served": served, **sections}
