@@ -28,6 +28,10 @@ SIZE = 32
 THRESHOLD = 0.3
 META = ["patient_id", "view_position", "patient_sex", "patient_age"]
 
+# Served (SavedModel) against predict.py (model.keras): two graphs of the same weights, whose float32
+# sums oneDNN may order differently by instruction set; the bound test_export.py uses for the same pair.
+PARITY = 1e-5
+
 
 def _train(data_dir, model_dir, seed):
     run_training(TrainConfig(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=8,
@@ -100,8 +104,8 @@ def test_a_folder_scores_as_predict_images_scores_it(world):
     assert list(table.index) == sorted(expected.index) == ["0001.png", "0002.png", "0003.png", "0004.jpg",
                                                           "series/1.dcm"]
     expected = expected.loc[table.index]
-    np.testing.assert_allclose(table["p_abnormal"], expected["p_abnormal"], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(table["p_uncalibrated"], expected["p_uncalibrated"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(table["p_abnormal"], expected["p_abnormal"], atol=PARITY, rtol=0)
+    np.testing.assert_allclose(table["p_uncalibrated"], expected["p_uncalibrated"], atol=PARITY, rtol=0)
     assert (table["decision"] == (expected["p_abnormal"] >= THRESHOLD).astype(int)).all()
     logit = np.log(expected["p_abnormal"] / (1 - expected["p_abnormal"]))
     np.testing.assert_allclose(table["logit"], logit, atol=1e-4)
@@ -118,7 +122,7 @@ def test_an_ensemble_from_runs_scores_as_predict_images_ensemble(world):
                                           ensemble=world["ensemble"])
     model = Classifier.from_runs(world["dirs"], ensemble=world["ensemble"])
     table = model.score_files(world["studies"])
-    np.testing.assert_allclose(table["p_abnormal"], expected.loc[table.index, "p_abnormal"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(table["p_abnormal"], expected.loc[table.index, "p_abnormal"], atol=PARITY, rtol=0)
     threshold = ensemble_file.load_ensemble(world["ensemble"]).threshold
     assert (table["decision"] == (expected.loc[table.index, "p_abnormal"] >= threshold).astype(int)).all()
     # Each member's column holds the p_uncalibrated of predict.py's file for that member's run.
@@ -130,7 +134,7 @@ def test_an_ensemble_from_runs_scores_as_predict_images_ensemble(world):
                 if json.load(f).get("model_dir") == member.model_dir:
                     frame = pd.read_csv(os.path.join(os.path.dirname(stem), name[:-5] + ".csv"), index_col=0)
         np.testing.assert_allclose(table[member_column(member.name)], frame.loc[table.index, "p_uncalibrated"],
-                                   atol=1e-6, rtol=0)
+                                   atol=PARITY, rtol=0)
 
 
 def test_from_runs_equals_the_loaded_export(world):
@@ -195,5 +199,5 @@ def test_the_real_dicoms_score_as_predict_images_scores_them(world, shared_dicom
                                      threshold=THRESHOLD)
     table = world["one"].score_files(shared_dicom)
     assert list(table.index) == sorted(expected.index) and len(table) == 2
-    np.testing.assert_allclose(table["p_abnormal"], expected.loc[table.index, "p_abnormal"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(table["p_abnormal"], expected.loc[table.index, "p_abnormal"], atol=PARITY, rtol=0)
     assert table[META].astype(str).equals(expected.loc[table.index, META].astype(str))

@@ -14,7 +14,7 @@ import pytest
 from contracts import ensemble_file
 from tests import example_world
 from tests.docs_check import REPO, block_under
-from tests.test_api import predict_images
+from tests.test_api import PARITY, predict_images
 from tests.tf_serving_rest import TfServingRest, serving_at
 
 PAGE = os.path.join(REPO, "docs", "serving.md")
@@ -53,7 +53,7 @@ def test_the_documented_client_gets_predict_images_numbers(world, monkeypatch):
     predictions = namespace["predictions"]
     assert len(names) == len(predictions) >= 3
     expected = world["expected"].loc[names, "p_abnormal"].to_numpy()
-    np.testing.assert_allclose([p["p_abnormal"] for p in predictions], expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose([p["p_abnormal"] for p in predictions], expected, atol=PARITY, rtol=0)
     assert [p["decision"] for p in predictions] == (expected >= world["threshold"]).astype(int).tolist()
     assert set(predictions[0]) == {"p_abnormal", "logit", "decision", "member_p_uncalibrated"}
 
@@ -89,7 +89,7 @@ def test_row_columnar_versions_and_errors_follow_the_rest_rules(world):
     assert columns["outputs"]["p_abnormal"] == [p["p_abnormal"] for p in rows["predictions"]]
     assert np.shape(columns["outputs"]["member_p_uncalibrated"]) == (2, len(world["runs"]))
     expected = world["expected"].loc[["0001.png", "0003.jpg"], "p_abnormal"].to_numpy()
-    np.testing.assert_allclose(columns["outputs"]["p_abnormal"], expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(columns["outputs"]["p_abnormal"], expected, atol=PARITY, rtol=0)
     refused = {
         "/v1/models/other:predict": (404, "Servable not found for request: Latest(other)"),
         "/v1/models/cxr/versions/2:predict": (404, "Servable not found for request: Specific(cxr, 2)"),
