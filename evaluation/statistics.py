@@ -41,6 +41,10 @@ class Scores:
     meta: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # prediction_files.META_COLUMNS
     validation: tuple[np.ndarray, np.ndarray] | None = None  # (labels, probs): operating points' choice
     ids: np.ndarray | None = None  # image ids, for another label set
+    # Per NIH finding (contracts.labels.FINDINGS order), None without a findings head: (N, 14) labels
+    # (1, 0, or -1 where the record's findings are unknown) and (N, 14) handed-over probabilities.
+    finding_labels: np.ndarray | None = None
+    finding_probs: np.ndarray | None = None
 
     @property
     def patients(self) -> np.ndarray | None:  # "" unknown; None: the predictions carry none
