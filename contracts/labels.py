@@ -1,5 +1,7 @@
 """NIH ChestX-ray14's vocabulary: findings, labels, the boxes' frame (no TensorFlow: builder workers)."""
 
+import dataclasses
+
 # The 14 NIH ChestX-ray14 findings, in the fixed order of the multi-hot `findings` vector.
 FINDINGS: tuple[str, ...] = (
     "Atelectasis",
@@ -23,6 +25,17 @@ LABEL_NORMAL = 0
 LABEL_ABNORMAL = 1
 NIH_FRAME = 1024  # NIH boxes are in the 1024 x 1024 frame of the released PNGs, whatever a copy's size
 LABEL_UNKNOWN = -1  # unlabeled images (a Kaggle eval folder): no CSV row
+
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """An image's label, and its multi-hot findings when the source names them (NIH's Finding Labels);
+    None when it does not (a 0/1 label, no label): unknown, which "No Finding" zeros cannot say."""
+    label: int
+    findings: tuple[int, ...] | None = None
+
+
+UNLABELED = Labelled(LABEL_UNKNOWN)
 
 
 def parse_finding_labels(raw: str) -> tuple[int, tuple[int, ...]]:

@@ -47,18 +47,26 @@ def _value_column(path: str, header: list[str], key: str) -> str:
                      f"('{LABEL_COLUMN}' of 0/1 or YES/NO, or '{FINDING_LABELS}'); header has: {header}")
 
 
-def _parse(column: str, raw: str) -> int | None:
+def _parse(path: str, line: int, column: str, raw: str) -> labels.Labelled:
     if column == FINDING_LABELS:
         try:
-            return labels.parse_finding_labels(raw)[0]
-        except ValueError:
-            return None
-    return _VALUES.get(raw.lower())
+            return labels.Labelled(*labels.parse_finding_labels(raw))
+        except ValueError as err:
+            raise ValueError(f"{path} line {line}: {FINDING_LABELS}: {err}") from None
+    if raw.lower() not in _VALUES:
+        raise ValueError(f"{path} line {line}: {column}={raw!r} is not a label; use 0/1, YES/NO")
+    return labels.Labelled(_VALUES[raw.lower()])
 
 
 def read_labels_csv(path: str) -> dict[str, int]:
-    """Reads a labels CSV: key -> 0 (normal) or 1 (abnormal); ValueError naming the line and the
-    fix for a missing column, a value that is no label, an empty or a repeated key."""
+    """A labels CSV as key -> 0 (normal) or 1 (abnormal) (`read_labelled`'s labels)."""
+    return {key: found.label for key, found in read_labelled(path).items()}
+
+
+def read_labelled(path: str) -> dict[str, labels.Labelled]:
+    """Reads a labels CSV: key -> its label, with the findings of a `Finding Labels` column; ValueError
+    naming the line and the fix for a missing column, a value that is no label (a finding outside the
+    14), an empty or a repeated key."""
     with open_text(path) as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -67,13 +75,9 @@ def read_labels_csv(path: str) -> dict[str, int]:
         if key is None:
             raise ValueError(f"{path}: needs a key column ({', '.join(ID_COLUMNS)}); header has: {header}")
         column = _value_column(path, header, key)
-        found: dict[str, int] = {}
+        found: dict[str, labels.Labelled] = {}
         for line, row in enumerate(reader, start=2):
-            raw = (row.get(column) or "").strip()
-            label = _parse(column, raw)
-            if label is None:
-                raise ValueError(f"{path} line {line}: {column}={raw!r} is not a label; use 0/1, YES/NO"
-                                 f"{' or NIH findings' if column == FINDING_LABELS else ''}")
+            label = _parse(path, line, column, (row.get(column) or "").strip())
             name = (row.get(key) or "").strip()
             if not name:
                 raise ValueError(f"{path} line {line}: empty {key}; every row needs an image id")
@@ -84,11 +88,11 @@ def read_labels_csv(path: str) -> dict[str, int]:
     return found
 
 
-def load_labels(path: str, flag: str) -> dict[str, int]:
-    """`read_labels_csv` of --`flag`; UserInputError naming the file (or its line) and the fix."""
+def load_labels(path: str, flag: str) -> dict[str, labels.Labelled]:
+    """`read_labelled` of --`flag`; UserInputError naming the file (or its line) and the fix."""
     if not storage.isfile(path):
         raise UserInputError(f"--{flag}={path} does not exist")
     try:
-        return read_labels_csv(path)
+        return read_labelled(path)
     except ValueError as err:
         raise UserInputError(f"--{flag}: {err}") from None

@@ -13,10 +13,16 @@ from contracts.errors import UserInputError
 
 MANIFEST = "manifest.json"
 # 1: before the manifest recorded its version; 2: before records carried patient sex and age;
-# 3: before records carried every box with its finding. Older records read with defaults.
-SCHEMA_VERSION = 4
+# 3: before records carried every box with its finding; 4: before records said whether their findings
+# are known. Older records read with defaults.
+SCHEMA_VERSION = 5
+FINDINGS_KNOWN_SINCE = 5
 SHARD_SUFFIX = ".tfrecord"
 SHARD_BYTES = "shard_bytes"  # per split: shard name -> its size as written (absent in older manifests)
+# Per split (absent before schema 5): records whose findings are known, and each finding's positives
+# among them, in contracts.labels.FINDINGS order.
+FINDINGS_KNOWN = "findings_known"
+FINDING_POSITIVES = "finding_positives"
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -38,6 +44,8 @@ class Split:
     normal: int
     abnormal: int
     paths: tuple[str, ...]
+    findings_known: int | None = None  # None: not counted (built before schema 5)
+    finding_positives: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +105,9 @@ class ShardFolder:
         if SHARD_BYTES in info:
             self._check_sizes(name, paths, info[SHARD_BYTES])
         counts = (int(info.get(key, 0)) for key in ("records", "normal", "abnormal"))
-        return Split(name, *counts, paths)
+        positives = info.get(FINDING_POSITIVES)
+        return Split(name, *counts, paths, info.get(FINDINGS_KNOWN),
+                     None if positives is None else tuple(int(n) for n in positives))
 
     def _check_sizes(self, name: str, paths: tuple[str, ...], written: Any) -> None:
         # A cut copy can end between two records, which TensorFlow reads as a clean end of file.
@@ -113,6 +123,14 @@ class ShardFolder:
                     f"{path} is {size:,} bytes but the builder wrote {expected:,} ({how}): a damaged or "
                     "partial copy; copy it again from the folder the build wrote, or rerun the build into "
                     "this folder")
+
+    def findings_known(self, split: str) -> bool:
+        """Whether records of `split` written before schema 5 have known findings: built from a
+        Data_Entry CSV (NIH's Finding Labels) into a labelled split. Newer records say it themselves."""
+        config = self.manifest["config"]
+        split_by = config.get("split_by", config.get("split"))  # its name before issue 24
+        return (self.schema_version < FINDINGS_KNOWN_SINCE and bool(config.get("data_entry_csv"))
+                and split_by != "unlabeled")
 
     def check_image_size(self, image_size: int | None, fix: str) -> int:
         """The shards' image size, refusing another `image_size` with `fix` ({stored}, {asked} filled in)."""

@@ -1,5 +1,6 @@
-"""The prediction file: a CSV `image_id,p_abnormal[,label][,p_uncalibrated]` + `META_COLUMNS` and a
-JSON sidecar of the same stem; readers refuse what a blend could get wrong."""
+"""The prediction file: a CSV `image_id,p_abnormal[,label][,p_uncalibrated]`, with the findings head
+p_<finding>, p_uncalibrated_<finding>[, label_<finding>] per NIH finding, + `META_COLUMNS`, and a JSON
+sidecar of the same stem; readers refuse what a blend could get wrong."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ import pandas as pd
 
 from contracts.atomic import atomic_path, write_json
 from contracts.errors import UserInputError
-from contracts.output_names import ID, LABEL, PROB, PROB_UNCALIBRATED
+from contracts.labels import FINDINGS
+from contracts.output_names import (
+    ID,
+    LABEL,
+    PROB,
+    PROB_UNCALIBRATED,
+    finding_label,
+    finding_prob,
+    finding_uncalibrated,
+)
 
 FORMAT_VERSION_KEY = "prediction_format_version"  # in the sidecar
 FORMAT_VERSION = 2  # 1: p_abnormal was the softmax output and p_calibrated the calibrated one
@@ -30,6 +40,19 @@ _HOW_TO_MAKE = "write it with predict.py (or use training's val_predictions.csv)
 
 
 @dataclasses.dataclass(frozen=True)
+class FindingColumns:
+    """A file's per-finding columns, (N, 14) each in FINDINGS order."""
+
+    probs: np.ndarray  # handed over: after each finding's temperature
+    uncalibrated: np.ndarray  # the findings head's sigmoids
+    labels: np.ndarray | None = None  # 1, 0, or -1 where the record's findings are unknown
+
+    def take(self, index: np.ndarray) -> FindingColumns:
+        return FindingColumns(self.probs[index], self.uncalibrated[index],
+                              None if self.labels is None else self.labels[index])
+
+
+@dataclasses.dataclass(frozen=True)
 class Predictions:
     """One validated prediction file, rows in file order."""
 
@@ -41,6 +64,7 @@ class Predictions:
     uncalibrated: np.ndarray
     meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    findings: FindingColumns | None = None  # None: written without the findings head
 
     @property
     def backbone(self) -> str | None:
@@ -75,19 +99,52 @@ def few(ids: Iterable[Any], limit: int = IDS_SHOWN) -> str:
 
 def write_predictions(path: str, ids: Sequence[str], probs: np.ndarray, labels: np.ndarray | None = None,
                       sidecar: dict[str, Any] | None = None, *, uncalibrated: np.ndarray | None = None,
-                      meta: dict[str, np.ndarray] | None = None) -> None:
-    """Writes a prediction file and its sidecar; None `labels` or `uncalibrated` leave the column out."""
+                      meta: dict[str, np.ndarray] | None = None,
+                      findings: FindingColumns | None = None) -> None:
+    """Writes a prediction file and its sidecar; None `labels`, `uncalibrated` or `findings` leave
+    their columns out."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     columns = {ID: list(ids), PROB: np.asarray(probs, dtype=np.float64)}
     if labels is not None:
         columns[LABEL] = np.asarray(labels, dtype=np.int64)
     if uncalibrated is not None:
         columns[PROB_UNCALIBRATED] = np.asarray(uncalibrated, dtype=np.float64)
+    if findings is not None:
+        columns.update(_finding_columns(findings))
     columns.update({name: np.asarray(values) for name, values in (meta or {}).items()})
     # repr-exact floats so that reading a file back gives the probabilities that were written.
     with atomic_path(path) as tmp:
         pd.DataFrame(columns).to_csv(tmp, index=False, float_format="%.17g")
     write_json(sidecar_path(path), {**(sidecar or {}), FORMAT_VERSION_KEY: FORMAT_VERSION})
+
+
+def _finding_columns(findings: FindingColumns) -> dict[str, np.ndarray]:
+    columns = {}
+    for name, values in ((finding_prob, findings.probs), (finding_uncalibrated, findings.uncalibrated),
+                         (finding_label, findings.labels)):
+        if values is not None:
+            columns.update({name(f): np.asarray(values[:, k]) for k, f in enumerate(FINDINGS)})
+    return columns
+
+
+def _read_findings(path: str, ids: np.ndarray, frame: pd.DataFrame) -> FindingColumns | None:
+    present = [f for f in FINDINGS if finding_prob(f) in frame.columns]
+    if not present:
+        return None
+    if len(present) < len(FINDINGS):
+        missing = [finding_prob(f) for f in FINDINGS if f not in present]
+        raise UserInputError(f"{path}: has {len(present)} of the {len(FINDINGS)} finding columns, missing "
+                             f"{few(missing)}; {_HOW_TO_MAKE}")
+
+    def stacked(name, check) -> np.ndarray | None:
+        if name(FINDINGS[0]) not in frame.columns:
+            return None
+        return np.stack([check(path, ids, frame[name(f)], name(f)) for f in FINDINGS], axis=1)
+
+    probs = stacked(finding_prob, _check_probs)
+    uncalibrated = stacked(finding_uncalibrated, _check_probs)
+    return FindingColumns(probs, probs if uncalibrated is None else uncalibrated,
+                          stacked(finding_label, _check_labels))
 
 
 def _read_frame(path: str) -> pd.DataFrame:
@@ -147,11 +204,11 @@ def _read_meta(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return meta
 
 
-def _check_labels(path: str, ids: np.ndarray, raw: pd.Series) -> np.ndarray:
+def _check_labels(path: str, ids: np.ndarray, raw: pd.Series, column: str = LABEL) -> np.ndarray:
     labels = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isin(labels, (UNKNOWN_LABEL, 0, 1))
     if bad.any():
-        raise UserInputError(f"{path}: {LABEL} must be 0, 1 or -1 (unknown); {bad.sum()} id(s) have other "
+        raise UserInputError(f"{path}: {column} must be 0, 1 or -1 (unknown); {bad.sum()} id(s) have other "
                              f"values: {few(ids[bad])}")
     return labels.astype(np.int64)
 
@@ -196,7 +253,8 @@ def read_predictions(path: str) -> Predictions:
     probs, uncalibrated = _read_probabilities(path, ids, frame, version)
     labels = _check_labels(path, ids, frame[LABEL]) if LABEL in frame.columns else None
     return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=sidecar,
-                       uncalibrated=uncalibrated, meta=_read_meta(frame), format_version=version)
+                       uncalibrated=uncalibrated, meta=_read_meta(frame), format_version=version,
+                       findings=_read_findings(path, ids, frame))
 
 
 def _check_same_ids(first: Predictions, other: Predictions) -> None:

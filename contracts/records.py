@@ -18,6 +18,11 @@ IMAGE_SIZE = "image/size"  # the stored image is size x size
 IMAGE_ID = "image/id"  # the original file name, e.g. b"00000001_000.png"
 LABEL = "label"
 FINDINGS_KEY = "findings"
+# 1: the source named the findings (NIH's Finding Labels); 0: it did not (a 0/1 label, unlabeled), so
+# the zeros of FINDINGS_KEY mean unknown; -1 (the default): a record written before schema 5, which
+# `ShardFolder.findings_known` decides from the manifest.
+FINDINGS_KNOWN = "findings/known"
+FINDINGS_NOT_RECORDED = -1
 PATIENT_ID = "patient_id"
 VIEW_POSITION = "view_position"
 CROP_APPLIED = "crop/applied"  # 1 when the stored image is the bbox crop
@@ -35,6 +40,7 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature] = {
     IMAGE_ID: tf.io.FixedLenFeature([], tf.string),
     LABEL: tf.io.FixedLenFeature([], tf.int64),
     FINDINGS_KEY: tf.io.FixedLenFeature([len(FINDINGS)], tf.int64),
+    FINDINGS_KNOWN: tf.io.FixedLenFeature([], tf.int64, default_value=FINDINGS_NOT_RECORDED),
     PATIENT_ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     VIEW_POSITION: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     CROP_APPLIED: tf.io.FixedLenFeature([], tf.int64, default_value=0),
@@ -65,6 +71,7 @@ class Record:
     boxes: Sequence[FindingBox] = ()  # every box with its finding, in the bbox CSV's order
     sex: str = ""  # "M", "F" or "" (unknown)
     age: int | None = None  # whole years, None when unknown
+    findings_known: bool = False  # the label source named the findings; else `findings` is all zeros
 
     def __post_init__(self):  # the bbox CSV spells findings its own way ("Infiltrate"): never store that
         for found in self.boxes:
@@ -92,6 +99,7 @@ def make_example(record: Record) -> tf.train.Example:
         IMAGE_ID: _bytes(record.image_id.encode()),
         LABEL: _ints(record.label),
         FINDINGS_KEY: _ints(*record.findings),
+        FINDINGS_KNOWN: _ints(int(bool(record.findings_known))),
         PATIENT_ID: _bytes(record.patient_id.encode()),
         VIEW_POSITION: _bytes(record.view_position.encode()),
         CROP_APPLIED: _ints(int(bool(record.crop_applied))),
@@ -133,6 +141,8 @@ def example_to_dict(example_bytes: bytes) -> Mapping[str, object]:
         "image_id": feature[IMAGE_ID].bytes_list.value[0].decode(),
         "label": feature[LABEL].int64_list.value[0],
         "findings": list(feature[FINDINGS_KEY].int64_list.value),
+        "findings_known": (feature[FINDINGS_KNOWN].int64_list.value[0] if FINDINGS_KNOWN in feature
+                           else FINDINGS_NOT_RECORDED),
         "patient_id": feature[PATIENT_ID].bytes_list.value[0].decode(),
         "view_position": feature[VIEW_POSITION].bytes_list.value[0].decode(),
         "crop_applied": bool(feature[CROP_APPLIED].int64_list.value[0]),

@@ -12,6 +12,7 @@ from typing import Any
 from contracts import storage
 from contracts.decode_rules import MAX_IMAGE_PIXELS
 from contracts.errors import UserInputError, repeat_hint
+from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
 
 CONFIG = "config.json"
@@ -23,6 +24,7 @@ VAL_PREDICTIONS = "val_predictions.csv"
 VAL_SIDECAR = "val_predictions.json"  # the sidecar of VAL_PREDICTIONS (contracts.prediction_files)
 TEMPERATURE = "temperature"  # in VAL_SIDECAR: the run's temperature (training.calibration), null if unfitted
 CALIBRATION = "calibration"  # in VAL_SIDECAR: what the temperature changes on validation (NLL, ECE)
+FINDING_TEMPERATURES = "finding_temperatures"  # in VAL_SIDECAR: finding -> its temperature or null
 RUN_FILES = (CONFIG, METRICS, MODEL, VAL_PREDICTIONS, VAL_SIDECAR)  # what no other tool may write over
 MODEL_RUN_ENTRY = "cxr_run.json"  # inside MODEL (a zip that Keras loads ignoring it): {"epoch": N}
 
@@ -72,6 +74,12 @@ class RunFolder:
         """The temperature training fitted on validation; None without one (no validation, one class)."""
         value = self.sidecar.get(TEMPERATURE)
         return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    def finding_temperatures(self) -> tuple[float | None, ...]:
+        """Each finding's temperature (FINDINGS order), fitted like `temperature`; None where unfitted."""
+        fitted = self.sidecar.get(FINDING_TEMPERATURES) or {}
+        return tuple(float(t) if isinstance(t, (int, float)) and t > 0 else None
+                     for t in (fitted.get(f) for f in FINDINGS))
 
     def no_temperature_note(self) -> str:
         return (f"{self.path} has no fitted temperature (trained without validation, on validation of one "

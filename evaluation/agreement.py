@@ -25,7 +25,8 @@ class OtherLabels:
 
 
 def load_other_labels(path: str) -> OtherLabels:
-    return OtherLabels(path, load_labels(path, "other_labels_csv"))
+    found = load_labels(path, "other_labels_csv")
+    return OtherLabels(path, {key: labelled.label for key, labelled in found.items()})
 
 
 def agreement(own: np.ndarray, other: np.ndarray) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Batch prediction behind predict.py: per model, a prediction file and the softmax `.npy`."""
+"""Batch prediction behind predict.py: per model, a prediction file and the model's outputs as `.npy`
+(N, 2) softmax, or (N, 16) with the findings' sigmoids after it."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ from absl import logging
 from contracts import atomic, run_folder, storage
 from contracts.atomic import atomic_path
 from contracts.errors import UserInputError
+from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
 from contracts.output_names import PROB
-from contracts.prediction_files import few, read_predictions, sidecar_path, write_predictions
+from contracts.prediction_files import FindingColumns, few, read_predictions, sidecar_path, write_predictions
 from contracts.run_folder import RunFolder
 from evaluation import agreement, html_report, preflight, settings
 from evaluation import report as report_lib
 from evaluation.blend import check_threshold
 from models import calibration, distribute
 from models.front import with_uint8_front
+from models.heads import split_outputs
 from models.saved import load_classifier
 from pipeline import input_pipeline, options
 from pipeline.patient_columns import read_patient_columns
@@ -38,6 +41,12 @@ class SplitOutputs:
     ids: np.ndarray
     softmax: np.ndarray
     labels: np.ndarray
+    findings: np.ndarray | None = None  # (N, 14) sigmoids; None without the findings head
+    finding_labels: np.ndarray | None = None  # (N, 14) 1/0, -1 where a record's findings are unknown
+
+    @property
+    def outputs(self) -> np.ndarray:  # what the model computed: (N, 2), or (N, 16) with the findings
+        return self.softmax if self.findings is None else np.concatenate([self.softmax, self.findings], 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +106,7 @@ def _replica_outputs(model, batch: dict[str, tf.Tensor], rows: int) -> dict[str,
             "id_bytes": pad(tf.cast(id_bytes, tf.int32)),
             "id_length": pad(tf.strings.length(batch["image_id"])),
             "label": pad(tf.cast(batch["label"], tf.int32)),
+            "findings": pad(tf.where(batch["findings_known"][:, None] > 0, batch["findings"], -1)),
             "valid": tf.cast(tf.range(rows) < count, tf.int32)}
 
 
@@ -142,13 +152,17 @@ def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, 
                 bar.update(int(valid.sum()))
     except tf.errors.DataLossError as err:
         raise input_pipeline.corrupt_data_error(shards, (split,), err) from None
-    merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0,)) for k in
-              ("softmax", "id_bytes", "id_length", "label")}
-    ids = _decode_ids(merged["id_bytes"], merged["id_length"])
+    width = int(model.output_shape[-1])
+    merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, w)) for k, w in
+              (("softmax", width), ("id_bytes", MAX_ID_BYTES), ("id_length", 1), ("label", 1),
+               ("findings", len(FINDINGS)))}
+    ids = _decode_ids(merged["id_bytes"], merged["id_length"].reshape(-1))
     check_one_row_per_record(ids, shards, split)
     order = np.argsort(ids, kind="stable")
-    return SplitOutputs(ids=ids[order], softmax=merged["softmax"].reshape(-1, 2)[order].astype(np.float32),
-                        labels=merged["label"][order].astype(np.int64))
+    softmax, findings = split_outputs(merged["softmax"].reshape(-1, width)[order].astype(np.float32))
+    labels = merged["label"].reshape(-1)[order].astype(np.int64)
+    finding_labels = None if findings is None else merged["findings"][order].astype(np.int64)
+    return SplitOutputs(ids[order], softmax, labels, findings, finding_labels)
 
 
 def _calibrated(run: RunFolder, probs: np.ndarray) -> np.ndarray:
@@ -189,25 +203,36 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
     if temperature is None:
         logging.warning("%s", run.no_temperature_note())
     meta = read_patient_columns(shards, split.name, outputs.ids)
+    findings = None
+    if outputs.findings is not None:
+        calibrated_findings, _ = calibration.calibrate_findings(outputs.finding_labels, outputs.findings,
+                                                               run.finding_temperatures())
+        known = (outputs.finding_labels >= 0).any()
+        findings = FindingColumns(calibrated_findings, outputs.findings.astype(np.float64),
+                                  outputs.finding_labels if known else None)
     sidecar = {"backbone": run.backbone, "model_dir": os.path.abspath(run.path),
                "data_dir": storage.abspath(shards.path), "split": split.name, "records": split.records,
                "image_size": shards.image_size, "strategy": distribute.strategy_name(job.strategy),
                "replicas": job.strategy.num_replicas_in_sync, "precision": policy, "transfer": job.transfer,
                run_folder.TEMPERATURE: temperature, **context, **job.extra_sidecar}
+    if findings is not None:
+        sidecar[run_folder.FINDING_TEMPERATURES] = dict(zip(FINDINGS, run.finding_temperatures()))
 
     def write() -> None:
         known = outputs.labels >= 0
         write_predictions(path, outputs.ids, calibrated, outputs.labels if known.any() else None, sidecar,
-                          uncalibrated=outputs.softmax[:, 1], meta=meta)
+                          uncalibrated=outputs.softmax[:, 1], meta=meta, findings=findings)
         with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
-            np.save(tmp, outputs.softmax)
+            np.save(tmp, outputs.outputs)
 
     # The report scores what is handed over, served and thresholded: p_abnormal, after the temperature.
     return report_lib.Scores(name, outputs.labels, calibrated, job.threshold, {
         **context, **{key: sidecar[key] for key in report_lib.SCORED_ON}, "source": path,
         run_folder.TEMPERATURE: temperature, report_lib.SCORED: PROB},
         uncalibrated=None if temperature is None else outputs.softmax[:, 1], meta=meta,
-        validation=_validation(run), ids=outputs.ids), write
+        validation=_validation(run), ids=outputs.ids,
+        finding_labels=None if findings is None else outputs.finding_labels,
+        finding_probs=None if findings is None else findings.probs), write
 
 
 def run_prediction(config: settings.PredictConfig, split: str | None = None, data_dir: str | None = None,

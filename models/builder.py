@@ -80,9 +80,10 @@ def _build_backbone(name: str, image_size: int, weights: str) -> keras.Model:
 
 
 def build_classifier(backbone: str, image_size: int, *, weights: str = WEIGHTS_IMAGENET, seed: int = 0,
-                     batchnorm_momentum: float | None = None,
-                     feature_layer: str | None = None) -> keras.Model:
-    """The classifier `backbone`: float (B, S, S, 3) pixels in 0..255 to (B, 2) float32 softmax.
+                     batchnorm_momentum: float | None = None, feature_layer: str | None = None,
+                     findings: bool = False) -> keras.Model:
+    """The classifier `backbone`: float (B, S, S, 3) pixels in 0..255 to (B, 2) float32 softmax, or
+    with `findings` (B, 16): that and the 14 findings' sigmoids (`models.heads.split_outputs`).
 
     `weights`: "imagenet", "none" or a local no-top weights file; `batchnorm_momentum` None keeps the
     backbone's; `feature_layer` the backbone layer feeding the head (None: the whole backbone).
@@ -93,7 +94,7 @@ def build_classifier(backbone: str, image_size: int, *, weights: str = WEIGHTS_I
     for layer in spec.make_preprocessing():
         x = layer(x)
     features = _cut(_build_backbone(backbone, image_size, weights), feature_layer)(x)
-    model = keras.Model(inputs, build_head(features, spec.head, seed=seed), name=backbone)
+    model = keras.Model(inputs, build_head(features, spec.head, seed=seed, findings=findings), name=backbone)
     if batchnorm_momentum is not None:
         set_batchnorm_momentum(model, batchnorm_momentum)
     return model
@@ -101,11 +102,12 @@ def build_classifier(backbone: str, image_size: int, *, weights: str = WEIGHTS_I
 
 def build_model(backbone: str, image_size: int, *, weights: str = WEIGHTS_IMAGENET,
                 augment: bool | None = None, seed: int = 0, batchnorm_momentum: float | None = None,
-                feature_layer: str | None = None) -> keras.Model:
+                feature_layer: str | None = None, findings: bool = False) -> keras.Model:
     """The classifier, behind the augmentation block when `augment` (None: the backbone's reference)."""
     augment = get_backbone(backbone).augment if augment is None else augment
     classifier = build_classifier(backbone, image_size, weights=weights, seed=seed,
-                                  batchnorm_momentum=batchnorm_momentum, feature_layer=feature_layer)
+                                  batchnorm_momentum=batchnorm_momentum, feature_layer=feature_layer,
+                                  findings=findings)
     if not augment:
         return classifier
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")

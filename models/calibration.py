@@ -65,3 +65,14 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS
     return [{"low": b / bins, "high": (b + 1) / bins, "count": int((index == b).sum()),
              "mean_p": float(p[index == b].mean()), "fraction_abnormal": float(y[index == b].mean())}
             for b in np.unique(index)]
+
+
+def calibrate_findings(labels: np.ndarray, probs: np.ndarray,
+                       temperatures: tuple[float | None, ...] | None = None) -> tuple[np.ndarray, tuple]:
+    """(calibrated (N, 14), temperatures) of per-finding sigmoids: each finding's own temperature, the
+    given ones or fitted on `labels` (-1 unknown; None where a finding has one class: left as is)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if temperatures is None:
+        temperatures = tuple(fit_temperature(labels[:, k], probs[:, k]) for k in range(probs.shape[1]))
+    columns = [p if t is None else apply_temperature(p, t) for p, t in zip(probs.T, temperatures)]
+    return np.stack(columns, axis=1).reshape(probs.shape), tuple(temperatures)

@@ -7,6 +7,7 @@ import zipfile
 
 from contracts.errors import UserInputError
 from contracts.run_folder import CONFIG, RunFolder
+from models.heads import output_width
 
 RESTORE = "retrain into this model_dir or restore the run folder from a copy"
 
@@ -41,10 +42,10 @@ def load_classifier(run: RunFolder | str):
     except (ValueError, TypeError, OSError, zipfile.BadZipFile) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(f"{path}: cannot be loaded ({first_line}); {RESTORE}") from err
-    if tuple(model.output_shape)[-1:] != (2,):
+    if tuple(model.output_shape)[-1:] not in ((output_width(False),), (output_width(True),)):
         raise UserInputError(
-            f"{path}: outputs {model.output_shape}, not (batch, 2) softmax; not a classifier of this project"
-        )
+            f"{path}: outputs {model.output_shape}, not (batch, {output_width(False)}) softmax (or "
+            f"(batch, {output_width(True)}) with the findings); not a classifier of this project")
     trained, recorded = tuple(model.input_shape[1:3]), config.get("image_size")
     if recorded is not None and trained != (recorded, recorded):
         raise UserInputError(

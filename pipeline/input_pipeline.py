@@ -1,11 +1,13 @@
 """tf.data pipelines over a `ShardFolder`'s splits, one chain for training and one for eval, emitting
-{"image": float32 (B, S, S, 3) 0..255 (`uint8_gray`: uint8 (B, S, S, 1)), "label", "image_id"}."""
+{"image": float32 (B, S, S, 3) 0..255 (`uint8_gray`: uint8 (B, S, S, 1)), "label", "image_id",
+"findings" (B, 14), "findings_known" (B,): 1 when the record's findings are labels, 0 when unknown}."""
 
 from __future__ import annotations
 
 import dataclasses
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from contracts import records
@@ -80,31 +82,38 @@ def gray_to_rgb_float(images: tf.Tensor) -> tf.Tensor:
     return tf.broadcast_to(tf.cast(images, tf.float32), rgb_shape)
 
 
-def _carried(parsed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:  # the fields beside the image
-    return {"label": tf.cast(parsed[records.LABEL], tf.int32), "image_id": parsed[records.IMAGE_ID]}
+def _carried(parsed: dict[str, tf.Tensor], known_before: bool) -> dict[str, tf.Tensor]:
+    # The fields beside the image; `known_before`: findings_known of records older than the field.
+    known = parsed[records.FINDINGS_KNOWN]
+    known = tf.where(known == records.FINDINGS_NOT_RECORDED, tf.cast(known_before, known.dtype), known)
+    return {"label": tf.cast(parsed[records.LABEL], tf.int32), "image_id": parsed[records.IMAGE_ID],
+            "findings": tf.cast(parsed[records.FINDINGS_KEY], tf.int32),
+            "findings_known": tf.cast(known, tf.int32)}
 
 
-def _decode_batch(serialized: tf.Tensor, image_size: int) -> dict[str, tf.Tensor]:
+def _decode_batch(serialized: tf.Tensor, image_size: int, known_before: bool) -> dict[str, tf.Tensor]:
     # One vectorised parse per batch, then the decodes as one loop: cheaper per image than a
     # per-record parse and map before `batch`.
     parsed = records.parse_example(serialized)
     images = tf.map_fn(lambda encoded: records.decode_image(encoded, image_size), parsed[records.IMAGE],
                        fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.uint8))
-    return {"image": images, **_carried(parsed)}
+    return {"image": images, **_carried(parsed, known_before)}
 
 
-def _decode_and_cache(serialized: tf.data.Dataset, image_size: int, deterministic: bool) -> tf.data.Dataset:
+def _decode_and_cache(serialized: tf.data.Dataset, image_size: int, deterministic: bool,
+                      known_before: bool) -> tf.data.Dataset:
     # Cached before the float RGB expansion: 1 byte a pixel (~5.6 GB for all of NIH at 224) against 12.
     def decode_one(one):
         parsed = records.parse_example(one)
-        return {"image": records.decode_image(parsed[records.IMAGE], image_size), **_carried(parsed)}
+        return {"image": records.decode_image(parsed[records.IMAGE], image_size),
+                **_carried(parsed, known_before)}
 
     return serialized.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=deterministic).cache()
 
 
-def _batch_to_inputs(cache: bool, image_size: int, uint8_gray: bool):
+def _batch_to_inputs(cache: bool, image_size: int, uint8_gray: bool, known_before: bool = False):
     def to_inputs(batch):  # serialized records, or cached decoded ones
-        batch = batch if cache else _decode_batch(batch, image_size)
+        batch = batch if cache else _decode_batch(batch, image_size, known_before)
         return batch if uint8_gray else {**batch, "image": gray_to_rgb_float(batch["image"])}
 
     return to_inputs
@@ -139,11 +148,12 @@ def make_train_dataset(shards: ShardFolder, split: str, global_batch_size: int,
     batch_size = _per_replica_batch(global_batch_size, input_context)
     data = _shuffled_records(paths, stream.seed, stream.deterministic)
     if stream.cache:
-        data = _decode_and_cache(data, shards.image_size, stream.deterministic)
+        data = _decode_and_cache(data, shards.image_size, stream.deterministic, shards.findings_known(split))
     # Shuffle before repeat, so one epoch is seen whole before the next begins; batch before decoding.
     data = data.shuffle(stream.shuffle_buffer, seed=stream.seed, reshuffle_each_iteration=True).repeat()
     data = data.batch(batch_size, drop_remainder=True)
-    data = data.map(_batch_to_inputs(stream.cache, shards.image_size, stream.uint8_gray),
+    data = data.map(_batch_to_inputs(stream.cache, shards.image_size, stream.uint8_gray,
+                                     shards.findings_known(split)),
                     num_parallel_calls=AUTOTUNE, deterministic=stream.deterministic)
     return data.prefetch(AUTOTUNE).with_options(_options(stream.deterministic))
 
@@ -156,8 +166,8 @@ def make_service_pass(shards: ShardFolder, split: str, global_batch_size: int, s
     data = data.shuffle(stream.shuffle_buffer, seed=stream.seed, reshuffle_each_iteration=True)
     data = data.batch(batch_size, drop_remainder=False)
     # The workers ship the decoded uint8 gray batch (1 byte a pixel); the trainer expands it.
-    data = data.map(_batch_to_inputs(False, shards.image_size, uint8_gray=True), num_parallel_calls=AUTOTUNE,
-                    deterministic=False)
+    data = data.map(_batch_to_inputs(False, shards.image_size, True, shards.findings_known(split)),
+                    num_parallel_calls=AUTOTUNE, deterministic=False)
     data = service_lib.distribute(data, stream.data_service, stream.job_name)
     return data if stream.uint8_gray else data.map(_batch_to_inputs(True, shards.image_size, False))
 
@@ -170,8 +180,25 @@ def make_eval_dataset(shards: ShardFolder, split: str, global_batch_size: int, *
     batch_size = _per_replica_batch(global_batch_size, input_context)
     data = tf.data.TFRecordDataset(paths)
     if cache:
-        data = _decode_and_cache(data, shards.image_size, deterministic=True)
+        data = _decode_and_cache(data, shards.image_size, True, shards.findings_known(split))
     data = data.batch(batch_size, drop_remainder=False)
-    data = data.map(_batch_to_inputs(cache, shards.image_size, uint8_gray), num_parallel_calls=AUTOTUNE,
-                    deterministic=True)
+    data = data.map(_batch_to_inputs(cache, shards.image_size, uint8_gray, shards.findings_known(split)),
+                    num_parallel_calls=AUTOTUNE, deterministic=True)
     return data.prefetch(AUTOTUNE).with_options(_options(deterministic=True))
+
+
+def finding_counts(shards: ShardFolder, split: str) -> tuple[int, tuple[int, ...]]:
+    """(records of `split` whose findings are known, each finding's positives among them): the
+    manifest's, or counted from the records (findings only, no image) of an older folder."""
+    found = shards.split(split)
+    if found.finding_positives is not None:
+        return found.findings_known, found.finding_positives
+    spec = {key: records.FEATURE_SPEC[key] for key in (records.FINDINGS_KEY, records.FINDINGS_KNOWN)}
+    data = tf.data.TFRecordDataset(list(found.paths)).batch(1024).map(lambda s: tf.io.parse_example(s, spec))
+    known, positives = 0, np.zeros(len(records.FINDINGS), np.int64)
+    for batch in data.as_numpy_iterator():
+        flags = batch[records.FINDINGS_KNOWN]
+        rows = np.where(flags == records.FINDINGS_NOT_RECORDED, int(shards.findings_known(split)), flags) > 0
+        known += int(rows.sum())
+        positives += batch[records.FINDINGS_KEY][rows].sum(axis=0)
+    return known, tuple(int(n) for n in positives)

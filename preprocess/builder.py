@@ -210,6 +210,7 @@ def build(config: BuildConfig) -> BuildResult:
 def _manifest(config, units, shard_split, found, skipped, warnings) -> dict:
     split_info: dict[str, dict] = {}
     patients_by_split: dict[str, set] = {}
+    states_by_split: dict[str, list] = {}
     for unit in units:
         state = units_lib.read_state(config.output_dir, unit.shard)
         split = shard_split[unit.shard]
@@ -218,6 +219,7 @@ def _manifest(config, units, shard_split, found, skipped, warnings) -> dict:
         for key in ("records", "normal", "abnormal"):
             info[key] += state[key]
         info["shards"].append(unit.shard)
+        states_by_split.setdefault(split, []).append(state)
         if STATE_BYTES in state:  # absent from the state of a shard finished before sizes were kept
             info[manifest_lib.SHARD_BYTES][unit.shard] = state[STATE_BYTES]
         patients_by_split.setdefault(split, set()).update(state["patients"])
@@ -225,6 +227,11 @@ def _manifest(config, units, shard_split, found, skipped, warnings) -> dict:
         warnings = warnings + state["warnings"]
     for split, members in patients_by_split.items():
         split_info[split]["patients"] = len(members)
+    for split, states in states_by_split.items():  # a shard finished by an older builder has no counts
+        known, positives = manifest_lib.FINDINGS_KNOWN, manifest_lib.FINDING_POSITIVES
+        if all(positives in s for s in states):
+            split_info[split][known] = sum(s[known] for s in states)
+            split_info[split][positives] = [sum(column) for column in zip(*(s[positives] for s in states))]
     memberships = collections.Counter(p for members in patients_by_split.values() for p in members)
     return {
         "config": dataclasses.asdict(config),

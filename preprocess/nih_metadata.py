@@ -24,6 +24,7 @@ class Entry:
     view_position: str = ""
     sex: str = ""  # "M", "F" or "" (contracts.demographics)
     age: int | None = None  # whole years
+    findings_known: bool = False  # the source named them (NIH's Finding Labels); else zeros mean unknown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ def _row_entry(row: dict[str, str]) -> Entry:
     patient = (row["Patient ID"] or "").strip()
     if not patient:
         raise ValueError("missing Patient ID")
-    return Entry(image=row["Image Index"].strip(), label=label, findings=findings,
+    return Entry(image=row["Image Index"].strip(), label=label, findings=findings, findings_known=True,
                  patient_id=str(int(patient)) if patient.isdigit() else patient,  # "00000001" is "1"
                  view_position=(row.get("View Position") or "").strip(),
                  sex=parse_sex(row.get("Patient Gender")), age=parse_age(row.get("Patient Age")))

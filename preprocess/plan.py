@@ -225,7 +225,8 @@ def plan_digest(units: list[WorkUnit], by_name: dict, boxes: dict) -> str:
         for item in unit.items:
             entry = by_name[item.name].entry
             found = boxes.get(item.name)
-            row = [unit.shard, entry.image, entry.label, entry.findings, entry.patient_id,
-                   entry.view_position, found.union if found else None, found.boxes if found else None]
+            row = [unit.shard, entry.image, entry.label, entry.findings, entry.findings_known,
+                   entry.patient_id, entry.view_position, found.union if found else None,
+                   found.boxes if found else None]
             digest.update(json.dumps(row).encode())
     return digest.hexdigest()

@@ -14,8 +14,8 @@ def example_for(entry, encoded: bytes, crop_applied: bool, boxes, config) -> byt
     """One serialised record of `nih_metadata.Entry` `entry`; `boxes` is a `plan.ImageBoxes` or None."""
     return records.make_example(records.Record(
         image=encoded, image_format=config.image_format, image_size=config.image_size, image_id=entry.image,
-        label=entry.label, findings=entry.findings, patient_id=entry.patient_id,
-        view_position=entry.view_position, crop_applied=crop_applied,
+        label=entry.label, findings=entry.findings, findings_known=entry.findings_known,
+        patient_id=entry.patient_id, view_position=entry.view_position, crop_applied=crop_applied,
         box=boxes.union if boxes is not None else records.NO_BOX,
         boxes=boxes.boxes if boxes is not None else (), sex=entry.sex, age=entry.age,
     )).SerializeToString(deterministic=True)  # map keys sorted: the same bytes in every process

@@ -128,7 +128,15 @@ def from_data_entry(csv_path: str, image_dir: str) -> Sources:
                    csv_rows=table.rows, identical_duplicates=table.identical_duplicates)
 
 
-def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | Skip | None:
+def _labelled(known: Mapping[str, labels.Labelled], *keys: str) -> dict:
+    """Entry fields of the first of `keys` in `known` (a labels CSV), or unlabeled."""
+    found = next((known[k] for k in keys if k in known), labels.UNLABELED)
+    if found.findings is None:
+        return {"label": found.label}
+    return {"label": found.label, "findings": found.findings, "findings_known": True}
+
+
+def _dicom_entry(path: str, image_id: str, known: Mapping[str, labels.Labelled]) -> Entry | Skip | None:
     """An unlabeled entry from a DICOM file's header, why not, or None when it is not DICOM."""
     from preprocess import dicom  # pydicom: loaded once a folder is scanned
 
@@ -143,13 +151,13 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, int]) -> Entry | 
             tags = dicom.read_tags(f)
     except (ImageError, OSError) as err:
         return Skip(image_id, f"{err}; skipped")
-    label = known.get(image_id, known.get(tags.sop_instance_uid or "", labels.LABEL_UNKNOWN))
-    return Entry(image_id, label, patient_id=tags.patient_id or "", view_position=tags.view_position or "",
-                 sex=tags.sex or "", age=tags.age)
+    return Entry(image_id, **_labelled(known, image_id, tags.sop_instance_uid or ""),
+                 patient_id=tags.patient_id or "", view_position=tags.view_position or "", sex=tags.sex or "",
+                 age=tags.age)
 
 
-def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sources:
-    """Every image under `image_dir` as a record, labelled from `known` (id or SOPInstanceUID -> 0/1)
+def from_folder(image_dir: str, known: Mapping[str, labels.Labelled] | None = None) -> Sources:
+    """Every image under `image_dir` as a record, labelled from `known` (id or SOPInstanceUID -> label)
     or unlabeled. PNG/JPEG by extension, keyed by file name (by path when names clash); DICOM by
     content, keyed by path, with its header's patient, view, sex and age."""
     files = scan_images(image_dir)
@@ -175,6 +183,6 @@ def from_folder(image_dir: str, known: Mapping[str, int] | None = None) -> Sourc
         path, reason = resolve_path(name, plain)
         keyed = [(name, path)] if reason is None else [(storage.relpath(p, root), p) for p in plain]
         present += len(keyed)
-        sources.extend(Source(Entry(image_id, known.get(image_id, labels.LABEL_UNKNOWN)), p)
+        sources.extend(Source(Entry(image_id, **_labelled(known, image_id)), p)
                        for image_id, p in keyed)
     return Sources(sources, skipped, [], unlisted, present)

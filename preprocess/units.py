@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from contracts import labels, storage
+from contracts import manifest as manifest_lib
 from contracts.atomic import write_json
 from preprocess import images
 from preprocess.plan import WorkItem, WorkUnit
@@ -57,7 +58,8 @@ def finish_unit(config, unit: WorkUnit, results: list[tuple], by_name: dict, box
     from preprocess import shard_writer  # TensorFlow: loaded where shards are written only
 
     serialized, patients = [], set()
-    state = {"records": 0, "normal": 0, "abnormal": 0, "skipped": [], "warnings": []}
+    state = {"records": 0, "normal": 0, "abnormal": 0, "skipped": [], "warnings": [],
+             manifest_lib.FINDINGS_KNOWN: 0, manifest_lib.FINDING_POSITIVES: [0] * len(labels.FINDINGS)}
     for name, encoded, crop_applied, warning, error in results:
         if error is not None:
             state["skipped"].append({"image": name, "reason": f"{error}; skipped"})
@@ -69,6 +71,10 @@ def finish_unit(config, unit: WorkUnit, results: list[tuple], by_name: dict, box
         state["records"] += 1
         state["normal"] += entry.label == labels.LABEL_NORMAL
         state["abnormal"] += entry.label == labels.LABEL_ABNORMAL
+        if entry.findings_known:
+            state[manifest_lib.FINDINGS_KNOWN] += 1
+            positives = state[manifest_lib.FINDING_POSITIVES]
+            state[manifest_lib.FINDING_POSITIVES] = [a + b for a, b in zip(positives, entry.findings)]
         if entry.patient_id:
             patients.add(entry.patient_id)
     state["patients"] = sorted(patients)

@@ -32,7 +32,8 @@ def test_gzip_reads_the_same(tmp_path):
     ("image_id,label\n,1\n", "line 2: empty image_id"),
     ("image_id,reader1,reader2\na.png,1,0\n", "one label column"),
     ("file,label\na.png,1\n", "needs a key column"),
-    ("Image Index,Finding Labels\na.png,Dragon\n", "Finding Labels='Dragon' is not a label"),
+    ("Image Index,Finding Labels\na.png,Dragon\n",
+         r"line 2: Finding Labels: unknown finding label\(s\) \['Dragon'\]; known: Atelectasis, Cardiomegaly"),
 ])
 def test_bad_files_are_refused_naming_the_line(tmp_path, text, message):
     path = tmp_path / "labels.csv"

@@ -52,7 +52,8 @@ def test_gzip_and_crlf_and_trailing_comma_dialect(tmp_path):
     with gzip.open(path, "wt", newline="") as f:
         f.write(header + body)
     table = md.read_data_entry(str(path))
-    assert table.entries["a.png"] == md.Entry("a.png", 0, (0,) * 14, "7", "AP", sex="M", age=58)
+    assert table.entries["a.png"] == md.Entry("a.png", 0, (0,) * 14, "7", "AP", sex="M", age=58,
+                                                  findings_known=True)
 
 
 def test_label_problems_and_duplicates_are_skipped_with_reasons(tmp_path):

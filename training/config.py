@@ -94,6 +94,14 @@ class TrainConfig:
                                           "batch).", lower=1)
     learning_rate: float | None = LEARNING_RATE.field(note=lambda: f"Default: the backbone's reference "
                                                       f"({registry.describe('learning_rate', '{:g}')}).")
+    findings_weight: float = setting(1.0, (
+        "Weight of the findings head's loss (the mean over NIH's 14 findings of each one's binary "
+        "cross-entropy, on records whose findings are known) beside the binary loss. 0: no findings head, "
+        "the binary classifier alone (the reference's). Off by itself when the train split has no finding "
+        "labels."), lower=0.0, resume_must_match=True)
+    finding_pos_weight_cap: float = setting(10.0, (
+        "Cap of each finding's positive weight, negatives / positives in the train split (Hernia is 0.2% "
+        "of NIH: uncapped, its rare positives would dominate the loss)."), lower=1.0)
     class_weight: str = setting("none", "balanced: weight each class's loss by records / (2 * class "
                                 "records) of the train split.", choices=CLASS_WEIGHTS)
     validation: bool = setting(True, "Score the val split after every epoch (drives early stopping, LR "

@@ -15,6 +15,7 @@ from absl import logging
 from tqdm import tqdm
 
 from contracts import run_folder
+from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
 from models import build_model, distribute, get_backbone, inference_model
 from models.front import with_uint8_front
@@ -44,6 +45,7 @@ class _Run:
     train_iterator: Any
     predict_step: Any
     val_dataset: Any
+    findings: step_lib.FindingsLoss | None
 
 
 def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
@@ -52,7 +54,7 @@ def _build(config: TrainConfig, strategy: tf.distribute.Strategy):
         model = build_model(config.backbone, config.image_size, weights=config.weights,
                             augment=config.augment == "on", seed=config.seed,
                             batchnorm_momentum=config.batchnorm_momentum,
-                            feature_layer=config.feature_layer)
+                            feature_layer=config.feature_layer, findings=config.findings_weight > 0)
         optimizer = step_lib.make_optimizer(spec.optimizer, config.learning_rate, config.precision)
         # Slots exist before a restore, so the checkpoint fills them rather than deferring.
         optimizer.build(model.trainable_variables)
@@ -129,6 +131,8 @@ def _epoch(run: _Run) -> dict[str, Any]:
     if run.val_dataset is not None:
         scores = validation.score(run.strategy, run.predict_step, run.val_dataset)
         val = validation.summarize(scores.labels, scores.probabilities)
+        if scores.findings is not None:
+            val["findings_auroc"] = validation.findings_auroc(scores)
         logs.update({f"val_{k}": v for k, v in val.items()})
     # Every worker must take the same decisions below, or their collectives would hang.
     logs = distribute.adopt_chief_values(run.strategy, logs)
@@ -174,8 +178,9 @@ def _export_best(run: _Run) -> None:
         outputs.write_val_predictions(run.model_dir, scores, sidecar, meta)
 
 
-def _start(config: TrainConfig, shards: ShardFolder, model_dir: str,
-           strategy: tf.distribute.Strategy) -> _Run:
+def _start(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.Strategy,
+           findings: step_lib.FindingsLoss | None) -> _Run:
+    model_dir = config.model_dir
     chief = distribute.is_chief(strategy)
     config_lib.check_resumable(config)
     keras.utils.set_random_seed(config.seed)
@@ -190,7 +195,8 @@ def _start(config: TrainConfig, shards: ShardFolder, model_dir: str,
         os.makedirs(model_dir, exist_ok=True)
         config_lib.write_config(config, {
             "replicas": strategy.num_replicas_in_sync, "workers": max(1, distribute.tf_config_workers()),
-            "tensorflow": tf.__version__, "keras": keras.__version__})
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "finding_pos_weights": None if findings is None else dict(zip(FINDINGS, findings.pos_weights))})
     train, val = _datasets(config, shards, strategy, state.epoch)
     uint8 = config.transfer == options.UINT8
     return _Run(
@@ -200,11 +206,12 @@ def _start(config: TrainConfig, shards: ShardFolder, model_dir: str,
         train_step=step_lib.make_train_step(
             strategy, model, optimizer, global_batch_size=config.global_batch_size,
             class_weights=config_lib.class_weights(config, shards), jit_compile=config.jit_compile,
-            uint8_input=uint8),
+            uint8_input=uint8, findings=findings),
         train_iterator=iter(train),
         sync_state=step_lib.make_state_sync(strategy, model),
         predict_step=step_lib.make_predict_step(strategy, with_uint8_front(model) if uint8 else model),
         val_dataset=val,
+        findings=findings,
     )
 
 
@@ -237,6 +244,22 @@ def _resolve(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.S
     return resolved
 
 
+def _findings_loss(config: TrainConfig,
+                   shards: ShardFolder) -> tuple[TrainConfig, step_lib.FindingsLoss | None]:
+    """The findings loss, with each finding's positive weight min(negatives / positives, cap) among the
+    train records whose findings are known (1 without positives); off without any such record."""
+    if not config.findings_weight:
+        return config, None
+    known, positives = input_pipeline.finding_counts(shards, config.train_split)
+    if not known:
+        logging.warning("split %r of %s has no finding labels (its labels are 0/1 only): training the "
+                        "binary head alone (findings_weight=0)", config.train_split, shards.path)
+        return dataclasses.replace(config, findings_weight=0.0), None
+    cap = config.finding_pos_weight_cap
+    return config, step_lib.FindingsLoss(config.findings_weight,
+                                         tuple(min(cap, (known - n) / n) if n else 1.0 for n in positives))
+
+
 def run_training(config: TrainConfig) -> dict[str, Any]:
     """Trains `config.backbone` on `config.data_dir` (None fields: the backbone's or the data's
     defaults) into `config.model_dir`, which all workers of a multi-worker run share (the chief writes).
@@ -254,8 +277,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     previous_policy = keras.mixed_precision.global_policy()
     try:
         shards = ShardFolder.open(config.data_dir)
-        config = _resolve(config, shards, strategy)
-        run = _start(config, shards, model_dir, strategy)
+        config, findings = _findings_loss(_resolve(config, shards, strategy), shards)
+        run = _start(config, shards, strategy, findings)
         resumed_from = run.state.epoch
         try:
             records = _train(run)

@@ -14,7 +14,8 @@ from absl import logging
 
 from contracts import run_folder
 from contracts.atomic import atomic_path, json_ready, write_text
-from contracts.prediction_files import write_predictions
+from contracts.labels import FINDINGS
+from contracts.prediction_files import FindingColumns, write_predictions
 from models import calibration, precision
 from training.validation import Scores
 
@@ -68,6 +69,11 @@ def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any
                "ece_before": calibration.expected_calibration_error(labels, probs),
                "ece_after": calibration.expected_calibration_error(labels, handed)}
     sidecar = {**sidecar, run_folder.TEMPERATURE: temperature, run_folder.CALIBRATION: json_ready(changes)}
+    findings = None
+    if scores.findings is not None:
+        calibrated, temperatures = calibration.calibrate_findings(scores.finding_labels, scores.findings)
+        findings = FindingColumns(calibrated, scores.findings.astype(np.float64), scores.finding_labels)
+        sidecar[run_folder.FINDING_TEMPERATURES] = dict(zip(FINDINGS, temperatures))
     write_predictions(path, scores.image_ids, handed, scores.labels, sidecar=sidecar, uncalibrated=probs,
-                      meta=meta)
+                      meta=meta, findings=findings)
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import keras
@@ -9,13 +10,29 @@ import tensorflow as tf
 
 from models import split_augmentation
 from models.front import GrayToRGB
+from models.heads import split_outputs
 
 SUM = tf.distribute.ReduceOp.SUM
+EPSILON = 1e-7  # the findings' probability clip, as Keras' cross-entropies: log(0) never happens
+
+
+@dataclasses.dataclass(frozen=True)
+class FindingsLoss:
+    """weight * mean over findings of pos_weight-weighted binary cross-entropy, on known records only."""
+    weight: float
+    pos_weights: tuple[float, ...]  # contracts.labels.FINDINGS order
+
+    def per_example(self, probabilities: tf.Tensor, findings: tf.Tensor, known: tf.Tensor) -> tf.Tensor:
+        p = tf.clip_by_value(probabilities, EPSILON, 1.0 - EPSILON)
+        y = tf.cast(findings, tf.float32)
+        positive = tf.constant(self.pos_weights, tf.float32) * y * tf.math.log(p)
+        bce = -(positive + (1.0 - y) * tf.math.log(1.0 - p))
+        return self.weight * tf.reduce_mean(bce, axis=-1) * tf.cast(known, tf.float32)
 
 
 def without_ids(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     # The training stream's last map: strings cannot be prefetched to a GPU.
-    return {"image": batch["image"], "label": batch["label"]}
+    return {key: batch[key] for key in ("image", "label", "findings", "findings_known")}
 
 
 def make_optimizer(name: str, learning_rate: float, precision: str) -> keras.optimizers.Optimizer:
@@ -38,20 +55,23 @@ def _agree_on_finiteness(grads: list[tf.Tensor]) -> list[tf.Tensor]:
 def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
                     optimizer: keras.optimizers.Optimizer, *, global_batch_size: int,
                     class_weights: Sequence[float] | None = None, jit_compile: bool = False,
-                    uint8_input: bool = False) -> Callable:
-    """Builds `step(iterator) -> (loss, probabilities, labels)` of the global batch, one update a call."""
+                    uint8_input: bool = False, findings: FindingsLoss | None = None) -> Callable:
+    """Builds `step(iterator) -> (loss, softmax, labels)` of the global batch, one update a call; the
+    loss adds `findings`' (the model has the findings head then)."""
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
     # The augmentation has no weights and no XLA kernel: it runs first, outside the compiled part.
     augmentation, classifier = split_augmentation(model)
     front = GrayToRGB() if uint8_input else None
 
-    def forward_backward(images, labels):
+    def forward_backward(images, labels, finding_labels, known):
         with tf.GradientTape() as tape:
-            probabilities = classifier(images, training=True)
+            probabilities, per_finding = split_outputs(classifier(images, training=True))
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
             if weights is not None:
                 per_example = per_example * tf.gather(weights, labels)
+            if findings is not None:
+                per_example = per_example + findings.per_example(per_finding, finding_labels, known)
             loss = tf.reduce_sum(per_example) / global_batch_size  # the replicas' gradients are summed
             objective = optimizer.scale_loss(loss) if scaled else loss
         return loss, probabilities, tape.gradient(objective, model.trainable_variables)
@@ -66,7 +86,8 @@ def make_train_step(strategy: tf.distribute.Strategy, model: keras.Model,
             images = front(images)
         if augmentation is not None:
             images = augmentation(images, training=True)
-        loss, probabilities, grads = forward_backward(images, batch["label"])
+        targets = (batch["findings"], batch["findings_known"]) if findings is not None else (None, None)
+        loss, probabilities, grads = forward_backward(images, batch["label"], *targets)
         if scaled:
             grads = _agree_on_finiteness(grads)
         optimizer.apply(grads, model.trainable_variables)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from contracts.manifest import ShardFolder
 from models import distribute
+from models.heads import split_outputs
 from models.metrics import auroc_or_nan
 from pipeline import input_pipeline
 
@@ -21,6 +22,8 @@ class Scores:
     image_ids: np.ndarray  # (N,) str
     labels: np.ndarray  # (N,) int 0/1
     probabilities: np.ndarray  # (N, 2) float32 softmax; column 1 is P(abnormal)
+    findings: np.ndarray | None = None  # (N, 14) float32 sigmoids; None without the findings head
+    finding_labels: np.ndarray | None = None  # (N, 14) int 1/0, -1 where the record's findings are unknown
 
 
 def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
@@ -35,6 +38,15 @@ def summarize(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]
     }
 
 
+def findings_auroc(scores: Scores) -> float:
+    """The mean AUROC over the findings with both classes among known records (NaN: none has)."""
+    if scores.findings is None:
+        return float("nan")
+    found = [auroc_or_nan(y[y >= 0], p[y >= 0]) for y, p in zip(scores.finding_labels.T, scores.findings.T)]
+    found = [a for a in found if np.isfinite(a)]
+    return float(np.mean(found)) if found else float("nan")
+
+
 def make_distributed_split(strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
                            global_batch_size: int, *, cache: bool = False, uint8_gray: bool = False):
     """`split` as a distributed dataset that every worker reads whole, to compute the same metrics."""
@@ -47,14 +59,18 @@ def make_distributed_split(strategy: tf.distribute.Strategy, shards: ShardFolder
 
 
 def score(strategy: tf.distribute.Strategy, predict_step, dataset) -> Scores:
-    ids, labels, probabilities = [], [], []
+    found = {key: [] for key in ("image_id", "label", "findings", "findings_known", "outputs")}
     for batch in dataset:
-        ids.extend(t.numpy() for t in strategy.experimental_local_results(batch["image_id"]))
-        labels.extend(t.numpy() for t in strategy.experimental_local_results(batch["label"]))
-        output = predict_step(batch["image"])
-        probabilities.extend(t.numpy() for t in strategy.experimental_local_results(output))
+        batch = {**batch, "outputs": predict_step(batch["image"])}
+        for key, values in found.items():
+            values.extend(t.numpy() for t in strategy.experimental_local_results(batch[key]))
+    merged = {key: np.concatenate(values) for key, values in found.items()}
+    softmax, findings = split_outputs(merged["outputs"].astype(np.float32))
+    known = merged["findings_known"].astype(bool)[:, None]
     return Scores(
-        image_ids=np.array([i.decode() for i in np.concatenate(ids)]),
-        labels=np.concatenate(labels).astype(np.int64),
-        probabilities=np.concatenate(probabilities).astype(np.float32),
+        image_ids=np.array([i.decode() for i in merged["image_id"]]),
+        labels=merged["label"].astype(np.int64),
+        probabilities=softmax,
+        findings=findings,
+        finding_labels=None if findings is None else np.where(known, merged["findings"], -1).astype(np.int64),
     )
