@@ -12,7 +12,7 @@ from typing import Any, Callable
 from contracts import explanation_folder
 from contracts.atomic import write_text
 from contracts.output_names import PROB
-from evaluation import agreement, localization
+from evaluation import agreement, findings, localization, statistics
 from evaluation import report as report_lib
 
 INDEX_FILE = "index.html"
@@ -56,7 +56,25 @@ def _metrics_section(metrics: dict[str, Any]) -> str:
     rows = [[html.escape(label)] + [_interval(metrics[n].get(key)) if key.endswith("_ci95")
                                     else html.escape(report_lib.cell(metrics[n].get(key))) for n in names]
             for key, label in report_lib.TABLE_ROWS]
-    return "<h2>Metrics</h2>" + _table(["metric"] + names, rows)
+    return "<h2>Metrics</h2>" + _table(["metric"] + names, rows) + _findings_section(metrics)
+
+
+def _findings_section(metrics: dict[str, Any]) -> str:
+    """Each entry's per-finding table beside the published AUROCs ("" when no entry has finding labels)."""
+    tables = {name: entry[findings.KEY] for name, entry in metrics.items() if entry.get(findings.KEY)}
+    if not tables:
+        return ""
+    parts = ["<h2>Per finding</h2><p class=note>AUROC per NIH finding on the records whose findings are "
+             f"known, with its 95% interval by {statistics.UNIT}; a finding with fewer than "
+             f"{findings.MIN_POSITIVES} positives or negatives shows its counts only. The last columns are "
+             f"published AUROCs on {findings.SCALE_ONLY}.</p>"]
+    for name, table in tables.items():
+        rows = findings.display_rows(table)
+        parts.append(f"<h3>{html.escape(name)}</h3>" + (
+            _table(findings.header(), [[html.escape(c) for c in row] for row in rows]) if rows
+            else f"<p>{html.escape(table['absent'])}.</p>"))
+    sources = "".join(f"<li>{html.escape(f'{s.short}: {s.citation}')}</li>" for s in findings.PUBLISHED)
+    return "".join(parts) + f"<p class=note>Published AUROCs on {findings.SCALE_ONLY}:</p><ul>{sources}</ul>"
 
 
 def _gain_section(gain: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from sklearn.metrics import (
 )
 
 from contracts.atomic import atomic_path, json_ready, write_json
-from evaluation import agreement, operating_points, settings, statistics, subgroups
+from evaluation import agreement, findings, operating_points, settings, statistics, subgroups
 from evaluation.statistics import Scores
 from models import calibration
 
@@ -101,11 +101,19 @@ def _reliability_diagram(scores: Sequence[Scores], bootstrap: int) -> Figure:
     return figure
 
 
+def _findings(entry: Scores, bootstrap: int) -> dict[str, Any]:
+    """{findings.KEY: its per-finding table} for an entry with finding labels, else nothing."""
+    if entry.finding_labels is None:
+        return {}
+    table = findings.table(entry.finding_labels, entry.finding_probs, entry.patients, bootstrap)
+    return {findings.KEY: table}
+
+
 def _metrics(scores: Sequence[Scores], bootstrap: int) -> dict[str, Any]:
     return {s.name: {**statistics.compute_metrics(s.labels, s.probs, s.threshold, bootstrap=bootstrap,
                                                   patients=s.patients),
                      **_calibration_metrics(s.labels, s.probs, s.uncalibrated),
-                     **s.context} for s in scores}
+                     **s.context, **_findings(s, bootstrap)} for s in scores}
 
 
 def _curves(scores: Sequence[Scores], kind: str) -> Figure:
@@ -195,7 +203,8 @@ def cell(value: Any) -> str:
 
 
 def format_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """The metrics as a text table: one row per metric, one column per model."""
+    """The metrics as a text table: one row per metric, one column per model; then the per-finding
+    table of each entry that has one."""
     names = list(metrics)
     rows = [["metric"] + names]
     rows += [[label] + [cell(metrics[n].get(key)) for n in names] for key, label in TABLE_ROWS]
@@ -203,4 +212,5 @@ def format_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["  ".join([row[0].ljust(widths[0])] + [text.rjust(w) for text, w in zip(row[1:], widths[1:])])
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    per_finding = findings.format_findings(metrics)
+    return "\n".join(lines) + (f"\n\n{per_finding}" if per_finding else "")
