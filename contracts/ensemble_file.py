@@ -8,11 +8,15 @@ import os
 from typing import Any, Sequence
 
 from contracts.errors import UserInputError, repeat_hint
+from contracts.labels import FINDINGS
 from contracts.run_folder import RunFolder
 
 # 1: before schema_version and member model folders; 2: before member temperatures (read as 1);
-# 3: before REPORT_DIR (read as None: no report known).
-SCHEMA_VERSION = 4
+# 3: before REPORT_DIR (read as None: no report known); 4: before per-finding weights and temperatures
+# (FINDING_WEIGHTS, FINDING_TEMPERATURES in each member's entry; read as None: the findings unblended).
+SCHEMA_VERSION = 5
+FINDING_WEIGHTS = "finding_weights"  # in a member's entry: its weight per finding (FINDINGS order)
+FINDING_TEMPERATURES = "finding_temperatures"  # in a member's entry: its temperature per finding
 REPORT_DIR = "report_dir"  # the report folder ensemble.py wrote with the file, absolute (None: none)
 SUFFIX = ".probabilities.json"  # beside the submission CSV
 
@@ -26,6 +30,8 @@ class Member:
     model_dir: str | None
     backbone: str | None
     temperature: float = 1.0
+    finding_weights: tuple[float, ...] | None = None  # normalised over the members, finding by finding
+    finding_temperatures: tuple[float, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,29 @@ def _fail(path: str, what: str) -> UserInputError:
                           "beside its submission")
 
 
+def _per_finding(path: str, entry: dict[str, Any], key: str) -> tuple[float, ...] | None:
+    values = entry.get(key)
+    if values is None:
+        return None
+    low = 0.0 if key == FINDING_WEIGHTS else 1e-300  # a weight may be 0, a temperature may not
+    if (not isinstance(values, list) or len(values) != len(FINDINGS)
+            or not all(isinstance(v, (int, float)) and v >= low for v in values)):
+        raise _fail(path, f"member {entry['name']!r} has a {key} that is not {len(FINDINGS)} numbers "
+                          f"{'>= 0' if key == FINDING_WEIGHTS else '> 0'}")
+    return tuple(float(v) for v in values)
+
+
+def _normalise_findings(path: str, members: list[Member]) -> list[Member]:
+    """Each finding's weights over the members summing to 1; None everywhere unless every member has them."""
+    if any(m.finding_weights is None or m.finding_temperatures is None for m in members):
+        return [dataclasses.replace(m, finding_weights=None, finding_temperatures=None) for m in members]
+    totals = [sum(column) for column in zip(*(m.finding_weights for m in members))]
+    if min(totals) <= 0:
+        raise _fail(path, f"the {FINDING_WEIGHTS} of {FINDINGS[totals.index(min(totals))]} sum to 0")
+    return [dataclasses.replace(m, finding_weights=tuple(w / t for w, t in zip(m.finding_weights, totals)))
+            for m in members]
+
+
 def load_ensemble(path: str) -> Ensemble:
     """Reads an ensemble file, refusing one without members, weights or a threshold in [0, 1]."""
     if not os.path.isfile(path):
@@ -85,15 +114,16 @@ def load_ensemble(path: str) -> Ensemble:
         if not isinstance(temperature, (int, float)) or not temperature > 0:
             raise _fail(path, f"member {entry['name']!r} has a temperature that is not a positive number")
         model_dir = entry.get("model_dir")
+        per_finding = (_per_finding(path, entry, key) for key in (FINDING_WEIGHTS, FINDING_TEMPERATURES))
         members.append(Member(entry["name"], float(weight), os.path.abspath(model_dir) if model_dir else None,
-                              entry.get("backbone"), float(temperature)))
+                              entry.get("backbone"), float(temperature), *per_finding))
     threshold = record.get("threshold")
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise _fail(path, "no threshold in [0, 1]")
     total = sum(m.weight for m in members)
     if total <= 0:
         raise _fail(path, "weights sum to 0")
-    members = [dataclasses.replace(m, weight=m.weight / total) for m in members]
+    members = _normalise_findings(path, [dataclasses.replace(m, weight=m.weight / total) for m in members])
     report_dir = record.get(REPORT_DIR)
     return Ensemble(path=path, members=tuple(members), threshold=float(threshold),
                     report_dir=report_dir if isinstance(report_dir, str) else None,
@@ -129,6 +159,9 @@ class Blended:
     name: str
     weight: float
     temperature: float
+    # Per finding (FINDINGS order), None when the ensemble file has none: weight and temperature.
+    finding_weights: tuple[float, ...] | None = None
+    finding_temperatures: tuple[float, ...] | None = None
 
 
 def blended_models(model_dirs: Sequence[str], ensemble: str | None) -> tuple[list[Blended], Ensemble | None]:
@@ -143,8 +176,11 @@ def blended_models(model_dirs: Sequence[str], ensemble: str | None) -> tuple[lis
             raise UserInputError(f"{len(runs)} --model_dir given without --ensemble; pass the "
                                  ".probabilities.json that ensemble.py wrote beside its submission (its "
                                  "weights, temperatures and threshold), or one model")
-        return [Blended(runs[0], runs[0].backbone, 1.0, runs[0].temperature or 1.0)], None
+        run = runs[0]
+        return [Blended(run, run.backbone, 1.0, run.temperature or 1.0, (1.0,) * len(FINDINGS),
+                        tuple(t or 1.0 for t in run.finding_temperatures()))], None
     loaded = load_ensemble(ensemble)
     by_dir = dict(zip(model_dirs, runs))
     pairs = match_members(loaded, model_dirs)
-    return [Blended(by_dir[d], m.name, m.weight, m.temperature) for m, d in pairs], loaded
+    return [Blended(by_dir[d], m.name, m.weight, m.temperature, m.finding_weights, m.finding_temperatures)
+            for m, d in pairs], loaded
