@@ -49,6 +49,7 @@ def write_shards(
     seed: int = 0,
     labeled: bool = True,
     copies: int = 1,
+    findings_known: bool = False,
 ) -> dict[str, list[dict]]:
     """Writes `splits` (name -> record count) as shards plus a manifest into `out_dir`.
 
@@ -61,6 +62,8 @@ def write_shards(
       labeled: False writes label -1 everywhere (an unlabeled eval folder).
       copies: each record is written this many times (ids `<split>_<i>_<copy>.png`), same pixels and
         patient: a patient's duplicated images, as the bootstrap tests need.
+      findings_known: records say their findings are known (as a Data_Entry build's are): abnormal
+        ones have Mass, and every other one also Effusion; else the findings are unknown.
 
     Returns:
       split -> list of {"image_id", "label", "pixels"} in write order (shard by shard).
@@ -85,16 +88,19 @@ def write_shards(
                     findings = [0] * len(records.FINDINGS)
                     if abnormal and labeled:
                         findings[records.FINDINGS.index("Mass")] = 1
+                        if findings_known and i % 2:
+                            findings[records.FINDINGS.index("Effusion")] = 1
                     for copy in range(copies):
                         copy_id = image_id if copies == 1 else image_id.replace(".png", f"_{copy}.png")
                         example = records.make_example(records.Record(
                             image=encode_png(pixels), image_format="png", image_size=image_size,
                             image_id=copy_id, label=label, findings=findings,
                             patient_id=str(i // 3), view_position=VIEWS[i % 2], sex=SEXES[(i // 3) % 2],
-                            age=AGES[(i // 3) % len(AGES)],
+                            age=AGES[(i // 3) % len(AGES)], findings_known=findings_known and labeled,
                         ))
                         writer.write(example.SerializeToString())
-                        rows.append({"image_id": copy_id, "label": label, "pixels": pixels, "view": VIEWS[i % 2],
+                        rows.append({"image_id": copy_id, "label": label, "pixels": pixels, "findings": findings,
+                                     "view": VIEWS[i % 2],
                                      "sex": SEXES[(i // 3) % 2], "age": AGES[(i // 3) % len(AGES)]})
         abnormal_count = sum(r["label"] == 1 for r in rows)
         manifest_splits[split] = {
