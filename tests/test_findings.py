@@ -1,0 +1,189 @@
+"""The fourteen findings beside normal/abnormal: which records know them, the masked loss, and the
+per-finding columns and AUROCs from a real NIH build to predict.py's report."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+from contracts import records
+from contracts.labels import FINDINGS
+from contracts.manifest import ShardFolder
+from contracts.output_names import finding_label, finding_prob, finding_uncalibrated
+from evaluation import prediction
+from evaluation.settings import PredictConfig
+from pipeline import input_pipeline
+from preprocess import builder
+from preprocess.config import BuildConfig
+from tests.shard_factory import encode_png, synthetic_pixels, write_shards
+from training import step as step_lib
+from training.config import TrainConfig
+from training.loop import run_training
+
+SIZE = 32
+
+
+def _records(shards: str, split: str) -> list[dict]:
+    folder = ShardFolder.open(shards)
+    return [records.example_to_dict(r.numpy()) for path in folder.split(split).paths
+            for r in tf.data.TFRecordDataset(path)]
+
+
+def _train(data_dir: str, model_dir: str, **overrides):
+    fields = dict(backbone="tiny_test", data_dir=data_dir, model_dir=model_dir, weights="none",
+                  global_batch_size=8, epochs=1, steps_per_epoch=3, precision="float32", strategy="default")
+    return run_training(TrainConfig(**{**fields, **overrides}))
+
+
+def test_the_findings_loss_is_the_masked_positive_weighted_mean_cross_entropy():
+    strategy = tf.distribute.get_strategy()
+    inputs = keras.Input((3,))
+    hidden = keras.layers.Dense(4)(inputs)
+    model = keras.Model(inputs, keras.layers.Concatenate()([
+        keras.layers.Dense(2, activation="softmax")(hidden),
+        keras.layers.Dense(len(FINDINGS), activation="sigmoid")(hidden)]))
+    optimizer = step_lib.make_optimizer("sgd", 0.0, "float32")
+    optimizer.build(model.trainable_variables)
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(4, 3)).astype("float32")
+    labels = np.array([0, 1, 1, 0], np.int32)
+    findings = rng.integers(0, 2, size=(4, len(FINDINGS))).astype(np.int32)
+    known = np.array([1, 0, 1, 1], np.int32)  # the second record's findings are unknown: no findings loss
+    batch = {"image": images, "label": labels, "findings": findings, "findings_known": known}
+    iterator = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch).repeat()))
+    pos_weights = tuple(float(w) for w in np.linspace(1.0, 10.0, len(FINDINGS)))
+    step = step_lib.make_train_step(strategy, model, optimizer, global_batch_size=4,
+                                    findings=step_lib.FindingsLoss(0.5, pos_weights))
+    outputs = model(images).numpy().astype(np.float64)
+    loss, _, _ = step(iterator)
+    binary = -np.log(outputs[np.arange(4), labels])
+    p, y = np.clip(outputs[:, 2:], 1e-7, 1 - 1e-7), findings
+    per_finding = -(np.array(pos_weights) * y * np.log(p) + (1 - y) * np.log(1 - p))
+    expected = np.sum(binary + 0.5 * per_finding.mean(axis=1) * known) / 4
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_binary_labels_csv_leaves_findings_unknown_and_finding_labels_keep_them(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png", "c.png"):
+        (images / name).write_bytes(encode_png(synthetic_pixels(rng, 64, True)))
+    (tmp_path / "binary.csv").write_text("image_id,label\na.png,1\nb.png,0\n")
+    (tmp_path / "findings.csv").write_text("Image Index,Finding Labels\na.png,Mass|Effusion\n"
+                                           "b.png,No Finding\n")
+    found = {}
+    for name in ("binary", "findings"):
+        out = str(tmp_path / name)
+        builder.build(BuildConfig(image_dir=str(images), split_by="unlabeled", output_dir=out, image_size=SIZE,
+                                  labels_csv=str(tmp_path / f"{name}.csv"), workers=1))
+        found[name] = {r["image_id"]: r for r in _records(out, "eval")}
+    assert {i: (r["label"], r["findings_known"]) for i, r in found["binary"].items()} == {
+        "a.png": (1, 0), "b.png": (0, 0), "c.png": (-1, 0)}
+    mass_effusion = [int(f in ("Mass", "Effusion")) for f in FINDINGS]
+    assert found["findings"]["a.png"]["findings"] == mass_effusion and found["findings"]["a.png"]["findings_known"]
+    assert found["findings"]["b.png"]["findings"] == [0] * 14 and found["findings"]["b.png"]["findings_known"] == 1
+    assert found["findings"]["c.png"]["findings_known"] == 0  # no row: unlabeled
+    manifest = ShardFolder.open(str(tmp_path / "findings")).split("eval")
+    assert manifest.findings_known == 2 and manifest.finding_positives == tuple(mass_effusion)
+
+
+@pytest.mark.parametrize("config, split, known", [
+    ({"data_entry_csv": "Data_Entry_2017.csv", "split_by": "grouped"}, "val", True),
+    ({"data_entry_csv": "Data_Entry_2017.csv", "split": "official"}, "test", True),  # its pre-24 name
+    ({"data_entry_csv": None, "split_by": "unlabeled"}, "eval", False),
+    ({"labels_csv": "labels.csv", "split_by": "unlabeled"}, "eval", False),
+])
+def test_records_older_than_the_field_are_decided_by_their_manifest(tmp_path, config, split, known):
+    shards = str(tmp_path / "shards")
+    written = write_shards(shards, {split: 6}, image_size=SIZE, findings_known=True)[split]  # then dropped:
+    manifest_path = os.path.join(shards, "manifest.json")
+    manifest = json.loads(open(manifest_path).read())
+    manifest.update(schema_version=4, config={**manifest["config"], **config})
+    open(manifest_path, "w").write(json.dumps(manifest))
+    for path in ShardFolder.open(shards).split(split).paths:  # rewrite each record as schema 4 did
+        old = []
+        for raw in tf.data.TFRecordDataset(path):
+            example = tf.train.Example.FromString(raw.numpy())
+            del example.features.feature[records.FINDINGS_KNOWN]
+            old.append(example.SerializeToString())
+        with tf.io.TFRecordWriter(path) as writer:
+            for raw in old:
+                writer.write(raw)
+    folder = ShardFolder.open(shards)
+    batch = next(iter(input_pipeline.make_eval_dataset(folder, split, 6)))
+    assert batch["findings_known"].numpy().tolist() == [int(known)] * 6
+    expected_positives = tuple(int(n) for n in np.sum([r["findings"] for r in written], axis=0))
+    counted = input_pipeline.finding_counts(folder, split)
+    assert counted == ((6, expected_positives) if known else (0, (0,) * 14))
+
+
+def test_a_train_split_without_finding_labels_trains_the_binary_head_alone(tmp_path, caplog):
+    shards = str(tmp_path / "shards")
+    write_shards(shards, {"train": 24, "val": 8}, image_size=SIZE)  # findings unknown
+    result = _train(shards, str(tmp_path / "run"))
+    assert "has no finding labels" in caplog.text
+    assert result["config"]["findings_weight"] == 0.0 and result["model"].output_shape[-1] == 2
+    columns = pd.read_csv(tmp_path / "run" / "val_predictions.csv").columns
+    assert not any(c.startswith(finding_prob("")) and c[2:] in FINDINGS for c in columns)
+
+
+@pytest.fixture(scope="module")
+def nih_run(nih_sample, tmp_path_factory):
+    root = tmp_path_factory.mktemp("nih_findings")
+    entry_csv = os.path.join(nih_sample, "Data_Entry_2017_v2020.csv.gz")
+    shards, everything = str(root / "shards"), str(root / "all")
+    builder.build(BuildConfig(data_entry_csv=entry_csv, image_dir=nih_sample, output_dir=shards, image_size=SIZE,
+                              workers=2))
+    builder.build(BuildConfig(data_entry_csv=entry_csv, image_dir=nih_sample, output_dir=everything,
+                              image_size=SIZE, split_by="all", workers=2))
+    result = _train(shards, str(root / "run"), epochs=1, steps_per_epoch=4)
+    return {"root": root, "shards": shards, "all": everything, "result": result, "csv": entry_csv}
+
+
+def test_a_real_nih_build_counts_and_trains_each_finding(nih_run):
+    entry = pd.read_csv(nih_run["csv"]).set_index("Image Index")
+    train = _records(nih_run["shards"], "train")
+    assert all(r["findings_known"] == 1 for r in train)
+    expected = [sum(f in entry.loc[r["image_id"], "Finding Labels"].split("|") for r in train) for f in FINDINGS]
+    assert ShardFolder.open(nih_run["shards"]).split("train").finding_positives == tuple(expected)
+    config = json.loads((nih_run["root"] / "run" / "config.json").read_text())
+    weights = config["runtime"]["finding_pos_weights"]
+    for finding, positives in zip(FINDINGS, expected):  # min(negatives / positives, cap), 1 without positives
+        assert weights[finding] == pytest.approx(min(10.0, (len(train) - positives) / positives) if positives
+                                                 else 1.0)
+    assert nih_run["result"]["model"].output_shape[-1] == 16
+
+
+def test_real_nih_predictions_carry_each_finding_and_its_auroc_equals_sklearn(nih_run, tmp_path):
+    entry = pd.read_csv(nih_run["csv"]).set_index("Image Index")
+    outputs = {}
+    for split, data_dir in (("test", nih_run["shards"]), ("all", nih_run["all"])):
+        output = str(tmp_path / f"{split}.csv")
+        result = prediction.run_prediction(PredictConfig(
+            model_dir=[str(nih_run["root"] / "run")], data_dir=data_dir, split=split, output=output,
+            global_batch_size=16, bootstrap=50, progress=False))
+        outputs[split] = (pd.read_csv(output, dtype={"image_id": str}), result.metrics["tiny_test"]["findings"])
+    for split, (table, findings) in outputs.items():
+        assert all(c in table.columns for f in FINDINGS for c in (finding_prob(f), finding_uncalibrated(f)))
+        truth = np.array([[int(f in entry.loc[i, "Finding Labels"].split("|")) for f in FINDINGS]
+                          for i in table["image_id"]])
+        np.testing.assert_array_equal(table[[finding_label(f) for f in FINDINGS]].to_numpy(), truth)
+        rows = {row["finding"]: row for row in findings["rows"]}
+        scored = 0
+        for k, finding in enumerate(FINDINGS):
+            positives = int(truth[:, k].sum())
+            assert rows[finding]["positives"] == positives
+            if rows[finding]["auroc"] is not None:
+                scored += 1
+                assert rows[finding]["auroc"] == pytest.approx(
+                    roc_auc_score(truth[:, k], table[finding_prob(finding)]), abs=1e-12)
+            else:  # shown with its n only: too few positives or negatives
+                assert min(positives, len(truth) - positives) < 10
+        # The test split is small: every finding falls under the minimum; all 116 images give three.
+        assert scored == (0 if split == "test" else 3)
