@@ -302,6 +302,7 @@ def main(config: DemoConfig) -> None:
     from evaluation.report import GAIN_FILE, gain_line
 
     print(results_table(result["metrics"]))
+    print(findings_table(result["metrics"]))
     gain_path = os.path.join(chosen.output_dir, "report", GAIN_FILE)
     if os.path.exists(gain_path):
         with open(gain_path) as f:
@@ -326,6 +327,30 @@ def results_table(metrics: dict) -> str:
         shown = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "(no interval)"
         auroc = values.get("auroc")
         lines.append(f"  {name:<18} {'n/a' if auroc is None else f'{auroc:.3f}'} {shown}")
+    return "\n".join(lines)
+
+
+def findings_table(metrics: dict) -> str:
+    """Per finding with positives in the test split, each entry's AUROC and 95% interval (by patient)."""
+    from evaluation.findings import KEY
+
+    tables = {name: {row["finding"]: row for row in values[KEY]["rows"]}
+              for name, values in metrics.items() if "rows" in values.get(KEY, {})}
+    if not tables:
+        return "\nno per-finding table: the models have no findings head, or the test split no finding labels"
+    first = next(iter(tables.values()))
+    present = [finding for finding, row in first.items() if row["positives"]]
+    lines = ["\ntest AUROC per finding (95% interval by patient; report/index.html has all 14 and the "
+             "published figures):", f"  {'finding':<14} {'pos':>4}" + "".join(f"  {n:<22}" for n in tables)]
+    for finding in present:
+        cells = []
+        for table in tables.values():
+            row = table[finding]
+            interval = row.get("auroc_ci95")
+            shown = f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+            cells.append("n/a (too few)" if row["auroc"] is None else f"{row['auroc']:.3f}{shown}")
+        counts = f"  {finding:<14} {first[finding]['positives']:>4}"
+        lines.append(counts + "".join(f"  {c:<22}" for c in cells))
     return "\n".join(lines)
 
 
