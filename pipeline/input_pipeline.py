@@ -196,9 +196,13 @@ def finding_counts(shards: ShardFolder, split: str) -> tuple[int, tuple[int, ...
     spec = {key: records.FEATURE_SPEC[key] for key in (records.FINDINGS_KEY, records.FINDINGS_KNOWN)}
     data = tf.data.TFRecordDataset(list(found.paths)).batch(1024).map(lambda s: tf.io.parse_example(s, spec))
     known, positives = 0, np.zeros(len(records.FINDINGS), np.int64)
-    for batch in data.as_numpy_iterator():
-        flags = batch[records.FINDINGS_KNOWN]
-        rows = np.where(flags == records.FINDINGS_NOT_RECORDED, int(shards.findings_known(split)), flags) > 0
-        known += int(rows.sum())
-        positives += batch[records.FINDINGS_KEY][rows].sum(axis=0)
+    try:
+        for batch in data.as_numpy_iterator():
+            flags = batch[records.FINDINGS_KNOWN]
+            flags = np.where(flags == records.FINDINGS_NOT_RECORDED, int(shards.findings_known(split)), flags)
+            rows = flags > 0
+            known += int(rows.sum())
+            positives += batch[records.FINDINGS_KEY][rows].sum(axis=0)
+    except tf.errors.DataLossError as err:
+        raise corrupt_data_error(shards, (split,), err) from None
     return known, tuple(int(n) for n in positives)

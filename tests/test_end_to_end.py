@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from contracts.labels import FINDINGS
+from contracts.output_names import finding_uncalibrated
 from evaluation.ensembling import run_ensemble
 from evaluation.prediction import run_prediction
 from evaluation.settings import EnsembleConfig, PredictConfig
@@ -61,7 +63,10 @@ def test_build_train_predict_ensemble_report(tmp_path):
         frame = pd.read_csv(path)
         assert len(frame) == n_test and frame["image_id"].is_unique
         assert frame["p_abnormal"].between(0, 1).all()
-        assert np.load(path[:-4] + ".npy").shape == (n_test, 2)
+        outputs = np.load(path[:-4] + ".npy")  # the softmax, then the findings head's 14 sigmoids
+        assert outputs.shape == (n_test, 2 + len(FINDINGS))
+        np.testing.assert_allclose(outputs[:, 1], frame["p_uncalibrated"], rtol=1e-6)
+        np.testing.assert_allclose(outputs[:, 2:], frame[[finding_uncalibrated(f) for f in FINDINGS]], rtol=1e-6)
         test_ids = set(frame["image_id"]) if test_ids is None else test_ids
         assert set(frame["image_id"]) == test_ids
 
