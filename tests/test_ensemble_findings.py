@@ -236,3 +236,29 @@ def test_align_merges_finding_labels_and_refuses_disagreements(tmp_path):
     c = read("c", {"y": onehot, "x": np.zeros(width, int)}, 0.7)
     with pytest.raises(UserInputError, match=r"c\.csv: finding labels disagree with .*a\.csv for 1 id\(s\): x"):
         align([a, c])
+
+
+def test_without_fit_on_every_finding_takes_the_binary_weights_and_no_temperature(tmp_path):
+    # Catches: findings left unblended without --fit_on, or blended with the runs' own temperatures.
+    paths, _, raw = _write_split(str(tmp_path), "test", np.random.default_rng(4), 40)
+    result = ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), bootstrap=0))
+    record = json.loads((tmp_path / "sub.probabilities.json").read_text())
+    reference = np.array([[0.6 / 0.7], [0.1 / 0.7]])  # the registry's efficientnet_b3 0.6, resnet50 0.1
+    np.testing.assert_allclose(_recorded(record, "finding_weights"), np.repeat(reference, len(FINDINGS), axis=1))
+    np.testing.assert_array_equal(_recorded(record, "finding_temperatures"), 1.0)
+    written = pd.read_csv(result.probabilities)
+    np.testing.assert_allclose(written[[finding_prob(f) for f in FINDINGS]].to_numpy(),
+                               np.einsum("nmk,m->nk", raw, reference[:, 0]), rtol=1e-9)
+    assert record["fit"] is None
+
+
+def test_fit_on_with_blend_weight_keeps_those_weights_for_every_finding(fitted, tmp_path):
+    # Catches: per-finding weights fitted although --blend_weight fixed the weights.
+    _, (val_paths, _, _), (paths, _, _), _, _ = fitted
+    ensembling.run_ensemble(EnsembleConfig(paths, str(tmp_path / "sub.csv"), fit_on=val_paths, fit_step=STEP,
+                                           blend_weight=[1, 3], bootstrap=0))
+    record = json.loads((tmp_path / "sub.probabilities.json").read_text())
+    np.testing.assert_allclose(_recorded(record, "finding_weights"),
+                               np.repeat([[0.25], [0.75]], len(FINDINGS), axis=1))
+    assert {c["why"] for c in record["fit"]["findings"].values()} == {"--blend_weight gave the weights"}
+    assert (_recorded(record, "finding_temperatures") != 1.0).all()  # still fitted, member by member
