@@ -59,6 +59,7 @@ class EnsembleResult:
     report_dir: str | None
     gain: dict[str, Any] | None = None
     other_labels: dict[str, Any] | None = None
+    findings: finding_blend.FindingBlend | None = None  # None: the findings were not blended
 
 
 def model_names(files: Sequence[Predictions]) -> list[str]:
@@ -302,7 +303,7 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
                           label_column)
     weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
     return EnsembleResult(output, probabilities, weight_map, choice.threshold, choice.fit, metrics,
-                          report_dir, gain, other_result)
+                          report_dir, gain, other_result, choice.findings)
 
 
 def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
@@ -358,6 +359,8 @@ def summary(result: EnsembleResult) -> str:
                                                     ("threshold", result.fit.fitted_threshold)) if on)
         lines.append(f"{chosen} chosen on {result.fit.records} validation records by {blend_lib.CRITERION}: "
                      f"balanced accuracy {result.fit.balanced_accuracy:.4f}, Brier {result.fit.brier:.4f}")
+    if result.findings is not None:
+        lines.append(finding_blend.summary(result.findings))
     lines.append(f"wrote {result.submission} and {result.probabilities}")
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics)]

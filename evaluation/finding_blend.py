@@ -93,3 +93,16 @@ def from_members(finding_weights: Sequence[Sequence[float] | None],
         return None
     return FindingBlend(np.asarray(finding_weights, dtype=np.float64),
                         np.asarray(finding_temperatures, dtype=np.float64))
+
+
+def summary(chosen: FindingBlend) -> str:
+    """One line: the findings with weights of their own, and which took the binary weights and why."""
+    if chosen.choices is None:
+        return f"findings: all {len(FINDINGS)} blended with the binary weights (nothing fitted)"
+    binary_by_why: dict[str, list[str]] = {}
+    for finding, choice in chosen.choices.items():
+        if choice["weights"] != FITTED:
+            binary_by_why.setdefault(choice["why"], []).append(finding)
+    fitted = len(FINDINGS) - sum(len(names) for names in binary_by_why.values())
+    rest = "".join(f"; the binary weights for {few(names)} ({why})" for why, names in binary_by_why.items())
+    return f"findings: {fitted} of {len(FINDINGS)} with weights fitted by {blend_lib.AUROC_CRITERION}{rest}"

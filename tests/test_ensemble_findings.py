@@ -153,6 +153,7 @@ def test_a_finding_under_min_positives_gets_the_binary_weights(fitted):
     choice = record["fit"]["findings"][UNDER_MINIMUM]
     assert choice["weights"] == finding_blend.BINARY and f"fewer than {MIN_POSITIVES}" in choice["why"]
     assert choice["positives"] == MIN_POSITIVES - 1
+    assert f"the binary weights for {UNDER_MINIMUM} (fewer than {MIN_POSITIVES}" in ensembling.summary(result)
     # The same member separates AT_MINIMUM perfectly: fitted, it leaves the binary weights.
     assert record["fit"]["findings"][AT_MINIMUM]["weights"] == finding_blend.FITTED
     assert not np.allclose(weights[:, FINDINGS.index(AT_MINIMUM)], list(result.weights.values()))
