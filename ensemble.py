@@ -4,7 +4,8 @@
         --output=submission.csv [--blend_weight=0.6 --blend_weight=0.3 --blend_weight=0.1] \\
         [--threshold=0.6] [--fit_on=eff_val.csv --fit_on=dense_val.csv --fit_on=res_val.csv]
 
-Blends each file's p_uncalibrated (else its p_abnormal) after the temperature --fit_on fits for it.
+Blends each file's p_uncalibrated (else its p_abnormal) after the temperature --fit_on fits for it,
+and each finding's p_uncalibrated_<finding> likewise with that finding's weights (docs/prediction.md).
 Writes the submission (image_id, decision) and the blend with its sidecar, the ensemble file. Bad
 input exits 1 with one line naming the file and the fix; a failed run leaves none of its files.
 """

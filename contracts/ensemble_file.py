@@ -56,11 +56,20 @@ def blend_path(submission_csv_or_ensemble_file: str) -> str:
 
 
 def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | None], paths: Sequence[str],
-                   weights: Sequence[float], temperatures: Sequence[float]) -> list[dict[str, Any]]:
+                   weights: Sequence[float], temperatures: Sequence[float],
+                   finding_weights: Sequence[Sequence[float]] | None = None,
+                   finding_temperatures: Sequence[Sequence[float]] | None = None) -> list[dict[str, Any]]:
+    """One entry per member; `finding_weights` / `finding_temperatures` are (M, 14) (member, finding),
+    None when the findings are not blended (the keys are then left out)."""
     rows = zip(names, sidecars, paths, weights, temperatures)
-    return [{"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
-             **{key: (sidecar or {}).get(key) for key in ("backbone", "crop", "model_dir")}}
-            for name, sidecar, path, weight, temperature in rows]
+    records = [{"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
+                **{key: (sidecar or {}).get(key) for key in ("backbone", "crop", "model_dir")}}
+               for name, sidecar, path, weight, temperature in rows]
+    if finding_weights is not None and finding_temperatures is not None:
+        for record, per_weight, per_temperature in zip(records, finding_weights, finding_temperatures):
+            record[FINDING_WEIGHTS] = [float(w) for w in per_weight]
+            record[FINDING_TEMPERATURES] = [float(t) for t in per_temperature]
+    return records
 
 
 def _fail(path: str, what: str) -> UserInputError:

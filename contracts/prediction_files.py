@@ -84,6 +84,11 @@ class Aligned:
     uncalibrated: np.ndarray
     labels: np.ndarray | None
     meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # Per finding, None unless every file has the findings head: (N, M, 14) handed over and uncalibrated,
+    # (N, 14) labels merged like `labels` (None when no file has finding labels).
+    finding_probs: np.ndarray | None = None
+    finding_uncalibrated: np.ndarray | None = None
+    finding_labels: np.ndarray | None = None
 
 
 def sidecar_path(csv_path: str) -> str:
@@ -268,27 +273,31 @@ def _check_same_ids(first: Predictions, other: Predictions) -> None:
                          "predictions must cover the same images: predict every model on the same shards")
 
 
-def _merge_labels(files: Sequence[Predictions], order: Sequence[np.ndarray]) -> np.ndarray | None:
+def _merge_labels(files: Sequence[Predictions], order: Sequence[np.ndarray],
+                  columns: Sequence[np.ndarray | None] | None = None, what: str = "labels"
+                  ) -> np.ndarray | None:
+    """Each file's `columns` (default: its labels; (N,) or (N, 14)) merged, unknowns filled from others."""
     merged = None
-    for file, index in zip(files, order):
-        if file.labels is None:
+    for file, index, values in zip(files, order, columns or [f.labels for f in files]):
+        if values is None:
             continue
-        labels = file.labels[index]
+        labels = values[index]
         if merged is None:
             merged = labels.copy()
             source = file.path
             continue
         both = (merged != UNKNOWN_LABEL) & (labels != UNKNOWN_LABEL)
-        conflict = both & (merged != labels)
+        conflict = (both & (merged != labels)).reshape(len(labels), -1).any(axis=1)
         if conflict.any():
-            raise UserInputError(f"{file.path}: labels disagree with {source} for {conflict.sum()} id(s): "
+            raise UserInputError(f"{file.path}: {what} disagree with {source} for {conflict.sum()} id(s): "
                                  f"{few(files[0].ids[conflict])}; the files have different label sources")
         merged = np.where(merged == UNKNOWN_LABEL, labels, merged)
     return merged
 
 
 def align(files: Sequence[Predictions]) -> Aligned:
-    """Joins prediction files on image id; refuses differing id sets and known labels that disagree."""
+    """Joins prediction files on image id, the findings too when every file has them; refuses differing
+    id sets and known labels (binary or per finding) that disagree."""
     if not files:
         raise UserInputError("no prediction files given; pass at least one CSV written by predict.py")
     first = files[0]
@@ -306,5 +315,12 @@ def align(files: Sequence[Predictions]) -> Aligned:
     for file, index in zip(files, order):
         for name, values in file.meta.items():
             meta.setdefault(name, values[index])
+    findings = {}
+    if all(file.findings is not None for file in files):
+        columns = [(file.findings, index) for file, index in zip(files, order)]
+        findings = {"finding_probs": np.stack([f.probs[index] for f, index in columns], axis=1),
+                    "finding_uncalibrated": np.stack([f.uncalibrated[index] for f, index in columns], axis=1),
+                    "finding_labels": _merge_labels(files, order, [f.labels for f, _ in columns],
+                                                    "finding labels")}
     return Aligned(ids=first.ids, probs=probs, uncalibrated=uncalibrated, labels=_merge_labels(files, order),
-                   meta=meta)
+                   meta=meta, **findings)

@@ -9,6 +9,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_curve
 
 from contracts.errors import UserInputError
@@ -22,6 +23,9 @@ MAX_GRID_POINTS = 200_000  # weight vectors `fit` tries; more would take minutes
 # Unlike AUROC it depends on the threshold, so one number chooses weights and threshold together.
 # Ties (common on small validation sets) go to the lower Brier score, a proper scoring rule.
 CRITERION = "max balanced accuracy (= (1 + Youden's J) / 2), ties to the lower Brier score"
+# A finding has no threshold to choose: its weights rank, so AUROC; same tie rule, then grid order.
+AUROC_CRITERION = "max AUROC, ties to the lower Brier score"
+_CANDIDATES_AT_ONCE = 256  # weight vectors scored in one (N, 256) block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +153,24 @@ def check_fit_labels(labels: np.ndarray | None, paths: Sequence[str], ids: np.nd
     if len(np.unique(labels)) < 2:
         raise UserInputError("--fit_on: validation labels are all one class; weights and threshold need both")
     return labels
+
+
+def fit_by_auroc(probs: np.ndarray, labels: np.ndarray, step: float) -> np.ndarray:
+    """The weights on `simplex_grid(M, step)` whose blend of (N, M) `probs` best ranks the (N,) 0/1
+    `labels` by `AUROC_CRITERION` (the first in grid order among equals)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    positives, count = labels == 1, int((labels == 1).sum())
+    grid = simplex_grid(probs.shape[1], step)
+    aurocs, briers = [], []
+    for start in range(0, len(grid), _CANDIDATES_AT_ONCE):
+        scores = blend(probs, grid[start:start + _CANDIDATES_AT_ONCE].T)  # (N, candidates)
+        ranks = rankdata(scores, axis=0)  # Mann-Whitney over mid-ranks, as models.metrics.auroc_or_nan
+        pairs = count * (len(labels) - count)
+        aurocs.append((ranks[positives].sum(axis=0) - count * (count + 1) / 2) / pairs)
+        briers.append(np.mean((np.clip(scores, 0.0, 1.0) - labels[:, None]) ** 2, axis=0))
+    # Rounded so that float noise does not break a tie the Brier score should break; lexsort is stable.
+    best = np.lexsort((np.concatenate(briers), -np.round(np.concatenate(aurocs), 12)))[0]
+    return grid[best]
 
 
 def fit(probs: np.ndarray, labels: np.ndarray, *, step: float = settings.FIT_STEP,

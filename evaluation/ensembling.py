@@ -21,16 +21,17 @@ from contracts.errors import (
     check_output_folder,
     repeat_hint,
 )
-from contracts.output_names import PROB, PROB_UNCALIBRATED
+from contracts.output_names import PROB, PROB_UNCALIBRATED, finding_uncalibrated
 from contracts.prediction_files import (
     PATIENT,
+    FindingColumns,
     Predictions,
     align,
     read_predictions,
     sidecar_path,
     write_predictions,
 )
-from evaluation import agreement, html_report, settings
+from evaluation import agreement, finding_blend, html_report, settings
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
 from evaluation.statistics import Scores, paired_auroc_difference
@@ -39,6 +40,8 @@ from models.metrics import auroc_or_nan
 
 ENSEMBLE = "ensemble"  # the ensemble's key in metrics.json
 BLENDED = f"each input's {PROB_UNCALIBRATED} after its temperature here"  # in the blend's sidecar
+BLENDED_FINDINGS = (f"each input's {finding_uncalibrated('<finding>')} after its temperature for that "
+                    "finding, with that finding's weights")  # in the blend's sidecar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,7 @@ class EnsembleResult:
     report_dir: str | None
     gain: dict[str, Any] | None = None
     other_labels: dict[str, Any] | None = None
+    findings: finding_blend.FindingBlend | None = None  # None: the findings were not blended
 
 
 def model_names(files: Sequence[Predictions]) -> list[str]:
@@ -103,16 +107,17 @@ class _Choice:
     temperatures: list[float]  # one per model, 1 where none was fitted
     fit: blend_lib.Fit | None
     validation: tuple[np.ndarray, np.ndarray] | None  # (labels, calibrated member probs (N, M))
+    findings: finding_blend.FindingBlend | None = None  # None: the findings are not blended
 
 
 def _choose(files: Sequence[Predictions], weights: Sequence[float] | None, threshold: float | None,
-            fit_on: Sequence[str] | None, fit_step: float) -> _Choice:
+            fit_on: Sequence[str] | None, fit_step: float, findings: bool) -> _Choice:
     fixed_weights = None if weights is None else blend_lib.normalise_weights(weights, len(files))
     fixed_threshold = None if threshold is None else blend_lib.check_threshold(threshold)
     if not fit_on:
         chosen = fixed_weights if fixed_weights is not None else blend_lib.reference_weights(files)
         return _Choice(chosen, settings.ENSEMBLE_THRESHOLD if fixed_threshold is None else fixed_threshold,
-                       [1.0] * len(files), None, None)
+                       [1.0] * len(files), None, None, finding_blend.binary(chosen) if findings else None)
     fit_files = [read_predictions(path) for path in fit_on]
     _check_fit_pairs(files, fit_files)
     validation = align(fit_files)
@@ -122,7 +127,10 @@ def _choose(files: Sequence[Predictions], weights: Sequence[float] | None, thres
     temperatures = [calibration.fit_temperature(labels, column) for column in validation.uncalibrated.T]
     members = blend_lib.calibrate_members(validation.uncalibrated, temperatures)
     fit = blend_lib.fit(members, labels, step=fit_step, weights=fixed_weights, threshold=fixed_threshold)
-    return _Choice(fit.weights, fit.threshold, temperatures, fit, (labels, members))
+    # Each finding the same way, on the same files (never the predictions': nothing calibrated twice).
+    per_finding = (finding_blend.choose(validation, fit.weights, fit.fitted_weights, fit_step)
+                   if findings else None)
+    return _Choice(fit.weights, fit.threshold, temperatures, fit, (labels, members), per_finding)
 
 
 def _write_submission(path: str, ids: np.ndarray, decisions: np.ndarray, id_column: str,
@@ -137,9 +145,12 @@ def _write_submission(path: str, ids: np.ndarray, decisions: np.ndarray, id_colu
 
 
 def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members: np.ndarray,
-            blended: np.ndarray, choice: _Choice) -> list[Scores]:
+            blended: np.ndarray, choice: _Choice,
+            findings: tuple[np.ndarray, np.ndarray] | None) -> list[Scores]:
     """Every member as it enters the blend (after its temperature) at the ensemble's threshold, so
-    the rows compare, then the ensemble."""
+    the rows compare, then the ensemble; each finding likewise (`findings`: (N, M, 14) members, (N, 14)
+    blend), None: not blended)."""
+    finding_labels = None if findings is None else aligned.finding_labels
     val = choice.validation
     blended_val = None if val is None else (val[0], blend_lib.blend(val[1], choice.weights))
     scores = []
@@ -151,12 +162,14 @@ def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members
             "crop": file.crop, "train_crop": (file.sidecar or {}).get("train_crop"), "source": file.path,
             "temperature": temperature, report_lib.SCORED: scored},
             uncalibrated=None if temperature == 1.0 else aligned.uncalibrated[:, m], meta=aligned.meta,
-            validation=None if val is None else (val[0], val[1][:, m])))
+            validation=None if val is None else (val[0], val[1][:, m]), finding_labels=finding_labels,
+            finding_probs=None if findings is None else findings[0][:, m]))
     scores.append(Scores(ENSEMBLE, aligned.labels, blended, choice.threshold, {
         **{key: _common([(f.sidecar or {}).get(key) for f in files]) for key in ("split", "data_dir")},
         "crop": _common([f.crop for f in files]),
         "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]), report_lib.SCORED: PROB,
-    }, meta=aligned.meta, validation=blended_val))
+    }, meta=aligned.meta, validation=blended_val, finding_labels=finding_labels,
+        finding_probs=None if findings is None else findings[1]))
     return scores
 
 
@@ -185,17 +198,23 @@ def _gain(report_dir: str, names: Sequence[str], aligned, members: np.ndarray, b
 
 def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], aligned, blended: np.ndarray,
                  choice: _Choice, fit_on: Sequence[str] | None, fit_step: float,
-                 report_dir: str | None) -> None:
-    """Writes the blended probabilities and their sidecar, the ensemble file (contracts/ensemble_file.py)."""
-    fit = choice.fit
-    write_predictions(path, aligned.ids, blended, aligned.labels, sidecar={
+                 report_dir: str | None, blended_findings: np.ndarray | None) -> None:
+    """Writes the blended probabilities (each finding's too, when blended) and their sidecar, the
+    ensemble file (contracts/ensemble_file.py)."""
+    fit, per_finding = choice.fit, choice.findings
+    # p_<finding> and label_<finding> only: like p_abnormal, the blend is handed over as it is.
+    findings = (None if blended_findings is None
+                else FindingColumns(blended_findings, None, aligned.finding_labels))
+    write_predictions(path, aligned.ids, blended, aligned.labels, findings=findings, sidecar={
         "backbone": ENSEMBLE,
         "schema_version": ensemble_file.SCHEMA_VERSION,
-        "inputs": ensemble_file.member_records(names, [f.sidecar for f in files], [f.path for f in files],
-                                               choice.weights, choice.temperatures),
+        "inputs": ensemble_file.member_records(
+            names, [f.sidecar for f in files], [f.path for f in files], choice.weights, choice.temperatures,
+            *((None, None) if per_finding is None else (per_finding.weights, per_finding.temperatures))),
         "weights": {name: float(w) for name, w in zip(names, choice.weights)},
         "temperatures": dict(zip(names, choice.temperatures)),
         "blended": BLENDED,
+        "blended_findings": None if per_finding is None else BLENDED_FINDINGS,
         "order": calibration.ORDER,
         "threshold": choice.threshold,
         "fit": None if fit is None else {
@@ -203,6 +222,8 @@ def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], 
             "temperatures": "fitted per member on its validation file (minimum negative log-likelihood)",
             "fitted_weights": fit.fitted_weights, "fitted_threshold": fit.fitted_threshold,
             "balanced_accuracy": fit.balanced_accuracy, "brier": fit.brier, "records": fit.records,
+            **({} if per_finding is None else {"finding_criterion": blend_lib.AUROC_CRITERION,
+                                                "findings": per_finding.choices}),
         },
         "crop": _common([f.crop for f in files]),
         "records": len(aligned.ids),
@@ -254,15 +275,18 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
     names = model_names(files)
-    choice = _choose(files, weights, threshold, fit_on, fit_step)
+    with_findings = finding_blend.blended_findings(files, aligned)
+    choice = _choose(files, weights, threshold, fit_on, fit_step, with_findings)
     members = blend_lib.calibrate_members(aligned.uncalibrated, choice.temperatures)
     blended = blend_lib.blend(members, choice.weights)
+    findings = None if choice.findings is None else finding_blend.apply(aligned.finding_uncalibrated,
+                                                                        choice.findings)
     metrics = gain = other_result = None
     report_dir = report_dir or settings.default_report_dir(output)
     # The report first and the submission last; a failure anywhere leaves none of the files.
     with atomic.Transaction(output) as tx:
         tx.guard(report_dir, output, ensemble_file.blend_path(output), ensemble_file.ensemble_path(output))
-        scores = _scores(files, names, aligned, members, blended, choice)
+        scores = _scores(files, names, aligned, members, blended, choice, findings)
         if report_lib.has_known_labels(aligned.labels):
             metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
             gain = _gain(report_dir, names, aligned, members, blended, choice.validation, bootstrap)
@@ -273,12 +297,13 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
         else:
             html_report.write_index(report_dir)
         probabilities = ensemble_file.blend_path(output)
-        _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step, report_dir)
+        _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step, report_dir,
+                     None if findings is None else findings[1])
         _write_submission(output, aligned.ids, blend_lib.decide(blended, choice.threshold), id_column,
                           label_column)
     weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
     return EnsembleResult(output, probabilities, weight_map, choice.threshold, choice.fit, metrics,
-                          report_dir, gain, other_result)
+                          report_dir, gain, other_result, choice.findings)
 
 
 def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
@@ -288,18 +313,41 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
     loaded = ensemble_file.load_ensemble(ensemble)
     by_dir = dict(zip(model_dirs, member_files))
     pairs = ensemble_file.match_members(loaded, model_dirs)
-    aligned = align([read_predictions(by_dir[model_dir]) for _, model_dir in pairs])
+    files = [read_predictions(by_dir[model_dir]) for _, model_dir in pairs]
+    aligned = align(files)
     weights = np.array([member.weight for member, _ in pairs])  # checked and normalised by load_ensemble
     temperatures = [member.temperature for member, _ in pairs]
     blended = blend_lib.blend(blend_lib.calibrate_members(aligned.uncalibrated, temperatures), weights)
-    write_predictions(output, aligned.ids, blended, aligned.labels, meta=aligned.meta, sidecar={
+    findings, recorded = _apply_findings(ensemble, [member for member, _ in pairs], files, aligned)
+    sidecar = {
         "backbone": ENSEMBLE, "ensemble": os.path.abspath(ensemble), "threshold": loaded.threshold,
         "weights": {member.name: float(w) for (member, _), w in zip(pairs, weights)},
         "temperatures": {member.name: member.temperature for member, _ in pairs},
-        "blended": BLENDED,
-        "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})})
+        "blended": BLENDED, **recorded,
+        "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})}
+    write_predictions(output, aligned.ids, blended, aligned.labels, sidecar, meta=aligned.meta,
+                      findings=findings)
     decisions = blend_lib.decide(blended, loaded.threshold)
     return len(aligned.ids), int(decisions.sum()), loaded.threshold
+
+
+def _apply_findings(ensemble: str, members: Sequence[ensemble_file.Member], files: Sequence[Predictions],
+                    aligned) -> tuple[FindingColumns | None, dict[str, Any]]:
+    """The findings blended by the ensemble file's per-finding weights and temperatures, and what the
+    sidecar records of them; (None, {}) when the files or the ensemble file have none (said in one line)."""
+    if not finding_blend.blended_findings(files, aligned):
+        return None, {}
+    recorded = finding_blend.from_members([m.finding_weights for m in members],
+                                          [m.finding_temperatures for m in members])
+    if recorded is None:
+        logging.warning("findings: %s records no per-finding weights (written before they were); blending "
+                        "the binary output only; rerun ensemble.py to blend the findings", ensemble)
+        return None, {}
+    _, blended = finding_blend.apply(aligned.finding_uncalibrated, recorded)
+    return FindingColumns(blended, None, aligned.finding_labels), {
+        "blended_findings": BLENDED_FINDINGS,
+        ensemble_file.FINDING_WEIGHTS: {m.name: list(m.finding_weights) for m in members},
+        ensemble_file.FINDING_TEMPERATURES: {m.name: list(m.finding_temperatures) for m in members}}
 
 
 def summary(result: EnsembleResult) -> str:
@@ -311,6 +359,8 @@ def summary(result: EnsembleResult) -> str:
                                                     ("threshold", result.fit.fitted_threshold)) if on)
         lines.append(f"{chosen} chosen on {result.fit.records} validation records by {blend_lib.CRITERION}: "
                      f"balanced accuracy {result.fit.balanced_accuracy:.4f}, Brier {result.fit.brier:.4f}")
+    if result.findings is not None:
+        lines.append(finding_blend.summary(result.findings))
     lines.append(f"wrote {result.submission} and {result.probabilities}")
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics)]
