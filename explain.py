@@ -4,10 +4,12 @@
     python explain.py --model_dir=runs/effnet --model_dir=runs/dn --ensemble=submission.probabilities.json \\
         --data_dir=shards --output_dir=explained
     python explain.py --model_dir=runs/effnet --images=new_studies/ --output_dir=explained
+    python explain.py --model_dir=runs/effnet --finding=Mass --data_dir=shards --output_dir=explained
 
 Writes a heatmap .npy and an overlay .png per image of the gallery (the most confident hits and
-misses, --image_ids, or every file of --images), localization.json (pointing game and energy in the
-boxes, beside a centred-Gaussian baseline) and explanations.json; into <report>/explanations, the
+misses, --image_ids, or every file of --images; of one finding with --finding), localization.json
+(pointing game and energy in the boxes, beside a centred-Gaussian baseline; with the findings head,
+each finding's own map against its boxes too) and explanations.json; into <report>/explanations, the
 report's index.html gains the gallery. Bad input exits 1 in one line; nothing is written.
 """
 

@@ -1,5 +1,6 @@
 """The folder explain.py writes: the index `explanations.json` (header, and per image its id, group,
-rank, p_abnormal, label and files), `localization.json`, per image a map `.npy` and overlay `.png`."""
+rank, p_abnormal or p_<finding>, label and files), `localization.json`, per image a map `.npy` and
+overlay `.png`."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from contracts import explanation_folder
 from contracts.atomic import write_text
-from contracts.output_names import PROB
+from contracts.output_names import PROB, finding_prob
 from evaluation import agreement, findings, localization, statistics
 from evaluation import report as report_lib
 
@@ -142,10 +142,33 @@ def _section(report_dir: str, section: report_lib.Section) -> str:
     return _RENDER[section.name](content) if content else ""
 
 
+_LOCALIZATION_HEADER = ["finding", "images", "boxes", "pointing game", "baseline", "energy in boxes",
+                        "baseline", "box area"]
+
+
 def _localization_rows(report: dict[str, Any]) -> list[list[str]]:
     named = [("all findings", report["overall"])] + sorted(report.get("per_finding", {}).items())
+    return _rows(named)
+
+
+def _rows(named: list[tuple[str, dict[str, Any]]]) -> list[list[str]]:
     return [[html.escape(name), str(row["images"]), str(row["boxes"])]
             + [_number(row[column]) for column in localization.MEANS] for name, row in named]
+
+
+def _finding_maps_table(own: dict[str, Any]) -> str:
+    return ("<h3>Each finding's own map against its boxes</h3><p class=note>Grad-CAM of each finding's "
+            "logit, scored against the boxes of that finding only (the table above scores the "
+            f"abnormal-vs-normal map against them); {own['empty_maps']} empty maps.</p>"
+            + _table(_LOCALIZATION_HEADER, _rows(sorted(own["per_finding"].items()))))
+
+
+def _caption(entry: dict[str, Any], finding: str | None) -> str:
+    what = {1: "abnormal", 0: "normal"} if finding is None else {1: "present", 0: "absent"}
+    label = what.get(entry.get("label"), "unknown")
+    p = entry[PROB] if finding is None else entry[finding_prob(finding)]
+    return (f"{html.escape(entry['group'])}: {html.escape(entry['image_id'])}, "
+            f"P({html.escape(finding or 'abnormal')}) {p:.3f}, label {label}")
 
 
 def _explanations_section(report_dir: str) -> str:
@@ -159,19 +182,19 @@ def _explanations_section(report_dir: str) -> str:
         parts.append("<h3>Localization against the expert boxes</h3><p class=note>Pointing game: the map's "
                      "maximum falls inside a box. Energy: the map's share inside the boxes. Each beside a "
                      "centred Gaussian map, the 'look at the middle' baseline.</p>" + _table(
-                         ["finding", "images", "boxes", "pointing game", "baseline", "energy in boxes",
-                          "baseline", "box area"], _localization_rows(located)))
+                         _LOCALIZATION_HEADER, _localization_rows(located)))
+        if located.get(localization.FINDING_MAPS):
+            parts.append(_finding_maps_table(located[localization.FINDING_MAPS]))
     elif located:
         parts.append(f"<p>Localization not scored: {html.escape(str(located.get('reason')))}</p>")
     figures = []
     for entry in index["images"]:
-        label = {1: "abnormal", 0: "normal"}.get(entry.get("label"), "unknown")
         src = os.path.relpath(os.path.join(folder, entry["overlay"]), report_dir)
         figures.append(f'<figure><img src="{html.escape(src)}" alt="{html.escape(entry["image_id"])}" '
-                       f'style="max-width:14em"><figcaption>{html.escape(entry["group"])}: '
-                       f"{html.escape(entry['image_id'])}, P(abnormal) {entry[PROB]:.3f}, label {label}"
+                       f'style="max-width:14em"><figcaption>{_caption(entry, index.get("finding"))}'
                        "</figcaption></figure>")
-    return "".join(parts) + "<h3>Gallery</h3>" + "".join(figures)
+    mapped = f" of {html.escape(index['finding'])}" if index.get("finding") else ""
+    return "".join(parts) + f"<h3>Gallery{mapped}</h3>" + "".join(figures)
 
 
 def write_index(report_dir: str) -> str:

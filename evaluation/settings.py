@@ -8,6 +8,7 @@ import os
 
 from contracts import explanation_folder as folder
 from contracts import output_names as files
+from contracts.labels import FINDINGS
 from contracts.settings import REQUIRED, Shared, check, setting
 from contracts.shared import (
     DATA_DIR,
@@ -26,6 +27,8 @@ from training.config import GLOBAL_BATCH_SIZE, PRECISION, STRATEGY
 
 ENSEMBLE_THRESHOLD = 0.6  # the reference's blend called an image abnormal at P >= 0.6
 SINGLE_MODEL_THRESHOLD = 0.5  # a softmax model's own decision: the larger of its two outputs
+# explain.py --finding's tp/fp/fn: blended calibrated P(finding) >= it (no per-finding threshold is fitted).
+FINDING_THRESHOLD = 0.5
 FIT_STEP = 0.05  # spacing of the weight grid `blend.fit` searches
 BOOTSTRAP = 1000  # resamples behind each 95% interval of the report
 PREDICT_BATCH_SIZE = 64
@@ -142,7 +145,11 @@ class ExplainConfig:
         "and false negatives, one per image."))
     per_group: int = setting(EXPLAIN_PER_GROUP, (
         "Gallery images per group (tp, fp, fn), most confident first, at the ensemble file's threshold, "
-        f"else {SINGLE_MODEL_THRESHOLD}."), lower=0)
+        f"else {SINGLE_MODEL_THRESHOLD}; with --finding at {FINDING_THRESHOLD} on its probability."), lower=0)
+    finding: str | None = setting(None, (
+        "Map this NIH finding's logit instead of the abnormal-vs-normal margin, and choose the gallery by "
+        "its blended calibrated probability and its labels (needs models trained with --findings_weight "
+        "> 0, and an ensemble file with per-finding weights)."), choices=FINDINGS)
     global_batch_size: int = GLOBAL_BATCH_SIZE.field(EXPLAIN_BATCH_SIZE, note=(
         "Here: per prediction and Grad-CAM step, on one device."))
     workers: int | None = WORKERS.field(note="Here: with --images.")

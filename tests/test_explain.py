@@ -17,14 +17,16 @@ from PIL import Image
 from contracts import ensemble_file, records
 from contracts import explanation_folder as folder_lib
 from contracts import manifest as manifest_lib
-from contracts.boxes import FindingBox
-from contracts.labels import NIH_FRAME
+from contracts.boxes import FindingBox, stored_box
+from contracts.errors import UserInputError
+from contracts.labels import FINDINGS, NIH_FRAME
 from contracts.prediction_files import write_predictions
-from evaluation import explanation, gradcam
+from contracts.run_folder import RunFolder
+from evaluation import explanation, gradcam, localization
 from evaluation.feature_grid import feature_grid
 from evaluation.settings import ExplainConfig
 from models import build_classifier
-from models.heads import POOL_LAYER
+from models.heads import FINDINGS_LAYER, NUM_CLASSES, OUTPUT_LAYER, POOL_LAYER
 from models.saved import load_classifier
 from tests.shard_factory import encode_png
 from training.config import TrainConfig
@@ -58,7 +60,8 @@ def write_lesion_shards(out: str, splits: dict[str, int], seed: int = 0) -> None
                 writer.write(records.make_example(records.Record(
                     image=encode_png(np.clip(pixels, 0, 255).astype(np.uint8)), image_format="png", image_size=SIZE,
                     image_id=f"{split}_{i:04d}.png", label=int(bool(boxes)), findings=findings, patient_id=str(i),
-                    box=boxes[0].xywh if boxes else records.NO_BOX, boxes=boxes)).SerializeToString())
+                    box=boxes[0].xywh if boxes else records.NO_BOX, boxes=boxes,
+                    findings_known=True)).SerializeToString())
         info[split] = {"records": count, "normal": count // 2, "abnormal": count - count // 2, "patients": count,
                        "shards": [name]}
     manifest_lib.write_manifest(out, {"config": {"image_size": SIZE, "image_format": "png", "crop": "none"},
@@ -67,16 +70,18 @@ def write_lesion_shards(out: str, splits: dict[str, int], seed: int = 0) -> None
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """The lesion shards and two tiny models trained on them (deterministic input order)."""
+    """The lesion shards (the lesion's finding, Mass, known) and two tiny models trained on them
+    (deterministic input order): the first with the findings head, the second the binary head alone."""
     root = tmp_path_factory.mktemp("explain")
     shards = str(root / "shards")
     write_lesion_shards(shards, {"train": 240, "val": 60, "test": 80})
     runs = []
-    for seed, epochs in ((0, 6), (1, 2)):
+    for seed, epochs, findings_weight in ((0, 6, 1.0), (1, 2, 0.0)):
         run = str(root / f"tiny{seed}")
         run_training(TrainConfig(backbone="tiny_test", data_dir=shards, weights="none", epochs=epochs,
                                  learning_rate=3e-3, batchnorm_momentum=0.9, early_stopping_patience=epochs,
-                                 global_batch_size=16, seed=seed, deterministic=True, model_dir=run))
+                                 global_batch_size=16, seed=seed, deterministic=True, model_dir=run,
+                                 findings_weight=findings_weight))
         runs.append(run)
     return {"root": root, "shards": shards, "runs": runs, "test_abnormal": 40}
 
@@ -140,6 +145,8 @@ def test_explanations_in_a_report_folder_join_its_page(world, tmp_path):
     assert len(overlays) == len(result.images) > 0
     assert all((report_dir / s).is_file() for s in page.sources)
     assert "Localization against the expert boxes" in page.text and "all findings" in page.text
+    # The first run has the findings head: each finding's own map has its table too.
+    assert "Each finding's own map against its boxes" in page.text
 
 
 # Where the test backbone's 16 x 16 cells sit over its 64 px input, worked out by hand: each of its
@@ -176,10 +183,11 @@ def test_shards_on_another_file_system_are_explained_as_local_ones(world, tmp_pa
     assert folder_lib.load_index(str(tmp_path / "far"))["source"] == {"data_dir": remote, "split": "test"}
 
 
-def _independent_map(classifier: keras.Model, pixels: np.ndarray) -> np.ndarray:
+def _independent_map(classifier: keras.Model, pixels: np.ndarray, finding: str | None = None) -> np.ndarray:
     """Grad-CAM by a second path: the layers called one by one, the head from a watched feature map,
-    the margin from the softmax layer's kernel, then numpy, with linear interpolation between the
-    cells' centres (`TINY_CENTRES`) and constant beyond them."""
+    the margin from the softmax layer's kernel (with `finding`, that finding's logit from the findings
+    layer's kernel column), then numpy, with linear interpolation between the cells' centres
+    (`TINY_CENTRES`) and constant beyond them."""
     names = [layer.name for layer in classifier.layers]
     x = tf.constant(pixels)
     for layer in classifier.layers[1:names.index(POOL_LAYER)]:
@@ -188,10 +196,15 @@ def _independent_map(classifier: keras.Model, pixels: np.ndarray) -> np.ndarray:
     with tf.GradientTape() as tape:
         tape.watch(features)
         h = features
-        for layer in classifier.layers[names.index(POOL_LAYER):-1]:
+        for layer in classifier.layers[names.index(POOL_LAYER):names.index(OUTPUT_LAYER)]:
             h = layer(h, training=False)
-        kernel, bias = (v.numpy() for v in classifier.layers[-1].weights)
-        margin = tf.matmul(h, kernel[:, 1:] - kernel[:, :1]) + (bias[1] - bias[0])
+        if finding is None:
+            kernel, bias = (v.numpy() for v in classifier.get_layer(OUTPUT_LAYER).weights)
+            margin = tf.matmul(h, kernel[:, 1:] - kernel[:, :1]) + (bias[1] - bias[0])
+        else:
+            kernel, bias = (v.numpy() for v in classifier.get_layer(FINDINGS_LAYER).weights)
+            k = FINDINGS.index(finding)
+            margin = tf.matmul(h, kernel[:, k:k + 1]) + bias[k]
     grads, features = tape.gradient(margin, features).numpy(), features.numpy()
     maps = []
     for f, g in zip(features, grads):
@@ -370,3 +383,79 @@ def test_without_split_the_folder_decides_or_the_one_line_lists_its_splits(world
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     (own,) = [line for line in done.stderr.splitlines() if line.startswith("explain.py: ")]
     assert "has splits eval, val; pass --split" in own and not os.path.exists(out)
+
+
+def _boxed_records(world, image_ids=()):
+    shards = manifest_lib.ShardFolder.open(world["shards"])
+    return list(explanation.read_records(shards, "test", list(image_ids), with_boxes=True))
+
+
+def _pixels(found) -> np.ndarray:
+    return np.repeat(np.stack([r["gray"] for r in found])[..., None], 3, -1).astype(np.float32)
+
+
+def test_a_finding_map_is_the_grad_cam_of_that_findings_logit_and_is_scored_on_its_boxes(world, tmp_path):
+    """--finding=Mass: the gallery is chosen by P(Mass) after the run's Mass temperature and its labels,
+    its maps are Grad-CAM of the Mass logit (a second computation from the findings layer's kernel), and
+    the localization's per-finding table scores the Mass map of every boxed image."""
+    out, run = str(tmp_path / "explained"), world["runs"][0]
+    result = explanation.run_explain(ExplainConfig(model_dir=[run], data_dir=world["shards"], split="test",
+                                                   output_dir=out, per_group=2, finding="Mass", progress=False))
+    index, k = folder_lib.load_index(out), FINDINGS.index("Mass")
+    assert index["finding"] == "Mass" == result.finding and index["threshold"] == 0.5 and "Mass" in index["target"]
+    classifier = load_classifier(run)
+    records = {r["image_id"]: r for r in _boxed_records(world, [e["image_id"] for e in index["images"]])}
+    shown = [records[e["image_id"]] for e in index["images"]]
+    pixels = _pixels(shown)
+    raw = np.clip(classifier.predict(pixels, verbose=0)[:, NUM_CLASSES + k].astype(np.float64), 1e-7, 1 - 1e-7)
+    temperature = RunFolder.open(run).finding_temperatures()[k] or 1.0
+    expected_p = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / temperature))
+    np.testing.assert_allclose([e["p_Mass"] for e in index["images"]], expected_p, atol=1e-5)
+    assert [e["label"] for e in index["images"]] == [int(bool(r["boxes"])) for r in shown]
+    assert [(e["p_Mass"] >= 0.5) == (e["group"] != "fn") for e in index["images"]] == [True] * len(shown)
+    got = np.stack([np.load(os.path.join(out, e["heatmap"])) for e in index["images"]])
+    mass = _independent_map(classifier, pixels, "Mass")
+    assert np.abs(mass - _independent_map(classifier, pixels)).max() > 0.05  # not the binary map
+    np.testing.assert_allclose(got, mass, atol=2e-5)
+    # Every boxed image's own Mass map, scored against its Mass boxes, beside the binary table.
+    own = result.localization[localization.FINDING_MAPS]
+    boxed = _boxed_records(world)
+    maps = _independent_map(classifier, _pixels(boxed), "Mass")
+    energies = {r["image_id"]: localization.energy_fraction(m, localization.box_mask(
+        [stored_box(b.xywh, SIZE, None) for b in r["boxes"] if b.finding == "Mass"], SIZE)) for r, m in zip(boxed, maps)}
+    assert {i["image_id"]: i["Mass"]["energy"] for i in own["per_image"]} == pytest.approx(energies, abs=1e-4)
+    row = own["per_finding"]["Mass"]
+    assert row["images"] == world["test_abnormal"] and row["pointing_game"] >= row["pointing_game_baseline"] + 0.3
+    assert "each finding's own map" in explanation.summary(result)
+
+
+def test_without_the_findings_head_the_localization_is_as_before_and_finding_is_refused(world, tmp_path):
+    out, binary_only = str(tmp_path / "explained"), world["runs"][1]
+    result = explanation.run_explain(ExplainConfig(model_dir=[binary_only], data_dir=world["shards"],
+                                                   split="test", output_dir=out, per_group=1, progress=False))
+    assert set(result.localization) == {"scored", "images", "boxes", "empty_maps", "baseline", "overall",
+                                        "per_finding", "per_image"}
+    assert len(explanation.summary(result).splitlines()) == 1 + 2 + 1 + len(result.localization["per_finding"])
+    refused = str(tmp_path / "refused")
+    done = _explain(f"--model_dir={binary_only}", f"--data_dir={world['shards']}", f"--output_dir={refused}",
+                    "--finding=Mass")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    (own,) = [line for line in done.stderr.splitlines() if line.startswith("explain.py: ")]
+    assert f"{binary_only} has no findings head; retrain it with --findings_weight > 0" in own
+    assert not os.path.exists(refused)
+    with pytest.raises(UserInputError, match="has no findings head; retrain it with --findings_weight > 0"):
+        gradcam.GradCam(build_classifier("tiny_test", 32, weights="none"), "Mass")
+
+
+def test_finding_with_an_ensemble_file_without_per_finding_weights_or_an_unknown_name_is_refused(world, tmp_path):
+    ensemble = _ensemble_file(str(tmp_path / "s.probabilities.json"), world["runs"], [0.5, 0.5], threshold=0.5)
+    out = str(tmp_path / "explained")
+    with pytest.raises(UserInputError, match=f"--ensemble={ensemble} has no per-finding weights"):
+        explanation.run_explain(ExplainConfig(model_dir=world["runs"], data_dir=world["shards"], split="test",
+                                              output_dir=out, ensemble=ensemble, finding="Mass", progress=False))
+    done = _explain(f"--model_dir={world['runs'][0]}", f"--data_dir={world['shards']}", f"--output_dir={out}",
+                    "--finding=Masses")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    own = [line for line in done.stderr.splitlines() if "Masses" in line]
+    assert len(own) == 1 and all(name in own[0] for name in FINDINGS), done.stderr[-2000:]
+    assert not os.path.exists(out)

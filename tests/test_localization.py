@@ -142,3 +142,37 @@ def test_the_tally_reports_overall_and_per_finding_means_with_counts():
         assert row["pointing_game_baseline"] == pytest.approx(np.mean([s[0] for s in baseline]))
         assert row["energy_in_boxes_baseline"] == pytest.approx(np.mean([s[1] for s in baseline]), rel=1e-6)
     assert got["per_finding"]["Nodule"]["boxes"] == 6 and "Nodule" in localization.format_table(got)
+
+
+def test_each_findings_own_map_is_scored_against_that_findings_boxes_only():
+    # Each finding's map peaks inside the OTHER finding's box: against every box it would hit.
+    size, tally = 16, localization.LocalizationTally(16)
+    boxes = {"Mass": [(1.0, 1.0, 6.0, 6.0)], "Nodule": [(9.0, 9.0, 15.0, 15.0), (0.0, 12.0, 3.0, 16.0)]}
+    rng = np.random.default_rng(4)
+    maps = {"Mass": rng.random((size, size)) * 0.5, "Nodule": rng.random((size, size)) * 0.5}
+    maps["Mass"][11, 11] = maps["Nodule"][3, 3] = 1.0
+    binary = rng.random((size, size))
+    tally.add("a.png", binary, boxes)
+    tally.add_finding_maps("a.png", maps, boxes)
+    tally.add("b.png", binary, {"Mass": boxes["Mass"]})
+    tally.add_finding_maps("b.png", {"Mass": maps["Nodule"]}, {"Mass": boxes["Mass"]})
+    got = tally.summary()
+    own = got[localization.FINDING_MAPS]["per_finding"]
+    assert own["Mass"]["images"] == 2 and own["Nodule"]["images"] == 1 and own["Nodule"]["boxes"] == 2
+    for finding, cases in (("Mass", [(maps["Mass"], boxes["Mass"]), (maps["Nodule"], boxes["Mass"])]),
+                           ("Nodule", [(maps["Nodule"], boxes["Nodule"])])):
+        scores = [_reference_scores(m, b) for m, b in cases]
+        assert own[finding]["pointing_game"] == pytest.approx(np.mean([s[0] for s in scores]))
+        assert own[finding]["energy_in_boxes"] == pytest.approx(np.mean([s[1] for s in scores]), rel=1e-6)
+        baseline = [_reference_scores(tally.baseline, b) for _, b in cases]
+        assert own[finding]["pointing_game_baseline"] == pytest.approx(np.mean([s[0] for s in baseline]))
+    assert own["Mass"]["pointing_game"] == 0.5  # a.png misses (its peak is on Nodule), b.png hits
+    # The binary map's table is unchanged by the finding maps beside it.
+    assert got["per_finding"]["Mass"]["images"] == 2 and got["overall"]["images"] == 2
+    assert "each finding's own map" in localization.format_table(got)
+    alone = localization.LocalizationTally(16)
+    alone.add("a.png", binary, boxes)
+    alone.add("b.png", binary, {"Mass": boxes["Mass"]})
+    assert localization.FINDING_MAPS not in alone.summary()
+    assert localization.format_table(alone.summary()) == "\n".join(
+        localization.format_table(got).splitlines()[:2 + 3])
