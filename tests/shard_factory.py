@@ -49,6 +49,7 @@ def write_shards(
     seed: int = 0,
     labeled: bool = True,
     copies: int = 1,
+    findings_known: bool = False,
 ) -> dict[str, list[dict]]:
     """Writes `splits` (name -> record count) as shards plus a manifest into `out_dir`.
 
@@ -61,6 +62,7 @@ def write_shards(
       labeled: False writes label -1 everywhere (an unlabeled eval folder).
       copies: each record is written this many times (ids `<split>_<i>_<copy>.png`), same pixels and
         patient: a patient's duplicated images, as the bootstrap tests need.
+      findings_known: labeled records are marked as naming their findings (abnormal ones: Mass).
 
     Returns:
       split -> list of {"image_id", "label", "pixels"} in write order (shard by shard).
@@ -90,6 +92,7 @@ def write_shards(
                         example = records.make_example(records.Record(
                             image=encode_png(pixels), image_format="png", image_size=image_size,
                             image_id=copy_id, label=label, findings=findings,
+                            findings_known=findings_known and labeled,
                             patient_id=str(i // 3), view_position=VIEWS[i % 2], sex=SEXES[(i // 3) % 2],
                             age=AGES[(i // 3) % len(AGES)],
                         ))
