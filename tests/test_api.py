@@ -13,6 +13,7 @@ from PIL import Image
 import predict
 from contracts import ensemble_file
 from contracts.errors import UserInputError
+from contracts.labels import FINDINGS
 from evaluation import ensembling, prediction
 from evaluation.settings import EnsembleConfig, PredictConfig
 from preprocess import images as builder_images
@@ -58,7 +59,7 @@ def train_ensemble(root, names=("run0", "run1"), weights=(0.7, 0.3)):
     """Tiny runs at 32 px trained on shards under `root` into `root / name`, and ensemble.py's file
     over them with `weights`."""
     data_dir = str(root / "shards")
-    write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE)
+    write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE, findings_known=True)  # findings head on
     dirs = [_train(data_dir, str(root / name), seed=i) for i, name in enumerate(names)]
     result = prediction.run_prediction(PredictConfig(model_dir=dirs, data_dir=data_dir, split="val",
                                                      output=str(root / "pred" / "val.csv"), global_batch_size=8,
@@ -109,6 +110,12 @@ def test_a_folder_scores_as_predict_images_scores_it(world):
     assert (table["decision"] == (expected["p_abnormal"] >= THRESHOLD).astype(int)).all()
     logit = np.log(expected["p_abnormal"] / (1 - expected["p_abnormal"]))
     np.testing.assert_allclose(table["logit"], logit, atol=1e-4)
+    # One column per finding, named and ordered as predict.py's, holding its numbers.
+    findings = [f"p_{f}" for f in FINDINGS]
+    assert [c for c in table.columns if c.startswith("p_") and c[2:] in FINDINGS] == findings
+    gap = np.abs(table[findings].to_numpy() - expected[findings].to_numpy()).max()
+    print(f"score_files: max |p_<finding> - predict.py --images| = {gap:.2e}")
+    assert gap <= PARITY and np.ptp(expected[findings].to_numpy(), axis=0).min() > 1e-4
     assert table.loc["series/1.dcm", META].tolist() == ["P77", "AP", "F", 54]
     assert table[META].astype(str).equals(expected[META].astype(str))
     # The truncated PNG is skipped by both, the others scored; the note is ignored by both.
