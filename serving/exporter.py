@@ -97,7 +97,7 @@ def _no_findings(chosen: Sequence[ensemble_file.Blended], classifiers) -> str | 
     per-finding weights and temperatures."""
     lacking = [m.name for m, c in zip(chosen, classifiers) if c.output_shape[-1] != output_width(True)]
     if lacking:
-        return (f"no {OUTPUT_FINDINGS}: {', '.join(lacking)} has no findings head (trained with "
+        return (f"no {OUTPUT_FINDINGS}: no findings head in {', '.join(lacking)} (trained with "
                 "--findings_weight=0)")
     if any(m.finding_weights is None or m.finding_temperatures is None for m in chosen):
         return (f"no {OUTPUT_FINDINGS}: the ensemble file has no per-finding weights (written before "

@@ -181,7 +181,7 @@ def test_single_model_serves_what_predict_computed_and_loads_without_the_project
     with open(export_dir / exporter.EXPORT_INFO) as f:
         assert json.load(f) == info
     # Trained without finding labels: the binary model alone, served as before, and export.json says why.
-    assert info["findings"] == {"output": None, "why": "no p_findings: tiny_test has no findings head "
+    assert info["findings"] == {"output": None, "why": "no p_findings: no findings head in tiny_test "
                                                       "(trained with --findings_weight=0)"}
     assert info["members"][0]["finding_weights"] is None
     assert info["threshold"] == 0.3 and info["image_size"] == SIZE and info["backbones"] == ["tiny_test"]
