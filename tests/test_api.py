@@ -144,6 +144,31 @@ def test_an_ensemble_from_runs_scores_as_predict_images_ensemble(world):
                                    atol=PARITY, rtol=0)
 
 
+def test_an_ensemble_with_finding_weights_scores_each_finding_as_its_members_blend(world, tmp_path):
+    rng = np.random.default_rng(11)  # a weight and a temperature per member and finding, all different
+    weights, temperatures = rng.uniform(0.1, 3.0, (2, len(FINDINGS))), rng.uniform(0.4, 2.5, (2, len(FINDINGS)))
+    path = str(tmp_path / "hand.probabilities.json")
+    inputs = [{"name": f"m{m}", "weight": 0.5, "model_dir": d, ensemble_file.FINDING_WEIGHTS: weights[m].tolist(),
+               ensemble_file.FINDING_TEMPERATURES: temperatures[m].tolist()} for m, d in enumerate(world["dirs"])]
+    with open(path, "w") as f:
+        json.dump({"schema_version": ensemble_file.SCHEMA_VERSION, "inputs": inputs, "threshold": 0.5}, f)
+    _, _, output = _predict_images(world, world["studies"], "hand", model_dir=world["dirs"], ensemble=path)
+    table = Classifier.from_runs(world["dirs"], ensemble=path).score_files(world["studies"])
+    # Independently: predict.py's member files, raw sigmoid -> each finding's temperature -> its weights.
+    folder, by_dir = os.path.dirname(output), {}
+    for name in (n for n in os.listdir(folder) if n.startswith("hand.") and n.endswith(".json")):
+        with open(os.path.join(folder, name)) as f:
+            by_dir[json.load(f).get("model_dir")] = os.path.join(folder, name[:-5] + ".csv")
+    raw = np.stack([pd.read_csv(by_dir[os.path.abspath(d)], index_col=0).loc[
+        table.index, [f"p_uncalibrated_{f}" for f in FINDINGS]].to_numpy() for d in world["dirs"]])
+    clipped = np.clip(raw, 1e-7, 1 - 1e-7)
+    calibrated = 1 / (1 + np.exp(-(np.log(clipped) - np.log1p(-clipped)) / temperatures[:, None, :]))
+    expected = np.einsum("mnf,mf->nf", calibrated, weights / weights.sum(axis=0))
+    gap = np.abs(table[[f"p_{f}" for f in FINDINGS]].to_numpy() - expected).max()
+    print(f"ensemble score_files: max |p_<finding> - blend of predict.py's members| = {gap:.2e}")
+    assert gap <= PARITY and np.ptp(raw[0] - raw[1]) > 1e-3
+
+
 def test_from_runs_equals_the_loaded_export(world):
     files = world["studies"]
     for loaded, built in [(world["one"], Classifier.from_runs(world["dirs"][0], threshold=THRESHOLD)),
