@@ -1,6 +1,6 @@
 """An export folder's names, for the exporter and its readers (no TensorFlow)."""
 
-from contracts.output_names import DECISION, PROB, PROB_UNCALIBRATED
+from contracts.output_names import DECISION, FINDINGS_OUTPUT, PROB, PROB_UNCALIBRATED
 
 EXPORT_INFO = "export.json"  # beside saved_model.pb: members, image size, threshold, signatures
 MODEL_CARD = "MODEL_CARD.md"  # beside EXPORT_INFO: training data, scores, intended use, limits
@@ -15,3 +15,4 @@ OUTPUT_LOGIT = "logit"  # float32 [None]: log(p / (1 - p)) of OUTPUT_PROB
 OUTPUT_DECISION = DECISION  # int32 [None]: OUTPUT_PROB >= threshold
 MEMBER_PREFIX = "member_"  # an ensemble's per-member output: float32 [None, members]
 OUTPUT_MEMBERS = MEMBER_PREFIX + PROB_UNCALIBRATED  # each member's softmax output, in blend order
+OUTPUT_FINDINGS = FINDINGS_OUTPUT  # float32 [None, 14], export.json's "findings" names its columns

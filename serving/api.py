@@ -24,6 +24,7 @@ from contracts.export_folder import (
     INPUT_BYTES,
     INPUT_PIXELS,
     OUTPUT_DECISION,
+    OUTPUT_FINDINGS,
     OUTPUT_LOGIT,
     OUTPUT_MEMBERS,
     OUTPUT_PROB,
@@ -31,7 +32,8 @@ from contracts.export_folder import (
     PIXELS,
     SERVING_DEFAULT,
 )
-from contracts.output_names import ID
+from contracts.labels import FINDINGS
+from contracts.output_names import ID, finding_prob
 from contracts.prediction_files import AGE, META_COLUMNS
 from preprocess import dicom, sources
 from preprocess import images as builder
@@ -92,9 +94,9 @@ class Classifier:
     """A served model in-process: `load` an export.py folder or build one `from_runs`, then score.
 
     Every `score_*` returns a DataFrame indexed by `image_id` with `p_abnormal`, `p_uncalibrated` (one
-    model) or `p_uncalibrated.<member>` (an ensemble), `decision`, `logit`, `patient_id`,
-    `view_position`, `patient_sex`, `patient_age`; unreadable images are left out and listed in
-    `table.attrs["skipped"]`.
+    model) or `p_uncalibrated.<member>` (an ensemble), `decision`, `logit`, one `p_<finding>` per NIH
+    finding when the export serves `p_findings`, `patient_id`, `view_position`, `patient_sex`,
+    `patient_age`; unreadable images are left out and listed in `table.attrs["skipped"]`.
     """
 
     def __init__(self, signatures: Mapping[str, Callable], image_size: int, max_pixels: int,
@@ -129,11 +131,11 @@ class Classifier:
         `ensemble` (ensemble.py's .probabilities.json); one takes `threshold` (default as export.py's)."""
         model_dirs = [model_dirs] if isinstance(model_dirs, (str, os.PathLike)) else list(model_dirs)
         chosen, chosen_threshold = exporter.members([str(d) for d in model_dirs], ensemble, threshold)
-        module, _, _ = exporter.build_module(chosen, chosen_threshold)
+        module, _, _, _ = exporter.build_module(chosen, chosen_threshold)
         signatures = {SERVING_DEFAULT: module.serve_bytes.get_concrete_function(),
                       PIXELS: module.serve_pixels.get_concrete_function()}
-        return cls(signatures, module.image_size, module.max_pixels, [m[0] for m in chosen], chosen_threshold,
-                   keep=module)
+        return cls(signatures, module.image_size, module.max_pixels, [m.name for m in chosen],
+                   chosen_threshold, keep=module)
 
     def score_files(self, images: str | os.PathLike | Sequence[str | os.PathLike],
                     batch_size: int = BATCH_SIZE) -> pd.DataFrame:
@@ -248,6 +250,9 @@ class Classifier:
             columns.update({member_column(name): members[:, m] for m, name in enumerate(self.members)})
         columns[OUTPUT_DECISION] = column(OUTPUT_DECISION)
         columns[OUTPUT_LOGIT] = column(OUTPUT_LOGIT)
+        if ids and OUTPUT_FINDINGS in rows[ids[0]]:
+            findings = column(OUTPUT_FINDINGS).reshape(len(ids), len(FINDINGS))
+            columns.update({finding_prob(f): findings[:, k] for k, f in enumerate(FINDINGS)})
         for k, name in enumerate(META_COLUMNS):
             columns[name] = np.array([meta[i][k] for i in ids], dtype=np.int64 if name == AGE else object)
         table = pd.DataFrame(columns, index=pd.Index(ids, name=ID))

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from contracts import atomic, ensemble_file, run_folder
+from contracts import atomic, ensemble_file
 from contracts.errors import UserInputError, check_output_folder
 from contracts.export_folder import (
     EXPORT_INFO,
@@ -18,20 +18,24 @@ from contracts.export_folder import (
     INPUT_BYTES,
     INPUT_PIXELS,
     MODEL_CARD,
+    OUTPUT_FINDINGS,
     PIXELS,
     SERVING_DEFAULT,
 )
+from contracts.labels import FINDINGS
 from evaluation import settings
 from evaluation.blend import check_threshold
 from models import calibration
+from models.heads import output_width
 from models.saved import load_classifier
 from serving import model_card, savedmodel
 from serving.config import ExportConfig
 
 
-def members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | None):
-    """[(name, weight, model_dir, temperature)] in blend order, and the threshold (UserInputError for
-    unusable runs or ensemble file); what export.py and `serving.api.Classifier.from_runs` serve."""
+def members(model_dirs: Sequence[str], ensemble: str | None,
+            threshold: float | None) -> tuple[list[ensemble_file.Blended], float]:
+    """The members in blend order, and the threshold (UserInputError for unusable runs or ensemble
+    file); what export.py and `serving.api.Classifier.from_runs` serve."""
     if ensemble is not None and threshold is not None:
         raise UserInputError("--threshold and --ensemble both set the threshold; drop --threshold "
                              "(the ensemble file holds the one chosen on validation)")
@@ -43,7 +47,7 @@ def members(model_dirs: Sequence[str], ensemble: str | None, threshold: float | 
         chosen = settings.SINGLE_MODEL_THRESHOLD if threshold is None else check_threshold(threshold)
     else:
         chosen = loaded.threshold
-    return [(m.name, m.weight, m.run.path, m.temperature) for m in blended], chosen
+    return blended, chosen
 
 
 def _check_export_dir(export_dir: str) -> None:
@@ -52,29 +56,35 @@ def _check_export_dir(export_dir: str) -> None:
                              "pass a new folder (exports are never overwritten in place)")
 
 
-def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict[str, Any]:
+def _info(members, configs, threshold, module, warnings, no_findings) -> dict[str, Any]:
     crops = sorted({str(c.get("train_crop")) for c in configs})
+    image_size, served = module.image_size, no_findings is None
+    outputs = savedmodel.output_dtypes(len(members) > 1, served)
     return {
         "schema_version": EXPORT_SCHEMA_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "backbones": [c["backbone"] for c in configs],
-        "members": [{"name": name, "weight": weight, "temperature": temperature,
-                     "model_dir": os.path.abspath(model_dir),
+        "members": [{"name": m.name, "weight": m.weight, "temperature": m.temperature,
+                     "model_dir": os.path.abspath(m.run.path),
                      "backbone": config["backbone"], "weights": config.get("weights"),
-                     "precision": config.get("precision"), "train_crop": config.get("train_crop")}
-                    for (name, weight, model_dir, temperature), config in zip(members, configs)],
+                     "precision": config.get("precision"), "train_crop": config.get("train_crop"),
+                     "finding_weights": list(m.finding_weights) if served else None,
+                     "finding_temperatures": list(m.finding_temperatures) if served else None}
+                    for m, config in zip(members, configs)],
+        # The served findings' columns, or the one line saying why there are none.
+        "findings": ({"output": OUTPUT_FINDINGS, "names": list(FINDINGS)} if served
+                     else {"output": None, "why": no_findings}),
         "order": calibration.ORDER,
         "image_size": image_size,
         "crop": crops[0] if len(crops) == 1 else "mixed: " + ", ".join(crops),
         "served_crop": "none",
         "weights": sorted({str(c.get("weights")) for c in configs}),
         "threshold": threshold,
-        "max_image_pixels": max_pixels,
+        "max_image_pixels": module.max_pixels,
         "signatures": {
-            SERVING_DEFAULT: {"inputs": {INPUT_BYTES: "string [None]"},
-                              "outputs": savedmodel.output_dtypes(len(members) > 1)},
+            SERVING_DEFAULT: {"inputs": {INPUT_BYTES: "string [None]"}, "outputs": outputs},
             PIXELS: {"inputs": {INPUT_PIXELS: f"float32 [None, {image_size}, {image_size}, 3]"},
-                     "outputs": savedmodel.output_dtypes(len(members) > 1)},
+                     "outputs": outputs},
         },
         "warnings": warnings,
         "tensorflow": tf.__version__,
@@ -82,12 +92,25 @@ def _info(members, configs, threshold, image_size, max_pixels, warnings) -> dict
     }
 
 
-def build_module(chosen: Sequence[tuple], threshold: float):
-    """(ServingModule, run configs, warnings) of the `chosen` members' runs: one image size, the lowest pixel
-    limit of their training shards; UserInputError for unloadable runs or mixed sizes."""
+def _no_findings(chosen: Sequence[ensemble_file.Blended], classifiers) -> str | None:
+    """Why p_findings cannot be served (one line), or None: every member has the findings head and
+    per-finding weights and temperatures."""
+    lacking = [m.name for m, c in zip(chosen, classifiers) if c.output_shape[-1] != output_width(True)]
+    if lacking:
+        return (f"no {OUTPUT_FINDINGS}: no findings head in {', '.join(lacking)} (trained with "
+                "--findings_weight=0)")
+    if any(m.finding_weights is None or m.finding_temperatures is None for m in chosen):
+        return (f"no {OUTPUT_FINDINGS}: the ensemble file has no per-finding weights (written before "
+                f"schema {ensemble_file.SCHEMA_VERSION}); rerun ensemble.py to serve the findings")
+    return None
+
+
+def build_module(chosen: Sequence[ensemble_file.Blended], threshold: float):
+    """(ServingModule, run configs, warnings, why no findings or None) of the `chosen` members' runs:
+    one image size, the lowest pixel limit of their training shards; UserInputError for unloadable
+    runs or mixed sizes."""
     configs, classifiers, limits = [], [], []
-    for _, _, model_dir, _ in chosen:
-        run = run_folder.RunFolder.open(model_dir)
+    for run in (m.run for m in chosen):
         configs.append({**run.config, "train_crop": run.crop})
         classifiers.append(load_classifier(run))
         limits.append(run.max_image_pixels)
@@ -97,13 +120,17 @@ def build_module(chosen: Sequence[tuple], threshold: float):
                              "separately, or retrain at one size")
     warnings = [f"{c['backbone']} ({d}) was trained on --crop=bbox shards, but served images arrive "
                 "uncropped: expect a shift between validation and serving"
-                for c, (_, _, d, _) in zip(configs, chosen) if c["train_crop"] == "bbox"]
+                for c, d in zip(configs, (m.run.path for m in chosen)) if c["train_crop"] == "bbox"]
     for warning in warnings:
         logging.warning("%s", warning)
-    max_pixels = min(limits)
-    module = savedmodel.ServingModule(classifiers, [m[1] for m in chosen], [m[3] for m in chosen],
-                                      threshold, sizes[0], max_pixels)
-    return module, configs, warnings
+    no_findings = _no_findings(chosen, classifiers)
+    if no_findings is not None:
+        logging.info("%s", no_findings)
+    findings = None if no_findings else [(m.finding_weights, m.finding_temperatures) for m in chosen]
+    module = savedmodel.ServingModule(classifiers, [m.weight for m in chosen],
+                                      [m.temperature for m in chosen], threshold, sizes[0], min(limits),
+                                      findings)
+    return module, configs, warnings, no_findings
 
 
 def run_export(config: ExportConfig) -> dict[str, Any]:
@@ -119,8 +146,8 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     check_output_folder(os.path.dirname(os.path.abspath(export_dir)), "export_dir")  # the journal goes there
     transaction = atomic.Transaction(export_dir)  # first undoes a killed export into it
     _check_export_dir(export_dir)
-    module, configs, warnings = build_module(chosen_members, chosen_threshold)
-    info = _info(chosen_members, configs, chosen_threshold, module.image_size, module.max_pixels, warnings)
+    module, configs, warnings, no_findings = build_module(chosen_members, chosen_threshold)
+    info = _info(chosen_members, configs, chosen_threshold, module, warnings, no_findings)
     card = model_card.render(info, config)  # before any write: a report over other models is refused
     with transaction, transaction.path(export_dir) as staging:
         savedmodel.save(module, staging)
@@ -135,6 +162,8 @@ def summary(info: dict[str, Any], export_dir: str) -> str:
     lines = [f"exported {members} at {info['image_size']} px, threshold {info['threshold']:.4f} "
              f"-> {export_dir}",
              f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}",
+             f"findings: {OUTPUT_FINDINGS} ({len(FINDINGS)} columns)" if info["findings"]["output"]
+             else info["findings"]["why"],
              f"model card: {os.path.join(export_dir, MODEL_CARD)}"]
     lines += [f"warning: {w}" for w in info["warnings"]]
     return "\n".join(lines)

@@ -112,6 +112,13 @@ def _report_names(metrics: dict[str, Any], members: Sequence[dict[str, Any]], bl
     return found
 
 
+def _findings_line(findings: dict[str, Any]) -> str:
+    if findings["output"] is None:
+        return f"Findings: {findings['why']}."
+    return (f"Findings: `{findings['output']}`, one probability per NIH finding (after each finding's "
+            "temperature, blended with its weights).")
+
+
 def _model(info: dict[str, Any]) -> list[str]:
     def origin(weights: str | None) -> str:
         return {"imagenet": "ImageNet", "none": "none (random)"}.get(weights, _code(weights))
@@ -122,7 +129,7 @@ def _model(info: dict[str, Any]) -> list[str]:
             for m in info["members"]]
     return ["## Model", "", "Input: a PNG or JPEG (`serving_default`) or float32 pixels (`pixels`), resized "
             f"to {size} px and never cropped. Output: P(abnormal) after each member's temperature (an "
-            "ensemble: their weighted blend).", "",
+            f"ensemble: their weighted blend). {_findings_line(info['findings'])}", "",
             *_table(["member", "backbone", "initial weights", "precision", "image size (px)",
                      "weight in the blend", "temperature", "run folder"], rows)]
 

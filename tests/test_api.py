@@ -13,6 +13,7 @@ from PIL import Image
 import predict
 from contracts import ensemble_file
 from contracts.errors import UserInputError
+from contracts.labels import FINDINGS
 from evaluation import ensembling, prediction
 from evaluation.settings import EnsembleConfig, PredictConfig
 from preprocess import images as builder_images
@@ -58,7 +59,7 @@ def train_ensemble(root, names=("run0", "run1"), weights=(0.7, 0.3)):
     """Tiny runs at 32 px trained on shards under `root` into `root / name`, and ensemble.py's file
     over them with `weights`."""
     data_dir = str(root / "shards")
-    write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE)
+    write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE, findings_known=True)  # findings head on
     dirs = [_train(data_dir, str(root / name), seed=i) for i, name in enumerate(names)]
     result = prediction.run_prediction(PredictConfig(model_dir=dirs, data_dir=data_dir, split="val",
                                                      output=str(root / "pred" / "val.csv"), global_batch_size=8,
@@ -109,6 +110,12 @@ def test_a_folder_scores_as_predict_images_scores_it(world):
     assert (table["decision"] == (expected["p_abnormal"] >= THRESHOLD).astype(int)).all()
     logit = np.log(expected["p_abnormal"] / (1 - expected["p_abnormal"]))
     np.testing.assert_allclose(table["logit"], logit, atol=1e-4)
+    # One column per finding, named and ordered as predict.py's, holding its numbers.
+    findings = [f"p_{f}" for f in FINDINGS]
+    assert [c for c in table.columns if c.startswith("p_") and c[2:] in FINDINGS] == findings
+    gap = np.abs(table[findings].to_numpy() - expected[findings].to_numpy()).max()
+    print(f"score_files: max |p_<finding> - predict.py --images| = {gap:.2e}")
+    assert gap <= PARITY and np.ptp(expected[findings].to_numpy(), axis=0).min() > 1e-4
     assert table.loc["series/1.dcm", META].tolist() == ["P77", "AP", "F", 54]
     assert table[META].astype(str).equals(expected[META].astype(str))
     # The truncated PNG is skipped by both, the others scored; the note is ignored by both.
@@ -135,6 +142,31 @@ def test_an_ensemble_from_runs_scores_as_predict_images_ensemble(world):
                     frame = pd.read_csv(os.path.join(os.path.dirname(stem), name[:-5] + ".csv"), index_col=0)
         np.testing.assert_allclose(table[member_column(member.name)], frame.loc[table.index, "p_uncalibrated"],
                                    atol=PARITY, rtol=0)
+
+
+def test_an_ensemble_with_finding_weights_scores_each_finding_as_its_members_blend(world, tmp_path):
+    rng = np.random.default_rng(11)  # a weight and a temperature per member and finding, all different
+    weights, temperatures = rng.uniform(0.1, 3.0, (2, len(FINDINGS))), rng.uniform(0.4, 2.5, (2, len(FINDINGS)))
+    path = str(tmp_path / "hand.probabilities.json")
+    inputs = [{"name": f"m{m}", "weight": 0.5, "model_dir": d, ensemble_file.FINDING_WEIGHTS: weights[m].tolist(),
+               ensemble_file.FINDING_TEMPERATURES: temperatures[m].tolist()} for m, d in enumerate(world["dirs"])]
+    with open(path, "w") as f:
+        json.dump({"schema_version": ensemble_file.SCHEMA_VERSION, "inputs": inputs, "threshold": 0.5}, f)
+    _, _, output = _predict_images(world, world["studies"], "hand", model_dir=world["dirs"], ensemble=path)
+    table = Classifier.from_runs(world["dirs"], ensemble=path).score_files(world["studies"])
+    # Independently: predict.py's member files, raw sigmoid -> each finding's temperature -> its weights.
+    folder, by_dir = os.path.dirname(output), {}
+    for name in (n for n in os.listdir(folder) if n.startswith("hand.") and n.endswith(".json")):
+        with open(os.path.join(folder, name)) as f:
+            by_dir[json.load(f).get("model_dir")] = os.path.join(folder, name[:-5] + ".csv")
+    raw = np.stack([pd.read_csv(by_dir[os.path.abspath(d)], index_col=0).loc[
+        table.index, [f"p_uncalibrated_{f}" for f in FINDINGS]].to_numpy() for d in world["dirs"]])
+    clipped = np.clip(raw, 1e-7, 1 - 1e-7)
+    calibrated = 1 / (1 + np.exp(-(np.log(clipped) - np.log1p(-clipped)) / temperatures[:, None, :]))
+    expected = np.einsum("mnf,mf->nf", calibrated, weights / weights.sum(axis=0))
+    gap = np.abs(table[[f"p_{f}" for f in FINDINGS]].to_numpy() - expected).max()
+    print(f"ensemble score_files: max |p_<finding> - blend of predict.py's members| = {gap:.2e}")
+    assert gap <= PARITY and np.ptp(raw[0] - raw[1]) > 1e-3
 
 
 def test_from_runs_equals_the_loaded_export(world):

@@ -14,6 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import ensemble_file
+from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
 from evaluation import ensembling, prediction
 from evaluation.settings import EnsembleConfig, PredictConfig
@@ -27,6 +28,7 @@ from training.loop import run_training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
+PARITY = 1e-5  # served (SavedModel) against predict.py (model.keras): the same weights in two graphs
 PROJECT_PACKAGES = ("models", "pipeline", "preprocess", "training", "evaluation", "serving", "flags")
 
 
@@ -53,6 +55,21 @@ def runs(tmp_path_factory):
                                            bootstrap=0))
     return {"root": root, "data_dir": data_dir, "dirs": dirs, "predictions": files, "written": written,
             "submission": submission, "ensemble": ensemble_file.ensemble_path(submission)}
+
+
+@pytest.fixture(scope="module")
+def finding_runs(tmp_path_factory):
+    """Two tiny runs with the findings head, on shards whose records name their findings (abnormal:
+    Mass), and predict.py's member files on their val split."""
+    root = tmp_path_factory.mktemp("findings")
+    data_dir = str(root / "shards")
+    written = write_shards(data_dir, {"train": 32, "val": 16}, image_size=SIZE, findings_known=True)
+    dirs = [_train(data_dir, str(root / f"run{i}"), seed=i) for i in range(2)]
+    result = prediction.run_prediction(PredictConfig(model_dir=dirs, data_dir=data_dir, split="val",
+                                                     output=str(root / "pred" / "val.csv"), global_batch_size=8,
+                                                     strategy="default", precision="float32", bootstrap=0,
+                                                     progress=False))
+    return {"dirs": dirs, "predictions": list(result.outputs.values()), "written": written}
 
 
 def _png(pixels: np.ndarray, mode: str = "L") -> bytes:
@@ -163,6 +180,10 @@ def test_single_model_serves_what_predict_computed_and_loads_without_the_project
                         for k in ("p_abnormal", "logit", "decision", "p_uncalibrated")}
     with open(export_dir / exporter.EXPORT_INFO) as f:
         assert json.load(f) == info
+    # Trained without finding labels: the binary model alone, served as before, and export.json says why.
+    assert info["findings"] == {"output": None, "why": "no p_findings: no findings head in tiny_test "
+                                                      "(trained with --findings_weight=0)"}
+    assert info["members"][0]["finding_weights"] is None
     assert info["threshold"] == 0.3 and info["image_size"] == SIZE and info["backbones"] == ["tiny_test"]
     assert info["signatures"]["serving_default"]["inputs"] == {"image_bytes": "string [None]"}
 
@@ -211,6 +232,90 @@ def test_an_ensemble_with_fitted_temperatures_serves_what_ensemble_py_blended(ru
     weights = np.array([m["weight"] for m in info["members"]])
     np.testing.assert_allclose(out["pixels_p_abnormal"], calibrated @ weights, atol=1e-5)
     np.testing.assert_array_equal(out["bytes_decision"], (calibrated @ weights >= info["threshold"]).astype(np.int32))
+
+
+def _through_temperatures(raw, temperatures):
+    """sigmoid(logit(p) / T) per column in float64, p clipped as the calibration clips it; None: p."""
+    clipped = np.clip(raw.astype(np.float64), 1e-7, 1 - 1e-7)
+    scaled = 1 / (1 + np.exp(-(np.log(clipped) - np.log1p(-clipped)) / [t or 1.0 for t in temperatures]))
+    return np.where([t is None for t in temperatures], raw, scaled)
+
+
+def _served_findings(finding_runs, export_dir, tmp_path):
+    ids, image_bytes, pixels = _val_rows(finding_runs)
+    out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
+    np.testing.assert_array_equal(out["bytes_p_findings"], out["pixels_p_findings"])  # same size: exact decode
+    frames = [pd.read_csv(p).set_index("image_id").loc[ids] for p in finding_runs["predictions"]]
+    return out, frames
+
+
+def test_one_model_serves_predicts_finding_columns_through_its_finding_temperatures(finding_runs, tmp_path):
+    run_dir = finding_runs["dirs"][0]
+    info = exporter.run_export(ExportConfig([run_dir], str(tmp_path / "served")))
+    out, (frame, _) = _served_findings(finding_runs, tmp_path / "served", tmp_path)
+    assert info["findings"] == {"output": "p_findings", "names": list(FINDINGS)}
+    assert info["signatures"]["pixels"]["outputs"]["p_findings"] == "float32 [None, 14]"
+    served = out["bytes_p_findings"]
+    assert served.shape == (16, len(FINDINGS)) and served.dtype == np.float32
+    predicted = frame[[f"p_{f}" for f in FINDINGS]].to_numpy()
+    gap = np.abs(served - predicted).max()
+    print(f"one model: max |served p_findings - predict.py p_<finding>| = {gap:.2e}")
+    assert gap <= PARITY
+    # Independently: the run's own per-finding temperatures (its val sidecar) on the raw sigmoids.
+    with open(os.path.join(run_dir, "val_predictions.json")) as f:
+        fitted = json.load(f)["finding_temperatures"]
+    temperatures = [fitted[f] for f in FINDINGS]
+    assert abs(temperatures[FINDINGS.index("Mass")] - 1.0) > 1e-2  # the comparison bites on Mass
+    assert info["members"][0]["finding_temperatures"] == [t or 1.0 for t in temperatures]
+    assert info["members"][0]["finding_weights"] == [1.0] * len(FINDINGS)
+    raw = frame[[f"p_uncalibrated_{f}" for f in FINDINGS]].to_numpy()
+    np.testing.assert_allclose(served, _through_temperatures(raw, temperatures), atol=PARITY, rtol=0)
+    assert np.ptp(served, axis=0).min() > 1e-4  # every column depends on the image
+    assert (np.abs(np.diff(served, axis=1)).max(axis=0) > 1e-3).all()  # neighbouring columns differ
+
+
+def _hand_written_ensemble(finding_runs, path, per_finding=True):
+    """A schema 5 ensemble file over the finding runs with (unnormalised) weights and temperatures per
+    finding, different for every member and finding; returns them, (members, 14) each."""
+    rng = np.random.default_rng(7)
+    weights, temperatures = rng.uniform(0.1, 3.0, (2, len(FINDINGS))), rng.uniform(0.4, 2.5, (2, len(FINDINGS)))
+    inputs = [{"name": f"m{m}", "path": p, "weight": 0.5, "temperature": 1.0, "model_dir": d,
+               "backbone": "tiny_test",
+               **({ensemble_file.FINDING_WEIGHTS: weights[m].tolist(),
+                   ensemble_file.FINDING_TEMPERATURES: temperatures[m].tolist()} if per_finding else {})}
+              for m, (d, p) in enumerate(zip(finding_runs["dirs"], finding_runs["predictions"]))]
+    with open(path, "w") as f:
+        json.dump({"schema_version": ensemble_file.SCHEMA_VERSION, "inputs": inputs, "threshold": 0.5}, f)
+    return weights, temperatures
+
+
+def test_an_ensemble_serves_each_finding_blended_by_its_own_weights_and_temperatures(finding_runs, tmp_path):
+    path = str(tmp_path / "hand.probabilities.json")
+    weights, temperatures = _hand_written_ensemble(finding_runs, path)
+    info = exporter.run_export(ExportConfig(finding_runs["dirs"], str(tmp_path / "served"), ensemble=path))
+    out, frames = _served_findings(finding_runs, tmp_path / "served", tmp_path)
+    # Independently of the serving code: each member's predict.py raw columns through its temperature
+    # per finding, then each finding's weighted mean with that finding's normalised weights.
+    raw = np.stack([f[[f"p_uncalibrated_{n}" for n in FINDINGS]].to_numpy() for f in frames])
+    calibrated = np.stack([_through_temperatures(r, t) for r, t in zip(raw, temperatures.tolist())])
+    expected = np.einsum("mnf,mf->nf", calibrated, weights / weights.sum(axis=0))
+    gap = np.abs(out["bytes_p_findings"] - expected).max()
+    print(f"ensemble: max |served p_findings - blend of predict.py's members| = {gap:.2e}")
+    assert gap <= PARITY
+    assert np.ptp(raw[0] - raw[1]) > 1e-3  # the members differ: the weights matter
+    np.testing.assert_allclose([m["finding_weights"] for m in info["members"]], weights / weights.sum(axis=0))
+    np.testing.assert_allclose([m["finding_temperatures"] for m in info["members"]], temperatures)
+    assert info["signatures"]["serving_default"]["outputs"]["p_findings"] == "float32 [None, 14]"
+
+
+def test_an_ensemble_file_without_finding_weights_serves_the_binary_outputs_and_says_why(finding_runs, tmp_path):
+    path = str(tmp_path / "old.probabilities.json")
+    _hand_written_ensemble(finding_runs, path, per_finding=False)
+    info = exporter.run_export(ExportConfig(finding_runs["dirs"], str(tmp_path / "served"), ensemble=path))
+    assert info["findings"]["output"] is None and "no per-finding weights" in info["findings"]["why"]
+    assert "p_findings" not in info["signatures"]["serving_default"]["outputs"]
+    served = tf.saved_model.load(str(tmp_path / "served")).signatures["serving_default"]
+    assert "p_findings" not in served.structured_outputs
 
 
 def _as_format_1(run_dir, folder):
