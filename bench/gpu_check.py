@@ -74,12 +74,12 @@ class Plan:
 
 GPU_PLAN = Plan(
     image_size=224, batch_sizes=(256, 128, 64), precision="mixed_float16",
-    train=("--records=1024", "--steps=20", "--warmup=5", "--repeats=2"), xla_all=True,
+    train=("--records=1024", "--steps=20", "--warmup=5", "--repeats=2", "--heads=binary"), xla_all=True,
     pipeline=("--num_images=4096", "--batch_size=256", "--seconds=8"),
     predict=("--records=4096", "--global_batch_size=256", "--repeats=2"), logical_cpus=1)
 SMOKE_PLAN = Plan(  # mixed_bfloat16: a CPU's mixed precision (float16 is emulated there, and slow)
     image_size=32, batch_sizes=(16, 8), precision="mixed_bfloat16",
-    train=("--records=32", "--steps=1", "--warmup=1", "--repeats=1"), xla_all=False,
+    train=("--records=32", "--steps=1", "--warmup=1", "--repeats=1", "--heads=binary"), xla_all=False,
     pipeline=("--num_images=32", "--batch_size=8", "--seconds=0.2", "--warmup=1", "--source_size=64"),
     predict=("--records=16", "--global_batch_size=8", "--repeats=1"), logical_cpus=2)
 # Scaling, prediction and the smoke run's XLA use one backbone: ResNet50, whose NVIDIA figure is of the

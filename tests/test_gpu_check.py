@@ -10,8 +10,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
+
+from contracts.labels import FINDINGS
+from models import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "gpu_check.sh")
@@ -91,6 +95,53 @@ def test_out_of_memory_steps_down_to_the_largest_batch_that_fits(train_bench):
         train_bench.largest_fitting(_raising(cudnn), [256, 128])
     with pytest.raises(tf.errors.InvalidArgumentError):  # not memory: raised as it is
         train_bench.largest_fitting(_raising(tf.errors.InvalidArgumentError(None, None, "bad shape")), [256])
+
+
+def test_the_findings_step_has_the_findings_head_and_loss_and_its_batch_known_findings(train_bench,
+                                                                                          monkeypatch):
+    made = {}
+    monkeypatch.setattr(train_bench.step_lib, "make_train_step",
+                        lambda strategy, model, optimizer, **kwargs: (model, kwargs["findings"]))
+    strategy = tf.distribute.get_strategy()
+    for head in ("binary", "findings"):
+        made[head], _ = train_bench._make_step(strategy, "tiny_test", head, 32, "float32", global_batch_size=4)
+    assert made["binary"][0].output.shape[-1] == 2 and made["binary"][1] is None
+    model, loss = made["findings"]
+    assert model.output.shape[-1] == 2 + len(FINDINGS) and isinstance(loss, train_bench.step_lib.FindingsLoss)
+    assert len(loss.pos_weights) == len(FINDINGS) and loss.weight > 0
+    batch = train_bench._with_known_findings({"label": tf.zeros([64], tf.int32),
+                                              "findings": tf.zeros([64, len(FINDINGS)], tf.int32),
+                                              "findings_known": tf.zeros([64], tf.int32)})
+    findings = batch["findings"].numpy()
+    # All known (unknown ones are masked out of the loss) and multi-hot at about NIH's rate of findings.
+    assert (batch["findings_known"].numpy() == 1).all() and set(np.unique(findings)) == {0, 1}
+    assert 0.2 < findings.sum(axis=1).mean() < 2.0
+
+
+@pytest.mark.slow
+def test_the_findings_row_is_timed_in_turn_with_the_binary_row_and_its_ratio_adds_up(tmp_path):
+    out = tmp_path / "train.json"
+    done = subprocess.run([sys.executable, os.path.join(REPO, "bench", "train_bench.py"), "--backbones=tiny_test",
+                           "--image_size=32", "--records=32", "--steps=1", "--warmup=1", "--repeats=3",
+                           "--precisions=float32", "--jit=off", f"--json_out={out}"],
+                          capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    binary, findings = json.loads(out.read_text())["tiny_test"]["variants"]
+    assert (binary["head"], findings["head"]) == ("binary", "findings") and "step_ratio" not in binary
+    units = registry.get_backbone("tiny_test").head.dense_units
+    assert findings["trainable_parameters"] - binary["trainable_parameters"] == (units + 1) * len(FINDINGS)
+    for mode, prefix in (("in_memory", ""), ("pipeline", "pipeline_")):
+        # Step time is 1 / img/s: findings / binary time is binary / findings img/s, pair by pair.
+        wall = np.array(binary[f"{mode}_img_s_runs"]) / np.array(findings[f"{mode}_img_s_runs"])
+        cpu = (np.array(findings[f"{mode}_cpu_s_per_image_runs"])
+               / np.array(binary[f"{mode}_cpu_s_per_image_runs"]))
+        assert len(wall) == len(cpu) == 3  # one pair of timings per repeat
+        for name, ratios in (("step_ratio", wall), ("step_cpu_ratio", cpu)):
+            assert findings[prefix + name] == pytest.approx(np.median(ratios))
+            assert findings[f"{prefix}{name}_spread"] == pytest.approx([ratios.min(), ratios.max()])
+        for row in (binary, findings):
+            assert row[f"{mode}_img_s"] == max(row[f"{mode}_img_s_runs"])
+    assert f"in memory {findings['step_ratio']:.3f}" in done.stdout.splitlines()[-1]
 
 
 @pytest.mark.slow
