@@ -30,7 +30,8 @@ from contracts.ensemble_file import blend_path, ensemble_path
 from contracts.errors import UserInputError, check_output_folder
 from contracts.explanation_folder import IN_REPORT
 from contracts.export_folder import MODEL_CARD, OUTPUT_DECISION, OUTPUT_PROB
-from contracts.output_names import PROB
+from contracts.labels import FINDINGS
+from contracts.output_names import PROB, finding_prob
 from contracts.settings import check, setting
 from contracts.shared import IMAGE_SIZE, OUTPUT_DIR
 from models import registry
@@ -225,7 +226,8 @@ def run_demo(plan: DemoConfig) -> dict:
 
 def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
     """Serves the test split's original files through the export; returns {"images", "max_abs_diff",
-    "mean_abs_diff", "decision_agreement"} against ensemble.py's blend."""
+    "mean_abs_diff", "decision_agreement", "findings_max_abs_diff" (None: no findings served)} against
+    ensemble.py's blend."""
     import numpy as np
     import pandas as pd
 
@@ -246,8 +248,13 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
         threshold = json.load(f)["threshold"]
     gap = np.abs(served[OUTPUT_PROB].to_numpy() - blended[PROB].to_numpy())
     decisions = (blended[PROB].to_numpy() >= threshold).astype(int)
+    columns = [finding_prob(f) for f in FINDINGS]
+    findings = None
+    if all(c in served.columns and c in blended.columns for c in columns):
+        findings = float(np.abs(served[columns].to_numpy() - blended[columns].to_numpy()).max())
     return {"images": int(len(gap)), "max_abs_diff": float(gap.max()), "mean_abs_diff": float(gap.mean()),
-            "decision_agreement": float(np.mean(served[OUTPUT_DECISION].to_numpy() == decisions))}
+            "decision_agreement": float(np.mean(served[OUTPUT_DECISION].to_numpy() == decisions)),
+            "findings_max_abs_diff": findings}
 
 
 def default_output_dir(nih_dir: str | None) -> str:
@@ -311,6 +318,9 @@ def main(config: DemoConfig) -> None:
     print(f"served:     {os.path.join(chosen.output_dir, 'served')} (SavedModel, image bytes in); on the "
           f"{serving['images']} test files |p_served - p_submission| max {serving['max_abs_diff']:.1e}, "
           f"mean {serving['mean_abs_diff']:.1e}; same decision on {serving['decision_agreement']:.1%}")
+    if serving["findings_max_abs_diff"] is not None:
+        print(f"            p_findings: |served - the blend's p_<finding>| max "
+              f"{serving['findings_max_abs_diff']:.1e} over the 14 findings")
     # The ensemble file records its report folder, so the export's card carries the test figures.
     print(f"model card: {os.path.join(chosen.output_dir, 'served', MODEL_CARD)}")
 
