@@ -36,10 +36,10 @@ def open_text(path: str) -> io.TextIOBase:
 
 
 def _value_column(path: str, header: list[str], key: str) -> str:
+    if FINDING_LABELS in header:  # it names the findings too; a `label` beside it must agree
+        return FINDING_LABELS
     if LABEL_COLUMN in header:
         return LABEL_COLUMN
-    if FINDING_LABELS in header:
-        return FINDING_LABELS
     others = [h for h in header if h and h != key]
     if len(others) == 1:
         return others[0]
@@ -78,6 +78,11 @@ def read_labelled(path: str) -> dict[str, labels.Labelled]:
         found: dict[str, labels.Labelled] = {}
         for line, row in enumerate(reader, start=2):
             label = _parse(path, line, column, (row.get(column) or "").strip())
+            if column == FINDING_LABELS and LABEL_COLUMN in header:
+                beside = _parse(path, line, LABEL_COLUMN, (row.get(LABEL_COLUMN) or "").strip())
+                if beside.label != label.label:
+                    raise ValueError(f"{path} line {line}: {LABEL_COLUMN}={beside.label} but "
+                                     f"{FINDING_LABELS} says {label.label}; correct one of the two columns")
             name = (row.get(key) or "").strip()
             if not name:
                 raise ValueError(f"{path} line {line}: empty {key}; every row needs an image id")

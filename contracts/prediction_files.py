@@ -133,20 +133,18 @@ def _finding_columns(findings: FindingColumns) -> dict[str, np.ndarray]:
 
 
 def _read_findings(path: str, ids: np.ndarray, frame: pd.DataFrame) -> FindingColumns | None:
-    present = [f for f in FINDINGS if finding_prob(f) in frame.columns]
-    if not present:
-        return None
-    if len(present) < len(FINDINGS):
-        missing = [finding_prob(f) for f in FINDINGS if f not in present]
-        raise UserInputError(f"{path}: has {len(present)} of the {len(FINDINGS)} finding columns, missing "
-                             f"{few(missing)}; {_HOW_TO_MAKE}")
-
-    def stacked(name, check) -> np.ndarray | None:
-        if name(FINDINGS[0]) not in frame.columns:
+    def stacked(name, check) -> np.ndarray | None:  # all 14 columns of a kind, or none
+        missing = [name(f) for f in FINDINGS if name(f) not in frame.columns]
+        if len(missing) == len(FINDINGS):
             return None
+        if missing:
+            raise UserInputError(f"{path}: has {len(FINDINGS) - len(missing)} of the {len(FINDINGS)} "
+                                 f"{name('<finding>')} columns, missing {few(missing)}; {_HOW_TO_MAKE}")
         return np.stack([check(path, ids, frame[name(f)], name(f)) for f in FINDINGS], axis=1)
 
     probs = stacked(finding_prob, _check_probs)
+    if probs is None:
+        return None
     uncalibrated = stacked(finding_uncalibrated, _check_probs)
     return FindingColumns(probs, probs if uncalibrated is None else uncalibrated,
                           stacked(finding_label, _check_labels))

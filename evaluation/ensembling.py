@@ -150,7 +150,11 @@ def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members
     """Every member as it enters the blend (after its temperature) at the ensemble's threshold, so
     the rows compare, then the ensemble; each finding likewise (`findings`: (N, M, 14) members, (N, 14)
     blend), None: not blended)."""
-    finding_labels = None if findings is None else aligned.finding_labels
+    finding_labels = None
+    if findings is not None:  # none known: the report's one line says the split has no finding labels
+        finding_labels = aligned.finding_labels
+        if finding_labels is None:
+            finding_labels = np.full(findings[1].shape, -1, dtype=np.int64)
     val = choice.validation
     blended_val = None if val is None else (val[0], blend_lib.blend(val[1], choice.weights))
     scores = []

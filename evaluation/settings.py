@@ -69,8 +69,10 @@ class PredictConfig:
     output: str = OUTPUT.field(REQUIRED, note=(
         f"Here: the predictions ({files.ID},{files.PROB}[,{files.LABEL}],{files.PROB_UNCALIBRATED}, then the "
         f"patient columns: {files.PROB} after the run's temperature, {files.PROB_UNCALIBRATED} the softmax "
-        f"output; with --ensemble, the blend as {files.PROB}); PATH.npy ((N, 2) softmax, same rows) and the "
-        "sidecar PATH.json (backbone, shards, crop, temperature) go beside it."))
+        f"output; with --ensemble, the blend as {files.PROB}; with the findings head, p_<finding>, "
+        "p_uncalibrated_<finding>, label_<finding> per NIH finding); PATH.npy (the model output, same rows: "
+        "(N, 2) softmax, or (N, 16): the 14 findings after it) and the sidecar PATH.json (backbone, shards, "
+        "crop, temperatures) go beside it."))
     data_dir: str | None = DATA_DIR.field(note="Here: the folder whose split is predicted.")
     split: str | None = SPLIT.field(note=_DEFAULT_SPLIT)
     images: str | None = IMAGES.field(note="Unreadable files are listed in the sidecar's 'skipped'.")

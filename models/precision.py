@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from models.heads import FINDINGS_LAYER, OUTPUT_LAYER
+
 
 def _with_dtype(layer: keras.Layer, policy: str) -> keras.Layer:
     config = layer.get_config()
@@ -12,8 +14,9 @@ def _with_dtype(layer: keras.Layer, policy: str) -> keras.Layer:
 
 
 def _pinned_to_float32(classifier: keras.Model) -> set[str]:
-    # build_classifier pins to float32 the layers before the backbone (a nested model) and the softmax.
-    pinned = {classifier.layers[-1].name}
+    # build_classifier pins to float32 the layers before the backbone (a nested model) and the heads'
+    # outputs: the softmax, the findings' sigmoids and the layer joining them.
+    pinned = {classifier.layers[-1].name, OUTPUT_LAYER, FINDINGS_LAYER}
     for layer in classifier.layers:
         if isinstance(layer, keras.Model):
             break

@@ -187,3 +187,56 @@ def test_real_nih_predictions_carry_each_finding_and_its_auroc_equals_sklearn(ni
                 assert min(positives, len(truth) - positives) < 10
         # The test split is small: every finding falls under the minimum; all 116 images give three.
         assert scored == (0 if split == "test" else 3)
+
+
+def test_a_run_from_before_the_findings_head_is_not_resumed_with_one(tmp_path):
+    from contracts.errors import UserInputError
+    from training import config as config_lib
+
+    config = TrainConfig(backbone="tiny_test", data_dir="shards", model_dir=str(tmp_path / "run"), image_size=SIZE)
+    older = {key: value for key, value in config_lib.dataclasses.asdict(config).items() if key != "findings_weight"}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"format_version": 2, **older}))
+    with pytest.raises(UserInputError, match="findings_weight=0.0, this one has 1.0"):
+        config_lib.check_resumable(config)  # its checkpoints have no findings layer to restore into
+    config_lib.check_resumable(config_lib.dataclasses.replace(config, findings_weight=0.0))
+
+
+def test_mixed_precision_keeps_both_heads_in_float32():
+    import models
+    from models.heads import FINDINGS_LAYER, OUTPUT_LAYER
+    from models.precision import with_policy
+
+    classifier = models.build_classifier("tiny_test", SIZE, weights="none", findings=True)
+    mixed = with_policy(classifier, "mixed_float16")
+    policies = {layer.name: layer.dtype_policy.name for layer in mixed.layers}
+    assert policies[OUTPUT_LAYER] == policies[FINDINGS_LAYER] == "float32"
+    images = np.random.default_rng(0).uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
+    # Half-precision sigmoids move in steps of ~5e-4 near 1; float32 heads on float16 features do not.
+    assert mixed(images).dtype == "float32"
+
+
+def test_a_labels_csv_with_label_and_finding_labels_keeps_the_findings_and_refuses_disagreement(tmp_path):
+    from contracts.labels_csv import read_labelled
+
+    path = tmp_path / "labels.csv"
+    path.write_text("image_id,label,Finding Labels\na.png,1,Mass\nb.png,0,No Finding\n")
+    found = read_labelled(str(path))
+    assert found["a.png"].findings == tuple(int(f == "Mass") for f in FINDINGS) and found["b.png"].label == 0
+    path.write_text("image_id,label,Finding Labels\na.png,0,Mass\n")
+    with pytest.raises(ValueError, match="line 2: label=0 but Finding Labels says 1"):
+        read_labelled(str(path))
+
+
+def test_a_prediction_file_with_part_of_a_findings_column_set_is_refused_in_one_line(tmp_path):
+    from contracts.errors import UserInputError
+    from contracts.prediction_files import FindingColumns, read_predictions, write_predictions
+
+    probs = np.full((2, len(FINDINGS)), 0.5)
+    path = str(tmp_path / "p.csv")
+    write_predictions(path, ["a.png", "b.png"], np.array([0.2, 0.7]), np.array([0, 1]),
+                      findings=FindingColumns(probs, probs, np.zeros((2, len(FINDINGS)), np.int64)))
+    frame = pd.read_csv(path).drop(columns=[finding_label("Hernia")])
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserInputError, match="has 13 of the 14 label_<finding> columns, missing label_Hernia"):
+        read_predictions(path)

@@ -20,6 +20,8 @@ from pipeline import options
 CLASS_WEIGHTS = ("none", "balanced")
 # 2: the TrainConfig fields and format_version; 1 (no key): before, with Keras callbacks' state saved.
 CONFIG_FORMAT_VERSION = 2
+# What a run written before a `resume_must_match` field existed had: no findings head.
+BEFORE_THE_FIELD = {"findings_weight": 0.0}
 
 GLOBAL_BATCH_SIZE = Shared("global_batch_size", None, "Images per step over all replicas (each replica "
                            "gets an equal share).", lower=1)
@@ -193,6 +195,8 @@ def check_resumable(config: TrainConfig) -> None:
                              "another model_dir (predict.py and export.py still read this one)")
     new = dataclasses.asdict(config)
     for name in resume_must_match(TrainConfig):
+        if name not in previous and name in BEFORE_THE_FIELD:
+            previous[name] = BEFORE_THE_FIELD[name]
         if name in previous and previous[name] != new[name]:
             raise UserInputError(f"{config.model_dir} holds a run with {name}={previous[name]!r}, this one "
                                  f"has {new[name]!r}; use another model_dir, or the same settings to resume "

@@ -247,7 +247,8 @@ def _resolve(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.S
 def _findings_loss(config: TrainConfig,
                    shards: ShardFolder) -> tuple[TrainConfig, step_lib.FindingsLoss | None]:
     """The findings loss, with each finding's positive weight min(negatives / positives, cap) among the
-    train records whose findings are known (1 without positives); off without any such record."""
+    train records whose findings are known (1 without positives or without negatives); off without any
+    such record."""
     if not config.findings_weight:
         return config, None
     known, positives = input_pipeline.finding_counts(shards, config.train_split)
@@ -257,7 +258,8 @@ def _findings_loss(config: TrainConfig,
         return dataclasses.replace(config, findings_weight=0.0), None
     cap = config.finding_pos_weight_cap
     return config, step_lib.FindingsLoss(config.findings_weight,
-                                         tuple(min(cap, (known - n) / n) if n else 1.0 for n in positives))
+                                         tuple(min(cap, (known - n) / n) if 0 < n < known else 1.0
+                                               for n in positives))
 
 
 def run_training(config: TrainConfig) -> dict[str, Any]:

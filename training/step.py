@@ -13,7 +13,6 @@ from models.front import GrayToRGB
 from models.heads import split_outputs
 
 SUM = tf.distribute.ReduceOp.SUM
-EPSILON = 1e-7  # the findings' probability clip, as Keras' cross-entropies: log(0) never happens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +22,8 @@ class FindingsLoss:
     pos_weights: tuple[float, ...]  # contracts.labels.FINDINGS order
 
     def per_example(self, probabilities: tf.Tensor, findings: tf.Tensor, known: tf.Tensor) -> tf.Tensor:
-        p = tf.clip_by_value(probabilities, EPSILON, 1.0 - EPSILON)
+        epsilon = keras.config.epsilon()  # the clip of Keras' own cross-entropies: log(0) never happens
+        p = tf.clip_by_value(probabilities, epsilon, 1.0 - epsilon)
         y = tf.cast(findings, tf.float32)
         positive = tf.constant(self.pos_weights, tf.float32) * y * tf.math.log(p)
         bce = -(positive + (1.0 - y) * tf.math.log(1.0 - p))
