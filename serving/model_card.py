@@ -14,6 +14,7 @@ from absl import logging
 from contracts import ensemble_file, run_folder, storage
 from contracts.errors import UserInputError
 from contracts.manifest import ShardFolder
+from evaluation import findings
 from evaluation.ensembling import ENSEMBLE
 from evaluation.operating_points import OPERATING_POINTS_FILE
 from evaluation.report import GAIN_FILE, METRICS_FILE
@@ -112,11 +113,10 @@ def _report_names(metrics: dict[str, Any], members: Sequence[dict[str, Any]], bl
     return found
 
 
-def _findings_line(findings: dict[str, Any]) -> str:
-    if findings["output"] is None:
-        return f"Findings: {findings['why']}."
-    return (f"Findings: `{findings['output']}`, one probability per NIH finding (after each finding's "
-            "temperature, blended with its weights).")
+def _findings_line(served: dict[str, Any]) -> str:
+    return f"Findings: {served['why']}." if served["output"] is None else (
+        f"Findings: `{served['output']}`, one probability per NIH finding (after each finding's temperature, "
+        "blended with its weights).")
 
 
 def _model(info: dict[str, Any]) -> list[str]:
@@ -255,7 +255,7 @@ def _evaluation(report: dict[str, Any], threshold: float) -> list[str]:
         lines += ["The report measured accuracy, sensitivity and specificity at "
                   f"{fmt(head['threshold'], 'threshold')}, not at the served {fmt(threshold, 'threshold')}: "
                   "see the operating points for other thresholds.", ""]
-    return lines
+    return lines + _per_finding(report["served"], head.get(findings.KEY))
 
 
 def _calibration(info: dict[str, Any], runs: Sequence[run_folder.RunFolder], report: dict[str, Any] | None,
@@ -354,6 +354,18 @@ def _shards(runs: Sequence[run_folder.RunFolder]) -> tuple[ShardFolder | None, l
     except UserInputError:
         return None, ["## Training data", "", f"The shards {_code(folders[0])}: {NOT_RECORDED} (their "
                       "manifest.json is not there any more).", ""]
+
+
+def _per_finding(served: str, table: dict[str, Any] | None) -> list[str]:
+    """The served model's test AUROC per finding present in the split (p_findings' columns)."""
+    if not table or "rows" not in table:
+        return ["### Per finding", "", f"{table['absent']}.", ""] if table else []
+    rows = [[r["finding"], fmt(r["positives"], "count"), "too few" if r["auroc"] is None else fmt(r["auroc"]),
+             fmt_interval(r, "auroc_ci95")] for r in table["rows"] if r["positives"]]
+    return ["### Per finding", "", f"Of {_code(served)}, each finding with positives in the split (too few: "
+            f"under {fmt(table['min_positives'], 'count')} positives or negatives); mean AUROC over those "
+            f"with one {fmt(table['mean_auroc'])} {fmt_interval(table, 'mean_auroc_ci95')}.", "",
+            *_table(["finding", "positives", "AUROC", "AUROC 95% CI"], rows)]
 
 
 def render(info: dict[str, Any], config: ExportConfig) -> str:

@@ -240,3 +240,24 @@ def test_a_prediction_file_with_part_of_a_findings_column_set_is_refused_in_one_
     frame.to_csv(path, index=False)
     with pytest.raises(UserInputError, match="has 13 of the 14 label_<finding> columns, missing label_Hernia"):
         read_predictions(path)
+
+
+def test_the_model_card_lists_each_present_findings_test_auroc_from_the_report():
+    from evaluation import findings
+    from serving.model_card import _per_finding
+
+    rng = np.random.default_rng(5)
+    labels = np.zeros((120, len(FINDINGS)), np.int64)
+    labels[:, FINDINGS.index("Mass")] = rng.random(120) < 0.3
+    labels[:5, FINDINGS.index("Hernia")] = 1  # present, under the minimum
+    probs = np.clip(labels * 0.3 + rng.random(labels.shape) * 0.7, 0, 1)
+    from contracts.atomic import json_ready
+
+    table = json_ready(findings.table(labels, probs, np.arange(120) // 2, 50))  # as metrics.json holds it
+    card = "\n".join(_per_finding("ensemble", table))
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in card.splitlines() if line.startswith("| ") and "finding" not in line}
+    mass = FINDINGS.index("Mass")
+    assert set(rows) == {"Mass", "Hernia"}  # the findings with positives in the split, no others
+    assert rows["Mass"][:2] == [str(labels[:, mass].sum()), f"{roc_auc_score(labels[:, mass], probs[:, mass]):.3f}"]
+    assert rows["Hernia"][:2] == ["5", "too few"]
