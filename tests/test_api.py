@@ -115,7 +115,7 @@ def test_a_folder_scores_as_predict_images_scores_it(world):
     assert [c for c in table.columns if c.startswith("p_") and c[2:] in FINDINGS] == findings
     gap = np.abs(table[findings].to_numpy() - expected[findings].to_numpy()).max()
     print(f"score_files: max |p_<finding> - predict.py --images| = {gap:.2e}")
-    assert gap <= PARITY and np.ptp(expected[findings].to_numpy(), axis=0).min() > 1e-4
+    assert gap <= PARITY and np.ptp(expected[findings].to_numpy(), axis=0).max() > 1e-3
     assert table.loc["series/1.dcm", META].tolist() == ["P77", "AP", "F", 54]
     assert table[META].astype(str).equals(expected[META].astype(str))
     # The truncated PNG is skipped by both, the others scored; the note is ignored by both.
