@@ -9,12 +9,15 @@ from typing import Any, Sequence
 
 from contracts.errors import UserInputError, repeat_hint
 from contracts.labels import FINDINGS
+from contracts.output_names import TTA, views
 from contracts.run_folder import RunFolder
 
 # 1: before schema_version and member model folders; 2: before member temperatures (read as 1);
 # 3: before REPORT_DIR (read as None: no report known); 4: before per-finding weights and temperatures
-# (FINDING_WEIGHTS, FINDING_TEMPERATURES in each member's entry; read as None: the findings unblended).
-SCHEMA_VERSION = 5
+# (FINDING_WEIGHTS, FINDING_TEMPERATURES in each member's entry; read as None: the findings unblended);
+# 5: before TRIAGE and each member's TTA views (read as None: no triage; 1 view).
+SCHEMA_VERSION = 6
+TRIAGE = "triage"  # evaluation.triage.to_record of the blend's triage (None: none fitted)
 FINDING_WEIGHTS = "finding_weights"  # in a member's entry: its weight per finding (FINDINGS order)
 FINDING_TEMPERATURES = "finding_temperatures"  # in a member's entry: its temperature per finding
 REPORT_DIR = "report_dir"  # the report folder ensemble.py wrote with the file, absolute (None: none)
@@ -32,6 +35,7 @@ class Member:
     temperature: float = 1.0
     finding_weights: tuple[float, ...] | None = None  # normalised over the members, finding by finding
     finding_temperatures: tuple[float, ...] | None = None
+    tta: int = 1  # test-time views its predictions averaged (prediction_files.TTA in their sidecar)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Ensemble:
     threshold: float
     report_dir: str | None = None
     fit: dict[str, Any] | None = None  # what --fit_on chose (criterion, files, records); None: nothing fitted
+    triage: dict[str, Any] | None = None  # the TRIAGE record (evaluation.triage.from_record reads it)
 
 
 def ensemble_path(submission_csv: str) -> str:
@@ -63,7 +68,8 @@ def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | Non
     None when the findings are not blended (the keys are then left out)."""
     rows = zip(names, sidecars, paths, weights, temperatures)
     records = [{"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
-                **{key: (sidecar or {}).get(key) for key in ("backbone", "crop", "model_dir")}}
+                **{key: (sidecar or {}).get(key) for key in ("backbone", "crop", "model_dir")},
+                TTA: views(sidecar)}
                for name, sidecar, path, weight, temperature in rows]
     if finding_weights is not None and finding_temperatures is not None:
         for record, per_weight, per_temperature in zip(records, finding_weights, finding_temperatures):
@@ -122,10 +128,12 @@ def load_ensemble(path: str) -> Ensemble:
         temperature = entry.get("temperature", 1.0)
         if not isinstance(temperature, (int, float)) or not temperature > 0:
             raise _fail(path, f"member {entry['name']!r} has a temperature that is not a positive number")
-        model_dir = entry.get("model_dir")
+        model_dir, tta = entry.get("model_dir"), entry.get(TTA, 1)
+        if not isinstance(tta, int) or tta < 1:
+            raise _fail(path, f"member {entry['name']!r} has {TTA}={tta!r}, not a count of views")
         per_finding = (_per_finding(path, entry, key) for key in (FINDING_WEIGHTS, FINDING_TEMPERATURES))
         members.append(Member(entry["name"], float(weight), os.path.abspath(model_dir) if model_dir else None,
-                              entry.get("backbone"), float(temperature), *per_finding))
+                              entry.get("backbone"), float(temperature), *per_finding, tta))
     threshold = record.get("threshold")
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise _fail(path, "no threshold in [0, 1]")
@@ -133,10 +141,11 @@ def load_ensemble(path: str) -> Ensemble:
     if total <= 0:
         raise _fail(path, "weights sum to 0")
     members = _normalise_findings(path, [dataclasses.replace(m, weight=m.weight / total) for m in members])
-    report_dir = record.get(REPORT_DIR)
+    report_dir, triage = record.get(REPORT_DIR), record.get(TRIAGE)
     return Ensemble(path=path, members=tuple(members), threshold=float(threshold),
                     report_dir=report_dir if isinstance(report_dir, str) else None,
-                    fit=record.get("fit") if isinstance(record.get("fit"), dict) else None)
+                    fit=record.get("fit") if isinstance(record.get("fit"), dict) else None,
+                    triage=triage if isinstance(triage, dict) else None)
 
 
 def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[Member, str]]:

@@ -21,3 +21,17 @@ def finding_uncalibrated(finding: str) -> str:
 
 def finding_label(finding: str) -> str:  # 1 present, 0 absent, -1 unknown (binary-only label source)
     return f"{LABEL}_{finding}"
+
+# Three-way triage (evaluation/triage.py): every prediction's group, a closed set in worklist order.
+TRIAGE = "triage"
+CLEARED = "cleared"  # p_abnormal below the rule-out threshold: can wait (its miss rate is guaranteed)
+REVIEW = "review"  # between the thresholds, or too uncertain: a reader decides
+PRIORITIZED = "prioritized"  # p_abnormal at or above the rule-in threshold: read first
+TRIAGE_GROUPS = (PRIORITIZED, REVIEW, CLEARED)
+SPREAD = "p_spread"  # the spread of the calibrated probabilities p_abnormal averages (members, TTA views)
+TTA = "tta"  # in a prediction sidecar: {"views": N, "transforms": [...]} (absent: the image alone)
+
+
+def views(sidecar: dict | None) -> int:
+    """The test-time views a prediction file's rows average (1: the image alone)."""
+    return int(((sidecar or {}).get(TTA) or {}).get("views", 1))

@@ -1,6 +1,6 @@
-"""The prediction file: a CSV `image_id,p_abnormal[,label][,p_uncalibrated]`, with the findings head
-p_<finding>, p_uncalibrated_<finding>[, label_<finding>] per NIH finding, + `META_COLUMNS`, and a JSON
-sidecar of the same stem; readers refuse what a blend could get wrong."""
+"""The prediction file: a CSV `image_id,p_abnormal[,label][,p_uncalibrated][,p_spread][,triage]`, with the
+findings head p_<finding>, p_uncalibrated_<finding>[, label_<finding>] per NIH finding, + `META_COLUMNS`,
+and a JSON sidecar of the same stem; readers refuse what a blend could get wrong."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ from contracts.output_names import (
     LABEL,
     PROB,
     PROB_UNCALIBRATED,
+    SPREAD,
+    TRIAGE,
+    TRIAGE_GROUPS,
     finding_label,
     finding_prob,
     finding_uncalibrated,
@@ -65,6 +68,8 @@ class Predictions:
     meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     findings: FindingColumns | None = None  # None: written without the findings head
+    spread: np.ndarray | None = None  # the SPREAD column (None: the file has none)
+    triage: np.ndarray | None = None  # the TRIAGE column (None: the file has none)
 
     @property
     def backbone(self) -> str | None:
@@ -89,6 +94,7 @@ class Aligned:
     finding_probs: np.ndarray | None = None
     finding_uncalibrated: np.ndarray | None = None
     finding_labels: np.ndarray | None = None
+    spreads: np.ndarray | None = None  # (N, M) each file's SPREAD, 0 where it has none; None: no file has it
 
 
 def sidecar_path(csv_path: str) -> str:
@@ -107,7 +113,7 @@ def write_predictions(path: str, ids: Sequence[str], probs: np.ndarray, labels: 
                       meta: dict[str, np.ndarray] | None = None,
                       findings: FindingColumns | None = None) -> None:
     """Writes a prediction file and its sidecar; None `labels`, `uncalibrated` or `findings` leave
-    their columns out."""
+    their columns out. `meta`'s columns go last, in its order: `META_COLUMNS`, SPREAD, TRIAGE."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     columns = {ID: list(ids), PROB: np.asarray(probs, dtype=np.float64)}
     if labels is not None:
@@ -255,9 +261,15 @@ def read_predictions(path: str) -> Predictions:
     version = (sidecar or {}).get(FORMAT_VERSION_KEY, 1)
     probs, uncalibrated = _read_probabilities(path, ids, frame, version)
     labels = _check_labels(path, ids, frame[LABEL]) if LABEL in frame.columns else None
+    spread = _check_probs(path, ids, frame[SPREAD], SPREAD) if SPREAD in frame.columns else None
+    triage = frame[TRIAGE].to_numpy(dtype=object) if TRIAGE in frame.columns else None
+    if triage is not None and not set(triage) <= set(TRIAGE_GROUPS):
+        odd = sorted(set(map(str, triage)) - set(TRIAGE_GROUPS))
+        raise UserInputError(f"{path}: column {TRIAGE} holds {few(odd)}, not one of "
+                             f"{', '.join(TRIAGE_GROUPS)}; {_HOW_TO_MAKE}")
     return Predictions(path=path, ids=ids, probs=probs, labels=labels, sidecar=sidecar,
                        uncalibrated=uncalibrated, meta=_read_meta(frame), format_version=version,
-                       findings=_read_findings(path, ids, frame))
+                       findings=_read_findings(path, ids, frame), spread=spread, triage=triage)
 
 
 def _check_same_ids(first: Predictions, other: Predictions) -> None:
@@ -320,5 +332,9 @@ def align(files: Sequence[Predictions]) -> Aligned:
                     "finding_uncalibrated": np.stack([f.uncalibrated[index] for f, index in columns], axis=1),
                     "finding_labels": _merge_labels(files, order, [f.labels for f, _ in columns],
                                                     "finding labels")}
+    spreads = None
+    if any(file.spread is not None for file in files):
+        spreads = np.stack([np.zeros(len(index)) if file.spread is None else file.spread[index]
+                            for file, index in zip(files, order)], axis=1)
     return Aligned(ids=first.ids, probs=probs, uncalibrated=uncalibrated, labels=_merge_labels(files, order),
-                   meta=meta, **findings)
+                   meta=meta, spreads=spreads, **findings)

@@ -11,10 +11,9 @@ import numpy as np
 from scipy import stats
 
 from contracts.errors import UserInputError
+from evaluation import settings
 
-ALPHA = 0.05  # target miss rate (abnormal images cleared ÷ abnormal images) of the rule-out threshold
-BETA = 0.1  # target false-alarm rate (normal images prioritized ÷ normal images) of the rule-in threshold
-DELTA = 0.1  # the guarantee may fail for at most this share of calibration draws
+ALPHA, BETA, DELTA = settings.TRIAGE_ALPHA, settings.TRIAGE_BETA, settings.TRIAGE_DELTA
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,9 +18,9 @@ from contracts.errors import UserInputError
 from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
 from contracts.output_names import PROB
-from contracts.prediction_files import FindingColumns, few, read_predictions, sidecar_path, write_predictions
+from contracts.prediction_files import FindingColumns, few, sidecar_path, write_predictions
 from contracts.run_folder import RunFolder
-from evaluation import agreement, html_report, preflight, settings
+from evaluation import agreement, html_report, preflight, settings, triage
 from evaluation import report as report_lib
 from evaluation.blend import check_threshold
 from models import calibration, distribute
@@ -170,16 +170,6 @@ def _calibrated(run: RunFolder, probs: np.ndarray) -> np.ndarray:
         probs, run.temperature)
 
 
-def _validation(run: RunFolder) -> tuple[np.ndarray, np.ndarray] | None:
-    """The run's val_predictions.csv as (labels, calibrated probs), for operating points; or None."""
-    path = os.path.join(run.path, run_folder.VAL_PREDICTIONS)
-    validation = read_predictions(path) if os.path.exists(path) else None
-    if validation is None or validation.labels is None:
-        return None
-    # The raw column through the run's temperature, whatever the file's format version.
-    return validation.labels, _calibrated(run, validation.uncalibrated)
-
-
 @dataclasses.dataclass(frozen=True)
 class _Job:  # what every model of one prediction run shares
 
@@ -230,7 +220,7 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
         **context, **{key: sidecar[key] for key in report_lib.SCORED_ON}, "source": path,
         run_folder.TEMPERATURE: temperature, report_lib.SCORED: PROB},
         uncalibrated=None if temperature is None else outputs.softmax[:, 1], meta=meta,
-        validation=_validation(run), ids=outputs.ids,
+        validation=triage.run_validation(run), ids=outputs.ids,
         finding_labels=None if findings is None else outputs.finding_labels,
         finding_probs=None if findings is None else findings.probs), write
 

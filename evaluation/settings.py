@@ -21,7 +21,7 @@ from contracts.shared import (
     SPLIT,
     WORKERS,
 )
-from models import registry
+from models import registry, tta
 from pipeline.options import TRANSFER
 from training.config import GLOBAL_BATCH_SIZE, PRECISION, STRATEGY
 
@@ -36,6 +36,13 @@ EXPLAIN_PER_GROUP = 4  # images shown per group (true positives, false positives
 EXPLAIN_BATCH_SIZE = 16  # images per Grad-CAM step: a backward pass holds every activation
 # The centred-Gaussian baseline map's sigma, as a fraction of the side: the heart and medial lung fields.
 LOCALIZATION_BASELINE_SIGMA = 0.25
+# Triage (evaluation/triage.py): the rule-out threshold's target miss rate (abnormal images cleared ÷
+# abnormal images), the rule-in threshold's target false-alarm rate (normal images prioritized ÷ normal
+# images), and the share of calibration draws for which either may fail.
+TRIAGE_ALPHA, TRIAGE_BETA, TRIAGE_DELTA = 0.05, 0.1, 0.1
+# The share of calibration images with the largest spread whose spread sets the limit above which an
+# image goes to review (0: no limit). Reviewing more only shrinks the cleared and prioritized groups.
+UNCERTAIN_SHARE = 0.05
 OVERLAY_SIZE = 256  # side of the overlay PNGs, at least (the stored image is upsampled for viewing)
 
 THRESHOLD = Shared("threshold", None, "Decision threshold: P(abnormal) >= it is called abnormal.",
@@ -50,6 +57,26 @@ OTHER_LABELS_CSV = Shared("other_labels_csv", None, (
     "Another reading of the same images (e.g. a radiologist panel's): the report rescores against it on "
     "the images both share, with Cohen's kappa against the images' own labels (other_labels.json). "
     "Columns: image_id (or Image Index or SOPInstanceUID) and label 0/1, YES/NO or NIH Finding Labels."))
+_TRIAGE = "Triage (cleared / review / prioritized, docs/triage.md): "
+TRIAGE_ALPHA_FLAG = Shared("triage_alpha", None, (
+    f"{_TRIAGE}the rule-out threshold's target miss rate (abnormal images cleared ÷ abnormal images), held "
+    f"with probability >= 1 - --triage_delta over the calibration images (default {TRIAGE_ALPHA})."),
+    lower=0.0, upper=1.0)
+TRIAGE_BETA_FLAG = Shared("triage_beta", None, (
+    f"{_TRIAGE}the rule-in threshold's target false-alarm rate (normal images prioritized ÷ normal images) "
+    f"(default {TRIAGE_BETA})."), lower=0.0, upper=1.0)
+TRIAGE_DELTA_FLAG = Shared("triage_delta", None, (
+    f"{_TRIAGE}the share of calibration draws for which a target may fail (default {TRIAGE_DELTA})."),
+    lower=0.0, upper=1.0)
+TRIAGE_UNCERTAIN_SHARE = Shared("triage_uncertain_share", None, (
+    f"{_TRIAGE}images whose spread (p_spread) exceeds that of this share of the calibration images with the "
+    f"largest go to review; 0: none (default {UNCERTAIN_SHARE})."), lower=0.0, upper=1.0)
+TTA = Shared("tta", None, lambda: (
+    "Test-time augmentation: each model's p_abnormal (and findings) is the mean over the first N views of "
+    f"{', '.join(tta.TRANSFORMS)} (docs/triage.md; no flip: the heart's side matters), and p_spread the "
+    "spread of their calibrated probabilities (1: the image alone)."), lower=1, upper=tta.MAX_VIEWS)
+_RUN_TRIAGE = ("Without --ensemble: fitted on each run's val_predictions.csv (an approximate guarantee); "
+               "with it, the file's (refit with ensemble.py).")
 _DEFAULT_SPLIT = "Default: test when the folder has it, else its only split besides train."
 
 
@@ -93,6 +120,11 @@ class PredictConfig:
     report_dir: str | None = REPORT_DIR.field()
     bootstrap: int = BOOTSTRAP_RESAMPLES.field()
     other_labels_csv: str | None = OTHER_LABELS_CSV.field()
+    tta: int = TTA.field(1)
+    triage_alpha: float | None = TRIAGE_ALPHA_FLAG.field(note=_RUN_TRIAGE)
+    triage_beta: float | None = TRIAGE_BETA_FLAG.field()
+    triage_delta: float | None = TRIAGE_DELTA_FLAG.field()
+    triage_uncertain_share: float | None = TRIAGE_UNCERTAIN_SHARE.field()
     progress: bool = setting(True, "Show progress bars.", flag=False)
 
     def __post_init__(self):
@@ -117,6 +149,15 @@ class EnsembleConfig:
         "A validation prediction file with labels (e.g. a run's val_predictions.csv), one per --predictions, "
         "in their order: the weights and/or threshold not given are chosen on them by balanced accuracy."))
     fit_step: float = setting(FIT_STEP, "Spacing of the weight grid searched with --fit_on (must divide 1).")
+    calibrate_on: tuple[str, ...] = setting((), (
+        "A labelled prediction file of the calibration split (build_tfrecords.py --calibration_fraction; "
+        "predict.py --split=calibration), one per --predictions, in their order: the triage thresholds are "
+        "fitted on its blend alone, so their guarantee holds as stated. Default: the --fit_on files "
+        "(approximate: they also chose the blend); neither: every image goes to review."))
+    triage_alpha: float | None = TRIAGE_ALPHA_FLAG.field()
+    triage_beta: float | None = TRIAGE_BETA_FLAG.field()
+    triage_delta: float | None = TRIAGE_DELTA_FLAG.field()
+    triage_uncertain_share: float | None = TRIAGE_UNCERTAIN_SHARE.field()
     submission_id_column: str = setting(files.ID, "Submission column holding the image id.")
     submission_label_column: str = setting(files.DECISION, (
         "Submission column holding the 0/1 decision (the blend's p_abnormal >= threshold)."))

@@ -45,6 +45,10 @@ class Scores:
     # (1, 0, or -1 where the record's findings are unknown) and (N, 14) handed-over probabilities.
     finding_labels: np.ndarray | None = None
     finding_probs: np.ndarray | None = None
+    # Three-way triage (evaluation/triage.py): the fitted Triage (None: none) and each image's p_spread
+    # (None: no spread), from which `evaluation.triage.groups` sorts the entry's images.
+    triage: Any = None
+    spread: np.ndarray | None = None
 
     @property
     def patients(self) -> np.ndarray | None:  # "" unknown; None: the predictions carry none

@@ -6,7 +6,16 @@ import dataclasses
 
 from contracts.settings import REQUIRED, check, setting
 from contracts.shared import ENSEMBLE, MODEL_DIR
-from evaluation.settings import REPORT_DIR, SINGLE_MODEL_THRESHOLD, THRESHOLD
+from evaluation.settings import (
+    REPORT_DIR,
+    SINGLE_MODEL_THRESHOLD,
+    THRESHOLD,
+    TRIAGE_ALPHA_FLAG,
+    TRIAGE_BETA_FLAG,
+    TRIAGE_DELTA_FLAG,
+    TRIAGE_UNCERTAIN_SHARE,
+    TTA,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +32,15 @@ class ExportConfig:
     report_dir: str | None = REPORT_DIR.field(note=(
         "Here: the one read into MODEL_CARD.md, made over exactly the exported models; by default the one "
         "the --ensemble file records (without one, the card gives the runs' validation figures)."))
+    tta: int | None = TTA.field(note=(
+        "Here: served views per image without --ensemble (default 1); an ensemble file gives each member "
+        "the views of its predictions."))
+    triage_alpha: float | None = TRIAGE_ALPHA_FLAG.field(note=(
+        "Without --ensemble: the run's triage, fitted on its val_predictions.csv as predict.py does; an "
+        "ensemble file holds its own."))
+    triage_beta: float | None = TRIAGE_BETA_FLAG.field()
+    triage_delta: float | None = TRIAGE_DELTA_FLAG.field()
+    triage_uncertain_share: float | None = TRIAGE_UNCERTAIN_SHARE.field()
 
     def __post_init__(self):
         check(self)
