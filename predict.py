@@ -55,7 +55,7 @@ def main(config: PredictConfig) -> None:
     checked = _preflight(config)
     from contracts import atomic
     from contracts.prediction_files import sidecar_path
-    from evaluation import ensembling, prediction
+    from evaluation import ensemble_apply, prediction
     from preprocess import raw_images
 
     raw = None
@@ -72,7 +72,7 @@ def main(config: PredictConfig) -> None:
         if config.ensemble is not None:
             tx.guard(config.output, sidecar_path(config.output))
             fields = {k: v for k, v in extra.items() if v is not None}  # the raw files', no shard folder
-            blended = ensembling.apply_ensemble(config.ensemble, config.model_dir,
+            blended = ensemble_apply.apply_ensemble(config.ensemble, config.model_dir,
                                                 list(result.outputs.values()), config.output, fields)
     print(prediction.summary(result))
     if raw is not None:

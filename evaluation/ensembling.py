@@ -21,7 +21,7 @@ from contracts.errors import (
     check_output_folder,
     repeat_hint,
 )
-from contracts.output_names import PROB, PROB_UNCALIBRATED, finding_uncalibrated
+from contracts.output_names import PROB, PROB_UNCALIBRATED, TRIAGE, finding_uncalibrated, views
 from contracts.prediction_files import (
     PATIENT,
     FindingColumns,
@@ -31,7 +31,7 @@ from contracts.prediction_files import (
     sidecar_path,
     write_predictions,
 )
-from evaluation import agreement, finding_blend, html_report, settings
+from evaluation import agreement, ensemble_triage, finding_blend, html_report, settings, triage
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
 from evaluation.statistics import Scores, paired_auroc_difference
@@ -60,6 +60,7 @@ class EnsembleResult:
     gain: dict[str, Any] | None = None
     other_labels: dict[str, Any] | None = None
     findings: finding_blend.FindingBlend | None = None  # None: the findings were not blended
+    triage: list[str] = dataclasses.field(default_factory=list)  # the printed triage lines
 
 
 def model_names(files: Sequence[Predictions]) -> list[str]:
@@ -79,25 +80,32 @@ def _common(values: Sequence[str | None]) -> str | None:
     return known[0] if len(known) == 1 else "mixed: " + ", ".join(known)
 
 
-def _check_fit_pairs(files: Sequence[Predictions], fit_files: Sequence[Predictions]) -> None:
+def _check_fit_pairs(files: Sequence[Predictions], fit_files: Sequence[Predictions],
+                     flag: str = "fit_on") -> None:
+    what = "calibration" if flag == "calibrate_on" else "validation"
     if len(fit_files) != len(files):
         raise UserInputError(
-            f"--fit_on has {len(fit_files)} file(s) but --predictions has {len(files)}; pass one validation "
+            f"--{flag} has {len(fit_files)} file(s) but --predictions has {len(files)}; pass one {what} "
             "file per prediction file, in the same order"
         )
     for file, fit_file in zip(files, fit_files):
         if file.backbone and fit_file.backbone and file.backbone != fit_file.backbone:
             raise UserInputError(
-                f"--fit_on: {fit_file.path} is from {fit_file.backbone} but its partner {file.path} is from "
-                f"{file.backbone}; list validation files in the same order as --predictions"
+                f"--{flag}: {fit_file.path} is from {fit_file.backbone} but its partner {file.path} is from "
+                f"{file.backbone}; list {what} files in the same order as --predictions"
             )
+        if flag == "calibrate_on" and views(file.sidecar) != views(fit_file.sidecar):
+            raise UserInputError(
+                f"--calibrate_on: {fit_file.path} averages {views(fit_file.sidecar)} test-time view(s) but "
+                f"{file.path} {views(file.sidecar)}; predict both with the same --tta")
     shared = set(fit_files[0].ids) & set(files[0].ids)
     if shared:  # allowed (an ensemble studied on validation alone), but never unsaid
-        logging.warning("--fit_on shares %d of its %d images with --predictions (e.g. %s): the weights, "
-                        "threshold and temperatures are fitted on images the report then scores, so its "
-                        "numbers are optimistic; fit on validation predictions (train.py's "
-                        "val_predictions.csv) to score test honestly", len(shared), len(fit_files[0].ids),
-                        sorted(shared)[0])
+        fitted = "the triage thresholds are" if flag == "calibrate_on" else (
+            "the weights, threshold and temperatures are")
+        logging.warning("--%s shares %d of its %d images with --predictions (e.g. %s): %s fitted on images "
+                        "the report then scores, so its numbers are optimistic; fit on images the report "
+                        "does not score to score test honestly", flag, len(shared), len(fit_files[0].ids),
+                        sorted(shared)[0], fitted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +153,8 @@ def _write_submission(path: str, ids: np.ndarray, decisions: np.ndarray, id_colu
 
 
 def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members: np.ndarray,
-            blended: np.ndarray, choice: _Choice,
-            findings: tuple[np.ndarray, np.ndarray] | None) -> list[Scores]:
+            blended: np.ndarray, choice: _Choice, findings: tuple[np.ndarray, np.ndarray] | None,
+            fitted: ensemble_triage.Fitted) -> list[Scores]:
     """Every member as it enters the blend (after its temperature) at the ensemble's threshold, so
     the rows compare, then the ensemble; each finding likewise (`findings`: (N, M, 14) members, (N, 14)
     blend), None: not blended)."""
@@ -167,13 +175,15 @@ def _scores(files: Sequence[Predictions], names: Sequence[str], aligned, members
             "temperature": temperature, report_lib.SCORED: scored},
             uncalibrated=None if temperature == 1.0 else aligned.uncalibrated[:, m], meta=aligned.meta,
             validation=None if val is None else (val[0], val[1][:, m]), finding_labels=finding_labels,
-            finding_probs=None if findings is None else findings[0][:, m]))
+            finding_probs=None if findings is None else findings[0][:, m], triage=fitted.members[m],
+            spread=None if aligned.spreads is None else aligned.spreads[:, m]))
     scores.append(Scores(ENSEMBLE, aligned.labels, blended, choice.threshold, {
         **{key: _common([(f.sidecar or {}).get(key) for f in files]) for key in ("split", "data_dir")},
         "crop": _common([f.crop for f in files]),
         "train_crop": _common([(f.sidecar or {}).get("train_crop") for f in files]), report_lib.SCORED: PROB,
     }, meta=aligned.meta, validation=blended_val, finding_labels=finding_labels,
-        finding_probs=None if findings is None else findings[1]))
+        finding_probs=None if findings is None else findings[1], triage=fitted.blend,
+        spread=triage.blend_spread(members, choice.weights, aligned.spreads)))
     return scores
 
 
@@ -202,14 +212,17 @@ def _gain(report_dir: str, names: Sequence[str], aligned, members: np.ndarray, b
 
 def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], aligned, blended: np.ndarray,
                  choice: _Choice, fit_on: Sequence[str] | None, fit_step: float,
-                 report_dir: str | None, blended_findings: np.ndarray | None) -> None:
+                 report_dir: str | None, blended_findings: np.ndarray | None,
+                 triaged: tuple[ensemble_triage.Fitted, dict[str, np.ndarray]]) -> None:
     """Writes the blended probabilities (each finding's too, when blended) and their sidecar, the
     ensemble file (contracts/ensemble_file.py)."""
     fit, per_finding = choice.fit, choice.findings
     # p_<finding> and label_<finding> only: like p_abnormal, the blend is handed over as it is.
     findings = (None if blended_findings is None
                 else FindingColumns(blended_findings, None, aligned.finding_labels))
-    write_predictions(path, aligned.ids, blended, aligned.labels, findings=findings, sidecar={
+    fitted, triage_columns = triaged
+    write_predictions(path, aligned.ids, blended, aligned.labels, findings=findings, meta=triage_columns,
+                      sidecar={
         "backbone": ENSEMBLE,
         "schema_version": ensemble_file.SCHEMA_VERSION,
         "inputs": ensemble_file.member_records(
@@ -232,6 +245,9 @@ def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], 
         "crop": _common([f.crop for f in files]),
         "records": len(aligned.ids),
         ensemble_file.REPORT_DIR: None if report_dir is None else os.path.abspath(report_dir),
+        # The blend's triage (ensemble_file.Ensemble.triage), None when none was fitted ("triage_why").
+        ensemble_file.TRIAGE: None if fitted.blend is None else triage.to_record(fitted.blend),
+        "triage_why": fitted.why,
     })
 
 
@@ -261,7 +277,8 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
       UserInputError: any problem with the files or settings, naming the file and the fix.
     """
     predictions, output, fit_on = config.predictions, config.output, config.fit_on or None
-    for name, paths in (("predictions", predictions), ("fit_on", fit_on or ())):
+    for name, paths in (("predictions", predictions), ("fit_on", fit_on or ()),
+                        ("calibrate_on", config.calibrate_on)):
         for path in paths:
             if repeat_hint(path, name, "file"):
                 raise UserInputError(f"--{name}={path} names no file{repeat_hint(path, name, 'file')}")
@@ -274,7 +291,8 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
     check_output_file(output, "output", "submission.csv")
     if report_dir:
         check_output_folder(report_dir, "report_dir")
-    check_outputs_spare_inputs(output, predictions, fit_on, other_labels_csv)
+    check_outputs_spare_inputs(output, predictions, (*(fit_on or ()), *config.calibrate_on), other_labels_csv)
+    triage.settings_of(config)  # bad triage settings fail before any reading
     other = None if other_labels_csv is None else agreement.load_other_labels(other_labels_csv)
     files = [read_predictions(path) for path in predictions]
     aligned = align(files)
@@ -285,12 +303,16 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
     blended = blend_lib.blend(members, choice.weights)
     findings = None if choice.findings is None else finding_blend.apply(aligned.finding_uncalibrated,
                                                                         choice.findings)
+    fitted = ensemble_triage.fit(config, files, choice.temperatures, choice.weights, choice.validation,
+                                 _check_fit_pairs)
+    spread = triage.blend_spread(members, choice.weights, aligned.spreads)
+    triage_columns = ensemble_triage.columns(blended, fitted.blend, spread)
     metrics = gain = other_result = None
     report_dir = report_dir or settings.default_report_dir(output)
     # The report first and the submission last; a failure anywhere leaves none of the files.
     with atomic.Transaction(output) as tx:
         tx.guard(report_dir, output, ensemble_file.blend_path(output), ensemble_file.ensemble_path(output))
-        scores = _scores(files, names, aligned, members, blended, choice, findings)
+        scores = _scores(files, names, aligned, members, blended, choice, findings, fitted)
         if report_lib.has_known_labels(aligned.labels):
             metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
             gain = _gain(report_dir, names, aligned, members, blended, choice.validation, bootstrap)
@@ -302,56 +324,13 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
             html_report.write_index(report_dir)
         probabilities = ensemble_file.blend_path(output)
         _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step, report_dir,
-                     None if findings is None else findings[1])
+                     None if findings is None else findings[1], (fitted, triage_columns))
         _write_submission(output, aligned.ids, blend_lib.decide(blended, choice.threshold), id_column,
                           label_column)
     weight_map = {name: float(w) for name, w in zip(names, choice.weights)}
     return EnsembleResult(output, probabilities, weight_map, choice.threshold, choice.fit, metrics,
-                          report_dir, gain, other_result, choice.findings)
-
-
-def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
-                   extra_sidecar: dict[str, Any] | None = None) -> tuple[int, int, float]:
-    """Blends `member_files` (one per --model_dir in `model_dirs`) by the ensemble file into `output`;
-    returns (records, records at or above the ensemble's threshold, the threshold)."""
-    loaded = ensemble_file.load_ensemble(ensemble)
-    by_dir = dict(zip(model_dirs, member_files))
-    pairs = ensemble_file.match_members(loaded, model_dirs)
-    files = [read_predictions(by_dir[model_dir]) for _, model_dir in pairs]
-    aligned = align(files)
-    weights = np.array([member.weight for member, _ in pairs])  # checked and normalised by load_ensemble
-    temperatures = [member.temperature for member, _ in pairs]
-    blended = blend_lib.blend(blend_lib.calibrate_members(aligned.uncalibrated, temperatures), weights)
-    findings, recorded = _apply_findings(ensemble, [member for member, _ in pairs], files, aligned)
-    sidecar = {
-        "backbone": ENSEMBLE, "ensemble": os.path.abspath(ensemble), "threshold": loaded.threshold,
-        "weights": {member.name: float(w) for (member, _), w in zip(pairs, weights)},
-        "temperatures": {member.name: member.temperature for member, _ in pairs},
-        "blended": BLENDED, **recorded,
-        "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})}
-    write_predictions(output, aligned.ids, blended, aligned.labels, sidecar, meta=aligned.meta,
-                      findings=findings)
-    decisions = blend_lib.decide(blended, loaded.threshold)
-    return len(aligned.ids), int(decisions.sum()), loaded.threshold
-
-
-def _apply_findings(ensemble: str, members: Sequence[ensemble_file.Member], files: Sequence[Predictions],
-                    aligned) -> tuple[FindingColumns | None, dict[str, Any]]:
-    """The findings blended by the ensemble file's per-finding weights and temperatures, and what the
-    sidecar records of them; (None, {}) when the files or the ensemble file have none (said in one line)."""
-    if not finding_blend.blended_findings(files, aligned):
-        return None, {}
-    recorded = finding_blend.from_members([m.finding_weights for m in members],
-                                          [m.finding_temperatures for m in members])
-    if recorded is None:
-        logging.warning("findings: %s records no per-finding weights (written before they were); blending "
-                        "the binary output only; rerun ensemble.py to blend the findings", ensemble)
-        return None, {}
-    _, blended = finding_blend.apply(aligned.finding_uncalibrated, recorded)
-    return FindingColumns(blended, None, aligned.finding_labels), {
-        "blended_findings": BLENDED_FINDINGS,
-        ensemble_file.FINDING_WEIGHTS: {m.name: list(m.finding_weights) for m in members},
-        ensemble_file.FINDING_TEMPERATURES: {m.name: list(m.finding_temperatures) for m in members}}
+                          report_dir, gain, other_result, choice.findings,
+                          ensemble_triage.summary(fitted.blend, triage_columns[TRIAGE], fitted.why))
 
 
 def summary(result: EnsembleResult) -> str:
@@ -365,6 +344,7 @@ def summary(result: EnsembleResult) -> str:
                      f"balanced accuracy {result.fit.balanced_accuracy:.4f}, Brier {result.fit.brier:.4f}")
     if result.findings is not None:
         lines.append(finding_blend.summary(result.findings))
+    lines += result.triage
     lines.append(f"wrote {result.submission} and {result.probabilities}")
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics)]

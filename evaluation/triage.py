@@ -122,6 +122,28 @@ def fit(labels: np.ndarray, probs: np.ndarray, spread: np.ndarray | None, settin
     return Triage(rule_out, rule_in, limit, settings, calibration)
 
 
+def fit_blend(labels: np.ndarray, members: np.ndarray, weights: np.ndarray, member_spreads: np.ndarray | None,
+              settings: TriageSettings, *, files: Sequence[str], exact: bool,
+              note: str | None = None) -> tuple[Triage, list[Triage]]:
+    """The blend's triage and each member's own, on calibration labels and (N, M) calibrated member
+    probabilities blended by `weights` (the spread as `blend_spread`); members' spreads are their
+    own TTA spreads."""
+    blend = np.asarray(members, np.float64) @ np.asarray(weights, np.float64)
+    common = dict(files=files, exact=exact, note=note)
+    own = [fit(labels, members[:, m], None if member_spreads is None else member_spreads[:, m], settings,
+               **common) for m in range(members.shape[1])]
+    return fit(labels, blend, blend_spread(members, weights, member_spreads), settings, **common), own
+
+
+def blend_spread(members: np.ndarray, weights: np.ndarray,
+                 member_spreads: np.ndarray | None) -> np.ndarray | None:
+    """The blend's p_spread: `spread` where there is one to take (several members, or TTA spreads);
+    None for one model without TTA."""
+    if np.shape(members)[1] < 2 and member_spreads is None:
+        return None
+    return spread(members, weights, member_spreads)
+
+
 def groups(probs: np.ndarray, triage: Triage | None, spread: np.ndarray | None = None) -> np.ndarray:
     """Each prediction's group: cleared (p < rule-out), prioritized (p >= rule-in), else review; also
     review where both hold (the thresholds cross) or the spread exceeds the limit; all review without

@@ -16,7 +16,7 @@ from contracts.errors import UserInputError
 from contracts.labels import FINDINGS
 from contracts.output_names import finding_label, finding_prob, finding_uncalibrated
 from contracts.prediction_files import FindingColumns, align, read_predictions, write_predictions
-from evaluation import blend, ensembling, finding_blend
+from evaluation import blend, ensemble_apply, ensembling, finding_blend
 from evaluation.findings import MIN_POSITIVES
 from evaluation.settings import EnsembleConfig
 
@@ -195,7 +195,7 @@ def test_predict_ensemble_applies_the_recorded_finding_weights_and_temperatures(
     folder, _, _, _, record = fitted
     paths, _, raw = _write_split(str(folder), "new", np.random.default_rng(3), 50)
     output = str(folder / "new.csv")
-    ensembling.apply_ensemble(str(folder / "sub.probabilities.json"),
+    ensemble_apply.apply_ensemble(str(folder / "sub.probabilities.json"),
                               [str(folder / b) for b in BACKBONES], paths, output)
     written = pd.read_csv(output, dtype={"image_id": str})
     expected = _blend(raw, _recorded(record, "finding_weights"), _recorded(record, "finding_temperatures"))
@@ -212,7 +212,7 @@ def test_members_without_findings_give_the_binary_blend_and_one_line(tmp_path, c
     assert lines == [f"findings: 1 of 2 prediction files have no finding columns ({paths[1]}); blending the "
                      "binary output only"]
     written = pd.read_csv(result.probabilities)
-    assert not [c for c in written.columns if c.startswith("p_") and c != "p_abnormal"]
+    assert not [c for c in written.columns if c.startswith("p_") and c not in ("p_abnormal", "p_spread")]
     record = json.loads((tmp_path / "sub.probabilities.json").read_text())
     assert all("finding_weights" not in member for member in record["inputs"])
     assert "findings" not in result.metrics["ensemble"]

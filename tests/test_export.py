@@ -16,7 +16,7 @@ from PIL import Image
 from contracts import ensemble_file
 from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
-from evaluation import ensembling, prediction
+from evaluation import ensemble_apply, ensembling, prediction
 from evaluation.settings import EnsembleConfig, PredictConfig
 from preprocess import images as builder_images
 from preprocess import raw_images
@@ -222,7 +222,7 @@ def test_an_ensemble_with_fitted_temperatures_serves_what_ensemble_py_blended(ru
     np.testing.assert_allclose(out["bytes_p_abnormal"], blended, atol=1e-5)
     # predict.py --ensemble: the members' CSVs blended into one; the served outputs by name against them.
     predicted = str(tmp_path / "predicted.csv")
-    ensembling.apply_ensemble(ensemble_file.ensemble_path(submission), runs["dirs"], runs["predictions"], predicted)
+    ensemble_apply.apply_ensemble(ensemble_file.ensemble_path(submission), runs["dirs"], runs["predictions"], predicted)
     member_frames = [pd.read_csv(p).set_index("image_id").loc[ids] for p in runs["predictions"]]
     compared = _same_by_name(out, pd.read_csv(predicted).set_index("image_id").loc[ids], member_frames)
     assert compared == {"p_abnormal", "member_p_uncalibrated"}
