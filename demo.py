@@ -3,10 +3,11 @@
     python demo.py                          # synthetic NIH-format data, a few minutes on a CPU
     python demo.py --nih_dir=/path/to/nih   # the same chain on a real NIH ChestX-ray14 download
 
-Stages: (synthetic data) → build_tfrecords.py → train.py per backbone → predict.py on the test split
-→ ensemble.py fitted on validation → submission.csv and report/ → explain.py (Grad-CAM into report/,
-whose index.html is the whole report) → export.py (served/) → the test images' raw files through
-that SavedModel, compared with the submission. Every command is printed before it runs, so the demo
+Stages: (synthetic data) → build_tfrecords.py (train, val, calibration, test by patient) → train.py
+per backbone → predict.py on the test and calibration splits → ensemble.py fitted on validation, its
+triage on calibration → submission.csv and report/ → explain.py (Grad-CAM into report/, whose
+index.html is the whole report) → export.py (served/) → the test images' raw files through that
+SavedModel, compared with the submission (probabilities and triage). Every command is printed before it runs, so the demo
 doubles as a recipe. A rerun reuses finished work when the plan (every setting, and the synthetic
 generator's version, recorded in demo_plan.json) is the same; otherwise it replaces its own outputs.
 """
@@ -31,7 +32,7 @@ from contracts.errors import UserInputError, check_output_folder
 from contracts.explanation_folder import IN_REPORT
 from contracts.export_folder import MODEL_CARD, OUTPUT_DECISION, OUTPUT_PROB
 from contracts.labels import FINDINGS
-from contracts.output_names import PROB, finding_prob
+from contracts.output_names import PROB, TRIAGE, finding_prob
 from contracts.settings import check, setting
 from contracts.shared import IMAGE_SIZE, OUTPUT_DIR
 from models import registry
@@ -44,6 +45,9 @@ RUNS = "runs"  # the demo's outputs, one folder per data set
 # scratch, so inference-mode predictions collapse to one class; 0.9 keeps up.
 SYNTHETIC_BATCHNORM_MOMENTUM = 0.9
 SYNTHETIC_EPOCHS = 8
+# The triage's calibration split: at 400 patients about 110 abnormal images, enough for a rule-out
+# bound at α = 0.05, δ = 0.1 with two misses (45 would allow none); train keeps 0.45 × 400 patients.
+SYNTHETIC_CALIBRATION = 0.2
 PLAN_FILE = "demo_plan.json"  # the plan the outputs beside it were made with
 # What the demo writes into its output folder (never the user's --nih_dir).
 OWNED = ("data", "shards", "models", "predictions", "report", "served", "submission.csv",
@@ -62,7 +66,7 @@ class DemoConfig:
         "Here: everything the demo writes: data/, shards/, models/, predictions/, submission.csv, report/, "
         "served/. Default: runs/demo for the synthetic data, runs/demo-<--nih_dir's folder name> for real "
         "data."))
-    num_patients: int = NUM_PATIENTS.field(300, lower=10)
+    num_patients: int = NUM_PATIENTS.field(400, lower=10)
     source_size: int = SOURCE_SIZE.field(512, lower=64)
     image_size: int | None = IMAGE_SIZE.field(note="Here: stored and trained (default: 64 synthetic, 224 "
                                                    "real).", lower=32)
@@ -126,12 +130,13 @@ def data_stage(plan: DemoConfig) -> tuple[list[str], list[float]]:
         entry, bbox, image_dir = (os.path.join(data, "Data_Entry_2017_v2020.csv"),
                                   os.path.join(data, "BBox_List_2017.csv"), data)
         return [f"--data_entry_csv={entry}", f"--bbox_csv={bbox}", f"--image_dir={image_dir}",
-                "--split_by=grouped", "--val_fraction=0.2", "--test_fraction=0.2"], times
+                "--split_by=grouped", "--val_fraction=0.15", "--test_fraction=0.2",
+                f"--calibration_fraction={SYNTHETIC_CALIBRATION}"], times
     entry = find_one(plan.nih_dir, ["Data_Entry_2017_v2020.csv*", "Data_Entry_2017*.csv*"], "Data_Entry CSV")
     bbox = find_one(plan.nih_dir, ["BBox_List_2017.csv"], "bbox CSV", required=False)
     train_val = find_one(plan.nih_dir, ["train_val_list.txt"], "split list", required=False)
     test = find_one(plan.nih_dir, ["test_list.txt"], "split list", required=False)
-    args = [f"--data_entry_csv={entry}", f"--image_dir={plan.nih_dir}"]
+    args = [f"--data_entry_csv={entry}", f"--image_dir={plan.nih_dir}", "--calibration_fraction=0.1"]
     args += [f"--bbox_csv={bbox}"] if bbox else []
     if train_val and test:
         args += ["--split_by=official", f"--train_val_list={train_val}", f"--test_list={test}"]
@@ -191,16 +196,20 @@ def run_demo(plan: DemoConfig) -> dict:
                  "early_stopping_patience": plan.early_stopping_patience}
         command += [f"--{name}={value}" for name, value in given.items() if value is not None]
         seconds[f"train {backbone}"] = run_stage(f"train {backbone}", command)
-    seconds["predict"] = run_stage("predict the test split", [
-        py, "predict.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
-        f"--data_dir={shards}", "--split=test", f"--output={os.path.join(preds, 'test.csv')}"])
-    predictions = [os.path.join(preds, f"test.{b}.csv") for b in plan.backbones]
-    if len(plan.backbones) == 1:
-        predictions = [os.path.join(preds, "test.csv")]
+    predicted = {}
+    for split in ("test", CALIBRATION):
+        seconds[f"predict {split}"] = run_stage(f"predict the {split} split", [
+            py, "predict.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
+            f"--data_dir={shards}", f"--split={split}", f"--output={os.path.join(preds, split + '.csv')}",
+            # The calibration split's own report is not the demo's: no intervals, no time on them.
+            *(["--bootstrap=0"] if split == CALIBRATION else [])])
+        predicted[split] = ([os.path.join(preds, f"{split}.{b}.csv") for b in plan.backbones]
+                            if len(plan.backbones) > 1 else [os.path.join(preds, f"{split}.csv")])
     report_dir = os.path.join(out, "report")
-    seconds["ensemble"] = run_stage("fit the ensemble on validation, apply it to test", [
-        py, "ensemble.py", *[f"--predictions={path}" for path in predictions],
+    seconds["ensemble"] = run_stage("fit the ensemble on validation, its triage on calibration", [
+        py, "ensemble.py", *[f"--predictions={path}" for path in predicted["test"]],
         *[f"--fit_on={os.path.join(models, b, 'val_predictions.csv')}" for b in plan.backbones],
+        *[f"--calibrate_on={path}" for path in predicted[CALIBRATION]],
         f"--output={os.path.join(out, 'submission.csv')}", f"--report_dir={report_dir}"])
     # Where the models look, for the most confident hits and misses, into the report's page.
     explanations = os.path.join(report_dir, IN_REPORT)
@@ -226,8 +235,8 @@ def run_demo(plan: DemoConfig) -> dict:
 
 def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
     """Serves the test split's original files through the export; returns {"images", "max_abs_diff",
-    "mean_abs_diff", "decision_agreement", "findings_max_abs_diff" (None: no findings served)} against
-    ensemble.py's blend."""
+    "mean_abs_diff", "decision_agreement", "findings_max_abs_diff" (None: no findings served),
+    "same_triage" (images whose served triage group is the blend's)} against ensemble.py's blend."""
     import numpy as np
     import pandas as pd
 
@@ -252,9 +261,10 @@ def serving_parity(export_dir: str, ensemble_file: str, image_dir: str) -> dict:
     findings = None
     if all(c in served.columns and c in blended.columns for c in columns):
         findings = float(np.abs(served[columns].to_numpy() - blended[columns].to_numpy()).max())
+    same_triage = served[TRIAGE].to_numpy().astype(str) == blended[TRIAGE].to_numpy().astype(str)
     return {"images": int(len(gap)), "max_abs_diff": float(gap.max()), "mean_abs_diff": float(gap.mean()),
             "decision_agreement": float(np.mean(served[OUTPUT_DECISION].to_numpy() == decisions)),
-            "findings_max_abs_diff": findings}
+            "findings_max_abs_diff": findings, "same_triage": int(same_triage.sum())}
 
 
 def default_output_dir(nih_dir: str | None) -> str:
@@ -317,7 +327,8 @@ def main(config: DemoConfig) -> None:
     serving = result["serving"]
     print(f"served:     {os.path.join(chosen.output_dir, 'served')} (SavedModel, image bytes in); on the "
           f"{serving['images']} test files |p_served - p_submission| max {serving['max_abs_diff']:.1e}, "
-          f"mean {serving['mean_abs_diff']:.1e}; same decision on {serving['decision_agreement']:.1%}")
+          f"mean {serving['mean_abs_diff']:.1e}; same decision on {serving['decision_agreement']:.1%}; same "
+          f"triage on {serving['same_triage']} of {serving['images']}")
     if serving["findings_max_abs_diff"] is not None:
         print(f"            p_findings: |served - the blend's p_<finding>| max "
               f"{serving['findings_max_abs_diff']:.1e} over the 14 findings")
