@@ -153,9 +153,11 @@ ROWS = (
     ("rule-in threshold (prioritized: p >=)", lambda s: _threshold(s["rule_in"])),
     ("abnormal among cleared", lambda s: _number(s["abnormal_among_cleared"])),
     ("normal among prioritized", lambda s: _number(s["normal_among_prioritized"])),
+    ("spread limit (above it: review)", lambda s: _number(s["spread_limit"], 4)),
     ("calibration images", _calibration),
     ("guarantee (δ)", lambda s: f"{s['guarantee']} ({s['delta']:g})"),
     ("AURC", lambda s: _number(s["aurc"])),
+    ("  risk at full coverage", lambda s: _number(s["risk_coverage"]["risk"][-1] if s["images"] else None)),
 )
 
 
@@ -178,9 +180,11 @@ def notes(metrics: Mapping[str, Mapping[str, Any]]) -> list[str]:
     lines = ["On the images with known labels. Miss rate: abnormal cleared / abnormal; false-alarm rate: "
              f"normal prioritized / normal (95% CI by {statistics.UNIT}); the shares among a group are for "
              "information (they move with prevalence)."]
-    lines += [f"{name}: {s['calibration'].get('note')}." for name, s in sections.items()
-              if s["guarantee"] != "exact"]
-    return lines
+    why: dict[str, list[str]] = {}  # one line per reason, naming the entries it holds for
+    for name, s in sections.items():
+        if s["guarantee"] != "exact":
+            why.setdefault(str(s["calibration"].get("note")), []).append(name)
+    return lines + [f"{', '.join(names)}: {note}." for note, names in why.items()]
 
 
 def format_triage(metrics: Mapping[str, Mapping[str, Any]]) -> str:

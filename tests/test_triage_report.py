@@ -26,9 +26,9 @@ def _calibration_triage(spread=True):
 
 
 def _scored(seed=0):
-    """(labels, probs rounded to 0.02 so confidences tie, spread, patients): images of a patient
-    correlated; the last UNKNOWN_LABELS images unlabelled (-1) at P = 0.01, which would be cleared
-    normals if counted; NO_PATIENT images without a patient id (each its own cluster)."""
+    """(labels, probs rounded to 0.02 so confidences tie, five at the threshold, spread, patients):
+    images of a patient correlated; the last UNKNOWN_LABELS images unlabelled (-1) at P = 0.01, which
+    would be cleared normals if counted; NO_PATIENT images without a patient id (their own clusters)."""
     rng = np.random.default_rng(seed)
     n = PATIENTS * PER_PATIENT
     sick = np.repeat(rng.random(PATIENTS) < 0.45, PER_PATIENT)
@@ -37,6 +37,7 @@ def _scored(seed=0):
     probs = np.round(np.clip(0.25 + 0.45 * labels + effect + rng.normal(0, 0.15, n), 0, 1) / 0.02) * 0.02
     patients = np.repeat([f"p{i:02d}" for i in range(PATIENTS)], PER_PATIENT).astype(object)
     patients[rng.choice(n - UNKNOWN_LABELS, NO_PATIENT, replace=False)] = ""
+    probs[:5] = THRESHOLD  # decided abnormal (p >= t), with no confidence
     labels[-UNKNOWN_LABELS:], probs[-UNKNOWN_LABELS:] = -1, 0.01
     return labels, probs, rng.gamma(2, 0.02, n), patients
 
@@ -212,8 +213,11 @@ def test_metrics_json_printed_table_and_page(tmp_path):
     assert f"{ours['miss_rate']:.3f} [{low:.3f}, {high:.3f}]" in miss
     assert f"none: short by {infeasible.rule_out.shortfall}" in part
     assert "approximate (0.1)" in part and "exact (0.1)" in part
+    assert f"{scores[0].triage.spread_limit:.4f}" in next(line for line in part.splitlines() if "spread" in line)
     assert triage.EXCHANGEABLE in " ".join(part.split()) and triage.APPROXIMATE in " ".join(part.split())
     assert max(map(len, part.splitlines())) <= 100
+    twice = " ".join(triage_report.format_triage({"a": written["ensemble"], "b": written["ensemble"]}).split())
+    assert twice.count(triage.APPROXIMATE) == 1 and f"a, b: {triage.APPROXIMATE}" in twice  # one line a reason
 
     page = _page(tmp_path)
     assert not page.open and "Triage" in page.headings and triage_report.FIGURE_FILE in page.images
