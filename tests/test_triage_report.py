@@ -214,6 +214,9 @@ def test_metrics_json_printed_table_and_page(tmp_path):
     assert f"none: short by {infeasible.rule_out.shortfall}" in part
     assert "approximate (0.1)" in part and "exact (0.1)" in part
     assert f"{scores[0].triage.spread_limit:.4f}" in next(line for line in part.splitlines() if "spread" in line)
+    full = next(line for line in part.splitlines() if "full coverage" in line)
+    y, p = scores[0].labels[scores[0].labels >= 0], scores[0].probs[scores[0].labels >= 0]
+    assert f"{np.mean((p >= THRESHOLD) != y):.3f}" in full  # AURC's scale: the error rate at the threshold
     assert triage.EXCHANGEABLE in " ".join(part.split()) and triage.APPROXIMATE in " ".join(part.split())
     assert max(map(len, part.splitlines())) <= 100
     twice = " ".join(triage_report.format_triage({"a": written["ensemble"], "b": written["ensemble"]}).split())
