@@ -12,7 +12,7 @@ from typing import Any, Callable
 from contracts import explanation_folder
 from contracts.atomic import write_text
 from contracts.output_names import PROB, finding_prob
-from evaluation import agreement, findings, localization, statistics
+from evaluation import agreement, findings, localization, statistics, triage, triage_report
 from evaluation import report as report_lib
 
 INDEX_FILE = "index.html"
@@ -105,6 +105,17 @@ def _operating_points_section(points: dict[str, Any]) -> str:
             + _table(["model", "chosen on validation for", "threshold", "sensitivity", "specificity"], rows))
 
 
+def _triage_section(metrics: dict[str, Any]) -> str:
+    """The triage table of the entries that have one, its notes, then (by _section) the curve."""
+    rows = triage_report.display_rows(metrics)
+    if not rows:
+        return ""
+    notes = "".join(f"<p class=note>{html.escape(line)}</p>" for line in triage_report.notes(metrics))
+    return ("<h2>Triage</h2>" + _table(triage_report.header(metrics), [[html.escape(c) for c in row]
+                                                                     for row in rows])
+            + notes + f"<p>{html.escape(triage.EXCHANGEABLE)}</p>")
+
+
 def _subgroups_section(tables: dict[str, Any]) -> str:
     parts = ["<h2>Subgroups</h2>"]
     for name, rows in tables.items():
@@ -128,6 +139,7 @@ _RENDER: dict[str, Callable[[Any], str]] = {
     "calibration": _calibration_section,
     "ensemble gain": _gain_section,
     "operating points": _operating_points_section,
+    "triage": _triage_section,
     "subgroups": _subgroups_section,
     "other labels": _other_labels_section,
 }

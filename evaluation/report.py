@@ -1,5 +1,5 @@
 """The report of predict.py and ensemble.py: a list of `SECTIONS`, each computed from the entries and
-written to its own file (metrics, curves, calibration, operating points, subgroups)."""
+written to its own file (metrics, curves, calibration, operating points, triage, subgroups)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.metrics import (
 )
 
 from contracts.atomic import atomic_path, json_ready, write_json
-from evaluation import agreement, findings, operating_points, settings, statistics, subgroups
+from evaluation import agreement, findings, operating_points, settings, statistics, subgroups, triage_report
 from evaluation.statistics import Scores
 from models import calibration
 
@@ -113,7 +113,8 @@ def _metrics(scores: Sequence[Scores], bootstrap: int) -> dict[str, Any]:
     return {s.name: {**statistics.compute_metrics(s.labels, s.probs, s.threshold, bootstrap=bootstrap,
                                                   patients=s.patients),
                      **_calibration_metrics(s.labels, s.probs, s.uncalibrated),
-                     **s.context, **_findings(s, bootstrap)} for s in scores}
+                     **s.context, **_findings(s, bootstrap), **triage_report.section_of(s, bootstrap)}
+            for s in scores}
 
 
 def _curves(scores: Sequence[Scores], kind: str) -> Figure:
@@ -152,6 +153,7 @@ SECTIONS = (
     Section("calibration", _reliability_diagram, "reliability.png"),
     Section("ensemble gain", None, GAIN_FILE),
     Section("operating points", operating_points.section, operating_points.OPERATING_POINTS_FILE),
+    Section("triage", triage_report.figure, triage_report.FIGURE_FILE),
     Section("subgroups", subgroups.section, subgroups.SUBGROUPS_FILE),
     Section("other labels", None, agreement.OTHER_LABELS_FILE),
 )
@@ -203,8 +205,8 @@ def cell(value: Any) -> str:
 
 
 def format_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
-    """The metrics as a text table: one row per metric, one column per model; then the per-finding
-    table of each entry that has one."""
+    """The metrics as a text table: one row per metric, one column per model; then the triage table
+    and the per-finding table of each entry that has one."""
     names = list(metrics)
     rows = [["metric"] + names]
     rows += [[label] + [cell(metrics[n].get(key)) for n in names] for key, label in TABLE_ROWS]
@@ -212,5 +214,5 @@ def format_table(metrics: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["  ".join([row[0].ljust(widths[0])] + [text.rjust(w) for text, w in zip(row[1:], widths[1:])])
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
-    per_finding = findings.format_findings(metrics)
-    return "\n".join(lines) + (f"\n\n{per_finding}" if per_finding else "")
+    parts = (triage_report.format_triage(metrics), findings.format_findings(metrics))
+    return "\n\n".join(["\n".join(lines), *(part for part in parts if part)])
