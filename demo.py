@@ -3,13 +3,12 @@
     python demo.py                          # synthetic NIH-format data, a few minutes on a CPU
     python demo.py --nih_dir=/path/to/nih   # the same chain on a real NIH ChestX-ray14 download
 
-Stages: (synthetic data) → build_tfrecords.py (train, val, calibration, test by patient) → train.py
-per backbone → predict.py on the test and calibration splits → ensemble.py fitted on validation, its
-triage on calibration → submission.csv and report/ → explain.py (Grad-CAM into report/, whose
-index.html is the whole report) → export.py (served/) → the test images' raw files through that
-SavedModel, compared with the submission (probabilities and triage). Every command is printed before it runs, so the demo
-doubles as a recipe. A rerun reuses finished work when the plan (every setting, and the synthetic
-generator's version, recorded in demo_plan.json) is the same; otherwise it replaces its own outputs.
+Stages: (synthetic data) → build_tfrecords.py (train, val, calibration, test, by patient) → train.py
+per backbone → predict.py on test and calibration → ensemble.py (blend fitted on validation, triage on
+calibration) → submission.csv, report/ → explain.py (Grad-CAM into report/index.html) → export.py
+(served/) → the test images' raw files through that SavedModel, compared with the submission. Each
+command is printed before it runs: the demo doubles as a recipe. A rerun reuses finished work when
+the plan (settings, generator version: demo_plan.json) is the same, else replaces its own outputs.
 """
 
 from __future__ import annotations
@@ -45,9 +44,7 @@ RUNS = "runs"  # the demo's outputs, one folder per data set
 # scratch, so inference-mode predictions collapse to one class; 0.9 keeps up.
 SYNTHETIC_BATCHNORM_MOMENTUM = 0.9
 SYNTHETIC_EPOCHS = 8
-# The triage's calibration split: at 400 patients about 110 abnormal images, enough for a rule-out
-# bound at α = 0.05, δ = 0.1 with two misses (45 would allow none); train keeps 0.45 × 400 patients.
-SYNTHETIC_CALIBRATION = 0.2
+SYNTHETIC_CALIBRATION = 0.2  # ~110 abnormal of 400 patients: α = 0.05, δ = 0.1 bound with 2 misses
 PLAN_FILE = "demo_plan.json"  # the plan the outputs beside it were made with
 # What the demo writes into its output folder (never the user's --nih_dir).
 OWNED = ("data", "shards", "models", "predictions", "report", "served", "submission.csv",
@@ -201,8 +198,7 @@ def run_demo(plan: DemoConfig) -> dict:
         seconds[f"predict {split}"] = run_stage(f"predict the {split} split", [
             py, "predict.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
             f"--data_dir={shards}", f"--split={split}", f"--output={os.path.join(preds, split + '.csv')}",
-            # The calibration split's own report is not the demo's: no intervals, no time on them.
-            *(["--bootstrap=0"] if split == CALIBRATION else [])])
+            *(["--bootstrap=0"] if split == CALIBRATION else [])])  # its report is not the demo's
         predicted[split] = ([os.path.join(preds, f"{split}.{b}.csv") for b in plan.backbones]
                             if len(plan.backbones) > 1 else [os.path.join(preds, f"{split}.csv")])
     report_dir = os.path.join(out, "report")
@@ -320,6 +316,7 @@ def main(config: DemoConfig) -> None:
 
     print(results_table(result["metrics"]))
     print(findings_table(result["metrics"]))
+    print(triage_table(result["metrics"]))
     gain_path = os.path.join(chosen.output_dir, "report", GAIN_FILE)
     if os.path.exists(gain_path):
         with open(gain_path) as f:
@@ -373,6 +370,25 @@ def findings_table(metrics: dict) -> str:
         counts = f"  {finding:<14} {first[finding]['positives']:>4}"
         lines.append(counts + "".join(f"  {c:<22}" for c in cells))
     return "\n".join(lines)
+
+
+def triage_table(metrics: dict) -> str:
+    """The ensemble's triage on test: each group's share, the achieved miss and false-alarm rates with
+    their 95% intervals by patient beside their targets (report/index.html has every model's)."""
+    from evaluation.triage_report import KEY, rate_text
+
+    section = metrics.get("ensemble", {}).get(KEY)
+    if section is None:
+        return "\nno triage table: the ensemble has no triage (see ensemble.py's output)"
+    groups = ", ".join(f"{name} {100 * (g['share'] or 0):.1f}% ({g['images']})"
+                       for name, g in section["groups"].items())
+    cal, s = section["calibration"], section
+    return (f"\nensemble triage on test ({s['guarantee']} guarantee, δ={s['delta']:g}; calibrated on "
+            f"{cal['images']} images, {cal['abnormal']} abnormal): {groups}\n"
+            f"  miss rate (abnormal cleared / abnormal) {rate_text(s, 'miss_rate')}, target "
+            f"α={s['alpha']:g}\n"
+            f"  false-alarm rate (normal prioritized / normal) {rate_text(s, 'false_alarm_rate')}, target "
+            f"β={s['beta']:g}\n  AURC {s['aurc']:.3f} (risk-coverage curve: report/index.html)")
 
 
 def run() -> None:

@@ -121,7 +121,7 @@ def _number(value: Any, digits: int = 3) -> str:
     return "-" if _missing(value) else f"{value:.{digits}f}"
 
 
-def _rate(section: Mapping[str, Any], name: str) -> str:
+def rate_text(section: Mapping[str, Any], name: str) -> str:
     interval = section[f"{name}_ci95"]
     return _number(section[name]) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
@@ -145,9 +145,9 @@ def _calibration(section: Mapping[str, Any]) -> str:
 
 ROWS = (
     *((name, lambda s, name=name: _group(s, name)) for name in TRIAGE_GROUPS),
-    ("miss rate (abnormal cleared)", lambda s: _rate(s, "miss_rate")),
+    ("miss rate (abnormal cleared)", lambda s: rate_text(s, "miss_rate")),
     ("  target α", lambda s: f"{s['alpha']:g}"),
-    ("false-alarm rate (normal prioritized)", lambda s: _rate(s, "false_alarm_rate")),
+    ("false-alarm rate (normal prioritized)", lambda s: rate_text(s, "false_alarm_rate")),
     ("  target β", lambda s: f"{s['beta']:g}"),
     ("rule-out threshold (cleared: p <)", lambda s: _threshold(s["rule_out"])),
     ("rule-in threshold (prioritized: p >=)", lambda s: _threshold(s["rule_in"])),
