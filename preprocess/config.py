@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from contracts.errors import UserInputError
+from contracts.manifest import CALIBRATION_SPLIT
 from contracts.settings import Shared, check, setting
 from contracts.shared import IMAGE_SIZE, LABELS_CSV, OUTPUT_DIR, SEED, WORKERS
 from preprocess.images import MAX_IMAGE_PIXELS
@@ -56,9 +57,9 @@ class BuildConfig:
         "Share of records in test (grouped only). Default: "
         + ", ".join(f"{v:g} for --split_by={s}" for s, v in DEFAULT_TEST_FRACTION.items()) + ", else 0."))
     calibration_fraction: float = setting(0.0, (
-        "Share of records in a 'calibration' split, by patient, used only to fit the triage thresholds, so "
-        "their guarantee holds (images that chose no epoch, temperature or weight). grouped: beside val and "
-        "test; official: of train_val, beside val. 0: no such split."))
+        f"Share of records in a '{CALIBRATION_SPLIT}' split, by patient, used only to fit the triage "
+        "thresholds, so their guarantee holds (images that chose no epoch, temperature or weight). grouped: "
+        "beside val and test; official: of train_val, beside val. 0: no such split."))
     train_val_list: str | None = setting(None, "NIH train_val_list.txt (--split_by=official).")
     test_list: str | None = setting(None, "NIH test_list.txt (--split_by=official).")
     crop: str = CROP.field("none", note=(
