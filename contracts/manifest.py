@@ -23,6 +23,9 @@ SHARD_BYTES = "shard_bytes"  # per split: shard name -> its size as written (abs
 # among them, in contracts.labels.FINDINGS order.
 FINDINGS_KNOWN = "findings_known"
 FINDING_POSITIVES = "finding_positives"
+# The split the builder carves (--calibration_fraction) only to fit the triage thresholds: never
+# trained, validated or evaluated on by default, so the thresholds' guarantee stays exact.
+CALIBRATION_SPLIT = "calibration"
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -140,8 +143,9 @@ class ShardFolder:
         return self.image_size
 
     def default_split(self) -> str | None:
-        """`test` when the folder has it, else the only split besides `train` (val, all, eval), else None."""
+        """`test` when the folder has it, else the only split besides `train` and `calibration` (val,
+        all, eval), else None: the calibration split is read only when named."""
         if "test" in self.split_names:
             return "test"
-        others = [s for s in self.split_names if s != "train"]
+        others = [s for s in self.split_names if s not in ("train", CALIBRATION_SPLIT)]
         return others[0] if len(others) == 1 else None

@@ -77,7 +77,7 @@ TTA = Shared("tta", None, lambda: (
     "spread of their calibrated probabilities (1: the image alone)."), lower=1, upper=tta.MAX_VIEWS)
 _RUN_TRIAGE = ("Without --ensemble: fitted on each run's val_predictions.csv (an approximate guarantee); "
                "with it, the file's (refit with ensemble.py).")
-_DEFAULT_SPLIT = "Default: test when the folder has it, else its only split besides train."
+_DEFAULT_SPLIT = "Default: test when the folder has it, else its only split besides train and calibration."
 
 
 def default_report_dir(output: str) -> str:

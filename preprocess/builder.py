@@ -22,7 +22,7 @@ from contracts import storage
 from contracts.atomic import TEMP_PREFIX, write_json, write_text
 from contracts.errors import UserInputError
 from preprocess import units as units_lib
-from preprocess.config import BBOX_SHORTCUT, RENAMED_FIELDS, RUNNERS, BuildConfig
+from preprocess.config import ADDED_FIELDS, BBOX_SHORTCUT, RENAMED_FIELDS, RUNNERS, BuildConfig
 from preprocess.plan import WorkUnit, gather_and_assign, plan_digest, plan_units
 from preprocess.units import STATE_BYTES, STATE_DIR
 
@@ -45,8 +45,9 @@ def _recorded(state_file: str) -> dict | None:
     if not storage.exists(state_file):
         return None
     stamp = json.loads(storage.read_bytes(state_file))
-    # Older builds recorded some flags under other names (`split`).
-    stamp["config"] = {RENAMED_FIELDS.get(k, k): v for k, v in stamp.get("config", {}).items()}
+    # Older builds recorded some flags under other names (`split`), and none added since (their defaults).
+    renamed = {RENAMED_FIELDS.get(k, k): v for k, v in stamp.get("config", {}).items()}
+    stamp["config"] = {**ADDED_FIELDS, **renamed}
     return stamp
 
 

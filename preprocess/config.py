@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from contracts.errors import UserInputError
+from contracts.manifest import CALIBRATION_SPLIT
 from contracts.settings import Shared, check, setting
 from contracts.shared import IMAGE_SIZE, LABELS_CSV, OUTPUT_DIR, SEED, WORKERS
 from preprocess.images import MAX_IMAGE_PIXELS
@@ -20,6 +21,7 @@ BBOX_SHORTCUT = ("--crop=bbox: images with boxes are cropped to them, and only a
 IMAGE_FORMATS = ("png", "jpeg")
 RUNNERS = ("local", "beam")  # this machine's process pool (builder.py), or Apache Beam (beam_runner.py)
 RENAMED_FIELDS = {"split": "split_by"}  # old -> new name in an older build's state file and manifest
+ADDED_FIELDS = {"calibration_fraction": 0.0}  # absent from an older build's state file: the value it built
 # output_dir among them: a shard folder copied elsewhere resumes where it now is.
 NOT_RECORD_SHAPING = ("output_dir", "workers", "max_skip_fraction", "overwrite", "runner",
                       "beam_pipeline_args")
@@ -54,6 +56,10 @@ class BuildConfig:
     test_fraction: float | None = setting(None, (
         "Share of records in test (grouped only). Default: "
         + ", ".join(f"{v:g} for --split_by={s}" for s, v in DEFAULT_TEST_FRACTION.items()) + ", else 0."))
+    calibration_fraction: float = setting(0.0, (
+        f"Share of records in a '{CALIBRATION_SPLIT}' split, by patient, used only to fit the triage "
+        "thresholds, so their guarantee holds (images that chose no epoch, temperature or weight). grouped: "
+        "beside val and test; official: of train_val, beside val. 0: no such split."))
     train_val_list: str | None = setting(None, "NIH train_val_list.txt (--split_by=official).")
     test_list: str | None = setting(None, "NIH test_list.txt (--split_by=official).")
     crop: str = CROP.field("none", note=(

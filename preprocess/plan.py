@@ -13,6 +13,7 @@ from contracts import storage
 from contracts.boxes import FindingBox
 from contracts.errors import UserInputError, check_output_folder
 from contracts.labels import LABEL_UNKNOWN
+from contracts.manifest import CALIBRATION_SPLIT
 from preprocess import nih_metadata
 from preprocess import sources as sources_lib
 from preprocess import splits as splits_lib
@@ -89,9 +90,18 @@ def _check_fractions(config: BuildConfig) -> None:
         raise UserInputError(f"--max_skip_fraction={config.max_skip_fraction} must be in [0, 1]")
     if not 0 <= config.val_fraction < 1 or not 0 <= config.test_fraction < 1:
         raise UserInputError("--val_fraction and --test_fraction must be in [0, 1)")
-    if config.split_by == "grouped" and config.val_fraction + config.test_fraction >= 1:
-        raise UserInputError(f"--val_fraction={config.val_fraction} + --test_fraction={config.test_fraction} "
-                             "must leave a share for train; lower one of them")
+    calibration = config.calibration_fraction
+    if calibration and config.split_by not in ("grouped", "official"):
+        raise UserInputError(f"--calibration_fraction={calibration} splits labelled images by patient: use "
+                             f"it with --split_by=grouped or official, not {config.split_by}, or drop it")
+    if not 0 <= calibration < 1:
+        raise UserInputError(f"--calibration_fraction={calibration} must be in [0, 1)")
+    # The shares carved before train: grouped from all records, official from train_val.
+    shares = {"val": config.val_fraction, "test": config.test_fraction if config.split_by == "grouped" else 0,
+              "calibration": calibration}
+    if sum(shares.values()) >= 1 and (config.split_by == "grouped" or calibration):
+        named = " + ".join(f"--{k}_fraction={v}" for k, v in shares.items() if v or k == "val")
+        raise UserInputError(f"{named} must leave a share for train; lower one of them")
 
 
 def _nothing_usable(config: BuildConfig, found: sources_lib.Sources, skipped: list[dict]) -> str:
@@ -154,13 +164,14 @@ def _assign(config: BuildConfig, found: sources_lib.Sources) -> tuple[dict[str, 
     if config.split_by in ("all", "unlabeled"):
         return {"all" if config.split_by == "all" else "eval": list(found.sources)}, skipped
     if config.split_by == "grouped":
-        fractions = {"train": 1 - config.val_fraction - config.test_fraction,
-                     "val": config.val_fraction, "test": config.test_fraction}
+        fractions = {"train": 1 - config.val_fraction - config.test_fraction - config.calibration_fraction,
+                     "val": config.val_fraction, "test": config.test_fraction,
+                     CALIBRATION_SPLIT: config.calibration_fraction}
         items = [(n, s.entry.patient_id, s.entry.label) for n, s in by_name.items()]
         assignment = splits_lib.grouped_split(items, fractions, config.seed)
     else:
         assignment, skipped = _official_assignment(config, by_name)
-    out: dict[str, list] = {s: [] for s in ("train", "val", "test")}
+    out: dict[str, list] = {s: [] for s in ("train", "val", "test", CALIBRATION_SPLIT)}
     for name, split in assignment.items():
         out[split].append(by_name[name])
     return {s: v for s, v in out.items() if v}, skipped
@@ -182,7 +193,8 @@ def _official_assignment(config: BuildConfig, by_name: dict) -> tuple[dict[str, 
             pool.append((name, source.entry.patient_id, source.entry.label))
         else:
             skipped.append(nih_metadata.Skip(name, "in neither --train_val_list nor --test_list"))
-    fractions = {"train": 1 - config.val_fraction, "val": config.val_fraction}
+    fractions = {"train": 1 - config.val_fraction - config.calibration_fraction, "val": config.val_fraction,
+                 CALIBRATION_SPLIT: config.calibration_fraction}
     assignment.update(splits_lib.grouped_split(pool, fractions, config.seed))
     return assignment, skipped
 
