@@ -31,6 +31,7 @@ from contracts.errors import UserInputError, check_output_folder
 from contracts.explanation_folder import IN_REPORT
 from contracts.export_folder import MODEL_CARD, OUTPUT_DECISION, OUTPUT_PROB
 from contracts.labels import FINDINGS
+from contracts.manifest import CALIBRATION_SPLIT
 from contracts.output_names import PROB, TRIAGE, finding_prob
 from contracts.settings import check, setting
 from contracts.shared import IMAGE_SIZE, OUTPUT_DIR
@@ -194,18 +195,18 @@ def run_demo(plan: DemoConfig) -> dict:
         command += [f"--{name}={value}" for name, value in given.items() if value is not None]
         seconds[f"train {backbone}"] = run_stage(f"train {backbone}", command)
     predicted = {}
-    for split in ("test", CALIBRATION):
+    for split in ("test", CALIBRATION_SPLIT):
         seconds[f"predict {split}"] = run_stage(f"predict the {split} split", [
             py, "predict.py", *[f"--model_dir={os.path.join(models, b)}" for b in plan.backbones],
             f"--data_dir={shards}", f"--split={split}", f"--output={os.path.join(preds, split + '.csv')}",
-            *(["--bootstrap=0"] if split == CALIBRATION else [])])  # its report is not the demo's
+            *(["--bootstrap=0"] if split == CALIBRATION_SPLIT else [])])  # its report is not the demo's
         predicted[split] = ([os.path.join(preds, f"{split}.{b}.csv") for b in plan.backbones]
                             if len(plan.backbones) > 1 else [os.path.join(preds, f"{split}.csv")])
     report_dir = os.path.join(out, "report")
     seconds["ensemble"] = run_stage("fit the ensemble on validation, its triage on calibration", [
         py, "ensemble.py", *[f"--predictions={path}" for path in predicted["test"]],
         *[f"--fit_on={os.path.join(models, b, 'val_predictions.csv')}" for b in plan.backbones],
-        *[f"--calibrate_on={path}" for path in predicted[CALIBRATION]],
+        *[f"--calibrate_on={path}" for path in predicted[CALIBRATION_SPLIT]],
         f"--output={os.path.join(out, 'submission.csv')}", f"--report_dir={report_dir}"])
     # Where the models look, for the most confident hits and misses, into the report's page.
     explanations = os.path.join(report_dir, IN_REPORT)
@@ -380,9 +381,8 @@ def triage_table(metrics: dict) -> str:
     section = metrics.get("ensemble", {}).get(KEY)
     if section is None:
         return "\nno triage table: the ensemble has no triage (see ensemble.py's output)"
-    groups = ", ".join(f"{name} {100 * (g['share'] or 0):.1f}% ({g['images']})"
-                       for name, g in section["groups"].items())
     cal, s = section["calibration"], section
+    groups = ", ".join(f"{k} {100 * (g['share'] or 0):.1f}% ({g['images']})" for k, g in s["groups"].items())
     return (f"\nensemble triage on test ({s['guarantee']} guarantee, δ={s['delta']:g}; calibrated on "
             f"{cal['images']} images, {cal['abnormal']} abnormal): {groups}\n"
             f"  miss rate (abnormal cleared / abnormal) {rate_text(s, 'miss_rate')}, target "
