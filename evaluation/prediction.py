@@ -139,10 +139,11 @@ def _decode_ids(id_bytes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
-                  batch_size: int, *, progress: bool = True, desc: str = "predict",
-                  uint8_gray: bool = False, views: int = 1) -> SplitOutputs:
+                  batch_size: int, *, progress: str | None = "predict", uint8_gray: bool = False,
+                  views: int = 1) -> SplitOutputs:
     """Every record's outputs of `split` (rows sorted by id, on every worker), one row per record; with
-    `views` > 1, the mean of the model's outputs over the first `views` of `models.tta.TRANSFORMS`."""
+    `views` > 1, the mean of the model's outputs over the first `views` of `models.tta.TRANSFORMS`.
+    `progress` labels the chief's progress bar (None: no bar)."""
     rows = distribute.per_replica_batch(batch_size, strategy, "batch_size")
     dataset = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_eval_dataset(shards, split, batch_size, input_context=context,
@@ -161,7 +162,7 @@ def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, 
         return {k: tf.concat(strategy.experimental_local_results(v), axis=0) for k, v in per_replica.items()}
 
     parts = []
-    bar = tqdm.tqdm(total=shards.split(split).records, unit="img", desc=desc,
+    bar = tqdm.tqdm(total=shards.split(split).records, unit="img", desc=progress,
                     disable=not (progress and distribute.is_chief(strategy)))
     try:
         with bar:
@@ -228,8 +229,9 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
     """One loaded model's report entry, the call that writes its files (once all have predicted) and
     its triage's summary line."""
     (model, policy), shards, split = loaded, job.inputs.shards, job.inputs.split
-    outputs = predict_split(model, job.strategy, shards, split.name, job.batch_size, progress=job.progress,
-                            desc=name, uint8_gray=job.transfer == options.UINT8, views=job.views)
+    outputs = predict_split(model, job.strategy, shards, split.name, job.batch_size,
+                            progress=name if job.progress else None, uint8_gray=job.transfer == options.UINT8,
+                            views=job.views)
     context = {"crop": shards.crop, "train_crop": run.crop}
     calibrated, temperature = _calibrated(run, outputs.softmax[:, 1]), run.temperature
     if temperature is None:
