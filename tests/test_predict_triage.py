@@ -136,6 +136,31 @@ def test_tta_averages_the_views_and_reports_their_calibrated_spread(world, tmp_p
     assert len(result.triage_lines) == 1
 
 
+_MIRRORED_TTA = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from evaluation import prediction
+from evaluation.settings import PredictConfig
+prediction.run_prediction(PredictConfig(model_dir=[sys.argv[1]], data_dir=sys.argv[2], split="eval",
+                                        output=sys.argv[3], global_batch_size=4, strategy="mirrored",
+                                        bootstrap=0, progress=False, tta=3))
+"""
+
+
+@pytest.mark.slow
+def test_tta_over_two_replicas_matches_one(world, tmp_path):
+    prediction.run_prediction(_config(world, tmp_path / "one.csv", tta=3))
+    result = subprocess.run([sys.executable, "-c", _MIRRORED_TTA, world["run"], world["shards"],
+                             str(tmp_path / "two.csv")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (pd.read_csv(tmp_path / f"{n}.csv", dtype={"image_id": str}) for n in ("one", "two"))
+    assert list(one.image_id) == list(two.image_id)
+    for column in ("p_uncalibrated", "p_spread"):
+        np.testing.assert_allclose(two[column], one[column], atol=1e-6, rtol=0)
+
+
 def test_tta_views_act_on_the_float_pixels_under_uint8_transfer(world, tmp_path):
     prediction.run_prediction(_config(world, tmp_path / "p.csv", tta=tta.MAX_VIEWS, transfer="uint8"))
     frame = pd.read_csv(tmp_path / "p.csv", dtype={"image_id": str})
