@@ -21,10 +21,12 @@ def _preflight(config: PredictConfig) -> tuple[int, int] | str:
     from contracts import ensemble_file
     from contracts.errors import UserInputError, check_output_folder
     from contracts.run_folder import RunFolder
-    from evaluation import agreement, preflight, settings
+    from evaluation import agreement, preflight, settings, triage
     from preprocess import raw_images
 
     raw_images.check_one_source(config.data_dir, config.images)
+    triage.refuse_with_ensemble(config)
+    triage.settings_of(config)  # refuses a bad --triage_* value
     if config.labels_csv is not None and config.images is None:  # what --labels_csv once meant here
         raise UserInputError("--labels_csv labels --images files; to rescore a shard split against another "
                              "reading of its images, pass --other_labels_csv")

@@ -61,7 +61,7 @@ def _pass(model, strategy, data_dir: str, split: str, uint8: bool) -> tuple[floa
     """Returns (wall seconds, CPU seconds) of predicting `split`."""
     start, cpu = time.perf_counter(), time.process_time()
     outputs = prediction.predict_split(model, strategy, ShardFolder.open(data_dir), split, _BATCH.value,
-                                       progress=False, uint8_gray=uint8)
+                                       progress=None, uint8_gray=uint8)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     expected = _RECORDS.value if split == SPLIT else _small_records()
     if len(outputs.ids) != expected:

@@ -72,8 +72,8 @@ def split_probabilities(members: Sequence[Member], shards: ShardFolder, split: s
     """(ids, blended P(abnormal), labels) of every record of `split`, rows sorted by id; with `finding`,
     its blended calibrated probability and its labels (-1 where the record's findings are unknown)."""
     strategy = distribute.resolve_strategy("default")
-    outputs = [predict_split(m.classifier, strategy, shards, split, batch_size, progress=progress,
-                             desc=m.name) for m in members]
+    outputs = [predict_split(m.classifier, strategy, shards, split, batch_size,
+                             progress=m.name if progress else None) for m in members]
     if finding is None:
         probs = np.stack([o.softmax[:, 1] for o in outputs], axis=1)
         temperatures, labels = [m.temperature for m in members], outputs[0].labels

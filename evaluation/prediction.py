@@ -17,17 +17,18 @@ from contracts.atomic import atomic_path
 from contracts.errors import UserInputError
 from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
-from contracts.output_names import PROB
+from contracts.output_names import CLEARED, PRIORITIZED, PROB, REVIEW, SPREAD, TRIAGE, TTA
 from contracts.prediction_files import FindingColumns, few, sidecar_path, write_predictions
 from contracts.run_folder import RunFolder
 from evaluation import agreement, html_report, preflight, settings, triage
 from evaluation import report as report_lib
 from evaluation.blend import check_threshold
-from models import calibration, distribute
+from models import calibration, distribute, tta
 from models.front import with_uint8_front
 from models.heads import split_outputs
 from models.saved import load_classifier
 from pipeline import input_pipeline, options
+from pipeline.input_pipeline import gray_to_rgb_float
 from pipeline.patient_columns import read_patient_columns
 
 # Ids cross workers as fixed-width byte rows, because collectives cannot gather strings.
@@ -43,6 +44,7 @@ class SplitOutputs:
     labels: np.ndarray
     findings: np.ndarray | None = None  # (N, 14) sigmoids; None without the findings head
     finding_labels: np.ndarray | None = None  # (N, 14) 1/0, -1 where a record's findings are unknown
+    views: np.ndarray | None = None  # (N, V) each TTA view's P(abnormal), uncalibrated; None: the image alone
 
     @property
     def outputs(self) -> np.ndarray:  # what the model computed: (N, 2), or (N, 16) with the findings
@@ -58,6 +60,7 @@ class PredictionResult:
     metrics: dict[str, Any] | None
     report_dir: str | None
     other_labels: dict[str, Any] | None = None
+    triage_lines: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> a line
 
 
 def with_precision(model, precision: str):
@@ -92,7 +95,23 @@ def check_one_row_per_record(ids: np.ndarray, shards: ShardFolder, split: str) -
             "recopy the folder")
 
 
-def _replica_outputs(model, batch: dict[str, tf.Tensor], rows: int) -> dict[str, tf.Tensor]:
+def _forward(model, views: int, uint8_gray: bool) -> Callable[[tf.Tensor], tf.Tensor]:
+    """images -> float32 outputs: (B, W) the model's own (views == 1), else (B, views, W) one per TTA view."""
+    if views == 1:
+        front = with_uint8_front(model) if uint8_gray else model
+        return lambda images: tf.cast(front(images, training=False), tf.float32)
+
+    def over_views(images: tf.Tensor) -> tf.Tensor:
+        # The views act on the float RGB pixels the model sees: a zoom interpolated in uint8 would round.
+        pixels = tf.ensure_shape(gray_to_rgb_float(images), [*images.shape[:-1], 3]) if uint8_gray else images
+        # One call per view, each on the batch a single view gets: memory as without TTA, and view 0's
+        # outputs are those of --tta=1.
+        return tf.stack([tf.cast(model(view, training=False), tf.float32)
+                         for view in tf.unstack(tta.views(pixels, views))], axis=1)
+    return over_views
+
+
+def _replica_outputs(forward, batch: dict[str, tf.Tensor], rows: int) -> dict[str, tf.Tensor]:
     # Every replica pads its share to `rows` and marks the real ones: last batches may be empty (some
     # layers fail on those), gathers need equal shapes, and one static shape traces the step once.
     count = tf.shape(batch["label"])[0]
@@ -102,7 +121,7 @@ def _replica_outputs(model, batch: dict[str, tf.Tensor], rows: int) -> dict[str,
         return tf.ensure_shape(padded, [rows] + tensor.shape[1:])
 
     id_bytes = tf.io.decode_raw(batch["image_id"], tf.uint8, fixed_length=MAX_ID_BYTES)
-    return {"softmax": tf.cast(model(pad(batch["image"]), training=False), tf.float32),
+    return {"softmax": forward(pad(batch["image"])),
             "id_bytes": pad(tf.cast(id_bytes, tf.int32)),
             "id_length": pad(tf.strings.length(batch["image_id"])),
             "label": pad(tf.cast(batch["label"], tf.int32)),
@@ -120,20 +139,22 @@ def _decode_ids(id_bytes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
-                  batch_size: int, *, progress: bool = True, desc: str = "predict",
-                  uint8_gray: bool = False) -> SplitOutputs:
-    """Every record's outputs of `split` (rows sorted by id, on every worker), one row per record."""
+                  batch_size: int, *, progress: str | None = "predict", uint8_gray: bool = False,
+                  views: int = 1) -> SplitOutputs:
+    """Every record's outputs of `split` (rows sorted by id, on every worker), one row per record; with
+    `views` > 1, the mean of the model's outputs over the first `views` of `models.tta.TRANSFORMS`.
+    `progress` labels the chief's progress bar (None: no bar)."""
     rows = distribute.per_replica_batch(batch_size, strategy, "batch_size")
     dataset = strategy.distribute_datasets_from_function(
         lambda context: input_pipeline.make_eval_dataset(shards, split, batch_size, input_context=context,
                                                          uint8_gray=uint8_gray))
-    model = with_uint8_front(model) if uint8_gray else model
+    forward = _forward(model, views, uint8_gray)
     across_workers = distribute.strategy_name(strategy) == "multi_worker"
 
     # reduce_retracing: the last, partial batch has its own input shape.
     @tf.function(reduce_retracing=True)
     def step(batch):
-        per_replica = strategy.run(lambda b: _replica_outputs(model, b, rows), args=(batch,))
+        per_replica = strategy.run(lambda b: _replica_outputs(forward, b, rows), args=(batch,))
         if across_workers:
             return {k: strategy.gather(v, axis=0) for k, v in per_replica.items()}
         # One host holds every replica's result: concatenating them needs no collective op (which
@@ -141,7 +162,7 @@ def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, 
         return {k: tf.concat(strategy.experimental_local_results(v), axis=0) for k, v in per_replica.items()}
 
     parts = []
-    bar = tqdm.tqdm(total=shards.split(split).records, unit="img", desc=desc,
+    bar = tqdm.tqdm(total=shards.split(split).records, unit="img", desc=progress,
                     disable=not (progress and distribute.is_chief(strategy)))
     try:
         with bar:
@@ -152,17 +173,20 @@ def predict_split(model, strategy: tf.distribute.Strategy, shards: ShardFolder, 
                 bar.update(int(valid.sum()))
     except tf.errors.DataLossError as err:
         raise input_pipeline.corrupt_data_error(shards, (split,), err) from None
-    width = int(model.output_shape[-1])
-    merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, w)) for k, w in
-              (("softmax", width), ("id_bytes", MAX_ID_BYTES), ("id_length", 1), ("label", 1),
-               ("findings", len(FINDINGS)))}
+    shape = (int(model.output_shape[-1]),) if views == 1 else (views, int(model.output_shape[-1]))
+    merged = {k: np.concatenate([p[k] for p in parts]) if parts else np.zeros((0, *w)) for k, w in
+              (("softmax", shape), ("id_bytes", (MAX_ID_BYTES,)), ("id_length", (1,)), ("label", (1,)),
+               ("findings", (len(FINDINGS),)))}
     ids = _decode_ids(merged["id_bytes"], merged["id_length"].reshape(-1))
     check_one_row_per_record(ids, shards, split)
     order = np.argsort(ids, kind="stable")
-    softmax, findings = split_outputs(merged["softmax"].reshape(-1, width)[order].astype(np.float32))
+    outputs, per_view = merged["softmax"].reshape(-1, *shape)[order], None
+    if views > 1:  # p_uncalibrated is the mean softmax over the views, each finding's sigmoid likewise
+        outputs, per_view = outputs.astype(np.float64).mean(axis=1), outputs[:, :, 1].astype(np.float64)
+    softmax, findings = split_outputs(outputs.astype(np.float32))
     labels = merged["label"].reshape(-1)[order].astype(np.int64)
     finding_labels = None if findings is None else merged["findings"][order].astype(np.int64)
-    return SplitOutputs(ids[order], softmax, labels, findings, finding_labels)
+    return SplitOutputs(ids[order], softmax, labels, findings, finding_labels, per_view)
 
 
 def _calibrated(run: RunFolder, probs: np.ndarray) -> np.ndarray:
@@ -180,18 +204,41 @@ class _Job:  # what every model of one prediction run shares
     threshold: float
     progress: bool
     extra_sidecar: dict[str, Any]
+    views: int  # --tta
+    triage_settings: triage.TriageSettings
+
+
+def _model_triage(job: _Job, run: RunFolder, name: str, calibrated: np.ndarray,
+                  spread: np.ndarray | None) -> tuple[triage.Triage | None, np.ndarray, dict[str, Any], str]:
+    """(the run's own triage, None without one; each row's group; the sidecar's record; a summary line)."""
+    fitted = triage.run_triage(run, job.triage_settings)
+    groups = triage.groups(calibrated, fitted, spread)
+    counts = " / ".join(f"{int((groups == group).sum())} {group}" for group in (CLEARED, REVIEW, PRIORITIZED))
+    if fitted is None:
+        why = (f"{os.path.join(run.path, run_folder.VAL_PREDICTIONS)} is missing or has no labels, so no "
+               f"triage was fitted: every row is {REVIEW}")
+        logging.warning("%s: %s", name, why)
+        return None, groups, {"why": why}, f"{name} triage: {counts}; {why}"
+    return fitted, groups, triage.to_record(fitted), (
+        f"{name} triage (approximate: fitted on its validation predictions): {counts}; "
+        f"{triage.describe(fitted.rule_out, 'rule-out')}; {triage.describe(fitted.rule_in, 'rule-in')}")
 
 
 def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
-                   loaded: tuple[Any, str]) -> tuple[report_lib.Scores, Callable[[], None]]:
-    """One loaded model's report entry and the call that writes its files (once all have predicted)."""
+                   loaded: tuple[Any, str]) -> tuple[report_lib.Scores, Callable[[], None], str]:
+    """One loaded model's report entry, the call that writes its files (once all have predicted) and
+    its triage's summary line."""
     (model, policy), shards, split = loaded, job.inputs.shards, job.inputs.split
-    outputs = predict_split(model, job.strategy, shards, split.name, job.batch_size, progress=job.progress,
-                            desc=name, uint8_gray=job.transfer == options.UINT8)
+    outputs = predict_split(model, job.strategy, shards, split.name, job.batch_size,
+                            progress=name if job.progress else None, uint8_gray=job.transfer == options.UINT8,
+                            views=job.views)
     context = {"crop": shards.crop, "train_crop": run.crop}
     calibrated, temperature = _calibrated(run, outputs.softmax[:, 1]), run.temperature
     if temperature is None:
         logging.warning("%s", run.no_temperature_note())
+    # The spread of the views' probabilities after the run's temperature, whose mean p_abnormal calibrates.
+    spread = None if outputs.views is None else _calibrated(run, outputs.views).std(axis=1)
+    fitted, groups, triage_record, triage_line = _model_triage(job, run, name, calibrated, spread)
     meta = read_patient_columns(shards, split.name, outputs.ids)
     findings = None
     if outputs.findings is not None:
@@ -204,25 +251,29 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
                "data_dir": storage.abspath(shards.path), "split": split.name, "records": split.records,
                "image_size": shards.image_size, "strategy": distribute.strategy_name(job.strategy),
                "replicas": job.strategy.num_replicas_in_sync, "precision": policy, "transfer": job.transfer,
-               run_folder.TEMPERATURE: temperature, **context, **job.extra_sidecar}
+               run_folder.TEMPERATURE: temperature, **context, **job.extra_sidecar, TRIAGE: triage_record}
     if findings is not None:
         sidecar[run_folder.FINDING_TEMPERATURES] = dict(zip(FINDINGS, run.finding_temperatures()))
+    if job.views > 1:
+        sidecar[TTA] = {"views": job.views, "transforms": list(tta.TRANSFORMS[:job.views])}
+    columns = {**meta, **({} if spread is None else {SPREAD: spread}), TRIAGE: groups}
 
     def write() -> None:
         known = outputs.labels >= 0
         write_predictions(path, outputs.ids, calibrated, outputs.labels if known.any() else None, sidecar,
-                          uncalibrated=outputs.softmax[:, 1], meta=meta, findings=findings)
+                          uncalibrated=outputs.softmax[:, 1], meta=columns, findings=findings)
         with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
             np.save(tmp, outputs.outputs)
 
     # The report scores what is handed over, served and thresholded: p_abnormal, after the temperature.
-    return report_lib.Scores(name, outputs.labels, calibrated, job.threshold, {
+    scores = report_lib.Scores(name, outputs.labels, calibrated, job.threshold, {
         **context, **{key: sidecar[key] for key in report_lib.SCORED_ON}, "source": path,
         run_folder.TEMPERATURE: temperature, report_lib.SCORED: PROB},
         uncalibrated=None if temperature is None else outputs.softmax[:, 1], meta=meta,
         validation=triage.run_validation(run), ids=outputs.ids,
         finding_labels=None if findings is None else outputs.finding_labels,
-        finding_probs=None if findings is None else findings.probs), write
+        finding_probs=None if findings is None else findings.probs, triage=fitted, spread=spread)
+    return scores, write, triage_line
 
 
 def run_prediction(config: settings.PredictConfig, split: str | None = None, data_dir: str | None = None,
@@ -245,7 +296,7 @@ def run_prediction(config: settings.PredictConfig, split: str | None = None, dat
     other = None if other_labels_csv is None else agreement.load_other_labels(other_labels_csv)
     chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
     job = _Job(inputs, chosen, batch_size, distribute.resolve_transfer(transfer), threshold, progress,
-               extra_sidecar or {})
+               extra_sidecar or {}, config.tta, triage.settings_of(config))
     paths = preflight.output_paths(output, preflight.model_names(inputs.runs), per_model=per_model)
     loaded = []  # every model before any predicting: a broken folder fails before the long work
     for run in inputs.runs:
@@ -253,14 +304,14 @@ def run_prediction(config: settings.PredictConfig, split: str | None = None, dat
             loaded.append(with_precision(load_classifier(run), precision))
     predicted = [_predict_model(job, run, name, paths[name], model)
                  for run, name, model in zip(inputs.runs, paths, loaded)]
-    scores = [entry for entry, _ in predicted]
+    scores = [entry for entry, _, _ in predicted]
     chief, metrics, other_result = distribute.is_chief(chosen), None, None
     report_dir = report_dir or settings.default_report_dir(output)
     with transaction or atomic.Transaction(output) as tx:  # a failure part way leaves none of these files
         if chief:
             tx.guard(report_dir, *paths.values(), *map(sidecar_path, paths.values()),
                      *(os.path.splitext(path)[0] + ".npy" for path in paths.values()))
-        for _, write in predicted if chief else ():
+        for _, write, _ in predicted if chief else ():
             write()
         if chief and report_lib.has_known_labels(scores[0].labels):
             metrics = report_lib.write_report(report_dir, scores, bootstrap=bootstrap)
@@ -269,11 +320,13 @@ def run_prediction(config: settings.PredictConfig, split: str | None = None, dat
         if metrics or other_result:
             html_report.write_index(report_dir)
     written = report_dir if metrics or other_result else None
-    return PredictionResult(paths, inputs.split.records, metrics, written, other_result)
+    return PredictionResult(paths, inputs.split.records, metrics, written, other_result,
+                            dict(zip(paths, (line for _, _, line in predicted))))
 
 
 def summary(result: PredictionResult) -> str:
     lines = [f"{name}: {result.records} predictions -> {path}" for name, path in result.outputs.items()]
+    lines += list(result.triage_lines.values())
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics)]
     if result.other_labels is not None:

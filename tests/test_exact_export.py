@@ -114,7 +114,7 @@ def _file_predictions(model_dir, data_dir) -> pd.Series:
     saved = keras.models.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
     assert {layer.dtype_policy.name for layer in models.all_layers(saved)} == {"float32"}
     outputs = prediction.predict_split(saved, tf.distribute.get_strategy(), ShardFolder.open(data_dir), "val", 8,
-                                       progress=False)
+                                       progress=None)
     return pd.Series(outputs.softmax[:, 1], index=outputs.ids)
 
 

@@ -60,7 +60,8 @@ def test_every_record_once_with_its_own_prediction(labeled, tmp_path, caplog):
     assert result.outputs == {"tiny_test": output} and result.records == RECORDS
     frame = pd.read_csv(output, dtype={"image_id": str})
     assert list(frame.columns) == ["image_id", "p_abnormal", "label", "p_uncalibrated", "patient_id",
-                                   "view_position", "patient_sex", "patient_age"]
+                                   "view_position", "patient_sex", "patient_age", "triage"]
+    assert set(frame.triage) == {"review"}  # no val_predictions.csv: no triage fitted
     # The patient columns come from each image's own record; without a fitted temperature (this run
     # has no val_predictions.csv) the model hands over its raw output.
     written = {r["image_id"]: r for r in labeled["written"]}
