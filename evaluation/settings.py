@@ -124,7 +124,6 @@ class PredictConfig:
     triage_alpha: float | None = TRIAGE_ALPHA_FLAG.field(note=_RUN_TRIAGE)
     triage_beta: float | None = TRIAGE_BETA_FLAG.field()
     triage_delta: float | None = TRIAGE_DELTA_FLAG.field()
-    triage_uncertain_share: float | None = TRIAGE_UNCERTAIN_SHARE.field()
     progress: bool = setting(True, "Show progress bars.", flag=False)
 
     def __post_init__(self):

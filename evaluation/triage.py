@@ -67,15 +67,16 @@ def check_settings(settings: TriageSettings) -> TriageSettings:
 
 
 def settings_of(config: Any) -> TriageSettings:
-    """The triage settings of a predict.py, ensemble.py or export.py config (None: the default)."""
-    given = {name: getattr(config, f"triage_{name}") for name in _NAMES}
+    """The triage settings of a predict.py, ensemble.py or export.py config (None or absent: the
+    default; only ensemble.py takes --triage_uncertain_share, since only it has calibration spreads)."""
+    given = {name: getattr(config, f"triage_{name}", None) for name in _NAMES}
     return check_settings(TriageSettings(**{k: v for k, v in given.items() if v is not None}))
 
 
 def refuse_with_ensemble(config: Any) -> None:
     """An ensemble file holds the triage ensemble.py fitted: refuses triage flags given beside it."""
     given = [f"--triage_{name}" for name in _NAMES
-             if getattr(config, f"triage_{name}") is not None]
+             if getattr(config, f"triage_{name}", None) is not None]
     if config.ensemble is not None and given:
         raise UserInputError(f"{', '.join(given)} with --ensemble: the ensemble file holds the triage "
                              "ensemble.py fitted; refit it with ensemble.py " + " ".join(given))

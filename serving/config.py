@@ -13,7 +13,6 @@ from evaluation.settings import (
     TRIAGE_ALPHA_FLAG,
     TRIAGE_BETA_FLAG,
     TRIAGE_DELTA_FLAG,
-    TRIAGE_UNCERTAIN_SHARE,
     TTA,
 )
 
@@ -40,7 +39,6 @@ class ExportConfig:
         "ensemble file holds its own."))
     triage_beta: float | None = TRIAGE_BETA_FLAG.field()
     triage_delta: float | None = TRIAGE_DELTA_FLAG.field()
-    triage_uncertain_share: float | None = TRIAGE_UNCERTAIN_SHARE.field()
 
     def __post_init__(self):
         check(self)
