@@ -5,8 +5,9 @@
         --ensemble=out/submission.probabilities.json --export_dir=served/ensemble
 
 Signatures: serving_default(image_bytes: encoded PNG/JPEG strings) and pixels(float32 0..255
-images); both return p_abnormal, logit and decision, with p_uncalibrated for one model or
-member_p_uncalibrated for an ensemble: the names and meanings of predict.py's CSV columns.
+images); both return p_abnormal, logit, decision and triage (p_spread with several members or
+views), with p_uncalibrated for one model or member_p_uncalibrated and member_p_abnormal for an
+ensemble: the names and meanings of predict.py's CSV columns.
 The SavedModel loads with TensorFlow alone; export.json beside it says what it holds, and
 MODEL_CARD.md what it was trained on, how it scored on which split (the report of --report_dir, or
 the one the --ensemble file records) and what it must not be used for.

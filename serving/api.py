@@ -27,7 +27,10 @@ from contracts.export_folder import (
     OUTPUT_FINDINGS,
     OUTPUT_LOGIT,
     OUTPUT_MEMBERS,
+    OUTPUT_MEMBERS_PROB,
     OUTPUT_PROB,
+    OUTPUT_SPREAD,
+    OUTPUT_TRIAGE,
     OUTPUT_UNCALIBRATED,
     PIXELS,
     SERVING_DEFAULT,
@@ -48,6 +51,11 @@ SKIPPED = "skipped"  # table.attrs[SKIPPED]: [{"image", "reason"}], as predict.p
 def member_column(name: str) -> str:
     """An ensemble member's softmax output, the `p_uncalibrated` of predict.py's `<output>.<name>.csv`."""
     return f"{OUTPUT_UNCALIBRATED}.{name}"
+
+
+def member_prob_column(name: str) -> str:
+    """An ensemble member's probability after its temperature in the ensemble file: what the blend mixes."""
+    return f"{OUTPUT_PROB}.{name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +102,10 @@ class Classifier:
     """A served model in-process: `load` an export.py folder or build one `from_runs`, then score.
 
     Every `score_*` returns a DataFrame indexed by `image_id` with `p_abnormal`, `p_uncalibrated` (one
-    model) or `p_uncalibrated.<member>` (an ensemble), `decision`, `logit`, one `p_<finding>` per NIH
-    finding when the export serves `p_findings`, `patient_id`, `view_position`, `patient_sex`,
-    `patient_age`; unreadable images are left out and listed in `table.attrs["skipped"]`.
+    model) or `p_uncalibrated.<member>` and `p_abnormal.<member>` (an ensemble), `decision`, `logit`,
+    `p_spread` (several members or views), `triage`, one `p_<finding>` per NIH finding when the export
+    serves `p_findings`, `patient_id`, `view_position`, `patient_sex`, `patient_age`; unreadable images
+    are left out and listed in `table.attrs["skipped"]`.
     """
 
     def __init__(self, signatures: Mapping[str, Callable], image_size: int, max_pixels: int,
@@ -126,16 +135,17 @@ class Classifier:
 
     @classmethod
     def from_runs(cls, model_dirs: str | Sequence[str], ensemble: str | None = None,
-                  threshold: float | None = None) -> Classifier:
+                  threshold: float | None = None, tta: int | None = None) -> Classifier:
         """Builds in memory the module export.py would save of train.py's run folder(s): several need
-        `ensemble` (ensemble.py's .probabilities.json); one takes `threshold` (default as export.py's)."""
+        `ensemble` (ensemble.py's .probabilities.json, its views and triage); one takes `threshold`
+        (default as export.py's), `tta` views (default 1) and the triage fitted on its validation."""
         model_dirs = [model_dirs] if isinstance(model_dirs, (str, os.PathLike)) else list(model_dirs)
-        chosen, chosen_threshold = exporter.members([str(d) for d in model_dirs], ensemble, threshold)
-        module, _, _, _ = exporter.build_module(chosen, chosen_threshold)
+        served = exporter.plan([str(d) for d in model_dirs], ensemble, threshold, tta)
+        module, _, _, _ = exporter.build_module(served)
         signatures = {SERVING_DEFAULT: module.serve_bytes.get_concrete_function(),
                       PIXELS: module.serve_pixels.get_concrete_function()}
-        return cls(signatures, module.image_size, module.max_pixels, [m.name for m in chosen],
-                   chosen_threshold, keep=module)
+        return cls(signatures, module.image_size, module.max_pixels, [m.name for m in served.members],
+                   served.threshold, keep=module)
 
     def score_files(self, images: str | os.PathLike | Sequence[str | os.PathLike],
                     batch_size: int = BATCH_SIZE) -> pd.DataFrame:
@@ -246,10 +256,15 @@ class Classifier:
         if len(self.members) == 1:
             columns[OUTPUT_UNCALIBRATED] = column(OUTPUT_UNCALIBRATED)
         else:
-            members = column(OUTPUT_MEMBERS).reshape(len(ids), len(self.members))
-            columns.update({member_column(name): members[:, m] for m, name in enumerate(self.members)})
+            per_member = ((OUTPUT_MEMBERS, member_column), (OUTPUT_MEMBERS_PROB, member_prob_column))
+            for output, name_of in per_member:
+                members = column(output).reshape(len(ids), len(self.members))
+                columns.update({name_of(name): members[:, m] for m, name in enumerate(self.members)})
         columns[OUTPUT_DECISION] = column(OUTPUT_DECISION)
         columns[OUTPUT_LOGIT] = column(OUTPUT_LOGIT)
+        if ids and OUTPUT_SPREAD in rows[ids[0]]:
+            columns[OUTPUT_SPREAD] = column(OUTPUT_SPREAD)
+        columns[OUTPUT_TRIAGE] = np.array([rows[i][OUTPUT_TRIAGE].decode() for i in ids], dtype=object)
         if ids and OUTPUT_FINDINGS in rows[ids[0]]:
             findings = column(OUTPUT_FINDINGS).reshape(len(ids), len(FINDINGS))
             columns.update({finding_prob(f): findings[:, k] for k, f in enumerate(FINDINGS)})

@@ -10,6 +10,9 @@ import tensorflow as tf
 
 from contracts import export_folder as names
 from contracts.labels import FINDINGS
+from contracts.output_names import CLEARED, PRIORITIZED, REVIEW
+from evaluation.triage import Triage
+from models import tta
 from models.calibration import PROB_EPSILON
 from models.heads import OUTPUT_LAYER, split_outputs
 from serving.decode import bytes_to_pixels
@@ -30,12 +33,19 @@ def _clipped_logit(probability: tf.Tensor) -> tf.Tensor:
 
 class ServingModule(tf.Module):
     """The exported module: float32 classifiers with their blend weights and temperatures; with
-    `findings` (per member: its 14 finding weights and temperatures) also the blended findings."""
+    `findings` (per member: its 14 finding weights and temperatures) also the blended findings; each
+    member run on its `views` (models.tta); every row sorted by `triage` (evaluation.triage.groups)."""
 
     def __init__(self, classifiers: Sequence[keras.Model], weights: Sequence[float],
                  temperatures: Sequence[float], threshold: float, image_size: int, max_pixels: int,
-                 findings: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None):
+                 findings: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None,
+                 views: Sequence[int] | None = None, triage: Triage | None = None):
         super().__init__()
+        # Each member's test-time views (models.tta; None: 1 each); the triage (None: all review).
+        self.views = [1] * len(classifiers) if views is None else [int(v) for v in views]
+        self.rule_out, self.rule_in, self.spread_limit = (None, None, None) if triage is None else (
+            triage.rule_out.threshold, triage.rule_in.threshold, triage.spread_limit)
+        self.spread = len(classifiers) > 1 or max(self.views) > 1
         # (members, 14) each: a finding's weight over the members, and each member's temperatures.
         self.finding_weights, self.finding_temperatures = None, None
         if findings is not None:
@@ -90,35 +100,89 @@ class ServingModule(tf.Module):
         blend = tf.reduce_sum(tf.stack(calibrated, axis=1) * self.finding_weights, axis=1)
         return tf.cast(blend, tf.float32)
 
-    def _from_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        probabilities, calibrated, margins, findings = [], [], [], []
-        for network, head, temperature in zip(self.networks, self.heads, self.temperatures):
+    def _member(self, network: keras.Model, pixels: tf.Tensor, views: int):
+        """One member's (softmax P(abnormal) (B,), finding sigmoids (B, 14) or None, pre-head features,
+        P(abnormal) of each view (V, B) or None): with views, each the mean over them (predict.py --tta)."""
+        if views == 1:  # the image alone: the graph as it was before test-time views
             output, features = network(pixels, training=False)
             softmax, per_finding = split_outputs(output)
+            return tf.cast(softmax[:, 1], tf.float32), per_finding, features, None
+        stacked = tta.views(pixels, views)  # (V, B, S, S, C): one call of the network on V * B images
+        output, features = network(tf.reshape(stacked, tf.concat([[-1], tf.shape(pixels)[1:]], 0)),
+                                   training=False)
+        softmax, per_finding = split_outputs(output)  # rows view by view: view 0's batch, then view 1's
+        by_view = tf.reshape(tf.cast(softmax[:, 1], tf.float32), [views, -1])
+        if per_finding is not None:
+            per_finding = tf.reduce_mean(tf.reshape(per_finding, [views, -1, len(FINDINGS)]), axis=0)
+        return tf.reduce_mean(by_view, axis=0), per_finding, features, by_view
+
+    def _spread(self, members: tf.Tensor, blend: tf.Tensor, view_spreads: list[tf.Tensor]) -> tf.Tensor:
+        """evaluation.triage.spread in float64: the members' weighted spread about the blend, plus each
+        member's spread over its views (the standard deviation of its calibrated view probabilities)."""
+        variance = tf.linalg.matvec(tf.square(members - blend[:, None]), self.weights)
+        if max(self.views) > 1:
+            variance += tf.linalg.matvec(tf.square(tf.stack(view_spreads, axis=1)), self.weights)
+        return tf.sqrt(tf.maximum(variance, 0.0))
+
+    def _triage(self, blend: tf.Tensor, spread: tf.Tensor | None) -> tf.Tensor:
+        """evaluation.triage.groups in float64: cleared p < rule-out, prioritized p >= rule-in, review
+        where both, where neither, or where the spread exceeds the limit; None never sorts into its group."""
+        never = tf.zeros_like(blend, tf.bool)
+        cleared = never if self.rule_out is None else blend < tf.constant(self.rule_out, tf.float64)
+        prioritized = never if self.rule_in is None else blend >= tf.constant(self.rule_in, tf.float64)
+        unsure = cleared & prioritized
+        if self.spread_limit is not None and spread is not None:
+            unsure |= spread > tf.constant(self.spread_limit, tf.float64)
+        review = tf.fill(tf.shape(blend), REVIEW)
+        return tf.where(cleared & ~unsure, CLEARED, tf.where(prioritized & ~unsure, PRIORITIZED, review))
+
+    def _from_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities, calibrated, margins, findings, view_spreads = [], [], [], [], []
+        for network, head, temperature, views in zip(self.networks, self.heads, self.temperatures,
+                                                     self.views):
+            probability, per_finding, features, by_view = self._member(network, pixels, views)
             findings.append(per_finding)
-            logits = tf.matmul(tf.cast(features, tf.float32), head.kernel) + head.bias
-            probabilities.append(tf.cast(softmax[:, 1], tf.float32))
-            calibrated.append(self._calibrate(probabilities[-1], temperature))
-            margins.append((logits[:, 1] - logits[:, 0]) / temperature)
-        blend = tf.linalg.matvec(tf.stack(calibrated, axis=1), self.weights)
+            probabilities.append(probability)
+            calibrated.append(self._calibrate(probability, temperature))
+            if by_view is None:
+                logits = tf.matmul(tf.cast(features, tf.float32), head.kernel) + head.bias
+                margins.append((logits[:, 1] - logits[:, 0]) / temperature)
+                view_spreads.append(tf.zeros_like(calibrated[-1]))
+            else:
+                view_spreads.append(tf.math.reduce_std(self._calibrate(by_view, temperature), axis=0))
+        members = tf.stack(calibrated, axis=1)
+        blend = tf.linalg.matvec(members, self.weights)  # float64: p_abnormal and the triage both read it
+        spread = self._spread(members, blend, view_spreads) if self.spread else None
         outputs = {names.OUTPUT_PROB: tf.cast(blend, tf.float32),
-                   names.OUTPUT_DECISION: tf.cast(blend >= self.threshold, tf.int32)}
+                   names.OUTPUT_DECISION: tf.cast(blend >= self.threshold, tf.int32),
+                   names.OUTPUT_TRIAGE: self._triage(blend, spread)}
+        if spread is not None:
+            outputs[names.OUTPUT_SPREAD] = tf.cast(spread, tf.float32)
         if self.finding_weights is not None:
             outputs[names.OUTPUT_FINDINGS] = self._blend_findings(findings)
-        if not self.ensemble:  # one model's logit: its margin over its temperature
-            return {**outputs, names.OUTPUT_LOGIT: margins[0], names.OUTPUT_UNCALIBRATED: probabilities[0]}
+        if not self.ensemble:  # one model's logit: its margin over its temperature (views: the logit of p)
+            logit = margins[0] if margins else self._blend_logit(blend)
+            return {**outputs, names.OUTPUT_LOGIT: logit, names.OUTPUT_UNCALIBRATED: probabilities[0]}
+        return {**outputs, names.OUTPUT_LOGIT: self._blend_logit(blend),
+                names.OUTPUT_MEMBERS: tf.stack(probabilities, axis=1),
+                names.OUTPUT_MEMBERS_PROB: tf.cast(members, tf.float32)}
+
+    @staticmethod
+    def _blend_logit(blend: tf.Tensor) -> tf.Tensor:
         clipped = tf.clip_by_value(blend, BLEND_EPSILON, 1.0 - BLEND_EPSILON)
-        logit = tf.cast(tf.math.log(clipped) - tf.math.log1p(-clipped), tf.float32)
-        return {**outputs, names.OUTPUT_LOGIT: logit, names.OUTPUT_MEMBERS: tf.stack(probabilities, axis=1)}
+        return tf.cast(tf.math.log(clipped) - tf.math.log1p(-clipped), tf.float32)
 
 
-def output_dtypes(ensemble: bool, findings: bool) -> dict[str, str]:
+def output_dtypes(ensemble: bool, findings: bool, spread: bool) -> dict[str, str]:
     outputs = {names.OUTPUT_PROB: "float32 [None]", names.OUTPUT_LOGIT: "float32 [None]",
-               names.OUTPUT_DECISION: "int32 [None]"}
+               names.OUTPUT_DECISION: "int32 [None]", names.OUTPUT_TRIAGE: "string [None]"}
+    if spread:
+        outputs[names.OUTPUT_SPREAD] = "float32 [None]"
     if findings:
         outputs[names.OUTPUT_FINDINGS] = f"float32 [None, {len(FINDINGS)}]"
     if ensemble:
-        return {**outputs, names.OUTPUT_MEMBERS: "float32 [None, members]"}
+        return {**outputs, names.OUTPUT_MEMBERS: "float32 [None, members]",
+                names.OUTPUT_MEMBERS_PROB: "float32 [None, members]"}
     return {**outputs, names.OUTPUT_UNCALIBRATED: "float32 [None]"}
 
 
