@@ -160,7 +160,7 @@ def test_single_model_serves_what_predict_computed_and_loads_without_the_project
     out = _serve_in_clean_process(export_dir, image_bytes, pixels, tmp_path)
     frame = pd.read_csv(runs["predictions"][0]).set_index("image_id").loc[ids]
     # One name, one quantity: each output that predict.py's CSV also names holds the same numbers.
-    assert _same_by_name(out, frame) == {"p_abnormal", "p_uncalibrated"}
+    assert _same_by_name(out, frame) == {"p_abnormal", "p_uncalibrated", "triage"}
     raw, predicted = frame["p_uncalibrated"].to_numpy(), frame["p_abnormal"].to_numpy()
     # The run's temperature, fitted here independently: the inverse slope of an intercept-free
     # logistic regression of the validation labels on the validation logits.
@@ -229,7 +229,7 @@ def test_an_ensemble_with_fitted_temperatures_serves_what_ensemble_py_blended(ru
     ensemble_apply.apply_ensemble(ensemble_file.ensemble_path(submission), runs["dirs"], runs["predictions"], predicted)
     member_frames = [pd.read_csv(p).set_index("image_id").loc[ids] for p in runs["predictions"]]
     compared = _same_by_name(out, pd.read_csv(predicted).set_index("image_id").loc[ids], member_frames)
-    assert compared == {"p_abnormal", "member_p_uncalibrated", "member_p_abnormal"}
+    assert compared == {"p_abnormal", "member_p_uncalibrated", "member_p_abnormal", "p_spread", "triage"}
     # Independently: each member's raw probability through its temperature, then the weighted mean.
     raw = np.stack([f["p_uncalibrated"] for f in member_frames], axis=1)
     calibrated = 1 / (1 + np.exp(-np.log(raw / (1 - raw)) / np.array(temperatures)))
