@@ -175,7 +175,9 @@ def build_module(served: Plan):
     findings = None if no_findings else [(m.finding_weights, m.finding_temperatures) for m in chosen]
     module = savedmodel.ServingModule(classifiers, [m.weight for m in chosen],
                                       [m.temperature for m in chosen], served.threshold, sizes[0],
-                                      min(limits), findings, served.views, served.triage)
+                                      min(limits), findings,
+                                      [(v, m.run.temperature or 1.0) for v, m in zip(served.views, chosen)],
+                                      served.triage)
     return module, configs, warnings, no_findings
 
 

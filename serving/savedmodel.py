@@ -39,10 +39,13 @@ class ServingModule(tf.Module):
     def __init__(self, classifiers: Sequence[keras.Model], weights: Sequence[float],
                  temperatures: Sequence[float], threshold: float, image_size: int, max_pixels: int,
                  findings: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None,
-                 views: Sequence[int] | None = None, triage: Triage | None = None):
+                 views: Sequence[tuple[int, float]] | None = None, triage: Triage | None = None):
         super().__init__()
-        # Each member's test-time views (models.tta; None: 1 each); the triage (None: all review).
-        self.views = [1] * len(classifiers) if views is None else [int(v) for v in views]
+        # Each member's test-time views (models.tta; None: 1 each) and the temperature its spread over
+        # them is taken at: its run's, as predict.py --tta writes p_spread; the triage (None: all review).
+        views = [(1, 1.0)] * len(classifiers) if views is None else views
+        self.views = [int(v) for v, _ in views]
+        self.view_temperatures = [float(t) for _, t in views]
         self.rule_out, self.rule_in, self.spread_limit = (None, None, None) if triage is None else (
             triage.rule_out.threshold, triage.rule_in.threshold, triage.spread_limit)
         self.spread = len(classifiers) > 1 or max(self.views) > 1
@@ -138,8 +141,8 @@ class ServingModule(tf.Module):
 
     def _from_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities, calibrated, margins, findings, view_spreads = [], [], [], [], []
-        for network, head, temperature, views in zip(self.networks, self.heads, self.temperatures,
-                                                     self.views):
+        for network, head, temperature, views, own in zip(self.networks, self.heads, self.temperatures,
+                                                          self.views, self.view_temperatures):
             probability, per_finding, features, by_view = self._member(network, pixels, views)
             findings.append(per_finding)
             probabilities.append(probability)
@@ -149,7 +152,7 @@ class ServingModule(tf.Module):
                 margins.append((logits[:, 1] - logits[:, 0]) / temperature)
                 view_spreads.append(tf.zeros_like(calibrated[-1]))
             else:
-                view_spreads.append(tf.math.reduce_std(self._calibrate(by_view, temperature), axis=0))
+                view_spreads.append(tf.math.reduce_std(self._calibrate(by_view, own), axis=0))
         members = tf.stack(calibrated, axis=1)
         blend = tf.linalg.matvec(members, self.weights)  # float64: p_abnormal and the triage both read it
         spread = self._spread(members, blend, view_spreads) if self.spread else None

@@ -244,3 +244,34 @@ def test_ensemble_views_and_a_tta_or_triage_flag_against_the_file_are_refused(tr
     np.testing.assert_allclose(out["member_p_abnormal"], members, atol=PARITY, rtol=0)
     expected = triage.spread(members, np.array(WEIGHTS), calibrated.std(axis=2))
     np.testing.assert_allclose(out["p_spread"], expected, atol=PARITY, rtol=0)
+
+
+def test_with_views_the_served_spread_and_triage_equal_predict_ensemble_py_and_predict_ensemble(trained, tmp_path):
+    # Catches: the served spread over a member's views taken at the ensemble's temperature instead of
+    # its run's (as predict.py --tta writes p_spread), which moved it by 7.6e-5 against a spread limit
+    # of ~0.01 (found in review); the blend's spread leaving out the members' own view spreads.
+    from evaluation import ensemble_apply, ensembling, prediction
+    from evaluation.settings import EnsembleConfig, PredictConfig
+
+    result = prediction.run_prediction(PredictConfig(
+        model_dir=trained["dirs"], data_dir=trained["data_dir"], split="val", output=str(tmp_path / "val.csv"),
+        global_batch_size=8, strategy="default", precision="float32", bootstrap=0, progress=False, tta=3))
+    files = list(result.outputs.values())
+    temperatures = [RunFolder.open(d).temperature for d in trained["dirs"]]
+    assert all(t is not None and abs(t - 1.0) > 1e-3 for t in temperatures)  # runs' T differ from the blend's 1
+    submission = str(tmp_path / "ens" / "submission.csv")
+    ensembling.run_ensemble(EnsembleConfig(files, submission, blend_weight=[0.7, 0.3], threshold=0.45,
+                                           bootstrap=0, calibrate_on=tuple(files)))
+    path = ensemble_file.ensemble_path(submission)
+    applied = str(tmp_path / "applied.csv")
+    ensemble_apply.apply_ensemble(path, trained["dirs"], files, applied)
+    ids, image_bytes, pixels = _val_rows(trained)
+    exporter.run_export(ExportConfig(trained["dirs"], str(tmp_path / "served"), ensemble=path))
+    served = _served(tmp_path / "served", image_bytes, pixels)
+    for frame in (pd.read_csv(applied).set_index("image_id").loc[ids],
+                  pd.read_csv(ensemble_file.blend_path(submission)).set_index("image_id").loc[ids]):
+        for signature in ("bytes", "pixels"):
+            np.testing.assert_allclose(served[signature]["p_spread"], frame["p_spread"], atol=PARITY)
+            assert list(served[signature]["triage"]) == list(frame["triage"])
+    own = np.stack([pd.read_csv(p).set_index("image_id").loc[ids, "p_spread"] for p in files], axis=1)
+    assert (own > 0).all()  # the members' own view spreads enter the blend's
