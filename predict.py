@@ -21,7 +21,7 @@ def _preflight(config: PredictConfig) -> tuple[int, int] | str:
     from contracts import ensemble_file
     from contracts.errors import UserInputError, check_output_folder
     from contracts.run_folder import RunFolder
-    from evaluation import agreement, preflight, settings, triage
+    from evaluation import agreement, ensemble_triage, preflight, settings, triage
     from preprocess import raw_images
 
     raw_images.check_one_source(config.data_dir, config.images)
@@ -32,8 +32,11 @@ def _preflight(config: PredictConfig) -> tuple[int, int] | str:
                              "reading of its images, pass --other_labels_csv")
     if config.other_labels_csv is not None:
         agreement.load_other_labels(config.other_labels_csv)
-    if config.ensemble is not None:
-        ensemble_file.match_members(ensemble_file.load_ensemble(config.ensemble), config.model_dir)
+    if config.ensemble is not None:  # its members, views and triage record, before any predicting
+        loaded = ensemble_file.load_ensemble(config.ensemble)
+        ensemble_file.match_members(loaded, config.model_dir)
+        ensemble_triage.check_views(loaded, config.tta)
+        ensemble_triage.loaded(loaded, warn=False)
     # Every output file is checked against every input file, so no output replaces an input.
     clash = dict(per_model=config.ensemble is not None, other_labels_csv=config.other_labels_csv,
                  ensemble=config.ensemble)

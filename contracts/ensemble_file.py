@@ -18,6 +18,7 @@ from contracts.run_folder import RunFolder
 # 5: before TRIAGE and each member's TTA views (read as None: no triage; 1 view).
 SCHEMA_VERSION = 6
 TRIAGE = "triage"  # evaluation.triage.to_record of the blend's triage (None: none fitted)
+TRIAGE_SINCE = 6  # the schema that added TRIAGE
 FINDING_WEIGHTS = "finding_weights"  # in a member's entry: its weight per finding (FINDINGS order)
 FINDING_TEMPERATURES = "finding_temperatures"  # in a member's entry: its temperature per finding
 REPORT_DIR = "report_dir"  # the report folder ensemble.py wrote with the file, absolute (None: none)
@@ -47,6 +48,7 @@ class Ensemble:
     report_dir: str | None = None
     fit: dict[str, Any] | None = None  # what --fit_on chose (criterion, files, records); None: nothing fitted
     triage: dict[str, Any] | None = None  # the TRIAGE record (evaluation.triage.from_record reads it)
+    schema_version: int = SCHEMA_VERSION
 
 
 def ensemble_path(submission_csv: str) -> str:
@@ -129,7 +131,7 @@ def load_ensemble(path: str) -> Ensemble:
         if not isinstance(temperature, (int, float)) or not temperature > 0:
             raise _fail(path, f"member {entry['name']!r} has a temperature that is not a positive number")
         model_dir, tta = entry.get("model_dir"), entry.get(TTA, 1)
-        if not isinstance(tta, int) or tta < 1:
+        if type(tta) is not int or tta < 1:
             raise _fail(path, f"member {entry['name']!r} has {TTA}={tta!r}, not a count of views")
         per_finding = (_per_finding(path, entry, key) for key in (FINDING_WEIGHTS, FINDING_TEMPERATURES))
         members.append(Member(entry["name"], float(weight), os.path.abspath(model_dir) if model_dir else None,
@@ -142,10 +144,13 @@ def load_ensemble(path: str) -> Ensemble:
         raise _fail(path, "weights sum to 0")
     members = _normalise_findings(path, [dataclasses.replace(m, weight=m.weight / total) for m in members])
     report_dir, triage = record.get(REPORT_DIR), record.get(TRIAGE)
+    if triage is not None and not isinstance(triage, dict):
+        raise _fail(path, f"its {TRIAGE!r} is {type(triage).__name__}, not a record")
+    schema = record.get("schema_version", 1)
     return Ensemble(path=path, members=tuple(members), threshold=float(threshold),
                     report_dir=report_dir if isinstance(report_dir, str) else None,
                     fit=record.get("fit") if isinstance(record.get("fit"), dict) else None,
-                    triage=triage if isinstance(triage, dict) else None)
+                    triage=triage, schema_version=schema if type(schema) is int else 1)
 
 
 def match_members(ensemble: Ensemble, model_dirs: Sequence[str]) -> list[tuple[Member, str]]:

@@ -36,7 +36,7 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
             raise UserInputError(f"{file.path} averages {views(file.sidecar)} test-time view(s) but the "
                                  f"ensemble's {member.name} was fitted on {member.tta}; predict with "
                                  f"--tta={member.tta}, or refit the ensemble")
-    served = ensemble_triage.loaded(loaded)
+    served, why = ensemble_triage.loaded(loaded)
     spread = triage.blend_spread(blend_lib.calibrate_members(aligned.uncalibrated, temperatures), weights,
                                  aligned.spreads)
     sidecar = {
@@ -44,7 +44,7 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
         "weights": {member.name: float(w) for (member, _), w in zip(pairs, weights)},
         "temperatures": {member.name: member.temperature for member, _ in pairs},
         "blended": BLENDED, **recorded,
-        "triage": ensemble_triage.record(served, ensemble_triage.NOTHING_TO_FIT),
+        "triage": ensemble_triage.record(served, why),
         "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})}
     write_predictions(output, aligned.ids, blended, aligned.labels, sidecar, findings=findings,
                       meta={**aligned.meta, **ensemble_triage.columns(blended, served, spread)})

@@ -117,7 +117,10 @@ def fit(labels: np.ndarray, probs: np.ndarray, spread: np.ndarray | None, settin
     if spread is not None and settings.uncertain_share > 0 and len(spread):
         limit = float(np.quantile(np.asarray(spread, np.float64), 1.0 - settings.uncertain_share,
                                   method="higher"))
+    shares = conformal.shares(labels, probs, rule_out.threshold, rule_in.threshold)
     calibration = {"files": list(files), "images": int((labels >= 0).sum()),
+                   "shares": {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                              for k, v in dataclasses.asdict(shares).items()},
                    "abnormal": int((labels == 1).sum()), "normal": int((labels == 0).sum()),
                    "exact": bool(exact), "note": None if exact else (note or APPROXIMATE)}
     return Triage(rule_out, rule_in, limit, settings, calibration)
@@ -182,7 +185,7 @@ def describe(threshold: GuaranteedThreshold, kind: str) -> str:
         return (f"no {kind} threshold: {threshold.used} {images} calibration images, "
                 f"{threshold.used + threshold.shortfall} needed (all without error) to bound the {rate} by "
                 f"{threshold.target:g} at δ={threshold.delta:g}; short by {threshold.shortfall}")
-    return (f"{kind} {threshold.threshold:.4f}: {rate} on calibration {threshold.empirical:.3f} of "
+    return (f"{kind} {threshold.threshold:.6g}: {rate} on calibration {threshold.empirical:.3f} of "
             f"{threshold.used} {images}, upper bound {threshold.bound:.3f} <= {threshold.target:g} "
             f"(δ={threshold.delta:g})")
 
@@ -199,20 +202,32 @@ def to_record(triage: Triage) -> dict[str, Any]:
 
 
 def from_record(record: Any, where: str) -> Triage:
-    """`to_record`'s inverse; UserInputError naming `where` for a record it did not write."""
+    """`to_record`'s inverse; UserInputError naming `where` for a record it did not write (a threshold
+    outside [0, 1], a negative spread limit, a missing key, text or true where numbers belong)."""
+    def number(value: Any, low: float, high: float, what: str) -> float:
+        if type(value) not in (int, float) or not low <= value <= high:
+            raise ValueError(f"{what} {value!r} is not a number in [{low:g}, {high:g}]")
+        return float(value)
+
     try:
-        settings = check_settings(TriageSettings(*(float(record[k]) for k in (
-            "alpha", "beta", "delta", "uncertain_share"))))
+        settings = check_settings(TriageSettings(*(number(record[k], 0.0, 1.0, k) for k in _NAMES)))
         parts = []
         for kind, target in (("rule_out", settings.alpha), ("rule_in", settings.beta)):
             entry = record[kind]
-            value = entry["threshold"]
+            value, empirical = entry["threshold"], entry["empirical"]
             parts.append(GuaranteedThreshold(
-                None if value is None else float(value), target, settings.delta, int(entry["used"]),
-                float(entry["bound"]), math.nan if entry["empirical"] is None else float(entry["empirical"]),
-                int(entry["shortfall"])))
+                None if value is None else number(value, 0.0, 1.0, f"{kind} threshold"), target,
+                settings.delta, int(number(entry["used"], 0, math.inf, "used")),
+                number(entry["bound"], 0.0, 1.0, "bound"),
+                math.nan if empirical is None else number(empirical, 0.0, 1.0, "empirical"),
+                int(number(entry["shortfall"], 0, math.inf, "shortfall"))))
         limit = record["spread_limit"]
-        return Triage(*parts, None if limit is None else float(limit), settings, dict(record["calibration"]))
-    except (KeyError, TypeError, ValueError) as err:
-        raise UserInputError(f"{where}: its triage record is incomplete ({err!r}); rerun ensemble.py to "
-                             "refit it") from None
+        calibration = dict(record["calibration"])
+        missing = sorted({"files", "images", "abnormal", "normal", "exact", "note"} - set(calibration))
+        if missing:
+            raise KeyError(f"calibration {', '.join(missing)}")
+        limit = None if limit is None else number(limit, 0.0, math.inf, "spread_limit")
+        return Triage(*parts, limit, settings, calibration)
+    except (KeyError, TypeError, ValueError, UserInputError) as err:
+        raise UserInputError(f"{where}: its triage record is not one ensemble.py writes ({err}); rerun "
+                             "ensemble.py to refit it") from None

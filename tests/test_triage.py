@@ -1,6 +1,7 @@
 """Three-way triage: the groups, the spread, the record, and ensemble.py's thresholds recomputed
 independently from the calibration files (pandas, numpy, scipy), through predict.py --ensemble too."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -58,7 +59,15 @@ def test_the_spread_is_the_total_weighted_spread_of_every_member_and_view():
     assert triage.blend_spread(members[:, :1], np.ones(1), None) is None
 
 
-def test_the_record_round_trips_and_a_broken_one_is_one_line():
+@pytest.mark.parametrize("edit", [
+    lambda r: r.pop("rule_in"), lambda r: r["rule_out"].update(threshold=1.7),
+    lambda r: r["rule_out"].update(threshold=float("nan")), lambda r: r["rule_in"].update(threshold="0.3"),
+    lambda r: r.update(spread_limit=-1.0), lambda r: r.update(calibration={}), lambda r: r.update(alpha=True),
+    lambda r: r.update(alpha=0.0)],
+    ids=["missing", "above-1", "nan", "text", "negative-limit", "no-calibration", "bool", "alpha-0"])
+def test_the_record_round_trips_and_a_broken_one_is_one_line(edit):
+    # Catches (found in review): a threshold of 1.7, NaN or text accepted (the summary then clears
+    # what it should not), a negative spread limit (all review), an empty calibration (a KeyError later).
     rng = np.random.default_rng(1)
     labels = (rng.uniform(size=400) < 0.5).astype(int)
     probs = np.clip(0.3 * labels + rng.uniform(0, 0.7, 400), 0, 1)
@@ -66,9 +75,9 @@ def test_the_record_round_trips_and_a_broken_one_is_one_line():
                         exact=True)
     again = triage.from_record(json.loads(json.dumps(triage.to_record(fitted))), "x.json")
     assert again == fitted
-    record = triage.to_record(fitted)
-    del record["rule_in"]
-    with pytest.raises(UserInputError, match=r"^x\.json: its triage record is incomplete"):
+    record = json.loads(json.dumps(triage.to_record(fitted)))
+    edit(record)
+    with pytest.raises(UserInputError, match=r"^x\.json: its triage record is not one ensemble\.py writes \("):
         triage.from_record(record, "x.json")
 
 
@@ -230,3 +239,46 @@ def test_bad_calibration_input_is_one_line(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and pytest.importorskip("re").search(message, lines[0]), done.stderr
     assert not (tmp_path / "sub.csv").exists()
+
+
+def test_calibration_images_that_are_not_a_split_of_their_own_give_an_approximate_guarantee(tmp_path):
+    # Catches (found in review): "exact" kept when the calibration images are the scored ones, or come
+    # from the validation split (their sidecar says so), without any --fit_on to overlap with.
+    test, cal = _split(tmp_path, "test", 200, 14), _split(tmp_path, "cal", 300, 15)
+    scored = ensembling.run_ensemble(EnsembleConfig(test, str(tmp_path / "a.csv"), calibrate_on=test,
+                                                    bootstrap=0))
+    for path in cal:  # predictions of the validation split, as predict.py's sidecar records it
+        frame = pd.read_csv(path)
+        write_predictions(path, frame["image_id"], frame["p_abnormal"], frame["label"],
+                          {"backbone": path.split(".")[-2], "split": "val"}, uncalibrated=frame["p_uncalibrated"])
+    other = ensembling.run_ensemble(EnsembleConfig(test, str(tmp_path / "b.csv"), calibrate_on=cal, bootstrap=0))
+    notes = []
+    for result in (scored, other):
+        with open(ensemble_file.ensemble_path(result.submission)) as f:
+            calibration = json.load(f)[ensemble_file.TRIAGE]["calibration"]
+        assert calibration["exact"] is False
+        notes.append(calibration["note"])
+    assert "share 200 images with --predictions" in notes[0]
+    assert "come from split val, not calibration" in notes[1]
+
+
+def test_predict_ensemble_refuses_a_broken_triage_record_or_other_views_before_predicting(tmp_path):
+    # Catches (found in review): these checks made only after every model had predicted.
+    import predict
+    from evaluation.settings import PredictConfig
+
+    dirs = [str(tmp_path / name) for name in ("a", "b")]
+    for folder in dirs:
+        os.makedirs(folder)
+    record = {"schema_version": ensemble_file.SCHEMA_VERSION, "threshold": 0.5,
+              "inputs": [{"name": n, "weight": 0.5, "model_dir": d, "tta": 1} for n, d in zip("ab", dirs)],
+              ensemble_file.TRIAGE: {"alpha": 0.05}}
+    path = str(tmp_path / "e.probabilities.json")
+    with open(path, "w") as f:
+        json.dump(record, f)
+    config = PredictConfig(model_dir=tuple(dirs), output=str(tmp_path / "p.csv"), data_dir=str(tmp_path),
+                           ensemble=path)
+    with pytest.raises(UserInputError, match="its triage record is not one ensemble.py writes"):
+        predict._preflight(config)
+    with pytest.raises(UserInputError, match=r"--tta=3: --ensemble=.* was fitted on predictions of 1 test-time"):
+        predict._preflight(dataclasses.replace(config, tta=3))
