@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from scipy import stats
 
 from contracts.output_names import CLEARED, PRIORITIZED, TRIAGE_GROUPS
 from evaluation import statistics, triage
@@ -63,6 +64,14 @@ def _known(entry: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return labels[known], np.asarray(entry.probs, dtype=np.float64)[known], sorted_into, patients
 
 
+def exact_interval(errors: int, count: int) -> list[float]:
+    """The two-sided 95% Clopper–Pearson interval of errors / count, by image: where every patient
+    resample gives the same rate (none or all in error) the bootstrap's [x, x] would claim certainty."""
+    low = 0.0 if errors == 0 else float(stats.beta.ppf(0.025, errors, count - errors + 1))
+    high = 1.0 if errors == count else float(stats.beta.ppf(0.975, errors + 1, count - errors))
+    return [low, high]
+
+
 def _share(flags: np.ndarray) -> float:
     return float(flags.mean()) if len(flags) else math.nan
 
@@ -77,6 +86,10 @@ def section_of(entry: Scores, bootstrap: int) -> dict[str, Any]:
     drawn = statistics.intervals(statistics.clusters(patients, len(y)), {
         "miss_rate": statistics.rate(cleared, abnormal),
         "false_alarm_rate": statistics.rate(prioritized, normal)}, bootstrap)
+    for name, errors, count in (("miss_rate", cleared & abnormal, abnormal), ("false_alarm_rate",
+                                                                              prioritized & normal, normal)):
+        if drawn[name]["absent"] == "it is the same in every resample" and bootstrap > 0:
+            drawn[name]["ci95"] = exact_interval(int(errors.sum()), int(count.sum()))  # 0 of n: not [0, 0]
     coverage, risk = risk_coverage(y, p, entry.threshold)
     record = triage.to_record(entry.triage)
     result = {

@@ -246,3 +246,22 @@ def test_a_report_without_triage_has_no_section(tmp_path):
     assert "triage" not in report.format_table(written) and not (tmp_path / triage_report.FIGURE_FILE).exists()
     page = _page(tmp_path)
     assert "Triage" not in page.headings and triage.EXCHANGEABLE not in page.paragraphs
+
+
+def test_a_rate_every_resample_repeats_gets_the_exact_binomial_interval_not_none():
+    # Catches (found in review): 0 misses of 60 printed as 0.000 with no interval, as if certain.
+    from scipy.stats import binomtest
+
+    from evaluation.triage_report import exact_interval, section_of
+
+    labels = np.r_[np.ones(60, int), np.zeros(60, int)]
+    probs = np.r_[np.linspace(0.6, 1.0, 60), np.linspace(0.0, 0.5, 60)]
+    fitted = triage.fit(labels, probs, None, triage.TriageSettings(), files=["c"], exact=True)
+    patients = np.array([f"p{i // 2}" for i in range(120)])
+    entry = statistics.Scores("m", labels, probs, 0.5, meta={"patient_id": patients}, triage=fitted)
+    section = section_of(entry, 200)["triage"]
+    abnormal_cleared = int(((probs < fitted.rule_out.threshold) & (labels == 1)).sum())
+    assert abnormal_cleared == 0 and section["miss_rate"] == 0.0
+    expected = binomtest(0, 60).proportion_ci(0.95, method="exact")
+    assert section["miss_rate_ci95"] == pytest.approx([expected.low, expected.high], abs=1e-12)
+    assert exact_interval(3, 10) == pytest.approx(list(binomtest(3, 10).proportion_ci(0.95, "exact")), abs=1e-12)
