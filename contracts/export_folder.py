@@ -7,6 +7,7 @@ MODEL_CARD = "MODEL_CARD.md"  # beside EXPORT_INFO: training data, scores, inten
 # 1: outputs "label" (now DECISION) and "member_p_abnormal" (the members' softmax, now their calibrated P);
 # 2: before OUTPUT_TRIAGE, OUTPUT_SPREAD, OUTPUT_MEMBERS_PROB and the TRIAGE and TTA keys.
 EXPORT_SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (2, 3)  # serving.api reads both: 2 only lacks outputs that 3 added
 SERVING_DEFAULT = "serving_default"  # image_bytes: string [None] -> outputs
 PIXELS = "pixels"  # pixels: float32 [None, S, S, 3] in 0..255 -> outputs
 INPUT_BYTES = "image_bytes"

@@ -33,6 +33,7 @@ from contracts.export_folder import (
     OUTPUT_TRIAGE,
     OUTPUT_UNCALIBRATED,
     PIXELS,
+    READABLE_SCHEMAS,
     SERVING_DEFAULT,
 )
 from contracts.labels import FINDINGS
@@ -124,7 +125,7 @@ class Classifier:
                                  "the runs with export.py, or use Classifier.from_runs")
         with open(path) as f:
             info = json.load(f)
-        if info.get("schema_version") != EXPORT_SCHEMA_VERSION:
+        if info.get("schema_version") not in READABLE_SCHEMAS:
             raise UserInputError(f"{path}: schema {info.get('schema_version')}, not {EXPORT_SCHEMA_VERSION} "
                                  "(other output names); export the runs again with this export.py")
         loaded = tf.saved_model.load(export_dir)
@@ -258,13 +259,16 @@ class Classifier:
         else:
             per_member = ((OUTPUT_MEMBERS, member_column), (OUTPUT_MEMBERS_PROB, member_prob_column))
             for output, name_of in per_member:
+                if ids and output not in rows[ids[0]]:  # an export of schema 2
+                    continue
                 members = column(output).reshape(len(ids), len(self.members))
                 columns.update({name_of(name): members[:, m] for m, name in enumerate(self.members)})
         columns[OUTPUT_DECISION] = column(OUTPUT_DECISION)
         columns[OUTPUT_LOGIT] = column(OUTPUT_LOGIT)
         if ids and OUTPUT_SPREAD in rows[ids[0]]:
             columns[OUTPUT_SPREAD] = column(OUTPUT_SPREAD)
-        columns[OUTPUT_TRIAGE] = np.array([rows[i][OUTPUT_TRIAGE].decode() for i in ids], dtype=object)
+        if not ids or OUTPUT_TRIAGE in rows[ids[0]]:  # absent from an export of schema 2
+            columns[OUTPUT_TRIAGE] = np.array([rows[i][OUTPUT_TRIAGE].decode() for i in ids], dtype=object)
         if ids and OUTPUT_FINDINGS in rows[ids[0]]:
             findings = column(OUTPUT_FINDINGS).reshape(len(ids), len(FINDINGS))
             columns.update({finding_prob(f): findings[:, k] for k, f in enumerate(FINDINGS)})
