@@ -81,7 +81,8 @@ def config_for(data: str, out: str, **overrides) -> BuildConfig:
     fields = dict(data_entry_csv=storage.join(data, "Data_Entry_2017_v2020.csv"),
                   bbox_csv=storage.join(data, "BBox_List_2017.csv"), image_dir=data, output_dir=out,
                   split_by="grouped", val_fraction=0.2, test_fraction=0.2, image_size=32, num_shards=3,
-                  max_skip_fraction=1.0, crop="bbox")  # bbox: both runners must crop the boxed images alike
+                  max_skip_fraction=1.0, crop="bbox",  # bbox: both runners must crop the boxed images alike
+                  min_image_side=64)  # the synthetic 64 px sources stand in for films
     fields.update(overrides)
     return BuildConfig(**fields)
 
