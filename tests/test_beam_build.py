@@ -154,7 +154,7 @@ def test_cli_on_beam_fails_in_one_line_when_too_many_images_are_skipped(data, tm
     done = subprocess.run(
         [sys.executable, "-m", "preprocess.build_tfrecords", "--runner=beam",
          f"--data_entry_csv={data}/Data_Entry_2017_v2020.csv", f"--image_dir={data}", f"--output_dir={out}",
-         "--image_size=32", "--max_skip_fraction=0.01"],
+         "--image_size=32", "--max_skip_fraction=0.01", "--min_image_side=64"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "FAILED" in done.stdout and "max_skip_fraction" in done.stdout

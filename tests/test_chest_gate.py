@@ -151,6 +151,9 @@ def test_implausible_images_are_skipped_at_the_thresholds_and_the_thresholds_are
     assert sorted(reasons) == ["fainter.png", "narrow.png"]
     assert f"{4 * side}x{side - 1} image: its shorter side is below {side} px" in reasons["narrow.png"]
     assert "standard deviation 0.50 grey levels, below min_image_std=1" in reasons["fainter.png"]
+    # PNGs carry no tags: the records are listed as unchecked, the skipped files are not.
+    assert result.manifest["unchecked"] == [{"image": n, "missing": list(chest_gate.TAGS)}
+                                            for n in ("faint.png", "smallest.png")]
     loose = builder.build(BuildConfig(output_dir=str(tmp_path / "loose"), min_image_side=side - 1,
                                       min_image_std=0.5, **config))
     assert loose.manifest["skipped"] == []
