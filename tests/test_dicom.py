@@ -517,3 +517,13 @@ def test_a_jpeg_frame_larger_than_its_header_is_refused_not_raised(tmp_path):
     data = _write(tmp_path, _noise(0, 255, np.uint8), transfer_syntax=JPEGBaseline8Bit, encoded=bytes(jpeg))
     with pytest.raises(ImageError, match="decompression bomb"):
         _stored(data)
+
+
+@pytest.mark.parametrize("photometric", ["YBR_RCT", "YBR_ICT"])
+def test_jpeg_2000_colour_reads_as_the_rgb_its_codec_returns(tmp_path, photometric):
+    # A JPEG 2000 decoder undoes the RCT/ICT itself, so these frames reach us as RGB: here RGB values
+    # under that header, whose gray must be their luma (Pillow's fixed point, written out here).
+    rgb = _noise(0, 255, np.uint8, shape=(ROWS, COLUMNS, 3))
+    data = _write(tmp_path, rgb, photometric="RGB", overrides={"PhotometricInterpretation": photometric})
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    np.testing.assert_array_equal(_decode(data), ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8))
