@@ -36,7 +36,7 @@ from contracts.output_names import PROB, TRIAGE, finding_prob
 from contracts.settings import check, setting
 from contracts.shared import IMAGE_SIZE, OUTPUT_DIR
 from models import registry
-from preprocess.config import CROP, NUM_PATIENTS, SOURCE_SIZE
+from preprocess.config import CROP, MIN_IMAGE_SIDE, NUM_PATIENTS, SOURCE_SIZE
 from training.config import BATCHNORM_MOMENTUM, EPOCHS, GLOBAL_BATCH_SIZE, LEARNING_RATE, WEIGHTS
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -65,7 +65,7 @@ class DemoConfig:
         "served/. Default: runs/demo for the synthetic data, runs/demo-<--nih_dir's folder name> for real "
         "data."))
     num_patients: int = NUM_PATIENTS.field(400, lower=10)
-    source_size: int = SOURCE_SIZE.field(512, lower=64)
+    source_size: int = SOURCE_SIZE.field(512, lower=MIN_IMAGE_SIDE)  # smaller is skipped as not a film
     image_size: int | None = IMAGE_SIZE.field(note="Here: stored and trained (default: 64 synthetic, 224 "
                                                    "real).", lower=32)
     crop: str = CROP.field("none", note="Here: of the build; none by default, because only abnormal images "

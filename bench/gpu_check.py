@@ -80,7 +80,7 @@ GPU_PLAN = Plan(
 SMOKE_PLAN = Plan(  # mixed_bfloat16: a CPU's mixed precision (float16 is emulated there, and slow)
     image_size=32, batch_sizes=(16, 8), precision="mixed_bfloat16",
     train=("--records=32", "--steps=1", "--warmup=1", "--repeats=1", "--heads=binary"), xla_all=False,
-    pipeline=("--num_images=32", "--batch_size=8", "--seconds=0.2", "--warmup=1", "--source_size=64"),
+    pipeline=("--num_images=32", "--batch_size=8", "--seconds=0.2", "--warmup=1", "--source_size=128"),
     predict=("--records=16", "--global_batch_size=8", "--repeats=1"), logical_cpus=2)
 # Scaling, prediction and the smoke run's XLA use one backbone: ResNet50, whose NVIDIA figure is of the
 # same model (and which compiles fastest); the first of --backbones when it is not among them.

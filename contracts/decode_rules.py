@@ -12,3 +12,8 @@ JPEG_FOUR_COMPONENTS = ("a 4-component (CMYK or YCCK) JPEG, which the served mod
                         "builder would; convert it to grayscale or RGB (PNG or JPEG)")
 DICOM_MAGIC = b"DICM"  # after a preamble of PREAMBLE_LENGTH bytes
 PREAMBLE_LENGTH = 128
+# Not a film, so never scored as one: an image whose shorter side before resizing is below MIN_IMAGE_SIDE
+# px, or whose decoded 8-bit gray pixels have a (population) standard deviation below MIN_IMAGE_STD grey
+# levels. Real films pass by far (docs/data.md, "The frontal-chest gate").
+MIN_IMAGE_SIDE = 128
+MIN_IMAGE_STD = 1.0

@@ -234,12 +234,16 @@ def _manifest(config, units, shard_split, found, skipped, warnings) -> dict:
             split_info[split][known] = sum(s[known] for s in states)
             split_info[split][positives] = [sum(column) for column in zip(*(s[positives] for s in states))]
     memberships = collections.Counter(p for members in patients_by_split.values() for p in members)
+    refused = {s["image"] for s in skipped}
     return {
         "config": dataclasses.asdict(config),
         "splits": split_info,
         "patient_overlap": sum(count > 1 for count in memberships.values()),
         "skipped": sorted(skipped, key=lambda s: s["image"]),
         "warnings": sorted(warnings, key=lambda s: s["image"]),
+        # Records the frontal-chest gate could not check, with the tags they lack.
+        "unchecked": sorted((u for u in found.unchecked if u["image"] not in refused),
+                            key=lambda u: u["image"]),
         "absent": len(found.absent),
         "unlisted": found.unlisted,
         "present_rows": found.present_rows,

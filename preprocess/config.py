@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from contracts.decode_rules import MIN_IMAGE_SIDE, MIN_IMAGE_STD
 from contracts.errors import UserInputError
 from contracts.manifest import CALIBRATION_SPLIT
 from contracts.settings import Shared, check, setting
 from contracts.shared import IMAGE_SIZE, LABELS_CSV, OUTPUT_DIR, SEED, WORKERS
+from preprocess import chest_gate
 from preprocess.images import MAX_IMAGE_PIXELS
 
 SPLITS = ("grouped", "official", "all", "unlabeled")
@@ -21,7 +23,10 @@ BBOX_SHORTCUT = ("--crop=bbox: images with boxes are cropped to them, and only a
 IMAGE_FORMATS = ("png", "jpeg")
 RUNNERS = ("local", "beam")  # this machine's process pool (builder.py), or Apache Beam (beam_runner.py)
 RENAMED_FIELDS = {"split": "split_by"}  # old -> new name in an older build's state file and manifest
-ADDED_FIELDS = {"calibration_fraction": 0.0}  # absent from an older build's state file: the value it built
+# Absent from an older build's state file: the value it built (no frontal-chest gate: empty accepts all).
+ADDED_FIELDS = {"calibration_fraction": 0.0, "accepted_modalities": [], "accepted_body_parts": [],
+                "accepted_views": [], "min_image_side": 0, "min_image_std": 0.0}
+GATE_FIELDS = ("accepted_modalities", "accepted_body_parts", "accepted_views")
 # output_dir among them: a shard folder copied elsewhere resumes where it now is.
 NOT_RECORD_SHAPING = ("output_dir", "workers", "max_skip_fraction", "overwrite", "runner",
                       "beam_pipeline_args")
@@ -79,6 +84,20 @@ class BuildConfig:
         "anyway)."), lower=0.0, upper=1.0)
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "Images with more pixels are refused as possible "
                                     "decompression bombs.", lower=1)
+    accepted_modalities: tuple[str, ...] = setting(chest_gate.MODALITIES, (
+        "Frontal-chest gate: a DICOM file whose Modality is none of these is skipped (repeat the flag per "
+        "value; a file without the tag is kept and listed in the manifest's 'unchecked')."))
+    accepted_body_parts: tuple[str, ...] = setting(chest_gate.BODY_PARTS, (
+        "Frontal-chest gate: a DICOM file whose BodyPartExamined is present and none of these is skipped."))
+    accepted_views: tuple[str, ...] = setting(chest_gate.VIEWS, (
+        "Frontal-chest gate: a DICOM ViewPosition or Data_Entry 'View Position' that is none of these "
+        "(a lateral LL or RL, say) is skipped."))
+    min_image_side: int = setting(MIN_IMAGE_SIDE, (
+        "An image whose shorter side (before resizing) is below this many pixels is skipped: not a film."),
+        lower=0)
+    min_image_std: float = setting(MIN_IMAGE_STD, (
+        "An image whose decoded 8-bit gray pixels have a standard deviation below this many grey levels "
+        "(nearly constant) is skipped: not a film."), lower=0.0)
     overwrite: bool = setting(False, (
         "Replace an existing build made with different record-shaping flags. Without it, a rerun in a built "
         "folder keeps that build's values for the flags it leaves out."))
@@ -95,10 +114,14 @@ class BuildConfig:
         check(self)
         if self.test_fraction is None:
             object.__setattr__(self, "test_fraction", default_test_fraction(self.split_by))
+        for name in GATE_FIELDS:  # also lists, as a recorded build's state file gives them
+            object.__setattr__(self, name, chest_gate.normalized(getattr(self, name)))
 
     def shaping(self) -> dict:
-        """The settings that change the records written (a rerun must agree on all of them)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_RECORD_SHAPING}
+        """The settings that change the records written (a rerun must agree on all of them), as JSON
+        holds them (lists, not tuples), so a state file read back compares equal."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if k not in NOT_RECORD_SHAPING}
 
 
 def default_test_fraction(split_by: str) -> float:

@@ -34,9 +34,11 @@ logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 SIGNATURE_BYTES = PREAMBLE_LENGTH + len(DICOM_MAGIC)  # what `is_dicom` needs to see
 BITS_STORED_RANGE = (8, 16)
-# 1 sample: grayscale or palette indices; 3 samples: colour. Anything else is refused.
+# 1 sample: grayscale or palette indices; 3 samples: colour, which pydicom decodes to RGB (JPEG 2000's
+# YBR_RCT and YBR_ICT by the codec's own inverse transform). Anything else is refused.
 SUPPORTED_PHOTOMETRIC = {
     "MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "YBR_FULL": 3, "YBR_FULL_422": 3,
+    "YBR_RCT": 3, "YBR_ICT": 3,
 }
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Transfer syntaxes newer than the pinned pydicom, so a refusal names them.
@@ -60,6 +62,8 @@ class DicomTags:
     sex: str | None  # "M" or "F"
     age: int | None  # whole years
     sop_instance_uid: str | None
+    modality: str | None = None  # e.g. "CR", "CT"
+    body_part: str | None = None  # BodyPartExamined, e.g. "CHEST"
 
 
 def is_dicom(data: bytes) -> bool:
@@ -103,7 +107,8 @@ def read_tags(data: bytes | IO[bytes]) -> DicomTags:
         view = tag_text(ds, "ViewPosition")
         return DicomTags(tag_text(ds, "PatientID"), view.upper() if view else None,
                          parse_sex(tag_text(ds, "PatientSex")) or None, parse_age(tag_text(ds, "PatientAge")),
-                         tag_text(ds, "SOPInstanceUID"))
+                         tag_text(ds, "SOPInstanceUID"), tag_text(ds, "Modality"),
+                         tag_text(ds, "BodyPartExamined"))
 
 
 def _check_header(ds: Dataset, max_pixels: int) -> str:

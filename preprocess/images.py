@@ -9,7 +9,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageStat, UnidentifiedImageError
 
 from contracts.boxes import frame_region
 from contracts.decode_rules import JPEG_FOUR_COMPONENTS, MAX_IMAGE_PIXELS, REDUCING_GAP
@@ -29,6 +29,8 @@ class Processed:
     encoded: bytes
     crop_applied: bool
     warning: str | None  # a problem that did not stop the record (e.g. a box outside the frame)
+    source_size: tuple[int, int] = (0, 0)  # (width, height) of the source, before any resizing
+    std: float = 0.0  # standard deviation of its gray pixels as decoded (`chest_gate.implausible`)
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -113,15 +115,16 @@ def _crop(box: tuple[float, float, float, float] | None, size: tuple[int, int]):
 
 
 def _decode_gray(data: bytes, box, image_size: int, max_pixels: int):
-    """(gray image, crop region or None, warning or None) of a PNG, JPEG or DICOM file. A JPEG not
-    cropped is decoded at the smallest DCT scale >= `image_size`, as `serving.decode` does."""
+    """(gray image, crop region or None, warning or None, source size) of a PNG, JPEG or DICOM file. A
+    JPEG not cropped is decoded at the smallest DCT scale >= `image_size`, as `serving.decode` does."""
     from preprocess import dicom  # pydicom loads with the first image, not with this module
 
     if dicom.is_dicom(data):
         frame = dicom.open_frame(data, max_pixels)
         region, warning = _crop(box, frame.size)
-        return dicom.to_gray(frame, None if region is not None else image_size), region, warning
+        return dicom.to_gray(frame, None if region is not None else image_size), region, warning, frame.size
     image = _open(data, max_pixels)
+    size = image.size  # `draft` below shrinks it
     if image.format == "JPEG" and len(image.getbands()) == 4:
         raise ImageError(JPEG_FOUR_COMPONENTS)
     region, warning = _crop(box, image.size)
@@ -131,14 +134,14 @@ def _decode_gray(data: bytes, box, image_size: int, max_pixels: int):
         image.load()
     except (OSError, ValueError, SyntaxError, EOFError, zlib.error) as err:
         raise ImageError(f"corrupt or truncated {image.format} ({len(data):,} bytes): {err}") from None
-    return to_grayscale(image), region, warning
+    return to_grayscale(image), region, warning, size
 
 
 def process(data: bytes, *, box: tuple[float, float, float, float] | None, image_size: int,
             image_format: str, jpeg_quality: int = 95, max_pixels: int = MAX_IMAGE_PIXELS) -> Processed:
     """Decodes a PNG, JPEG or DICOM, crops to `box` (1024 frame; a bad box is a warning), resizes to
     the square and encodes; ImageError when the bytes are not a usable image."""
-    gray, region, warning = _decode_gray(data, box, image_size, max_pixels)
+    gray, region, warning, size = _decode_gray(data, box, image_size, max_pixels)
     resized = gray.resize((image_size, image_size), Image.Resampling.BICUBIC, box=region,
                           reducing_gap=REDUCING_GAP)
     if image_format == "png":
@@ -147,4 +150,4 @@ def process(data: bytes, *, box: tuple[float, float, float, float] | None, image
         buffer = io.BytesIO()
         resized.save(buffer, format="JPEG", quality=jpeg_quality)
         encoded = buffer.getvalue()
-    return Processed(encoded, region is not None, warning)
+    return Processed(encoded, region is not None, warning, size, ImageStat.Stat(gray).stddev[0])

@@ -14,7 +14,7 @@ from contracts.boxes import FindingBox
 from contracts.errors import UserInputError, check_output_folder
 from contracts.labels import LABEL_UNKNOWN
 from contracts.manifest import CALIBRATION_SPLIT
-from preprocess import nih_metadata
+from preprocess import chest_gate, nih_metadata
 from preprocess import sources as sources_lib
 from preprocess import splits as splits_lib
 from preprocess.config import BuildConfig, NothingToBuild
@@ -47,6 +47,8 @@ class WorkUnit:
     image_format: str
     jpeg_quality: int
     max_pixels: int
+    min_side: int = 0  # an image whose shorter side is below it is skipped (BuildConfig.min_image_side)
+    min_std: float = 0.0  # ... or whose gray pixels' standard deviation is (BuildConfig.min_image_std)
 
 
 def _input_file(flag: str, path: str | None) -> str | None:
@@ -127,9 +129,9 @@ def _gather(config: BuildConfig) -> sources_lib.Sources:
             raise UserInputError(f"--split_by={config.split_by} needs --data_entry_csv (only "
                                  "--split_by=unlabeled works without)")
         csv_path = _input_file("data_entry_csv", config.data_entry_csv)
-        return _read(sources_lib.from_data_entry, csv_path, config.image_dir)
+        return _read(sources_lib.from_data_entry, csv_path, config.image_dir, chest_gate.Gate.of(config))
     known = labels_csv_lib.load_labels(config.labels_csv, "labels_csv") if config.labels_csv else None
-    found = sources_lib.from_folder(config.image_dir, known)
+    found = sources_lib.from_folder(config.image_dir, known, chest_gate.Gate.of(config))
     if known and found.sources and all(s.entry.label == LABEL_UNKNOWN for s in found.sources):
         raise UserInputError(
             f"--labels_csv={config.labels_csv} names none of the {len(found.sources)} image files found "
@@ -225,8 +227,8 @@ def plan_units(config: BuildConfig, assigned: dict[str, list], boxes: dict) -> t
             items = tuple(WorkItem(image, by_name[image].path,
                                    boxes[image].union if config.crop == "bbox" and image in boxes else None)
                           for image in chunk)
-            units.append(WorkUnit(name, items, config.image_size, config.image_format,
-                                  config.jpeg_quality, config.max_image_pixels))
+            units.append(WorkUnit(name, items, config.image_size, config.image_format, config.jpeg_quality,
+                                  config.max_image_pixels, config.min_image_side, config.min_image_std))
             shard_split[name] = split
     return units, shard_split
 

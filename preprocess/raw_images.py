@@ -26,6 +26,8 @@ class RawImages:
     images: str
     skipped: list[dict[str, str]]
     ignored: int  # files that are not PNG, JPEG or DICOM by their name or content
+    # Files scored that the frontal-chest gate could not check: {"image", "missing": the tags they lack}
+    unchecked: list[dict] = dataclasses.field(default_factory=list)
 
 
 def check_one_source(data_dir: str | None, images: str | None) -> None:
@@ -87,7 +89,8 @@ def built_images(images: str, image_size: int, max_pixels: int, workers: int | N
         skipped = manifest.get("skipped", [])
         if not manifest["splits"].get(IMAGES_SPLIT, {}).get("records"):
             raise UserInputError(_nothing_readable(images, skipped))
-        yield shard_dir, RawImages(os.path.abspath(images), skipped, manifest.get("unlisted", 0))
+        yield shard_dir, RawImages(os.path.abspath(images), skipped, manifest.get("unlisted", 0),
+                                   manifest.get("unchecked", []))
     finally:
         shutil.rmtree(shard_dir, ignore_errors=True)
 
@@ -95,13 +98,16 @@ def built_images(images: str, image_size: int, max_pixels: int, workers: int | N
 def sidecar_fields(raw: RawImages) -> dict[str, Any]:
     """What a prediction file made from raw files records instead of a shard folder."""
     return {"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped,
-            "ignored_files": raw.ignored}
+            "ignored_files": raw.ignored, "unchecked": raw.unchecked}
 
 
 def skipped_summary(raw: RawImages, reasons_in: str = "the prediction sidecar's 'skipped'") -> str:
     """One line on the files --images could not read (reasons in `reasons_in`) or passed over."""
     ignored = (f"; {raw.ignored} other file(s) ignored: not PNG, JPEG or DICOM by name or content"
                if raw.ignored else "")
+    if raw.unchecked:
+        ignored += (f"; {len(raw.unchecked)} scored file(s) not checked as frontal chest films (no Modality, "
+                    "BodyPartExamined or ViewPosition to check), listed in 'unchecked'")
     if not raw.skipped:
         read = raw.images if os.path.isfile(raw.images) else f"every image under {raw.images}"
         return f"{read} was read{ignored}"

@@ -12,6 +12,7 @@ import os
 from typing import Mapping
 
 from contracts import labels, storage
+from preprocess import chest_gate
 from preprocess.image_error import ImageError
 from preprocess.nih_metadata import Entry, Skip, read_data_entry, unsafe_name_reason
 
@@ -36,6 +37,8 @@ class Sources:
     present_rows: int  # rows whose file is present (the denominator of the skip fraction)
     csv_rows: int = 0
     identical_duplicates: int = 0
+    # Accepted images the frontal-chest gate could not check: {"image", "missing": the tags it lacks}.
+    unchecked: list[dict] = dataclasses.field(default_factory=list)
 
 
 def is_pattern(image_dir: str) -> bool:
@@ -102,10 +105,16 @@ def resolve_path(name: str, paths: list[str]) -> tuple[str | None, str | None]:
                   "keep one")
 
 
-def from_data_entry(csv_path: str, image_dir: str) -> Sources:
+def _unchecked(image: str, missing: list[str]) -> list[dict]:
+    return [{"image": image, "missing": missing}] if missing else []
+
+
+def from_data_entry(csv_path: str, image_dir: str, gate: chest_gate.Gate = chest_gate.DEFAULT) -> Sources:
+    """The CSV's rows matched to files under `image_dir`; a row whose View Position the gate refuses is
+    skipped (a Data_Entry CSV lists chest radiographs: its View Position is the one check)."""
     table = read_data_entry(csv_path)
     files = scan_images(image_dir)
-    sources, skipped, absent = [], [], []
+    sources, skipped, absent, unchecked = [], [], [], []
     for skip in table.skipped:
         # A bad row whose image is absent is just absent; a name that is not a plain file name is
         # never looked up, so it always counts as skipped.
@@ -118,14 +127,17 @@ def from_data_entry(csv_path: str, image_dir: str) -> Sources:
             continue
         present_rows += 1
         path, reason = resolve_path(name, files[name])
-        if reason:
-            skipped.append(Skip(name, reason))
+        entry = table.entries[name]
+        refused, missing = chest_gate.check(gate, {chest_gate.NIH_VIEW: entry.view_position})
+        if reason or refused:
+            skipped.append(Skip(name, reason or refused))
         else:
-            sources.append(Source(table.entries[name], path))
+            sources.append(Source(entry, path))
+            unchecked += _unchecked(name, missing)
     listed = set(table.entries) | {s.image for s in table.skipped}
     unlisted = sum(1 for name in files if name not in listed)
-    return Sources(sources, skipped, sorted(absent), unlisted, present_rows,
-                   csv_rows=table.rows, identical_duplicates=table.identical_duplicates)
+    return Sources(sources, skipped, sorted(absent), unlisted, present_rows, csv_rows=table.rows,
+                   identical_duplicates=table.identical_duplicates, unchecked=unchecked)
 
 
 def _labelled(known: Mapping[str, labels.Labelled], *keys: str) -> dict:
@@ -136,43 +148,52 @@ def _labelled(known: Mapping[str, labels.Labelled], *keys: str) -> dict:
     return {"label": found.label, "findings": found.findings, "findings_known": True}
 
 
-def _dicom_entry(path: str, image_id: str, known: Mapping[str, labels.Labelled]) -> Entry | Skip | None:
-    """An unlabeled entry from a DICOM file's header, why not, or None when it is not DICOM."""
+def _dicom_entry(path: str, image_id: str, known: Mapping[str, labels.Labelled],
+                 gate: chest_gate.Gate) -> tuple[Entry | Skip | None, list[str]]:
+    """(an unlabeled entry from a DICOM file's header, why not, or None when it is not DICOM; the tags
+    the frontal-chest gate could not check)."""
     from preprocess import dicom  # pydicom: loaded once a folder is scanned
 
     if not image_id.lower().endswith(DICOM_EXTENSIONS):
         try:
             if not dicom.is_dicom(storage.read_bytes(path, dicom.SIGNATURE_BYTES)):
-                return None
+                return None, []
         except OSError:
-            return None
+            return None, []
     try:
         with storage.open_binary(path) as f:
             tags = dicom.read_tags(f)
     except (ImageError, OSError) as err:
-        return Skip(image_id, f"{err}; skipped")
+        return Skip(image_id, f"{err}; skipped"), []
+    refused, missing = chest_gate.check(gate, dict(zip(chest_gate.TAGS, (tags.modality, tags.body_part,
+                                                                         tags.view_position))))
+    if refused:
+        return Skip(image_id, refused), []
     return Entry(image_id, **_labelled(known, image_id, tags.sop_instance_uid or ""),
                  patient_id=tags.patient_id or "", view_position=tags.view_position or "", sex=tags.sex or "",
-                 age=tags.age)
+                 age=tags.age), missing
 
 
-def from_folder(image_dir: str, known: Mapping[str, labels.Labelled] | None = None) -> Sources:
+def from_folder(image_dir: str, known: Mapping[str, labels.Labelled] | None = None,
+                gate: chest_gate.Gate = chest_gate.DEFAULT) -> Sources:
     """Every image under `image_dir` as a record, labelled from `known` (id or SOPInstanceUID -> label)
-    or unlabeled. PNG/JPEG by extension, keyed by file name (by path when names clash); DICOM by
-    content, keyed by path, with its header's patient, view, sex and age."""
+    or unlabeled. PNG/JPEG by extension, keyed by file name (by path when names clash), unchecked by
+    `gate`; DICOM by content, keyed by path, with its header's patient, view, sex and age, skipped
+    when `gate` refuses it."""
     files = scan_images(image_dir)
     root = pattern_root(image_dir)
     known = known or {}
-    sources, skipped = [], []
+    sources, skipped, unchecked = [], [], []
     unlisted = present = 0
     for name in sorted(files):
         plain = []
         for path in files[name]:
-            entry = _dicom_entry(path, storage.relpath(path, root), known)
+            entry, missing = _dicom_entry(path, storage.relpath(path, root), known, gate)
             if isinstance(entry, Skip):
                 skipped.append(entry)
             elif entry is not None:
                 sources.append(Source(entry, path))
+                unchecked += _unchecked(entry.image, missing)
             elif name.lower().endswith(IMAGE_EXTENSIONS):
                 plain.append(path)
             else:
@@ -185,4 +206,6 @@ def from_folder(image_dir: str, known: Mapping[str, labels.Labelled] | None = No
         present += len(keyed)
         sources.extend(Source(Entry(image_id, **_labelled(known, image_id)), p)
                        for image_id, p in keyed)
-    return Sources(sources, skipped, [], unlisted, present)
+        _, missing = chest_gate.check(gate, dict.fromkeys(chest_gate.TAGS))  # no header to check
+        unchecked += [u for image_id, _ in keyed for u in _unchecked(image_id, missing)]
+    return Sources(sources, skipped, [], unlisted, present, unchecked=unchecked)

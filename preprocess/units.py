@@ -8,7 +8,7 @@ import json
 from contracts import labels, storage
 from contracts import manifest as manifest_lib
 from contracts.atomic import write_json
-from preprocess import images
+from preprocess import chest_gate, images
 from preprocess.plan import WorkItem, WorkUnit
 
 STATE_DIR = ".build"  # bookkeeping for resumable builds, hidden inside --output_dir
@@ -24,11 +24,15 @@ def report_progress_to(callback) -> None:
 
 
 def process_item(item: WorkItem, unit: WorkUnit) -> tuple:
-    """(name, encoded | None, crop_applied, warning, error) of one image, with `unit`'s settings."""
+    """(name, encoded | None, crop_applied, warning, error) of one image, with `unit`'s settings; an
+    image too small or flat to be a film is an error."""
     try:
         out = images.process(storage.read_bytes(item.path), box=item.box, image_size=unit.image_size,
                              image_format=unit.image_format, jpeg_quality=unit.jpeg_quality,
                              max_pixels=unit.max_pixels)
+        implausible = chest_gate.implausible(out.source_size, out.std, unit.min_side, unit.min_std)
+        if implausible:
+            return item.name, None, False, None, implausible
         return item.name, out.encoded, out.crop_applied, out.warning, None
     except (images.ImageError, OSError) as err:
         return item.name, None, False, None, str(err)

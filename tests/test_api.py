@@ -45,7 +45,7 @@ def _studies(folder):
     """Square PNGs (8-bit, 16-bit, RGB), a JPEG, a DICOM with its header, a truncated PNG and a note."""
     rng = np.random.default_rng(5)
     (folder / "series").mkdir(parents=True)
-    pixels = [synthetic_pixels(rng, 48, abnormal=k % 2 == 0) for k in range(5)]
+    pixels = [synthetic_pixels(rng, 128, abnormal=k % 2 == 0) for k in range(5)]
     Image.fromarray(pixels[0]).save(folder / "0001.png")
     Image.fromarray(pixels[1].astype(np.uint16) * 257).save(folder / "0002.png")
     Image.fromarray(pixels[2]).convert("RGB").save(folder / "0003.png")

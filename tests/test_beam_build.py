@@ -81,7 +81,8 @@ def config_for(data: str, out: str, **overrides) -> BuildConfig:
     fields = dict(data_entry_csv=storage.join(data, "Data_Entry_2017_v2020.csv"),
                   bbox_csv=storage.join(data, "BBox_List_2017.csv"), image_dir=data, output_dir=out,
                   split_by="grouped", val_fraction=0.2, test_fraction=0.2, image_size=32, num_shards=3,
-                  max_skip_fraction=1.0, crop="bbox")  # bbox: both runners must crop the boxed images alike
+                  max_skip_fraction=1.0, crop="bbox",  # bbox: both runners must crop the boxed images alike
+                  min_image_side=64)  # the synthetic 64 px sources stand in for films
     fields.update(overrides)
     return BuildConfig(**fields)
 
@@ -153,7 +154,7 @@ def test_cli_on_beam_fails_in_one_line_when_too_many_images_are_skipped(data, tm
     done = subprocess.run(
         [sys.executable, "-m", "preprocess.build_tfrecords", "--runner=beam",
          f"--data_entry_csv={data}/Data_Entry_2017_v2020.csv", f"--image_dir={data}", f"--output_dir={out}",
-         "--image_size=32", "--max_skip_fraction=0.01"],
+         "--image_size=32", "--max_skip_fraction=0.01", "--min_image_side=64"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "FAILED" in done.stdout and "max_skip_fraction" in done.stdout

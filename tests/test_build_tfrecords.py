@@ -45,7 +45,7 @@ def pixels(record: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("synthetic"))
-    synthetic.generate(synthetic.SyntheticConfig(output_dir=out, num_patients=24, source_size=96,
+    synthetic.generate(synthetic.SyntheticConfig(output_dir=out, num_patients=24, source_size=128,
                                                  bbox_fraction=0.5, seed=3))
     return out
 
@@ -242,7 +242,7 @@ def hostile_dir(tmp_path):
     """A folder with good images in every decodable mode and one file per bad-input kind."""
     d = tmp_path / "data" / "images_001" / "images"
     d.mkdir(parents=True)
-    gray = np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)
+    gray = np.random.default_rng(1).integers(0, 255, (128, 128), dtype=np.uint8)
     good = {
         "l.png": Image.fromarray(gray),
         "la.png": Image.fromarray(np.stack([gray, gray], -1), mode="LA"),
@@ -278,7 +278,7 @@ def hostile_dir(tmp_path):
 def test_every_bad_input_is_skipped_with_its_reason(hostile_dir, tmp_path):
     data, gray = hostile_dir
     cfg = BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
-                         output_dir=str(tmp_path / "out"), split_by="all", image_size=64, workers=1,
+                         output_dir=str(tmp_path / "out"), split_by="all", image_size=128, workers=1,
                          max_image_pixels=100_000)
     result = builder.build(cfg)
     m = result.manifest
@@ -305,7 +305,7 @@ def test_every_bad_input_is_skipped_with_its_reason(hostile_dir, tmp_path):
 def test_skip_fraction_within_limit_exits_zero(hostile_dir, tmp_path):
     data, _ = hostile_dir
     cfg = BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
-                         output_dir=str(tmp_path / "out"), split_by="all", image_size=64, workers=1,
+                         output_dir=str(tmp_path / "out"), split_by="all", image_size=128, workers=1,
                          max_skip_fraction=0.9)
     assert builder.build(cfg).ok
 
@@ -503,7 +503,7 @@ def test_same_name_in_two_folders(tmp_path):
     data = tmp_path / "data"
     for folder in ("images_001", "images_002"):
         (data / folder).mkdir(parents=True)
-    gray = np.random.default_rng(4).integers(0, 255, (16, 16), dtype=np.uint8)
+    gray = np.random.default_rng(4).integers(0, 255, (128, 128), dtype=np.uint8)
     for folder in ("images_001", "images_002"):  # byte-identical copies: one image
         save(Image.fromarray(gray), data / folder / "same.png")
     save(Image.fromarray(gray), data / "images_001" / "differ.png")
@@ -511,7 +511,7 @@ def test_same_name_in_two_folders(tmp_path):
     (data / "e.csv").write_text(HEADER + "same.png,Mass,0,1,50,M,PA,1,1,1,1\n"
                                 "differ.png,Mass,0,2,50,M,PA,1,1,1,1\n")
     cfg = BuildConfig(data_entry_csv=str(data / "e.csv"), image_dir=str(data),
-                         output_dir=str(tmp_path / "out"), split_by="all", image_size=16, workers=1,
+                         output_dir=str(tmp_path / "out"), split_by="all", image_size=128, workers=1,
                          max_skip_fraction=1.0)
     m = builder.build(cfg).manifest
     assert [r["image_id"] for r in read_records(cfg.output_dir)["all"]] == ["same.png"]
@@ -519,15 +519,15 @@ def test_same_name_in_two_folders(tmp_path):
     assert "2 different files named differ.png" in m["skipped"][0]["reason"]
     # Without a CSV nothing names them: both are kept, each keyed by its path under the folder.
     unlabeled = BuildConfig(image_dir=str(data), output_dir=str(tmp_path / "unlabeled"), split_by="unlabeled",
-                            image_size=16, workers=1)
+                            image_size=128, workers=1)
     assert builder.build(unlabeled).manifest["skipped"] == []
     stored = {r["image_id"]: pixels(r) for r in read_records(unlabeled.output_dir)["eval"]}
     assert sorted(stored) == ["images_001/differ.png", "images_002/differ.png", "same.png"]
     np.testing.assert_array_equal(stored["images_002/differ.png"], 255 - stored["images_001/differ.png"])
-    np.testing.assert_array_equal(stored["images_001/differ.png"], gray)  # 16 px: stored as they are
+    np.testing.assert_array_equal(stored["images_001/differ.png"], gray)  # 128 px: stored as they are
     # One file named as --image_dir is a folder of that one image.
     single = BuildConfig(image_dir=str(data / "images_002" / "differ.png"), output_dir=str(tmp_path / "one"),
-                         split_by="unlabeled", image_size=16, workers=1)
+                         split_by="unlabeled", image_size=128, workers=1)
     builder.build(single)
     assert [r["image_id"] for r in read_records(single.output_dir)["eval"]] == ["differ.png"]
 
@@ -578,7 +578,7 @@ def test_symlinked_image_folders_are_followed_once_and_cycles_end(tmp_path):
     # Clusters link image folders in: images_001 -> /mnt/... A link back up must not loop.
     real = tmp_path / "mnt" / "images_001" / "images"
     real.mkdir(parents=True)
-    gray = np.random.default_rng(2).integers(0, 255, (40, 40), dtype=np.uint8)
+    gray = np.random.default_rng(2).integers(0, 255, (128, 128), dtype=np.uint8)
     for i in range(3):
         save(Image.fromarray(gray + i), real / f"0000000{i}_000.png")
     top = tmp_path / "data"

@@ -33,7 +33,7 @@ def data(tmp_path_factory) -> str:
 
 def config_for(data: str, out: str, **kw) -> BuildConfig:
     base = dict(data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"), image_dir=data, output_dir=out,
-                image_size=SIZE, workers=1, num_shards=2)
+                image_size=SIZE, workers=1, num_shards=2, min_image_side=16)  # 16 px synthetic sources
     if kw.get("split_by") == "official":
         base.update(train_val_list=os.path.join(data, "train_val_list.txt"),
                     test_list=os.path.join(data, "test_list.txt"))

@@ -113,7 +113,8 @@ def test_real_monochrome1_is_inverted(real_dicom):
 def test_real_tags(real_dicom):
     expected = dicom.DicomTags(
         patient_id="16d7f894-55d7-4d95-8957-d18987f0e981", view_position="PA", sex="M", age=62,
-        sop_instance_uid="1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819",
+        sop_instance_uid="1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819", modality="CR",
+        body_part="CHEST",
     )
     assert dicom.read_tags(real_dicom["MONOCHROME2"]) == expected
     assert dicom.read_tags(real_dicom["MONOCHROME1"]) == expected
@@ -338,8 +339,8 @@ def test_undecodable_transfer_syntax_is_named(tmp_path, syntax, name):
 
 
 @pytest.mark.parametrize("photometric, overrides, reason", [
-    ("RGB", {"PhotometricInterpretation": "YBR_ICT"},
-     "unsupported photometric interpretation YBR_ICT with 3"),
+    ("RGB", {"PhotometricInterpretation": "YBR_PARTIAL_420"},
+     "unsupported photometric interpretation YBR_PARTIAL_420 with 3"),
     ("MONOCHROME2", {"SamplesPerPixel": 3},
      "unsupported photometric interpretation MONOCHROME2 with 3"),
     ("MONOCHROME2", {"BitsStored": 6}, "Bits Stored 6 is not supported"),
@@ -385,7 +386,7 @@ def test_parse_age(value, years):
 def test_read_tags_from_a_written_file(tmp_path):
     data = _write(tmp_path, _noise(0, 255, np.uint8), patient_id="P42", age="045Y", sex="F",
                   view="AP", sop_uid="1.2.3.4.5")
-    assert dicom.read_tags(data) == dicom.DicomTags("P42", "AP", "F", 45, "1.2.3.4.5")
+    assert dicom.read_tags(data) == dicom.DicomTags("P42", "AP", "F", 45, "1.2.3.4.5", "DX")
 
 
 class _CountingFile(io.BytesIO):
@@ -403,7 +404,7 @@ def test_read_tags_from_an_open_file_stops_before_the_pixels(tmp_path):
     data = _write(tmp_path, _noise(0, 65535, np.uint16, shape=(256, 256)), patient_id="P43", age="071Y",
                   sex="M", view="PA", sop_uid="1.2.3.4.8")
     f = _CountingFile(data)
-    assert dicom.read_tags(f) == dicom.read_tags(data) == dicom.DicomTags("P43", "PA", "M", 71, "1.2.3.4.8")
+    assert dicom.read_tags(f) == dicom.read_tags(data) == dicom.DicomTags("P43", "PA", "M", 71, "1.2.3.4.8", "DX")
     assert f.read_bytes < 1024 < len(data) // 100  # the header, not the 128 KiB of pixels
     with pytest.raises(ImageError, match="not a DICOM Part 10 file"):
         dicom.read_tags(io.BytesIO(b"\x89PNG" + data[4:128] + b"NOPE" + data[132:]))
@@ -413,7 +414,7 @@ def test_read_tags_from_an_open_file_stops_before_the_pixels(tmp_path):
 def test_read_tags_tolerates_missing_and_odd_values(tmp_path):
     data = _write(tmp_path, _noise(0, 255, np.uint8), patient_id=None, age=None, sex="O",
                   view=None, sop_uid="1.2.3.4.6")
-    assert dicom.read_tags(data) == dicom.DicomTags(None, None, None, None, "1.2.3.4.6")
+    assert dicom.read_tags(data) == dicom.DicomTags(None, None, None, None, "1.2.3.4.6", "DX")
     lower = _write(tmp_path, _noise(0, 255, np.uint8), sex="f", view="pa", age="nonsense")
     tags = dicom.read_tags(lower)
     assert (tags.sex, tags.view_position, tags.age) == ("F", "PA", None)
@@ -516,3 +517,13 @@ def test_a_jpeg_frame_larger_than_its_header_is_refused_not_raised(tmp_path):
     data = _write(tmp_path, _noise(0, 255, np.uint8), transfer_syntax=JPEGBaseline8Bit, encoded=bytes(jpeg))
     with pytest.raises(ImageError, match="decompression bomb"):
         _stored(data)
+
+
+@pytest.mark.parametrize("photometric", ["YBR_RCT", "YBR_ICT"])
+def test_jpeg_2000_colour_reads_as_the_rgb_its_codec_returns(tmp_path, photometric):
+    # A JPEG 2000 decoder undoes the RCT/ICT itself, so these frames reach us as RGB: here RGB values
+    # under that header, whose gray must be their luma (Pillow's fixed point, written out here).
+    rgb = _noise(0, 255, np.uint8, shape=(ROWS, COLUMNS, 3))
+    data = _write(tmp_path, rgb, photometric="RGB", overrides={"PhotometricInterpretation": photometric})
+    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
+    np.testing.assert_array_equal(_decode(data), ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8))

@@ -42,7 +42,7 @@ def mixed_folder(tmp_path_factory):
     """PNG, DICOM under every kind of name, two `1.dcm` in two series, and broken DICOMs."""
     root = tmp_path_factory.mktemp("mixed")
     rng = np.random.default_rng(5)
-    pixels = {name: rng.integers(0, 256, (48, 64), dtype=np.uint8) for name in ("s1", "s2", "named_png")}
+    pixels = {name: rng.integers(0, 256, (128, 144), dtype=np.uint8) for name in ("s1", "s2", "named_png")}
     for series in ("s1", "s2"):
         os.makedirs(root / "study" / series)
         write_dicom(str(root / "study" / series / "1.dcm"), pixels[series], patient_id=f"P-{series}",

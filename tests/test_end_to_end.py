@@ -32,7 +32,8 @@ def test_build_train_predict_ensemble_report(tmp_path):
     built = builder.build(BuildConfig(
         data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"),
         bbox_csv=os.path.join(data, "BBox_List_2017.csv"), image_dir=data, output_dir=shards,
-        split_by="grouped", val_fraction=0.25, test_fraction=0.25, image_size=32, workers=2, crop="none"))
+        split_by="grouped", val_fraction=0.25, test_fraction=0.25, image_size=32, workers=2, crop="none",
+        min_image_side=64))  # the synthetic 64 px sources stand in for films
     assert built.ok and built.manifest["patient_overlap"] == 0
     splits = built.manifest["splits"]
     n_val, n_test = splits["val"]["records"], splits["test"]["records"]

@@ -296,7 +296,7 @@ def test_raw_files_are_built_as_predict_builds_them_and_explained(world, tmp_pat
     folder.mkdir()
     rng = np.random.default_rng(5)
     for name in ("a.png", "b.png", "c.png"):
-        Image.fromarray(rng.integers(0, 256, (90, 70), dtype=np.uint8)).save(folder / name)
+        Image.fromarray(rng.integers(0, 256, (144, 128), dtype=np.uint8)).save(folder / name)
     (folder / "notes.txt").write_text("not an image")
     done = _explain(f"--model_dir={world['runs'][0]}", f"--images={folder}", f"--output_dir={out}",
                     "--image_ids=c.png", "--image_ids=a.png")

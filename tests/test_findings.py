@@ -73,7 +73,7 @@ def test_a_binary_labels_csv_leaves_findings_unknown_and_finding_labels_keep_the
     images.mkdir()
     rng = np.random.default_rng(0)
     for name in ("a.png", "b.png", "c.png"):
-        (images / name).write_bytes(encode_png(synthetic_pixels(rng, 64, True)))
+        (images / name).write_bytes(encode_png(synthetic_pixels(rng, 128, True)))
     (tmp_path / "binary.csv").write_text("image_id,label\na.png,1\nb.png,0\n")
     (tmp_path / "findings.csv").write_text("Image Index,Finding Labels\na.png,Mass|Effusion\n"
                                            "b.png,No Finding\n")

@@ -38,7 +38,7 @@ def world(tmp_path_factory):
                                                            source_size=64, seed=1))
     builder.build(BuildConfig(data_entry_csv=os.path.join(data, "Data_Entry_2017_v2020.csv"), image_dir=data,
                               output_dir=shards, split_by="grouped", val_fraction=0.25, test_fraction=0.3,
-                              image_size=32, workers=1, crop="none"))
+                              image_size=32, workers=1, crop="none", min_image_side=64))
     dirs = []
     for seed in (0, 1):
         dirs.append(str(root / f"run{seed}"))

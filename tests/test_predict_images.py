@@ -41,7 +41,7 @@ def setting(tmp_path_factory):
     (folder / "series1").mkdir(parents=True)
     (folder / "series2").mkdir()
     rng = np.random.default_rng(3)
-    pixels = {k: rng.integers(0, 256, (80, 96), dtype=np.uint8) for k in ("a", "b", "c")}
+    pixels = {k: rng.integers(0, 256, (128, 144), dtype=np.uint8) for k in ("a", "b", "c")}
     Image.fromarray(pixels["a"]).save(folder / "a.png")
     Image.fromarray(pixels["b"]).save(folder / "b.jpg", quality=95)
     write_dicom(str(folder / "series1" / "1.dcm"), pixels["a"])  # the PNG's pixels as DICOM

@@ -1,0 +1,187 @@
+"""The frontal-chest gate: DICOMs that are not frontal chest radiographs and images too small or flat to
+be films are skipped with their reason, by the builder and `predict.py --images`; files the gate cannot
+check are kept and listed as unchecked. Colour JPEG 2000 (YBR_RCT) builds."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from contracts import records
+from contracts.decode_rules import MIN_IMAGE_SIDE, MIN_IMAGE_STD
+from preprocess import builder, chest_gate, dicom, images
+from preprocess.config import BuildConfig
+from tests.dicom_factory import write_dicom
+from tests.test_predict_images import SIZE, _save_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+          "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n")
+YBR_RCT_FILES = ("GDCMJ2K_TextGBR.dcm", "examples_jpeg2k.dcm")  # in pydicom's own test data
+
+
+def _noise(shape, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _records(output_dir: str) -> dict[str, dict]:
+    with open(os.path.join(output_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    paths = [os.path.join(output_dir, s) for split in manifest["splits"].values() for s in split["shards"]]
+    return {r["image_id"]: r for r in (records.example_to_dict(x.numpy()) for x in tf.data.TFRecordDataset(paths))}
+
+
+def _reasons(manifest: dict) -> dict[str, str]:
+    return {s["image"]: s["reason"] for s in manifest["skipped"]}
+
+
+def test_predict_images_scores_the_chest_films_and_skips_the_rest_with_reasons(shared_dicom, tmp_path):
+    """The issue's acceptance case, with the unchecked file and the three implausible PNGs."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name in sorted(os.listdir(shared_dicom)):
+        shutil.copy(os.path.join(shared_dicom, name), folder / name)
+    film = _noise((160, 160))
+    write_dicom(str(folder / "ct.dcm"), film, overrides={"Modality": "CT", "BodyPartExamined": "CHEST"})
+    write_dicom(str(folder / "lateral.dcm"), film, view="LL", overrides={"Modality": "CR"})
+    write_dicom(str(folder / "hand.dcm"), film, overrides={"Modality": "CR", "BodyPartExamined": "HAND"})
+    write_dicom(str(folder / "untagged.dcm"), film, view=None, overrides={"Modality": None})
+    Image.new("L", (1, 1)).save(folder / "one.png")
+    Image.fromarray(_noise((32, 32))).save(folder / "small.png")
+    Image.new("L", (1024, 1024), 128).save(folder / "flat.png")
+    run = str(tmp_path / "run")
+    model = _save_model(run, 0)
+    output = str(tmp_path / "preds.csv")
+    done = subprocess.run([sys.executable, "predict.py", f"--model_dir={run}", f"--images={folder}",
+                           f"--output={output}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    scored = pd.read_csv(output).set_index("image_id")["p_abnormal"]
+    assert sorted(scored.index) == ["siim_chest_pa.dcm", "siim_chest_pa_monochrome1.dcm", "untagged.dcm"]
+    for name in scored.index:  # the model on the builder's own decoding, computed here
+        stored = images.process((folder / name).read_bytes(), box=None, image_size=SIZE, image_format="png")
+        gray = np.asarray(Image.open(io.BytesIO(stored.encoded)), np.float32)
+        expected = model(np.repeat(gray[None, :, :, None], 3, axis=-1), training=False).numpy()[0, 1]
+        assert scored[name] == pytest.approx(expected, abs=1e-5), name
+    with open(output[:-4] + ".json") as f:
+        sidecar = json.load(f)
+    reasons = _reasons(sidecar)
+    assert sorted(reasons) == ["ct.dcm", "flat.png", "hand.dcm", "lateral.dcm", "one.png", "small.png"]
+    assert "Modality CT is not a projection radiograph" in reasons["ct.dcm"]
+    assert "ViewPosition LL is not a frontal view" in reasons["lateral.dcm"]
+    assert "BodyPartExamined HAND is not the chest" in reasons["hand.dcm"]
+    assert "1x1 image: its shorter side is below 128 px" in reasons["one.png"]
+    assert "32x32 image: its shorter side is below 128 px" in reasons["small.png"]
+    assert "nearly constant pixels (standard deviation 0.00 grey levels" in reasons["flat.png"]
+    # The real files carry CR, CHEST and PA: checked. The file without the tags is kept and listed.
+    assert sidecar["unchecked"] == [{"image": "untagged.dcm", "missing": list(chest_gate.TAGS)}]
+    assert "6 file(s) skipped" in done.stdout and "1 scored file(s) not checked" in done.stdout
+
+
+@pytest.mark.parametrize("values, refused, missing", [
+    ({"Modality": "ct", "BodyPartExamined": "CHEST", "ViewPosition": "PA"}, "Modality ct is not", []),
+    ({"Modality": " cr ", "BodyPartExamined": "Chest", "ViewPosition": "ap"}, None, []),  # any case
+    ({"Modality": "DX", "BodyPartExamined": None, "ViewPosition": "LATERAL"}, "ViewPosition LATERAL", []),
+    ({"Modality": "DX", "BodyPartExamined": "SKULL", "ViewPosition": None}, "BodyPartExamined SKULL", []),
+    ({"Modality": None, "BodyPartExamined": "", "ViewPosition": "PA"}, None, ["Modality", "BodyPartExamined"]),
+    ({"View Position": "RL"}, "View Position RL is not a frontal view", []),
+    ({"View Position": ""}, None, ["View Position"]),
+])
+def test_the_gate_refuses_by_tag_and_lists_what_it_could_not_check(values, refused, missing):
+    reason, lacking = chest_gate.check(chest_gate.DEFAULT, values)
+    assert (reason is None) == (refused is None) and (refused is None or refused in reason)
+    assert lacking == missing
+
+
+def test_an_empty_setting_checks_nothing_and_lists_nothing():
+    gate = chest_gate.Gate(modalities=(), body_parts=(), views=("PA",))
+    assert chest_gate.check(gate, {"Modality": "MR", "BodyPartExamined": None, "ViewPosition": None}) == (
+        None, ["ViewPosition"])
+
+
+def _entry_folder(tmp_path, views: dict[str, str]) -> str:
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i, (name, view) in enumerate(views.items()):
+        Image.fromarray(_noise((MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), seed=i)).save(data / name)
+        rows.append(f"{name},No Finding,0,{i + 1},50,M,{view},1024,1024,0.14,0.14\n")
+    (data / "Data_Entry.csv").write_text(HEADER + "".join(rows))
+    return str(data)
+
+
+def test_a_data_entry_csv_is_gated_by_its_view_position(tmp_path):
+    data = _entry_folder(tmp_path, {"pa.png": "PA", "lateral.png": "LL", "blank.png": ""})
+    config = dict(data_entry_csv=os.path.join(data, "Data_Entry.csv"), image_dir=data, split_by="all",
+                  image_size=16, workers=1, max_skip_fraction=1.0)
+    result = builder.build(BuildConfig(output_dir=str(tmp_path / "out"), **config))
+    assert sorted(_records(str(tmp_path / "out"))) == ["blank.png", "pa.png"]
+    assert "View Position LL is not a frontal view (accepted: PA, AP)" in _reasons(result.manifest)["lateral.png"]
+    assert result.manifest["unchecked"] == [{"image": "blank.png", "missing": ["View Position"]}]
+    # The accepted views are a setting, compared in any case.
+    wider = builder.build(BuildConfig(output_dir=str(tmp_path / "wider"), accepted_views=("pa", "ll"), **config))
+    assert sorted(_records(str(tmp_path / "wider"))) == ["blank.png", "lateral.png", "pa.png"]
+    assert tuple(wider.manifest["config"]["accepted_views"]) == ("PA", "LL")
+
+
+def test_implausible_images_are_skipped_at_the_thresholds_and_the_thresholds_are_settings(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    side = MIN_IMAGE_SIDE
+    Image.fromarray(_noise((side, side))).save(folder / "smallest.png")
+    Image.fromarray(_noise((side - 1, 4 * side))).save(folder / "narrow.png")
+    two_levels = np.zeros((side, side), np.uint8)
+    two_levels[:, : side // 2] = 2  # half 0, half 2: a standard deviation of exactly 1
+    one_level = two_levels // 2  # half 0, half 1: 0.5
+    assert np.std(two_levels) == MIN_IMAGE_STD and np.std(one_level) == 0.5
+    Image.fromarray(two_levels).save(folder / "faint.png")
+    Image.fromarray(one_level).save(folder / "fainter.png")
+    config = dict(image_dir=str(folder), split_by="unlabeled", image_size=16, workers=1, max_skip_fraction=1.0)
+    result = builder.build(BuildConfig(output_dir=str(tmp_path / "out"), **config))
+    assert sorted(_records(str(tmp_path / "out"))) == ["faint.png", "smallest.png"]
+    reasons = _reasons(result.manifest)
+    assert sorted(reasons) == ["fainter.png", "narrow.png"]
+    assert f"{4 * side}x{side - 1} image: its shorter side is below {side} px" in reasons["narrow.png"]
+    assert "standard deviation 0.50 grey levels, below min_image_std=1" in reasons["fainter.png"]
+    # PNGs carry no tags: the records are listed as unchecked, the skipped files are not.
+    assert result.manifest["unchecked"] == [{"image": n, "missing": list(chest_gate.TAGS)}
+                                            for n in ("faint.png", "smallest.png")]
+    loose = builder.build(BuildConfig(output_dir=str(tmp_path / "loose"), min_image_side=side - 1,
+                                      min_image_std=0.5, **config))
+    assert loose.manifest["skipped"] == []
+
+
+def _ybr_rct_files() -> list[str]:
+    from pydicom.data import get_testdata_file
+
+    found = [get_testdata_file(name, download=False) for name in YBR_RCT_FILES]
+    if not all(found):
+        pytest.skip(f"the installed pydicom's test data lacks {YBR_RCT_FILES}")
+    return found
+
+
+def test_colour_jpeg_2000_builds_as_the_luma_of_pydicoms_rgb(tmp_path):
+    folder = tmp_path / "j2k"
+    folder.mkdir()
+    for path in _ybr_rct_files():
+        assert pydicom.dcmread(path, stop_before_pixels=True).PhotometricInterpretation == "YBR_RCT"
+        shutil.copy(path, folder / os.path.basename(path))
+        rgb = pydicom.dcmread(path).pixel_array.astype(np.uint32)  # pydicom's RGB
+        # ITU-R 601 luma in Pillow's fixed point, written out here.
+        luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+        gray = np.asarray(dicom.decode((folder / os.path.basename(path)).read_bytes(), 10**8))
+        np.testing.assert_array_equal(gray, luma.astype(np.uint8))
+    # examples_jpeg2k.dcm is an ultrasound image (Modality US): the gate lets it in only when asked.
+    result = builder.build(BuildConfig(image_dir=str(folder), output_dir=str(tmp_path / "out"),
+                                       split_by="unlabeled", image_size=64, workers=1,
+                                       accepted_modalities=("CR", "DX", "US")))
+    assert result.ok and result.manifest["skipped"] == []
+    assert sorted(_records(str(tmp_path / "out"))) == sorted(YBR_RCT_FILES)
