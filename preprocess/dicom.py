@@ -60,6 +60,7 @@ class DicomTags:
     sex: str | None  # "M" or "F"
     age: int | None  # whole years
     sop_instance_uid: str | None
+    study_instance_uid: str | None = None
 
 
 def is_dicom(data: bytes) -> bool:
@@ -103,7 +104,8 @@ def read_tags(data: bytes | IO[bytes]) -> DicomTags:
         view = tag_text(ds, "ViewPosition")
         return DicomTags(tag_text(ds, "PatientID"), view.upper() if view else None,
                          parse_sex(tag_text(ds, "PatientSex")) or None, parse_age(tag_text(ds, "PatientAge")),
-                         tag_text(ds, "SOPInstanceUID"))
+                         tag_text(ds, "SOPInstanceUID"),
+                         study_instance_uid=tag_text(ds, "StudyInstanceUID"))
 
 
 def _check_header(ds: Dataset, max_pixels: int) -> str:
