@@ -59,7 +59,7 @@ def main(config: PredictConfig) -> None:
     from contracts import atomic
     from contracts.prediction_files import sidecar_path
     from evaluation import ensemble_apply, prediction, studies
-    from preprocess import raw_images, study_ids
+    from preprocess import raw_images, skipped_studies
 
     raw = None
     # One outcome per run: a failure in any model, the report or the blend leaves none of its files.
@@ -71,7 +71,7 @@ def main(config: PredictConfig) -> None:
                                          labels_csv=config.labels_csv) as (shard_dir, raw):
                 # Each skipped file with its study, for the studies file's rows.
                 extra = {**raw_images.sidecar_fields(raw),
-                         "skipped": study_ids.with_studies(raw.images, raw.skipped)}
+                         "skipped": skipped_studies.with_studies(raw.images, raw.skipped)}
                 result = prediction.run_prediction(config, split=raw_images.IMAGES_SPLIT, data_dir=shard_dir,
                                                    extra_sidecar=extra, transaction=tx)
         if config.ensemble is not None:

@@ -25,7 +25,7 @@ FINDINGS_KNOWN = "findings/known"
 FINDINGS_NOT_RECORDED = -1
 PATIENT_ID = "patient_id"
 VIEW_POSITION = "view_position"
-# The study the image belongs to (preprocess.study_ids says which); b"" (the default): a record written
+# The study the image belongs to (contracts.study_ids says which); b"" (the default): a record written
 # before schema 6, whose study is unknown.
 STUDY_ID = "study_id"
 CROP_APPLIED = "crop/applied"  # 1 when the stored image is the bbox crop

@@ -1,4 +1,4 @@
-"""The studies file beside a prediction file, `<stem>.studies.csv`: one row per study (preprocess.study_ids
+"""The studies file beside a prediction file, `<stem>.studies.csv`: one row per study (contracts.study_ids
 says which), its images' answers combined by `RULES`, which the prediction sidecar records."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from contracts.atomic import atomic_path
 from contracts.manifest import STUDY_ID_SINCE, ShardFolder
 from contracts.output_names import CLEARED, ID, LABEL, PRIORITIZED, PROB, REVIEW, TRIAGE
 from contracts.prediction_files import STUDY, UNKNOWN_LABEL
-from preprocess.study_ids import study_id
+from contracts.study_ids import study_id
 
 SUFFIX = ".studies.csv"
 SIDECAR_KEY = "studies"  # in the prediction sidecar: {"file": ..., **RULES}, or {"why": ...} without one
@@ -55,7 +55,7 @@ def _combined(values: pd.Series, studies: pd.Series, any_of: Any, all_of: Any, o
 def study_table(ids: Sequence[str], studies: Sequence[str], probs: np.ndarray, groups: Sequence[str],
                 labels: np.ndarray | None = None, skipped: Sequence[dict[str, Any]] = ()) -> pd.DataFrame:
     """One row per study, sorted by study id: the used images' answers combined by `RULES`, and each
-    skipped file ({"image", "reason"[, "study"]}: its study by preprocess.study_ids when not given)."""
+    skipped file ({"image", "reason"[, "study"]}: its study by contracts.study_ids when not given)."""
     study = pd.Series(np.asarray(studies, dtype=object))
     images = pd.DataFrame({ID: np.asarray(ids, dtype=object), PROB: np.asarray(probs, dtype=np.float64)})
     by_study = images.groupby(study, sort=False)

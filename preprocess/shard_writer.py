@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from contracts import records
 from contracts.atomic import atomic_path
-from preprocess.study_ids import study_id
+from contracts.study_ids import study_id
 
 TFRECORD_FRAMING_BYTES = 16  # per record: its length (8), the length's CRC (4), the data's CRC (4)
 

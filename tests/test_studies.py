@@ -19,8 +19,8 @@ import models
 from contracts import ensemble_file, records, run_folder
 from contracts.manifest import MANIFEST, STUDY_ID_SINCE
 from contracts.prediction_files import write_predictions
+from contracts.study_ids import study_id
 from evaluation import studies
-from preprocess.study_ids import study_id
 from tests.dicom_factory import write_dicom
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
