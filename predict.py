@@ -3,9 +3,10 @@
     python predict.py --model_dir=runs/effnet --data_dir=shards --output=preds/effnet.csv
     python predict.py --model_dir=runs/effnet --images=new_studies/ --output=preds/new.csv
 
-Writes PATH.csv, PATH.npy and PATH.json (the sidecar), and a report when the records have labels
-(--help says each file). Bad input exits 1 with one line naming the file and the fix, before any
-work; a run that fails part way leaves none of its files.
+Writes PATH.csv, PATH.npy and PATH.json (the sidecar), PATH.studies.csv (one row per study) when the
+records carry study ids, and a report when the records have labels (--help says each file). Bad input
+exits 1 with one line naming the file and the fix, before any work; a run that fails part way leaves
+none of its files.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def main(config: PredictConfig) -> None:
     checked = _preflight(config)
     from contracts import atomic
     from contracts.prediction_files import sidecar_path
-    from evaluation import ensemble_apply, prediction
-    from preprocess import raw_images
+    from evaluation import ensemble_apply, prediction, studies
+    from preprocess import raw_images, skipped_studies
 
     raw = None
     # One outcome per run: a failure in any model, the report or the blend leaves none of its files.
@@ -71,11 +72,13 @@ def main(config: PredictConfig) -> None:
         else:  # the builder's own decoding, into a temporary shard folder removed afterwards
             with raw_images.built_images(config.images, *checked, workers=config.workers,
                                          labels_csv=config.labels_csv) as (shard_dir, raw):
-                extra = raw_images.sidecar_fields(raw)
+                # Each skipped file with its study, for the studies file's rows.
+                extra = {**raw_images.sidecar_fields(raw),
+                         "skipped": skipped_studies.with_studies(raw.images, raw.skipped)}
                 result = prediction.run_prediction(config, split=raw_images.IMAGES_SPLIT, data_dir=shard_dir,
                                                    extra_sidecar=extra, transaction=tx)
         if config.ensemble is not None:
-            tx.guard(config.output, sidecar_path(config.output))
+            tx.guard(config.output, sidecar_path(config.output), studies.studies_path(config.output))
             fields = {k: v for k, v in extra.items() if v is not None}  # the raw files', no shard folder
             blended = ensemble_apply.apply_ensemble(config.ensemble, config.model_dir,
                                                 list(result.outputs.values()), config.output, fields)
@@ -83,9 +86,11 @@ def main(config: PredictConfig) -> None:
     if raw is not None:
         print(raw_images.skipped_summary(raw))
     if config.ensemble is not None:
-        records, above, threshold = blended
+        records, above, threshold, study_line = blended
         print(f"ensemble: {records} predictions -> {config.output}; {above} at or above its threshold "
               f"{threshold:.4f} (abnormal)")
+        if study_line is not None:
+            print(study_line)
 
 
 def run() -> None:

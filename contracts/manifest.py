@@ -14,9 +14,10 @@ from contracts.errors import UserInputError
 MANIFEST = "manifest.json"
 # 1: before the manifest recorded its version; 2: before records carried patient sex and age;
 # 3: before records carried every box with its finding; 4: before records said whether their findings
-# are known. Older records read with defaults.
-SCHEMA_VERSION = 5
+# are known; 5: before records carried their study. Older records read with defaults.
+SCHEMA_VERSION = 6
 FINDINGS_KNOWN_SINCE = 5
+STUDY_ID_SINCE = 6
 SHARD_SUFFIX = ".tfrecord"
 SHARD_BYTES = "shard_bytes"  # per split: shard name -> its size as written (absent in older manifests)
 # Per split (absent before schema 5): records whose findings are known, and each finding's positives
@@ -134,6 +135,11 @@ class ShardFolder:
         split_by = config.get("split_by", config.get("split"))  # its name before issue 24
         return (self.schema_version < FINDINGS_KNOWN_SINCE and bool(config.get("data_entry_csv"))
                 and split_by != "unlabeled")
+
+    @property
+    def studies_recorded(self) -> bool:
+        """Whether the records carry their study id (older ones read as study unknown)."""
+        return self.schema_version >= STUDY_ID_SINCE
 
     def check_image_size(self, image_size: int | None, fix: str) -> int:
         """The shards' image size, refusing another `image_size` with `fix` ({stored}, {asked} filled in)."""

@@ -36,6 +36,7 @@ VIEW = "view_position"
 SEX = "patient_sex"
 AGE = "patient_age"
 META_COLUMNS = (PATIENT, VIEW, SEX, AGE)
+STUDY = "study_id"  # optional: the record's study (evaluation/studies.py), when the records carry one
 UNKNOWN_LABEL = -1
 IDS_SHOWN = 5  # offending ids quoted in an error message
 
@@ -164,7 +165,8 @@ def _read_frame(path: str) -> pd.DataFrame:
         raise UserInputError(f"{path} not found; {_HOW_TO_MAKE}")
     try:
         # Ids stay text: keep_default_na stops an id such as "NA" from becoming NaN.
-        frame = pd.read_csv(path, dtype={ID: str, PATIENT: str, VIEW: str, SEX: str}, keep_default_na=False,
+        frame = pd.read_csv(path, dtype={ID: str, PATIENT: str, VIEW: str, SEX: str, STUDY: str},
+                            keep_default_na=False,
                             na_values={PROB: [""], LABEL: [""], PROB_UNCALIBRATED: [""],
                                        V1_PROB_CALIBRATED: [""], AGE: [""]})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -210,6 +212,8 @@ def _read_meta(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     if AGE in frame.columns:
         ages = pd.to_numeric(frame[AGE], errors="coerce").fillna(-1).to_numpy()
         meta[AGE] = ages.astype(np.int64)
+    if STUDY in frame.columns:
+        meta[STUDY] = frame[STUDY].to_numpy(dtype=object).astype(str)
     return meta
 
 

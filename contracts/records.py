@@ -25,6 +25,9 @@ FINDINGS_KNOWN = "findings/known"
 FINDINGS_NOT_RECORDED = -1
 PATIENT_ID = "patient_id"
 VIEW_POSITION = "view_position"
+# The study the image belongs to (contracts.study_ids says which); b"" (the default): a record written
+# before schema 6, whose study is unknown.
+STUDY_ID = "study_id"
 CROP_APPLIED = "crop/applied"  # 1 when the stored image is the bbox crop
 SEX = "patient/sex"  # b"M", b"F", or b"" when unknown
 AGE = "patient/age"  # whole years; AGE_UNKNOWN when unknown
@@ -43,6 +46,7 @@ FEATURE_SPEC: dict[str, tf.io.FixedLenFeature | tf.io.VarLenFeature] = {
     FINDINGS_KNOWN: tf.io.FixedLenFeature([], tf.int64, default_value=FINDINGS_NOT_RECORDED),
     PATIENT_ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     VIEW_POSITION: tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    STUDY_ID: tf.io.FixedLenFeature([], tf.string, default_value=b""),
     CROP_APPLIED: tf.io.FixedLenFeature([], tf.int64, default_value=0),
     # Defaults: shards built before these fields existed read as "unknown" (or empty).
     SEX: tf.io.FixedLenFeature([], tf.string, default_value=b""),
@@ -72,6 +76,7 @@ class Record:
     sex: str = ""  # "M", "F" or "" (unknown)
     age: int | None = None  # whole years, None when unknown
     findings_known: bool = False  # the label source named the findings; else `findings` is all zeros
+    study_id: str = ""  # "" when unknown
 
     def __post_init__(self):  # the bbox CSV spells findings its own way ("Infiltrate"): never store that
         for found in self.boxes:
@@ -102,6 +107,7 @@ def make_example(record: Record) -> tf.train.Example:
         FINDINGS_KNOWN: _ints(int(bool(record.findings_known))),
         PATIENT_ID: _bytes(record.patient_id.encode()),
         VIEW_POSITION: _bytes(record.view_position.encode()),
+        STUDY_ID: _bytes(record.study_id.encode()),
         CROP_APPLIED: _ints(int(bool(record.crop_applied))),
         BOX: _floats(*record.box),
         BOXES: _floats(*(v for found in record.boxes for v in found.xywh)),
@@ -145,6 +151,7 @@ def example_to_dict(example_bytes: bytes) -> Mapping[str, object]:
                            else FINDINGS_NOT_RECORDED),
         "patient_id": feature[PATIENT_ID].bytes_list.value[0].decode(),
         "view_position": feature[VIEW_POSITION].bytes_list.value[0].decode(),
+        "study_id": feature[STUDY_ID].bytes_list.value[0].decode() if STUDY_ID in feature else "",
         "crop_applied": bool(feature[CROP_APPLIED].int64_list.value[0]),
         "box": list(feature[BOX].float_list.value),
         "boxes": finding_boxes(feature[BOXES].float_list.value if BOXES in feature else [],

@@ -11,17 +11,25 @@ from absl import logging
 
 from contracts import ensemble_file
 from contracts.errors import UserInputError
-from contracts.output_names import views
-from contracts.prediction_files import FindingColumns, Predictions, align, read_predictions, write_predictions
+from contracts.output_names import TRIAGE, views
+from contracts.prediction_files import (
+    STUDY,
+    FindingColumns,
+    Predictions,
+    align,
+    read_predictions,
+    write_predictions,
+)
 from evaluation import blend as blend_lib
-from evaluation import ensemble_triage, finding_blend, triage
+from evaluation import ensemble_triage, finding_blend, studies, triage
 from evaluation.ensembling import BLENDED, BLENDED_FINDINGS, ENSEMBLE
 
 
 def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Sequence[str], output: str,
-                   extra_sidecar: dict[str, Any] | None = None) -> tuple[int, int, float]:
-    """Blends `member_files` (one per --model_dir in `model_dirs`) by the ensemble file into `output`;
-    returns (records, records at or above the ensemble's threshold, the threshold)."""
+                   extra_sidecar: dict[str, Any] | None = None) -> tuple[int, int, float, str | None]:
+    """Blends `member_files` (one per --model_dir in `model_dirs`) by the ensemble file into `output`,
+    and its studies file when the members' rows carry study ids (skipped files from `extra_sidecar`);
+    returns (records, records at or above the ensemble's threshold, the threshold, the studies line)."""
     loaded = ensemble_file.load_ensemble(ensemble)
     by_dir = dict(zip(model_dirs, member_files))
     pairs = ensemble_file.match_members(loaded, model_dirs)
@@ -46,10 +54,19 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
         "blended": BLENDED, **recorded,
         "triage": ensemble_triage.record(served, why),
         "inputs": [os.path.abspath(by_dir[d]) for _, d in pairs], **(extra_sidecar or {})}
+    columns = ensemble_triage.columns(blended, served, spread)
+    table, line = None, None
+    if STUDY in aligned.meta:
+        table = studies.study_table(aligned.ids, aligned.meta[STUDY], blended, columns[TRIAGE],
+                                    aligned.labels, sidecar.get("skipped", ()))
+        sidecar[studies.SIDECAR_KEY] = studies.sidecar_record(output)
+        line = f"ensemble: {len(table)} studies -> {studies.studies_path(output)}"
     write_predictions(output, aligned.ids, blended, aligned.labels, sidecar, findings=findings,
-                      meta={**aligned.meta, **ensemble_triage.columns(blended, served, spread)})
+                      meta={**aligned.meta, **columns})
+    if table is not None:
+        studies.write_table(output, table)
     decisions = blend_lib.decide(blended, loaded.threshold)
-    return len(aligned.ids), int(decisions.sum()), loaded.threshold
+    return len(aligned.ids), int(decisions.sum()), loaded.threshold, line
 
 
 def _apply_findings(ensemble: str, members: Sequence[ensemble_file.Member], files: Sequence[Predictions],

@@ -18,9 +18,9 @@ from contracts.errors import UserInputError
 from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
 from contracts.output_names import CLEARED, PRIORITIZED, PROB, REVIEW, SPREAD, TRIAGE, TTA
-from contracts.prediction_files import FindingColumns, few, sidecar_path, write_predictions
+from contracts.prediction_files import STUDY, FindingColumns, few, sidecar_path, write_predictions
 from contracts.run_folder import RunFolder
-from evaluation import agreement, html_report, preflight, settings, triage
+from evaluation import agreement, html_report, preflight, settings, studies, triage
 from evaluation import report as report_lib
 from evaluation.blend import check_threshold
 from models import calibration, distribute, tta
@@ -61,6 +61,7 @@ class PredictionResult:
     report_dir: str | None
     other_labels: dict[str, Any] | None = None
     triage_lines: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> a line
+    study_lines: dict[str, str] = dataclasses.field(default_factory=dict)  # model name -> a line
 
 
 def with_precision(model, precision: str):
@@ -206,6 +207,7 @@ class _Job:  # what every model of one prediction run shares
     extra_sidecar: dict[str, Any]
     views: int  # --tta
     triage_settings: triage.TriageSettings
+    studies: bool  # a studies file beside each model's file (not with --ensemble: the blend's alone)
 
 
 def _model_triage(job: _Job, run: RunFolder, name: str, calibrated: np.ndarray,
@@ -224,10 +226,27 @@ def _model_triage(job: _Job, run: RunFolder, name: str, calibrated: np.ndarray,
         f"{triage.describe(fitted.rule_out, 'rule-out')}; {triage.describe(fitted.rule_in, 'rule-in')}")
 
 
-def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
-                   loaded: tuple[Any, str]) -> tuple[report_lib.Scores, Callable[[], None], str]:
+def _study_table(job: _Job, name: str, path: str, meta: dict[str, np.ndarray], outputs: SplitOutputs,
+                 handed: tuple[np.ndarray, np.ndarray]) -> tuple[Any, dict[str, Any], str | None]:
+    """(the studies table of the file at `path`, None without one; the sidecar's fields; a summary line).
+    Drops `meta`'s STUDY column when the records carry no study id. `handed`: (p_abnormal, triage)."""
+    why = studies.unrecorded(job.inputs.shards, meta)
+    if why is not None:
+        meta.pop(STUDY, None)
+        return None, {studies.SIDECAR_KEY: {"why": why}}, why
+    if not job.studies:
+        return None, {}, None
+    known = outputs.labels >= 0
+    table = studies.study_table(outputs.ids, meta[STUDY], *handed, outputs.labels if known.any() else None,
+                                job.extra_sidecar.get("skipped", ()))
+    return table, {studies.SIDECAR_KEY: studies.sidecar_record(path)}, (
+        f"{name}: {len(table)} studies -> {studies.studies_path(path)}")
+
+
+def _predict_model(job: _Job, run: RunFolder, name: str, path: str, loaded: tuple[Any, str]
+                   ) -> tuple[report_lib.Scores, Callable[[], None], tuple[str, str | None]]:
     """One loaded model's report entry, the call that writes its files (once all have predicted) and
-    its triage's summary line."""
+    the summary lines of its triage and its studies."""
     (model, policy), shards, split = loaded, job.inputs.shards, job.inputs.split
     outputs = predict_split(model, job.strategy, shards, split.name, job.batch_size,
                             progress=name if job.progress else None, uint8_gray=job.transfer == options.UINT8,
@@ -239,7 +258,8 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
     # The spread of the views' probabilities after the run's temperature, whose mean p_abnormal calibrates.
     spread = None if outputs.views is None else _calibrated(run, outputs.views).std(axis=1)
     fitted, groups, triage_record, triage_line = _model_triage(job, run, name, calibrated, spread)
-    meta = read_patient_columns(shards, split.name, outputs.ids)
+    meta = read_patient_columns(shards, split.name, outputs.ids, study=shards.studies_recorded)
+    study_table, study_fields, study_line = _study_table(job, name, path, meta, outputs, (calibrated, groups))
     findings = None
     if outputs.findings is not None:
         calibrated_findings, _ = calibration.calibrate_findings(outputs.finding_labels, outputs.findings,
@@ -251,7 +271,8 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
                "data_dir": storage.abspath(shards.path), "split": split.name, "records": split.records,
                "image_size": shards.image_size, "strategy": distribute.strategy_name(job.strategy),
                "replicas": job.strategy.num_replicas_in_sync, "precision": policy, "transfer": job.transfer,
-               run_folder.TEMPERATURE: temperature, **context, **job.extra_sidecar, TRIAGE: triage_record}
+               run_folder.TEMPERATURE: temperature, **context, **job.extra_sidecar, TRIAGE: triage_record,
+               **study_fields}
     if findings is not None:
         sidecar[run_folder.FINDING_TEMPERATURES] = dict(zip(FINDINGS, run.finding_temperatures()))
     if job.views > 1:
@@ -264,6 +285,8 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
                           uncalibrated=outputs.softmax[:, 1], meta=columns, findings=findings)
         with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
             np.save(tmp, outputs.outputs)
+        if study_table is not None:
+            studies.write_table(path, study_table)
 
     # The report scores what is handed over, served and thresholded: p_abnormal, after the temperature.
     scores = report_lib.Scores(name, outputs.labels, calibrated, job.threshold, {
@@ -273,7 +296,7 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str,
         validation=triage.run_validation(run), ids=outputs.ids,
         finding_labels=None if findings is None else outputs.finding_labels,
         finding_probs=None if findings is None else findings.probs, triage=fitted, spread=spread)
-    return scores, write, triage_line
+    return scores, write, (triage_line, study_line)
 
 
 def run_prediction(config: settings.PredictConfig, split: str | None = None, data_dir: str | None = None,
@@ -296,7 +319,7 @@ def run_prediction(config: settings.PredictConfig, split: str | None = None, dat
     other = None if other_labels_csv is None else agreement.load_other_labels(other_labels_csv)
     chosen = distribute.resolve_strategy(strategy)  # before other TF ops: multi-worker set-up
     job = _Job(inputs, chosen, batch_size, distribute.resolve_transfer(transfer), threshold, progress,
-               extra_sidecar or {}, config.tta, triage.settings_of(config))
+               extra_sidecar or {}, config.tta, triage.settings_of(config), not per_model)
     paths = preflight.output_paths(output, preflight.model_names(inputs.runs), per_model=per_model)
     loaded = []  # every model before any predicting: a broken folder fails before the long work
     for run in inputs.runs:
@@ -310,7 +333,8 @@ def run_prediction(config: settings.PredictConfig, split: str | None = None, dat
     with transaction or atomic.Transaction(output) as tx:  # a failure part way leaves none of these files
         if chief:
             tx.guard(report_dir, *paths.values(), *map(sidecar_path, paths.values()),
-                     *(os.path.splitext(path)[0] + ".npy" for path in paths.values()))
+                     *(os.path.splitext(path)[0] + ".npy" for path in paths.values()),
+                     *map(studies.studies_path, paths.values()))
         for _, write, _ in predicted if chief else ():
             write()
         if chief and report_lib.has_known_labels(scores[0].labels):
@@ -320,13 +344,16 @@ def run_prediction(config: settings.PredictConfig, split: str | None = None, dat
         if metrics or other_result:
             html_report.write_index(report_dir)
     written = report_dir if metrics or other_result else None
+    lines = [line for _, _, line in predicted]
     return PredictionResult(paths, inputs.split.records, metrics, written, other_result,
-                            dict(zip(paths, (line for _, _, line in predicted))))
+                            dict(zip(paths, (triage_line for triage_line, _ in lines))),
+                            {name: line for name, (_, line) in zip(paths, lines) if line is not None})
 
 
 def summary(result: PredictionResult) -> str:
     lines = [f"{name}: {result.records} predictions -> {path}" for name, path in result.outputs.items()]
     lines += list(result.triage_lines.values())
+    lines += list(dict.fromkeys(result.study_lines.values()))  # "no studies file" once, not per model
     if result.metrics is not None:
         lines += ["", report_lib.format_table(result.metrics)]
     if result.other_labels is not None:

@@ -14,6 +14,7 @@ from contracts.errors import UserInputError, check_no_overwrite, check_output_fi
 from contracts.manifest import MANIFEST, ShardFolder, Split
 from contracts.prediction_files import sidecar_path
 from contracts.run_folder import RunFolder
+from evaluation import studies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +73,9 @@ def check_prediction_outputs(runs: Sequence[RunFolder], output: str, *, per_mode
                              other_labels_csv: str | None = None, ensemble: str | None = None) -> None:
     """Refuses an --output whose files (CSVs, sidecars, .npy, a blend) would replace a file the run reads."""
     csvs = list(output_paths(output, model_names(runs), per_model=per_model).values())
-    writes = [p for csv in csvs for p in (csv, sidecar_path(csv), os.path.splitext(csv)[0] + ".npy")]
-    writes += [output, sidecar_path(output)] if per_model else []
+    writes = [p for csv in csvs for p in (csv, sidecar_path(csv), os.path.splitext(csv)[0] + ".npy",
+                                           studies.studies_path(csv))]
+    writes += [output, sidecar_path(output), studies.studies_path(output)] if per_model else []
     reads = [(f"--model_dir={run.path} holds (train.py's {name})", os.path.join(run.path, name))
              for run in runs for name in run_folder.RUN_FILES]
     if data_dir is not None:

@@ -64,6 +64,7 @@ class DicomTags:
     sop_instance_uid: str | None
     modality: str | None = None  # e.g. "CR", "CT"
     body_part: str | None = None  # BodyPartExamined, e.g. "CHEST"
+    study_instance_uid: str | None = None
 
 
 def is_dicom(data: bytes) -> bool:
@@ -108,7 +109,7 @@ def read_tags(data: bytes | IO[bytes]) -> DicomTags:
         return DicomTags(tag_text(ds, "PatientID"), view.upper() if view else None,
                          parse_sex(tag_text(ds, "PatientSex")) or None, parse_age(tag_text(ds, "PatientAge")),
                          tag_text(ds, "SOPInstanceUID"), tag_text(ds, "Modality"),
-                         tag_text(ds, "BodyPartExamined"))
+                         tag_text(ds, "BodyPartExamined"), tag_text(ds, "StudyInstanceUID"))
 
 
 def _check_header(ds: Dataset, max_pixels: int) -> str:

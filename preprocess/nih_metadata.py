@@ -25,6 +25,7 @@ class Entry:
     sex: str = ""  # "M", "F" or "" (contracts.demographics)
     age: int | None = None  # whole years
     findings_known: bool = False  # the source named them (NIH's Finding Labels); else zeros mean unknown
+    study_uid: str = ""  # a DICOM file's StudyInstanceUID; contracts.study_ids decides the record's study
 
 
 @dataclasses.dataclass(frozen=True)

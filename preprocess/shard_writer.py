@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from contracts import records
 from contracts.atomic import atomic_path
+from contracts.study_ids import study_id
 
 TFRECORD_FRAMING_BYTES = 16  # per record: its length (8), the length's CRC (4), the data's CRC (4)
 
@@ -18,6 +19,7 @@ def example_for(entry, encoded: bytes, crop_applied: bool, boxes, config) -> byt
         patient_id=entry.patient_id, view_position=entry.view_position, crop_applied=crop_applied,
         box=boxes.union if boxes is not None else records.NO_BOX,
         boxes=boxes.boxes if boxes is not None else (), sex=entry.sex, age=entry.age,
+        study_id=study_id(entry.image, entry.study_uid),
     )).SerializeToString(deterministic=True)  # map keys sorted: the same bytes in every process
 
 

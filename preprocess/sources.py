@@ -171,7 +171,7 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, labels.Labelled],
         return Skip(image_id, refused), []
     return Entry(image_id, **_labelled(known, image_id, tags.sop_instance_uid or ""),
                  patient_id=tags.patient_id or "", view_position=tags.view_position or "", sex=tags.sex or "",
-                 age=tags.age), missing
+                 age=tags.age, study_uid=tags.study_instance_uid or ""), missing
 
 
 def from_folder(image_dir: str, known: Mapping[str, labels.Labelled] | None = None,

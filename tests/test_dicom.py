@@ -114,7 +114,7 @@ def test_real_tags(real_dicom):
     expected = dicom.DicomTags(
         patient_id="16d7f894-55d7-4d95-8957-d18987f0e981", view_position="PA", sex="M", age=62,
         sop_instance_uid="1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819", modality="CR",
-        body_part="CHEST",
+        body_part="CHEST", study_instance_uid="1.2.276.0.7230010.3.1.2.8323329.6904.1517875201.850818",
     )
     assert dicom.read_tags(real_dicom["MONOCHROME2"]) == expected
     assert dicom.read_tags(real_dicom["MONOCHROME1"]) == expected
