@@ -17,6 +17,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from contracts.decode_rules import MIN_IMAGE_SIDE
 from evaluation import ensembling, prediction
 from evaluation.settings import EnsembleConfig, PredictConfig
 from serving import exporter
@@ -35,7 +36,7 @@ def _studies(folder: str) -> None:
     os.makedirs(folder)
     rng = np.random.default_rng(7)
     for name in STUDIES:
-        pixels = synthetic_pixels(rng, 2 * SIZE, abnormal=name in ("0002.png", "0004.dcm"))
+        pixels = synthetic_pixels(rng, max(2 * SIZE, MIN_IMAGE_SIDE), abnormal=name in ("0002.png", "0004.dcm"))
         path = os.path.join(folder, name)
         if name.endswith(".dcm"):
             write_dicom(path, pixels, patient_id="P0004", age="061Y", sex="F", view="AP")

@@ -226,6 +226,6 @@ def test_the_report_page_parses_and_every_image_it_references_exists(tmp_path):
     page.feed((report / html_report.INDEX_FILE).read_text())
     assert not page.open  # every tag closed
     assert page.headings == ["Metrics", "Calibration", "Ensemble against its best member", "Operating points",
-                             "Subgroups", "Against another label set"]
-    assert len(page.images) == 3 and all((report / src).is_file() for src in page.images)
+                             "Triage", "Subgroups", "Against another label set"]
+    assert len(page.images) == 4 and all((report / src).is_file() for src in page.images)
     assert not any(src.startswith(("http:", "https:", "/")) for src in page.images)

@@ -237,8 +237,9 @@ def test_ensemble_views_and_a_tta_or_triage_flag_against_the_file_are_refused(tr
     _, _, pixels = _val_rows(trained)
     out = {k: v.numpy() for k, v in module.serve_pixels(tf.constant(pixels)).items()}
     by_view = np.stack([_keras_views(d, pixels, 2) for d in trained["dirs"]], axis=1).astype(np.float64)  # (N, M, V)
-    calibrated = np.stack([calibration.apply_temperature(by_view[:, m], t) for m, t in enumerate(TEMPERATURES)],
-                          axis=1)
+    # Each member's spread over its views at its run's temperature, as predict.py --tta writes p_spread.
+    own = [RunFolder.open(d).temperature or 1.0 for d in trained["dirs"]]
+    calibrated = np.stack([calibration.apply_temperature(by_view[:, m], t) for m, t in enumerate(own)], axis=1)
     members = np.stack([calibration.apply_temperature(by_view[:, m].mean(axis=1), t)
                         for m, t in enumerate(TEMPERATURES)], axis=1)
     np.testing.assert_allclose(out["member_p_abnormal"], members, atol=PARITY, rtol=0)

@@ -55,7 +55,9 @@ def test_the_documented_client_gets_predict_images_numbers(world, monkeypatch):
     expected = world["expected"].loc[names, "p_abnormal"].to_numpy()
     np.testing.assert_allclose([p["p_abnormal"] for p in predictions], expected, atol=PARITY, rtol=0)
     assert [p["decision"] for p in predictions] == (expected >= world["threshold"]).astype(int).tolist()
-    assert set(predictions[0]) == {"p_abnormal", "logit", "decision", "member_p_uncalibrated"}
+    assert set(predictions[0]) == {"p_abnormal", "logit", "decision", "member_p_uncalibrated", "member_p_abnormal",
+                                   "p_spread", "triage"}
+    assert [p["triage"] for p in predictions] == world["expected"].loc[names, "triage"].tolist()
 
 
 def test_a_body_without_b64_objects_fails_as_tf_serving_fails_it(world):
