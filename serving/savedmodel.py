@@ -15,7 +15,7 @@ from evaluation.triage import Triage
 from models import tta
 from models.calibration import PROB_EPSILON
 from models.heads import OUTPUT_LAYER, split_outputs
-from serving.decode import bytes_to_pixels
+from serving.decode import decode_batch
 
 BLEND_EPSILON = 1e-12  # keeps the ensemble's logit finite where the blend is exactly 0 or 1
 
@@ -68,9 +68,7 @@ class ServingModule(tf.Module):
             tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=names.INPUT_PIXELS)])
 
     def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        size = self.image_size
-        gray = tf.map_fn(lambda b: bytes_to_pixels(b, size, self.max_pixels), image_bytes,
-                         fn_output_signature=tf.TensorSpec([size, size], tf.uint8))
+        gray = decode_batch(image_bytes, self.image_size, self.max_pixels)
         # As the input pipeline does: the stored uint8 gray value, as float, on three channels.
         return self._from_pixels(tf.repeat(tf.cast(gray, tf.float32)[..., None], 3, axis=-1))
 
