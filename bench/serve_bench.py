@@ -109,7 +109,7 @@ def decoder(image_size: int, max_pixels: int):
     import tensorflow as tf
 
     from serving.decode import decode_batch
-    return tf.function(lambda data: decode_batch(data, image_size, max_pixels),
+    return tf.function(lambda data: decode_batch(data, image_size, max_pixels)[0],
                        input_signature=[tf.TensorSpec([None], tf.string)], autograph=False)
 
 

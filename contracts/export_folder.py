@@ -1,11 +1,20 @@
 """An export folder's names, for the exporter and its readers (no TensorFlow)."""
 
-from contracts.output_names import DECISION, FINDINGS_OUTPUT, PROB, PROB_UNCALIBRATED, SPREAD, TRIAGE, TTA
+from contracts.output_names import (
+    DECISION,
+    FINDINGS_OUTPUT,
+    IMPLAUSIBLE,
+    PROB,
+    PROB_UNCALIBRATED,
+    SPREAD,
+    TRIAGE,
+    TTA,
+)
 
 EXPORT_INFO = "export.json"  # beside saved_model.pb: members, image size, threshold, signatures
 MODEL_CARD = "MODEL_CARD.md"  # beside EXPORT_INFO: training data, scores, intended use, limits
 # 1: outputs "label" (now DECISION) and "member_p_abnormal" (the members' softmax, now their calibrated P);
-# 2: before OUTPUT_TRIAGE, OUTPUT_SPREAD, OUTPUT_MEMBERS_PROB and the TRIAGE and TTA keys.
+# 2: before OUTPUT_TRIAGE, OUTPUT_SPREAD, OUTPUT_MEMBERS_PROB, OUTPUT_IMPLAUSIBLE and the TRIAGE and TTA keys.
 EXPORT_SCHEMA_VERSION = 3
 READABLE_SCHEMAS = (2, 3)  # serving.api reads both: 2 only lacks outputs that 3 added
 SERVING_DEFAULT = "serving_default"  # image_bytes: string [None] -> outputs
@@ -21,6 +30,7 @@ OUTPUT_MEMBERS = MEMBER_PREFIX + PROB_UNCALIBRATED  # each member's softmax outp
 OUTPUT_MEMBERS_PROB = MEMBER_PREFIX + PROB  # each member's P(abnormal) after its temperature, in blend order
 OUTPUT_FINDINGS = FINDINGS_OUTPUT  # float32 [None, 14], export.json's "findings" names its columns
 OUTPUT_TRIAGE = TRIAGE  # string [None]: cleared / review / prioritized, by export.json's TRIAGE_INFO
+OUTPUT_IMPLAUSIBLE = IMPLAUSIBLE  # int32 [None]: 1 where the image cannot be a film (decode.is_implausible)
 OUTPUT_SPREAD = SPREAD  # float32 [None], with several members or views: the calibrated probabilities' spread
 TRIAGE_INFO = TRIAGE  # export.json: evaluation.triage.to_record of the served triage, or {"why": ...}
 TTA_INFO = TTA  # export.json: per member {"views": N, "transforms": [...]}, in blend order

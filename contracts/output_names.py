@@ -28,6 +28,7 @@ CLEARED = "cleared"  # p_abnormal below the rule-out threshold: can wait (its mi
 REVIEW = "review"  # between the thresholds, or too uncertain: a reader decides
 PRIORITIZED = "prioritized"  # p_abnormal at or above the rule-in threshold: read first
 TRIAGE_GROUPS = (PRIORITIZED, REVIEW, CLEARED)
+IMPLAUSIBLE = "implausible"  # served: 1 where an image is too small or too flat to be a film (then review)
 SPREAD = "p_spread"  # the spread of the calibrated probabilities p_abnormal averages (members, TTA views)
 TTA = "tta"  # in a prediction sidecar: {"views": N, "transforms": [...]} (absent: the image alone)
 

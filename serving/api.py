@@ -25,6 +25,7 @@ from contracts.export_folder import (
     INPUT_PIXELS,
     OUTPUT_DECISION,
     OUTPUT_FINDINGS,
+    OUTPUT_IMPLAUSIBLE,
     OUTPUT_LOGIT,
     OUTPUT_MEMBERS,
     OUTPUT_MEMBERS_PROB,
@@ -269,6 +270,7 @@ class Classifier:
             columns[OUTPUT_SPREAD] = column(OUTPUT_SPREAD)
         if not ids or OUTPUT_TRIAGE in rows[ids[0]]:  # absent from an export of schema 2
             columns[OUTPUT_TRIAGE] = np.array([rows[i][OUTPUT_TRIAGE].decode() for i in ids], dtype=object)
+            columns[OUTPUT_IMPLAUSIBLE] = column(OUTPUT_IMPLAUSIBLE)
         if ids and OUTPUT_FINDINGS in rows[ids[0]]:
             findings = column(OUTPUT_FINDINGS).reshape(len(ids), len(FINDINGS))
             columns.update({finding_prob(f): findings[:, k] for k, f in enumerate(FINDINGS)})

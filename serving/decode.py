@@ -169,9 +169,27 @@ def bytes_to_pixels(data: tf.Tensor, image_size: int, max_pixels: int = rules.MA
     return resize_gray(decode_gray(data, image_size, max_pixels), image_size)
 
 
+def _source_side(data: tf.Tensor) -> tf.Tensor:
+    """The shorter side of an encoded PNG or JPEG (decode_gray has checked which), before any resizing."""
+    return tf.cond(tf.equal(tf.strings.substr(data, 0, 8), PNG_SIGNATURE),
+                   lambda: tf.reduce_min(_png_size(data)),
+                   lambda: tf.reduce_min(tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64)))
+
+
+def is_implausible(side: tf.Tensor, gray: tf.Tensor) -> tf.Tensor:
+    """The builder's rule (preprocess.chest_gate.implausible): a shorter side below MIN_IMAGE_SIDE or a
+    population standard deviation of the decoded gray values below MIN_IMAGE_STD: not a film."""
+    std = tf.math.reduce_std(tf.cast(gray, tf.float64))
+    return tf.logical_or(side < rules.MIN_IMAGE_SIDE, std < rules.MIN_IMAGE_STD)
+
+
 def decode_batch(image_bytes: tf.Tensor, image_size: int,
-                 max_pixels: int = rules.MAX_IMAGE_PIXELS) -> tf.Tensor:
-    """(B,) encoded images → (B, S, S) uint8 by `bytes_to_pixels`, DECODE_PARALLEL images at a time."""
-    return tf.map_fn(lambda data: bytes_to_pixels(data, image_size, max_pixels), image_bytes,
-                     fn_output_signature=tf.TensorSpec([image_size, image_size], tf.uint8),
-                     parallel_iterations=DECODE_PARALLEL)
+                 max_pixels: int = rules.MAX_IMAGE_PIXELS) -> tuple[tf.Tensor, tf.Tensor]:
+    """(B,) encoded images → ((B, S, S) uint8 by `bytes_to_pixels`, (B,) bool `is_implausible`),
+    DECODE_PARALLEL images at a time."""
+    def one(data):
+        gray = decode_gray(data, image_size, max_pixels)
+        return resize_gray(gray, image_size), is_implausible(_source_side(data), gray)
+
+    return tf.map_fn(one, image_bytes, parallel_iterations=DECODE_PARALLEL, fn_output_signature=(
+        tf.TensorSpec([image_size, image_size], tf.uint8), tf.TensorSpec([], tf.bool)))

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from contracts import export_folder as names
+from contracts.decode_rules import MIN_IMAGE_STD
 from contracts.labels import FINDINGS
 from contracts.output_names import CLEARED, PRIORITIZED, REVIEW
 from evaluation.triage import Triage
@@ -68,9 +69,9 @@ class ServingModule(tf.Module):
             tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=names.INPUT_PIXELS)])
 
     def _from_bytes(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        gray = decode_batch(image_bytes, self.image_size, self.max_pixels)
+        gray, implausible = decode_batch(image_bytes, self.image_size, self.max_pixels)
         # As the input pipeline does: the stored uint8 gray value, as float, on three channels.
-        return self._from_pixels(tf.repeat(tf.cast(gray, tf.float32)[..., None], 3, axis=-1))
+        return self._from_pixels(tf.repeat(tf.cast(gray, tf.float32)[..., None], 3, axis=-1), implausible)
 
     def _from_checked_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         # A loaded signature does not check its input's shape and global pooling takes any size:
@@ -82,7 +83,10 @@ class ServingModule(tf.Module):
             "got shape", tf.shape(pixels),
             "; send encoded images to serving_default to have them resized"], summarize=4)
         with tf.control_dependencies([check]):
-            return self._from_pixels(tf.identity(pixels))
+            pixels = tf.identity(pixels)
+        # No source size here: only the flatness half of the rule, on the first channel as sent.
+        flat = tf.math.reduce_std(tf.cast(pixels[..., 0], tf.float64), axis=[1, 2]) < MIN_IMAGE_STD
+        return self._from_pixels(pixels, flat)
 
     @staticmethod
     def _calibrate(probability: tf.Tensor, temperature: float) -> tf.Tensor:
@@ -125,19 +129,20 @@ class ServingModule(tf.Module):
             variance += tf.linalg.matvec(tf.square(tf.stack(view_spreads, axis=1)), self.weights)
         return tf.sqrt(tf.maximum(variance, 0.0))
 
-    def _triage(self, blend: tf.Tensor, spread: tf.Tensor | None) -> tf.Tensor:
+    def _triage(self, blend: tf.Tensor, spread: tf.Tensor | None, implausible: tf.Tensor) -> tf.Tensor:
         """evaluation.triage.groups in float64: cleared p < rule-out, prioritized p >= rule-in, review
-        where both, where neither, or where the spread exceeds the limit; None never sorts into its group."""
+        where both, where neither, or where the spread exceeds the limit; None never sorts into its group.
+        An implausible image (not a film: serving.decode.is_implausible) is always review."""
         never = tf.zeros_like(blend, tf.bool)
         cleared = never if self.rule_out is None else blend < tf.constant(self.rule_out, tf.float64)
         prioritized = never if self.rule_in is None else blend >= tf.constant(self.rule_in, tf.float64)
-        unsure = cleared & prioritized
+        unsure = (cleared & prioritized) | implausible
         if self.spread_limit is not None and spread is not None:
             unsure |= spread > tf.constant(self.spread_limit, tf.float64)
         review = tf.fill(tf.shape(blend), REVIEW)
         return tf.where(cleared & ~unsure, CLEARED, tf.where(prioritized & ~unsure, PRIORITIZED, review))
 
-    def _from_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _from_pixels(self, pixels: tf.Tensor, implausible: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities, calibrated, margins, findings, view_spreads = [], [], [], [], []
         for network, head, temperature, views, own in zip(self.networks, self.heads, self.temperatures,
                                                           self.views, self.view_temperatures):
@@ -156,7 +161,8 @@ class ServingModule(tf.Module):
         spread = self._spread(members, blend, view_spreads) if self.spread else None
         outputs = {names.OUTPUT_PROB: tf.cast(blend, tf.float32),
                    names.OUTPUT_DECISION: tf.cast(blend >= self.threshold, tf.int32),
-                   names.OUTPUT_TRIAGE: self._triage(blend, spread)}
+                   names.OUTPUT_TRIAGE: self._triage(blend, spread, implausible),
+                   names.OUTPUT_IMPLAUSIBLE: tf.cast(implausible, tf.int32)}
         if spread is not None:
             outputs[names.OUTPUT_SPREAD] = tf.cast(spread, tf.float32)
         if self.finding_weights is not None:
@@ -176,7 +182,8 @@ class ServingModule(tf.Module):
 
 def output_dtypes(ensemble: bool, findings: bool, spread: bool) -> dict[str, str]:
     outputs = {names.OUTPUT_PROB: "float32 [None]", names.OUTPUT_LOGIT: "float32 [None]",
-               names.OUTPUT_DECISION: "int32 [None]", names.OUTPUT_TRIAGE: "string [None]"}
+               names.OUTPUT_DECISION: "int32 [None]", names.OUTPUT_TRIAGE: "string [None]",
+               names.OUTPUT_IMPLAUSIBLE: "int32 [None]"}
     if spread:
         outputs[names.OUTPUT_SPREAD] = "float32 [None]"
     if findings:

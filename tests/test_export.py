@@ -181,7 +181,10 @@ def test_single_model_serves_what_predict_computed_and_loads_without_the_project
     np.testing.assert_allclose(1 / (1 + np.exp(-out["bytes_logit"].astype(np.float64))), predicted, atol=1e-5)
     np.testing.assert_array_equal(out["bytes_decision"], (predicted >= 0.3).astype(np.int32))
     assert set(out) == {f"{s}_{k}" for s in ("bytes", "pixels")
-                        for k in ("p_abnormal", "logit", "decision", "p_uncalibrated", "triage")}
+                        for k in ("p_abnormal", "logit", "decision", "p_uncalibrated", "triage", "implausible")}
+    # The val images are 32 px PNGs, under the builder's 128 px minimum, but not flat: the bytes are
+    # marked implausible (the builder would have skipped them), the pixels (no source size) are not.
+    assert out["bytes_implausible"].all() and not out["pixels_implausible"].any()
     with open(export_dir / exporter.EXPORT_INFO) as f:
         assert json.load(f) == info
     # Trained without finding labels: the binary model alone, served as before, and export.json says why.

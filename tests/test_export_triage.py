@@ -103,7 +103,9 @@ def test_served_triage_spread_and_members_equal_numpy_from_the_member_files(trai
     assert {"triage": "string [None]", "p_spread": "float32 [None]", "member_p_abnormal": "float32 [None, members]"
             }.items() <= info["signatures"]["pixels"]["outputs"].items()
     out = _served(tmp_path / "served", image_bytes, pixels)
-    np.testing.assert_array_equal(out["bytes"]["triage"], out["pixels"]["triage"])
+    # The val images' bytes are 32 px PNGs, under the builder's 128 px minimum: each is marked implausible
+    # and served as review (tests/test_served_implausible.py); their pixels carry the groups below.
+    assert out["bytes"]["implausible"].all() and set(out["bytes"]["triage"]) == {REVIEW}
     served = out["pixels"]
     # Path 1: the served members' raw outputs through export.json's temperatures and weights, in float64.
     temperatures = [m["temperature"] for m in info["members"]]
@@ -194,7 +196,7 @@ def test_test_time_views_serve_each_models_mean_over_its_views(trained, tmp_path
     assert plan.views == [1]
     module, _, _, _ = exporter.build_module(plan)
     alone = {k: v.numpy() for k, v in module.serve_pixels(tf.constant(pixels)).items()}
-    assert set(alone) == {"p_abnormal", "logit", "decision", "p_uncalibrated", "triage"}
+    assert set(alone) == {"p_abnormal", "logit", "decision", "p_uncalibrated", "triage", "implausible"}
     np.testing.assert_allclose(alone["p_uncalibrated"], _keras_views(run_dir, pixels, 1)[:, 0], atol=PARITY, rtol=0)
     assert np.abs(alone["p_abnormal"] - served["p_abnormal"]).max() > 10 * PARITY
     assert np.ptp(spread) > 10 * PARITY
@@ -273,6 +275,6 @@ def test_with_views_the_served_spread_and_triage_equal_predict_ensemble_py_and_p
                   pd.read_csv(ensemble_file.blend_path(submission)).set_index("image_id").loc[ids]):
         for signature in ("bytes", "pixels"):
             np.testing.assert_allclose(served[signature]["p_spread"], frame["p_spread"], atol=PARITY)
-            assert list(served[signature]["triage"]) == list(frame["triage"])
+        assert list(served["pixels"]["triage"]) == list(frame["triage"])  # the bytes: 32 px, implausible
     own = np.stack([pd.read_csv(p).set_index("image_id").loc[ids, "p_spread"] for p in files], axis=1)
     assert (own > 0).all()  # the members' own view spreads enter the blend's

@@ -67,11 +67,9 @@ def test_the_networks_row_gets_the_pixels_serving_default_decodes(served, serve_
     assert sorted(from_bytes) == sorted(from_pixels)
     assert np.ptp(from_bytes["p_abnormal"].numpy()) > 1e-5  # the outputs depend on the pixels
     for name, value in from_bytes.items():
-        if value.dtype == tf.string:  # the triage group
-            np.testing.assert_array_equal(from_pixels[name].numpy(), value.numpy(), err_msg=name)
-        else:
-            np.testing.assert_allclose(from_pixels[name].numpy(), value.numpy(), rtol=1e-6, atol=1e-7,
-                                       err_msg=name)
+        if name in ("implausible", "triage"):  # small test files: the bytes' size rule has no pixel twin
+            continue
+        np.testing.assert_allclose(from_pixels[name].numpy(), value.numpy(), rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_machine_reads_the_cpu_model_and_avx512_from_cpuinfo(serve_bench):

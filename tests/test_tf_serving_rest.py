@@ -56,7 +56,7 @@ def test_the_documented_client_gets_predict_images_numbers(world, monkeypatch):
     np.testing.assert_allclose([p["p_abnormal"] for p in predictions], expected, atol=PARITY, rtol=0)
     assert [p["decision"] for p in predictions] == (expected >= world["threshold"]).astype(int).tolist()
     assert set(predictions[0]) == {"p_abnormal", "logit", "decision", "member_p_uncalibrated", "member_p_abnormal",
-                                   "p_spread", "triage"}
+                                   "p_spread", "triage", "implausible"}
     assert [p["triage"] for p in predictions] == world["expected"].loc[names, "triage"].tolist()
 
 
