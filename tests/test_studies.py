@@ -8,34 +8,23 @@ import shutil
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
 
-import models
-from contracts import ensemble_file, records, run_folder
+from contracts import ensemble_file, records
 from contracts.manifest import MANIFEST, STUDY_ID_SINCE
 from contracts.prediction_files import write_predictions
 from contracts.study_ids import study_id
 from evaluation import studies
 from tests.dicom_factory import write_dicom
+from tests.test_predict_images import SIZE, _save_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIZE = 32
 STUDY_A, STUDY_B, STUDY_GONE = "1.2.826.0.1.3680043.8.498.100", "1.2.826.0.1.3680043.8.498.200", \
     "1.2.826.0.1.3680043.8.498.300"
-
-
-def _save_model(model_dir: str, seed: int) -> None:
-    keras.utils.set_random_seed(seed)
-    model = models.build_model("tiny_test", SIZE, weights="none")
-    os.makedirs(model_dir)
-    model.save(os.path.join(model_dir, run_folder.MODEL))
-    with open(os.path.join(model_dir, run_folder.CONFIG), "w") as f:
-        json.dump({"backbone": "tiny_test", "image_size": SIZE, "data_dir": "/nonexistent"}, f)
 
 
 def _predict(tmp, *args) -> subprocess.CompletedProcess:
