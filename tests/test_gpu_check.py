@@ -4,7 +4,6 @@ Its `--smoke` mode runs every part on the CPU; the figures it gives are checked 
 timings they are computed from. Speed targets live in the benches, not here.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ import tensorflow as tf
 
 from contracts.labels import FINDINGS
 from models import registry
+from tests import bench_scripts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "gpu_check.sh")
@@ -64,11 +64,8 @@ def test_make_install_names_gpu_1_where_nvidia_smi_works_and_gpu_1_adds_the_cuda
 
 @pytest.fixture(scope="module")
 def train_bench():
-    # Loaded once: its flags go on absl's global FLAGS, which no other test module of this process uses.
-    spec = importlib.util.spec_from_file_location("train_bench", os.path.join(REPO, "bench", "train_bench.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with bench_scripts.loaded("train_bench") as module:  # its flags leave absl's FLAGS with this module
+        yield module
 
 
 def _raising(error: Exception):

@@ -4,7 +4,6 @@ Speed targets live in the bench, not here.
 """
 
 import glob
-import importlib.util
 import io
 import json
 import os
@@ -18,6 +17,7 @@ from PIL import Image
 
 from serving import exporter
 from serving.config import ExportConfig
+from tests import bench_scripts
 from tests.shard_factory import write_shards
 from training.config import TrainConfig
 from training.loop import run_training
@@ -49,11 +49,8 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def serve_bench():
-    # Loaded once: its flags go on absl's global FLAGS, which no other test module of this process uses.
-    spec = importlib.util.spec_from_file_location("serve_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with bench_scripts.loaded("serve_bench") as module:  # its flags leave absl's FLAGS with this module
+        yield module
 
 
 def test_the_networks_row_gets_the_pixels_serving_default_decodes(served, serve_bench):
