@@ -27,6 +27,12 @@ CALIBRATION = "calibration"  # in VAL_SIDECAR: what the temperature changes on v
 FINDING_TEMPERATURES = "finding_temperatures"  # in VAL_SIDECAR: finding -> its temperature or null
 RUN_FILES = (CONFIG, METRICS, MODEL, VAL_PREDICTIONS, VAL_SIDECAR)  # what no other tool may write over
 MODEL_RUN_ENTRY = "cxr_run.json"  # inside MODEL (a zip that Keras loads ignoring it): {"epoch": N}
+MODEL_PRECISION = "float32"  # the dtype policy MODEL computes under, and so every export serves
+PREDICTED_UNDER = "precision"  # in VAL_SIDECAR and predict.py's sidecars: the policy that computed them
+# In VAL_SIDECAR of a run trained under a mixed policy: its validation split scored under that policy and
+# by MODEL (float32), {"trained_under", "images", "max_abs", "median_abs", "auroc_trained", "auroc_served"}.
+PRECISION_PARITY = "precision_parity"
+PARITY_LIMIT = 0.01  # a larger |P(abnormal)| gap between them: an export is not called validated
 
 
 def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:
@@ -84,6 +90,23 @@ class RunFolder:
     def no_temperature_note(self) -> str:
         return (f"{self.path} has no fitted temperature (trained without validation, on validation of one "
                 "class, or before temperatures were fitted): its probabilities are used uncalibrated")
+
+    @property
+    def trained_under(self) -> str | None:
+        return self.config.get("precision")
+
+    @property
+    def validated_under(self) -> str | None:
+        """The policy val_predictions.csv was computed under (None: no validation): MODEL's own since
+        train.py re-validates a mixed-precision run's float32 MODEL; before, the training policy."""
+        if not self.sidecar:
+            return None
+        return self.sidecar.get(PREDICTED_UNDER) or self.trained_under
+
+    @property
+    def precision_parity(self) -> dict[str, Any] | None:
+        parity = self.sidecar.get(PRECISION_PARITY)
+        return parity if isinstance(parity, dict) else None
 
     @functools.cached_property
     def train_build(self) -> dict[str, Any]:

@@ -68,17 +68,14 @@ def with_precision(model, precision: str):
     """(`model` cloned under the dtype policy `precision` unless already so, the policy's name)."""
     import keras
 
-    from models import all_layers
-    from models.precision import with_policy
+    from models.precision import as_policy
 
     previous = keras.mixed_precision.global_policy()
     try:
         policy = distribute.resolve_precision(precision)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    if policy == "float32" and all(layer.dtype_policy.name == "float32" for layer in all_layers(model)):
-        return model, policy
-    return with_policy(model, policy), policy
+    return as_policy(model, policy), policy
 
 
 def check_one_row_per_record(ids: np.ndarray, shards: ShardFolder, split: str) -> None:
@@ -270,7 +267,8 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str, loaded: tupl
     sidecar = {"backbone": run.backbone, "model_dir": os.path.abspath(run.path),
                "data_dir": storage.abspath(shards.path), "split": split.name, "records": split.records,
                "image_size": shards.image_size, "strategy": distribute.strategy_name(job.strategy),
-               "replicas": job.strategy.num_replicas_in_sync, "precision": policy, "transfer": job.transfer,
+               "replicas": job.strategy.num_replicas_in_sync, run_folder.PREDICTED_UNDER: policy,
+               "transfer": job.transfer,
                run_folder.TEMPERATURE: temperature, **context, **job.extra_sidecar, TRIAGE: triage_record,
                **study_fields}
     if findings is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from models.builder import all_layers
 from models.heads import FINDINGS_LAYER, OUTPUT_LAYER
 
 
@@ -37,3 +38,10 @@ def with_policy(classifier: keras.Model, policy: str) -> keras.Model:
     copy = keras.models.clone_model(classifier, clone_function=top_level)
     copy.set_weights(classifier.get_weights())
     return copy
+
+
+def as_policy(classifier: keras.Model, policy: str) -> keras.Model:
+    """`classifier` itself when it already computes in float32 and `policy` is float32, else a clone."""
+    if policy == "float32" and all(layer.dtype_policy.name == "float32" for layer in all_layers(classifier)):
+        return classifier
+    return with_policy(classifier, policy)

@@ -17,7 +17,8 @@ from tqdm import tqdm
 from contracts import run_folder
 from contracts.labels import FINDINGS
 from contracts.manifest import ShardFolder
-from models import build_model, distribute, get_backbone, inference_model
+from contracts.run_folder import RunFolder
+from models import build_model, distribute, get_backbone, inference_model, precision
 from models.front import with_uint8_front
 from pipeline import input_pipeline, options, service
 from pipeline.patient_columns import read_patient_columns
@@ -153,9 +154,12 @@ def _epoch(run: _Run) -> dict[str, Any]:
 
 
 def _export_best(run: _Run) -> None:
-    """Restores the best epoch's weights and exports them, unless the exports already hold that epoch."""
+    """Restores the best epoch's weights and exports them in float32, unless the exports already hold
+    that epoch; a mixed-precision run's validation predictions are then the float32 export's (re-scored)."""
     best, validating = run.state.best_epoch, run.val_dataset is not None
     done = run.chief and run_folder.exported_epochs(run.model_dir) == (best, best if validating else None)
+    # A run from before the re-validation (validated under its mixed policy) is re-validated once.
+    done = done and RunFolder.open(run.model_dir).validated_under in (None, run_folder.MODEL_PRECISION)
     # A collective: every worker takes the chief's answer, once the chief's checkpoints are written.
     done = distribute.adopt_chief_values(run.strategy, {"done": float(done)})["done"]
     if validating:
@@ -163,10 +167,16 @@ def _export_best(run: _Run) -> None:
     if done:
         return
     # Every worker scores: iterating a distributed split is a collective under multi_worker.
-    scores = validation.score(run.strategy, run.predict_step, run.val_dataset) if validating else None
+    served, scores, parity = inference_model(run.model), None, None
+    if validating:
+        scores = validation.score(run.strategy, run.predict_step, run.val_dataset)
+        if run.config.precision != run_folder.MODEL_PRECISION:
+            trained = scores
+            served, scores = _in_float32(run, served)
+            parity = validation.precision_parity(trained, scores, run.config.precision)
     if not run.chief:
         return
-    outputs.export_model(inference_model(run.model), os.path.join(run.model_dir, run_folder.MODEL), best)
+    outputs.export_model(served, os.path.join(run.model_dir, run_folder.MODEL), best)
     if validating:
         config = run.config
         crop = run.shards.crop
@@ -175,7 +185,33 @@ def _export_best(run: _Run) -> None:
                    "model": run_folder.MODEL, "model_dir": os.path.abspath(run.model_dir)}
         # The patient columns too: the report's intervals resample val's patients, its subgroups use the rest.
         meta = read_patient_columns(run.shards, config.val_split, scores.image_ids)
-        outputs.write_val_predictions(run.model_dir, scores, sidecar, meta)
+        outputs.write_val_predictions(run.model_dir, scores, sidecar, meta, parity)
+        if parity is not None:
+            logging.log(logging.WARNING if parity["max_abs"] > run_folder.PARITY_LIMIT else logging.INFO,
+                        "%s", parity_line(parity))
+
+
+def _in_float32(run: _Run, classifier: keras.Model) -> tuple[keras.Model, validation.Scores]:
+    """`classifier` in float32 (the policy model.keras and every export compute under) and its scores on
+    the validation split."""
+    with run.strategy.scope():
+        served = precision.as_policy(classifier, run_folder.MODEL_PRECISION)
+    uint8 = run.config.transfer == options.UINT8
+    step = step_lib.make_predict_step(run.strategy, with_uint8_front(served) if uint8 else served)
+    return served, validation.score(run.strategy, step, run.val_dataset)
+
+
+def parity_line(parity: dict[str, Any]) -> str:
+    """One line: how the float32 model.keras scores validation beside the mixed policy that trained it."""
+    over = parity["max_abs"] > run_folder.PARITY_LIMIT
+    return (f"re-validated model.keras in {run_folder.MODEL_PRECISION} (what export.py serves) on "
+            f"{parity['images']} validation images: P(abnormal) within {parity['max_abs']:.4f} (median "
+            f"{parity['median_abs']:.4f}) of {parity['trained_under']}'s, AUROC {parity['auroc_served']:.4f} "
+            f"against {parity['auroc_trained']:.4f}; {run_folder.VAL_PREDICTIONS} holds the "
+            f"{run_folder.MODEL_PRECISION} predictions"
+            + (f". Over {run_folder.PARITY_LIMIT}: export.py will not call this model validated (the epoch "
+               f"was chosen under {parity['trained_under']}); train under {run_folder.MODEL_PRECISION} for "
+               "a validated export" if over else ""))
 
 
 def _start(config: TrainConfig, shards: ShardFolder, strategy: tf.distribute.Strategy,

@@ -47,17 +47,20 @@ def tensorboard(model: keras.Model, model_dir: str, *, chief: bool) -> keras.cal
 
 
 def export_model(classifier: keras.Model, path: str, epoch: int) -> None:
-    """Saves a float32 clone of the trained graph to `path`, atomically, with `epoch` inside."""
+    """Saves the trained graph to `path` in float32 (a clone if it computes otherwise), atomically, with
+    `epoch` inside."""
     with atomic_path(path) as tmp:
-        precision.with_policy(classifier, "float32").save(tmp)
+        precision.as_policy(classifier, run_folder.MODEL_PRECISION).save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(run_folder.MODEL_RUN_ENTRY, json.dumps({"epoch": epoch}))
 
 
 def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any],
-                          meta: dict[str, np.ndarray] | None = None) -> str:
-    """Writes val_predictions.csv, p_abnormal after the temperature fitted on it (None with one
-    class), and its sidecar with that temperature and what it changes there."""
+                          meta: dict[str, np.ndarray] | None = None,
+                          parity: dict[str, Any] | None = None) -> str:
+    """Writes val_predictions.csv from model.keras's float32 `scores`, p_abnormal after the temperature
+    fitted on it (None with one class), and its sidecar with that temperature, what it changes there and
+    the `parity` with the mixed policy that trained (None: trained in float32)."""
     path = os.path.join(model_dir, run_folder.VAL_PREDICTIONS)
     probs, labels = scores.probabilities[:, 1].astype(np.float64), np.asarray(scores.labels)
     temperature = calibration.fit_temperature(labels, probs)
@@ -68,7 +71,9 @@ def write_val_predictions(model_dir: str, scores: Scores, sidecar: dict[str, Any
                "nll_after": calibration.negative_log_likelihood(labels[known], handed[known]),
                "ece_before": calibration.expected_calibration_error(labels, probs),
                "ece_after": calibration.expected_calibration_error(labels, handed)}
-    sidecar = {**sidecar, run_folder.TEMPERATURE: temperature, run_folder.CALIBRATION: json_ready(changes)}
+    sidecar = {**sidecar, run_folder.TEMPERATURE: temperature, run_folder.CALIBRATION: json_ready(changes),
+               run_folder.PREDICTED_UNDER: run_folder.MODEL_PRECISION,
+               run_folder.PRECISION_PARITY: None if parity is None else json_ready(parity)}
     findings = None
     if scores.findings is not None:
         calibrated, temperatures = calibration.calibrate_findings(scores.finding_labels, scores.findings)

@@ -47,6 +47,18 @@ def findings_auroc(scores: Scores) -> float:
     return float(np.mean(found)) if found else float("nan")
 
 
+def precision_parity(trained: Scores, served: Scores, policy: str) -> dict[str, float | int | str]:
+    """How far the float32 graph's P(abnormal) (`served`) is from the `policy` graph's that trained
+    (`trained`), over the same images: contracts.run_folder.PRECISION_PARITY's record."""
+    if not np.array_equal(trained.image_ids, served.image_ids):
+        raise ValueError("the two scorings of the validation split differ in their images")
+    gap = np.abs(served.probabilities[:, 1].astype(np.float64) - trained.probabilities[:, 1])
+    return {"trained_under": policy, "images": int(gap.size), "max_abs": float(gap.max(initial=0.0)),
+            "median_abs": float(np.median(gap)) if gap.size else 0.0,
+            "auroc_trained": auroc_or_nan(trained.labels, trained.probabilities[:, 1]),
+            "auroc_served": auroc_or_nan(served.labels, served.probabilities[:, 1])}
+
+
 def make_distributed_split(strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
                            global_batch_size: int, *, cache: bool = False, uint8_gray: bool = False):
     """`split` as a distributed dataset that every worker reads whole, to compute the same metrics."""
