@@ -10,13 +10,14 @@ from typing import Any, Sequence
 from contracts.errors import UserInputError, repeat_hint
 from contracts.labels import FINDINGS
 from contracts.output_names import TTA, views
-from contracts.run_folder import RunFolder
+from contracts.run_folder import PREDICTED_UNDER, RunFolder
 
 # 1: before schema_version and member model folders; 2: before member temperatures (read as 1);
 # 3: before REPORT_DIR (read as None: no report known); 4: before per-finding weights and temperatures
 # (FINDING_WEIGHTS, FINDING_TEMPERATURES in each member's entry; read as None: the findings unblended);
-# 5: before TRIAGE and each member's TTA views (read as None: no triage; 1 view).
-SCHEMA_VERSION = 6
+# 5: before TRIAGE and each member's TTA views (read as None: no triage; 1 view); 6: before each member's
+# PREDICTED_UNDER (read as None: unrecorded).
+SCHEMA_VERSION = 7
 TRIAGE = "triage"  # evaluation.triage.to_record of the blend's triage (None: none fitted)
 TRIAGE_SINCE = 6  # the schema that added TRIAGE
 FINDING_WEIGHTS = "finding_weights"  # in a member's entry: its weight per finding (FINDINGS order)
@@ -37,6 +38,7 @@ class Member:
     finding_weights: tuple[float, ...] | None = None  # normalised over the members, finding by finding
     finding_temperatures: tuple[float, ...] | None = None
     tta: int = 1  # test-time views its predictions averaged (prediction_files.TTA in their sidecar)
+    precision: str | None = None  # the dtype policy that computed its predictions (None: unrecorded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,9 @@ def blend_path(submission_csv_or_ensemble_file: str) -> str:
     return stem + os.path.splitext(SUFFIX)[0] + ".csv"
 
 
+MEMBER_KEYS = ("backbone", "crop", "model_dir", PREDICTED_UNDER)  # copied from each member's sidecar
+
+
 def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | None], paths: Sequence[str],
                    weights: Sequence[float], temperatures: Sequence[float],
                    finding_weights: Sequence[Sequence[float]] | None = None,
@@ -70,7 +75,7 @@ def member_records(names: Sequence[str], sidecars: Sequence[dict[str, Any] | Non
     None when the findings are not blended (the keys are then left out)."""
     rows = zip(names, sidecars, paths, weights, temperatures)
     records = [{"name": name, "path": path, "weight": float(weight), "temperature": float(temperature),
-                **{key: (sidecar or {}).get(key) for key in ("backbone", "crop", "model_dir")},
+                **{key: (sidecar or {}).get(key) for key in MEMBER_KEYS},
                 TTA: views(sidecar)}
                for name, sidecar, path, weight, temperature in rows]
     if finding_weights is not None and finding_temperatures is not None:
@@ -134,8 +139,10 @@ def load_ensemble(path: str) -> Ensemble:
         if type(tta) is not int or tta < 1:
             raise _fail(path, f"member {entry['name']!r} has {TTA}={tta!r}, not a count of views")
         per_finding = (_per_finding(path, entry, key) for key in (FINDING_WEIGHTS, FINDING_TEMPERATURES))
+        precision = entry.get(PREDICTED_UNDER)
         members.append(Member(entry["name"], float(weight), os.path.abspath(model_dir) if model_dir else None,
-                              entry.get("backbone"), float(temperature), *per_finding, tta))
+                              entry.get("backbone"), float(temperature), *per_finding, tta,
+                              precision if isinstance(precision, str) else None))
     threshold = record.get("threshold")
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise _fail(path, "no threshold in [0, 1]")

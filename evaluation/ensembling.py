@@ -31,6 +31,7 @@ from contracts.prediction_files import (
     sidecar_path,
     write_predictions,
 )
+from contracts.run_folder import MODEL_PRECISION, PREDICTED_UNDER
 from evaluation import agreement, ensemble_triage, finding_blend, html_report, settings, triage
 from evaluation import blend as blend_lib
 from evaluation import report as report_lib
@@ -98,6 +99,12 @@ def _check_fit_pairs(files: Sequence[Predictions], fit_files: Sequence[Predictio
             raise UserInputError(
                 f"--calibrate_on: {fit_file.path} averages {views(fit_file.sidecar)} test-time view(s) but "
                 f"{file.path} {views(file.sidecar)}; predict both with the same --tta")
+        policies = [(f.sidecar or {}).get(PREDICTED_UNDER) for f in (fit_file, file)]
+        if all(policies) and policies[0] != policies[1]:
+            raise UserInputError(
+                f"--{flag}: {fit_file.path} was predicted under {policies[0]} but {file.path} under "
+                f"{policies[1]}; predict both with the same --precision ({MODEL_PRECISION}, the default, is "
+                "what export.py serves)")
     shared = set(fit_files[0].ids) & set(files[0].ids)
     if shared:  # allowed (an ensemble studied on validation alone), but never unsaid
         fitted = "the triage thresholds are" if flag == "calibrate_on" else (

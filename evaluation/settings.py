@@ -9,6 +9,7 @@ import os
 from contracts import explanation_folder as folder
 from contracts import output_names as files
 from contracts.labels import FINDINGS
+from contracts.run_folder import MODEL_PRECISION
 from contracts.settings import REQUIRED, Shared, check, setting
 from contracts.shared import (
     DATA_DIR,
@@ -112,7 +113,10 @@ class PredictConfig:
         "reading, use --other_labels_csv)."))
     global_batch_size: int = GLOBAL_BATCH_SIZE.field(PREDICT_BATCH_SIZE)
     strategy: str = STRATEGY.field()
-    precision: str = PRECISION.field(note="The saved graph is cloned under it when needed.")
+    precision: str = PRECISION.field(MODEL_PRECISION, note=(
+        f"Here: default {MODEL_PRECISION}, the policy of model.keras and of every export, so the predictions "
+        "(and the report and ensemble fitted on them) are the served model's; a mixed policy is faster on a "
+        "GPU, but export.py does not call a model validated on such predictions."))
     transfer: str = TRANSFER.field()
     threshold: float | None = THRESHOLD.field(note=(
         f"Here: in the report (default {SINGLE_MODEL_THRESHOLD}; with --ensemble the blend takes the "
