@@ -14,9 +14,10 @@ from contracts.output_names import (
 EXPORT_INFO = "export.json"  # beside saved_model.pb: members, image size, threshold, signatures
 MODEL_CARD = "MODEL_CARD.md"  # beside EXPORT_INFO: training data, scores, intended use, limits
 # 1: outputs "label" (now DECISION) and "member_p_abnormal" (the members' softmax, now their calibrated P);
-# 2: before OUTPUT_TRIAGE, OUTPUT_SPREAD, OUTPUT_MEMBERS_PROB, OUTPUT_IMPLAUSIBLE and the TRIAGE and TTA keys.
-EXPORT_SCHEMA_VERSION = 3
-READABLE_SCHEMAS = (2, 3)  # serving.api reads both: 2 only lacks outputs that 3 added
+# 2: before OUTPUT_TRIAGE, OUTPUT_SPREAD, OUTPUT_MEMBERS_PROB, OUTPUT_IMPLAUSIBLE and the TRIAGE and TTA keys;
+# 3: before VALIDATION_INFO.
+EXPORT_SCHEMA_VERSION = 4
+READABLE_SCHEMAS = (2, 3, 4)  # serving.api reads them all: 2 only lacks outputs that 3 added
 SERVING_DEFAULT = "serving_default"  # image_bytes: string [None] -> outputs
 PIXELS = "pixels"  # pixels: float32 [None, S, S, 3] in 0..255 -> outputs
 INPUT_BYTES = "image_bytes"
@@ -33,4 +34,5 @@ OUTPUT_TRIAGE = TRIAGE  # string [None]: cleared / review / prioritized, by expo
 OUTPUT_IMPLAUSIBLE = IMPLAUSIBLE  # int32 [None]: 1 where the image cannot be a film (decode.is_implausible)
 OUTPUT_SPREAD = SPREAD  # float32 [None], with several members or views: the calibrated probabilities' spread
 TRIAGE_INFO = TRIAGE  # export.json: evaluation.triage.to_record of the served triage, or {"why": ...}
+VALIDATION_INFO = "validation"  # export.json: serving.validation.status, whether the graph is the validated
 TTA_INFO = TTA  # export.json: per member {"views": N, "transforms": [...]}, in blend order

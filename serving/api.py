@@ -36,6 +36,7 @@ from contracts.export_folder import (
     PIXELS,
     READABLE_SCHEMAS,
     SERVING_DEFAULT,
+    VALIDATION_INFO,
 )
 from contracts.labels import FINDINGS
 from contracts.output_names import ID, finding_prob
@@ -107,15 +108,17 @@ class Classifier:
     model) or `p_uncalibrated.<member>` and `p_abnormal.<member>` (an ensemble), `decision`, `logit`,
     `p_spread` (several members or views), `triage`, one `p_<finding>` per NIH finding when the export
     serves `p_findings`, `patient_id`, `view_position`, `patient_sex`, `patient_age`; unreadable images
-    are left out and listed in `table.attrs["skipped"]`.
+    are left out and listed in `table.attrs["skipped"]`. `validation` is export.json's record of whether
+    the served graph is the validated one (`["validated"]`, `["why"]`; None for an export before it).
     """
 
     def __init__(self, signatures: Mapping[str, Callable], image_size: int, max_pixels: int,
-                 members: Sequence[str], threshold: float, keep: Any = None):
+                 members: Sequence[str], threshold: float, keep: Any = None,
+                 validation: dict[str, Any] | None = None):
         self._signatures = signatures
         self._keep = keep  # what owns the signatures' variables
         self.image_size, self.max_pixels, self.threshold = image_size, max_pixels, threshold
-        self.members = list(members)
+        self.members, self.validation = list(members), validation
 
     @classmethod
     def load(cls, export_dir: str) -> Classifier:
@@ -133,7 +136,7 @@ class Classifier:
         max_pixels = int(info.get("max_image_pixels", MAX_IMAGE_PIXELS))
         names = [m["name"] for m in info["members"]]
         return cls(loaded.signatures, int(info["image_size"]), max_pixels, names, float(info["threshold"]),
-                   keep=loaded)
+                   keep=loaded, validation=info.get(VALIDATION_INFO))
 
     @classmethod
     def from_runs(cls, model_dirs: str | Sequence[str], ensemble: str | None = None,
@@ -147,7 +150,7 @@ class Classifier:
         signatures = {SERVING_DEFAULT: module.serve_bytes.get_concrete_function(),
                       PIXELS: module.serve_pixels.get_concrete_function()}
         return cls(signatures, module.image_size, module.max_pixels, [m.name for m in served.members],
-                   served.threshold, keep=module)
+                   served.threshold, keep=module, validation=served.validation)
 
     def score_files(self, images: str | os.PathLike | Sequence[str | os.PathLike],
                     batch_size: int = BATCH_SIZE) -> pd.DataFrame:

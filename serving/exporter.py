@@ -24,6 +24,7 @@ from contracts.export_folder import (
     SERVING_DEFAULT,
     TRIAGE_INFO,
     TTA_INFO,
+    VALIDATION_INFO,
 )
 from contracts.labels import FINDINGS
 from evaluation import settings as settings_lib
@@ -34,7 +35,7 @@ from models import calibration
 from models.heads import output_width
 from models.saved import load_classifier
 from models.tta import MAX_VIEWS, TRANSFORMS
-from serving import model_card, savedmodel
+from serving import model_card, savedmodel, validation
 from serving.config import ExportConfig
 
 
@@ -47,6 +48,7 @@ class Plan:
     threshold: float
     triage: Triage | None
     no_triage: str | None = None
+    validation: dict[str, Any] | None = None  # serving.validation.status of the members
 
 
 def plan(model_dirs: Sequence[str], ensemble: str | None = None, threshold: float | None = None,
@@ -67,7 +69,8 @@ def plan(model_dirs: Sequence[str], ensemble: str | None = None, threshold: floa
         why = (f"no triage: {run.path} has no labelled {run_folder.VAL_PREDICTIONS} to fit it on; every "
                "image is served as review")
         views = [1 if tta is None else tta]
-        return _planned(Plan(blended, views, chosen, found, why if found is None else None))
+        return _planned(Plan(blended, views, chosen, found, why if found is None else None,
+                             validation.status([run], None)))
     views = [m.tta for m in loaded.members]
     if tta is not None and any(v != tta for v in views):
         raise UserInputError(f"--tta={tta} with --ensemble: its members' predictions averaged {views} views "
@@ -77,7 +80,8 @@ def plan(model_dirs: Sequence[str], ensemble: str | None = None, threshold: floa
     why = (f"no triage: --ensemble={loaded.path} holds none (written before schema "
            f"{ensemble_file.SCHEMA_VERSION}, or without labelled predictions to fit it on); every image is "
            "served as review; rerun ensemble.py to fit one")
-    return _planned(Plan(blended, views, loaded.threshold, found, why if found is None else None))
+    return _planned(Plan(blended, views, loaded.threshold, found, why if found is None else None,
+                         validation.status([m.run for m in blended], loaded)))
 
 
 def _planned(chosen: Plan) -> Plan:
@@ -117,6 +121,7 @@ def _info(served: Plan, configs, module, warnings, no_findings) -> dict[str, Any
                      else {"output": None, "why": no_findings}),
         # The served triage's thresholds and what they rest on, or the one line saying why there is none.
         TRIAGE_INFO: {"why": served.no_triage} if served.triage is None else triage.to_record(served.triage),
+        VALIDATION_INFO: served.validation,
         TTA_INFO: [{"name": m.name, "views": views, "transforms": list(TRANSFORMS[:views])}
                    for m, views in zip(members, served.views)],
         "order": calibration.ORDER,
@@ -212,7 +217,7 @@ def summary(info: dict[str, Any], export_dir: str) -> str:
              f"signatures: serving_default(image_bytes), pixels(float32 0..255); see {EXPORT_INFO}",
              f"findings: {OUTPUT_FINDINGS} ({len(FINDINGS)} columns)" if info["findings"]["output"]
              else info["findings"]["why"],
-             _triage_line(info[TRIAGE_INFO]),
+             _triage_line(info[TRIAGE_INFO]), validation.line(info[VALIDATION_INFO]),
              f"model card: {os.path.join(export_dir, MODEL_CARD)}"]
     lines += [f"warning: {w}" for w in info["warnings"]]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from absl import logging
 
 from contracts import ensemble_file, run_folder, storage
 from contracts.errors import UserInputError
+from contracts.export_folder import VALIDATION_INFO
 from contracts.manifest import ShardFolder
 from evaluation import findings
 from evaluation.ensembling import ENSEMBLE
@@ -21,10 +22,10 @@ from evaluation.report import GAIN_FILE, METRICS_FILE
 from evaluation.subgroups import SUBGROUPS_FILE
 from preprocess.config import default_test_fraction
 from preprocess.synthetic_data import LABEL_NOISE_FILE
+from serving import validation
+from serving.card_format import NOT_RECORDED, code, fmt, fmt_interval, table
 from serving.config import ExportConfig
 
-NOT_RECORDED = "not recorded"
-DIGITS = {"metric": 3, "threshold": 4, "temperature": 3, "weight": 3}  # decimals printed, per kind
 CITATION = ('Wang X, Peng Y, Lu L, Lu Z, Bagheri M, Summers RM. "ChestX-ray8: Hospital-scale Chest X-ray '
             "Database and Benchmarks on Weakly-Supervised Classification and Localization of Common Thorax "
             'Diseases", CVPR 2017.')
@@ -40,34 +41,6 @@ LIMITS = (
     "Frontal chest films only: trained on NIH's PA and AP views; lateral views, other body parts and "
     "other sites' films are outside what it saw.",
     "No clinical validation: the numbers come from one split of the shards named above, nothing more.")
-
-
-def fmt(value: Any, kind: str = "metric") -> str:
-    """Every number the card prints: `DIGITS[kind]` decimals, a "count" as an integer, "signed" a
-    metric with its sign, a "share" as given; NOT_RECORDED for None or NaN."""
-    if value is None or isinstance(value, bool) or (isinstance(value, float) and math.isnan(value)):
-        return NOT_RECORDED
-    if kind == "count":
-        return str(int(value))
-    if kind == "signed":
-        return f"{value:+.{DIGITS['metric']}f}"
-    return f"{value:g}" if kind == "share" else f"{value:.{DIGITS[kind]}f}"
-
-
-def fmt_interval(entry: dict[str, Any], key: str) -> str:
-    if key not in entry:
-        return NOT_RECORDED
-    ci = entry[key]
-    return "not formed" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
-
-
-def _code(text: Any) -> str:
-    return NOT_RECORDED if text is None else f"`{text}`"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
 def report_folder(config: ExportConfig, ensemble: ensemble_file.Ensemble | None) -> tuple[str | None, str]:
@@ -121,31 +94,31 @@ def _findings_line(served: dict[str, Any]) -> str:
 
 def _model(info: dict[str, Any]) -> list[str]:
     def origin(weights: str | None) -> str:
-        return {"imagenet": "ImageNet", "none": "none (random)"}.get(weights, _code(weights))
+        return {"imagenet": "ImageNet", "none": "none (random)"}.get(weights, code(weights))
 
     size = fmt(info["image_size"], "count")
-    rows = [[_code(m["name"]), _code(m["backbone"]), origin(m["weights"]), _code(m["precision"]), size,
-             fmt(m["weight"], "weight"), fmt(m["temperature"], "temperature"), _code(m["model_dir"])]
+    rows = [[code(m["name"]), code(m["backbone"]), origin(m["weights"]), code(m["precision"]), size,
+             fmt(m["weight"], "weight"), fmt(m["temperature"], "temperature"), code(m["model_dir"])]
             for m in info["members"]]
     return ["## Model", "", "Input: a PNG or JPEG (`serving_default`) or float32 pixels (`pixels`), resized "
             f"to {size} px and never cropped. Output: P(abnormal) after each member's temperature (an "
             f"ensemble: their weighted blend). {_findings_line(info['findings'])}", "",
-            *_table(["member", "backbone", "initial weights", "precision", "image size (px)",
+            *table(["member", "backbone", "initial weights", "precision", "image size (px)",
                      "weight in the blend", "temperature", "run folder"], rows)]
 
 
 def _source(build: dict[str, Any]) -> tuple[str, bool | None]:
     csv = build.get("data_entry_csv")
     if build.get("split_by") == "unlabeled":
-        return f"unlabeled images under {_code(build.get('image_dir'))}", None
+        return f"unlabeled images under {code(build.get('image_dir'))}", None
     if not csv:
         return NOT_RECORDED, None
     if not os.path.exists(csv):  # nothing left to tell synthetic data from NIH's by
-        return f"{_code(csv)}, no longer there (whether synthetic: {NOT_RECORDED})", None
+        return f"{code(csv)}, no longer there (whether synthetic: {NOT_RECORDED})", None
     synthetic = os.path.exists(os.path.join(os.path.dirname(csv), LABEL_NOISE_FILE))
     kind = (f"synthetic NIH-format data (preprocess/synthetic.py; its {LABEL_NOISE_FILE} lies beside the CSV)"
             if synthetic else "NIH ChestX-ray14")
-    return f"{kind}: {_code(csv)}, images under {_code(build.get('image_dir'))}", synthetic
+    return f"{kind}: {code(csv)}, images under {code(build.get('image_dir'))}", synthetic
 
 
 def _split_rule(build: dict[str, Any]) -> str:
@@ -159,7 +132,7 @@ def _split_rule(build: dict[str, Any]) -> str:
     if rule == "official":
         return (f"NIH's official lists (train_val_list.txt, test_list.txt); val fraction {val} of train_val "
                 f"by patient, seed {seed}")
-    return NOT_RECORDED if rule is None else f"{_code(rule)}, seed {seed}"
+    return NOT_RECORDED if rule is None else f"{code(rule)}, seed {seed}"
 
 
 def _dataset(synthetic: bool | None) -> str:
@@ -177,14 +150,14 @@ def _data(shards: ShardFolder) -> tuple[list[str], bool | None]:
         info = manifest["splits"][name]
         records, abnormal = info.get("records"), info.get("abnormal")
         prevalence = abnormal / records if records and abnormal is not None else None
-        rows.append([_code(name), fmt(records, "count"), fmt(info.get("normal"), "count"),
+        rows.append([code(name), fmt(records, "count"), fmt(info.get("normal"), "count"),
                      fmt(abnormal, "count"), fmt(prevalence),
                      fmt(info.get("patients"), "count")])
-    lines = ["## Training data", "", f"- Shards: {_code(shards.path)}", f"- Source: {source}",
-             f"- Split: {_split_rule(build)}", f"- Crop: {_code(shards.crop)}; stored at "
+    lines = ["## Training data", "", f"- Shards: {code(shards.path)}", f"- Source: {source}",
+             f"- Split: {_split_rule(build)}", f"- Crop: {code(shards.crop)}; stored at "
              f"{fmt(shards.image_size, 'count')} px",
              f"- Patients in more than one split: {fmt(manifest.get('patient_overlap'), 'count')}", "",
-             *_table(["split", "records", "normal", "abnormal", "prevalence", "patients"], rows),
+             *table(["split", "records", "normal", "abnormal", "prevalence", "patients"], rows),
              _dataset(synthetic), ""]
     return lines, synthetic
 
@@ -201,13 +174,17 @@ def _validation(members: Sequence[dict[str, Any]], runs: Sequence[run_folder.Run
             pass
         auroc = next((r.get("val_auroc") for r in records if r.get("epoch") == epoch), None)
         calibration = run.sidecar.get(run_folder.CALIBRATION) or {}
-        rows.append([_code(member["name"]), fmt(epoch, "count"), fmt(auroc),
-                     fmt(calibration.get("records"), "count"), fmt(run.temperature, "temperature")])
+        parity = run.precision_parity or {}
+        rows.append([code(member["name"]), fmt(epoch, "count"), fmt(auroc),
+                     fmt(calibration.get("records"), "count"), fmt(run.temperature, "temperature"),
+                     code(run.trained_under), fmt(parity.get("max_abs"), "threshold") if parity else "none"])
     return ["### Validation, as training recorded it", "",
             "The epoch model.keras holds (best validation AUROC), from each run's metrics.jsonl and "
-            "val_predictions.json; this split chose the epoch and the temperature, so it flatters the model.",
-            "",
-            *_table(["member", "epoch", "val AUROC", "val images", "run's temperature"], rows)]
+            "val_predictions.json; this split chose the epoch and the temperature, so it flatters the model. "
+            f"A mixed-precision run's largest gap in validation P(abnormal) between its {code('float32')} "
+            "model.keras (served) and the policy that trained it: the last column.", "",
+            *table(["member", "epoch", "val AUROC", "val images", "run's temperature", "trained under",
+                     "float32 gap"], rows)]
 
 
 def _load_report(report_dir: str | None, how: str, members: Sequence[dict[str, Any]],
@@ -231,23 +208,23 @@ def _load_report(report_dir: str | None, how: str, members: Sequence[dict[str, A
 def _evaluation(report: dict[str, Any], threshold: float) -> list[str]:
     metrics, head = report["metrics"], report["metrics"][report["served"]]
     split = head.get("split")
-    scored = (f"split {_code(split)} of {_code(head.get('data_dir'))}" if split else
+    scored = (f"split {code(split)} of {code(head.get('data_dir'))}" if split else
               f"a split that metrics.json does not name ({NOT_RECORDED}: a report from before it did)")
     unit = {"patient": "patients"}.get(head.get("bootstrap_by"), f"units ({NOT_RECORDED})")
-    lines = ["## Evaluation", "", f"From {report['how']}: {_code(report['dir'])}. Scored on {scored}: "
+    lines = ["## Evaluation", "", f"From {report['how']}: {code(report['dir'])}. Scored on {scored}: "
              f"{fmt(head.get('records'), 'count')} images of {fmt(head.get('patients'), 'count')} patients; "
              f"prevalence {fmt(head.get('prevalence'))}, so always answering the majority class scores "
              f"accuracy {fmt(head.get('majority_baseline_accuracy'))}. Intervals: 95% percentile bootstrap, "
              f"{fmt(head.get('bootstrap_resamples'), 'count')} resamples of the {unit}, each drawn with all "
              "their images.", ""]
-    rows = [[_code(name), _code(e.get("split")), fmt(e.get("records"), "count"), fmt(e.get("auroc")),
+    rows = [[code(name), code(e.get("split")), fmt(e.get("records"), "count"), fmt(e.get("auroc")),
              fmt_interval(e, "auroc_ci95"), fmt(e.get("accuracy")), fmt(e.get("sensitivity")),
              fmt(e.get("specificity")), fmt(e.get("threshold"), "threshold")] for name, e in metrics.items()]
-    lines += _table(["model", "split", "images", "AUROC", "AUROC 95% CI", "accuracy", "sensitivity",
+    lines += table(["model", "split", "images", "AUROC", "AUROC 95% CI", "accuracy", "sensitivity",
                      "specificity", "at threshold"], rows)
     gain = report["gain"]
     if gain:
-        lines += [f"The ensemble against the member best on validation ({_code(gain.get('best_single'))}): "
+        lines += [f"The ensemble against the member best on validation ({code(gain.get('best_single'))}): "
                   f"AUROC {fmt(gain.get('ensemble_auroc'))} vs {fmt(gain.get('best_single_auroc'))}, "
                   f"difference {fmt(gain.get('difference'), 'signed')}, paired 95% interval "
                   f"{fmt_interval(gain, 'ci95')}.", ""]
@@ -266,7 +243,7 @@ def _calibration(info: dict[str, Any], runs: Sequence[run_folder.RunFolder], rep
             fitted = "train.py, on validation" if run.temperature else "none fitted"
         else:
             files = (ensemble.fit or {}).get("files") or []
-            fitted = f"ensemble.py --fit_on {_code(files[index])}" if index < len(files) else "none fitted"
+            fitted = f"ensemble.py --fit_on {code(files[index])}" if index < len(files) else "none fitted"
         if report is not None:
             entry = report["metrics"][report["names"][index]]
             ece, on = (entry.get("ece_uncalibrated"), entry.get("ece")), "the report's split"
@@ -275,12 +252,12 @@ def _calibration(info: dict[str, Any], runs: Sequence[run_folder.RunFolder], rep
             ece, on = (calibration.get("ece_before"), calibration.get("ece_after")), "validation"
         else:
             ece, on = (None, None), NOT_RECORDED
-        rows.append([_code(member["name"]), fmt(member["temperature"], "temperature"), fitted,
+        rows.append([code(member["name"]), fmt(member["temperature"], "temperature"), fitted,
                      f"{fmt(ece[0])} → {fmt(ece[1])}", on])
     lines = ["## Calibration", "", "Each member's softmax output goes through its temperature (logit / T) "
              "before the blend and the threshold; ECE is the expected calibration error (lower is better).",
              "",
-             *_table(["member", "temperature", "fitted by", "ECE before → after", "measured on"], rows)]
+             *table(["member", "temperature", "fitted by", "ECE before → after", "measured on"], rows)]
     if report is not None and ensemble is not None:
         lines += [f"The blend's ECE on the report's split: {fmt(report['metrics'][ENSEMBLE].get('ece'))}.",
                   ""]
@@ -292,9 +269,9 @@ def _threshold(info: dict[str, Any], config: ExportConfig,
     if ensemble is not None:
         fit = ensemble.fit or {}
         how = (f"chosen on {fmt(fit.get('records'), 'count')} validation records by "
-               f"{_code(fit.get('criterion'))} (ensemble.py --fit_on)" if fit.get("fitted_threshold") else
+               f"{code(fit.get('criterion'))} (ensemble.py --fit_on)" if fit.get("fitted_threshold") else
                "set when ensemble.py ran (its --threshold or its default), not fitted")
-        how += f"; read from {_code(os.path.abspath(config.ensemble))}"
+        how += f"; read from {code(os.path.abspath(config.ensemble))}"
     else:
         how = ("given to export.py (--threshold)" if config.threshold is not None else
                "the single-model default (the larger of the two softmax outputs)")
@@ -307,32 +284,32 @@ def _points_and_groups(report: dict[str, Any]) -> list[str]:
     lines = []
     points = report["points"].get(served) or []
     if points:
-        rows = [[f"{r['metric']} ≥ {fmt(r.get('value'))}" if "metric" in r else _code(r.get("target")),
+        rows = [[f"{r['metric']} ≥ {fmt(r.get('value'))}" if "metric" in r else code(r.get("target")),
                  fmt(r.get("threshold"), "threshold"), fmt(r.get("validation_sensitivity")),
                  fmt(r.get("validation_specificity")),
                  fmt(r.get("test_sensitivity")), fmt_interval(r, "test_sensitivity_ci95"),
                  fmt(r.get("test_specificity")), fmt_interval(r, "test_specificity_ci95")] for r in points]
-        lines += ["## Operating points", "", f"Of {_code(served)}: thresholds chosen on validation for a "
-                  f"target, then measured on {_code(split)} with 95% intervals.", "",
-                  *_table(["target", "threshold", "val sensitivity", "val specificity",
+        lines += ["## Operating points", "", f"Of {code(served)}: thresholds chosen on validation for a "
+                  f"target, then measured on {code(split)} with 95% intervals.", "",
+                  *table(["target", "threshold", "val sensitivity", "val specificity",
                            f"{split} sensitivity", "sensitivity 95% CI", f"{split} specificity",
                            "specificity 95% CI"], rows)]
     groups = report["groups"].get(served) or []
     if groups:
-        rows = [[_code(g.get("attribute")), _code(g.get("group")), fmt(g.get("n"), "count"),
+        rows = [[code(g.get("attribute")), code(g.get("group")), fmt(g.get("n"), "count"),
                  fmt(g.get("patients"), "count"), fmt(g.get("prevalence")),
                  "one class" if g.get("prevalence") in (0, 1) else fmt(g.get("auroc")),
                  fmt_interval(g, "auroc_ci95")] for g in groups]
-        lines += ["## Subgroups", "", f"Of {_code(served)} on {_code(split)}; a small group's interval is "
+        lines += ["## Subgroups", "", f"Of {code(served)} on {code(split)}; a small group's interval is "
                   "wide, and differences inside overlapping intervals are not supported by the data.", "",
-                  *_table(["attribute", "group", "n", "patients", "prevalence", "AUROC", "AUROC 95% CI"],
+                  *table(["attribute", "group", "n", "patients", "prevalence", "AUROC", "AUROC 95% CI"],
                           rows)]
     return lines
 
 
 def _limits(info: dict[str, Any], synthetic: bool | None, shards: ShardFolder | None) -> list[str]:
     limits = list(LIMITS)
-    limits += [f"{_code(m['name'])} was trained on --crop=bbox shards (cropped to NIH's boxes, which only "
+    limits += [f"{code(m['name'])} was trained on --crop=bbox shards (cropped to NIH's boxes, which only "
                "abnormal images have), but served images arrive uncropped: expect its scores to shift."
                for m in info["members"] if m.get("train_crop") == "bbox"]
     if synthetic:
@@ -349,23 +326,23 @@ def _shards(runs: Sequence[run_folder.RunFolder]) -> tuple[ShardFolder | None, l
     folders = sorted({str(run.config.get("data_dir")) for run in runs})
     try:
         return ShardFolder.open(folders[0]), [] if len(folders) == 1 else [
-            f"The members trained on different shard folders ({', '.join(map(_code, folders))}); the first "
+            f"The members trained on different shard folders ({', '.join(map(code, folders))}); the first "
             "is described.", ""]
     except UserInputError:
-        return None, ["## Training data", "", f"The shards {_code(folders[0])}: {NOT_RECORDED} (their "
+        return None, ["## Training data", "", f"The shards {code(folders[0])}: {NOT_RECORDED} (their "
                       "manifest.json is not there any more).", ""]
 
 
-def _per_finding(served: str, table: dict[str, Any] | None) -> list[str]:
+def _per_finding(served: str, found: dict[str, Any] | None) -> list[str]:
     """The served model's test AUROC per finding present in the split (p_findings' columns)."""
-    if not table or "rows" not in table:
-        return ["### Per finding", "", f"{table['absent']}.", ""] if table else []
+    if not found or "rows" not in found:
+        return ["### Per finding", "", f"{found['absent']}.", ""] if found else []
     rows = [[r["finding"], fmt(r["positives"], "count"), "too few" if r["auroc"] is None else fmt(r["auroc"]),
-             fmt_interval(r, "auroc_ci95")] for r in table["rows"] if r["positives"]]
-    return ["### Per finding", "", f"Of {_code(served)}, each finding with positives in the split (too few: "
-            f"under {fmt(table['min_positives'], 'count')} positives or negatives); mean AUROC over those "
-            f"with one {fmt(table['mean_auroc'])} {fmt_interval(table, 'mean_auroc_ci95')}.", "",
-            *_table(["finding", "positives", "AUROC", "AUROC 95% CI"], rows)]
+             fmt_interval(r, "auroc_ci95")] for r in found["rows"] if r["positives"]]
+    return ["### Per finding", "", f"Of {code(served)}, each finding with positives in the split (too few: "
+            f"under {fmt(found['min_positives'], 'count')} positives or negatives); mean AUROC over those "
+            f"with one {fmt(found['mean_auroc'])} {fmt_interval(found, 'mean_auroc_ci95')}.", "",
+            *table(["finding", "positives", "AUROC", "AUROC 95% CI"], rows)]
 
 
 def render(info: dict[str, Any], config: ExportConfig) -> str:
@@ -383,13 +360,14 @@ def render(info: dict[str, Any], config: ExportConfig) -> str:
     if shards is not None:
         data, synthetic = _data(shards)
         lines = data + lines
-    names = ", ".join(_code(b) for b in info["backbones"])
+    names = ", ".join(code(b) for b in info["backbones"])
     title = f"ensemble of {names}" if len(info["members"]) > 1 else names
     sources = ("the run folders and the shards' manifest" if report is None else
                "the run folders, the shards' manifest and the report")
-    head = [f"# Model card: {title}", "", f"Written by export.py at {_code(info['created'])} beside "
-            f"export.json (TensorFlow {_code(info['tensorflow'])}), from {sources}. A number that was not "
-            f'recorded reads "{NOT_RECORDED}".', "", RESEARCH_ONLY, ""]
+    head = [f"# Model card: {title}", "", f"Written by export.py at {code(info['created'])} beside "
+            f"export.json (TensorFlow {code(info['tensorflow'])}), from {sources}. A number that was not "
+            f'recorded reads "{NOT_RECORDED}".', "", RESEARCH_ONLY, "",
+            validation.line(info[VALIDATION_INFO]) if VALIDATION_INFO in info else NOT_RECORDED, ""]
     evaluation = (_evaluation(report, info["threshold"]) if report is not None else
                   ["## Evaluation", "", f"No test report: {how}. The figures below are validation's, which "
                    "chose the epoch and the temperature.", ""])

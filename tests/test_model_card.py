@@ -117,7 +117,8 @@ def _source_numbers(info, report_dir):
     for member in info["members"]:
         run = member["model_dir"]
         config, sidecar = _json(run, "config.json"), _json(run, "val_predictions.json")
-        values += _numbers([sidecar["epoch"], sidecar["temperature"], sidecar["calibration"]], [])
+        values += _numbers([sidecar["epoch"], sidecar["temperature"], sidecar["calibration"],
+                            sidecar.get("precision_parity")], [])
         with open(os.path.join(run, "metrics.jsonl")) as f:
             values += [json.loads(line)["val_auroc"] for line in f]
         manifest = _json(config["data_dir"], "manifest.json")
@@ -220,7 +221,8 @@ def test_a_single_model_without_a_report_carries_its_runs_validation_figures(wor
     assert row == {"member": "`tiny_test`", "epoch": str(sidecar["epoch"]),
                    "val AUROC": f"{epochs[sidecar['epoch']]['val_auroc']:.3f}",
                    "val images": str(manifest["splits"]["val"]["records"]),
-                   "run's temperature": f"{sidecar['temperature']:.3f}"}
+                   "run's temperature": f"{sidecar['temperature']:.3f}",
+                   "trained under": f"`{_json(run, 'config.json')['precision']}`", "float32 gap": "none"}
     calibration = sidecar["calibration"]
     row = _row(_tables(card)["Calibration"], "member", "`tiny_test`")
     assert row["ECE before → after"] == f"{calibration['ece_before']:.3f} → {calibration['ece_after']:.3f}"

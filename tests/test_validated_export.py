@@ -1,0 +1,175 @@
+"""Issue 27, item 5: the export is called validated only when its float32 graph is the one validated."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from contracts import ensemble_file, run_folder
+from contracts.errors import UserInputError
+from contracts.export_folder import MODEL_CARD, VALIDATION_INFO
+from evaluation import ensembling, prediction
+from evaluation.settings import EnsembleConfig, PredictConfig
+from serving import exporter
+from serving.config import ExportConfig
+from tests.shard_factory import write_shards
+from training.config import TrainConfig
+from training.loop import run_training
+
+SIZE = 32
+
+
+def _config(data_dir, model_dir, policy):
+    return TrainConfig(backbone="tiny_test", data_dir=data_dir, weights="none", global_batch_size=8, epochs=2,
+                       precision=policy, strategy="default", seed=3, model_dir=model_dir)
+
+
+def _predict(model_dirs, data_dir, output, policy):
+    result = prediction.run_prediction(PredictConfig(
+        model_dir=list(model_dirs), data_dir=data_dir, split="val", output=output, global_batch_size=8,
+        strategy="default", precision=policy, bootstrap=0, progress=False))
+    return list(result.outputs.values())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Shards and two tiny runs: one trained in float32, one under mixed_bfloat16."""
+    root = tmp_path_factory.mktemp("validated")
+    data_dir = str(root / "shards")
+    write_shards(data_dir, {"train": 32, "val": 24}, image_size=SIZE)
+    dirs = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        dirs[policy] = str(root / policy)
+        run_training(_config(data_dir, dirs[policy], policy))
+    return {"root": root, "data_dir": data_dir, "dirs": dirs}
+
+
+def _sidecar(model_dir):
+    with open(os.path.join(model_dir, run_folder.VAL_SIDECAR)) as f:
+        return json.load(f)
+
+
+def _rewrite_sidecar(model_dir, change):
+    sidecar = _sidecar(model_dir)
+    change(sidecar)
+    with open(os.path.join(model_dir, run_folder.VAL_SIDECAR), "w") as f:
+        json.dump(sidecar, f)
+
+
+def _export(tmp_path, model_dirs, name, ensemble=None):
+    export_dir = str(tmp_path / name)
+    info = exporter.run_export(ExportConfig(model_dir=tuple(model_dirs), export_dir=export_dir, ensemble=ensemble))
+    with open(os.path.join(export_dir, MODEL_CARD)) as f:
+        card = f.read()
+    return info[VALIDATION_INFO], card, exporter.summary(info, export_dir)
+
+
+def test_a_mixed_precision_run_validates_its_float32_model_and_records_the_gap(runs, tmp_path):
+    """val_predictions.csv is model.keras's (float32) on validation, and the parity record equals what
+    predict.py measures at the run's own policy: a second code path over the same images."""
+    data_dir, model_dir = runs["data_dir"], runs["dirs"]["mixed_bfloat16"]
+    validated = pd.read_csv(os.path.join(model_dir, run_folder.VAL_PREDICTIONS)).set_index("image_id")
+    in_float32, in_bfloat16 = (
+        pd.read_csv(_predict([model_dir], data_dir, str(tmp_path / f"{p}.csv"), p)[0]).set_index("image_id")
+        for p in ("float32", "mixed_bfloat16"))
+    ids = validated.index
+    # Catches: val_predictions.csv written from the mixed policy's scores (they differ by the gap below).
+    np.testing.assert_allclose(validated["p_uncalibrated"], in_float32.loc[ids, "p_uncalibrated"], atol=1e-6)
+    sidecar = _sidecar(model_dir)
+    assert sidecar[run_folder.PREDICTED_UNDER] == run_folder.MODEL_PRECISION
+    parity = sidecar[run_folder.PRECISION_PARITY]
+    gap = np.abs(in_bfloat16.loc[ids, "p_uncalibrated"] - in_float32.loc[ids, "p_uncalibrated"]).to_numpy()
+    assert gap.max() > 1e-4  # the record is checked against a gap that exists
+    assert parity["trained_under"] == "mixed_bfloat16" and parity["images"] == len(ids) == 24
+    np.testing.assert_allclose([parity["max_abs"], parity["median_abs"]], [gap.max(), np.median(gap)], atol=1e-6)
+    labels = validated["label"].to_numpy()
+    np.testing.assert_allclose(parity["auroc_trained"], roc_auc_score(labels, in_bfloat16.loc[ids, "p_uncalibrated"]))
+    np.testing.assert_allclose(parity["auroc_served"], roc_auc_score(labels, validated["p_uncalibrated"]))
+    # A float32 run has nothing to compare: no record.
+    assert _sidecar(runs["dirs"]["float32"])[run_folder.PRECISION_PARITY] is None
+
+
+def test_export_calls_validated_only_within_the_parity_limit(runs, tmp_path):
+    model_dir = str(tmp_path / "run")
+    shutil.copytree(runs["dirs"]["mixed_bfloat16"], model_dir)
+    limit = run_folder.PARITY_LIMIT
+    for gap, validated in ((limit, True), (limit + 1e-4, False)):
+        def set_gap(sidecar, gap=gap):
+            sidecar[run_folder.PRECISION_PARITY]["max_abs"] = gap
+        _rewrite_sidecar(model_dir, set_gap)
+        record, card, summary = _export(tmp_path, [model_dir], f"export_{validated}")
+        # Catches: the limit not applied, or applied as >= (the limit itself is within).
+        assert record["validated"] is validated and record["limit"] == limit
+        assert record["members"][0]["trained_under"] == "mixed_bfloat16"
+        line = [s for s in summary.splitlines() if s.startswith(("validated: ", "not called validated: "))]
+        assert len(line) == 1 and line[0] in card
+        assert f"| `mixed_bfloat16` | {gap:.4f} |" in card  # the card's validation row: policy, gap
+        if validated:
+            assert line[0].startswith("validated: ") and f"within {limit:.4f}" in line[0]
+        else:
+            assert line[0].startswith("not called validated: ") and f"{gap:.4f}" in line[0]
+            assert f"train under {run_folder.MODEL_PRECISION}" in line[0]
+
+
+def test_a_run_validated_under_its_mixed_policy_is_refused_until_train_py_reruns(runs, tmp_path):
+    """A run from before the re-validation: its validation predictions are its mixed policy's. export.py
+    does not call it validated; rerunning train.py with its flags re-validates it, and nothing else."""
+    model_dir = str(tmp_path / "legacy")
+    shutil.copytree(runs["dirs"]["mixed_bfloat16"], model_dir)
+    legacy = pd.read_csv(_predict([model_dir], runs["data_dir"], str(tmp_path / "bf16.csv"), "mixed_bfloat16")[0])
+    legacy.to_csv(os.path.join(model_dir, run_folder.VAL_PREDICTIONS), index=False)
+
+    def forget(sidecar):
+        del sidecar[run_folder.PREDICTED_UNDER], sidecar[run_folder.PRECISION_PARITY]
+    _rewrite_sidecar(model_dir, forget)
+    record, _, summary = _export(tmp_path, [model_dir], "before")
+    # Catches: a missing record read as float32 (validated_under falling back to MODEL_PRECISION).
+    assert not record["validated"] and "rerun train.py" in summary and record["members"][0]["validated_under"] == (
+        "mixed_bfloat16")
+    with open(os.path.join(model_dir, run_folder.METRICS)) as f:
+        metrics = f.read()
+    run_training(_config(runs["data_dir"], model_dir, "mixed_bfloat16"))
+    with open(os.path.join(model_dir, run_folder.METRICS)) as f:
+        assert f.read() == metrics  # no epoch trained again
+    sidecar = _sidecar(model_dir)
+    # Catches: a finished run taken as exported whatever its validation's policy (no re-validation).
+    assert sidecar[run_folder.PREDICTED_UNDER] == run_folder.MODEL_PRECISION
+    assert sidecar[run_folder.PRECISION_PARITY] == _sidecar(runs["dirs"]["mixed_bfloat16"])[run_folder.PRECISION_PARITY]
+    again, first = (pd.read_csv(os.path.join(d, run_folder.VAL_PREDICTIONS)).set_index("image_id")["p_uncalibrated"]
+                    for d in (model_dir, runs["dirs"]["mixed_bfloat16"]))
+    np.testing.assert_allclose(again[first.index], first, atol=1e-6)
+    assert np.abs(legacy.set_index("image_id")["p_uncalibrated"][first.index] - first).max() > 1e-4
+    record, _, _ = _export(tmp_path, [model_dir], "after")
+    assert record["validated"] is (sidecar[run_folder.PRECISION_PARITY]["max_abs"] <= run_folder.PARITY_LIMIT)
+
+
+def test_an_ensemble_is_validated_only_on_float32_predictions(runs, tmp_path):
+    data_dir, model_dir = runs["data_dir"], runs["dirs"]["float32"]
+    dirs = [model_dir, str(tmp_path / "second")]
+    shutil.copytree(model_dir, dirs[1])
+    for policy in ("float32", "mixed_bfloat16"):
+        files = _predict(dirs, data_dir, str(tmp_path / policy / "val.csv"), policy)
+        submission = str(tmp_path / policy / "ens" / "submission.csv")
+        ensembling.run_ensemble(EnsembleConfig(files, submission, blend_weight=[0.5, 0.5], bootstrap=0))
+        members = ensemble_file.load_ensemble(ensemble_file.ensemble_path(submission)).members
+        assert [m.precision for m in members] == [policy, policy]
+        record, _, summary = _export(tmp_path, dirs, f"ens_{policy}", ensemble_file.ensemble_path(submission))
+        # Catches: the members' predictions' policy not recorded, or not checked by the export.
+        assert record["validated"] is (policy == "float32"), summary
+        assert [m["predictions_under"] for m in record["members"]] == [policy, policy]
+    # Temperatures fitted on float32 validation predictions are not applied to bfloat16 predictions.
+    with pytest.raises(UserInputError, match="predicted under float32 but .* under mixed_bfloat16; predict both"):
+        ensembling.run_ensemble(EnsembleConfig(
+            _predict(dirs, data_dir, str(tmp_path / "again" / "val.csv"), "mixed_bfloat16"),
+            str(tmp_path / "mixed" / "submission.csv"), fit_on=_predict(dirs, data_dir, str(tmp_path / "f" / "v.csv"),
+                                                                       "float32"), bootstrap=0))
+
+
+def test_predict_py_computes_in_the_served_policy_by_default():
+    # Catches: predict.py back on "auto" (mixed_float16 on a GPU: numbers the export does not serve).
+    assert PredictConfig(model_dir=("r",), data_dir="d", split="val", output="o.csv").precision == (
+        run_folder.MODEL_PRECISION)
