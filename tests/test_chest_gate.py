@@ -185,3 +185,31 @@ def test_colour_jpeg_2000_builds_as_the_luma_of_pydicoms_rgb(tmp_path):
                                        accepted_modalities=("CR", "DX", "US")))
     assert result.ok and result.manifest["skipped"] == []
     assert sorted(_records(str(tmp_path / "out"))) == sorted(YBR_RCT_FILES)
+
+
+def test_a_dicom_listed_in_a_data_entry_csv_is_gated_by_its_own_tags_too(tmp_path):
+    """Catches: a listed DICOM checked by the CSV's View Position alone (a CT slice or a lateral the CSV
+    calls PA built as a film), or its missing tags not listed as unchecked."""
+    data = tmp_path / "data"
+    data.mkdir()
+    film = _noise((160, 160))
+    write_dicom(str(data / "pa.dcm"), film, patient_id="1", overrides={"Modality": "CR", "BodyPartExamined": "CHEST"})
+    write_dicom(str(data / "ct.dcm"), film, patient_id="2", overrides={"Modality": "CT"})
+    write_dicom(str(data / "lateral"), film, patient_id="3", view="LL")  # DICOM by content, no extension
+    write_dicom(str(data / "untagged.dcm"), film, patient_id="4", view=None, overrides={"Modality": None})
+    write_dicom(str(data / "tag_view.dcm"), film, patient_id="5")  # DX, PA; no BodyPartExamined
+    rows = [f"{name},No Finding,0,{i},50,M,{view},1024,1024,0.14,0.14\n" for i, (name, view) in enumerate(
+        [("pa.dcm", "PA"), ("ct.dcm", "PA"), ("lateral", "PA"), ("untagged.dcm", "PA"), ("tag_view.dcm", "")], 1)]
+    (data / "Data_Entry.csv").write_text(HEADER + "".join(rows))
+    result = builder.build(BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
+                                       output_dir=str(tmp_path / "out"), split_by="all", image_size=16, workers=1,
+                                       max_skip_fraction=1.0))
+    assert sorted(_records(str(tmp_path / "out"))) == ["pa.dcm", "tag_view.dcm", "untagged.dcm"]
+    reasons = _reasons(result.manifest)
+    assert sorted(reasons) == ["ct.dcm", "lateral"]
+    assert "Modality CT is not a projection radiograph" in reasons["ct.dcm"]
+    assert "ViewPosition LL is not a frontal view" in reasons["lateral"]
+    # The view is checked by whichever of the two gives it; what neither gives is listed.
+    assert result.manifest["unchecked"] == [
+        {"image": "tag_view.dcm", "missing": ["BodyPartExamined"]},
+        {"image": "untagged.dcm", "missing": ["Modality", "BodyPartExamined"]}]
