@@ -63,8 +63,7 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
         line = f"ensemble: {len(table)} studies -> {studies.studies_path(output)}"
     write_predictions(output, aligned.ids, blended, aligned.labels, sidecar, findings=findings,
                       meta={**aligned.meta, **columns})
-    if table is not None:
-        studies.write_table(output, table)
+    studies.write_table(output, table)  # None: removes a stale one
     decisions = blend_lib.decide(blended, loaded.threshold)
     return len(aligned.ids), int(decisions.sum()), loaded.threshold, line
 

@@ -283,8 +283,7 @@ def _predict_model(job: _Job, run: RunFolder, name: str, path: str, loaded: tupl
                           uncalibrated=outputs.softmax[:, 1], meta=columns, findings=findings)
         with atomic_path(os.path.splitext(path)[0] + ".npy") as tmp:
             np.save(tmp, outputs.outputs)
-        if study_table is not None:
-            studies.write_table(path, study_table)
+        studies.write_table(path, study_table)  # None: removes a stale one
 
     # The report scores what is handed over, served and thresholded: p_abnormal, after the temperature.
     scores = report_lib.Scores(name, outputs.labels, calibrated, job.threshold, {

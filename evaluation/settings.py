@@ -7,6 +7,7 @@ import dataclasses
 import os
 
 from contracts import explanation_folder as folder
+from contracts import gate_settings as gate
 from contracts import output_names as files
 from contracts.labels import FINDINGS
 from contracts.run_folder import MODEL_PRECISION
@@ -78,6 +79,8 @@ TTA = Shared("tta", None, lambda: (
     "spread of their calibrated probabilities (1: the image alone)."), lower=1, upper=tta.MAX_VIEWS)
 _RUN_TRIAGE = ("Without --ensemble: fitted on each run's val_predictions.csv (an approximate guarantee); "
                "with it, the file's (refit with ensemble.py).")
+_IMAGES_ONLY = ("Here: with --images only (a --data_dir's shards were gated when build_tfrecords.py built "
+                "them).")
 _DEFAULT_SPLIT = "Default: test when the folder has it, else its only split besides train and calibration."
 
 
@@ -111,6 +114,11 @@ class PredictConfig:
     labels_csv: str | None = LABELS_CSV.field(note=(
         "With --images only: the predictions then carry them (to rescore a shard split against another "
         "reading, use --other_labels_csv)."))
+    accepted_modalities: tuple[str, ...] = gate.ACCEPTED_MODALITIES.field(note=_IMAGES_ONLY)
+    accepted_body_parts: tuple[str, ...] = gate.ACCEPTED_BODY_PARTS.field(note=_IMAGES_ONLY)
+    accepted_views: tuple[str, ...] = gate.ACCEPTED_VIEWS.field(note=_IMAGES_ONLY)
+    min_image_side: int = gate.MIN_SIDE.field(note=_IMAGES_ONLY)
+    min_image_std: float = gate.MIN_STD.field(note=_IMAGES_ONLY)
     global_batch_size: int = GLOBAL_BATCH_SIZE.field(PREDICT_BATCH_SIZE)
     strategy: str = STRATEGY.field()
     precision: str = PRECISION.field(MODEL_PRECISION, note=(
@@ -199,6 +207,11 @@ class ExplainConfig:
     global_batch_size: int = GLOBAL_BATCH_SIZE.field(EXPLAIN_BATCH_SIZE, note=(
         "Here: per prediction and Grad-CAM step, on one device."))
     workers: int | None = WORKERS.field(note="Here: with --images.")
+    accepted_modalities: tuple[str, ...] = gate.ACCEPTED_MODALITIES.field(note=_IMAGES_ONLY)
+    accepted_body_parts: tuple[str, ...] = gate.ACCEPTED_BODY_PARTS.field(note=_IMAGES_ONLY)
+    accepted_views: tuple[str, ...] = gate.ACCEPTED_VIEWS.field(note=_IMAGES_ONLY)
+    min_image_side: int = gate.MIN_SIDE.field(note=_IMAGES_ONLY)
+    min_image_std: float = gate.MIN_STD.field(note=_IMAGES_ONLY)
     progress: bool = setting(True, "Show progress bars.", flag=False)
 
     def __post_init__(self):

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from contracts import storage
 from contracts.atomic import atomic_path
 from contracts.manifest import STUDY_ID_SINCE, ShardFolder
 from contracts.output_names import CLEARED, ID, LABEL, PRIORITIZED, PROB, REVIEW, TRIAGE
@@ -77,9 +78,14 @@ def study_table(ids: Sequence[str], studies: Sequence[str], probs: np.ndarray, g
     return table.rename_axis(STUDY).reset_index()[[c for c in COLUMNS if c in table.columns or c == STUDY]]
 
 
-def write_table(csv_path: str, table: pd.DataFrame) -> str:
-    """Writes a `study_table` beside `csv_path` (atomically; a caller's Transaction guards the path)."""
+def write_table(csv_path: str, table: pd.DataFrame | None) -> str:
+    """Writes a `study_table` beside `csv_path` (atomically; a caller's Transaction guards the path), or
+    with None removes the one an earlier run left there, which the new predictions would not match."""
     path = studies_path(csv_path)
+    if table is None:
+        if storage.exists(path):
+            storage.remove(path)
+        return path
     with atomic_path(path) as tmp:  # repr-exact floats, as in the prediction file
         table.to_csv(tmp, index=False, float_format="%.17g")
     return path

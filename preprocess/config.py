@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from contracts.decode_rules import MIN_IMAGE_SIDE, MIN_IMAGE_STD
+from contracts import gate_settings as gate
+from contracts.decode_rules import MIN_IMAGE_SIDE  # noqa: F401  (demo.py's bound on its sources)
 from contracts.errors import UserInputError
 from contracts.manifest import CALIBRATION_SPLIT
 from contracts.settings import Shared, check, setting
@@ -26,7 +27,7 @@ RENAMED_FIELDS = {"split": "split_by"}  # old -> new name in an older build's st
 # Absent from an older build's state file: the value it built (no frontal-chest gate: empty accepts all).
 ADDED_FIELDS = {"calibration_fraction": 0.0, "accepted_modalities": [], "accepted_body_parts": [],
                 "accepted_views": [], "min_image_side": 0, "min_image_std": 0.0}
-GATE_FIELDS = ("accepted_modalities", "accepted_body_parts", "accepted_views")
+GATE_FIELDS = tuple(s.name for s in gate.ACCEPTED)
 # output_dir among them: a shard folder copied elsewhere resumes where it now is.
 NOT_RECORD_SHAPING = ("output_dir", "workers", "max_skip_fraction", "overwrite", "runner",
                       "beam_pipeline_args")
@@ -84,20 +85,11 @@ class BuildConfig:
         "anyway)."), lower=0.0, upper=1.0)
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "Images with more pixels are refused as possible "
                                     "decompression bombs.", lower=1)
-    accepted_modalities: tuple[str, ...] = setting(chest_gate.MODALITIES, (
-        "Frontal-chest gate: a DICOM file whose Modality is none of these is skipped (repeat the flag per "
-        "value; a file without the tag is kept and listed in the manifest's 'unchecked')."))
-    accepted_body_parts: tuple[str, ...] = setting(chest_gate.BODY_PARTS, (
-        "Frontal-chest gate: a DICOM file whose BodyPartExamined is present and none of these is skipped."))
-    accepted_views: tuple[str, ...] = setting(chest_gate.VIEWS, (
-        "Frontal-chest gate: a DICOM ViewPosition or Data_Entry 'View Position' that is none of these "
-        "(a lateral LL or RL, say) is skipped."))
-    min_image_side: int = setting(MIN_IMAGE_SIDE, (
-        "An image whose shorter side (before resizing) is below this many pixels is skipped: not a film."),
-        lower=0)
-    min_image_std: float = setting(MIN_IMAGE_STD, (
-        "An image whose decoded 8-bit gray pixels have a standard deviation below this many grey levels "
-        "(nearly constant) is skipped: not a film."), lower=0.0)
+    accepted_modalities: tuple[str, ...] = gate.ACCEPTED_MODALITIES.field()
+    accepted_body_parts: tuple[str, ...] = gate.ACCEPTED_BODY_PARTS.field()
+    accepted_views: tuple[str, ...] = gate.ACCEPTED_VIEWS.field()
+    min_image_side: int = gate.MIN_SIDE.field()
+    min_image_std: float = gate.MIN_STD.field()
     overwrite: bool = setting(False, (
         "Replace an existing build made with different record-shaping flags. Without it, a rerun in a built "
         "folder keeps that build's values for the flags it leaves out."))

@@ -14,7 +14,7 @@ from contracts.errors import UserInputError, check_output_file
 from contracts.labels_csv import load_labels
 from contracts.prediction_files import few
 from contracts.run_folder import RunFolder
-from preprocess import sources
+from preprocess import chest_gate, sources
 from preprocess.config import BuildConfig, NothingToBuild
 
 IMAGES_SPLIT = "eval"  # the split an unlabeled build writes
@@ -28,12 +28,22 @@ class RawImages:
     ignored: int  # files that are not PNG, JPEG or DICOM by their name or content
     # Files scored that the frontal-chest gate could not check: {"image", "missing": the tags they lack}
     unchecked: list[dict] = dataclasses.field(default_factory=list)
+    gate: dict[str, Any] = dataclasses.field(default_factory=dict)  # the gate's settings the build applied
 
 
 def check_one_source(data_dir: str | None, images: str | None) -> None:
     if (data_dir is None) == (images is None):
         raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or "
                              "neither")
+
+
+def check_gate_unchanged(config) -> None:
+    """Refuses a predict.py or explain.py gate setting (`chest_gate.SETTINGS`) changed with --data_dir."""
+    changed = chest_gate.changed(config) if config.images is None else []
+    if changed:
+        raise UserInputError(f"--{changed[0]} applies to --images only: the shards of --data_dir="
+                             f"{config.data_dir} were gated when they were built; rebuild them with "
+                             f"build_tfrecords.py --{changed[0]}=... to change it")
 
 
 def check_output_outside_images(output_dir: str, flag: str, images: str) -> None:
@@ -72,15 +82,17 @@ def _nothing_readable(images: str, skipped: list[dict[str, str]]) -> str:
 
 @contextlib.contextmanager
 def built_images(images: str, image_size: int, max_pixels: int, workers: int | None = None,
-                 labels_csv: str | None = None) -> Iterator[tuple[str, RawImages]]:
+                 labels_csv: str | None = None, gate: dict[str, Any] | None = None
+                 ) -> Iterator[tuple[str, RawImages]]:
     """Yields (temporary shard folder, `RawImages`) of the raw files built there, then removes it;
-    UserInputError when not one is readable."""
+    UserInputError when not one is readable. `gate`: the gate's settings (`chest_gate.settings_of`),
+    else the builder's defaults."""
     from preprocess import builder
 
     shard_dir = tempfile.mkdtemp(prefix="cxr-images-")
     config = BuildConfig(image_dir=images, output_dir=shard_dir, split_by="unlabeled", image_size=image_size,
                          crop="none", max_image_pixels=max_pixels, workers=workers, max_skip_fraction=1.0,
-                         labels_csv=labels_csv)
+                         labels_csv=labels_csv, **(gate or {}))
     try:
         try:
             manifest = builder.build(config).manifest
@@ -90,7 +102,7 @@ def built_images(images: str, image_size: int, max_pixels: int, workers: int | N
         if not manifest["splits"].get(IMAGES_SPLIT, {}).get("records"):
             raise UserInputError(_nothing_readable(images, skipped))
         yield shard_dir, RawImages(os.path.abspath(images), skipped, manifest.get("unlisted", 0),
-                                   manifest.get("unchecked", []))
+                                   manifest.get("unchecked", []), chest_gate.settings_of(config))
     finally:
         shutil.rmtree(shard_dir, ignore_errors=True)
 
@@ -98,7 +110,7 @@ def built_images(images: str, image_size: int, max_pixels: int, workers: int | N
 def sidecar_fields(raw: RawImages) -> dict[str, Any]:
     """What a prediction file made from raw files records instead of a shard folder."""
     return {"data_dir": None, "split": None, "images": raw.images, "skipped": raw.skipped,
-            "ignored_files": raw.ignored, "unchecked": raw.unchecked}
+            "ignored_files": raw.ignored, "unchecked": raw.unchecked, "gate": raw.gate}
 
 
 def skipped_summary(raw: RawImages, reasons_in: str = "the prediction sidecar's 'skipped'") -> str:

@@ -109,9 +109,23 @@ def _unchecked(image: str, missing: list[str]) -> list[dict]:
     return [{"image": image, "missing": missing}] if missing else []
 
 
+def _gate_listed(name: str, path: str, view: str, gate: chest_gate.Gate) -> tuple[str | None, list[str]]:
+    """(why the gate refuses a Data_Entry row's file, or None; the tags it could not check): the row's View
+    Position and, when the file is DICOM, its own tags too; its view is checked when either gives one."""
+    tags = _dicom_tags(path, name)
+    if isinstance(tags, Skip):
+        return tags.reason, []
+    refused, missing = chest_gate.check(gate, {**({} if tags is None else _tag_values(tags)),
+                                               chest_gate.NIH_VIEW: view})
+    views = {chest_gate.TAGS[-1], chest_gate.NIH_VIEW}  # the DICOM's ViewPosition, the row's
+    if tags is not None and not views <= set(missing):
+        missing = [tag for tag in missing if tag not in views]
+    return refused, missing
+
+
 def from_data_entry(csv_path: str, image_dir: str, gate: chest_gate.Gate = chest_gate.DEFAULT) -> Sources:
-    """The CSV's rows matched to files under `image_dir`; a row whose View Position the gate refuses is
-    skipped (a Data_Entry CSV lists chest radiographs: its View Position is the one check)."""
+    """The CSV's rows matched to files under `image_dir`; a row is skipped when the gate refuses its View
+    Position or, for a DICOM file, its own tags (the CSV may call a lateral or a CT slice PA)."""
     table = read_data_entry(csv_path)
     files = scan_images(image_dir)
     sources, skipped, absent, unchecked = [], [], [], []
@@ -128,7 +142,7 @@ def from_data_entry(csv_path: str, image_dir: str, gate: chest_gate.Gate = chest
         present_rows += 1
         path, reason = resolve_path(name, files[name])
         entry = table.entries[name]
-        refused, missing = chest_gate.check(gate, {chest_gate.NIH_VIEW: entry.view_position})
+        refused, missing = (None, []) if reason else _gate_listed(name, path, entry.view_position, gate)
         if reason or refused:
             skipped.append(Skip(name, reason or refused))
         else:
@@ -148,25 +162,36 @@ def _labelled(known: Mapping[str, labels.Labelled], *keys: str) -> dict:
     return {"label": found.label, "findings": found.findings, "findings_known": True}
 
 
-def _dicom_entry(path: str, image_id: str, known: Mapping[str, labels.Labelled],
-                 gate: chest_gate.Gate) -> tuple[Entry | Skip | None, list[str]]:
-    """(an unlabeled entry from a DICOM file's header, why not, or None when it is not DICOM; the tags
-    the frontal-chest gate could not check)."""
+def _dicom_tags(path: str, image_id: str):
+    """A file's DICOM tags (`dicom.DicomTags`), a Skip when its header does not read, or None when it
+    is not DICOM (by its name or content, as the decoder tells)."""
     from preprocess import dicom  # pydicom: loaded once a folder is scanned
 
     if not image_id.lower().endswith(DICOM_EXTENSIONS):
         try:
             if not dicom.is_dicom(storage.read_bytes(path, dicom.SIGNATURE_BYTES)):
-                return None, []
+                return None
         except OSError:
-            return None, []
+            return None
     try:
         with storage.open_binary(path) as f:
-            tags = dicom.read_tags(f)
+            return dicom.read_tags(f)
     except (ImageError, OSError) as err:
-        return Skip(image_id, f"{err}; skipped"), []
-    refused, missing = chest_gate.check(gate, dict(zip(chest_gate.TAGS, (tags.modality, tags.body_part,
-                                                                         tags.view_position))))
+        return Skip(image_id, f"{err}; skipped")
+
+
+def _tag_values(tags) -> dict[str, str | None]:
+    return dict(zip(chest_gate.TAGS, (tags.modality, tags.body_part, tags.view_position)))
+
+
+def _dicom_entry(path: str, image_id: str, known: Mapping[str, labels.Labelled],
+                 gate: chest_gate.Gate) -> tuple[Entry | Skip | None, list[str]]:
+    """(an unlabeled entry from a DICOM file's header, why not, or None when it is not DICOM; the tags
+    the frontal-chest gate could not check)."""
+    tags = _dicom_tags(path, image_id)
+    if tags is None or isinstance(tags, Skip):
+        return tags, []
+    refused, missing = chest_gate.check(gate, _tag_values(tags))
     if refused:
         return Skip(image_id, refused), []
     return Entry(image_id, **_labelled(known, image_id, tags.sop_instance_uid or ""),

@@ -185,3 +185,88 @@ def test_colour_jpeg_2000_builds_as_the_luma_of_pydicoms_rgb(tmp_path):
                                        accepted_modalities=("CR", "DX", "US")))
     assert result.ok and result.manifest["skipped"] == []
     assert sorted(_records(str(tmp_path / "out"))) == sorted(YBR_RCT_FILES)
+
+
+def test_predict_and_explain_images_apply_their_own_gate_settings_and_record_them(tmp_path):
+    """Catches: predict.py or explain.py building --images with the builder's defaults (their gate flags
+    dropped on the way to raw_images.built_images), or the sidecar not recording the gate applied."""
+    import explain
+    import predict
+    from contracts.explanation_folder import load_index
+    from evaluation.settings import ExplainConfig, PredictConfig
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    write_dicom(str(folder / "lateral.dcm"), _noise((160, 160)), view="LL", overrides={"Modality": "CR"})
+    write_dicom(str(folder / "us.dcm"), _noise((160, 160)), overrides={"Modality": "US"})
+    Image.fromarray(_noise((40, 40))).save(folder / "small.png")
+    run = str(tmp_path / "run")
+    _save_model(run, 0)
+    gate = dict(accepted_views=("pa", "ll"), min_image_side=40, min_image_std=2.5)
+    output = str(tmp_path / "preds.csv")
+    predict.main(PredictConfig(model_dir=(run,), images=str(folder), output=output, workers=1,
+                               progress=False, **gate))
+    assert sorted(pd.read_csv(output)["image_id"]) == ["lateral.dcm", "small.png"]
+    with open(output[:-4] + ".json") as f:
+        sidecar = json.load(f)
+    assert "Modality US is not" in _reasons(sidecar)["us.dcm"]  # the settings left alone keep their defaults
+    applied = {"accepted_modalities": ["CR", "DX"], "accepted_body_parts": ["CHEST"],
+               "accepted_views": ["PA", "LL"], "min_image_side": 40, "min_image_std": 2.5}
+    assert sidecar["gate"] == applied
+    explain.main(ExplainConfig(model_dir=(run,), images=str(folder), output_dir=str(tmp_path / "maps"),
+                               workers=1, progress=False, **gate))
+    index = load_index(str(tmp_path / "maps"))
+    assert sorted(image["image_id"] for image in index["images"]) == ["lateral.dcm", "small.png"]
+    assert index["source"]["gate"] == applied
+
+
+@pytest.mark.parametrize("tool", ["predict.py", "explain.py"])
+def test_a_gate_flag_with_data_dir_is_refused_in_one_line(tool, tmp_path):
+    """Catches: a gate flag silently ignored with --data_dir (whose shards were gated when built), or a
+    value equal to the default (in another case) refused."""
+    from contracts.errors import UserInputError
+    from evaluation.settings import ExplainConfig, PredictConfig
+    from preprocess import raw_images
+
+    config = PredictConfig if tool == "predict.py" else ExplainConfig
+    where = {"output": "p.csv"} if tool == "predict.py" else {"output_dir": "maps"}
+    raw_images.check_gate_unchanged(config(model_dir=("run",), data_dir="shards", accepted_views=(" pa", "Ap"),
+                                           min_image_side=MIN_IMAGE_SIDE, **where))
+    out = str(tmp_path / "out")
+    done = subprocess.run([sys.executable, tool, f"--model_dir={tmp_path}", f"--data_dir={tmp_path}",
+                           f"--{'output' if tool == 'predict.py' else 'output_dir'}={out}",
+                           "--accepted_modalities=CT"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--accepted_modalities applies to --images only" in done.stderr
+    assert "gated when they were built; rebuild them with build_tfrecords.py" in done.stderr
+    with pytest.raises(UserInputError, match="--min_image_std applies to --images only"):
+        raw_images.check_gate_unchanged(config(model_dir=("run",), data_dir="shards", min_image_std=0.5, **where))
+    assert not os.path.exists(out)
+
+
+def test_a_dicom_listed_in_a_data_entry_csv_is_gated_by_its_own_tags_too(tmp_path):
+    """Catches: a listed DICOM checked by the CSV's View Position alone (a CT slice or a lateral the CSV
+    calls PA built as a film), or its missing tags not listed as unchecked."""
+    data = tmp_path / "data"
+    data.mkdir()
+    film = _noise((160, 160))
+    write_dicom(str(data / "pa.dcm"), film, patient_id="1", overrides={"Modality": "CR", "BodyPartExamined": "CHEST"})
+    write_dicom(str(data / "ct.dcm"), film, patient_id="2", overrides={"Modality": "CT"})
+    write_dicom(str(data / "lateral"), film, patient_id="3", view="LL")  # DICOM by content, no extension
+    write_dicom(str(data / "untagged.dcm"), film, patient_id="4", view=None, overrides={"Modality": None})
+    write_dicom(str(data / "tag_view.dcm"), film, patient_id="5")  # DX, PA; no BodyPartExamined
+    rows = [f"{name},No Finding,0,{i},50,M,{view},1024,1024,0.14,0.14\n" for i, (name, view) in enumerate(
+        [("pa.dcm", "PA"), ("ct.dcm", "PA"), ("lateral", "PA"), ("untagged.dcm", "PA"), ("tag_view.dcm", "")], 1)]
+    (data / "Data_Entry.csv").write_text(HEADER + "".join(rows))
+    result = builder.build(BuildConfig(data_entry_csv=str(data / "Data_Entry.csv"), image_dir=str(data),
+                                       output_dir=str(tmp_path / "out"), split_by="all", image_size=16, workers=1,
+                                       max_skip_fraction=1.0))
+    assert sorted(_records(str(tmp_path / "out"))) == ["pa.dcm", "tag_view.dcm", "untagged.dcm"]
+    reasons = _reasons(result.manifest)
+    assert sorted(reasons) == ["ct.dcm", "lateral"]
+    assert "Modality CT is not a projection radiograph" in reasons["ct.dcm"]
+    assert "ViewPosition LL is not a frontal view" in reasons["lateral"]
+    # The view is checked by whichever of the two gives it; what neither gives is listed.
+    assert result.manifest["unchecked"] == [
+        {"image": "tag_view.dcm", "missing": ["BodyPartExamined"]},
+        {"image": "untagged.dcm", "missing": ["Modality", "BodyPartExamined"]}]

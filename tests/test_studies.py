@@ -209,3 +209,53 @@ def test_shards_built_before_study_ids_give_no_studies_file_and_say_why(world, t
     del example.features.feature[records.STUDY_ID]
     assert records.example_to_dict(example.SerializeToString())["study_id"] == ""
     assert records.parse_example(example.SerializeToString())[records.STUDY_ID].numpy() == b""
+
+
+def test_a_run_that_writes_no_studies_file_removes_a_stale_one_only_when_it_writes(world, tmp_path, monkeypatch):
+    """Catches: an earlier run's studies file left beside new predictions it does not describe (one model,
+    the --ensemble members or the blend), or removed by a run that then fails before writing."""
+    from contracts.run_folder import RunFolder
+    from evaluation import ensemble_apply, prediction, preflight
+    from evaluation.settings import PredictConfig
+    from preprocess import builder
+    from preprocess.config import BuildConfig
+
+    shards = str(tmp_path / "shards")  # records without study ids: no studies file for their predictions
+    builder.build(BuildConfig(image_dir=str(world["folder"] / "*.png"), output_dir=shards, split_by="unlabeled",
+                              image_size=SIZE, crop="none", workers=1, max_skip_fraction=1.0))
+    with open(os.path.join(shards, MANIFEST)) as f:
+        manifest = json.load(f)
+    with open(os.path.join(shards, MANIFEST), "w") as f:
+        json.dump({**manifest, "schema_version": STUDY_ID_SINCE - 1}, f)
+    output = str(tmp_path / "preds.csv")
+    for path in (output, studies.studies_path(output)):  # an earlier run's files
+        shutil.copy(studies.studies_path(str(world["output"])) if path.endswith(studies.SUFFIX)
+                    else world["output"], path)
+    with open(studies.studies_path(output)) as f:
+        stale = f.read()
+    config = PredictConfig(model_dir=(world["runs"][0],), data_dir=shards, output=output, global_batch_size=4,
+                           progress=False)
+    with monkeypatch.context() as patched:  # a run failing as it writes keeps the old files
+        patched.setattr(prediction, "write_predictions", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            prediction.run_prediction(config)
+    with open(studies.studies_path(output)) as f:
+        assert f.read() == stale
+    prediction.run_prediction(config)
+    assert not os.path.exists(studies.studies_path(output)) and "study_id" not in pd.read_csv(output).columns
+    # --ensemble: neither the members nor the blend keep a studies file of an earlier run.
+    runs = world["runs"]
+    ensemble = str(tmp_path / "submission.probabilities.json")
+    write_predictions(ensemble[:-5] + ".csv", np.array(["x"]), np.array([0.5]), None, sidecar={
+        "backbone": "ensemble", "schema_version": ensemble_file.SCHEMA_VERSION, "threshold": 0.4,
+        "inputs": ensemble_file.member_records(["tiny_test#1", "tiny_test#2"], [{"model_dir": r} for r in runs],
+                                               ["a", "b"], [0.25, 0.75], [1.0, 1.0])})
+    members = preflight.output_paths(output, preflight.model_names([RunFolder.open(r) for r in runs]),
+                                     per_model=True)
+    for path in [output, *members.values()]:
+        shutil.copy(studies.studies_path(str(world["output"])), studies.studies_path(path))
+    prediction.run_prediction(PredictConfig(model_dir=tuple(runs), ensemble=ensemble, data_dir=shards,
+                                            output=output, global_batch_size=4, progress=False))
+    assert all(os.path.isfile(path) for path in members.values())
+    ensemble_apply.apply_ensemble(ensemble, runs, list(members.values()), output)
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(studies.SUFFIX)) == []
