@@ -69,6 +69,11 @@ def check(gate: Gate, values: dict[str, str | None]) -> tuple[str | None, list[s
     return None, missing
 
 
+def tag_values(tags) -> dict[str, str | None]:
+    """A DICOM header's (preprocess.dicom.read_tags) values of the gate's TAGS."""
+    return dict(zip(TAGS, (tags.modality, tags.body_part, tags.view_position)))
+
+
 def implausible(size: tuple[int, int], std: float, min_side: int, min_std: float) -> str | None:
     """Why an image of `size` (width, height, before resizing) whose decoded gray pixels have standard
     deviation `std` cannot be a film, or None."""

@@ -115,7 +115,7 @@ def _gate_listed(name: str, path: str, view: str, gate: chest_gate.Gate) -> tupl
     tags = _dicom_tags(path, name)
     if isinstance(tags, Skip):
         return tags.reason, []
-    refused, missing = chest_gate.check(gate, {**({} if tags is None else _tag_values(tags)),
+    refused, missing = chest_gate.check(gate, {**({} if tags is None else chest_gate.tag_values(tags)),
                                                chest_gate.NIH_VIEW: view})
     views = {chest_gate.TAGS[-1], chest_gate.NIH_VIEW}  # the DICOM's ViewPosition, the row's
     if tags is not None and not views <= set(missing):
@@ -180,10 +180,6 @@ def _dicom_tags(path: str, image_id: str):
         return Skip(image_id, f"{err}; skipped")
 
 
-def _tag_values(tags) -> dict[str, str | None]:
-    return dict(zip(chest_gate.TAGS, (tags.modality, tags.body_part, tags.view_position)))
-
-
 def _dicom_entry(path: str, image_id: str, known: Mapping[str, labels.Labelled],
                  gate: chest_gate.Gate) -> tuple[Entry | Skip | None, list[str]]:
     """(an unlabeled entry from a DICOM file's header, why not, or None when it is not DICOM; the tags
@@ -191,7 +187,7 @@ def _dicom_entry(path: str, image_id: str, known: Mapping[str, labels.Labelled],
     tags = _dicom_tags(path, image_id)
     if tags is None or isinstance(tags, Skip):
         return tags, []
-    refused, missing = chest_gate.check(gate, _tag_values(tags))
+    refused, missing = chest_gate.check(gate, chest_gate.tag_values(tags))
     if refused:
         return Skip(image_id, refused), []
     return Entry(image_id, **_labelled(known, image_id, tags.sop_instance_uid or ""),

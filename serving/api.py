@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from contracts import storage
-from contracts.decode_rules import MAX_IMAGE_PIXELS
+from contracts.decode_rules import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, MIN_IMAGE_STD
 from contracts.demographics import AGE_UNKNOWN
 from contracts.errors import UserInputError
 from contracts.export_folder import (
@@ -41,7 +41,7 @@ from contracts.export_folder import (
 from contracts.labels import FINDINGS
 from contracts.output_names import ID, finding_prob
 from contracts.prediction_files import AGE, META_COLUMNS
-from preprocess import dicom, sources
+from preprocess import chest_gate, dicom, sources
 from preprocess import images as builder
 from preprocess.image_error import ImageError
 from serving import exporter
@@ -212,9 +212,16 @@ class Classifier:
             rows[image_id] = {name: value[k] for name, value in arrays.items()}
 
     def _host_decoded(self, data: bytes) -> np.ndarray:
-        """A DICOM file as the builder stores it (its own code, the model's size and pixel limit, no crop)."""
+        """A DICOM file as the builder stores it (its own code, the model's size and pixel limit, no crop);
+        ImageError for what the builder's default gate refuses (not a frontal chest film, or implausible)."""
+        refused, _ = chest_gate.check(chest_gate.DEFAULT, chest_gate.tag_values(dicom.read_tags(data)))
+        if refused:
+            raise ImageError(refused.removesuffix("; skipped"))
         stored = builder.process(data, box=None, image_size=self.image_size, image_format="png",
                                  max_pixels=self.max_pixels)
+        implausible = chest_gate.implausible(stored.source_size, stored.std, MIN_IMAGE_SIDE, MIN_IMAGE_STD)
+        if implausible:
+            raise ImageError(implausible)
         return np.asarray(Image.open(io.BytesIO(stored.encoded)), dtype=np.float32)
 
     def _score_batch(self, batch: Iterable[_Item], rows: dict, meta: dict, skipped: list) -> None:

@@ -270,3 +270,36 @@ def test_a_dicom_listed_in_a_data_entry_csv_is_gated_by_its_own_tags_too(tmp_pat
     assert result.manifest["unchecked"] == [
         {"image": "tag_view.dcm", "missing": ["BodyPartExamined"]},
         {"image": "untagged.dcm", "missing": ["Modality", "BodyPartExamined"]}]
+
+
+def test_the_python_api_skips_what_predict_py_skips_whichever_way_files_arrive(shared_dicom, tmp_path):
+    """Catches: serving.api.Classifier scoring a CT slice, a lateral, a hand or a 64 px DICOM as a film
+    when they come as a list of paths or as bytes (only a folder went through the builder's gate)."""
+    from serving.api import SKIPPED, Classifier
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    shutil.copy(os.path.join(shared_dicom, "siim_chest_pa.dcm"), folder / "siim_chest_pa.dcm")
+    film = _noise((160, 160))
+    write_dicom(str(folder / "ct.dcm"), film, overrides={"Modality": "CT", "BodyPartExamined": "CHEST"})
+    write_dicom(str(folder / "lateral.dcm"), film, view="LL", overrides={"Modality": "CR"})
+    write_dicom(str(folder / "hand.dcm"), film, overrides={"Modality": "CR", "BodyPartExamined": "HAND"})
+    write_dicom(str(folder / "small.dcm"), _noise((64, 64)), overrides={"Modality": "DX"})
+    run = str(tmp_path / "run")
+    model = _save_model(run, 0)
+    served = Classifier.from_runs(run)
+    paths = sorted(str(p) for p in folder.iterdir())
+    stored = images.process((folder / "siim_chest_pa.dcm").read_bytes(), box=None, image_size=SIZE,
+                            image_format="png")
+    gray = np.asarray(Image.open(io.BytesIO(stored.encoded)), np.float32)
+    expected = model(np.repeat(gray[None, :, :, None], 3, axis=-1), training=False).numpy()[0, 1]
+    for table in (served.score_files(str(folder)), served.score_files(paths),
+                  served.score_bytes({os.path.basename(p): open(p, "rb").read() for p in paths})):
+        assert list(table.index) == ["siim_chest_pa.dcm"]
+        assert table.loc["siim_chest_pa.dcm", "p_uncalibrated"] == pytest.approx(expected, abs=1e-5)
+        reasons = {s["image"]: s["reason"] for s in table.attrs[SKIPPED]}
+        assert sorted(reasons) == ["ct.dcm", "hand.dcm", "lateral.dcm", "small.dcm"]
+        assert "Modality CT is not a projection radiograph" in reasons["ct.dcm"]
+        assert "ViewPosition LL is not a frontal view" in reasons["lateral.dcm"]
+        assert "BodyPartExamined HAND is not the chest" in reasons["hand.dcm"]
+        assert f"64x64 image: its shorter side is below {MIN_IMAGE_SIDE} px" in reasons["small.dcm"]
