@@ -32,7 +32,14 @@ PREDICTED_UNDER = "precision"  # in VAL_SIDECAR and predict.py's sidecars: the p
 # In VAL_SIDECAR of a run trained under a mixed policy: its validation split scored under that policy and
 # by MODEL (float32), {"trained_under", "images", "max_abs", "median_abs", "auroc_trained", "auroc_served"}.
 PRECISION_PARITY = "precision_parity"
-PARITY_LIMIT = 0.01  # a larger |P(abnormal)| gap between them: an export is not called validated
+PARITY_LIMIT = 0.01  # a larger |P(abnormal)| or |P(finding)| gap: an export is not called validated
+
+
+def parity_within(parity: dict[str, Any]) -> bool:
+    """Whether every gap a PRECISION_PARITY record holds is a number within PARITY_LIMIT (NaN or null:
+    not within; no findings_max_abs: a model without the findings head)."""
+    gaps = (parity.get("max_abs"), parity.get("findings_max_abs", 0.0))
+    return all(isinstance(g, (int, float)) and not isinstance(g, bool) and g <= PARITY_LIMIT for g in gaps)
 
 
 def exported_epochs(model_dir: str) -> tuple[int | None, int | None]:

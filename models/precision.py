@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from contracts.run_folder import MODEL_PRECISION
 from models.builder import all_layers
 from models.heads import FINDINGS_LAYER, OUTPUT_LAYER
 
@@ -42,6 +43,7 @@ def with_policy(classifier: keras.Model, policy: str) -> keras.Model:
 
 def as_policy(classifier: keras.Model, policy: str) -> keras.Model:
     """`classifier` itself when it already computes in float32 and `policy` is float32, else a clone."""
-    if policy == "float32" and all(layer.dtype_policy.name == "float32" for layer in all_layers(classifier)):
+    layers = all_layers(classifier)
+    if policy == MODEL_PRECISION and all(layer.dtype_policy.name == policy for layer in layers):
         return classifier
     return with_policy(classifier, policy)

@@ -87,7 +87,9 @@ class TrainConfig:
     deterministic: bool = setting(False, "Same seed, same input order, batch for batch.")
     transfer: str = options.TRANSFER.field()
     strategy: str = STRATEGY.field()
-    precision: str = PRECISION.field(note="Training under mixed_float16 scales the loss.")
+    precision: str = PRECISION.field(note=(
+        "Training under mixed_float16 scales the loss. A run resumes under the policy it started with: the "
+        "epoch it keeps is chosen under it."), resume_must_match=True)
     jit_compile: bool = setting(False, "Compile the forward and backward pass with XLA.")
     global_batch_size: int = GLOBAL_BATCH_SIZE.field(32)
     epochs: int | None = EPOCHS.field(note=lambda: f"Default: the backbone's reference "

@@ -187,7 +187,7 @@ def _export_best(run: _Run) -> None:
         meta = read_patient_columns(run.shards, config.val_split, scores.image_ids)
         outputs.write_val_predictions(run.model_dir, scores, sidecar, meta, parity)
         if parity is not None:
-            logging.log(logging.WARNING if parity["max_abs"] > run_folder.PARITY_LIMIT else logging.INFO,
+            logging.log(logging.INFO if run_folder.parity_within(parity) else logging.WARNING,
                         "%s", parity_line(parity))
 
 
@@ -203,12 +203,14 @@ def _in_float32(run: _Run, classifier: keras.Model) -> tuple[keras.Model, valida
 
 def parity_line(parity: dict[str, Any]) -> str:
     """One line: how the float32 model.keras scores validation beside the mixed policy that trained it."""
-    over = parity["max_abs"] > run_folder.PARITY_LIMIT
+    over = not run_folder.parity_within(parity)
+    findings = ("" if "findings_max_abs" not in parity else
+                f", each finding's within {parity['findings_max_abs']:.4f}")
     return (f"re-validated model.keras in {run_folder.MODEL_PRECISION} (what export.py serves) on "
             f"{parity['images']} validation images: P(abnormal) within {parity['max_abs']:.4f} (median "
-            f"{parity['median_abs']:.4f}) of {parity['trained_under']}'s, AUROC {parity['auroc_served']:.4f} "
-            f"against {parity['auroc_trained']:.4f}; {run_folder.VAL_PREDICTIONS} holds the "
-            f"{run_folder.MODEL_PRECISION} predictions"
+            f"{parity['median_abs']:.4f}) of {parity['trained_under']}'s{findings}, AUROC "
+            f"{parity['auroc_served']:.4f} against {parity['auroc_trained']:.4f}; "
+            f"{run_folder.VAL_PREDICTIONS} holds the {run_folder.MODEL_PRECISION} predictions"
             + (f". Over {run_folder.PARITY_LIMIT}: export.py will not call this model validated (the epoch "
                f"was chosen under {parity['trained_under']}); train under {run_folder.MODEL_PRECISION} for "
                "a validated export" if over else ""))

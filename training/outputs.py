@@ -47,10 +47,13 @@ def tensorboard(model: keras.Model, model_dir: str, *, chief: bool) -> keras.cal
 
 
 def export_model(classifier: keras.Model, path: str, epoch: int) -> None:
-    """Saves the trained graph to `path` in float32 (a clone if it computes otherwise), atomically, with
-    `epoch` inside."""
+    """Saves a float32 clone of the trained graph to `path`, uncompiled, atomically, with `epoch` inside."""
+    clone = precision.with_policy(classifier, run_folder.MODEL_PRECISION)
+    # clone_model compiles the clone as the training model was (an unaugmented one is the training model):
+    # saved so, model.keras carried the optimizer and its slots, and every load rebuilt them.
+    bare = keras.Model(clone.input, clone.output, name=clone.name)
     with atomic_path(path) as tmp:
-        precision.as_policy(classifier, run_folder.MODEL_PRECISION).save(tmp)
+        bare.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(run_folder.MODEL_RUN_ENTRY, json.dumps({"epoch": epoch}))
 

@@ -53,10 +53,14 @@ def precision_parity(trained: Scores, served: Scores, policy: str) -> dict[str, 
     if not np.array_equal(trained.image_ids, served.image_ids):
         raise ValueError("the two scorings of the validation split differ in their images")
     gap = np.abs(served.probabilities[:, 1].astype(np.float64) - trained.probabilities[:, 1])
-    return {"trained_under": policy, "images": int(gap.size), "max_abs": float(gap.max(initial=0.0)),
-            "median_abs": float(np.median(gap)) if gap.size else 0.0,
-            "auroc_trained": auroc_or_nan(trained.labels, trained.probabilities[:, 1]),
-            "auroc_served": auroc_or_nan(served.labels, served.probabilities[:, 1])}
+    record = {"trained_under": policy, "images": int(gap.size), "max_abs": float(gap.max(initial=0.0)),
+              "median_abs": float(np.median(gap)) if gap.size else 0.0,
+              "auroc_trained": auroc_or_nan(trained.labels, trained.probabilities[:, 1]),
+              "auroc_served": auroc_or_nan(served.labels, served.probabilities[:, 1])}
+    if served.findings is not None:  # the served p_findings too: the largest gap over every finding
+        findings_gap = np.abs(served.findings.astype(np.float64) - trained.findings)
+        record["findings_max_abs"] = float(findings_gap.max(initial=0.0))
+    return record
 
 
 def make_distributed_split(strategy: tf.distribute.Strategy, shards: ShardFolder, split: str,
