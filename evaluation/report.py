@@ -19,6 +19,7 @@ from sklearn.metrics import (
 )
 
 from contracts.atomic import atomic_path, json_ready, write_json
+from contracts.run_folder import PREDICTED_UNDER
 from evaluation import agreement, findings, operating_points, settings, statistics, subgroups, triage_report
 from evaluation.statistics import Scores
 from models import calibration
@@ -27,7 +28,7 @@ METRICS_FILE = "metrics.json"
 GAIN_FILE = "ensemble_gain.json"  # ensemble.py: the ensemble against the best single model
 SCORED = "scored"  # in each entry: which probability its numbers are computed on (a prediction file column)
 # In each entry, from its predictions' sidecar: the split and shard folder scored, the model's run folder.
-SCORED_ON = ("split", "data_dir", "model_dir")
+SCORED_ON = ("split", "data_dir", "model_dir", PREDICTED_UNDER)  # from each prediction file's sidecar
 
 TABLE_ROWS = (
     ("split", "split"),

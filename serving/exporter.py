@@ -70,7 +70,7 @@ def plan(model_dirs: Sequence[str], ensemble: str | None = None, threshold: floa
                "image is served as review")
         views = [1 if tta is None else tta]
         return _planned(Plan(blended, views, chosen, found, why if found is None else None,
-                             validation.status([run], None)))
+                             validation.status([run], None, views)))
     views = [m.tta for m in loaded.members]
     if tta is not None and any(v != tta for v in views):
         raise UserInputError(f"--tta={tta} with --ensemble: its members' predictions averaged {views} views "
@@ -81,7 +81,7 @@ def plan(model_dirs: Sequence[str], ensemble: str | None = None, threshold: floa
            f"{ensemble_file.SCHEMA_VERSION}, or without labelled predictions to fit it on); every image is "
            "served as review; rerun ensemble.py to fit one")
     return _planned(Plan(blended, views, loaded.threshold, found, why if found is None else None,
-                         validation.status([m.run for m in blended], loaded)))
+                         validation.status([m.run for m in blended], loaded, views)))
 
 
 def _planned(chosen: Plan) -> Plan:
@@ -201,7 +201,10 @@ def run_export(config: ExportConfig) -> dict[str, Any]:
     _check_export_dir(export_dir)
     module, configs, warnings, no_findings = build_module(served)
     info = _info(served, configs, module, warnings, no_findings)
-    card = model_card.render(info, config)  # before any write: a report over other models is refused
+    ensemble = ensemble_file.load_ensemble(config.ensemble) if config.ensemble else None
+    report = model_card.report_folder(config, ensemble)
+    info[VALIDATION_INFO] = validation.with_report(info[VALIDATION_INFO], report[0])
+    card = model_card.render(info, config, report)  # before any write: a report over other models is refused
     with transaction, transaction.path(export_dir) as staging:
         savedmodel.save(module, staging)
         atomic.write_json(os.path.join(staging, EXPORT_INFO), info)

@@ -174,17 +174,19 @@ def _validation(members: Sequence[dict[str, Any]], runs: Sequence[run_folder.Run
             pass
         auroc = next((r.get("val_auroc") for r in records if r.get("epoch") == epoch), None)
         calibration = run.sidecar.get(run_folder.CALIBRATION) or {}
-        parity = run.precision_parity or {}
+        parity, float32 = run.precision_parity, run.trained_under == run_folder.MODEL_PRECISION
+        gap = ("none" if float32 else NOT_RECORDED) if parity is None else (
+            f"{fmt(parity.get('max_abs'), 'threshold')} (AUROC {fmt(parity.get('auroc_served'))})")
         rows.append([code(member["name"]), fmt(epoch, "count"), fmt(auroc),
                      fmt(calibration.get("records"), "count"), fmt(run.temperature, "temperature"),
-                     code(run.trained_under), fmt(parity.get("max_abs"), "threshold") if parity else "none"])
+                     code(run.trained_under), gap])
     return ["### Validation, as training recorded it", "",
             "The epoch model.keras holds (best validation AUROC), from each run's metrics.jsonl and "
             "val_predictions.json; this split chose the epoch and the temperature, so it flatters the model. "
             f"A mixed-precision run's largest gap in validation P(abnormal) between its {code('float32')} "
-            "model.keras (served) and the policy that trained it: the last column.", "",
+            "model.keras (served, and its AUROC) and the policy that trained it: the last column.", "",
             *table(["member", "epoch", "val AUROC", "val images", "run's temperature", "trained under",
-                     "float32 gap"], rows)]
+                    "float32 gap"], rows)]
 
 
 def _load_report(report_dir: str | None, how: str, members: Sequence[dict[str, Any]],
@@ -345,15 +347,16 @@ def _per_finding(served: str, found: dict[str, Any] | None) -> list[str]:
             *table(["finding", "positives", "AUROC", "AUROC 95% CI"], rows)]
 
 
-def render(info: dict[str, Any], config: ExportConfig) -> str:
-    """MODEL_CARD.md's text for the export `config` whose export.json record is `info`.
+def render(info: dict[str, Any], config: ExportConfig, found: tuple[str | None, str] | None = None) -> str:
+    """MODEL_CARD.md's text for the export `config` whose export.json record is `info`, over the report
+    `found` (`report_folder`'s answer; None: found here).
 
     Raises UserInputError: a --report_dir without metrics.json, or a report over other models or
     temperatures than the exported ones.
     """
     ensemble = ensemble_file.load_ensemble(config.ensemble) if config.ensemble else None
     runs = [run_folder.RunFolder.open(m["model_dir"]) for m in info["members"]]
-    report_dir, how = report_folder(config, ensemble)
+    report_dir, how = found or report_folder(config, ensemble)
     report = _load_report(report_dir, how, info["members"], ensemble is not None)
     shards, lines = _shards(runs)
     synthetic = None
