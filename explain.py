@@ -30,7 +30,6 @@ def _preflight(config: ExplainConfig) -> tuple[int, int] | str:
     from preprocess import raw_images
 
     raw_images.check_one_source(config.data_dir, config.images)
-    raw_images.check_gate_unchanged(config)
     if config.images is None:
         return preflight.open_explain_inputs(config.model_dir, config.ensemble, config.data_dir, config.split,
                                              config.output_dir).split.name
@@ -43,15 +42,15 @@ def _preflight(config: ExplainConfig) -> tuple[int, int] | str:
 
 def main(config: ExplainConfig) -> None:
     checked = _preflight(config)
-    from contracts import explanation_folder
+    from contracts import explanation_folder, gate_settings
     from evaluation import explanation, html_report
-    from preprocess import chest_gate, raw_images
+    from preprocess import raw_images
 
     if isinstance(checked, str):
         result = explanation.run_explain(config, split=checked)
     else:  # the builder's own decoding, into a temporary shard folder removed afterwards
         with raw_images.built_images(config.images, *checked, workers=config.workers,
-                                     gate=chest_gate.settings_of(config)) as (shard_dir, raw):
+                                     gate=gate_settings.settings_of(config)) as (shard_dir, raw):
             result = explanation.run_explain(config, split=raw_images.IMAGES_SPLIT, data_dir=shard_dir,
                                              source=raw_images.sidecar_fields(raw))
         print(raw_images.skipped_summary(raw, f"{explanation_folder.INDEX}'s source.skipped"))

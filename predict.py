@@ -26,7 +26,6 @@ def _preflight(config: PredictConfig) -> tuple[int, int] | str:
     from preprocess import raw_images
 
     raw_images.check_one_source(config.data_dir, config.images)
-    raw_images.check_gate_unchanged(config)
     triage.refuse_with_ensemble(config)
     triage.settings_of(config)  # refuses a bad --triage_* value
     if config.labels_csv is not None and config.images is None:  # what --labels_csv once meant here
@@ -38,6 +37,7 @@ def _preflight(config: PredictConfig) -> tuple[int, int] | str:
         loaded = ensemble_file.load_ensemble(config.ensemble)
         ensemble_file.match_members(loaded, config.model_dir)
         ensemble_triage.check_views(loaded, config.tta)
+        ensemble_triage.check_precision(loaded, config.precision)
         ensemble_triage.loaded(loaded, warn=False)
     # Every output file is checked against every input file, so no output replaces an input.
     clash = dict(per_model=config.ensemble is not None, other_labels_csv=config.other_labels_csv,
@@ -60,10 +60,10 @@ def _preflight(config: PredictConfig) -> tuple[int, int] | str:
 
 def main(config: PredictConfig) -> None:
     checked = _preflight(config)
-    from contracts import atomic
+    from contracts import atomic, gate_settings
     from contracts.prediction_files import sidecar_path
     from evaluation import ensemble_apply, prediction, studies
-    from preprocess import chest_gate, raw_images, skipped_studies
+    from preprocess import raw_images, skipped_studies
 
     raw = None
     # One outcome per run: a failure in any model, the report or the blend leaves none of its files.
@@ -73,7 +73,7 @@ def main(config: PredictConfig) -> None:
         else:  # the builder's own decoding, into a temporary shard folder removed afterwards
             with raw_images.built_images(config.images, *checked, workers=config.workers,
                                          labels_csv=config.labels_csv,
-                                         gate=chest_gate.settings_of(config)) as (shard_dir, raw):
+                                         gate=gate_settings.settings_of(config)) as (shard_dir, raw):
                 # Each skipped file with its study, for the studies file's rows.
                 extra = {**raw_images.sidecar_fields(raw),
                          "skipped": skipped_studies.with_studies(raw.images, raw.skipped)}

@@ -34,6 +34,7 @@ from absl import app, flags  # noqa: E402
 import models  # noqa: E402
 from contracts.atomic import write_json  # noqa: E402
 from contracts.manifest import ShardFolder  # noqa: E402
+from contracts.run_folder import MODEL_PRECISION  # noqa: E402
 from evaluation import prediction  # noqa: E402
 from models import distribute  # noqa: E402
 from pipeline import options  # noqa: E402
@@ -45,7 +46,8 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Side of the synthetic sha
 _RECORDS = flags.DEFINE_integer("records", 2048, "Records in the synthetic split.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("global_batch_size", 256, "As predict.py's --global_batch_size.",
                               lower_bound=1)
-_PRECISION = flags.DEFINE_enum("precision", "auto", list(distribute.PRECISIONS), "As predict.py's --precision.")
+_PRECISION = flags.DEFINE_enum("precision", MODEL_PRECISION, list(distribute.PRECISIONS),
+                               "As predict.py's --precision.")
 _TRANSFERS = flags.DEFINE_list("transfers", [options.UINT8, options.FLOAT32],
                                f"predict.py's --transfer values to time: {', '.join(options.TRANSFERS)}.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed passes per transfer; the best counts.", lower_bound=1)

@@ -1,7 +1,10 @@
 """The frontal-chest gate's settings (preprocess/chest_gate.py applies them), one `Shared` each: the builder
 takes them, and predict.py and explain.py for --images, so they live below both."""
 
+from typing import Any, Sequence
+
 from contracts.decode_rules import MIN_IMAGE_SIDE, MIN_IMAGE_STD
+from contracts.errors import UserInputError
 from contracts.settings import Shared
 
 MODALITIES = ("CR", "DX")  # projection radiography (CT, MR, US, MG, ... are not)
@@ -25,3 +28,33 @@ MIN_STD = Shared("min_image_std", MIN_IMAGE_STD, (
     "constant) is skipped: not a film."), lower=0.0)
 ACCEPTED = (ACCEPTED_MODALITIES, ACCEPTED_BODY_PARTS, ACCEPTED_VIEWS)  # value lists, compared normalized
 SETTINGS = (*ACCEPTED, MIN_SIDE, MIN_STD)
+
+
+def normalized(values: Sequence[str]) -> tuple[str, ...]:
+    """Setting values as compared: stripped, upper case, in order, without blanks."""
+    return tuple(v.strip().upper() for v in values if v.strip())
+
+
+def _recorded(shared: Shared, value: Any) -> Any:
+    return list(normalized(value)) if shared in ACCEPTED else value
+
+
+def settings_of(config) -> dict[str, Any]:
+    """The gate's `SETTINGS` of a config that has them (BuildConfig, PredictConfig, ExplainConfig), the
+    accepted values normalized, as JSON holds them (lists)."""
+    return {s.name: _recorded(s, getattr(config, s.name)) for s in SETTINGS}
+
+
+def changed(config) -> list[str]:
+    """The names of the gate's settings that `config` sets to other than their defaults."""
+    return [s.name for s in SETTINGS if _recorded(s, getattr(config, s.name)) != _recorded(s, s.default)]
+
+
+def refuse_with_shards(config) -> None:
+    """Refuses a predict.py or explain.py config whose gate settings differ from the defaults without
+    --images: the shards of --data_dir were gated when they were built."""
+    found = changed(config) if config.images is None else []
+    if found:
+        raise UserInputError(f"--{found[0]} applies to --images only: the shards of --data_dir="
+                             f"{config.data_dir} were gated when they were built; rebuild them with "
+                             f"build_tfrecords.py --{found[0]}=... to change it")

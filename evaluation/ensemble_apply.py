@@ -20,6 +20,7 @@ from contracts.prediction_files import (
     read_predictions,
     write_predictions,
 )
+from contracts.run_folder import PREDICTED_UNDER
 from evaluation import blend as blend_lib
 from evaluation import ensemble_triage, finding_blend, studies, triage
 from evaluation.ensembling import BLENDED, BLENDED_FINDINGS, ENSEMBLE
@@ -40,6 +41,8 @@ def apply_ensemble(ensemble: str, model_dirs: Sequence[str], member_files: Seque
     blended = blend_lib.blend(blend_lib.calibrate_members(aligned.uncalibrated, temperatures), weights)
     findings, recorded = _apply_findings(ensemble, [member for member, _ in pairs], files, aligned)
     for (member, _), file in zip(pairs, files):
+        computed = (file.sidecar or {}).get(PREDICTED_UNDER)
+        ensemble_triage.check_precision(loaded, computed, file.path, [member])
         if views(file.sidecar) != member.tta:
             raise UserInputError(f"{file.path} averages {views(file.sidecar)} test-time view(s) but the "
                                  f"ensemble's {member.name} was fitted on {member.tta}; predict with "

@@ -15,6 +15,7 @@ from contracts.errors import UserInputError
 from contracts.manifest import CALIBRATION_SPLIT
 from contracts.output_names import SPREAD, TRIAGE, TRIAGE_GROUPS, views
 from contracts.prediction_files import Aligned, Predictions, align, few, read_predictions
+from contracts.run_folder import MODEL_PRECISION
 from evaluation import blend as blend_lib
 from evaluation import triage as triage_lib
 from evaluation.triage import Triage
@@ -114,6 +115,16 @@ def check_views(ensemble, tta: int) -> None:
         raise UserInputError(f"--tta={tta}: --ensemble={ensemble.path} was fitted on predictions of "
                              f"{' or '.join(map(str, fitted))} test-time view(s) per member; predict with "
                              "the same --tta, or refit the ensemble")
+
+
+def check_precision(ensemble, precision: str | None, where: str = "--precision", members=None) -> None:
+    """Refuses predictions computed under another dtype policy than the ensemble's `members` (default:
+    all) were, when both are known ("auto" resolves later: the files are checked then)."""
+    fitted = sorted({m.precision for m in (members or ensemble.members) if m.precision})
+    if precision not in ("auto", None) and fitted and fitted != [precision]:
+        raise UserInputError(f"{where}: {precision}, but --ensemble={ensemble.path} was fitted on "
+                             f"predictions computed under {' or '.join(fitted)}; predict under the same "
+                             f"--precision ({MODEL_PRECISION}, the default), or refit the ensemble")
 
 
 def summary(triage: Triage | None, groups: np.ndarray, why: str | None) -> list[str]:

@@ -140,6 +140,7 @@ class PredictConfig:
 
     def __post_init__(self):
         check(self)
+        gate.refuse_with_shards(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,3 +217,4 @@ class ExplainConfig:
 
     def __post_init__(self):
         check(self)
+        gate.refuse_with_shards(self)

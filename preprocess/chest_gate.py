@@ -4,10 +4,8 @@ BodyPartExamined, ViewPosition; NIH's View Position), and which images are too s
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
 
-from contracts.gate_settings import ACCEPTED, BODY_PARTS, MODALITIES, SETTINGS, VIEWS
-from contracts.settings import Shared
+from contracts.gate_settings import BODY_PARTS, MODALITIES, VIEWS
 
 # The tags a DICOM file is checked by, in the order a reason names them.
 TAGS = ("Modality", "BodyPartExamined", "ViewPosition")
@@ -28,26 +26,6 @@ class Gate:
 
 
 DEFAULT = Gate()
-
-
-def normalized(values: Sequence[str]) -> tuple[str, ...]:
-    """Setting values as compared: stripped, upper case, in order, without blanks."""
-    return tuple(v.strip().upper() for v in values if v.strip())
-
-
-def _recorded(shared: Shared, value: Any) -> Any:
-    return list(normalized(value)) if shared in ACCEPTED else value
-
-
-def settings_of(config) -> dict[str, Any]:
-    """The gate's `SETTINGS` of a config that has them (BuildConfig, PredictConfig, ExplainConfig), the
-    accepted values normalized, as JSON holds them (lists)."""
-    return {s.name: _recorded(s, getattr(config, s.name)) for s in SETTINGS}
-
-
-def changed(config) -> list[str]:
-    """The names of the gate's settings that `config` sets to other than their defaults."""
-    return [s.name for s in SETTINGS if _recorded(s, getattr(config, s.name)) != _recorded(s, s.default)]
 
 
 def check(gate: Gate, values: dict[str, str | None]) -> tuple[str | None, list[str]]:

@@ -10,7 +10,6 @@ from contracts.errors import UserInputError
 from contracts.manifest import CALIBRATION_SPLIT
 from contracts.settings import Shared, check, setting
 from contracts.shared import IMAGE_SIZE, LABELS_CSV, OUTPUT_DIR, SEED, WORKERS
-from preprocess import chest_gate
 from preprocess.images import MAX_IMAGE_PIXELS
 
 SPLITS = ("grouped", "official", "all", "unlabeled")
@@ -107,7 +106,7 @@ class BuildConfig:
         if self.test_fraction is None:
             object.__setattr__(self, "test_fraction", default_test_fraction(self.split_by))
         for name in GATE_FIELDS:  # also lists, as a recorded build's state file gives them
-            object.__setattr__(self, name, chest_gate.normalized(getattr(self, name)))
+            object.__setattr__(self, name, gate.normalized(getattr(self, name)))
 
     def shaping(self) -> dict:
         """The settings that change the records written (a rerun must agree on all of them), as JSON

@@ -10,11 +10,12 @@ import shutil
 import tempfile
 from typing import Any, Iterator, Sequence
 
+from contracts import gate_settings
 from contracts.errors import UserInputError, check_output_file
 from contracts.labels_csv import load_labels
 from contracts.prediction_files import few
 from contracts.run_folder import RunFolder
-from preprocess import chest_gate, sources
+from preprocess import sources
 from preprocess.config import BuildConfig, NothingToBuild
 
 IMAGES_SPLIT = "eval"  # the split an unlabeled build writes
@@ -35,15 +36,6 @@ def check_one_source(data_dir: str | None, images: str | None) -> None:
     if (data_dir is None) == (images is None):
         raise UserInputError("pass either --data_dir (a shard folder) or --images (raw files), not both or "
                              "neither")
-
-
-def check_gate_unchanged(config) -> None:
-    """Refuses a predict.py or explain.py gate setting (`chest_gate.SETTINGS`) changed with --data_dir."""
-    changed = chest_gate.changed(config) if config.images is None else []
-    if changed:
-        raise UserInputError(f"--{changed[0]} applies to --images only: the shards of --data_dir="
-                             f"{config.data_dir} were gated when they were built; rebuild them with "
-                             f"build_tfrecords.py --{changed[0]}=... to change it")
 
 
 def check_output_outside_images(output_dir: str, flag: str, images: str) -> None:
@@ -85,7 +77,7 @@ def built_images(images: str, image_size: int, max_pixels: int, workers: int | N
                  labels_csv: str | None = None, gate: dict[str, Any] | None = None
                  ) -> Iterator[tuple[str, RawImages]]:
     """Yields (temporary shard folder, `RawImages`) of the raw files built there, then removes it;
-    UserInputError when not one is readable. `gate`: the gate's settings (`chest_gate.settings_of`),
+    UserInputError when not one is readable. `gate`: the gate's settings (`gate_settings.settings_of`),
     else the builder's defaults."""
     from preprocess import builder
 
@@ -102,7 +94,7 @@ def built_images(images: str, image_size: int, max_pixels: int, workers: int | N
         if not manifest["splits"].get(IMAGES_SPLIT, {}).get("records"):
             raise UserInputError(_nothing_readable(images, skipped))
         yield shard_dir, RawImages(os.path.abspath(images), skipped, manifest.get("unlisted", 0),
-                                   manifest.get("unchecked", []), chest_gate.settings_of(config))
+                                   manifest.get("unchecked", []), gate_settings.settings_of(config))
     finally:
         shutil.rmtree(shard_dir, ignore_errors=True)
 
