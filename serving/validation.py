@@ -23,7 +23,7 @@ def _run_problem(run: RunFolder, alone: bool, views: int) -> str | None:
     if under != MODEL_PRECISION:
         return (f"{run.path}'s validation predictions came from its {under} graph, never compared with the "
                 f"{MODEL_PRECISION} graph served (a run from before train.py re-validated): rerun train.py "
-                "with the run's flags to re-validate it")
+                "with the run's flags to re-validate it (a run train.py no longer resumes: retrain it)")
     if parity is not None and not parity_within(parity):
         gaps = ", ".join(f"{key} {parity.get(key)}" for key in ("max_abs", "findings_max_abs")
                          if key in parity)
