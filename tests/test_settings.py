@@ -124,7 +124,8 @@ def test_given_names_the_flags_on_the_command_line(monkeypatch):
 def test_resume_must_match_is_read_from_the_fields():
     # Regression: drop `resume_must_match=True` from one of TrainConfig's model- or data-shaping fields.
     assert set(settings.resume_must_match(TrainConfig)) == {
-        "backbone", "image_size", "augment", "feature_layer", "train_split", "val_split", "findings_weight"}
+        "backbone", "image_size", "augment", "feature_layer", "train_split", "val_split", "findings_weight",
+        "precision"}
 
 
 def _run_folder(tmp_path, **fields) -> TrainConfig:
