@@ -22,7 +22,7 @@ from evaluation.report import GAIN_FILE, METRICS_FILE
 from evaluation.subgroups import SUBGROUPS_FILE
 from preprocess.config import default_test_fraction
 from preprocess.synthetic_data import LABEL_NOISE_FILE
-from serving import validation
+from serving import card_triage, validation
 from serving.card_format import NOT_RECORDED, code, fmt, fmt_interval, table
 from serving.config import ExportConfig
 
@@ -376,5 +376,6 @@ def render(info: dict[str, Any], config: ExportConfig, found: tuple[str | None, 
                    "chose the epoch and the temperature.", ""])
     body = [*_model(info), *lines, *evaluation, *_validation(info["members"], runs),
             *_calibration(info, runs, report, ensemble), *_threshold(info, config, ensemble),
-            *(_points_and_groups(report) if report is not None else []), *_limits(info, synthetic, shards)]
+            *card_triage.section(info), *(_points_and_groups(report) if report is not None else []),
+            *_limits(info, synthetic, shards)]
     return "\n".join(head + body).rstrip() + "\n"

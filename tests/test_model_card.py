@@ -189,6 +189,26 @@ def test_every_number_of_an_ensembles_card_comes_from_its_files(world, ensemble_
 
 
 
+def test_the_card_states_the_served_triage_and_its_guarantee(world):
+    # Regressions: the section left out; the rule-out and rule-in rows swapped; the bound printed as the
+    # calibration rate; exact said of a triage fitted on validation.
+    submission = str(world["root"] / "loose" / "submission.csv")  # targets the few images can meet
+    ensembling.run_ensemble(EnsembleConfig(world["predictions"], submission, bootstrap=0, fit_step=0.1,
+                                           fit_on=[os.path.join(d, "val_predictions.csv") for d in world["dirs"]],
+                                           triage_alpha=0.4, triage_beta=0.4, triage_delta=0.4))
+    card, _ = _export(world, "loose", world["dirs"], ensemble=ensemble_file.ensemble_path(submission))
+    served = ensemble_file.load_ensemble(ensemble_file.ensemble_path(submission)).triage  # from its source
+    rows = _tables(card)["Triage"]
+    fitted = [served[key]["threshold"] for key in ("rule_out", "rule_in")]
+    assert None not in fitted and fitted[0] != fitted[1]  # the row check bites only on two thresholds
+    for group, key, images in (("cleared", "rule_out", "abnormal"), ("prioritized", "rule_in", "normal")):
+        entry, row = served[key], _row(rows, "group", group)
+        assert row["threshold"] == f"{entry['threshold']:.4f}" and row["upper bound"] == f"{entry['bound']:.3f}"
+        assert row["on calibration"] == f"{entry['empirical']:.3f} of {entry['used']} {images}"
+        assert row["guarantee"].endswith(f"<= {entry['target']:g}, except with probability δ = {served['delta']:g}")
+    assert f"Calibrated on {served['calibration']['images']} images (approximate: fitted on validation" in card
+
+
 def test_a_single_models_card_takes_the_served_threshold_from_the_export_and_the_report_from_the_flag(world):
     # Regressions: the served threshold read from metrics.json (0.5) instead of export.json (0.3);
     # ECE before and after swapped.
