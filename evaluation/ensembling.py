@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from contracts import atomic, ensemble_file
+from contracts import atomic, ensemble_file, storage
 from contracts.atomic import atomic_path, json_ready, write_json
 from contracts.errors import (
     UserInputError,
@@ -217,6 +217,22 @@ def _gain(report_dir: str, names: Sequence[str], aligned, members: np.ndarray, b
     return gain
 
 
+def _with_policies(files: Sequence[Predictions], *paired: Sequence[str] | None) -> list[Predictions]:
+    """`files` whose sidecars name the one policy that computed each member's files (its prediction,
+    --fit_on and --calibrate_on files; they never differ: _check_fit_pairs), None when one of them
+    records none (a predict.py or train.py from before): what the ensemble file records per member."""
+    def policy(path: str) -> str | None:
+        sidecar = storage.read_json_or_none(sidecar_path(path))
+        return sidecar.get(PREDICTED_UNDER) if isinstance(sidecar, dict) else None
+
+    found = []
+    for index, file in enumerate(files):
+        policies = {policy(file.path), *(policy(paths[index]) for paths in paired if paths)}
+        combined = policies.pop() if len(policies) == 1 else None
+        found.append(dataclasses.replace(file, sidecar={**(file.sidecar or {}), PREDICTED_UNDER: combined}))
+    return found
+
+
 def _write_blend(path: str, files: Sequence[Predictions], names: Sequence[str], aligned, blended: np.ndarray,
                  choice: _Choice, fit_on: Sequence[str] | None, fit_step: float,
                  report_dir: str | None, blended_findings: np.ndarray | None,
@@ -330,7 +346,8 @@ def run_ensemble(config: settings.EnsembleConfig) -> EnsembleResult:
         else:
             html_report.write_index(report_dir)
         probabilities = ensemble_file.blend_path(output)
-        _write_blend(probabilities, files, names, aligned, blended, choice, fit_on, fit_step, report_dir,
+        recorded = _with_policies(files, fit_on, config.calibrate_on)
+        _write_blend(probabilities, recorded, names, aligned, blended, choice, fit_on, fit_step, report_dir,
                      None if findings is None else findings[1], (fitted, triage_columns))
         _write_submission(output, aligned.ids, blend_lib.decide(blended, choice.threshold), id_column,
                           label_column)

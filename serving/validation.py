@@ -43,8 +43,9 @@ def _predictions_problem(member: ensemble_file.Member, ensemble: ensemble_file.E
         return (f"--{ENSEMBLE.name}={ensemble.path} does not record the precision of {member.name}'s "
                 f"predictions (written before schema {ensemble_file.SCHEMA_VERSION}): rerun ensemble.py")
     if member.precision is None:
-        return (f"{member.name}'s predictions record no precision (a predict.py from before): {_RERUN} and "
-                "ensemble.py")
+        return (f"{member.name}'s prediction, --fit_on or --calibrate_on files record no precision (made "
+                f"by a predict.py or train.py from before): {_RERUN} (and train.py for a run's "
+                "val_predictions.csv) and ensemble.py")
     if member.precision != MODEL_PRECISION:
         return (f"{member.name}'s predictions were computed under {member.precision}, the served graph is "
                 f"{MODEL_PRECISION}: {_RERUN} and ensemble.py")

@@ -190,6 +190,31 @@ def test_an_ensemble_is_validated_only_on_float32_predictions(runs, tmp_path):
                                                                        "float32"), bootstrap=0))
 
 
+def test_an_ensemble_fitted_on_files_without_a_recorded_policy_is_not_validated(runs, tmp_path):
+    # Catches: the ensemble file recording the --predictions files' policy alone, so weights and
+    # temperatures fitted on a run's val_predictions.csv from before (no policy recorded) pass as float32's.
+    data_dir, model_dir = runs["data_dir"], runs["dirs"]["float32"]
+    dirs = [model_dir, str(tmp_path / "second")]
+    shutil.copytree(model_dir, dirs[1])
+    fit_on = []
+    for i, run in enumerate(dirs):
+        old = str(tmp_path / f"old{i}.csv")
+        shutil.copy(os.path.join(run, run_folder.VAL_PREDICTIONS), old)
+        with open(os.path.join(run, run_folder.VAL_SIDECAR)) as f:
+            sidecar = json.load(f)
+        del sidecar[run_folder.PREDICTED_UNDER]
+        with open(old[:-4] + ".json", "w") as f:
+            json.dump(sidecar, f)
+        fit_on.append(old)
+    files = _predict(dirs, data_dir, str(tmp_path / "test" / "val.csv"), "float32")
+    submission = str(tmp_path / "ens" / "submission.csv")
+    ensembling.run_ensemble(EnsembleConfig(files, submission, fit_on=fit_on, bootstrap=0))
+    path = ensemble_file.ensemble_path(submission)
+    assert [m.precision for m in ensemble_file.load_ensemble(path).members] == [None, None]
+    record, _, summary = _export(tmp_path, dirs, "served", path)
+    assert not record["validated"] and "--calibrate_on files record no precision" in summary
+
+
 def test_predict_py_computes_in_the_served_policy_by_default():
     # Catches: predict.py back on "auto" (mixed_float16 on a GPU: numbers the export does not serve).
     assert PredictConfig(model_dir=("r",), data_dir="d", split="val", output="o.csv").precision == (
