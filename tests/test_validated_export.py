@@ -90,7 +90,7 @@ def test_a_mixed_precision_run_validates_its_float32_model_and_records_the_gap(r
     assert sidecar[run_folder.PREDICTED_UNDER] == run_folder.MODEL_PRECISION
     parity = sidecar[run_folder.PRECISION_PARITY]
     gap = np.abs(in_bfloat16.loc[ids, "p_uncalibrated"] - in_float32.loc[ids, "p_uncalibrated"]).to_numpy()
-    assert gap.max() > 1e-4  # the record is checked against a gap that exists
+    assert gap.max() > 1e-5  # the record is checked against a gap that exists (2e-4 in two runs)
     assert parity["trained_under"] == "mixed_bfloat16" and parity["images"] == len(ids) == 24
     np.testing.assert_allclose([parity["max_abs"], parity["median_abs"]], [gap.max(), np.median(gap)], atol=1e-6)
     # Catches: the served findings left out of the parity (p_findings is served too).
@@ -163,7 +163,7 @@ def test_a_run_validated_under_its_mixed_policy_is_refused_until_train_py_reruns
     again, first = (pd.read_csv(os.path.join(d, run_folder.VAL_PREDICTIONS)).set_index("image_id")["p_uncalibrated"]
                     for d in (model_dir, runs["dirs"]["mixed_bfloat16"]))
     np.testing.assert_allclose(again[first.index], first, atol=1e-6)
-    assert np.abs(legacy.set_index("image_id")["p_uncalibrated"][first.index] - first).max() > 1e-4
+    assert np.abs(legacy.set_index("image_id")["p_uncalibrated"][first.index] - first).max() > 1e-5
     record, _, _ = _export(tmp_path, [model_dir], "after")
     assert record["validated"] is (sidecar[run_folder.PRECISION_PARITY]["max_abs"] <= run_folder.PARITY_LIMIT)
 
