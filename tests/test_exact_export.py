@@ -168,7 +168,9 @@ def test_mixed_precision_run_validates_the_float32_model_it_exports(policy, shar
     order = pd.read_csv(out)["image_id"].to_numpy()
     gap = np.abs(mixed - validated[order].to_numpy())
     assert parity["trained_under"] == policy
-    np.testing.assert_allclose(parity["max_abs"], gap.max(), atol=1e-3)
+    # predict.py at the run's policy reproduced training's scores to 0.0 (bfloat16) and 1.5e-6 to 1e-3
+    # (float16) on this CPU: the record is checked within five times that.
+    np.testing.assert_allclose(parity["max_abs"], gap.max(), atol=5e-3 if policy == "mixed_float16" else 1e-3)
 
 
 def test_weights_file_builds_the_imagenet_network(imagenet_weights, imagenet_download):
